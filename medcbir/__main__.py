@@ -1,0 +1,3 @@
+from medcbir.cli.main import entry
+
+entry()

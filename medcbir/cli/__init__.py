@@ -1,0 +1,1 @@
+"""Command-line faces of medcbir (click). Thin: parse, call the API, print."""

@@ -1,0 +1,123 @@
+"""The ``medcbir`` command: a lazy click group.
+
+Each command lives in its own module and is imported only when it runs, so ``medcbir --help``
+and light commands do not pay for importing torch or FAISS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+# command name -> "module:attribute"
+COMMANDS: dict[str, str] = {
+    "demo": "medcbir.cli.demo:demo",
+    "phantom": "medcbir.cli.phantom:phantom",
+    "scan": "medcbir.cli.scan:scan",
+    "index": "medcbir.cli.index:index",
+    "delete": "medcbir.cli.index:delete",
+    "compact": "medcbir.cli.index:compact",
+    "verify": "medcbir.cli.index:verify",
+    "search": "medcbir.cli.search:search",
+    "evaluate": "medcbir.cli.search:evaluate",
+    "train": "medcbir.cli.train:train",
+    "export-onnx": "medcbir.cli.train:export_onnx",
+    "explain": "medcbir.cli.explain:explain",
+    "explain-eval": "medcbir.cli.explain:explain_eval",
+    "orthanc-config": "medcbir.cli.pacs:orthanc_config",
+}
+
+HELP = {
+    "demo": "Run the whole flow on a synthetic CT archive and write an HTML report.",
+    "phantom": "Write a synthetic CT archive (real DICOM) with ground-truth labels and masks.",
+    "scan": "Walk an archive and report items per modality, transfer syntax and skip reason.",
+    "index": "Embed an archive into an index (HDF5 shards + FAISS); resumable.",
+    "delete": "Tombstone series or studies in an index.",
+    "compact": "Rewrite shards without tombstoned items.",
+    "verify": "Recompute checksums and check an index's consistency.",
+    "search": "Top-K similar images for one or more queries.",
+    "evaluate": "Leave-one-out retrieval metrics (MAP@K, AP@K, precision@K, kNN accuracy).",
+    "train": "Train a self-supervised encoder on an archive.",
+    "export-onnx": "Export an encoder checkpoint to ONNX with a parity check.",
+    "explain": "Search and explain the query and its neighbours; write an HTML report.",
+    "explain-eval": "Score explanation methods against organ masks.",
+    "orthanc-config": "Write an Orthanc configuration that runs the medcbir plugin.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing help must not import every command (and torch with it).
+        rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="medcbir")
+@click.option("--debug", is_flag=True, envvar="MEDCBIR_DEBUG", help="Show tracebacks for unexpected errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """medcbir: content-based retrieval of medical images, with explanations."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the group, turn every failure into one readable line and an exit code."""
+    from medcbir.errors import MedcbirError
+
+    debug = os.environ.get("MEDCBIR_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="medcbir", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("error: interrupted (work committed so far is kept; re-run to resume)", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code if exc.exit_code else 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except MedcbirError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {_one_line(exc)}", err=True)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if debug:
+            raise
+        click.echo(f"error: internal error ({exc.__class__.__name__}: {_one_line(exc)}); re-run with --debug for details", err=True)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,1 @@
+"""medcbir.engine — see docs/contracts.md."""

@@ -1,0 +1,1 @@
+"""medcbir.explain — see docs/contracts.md."""

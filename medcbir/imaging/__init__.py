@@ -1,0 +1,1 @@
+"""medcbir.imaging — see docs/contracts.md."""

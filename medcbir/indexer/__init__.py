@@ -1,0 +1,1 @@
+"""medcbir.indexer — see docs/contracts.md."""

@@ -1,0 +1,1 @@
+"""medcbir.pacs — see docs/contracts.md."""

@@ -1,0 +1,1 @@
+"""medcbir.train — see docs/contracts.md."""

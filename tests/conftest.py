@@ -1,0 +1,35 @@
+"""Shared fixtures: real phantom archives (written once per session) and system-tool checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REQUIRE_SYSTEM = os.environ.get("MEDCBIR_REQUIRE_SYSTEM") == "1" or os.environ.get("CI") == "true"
+
+
+def require_binary(name: str) -> str:
+    """Path of a system binary the test needs.
+
+    Under `make test` / CI the setup has installed it, so its absence is a failure, not a skip.
+    """
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        message = f"{name} is not installed (scripts/setup.sh installs it)"
+        if REQUIRE_SYSTEM:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_archive(tmp_path_factory) -> Path:
+    """A small phantom CT archive: 4 patients × 20 slices at 128 px (labels.csv, masks.h5)."""
+    from medcbir.imaging.phantom import make_archive
+
+    out = tmp_path_factory.mktemp("phantom") / "archive"
+    make_archive(out, patients=4, slices=20, seed=7, size=128)
+    return out
