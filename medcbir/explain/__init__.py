@@ -1,1 +1,61 @@
-"""medcbir.explain — see docs/contracts.md."""
+"""medcbir.explain — explanations of representations and matches (see docs/contracts.md).
+
+Every method has one signature,
+``method(encoder, images B×C×H×W, targets B×D | None = None, **options) -> B×H×W float32``,
+and attributes ``cosine(encoder(x), target)``: the image's own embedding when ``targets`` is
+None, the query's embedding to explain why a neighbour matched.
+"""
+
+from medcbir.explain.ablation_cam import ablation_cam
+from medcbir.explain.clustered_cam import clustered_cam
+from medcbir.explain.gradcam import gradcam
+from medcbir.explain.guided_gradcam import guided_gradcam
+from medcbir.explain.integrated_gradients import integrated_gradients
+from medcbir.explain.occlusion import occlusion
+from medcbir.explain.relax import RelaxResult, draw_masks, relax, relax_full
+from medcbir.explain.smoothgrad import smoothgrad
+
+METHODS = {
+    "relax": relax,
+    "gradcam": gradcam,
+    "guided_gradcam": guided_gradcam,
+    "integrated_gradients": integrated_gradients,
+    "smoothgrad": smoothgrad,
+    "occlusion": occlusion,
+    "clustered_cam": clustered_cam,
+    "ablation_cam": ablation_cam,
+}
+
+
+
+def __getattr__(name: str):
+    # the search runner imports the engine (FAISS, HDF5): only when asked for
+    if name in ("explain_search", "explain_to_report", "Explanation"):
+        from medcbir.explain import runner
+
+        return getattr(runner, name)
+    if name == "evaluate_methods":
+        from medcbir.explain import evaluation
+
+        return evaluation.evaluate_methods
+    raise AttributeError(f"module 'medcbir.explain' has no attribute {name!r}")
+
+
+__all__ = [
+    "METHODS",
+    "Explanation",
+    "evaluate_methods",
+    "explain_search",
+    "explain_to_report",
+    "RelaxResult",
+    "ablation_cam",
+    "clustered_cam",
+    "draw_masks",
+    "gradcam",
+    "guided_gradcam",
+    "integrated_gradients",
+    "occlusion",
+    "relax",
+    "relax_full",
+    "smoothgrad",
+]

@@ -1,1 +1,59 @@
-"""medcbir.train — see docs/contracts.md."""
+"""medcbir.train: backbones, encoders, self-supervised methods, the trainer and ONNX export.
+
+See docs/contracts.md (train section). The encoder API (``load_encoder``, ``open_encoder``,
+``Encoder``, ``check_compatible``) is imported eagerly; the training machinery (methods,
+kornia views, trainer, ONNX export) is imported on first use so indexing and search do not
+pay for kornia or onnx.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from medcbir.train.backbones import BACKBONES, backbone_dim, build_backbone
+from medcbir.train.encoder import (
+    DEFAULT_ENCODER,
+    Encoder,
+    EncoderModule,
+    check_compatible,
+    compute_fingerprint,
+    load_encoder,
+    new_encoder,
+    open_encoder,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+_LAZY = {
+    "METHODS": "medcbir.train.methods",
+    "build_method": "medcbir.train.methods",
+    "VIEWS": "medcbir.train.views",
+    "TrainConfig": "medcbir.train.trainer",
+    "TrainSummary": "medcbir.train.trainer",
+    "train": "medcbir.train.trainer",
+    "export_onnx": "medcbir.train.onnx_export",
+}
+
+__all__ = [
+    "BACKBONES",
+    "DEFAULT_ENCODER",
+    "Encoder",
+    "EncoderModule",
+    "backbone_dim",
+    "build_backbone",
+    "check_compatible",
+    "compute_fingerprint",
+    "load_encoder",
+    "new_encoder",
+    "open_encoder",
+    "read_checkpoint",
+    "save_checkpoint",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medcbir.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,308 @@
+"""Search benchmark: the engine against raw FAISS on the same index object, and the auto spec
+against exact search, on synthetic embeddings shaped like real ones.
+
+Data: N unit vectors in 512-d drawn around 1,000 cluster centres that live in a random 48-d
+subspace (within-cluster spread in the subspace + small isotropic noise in all 512 dims), so the
+intrinsic dimension is low, as with real image embeddings. (On isotropic random vectors every
+approximate index looks far worse than on real embeddings: do not tune on those.)
+
+The index is written through the real indexer (``IndexWriter.add_embeddings``: HDF5 shards,
+manifest, auto spec = exact Flat below 65,536 items, ``IVF1024,PQ64,Refine(Flat)`` above, trained
+once on a sample) and cached under ``benchmarks/work/search-N/``; queries are 1,000 fresh
+vectors from the same distribution (not in the index).
+
+Measured in one run, per size:
+
+- open time (``Engine.open``, verify ``sizes`` and ``checksums``) and resident memory;
+- batch search of 1,000 queries, K=10: engine (``engine.search`` on an embedding batch, results
+  as ``Neighbour`` objects) vs raw ``index.search`` on ``engine.index`` → overhead ratio
+  (goal ≤ 1.10); the same with a 50 % metadata filter (engine vs raw FAISS with a hand-built
+  ``IDSelectorBitmap``);
+- single-query latency p50 (engine and raw; goal ≤ 1 ms at 1M);
+- recall@10 of the auto spec vs exact brute force, and its QPS vs exact QPS (goal: recall@10 ≥
+  0.98 at ≥ 25× exact QPS). Exact QPS = FAISS brute force (``faiss.knn``, BLAS) over the same
+  stored vectors: the floor for exact search.
+
+Usage::
+
+    .venv/bin/python benchmarks/search.py                      # 100k
+    .venv/bin/python benchmarks/search.py --sizes 100000,1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import _results  # noqa: E402
+
+DIM = 512
+CLUSTERS = 1000
+SUBSPACE = 48
+SPREAD = 0.35
+NOISE = 0.05
+K = 10
+
+
+class Embeddings:
+    """Clustered, low-intrinsic-dimension unit vectors (one fixed geometry, many draws)."""
+
+    def __init__(self, dim: int = DIM, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.basis = np.linalg.qr(rng.normal(size=(dim, SUBSPACE)))[0].T.astype(np.float32)  # SUBSPACE×dim
+        self.centres = rng.normal(size=(CLUSTERS, SUBSPACE)).astype(np.float32)
+        self.dim = dim
+
+    def draw(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        z = self.centres[rng.integers(0, CLUSTERS, n)] + SPREAD * rng.standard_normal((n, SUBSPACE), dtype=np.float32)
+        x = z @ self.basis + NOISE * rng.standard_normal((n, self.dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def metas(start: int, n: int):
+    """Synthetic ItemMeta rows: half CT / half MR, 100 slices per series, 10 series per patient."""
+    from medcbir.imaging import ItemMeta
+
+    out = []
+    for i in range(start, start + n):
+        series, patient = i // 100, i // 1000
+        out.append(
+            ItemMeta(
+                sop_instance_uid=f"2.25.{i + 1}",
+                series_instance_uid=f"2.25.9{series}",
+                study_instance_uid=f"2.25.8{patient}",
+                modality="CT" if (i // 100) % 2 == 0 else "MR",
+                body_part="ABDOMEN",
+                patient_pseudonym=f"{patient:032x}",
+                instance_number=i % 100,
+                slice_position=float(i % 100),
+                rows=512,
+                cols=512,
+                pixel_spacing=(0.7, 0.7),
+                source=f"synthetic://{i}",
+            )
+        )
+    return out
+
+
+def build(index_dir: Path, n: int, gen: Embeddings, chunk: int = 50_000) -> float:
+    """Write n synthetic items through the real indexer (cached); returns build seconds (0 if cached)."""
+    from medcbir.indexer import IndexStore, IndexWriter
+
+    if (index_dir / "manifest.json").is_file():
+        store = IndexStore.open(index_dir, verify="none")
+        done = len(store.ids)
+        store.close()
+        if done == n:
+            return 0.0
+    start = time.perf_counter()
+    with IndexWriter.open(index_dir, "default", index_spec="auto") as writer:
+        for lo in range(writer.items, n, chunk):
+            m = min(chunk, n - lo)
+            writer.add_embeddings(metas(lo, m), gen.draw(m, seed=1000 + lo // chunk))
+            print(f"  built {lo + m:,}/{n:,} items ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return time.perf_counter() - start
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn, repeat: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def latencies(fn, queries: np.ndarray) -> np.ndarray:
+    out = np.empty(len(queries))
+    for i in range(len(queries)):
+        q = queries[i : i + 1]
+        t = time.perf_counter()
+        fn(q)
+        out[i] = time.perf_counter() - t
+    return out
+
+
+def stored_vectors(index) -> np.ndarray:
+    """The refine step's flat vectors (N×D), viewed without a copy."""
+    index = faiss.downcast_index(index)
+    flat = faiss.downcast_index(index.refine_index if isinstance(index, faiss.IndexRefine) else index)
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+
+
+def raw_filtered_params(index, mask: np.ndarray):
+    """Hand-built FAISS parameters with an IDSelectorBitmap (the peer of the engine's filter)."""
+    bitmap = np.packbits(mask, bitorder="little")
+    sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        ivf = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.extract_index_ivf(index.base_index).nprobe)
+        return faiss.IndexRefineSearchParameters(k_factor=index.k_factor, base_index_params=ivf), (bitmap, sel, ivf)
+    return faiss.SearchParameters(sel=sel), (bitmap, sel)
+
+
+def run_size(n: int, work: Path, n_queries: int) -> dict:
+    from medcbir.engine import Engine
+
+    gen = Embeddings()
+    index_dir = work / f"search-{n}"
+    print(f"[{n:,}] building (cached in {index_dir})", file=sys.stderr, flush=True)
+    build_s = build(index_dir, n, gen)
+    queries = gen.draw(n_queries, seed=7)
+    gc.collect()
+
+    rss0 = rss_mb()
+    t = time.perf_counter()
+    engine = Engine.open(index_dir, verify="sizes")
+    open_sizes = time.perf_counter() - t
+    rss_open = rss_mb()
+    t = time.perf_counter()
+    Engine.open(index_dir, verify="checksums")
+    open_checksums = time.perf_counter() - t
+    gc.collect()
+    index = engine.index
+    spec = engine.store.index_spec
+    print(f"[{n:,}] {spec}: open {open_sizes:.2f} s (sizes) / {open_checksums:.2f} s (checksums)", file=sys.stderr, flush=True)
+
+    # batch: engine vs raw FAISS on the same object
+    raw_batch = timed(lambda: index.search(queries, K))
+    eng_batch = timed(lambda: engine.search(queries, k=K))
+    _, raw_ids = index.search(queries, K)
+    eng_ids = np.array([[nb.id for nb in hits] for hits in engine.search(queries, k=K)])
+    same_results = bool(np.array_equal(raw_ids, eng_ids))
+
+    # filtered batch (50 % of items: modality CT)
+    mask = np.asarray(engine.columns["modality"]) == "CT"
+    params, keep = raw_filtered_params(index, mask)
+    raw_filt = timed(lambda: index.search(queries, K, params=params))
+    eng_filt = timed(lambda: engine.search(queries, k=K, modality="CT"))
+    _, raw_f_ids = index.search(queries, K, params=params)
+    eng_f_ids = np.array([[nb.id for nb in hits] for hits in engine.search(queries, k=K, modality="CT")])
+    same_filtered = bool(np.array_equal(raw_f_ids, eng_f_ids))
+    del keep
+
+    # single-query latency
+    singles = queries[: min(300, n_queries)]
+    lat_raw = latencies(lambda q: index.search(q, K), singles)
+    lat_eng = latencies(lambda q: engine.search(q, k=K), singles)
+
+    # exact floor and recall
+    xb = stored_vectors(index)
+    n_exact = min(n_queries, 200 if n >= 500_000 else 1000)
+    t = time.perf_counter()
+    _, exact_ids = faiss.knn(queries[:n_exact], xb, K, metric=faiss.METRIC_INNER_PRODUCT)
+    exact_s = time.perf_counter() - t
+    exact_qps = n_exact / exact_s
+    recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(raw_ids[:n_exact], exact_ids)]))
+    eng_qps = n_queries / eng_batch
+    out = {
+        "items": n,
+        "index_spec": spec,
+        "search_params": engine.store.search_params,
+        "build_s": round(build_s, 1),
+        "queries": n_queries,
+        "open_s_verify_sizes": open_sizes,
+        "open_s_verify_checksums": open_checksums,
+        "rss_mb_after_open": rss_open,
+        "rss_mb_open_delta": rss_open - rss0,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "batch_s_raw": raw_batch,
+        "batch_s_engine": eng_batch,
+        "overhead_ratio": eng_batch / raw_batch,
+        "engine_equals_raw": same_results,
+        "filtered_batch_s_raw": raw_filt,
+        "filtered_batch_s_engine": eng_filt,
+        "filtered_overhead_ratio": eng_filt / raw_filt,
+        "filtered_engine_equals_raw": same_filtered,
+        "p50_ms_raw": float(np.median(lat_raw) * 1e3),
+        "p50_ms_engine": float(np.median(lat_eng) * 1e3),
+        "p99_ms_engine": float(np.quantile(lat_eng, 0.99) * 1e3),
+        "qps_engine": eng_qps,
+        "qps_raw": n_queries / raw_batch,
+        "qps_exact": exact_qps,
+        "speedup_vs_exact": eng_qps / exact_qps,
+        "recall_at_10_vs_exact": recall,
+        "recall_queries": n_exact,
+    }
+    print(f"[{n:,}] {out}", file=sys.stderr, flush=True)
+    return out
+
+
+def markdown(rows: list[dict], load: str) -> str:
+    lines = [
+        "Synthetic clustered 512-d unit vectors (1,000 centres in a 48-d subspace + noise) written through "
+        "`IndexWriter.add_embeddings`; 1,000 held-out queries, K = 10. Peer: raw `faiss` `index.search` on the "
+        f"same index object; floor for exact search: FAISS brute force (`faiss.knn`). Load average during the run: {load}.",
+        "",
+        "| items | spec | engine / raw FAISS (batch) | filtered 50 %: engine / raw | p50 single query engine (raw) | recall@10 vs exact | QPS engine | QPS exact | speed-up vs exact | open (sizes / checksums) | RSS after open |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['items']:,} | `{r['index_spec']}` | {r['overhead_ratio']:.3f} | {r['filtered_overhead_ratio']:.3f} | "
+            f"{r['p50_ms_engine']:.3f} ms ({r['p50_ms_raw']:.3f}) | {r['recall_at_10_vs_exact']:.4f} | {r['qps_engine']:,.0f} | "
+            f"{r['qps_exact']:,.0f} | {r['speedup_vs_exact']:.1f}× | {r['open_s_verify_sizes']:.2f} s / {r['open_s_verify_checksums']:.2f} s | "
+            f"{r['rss_mb_after_open']:,.0f} MB |"
+        )
+    lines += [
+        "",
+        "Goals: overhead ≤ 1.10; recall@10 ≥ 0.98 at ≥ 25× exact QPS; p50 ≤ 1 ms at 1M; open ≤ 2 s. "
+        "`engine_equals_raw` in the JSON confirms the engine returned exactly FAISS's ids.",
+    ]
+    for r in rows:
+        misses = []
+        if r["overhead_ratio"] > 1.10:
+            misses.append(f"overhead {r['overhead_ratio']:.2f} > 1.10")
+        if r["recall_at_10_vs_exact"] < 0.98:
+            misses.append(f"recall {r['recall_at_10_vs_exact']:.3f} < 0.98")
+        if r["speedup_vs_exact"] < 25:
+            misses.append(f"speed-up {r['speedup_vs_exact']:.1f}× < 25×")
+        if r["items"] >= 1_000_000 and r["p50_ms_engine"] > 1.0:
+            misses.append(f"p50 {r['p50_ms_engine']:.2f} ms > 1 ms")
+        if r["open_s_verify_sizes"] > 2.0:
+            misses.append(f"open {r['open_s_verify_sizes']:.2f} s > 2 s")
+        lines.append(f"- {r['items']:,} items: " + ("all goals met." if not misses else "missed: " + "; ".join(misses) + "."))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000", help="comma-separated index sizes (e.g. 100000,1000000)")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    rows = [run_size(n, args.work, args.queries) for n in sizes]
+    load = f"{load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (2 cores)"
+    data = {"sizes": rows, "load_average": load, "dim": DIM, "clusters": CLUSTERS, "subspace": SUBSPACE, "spread": SPREAD, "noise": NOISE}
+    _results.record("search", data, markdown(rows, load), f".venv/bin/python benchmarks/search.py --sizes {args.sizes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""``medcbir index | delete | compact | verify``: thin commands over :mod:`medcbir.indexer`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _summary_lines(summary) -> list[str]:
+    skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items())) or "none"
+    return [
+        f"indexed          {summary.indexed}",
+        f"already present  {summary.already_present}",
+        f"skipped          {sum(summary.skipped.values())} ({skipped})",
+        f"shards written   {summary.shards}",
+        f"items in index   {summary.total_items}  (spec {summary.index_spec})",
+        f"elapsed          {summary.elapsed:.1f} s  ({summary.items_per_s:.1f} items/s)",
+    ]
+
+
+def _source(archive: str, workers: int):
+    if archive.startswith(("dicomweb+http://", "dicomweb+https://")):
+        from medcbir.pacs.dicomweb import DicomwebSource
+
+        return DicomwebSource(archive, **({"workers": workers} if workers else {}))
+    return archive
+
+
+@click.command("index")
+@click.argument("archive")
+@click.option("--encoder", "encoder", default="default", show_default=True, help="Encoder checkpoint, ONNX file or 'default'.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index folder (created or resumed).")
+@click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Items per HDF5 shard.")
+@click.option("--index-spec", default="auto", show_default=True, help="'auto' or a FAISS factory string (e.g. IVF1024,PQ64,Refine(Flat)).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes (0 = auto).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Images per encoder forward.")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None, help="Pseudonym key file (default INDEX/pseudonym.key).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Encoder precision.")
+@click.option("--delete-series", multiple=True, metavar="UID", help="Tombstone this series after indexing (repeatable).")
+@click.option("--delete-study", multiple=True, metavar="UID", help="Tombstone this study after indexing (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, key_file, device, precision,
+          delete_series, delete_study, as_json, no_progress) -> None:
+    """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
+    from medcbir.device import Device
+    from medcbir.indexer import delete, index_archive
+
+    dev = Device.auto(prefer=None if device == "auto" else device, precision=precision)
+    summary = index_archive(
+        _source(archive, workers), out, encoder, shard_size=shard_size, index_spec=index_spec, workers=workers,
+        device=dev, progress=not no_progress and not as_json, batch_size=batch_size, key_file=key_file,
+    )
+    deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
+    if as_json:
+        click.echo(json.dumps({**summary.to_dict(), "deleted": deleted}))
+        return
+    for line in _summary_lines(summary):
+        click.echo(line)
+    if delete_series or delete_study:
+        click.echo(f"tombstoned       {deleted}")
+
+
+@click.command("delete")
+@click.argument("index_dir", metavar="INDEX")
+@click.option("--series", multiple=True, metavar="UID", help="SeriesInstanceUID to tombstone (repeatable).")
+@click.option("--study", multiple=True, metavar="UID", help="StudyInstanceUID to tombstone (repeatable).")
+@click.option("--sop", multiple=True, metavar="UID", help="SOPInstanceUID to tombstone (repeatable).")
+def delete(index_dir, series, study, sop) -> None:
+    """Tombstone series, studies or instances in INDEX (search skips them; `compact` removes them)."""
+    from medcbir.errors import ConfigError
+    from medcbir.indexer import delete as delete_items
+
+    if not (series or study or sop):
+        raise ConfigError("give at least one --series, --study or --sop")
+    n = delete_items(index_dir, series=series, study=study, sop=sop)
+    click.echo(f"tombstoned {n} item(s)")
+
+
+@click.command("compact")
+@click.argument("index_dir", metavar="INDEX")
+def compact(index_dir) -> None:
+    """Rewrite INDEX's shards without tombstoned items."""
+    from medcbir.indexer import compact as compact_index
+
+    result = compact_index(index_dir)
+    click.echo(f"removed {result['removed']} item(s); {result['items']} item(s) in {result['shards']} shard(s)")
+
+
+@click.command("verify")
+@click.argument("index_dir", metavar="INDEX")
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems"}.')
+def verify(index_dir, as_json) -> None:
+    """Recompute every checksum of INDEX and check its consistency; exit 1 if anything is wrong."""
+    from medcbir.indexer import verify as verify_index
+
+    report = verify_index(index_dir)
+    if as_json:
+        data = report.to_dict()
+        click.echo(json.dumps({k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec")}))
+    else:
+        status = "ok" if report.ok else "BROKEN"
+        click.echo(f"{status}: {report.items} item(s) in {report.shards} shard(s), {report.deleted} deleted, "
+                   f"generation {report.generation}, spec {report.index_spec}")
+    if not report.ok:
+        if not as_json:
+            for problem in report.problems:
+                click.echo(f"  {problem}")
+        # The one line on stderr names the (first) broken file.
+        click.echo(f"error: {report.problems[0]}", err=True)
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,46 @@
+"""``medcbir orthanc-config``: write an Orthanc configuration that runs the medcbir plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("orthanc-config")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--index", "index", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Index folder the plugin fills and searches (created on first commit).")
+@click.option("--encoder", required=True, help='Encoder checkpoint, .onnx file or "default".')
+@click.option("--http-port", default=8042, show_default=True, type=int, help="Orthanc's HTTP port.")
+@click.option("--dicom-port", default=4242, show_default=True, type=int, help="Orthanc's DICOM (C-STORE) port.")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path),
+              help="Orthanc's storage folder [default: INDEX/../orthanc-storage].")
+@click.option("--aet", default="MEDCBIR", show_default=True, help="Orthanc's DICOM AE title.")
+@click.option("--user", help="NAME:PASSWORD: enable HTTP authentication with this user.")
+@click.option("--remote", is_flag=True, help="Accept connections from other hosts (needs --user).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Items per forward pass and commit.")
+@click.option("--flush-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0), help="Commit a partial batch after this long.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Fetch+decode threads in the worker.")
+@click.option("--plugin-dir", default="/usr/share/orthanc/plugins", show_default=True, help="Folder with libOrthancPython.so.")
+def orthanc_config(out: Path, index: Path, encoder: str, http_port: int, dicom_port: int, storage: Path | None,
+                   aet: str, user: str | None, remote: bool, batch_size: int, flush_seconds: float, workers: int,
+                   plugin_dir: str) -> None:
+    """Write OUT (an Orthanc JSON configuration) that indexes every received image into INDEX.
+
+    Start Orthanc with the printed command; then GET /medcbir/status, POST /medcbir/search.
+    """
+    from medcbir.pacs.orthanc_config import build_config, write_config
+    from medcbir.pacs.orthanc_server import orthanc_binary
+
+    config = build_config(index, encoder, http_port=http_port, dicom_port=dicom_port, storage=storage, aet=aet,
+                          user=user, remote=remote, plugin_dir=plugin_dir, batch_size=batch_size,
+                          flush_seconds=flush_seconds, workers=workers)
+    path = write_config(out, config)
+    click.echo(f"wrote {path} (index {config['Medcbir']['Index']}, storage {config['StorageDirectory']})")
+    click.echo("start Orthanc with:")
+    try:
+        binary = orthanc_binary()
+    except Exception:  # noqa: BLE001 - the config is still useful on another host
+        binary = "Orthanc"
+    click.echo(f"  {binary} {path.resolve()}")

@@ -1,0 +1,101 @@
+"""``medcbir search`` and ``medcbir evaluate``: parse, call ``medcbir.engine``, print."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
+NEIGHBOUR_FIELDS = ("sop_instance_uid", "frame", "series_instance_uid", "study_instance_uid", "modality", "source")
+
+
+def _device(name: str):
+    from medcbir.device import Device
+
+    return Device.auto(prefer=None if name == "auto" else name)
+
+
+def neighbour_json(n) -> dict:
+    """The ``--json`` record of one neighbour."""
+    out = {"rank": n.rank, "score": round(n.score, 6)}
+    out.update({key: n.meta.get(key) for key in NEIGHBOUR_FIELDS})
+    return out
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("queries", nargs=-1, required=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per query.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per query.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop items of the query's patient or study.")
+@click.option("--modality", multiple=True, help="Only items of this modality (repeatable).")
+@click.option("--body-part", multiple=True, help="Only items with this BodyPartExamined (repeatable).")
+@click.option("--series", multiple=True, help="Only items of this SeriesInstanceUID (repeatable).")
+@click.option("--study", multiple=True, help="Only items of this StudyInstanceUID (repeatable).")
+@click.option("--encoder", default=None, help="Encoder checkpoint/ONNX (default: the one the index records).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device):
+    """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
+
+    All queries are embedded and searched as one batch.
+    """
+    from medcbir.engine import Engine
+
+    engine = Engine.open(index, encoder=encoder, device=_device(device))
+    results = engine.search(
+        list(queries), k=k, exclude=exclude, modality=modality or None, body_part=body_part or None, series=series or None, study=study or None
+    )
+    if as_json:
+        payload = [{"query": q, "neighbours": [neighbour_json(n) for n in hits]} for q, hits in zip(queries, results)]
+        click.echo(json.dumps(payload, indent=2))
+        return
+    for q, hits in zip(queries, results):
+        click.echo(f"query: {q}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude})")
+        rows = [
+            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), n.meta.get("source", "")]
+            for n in hits
+        ]
+        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", "series", "modality", "source"]))
+        click.echo("")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+@click.command()
+@click.argument("index", type=click.Path(file_okay=False))
+@click.option("--labels", "labels_csv", required=True, type=click.Path(dir_okay=False), help="CSV with sop_instance_uid,frame,label.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours per query (K).")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="same-patient", show_default=True, help="Leave-one-out exclusion besides the query itself.")
+@click.option("--queries", "n_queries", type=click.IntRange(min=1), default=None, help="Evaluate a seeded sample of this many queries (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(index, labels_csv, k, exclude, n_queries, as_json):
+    """Leave-one-out MAP@K, AP@K, precision@K and kNN accuracy of INDEX against labels."""
+    from medcbir.engine import Engine
+    from medcbir.engine import evaluate as run_evaluation
+
+    engine = Engine.open(index)
+    result = run_evaluation(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(
+        f"leave-one-out over {result['n_queries']} labelled items, K={k}, exclude={exclude} (+ the query itself); "
+        f"{result['n_labels_unknown']} label rows not in the index, {result['n_labels_deleted']} deleted"
+    )
+    metrics = ["map_at_k", "ap_at_k", "precision_at_k", "knn_accuracy"]
+    rows = [["all", result["n_queries"], *(_fmt(result[m]) for m in metrics)]]
+    rows += [[name, c["n_queries"], *(_fmt(c[m]) for m in metrics)] for name, c in result["per_class"].items()]
+    click.echo(_table(rows, ["class", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
+    if "recall_vs_exact" in result:
+        click.echo(f"recall@{k} of the approximate index vs exact search: {result['recall_vs_exact']:.4f}")

@@ -1,0 +1,95 @@
+"""``medcbir train`` and ``medcbir export-onnx``: parse, call :mod:`medcbir.train`, print."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _method_options(values: tuple[str, ...]) -> dict:
+    options = {}
+    for value in values:
+        if "=" not in value:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--method-option")
+        key, raw = value.split("=", 1)
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = raw
+    return options
+
+
+@click.command("train")
+@click.argument("archive", type=click.Path(path_type=str))
+@click.option("--method", default="simsiam", show_default=True, type=click.Choice(["simsiam", "simclr", "moco", "rotation"]), help="Self-supervised method.")
+@click.option("--epochs", default=10, show_default=True, type=int, help="Total epochs (the cosine schedule spans them).")
+@click.option("--batch-size", default=64, show_default=True, type=int, help="Images per step.")
+@click.option("--size", default=224, show_default=True, type=int, help="Image side in pixels (also the encoder's input size).")
+@click.option("--out", required=True, type=click.Path(path_type=str), help="Checkpoint path (rewritten after every epoch).")
+@click.option("--views", default=None, help="Per-view Hounsfield windows, e.g. hu-narrow,hu-wide (the reference paper's views).")
+@click.option("--windows", default="ct-liver-wide", show_default=True, help="The encoder's test-time window(s), comma-separated.")
+@click.option("--backbone", default="resnet18", show_default=True, type=click.Choice(["resnet18", "resnet34", "resnet50"]))
+@click.option("--labels", default=None, type=click.Path(path_type=str), help="labels.csv: kNN/MAP@5 on held-out patients after each epoch.")
+@click.option("--holdout", default=0.25, show_default=True, type=float, help="Fraction of patients held out for the monitor.")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out (same options).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--workers", default=0, show_default=True, type=int, help="Archive decoding processes (0 = auto).")
+@click.option("--lr", default=None, type=float, help="Base learning rate [default: 0.05·batch/256].")
+@click.option("--rotation", default=0.0, show_default=True, type=float, help="Max augmentation rotation in degrees (0 = off).")
+@click.option("--method-option", "method_option", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. proj_dim=512, queue_size=1024.")
+@click.option("--cache", default=None, type=click.Path(path_type=str), help="HU cache file [default: next to --out].")
+@click.option("--device", "device_name", default=None, type=click.Choice(["cpu", "cuda"]), help="Force a device [default: auto].")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Mixed precision on CUDA.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(archive, method, epochs, batch_size, size, out, views, windows, backbone, labels, holdout, resume, seed, workers, lr, rotation, method_option, cache, device_name, precision, quiet):
+    """Train a self-supervised encoder on ARCHIVE (a DICOM folder)."""
+    from medcbir.device import Device
+    from medcbir.train.trainer import TrainConfig
+    from medcbir.train.trainer import train as run
+
+    config = TrainConfig(
+        archive=archive,
+        out=out,
+        method=method,
+        epochs=epochs,
+        batch_size=batch_size,
+        size=size,
+        views=views,
+        windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
+        backbone=backbone,
+        labels=labels,
+        holdout=holdout,
+        resume=resume,
+        seed=seed,
+        workers=workers,
+        lr=lr,
+        rotation=rotation,
+        method_options=_method_options(method_option),
+        cache=cache,
+        device=Device.auto(prefer=device_name, precision=precision),
+        progress=not quiet,
+    )
+    summary = run(config)
+    last = summary.history[-1] if summary.history else {}
+    click.echo(f"trained {summary.method} ({backbone}) for {summary.epochs_run} epoch(s) of {summary.epochs}: {summary.images} images in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s)")
+    click.echo(f"final loss {summary.final_loss:.4f}" + (f"; held-out MAP@{last['k']} {last['map_at_k']:.3f}, kNN accuracy {last['knn_accuracy']:.3f}" if "map_at_k" in last else ""))
+    prep = summary.preprocessing
+    click.echo(f"encoder {summary.fingerprint[:12]} ({', '.join(prep['windows'])}, {prep['size']} px) → {summary.out}")
+    click.echo(f"log {summary.log}" + (f"; plot {summary.plot}" if summary.plot else ""))
+
+
+@click.command("export-onnx")
+@click.argument("checkpoint", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--archive", default=None, type=click.Path(path_type=str), help="Real images for the parity check [default: random inputs].")
+@click.option("--parity-images", default=8, show_default=True, type=int)
+@click.option("--tolerance", default=1e-4, show_default=True, type=float, help="Max |Δ| torch vs ONNX Runtime.")
+def export_onnx(checkpoint, out, archive, parity_images, tolerance):
+    """Export CHECKPOINT (or "default") to OUT (.onnx) with a parity check."""
+    from medcbir.train.onnx_export import export_onnx as run
+
+    report = run(checkpoint, out, archive=archive, n_parity=parity_images, tolerance=tolerance)
+    prep = report.preprocessing
+    click.echo(f"exported encoder {report.fingerprint[:12]} ({', '.join(prep['windows'])}, {prep['size']} px, {report.dim}-d) → {report.out} ({report.size_bytes / 1e6:.1f} MB)")
+    click.echo(f"parity: max |Δ| torch vs onnxruntime = {report.max_abs_diff:.2e} on {report.parity_images} {report.parity_source} images (tolerance {report.tolerance:.0e})")

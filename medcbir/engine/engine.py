@@ -1,0 +1,322 @@
+"""The search engine: an open index plus its encoder, answering top-K queries.
+
+Example:
+    >>> engine = Engine.open("INDEX")
+    >>> [hits] = engine.search(["1.2.826.0.1.3680043.8.498.1"], k=5, exclude="same-patient")
+    >>> [(n.rank, round(n.score, 3), n.meta["sop_instance_uid"]) for n in hits]
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_in
+from medcbir.engine.neighbour import MetaTable, Neighbour
+from medcbir.engine.queries import Query, QueryResolver
+from medcbir.engine.selectors import Selection, is_exact, search_parameters
+from medcbir.errors import ConfigError, EncoderMismatch, IndexNotFound
+
+
+def _check_encoder(encoder, info: dict) -> None:
+    """Refuse an encoder whose fingerprint differs from the one the index records."""
+    from medcbir.train import check_compatible
+
+    check_compatible(encoder, info.get("fingerprint", ""), info.get("preprocessing"))
+
+
+class Engine:
+    """Top-K retrieval over one committed generation of an index.
+
+    Use :meth:`open`. Opening reads the manifest, the id and metadata column arrays and the
+    FAISS index (memory-mapped where FAISS can); it makes no Python object per item. The
+    encoder is loaded on first use (image/DICOM queries), so embedding and UID queries never
+    pay for torch start-up.
+
+    Args:
+        store: an open ``medcbir.indexer.IndexStore``.
+        encoder: an ``Encoder`` (already checked), or None to load the one the index records.
+        device: the ``Device`` the encoder runs on (None = ``Device.auto()``).
+    """
+
+    def __init__(self, store, encoder=None, device=None) -> None:
+        self.store = store
+        self.device = device
+        self._encoder = encoder
+        self.index = store.faiss_index
+        self.ids = np.asarray(store.ids, dtype=np.int64)
+        self.dim = int(store.dim)
+        # A Mapping whose columns the store reads from the shards on first access.
+        self.columns = store.columns
+        n = len(self.ids)
+        # Ids are dense and in row order in every index the indexer writes; then id == row and
+        # no lookup table is needed. Otherwise one int64 array maps ids to rows.
+        self._dense = n == 0 or (int(self.ids[0]) == 0 and int(self.ids[-1]) == n - 1 and bool(np.all(np.diff(self.ids) == 1)))
+        self.id_range = int(self.ids.max()) + 1 if n else 0
+        if not self._dense:
+            self._row_of_id = np.full(self.id_range, -1, dtype=np.int64)
+            self._row_of_id[self.ids] = np.arange(n, dtype=np.int64)
+        live_rows = np.asarray(store.live_mask, dtype=bool) if getattr(store, "live_mask", None) is not None else np.ones(n, bool)
+        self.live = self.id_mask(live_rows)
+        self._n_live = int(np.count_nonzero(live_rows))
+        self.table = MetaTable(self.columns, self.rows_of)
+        self.lookup = KeyLookup(self.columns, self.ids)
+        self.exact = bool(getattr(store, "exact", is_exact(self.index)))
+        self.knobs: dict = {}
+        self._masks: OrderedDict = OrderedDict()  # small LRU of filter masks
+        self._codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums") -> "Engine":
+        """Open an index for search.
+
+        Args:
+            index_dir: the index folder (with ``manifest.json``).
+            encoder: None (load the encoder recorded in the manifest, on first use), a path
+                (checkpoint, ONNX, ``"default"``) or an ``Encoder``. One whose fingerprint
+                differs from the index's raises :class:`~medcbir.errors.EncoderMismatch`.
+            device: ``medcbir.device.Device`` for the encoder and FAISS; None = auto.
+            verify: ``"checksums"`` (sha256 of every committed file: a damaged shard is named
+                at open), ``"sizes"`` (existence and size only: fast on huge indexes) or ``"none"``.
+
+        Raises:
+            IndexNotFound: no index at ``index_dir``.
+            IndexCorrupt: a shard or the manifest is damaged (the file is named).
+            EncoderMismatch: ``encoder`` is not the index's encoder.
+        """
+        from medcbir.indexer import IndexStore
+
+        if not Path(index_dir).is_dir():
+            raise IndexNotFound(f"index folder {index_dir} does not exist")
+        store = IndexStore.open(index_dir, verify=verify, device=device)
+        if encoder is not None:
+            encoder = cls._load_encoder(encoder, device)
+            _check_encoder(encoder, store.encoder_info)
+            if encoder.dim != int(store.dim):
+                raise EncoderMismatch(f"encoder gives {encoder.dim}-d embeddings, the index holds {store.dim}-d")
+        return cls(store, encoder, device)
+
+    @staticmethod
+    def _load_encoder(encoder, device):
+        from medcbir.train import open_encoder
+
+        if isinstance(encoder, (str, Path)):
+            return open_encoder(str(encoder), device=device)
+        if hasattr(encoder, "embed") and hasattr(encoder, "fingerprint"):
+            return encoder
+        return open_encoder(encoder, device=device)  # an EncoderModule in memory
+
+    @property
+    def encoder(self):
+        """The index's encoder (loaded from ``encoder_info["source"]`` on first access)."""
+        if self._encoder is None:
+            info = self.store.encoder_info
+            source = info.get("source")
+            if not source or source == "<module>":
+                raise ConfigError("the index does not record where its encoder is; pass encoder=... (--encoder)")
+            if source != "default" and not Path(source).exists():
+                raise ConfigError(f"the index's encoder {source} no longer exists; pass encoder=... (--encoder)")
+            encoder = self._load_encoder(source, self.device)
+            _check_encoder(encoder, info)
+            self._encoder = encoder
+        return self._encoder
+
+    @property
+    def pseudonym_key(self) -> bytes | None:
+        """The archive's pseudonym key (to compute a query file's patient pseudonym), if present."""
+        try:
+            return self.store.key()
+        except (OSError, AttributeError):
+            return None
+
+    def __len__(self) -> int:
+        return self._n_live
+
+    def set_search_params(self, **knobs) -> None:
+        """Default FAISS knobs for every search (``nprobe``, ``efSearch``, ``k_factor``)."""
+        self.knobs.update({k: v for k, v in knobs.items() if v is not None})
+
+    # ------------------------------------------------------------------------ ids ↔ rows
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids if self._dense else self._row_of_id[ids]
+
+    def id_mask(self, row_mask: np.ndarray) -> np.ndarray:
+        """A row-aligned boolean mask as a mask over the id range."""
+        if self._dense:
+            return np.asarray(row_mask, dtype=bool)
+        out = np.zeros(self.id_range, dtype=bool)
+        out[self.ids[row_mask]] = True
+        return out
+
+    def meta(self, ids) -> list[dict]:
+        """Metadata of items by id (``ItemMeta`` columns as plain Python values)."""
+        return self.table.of_ids(ids)
+
+    def meta_column(self, column: str, ids) -> list:
+        """One metadata column of items by id, as plain Python values."""
+        from medcbir.engine.neighbour import plain
+
+        return [plain(v) for v in np.asarray(self.columns[column])[self.rows_of(ids)].tolist()]
+
+    def embeddings(self, ids) -> np.ndarray:
+        """Stored embeddings of items by id (B×D float32)."""
+        return np.asarray(self.store.embeddings(np.asarray(ids, dtype=np.int64)), dtype=np.float32)
+
+    def deleted_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids[~self.live[ids]]
+
+    # ------------------------------------------------------------------------ masks
+    def _codes_of(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(unique values, row codes) of a column, computed once on first use."""
+        if column not in self._codes:
+            self._codes[column] = np.unique(np.asarray(self.columns[column]), return_inverse=True)
+        return self._codes[column]
+
+    def filter_mask(self, filters: Filters) -> np.ndarray | None:
+        """Id-range mask of live items passing ``filters``; None when every item passes."""
+        if filters.empty and self._n_live == len(self.ids):
+            return None
+        key = filters
+        if key not in self._masks:
+            rows = np.ones(len(self.ids), dtype=bool)
+            for column, values, upper in (
+                ("modality", filters.modality, True),
+                ("body_part", filters.body_part, True),
+                ("series_instance_uid", filters.series, False),
+                ("study_instance_uid", filters.study, False),
+            ):
+                if values:
+                    rows &= column_is_in(self.columns[column], values, upper=upper)
+            self._masks[key] = self.id_mask(rows) & self.live
+            while len(self._masks) > 8:
+                self._masks.popitem(last=False)
+        return self._masks[key]
+
+    def exclusion_mask(self, column: str, value) -> np.ndarray:
+        """Id-range mask of the items whose ``column`` equals ``value`` (to exclude)."""
+        uniques, codes = self._codes_of(column)
+        col = np.asarray(self.columns[column])
+        probe = value.encode() if col.dtype.kind == "S" and isinstance(value, str) else value
+        pos = int(np.searchsorted(uniques, probe))
+        if pos >= len(uniques) or uniques[pos] != probe:
+            return np.zeros(self.id_range, dtype=bool)
+        return self.id_mask(codes == pos)
+
+    # ------------------------------------------------------------------------ search
+    def embed(self, queries) -> np.ndarray:
+        """Query embeddings (B×D float32, L2-normalised) for any mix of query kinds."""
+        return self._embed(QueryResolver(self).resolve(queries))
+
+    def _embed(self, queries: list[Query]) -> np.ndarray:
+        out = np.empty((len(queries), self.dim), dtype=np.float32)
+        to_embed = [i for i, q in enumerate(queries) if q.embedding is None]
+        if to_embed:
+            images = np.stack([queries[i].image for i in to_embed])
+            out[to_embed] = self.encoder.embed(images)  # one batch for every image query
+        for i, q in enumerate(queries):
+            if q.embedding is not None:
+                out[i] = q.embedding
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        # The metric is cosine: given embeddings are normalised like stored ones.
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
+
+    def search(self, queries, k: int = 10, *, exclude: str = "none", modality=None, body_part=None, series=None, study=None) -> list[list[Neighbour]]:
+        """The K nearest items of each query.
+
+        Args:
+            queries: DICOM paths, SOP UIDs in the index (``"UID"`` or ``"UID:frame"``),
+                ``Item``/``Decoded`` objects, image arrays (C×S×S preprocessed or raw H×W),
+                embeddings (D or B×D) — mixed freely; see ``medcbir.engine.queries``.
+            k: neighbours per query.
+            exclude: ``"none"``, ``"same-patient"`` (drop items of the query's patient) or
+                ``"same-study"``; only applies to queries whose patient/study is known (files,
+                decoded items, UIDs). With ``"none"`` an indexed query is its own top-1.
+            modality, body_part, series, study: keep only items with these values (a value or
+                a list of values each).
+
+        Returns:
+            One list of :class:`Neighbour` per query, best first (fewer than K when fewer
+            items pass the filters).
+
+        Raises:
+            DecodeError: a query file cannot be decoded.
+            ConfigError: bad option, unknown UID, or an embedding of the wrong dimension.
+        """
+        check_exclude(exclude)
+        if int(k) < 1:
+            raise ConfigError(f"k must be ≥ 1, got {k}")
+        resolved = QueryResolver(self).resolve(queries)
+        if not resolved:
+            return []
+        vectors = self._embed(resolved)
+        base = self.filter_mask(Filters.of(modality, body_part, series, study))
+        groups = self._group(resolved, exclude)
+        scores, ids = self.search_groups(vectors, int(k), base, groups)
+        return self.neighbours(scores, ids)
+
+    def _group(self, queries: list[Query], exclude: str) -> dict:
+        """Queries sharing an exclusion → one FAISS search each: {(column, value) | None: [query idx]}."""
+        column = {"same-patient": ("patient_pseudonym", "patient"), "same-study": ("study_instance_uid", "study")}.get(exclude)
+        groups: dict = {}
+        for i, q in enumerate(queries):
+            key = None
+            if column is not None and getattr(q, column[1]):
+                key = (column[0], getattr(q, column[1]))
+            groups.setdefault(key, []).append(i)
+        return groups
+
+    def search_groups(self, vectors: np.ndarray, k: int, base: np.ndarray | None, groups: dict, index=None) -> tuple[np.ndarray, np.ndarray]:
+        """Search ``vectors`` in groups, each with its own selector; returns (scores, ids) B×k.
+
+        Args:
+            vectors: B×D query embeddings.
+            k: neighbours per query.
+            base: admissible id-range mask shared by all groups (None = every item).
+            groups: ``{None | (column, value): [row indices into vectors]}``; a (column, value)
+                key excludes the items with that value.
+            index: the FAISS index to search (default: the engine's; evaluation passes an
+                exact index to measure recall).
+        """
+        index = self.index if index is None else index
+        scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(vectors), k), -1, dtype=np.int64)
+        for key, members in groups.items():
+            mask = base
+            if key is not None:
+                excluded = self.exclusion_mask(*key)
+                mask = (self.live if base is None else base) & ~excluded
+            keep: list = []
+            selection = Selection(mask) if mask is not None else None
+            params = None
+            if selection is not None or self.knobs:
+                # Nothing to select and no knob to change: FAISS's own defaults, no parameter objects.
+                params = search_parameters(index, selection.selector if selection else None, keep, **self.knobs)
+            rows = np.asarray(members, dtype=np.int64)
+            q = vectors if len(rows) == len(vectors) else np.ascontiguousarray(vectors[rows])
+            d, i = index.search(q, k, params=params) if params is not None else index.search(q, k)
+            scores[rows], ids[rows] = d, i
+            del keep, selection  # FAISS pointed into these until the search returned
+        return scores, ids
+
+    def neighbours(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Neighbour]]:
+        """FAISS (scores, ids) as :class:`Neighbour` lists (missing results dropped)."""
+        out = []
+        rows = self.rows_of(np.where(ids >= 0, ids, 0))
+        for srow, irow, rrow in zip(scores.tolist(), ids.tolist(), rows.tolist()):
+            out.append([Neighbour(i, s, r + 1, table=self.table, row=row) for r, (s, i, row) in enumerate(zip(srow, irow, rrow)) if i >= 0])
+        return out
+
+    def __repr__(self) -> str:
+        info = self.store.encoder_info
+        return f"Engine({len(self)} live items, dim={self.dim}, spec={json.dumps(getattr(self.store, 'index_spec', '?'))}, encoder={str(info.get('fingerprint', ''))[:12]})"
+
+
+__all__ = ["Engine"]

@@ -1,0 +1,95 @@
+"""Search results: a neighbour (id, score, rank) and its item's metadata as plain Python values.
+
+The metadata dict of a neighbour is built on first access from the index's column arrays, so a
+batch search returns quickly even with thousands of neighbours nobody looks at the metadata of.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def plain(value):
+    """A numpy scalar/array/bytes value as a plain Python value (str, int, float, tuple)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return tuple(plain(v) for v in value.tolist())
+    if isinstance(value, np.generic):
+        return plain(value.item())
+    if isinstance(value, (list, tuple)):
+        return tuple(plain(v) for v in value)
+    return value
+
+
+class MetaTable:
+    """Row access to metadata columns (numpy arrays aligned with the index's rows).
+
+    Args:
+        columns: column name → numpy array (first axis = rows).
+        row_of_id: callable mapping an int64 id array to row indices.
+    """
+
+    def __init__(self, columns: dict[str, np.ndarray], row_of_id) -> None:
+        self.columns = columns
+        self.row_of_id = row_of_id
+
+    def row(self, row: int) -> dict:
+        """The metadata of one row as ``{column: plain value}``."""
+        return {name: plain(col[row]) for name, col in self.columns.items()}
+
+    def rows(self, rows: np.ndarray) -> list[dict]:
+        """Metadata of many rows."""
+        return [self.row(int(r)) for r in np.asarray(rows, dtype=np.int64)]
+
+    def of_ids(self, ids) -> list[dict]:
+        return self.rows(self.row_of_id(np.asarray(ids, dtype=np.int64)))
+
+
+class Neighbour:
+    """One retrieved item.
+
+    Attributes:
+        id: the item's int64 id in the index.
+        score: similarity (inner product of L2-normalised embeddings = cosine; higher is closer).
+        rank: 1-based rank within its query's result list.
+        meta: the item's metadata (``ItemMeta`` columns) as plain Python values.
+    """
+
+    __slots__ = ("id", "score", "rank", "_meta", "_table", "_row")
+
+    def __init__(self, id: int, score: float, rank: int, meta: dict | None = None, *, table: MetaTable | None = None, row: int = -1) -> None:
+        self.id = int(id)
+        self.score = float(score)
+        self.rank = int(rank)
+        self._meta = meta
+        self._table = table
+        self._row = row
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            self._meta = self._table.row(self._row) if self._table is not None else {}
+        return self._meta
+
+    def to_dict(self) -> dict:
+        """``{"id", "score", "rank", **meta}``; NaN floats become None (valid JSON)."""
+        out = {"id": self.id, "score": self.score, "rank": self.rank}
+        for key, value in self.meta.items():
+            if isinstance(value, float) and math.isnan(value):
+                value = None
+            elif isinstance(value, tuple):
+                value = [None if isinstance(v, float) and math.isnan(v) else v for v in value]
+            out[key] = value
+        return out
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Neighbour):
+            return NotImplemented
+        return (self.id, self.score, self.rank) == (other.id, other.score, other.rank)
+
+    def __repr__(self) -> str:
+        uid = self.meta.get("sop_instance_uid", "?")
+        return f"Neighbour(rank={self.rank}, id={self.id}, score={self.score:.4f}, sop={uid}, frame={self.meta.get('frame', 0)})"

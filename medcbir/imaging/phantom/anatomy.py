@@ -1,0 +1,427 @@
+"""Organ geometry of one synthetic patient, level by level along the body axis.
+
+Geometry lives in normalised image coordinates: ``x`` runs left → right across the image
+(patient's right → left, the radiological convention), ``y`` runs top → bottom
+(anterior → posterior), both in [-1, 1] over the reconstruction field of view. The body axis
+is ``z`` in [0, 1]: 0 is the top of the scanned range (upper thorax), 1 the bottom (pelvis).
+
+A patient is a set of random parameters drawn once from ``(seed, index)``; a slice at ``z`` is a
+list of :class:`Layer` (an organ name, a :class:`Blob` outline and a Hounsfield value) painted in
+order by :mod:`medcbir.imaging.phantom.slices`. Later layers cover earlier ones, so the
+per-organ masks are what is visible in the final image.
+
+Level labels (the retrieval ground truth) follow from organ extents, per patient:
+
+* ``thorax``       z < liver_top                    lungs, heart, no liver;
+* ``liver-dome``   liver_top ≤ z < kidney_top       liver (and lung bases, spleen), no kidney;
+* ``liver-kidney`` kidney_top ≤ z < liver_bottom    liver and at least one kidney;
+* ``kidney``       liver_bottom ≤ z < kidney_bottom kidneys, no liver;
+* ``pelvis``       z ≥ kidney_bottom                pelvic bones, bladder, no kidney.
+
+Each band is at least 0.12 of the range wide (nominal boundaries 0.22/0.40/0.60/0.78, each moved
+by at most ±0.025 per patient), so a series of ≥ 10 evenly spaced slices, whose centres are at
+most 0.1 apart, hits every label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LABELS: tuple[str, ...] = ("thorax", "liver-dome", "liver-kidney", "kidney", "pelvis")
+
+# Masks written for every slice: the contract's organs first, then the extra ones.
+CONTRACT_ORGANS: tuple[str, ...] = (
+    "liver", "spleen", "kidney_left", "kidney_right", "aorta", "spine",
+    "lung_left", "lung_right", "body", "bowel_gas",
+)
+EXTRA_ORGANS: tuple[str, ...] = (
+    "heart", "ribs", "pelvic_bone", "bladder", "gallbladder", "subcutaneous_fat", "muscle",
+)
+ORGANS: tuple[str, ...] = CONTRACT_ORGANS + EXTRA_ORGANS
+
+# The Hounsfield range each tissue's median must fall in (what the tests check through
+# medcbir.imaging): the values a radiologist expects on a contrast-enhanced CT.
+HU_RANGES: dict[str, tuple[float, float]] = {
+    "air": (-1024.0, -950.0),
+    "lung_left": (-900.0, -780.0),
+    "lung_right": (-900.0, -780.0),
+    "subcutaneous_fat": (-130.0, -70.0),
+    "muscle": (20.0, 65.0),
+    "liver": (50.0, 120.0),
+    "spleen": (40.0, 100.0),
+    "kidney_left": (30.0, 150.0),
+    "kidney_right": (30.0, 150.0),
+    "aorta": (200.0, 300.0),
+    "spine": (400.0, 1000.0),
+    "pelvic_bone": (400.0, 1000.0),
+    "bowel_gas": (-1024.0, -850.0),
+    "bladder": (-10.0, 20.0),
+    "gallbladder": (-10.0, 30.0),
+}
+
+# Nominal level boundaries (liver_top, kidney_top, liver_bottom, kidney_bottom) and the most a
+# patient may move each one; see the module docstring for why these keep every band ≥ 0.12.
+NOMINAL_BOUNDARIES: tuple[float, float, float, float] = (0.22, 0.40, 0.60, 0.78)
+BOUNDARY_JITTER = 0.025
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A closed outline: an ellipse whose radius is modulated by a few angular harmonics.
+
+    Args:
+        cx, cy: centre (normalised image coordinates).
+        ax, ay: semi-axes before rotation.
+        angle: rotation in radians (positive turns x towards y).
+        harmonics: ``(k, amplitude, phase)`` terms; the radius at polar angle θ is
+            ``1 + Σ amplitude·cos(kθ + phase)`` times the ellipse radius, which gives each
+            patient's organs their own shape without self-intersection for small amplitudes.
+    """
+
+    cx: float
+    cy: float
+    ax: float
+    ay: float
+    angle: float = 0.0
+    harmonics: tuple[tuple[int, float, float], ...] = ()
+
+    def scaled(self, factor: float) -> Blob:
+        return Blob(self.cx, self.cy, self.ax * factor, self.ay * factor, self.angle, self.harmonics)
+
+    def moved(self, dx: float, dy: float) -> Blob:
+        return Blob(self.cx + dx, self.cy + dy, self.ax, self.ay, self.angle, self.harmonics)
+
+    @property
+    def reach(self) -> float:
+        """Radius of a circle around the centre that contains the whole outline."""
+        return max(self.ax, self.ay) * (1.0 + sum(abs(a) for _, a, _ in self.harmonics))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One paint stroke: set ``hu`` inside ``blob`` and assign those pixels to ``organ``.
+
+    Args:
+        organ: the mask the pixels now belong to; ``""`` for unlabelled tissue, ``None`` to keep
+            the current owner (a structure inside an organ, e.g. the renal medulla).
+        blob: the outline.
+        hu: Hounsfield value painted.
+        in_cavity: clip to the body cavity (inside the abdominal/chest wall).
+    """
+
+    organ: str | None
+    blob: Blob
+    hu: float
+    in_cavity: bool = False
+
+
+def _harmonics(rng: np.random.Generator, strength: float, orders: tuple[int, ...] = (2, 3, 4)) -> tuple:
+    return tuple((k, float(rng.uniform(-strength, strength) / k ** 0.5), float(rng.uniform(0, 2 * math.pi))) for k in orders)
+
+
+def _profile(z: float, top: float, bottom: float, floor: float = 0.45) -> float:
+    """Cross-section scale of an organ spanning [top, bottom): small at both ends, 1 mid-way.
+
+    The floor keeps an organ visibly present on every slice inside its extent, so the level
+    labels (which follow the extents) always agree with the masks.
+    """
+    t = min(max((z - top) / (bottom - top), 0.0), 1.0)
+    return floor + (1.0 - floor) * math.sin(math.pi * t) ** 0.7
+
+
+@dataclass
+class Patient:
+    """Random anatomy of one synthetic patient (drawn once, then queried per slice)."""
+
+    index: int
+    boundaries: tuple[float, float, float, float]
+    body: Blob
+    fat_frac: float
+    wall_frac: float
+    hu: dict[str, float]
+    shapes: dict[str, tuple] = field(default_factory=dict)
+    sizes: dict[str, float] = field(default_factory=dict)
+    bowel: list[tuple[float, ...]] = field(default_factory=list)
+    lung_bottom: float = 0.0
+    kidney_offsets: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def draw(cls, seed: int, index: int) -> Patient:
+        """The anatomy of patient ``index`` of the archive made with ``seed``.
+
+        Args:
+            seed: archive seed.
+            index: 0-based patient number.
+        """
+        rng = np.random.default_rng([seed, index, 0x0A7A])
+        jitter = rng.uniform(-BOUNDARY_JITTER, BOUNDARY_JITTER, size=4)
+        boundaries = tuple(float(b + j) for b, j in zip(NOMINAL_BOUNDARIES, jitter))
+        liver_top, kidney_top, _, _ = boundaries
+        body = Blob(
+            cx=float(rng.uniform(-0.05, 0.05)),
+            cy=float(rng.uniform(-0.04, 0.06)),
+            ax=float(rng.uniform(0.68, 0.86)),
+            ay=float(rng.uniform(0.50, 0.62)),
+            harmonics=_harmonics(rng, 0.03),
+        )
+        contrast = float(rng.uniform(0.0, 1.0))  # 0 = late/weak enhancement, 1 = strong
+        hu = {
+            "subcutaneous_fat": float(rng.uniform(-110, -90)),
+            "visceral_fat": float(rng.uniform(-100, -80)),
+            "muscle": float(rng.uniform(38, 50)),
+            "lung": float(rng.uniform(-870, -820)),
+            "liver": 60.0 + 40.0 * contrast,
+            "spleen": 50.0 + 35.0 * contrast,
+            "kidney_cortex": 110.0 + 30.0 * contrast,
+            "kidney_medulla": 60.0 + 30.0 * contrast,
+            "aorta": 220.0 + 70.0 * contrast,
+            "ivc": 70.0 + 60.0 * contrast,
+            "heart_wall": 60.0 + 30.0 * contrast,
+            "heart_blood": 180.0 + 80.0 * contrast,
+            "cortical": float(rng.uniform(850, 1000)),
+            "cancellous": float(rng.uniform(430, 520)),
+            "rib": float(rng.uniform(600, 800)),
+            "bowel_wall": float(rng.uniform(30, 45)),
+            "water": float(rng.uniform(0, 10)),
+            "bile": float(rng.uniform(5, 20)),
+            "csf": float(rng.uniform(5, 15)),
+            "renal_sinus": float(rng.uniform(-70, -40)),
+            "gas": -1000.0,
+        }
+        sizes = {
+            "liver": float(rng.uniform(0.85, 1.15)),
+            "spleen": float(rng.uniform(0.8, 1.25)),
+            "kidney": float(rng.uniform(0.85, 1.15)),
+            "aorta": float(rng.uniform(0.85, 1.15)),
+            "heart": float(rng.uniform(0.85, 1.1)),
+            "left_lobe": float(rng.uniform(0.6, 1.2)),
+            "bladder": float(rng.uniform(0.7, 1.2)),
+        }
+        shapes = {
+            name: _harmonics(rng, strength)
+            for name, strength in (("liver", 0.12), ("spleen", 0.10), ("kidney_left", 0.05),
+                                   ("kidney_right", 0.05), ("lung_left", 0.06), ("lung_right", 0.06),
+                                   ("heart", 0.05), ("bladder", 0.06))
+        }
+        # Small-bowel loops as tubes wandering through the anterior abdomen: base position,
+        # drift amplitude and frequency, radius, and the phase/threshold of their gas content.
+        bowel = [
+            (float(rng.uniform(-0.55, 0.55)), float(rng.uniform(-0.75, 0.05)), float(rng.uniform(0.04, 0.10)),
+             float(rng.uniform(3, 8)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.06, 0.10)),
+             float(rng.uniform(4, 9)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(-0.2, 0.4)))
+            for _ in range(int(rng.integers(6, 10)))
+        ]
+        return cls(
+            index=index,
+            boundaries=boundaries,
+            body=body,
+            fat_frac=float(rng.uniform(0.05, 0.14)),
+            wall_frac=float(rng.uniform(0.04, 0.07)),
+            hu=hu,
+            shapes=shapes,
+            sizes=sizes,
+            bowel=bowel,
+            lung_bottom=float(liver_top + rng.uniform(0.35, 0.6) * (kidney_top - liver_top)),
+            kidney_offsets=(float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.0, 0.03))),
+        )
+
+    # -- levels ---------------------------------------------------------------------------
+
+    def label_at(self, z: float) -> str:
+        """The anatomical level label of the slice at ``z`` (see the module docstring)."""
+        for label, boundary in zip(LABELS, self.boundaries):
+            if z < boundary:
+                return label
+        return LABELS[-1]
+
+    # -- geometry -------------------------------------------------------------------------
+
+    def body_at(self, z: float) -> Blob:
+        """Skin outline: hips a little wider and flatter than the chest."""
+        b = self.body
+        return Blob(b.cx, b.cy, b.ax * (0.94 + 0.10 * z), b.ay * (1.02 - 0.06 * z), 0.0, b.harmonics)
+
+    def cavity_at(self, z: float) -> Blob:
+        """Inside of the chest/abdominal wall (organs are clipped to it)."""
+        return self.body_at(z).scaled(1.0 - self.fat_frac - self.wall_frac)
+
+    def layers(self, z: float) -> list[Layer]:
+        """Paint strokes of the axial slice at ``z``, in painting order."""
+        liver_top, kidney_top, liver_bottom, kidney_bottom = self.boundaries
+        hu = self.hu
+        body = self.body_at(z)
+        cavity = self.cavity_at(z)
+        cx, cy, acx, acy = cavity.cx, cavity.cy, cavity.ax, cavity.ay
+        spine_y = cy + acy - 0.16
+        out = [
+            Layer("subcutaneous_fat", body, hu["subcutaneous_fat"]),
+            Layer("muscle", body.scaled(1.0 - self.fat_frac), hu["muscle"]),
+            Layer("", cavity, hu["visceral_fat"]),
+        ]
+        # Paraspinal muscles behind the spine, in every level.
+        for side in (-1, 1):
+            out.append(Layer("muscle", Blob(cx + side * 0.11, spine_y + 0.13, 0.09, 0.07), hu["muscle"]))
+
+        if z < self.lung_bottom:
+            out += self._thorax(z, cavity)
+        if kidney_top - 0.05 <= z:
+            out += self._bowel(z, cavity, kidney_bottom)
+        if liver_top <= z < liver_bottom:
+            out += self._liver(z, cavity)
+        if liver_top + 0.25 * (kidney_top - liver_top) <= z < kidney_top + 0.6 * (liver_bottom - kidney_top):
+            s = self.sizes["spleen"] * _profile(z, liver_top + 0.25 * (kidney_top - liver_top),
+                                                 kidney_top + 0.6 * (liver_bottom - kidney_top))
+            out.append(Layer("spleen", Blob(cx + 0.66 * acx, cy + 0.30 * acy, 0.13 * s, 0.24 * s, 0.5,
+                                            self.shapes["spleen"]), hu["spleen"], in_cavity=True))
+        if kidney_top <= z < kidney_bottom:
+            out += self._kidneys(z, spine_y)
+        if z >= kidney_top + 0.5 * (liver_bottom - kidney_top):
+            grow = min((z - kidney_top) / (1.0 - kidney_top), 1.0)
+            for side in (-1, 1):  # psoas muscles, thickening towards the pelvis
+                out.append(Layer("muscle", Blob(cx + side * (0.13 + 0.06 * grow), spine_y - 0.02,
+                                                0.035 + 0.05 * grow, 0.045 + 0.03 * grow), hu["muscle"]))
+        out += self._vessels(z, spine_y, kidney_bottom)
+        if z >= kidney_bottom + 0.35 * (1.0 - kidney_bottom):
+            g = self.sizes["bladder"] * (0.5 + 0.5 * (z - kidney_bottom) / (1.0 - kidney_bottom))
+            out.append(Layer("bladder", Blob(cx, cy - 0.45 * acy, 0.20 * acx * g, 0.22 * acy * g, 0.0,
+                                             self.shapes["bladder"]), hu["water"], in_cavity=True))
+        if z < liver_bottom:
+            out += self._ribs(z, body)
+        out += self._spine(z, cx, spine_y, kidney_bottom)
+        return out
+
+    def _thorax(self, z: float, cavity: Blob) -> list[Layer]:
+        hu = self.hu
+        liver_top = self.boundaries[0]
+        cx, cy, acx, acy = cavity.cx, cavity.cy, cavity.ax, cavity.ay
+        # Lung bases shrink into the posterior recesses below the liver dome.
+        s = 1.0 if z < liver_top else 1.0 - 0.55 * (z - liver_top) / (self.lung_bottom - liver_top)
+        shift = 0.45 * acy * (1.0 - s)
+        out = []
+        for side, name in ((-1, "lung_right"), (1, "lung_left")):
+            lung = Blob(cx + side * 0.50 * acx, cy - 0.02 + shift, 0.40 * acx * s, 0.82 * acy * s, 0.0,
+                        self.shapes[name])
+            out.append(Layer(name, lung, hu["lung"], in_cavity=True))
+        if 0.03 <= z < liver_top:
+            h = self.sizes["heart"] * _profile(z, 0.0, liver_top + 0.04, floor=0.6)
+            heart = Blob(cx + 0.14 * acx, cy - 0.20 * acy, 0.34 * acx * h, 0.40 * acy * h, -0.5, self.shapes["heart"])
+            out.append(Layer("heart", heart, hu["heart_wall"], in_cavity=True))
+            out.append(Layer(None, heart.scaled(0.72), hu["heart_blood"], in_cavity=True))
+        return out
+
+    def _bowel(self, z: float, cavity: Blob, kidney_bottom: float) -> list[Layer]:
+        hu = self.hu
+        cx, cy, acx, acy = cavity.cx, cavity.cy, cavity.ax, cavity.ay
+        out = []
+        for bx, by, amp, freq, phase, radius, gas_freq, gas_phase, gas_threshold in self.bowel:
+            x = cx + (bx + amp * math.sin(freq * z + phase)) * acx
+            y = cy + (by + amp * math.cos(freq * z + phase)) * acy
+            loop = Blob(x, y, radius, radius * 0.9)
+            out.append(Layer("", loop, hu["bowel_wall"], in_cavity=True))
+            if math.sin(gas_freq * z + gas_phase) > gas_threshold:
+                # Gas rises to the anterior side of a loop in a supine patient.
+                out.append(Layer("bowel_gas", Blob(x, y - 0.3 * radius, 0.65 * radius, 0.55 * radius),
+                                 hu["gas"], in_cavity=True))
+        if z < kidney_bottom + 0.2 * (1.0 - kidney_bottom):
+            for side in (-1, 1):  # ascending/descending colon in the flanks, always holding some gas
+                x, y = cx + side * 0.70 * acx, cy - 0.05 * acy
+                out.append(Layer("", Blob(x, y, 0.085, 0.08), hu["bowel_wall"], in_cavity=True))
+                out.append(Layer("bowel_gas", Blob(x, y - 0.02, 0.06, 0.05), hu["gas"], in_cavity=True))
+        return out
+
+    def _liver(self, z: float, cavity: Blob) -> list[Layer]:
+        hu = self.hu
+        liver_top, kidney_top, liver_bottom, _ = self.boundaries
+        cx, cy, acx, acy = cavity.cx, cavity.cy, cavity.ax, cavity.ay
+        s = self.sizes["liver"] * _profile(z, liver_top, liver_bottom)
+        t = (z - liver_top) / (liver_bottom - liver_top)
+        out = [Layer("liver", Blob(cx - 0.40 * acx, cy - 0.02 * acy, 0.52 * acx * s, 0.80 * acy * s, 0.15,
+                                   self.shapes["liver"]), hu["liver"], in_cavity=True)]
+        if t < 0.7:
+            lobe = self.sizes["left_lobe"] * s
+            out.append(Layer("liver", Blob(cx + 0.05 * acx, cy - 0.55 * acy, 0.38 * acx * lobe, 0.25 * acy * lobe, -0.2),
+                             hu["liver"], in_cavity=True))
+        if 0.55 <= t < 0.95:
+            out.append(Layer("gallbladder", Blob(cx - 0.20 * acx, cy - 0.42 * acy, 0.07, 0.09, 0.4), hu["bile"],
+                             in_cavity=True))
+        return out
+
+    def _kidneys(self, z: float, spine_y: float) -> list[Layer]:
+        hu = self.hu
+        _, kidney_top, _, kidney_bottom = self.boundaries
+        cx = self.body.cx
+        lower_left, later_right = self.kidney_offsets
+        out = []
+        # The left kidney starts at kidney_top, the right one a little lower (the liver pushes it
+        # down) and ends at kidney_bottom; so their union spans exactly [kidney_top, kidney_bottom).
+        for side, name, top, bottom in ((1, "kidney_left", kidney_top, kidney_bottom - lower_left),
+                                        (-1, "kidney_right", kidney_top + later_right, kidney_bottom)):
+            if not top <= z < bottom:
+                continue
+            s = self.sizes["kidney"] * _profile(z, top, bottom)
+            kidney = Blob(cx + side * 0.26, spine_y - 0.03, 0.085 * s, 0.12 * s, side * 0.45, self.shapes[name])
+            out.append(Layer(name, kidney, hu["kidney_cortex"]))
+            out.append(Layer(None, kidney.scaled(0.6), hu["kidney_medulla"]))
+            # The renal sinus (fat) opens towards the front and the spine.
+            sinus = Blob(kidney.cx - side * 0.05 * s, kidney.cy - 0.03 * s, 0.03 * s, 0.04 * s)
+            out.append(Layer("", sinus, hu["renal_sinus"]))
+        return out
+
+    def _vessels(self, z: float, spine_y: float, kidney_bottom: float) -> list[Layer]:
+        hu = self.hu
+        cx = self.body.cx
+        r = 0.05 * self.sizes["aorta"]
+        if z < kidney_bottom:
+            out = [Layer("aorta", Blob(cx + 0.06, spine_y - 0.15, r, r), hu["aorta"])]
+            if z >= self.boundaries[0]:
+                out.append(Layer("", Blob(cx - 0.09, spine_y - 0.15, 0.05, 0.04), hu["ivc"]))
+            return out
+        # Below the bifurcation: the common iliac arteries (not the aorta).
+        return [Layer("", Blob(cx + side * 0.10, spine_y - 0.13, 0.7 * r, 0.7 * r), hu["aorta"]) for side in (-1, 1)]
+
+    def _ribs(self, z: float, body: Blob) -> list[Layer]:
+        hu = self.hu
+        ring = body.scaled(1.0 - self.fat_frac - 0.5 * self.wall_frac)
+        out = []
+        for j, degrees in enumerate((-50, -25, 0, 25, 50, 70)):
+            for side in (1, -1):
+                # Ribs run obliquely, so each one comes and goes along z.
+                if math.sin(2 * math.pi * (5.0 * z + 0.37 * j + (0.5 if side < 0 else 0.0))) < -0.3:
+                    continue
+                theta = math.radians(degrees if side > 0 else 180 - degrees)
+                x = ring.cx + ring.ax * math.cos(theta)
+                y = ring.cy + ring.ay * math.sin(theta)
+                out.append(Layer("ribs", Blob(x, y, 0.028, 0.022, theta), hu["rib"]))
+        return out
+
+    def _spine(self, z: float, cx: float, spine_y: float, kidney_bottom: float) -> list[Layer]:
+        hu = self.hu
+        out = []
+        if z < kidney_bottom:
+            vertebra = Blob(cx, spine_y, 0.085, 0.075)
+            arch_y = spine_y + 0.075 + 0.045
+            out += [
+                Layer("spine", Blob(cx, arch_y + 0.03, 0.085, 0.05), hu["cortical"]),
+                Layer("spine", Blob(cx, arch_y + 0.085, 0.018, 0.05), hu["cortical"]),
+                Layer("", Blob(cx, arch_y, 0.04, 0.035), hu["csf"]),
+                Layer("spine", vertebra, hu["cortical"]),
+                Layer(None, vertebra.scaled(0.82), hu["cancellous"]),
+            ]
+            return out
+        # Pelvis: sacrum, iliac wings, then femoral heads low down.
+        depth = (z - kidney_bottom) / (1.0 - kidney_bottom)
+        sacrum = Blob(cx, spine_y + 0.04, 0.15, 0.07)
+        out += [Layer("spine", sacrum, hu["cortical"]), Layer(None, sacrum.scaled(0.8), hu["cancellous"]),
+                Layer("", Blob(cx, spine_y + 0.05, 0.035, 0.025), hu["csf"])]
+        cavity = self.cavity_at(z)
+        for side in (-1, 1):
+            if depth < 0.65:
+                wing = Blob(cx + side * (0.30 + 0.1 * depth) * cavity.ax / 0.7, spine_y - 0.04 - 0.1 * depth,
+                            0.055, 0.20, -side * 0.55)
+            else:
+                wing = Blob(cx + side * 0.52 * cavity.ax, cavity.cy + 0.05, 0.085, 0.085)
+            out += [Layer("pelvic_bone", wing, hu["cortical"]), Layer(None, wing.scaled(0.7), hu["cancellous"])]
+        return out

@@ -1,0 +1,210 @@
+"""Write a whole phantom archive: DICOM series, labels.csv, masks.h5 and phantom.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from medcbir.errors import ConfigError
+from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Patient
+from medcbir.imaging.phantom.masks import MaskWriter
+from medcbir.imaging.phantom.slices import render_slice
+from medcbir.imaging.phantom.writer import SCANNERS, series_info, slice_dataset, to_stored, write_slice
+
+FORMAT = "medcbir-phantom"
+VERSION = 1
+MIN_SIZE, MAX_SIZE = 32, 2048
+# A PSF narrower than this is invisible on the pixel grid; small test images still get some blur.
+MIN_BLUR_PX = 0.35
+
+
+@dataclass
+class PhantomSummary:
+    """What :func:`make_archive` wrote.
+
+    Attributes:
+        out: archive folder.
+        patients, slices, size, seed: the parameters.
+        files: DICOM files written (= slices, one frame each).
+        labels: slices per level label.
+        transfer_syntaxes: files per transfer syntax name.
+        elapsed: wall-clock seconds.
+        labels_csv, masks_h5, phantom_json: the ground-truth files.
+        dicom_files: every DICOM file, in series order.
+    """
+
+    out: Path
+    patients: int
+    slices: int
+    size: int
+    seed: int
+    files: int
+    labels: dict[str, int]
+    transfer_syntaxes: dict[str, int]
+    elapsed: float
+    labels_csv: Path
+    masks_h5: Path
+    phantom_json: Path
+    dicom_files: list[Path] = field(default_factory=list, repr=False)
+
+    @property
+    def slices_per_second(self) -> float:
+        return self.files / self.elapsed if self.elapsed > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {
+            "out": str(self.out), "patients": self.patients, "slices": self.slices, "size": self.size,
+            "seed": self.seed, "files": self.files, "labels": dict(self.labels),
+            "transfer_syntaxes": dict(self.transfer_syntaxes), "elapsed": round(self.elapsed, 3),
+            "slices_per_second": round(self.slices_per_second, 1), "labels_csv": str(self.labels_csv),
+            "masks_h5": str(self.masks_h5), "phantom_json": str(self.phantom_json),
+        }
+
+
+def _check(patients: int, slices: int, size: int) -> None:
+    if patients < 1:
+        raise ConfigError(f"--patients must be at least 1 (got {patients})")
+    if slices < 1:
+        raise ConfigError(f"--slices must be at least 1 (got {slices})")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels (got {size})")
+
+
+def _prepare(out: Path) -> None:
+    """Create ``out``; replace a previous phantom archive there, refuse any other content."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder")
+    previous = out / "phantom.json"
+    if previous.is_file():
+        try:
+            old = json.loads(previous.read_text())
+            folders = [p["folder"] for p in old["patients"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{previous} is not a phantom description; remove {out} first") from exc
+        for folder in folders:
+            target = (out / folder).resolve()
+            if target.parent == out.resolve() and target.is_dir():
+                shutil.rmtree(target)
+        for name in ("labels.csv", "masks.h5", "phantom.json"):
+            (out / name).unlink(missing_ok=True)
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no phantom archive; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int = 0, size: int = 256,
+                 compress: bool = True) -> PhantomSummary:
+    """Write a synthetic CT archive with ground truth.
+
+    One patient is one study with one axial series running from the upper thorax to the pelvis;
+    each patient gets its own anatomy and, in turn, one of :data:`SCANNERS` (so any four
+    consecutive patients cover every storage variant). Files:
+    ``out/<PatientID>/series-2/<instance>.dcm``, ``out/labels.csv``, ``out/masks.h5``
+    (``/<sop_instance_uid>/<organ>`` uint8 masks, gzip; group attributes ``label``,
+    ``instance_number``, ``slice_position``, ``path``) and ``out/phantom.json``.
+
+    Args:
+        out: archive folder (created; a previous phantom archive there is replaced).
+        patients: number of patients (= studies = series).
+        slices: axial slices per series; ≥ 10 guarantees every level label in every patient.
+        seed: everything (anatomy, noise, UIDs, dates) derives from it: same seed, same bytes.
+        size: rows = columns of every slice.
+        compress: let the compressing scanners write RLE / JPEG 2000 lossless.
+
+    Returns:
+        A :class:`PhantomSummary`.
+
+    Raises:
+        ConfigError: bad parameters or an output folder holding something else.
+    """
+    _check(patients, slices, size)
+    out = Path(out)
+    _prepare(out)
+    started = time.perf_counter()
+    order = np.random.default_rng([seed, 0x5CA7]).permutation(len(SCANNERS))
+    labels_count = {label: 0 for label in LABELS}
+    syntax_count: dict[str, int] = {}
+    rows: list[tuple[str, int, str]] = []
+    description = []
+    dicom_files: list[Path] = []
+
+    mask_attrs = {"format": FORMAT, "version": VERSION, "seed": seed, "organs": list(ORGANS)}
+    with MaskWriter(out / "masks.h5", size, mask_attrs) as masks_file:
+        for index in range(patients):
+            patient = Patient.draw(seed, index)
+            rng = np.random.default_rng([seed, index, 0x5E21E5])
+            scanner = SCANNERS[order[index % len(SCANNERS)]]
+            info = series_info(seed, index, scanner, size=size, slices=slices, compress=compress, rng=rng)
+            noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
+            blur = max(MIN_BLUR_PX, scanner.psf_mm / info.pixel_spacing_mm)
+            syntax = scanner.syntax(compress)
+            syntax_name = pydicom.uid.UID(syntax).name
+            series_dir = out / info.patient_id / "series-2"
+            series_dir.mkdir(parents=True)
+            patient_labels = []
+            for i in range(slices):
+                z = (i + 0.5) / slices
+                z_mm = info.top_mm - z * info.slice_spacing_mm * slices
+                label = patient.label_at(z)
+                rendered = render_slice(patient, z, size, noise_hu=noise, blur_px=blur,
+                                        rng=np.random.default_rng([seed, index, i, 0x4015E]))
+                stored = to_stored(rendered.hu, scanner)
+                ds = slice_dataset(info, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN", stored)
+                path = series_dir / f"{i + 1:04d}.dcm"
+                write_slice(path, ds, stored, syntax)
+                sop = str(ds.SOPInstanceUID)
+                masks_file.add(sop, {organ: rendered.masks[organ] for organ in ORGANS}, {
+                    "label": label, "instance_number": i + 1, "slice_position": round(z_mm, 3),
+                    "path": path.relative_to(out).as_posix()})
+                rows.append((sop, 0, label))
+                labels_count[label] += 1
+                patient_labels.append(label)
+                syntax_count[syntax_name] = syntax_count.get(syntax_name, 0) + 1
+                dicom_files.append(path)
+            description.append({
+                "index": index,
+                "folder": info.patient_id,
+                **info.to_dict(),
+                "noise_hu": round(noise, 3),
+                "blur_px": round(blur, 4),
+                "level_boundaries_z": dict(zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"),
+                                               (round(b, 5) for b in patient.boundaries))),
+                "level_boundaries_mm": {
+                    name: round(info.top_mm - b * info.slice_spacing_mm * slices, 3)
+                    for name, b in zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"), patient.boundaries)
+                },
+                "labels": {label: patient_labels.count(label) for label in LABELS},
+                "organ_hu": {k: round(v, 2) for k, v in patient.hu.items()},
+            })
+
+    with open(out / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(("sop_instance_uid", "frame", "label"))
+        writer.writerows(rows)
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "seed": seed,
+        "parameters": {"patients": patients, "slices": slices, "size": size, "compress": compress},
+        "labels": list(LABELS),
+        "label_rule": "z in [0,1] from top of range; thorax < liver_top <= liver-dome < kidney_top <= "
+                      "liver-kidney < liver_bottom <= kidney < kidney_bottom <= pelvis; slice i at z=(i+0.5)/slices",
+        "organs": list(ORGANS),
+        "hu_ranges": {k: list(v) for k, v in HU_RANGES.items()},
+        "patients": description,
+    }
+    (out / "phantom.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    elapsed = time.perf_counter() - started
+    return PhantomSummary(
+        out=out, patients=patients, slices=slices, size=size, seed=seed, files=len(rows),
+        labels=labels_count, transfer_syntaxes=syntax_count, elapsed=elapsed,
+        labels_csv=out / "labels.csv", masks_h5=out / "masks.h5", phantom_json=out / "phantom.json",
+        dicom_files=dicom_files,
+    )

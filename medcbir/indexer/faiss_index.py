@@ -1,0 +1,291 @@
+"""FAISS side of an index: choosing the spec, training once, per-shard files, combining at open.
+
+The FAISS factory string is the one way to name an index (``--index-spec``). ``auto`` means:
+
+- **exact** ``Flat`` (``IndexFlatIP``) while the index holds fewer than
+  :data:`AUTO_FLAT_MAX` items, and
+- above it ``IVF{nlist},PQ{D/8},Refine(Flat)``: an inverted file with 8-bit product-quantised
+  codes whose candidates (``k_factor`` × k of them) are re-ranked with the exact embeddings.
+
+Why the threshold is :data:`AUTO_FLAT_MAX` = 65,536 items (measured on this 2-core box, 512-d,
+``benchmarks/index.py --threshold``; see README "Index specs"): exact search costs ~0.17 µs
+per item per query, so a single query takes ~11 ms at 65k items and ~170 ms at 1M; below 65k
+it stays under ~10 ms, is exact, needs no training and no per-shard FAISS files. Above it the
+IVF-PQ index answers in well under 1 ms at recall@10 ≥ 0.98 (nprobe 32, k_factor 4 on
+clustered, low-intrinsic-dimension embeddings), and 65k items are enough to train 1,024
+centroids (≥ 39 points each, FAISS's own rule of thumb) and the 256-entry PQ codebooks.
+
+Why 8-bit PQ and not the ``x4fs`` fast-scan variant: FAISS 1.15's ``merge_from`` corrupts the
+heap on fast-scan inverted lists, so per-shard fast-scan files cannot be merged; a user may
+still ask for a fast-scan spec, which is then combined with ``IndexShards`` (correct, slower).
+HNSW is not used by ``auto``: on clustered embeddings it reached only 0.84 recall@10 at
+efSearch 128 (issue 3 measurements).
+
+Storage: trained parameters (the empty, trained factory index) live in ``trained-G.faiss``,
+trained once on a sample of up to :data:`TRAIN_SAMPLE` committed embeddings and re-used for
+every later shard. Each shard ``shard-N.h5`` gets ``shard-N.faiss`` holding its own vectors
+(added with their int64 ids) in the trained base index; ``Flat`` needs no FAISS files at all:
+the exact index is filled straight from the shards' embeddings at open (one read into FAISS's
+own buffer, no Python objects, no second copy). At open, IVF shard files are merged
+(``merge_from``); other bases (HNSW, PQ, fast-scan IVF) are wrapped in ``IndexIDMap2`` and
+combined with ``IndexShards``; a ``Refine(...)`` step is filled from the shards' embeddings.
+Ids are dense positions (0..N-1 in shard order), which is what ``IndexRefine`` needs.
+
+GPU: when ``device.faiss_gpu`` the combined base index is moved with
+``faiss.index_cpu_to_all_gpus`` (present, untested here: no GPU on this machine).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from medcbir.errors import ConfigError
+from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name
+
+#: ``auto`` uses exact search below this many items (see the module docstring for why).
+AUTO_FLAT_MAX = 65_536
+#: Trained parameters are fitted on at most this many committed embeddings.
+TRAIN_SAMPLE = 100_000
+AUTO_NLIST = 1024
+#: Search parameters reaching recall@10 ≥ 0.98 on clustered embeddings (benchmarks/search.py).
+AUTO_SEARCH_PARAMS = {"nprobe": 32, "k_factor": 4}
+
+_REFINE = re.compile(r"^(?P<base>.+?),\s*Refine\((?P<refine>.+)\)$")
+FLAT_SPECS = {"flat", "idmap,flat", "idmap2,flat"}
+
+
+def is_flat(spec: str) -> bool:
+    return spec.replace(" ", "").lower() in FLAT_SPECS
+
+
+def auto_spec(dim: int) -> str:
+    """The approximate spec ``auto`` switches to above :data:`AUTO_FLAT_MAX` items."""
+    m = dim // 8 if dim % 8 == 0 else next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+    return f"IVF{AUTO_NLIST},PQ{m},Refine(Flat)"
+
+
+def split_refine(spec: str) -> tuple[str, str | None]:
+    """``"IVF1024,PQ64,Refine(Flat)"`` → ``("IVF1024,PQ64", "Flat")``."""
+    match = _REFINE.match(spec.strip())
+    if match:
+        return match["base"].strip(), match["refine"].strip()
+    return spec.strip(), None
+
+
+def validate_spec(spec: str, dim: int) -> str:
+    """Check a user's factory string by building it; returns it stripped.
+
+    Raises:
+        ConfigError: FAISS cannot build it.
+    """
+    spec = spec.strip()
+    if spec == "auto" or is_flat(spec):
+        return spec
+    try:
+        faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
+    except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError with a C++ message
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--index-spec {spec!r} is not a FAISS factory string for {dim}-d vectors ({first})") from None
+    return spec
+
+
+def needs_training(spec: str, dim: int) -> bool:
+    if is_flat(spec):
+        return False
+    return not faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT).is_trained
+
+
+def min_train_items(spec: str, dim: int) -> int:
+    """Fewest training points FAISS accepts for ``spec`` (centroids of IVF / 2^nbits of PQ)."""
+    index = faiss.index_factory(int(dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
+    need = 1
+    ivf = _try_extract_ivf(index)
+    if ivf is not None:
+        need = max(need, int(ivf.nlist))
+    pq = getattr(faiss.downcast_index(ivf if ivf is not None else index), "pq", None)
+    if pq is not None:
+        need = max(need, 1 << int(pq.nbits))
+    return need
+
+
+def train(spec: str, dim: int, sample: np.ndarray) -> faiss.Index:
+    """The factory index for ``spec`` trained on ``sample`` (empty: no vectors added)."""
+    index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def _try_extract_ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except Exception:  # noqa: BLE001 - not an IVF index
+        return None
+
+
+def parts(trained: faiss.Index) -> tuple[faiss.Index, faiss.Index | None]:
+    """(base, refine) templates of a trained factory index, each an independent empty copy."""
+    index = faiss.downcast_index(trained)
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.clone_index(index.base_index), faiss.clone_index(index.refine_index)
+    return faiss.clone_index(index), None
+
+
+def mergeable(base: faiss.Index) -> bool:
+    """IVF bases merge with ``merge_from``; fast-scan IVF does not (heap corruption in 1.15)."""
+    base = faiss.downcast_index(base)
+    return isinstance(base, faiss.IndexIVF) and not isinstance(base, faiss.IndexIVFFastScan)
+
+
+def shard_index(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray) -> faiss.Index:
+    """A copy of the trained base holding one shard's vectors under their ids."""
+    base = faiss.clone_index(base_template)
+    if _try_extract_ivf(base) is None:
+        base = faiss.IndexIDMap2(base)
+    base.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return base
+
+
+def write_index(index: faiss.Index, path: Path, hook: str | None = "faiss-fsync") -> tuple[int, str]:
+    """Write a FAISS index under a temporary name and commit it; returns (bytes, sha256)."""
+    tmp = tmp_name(path)
+    faiss.write_index(index, str(tmp))
+    digest = sha256_file(tmp)
+    size = tmp.stat().st_size
+    commit_file(tmp, path, hook=hook)
+    return size, digest
+
+
+def flat_from(fill: Callable[[np.ndarray], None], n: int, dim: int) -> faiss.IndexFlatIP:
+    """An ``IndexFlatIP`` of ``n`` vectors written by ``fill`` straight into FAISS's buffer."""
+    flat = faiss.IndexFlatIP(int(dim))
+    if n:
+        flat.codes.resize(n * dim * 4)
+        flat.ntotal = n
+        fill(faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim))
+    return flat
+
+
+def combine(
+    trained: faiss.Index | None,
+    shard_files: list[Path],
+    fill: Callable[[np.ndarray], None],
+    n: int,
+    dim: int,
+    faiss_gpu: bool = False,
+) -> tuple[faiss.Index, bool]:
+    """The searchable index of all committed items.
+
+    Args:
+        trained: the trained factory index (None for Flat or not yet trained: exact search).
+        shard_files: per-shard FAISS files in shard order (ignored for Flat).
+        fill: writes all N×D embeddings, in id order, into the array it is given.
+        n: number of committed items.
+        dim: embedding dimension.
+        faiss_gpu: move the base index to all GPUs.
+
+    Returns:
+        (index, exact): ``exact`` is True for brute-force search.
+    """
+    if trained is None:
+        return _to_gpu(flat_from(fill, n, dim), faiss_gpu), True
+    base_template, refine_template = parts(trained)
+    keep: list = []
+    if mergeable(base_template):
+        base = base_template
+        for path in shard_files:
+            part = faiss.read_index(str(path))
+            base.merge_from(part, 0)
+    else:
+        base = faiss.IndexShards(int(dim), False, False)
+        for path in shard_files:
+            part = faiss.read_index(str(path))
+            keep.append(part)
+            base.add_shard(part)
+    base = _to_gpu(base, faiss_gpu)
+    if refine_template is None:
+        base.referenced_objects = keep
+        return base, False
+    if isinstance(faiss.downcast_index(refine_template), faiss.IndexFlat):
+        refine = flat_from(fill, n, dim)
+    else:
+        refine = refine_template
+        vectors = np.empty((n, dim), dtype=np.float32)
+        fill(vectors)
+        refine.add(vectors)
+        del vectors
+    index = faiss.IndexRefine(base, refine)
+    index.referenced_objects = [base, refine, *keep]
+    return index, False
+
+
+def _to_gpu(index: faiss.Index, faiss_gpu: bool) -> faiss.Index:
+    if not faiss_gpu:
+        return index
+    return faiss.index_cpu_to_all_gpus(index)  # pragma: no cover - no GPU on the test machines
+
+
+def default_search_params(spec: str) -> dict:
+    if is_flat(spec):
+        return {}
+    params: dict = {}
+    base, refine = split_refine(spec)
+    if base.upper().startswith("IVF") or ",IVF" in base.upper():
+        params["nprobe"] = AUTO_SEARCH_PARAMS["nprobe"]
+    if "HNSW" in base.upper():
+        params["efSearch"] = 128
+    if refine is not None:
+        params["k_factor"] = AUTO_SEARCH_PARAMS["k_factor"]
+    return params
+
+
+def search_parameters(index: faiss.Index, params: dict, sel: faiss.IDSelector | None = None):
+    """A ``faiss.SearchParameters`` for ``index`` with ``params`` and an optional id selector.
+
+    The selector is placed where FAISS applies it: in the base index's parameters under a
+    refine step, on the IVF/HNSW/flat parameters otherwise.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        base = search_parameters(index.base_index, params, sel)
+        out = faiss.IndexRefineSearchParameters(k_factor=float(params.get("k_factor", index.k_factor)), base_index_params=base)
+        out.referenced_objects = [base, sel]
+        return out
+    ivf = _try_extract_ivf(index) if not isinstance(index, faiss.IndexShards) else None
+    if ivf is not None:
+        out = faiss.SearchParametersIVF(nprobe=int(params.get("nprobe", ivf.nprobe)))
+    elif "efSearch" in params:
+        out = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+    else:
+        out = faiss.SearchParameters()
+    if sel is not None:
+        out.sel = sel
+    out.referenced_objects = [sel]
+    return out
+
+
+def apply_search_params(index: faiss.Index, params: dict) -> None:
+    """Set defaults (nprobe, k_factor, efSearch) on the index object itself."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        if "k_factor" in params:
+            index.k_factor = float(params["k_factor"])
+        apply_search_params(index.base_index, params)
+        return
+    if isinstance(index, faiss.IndexShards):
+        for i in range(index.count()):
+            apply_search_params(index.at(i), params)
+        return
+    if isinstance(index, faiss.IndexIDMap2) or isinstance(index, faiss.IndexIDMap):
+        apply_search_params(index.index, params)
+        return
+    ivf = _try_extract_ivf(index)
+    if ivf is not None and "nprobe" in params:
+        ivf.nprobe = int(params["nprobe"])
+    hnsw = getattr(index, "hnsw", None)
+    if hnsw is not None and "efSearch" in params:
+        hnsw.efSearch = int(params["efSearch"])

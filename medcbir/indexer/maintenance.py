@@ -1,0 +1,272 @@
+"""Index maintenance: tombstone deletes, compaction and full verification."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from medcbir.errors import ConfigError, IndexCorrupt, MedcbirError
+from medcbir.indexer import faiss_index
+from medcbir.indexer.lock import WriterLock
+from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, referenced_files, store_deleted
+from medcbir.indexer.shard import concat_columns, embeddings_sha256, read_columns, read_embeddings, shard_name, write_shard
+from medcbir.indexer.store import committed_entries
+from medcbir.indexer.fsutil import sha256_many
+
+
+def _matching_ids(index_dir: Path, manifest: dict, wanted: dict[str, set[str]]) -> np.ndarray:
+    found = []
+    for entry in manifest["shards"]:
+        with h5py.File(index_dir / entry["file"], "r") as f:
+            ids = f["ids"][...]
+            hit = np.zeros(len(ids), dtype=bool)
+            for column, values in wanted.items():
+                if values:
+                    col = f["meta"][column][...]
+                    # No dtype=col.dtype: that would truncate longer UIDs into false matches.
+                    hit |= np.isin(col, np.array([v.encode("utf-8") for v in values]))
+            found.append(ids[hit])
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def delete(index_dir: str | Path, series=(), study=(), sop=()) -> int:
+    """Tombstone every item of the given series / studies / SOP instances (a new generation).
+
+    Search skips tombstoned items; :func:`compact` removes them from the shards.
+
+    Args:
+        index_dir: the index folder.
+        series: SeriesInstanceUIDs.
+        study: StudyInstanceUIDs.
+        sop: SOPInstanceUIDs.
+
+    Returns:
+        how many items were newly tombstoned.
+    """
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    with WriterLock(index_dir):
+        manifest = read_manifest(index_dir)
+        wanted = {"series_instance_uid": set(series), "study_instance_uid": set(study), "sop_instance_uid": set(sop)}
+        hits = _matching_ids(index_dir, manifest, wanted)
+        before = deleted_ids(index_dir, manifest)
+        new = np.setdiff1d(hits, before)
+        if new.size:
+            manifest = dict(manifest)
+            store_deleted(index_dir, manifest, np.union1d(before, new))
+            commit_manifest(index_dir, manifest)
+        return int(new.size)
+
+
+def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
+    """Rewrite the shards without tombstoned items (a new generation; ids renumbered densely).
+
+    Old files are removed only after the new manifest is committed, so a crash at any point
+    leaves one complete generation. Readers that opened the old generation keep their open
+    files (POSIX keeps unlinked files readable).
+
+    Returns:
+        ``{"items", "removed", "shards"}`` of the new generation.
+    """
+    index_dir = Path(index_dir)
+    read_manifest(index_dir)
+    with WriterLock(index_dir):
+        old = read_manifest(index_dir)
+        deleted = deleted_ids(index_dir, old)
+        if deleted.size == 0:
+            return {"items": int(old["next_id"]), "removed": 0, "shards": len(old["shards"])}
+        size = int(shard_size or max((s["items"] for s in old["shards"]), default=4096))
+        trained = None
+        if old.get("trained"):
+            import faiss
+
+            trained = faiss.read_index(str(index_dir / old["trained"]["file"]))
+        new = dict(old)
+        new["shards"] = []
+        new["next_id"] = 0
+        pending_cols: list[dict] = []
+        pending_emb: list[np.ndarray] = []
+        pending = 0
+
+        def flush() -> None:
+            nonlocal pending_cols, pending_emb, pending
+            if not pending:
+                return
+            cols = concat_columns(pending_cols)
+            emb = np.concatenate(pending_emb)
+            number = int(new["next_shard"])
+            first = int(new["next_id"])
+            ids = np.arange(first, first + len(emb), dtype=np.int64)
+            path = index_dir / shard_name(number)
+            nbytes, digest = write_shard(path, ids, emb, cols, new["encoder"])
+            entry = {"file": path.name, "items": len(emb), "bytes": nbytes, "sha256": digest,
+                     "first_id": first, "last_id": first + len(emb) - 1, "faiss": None}
+            if trained is not None:
+                base, _ = faiss_index.parts(trained)
+                fpath = index_dir / f"shard-{number:06d}.faiss"
+                fbytes, fdigest = faiss_index.write_index(faiss_index.shard_index(base, ids, emb), fpath)
+                entry["faiss"] = {"file": fpath.name, "bytes": fbytes, "sha256": fdigest}
+            new["shards"].append(entry)
+            new["next_id"] = first + len(emb)
+            new["next_shard"] = number + 1
+            pending_cols, pending_emb, pending = [], [], 0
+
+        for entry in old["shards"]:
+            path = index_dir / entry["file"]
+            ids = np.arange(entry["first_id"], entry["last_id"] + 1)
+            keep = np.nonzero(~np.isin(ids, deleted))[0]
+            if not len(keep):
+                continue
+            cols = {k: v[keep] for k, v in read_columns(path).items()}
+            emb = read_embeddings(path)[keep]
+            # Flushing only between old shards keeps each source's frames in one shard.
+            pending_cols.append(cols)
+            pending_emb.append(emb)
+            pending += len(keep)
+            if pending >= size:
+                flush()
+        flush()
+        new["deleted"] = []
+        commit_manifest(index_dir, new)
+        stale = referenced_files(old) - referenced_files(new)
+        for name in stale:
+            (index_dir / name).unlink(missing_ok=True)
+        return {"items": int(new["next_id"]), "removed": int(deleted.size), "shards": len(new["shards"])}
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found.
+
+    Attributes:
+        ok: no problem found.
+        items: committed items (tombstoned included).
+        shards: committed shards.
+        deleted: tombstoned items.
+        problems: one line per problem, each starting with the file concerned.
+    """
+
+    ok: bool = True
+    items: int = 0
+    shards: int = 0
+    deleted: int = 0
+    generation: int = 0
+    index_spec: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def verify(index_dir: str | Path) -> VerifyReport:
+    """Recompute every checksum and check shard/manifest consistency.
+
+    Checks: each committed file exists with its size and whole-file sha256; each shard's
+    encoder fingerprint, dim and metric equal the manifest's; its embeddings match their
+    recorded sha256 and shape; its ids are exactly ``first_id..last_id`` and every column
+    has one row per id; ids are dense across shards and end at ``next_id``; no item key
+    ``(sop_instance_uid, frame)`` appears twice; FAISS files hold each shard's vectors;
+    tombstones are valid ids.
+
+    Raises:
+        IndexNotFound: no index there (every other finding goes into ``problems``).
+    """
+    index_dir = Path(index_dir)
+    try:
+        manifest = read_manifest(index_dir)
+    except IndexCorrupt as exc:
+        return VerifyReport(ok=False, problems=[str(exc)])
+    report = VerifyReport(items=int(manifest["next_id"]), shards=len(manifest["shards"]),
+                          generation=int(manifest["generation"]), index_spec=manifest["index_spec"])
+    problems = report.problems
+    entries = committed_entries(manifest)
+    present = [(n, s, h) for n, s, h in entries if (index_dir / n).is_file()]
+    for name, size, _ in entries:
+        path = index_dir / name
+        if not path.is_file():
+            problems.append(f"{name}: committed file is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{name}: size {path.stat().st_size} differs from the committed {size} bytes")
+    for (name, size, expected), digest in zip(present, sha256_many([index_dir / n for n, _, _ in present])):
+        if digest != expected and (index_dir / name).stat().st_size == size:
+            problems.append(f"{name}: checksum mismatch (sha256 {digest[:12]}… != committed {expected[:12]}…)")
+    broken = {p.split(":")[0] for p in problems}
+    fingerprint = manifest["encoder"]["fingerprint"]
+    dim = int(manifest["encoder"]["dim"])
+    expected_first = 0
+    keys: set = set()
+    for entry in manifest["shards"]:
+        name = entry["file"]
+        if entry["first_id"] != expected_first:
+            problems.append(f"{name}: first id {entry['first_id']} leaves a gap or overlap after id {expected_first - 1}")
+        expected_first = entry["last_id"] + 1
+        if name in broken:
+            continue
+        try:
+            problems.extend(_check_shard(index_dir / name, entry, fingerprint, dim, keys))
+        except (OSError, KeyError) as exc:
+            problems.append(f"{name}: unreadable shard ({exc})")
+        if entry.get("faiss") and entry["faiss"]["file"] not in broken:
+            try:
+                import faiss
+
+                part = faiss.read_index(str(index_dir / entry["faiss"]["file"]))
+                if part.ntotal != entry["items"]:
+                    problems.append(f"{entry['faiss']['file']}: holds {part.ntotal} vectors, shard has {entry['items']}")
+            except RuntimeError as exc:
+                problems.append(f"{entry['faiss']['file']}: unreadable FAISS file ({str(exc).splitlines()[-1]})")
+        elif manifest.get("trained") and not entry.get("faiss"):
+            problems.append(f"{name}: no FAISS file although the index is trained ({manifest['index_spec']})")
+    if expected_first != int(manifest["next_id"]):
+        problems.append(f"manifest.json: next_id {manifest['next_id']} but the shards end at id {expected_first - 1}")
+    try:
+        deleted = deleted_ids(index_dir, manifest, verify=False)
+        report.deleted = int(deleted.size)
+        if deleted.size and (deleted[0] < 0 or deleted[-1] >= int(manifest["next_id"])):
+            problems.append("manifest.json: a tombstoned id is outside the index")
+    except MedcbirError as exc:
+        problems.append(str(exc))
+    report.ok = not problems
+    return report
+
+
+def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set) -> list[str]:
+    from medcbir.indexer.writer import key_hash
+
+    name = path.name
+    out = []
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        if attrs.get("encoder_fingerprint") != fingerprint:
+            out.append(f"{name}: encoder fingerprint {str(attrs.get('encoder_fingerprint'))[:12]} differs from the manifest's {fingerprint[:12]}")
+        if int(attrs.get("dim", -1)) != dim or attrs.get("metric") != "ip":
+            out.append(f"{name}: dim/metric {attrs.get('dim')}/{attrs.get('metric')} differ from the manifest's {dim}/ip")
+        emb = f["embeddings"][...]
+        if emb.shape != (entry["items"], dim):
+            out.append(f"{name}: embeddings {emb.shape} but the manifest says {entry['items']}×{dim}")
+        if embeddings_sha256(emb) != attrs.get("embeddings_sha256"):
+            out.append(f"{name}: embeddings do not match their recorded sha256")
+        ids = f["ids"][...]
+        if not np.array_equal(ids, np.arange(entry["first_id"], entry["last_id"] + 1)):
+            out.append(f"{name}: ids are not {entry['first_id']}..{entry['last_id']}")
+        for column in f["meta"]:
+            if f["meta"][column].shape[0] != len(ids):
+                out.append(f"{name}: column {column} has {f['meta'][column].shape[0]} rows for {len(ids)} ids")
+        sops = f["meta"]["sop_instance_uid"][...]
+        frames = f["meta"]["frame"][...]
+    dupes = 0
+    for sop, frame in zip(sops, frames):
+        h = key_hash(sop.decode("utf-8"), int(frame))
+        if h in keys:
+            dupes += 1
+        keys.add(h)
+    if dupes:
+        out.append(f"{name}: {dupes} item key(s) (sop_instance_uid, frame) already in an earlier shard")
+    return out

@@ -1,0 +1,151 @@
+"""The manifest: the single commit point of an index.
+
+``INDEX/manifest.json`` lists everything that is committed; a file not named in it does not
+exist for readers (a crash leaves at most orphan temporary files or an orphan shard, which
+the next writer removes). It is replaced atomically (temporary file, fsync, rename, fsync
+folder), and its ``generation`` grows by one at every commit; a reader keeps working on the
+generation it opened.
+
+Fields::
+
+    format, version         "medcbir-index", 1
+    generation              commit counter
+    encoder                 {fingerprint, preprocessing, dim, source}
+    metric                  "ip" (inner product on L2-normalised embeddings = cosine)
+    index_spec              FAISS factory string in use ("Flat", "IVF1024,PQ64x4fs,Refine(Flat)", ...)
+    index_spec_requested    what the user asked for ("auto" or a factory string)
+    trained                 {file, bytes, sha256} of the trained (empty) FAISS index, or null
+    search_params           {nprobe, k_factor, ...} defaults for approximate specs
+    shards                  [{file, items, bytes, sha256, first_id, last_id, faiss}] in id order;
+                            faiss = {file, bytes, sha256} of the shard's FAISS file, or null
+    deleted                 sorted tombstoned ids, or {file, bytes, sha256, count} when large
+    next_id                 the id the next item gets (ids are dense: 0 .. next_id-1)
+    next_shard              the number the next shard file gets
+    key_file                pseudonym key file when not INDEX/pseudonym.key (else null)
+    created, updated        ISO-8601 UTC
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medcbir.errors import IndexCorrupt, IndexNotFound
+from medcbir.indexer.fsutil import commit_file, tmp_name, write_json_atomic
+
+FORMAT = "medcbir-index"
+VERSION = 1
+MANIFEST = "manifest.json"
+# Above this many tombstones the list moves to its own checksummed .npy file.
+INLINE_DELETED_MAX = 10_000
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def new_manifest(encoder_info: dict, index_spec_requested: str, key_file: str | None = None) -> dict:
+    stamp = now()
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "generation": 0,
+        "encoder": dict(encoder_info),
+        "metric": "ip",
+        "index_spec": "Flat",
+        "index_spec_requested": index_spec_requested,
+        "trained": None,
+        "search_params": {},
+        "shards": [],
+        "deleted": [],
+        "next_id": 0,
+        "next_shard": 1,
+        "key_file": key_file,
+        "created": stamp,
+        "updated": stamp,
+    }
+
+
+def manifest_path(index_dir: Path) -> Path:
+    return Path(index_dir) / MANIFEST
+
+
+def read_manifest(index_dir: str | Path) -> dict:
+    """The committed manifest of ``index_dir``.
+
+    Raises:
+        IndexNotFound: no folder or no manifest.
+        IndexCorrupt: the manifest is not valid JSON or not a medcbir index.
+    """
+    path = manifest_path(Path(index_dir))
+    if not Path(index_dir).is_dir():
+        raise IndexNotFound(f"index folder {index_dir} does not exist")
+    if not path.is_file():
+        raise IndexNotFound(f"{index_dir} is not a medcbir index (no {MANIFEST})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IndexCorrupt(f"{path}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise IndexCorrupt(f"{path}: not a medcbir index manifest")
+    if data.get("version") != VERSION:
+        raise IndexCorrupt(f"{path}: manifest version {data.get('version')} is not supported (expected {VERSION})")
+    return data
+
+
+def commit_manifest(index_dir: Path, manifest: dict) -> dict:
+    """Bump the generation and atomically replace ``manifest.json``; returns the new manifest."""
+    manifest = dict(manifest)
+    manifest["generation"] = int(manifest.get("generation", 0)) + 1
+    manifest["updated"] = now()
+    write_json_atomic(manifest_path(Path(index_dir)), manifest, hook="manifest-rename")
+    return manifest
+
+
+def deleted_ids(index_dir: Path, manifest: dict, verify: bool = True) -> np.ndarray:
+    """Sorted int64 tombstoned ids of a manifest (inline list or checksummed .npy file)."""
+    deleted = manifest.get("deleted") or []
+    if isinstance(deleted, list):
+        return np.asarray(sorted(deleted), dtype=np.int64)
+    path = Path(index_dir) / deleted["file"]
+    if not path.is_file():
+        raise IndexCorrupt(f"{path.name}: tombstone file is missing")
+    if verify:
+        from medcbir.indexer.fsutil import sha256_file
+
+        if path.stat().st_size != deleted["bytes"] or sha256_file(path) != deleted["sha256"]:
+            raise IndexCorrupt(f"{path.name}: checksum mismatch (tombstone file)")
+    return np.sort(np.load(path, allow_pickle=False).astype(np.int64))
+
+
+def store_deleted(index_dir: Path, manifest: dict, ids: np.ndarray) -> None:
+    """Put ``ids`` into ``manifest['deleted']`` (inline, or a new .npy file when large)."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    if ids.size <= INLINE_DELETED_MAX:
+        manifest["deleted"] = [int(i) for i in ids]
+        return
+    from medcbir.indexer.fsutil import sha256_file
+
+    final = Path(index_dir) / f"tombstones-{int(manifest.get('generation', 0)) + 1:06d}.npy"
+    tmp = tmp_name(final)
+    with open(tmp, "wb") as fh:
+        np.save(fh, ids, allow_pickle=False)
+    commit_file(tmp, final)
+    manifest["deleted"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final), "count": int(ids.size)}
+
+
+def referenced_files(manifest: dict) -> set[str]:
+    """Every file name a manifest commits (shards, their FAISS files, trained params, tombstones)."""
+    names = {MANIFEST}
+    for shard in manifest.get("shards", []):
+        names.add(shard["file"])
+        if shard.get("faiss"):
+            names.add(shard["faiss"]["file"])
+    if manifest.get("trained"):
+        names.add(manifest["trained"]["file"])
+    if isinstance(manifest.get("deleted"), dict):
+        names.add(manifest["deleted"]["file"])
+    return names

@@ -1,0 +1,205 @@
+"""``index_archive``: the whole indexing job, decoding overlapped with embedding.
+
+The source decodes in its worker processes; a prefetch thread pulls decoded items and
+stacks them into batches into a bounded queue, so the encoder (in the calling thread; torch
+releases the GIL) always has the next batch ready when decoding is faster than embedding.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medcbir.indexer.writer import IndexWriter
+
+_DONE = object()
+
+
+@dataclass
+class IndexSummary:
+    """What an indexing job did.
+
+    Attributes:
+        indexed: items embedded and committed by this run.
+        skipped: reason → files skipped (undecodable, not DICOM, ...; see quarantine.log).
+        already_present: items or files already in the index (not decoded again when the
+            whole file was committed).
+        shards: shards committed by this run.
+        total_items: items in the index afterwards (tombstoned included).
+        elapsed: wall seconds.
+        items_per_s: indexed / elapsed.
+        files: files seen by the source.
+        index_spec: FAISS spec in use afterwards.
+    """
+
+    indexed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    already_present: int = 0
+    shards: int = 0
+    total_items: int = 0
+    elapsed: float = 0.0
+    items_per_s: float = 0.0
+    files: int = 0
+    index_spec: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def as_source(archive: Any, workers: int = 0, quarantine: Path | None = None):
+    """A path → :class:`medcbir.imaging.FolderSource`; a Source object is returned as is."""
+    if isinstance(archive, (str, Path)):
+        from medcbir.imaging import FolderSource
+
+        return FolderSource(archive, workers=workers, quarantine=quarantine)
+    return archive
+
+
+def prefetch(items: Iterator, batch_size: int, depth: int = 4) -> Iterator[list]:
+    """Batches of ``items`` produced by a background thread through a bounded queue.
+
+    Exceptions of the producer are re-raised in the consumer; stopping early (``close()``)
+    stops the producer at its next batch.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            batch = []
+            for item in items:
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    while not stop.is_set():
+                        try:
+                            q.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                    batch = []
+            if batch:
+                q.put(batch)
+            q.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if stop.is_set() and close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    thread = threading.Thread(target=produce, name="medcbir-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = q.get()
+            if got is _DONE:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+        # Drain so a producer blocked on put() can see the stop flag.
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def _progress(enabled: bool, total: int | None):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", file=sys.stderr, dynamic_ncols=True, desc="indexing", smoothing=0.1)
+
+
+def index_archive(
+    source: Any,
+    index_dir: str | Path,
+    encoder: Any = "default",
+    *,
+    shard_size: int = 4096,
+    index_spec: str = "auto",
+    workers: int = 0,
+    device=None,
+    progress: bool = True,
+    batch_size: int = 64,
+    key_file: str | Path | None = None,
+) -> IndexSummary:
+    """Embed every item of an archive into an index; resumable and idempotent.
+
+    Args:
+        source: an archive folder/file path, or any :class:`medcbir.imaging.Source`.
+        index_dir: the index folder (created or resumed).
+        encoder: an Encoder, a checkpoint/ONNX path, or ``"default"``.
+        shard_size: items per shard.
+        index_spec: ``"auto"`` or a FAISS factory string.
+        workers: decoding processes for a folder (0 = auto).
+        device: the :class:`~medcbir.device.Device`.
+        progress: show a progress bar (items/s, ETA) on stderr.
+        batch_size: images per encoder forward.
+        key_file: pseudonym key file (default ``INDEX/pseudonym.key``).
+
+    Returns:
+        the job's :class:`IndexSummary`.
+    """
+    start = time.perf_counter()
+    index_dir = Path(index_dir)
+    src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")
+    summary = IndexSummary()
+    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device)
+    total = _count_hint(src)
+    bar = _progress(progress, total)
+    try:
+        stream = src.decoded(writer.encoder.preprocessing, writer.key, writer.has_source)
+        for batch in prefetch(stream, batch_size):
+            added = writer.add(batch)
+            summary.indexed += added
+            summary.already_present += len(batch) - added
+            if bar is not None:
+                bar.update(len(batch))
+        writer.close()
+    except BaseException:
+        # Keep what is committed; the buffer may end mid-source, so it is not committed.
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    report = getattr(src, "report", None)
+    if report is not None:
+        summary.skipped = dict(getattr(report, "skipped", {}) or {})
+        summary.already_present += int(getattr(report, "passed", 0) or 0)
+        summary.files = int(getattr(report, "files", 0) or 0)
+    summary.shards = writer.shards_written
+    summary.total_items = writer.items
+    summary.index_spec = writer.manifest["index_spec"]
+    summary.elapsed = time.perf_counter() - start
+    summary.items_per_s = summary.indexed / summary.elapsed if summary.elapsed > 0 else 0.0
+    return summary
+
+
+def _count_hint(src: Any) -> int | None:
+    """Number of files of a folder source, for the progress bar's ETA (None when unknown)."""
+    path = getattr(src, "path", None)
+    if path is None:
+        return None
+    try:
+        from medcbir.imaging import list_files
+
+        return sum(1 for _ in list_files(path))
+    except Exception:  # noqa: BLE001 - the hint is optional
+        return None

@@ -1,0 +1,205 @@
+"""Shards: immutable HDF5 files holding a block of embeddings, their ids and metadata columns.
+
+Layout of ``shard-NNNNNN.h5``::
+
+    embeddings          N×D float32, contiguous (no chunking, no compression: can be mmapped)
+    ids                 N int64 (dense, increasing: first_id .. last_id)
+    meta/<column>       one dataset per ItemMeta column: strings as fixed-width UTF-8 bytes,
+                        ints int64, floats float64, pairs (pixel_spacing) N×2 float64
+    attrs               format, version, encoder_fingerprint, preprocessing (JSON), dim,
+                        metric ("ip"), embeddings_sha256, items, first_id, last_id
+
+A shard is written to a temporary name, closed, fsynced and renamed (``fsutil.commit_file``);
+once its name is in a committed manifest it is never modified again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from medcbir.indexer.fsutil import commit_file, crash_point, tmp_name
+
+FORMAT = "medcbir-shard"
+VERSION = 1
+METRIC = "ip"
+
+
+def shard_name(number: int) -> str:
+    return f"shard-{number:06d}.h5"
+
+
+def embeddings_sha256(embeddings: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()
+
+
+def meta_columns(metas: list[Any]) -> dict[str, np.ndarray]:
+    """ItemMeta objects → one numpy array per column (the shard's ``meta/`` group).
+
+    Column names come from ``type(meta).COLUMNS``; the dtype follows the value type.
+    """
+    if not metas:
+        return {}
+    names = list(getattr(type(metas[0]), "COLUMNS", ()) or metas[0].to_dict().keys())
+    columns: dict[str, np.ndarray] = {}
+    for name in names:
+        values = [getattr(m, name) for m in metas]
+        columns[name] = _column_array(values)
+    return columns
+
+
+def _column_array(values: list[Any]) -> np.ndarray:
+    first = values[0]
+    if isinstance(first, str):
+        encoded = [v.encode("utf-8") for v in values]
+        width = max(1, max(len(e) for e in encoded))
+        return np.array(encoded, dtype=f"S{width}")
+    if isinstance(first, (bool, np.bool_)):
+        return np.asarray(values, dtype=bool)
+    if isinstance(first, (int, np.integer)):
+        return np.asarray(values, dtype=np.int64)
+    if isinstance(first, (float, np.floating)):
+        return np.asarray(values, dtype=np.float64)
+    if isinstance(first, (tuple, list)):
+        return np.asarray([[float(x) for x in v] for v in values], dtype=np.float64)
+    return _column_array([str(v) for v in values])
+
+
+def concat_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate column dicts; byte strings of different widths widen to the largest."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    out = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        if arrays[0].dtype.kind == "S":
+            width = max(a.dtype.itemsize for a in arrays)
+            arrays = [a.astype(f"S{width}") for a in arrays]
+        out[name] = np.concatenate(arrays)
+    return out
+
+
+def take_columns(columns: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: col[rows] for name, col in columns.items()}
+
+
+def write_shard(
+    path: Path,
+    ids: np.ndarray,
+    embeddings: np.ndarray,
+    columns: dict[str, np.ndarray],
+    encoder_info: dict,
+) -> tuple[int, str]:
+    """Write and commit one shard.
+
+    Args:
+        path: the final name (``INDEX/shard-NNNNNN.h5``).
+        ids: int64 (N,) item ids.
+        embeddings: float32 (N, D), L2-normalised.
+        columns: metadata columns aligned with ``ids`` (:func:`meta_columns`).
+        encoder_info: the manifest's encoder record (fingerprint, preprocessing, dim).
+
+    Returns:
+        (size in bytes, whole-file sha256) of the committed file.
+    """
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != ids.shape[0]:
+        raise ValueError(f"embeddings {embeddings.shape} do not match {ids.shape[0]} ids")
+    tmp = tmp_name(path)
+    with h5py.File(tmp, "w", libver="latest") as f:
+        f.create_dataset("embeddings", data=embeddings)
+        f.create_dataset("ids", data=ids)
+        meta = f.create_group("meta")
+        for name, col in columns.items():
+            if col.shape[0] != ids.shape[0]:
+                raise ValueError(f"column {name} has {col.shape[0]} rows for {ids.shape[0]} ids")
+            meta.create_dataset(name, data=col)
+        f.attrs["columns"] = json.dumps(list(columns))  # ItemMeta.COLUMNS order
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = VERSION
+        f.attrs["encoder_fingerprint"] = encoder_info["fingerprint"]
+        f.attrs["preprocessing"] = json.dumps(encoder_info.get("preprocessing") or {}, sort_keys=True)
+        f.attrs["dim"] = int(embeddings.shape[1])
+        f.attrs["metric"] = METRIC
+        f.attrs["embeddings_sha256"] = embeddings_sha256(embeddings)
+        f.attrs["items"] = int(ids.shape[0])
+        f.attrs["first_id"] = int(ids[0]) if len(ids) else -1
+        f.attrs["last_id"] = int(ids[-1]) if len(ids) else -1
+        f.flush()
+    crash_point("shard-write")
+    from medcbir.indexer.fsutil import sha256_file
+
+    digest = sha256_file(tmp)
+    size = tmp.stat().st_size
+    commit_file(tmp, path, hook="shard-fsync")
+    return size, digest
+
+
+def read_ids(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["ids"][...]
+
+
+def read_embeddings(path: Path, rows: np.ndarray | slice | None = None) -> np.ndarray:
+    """float32 embeddings of a shard (all, a slice, or sorted row positions)."""
+    with h5py.File(path, "r") as f:
+        ds = f["embeddings"]
+        if rows is None:
+            out = np.empty(ds.shape, dtype=np.float32)
+            if ds.shape[0]:
+                ds.read_direct(out)
+            return out
+        return ds[rows]
+
+
+def read_columns(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        group = f["meta"]
+        return {name: group[name][...] for name in (names or list(group.keys()))}
+
+
+def read_attrs(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        attrs["_shape"] = tuple(f["embeddings"].shape)
+        attrs["_ids_shape"] = tuple(f["ids"].shape)
+        attrs["_columns"] = {k: f["meta"][k].shape[0] for k in f["meta"].keys()}
+    return attrs
+
+
+def decode_strings(col: np.ndarray) -> np.ndarray:
+    """A fixed-width UTF-8 bytes column → numpy unicode (``<U``); other dtypes unchanged."""
+    if col.dtype.kind != "S":
+        return col
+    try:
+        return col.astype(f"U{max(1, col.dtype.itemsize)}")  # fast path: ASCII (UIDs, codes)
+    except UnicodeDecodeError:
+        return np.char.decode(col, "utf-8")
+
+
+def row_meta(columns: dict[str, np.ndarray], row: int) -> dict:
+    """One row of the columns as a plain dict (strings decoded, pairs as tuples)."""
+    out = {}
+    for name, col in columns.items():
+        v = col[row]
+        if isinstance(v, bytes):
+            v = v.decode("utf-8")
+        elif isinstance(v, np.ndarray):
+            v = tuple(float(x) for x in v)
+        elif isinstance(v, np.str_):
+            v = str(v)
+        elif isinstance(v, np.integer):
+            v = int(v)
+        elif isinstance(v, np.floating):
+            v = float(v)
+        elif isinstance(v, np.bool_):
+            v = bool(v)
+        out[name] = v
+    return out

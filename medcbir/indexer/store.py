@@ -1,0 +1,285 @@
+"""Read access to a committed index: :class:`IndexStore` (what the engine searches).
+
+Opening reads the manifest once and works on that generation only: later commits by a
+writer (new shards, tombstones, compaction) are not seen until the index is opened again.
+Nothing per item becomes a Python object: ids and metadata columns are numpy arrays read
+from the shards (columns lazily, on first use), and the FAISS index is filled from the
+shards' embeddings or merged from per-shard FAISS files.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import faiss
+import h5py
+import numpy as np
+
+from medcbir.errors import ConfigError, IndexCorrupt
+from medcbir.indexer import faiss_index
+from medcbir.indexer.fsutil import sha256_many
+from medcbir.indexer.manifest import deleted_ids, read_manifest
+from medcbir.indexer.shard import decode_strings, row_meta
+
+VERIFY_MODES = ("checksums", "sizes", "none")
+
+
+def check_files(index_dir: Path, manifest: dict, mode: str = "checksums") -> None:
+    """Check that every committed file exists with its size and (``checksums``) its sha256.
+
+    Raises:
+        IndexCorrupt: naming the first broken file.
+    """
+    if mode not in VERIFY_MODES:
+        raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {mode!r}")
+    entries = committed_entries(manifest)
+    for name, size, _ in entries:
+        path = index_dir / name
+        if not path.is_file():
+            raise IndexCorrupt(f"{name}: committed file is missing from {index_dir}")
+        if path.stat().st_size != size:
+            raise IndexCorrupt(f"{name}: size {path.stat().st_size} differs from the committed {size} bytes")
+    if mode == "checksums":
+        digests = sha256_many([index_dir / name for name, _, _ in entries])
+        for (name, _, expected), digest in zip(entries, digests):
+            if digest != expected:
+                raise IndexCorrupt(f"{name}: checksum mismatch (sha256 {digest[:12]}… != committed {expected[:12]}…)")
+
+
+def committed_entries(manifest: dict) -> list[tuple[str, int, str]]:
+    """(file, bytes, sha256) of every checksummed file a manifest commits."""
+    out = []
+    for shard in manifest.get("shards", []):
+        out.append((shard["file"], int(shard["bytes"]), shard["sha256"]))
+        if shard.get("faiss"):
+            out.append((shard["faiss"]["file"], int(shard["faiss"]["bytes"]), shard["faiss"]["sha256"]))
+    for extra in (manifest.get("trained"), manifest.get("deleted")):
+        if isinstance(extra, dict):
+            out.append((extra["file"], int(extra["bytes"]), extra["sha256"]))
+    return out
+
+
+class LazyColumns(Mapping):
+    """Metadata columns read from the shards on first access (strings decoded to ``<U``)."""
+
+    def __init__(self, files: list[h5py.File], names: list[str]) -> None:
+        self._files = files
+        self._names = list(names)
+        self._cache: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        with self._lock:
+            if name not in self._cache:
+                parts = [f["meta"][name][...] for f in self._files]
+                if parts and parts[0].dtype.kind == "S":
+                    width = max(p.dtype.itemsize for p in parts)
+                    parts = [p.astype(f"S{width}") for p in parts]
+                self._cache[name] = decode_strings(np.concatenate(parts)) if parts else np.array([], dtype="U1")
+            return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class IndexStore:
+    """A committed index generation, opened for reading.
+
+    Attributes:
+        manifest: the manifest dict of the opened generation.
+        generation: its generation number.
+        dim, metric, index_spec: from the manifest (``index_spec`` is the spec in use).
+        encoder_info: ``{"fingerprint", "preprocessing", "dim", "source"}``.
+        ids: int64 (N,) all committed items in shard order (dense: ``ids[i] == i``).
+        columns: ItemMeta column name → numpy array aligned with ``ids`` (strings as ``<U``).
+        deleted: sorted int64 tombstoned ids.
+        live_mask: bool (N,), False for tombstoned items.
+        faiss_index: all committed items searched under their int64 ids (tombstoned ones
+            still inside: exclude them with an id selector, e.g. from ``live_mask``).
+        exact: True when ``faiss_index`` is brute force.
+        search_params: current defaults (``nprobe``, ``k_factor``, ...).
+        open_seconds: wall time of :meth:`open`.
+    """
+
+    def __init__(self) -> None:  # use IndexStore.open
+        self._files: list[h5py.File] = []
+
+    @classmethod
+    def open(cls, index_dir: str | Path, *, verify: str = "checksums", device=None) -> "IndexStore":
+        """Open the committed generation of ``index_dir``.
+
+        Args:
+            index_dir: the index folder.
+            verify: ``"checksums"`` (whole-file sha256 of every committed file, hashed in
+                parallel), ``"sizes"`` (existence and size only) or ``"none"``.
+            device: a :class:`~medcbir.device.Device`; FAISS moves to GPU when ``faiss_gpu``.
+
+        Raises:
+            IndexNotFound: no index there.
+            IndexCorrupt: naming the broken file (checksum, size, shape or fingerprint).
+        """
+        start = time.perf_counter()
+        self = cls()
+        self.index_dir = Path(index_dir)
+        self.manifest = read_manifest(self.index_dir)
+        check_files(self.index_dir, self.manifest, verify)
+        m = self.manifest
+        self.generation = int(m["generation"])
+        self.encoder_info = dict(m["encoder"])
+        self.dim = int(self.encoder_info["dim"])
+        self.metric = m.get("metric", "ip")
+        self.index_spec = m["index_spec"]
+        self.search_params = dict(m.get("search_params") or {})
+        self.deleted = deleted_ids(self.index_dir, m, verify=False)  # checked above
+        self._open_shards()
+        self.live_mask = np.ones(len(self.ids), dtype=bool)
+        if self.deleted.size:
+            self.live_mask[self.rows(self.deleted, strict=False)] = False
+        self._build_faiss(device)
+        self.open_seconds = time.perf_counter() - start
+        return self
+
+    # ------------------------------------------------------------------ opening
+    def _open_shards(self) -> None:
+        ids, offsets, names = [], [0], None
+        fingerprint = self.encoder_info["fingerprint"]
+        for entry in self.manifest["shards"]:
+            path = self.index_dir / entry["file"]
+            try:
+                f = h5py.File(path, "r")
+            except OSError as exc:
+                raise IndexCorrupt(f"{entry['file']}: not a readable HDF5 shard ({exc})") from None
+            self._files.append(f)
+            try:
+                shard_ids = f["ids"][...]
+                shape = f["embeddings"].shape
+                shard_fp = f.attrs["encoder_fingerprint"]
+                order = f.attrs.get("columns")
+                shard_names = json.loads(order) if order is not None else sorted(f["meta"].keys())
+            except KeyError as exc:
+                raise IndexCorrupt(f"{entry['file']}: missing dataset or attribute ({exc})") from None
+            shard_fp = shard_fp.decode() if isinstance(shard_fp, bytes) else str(shard_fp)
+            if shard_fp != fingerprint:
+                raise IndexCorrupt(f"{entry['file']}: encoder fingerprint {shard_fp[:12]} differs from the manifest's {fingerprint[:12]}")
+            if shape != (entry["items"], self.dim) or shard_ids.shape != (entry["items"],):
+                raise IndexCorrupt(f"{entry['file']}: holds {shape} embeddings, manifest says {entry['items']}×{self.dim}")
+            if entry["items"] and (shard_ids[0] != entry["first_id"] or shard_ids[-1] != entry["last_id"]):
+                raise IndexCorrupt(f"{entry['file']}: ids {shard_ids[0]}..{shard_ids[-1]} differ from the manifest's")
+            names = shard_names if names is None else names
+            ids.append(shard_ids)
+            offsets.append(offsets[-1] + len(shard_ids))
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._dense = bool(len(self.ids) == 0 or (self.ids[0] == 0 and self.ids[-1] == len(self.ids) - 1))
+        self.columns = LazyColumns(self._files, names or [])
+
+    def _fill(self, out: np.ndarray) -> None:
+        for f, lo, hi in zip(self._files, self._offsets[:-1], self._offsets[1:]):
+            if hi > lo:
+                f["embeddings"].read_direct(out, dest_sel=np.s_[lo:hi])
+
+    def _build_faiss(self, device) -> None:
+        m = self.manifest
+        trained = None
+        shard_files: list[Path] = []
+        if m.get("trained") and not faiss_index.is_flat(self.index_spec):
+            trained = faiss.read_index(str(self.index_dir / m["trained"]["file"]))
+            for entry in m["shards"]:
+                if not entry.get("faiss"):
+                    raise IndexCorrupt(f"{entry['file']}: no FAISS file committed for spec {self.index_spec}")
+                shard_files.append(self.index_dir / entry["faiss"]["file"])
+        faiss_gpu = bool(getattr(device, "faiss_gpu", False))
+        self.faiss_index, self.exact = faiss_index.combine(trained, shard_files, self._fill, len(self.ids), self.dim, faiss_gpu)
+        if self.faiss_index.ntotal != len(self.ids):
+            raise IndexCorrupt(f"FAISS files hold {self.faiss_index.ntotal} vectors for {len(self.ids)} committed items")
+        if not self.exact:
+            faiss_index.apply_search_params(self.faiss_index, self.search_params)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_live(self) -> int:
+        return int(self.live_mask.sum())
+
+    def rows(self, ids: np.ndarray, strict: bool = True) -> np.ndarray:
+        """Positions of ``ids`` in :attr:`ids`.
+
+        Raises:
+            ConfigError: an id is not in the index (``strict``).
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._dense:
+            rows = ids
+            ok = (rows >= 0) & (rows < len(self.ids))
+        else:
+            rows = np.searchsorted(self.ids, ids)
+            rows = np.clip(rows, 0, max(len(self.ids) - 1, 0))
+            ok = self.ids[rows] == ids if len(self.ids) else np.zeros(len(ids), dtype=bool)
+        if not ok.all():
+            if strict:
+                raise ConfigError(f"id {int(ids[~ok][0])} is not in the index")
+            return rows[ok]
+        return rows
+
+    def embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (n, D) embeddings of ``ids``, read from the shards."""
+        rows = self.rows(ids)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        shard = np.searchsorted(self._offsets, rows, side="right") - 1
+        for s in np.unique(shard):
+            where = np.nonzero(shard == s)[0]
+            local = rows[where] - self._offsets[s]
+            order = np.argsort(local, kind="stable")
+            uniq, inverse = np.unique(local[order], return_inverse=True)
+            block = self._files[s]["embeddings"][uniq]  # h5py wants increasing indices
+            out[where[order]] = block[inverse]
+        return out
+
+    def meta(self, ids: np.ndarray) -> list[dict]:
+        """Metadata dicts (ItemMeta fields + ``id``) of a few ids (for results, not bulk work)."""
+        rows = self.rows(ids)
+        cols = {name: self.columns[name] for name in self.columns}
+        return [{"id": int(self.ids[r]), **row_meta(cols, int(r))} for r in rows]
+
+    def set_search_params(self, **kw) -> None:
+        """Change search defaults (``nprobe``, ``k_factor``, ``efSearch``) on this store's index."""
+        self.search_params.update({k: v for k, v in kw.items() if v is not None})
+        if not self.exact:
+            faiss_index.apply_search_params(self.faiss_index, self.search_params)
+
+    def search_parameters(self, sel: faiss.IDSelector | None = None, **overrides) -> faiss.SearchParameters:
+        """A ``faiss.SearchParameters`` for :attr:`faiss_index` with the current defaults, the
+        overrides and an optional id selector placed where FAISS applies it (e.g. inside the
+        base parameters under a refine step)."""
+        params = {**self.search_params, **{k: v for k, v in overrides.items() if v is not None}}
+        return faiss_index.search_parameters(self.faiss_index, params, sel)
+
+    def key(self) -> bytes | None:
+        """The archive's pseudonym key (``pseudonym.key`` or the manifest's ``key_file``), or None."""
+        path = Path(self.manifest["key_file"]) if self.manifest.get("key_file") else self.index_dir / "pseudonym.key"
+        return path.read_bytes() if path.is_file() else None
+
+    def close(self) -> None:
+        for f in self._files:
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._files = []
+
+    def __enter__(self) -> "IndexStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

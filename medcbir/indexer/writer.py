@@ -1,0 +1,409 @@
+"""Writing an index: :class:`IndexWriter` buffers embedded items and commits them as shards.
+
+Commit protocol (DESIGN.md, "Contracts between stages"): every shard (and its FAISS file) is
+written under a temporary name, fsynced and renamed; then ``manifest.json`` — the single
+commit point — is replaced atomically with the shard added. A crash anywhere leaves the
+previous generation intact; orphans (temporary files, a renamed shard whose manifest never
+landed) are removed by the next writer, and the re-run skips every committed item by key.
+
+A source (file or URI) is never split across a commit boundary, so "this source is
+committed" (:meth:`IndexWriter.has_source`, used to skip already-indexed files without
+decoding them) always means "all of its frames are".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcbir.errors import ConfigError, EncoderMismatch
+from medcbir.indexer import faiss_index
+from medcbir.indexer.lock import WriterLock
+from medcbir.indexer.manifest import commit_manifest, manifest_path, new_manifest, read_manifest, referenced_files
+from medcbir.indexer.shard import concat_columns, meta_columns, shard_name, take_columns, write_shard
+
+log = logging.getLogger(__name__)
+
+_ORPHAN = re.compile(r"^(shard-\d+\.(h5|faiss)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
+
+
+def key_hash(sop_uid: str, frame: int) -> int:
+    """64-bit hash of an item key (collision odds ~1e-8 at 1M items: keys need no Python strings)."""
+    return int.from_bytes(hashlib.blake2b(f"{sop_uid}\x00{int(frame)}".encode(), digest_size=8).digest(), "little")
+
+
+def source_hash(source: str) -> int:
+    return int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
+
+
+def encoder_record(encoder: Any) -> dict:
+    prep = encoder.preprocessing
+    return {
+        "fingerprint": encoder.fingerprint,
+        "preprocessing": prep.to_dict() if hasattr(prep, "to_dict") else dict(prep),
+        "dim": int(encoder.dim),
+        "source": str(getattr(encoder, "source", "") or ""),
+    }
+
+
+def open_encoder_arg(encoder: Any, device=None):
+    """An Encoder object from an Encoder, a checkpoint/ONNX path, or ``"default"``."""
+    if isinstance(encoder, (str, Path)):
+        from medcbir.train import open_encoder
+
+        return open_encoder(encoder, device=device)
+    return encoder
+
+
+def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
+    """Delete files a crash left behind (not referenced by the committed manifest)."""
+    keep = referenced_files(manifest) if manifest else set()
+    removed = []
+    for path in index_dir.iterdir():
+        if path.name not in keep and _ORPHAN.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+class IndexWriter:
+    """Creates or resumes an index and commits embedded items to it, shard by shard.
+
+    Use :meth:`open`; ``close()`` (or the ``with`` block) commits what is buffered and
+    releases the writer lock.
+
+    Attributes:
+        index_dir: the index folder.
+        encoder: the :class:`~medcbir.train.Encoder` embedding images.
+        key: the archive's pseudonym key.
+        manifest: the last committed manifest.
+        shards_written: shards committed by this writer.
+    """
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | Path,
+        encoder: Any,
+        *,
+        index_spec: str = "auto",
+        shard_size: int = 4096,
+        key_file: str | Path | None = None,
+        device=None,
+    ) -> "IndexWriter":
+        """Create ``index_dir`` or resume it.
+
+        Args:
+            index_dir: the index folder.
+            encoder: an Encoder, a checkpoint/ONNX path, or ``"default"``.
+            index_spec: ``"auto"`` or a FAISS factory string (fixed when the index is created).
+            shard_size: items per shard.
+            key_file: pseudonym key file (default ``INDEX/pseudonym.key``, created 0600).
+            device: the :class:`~medcbir.device.Device` for the encoder and FAISS training.
+
+        Raises:
+            EncoderMismatch: the index was built with another encoder.
+            ConfigError: bad spec or shard size, or a spec different from the index's.
+            IndexBusy: another process is writing the index.
+        """
+        if int(shard_size) < 1:
+            raise ConfigError(f"--shard-size must be at least 1, not {shard_size}")
+        self = cls()
+        self.index_dir = Path(index_dir)
+        if self.index_dir.exists() and not self.index_dir.is_dir():
+            raise ConfigError(f"{index_dir} exists and is not a folder")
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.index_dir)
+        try:
+            self._setup(encoder, index_spec, int(shard_size), key_file, device)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def _setup(self, encoder, index_spec, shard_size, key_file, device) -> None:
+        self.encoder = open_encoder_arg(encoder, device)
+        self.device = device
+        self.shard_size = shard_size
+        info = encoder_record(self.encoder)
+        index_spec = faiss_index.validate_spec(index_spec or "auto", info["dim"])
+        if manifest_path(self.index_dir).is_file():
+            manifest = read_manifest(self.index_dir)
+            from medcbir.train import check_compatible
+
+            check_compatible(self.encoder, manifest["encoder"]["fingerprint"], manifest["encoder"]["preprocessing"])
+            if int(manifest["encoder"]["dim"]) != info["dim"]:
+                raise EncoderMismatch(f"index has {manifest['encoder']['dim']}-d embeddings; this encoder gives {info['dim']}-d")
+            requested = manifest.get("index_spec_requested", manifest["index_spec"])
+            if index_spec != "auto" and index_spec != requested:
+                raise ConfigError(f"index {self.index_dir} was created with --index-spec {requested!r}, not {index_spec!r}")
+        else:
+            manifest = new_manifest(info, index_spec, str(Path(key_file).absolute()) if key_file else None)
+            if index_spec != "auto":
+                manifest["index_spec"] = index_spec
+        self.manifest = manifest
+        remove_orphans(self.index_dir, manifest if manifest_path(self.index_dir).is_file() else None)
+        from medcbir.imaging import load_or_create_key
+
+        key_path = Path(key_file) if key_file else (Path(manifest["key_file"]) if manifest.get("key_file") else self.index_dir / "pseudonym.key")
+        self.key: bytes = load_or_create_key(key_path)
+        self._trained = None
+        if manifest.get("trained"):
+            import faiss
+
+            self._trained = faiss.read_index(str(self.index_dir / manifest["trained"]["file"]))
+        self._keys: set[int] = set()
+        self._sources: set[int] = set()
+        self._load_committed_keys()
+        self._buffer_metas: list = []
+        self._buffer_embeddings: list[np.ndarray] = []
+        self._buffer_keys: set[int] = set()
+        self._buffer_sources: set[int] = set()
+        self.shards_written = 0
+        self.items_committed = 0
+
+    def _load_committed_keys(self) -> None:
+        import h5py
+
+        for entry in self.manifest["shards"]:
+            with h5py.File(self.index_dir / entry["file"], "r") as f:
+                meta = f["meta"]
+                sops = meta["sop_instance_uid"][...]
+                frames = meta["frame"][...]
+                sources = meta["source"][...] if "source" in meta else []
+            for sop, frame in zip(sops, frames):
+                self._keys.add(key_hash(sop.decode("utf-8"), int(frame)))
+            for src in np.unique(sources):
+                self._sources.add(source_hash(src.decode("utf-8")))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def items(self) -> int:
+        """Committed items (including tombstoned ones)."""
+        return int(self.manifest["next_id"])
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer_metas)
+
+    def has_source(self, source: str) -> bool:
+        """True when every item of ``source`` (a path or URI) is committed or buffered."""
+        return source_hash(str(source)) in self._sources or source_hash(str(source)) in self._buffer_sources
+
+    def has_key(self, sop_uid: str, frame: int) -> bool:
+        """True when the item ``(sop_uid, frame)`` is committed or buffered (tombstoned ones too)."""
+        h = key_hash(sop_uid, frame)
+        return h in self._keys or h in self._buffer_keys
+
+    # ------------------------------------------------------------------ adding
+    def add(self, decoded: list) -> int:
+        """Embed and buffer decoded items; commits a shard whenever the buffer is full.
+
+        Args:
+            decoded: ``Decoded(meta, image)`` with images preprocessed for this encoder.
+
+        Returns:
+            how many items were new (the rest were already in the index).
+        """
+        fresh, seen = [], set()
+        for d in decoded:
+            h = key_hash(d.meta.sop_instance_uid, d.meta.frame)
+            if h in seen or self.has_key(d.meta.sop_instance_uid, d.meta.frame):
+                continue
+            seen.add(h)
+            fresh.append(d)
+        if not fresh:
+            return 0
+        images = np.stack([np.asarray(d.image, dtype=np.float32) for d in fresh])
+        embeddings = self.encoder.embed(images)
+        return self.add_embeddings([d.meta for d in fresh], embeddings)
+
+    def add_embeddings(self, metas: list, embeddings: np.ndarray) -> int:
+        """Buffer already-computed embeddings (L2-normalised, this encoder's) with their metadata.
+
+        Returns:
+            how many items were new.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(metas):
+            raise ConfigError(f"{len(metas)} items but embeddings of shape {embeddings.shape}")
+        if embeddings.shape[1] != self.encoder.dim:
+            raise ConfigError(f"embeddings are {embeddings.shape[1]}-d; this index holds {self.encoder.dim}-d")
+        keep = []
+        for i, meta in enumerate(metas):
+            h = key_hash(meta.sop_instance_uid, meta.frame)
+            if h in self._keys or h in self._buffer_keys:
+                continue
+            self._buffer_keys.add(h)
+            self._buffer_sources.add(source_hash(str(meta.source)))
+            keep.append(i)
+        if not keep:
+            return 0
+        self._buffer_metas.extend(metas[i] for i in keep)
+        self._buffer_embeddings.append(embeddings[keep] if len(keep) < len(metas) else embeddings)
+        self._commit_full_shards()
+        return len(keep)
+
+    def _commit_full_shards(self) -> None:
+        # Commit shard_size-sized prefixes, extended to the end of the source they stop in;
+        # the last source of the buffer may continue in the next batch, so it waits.
+        while len(self._buffer_metas) >= self.shard_size:
+            metas = self._buffer_metas
+            cut = self.shard_size
+            last = metas[cut - 1].source
+            while cut < len(metas) and metas[cut].source == last:
+                cut += 1
+            if cut == len(metas):
+                return
+            self._commit_prefix(cut)
+
+    def _take_buffer(self, n: int) -> tuple[list, np.ndarray]:
+        embeddings = np.concatenate(self._buffer_embeddings) if len(self._buffer_embeddings) > 1 else self._buffer_embeddings[0]
+        metas = self._buffer_metas[:n]
+        self._buffer_metas = self._buffer_metas[n:]
+        rest = embeddings[n:]
+        self._buffer_embeddings = [rest] if len(rest) else []
+        return metas, embeddings[:n]
+
+    def _commit_prefix(self, n: int) -> None:
+        metas, embeddings = self._take_buffer(n)
+        self._write_shards(metas, embeddings)
+        keys = {key_hash(m.sop_instance_uid, m.frame) for m in metas}
+        sources = {source_hash(str(m.source)) for m in metas}
+        self._keys |= keys
+        self._sources |= sources
+        self._buffer_keys -= keys
+        self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
+
+    # ------------------------------------------------------------------ committing
+    def commit(self) -> int:
+        """Commit everything buffered (as shards of at most ``shard_size``) in one new generation.
+
+        Returns:
+            the number of items committed.
+        """
+        n = len(self._buffer_metas)
+        if n:
+            self._commit_prefix(n)
+        return n
+
+    def close(self) -> None:
+        """Commit the buffer, train the FAISS index if its spec still needs it, release the lock."""
+        if self._lock is None:
+            return
+        try:
+            self.commit()
+            if self._needs_training(final=True):
+                self._commit_manifest(dict(self.manifest), train=True)
+        finally:
+            self._lock.release()
+            self._lock = None
+
+    def abort(self) -> None:
+        """Release the lock without committing the buffer (after an error mid-source)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "IndexWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _write_shards(self, metas: list, embeddings: np.ndarray) -> None:
+        manifest = dict(self.manifest)
+        manifest["shards"] = list(manifest["shards"])
+        # A shard holds at most shard_size items unless one source alone is larger.
+        start = 0
+        while start < len(metas):
+            stop = min(start + self.shard_size, len(metas))
+            while stop < len(metas) and metas[stop].source == metas[stop - 1].source:
+                stop += 1
+            self._write_one_shard(manifest, metas[start:stop], embeddings[start:stop])
+            start = stop
+        self._commit_manifest(manifest, train=self._needs_training(final=False, manifest=manifest))
+
+    def _write_one_shard(self, manifest: dict, metas: list, embeddings: np.ndarray) -> None:
+        number = int(manifest["next_shard"])
+        first = int(manifest["next_id"])
+        ids = np.arange(first, first + len(metas), dtype=np.int64)
+        path = self.index_dir / shard_name(number)
+        size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"])
+        entry = {"file": path.name, "items": len(metas), "bytes": size, "sha256": digest,
+                 "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
+        if self._trained is not None:
+            entry["faiss"] = self._write_shard_faiss(number, ids, embeddings)
+        manifest["shards"].append(entry)
+        manifest["next_id"] = first + len(metas)
+        manifest["next_shard"] = number + 1
+        self.shards_written += 1
+        self.items_committed += len(metas)
+
+    def _write_shard_faiss(self, number: int, ids: np.ndarray, embeddings: np.ndarray) -> dict:
+        base, _ = faiss_index.parts(self._trained)
+        path = self.index_dir / f"shard-{number:06d}.faiss"
+        size, digest = faiss_index.write_index(faiss_index.shard_index(base, ids, embeddings), path)
+        return {"file": path.name, "bytes": size, "sha256": digest}
+
+    def _needs_training(self, final: bool, manifest: dict | None = None) -> bool:
+        m = manifest or self.manifest
+        n = int(m["next_id"])
+        dim = int(m["encoder"]["dim"])
+        if m.get("trained"):
+            return False
+        if m.get("index_spec_requested", "auto") == "auto":
+            return n >= faiss_index.AUTO_FLAT_MAX
+        spec = m["index_spec"]
+        if faiss_index.is_flat(spec):
+            return False
+        if not faiss_index.needs_training(spec, dim):  # e.g. HNSW: the "trained" file is the empty template
+            return n > 0
+        return n >= faiss_index.TRAIN_SAMPLE or (final and n >= faiss_index.min_train_items(spec, dim))
+
+    def _commit_manifest(self, manifest: dict, train: bool) -> None:
+        if train:
+            self._train(manifest)
+        self.manifest = commit_manifest(self.index_dir, manifest)
+
+    def _train(self, manifest: dict) -> None:
+        """Train the spec on a sample of committed embeddings; FAISS files for every shard."""
+        from medcbir.indexer.shard import read_embeddings
+
+        dim = int(manifest["encoder"]["dim"])
+        spec = faiss_index.auto_spec(dim) if manifest.get("index_spec_requested", "auto") == "auto" else manifest["index_spec"]
+        n = int(manifest["next_id"])
+        rng = np.random.default_rng(0)
+        sample_ids = np.sort(rng.choice(n, size=min(n, faiss_index.TRAIN_SAMPLE), replace=False))
+        parts = []
+        for entry in manifest["shards"]:
+            lo, hi = entry["first_id"], entry["last_id"] + 1
+            rows = sample_ids[(sample_ids >= lo) & (sample_ids < hi)] - lo
+            if len(rows):
+                parts.append(read_embeddings(self.index_dir / entry["file"], rows))
+        sample = np.concatenate(parts)
+        try:
+            trained = faiss_index.train(spec, dim, sample)
+        except RuntimeError as exc:
+            log.warning("could not train %s on %d items (%s); the index stays exact", spec, len(sample), exc)
+            return
+        generation = int(manifest["generation"]) + 1
+        path = self.index_dir / f"trained-{generation:06d}.faiss"
+        size, digest = faiss_index.write_index(trained, path)
+        self._trained = trained
+        manifest["trained"] = {"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}
+        manifest["index_spec"] = spec
+        manifest["search_params"] = faiss_index.default_search_params(spec)
+        manifest["shards"] = [dict(s) for s in manifest["shards"]]
+        for entry in manifest["shards"]:
+            number = int(entry["file"].split("-")[1].split(".")[0])
+            ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
+            entry["faiss"] = self._write_shard_faiss(number, ids, read_embeddings(self.index_dir / entry["file"]))

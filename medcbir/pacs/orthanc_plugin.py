@@ -1,0 +1,159 @@
+"""The medcbir plugin script, loaded by Orthanc's Python plugin (``"PythonScript"``).
+
+It runs inside Orthanc's embedded interpreter, where only the main interpreter may call the SDK
+and callbacks must return fast, so it does as little as possible:
+
+- the change callback appends each NEW_INSTANCE id to the durable queue in the index folder
+  (one SQLite insert) and returns;
+- a worker *process* (the venv's python, ``medcbir.pacs.worker``) fetches, decodes, embeds,
+  commits and answers searches; it talks to Orthanc over loopback HTTP with a token from
+  ``GenerateRestApiAuthorizationToken`` (so it works with authentication enabled);
+- the REST routes under ``/medcbir/`` forward to the worker and wait with a timeout.
+
+Routes: ``GET /medcbir/status``, ``POST /medcbir/search``, ``POST /medcbir/explain``,
+``POST /medcbir/reindex``. Orthanc does not pass query-string arguments of POST requests to
+plugins, so options of a raw-DICOM body travel in headers: ``X-Medcbir-K``,
+``X-Medcbir-Exclude``, ``X-Medcbir-Modality``, ``X-Medcbir-Format`` (or use a JSON body).
+
+Only the standard library and medcbir's stdlib-only modules are imported here.
+"""
+
+import json
+import sys
+
+import orthanc  # provided by Orthanc's Python plugin
+
+
+def _section() -> dict:
+    return json.loads(orthanc.GetConfiguration()).get("Medcbir", {})
+
+
+def _prepare_path() -> None:
+    # The repo holds the ``medcbir`` package; the venv's site-packages go *after* the system
+    # paths so nothing there shadows the embedded interpreter's own standard library.
+    section = _section()
+    repo = section.get("Repo")
+    if repo and repo not in sys.path:
+        sys.path.insert(0, repo)
+    site = section.get("SitePackages")
+    if site and site not in sys.path:
+        sys.path.append(site)
+
+
+_prepare_path()
+
+from medcbir.pacs.instance_queue import InstanceQueue  # noqa: E402
+from medcbir.pacs.orthanc_config import PluginSettings  # noqa: E402
+from medcbir.pacs.worker_link import WorkerProcess, WorkerUnavailable  # noqa: E402
+
+OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
+                  "x-medcbir-format": "format", "x-medcbir-method": "method", "x-medcbir-frame": "frame"}
+
+
+class MedcbirPlugin:
+    """State of the plugin: settings, the durable queue and the worker process."""
+
+    def __init__(self) -> None:
+        config = json.loads(orthanc.GetConfiguration())
+        self.settings = PluginSettings.from_section(config.get("Medcbir", {}))
+        self.queue = InstanceQueue(self.settings.queue_path)
+        port = int(config.get("HttpPort", 8042))
+        scheme = "https" if config.get("SslEnabled") else "http"
+        token = ""
+        if hasattr(orthanc, "GenerateRestApiAuthorizationToken"):
+            token = orthanc.GenerateRestApiAuthorizationToken()
+        self.worker = WorkerProcess(
+            python=self.settings.python, repo=self.settings.repo,
+            settings_json=json.dumps(self.settings.to_section()),
+            orthanc_url=f"{scheme}://127.0.0.1:{port}", token=token, log=orthanc.LogWarning,
+        )
+
+    # -- change callback -------------------------------------------------------------------
+    def on_change(self, change_type, level, resource_id) -> None:
+        if change_type == orthanc.ChangeType.NEW_INSTANCE:
+            self.queue.enqueue([resource_id])
+        elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
+            # Orthanc's REST API answers from now on: the worker reconciles and starts.
+            self.worker.start()
+            orthanc.LogWarning("medcbir: worker started (index %s)" % self.settings.index)
+        elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            self.worker.stop(grace=5.0)
+            self.queue.close()
+
+    # -- REST ------------------------------------------------------------------------------
+    def on_rest(self, output, uri, **request) -> None:
+        route = request["groups"][0]
+        method = request["method"]
+        try:
+            if route == "status":
+                if method != "GET":
+                    return output.SendMethodNotAllowed("GET")
+                return self._answer(output, self._status())
+            if method != "POST":
+                return output.SendMethodNotAllowed("POST")
+            args = self._arguments(request)
+            if route == "reindex":
+                # Skip decisions are forgotten here, so the worker retries those instances.
+                self.queue.clear_skipped()
+            reply = self.worker.call(route, self.settings.search_timeout, **args)
+        except WorkerUnavailable as exc:
+            return self._error(output, 503, str(exc))
+        except ValueError as exc:
+            return self._error(output, 400, str(exc))
+        if not reply.get("ok"):
+            return self._error(output, int(reply.get("status", 500)), reply.get("error", "worker error"))
+        if "body" in reply:
+            output.AnswerBuffer(reply["body"], reply.get("mime", "application/octet-stream"))
+        else:
+            self._answer(output, reply["result"])
+
+    def _status(self) -> dict:
+        status = {"worker": "down", "index": self.settings.index, "encoder": {"source": self.settings.encoder}}
+        try:
+            reply = self.worker.call("status", 10.0)
+            if reply.get("ok"):
+                status.update(reply["result"])
+        except WorkerUnavailable as exc:
+            status["worker"] = "down" if self.worker.proc is not None and not self.worker.alive() else "starting"
+            status["detail"] = str(exc)
+        # The queue is read here, not in the worker, so it is exact even while the worker works.
+        status.update(self.queue.counts())
+        return status
+
+    @staticmethod
+    def _arguments(request: dict) -> dict:
+        headers = request.get("headers", {})
+        body = request.get("body", b"") or b""
+        args = {}
+        content_type = headers.get("content-type", "")
+        if body[:1] == b"{" or "json" in content_type:
+            try:
+                args = json.loads(body.decode("utf-8") or "{}")
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError("the body is neither JSON nor DICOM: %s" % exc) from None
+            if not isinstance(args, dict):
+                raise ValueError("the JSON body must be an object")
+        elif body:
+            args = {"dicom": bytes(body)}
+        for header, key in OPTION_HEADERS.items():
+            if header in headers and key not in args:
+                args[key] = headers[header]
+        if "text/html" in headers.get("accept", "") and "format" not in args:
+            args["format"] = "html"
+        return args
+
+    @staticmethod
+    def _answer(output, result) -> None:
+        output.AnswerBuffer(json.dumps(result, indent=2), "application/json")
+
+    @staticmethod
+    def _error(output, status: int, message: str) -> None:
+        # SendHttpStatus takes (status, str body, its size) and refuses 200/3xx/401/405;
+        # json.dumps escapes to ASCII, so characters == bytes.
+        body = json.dumps({"error": message})
+        output.SendHttpStatus(status, body, len(body))
+
+
+_plugin = MedcbirPlugin()
+orthanc.RegisterOnChangeCallback(_plugin.on_change)
+orthanc.RegisterRestCallback("/medcbir/(status|search|explain|reindex)", _plugin.on_rest)

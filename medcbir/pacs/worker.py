@@ -1,0 +1,406 @@
+"""The plugin's worker process: indexes what Orthanc receives and answers the plugin's searches.
+
+Started by the plugin (``python -m medcbir.pacs.worker``) with the venv's interpreter, so torch
+and FAISS never load inside Orthanc. It
+
+1. listens on a loopback port for the plugin's requests (``status``, ``search``, ``explain``,
+   ``reindex``; see :mod:`medcbir.pacs.worker_link`) and prints ``READY <port>``;
+2. reconciles: every instance Orthanc holds that the index does not (source
+   ``orthanc://<instance-id>``) and that was not skipped is queued, and instances a previous
+   worker claimed but never committed are re-queued, so a restart loses and duplicates nothing;
+3. loops: claims queued ids, fetches ``/instances/{id}/file``, decodes with
+   ``medcbir.imaging.decode_bytes``, and adds/commits through ``medcbir.indexer.IndexWriter``
+   every ``BatchSize`` items or ``FlushSeconds`` (the normal manifest commit, same crash safety).
+
+Searches run on a :class:`medcbir.engine.Engine` reopened whenever the index generation changes.
+The worker exits when its parent (Orthanc) goes away: stdin EOF, SIGTERM, or parent death.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Listener
+from pathlib import Path
+
+from medcbir.errors import MedcbirError
+from medcbir.pacs.instance_queue import InstanceQueue
+from medcbir.pacs.orthanc_config import PluginSettings, instance_of, instance_uri
+from medcbir.pacs.orthanc_rest import OrthancRest
+from medcbir.pacs.worker_link import AUTHKEY_ENV, TOKEN_ENV
+
+POLL_SECONDS = 0.2
+
+
+class UnknownInstance(MedcbirError):
+    """The request names an instance Orthanc does not hold (answered with 404)."""
+
+
+def log(message: str) -> None:
+    print(f"medcbir worker: {message}", file=sys.stderr, flush=True)
+
+
+def manifest_generation(index: Path) -> int | None:
+    """The committed generation of the index, or None while it has no manifest."""
+    try:
+        return int(json.loads((index / "manifest.json").read_text())["generation"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class Worker:
+    """Indexing loop + request handlers.
+
+    Args:
+        settings: the plugin's ``"Medcbir"`` settings.
+        rest: client of Orthanc's REST API.
+    """
+
+    def __init__(self, settings: PluginSettings, rest: OrthancRest) -> None:
+        self.settings = settings
+        self.rest = rest
+        self.index = Path(settings.index)
+        self.queue = InstanceQueue(settings.queue_path)
+        self.stop = threading.Event()
+        self.state = "starting"
+        self.error = ""
+        self.indexed = 0          # Orthanc instances whose items are committed
+        self.items = 0            # items (frames) committed by this worker since start
+        self.writer = None
+        self.encoder_info: dict = {"source": settings.encoder}
+        self._engine = None
+        self._engine_generation = None
+        self._engine_lock = threading.Lock()
+        self._writer_lock = threading.Lock()
+        self._reindex = threading.Event()
+        self._tmp = Path(tempfile.mkdtemp(prefix="medcbir-worker-"))
+
+    # -- indexing ---------------------------------------------------------------------------
+    def open_writer(self) -> None:
+        from medcbir.device import Device
+        from medcbir.indexer import IndexWriter
+
+        from medcbir.indexer import IndexBusy
+
+        device = Device.auto(prefer=None if self.settings.device == "auto" else self.settings.device)
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                self.writer = IndexWriter.open(self.index, self.settings.encoder, shard_size=self.settings.shard_size, device=device)
+                break
+            except IndexBusy:
+                # A previous worker (an Orthanc restart) may still be finishing its last commit.
+                if time.monotonic() > deadline or self.stop.is_set():
+                    raise
+                time.sleep(0.5)
+        encoder = getattr(self.writer, "encoder", None)
+        preprocessing = getattr(encoder, "preprocessing", None)
+        if self.settings.window and preprocessing is not None and list(preprocessing.windows) != list(self.settings.window):
+            raise MedcbirError(
+                f'"Window" {self.settings.window} differs from the encoder\'s windows {list(preprocessing.windows)}'
+                " (preprocessing is part of the model)")
+        self.encoder_info = {
+            "source": self.settings.encoder,
+            "fingerprint": getattr(encoder, "fingerprint", None),
+            "dim": getattr(encoder, "dim", None),
+            "preprocessing": preprocessing.to_dict() if preprocessing is not None else None,
+        }
+
+    def reconcile(self) -> int:
+        """Queue every Orthanc instance the index lacks; returns how many were queued."""
+        self.queue.requeue_in_flight()
+        skipped = self.queue.skipped_ids()
+        missing = []
+        indexed = 0
+        for instance in self.rest.instances():
+            if self.writer.has_source(instance_uri(instance)):
+                indexed += 1
+            elif instance not in skipped:
+                missing.append(instance)
+        self.indexed = indexed
+        queued = self.queue.enqueue(missing)
+        log(f"reconciled: {indexed} indexed, {len(missing)} to index ({queued} newly queued), {len(skipped)} skipped")
+        return queued
+
+    def _fetch_decode(self, instance: str):
+        """(instance, decoded items or None, skip reason, detail) for one queued id."""
+        from medcbir.imaging import decode_bytes
+        from medcbir.imaging.items import SkipFile
+
+        uri = instance_uri(instance)
+        if self.writer.has_source(uri):
+            return instance, [], "already-indexed", ""
+        try:
+            data = self.rest.instance_file(instance)
+        except MedcbirError as exc:
+            return instance, None, "fetch-failed", str(exc)
+        if data is None:
+            return instance, None, "gone", "Orthanc no longer has this instance"
+        try:
+            decoded = decode_bytes(data, uri, self.writer.key, self.writer.encoder.preprocessing)
+        except SkipFile as exc:
+            return instance, None, exc.reason, exc.detail
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the worker
+            return instance, None, "corrupt", f"{exc.__class__.__name__}: {exc}"
+        if not decoded:
+            return instance, None, "no-pixel-data", "no image frames"
+        return instance, decoded, "", ""
+
+    def run(self) -> None:
+        """Open the index writer, reconcile, then index until asked to stop."""
+        try:
+            self.open_writer()
+            self.wait_for_orthanc()
+            self.reconcile()
+        except Exception as exc:  # noqa: BLE001 - reported through /medcbir/status
+            self.state, self.error = "failed", f"{exc.__class__.__name__}: {exc}"
+            log(self.error)
+            traceback.print_exc()
+            self.stop.wait()
+            return
+        self.state = "running"
+        pending: list = []           # decoded items waiting for a commit
+        pending_ids: list[str] = []  # their instances (removed from the queue after the commit)
+        last_item = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="fetch") as pool:
+            while not self.stop.is_set():
+                if self._reindex.is_set():
+                    self._reindex.clear()
+                    self.reconcile()
+                room = max(1, self.settings.batch_size - len(pending))
+                claimed = self.queue.claim(room)
+                for instance, decoded, reason, detail in pool.map(self._fetch_decode, claimed):
+                    if decoded is None:
+                        self.queue.skip(instance, reason, detail)
+                        log(f"skipped {instance}: {reason} {detail}")
+                    elif not decoded:  # committed by an earlier worker that died before done()
+                        self.queue.done([instance])
+                    else:
+                        pending.extend(decoded)
+                        pending_ids.append(instance)
+                if claimed:
+                    last_item = time.monotonic()
+                flush_due = pending and time.monotonic() - last_item >= self.settings.flush_seconds
+                if pending and (len(pending) >= self.settings.batch_size or flush_due or self.stop.is_set()):
+                    self.commit(pending, pending_ids)
+                    pending, pending_ids = [], []
+                elif not claimed:
+                    self.stop.wait(POLL_SECONDS)
+        # Items added but not committed are simply re-queued by the next worker's reconcile.
+
+    def commit(self, decoded: list, instances: list[str]) -> None:
+        with self._writer_lock:
+            self.writer.add(decoded)
+            self.writer.commit()
+        self.queue.done(instances)
+        self.indexed += len(instances)
+        self.items += len(decoded)
+
+    def wait_for_orthanc(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.rest.alive():
+            if time.monotonic() > deadline or self.stop.is_set():
+                raise MedcbirError(f"Orthanc's REST API at {self.rest.url} does not answer")
+            time.sleep(0.2)
+
+    # -- requests ---------------------------------------------------------------------------
+    def engine(self):
+        """The engine on the newest committed generation (reopened when it changes)."""
+        from medcbir.engine import Engine
+        from medcbir.errors import IndexNotFound
+
+        generation = manifest_generation(self.index)
+        if generation is None:
+            raise IndexNotFound(f"the index {self.index} has nothing committed yet")
+        if self._engine is None or generation != self._engine_generation:
+            self._engine = Engine.open(self.index, encoder=getattr(self.writer, "encoder", None) or self.settings.encoder)
+            self._engine_generation = generation
+        return self._engine
+
+    def handle(self, request: dict) -> dict:
+        op = request.pop("op", "")
+        handler = {"status": self.op_status, "search": self.op_search, "explain": self.op_explain,
+                   "reindex": self.op_reindex}.get(op)
+        if handler is None:
+            return {"ok": False, "status": 404, "error": f"unknown operation {op!r}"}
+        try:
+            return handler(request)
+        except MedcbirError as exc:
+            status = {"IndexNotFound": 409, "UnknownInstance": 404}.get(exc.__class__.__name__, 400)
+            return {"ok": False, "status": status, "error": str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}
+        except Exception as exc:  # noqa: BLE001 - answered as a 500, the worker keeps serving
+            traceback.print_exc()
+            return {"ok": False, "status": 500, "error": f"{exc.__class__.__name__}: {exc}"}
+
+    def op_status(self, request: dict) -> dict:
+        counts = self.queue.counts()
+        return {"ok": True, "result": {
+            "worker": self.state, "error": self.error, "indexed": self.indexed,
+            "items_committed": self.items, "generation": manifest_generation(self.index),
+            "encoder": self.encoder_info, "index": str(self.index),
+            "batch_size": self.settings.batch_size, "recent_skips": self.queue.skipped(10), **counts,
+        }}
+
+    def op_reindex(self, request: dict) -> dict:
+        self._reindex.set()
+        return {"ok": True, "result": {"reindex": "scheduled", **self.queue.counts()}}
+
+    def _query_file(self, request: dict) -> tuple[Path, str | None]:
+        """Write the query's DICOM to a temporary file (the engine reads it with the index key)."""
+        from medcbir.errors import DecodeError
+
+        instance = request.get("instance")
+        if instance:
+            data = self.rest.instance_file(str(instance))
+            if data is None:
+                raise UnknownInstance(f"Orthanc has no instance {instance}")
+        elif request.get("dicom"):
+            data = request["dicom"]
+            if isinstance(data, str):
+                import base64
+
+                data = base64.b64decode(data)
+        else:
+            raise DecodeError('give "instance": "<orthanc id>" or a DICOM body')
+        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self._tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return Path(name), (str(instance) if instance else None)
+
+    def _orthanc_ids(self, meta: dict) -> dict:
+        instance = instance_of(str(meta.get("source", "")))
+        if instance is None and meta.get("sop_instance_uid"):
+            instance = self.rest.lookup_sop(str(meta["sop_instance_uid"]))
+        parents = self.rest.parents(instance) if instance else None
+        series, study = parents if parents else (None, None)
+        return {"instance": instance, "series": series, "study": study}
+
+    def op_search(self, request: dict) -> dict:
+        from medcbir.errors import ConfigError
+
+        try:
+            k = int(request.get("k", 10))
+        except (TypeError, ValueError):
+            raise ConfigError(f"k must be an integer, not {request.get('k')!r}") from None
+        path, instance = self._query_file(request)
+        try:
+            with self._engine_lock:
+                engine = self.engine()
+                generation = self._engine_generation
+                results = engine.search([str(path)], k=k, exclude=request.get("exclude", "none") or "none",
+                                        modality=request.get("modality") or None)
+        finally:
+            path.unlink(missing_ok=True)
+        neighbours = []
+        for n in results[0]:
+            meta = dict(n.meta)
+            neighbours.append({
+                "rank": int(n.rank), "score": float(n.score), "id": int(n.id), **self._orthanc_ids(meta),
+                "sop_instance_uid": meta.get("sop_instance_uid"), "frame": meta.get("frame"),
+                "series_instance_uid": meta.get("series_instance_uid"),
+                "study_instance_uid": meta.get("study_instance_uid"), "modality": meta.get("modality"),
+                "source": meta.get("source"),
+            })
+        return {"ok": True, "result": {"query": instance, "k": k, "generation": generation, "neighbours": neighbours}}
+
+    def op_explain(self, request: dict) -> dict:
+        from medcbir.pacs.explain_route import explain_answer
+
+        path, instance = self._query_file(request)
+        try:
+            with self._engine_lock:
+                engine = self.engine()
+                body, mime = explain_answer(engine, path, request)
+        finally:
+            path.unlink(missing_ok=True)
+        return {"ok": True, "body": body, "mime": mime}
+
+    # -- serving ----------------------------------------------------------------------------
+    def serve(self, listener: Listener) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = listener.accept()
+            except OSError:
+                if self.stop.is_set():
+                    return
+                continue  # a client failed the authentication challenge
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        try:
+            request = conn.recv()
+            conn.send(self.handle(request))
+        except (EOFError, OSError):
+            pass
+        finally:
+            conn.close()
+
+
+def _watch_parent(worker: Worker, parent: int) -> None:
+    """Stop when Orthanc goes away: stdin EOF (the plugin's pipe) or a new parent pid."""
+    def stdin_eof() -> None:
+        try:
+            sys.stdin.buffer.read()
+        except (OSError, ValueError):
+            pass
+        worker.stop.set()
+
+    def parent_gone() -> None:
+        while not worker.stop.wait(1.0):
+            if os.getppid() != parent:
+                worker.stop.set()
+
+    threading.Thread(target=stdin_eof, daemon=True).start()
+    threading.Thread(target=parent_gone, daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medcbir.pacs.worker")
+    parser.add_argument("--orthanc", required=True, help="loopback URL of Orthanc's REST API")
+    parser.add_argument("--settings", required=True, help='the "Medcbir" section as JSON')
+    parser.add_argument("--parent", type=int, default=os.getppid())
+    args = parser.parse_args(argv)
+    settings = PluginSettings.from_section(json.loads(args.settings))
+    rest = OrthancRest(args.orthanc, token=os.environ.get(TOKEN_ENV) or None)
+    worker = Worker(settings, rest)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
+    listener = Listener(("127.0.0.1", 0), authkey=authkey)
+    threading.Thread(target=worker.serve, args=(listener,), daemon=True).start()
+    print(f"READY {listener.address[1]}", flush=True)
+    _watch_parent(worker, args.parent)
+
+    # torch/faiss threads: the worker shares the machine with Orthanc.
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
+    except ImportError:
+        pass
+    runner = threading.Thread(target=worker.run, name="indexer", daemon=True)
+    runner.start()
+    while runner.is_alive() and not worker.stop.is_set():
+        runner.join(0.5)
+    worker.stop.set()
+    runner.join(10.0)  # let a commit in progress finish; a kill here is still crash-safe
+    listener.close()
+    if worker.writer is not None and not runner.is_alive():
+        try:
+            worker.writer.close()
+        except Exception:  # noqa: BLE001
+            pass
+    log("stopped")
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

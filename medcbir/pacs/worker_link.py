@@ -1,0 +1,115 @@
+"""The link between the plugin (inside Orthanc) and its worker process.
+
+The worker listens on a loopback TCP port with ``multiprocessing.connection`` (length-framed
+pickles, HMAC challenge with a per-start random key), announces ``READY <port>`` on its stdout,
+and answers one request per connection: ``{"op": ..., **args}`` → ``{"ok": True, ...}`` or
+``{"ok": False, "status": http_status, "error": message}``. The plugin opens a connection per
+REST call and waits with a timeout, so a slow search never blocks Orthanc's other threads (the
+wait releases the GIL).
+
+Standard library only (imported inside Orthanc's embedded interpreter).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from multiprocessing.connection import Client
+
+AUTHKEY_ENV = "MEDCBIR_WORKER_AUTHKEY"
+TOKEN_ENV = "MEDCBIR_ORTHANC_TOKEN"
+
+
+class WorkerUnavailable(Exception):
+    """The worker is not running (yet) or did not answer in time."""
+
+
+class WorkerProcess:
+    """Start, reach and stop the worker process (``python -m medcbir.pacs.worker``).
+
+    Args:
+        python: the venv interpreter that runs the worker.
+        repo: folder holding the ``medcbir`` package (put on the worker's PYTHONPATH).
+        settings_json: the ``"Medcbir"`` section as JSON.
+        orthanc_url: loopback URL of Orthanc's REST API.
+        token: value of the ``Authorization`` header the worker sends to Orthanc, or "".
+        log: callable for one-line log messages (Orthanc's log inside the plugin).
+    """
+
+    def __init__(self, python: str, repo: str, settings_json: str, orthanc_url: str, token: str = "", log=print) -> None:
+        self.python = python
+        self.repo = repo
+        self.settings_json = settings_json
+        self.orthanc_url = orthanc_url
+        self.token = token
+        self.log = log
+        self.authkey = os.urandom(32)
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = self.repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env[AUTHKEY_ENV] = self.authkey.hex()
+        env[TOKEN_ENV] = self.token
+        env.setdefault("OMP_NUM_THREADS", "1")
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "medcbir.pacs.worker", "--orthanc", self.orthanc_url,
+             "--settings", self.settings_json, "--parent", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )
+        threading.Thread(target=self._read_stdout, name="medcbir-worker-stdout", daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith("READY "):
+                self.port = int(line.split()[1])
+                self._ready.set()
+            elif line:
+                self.log(line)
+        self._ready.clear()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def call(self, op: str, timeout: float, **args) -> dict:
+        """Send one request and wait for its answer (raises WorkerUnavailable)."""
+        if not self._ready.wait(timeout=min(timeout, 30.0)) or not self.alive():
+            raise WorkerUnavailable("the medcbir worker is not running")
+        try:
+            conn = Client(("127.0.0.1", self.port), authkey=self.authkey)
+        except OSError as exc:
+            raise WorkerUnavailable(f"cannot reach the medcbir worker: {exc}") from exc
+        try:
+            conn.send({"op": op, **args})
+            if not conn.poll(timeout):
+                raise WorkerUnavailable(f"the medcbir worker did not answer within {timeout:.0f} s")
+            return conn.recv()
+        except (EOFError, OSError) as exc:
+            raise WorkerUnavailable(f"the medcbir worker went away: {exc}") from exc
+        finally:
+            conn.close()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Ask the worker to stop (stdin EOF + SIGTERM), kill it after ``grace`` seconds."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.close()
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        except OSError:
+            pass

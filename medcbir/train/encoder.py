@@ -1,0 +1,510 @@
+"""Encoders: checkpoints, fingerprints, the default random encoder, and the inference wrapper.
+
+An encoder is a backbone plus the preprocessing it was trained with (the window(s) and size
+of :class:`medcbir.imaging.Preprocessing`); the two together are fingerprinted, and an index
+built with one fingerprint refuses any other (:func:`check_compatible`).
+
+Two faces:
+
+- :func:`load_encoder` returns a ``torch.nn.Module`` (:class:`EncoderModule`) mapping a
+  preprocessed batch B×C×S×S in [0, 1] to L2-normalised B×D embeddings, for training,
+  explanations and anything that needs gradients.
+- :func:`open_encoder` returns an :class:`Encoder` for indexing and search: numpy in, numpy
+  out, batched, no gradients, on the :class:`~medcbir.device.Device` given; it also opens ONNX
+  exports through ONNX Runtime.
+
+Example:
+    >>> import numpy as np
+    >>> enc = open_encoder("default")
+    >>> x = np.random.rand(2, *enc.input_shape).astype(np.float32)
+    >>> enc.embed(x).shape
+    (2, 512)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcbir.errors import ConfigError, EncoderMismatch
+from medcbir.train.backbones import backbone_dim, build_backbone, feature_layer
+
+FORMAT = "medcbir-encoder"
+VERSION = 1
+DEFAULT_ENCODER = "default"
+DEFAULT_BACKBONE = "resnet18"
+DEFAULT_WINDOWS = ("ct-liver-wide",)
+DEFAULT_SIZE = 224
+DEFAULT_SEED = 0
+# The stem is part of the architecture record: a stride-1 MONAI stem is a different network.
+STEM = "conv7s2+maxpool"
+
+# ONNX metadata keys (custom_metadata_map).
+ONNX_KEYS = ("medcbir.format", "medcbir.fingerprint", "medcbir.preprocessing", "medcbir.arch", "medcbir.dim")
+
+
+# --------------------------------------------------------------------------- preprocessing
+def _preprocessing_cls():
+    try:
+        from medcbir.imaging import Preprocessing
+    except ImportError:  # the package re-export is the contract; the module is where it lives
+        from medcbir.imaging.preprocess import Preprocessing
+    return Preprocessing
+
+
+def as_preprocessing(value: Any):
+    """A :class:`medcbir.imaging.Preprocessing` from itself, its dict record, or None (default)."""
+    Preprocessing = _preprocessing_cls()
+    if value is None:
+        return Preprocessing(windows=DEFAULT_WINDOWS, size=DEFAULT_SIZE)
+    if isinstance(value, Preprocessing):
+        return value
+    if isinstance(value, dict):
+        return Preprocessing.from_dict(value)
+    raise ConfigError(f"not a preprocessing record: {value!r}")
+
+
+def describe(fingerprint: str, preprocessing: Any) -> str:
+    """``"abc123def456 (ct-liver-wide, 224 px)"``: how an encoder is named in messages."""
+    record = preprocessing.to_dict() if hasattr(preprocessing, "to_dict") else dict(preprocessing or {})
+    windows = record.get("windows")
+    size = record.get("size")
+    if windows is None or size is None:
+        what = json.dumps(record, sort_keys=True)
+    else:
+        what = f"{'+'.join(windows) if not isinstance(windows, str) else windows}, {size} px"
+    return f"{str(fingerprint)[:12]} ({what})"
+
+
+# --------------------------------------------------------------------------- fingerprint
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list).encode()
+
+
+def compute_fingerprint(arch: dict, preprocessing: dict, state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 hex of canonical JSON (arch, preprocessing) + tensor bytes in sorted key order.
+
+    Each tensor contributes its key, dtype and shape before its bytes, so renaming or
+    reshaping a parameter changes the fingerprint even when the raw bytes would not.
+
+    Args:
+        arch: architecture record (``backbone``, ``in_channels``, ``dim``, ``stem``).
+        preprocessing: ``Preprocessing.to_dict()``.
+        state_dict: the backbone's state dict.
+    """
+    h = hashlib.sha256()
+    h.update(_canonical({"arch": arch, "preprocessing": preprocessing}))
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(_canonical(list(tensor.shape)))
+        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def make_arch(backbone: str = DEFAULT_BACKBONE, in_channels: int = 1) -> dict:
+    """The architecture record stored in checkpoints and ONNX metadata."""
+    return {"backbone": backbone, "in_channels": int(in_channels), "dim": backbone_dim(backbone), "stem": STEM}
+
+
+# --------------------------------------------------------------------------- the module
+class EncoderModule(nn.Module):
+    """Backbone + L2 normalisation, carrying its preprocessing record and fingerprint.
+
+    Args:
+        backbone: a network from :func:`build_backbone`.
+        arch: its architecture record (:func:`make_arch`).
+        preprocessing: the :class:`~medcbir.imaging.Preprocessing` it expects.
+    """
+
+    def __init__(self, backbone: nn.Module, arch: dict, preprocessing: Any) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.arch = dict(arch)
+        self.preprocessing = as_preprocessing(preprocessing)
+        if self.preprocessing.channels != self.arch["in_channels"]:
+            raise ConfigError(
+                f"preprocessing has {self.preprocessing.channels} window(s) but the backbone takes "
+                f"{self.arch['in_channels']} channel(s)"
+            )
+        self._fingerprint: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.arch["dim"])
+
+    @property
+    def feature_layer(self) -> nn.Module:
+        """The last conv block (B×D'×h×w activations), for Grad-CAM-style explanations."""
+        return feature_layer(self.backbone)
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the current weights (recomputed after :meth:`refresh_fingerprint`)."""
+        if self._fingerprint is None:
+            self._fingerprint = compute_fingerprint(self.arch, self.preprocessing.to_dict(), self.backbone.state_dict())
+        return self._fingerprint
+
+    def refresh_fingerprint(self) -> str:
+        """Forget the cached fingerprint (call after changing the weights)."""
+        self._fingerprint = None
+        return self.fingerprint
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)
+        # Normalise in fp32 so reduced-precision forwards still give unit vectors.
+        return F.normalize(features.float(), dim=1)
+
+
+def new_encoder(backbone: str = DEFAULT_BACKBONE, preprocessing: Any = None, seed: int | None = DEFAULT_SEED) -> EncoderModule:
+    """A randomly initialised encoder; deterministic for a given seed (global RNG untouched).
+
+    Args:
+        backbone: backbone name (:data:`~medcbir.train.backbones.BACKBONES`).
+        preprocessing: a ``Preprocessing`` or its dict; None = ``("ct-liver-wide",)`` at 224 px.
+        seed: torch seed for the initialisation; None uses the caller's RNG state.
+    """
+    prep = as_preprocessing(preprocessing)
+    arch = make_arch(backbone, prep.channels)
+    if seed is None:
+        net = build_backbone(backbone, prep.channels)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_backbone(backbone, prep.channels)
+    return EncoderModule(net, arch, prep).eval()
+
+
+# --------------------------------------------------------------------------- files
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, rename, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates 0600; give the checkpoint the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
+        pass
+    return path
+
+
+def checkpoint_record(encoder: EncoderModule, *, method: str = "random", extra: dict | None = None) -> dict:
+    """The checkpoint dict for an encoder (plus any training state in ``extra``)."""
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": dict(encoder.arch),
+        "preprocessing": encoder.preprocessing.to_dict(),
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in encoder.backbone.state_dict().items()},
+        "fingerprint": encoder.refresh_fingerprint(),
+        "method": method,
+    }
+    for key, value in (extra or {}).items():
+        if key in record:
+            raise ValueError(f"extra checkpoint key {key!r} would overwrite the encoder record")
+        record[key] = value
+    return record
+
+
+def save_checkpoint(path: str | Path, encoder: EncoderModule, *, method: str = "random", extra: dict | None = None) -> Path:
+    """Write an encoder checkpoint atomically.
+
+    Args:
+        path: destination file (conventionally ``*.pt``).
+        encoder: the encoder to save.
+        method: the training method that produced it (``"random"`` for an untrained one).
+        extra: additional top-level entries (training state: optimiser, scheduler, epoch,
+            RNG states, ...). Values must be tensors, numbers, strings, lists, tuples or dicts,
+            so that checkpoints load with ``weights_only=True``.
+    """
+    return atomic_torch_save(checkpoint_record(encoder, method=method, extra=extra), path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and validate a checkpoint dict (safe load; no code runs from the file).
+
+    Raises:
+        ConfigError: missing, unreadable or not a medcbir encoder checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"encoder {path} not found")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a checkpoint"
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
+        raise ConfigError(f"{path} is not a readable encoder checkpoint ({first})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a medcbir encoder checkpoint")
+    if int(record.get("version", 0)) > VERSION:
+        raise ConfigError(f"{path} is a version {record.get('version')} checkpoint; this medcbir reads up to {VERSION}")
+    for key in ("arch", "preprocessing", "state_dict", "fingerprint"):
+        if key not in record:
+            raise ConfigError(f"{path} is missing {key!r}; not a complete encoder checkpoint")
+    return record
+
+
+def encoder_from_record(record: dict, source: str = "") -> EncoderModule:
+    """Rebuild an :class:`EncoderModule` from a checkpoint dict and check its fingerprint."""
+    arch = dict(record["arch"])
+    if arch.get("stem", STEM) != STEM:
+        raise ConfigError(f"{source or 'checkpoint'} uses stem {arch.get('stem')!r}; this medcbir builds {STEM!r}")
+    try:
+        net = build_backbone(arch["backbone"], int(arch["in_channels"]))
+        net.load_state_dict(record["state_dict"], strict=True)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{source or 'checkpoint'} weights do not fit {arch.get('backbone')}: {first}") from None
+    module = EncoderModule(net, arch, record["preprocessing"]).eval()
+    if module.fingerprint != record["fingerprint"]:
+        raise ConfigError(
+            f"{source or 'checkpoint'} is corrupt: its weights hash to {module.fingerprint[:12]}, "
+            f"not the recorded {str(record['fingerprint'])[:12]}"
+        )
+    return module
+
+
+def cache_dir() -> Path:
+    """``$MEDCBIR_CACHE`` or ``~/.cache/medcbir``."""
+    env = os.environ.get("MEDCBIR_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medcbir"
+
+
+def default_encoder_path() -> Path:
+    return cache_dir() / "default-encoder.pt"
+
+
+def _load_default() -> EncoderModule:
+    path = default_encoder_path()
+    if path.is_file():
+        try:
+            return encoder_from_record(read_checkpoint(path), str(path))
+        except ConfigError:
+            pass  # a damaged cache is rebuilt below; it holds nothing that cannot be recreated
+    module = new_encoder(DEFAULT_BACKBONE, None, seed=DEFAULT_SEED)
+    save_checkpoint(path, module, method="random")
+    return module
+
+
+def _is_default(path: Any) -> bool:
+    return isinstance(path, str) and path == DEFAULT_ENCODER
+
+
+def _is_onnx(path: Any) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def load_encoder(path: str | Path = DEFAULT_ENCODER) -> EncoderModule:
+    """The encoder as a torch module (eval mode, CPU).
+
+    Args:
+        path: ``"default"`` (seed-0 random ResNet-18, ``("ct-liver-wide",)``, 224 px, cached
+            under :func:`cache_dir`), or a checkpoint written by :func:`save_checkpoint` or by
+            the trainer (its training state is ignored here).
+
+    Returns:
+        An :class:`EncoderModule` with ``.preprocessing``, ``.fingerprint``, ``.dim``,
+        ``.arch`` and ``.feature_layer``.
+    """
+    if isinstance(path, nn.Module):
+        return path
+    if _is_default(path):
+        return _load_default()
+    if _is_onnx(path):
+        raise ConfigError(f"{path} is an ONNX export; use open_encoder() for inference (no torch module to return)")
+    return encoder_from_record(read_checkpoint(path), str(path))
+
+
+# --------------------------------------------------------------------------- inference wrapper
+class Encoder:
+    """Batched inference: numpy B×C×S×S float32 in [0,1] → L2-normalised B×D float32.
+
+    Built by :func:`open_encoder`; ``kind`` is ``"torch"`` or ``"onnx"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        source: str,
+        preprocessing: Any,
+        fingerprint: str,
+        dim: int,
+        arch: dict,
+        device: Any,
+        module: EncoderModule | None = None,
+        session: Any = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.kind = kind
+        self.source = source
+        self.preprocessing = preprocessing
+        self.fingerprint = fingerprint
+        self.dim = int(dim)
+        self.arch = dict(arch)
+        self.device = device
+        self.module = module
+        self.session = session
+        self.batch_size = int(batch_size)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, S, S) the encoder expects."""
+        return (self.preprocessing.channels, self.preprocessing.size, self.preprocessing.size)
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.kind}, {describe(self.fingerprint, self.preprocessing)}, dim={self.dim}, source={self.source!r})"
+
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
+            want = "×".join(map(str, self.input_shape))
+            raise EncoderMismatch(
+                f"images of shape {tuple(images.shape)} do not fit encoder {describe(self.fingerprint, self.preprocessing)}, "
+                f"which expects B×{want}"
+            )
+        return images
+
+    def embed(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Embed a batch (or one C×S×S image).
+
+        Args:
+            images: float32 B×C×S×S in [0,1], as ``Preprocessing.apply`` produces.
+            batch_size: forward batch size (default: the encoder's ``batch_size``).
+
+        Returns:
+            float32 B×D, each row of unit norm.
+        """
+        images = self._check(images)
+        step = int(batch_size or self.batch_size)
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        if self.kind == "onnx":
+            name = self.session.get_inputs()[0].name
+            for start in range(0, len(images), step):
+                chunk = np.ascontiguousarray(images[start : start + step])
+                out[start : start + len(chunk)] = self.session.run(None, {name: chunk})[0]
+            return out
+        with torch.inference_mode(), self.device.autocast():
+            for start in range(0, len(images), step):
+                chunk = torch.from_numpy(images[start : start + step]).to(self.device.torch)
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+                out[start : start + len(chunk)] = self.module(chunk).float().cpu().numpy()
+        return out
+
+
+def _open_onnx(path: Path, device: Any) -> Encoder:
+    if not path.is_file():
+        raise ConfigError(f"encoder {path} not found")
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=list(device.ort_providers))
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{path} is not a readable ONNX model ({first})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("medcbir.format") != FORMAT or "medcbir.fingerprint" not in meta:
+        raise ConfigError(f"{path} is an ONNX model without medcbir metadata (export it with `medcbir export-onnx`)")
+    try:
+        preprocessing = as_preprocessing(json.loads(meta["medcbir.preprocessing"]))
+        arch = json.loads(meta["medcbir.arch"])
+        dim = int(meta["medcbir.dim"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} has damaged medcbir metadata ({exc})") from None
+    return Encoder(
+        kind="onnx",
+        source=str(path),
+        preprocessing=preprocessing,
+        fingerprint=meta["medcbir.fingerprint"],
+        dim=dim,
+        arch=arch,
+        device=device,
+        session=session,
+    )
+
+
+def open_encoder(path: str | Path | EncoderModule = DEFAULT_ENCODER, device: Any = None, batch_size: int = 32) -> Encoder:
+    """Open an encoder for batched inference.
+
+    Args:
+        path: ``"default"``, a checkpoint (``.pt``), an ONNX export (``.onnx``), or an
+            :class:`EncoderModule` already in memory.
+        device: a :class:`~medcbir.device.Device`; None = ``Device.auto()``.
+        batch_size: default forward batch size of :meth:`Encoder.embed`.
+
+    Raises:
+        ConfigError: missing, unreadable or foreign file.
+    """
+    from medcbir.device import Device
+
+    device = device or Device.auto()
+    if isinstance(path, Encoder):
+        return path
+    if _is_onnx(path):
+        return _open_onnx(Path(path), device)
+    module = load_encoder(path)
+    source = DEFAULT_ENCODER if _is_default(path) else ("<module>" if isinstance(path, nn.Module) else str(path))
+    module = module.eval().to(device.torch).to(memory_format=torch.channels_last)
+    return Encoder(
+        kind="torch",
+        source=source,
+        preprocessing=module.preprocessing,
+        fingerprint=module.fingerprint,
+        dim=module.dim,
+        arch=module.arch,
+        device=device,
+        module=module,
+        batch_size=batch_size,
+    )
+
+
+def check_compatible(encoder: Any, fingerprint: str, preprocessing: Any) -> None:
+    """Refuse an encoder that differs from the one an index was built with.
+
+    Args:
+        encoder: an :class:`Encoder` or :class:`EncoderModule`.
+        fingerprint: the fingerprint recorded in the index.
+        preprocessing: the preprocessing recorded in the index (dict or ``Preprocessing``).
+
+    Raises:
+        EncoderMismatch: e.g. ``index built with encoder abc123 (ct-liver-wide, 224 px);
+            this encoder is def456 (ct-lung, 128 px)``.
+    """
+    if encoder.fingerprint == fingerprint:
+        return
+    raise EncoderMismatch(
+        f"index built with encoder {describe(fingerprint, preprocessing)}; "
+        f"this encoder is {describe(encoder.fingerprint, encoder.preprocessing)}"
+    )

@@ -1,0 +1,65 @@
+"""SimCLR: contrastive learning with the NT-Xent loss over the other images of the batch.
+
+Chen, T., Kornblith, S., Norouzi, M. & Hinton, G. (2020). "A Simple Framework for Contrastive
+Learning of Visual Representations." ICML, arXiv:2002.05709. Each image's two views are
+positives; the other 2(B−1) views of the batch are negatives. With projections u (L2-normalised)
+and temperature τ, for the positive pair (i, j):
+
+    ℓ(i, j) = −log exp(u_i·u_j / τ) / Σ_{k≠i} exp(u_i·u_k / τ),
+
+averaged over all 2B anchors.
+
+Example:
+    >>> import torch
+    >>> from medcbir.train.backbones import build_backbone
+    >>> method = SimCLR(build_backbone("resnet18"), dim=512, proj_dim=64)
+    >>> loss = method([torch.rand(4, 1, 64, 64), torch.rand(4, 1, 64, 64)])
+    >>> loss.backward()
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcbir.train.base import SSLMethod, mlp
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """Normalised-temperature cross entropy of the pairs (a_i, b_i) against the whole batch.
+
+    Args:
+        a, b: B×d projections of the two views (normalised here).
+        temperature: τ.
+    """
+    u = F.normalize(torch.cat([a, b], dim=0).float(), dim=1)
+    n = a.shape[0]
+    logits = u @ u.t() / temperature
+    # An anchor is never its own negative.
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(logits.device)
+    return F.cross_entropy(logits, targets)
+
+
+class SimCLR(SSLMethod):
+    """SimCLR projection head and NT-Xent loss.
+
+    Args:
+        backbone: network to train.
+        dim: backbone output dimension.
+        proj_dim: projection output dimension (128 in the paper).
+        temperature: NT-Xent temperature.
+    """
+
+    name = "simclr"
+
+    def __init__(self, backbone: nn.Module, dim: int, proj_dim: int = 128, temperature: float = 0.2) -> None:
+        super().__init__(backbone, dim)
+        self.projector = mlp([dim, dim, proj_dim], last_bn=False)
+        self.temperature = float(temperature)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        a = self.projector(self.backbone(views[0]))
+        b = self.projector(self.backbone(views[1]))
+        return nt_xent(a, b, self.temperature)

@@ -1,0 +1,365 @@
+"""The self-supervised trainer: HU cache → batched views → method loss → SGD, checkpoint each epoch.
+
+Recipe of the reference paper (Wickstrøm et al. 2023, after SimSiam): SGD with momentum 0.9,
+weight decay 1e-4, learning rate 0.05·batch/256 with a cosine schedule (per step, to zero).
+Each epoch ends with an atomic checkpoint holding everything a bit-for-bit resume needs: the
+method's full state (backbone, heads, MoCo's key encoder and queue), the optimiser, the
+scheduler, the epoch, and the torch/numpy/python RNG states. Batches are drawn from a
+permutation seeded by (seed, epoch), and the augmentations consume torch's global RNG, so an
+interrupted run resumed with ``resume=True`` produces exactly the weights of an
+uninterrupted one (on CPU; cuDNN may be nondeterministic on GPU).
+
+The checkpoint is also a normal encoder checkpoint (:func:`medcbir.train.load_encoder`): its
+preprocessing is the test-time one, the encoder's windows at the training size (for the
+Hounsfield-window views, the wide liver window).
+
+Example:
+    >>> summary = train(TrainConfig(archive="phantom/", out="enc.pt", epochs=2, batch_size=16,
+    ...                             size=64, views="hu-narrow,hu-wide"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcbir.errors import ConfigError
+from medcbir.train.backbones import backbone_dim, build_backbone
+from medcbir.train.dataset import HUDataset, default_cache_path, load_hu_dataset, patient_split
+from medcbir.train.encoder import EncoderModule, make_arch, read_checkpoint, save_checkpoint
+from medcbir.train.methods import METHODS, build_method
+from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
+from medcbir.train.views import BatchAugment, make_views, parse_views
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+# Fields that must match for --resume to continue the same run.
+RESUME_KEYS = ("method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "labels_holdout")
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (the ``medcbir train`` flags).
+
+    Args:
+        archive: DICOM folder.
+        out: checkpoint path (rewritten after every epoch).
+        method: a key of :data:`~medcbir.train.methods.METHODS`.
+        epochs: total epochs of the run (the cosine schedule spans them all).
+        batch_size: images per step.
+        size: training image side (also the saved preprocessing size).
+        views: ``"hu-narrow,hu-wide"`` for the Hounsfield-window views; None = both views use
+            ``windows``.
+        windows: the encoder's (test-time) windows.
+        backbone: ``resnet18``/``resnet34``/``resnet50``.
+        labels: ``labels.csv`` for the held-out retrieval monitor (held-out patients are not
+            trained on).
+        holdout: fraction of patients held out when ``labels`` is given.
+        resume: continue from ``out`` if it exists.
+        seed: seed of initialisation, batch order and augmentations.
+        workers: archive decoding workers (0 = auto).
+        lr: base learning rate; None = 0.05·batch/256.
+        rotation: maximum augmentation rotation in degrees (0 = none).
+        method_options: keyword arguments of the method (e.g. ``{"queue_size": 1024}``).
+        cache: HU cache path; None = next to ``out``.
+        device: a :class:`~medcbir.device.Device`; None = ``Device.auto()``.
+        progress: show a progress bar.
+        monitor_k: K of the monitor's MAP@K.
+    """
+
+    archive: str | Path
+    out: str | Path
+    method: str = "simsiam"
+    epochs: int = 10
+    batch_size: int = 64
+    size: int = 224
+    views: str | None = None
+    windows: tuple = ("ct-liver-wide",)
+    backbone: str = "resnet18"
+    labels: str | Path | None = None
+    holdout: float = 0.25
+    resume: bool = False
+    seed: int = 0
+    workers: int = 0
+    lr: float | None = None
+    rotation: float = 0.0
+    method_options: dict = field(default_factory=dict)
+    cache: str | Path | None = None
+    device: object = None
+    progress: bool = True
+    monitor_k: int = 5
+
+    def base_lr(self) -> float:
+        return float(self.lr) if self.lr is not None else 0.05 * self.batch_size / 256
+
+    def record(self) -> dict:
+        """The run's identity, stored in the checkpoint and compared on resume."""
+        return {
+            "method": self.method,
+            "backbone": self.backbone,
+            "size": int(self.size),
+            "batch_size": int(self.batch_size),
+            "epochs": int(self.epochs),
+            "views": self.views or "",
+            "windows": list(self.windows),
+            "seed": int(self.seed),
+            "lr": self.base_lr(),
+            "rotation": float(self.rotation),
+            "labels_holdout": float(self.holdout) if self.labels else 0.0,
+            "method_options": dict(self.method_options),
+        }
+
+
+@dataclass
+class TrainSummary:
+    """What a run did (``medcbir train`` prints it)."""
+
+    out: str
+    method: str
+    epochs: int
+    epochs_run: int
+    images: int
+    steps: int
+    seconds: float
+    images_per_s: float
+    final_loss: float
+    fingerprint: str
+    preprocessing: dict
+    history: list[dict]
+    log: str
+    plot: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- RNG state
+def rng_state(cuda: bool = False) -> dict:
+    """torch / numpy / python RNG states, in types that load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [int(version), list(py_state), py_gauss],
+    }
+    if cuda:
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, cuda: bool = False) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    if cuda and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+# --------------------------------------------------------------------------- the run
+def _preprocessing(config: TrainConfig):
+    from medcbir.imaging import Preprocessing
+
+    return Preprocessing(windows=tuple(config.windows), size=int(config.size))
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.method not in METHODS:
+        raise ConfigError(f"unknown method {config.method!r}; choose one of {', '.join(sorted(METHODS))}")
+    backbone_dim(config.backbone)
+    if config.epochs < 1:
+        raise ConfigError(f"--epochs must be ≥ 1, not {config.epochs}")
+    if config.batch_size < 2:
+        raise ConfigError(f"--batch-size must be ≥ 2 (batch norm needs two samples), not {config.batch_size}")
+    if config.size < 32:
+        raise ConfigError(f"--size must be ≥ 32 px for a ResNet, not {config.size}")
+    if config.base_lr() <= 0:
+        raise ConfigError(f"--lr must be > 0, not {config.base_lr()}")
+
+
+def _split(data: HUDataset, config: TrainConfig):
+    """Training indices and, with labels, the monitor over held-out patients."""
+    if not config.labels:
+        return np.arange(len(data)), None
+    labels = data.labels(config.labels)
+    train_idx, held_idx = patient_split(data.patient, config.holdout, config.seed)
+    bank = train_idx[labels[train_idx] != ""]
+    queries = held_idx[labels[held_idx] != ""]
+    if not len(bank) or not len(queries):
+        raise ConfigError(f"{config.labels} labels no slice of the training or of the held-out patients")
+    monitor = RetrievalMonitor(
+        data.hu[bank], labels[bank], data.hu[queries], labels[queries], config.windows, k=config.monitor_k, batch_size=max(config.batch_size, 32)
+    )
+    return train_idx, monitor
+
+
+def _load_resume(out: Path, config: TrainConfig) -> dict | None:
+    if not (config.resume and out.is_file()):
+        return None
+    record = read_checkpoint(out)
+    if "optimizer" not in record:
+        raise ConfigError(f"{out} has no training state to resume (it is an exported encoder)")
+    saved = record.get("config", {})
+    different = [k for k in RESUME_KEYS if saved.get(k) != config.record().get(k)]
+    if different:
+        what = ", ".join(f"{k} {saved.get(k)!r} → {config.record().get(k)!r}" for k in different)
+        raise ConfigError(f"cannot resume {out}: the run changed ({what}); use another --out or the same options")
+    return record
+
+
+def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainSummary:
+    """Train an encoder; checkpoint after every epoch.
+
+    Args:
+        config: the run's options.
+        on_epoch_end: called as ``on_epoch_end(epoch, row)`` after each epoch's checkpoint is
+            committed (``epoch`` 1-based; ``row`` the logged stats). An exception raised here
+            stops the run with that epoch kept, like an interruption.
+
+    Returns:
+        A :class:`TrainSummary`.
+    """
+    from medcbir.device import Device
+
+    _check_config(config)
+    device = config.device or Device.auto()
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preprocessing = _preprocessing(config)
+    views = parse_views(config.views, preprocessing.windows)
+    method_cls = METHODS[config.method]
+
+    cache = Path(config.cache) if config.cache else default_cache_path(out, config.size)
+    data = load_hu_dataset(config.archive, config.size, cache, workers=config.workers, progress=config.progress)
+    train_idx, monitor = _split(data, config)
+    batch = min(config.batch_size, len(train_idx))
+    if batch < 2:
+        raise ConfigError(f"only {len(train_idx)} training image(s); need at least 2")
+    steps_per_epoch = len(train_idx) // batch  # drop the last partial batch: BN and contrastive losses want full ones
+    total_steps = steps_per_epoch * config.epochs
+
+    seed_everything(config.seed)
+    backbone = build_backbone(config.backbone, preprocessing.channels)
+    method = build_method(config.method, backbone, backbone_dim(config.backbone), **config.method_options)
+    method.to(device.torch).train()
+    augment = BatchAugment(config.size, rotation=config.rotation).to(device.torch)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=config.base_lr(), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    use_amp = device.torch == "cuda"
+    amp_dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    history: list[dict] = []
+    start_epoch = 0
+    record = _load_resume(out, config)
+    if record is not None:
+        # The backbone is stored once, as the encoder's state_dict; "heads" holds the rest.
+        backbone_state = {f"backbone.{k}": v for k, v in record["state_dict"].items()}
+        method.load_state_dict({**record["heads"], **backbone_state})
+        optimizer.load_state_dict(record["optimizer"])
+        scheduler.load_state_dict(record["scheduler"])
+        if record.get("scaler"):
+            scaler.load_state_dict(record["scaler"])
+        set_rng_state(record["rng"], cuda=device.torch == "cuda")
+        start_epoch = int(record["epoch"])
+        history = list(record.get("history", []))
+
+    encoder = EncoderModule(method.backbone, make_arch(config.backbone, preprocessing.channels), preprocessing)
+    log_path = out.with_name(out.stem + ".log.jsonl")
+    images_seen, seconds, steps_run = 0, 0.0, 0
+    for epoch in range(start_epoch, config.epochs):
+        method.train()
+        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        losses = []
+        bar = _progress(config.progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
+        t0 = time.perf_counter()
+        for step in range(steps_per_epoch):
+            idx = torch.from_numpy(train_idx)[order[step * batch : (step + 1) * batch]]
+            hu = data.hu[idx].to(device.torch, non_blocking=True)
+            batch_views = make_views(hu, views[: method_cls.n_views], augment)
+            batch_views = [v.contiguous(memory_format=torch.channels_last) for v in batch_views]
+            with torch.autocast(device_type=device.torch, dtype=amp_dtype, enabled=use_amp):
+                loss = method(batch_views)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"loss became {float(loss)} at epoch {epoch + 1} step {step + 1}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{(step + 1) * batch / max(elapsed, 1e-9):.1f}")
+                bar.update(1)
+        epoch_seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        images_seen += steps_per_epoch * batch
+        seconds += epoch_seconds
+        steps_run += steps_per_epoch
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "seconds": round(epoch_seconds, 3),
+            "images_per_s": round(steps_per_epoch * batch / max(epoch_seconds, 1e-9), 2),
+        }
+        if monitor is not None:
+            row.update({k: v for k, v in monitor(method.backbone, device).items() if k in ("map_at_k", "knn_accuracy", "n_queries", "k")})
+        history.append(row)
+        extra = {
+            "heads": {k: v for k, v in method.state_dict().items() if not k.startswith("backbone.")},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "epoch": epoch + 1,
+            "rng": rng_state(cuda=device.torch == "cuda"),
+            "config": config.record(),
+            "history": history,
+        }
+        save_checkpoint(out, encoder, method=config.method, extra=extra)
+        write_jsonl(history, log_path)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+
+    plot = plot_history(history, out.with_name(out.stem + ".png"), config.monitor_k) if history else None
+    return TrainSummary(
+        out=str(out),
+        method=config.method,
+        epochs=config.epochs,
+        epochs_run=config.epochs - start_epoch,
+        images=images_seen,
+        steps=steps_run,
+        seconds=round(seconds, 3),
+        images_per_s=round(images_seen / seconds, 2) if seconds else 0.0,
+        final_loss=history[-1]["loss"] if history else math.nan,
+        fingerprint=encoder.refresh_fingerprint(),
+        preprocessing=preprocessing.to_dict(),
+        history=history,
+        log=str(log_path),
+        plot=str(plot) if plot else None,
+    )
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

@@ -1,0 +1,154 @@
+"""Training views: Hounsfield windows of resized HU tensors, then batched kornia augmentations.
+
+Wickstrøm et al. (2023), "A clinically motivated self-supervised approach for content-based
+image retrieval of CT liver images" (Computerized Medical Imaging and Graphics 107, 102239):
+each CT slice is clipped to two Hounsfield windows, a narrow liver window (50…150 HU) and a
+wide one (−200…300 HU), *before* augmentation, so the two SimSiam views differ in window as
+well as in crop, flip and intensity. At test time only the wide window is used.
+
+Windowing happens here on the resized HU tensors with :func:`medcbir.imaging.apply_window`,
+exactly the operation ``Preprocessing.apply`` performs at test time (resize first, then
+window), so the trained encoder sees the same distribution of inputs it will be indexed with.
+
+Example:
+    >>> import torch
+    >>> hu = torch.full((2, 1, 64, 64), 200.0)            # soft tissue at 200 HU
+    >>> narrow, wide = window_views(hu, parse_views("hu-narrow,hu-wide"))
+    >>> float(narrow.max()), round(float(wide.max()), 2)   # saturates vs does not
+    (1.0, 0.8)
+    >>> views = BatchAugment(size=64)(narrow)             # crop, flip, jitter, blur
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from medcbir.errors import ConfigError
+
+# view name -> window name (medcbir.imaging.WINDOWS); any window name is accepted as a view too.
+VIEWS: dict[str, str] = {"hu-narrow": "ct-liver-narrow", "hu-wide": "ct-liver-wide"}
+
+
+def _apply_window():
+    try:
+        from medcbir.imaging import apply_window
+    except ImportError:
+        from medcbir.imaging.windows import apply_window
+    return apply_window
+
+
+def _known_windows() -> dict:
+    try:
+        from medcbir.imaging import WINDOWS
+    except ImportError:
+        from medcbir.imaging.windows import WINDOWS
+    return WINDOWS
+
+
+def parse_views(spec: str | Sequence[str] | None, default_windows: Sequence = ("ct-liver-wide",)) -> list[tuple]:
+    """The window(s) of each of the two views.
+
+    Args:
+        spec: ``"hu-narrow,hu-wide"`` (or a list of names): one window per view; names of
+            :data:`VIEWS` or of ``medcbir.imaging.WINDOWS``. None: both views use
+            ``default_windows`` (the encoder's preprocessing windows; standard SimSiam).
+        default_windows: the preprocessing windows, used when ``spec`` is None.
+
+    Returns:
+        Two tuples of windows (each view's channels).
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return [tuple(default_windows), tuple(default_windows)]
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    if len(names) != 2:
+        raise ConfigError(f"--views needs exactly two views (e.g. hu-narrow,hu-wide), got {len(names)}")
+    known = _known_windows()
+    windows = []
+    for name in names:
+        window = VIEWS.get(name, name)
+        if window not in known:
+            raise ConfigError(f"unknown view {name!r}; use {', '.join(VIEWS)} or a window name ({', '.join(known)})")
+        windows.append((window,))
+    if len(default_windows) != 1:
+        raise ConfigError("Hounsfield-window views need a one-window (one-channel) encoder")
+    return windows
+
+
+def window_views(hu: torch.Tensor, views: Sequence[Sequence]) -> list[torch.Tensor]:
+    """Window a batch of resized HU images once per view.
+
+    Args:
+        hu: B×1×S×S float tensor in Hounsfield units (already resized).
+        views: per view, the tuple of windows (one output channel each).
+
+    Returns:
+        One B×C×S×S float32 tensor in [0, 1] per view.
+    """
+    apply_window = _apply_window()
+    hu = hu.float()
+    return [torch.cat([apply_window(hu, w) for w in windows], dim=1) for windows in views]
+
+
+def blur_kernel(size: int) -> int:
+    """An odd Gaussian-blur kernel of about 10 % of the image side (SimCLR's choice)."""
+    k = max(3, int(0.1 * size))
+    return k if k % 2 else k + 1
+
+
+class BatchAugment(nn.Module):
+    """The standard SSL augmentations, batched on tensors (kornia), one draw per sample.
+
+    Random resized crop (scale 0.2–1.0), horizontal flip, brightness/contrast jitter
+    (p = 0.8), Gaussian blur (σ 0.1–2.0, p = 0.5) and, optionally, a small rotation.
+    Random draws come from torch's global RNG, so a seeded run is reproducible and a resumed
+    run continues the same sequence (the trainer checkpoints the RNG state).
+
+    Args:
+        size: output side in pixels.
+        scale: crop area range relative to the image.
+        jitter: brightness and contrast jitter strength.
+        blur: apply Gaussian blur.
+        rotation: maximum rotation in degrees (0 = none).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float] = (0.2, 1.0),
+        jitter: float = 0.4,
+        blur: bool = True,
+        rotation: float = 0.0,
+    ) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        steps: list[nn.Module] = [
+            K.RandomResizedCrop((size, size), scale=scale),
+            K.RandomHorizontalFlip(),
+        ]
+        if jitter > 0:
+            steps.append(K.ColorJitter(brightness=jitter, contrast=jitter, p=0.8))
+        if blur:
+            steps.append(K.RandomGaussianBlur(blur_kernel(size), (0.1, 2.0), p=0.5))
+        if rotation > 0:
+            steps.append(K.RandomRotation(float(rotation), p=0.5))
+        self.steps = nn.Sequential(*steps)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.steps(images).clamp_(0.0, 1.0)
+
+
+def make_views(hu: torch.Tensor, views: Sequence[Sequence], augment: nn.Module | None) -> list[torch.Tensor]:
+    """Windowed, independently augmented views of one batch of HU images.
+
+    Args:
+        hu: B×1×S×S resized HU tensor.
+        views: output of :func:`parse_views`.
+        augment: a :class:`BatchAugment` (None = no augmentation, windows only).
+    """
+    windowed = window_views(hu, views)
+    return [augment(v) if augment is not None else v for v in windowed]

@@ -1,0 +1,99 @@
+"""``medcbir search`` / ``medcbir evaluate`` on a real index: JSON schema, table, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from medcbir.cli.main import main
+from tests.engine.indexes import flat_index, make_encoder, small_encoder  # noqa: F401 - fixtures
+
+NEIGHBOUR_KEYS = {"rank", "score", "sop_instance_uid", "frame", "series_instance_uid", "study_instance_uid", "modality", "source"}
+
+
+@pytest.fixture(scope="module")
+def columns(flat_index):
+    from medcbir.indexer import IndexStore
+
+    store = IndexStore.open(flat_index)
+    out = {name: np.asarray(store.columns[name]) for name in store.columns}
+    store.close()
+    return out
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_json_schema(flat_index, columns, capsys):
+    uid, path = columns["sop_instance_uid"][12], columns["source"][40]
+    code, out, err = run(capsys, "search", flat_index, uid, path, "-k", "4", "--json", "--exclude", "same-patient")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert [q["query"] for q in payload] == [uid, path]
+    for entry, row in zip(payload, (12, 40)):
+        assert set(entry) == {"query", "neighbours"}
+        assert [n["rank"] for n in entry["neighbours"]] == [1, 2, 3, 4]
+        for n in entry["neighbours"]:
+            assert set(n) == NEIGHBOUR_KEYS
+            assert isinstance(n["score"], float) and isinstance(n["frame"], int)
+            assert n["modality"] == "CT" and n["source"].endswith(".dcm")
+            assert n["study_instance_uid"] != columns["study_instance_uid"][row]  # same patient excluded
+        scores = [n["score"] for n in entry["neighbours"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_search_table_and_filters(flat_index, columns, capsys):
+    uid = columns["sop_instance_uid"][7]
+    series = columns["series_instance_uid"][70]
+    code, out, err = run(capsys, "search", flat_index, uid, "-k", "3", "--series", series)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"query: {uid}")
+    assert lines[1].split() == ["rank", "score", "sop_instance_uid", "frame", "series", "modality", "source"]
+    assert len([line for line in lines[2:] if line.strip()]) == 3
+    assert all(series in line for line in lines[2:5])
+    code, out, _ = run(capsys, "search", flat_index, uid, "-k", "3", "--json")
+    top = json.loads(out)[0]["neighbours"][0]
+    assert top["sop_instance_uid"] == uid and top["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_evaluate_json_and_table(flat_index, capsys, phantom_archive):
+    labels = phantom_archive / "labels.csv"
+    code, out, err = run(capsys, "evaluate", flat_index, "--labels", labels, "-k", "5", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"k", "exclude", "n_queries", "map_at_k", "ap_at_k", "precision_at_k", "knn_accuracy", "per_class"} <= set(result)
+    assert result["k"] == 5 and result["exclude"] == "same-patient" and result["n_queries"] == 80
+    assert set(result["per_class"]) == {"thorax", "liver-dome", "liver-kidney", "kidney", "pelvis"}
+    code, out, err = run(capsys, "evaluate", flat_index, "--labels", labels, "-k", "5", "--exclude", "none")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "exclude=none" in lines[0] and lines[1].split()[:3] == ["class", "queries", "MAP@5"]
+    overall = lines[2].split()
+    assert overall[:2] == ["all", "80"] and all(0.0 <= float(v) <= 1.0 for v in overall[2:6])
+    assert len(lines) == 3 + 5  # header, overall, one row per class
+
+
+def test_errors_are_one_line(flat_index, columns, capsys, tmp_path):
+    code, out, err = run(capsys, "search", tmp_path / "missing", "1.2.3")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not dicom at all")
+    code, out, err = run(capsys, "search", flat_index, bad)
+    assert code == 2 and err.startswith("error: cannot decode") and err.count("\n") == 1
+    other = make_encoder(tmp_path / "other.pt", seed=3)
+    code, out, err = run(capsys, "search", flat_index, columns["sop_instance_uid"][0], "--encoder", other)
+    assert code == 2 and "encoder" in err and err.count("\n") == 1
+
+
+def test_real_entry_point_missing_index(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "medcbir", "evaluate", str(tmp_path / "nope"), "--labels", "x.csv"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,108 @@
+"""Every method puts its mass where a toy encoder looks; CAMs match independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medcbir.errors import ConfigError
+from medcbir.explain import METHODS, ablation_cam, clustered_cam, gradcam
+from medcbir.explain.metrics import relevance_rank_accuracy
+from tests.explain.toys import SmallConvEncoder, ToyEncoder, blob_images
+
+S = 32
+REGION = torch.zeros(S, S, dtype=torch.bool)
+REGION[4:16, 8:24] = True
+
+OPTIONS = {"relax": {"n_masks": 400}, "occlusion": {"window": 4, "stride": 2}}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return ToyEncoder(REGION, seed=0).eval(), blob_images(3, S, seed=1)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_mass_lies_where_the_encoder_looks(toy, name):
+    encoder, images = toy
+    heat = METHODS[name](encoder, images, None, **OPTIONS.get(name, {}))
+    assert heat.shape == (3, S, S) and heat.dtype == torch.float32
+    assert torch.isfinite(heat).all()
+    accuracy = np.mean([relevance_rank_accuracy(h, REGION) for h in heat])
+    # the region's 1–2 px rim is inside the receptive field too, so "near 1", not exactly 1
+    assert accuracy >= 0.75, (name, accuracy)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_query_target_broadcasts(toy, name):
+    encoder, images = toy
+    query = encoder(images[:1]).detach()
+    heat = METHODS[name](encoder, images, query, **OPTIONS.get(name, {}))
+    assert heat.shape == (3, S, S) and torch.isfinite(heat).all()
+
+
+def test_gradcam_equals_autograd_by_hand():
+    encoder = SmallConvEncoder(seed=2).eval()
+    images = blob_images(2, S, seed=3)
+    query = encoder(images[:1]).detach()
+    store = {}
+    handle = encoder.feature_layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    score = F.cosine_similarity(encoder(images), query.expand(2, -1), dim=1)
+    handle.remove()
+    a = store["a"]
+    grads = torch.autograd.grad(score.sum(), a)[0]
+    alpha = grads.mean((2, 3), keepdim=True)
+    cam = F.relu((alpha * a).sum(1, keepdim=True))
+    expected = F.interpolate(cam, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(gradcam(encoder, images, query).numpy(), expected.detach().numpy(), atol=1e-6)
+
+
+def test_ablation_cam_equals_one_full_forward_per_channel():
+    encoder = SmallConvEncoder(seed=2).eval()
+    images = blob_images(2, S, seed=3)
+    target = encoder(images).detach()
+    store = {}
+    h = encoder.feature_layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    with torch.no_grad():
+        base = F.cosine_similarity(encoder(images), target, dim=1)
+    h.remove()
+    feats = store["a"]
+    weights = torch.zeros(2, feats.shape[1])
+    for k in range(feats.shape[1]):
+        def zero_k(m, i, o, k=k):
+            o = o.clone()
+            o[:, k] = 0
+            return o
+
+        h = encoder.feature_layer.register_forward_hook(zero_k)
+        with torch.no_grad():
+            weights[:, k] = (base - F.cosine_similarity(encoder(images), target, dim=1)) / base
+        h.remove()
+    cam = F.relu(torch.einsum("bk,bkhw->bhw", weights, feats))[:, None]
+    expected = F.interpolate(cam, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+    got = ablation_cam(encoder, images, None, batch_size=7)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_clustered_cam_with_one_cluster_per_channel_is_ablation_cam():
+    encoder = SmallConvEncoder(seed=2).eval()
+    images = blob_images(1, S, seed=5)
+    k = encoder.feature_layer[0].out_channels
+    # dead channels merge into one cluster, but they carry no activation, so the maps still agree
+    np.testing.assert_allclose(
+        clustered_cam(encoder, images, None, n_clusters=k).numpy(),
+        ablation_cam(encoder, images).numpy(),
+        atol=1e-5,
+    )
+
+
+def test_bad_inputs_raise_config_error(toy):
+    encoder, images = toy
+    with pytest.raises(ConfigError):
+        gradcam(encoder, images[0])
+    with pytest.raises(ConfigError):
+        gradcam(encoder, images, torch.rand(2, 16))
+    with pytest.raises(ConfigError):
+        gradcam(torch.nn.Sequential(torch.nn.Flatten()), images)

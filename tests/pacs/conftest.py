@@ -1,0 +1,129 @@
+"""Fixtures for the PACS tests: a tiny phantom archive, a small encoder, a private Orthanc."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_binary
+
+USER = ("medcbir-test", "s3cret-pw")
+
+
+@pytest.fixture(scope="session")
+def pacs_archive(tmp_path_factory) -> list[Path]:
+    """3 patients × 10 slices at 64 px (real DICOM, mixed transfer syntaxes); sorted file list."""
+    from medcbir.imaging.phantom import make_archive
+
+    out = tmp_path_factory.mktemp("pacs-phantom") / "archive"
+    make_archive(out, patients=3, slices=10, seed=21, size=64)
+    return sorted(out.rglob("*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def load_archive(tmp_path_factory) -> list[Path]:
+    """4 patients × 25 slices at 64 px = 100 instances, for the load test."""
+    from medcbir.imaging.phantom import make_archive
+
+    out = tmp_path_factory.mktemp("pacs-load") / "archive"
+    make_archive(out, patients=4, slices=25, seed=22, size=64)
+    return sorted(out.rglob("*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def small_encoder(tmp_path_factory) -> Path:
+    """A random ResNet-18 encoder checkpoint with 64 px preprocessing (cheap forwards)."""
+    from medcbir.imaging import Preprocessing
+    from medcbir.train.encoder import new_encoder, save_checkpoint
+
+    path = tmp_path_factory.mktemp("pacs-encoder") / "enc64.pt"
+    save_checkpoint(path, new_encoder("resnet18", Preprocessing(windows=("ct-liver-wide",), size=64), seed=3))
+    return path
+
+
+@pytest.fixture(scope="session")
+def no_pixel_file(tmp_path_factory) -> Path:
+    """A Basic Text SR (no PixelData): Orthanc stores it, the plugin must skip it with a reason."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = "SR-PATIENT"
+    ds.PatientName = "Report^Only"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    path = tmp_path_factory.mktemp("pacs-sr") / "report.dcm"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def storescu(port: int, files, aet: str = "MEDCBIR") -> None:
+    """C-STORE files with dcmtk's storescu (each file in its own transfer syntax)."""
+    require_binary("storescu")
+    from medcbir.pacs.orthanc_server import storescu as push
+
+    push(port, files, aet=aet, calling_aet="PYTEST")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+def _factory(tmp: Path):
+    require_binary("Orthanc")
+    from medcbir.pacs.orthanc_config import build_config, write_config
+    from medcbir.pacs.orthanc_server import OrthancServer, free_port
+
+    servers = []
+
+    def start(index: Path, encoder: Path, name: str = "orthanc", config_path: Path | None = None, **settings):
+        """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker."""
+        if config_path is None:
+            config = build_config(index, str(encoder), http_port=free_port(), dicom_port=free_port(),
+                                  storage=tmp / f"{name}-storage", user=":".join(USER), **settings)
+            config_path = write_config(tmp / f"{name}.json", config)
+        server = OrthancServer(config_path, log_path=tmp / f"{name}.log")
+        servers.append(server)
+        server.start(timeout=90)
+        return server
+
+    return start, servers
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path):
+    """Start private Orthanc servers with the medcbir plugin; all are stopped at teardown."""
+    start, servers = _factory(tmp_path)
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_orthanc_factory(tmp_path_factory):
+    """Like ``orthanc_factory``, shared by the tests of one module."""
+    start, servers = _factory(tmp_path_factory.mktemp("orthanc"))
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,151 @@
+"""A real Orthanc with the medcbir plugin: C-STORE → indexed on arrival → /medcbir/search.
+
+The neighbours answered through Orthanc are checked against a direct ``Engine.search`` on the
+same index with the same DICOM file (same ids, same order, same scores), and every returned
+Orthanc id is checked against Orthanc's own view of that instance.
+"""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+from tests.pacs.conftest import USER, storescu, wait_for
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk]
+
+
+def settled(server, expected: int):
+    """The status once ``expected`` instances are indexed and nothing is queued or in flight."""
+    status = server.status()
+    if status.get("indexed") == expected and status["queued"] == 0 and status["in_flight"] == 0:
+        return status
+    return None
+
+
+@pytest.fixture(scope="module")
+def indexed_server(module_orthanc_factory, tmp_path_factory, pacs_archive, small_encoder, no_pixel_file):
+    index = tmp_path_factory.mktemp("plugin") / "index"
+    server = module_orthanc_factory(index, small_encoder, name="plugin", batch_size=8, flush_seconds=0.5)
+    storescu(server.config["DicomPort"], [*pacs_archive, no_pixel_file])
+    status = wait_for(lambda: settled(server, len(pacs_archive)) if server.status()["skipped"] else None,
+                      timeout=120, what="all instances indexed")
+    return server, index, status
+
+
+def test_every_stored_image_is_indexed_once_and_the_report_is_skipped(indexed_server, pacs_archive, small_encoder):
+    from medcbir.indexer import IndexStore
+    from medcbir.train import open_encoder
+
+    server, index, status = indexed_server
+    stats = server.rest.statistics()
+    assert stats["CountInstances"] == len(pacs_archive) + 1          # the SR is stored too...
+    assert status["indexed"] == len(pacs_archive)                    # ...but not indexed
+    assert status["skipped"] == {"no-pixel-data": 1}
+    assert status["worker"] == "running" and status["generation"] >= 1
+    assert status["encoder"]["fingerprint"] == open_encoder(str(small_encoder)).fingerprint
+    assert status["encoder"]["preprocessing"]["size"] == 64
+
+    store = IndexStore.open(index)
+    sops = [str(s) for s in store.columns["sop_instance_uid"]]
+    expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in pacs_archive}
+    assert len(sops) == len(set(sops)) == len(pacs_archive)
+    assert set(sops) == expected
+    # Every item records the Orthanc instance it came from, and Orthanc agrees on its SOP UID.
+    sources = [str(s) for s in store.columns["source"]]
+    assert all(s.startswith("orthanc://") for s in sources)
+    for sop, source in list(zip(sops, sources))[:5]:
+        tags = server.rest.get_json(f"/instances/{source[len('orthanc://'):]}")["MainDicomTags"]
+        assert tags["SOPInstanceUID"] == sop
+
+
+def test_search_through_orthanc_matches_engine(indexed_server, pacs_archive, small_encoder):
+    from medcbir.engine import Engine
+
+    server, index, _ = indexed_server
+    query = pacs_archive[13]
+    query_ds = pydicom.dcmread(query, stop_before_pixels=True)
+    instance = server.rest.lookup_sop(query_ds.SOPInstanceUID)
+    resp = server.rest.post("/medcbir/search", json={"instance": instance, "k": 6, "exclude": "same-patient"})
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["neighbours"]
+
+    expected = Engine.open(index, encoder=str(small_encoder)).search([str(query)], k=6, exclude="same-patient")[0]
+    assert len(got) == len(expected) == 6
+    assert [n["id"] for n in got] == [n.id for n in expected]
+    assert [n["rank"] for n in got] == [1, 2, 3, 4, 5, 6]
+    assert [n["score"] for n in got] == pytest.approx([n.score for n in expected], abs=1e-5)
+    for n, e in zip(got, expected):
+        assert n["study_instance_uid"] != query_ds.StudyInstanceUID   # same patient excluded
+        # The Orthanc ids are Orthanc's own: instance → its SOP UID, parents → series, study.
+        info = server.rest.get_json(f"/instances/{n['instance']}")
+        assert info["MainDicomTags"]["SOPInstanceUID"] == e.meta["sop_instance_uid"]
+        assert info["ParentSeries"] == n["series"]
+        assert server.rest.get_json(f"/series/{n['series']}")["ParentStudy"] == n["study"]
+
+    # The same query as a raw DICOM body (options in headers: Orthanc drops a POST's query string).
+    raw = server.rest.post("/medcbir/search", data=query.read_bytes(), headers={
+        "Content-Type": "application/dicom", "X-Medcbir-K": "6", "X-Medcbir-Exclude": "same-patient"})
+    assert raw.status_code == 200, raw.text
+    assert [n["instance"] for n in raw.json()["neighbours"]] == [n["instance"] for n in got]
+
+    # A modality filter that matches nothing, and bad requests, answer cleanly.
+    none = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "modality": "MR"})
+    assert none.status_code == 200 and none.json()["neighbours"] == []
+    assert server.rest.post("/medcbir/search", json={"instance": "no-such-id"}).status_code == 404
+    assert server.rest.post("/medcbir/search", data=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
+    assert server.rest.post("/medcbir/search", json={"instance": instance, "k": "many"}).status_code == 400
+    assert server.rest.session.get(server.url + "/medcbir/search").status_code == 405
+
+
+def test_routes_need_orthanc_credentials(indexed_server):
+    import requests
+
+    server, _, _ = indexed_server
+    assert requests.get(server.url + "/medcbir/status", timeout=10).status_code == 401
+    assert requests.get(server.url + "/medcbir/status", auth=USER, timeout=10).status_code == 200
+
+
+def test_reindex_retries_skipped_instances(indexed_server, pacs_archive):
+    server, _, _ = indexed_server
+    resp = server.rest.post("/medcbir/reindex", json={})
+    assert resp.status_code == 200, resp.text
+    # The SR is tried again and skipped again with its reason; nothing is indexed twice.
+    status = wait_for(lambda: settled(server, len(pacs_archive)) if server.status()["skipped"] else None,
+                      timeout=60, what="reindex settled")
+    assert status["skipped"] == {"no-pixel-data": 1}
+    assert server.status()["indexed"] == len(pacs_archive)
+
+
+def test_dicomweb_source_indexes_incrementally(indexed_server, pacs_archive, small_encoder, tmp_path):
+    from medcbir.indexer import IndexStore, index_archive
+    from medcbir.pacs.dicomweb import DicomwebSource
+
+    server, _, _ = indexed_server
+    url = f"dicomweb+{server.url}/dicom-web"
+    index = tmp_path / "dicomweb-index"
+    first = index_archive(DicomwebSource(url, workers=2, auth=USER), index, str(small_encoder), progress=False)
+    assert first.indexed == len(pacs_archive)
+    assert first.skipped == {"no-pixel-data": 1}
+    store = IndexStore.open(index)
+    expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in pacs_archive}
+    assert {str(s) for s in store.columns["sop_instance_uid"]} == expected
+    sources = [str(s) for s in store.columns["source"]]
+    assert all(s.startswith(url + "/studies/") and "/series/" in s and "/instances/" in s for s in sources)
+
+    again = index_archive(DicomwebSource(url, workers=2, auth=USER), index, str(small_encoder), progress=False)
+    assert again.indexed == 0
+    assert again.total_items == len(pacs_archive)
+    assert again.already_present >= len(pacs_archive)
+
+
+def test_dicomweb_source_errors_are_one_line():
+    from medcbir.errors import ArchiveNotFound, ConfigError
+    from medcbir.pacs.dicomweb import DicomwebSource
+    from medcbir.pacs.orthanc_server import free_port
+
+    with pytest.raises(ConfigError):
+        DicomwebSource("dicomweb+ftp://example/dicom-web")
+    source = DicomwebSource(f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web", timeout=5)
+    with pytest.raises(ArchiveNotFound, match="cannot reach"):
+        list(source.decoded(None, None))

@@ -1,0 +1,141 @@
+"""Encoders: default encoder, checkpoints, fingerprints, open_encoder on torch and ONNX."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medcbir.device import Device
+from medcbir.errors import ConfigError, EncoderMismatch
+from medcbir.imaging import Preprocessing
+from medcbir.train import (
+    DEFAULT_ENCODER,
+    check_compatible,
+    load_encoder,
+    new_encoder,
+    open_encoder,
+    save_checkpoint,
+)
+
+
+def _oracle_fingerprint(arch: dict, preprocessing: dict, state: dict) -> str:
+    """The documented recipe, written out independently of compute_fingerprint."""
+    h = hashlib.sha256(json.dumps({"arch": arch, "preprocessing": preprocessing}, sort_keys=True, separators=(",", ":")).encode())
+    for key in sorted(state):
+        t = state[key].contiguous()
+        h.update(key.encode() + str(t.dtype).encode() + json.dumps(list(t.shape), separators=(",", ":")).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_default_encoder_is_deterministic_cached_and_normalised(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "a"))
+    first = load_encoder(DEFAULT_ENCODER)
+    assert (tmp_path / "a" / "default-encoder.pt").is_file()
+    monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "b"))
+    rng_before = torch.get_rng_state()
+    second = load_encoder("default")
+    assert torch.equal(rng_before, torch.get_rng_state()), "creating the default must not move the global RNG"
+    assert first.fingerprint == second.fingerprint
+    for (k, a), (_, b) in zip(first.backbone.state_dict().items(), second.backbone.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert first.preprocessing == Preprocessing(("ct-liver-wide",), 224)
+    assert first.arch["backbone"] == "resnet18" and first.dim == 512 and first.arch["in_channels"] == 1
+    assert first.feature_layer is first.backbone.layer4
+    assert first.fingerprint == _oracle_fingerprint(first.arch, first.preprocessing.to_dict(), first.backbone.state_dict())
+    # A cached file is read back as is.
+    cached = load_encoder("default")
+    assert cached.fingerprint == second.fingerprint
+    x = torch.rand(3, 1, 224, 224)
+    with torch.no_grad():
+        y = first(x)
+    assert y.shape == (3, 512)
+    np.testing.assert_allclose(y.norm(dim=1).numpy(), 1.0, atol=1e-5)
+
+
+def test_fingerprint_covers_weights_and_preprocessing():
+    a = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=1)
+    b = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 128), seed=1)
+    c = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=2)
+    d = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=1)
+    assert a.fingerprint == d.fingerprint
+    assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
+
+
+def test_default_checkpoint_and_onnx_agree(exported, tmp_path, monkeypatch):
+    """open_encoder on a checkpoint and its ONNX export: same fingerprint, embeddings within 1e-4."""
+    dev = Device.cpu()
+    torch_enc = open_encoder(exported["checkpoint"], dev)
+    onnx_enc = open_encoder(exported["onnx"], dev)
+    assert (torch_enc.kind, onnx_enc.kind) == ("torch", "onnx")
+    assert onnx_enc.module is None and torch_enc.module is not None
+    assert torch_enc.fingerprint == onnx_enc.fingerprint == exported["summary"].fingerprint
+    assert torch_enc.preprocessing == onnx_enc.preprocessing == Preprocessing(("ct-liver-wide",), 64)
+    assert torch_enc.dim == onnx_enc.dim == 512
+    images = np.random.default_rng(0).random((5, 1, 64, 64), dtype=np.float32)
+    a, b = torch_enc.embed(images, batch_size=2), onnx_enc.embed(images, batch_size=3)
+    assert np.abs(a - b).max() < 1e-4
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    # The torch module returned by load_encoder gives the same vectors.
+    with torch.no_grad():
+        ref = load_encoder(exported["checkpoint"])(torch.from_numpy(images)).numpy()
+    assert np.abs(a - ref).max() < 1e-5
+
+
+def test_default_through_open_encoder_and_a_saved_copy(tmp_path):
+    dev = Device.cpu()
+    default = open_encoder("default", dev)
+    assert default.source == "default" and default.kind == "torch"
+    copy = save_checkpoint(tmp_path / "copy.pt", load_encoder("default"))
+    reopened = open_encoder(copy, dev)
+    assert reopened.fingerprint == default.fingerprint and reopened.source == str(copy)
+    x = np.random.default_rng(1).random((2, 1, 224, 224), dtype=np.float32)
+    assert np.abs(default.embed(x) - reopened.embed(x)).max() < 1e-6
+
+
+def test_bad_files_are_one_line_config_errors(tmp_path, trained):
+    with pytest.raises(ConfigError, match="not found"):
+        open_encoder(tmp_path / "missing.pt", Device.cpu())
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ConfigError, match="not a readable encoder checkpoint"):
+        load_encoder(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ConfigError, match="not a medcbir encoder checkpoint"):
+        load_encoder(other)
+    fake_onnx = tmp_path / "fake.onnx"
+    fake_onnx.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(ConfigError, match="not a readable ONNX model"):
+        open_encoder(fake_onnx, Device.cpu())
+    # Weights changed behind the recorded fingerprint: refused as corrupt.
+    record = torch.load(trained["checkpoint"], weights_only=True)
+    record["state_dict"]["conv1.weight"] += 1e-3
+    tampered = tmp_path / "tampered.pt"
+    torch.save(record, tampered)
+    with pytest.raises(ConfigError, match="corrupt"):
+        load_encoder(tampered)
+
+
+def test_check_compatible_names_both_encoders(trained):
+    enc = open_encoder(trained["checkpoint"], Device.cpu())
+    check_compatible(enc, enc.fingerprint, enc.preprocessing.to_dict())  # same: no error
+    other = new_encoder("resnet18", Preprocessing(("ct-lung",), 128), seed=3)
+    with pytest.raises(EncoderMismatch) as info:
+        check_compatible(enc, other.fingerprint, other.preprocessing.to_dict())
+    message = str(info.value)
+    assert message == (
+        f"index built with encoder {other.fingerprint[:12]} (ct-lung, 128 px); "
+        f"this encoder is {enc.fingerprint[:12]} (ct-liver-wide, 64 px)"
+    )
+
+
+def test_embed_refuses_images_of_another_preprocessing(trained):
+    enc = open_encoder(trained["checkpoint"], Device.cpu())
+    with pytest.raises(EncoderMismatch, match="expects B×1×64×64"):
+        enc.embed(np.zeros((2, 1, 128, 128), dtype=np.float32))
+    assert enc.embed(np.zeros((1, 64, 64), dtype=np.float32)).shape == (1, 512)
