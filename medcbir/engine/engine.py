@@ -308,11 +308,28 @@ class Engine:
 
     def neighbours(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Neighbour]]:
         """FAISS (scores, ids) as :class:`Neighbour` lists (missing results dropped)."""
+        table = self.table
+        ranks = range(1, ids.shape[1] + 1)
+        rows = ids.tolist() if self._dense else self.rows_of(np.where(ids >= 0, ids, 0)).tolist()
         out = []
-        rows = self.rows_of(np.where(ids >= 0, ids, 0))
-        for srow, irow, rrow in zip(scores.tolist(), ids.tolist(), rows.tolist()):
-            out.append([Neighbour(i, s, r + 1, table=self.table, row=row) for r, (s, i, row) in enumerate(zip(srow, irow, rrow)) if i >= 0])
+        for srow, irow, rrow in zip(scores.tolist(), ids.tolist(), rows):
+            hits = [Neighbour(i, s, r, table=table, row=row) for s, i, r, row in zip(srow, irow, ranks, rrow)]
+            if irow[-1] < 0:  # FAISS pads with -1 when fewer than k items are admissible
+                hits = [n for n in hits if n.id >= 0]
+            out.append(hits)
         return out
+
+    def close(self) -> None:
+        """Release the shard files (the engine must not be searched afterwards)."""
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         info = self.store.encoder_info

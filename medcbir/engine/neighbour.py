@@ -61,9 +61,11 @@ class Neighbour:
     __slots__ = ("id", "score", "rank", "_meta", "_table", "_row")
 
     def __init__(self, id: int, score: float, rank: int, meta: dict | None = None, *, table: MetaTable | None = None, row: int = -1) -> None:
-        self.id = int(id)
-        self.score = float(score)
-        self.rank = int(rank)
+        # Plain Python numbers expected (the engine passes ``tolist()`` values): no conversion
+        # here keeps building thousands of neighbours per batch cheap.
+        self.id = id
+        self.score = score
+        self.rank = rank
         self._meta = meta
         self._table = table
         self._row = row

@@ -14,6 +14,7 @@ import collections
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -30,6 +31,10 @@ PREFETCH = 2
 #: Files in flight or waiting to be yielded in order, per worker.
 WINDOW_PER_WORKER = 8
 MAX_AUTO_WORKERS = 8
+#: A worker's first message; a worker that dies before sending it failed to start (e.g. a
+#: script without ``if __name__ == "__main__":``), which is no fault of the file it was given.
+READY = "ready"
+STARTUP_FAILURES = 2
 
 
 def auto_workers(workers: int) -> int:
@@ -98,13 +103,16 @@ def decode_file(path: str, preprocessing: Preprocessing | None, key: bytes | Non
         return _Result(path, reason=exc.reason, detail=exc.detail)
     except MemoryError:
         return _Result(path, reason="too-large", detail="out of memory while decoding")
-    except Exception as exc:  # noqa: BLE001 - e.g. preprocessing of a degenerate image
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - e.g. preprocessing of a degenerate image
         return _Result(path, reason="corrupt", detail=f"{exc.__class__.__name__}: {exc}")
 
 
 def _worker_main(conn, preprocessing, key, max_pixels) -> None:
-    """Worker loop: receive (index, path), send (index, _Result); ``None`` stops it."""
+    """Worker loop: announce readiness, then receive (index, path), send (index, _Result)."""
     try:
+        conn.send(READY)
         while True:
             task = conn.recv()
             if task is None:
@@ -123,6 +131,7 @@ class _Worker:
         child.close()  # so the parent sees EOF when the worker dies
         self.queue: collections.deque[tuple[int, str]] = collections.deque()
         self.started = time.monotonic()  # when the worker began its current (oldest) file
+        self.ready = False
 
     def submit(self, index: int, path: str) -> None:
         if not self.queue:
@@ -256,6 +265,8 @@ class Walk:
         done: dict[int, _Result] = {}
         next_out = next_in = 0
         exhausted = False
+        startup_failures = 0
+        ever_ready = False
         window = WINDOW_PER_WORKER * self._workers
 
         def free_worker() -> _Worker | None:
@@ -269,21 +280,54 @@ class Walk:
 
         def replace(worker: _Worker, reason: str, detail: str) -> None:
             # The oldest file is the one that hung or crashed; the rest go back to the queue.
-            index, path = worker.queue.popleft()
-            done[index] = _Result(path, reason=reason, detail=detail)
+            # A worker that never started blames no file.
+            if worker.ready:
+                index, path = worker.queue.popleft()
+                done[index] = _Result(path, reason=reason, detail=detail)
             retry.extendleft(reversed(worker.queue))
             worker.queue.clear()
             worker.stop(kill=True)
             self._pool.remove(worker)
 
+        def submit(worker: _Worker, index: int, path: str) -> None:
+            try:
+                worker.submit(index, path)
+            except (OSError, ValueError):  # the worker is gone (killed while idle, OOM killer)
+                if len(worker.queue) == 1:  # it was idle: this file is not to blame
+                    worker.queue.clear()
+                    retry.appendleft((index, path))
+                    worker.stop(kill=True)
+                    self._pool.remove(worker)
+                else:
+                    replace(worker, "corrupt", "decoder process died")
+
         while True:
+            if startup_failures >= STARTUP_FAILURES and not ever_ready:
+                warnings.warn("decoder worker processes fail to start; decoding in this process instead", RuntimeWarning, stacklevel=3)
+                for worker in list(self._pool):
+                    retry.extend(worker.queue)
+                    worker.queue.clear()
+                    worker.stop(kill=True)
+                self._pool.clear()
+                for index, path in sorted(retry):
+                    done[index] = decode_file(path, self._preprocessing, self._key, self._max_pixels)
+                retry.clear()
+                for index, (path, ready) in tasks:
+                    done[index] = ready or decode_file(path, self._preprocessing, self._key, self._max_pixels)
+                    while next_out in done:
+                        yield done.pop(next_out)
+                        next_out += 1
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+                return
             # 1. hand out work: retries first (already numbered), then new files
             while True:
                 if retry:
                     worker = free_worker()
                     if worker is None:
                         break
-                    worker.submit(*retry.popleft())
+                    submit(worker, *retry.popleft())
                     continue
                 if exhausted or next_in - next_out >= window:
                     break
@@ -299,7 +343,7 @@ class Walk:
                 if ready is not None:
                     done[index] = ready
                 else:
-                    worker.submit(index, path)
+                    submit(worker, index, path)
             # 2. yield everything that is ready, in order
             while next_out in done:
                 yield done.pop(next_out)
@@ -317,15 +361,21 @@ class Walk:
                 if worker.conn not in ready_objs:
                     continue
                 try:
-                    index, result = worker.conn.recv()
+                    message = worker.conn.recv()
                 except (EOFError, OSError):
                     worker.process.join(timeout=1.0)
                     code = worker.process.exitcode
+                    startup_failures += 0 if worker.ready else 1
                     replace(worker, "corrupt", f"decoder process died (exit code {code})")
                     continue
                 except Exception as exc:  # noqa: BLE001 - an unpicklable result
                     replace(worker, "corrupt", f"bad result from decoder: {exc.__class__.__name__}")
                     continue
+                if message == READY:
+                    worker.ready = ever_ready = True
+                    worker.started = time.monotonic()
+                    continue
+                index, result = message
                 expected, _ = worker.queue.popleft()
                 assert expected == index, (expected, index)
                 done[index] = result

@@ -64,38 +64,44 @@ def as_source(archive: Any, workers: int = 0, quarantine: Path | None = None):
 def prefetch(items: Iterator, batch_size: int, depth: int = 4) -> Iterator[list]:
     """Batches of ``items`` produced by a background thread through a bounded queue.
 
-    Exceptions of the producer are re-raised in the consumer; stopping early (``close()``)
-    stops the producer at its next batch.
+    Exceptions of the producer are re-raised in the consumer. When the consumer stops early
+    (error, Ctrl-C) the producer stops at its next item and closes ``items`` (which stops the
+    source's decoding workers).
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+
+    def put(obj) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(obj, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             batch = []
             for item in items:
+                if stop.is_set():
+                    return
                 batch.append(item)
                 if len(batch) >= batch_size:
-                    while not stop.is_set():
-                        try:
-                            q.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(batch):
                         return
                     batch = []
-            if batch:
-                q.put(batch)
-            q.put(_DONE)
+            if batch and not put(batch):
+                return
+            put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put(exc)
+            put(exc)
         finally:
             close = getattr(items, "close", None)
-            if stop.is_set() and close is not None:
+            if close is not None:
                 try:
                     close()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - best effort
                     pass
 
     thread = threading.Thread(target=produce, name="medcbir-prefetch", daemon=True)
@@ -110,12 +116,7 @@ def prefetch(items: Iterator, batch_size: int, depth: int = 4) -> Iterator[list]
             yield got
     finally:
         stop.set()
-        # Drain so a producer blocked on put() can see the stop flag.
-        while thread.is_alive():
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
+        thread.join(timeout=10)
 
 
 def _progress(enabled: bool, total: int | None):

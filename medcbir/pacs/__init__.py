@@ -1,1 +1,19 @@
-"""medcbir.pacs — see docs/contracts.md."""
+"""medcbir.pacs: medcbir inside a PACS (Orthanc plugin) and PACS archives for the indexer (DICOMweb).
+
+Modules (nothing is imported here: the plugin script loads inside Orthanc's embedded interpreter
+and must stay free of numpy/torch):
+
+- ``orthanc_plugin``  the ``"PythonScript"`` Orthanc loads: change callback → durable queue,
+  ``/medcbir/{status,search,explain,reindex}`` routes forwarded to the worker process;
+- ``worker``          the worker process: fetch → decode → embed → commit, searches, explanations;
+- ``worker_link``     starting, reaching and stopping the worker (loopback socket, HMAC key);
+- ``instance_queue``  the SQLite queue of instances waiting to be indexed;
+- ``orthanc_config``  the ``"Medcbir"`` config section and ``medcbir orthanc-config``'s output;
+- ``orthanc_rest``    a small client of Orthanc's REST API;
+- ``orthanc_server``  running a private Orthanc and pushing files with ``storescu``;
+- ``explain_route``   the explain route (the explain helper's runner fed from Orthanc);
+- ``dicomweb``        :class:`DicomwebSource`, a ``Source`` over QIDO-RS/WADO-RS.
+
+No module here may be named like a top-level module (``orthanc``, ``queue``...): Orthanc puts
+this folder on ``sys.path`` when it loads the plugin script.
+"""

@@ -33,11 +33,32 @@ def _value(dataset: dict, tag: str) -> str | None:
     return str(values[0]) if values else None
 
 
+def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``http://user:pw@host/x`` → (``http://host/x``, (user, pw)): credentials never reach a source URI."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), (unquote(parts.username), unquote(parts.password or ""))
+
+
+def _env_credentials() -> tuple[str, str] | None:
+    import os
+
+    user = os.environ.get("MEDCBIR_DICOMWEB_USER")
+    return (user, os.environ.get("MEDCBIR_DICOMWEB_PASSWORD", "")) if user else None
+
+
 class DicomwebSource:
     """The instances of a DICOMweb server, in a stable order (study, series, SOP UID).
 
+    Credentials: ``auth``, else ``user:password@`` in the URL (removed from the recorded source
+    URIs), else the ``MEDCBIR_DICOMWEB_USER`` / ``MEDCBIR_DICOMWEB_PASSWORD`` environment variables.
+
     Args:
-        url: ``dicomweb+http(s)://HOST[:PORT]/ROOT`` (the ``dicomweb+`` prefix is optional here).
+        url: ``dicomweb+http(s)://[USER:PASSWORD@]HOST[:PORT]/ROOT`` (``dicomweb+`` optional here).
         workers: instances retrieved and decoded in parallel (threads).
         auth: ``(user, password)`` for HTTP basic authentication, or None.
         timeout: seconds per HTTP request.
@@ -51,6 +72,8 @@ class DicomwebSource:
         base = url[len(SCHEME):] if url.startswith(SCHEME) else url
         if not base.startswith(("http://", "https://")):
             raise ConfigError(f"not a DICOMweb URL: {url} (expected dicomweb+http://HOST/dicom-web)")
+        base, url_auth = _split_credentials(base)
+        auth = auth or url_auth or _env_credentials()
         self.base = base.rstrip("/")
         self.name = SCHEME + self.base
         self.workers = max(1, int(workers))

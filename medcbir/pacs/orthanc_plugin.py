@@ -47,7 +47,7 @@ from medcbir.pacs.orthanc_config import PluginSettings  # noqa: E402
 from medcbir.pacs.worker_link import WorkerProcess, WorkerUnavailable  # noqa: E402
 
 OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
-                  "x-medcbir-format": "format", "x-medcbir-method": "method", "x-medcbir-frame": "frame"}
+                  "x-medcbir-format": "format", "x-medcbir-method": "method"}
 
 
 class MedcbirPlugin:
@@ -116,6 +116,7 @@ class MedcbirPlugin:
         except WorkerUnavailable as exc:
             status["worker"] = "down" if self.worker.proc is not None and not self.worker.alive() else "starting"
             status["detail"] = str(exc)
+        status["worker_restarts"] = self.worker.restarts
         # The queue is read here, not in the worker, so it is exact even while the worker works.
         status.update(self.queue.counts())
         return status

@@ -38,6 +38,7 @@ from medcbir.pacs.orthanc_rest import OrthancRest
 from medcbir.pacs.worker_link import AUTHKEY_ENV, TOKEN_ENV
 
 POLL_SECONDS = 0.2
+ENGINE_REFRESH_SECONDS = 1.0
 
 
 class UnknownInstance(MedcbirError):
@@ -78,6 +79,7 @@ class Worker:
         self.encoder_info: dict = {"source": settings.encoder}
         self._engine = None
         self._engine_generation = None
+        self._engine_opened = 0.0
         self._engine_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._reindex = threading.Event()
@@ -220,9 +222,13 @@ class Worker:
         generation = manifest_generation(self.index)
         if generation is None:
             raise IndexNotFound(f"the index {self.index} has nothing committed yet")
-        if self._engine is None or generation != self._engine_generation:
+        # While a burst is being indexed every commit is a new generation; reopening at most once
+        # a second keeps searches fast at the price of answers at most ~1 s behind the index.
+        stale = generation != self._engine_generation and time.monotonic() - self._engine_opened >= ENGINE_REFRESH_SECONDS
+        if self._engine is None or stale:
             self._engine = Engine.open(self.index, encoder=getattr(self.writer, "encoder", None) or self.settings.encoder)
-            self._engine_generation = generation
+            self._engine_generation = int(self._engine.store.generation)
+            self._engine_opened = time.monotonic()
         return self._engine
 
     def handle(self, request: dict) -> dict:
@@ -243,7 +249,7 @@ class Worker:
     def op_status(self, request: dict) -> dict:
         counts = self.queue.counts()
         return {"ok": True, "result": {
-            "worker": self.state, "error": self.error, "indexed": self.indexed,
+            "worker": self.state, "pid": os.getpid(), "error": self.error, "indexed": self.indexed,
             "items_committed": self.items, "generation": manifest_generation(self.index),
             "encoder": self.encoder_info, "index": str(self.index),
             "batch_size": self.settings.batch_size, "recent_skips": self.queue.skipped(10), **counts,
@@ -318,7 +324,7 @@ class Worker:
         try:
             with self._engine_lock:
                 engine = self.engine()
-                body, mime = explain_answer(engine, path, request)
+                body, mime = explain_answer(engine, self.rest, path, request, label=f"instance {instance}" if instance else "the posted DICOM")
         finally:
             path.unlink(missing_ok=True)
         return {"ok": True, "body": body, "mime": mime}

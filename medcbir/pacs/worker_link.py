@@ -49,9 +49,29 @@ class WorkerProcess:
         self.authkey = os.urandom(32)
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
+        self.restarts = 0
         self._ready = threading.Event()
+        self._stopping = threading.Event()
 
     def start(self) -> None:
+        """Start the worker, and a watchdog that restarts it if it dies unexpectedly."""
+        self._spawn()
+        threading.Thread(target=self._watchdog, name="medcbir-worker-watchdog", daemon=True).start()
+
+    def _watchdog(self) -> None:
+        # A crashed worker (OOM kill, segfault in a native library) is restarted with back-off;
+        # the durable queue and the index's crash safety make the restart lossless.
+        delay = 1.0
+        while not self._stopping.wait(1.0):
+            if self.proc is not None and self.proc.poll() is not None and not self._stopping.is_set():
+                self.log(f"medcbir: worker exited with status {self.proc.returncode}; restarting in {delay:.0f} s")
+                if self._stopping.wait(delay):
+                    return
+                self.restarts += 1
+                self._spawn()
+                delay = min(delay * 2, 60.0)
+
+    def _spawn(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = self.repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env[AUTHKEY_ENV] = self.authkey.hex()
@@ -98,6 +118,7 @@ class WorkerProcess:
 
     def stop(self, grace: float = 10.0) -> None:
         """Ask the worker to stop (stdin EOF + SIGTERM), kill it after ``grace`` seconds."""
+        self._stopping.set()
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,6 +88,20 @@ def parity_images(preprocessing, archive: str | Path | None = None, n: int = 8, 
     return rng.random(shape, dtype=np.float32), "random"
 
 
+def _export(module, dummy: torch.Tensor, path: str, opset: int) -> None:
+    torch.onnx.export(
+        module,
+        (dummy,),
+        path,
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+
+
 def export_onnx(
     checkpoint: str | Path,
     out: str | Path,
@@ -116,22 +131,15 @@ def export_onnx(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     prep = module.preprocessing
-    dummy = torch.rand(2, prep.channels, prep.size, prep.size)
+    dummy = torch.rand(2, prep.channels, prep.size, prep.size, generator=torch.Generator().manual_seed(0))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        # The TorchScript exporter: stable for plain conv nets and needs no onnxscript rewrite.
-        torch.onnx.export(
-            module,
-            (dummy,),
-            tmp,
-            input_names=["images"],
-            output_names=["embeddings"],
-            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        # The TorchScript exporter: stable for plain conv nets and needs no onnxscript rewrite;
+        # its deprecation notice is not news to the user of this command.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _export(module, dummy, tmp, opset)
         model = onnx.load(tmp)
         for key, value in onnx_metadata(module).items():
             entry = model.metadata_props.add()

@@ -222,6 +222,35 @@ def _load_resume(out: Path, config: TrainConfig) -> dict | None:
     return record
 
 
+def train_step(method, views: list[torch.Tensor], optimizer, scheduler, scaler, device) -> float:
+    """One optimisation step on a batch of augmented views; returns the loss.
+
+    Mixed precision (autocast + gradient scaling) only on CUDA, as the device decided; the
+    same code path runs on CPU in fp32.
+    """
+    use_amp = device.torch == "cuda"
+    amp_dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16
+    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    with torch.autocast(device_type=device.torch, dtype=amp_dtype, enabled=use_amp):
+        loss = method(views)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    return float(loss.detach())
+
+
+def make_optimizer(method, config: "TrainConfig", total_steps: int, device):
+    """SGD (momentum 0.9, wd 1e-4, lr 0.05·batch/256), per-step cosine schedule, grad scaler."""
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=config.base_lr(), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    fp16_on_cuda = device.torch == "cuda" and device.precision not in ("bf16",)
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16_on_cuda)
+    return optimizer, scheduler, scaler
+
+
 def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainSummary:
     """Train an encoder; checkpoint after every epoch.
 
@@ -258,11 +287,7 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     method = build_method(config.method, backbone, backbone_dim(config.backbone), **config.method_options)
     method.to(device.torch).train()
     augment = BatchAugment(config.size, rotation=config.rotation).to(device.torch)
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=config.base_lr(), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    use_amp = device.torch == "cuda"
-    amp_dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    optimizer, scheduler, scaler = make_optimizer(method, config, total_steps, device)
 
     history: list[dict] = []
     start_epoch = 0
@@ -292,17 +317,10 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
             idx = torch.from_numpy(train_idx)[order[step * batch : (step + 1) * batch]]
             hu = data.hu[idx].to(device.torch, non_blocking=True)
             batch_views = make_views(hu, views[: method_cls.n_views], augment)
-            batch_views = [v.contiguous(memory_format=torch.channels_last) for v in batch_views]
-            with torch.autocast(device_type=device.torch, dtype=amp_dtype, enabled=use_amp):
-                loss = method(batch_views)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"loss became {float(loss)} at epoch {epoch + 1} step {step + 1}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+            loss = train_step(method, batch_views, optimizer, scheduler, scaler, device)
+            if not math.isfinite(loss):
+                raise ConfigError(f"loss became {loss} at epoch {epoch + 1} step {step + 1}; lower --lr")
+            losses.append(loss)
             if bar is not None:
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{(step + 1) * batch / max(elapsed, 1e-9):.1f}")

@@ -161,3 +161,20 @@ def test_labels_file_uids_resolve(engine, phantom_archive):
         rows = list(csv.DictReader(fh))
     ids = engine.lookup.find([r["sop_instance_uid"] for r in rows], [int(r["frame"]) for r in rows])
     assert (ids >= 0).all() and len(set(ids.tolist())) == len(rows) == len(engine)
+
+
+def test_unindexed_file_of_a_known_patient_is_excluded_by_pseudonym(engine, truth, tmp_path):
+    """A new slice of an indexed patient: its pseudonym (computed with the index's key) matches."""
+    import pydicom
+
+    row = 44
+    ds = pydicom.dcmread(truth["source"][row])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.4243"  # a new study of the same patient
+    path = tmp_path / "new-slice.dcm"
+    ds.save_as(path)
+    [hits] = engine.search([str(path)], k=20, exclude="same-patient")
+    patient = truth["patient_pseudonym"][row]
+    assert len(hits) == 20 and all(n.meta["patient_pseudonym"] != patient for n in hits)
+    [hits] = engine.search([str(path)], k=1)
+    assert hits[0].id == truth["ids"][row] and hits[0].score == pytest.approx(1.0, abs=1e-4)

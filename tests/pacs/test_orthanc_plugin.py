@@ -25,8 +25,21 @@ def settled(server, expected: int):
 
 @pytest.fixture(scope="module")
 def indexed_server(module_orthanc_factory, tmp_path_factory, pacs_archive, small_encoder, no_pixel_file):
-    index = tmp_path_factory.mktemp("plugin") / "index"
-    server = module_orthanc_factory(index, small_encoder, name="plugin", batch_size=8, flush_seconds=0.5)
+    from click.testing import CliRunner
+
+    from medcbir.cli.main import cli
+    from medcbir.pacs.orthanc_server import free_port
+
+    # The administrator's path: `medcbir orthanc-config`, then the printed `Orthanc CONFIG`.
+    folder = tmp_path_factory.mktemp("plugin")
+    index, config = folder / "index", folder / "orthanc.json"
+    result = CliRunner().invoke(cli, [
+        "orthanc-config", str(config), "--index", str(index), "--encoder", str(small_encoder),
+        "--http-port", str(free_port()), "--dicom-port", str(free_port()), "--storage", str(folder / "storage"),
+        "--aet", "MEDCBIR", "--user", ":".join(USER), "--batch-size", "8", "--flush-seconds", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert f"Orthanc {config}" in result.output
+    server = module_orthanc_factory(index, small_encoder, config_path=config)
     storescu(server.config["DicomPort"], [*pacs_archive, no_pixel_file])
     status = wait_for(lambda: settled(server, len(pacs_archive)) if server.status()["skipped"] else None,
                       timeout=120, what="all instances indexed")
@@ -133,10 +146,21 @@ def test_dicomweb_source_indexes_incrementally(indexed_server, pacs_archive, sma
     sources = [str(s) for s in store.columns["source"]]
     assert all(s.startswith(url + "/studies/") and "/series/" in s and "/instances/" in s for s in sources)
 
-    again = index_archive(DicomwebSource(url, workers=2, auth=USER), index, str(small_encoder), progress=False)
-    assert again.indexed == 0
-    assert again.total_items == len(pacs_archive)
-    assert again.already_present >= len(pacs_archive)
+    # Incremental re-run through the CLI (credentials in the URL, never in the recorded sources).
+    import json
+
+    from click.testing import CliRunner
+
+    from medcbir.cli.main import cli
+
+    with_auth = url.replace("http://", f"http://{USER[0]}:{USER[1]}@")
+    result = CliRunner().invoke(cli, ["index", with_auth, "--encoder", str(small_encoder), "--out", str(index), "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.output.strip().splitlines()[-1])
+    assert again["indexed"] == 0
+    assert again["total_items"] == len(pacs_archive)
+    assert again["already_present"] >= len(pacs_archive)
+    assert not any(USER[1] in str(s) for s in IndexStore.open(index).columns["source"])
 
 
 def test_dicomweb_source_errors_are_one_line():
@@ -149,3 +173,35 @@ def test_dicomweb_source_errors_are_one_line():
     source = DicomwebSource(f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web", timeout=5)
     with pytest.raises(ArchiveNotFound, match="cannot reach"):
         list(source.decoded(None, None))
+
+
+def test_explain_returns_png_html_and_json_panels(indexed_server, pacs_archive, small_encoder):
+    import io
+
+    from PIL import Image
+
+    from medcbir.engine import Engine
+
+    server, index, _ = indexed_server
+    query = pacs_archive[4]
+    instance = server.rest.lookup_sop(pydicom.dcmread(query, stop_before_pixels=True).SOPInstanceUID)
+    ask = {"instance": instance, "k": 3, "method": "relax", "n_masks": 64, "exclude": "same-patient"}
+
+    as_json = server.rest.post("/medcbir/explain", json={**ask, "format": "json"})
+    assert as_json.status_code == 200, as_json.text
+    expected = Engine.open(index, encoder=str(small_encoder)).search([str(query)], k=3, exclude="same-patient")[0]
+    summary = as_json.json()
+    assert [n["id"] for n in summary["neighbours"]] == [n.id for n in expected]
+    assert summary["heatmap_shape"] == [4, 64, 64]  # the query + 3 neighbours at input size
+
+    png = server.rest.post("/medcbir/explain", json=ask)
+    assert png.status_code == 200 and png.headers["Content-Type"].startswith("image/png")
+    width, height = Image.open(io.BytesIO(png.content)).size
+    assert width > height > 200
+
+    page = server.rest.post("/medcbir/explain", json=ask, headers={"Accept": "text/html"})
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert page.text.count("data:image/png;base64,") >= 2 * 4  # image + heatmap per item
+    assert "PatientID" not in page.text and "PHANTOM" not in page.text
+
+    assert server.rest.post("/medcbir/explain", json={**ask, "method": "magic"}).status_code == 400

@@ -81,7 +81,8 @@ def test_parallel_stores_while_searching(orthanc_factory, load_archive, small_en
         resp = server.rest.post("/medcbir/search", data=query, headers={
             "Content-Type": "application/dicom", "X-Medcbir-K": "5"}, timeout=60)
         latencies.append(time.perf_counter() - start)
-        if resp.status_code == 200 and len(resp.json()["neighbours"]) == 5:
+        # Fewer than 5 neighbours only while the index holds fewer than 5 items.
+        if resp.status_code == 200 and 1 <= len(resp.json()["neighbours"]) <= 5:
             answered += 1
         else:
             failed.append((resp.status_code, resp.text[:200]))
@@ -95,3 +96,22 @@ def test_parallel_stores_while_searching(orthanc_factory, load_archive, small_en
     assert len(keys) == len(set(keys)) == len(load_archive)
     final = server.rest.post("/medcbir/search", data=query, headers={"Content-Type": "application/dicom", "X-Medcbir-K": "5"})
     assert final.status_code == 200 and len(final.json()["neighbours"]) == 5
+
+
+def test_killed_worker_is_restarted_and_resumes(orthanc_factory, load_archive, small_encoder, tmp_path):
+    import os
+    import signal
+
+    files = load_archive[50:]
+    index = tmp_path / "index"
+    server = orthanc_factory(index, small_encoder, name="crash", batch_size=2, flush_seconds=0.2)
+    pusher = push_in_background(server.config["DicomPort"], files)
+    wait_for(lambda: server.status()["indexed"] >= 4, timeout=90, interval=0.05, what="first commits")
+    os.kill(server.status()["pid"], signal.SIGKILL)  # the worker dies mid-job (maybe mid-commit)
+    pusher.join(120)
+    status = wait_for(lambda: (s := settled(server, len(files))) and s["worker_restarts"] >= 1 and s,
+                      timeout=120, what="restarted worker caught up")
+    assert status["worker"] == "running"
+    assert server.rest.statistics()["CountInstances"] == len(files)
+    keys = index_keys(index)
+    assert len(keys) == len(set(keys)) == len(files)

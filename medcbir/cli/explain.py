@@ -1,0 +1,105 @@
+"""``medcbir explain`` and ``medcbir explain-eval``: parse, call ``medcbir.explain``, print."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
+
+
+def _method_names() -> list[str]:
+    # the names only; importing medcbir.explain (torch, captum) waits until a command runs
+    return ["relax", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion", "clustered_cam", "ablation_cam"]
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+@click.command()
+@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("query")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours to retrieve and explain.")
+@click.option("--method", type=click.Choice(_method_names()), default="relax", show_default=True)
+@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=3000, show_default=True, help="RELAX masks (the maximum with --adaptive).")
+@click.option("--adaptive", is_flag=True, help="RELAX: stop drawing masks once the map has converged.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="RELAX forward precision.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=120, show_default=True, help="RELAX masked images per forward.")
+@click.option("--seed", default=0, show_default=True, help="RELAX / SmoothGrad seed.")
+@click.option("--pairwise", is_flag=True, help="Also explain the query w.r.t. each neighbour's embedding.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop neighbours of the query's patient or study.")
+@click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
+@click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def explain(index, query, k, method, n_masks, adaptive, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json):
+    """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
+    from medcbir.engine import Engine
+    from medcbir.explain.runner import explain_search
+
+    engine = Engine.open(index, encoder=encoder)
+    options: dict = {}
+    if method == "relax":
+        options = {"n_masks": n_masks, "seed": seed, "adaptive": adaptive, "precision": precision, "batch_size": batch_size}
+    elif method == "smoothgrad":
+        options = {"seed": seed}
+    result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
+    payload = result.to_dict()
+    if report is not None:
+        from medcbir.engine.report import render_report
+
+        html_path, png_path = render_report(report, result.panel())
+        payload["report"] = {"html": str(html_path), "png": str(png_path)}
+    if as_json:
+        click.echo(json.dumps(_clean(payload), indent=2))
+        return
+    used = f", {result.n_masks_used} masks" if result.n_masks_used else ""
+    click.echo(f"query: {result.query_label}  method={method}{used}  explained {len(result.heatmaps) + (len(result.pairwise) if result.pairwise is not None else 0)} images in {result.seconds:.2f} s")
+    for nb in result.neighbours:
+        click.echo(f"  #{nb.rank}  score={nb.score:.4f}  sop={nb.meta.get('sop_instance_uid', '')}  frame={nb.meta.get('frame', 0)}")
+    if report is not None:
+        click.echo(f"report: {payload['report']['html']}  (panel {payload['report']['png']})")
+
+
+@click.command("explain-eval")
+@click.argument("index", type=click.Path(file_okay=False))
+@click.option("--masks-file", required=True, type=click.Path(dir_okay=False), help="masks.h5 with /<sop_instance_uid>/<organ> datasets.")
+@click.option("--organ", default="liver", show_default=True, help="Organ mask to score against.")
+@click.option("--methods", default="relax,gradcam", show_default=True, help="Comma-separated method names.")
+@click.option("--labels", "labels", type=click.Path(dir_okay=False), default=None, help="labels.csv: spread the images over its labels.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=8, show_default=True, help="Images to score.")
+@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=1000, show_default=True, help="RELAX masks.")
+@click.option("--angles", default="0,90,180,270", show_default=True, help="Rotation angles of the Dice sweep ('' to skip).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
+def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, json_out):
+    """Score explanation METHODS on INDEX's images against their ORGAN masks (table + JSON)."""
+    from medcbir.errors import ConfigError
+    from medcbir.explain.evaluation import evaluate_methods, format_table
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--methods is empty")
+    try:
+        angle_list = [float(a) for a in angles.split(",") if a.strip()]
+    except ValueError:
+        raise ConfigError(f"--angles must be comma-separated numbers, not {angles!r}") from None
+    result = evaluate_methods(
+        index, masks_file, organ=organ, methods=names, n=n, labels=labels, encoder=encoder, angles=angle_list, n_masks=n_masks, seed=seed,
+        progress=lambda m: click.echo(f"scoring {m} ...", err=True),
+    )
+    click.echo(format_table(result))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")
+        click.echo(f"scores: {json_out}")

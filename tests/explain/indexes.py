@@ -1,0 +1,39 @@
+"""A real index for the runner and CLI tests: the phantom archive embedded by a 64 px ResNet-18."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Explanations are many small forwards: one thread each avoids oversubscribing a shared CI box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def explain_index(phantom_archive, tmp_path_factory) -> Path:
+    """(index folder) of the session's phantom archive, encoder = seeded random ResNet-18 at 64 px."""
+    from medcbir.imaging import Preprocessing
+    from medcbir.indexer import index_archive
+    from medcbir.train import new_encoder, save_checkpoint
+
+    root = tmp_path_factory.mktemp("explain-index")
+    encoder = save_checkpoint(root / "encoder.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=0))
+    index_archive(phantom_archive, root / "index", str(encoder), shard_size=32, workers=1, progress=False)
+    return root / "index"
+
+
+def query_file(archive: Path, patient: int = 1, slice_no: int = 10) -> Path:
+    """One slice of one phantom patient."""
+    files = sorted((archive / f"PHANTOM-7-{patient:03d}").rglob("*.dcm"))
+    return files[slice_no]
