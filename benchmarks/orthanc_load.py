@@ -17,7 +17,6 @@ Run: ``.venv/bin/python benchmarks/orthanc_load.py`` (``--senders 4 --per-sender
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,14 +137,23 @@ def main(argv: list[str] | None = None) -> int:
             status = server.status()
             store = IndexStore.open(tmp / "index")
             keys = list(zip(map(str, store.columns["sop_instance_uid"]), map(int, store.columns["frame"])))
-            quiet = timed(lambda: search().raise_for_status(), 30)
+            # Quiet server: plugin searches interleaved with direct in-process searches of the
+            # same file on the same index (so machine load drifts hit both alike); the worker
+            # also reports its own engine time, so the plugin's overhead is measured directly.
+            engine = Engine.open(tmp / "index", encoder=encoder)
+            engine.search([str(query_path)], k=args.k)  # warm-up: encoder load
+            quiet, direct, worker_engine = [], [], []
+            for _ in range(40):
+                start = time.perf_counter()
+                answer = search()
+                answer.raise_for_status()
+                quiet.append(time.perf_counter() - start)
+                worker_engine.append(answer.json()["engine_seconds"])
+                direct.extend(timed(lambda: engine.search([str(query_path)], k=args.k), 1))
             http_floor = timed(lambda: requests.get(server.url + "/system", auth=user, timeout=10).raise_for_status(), 30)
         finally:
             server.stop()
 
-        engine = Engine.open(tmp / "index", encoder=encoder)
-        engine.search([str(query_path)], k=args.k)  # warm-up: encoder load
-        direct = timed(lambda: engine.search([str(query_path)], k=args.k), 30)
 
         # Peer: the same files indexed from disk by index_archive (no network, no Orthanc).
         start = time.perf_counter()
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "search_p50_s": percentile(latencies, 0.5), "search_p95_s": percentile(latencies, 0.95),
         "quiet_search_p50_s": percentile(quiet, 0.5), "quiet_search_p95_s": percentile(quiet, 0.95),
         "direct_engine_p50_s": percentile(direct, 0.5), "http_roundtrip_p50_s": percentile(http_floor, 0.5),
+        "worker_engine_p50_s": percentile(worker_engine, 0.5),
+        "plugin_overhead_p50_s": percentile([q - w for q, w in zip(quiet, worker_engine)], 0.5),
         "index_seconds": index_seconds, "plugin_items_per_s": total / index_seconds,
         "send_seconds_max": max(send_seconds) if send_seconds else float("nan"),
         "peer_index_seconds": peer_seconds, "peer_items_per_s": summary.indexed / peer_seconds,
@@ -178,17 +188,22 @@ with the medcbir plugin, while `/medcbir/search` (k={args.k}, raw DICOM body) is
 | searches during the load / failed | {len(latencies)} / {failures} |
 | search through Orthanc while indexing, p50 / p95 | {ms(data['search_p50_s'])} / {ms(data['search_p95_s'])} |
 | search through Orthanc, quiet server, p50 / p95 | {ms(data['quiet_search_p50_s'])} / {ms(data['quiet_search_p95_s'])} |
-| floor: direct `Engine.search` same file (decode+embed+FAISS), p50 | {ms(data['direct_engine_p50_s'])} |
+| peer/floor: direct in-process `Engine.search`, same file and index (decode+embed+FAISS), p50 | {ms(data['direct_engine_p50_s'])} |
+| the same engine call timed inside the worker, p50 | {ms(data['worker_engine_p50_s'])} |
+| plugin overhead (HTTP + plugin + worker hand-off + temp file + id mapping), p50 | {ms(data['plugin_overhead_p50_s'])} |
 | floor: Orthanc REST round trip `GET /system`, p50 | {ms(data['http_roundtrip_p50_s'])} |
-| quiet plugin search / direct engine | {data['quiet_search_p50_s'] / data['direct_engine_p50_s']:.1f}× |
-| indexing through the plugin (C-STORE → committed) | {data['plugin_items_per_s']:.1f} items/s ({index_seconds:.1f} s) |
+| quiet plugin search / direct engine | {data['quiet_search_p50_s'] / data['direct_engine_p50_s']:.2f}× |
+| C-STORE of all files (slowest of the {args.senders} senders) = floor of the next row | {data['send_seconds_max']:.1f} s |
+| indexing through the plugin (first C-STORE → all committed) | {data['plugin_items_per_s']:.1f} items/s ({index_seconds:.1f} s) |
 | peer: `index_archive` of the same files from disk | {data['peer_items_per_s']:.1f} items/s ({peer_seconds:.1f} s) |
 | plugin / peer throughput | {data['plugin_items_per_s'] / data['peer_items_per_s']:.2f}× |
 
-Goal: nothing lost and every search answered under load — {'met' if ok else 'MISSED'}. The plugin's
-search overhead over the in-process floor is the HTTP hop, the worker hand-off and writing the
-posted DICOM to a temporary file; under load the search also shares 2 cores with decoding,
-embedding and committing.
+Goal: nothing lost and every search answered under load — {'met' if ok else 'MISSED'}. Under load the
+search shares the 2 cores with Orthanc storing, decoding, embedding and committing, hence the
+higher p95. Indexing through the plugin is slower than the peer because it includes the DICOM
+network transfer and Orthanc's own storage, fetches every file back over REST, and commits a
+shard every BatchSize={args.batch_size} items (searchable within FlushSeconds) where the peer
+commits once.
 """
     _results.record("orthanc_load", data, markdown, "python benchmarks/orthanc_load.py")
     print(markdown)

@@ -10,7 +10,7 @@ reported too.
 
 Writes ``benchmarks/results/train_quality.json`` and its RESULTS.md section.
 
-Run: ``.venv/bin/python benchmarks/train_quality.py [--epochs 8 --size 64 --lr 0.05 --threads 1]``
+Run: ``.venv/bin/python benchmarks/train_quality.py [--epochs 10 --size 64 --lr 0.2 --threads 1]``
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = parser.parse_args()

@@ -72,8 +72,14 @@ def train(archive, method, epochs, batch_size, size, out, views, windows, backbo
     )
     summary = run(config)
     last = summary.history[-1] if summary.history else {}
+    start = summary.history[0] if summary.history and summary.history[0]["epoch"] == 0 else None
     click.echo(f"trained {summary.method} ({backbone}) for {summary.epochs_run} epoch(s) of {summary.epochs}: {summary.images} images in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s)")
-    click.echo(f"final loss {summary.final_loss:.4f}" + (f"; held-out MAP@{last['k']} {last['map_at_k']:.3f}, kNN accuracy {last['knn_accuracy']:.3f}" if "map_at_k" in last else ""))
+    monitor = ""
+    if "map_at_k" in last:
+        monitor = f"; held-out MAP@{last['k']} {last['map_at_k']:.3f}, kNN accuracy {last['knn_accuracy']:.3f}"
+        if start is not None:
+            monitor += f" (random start: MAP@{start['k']} {start['map_at_k']:.3f})"
+    click.echo(f"final loss {summary.final_loss:.4f}{monitor}")
     prep = summary.preprocessing
     click.echo(f"encoder {summary.fingerprint[:12]} ({', '.join(prep['windows'])}, {prep['size']} px) → {summary.out}")
     click.echo(f"log {summary.log}" + (f"; plot {summary.plot}" if summary.plot else ""))

@@ -147,6 +147,11 @@ def _looks_like_bare_dataset(head: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
 
 
+def _says_unsupported(text: str) -> bool:
+    text = text.lower()
+    return any(w in text for w in ("not support", "unsupported", "no plugin", "missing", "no decoding plugin", "not available"))
+
+
 def _says_truncated(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(w in text for w in ("truncat", "eof", "end of file", "not enough", "premature", "shorter than"))
@@ -199,8 +204,10 @@ def _items(ds, *, key: bytes | None, uri: str, max_pixels: int) -> list[Item]:
     try:
         arr, pixel_meta = _decode(decoder, ds, str(tsyntax), as_pixel_options(ds))
     except (NotImplementedError, RuntimeError) as exc:
+        # "no plugin can do this" is the syntax's fault; "every plugin choked on the data" is
+        # the file's.
         text = str(exc)
-        if "plugin" in text.lower() or "unable to decode" in text.lower() or "not supported" in text.lower():
+        if _says_unsupported(text):
             raise SkipFile("undecodable-syntax", text) from None
         raise SkipFile("corrupt", f"decoding: {exc.__class__.__name__}: {text}") from None
     except (EOFError, ValueError, KeyError, IndexError, TypeError, OSError, AttributeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,8 +70,13 @@ class Preprocessing:
             raise ConfigError("preprocessing needs at least one window")
         for window in windows:
             check_window(window)
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 8:
+        try:
+            size = operator.index(self.size)  # ints and numpy integers, not floats or bools
+        except TypeError:
+            size = None
+        if size is None or isinstance(self.size, bool) or size < 8:
             raise ConfigError(f"preprocessing size must be an int ≥ 8, got {self.size!r}")
+        object.__setattr__(self, "size", int(size))
 
     @property
     def channels(self) -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -154,6 +156,41 @@ class _Worker:
         self.conn.close()
 
 
+class _alarm:
+    """Per-file timeout for in-process decoding, via SIGALRM.
+
+    Only where it is safe: the main thread, and no SIGALRM handler of the caller's in place.
+    It interrupts Python code and blocking system calls (a FIFO, a hung network mount), not a C
+    decoder that never returns to Python; that needs workers (``workers >= 2``).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed = False
+
+    def _expire(self, signum, frame):
+        raise SkipFile("timeout", f"decoding took more than {self.seconds:g} s")
+
+    def __enter__(self):
+        if (
+            hasattr(signal, "setitimer")
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+        ):
+            signal.signal(signal.SIGALRM, self._expire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.armed = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.armed:
+            return False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        # The alarm may fire just outside decode_file (which turns it into a result): swallow it.
+        return isinstance(exc, SkipFile) and exc.reason == "timeout"
+
+
 def _context():
     # forkserver: workers are forked from a clean server that preloaded the decoders, so they
     # start fast and never inherit the parent's threads (torch, FAISS) or its memory.
@@ -256,7 +293,12 @@ class Walk:
 
     def _in_process(self) -> Iterator[_Result]:
         for path, ready in self._tasks():
-            yield ready or decode_file(path, self._preprocessing, self._key, self._max_pixels)
+            if ready is None:
+                with _alarm(self._timeout):
+                    ready = decode_file(path, self._preprocessing, self._key, self._max_pixels)
+                if ready is None:
+                    ready = _Result(path, reason="timeout", detail=f"decoding took more than {self._timeout:g} s")
+            yield ready
 
     def _parallel(self) -> Iterator[_Result]:
         ctx = _context()
@@ -404,8 +446,8 @@ def walk(
             or an iterable of paths (decoded in the given order).
         preprocessing: when given, each ``Decoded.image`` is ``preprocessing.apply(item)``
             (C×S×S in [0, 1]); otherwise the item's pixels in modality units.
-        workers: decoding processes; 0 = min(cpu_count, 8); 1 = in the calling process
-            (no timeout protection there).
+        workers: decoding processes; 0 = min(cpu_count, 8); 1 = in the calling process (the
+            timeout then only applies in the main thread and cannot stop a stuck C decoder).
         key: the archive's pseudonym key.
         quarantine: append ``path<TAB>reason<TAB>detail`` for every skipped file to this log.
         skip_path: predicate evaluated in this process before dispatch; True = do not decode

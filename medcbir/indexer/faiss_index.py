@@ -116,8 +116,21 @@ def min_train_items(spec: str, dim: int) -> int:
 def train(spec: str, dim: int, sample: np.ndarray) -> faiss.Index:
     """The factory index for ``spec`` trained on ``sample`` (empty: no vectors added)."""
     index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
+    _no_polysemous(index)
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
+
+
+def _no_polysemous(index: faiss.Index) -> None:
+    """Skip PQ's polysemous training: 20-60× the training time (measured: 27 s vs 1.6 s for
+    PQ16 on 3k points) for a Hamming pre-filter that medcbir's searches never use."""
+    index = faiss.downcast_index(index)
+    for attr in ("base_index", "refine_index", "index"):
+        sub = getattr(index, attr, None)
+        if isinstance(sub, faiss.Index):
+            _no_polysemous(sub)
+    if hasattr(index, "do_polysemous_training"):
+        index.do_polysemous_training = False
 
 
 def _try_extract_ivf(index: faiss.Index):

@@ -99,6 +99,10 @@ class InstanceQueue:
                 raise
         return ids
 
+    def release(self, instances) -> int:
+        """Put claimed ids back in the queue (a transient failure: Orthanc busy or stopping)."""
+        return self._write("UPDATE queue SET state = 'queued' WHERE instance = ?", [(i,) for i in instances])
+
     def done(self, instances) -> int:
         """Forget ids whose items are committed to the index."""
         return self._write("DELETE FROM queue WHERE instance = ?", [(i,) for i in instances])

@@ -3,16 +3,20 @@
 Started by the plugin (``python -m medcbir.pacs.worker``) with the venv's interpreter, so torch
 and FAISS never load inside Orthanc. It
 
-1. listens on a loopback port for the plugin's requests (``status``, ``search``, ``explain``,
-   ``reindex``; see :mod:`medcbir.pacs.worker_link`) and prints ``READY <port>``;
+1. listens on a Unix socket in a private folder for the plugin's requests (``status``,
+   ``search``, ``explain``, ``reindex``; see :mod:`medcbir.pacs.worker_link`) and prints
+   ``READY <socket path>``; it reaches Orthanc's REST API over loopback HTTP with the plugin's
+   ``GenerateRestApiAuthorizationToken`` token (so it works with authentication enabled);
 2. reconciles: every instance Orthanc holds that the index does not (source
    ``orthanc://<instance-id>``) and that was not skipped is queued, and instances a previous
    worker claimed but never committed are re-queued, so a restart loses and duplicates nothing;
 3. loops: claims queued ids, fetches ``/instances/{id}/file``, decodes with
    ``medcbir.imaging.decode_bytes``, and adds/commits through ``medcbir.indexer.IndexWriter``
-   every ``BatchSize`` items or ``FlushSeconds`` (the normal manifest commit, same crash safety).
+   every ``BatchSize`` items, or when the oldest waiting item is ``FlushSeconds`` old (the normal
+   manifest commit, same crash safety). A transient fetch failure puts the id back in the queue.
 
-Searches run on a :class:`medcbir.engine.Engine` reopened whenever the index generation changes.
+Searches run on a :class:`medcbir.engine.Engine` reopened when the index generation changes (at
+most once a second, so a burst of commits does not reopen it for every search).
 The worker exits when its parent (Orthanc) goes away: stdin EOF, SIGTERM, or parent death.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -38,6 +43,7 @@ from medcbir.pacs.orthanc_rest import OrthancRest
 from medcbir.pacs.worker_link import AUTHKEY_ENV, TOKEN_ENV
 
 POLL_SECONDS = 0.2
+RETRY = "retry"  # a transient fetch failure: the id goes back to the queue, not to the skips
 ENGINE_REFRESH_SECONDS = 1.0
 
 
@@ -83,7 +89,14 @@ class Worker:
         self._engine_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._reindex = threading.Event()
-        self._tmp = Path(tempfile.mkdtemp(prefix="medcbir-worker-"))
+        self._tmp_dir: Path | None = None
+
+    @property
+    def tmp(self) -> Path:
+        """The worker's private (0700) folder: its socket and the queries' temporary files."""
+        if self._tmp_dir is None:
+            self._tmp_dir = Path(tempfile.mkdtemp(prefix="medcbir-worker-"))
+        return self._tmp_dir
 
     # -- indexing ---------------------------------------------------------------------------
     def open_writer(self) -> None:
@@ -106,6 +119,7 @@ class Worker:
         encoder = getattr(self.writer, "encoder", None)
         preprocessing = getattr(encoder, "preprocessing", None)
         if self.settings.window and preprocessing is not None and list(preprocessing.windows) != list(self.settings.window):
+            self.writer.abort()
             raise MedcbirError(
                 f'"Window" {self.settings.window} differs from the encoder\'s windows {list(preprocessing.windows)}'
                 " (preprocessing is part of the model)")
@@ -142,8 +156,8 @@ class Worker:
             return instance, [], "already-indexed", ""
         try:
             data = self.rest.instance_file(instance)
-        except MedcbirError as exc:
-            return instance, None, "fetch-failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - Orthanc busy or stopping: retried, never skipped
+            return instance, None, RETRY, f"{exc.__class__.__name__}: {exc}"
         if data is None:
             return instance, None, "gone", "Orthanc no longer has this instance"
         try:
@@ -171,7 +185,7 @@ class Worker:
         self.state = "running"
         pending: list = []           # decoded items waiting for a commit
         pending_ids: list[str] = []  # their instances (removed from the queue after the commit)
-        last_item = time.monotonic()
+        oldest = time.monotonic()  # arrival of the oldest pending item
         with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="fetch") as pool:
             while not self.stop.is_set():
                 if self._reindex.is_set():
@@ -179,18 +193,26 @@ class Worker:
                     self.reconcile()
                 room = max(1, self.settings.batch_size - len(pending))
                 claimed = self.queue.claim(room)
+                retry = []
                 for instance, decoded, reason, detail in pool.map(self._fetch_decode, claimed):
-                    if decoded is None:
+                    if reason == RETRY:
+                        retry.append(instance)
+                    elif decoded is None:
                         self.queue.skip(instance, reason, detail)
                         log(f"skipped {instance}: {reason} {detail}")
                     elif not decoded:  # committed by an earlier worker that died before done()
                         self.queue.done([instance])
                     else:
+                        if not pending:
+                            oldest = time.monotonic()
                         pending.extend(decoded)
                         pending_ids.append(instance)
-                if claimed:
-                    last_item = time.monotonic()
-                flush_due = pending and time.monotonic() - last_item >= self.settings.flush_seconds
+                if retry:
+                    self.queue.release(retry)
+                    log(f"{len(retry)} instance(s) could not be fetched; retrying")
+                    self.stop.wait(1.0)
+                # FlushSeconds bounds how long an arrived image waits before it is searchable.
+                flush_due = pending and time.monotonic() - oldest >= self.settings.flush_seconds
                 if pending and (len(pending) >= self.settings.batch_size or flush_due or self.stop.is_set()):
                     self.commit(pending, pending_ids)
                     pending, pending_ids = [], []
@@ -276,7 +298,7 @@ class Worker:
                 data = base64.b64decode(data)
         else:
             raise DecodeError('give "instance": "<orthanc id>" or a DICOM body')
-        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self._tmp)
+        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.tmp)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return Path(name), (str(instance) if instance else None)
@@ -296,13 +318,16 @@ class Worker:
             k = int(request.get("k", 10))
         except (TypeError, ValueError):
             raise ConfigError(f"k must be an integer, not {request.get('k')!r}") from None
+        started = time.perf_counter()
         path, instance = self._query_file(request)
         try:
             with self._engine_lock:
                 engine = self.engine()
                 generation = self._engine_generation
+                search_started = time.perf_counter()
                 results = engine.search([str(path)], k=k, exclude=request.get("exclude", "none") or "none",
                                         modality=request.get("modality") or None)
+                search_seconds = time.perf_counter() - search_started
         finally:
             path.unlink(missing_ok=True)
         neighbours = []
@@ -315,7 +340,9 @@ class Worker:
                 "study_instance_uid": meta.get("study_instance_uid"), "modality": meta.get("modality"),
                 "source": meta.get("source"),
             })
-        return {"ok": True, "result": {"query": instance, "k": k, "generation": generation, "neighbours": neighbours}}
+        return {"ok": True, "result": {
+            "query": instance, "k": k, "generation": generation, "neighbours": neighbours,
+            "engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}}
 
     def op_explain(self, request: dict) -> dict:
         from medcbir.pacs.explain_route import explain_answer
@@ -380,9 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
     authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
-    listener = Listener(("127.0.0.1", 0), authkey=authkey)
+    # A Unix socket in a private (0700) folder: no TCP Nagle/delayed-ACK stalls on the small
+    # request/answer messages (they cost ~40 ms per call over loopback TCP), and no port to pick.
+    listener = Listener(str(worker.tmp / "link.sock"), family="AF_UNIX", authkey=authkey)
     threading.Thread(target=worker.serve, args=(listener,), daemon=True).start()
-    print(f"READY {listener.address[1]}", flush=True)
+    print(f"READY {listener.address}", flush=True)
     _watch_parent(worker, args.parent)
 
     # torch/faiss threads: the worker shares the machine with Orthanc.
@@ -404,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.writer.close()
         except Exception:  # noqa: BLE001
             pass
+    shutil.rmtree(worker.tmp, ignore_errors=True)
     log("stopped")
     os._exit(0)
 

@@ -1,7 +1,8 @@
 """The link between the plugin (inside Orthanc) and its worker process.
 
-The worker listens on a loopback TCP port with ``multiprocessing.connection`` (length-framed
-pickles, HMAC challenge with a per-start random key), announces ``READY <port>`` on its stdout,
+The worker listens on a Unix socket in a private folder with ``multiprocessing.connection``
+(length-framed pickles, HMAC challenge with a per-start random key), announces
+``READY <socket path>`` on its stdout,
 and answers one request per connection: ``{"op": ..., **args}`` → ``{"ok": True, ...}`` or
 ``{"ok": False, "status": http_status, "error": message}``. The plugin opens a connection per
 REST call and waits with a timeout, so a slow search never blocks Orthanc's other threads (the
@@ -47,7 +48,7 @@ class WorkerProcess:
         self.token = token
         self.log = log
         self.authkey = os.urandom(32)
-        self.port: int | None = None
+        self.address: str | None = None
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self._ready = threading.Event()
@@ -89,7 +90,7 @@ class WorkerProcess:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith("READY "):
-                self.port = int(line.split()[1])
+                self.address = line.split(" ", 1)[1]
                 self._ready.set()
             elif line:
                 self.log(line)
@@ -103,7 +104,7 @@ class WorkerProcess:
         if not self._ready.wait(timeout=min(timeout, 30.0)) or not self.alive():
             raise WorkerUnavailable("the medcbir worker is not running")
         try:
-            conn = Client(("127.0.0.1", self.port), authkey=self.authkey)
+            conn = Client(self.address, family="AF_UNIX", authkey=self.authkey)
         except OSError as exc:
             raise WorkerUnavailable(f"cannot reach the medcbir worker: {exc}") from exc
         try:

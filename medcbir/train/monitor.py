@@ -115,9 +115,9 @@ def plot_history(history: list[dict], path: str | Path, k: int = 5) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [row["epoch"] for row in history]
+    trained = [row for row in history if "loss" in row]  # epoch 0 (the random start) has no loss
     fig, ax_loss = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax_loss.plot(epochs, [row["loss"] for row in history], "o-", color="tab:gray", label="training loss")
+    ax_loss.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", color="tab:gray", label="training loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     if any("map_at_k" in row for row in history):

@@ -38,6 +38,7 @@ from medcbir.train.methods import METHODS, build_method
 from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
 from medcbir.train.views import BatchAugment, make_views, parse_views
 
+MONITOR_KEYS = ("map_at_k", "knn_accuracy", "n_queries", "k")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 # Fields that must match for --resume to continue the same run.
@@ -55,7 +56,7 @@ class TrainConfig:
         epochs: total epochs of the run (the cosine schedule spans them all).
         batch_size: images per step.
         size: training image side (also the saved preprocessing size).
-        views: ``"hu-narrow,hu-wide"`` for the Hounsfield-window views; None = both views use
+        views: ``"hu-narrow,hu-wide"`` (or a two-name sequence) for the Hounsfield-window views; None = both views use
             ``windows``.
         windows: the encoder's (test-time) windows.
         backbone: ``resnet18``/``resnet34``/``resnet50``.
@@ -80,7 +81,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     size: int = 224
-    views: str | None = None
+    views: str | tuple | list | None = None
     windows: tuple = ("ct-liver-wide",)
     backbone: str = "resnet18"
     labels: str | Path | None = None
@@ -107,7 +108,7 @@ class TrainConfig:
             "size": int(self.size),
             "batch_size": int(self.batch_size),
             "epochs": int(self.epochs),
-            "views": self.views or "",
+            "views": self.views if isinstance(self.views, str) else ",".join(self.views or ()),
             "windows": list(self.windows),
             "seed": int(self.seed),
             "lr": self.base_lr(),
@@ -138,6 +139,20 @@ class TrainSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def summary_line(self) -> str:
+        """One line: method, epochs, throughput, loss, held-out MAP vs the random start."""
+        line = (
+            f"{self.method}: {self.epochs_run} epoch(s) of {self.epochs}, {self.images} images in {self.seconds:.1f} s "
+            f"({self.images_per_s:.1f} images/s), final loss {self.final_loss:.4f}"
+        )
+        monitored = [row for row in self.history if "map_at_k" in row]
+        if monitored:
+            last = monitored[-1]
+            line += f", held-out MAP@{last['k']} {last['map_at_k']:.3f}"
+            if monitored[0]["epoch"] == 0 and last is not monitored[0]:
+                line += f" (random start {monitored[0]['map_at_k']:.3f})"
+        return line
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -305,6 +320,9 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
         history = list(record.get("history", []))
 
     encoder = EncoderModule(method.backbone, make_arch(config.backbone, preprocessing.channels), preprocessing)
+    if monitor is not None and start_epoch == 0:
+        # Epoch 0: the randomly initialised encoder, the baseline the training must beat.
+        history.append({"epoch": 0, **{k: v for k, v in monitor(method.backbone, device).items() if k in MONITOR_KEYS}})
     log_path = out.with_name(out.stem + ".log.jsonl")
     images_seen, seconds, steps_run = 0, 0.0, 0
     for epoch in range(start_epoch, config.epochs):
@@ -339,7 +357,7 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
             "images_per_s": round(steps_per_epoch * batch / max(epoch_seconds, 1e-9), 2),
         }
         if monitor is not None:
-            row.update({k: v for k, v in monitor(method.backbone, device).items() if k in ("map_at_k", "knn_accuracy", "n_queries", "k")})
+            row.update({k: v for k, v in monitor(method.backbone, device).items() if k in MONITOR_KEYS})
         history.append(row)
         extra = {
             "heads": {k: v for k, v in method.state_dict().items() if not k.startswith("backbone.")},
@@ -366,7 +384,7 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
         steps=steps_run,
         seconds=round(seconds, 3),
         images_per_s=round(images_seen / seconds, 2) if seconds else 0.0,
-        final_loss=history[-1]["loss"] if history else math.nan,
+        final_loss=history[-1].get("loss", math.nan) if history else math.nan,
         fingerprint=encoder.refresh_fingerprint(),
         preprocessing=preprocessing.to_dict(),
         history=history,

@@ -52,7 +52,7 @@ def test_explain_eval_prints_table_and_writes_json(explain_index, phantom_archiv
     [
         (["explain", "{missing}", "{query}"], "does not exist"),
         (["explain", "{index}", "/nonexistent/file.dcm"], "neither a readable file"),
-        (["explain-eval", "{index}", "--masks-file", "{masks}", "--organ", "heart"], "organ 'heart'"),
+        (["explain-eval", "{index}", "--masks-file", "{masks}", "--organ", "brain"], "organ 'brain'"),
         (["explain-eval", "{index}", "--masks-file", "{masks}", "--methods", "relax,lime"], "unknown explanation method 'lime'"),
         (["explain-eval", "{index}", "--masks-file", "{missing}"], "does not exist"),
     ],

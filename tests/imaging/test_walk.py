@@ -150,6 +150,18 @@ def test_hanging_file_times_out_and_the_walk_goes_on(mixed_archive, tmp_path):
     assert "hang1\ttimeout\t" in (tmp_path / "q.log").read_text()
 
 
+def test_in_process_walk_times_out_a_blocking_file(mixed_archive, tmp_path):
+    paths = [_fifo(tmp_path, "hang-in-process"), mixed_archive / "b" / "slice0"]
+    t0 = time.monotonic()
+    w = walk(paths, workers=1, timeout=1.0)
+    decoded = list(w)
+    assert time.monotonic() - t0 < 10
+    assert len(decoded) == 1 and w.report.skipped == {"timeout": 1}
+    import signal
+
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL  # the caller's signal state is restored
+
+
 def test_a_worker_that_dies_costs_only_its_file(mixed_archive, tmp_path):
     """Kill the workers while they block on FIFOs: those files are 'corrupt', the rest decode."""
     import multiprocessing
@@ -205,3 +217,35 @@ def test_package_exports_the_contract():
                  "pseudonym", "walk", "Walk", "WalkReport", "FolderSource", "Source", "decode_bytes", "SkipFile", "SKIP_REASONS"):
         assert hasattr(imaging, name), name
     assert callable(imaging.make_archive)  # lazily from medcbir.imaging.phantom
+
+
+def test_workers_killed_at_random_moments_never_break_the_walk(mixed_archive):
+    """Chaos: SIGKILL a worker after some files. The walk finishes, in order, and a killed
+    worker costs at most the files it was holding (reason ``corrupt``), nothing else."""
+    import multiprocessing
+    import random
+
+    paths = [mixed_archive / "b" / f"slice{i % 3}" for i in range(30)]
+    rnd = random.Random(4)
+    victims, reported, counts = [], [], []
+
+    def on_file(path: str, n_items: int, reason: str | None) -> None:
+        reported.append(path)
+        counts.append(n_items)
+        if rnd.random() < 0.25:
+            children = multiprocessing.active_children()
+            if children:
+                victim = rnd.choice(children)
+                victim.kill()
+                victims.append(victim.pid)
+
+    w = walk(paths, workers=2, timeout=30.0, on_file=on_file)
+    decoded = list(w)
+    report = w.report
+    assert victims, "the test killed nobody"
+    assert report.files == 30 == report.decoded_files + sum(report.skipped.values())
+    assert set(report.skipped) <= {"corrupt"}
+    assert all("died" in detail for _, _, detail in report.quarantined)
+    assert report.skipped.get("corrupt", 0) <= len(victims)  # at most the one file a victim was decoding
+    assert reported == [str(p) for p in paths]  # every file reported once, in input order
+    assert [d.meta.source for d in decoded] == [p for p, n in zip(reported, counts) if n]

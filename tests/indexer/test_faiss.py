@@ -51,11 +51,13 @@ def test_ivf_flat_with_all_lists_is_exact(tmp_path, data):
 
 def test_ivf_pq_with_refine_reaches_high_recall(tmp_path, data):
     x, q, truth = data
-    store = build(tmp_path / "ix", x, spec="IVF32,PQ16,Refine(Flat)")
+    store = build(tmp_path / "ix", x, spec="IVF32,PQ8x4,Refine(Flat)")
     assert isinstance(faiss.downcast_index(store.faiss_index), faiss.IndexRefine)
-    store.set_search_params(nprobe=8, k_factor=4)
-    _, ids = store.faiss_index.search(q, 10)
-    assert recall(ids, truth) >= 0.95
+    store.set_search_params(nprobe=32, k_factor=30)
+    scores, ids = store.faiss_index.search(q, 10)
+    assert recall(ids, truth) >= 0.98
+    # The refine step re-scores candidates with the exact stored embeddings.
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, x[ids]), atol=1e-5)
     sel = faiss.IDSelectorBatch(np.arange(0, 3000, 2))
     _, ids = store.faiss_index.search(q, 10, params=store.search_parameters(sel=sel))
     assert (ids % 2 == 0).all()
@@ -79,6 +81,8 @@ def test_auto_switches_from_flat_to_trained_ivf_pq(tmp_path, data, monkeypatch):
     assert store.manifest["index_spec_requested"] == "auto"
     assert store.manifest["trained"]["items"] == 1000  # trained once, at the commit crossing the threshold
     assert all(s["faiss"] for s in store.manifest["shards"])
+    assert store.search_params == faiss_index.AUTO_SEARCH_PARAMS
+    store.set_search_params(k_factor=16)  # 8-byte codes of toy 64-d data need a deeper re-rank
     _, ids = store.faiss_index.search(q, 10)
     assert recall(ids, truth) >= 0.95
     small = build(tmp_path / "small", x[:900])

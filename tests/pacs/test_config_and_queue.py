@@ -108,10 +108,32 @@ def test_worker_refuses_a_window_the_encoder_was_not_trained_with(tmp_path, smal
     worker = Worker(settings, rest=None)
     with pytest.raises(MedcbirError, match="preprocessing is part of the model"):
         worker.open_writer()
-    worker.writer.close()
 
     same = PluginSettings.from_section({"Index": str(tmp_path / "idx"), "Encoder": str(small_encoder), "Window": ["ct-liver-wide"]})
     ok = Worker(same, rest=None)
     ok.open_writer()
     assert ok.encoder_info["preprocessing"]["windows"] == ["ct-liver-wide"]
     ok.writer.close()
+
+
+def test_a_failed_fetch_is_retried_not_skipped(tmp_path):
+    from medcbir.pacs.orthanc_rest import OrthancRest
+    from medcbir.pacs.orthanc_server import free_port
+    from medcbir.pacs.worker import RETRY, Worker
+
+    settings = PluginSettings.from_section({"Index": str(tmp_path / "idx")})
+    worker = Worker(settings, rest=OrthancRest(f"http://127.0.0.1:{free_port()}", timeout=2))  # nobody listens
+
+    class NothingIndexed:
+        key = b"k" * 32
+
+        def has_source(self, uri):
+            return False
+
+    worker.writer = NothingIndexed()
+    instance, decoded, reason, detail = worker._fetch_decode("abc")
+    assert (instance, decoded, reason) == ("abc", None, RETRY) and "cannot reach Orthanc" in detail
+    worker.queue.enqueue(["abc"])
+    assert worker.queue.claim(5) == ["abc"]
+    worker.queue.release(["abc"])
+    assert worker.queue.counts() == {"queued": 1, "in_flight": 0, "skipped": {}}

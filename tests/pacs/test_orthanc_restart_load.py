@@ -40,6 +40,7 @@ def push_in_background(port: int, files) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_sigterm_mid_indexing_then_restart_loses_and_duplicates_nothing(orthanc_factory, load_archive, small_encoder, tmp_path):
     load_archive = load_archive[:50]
     index = tmp_path / "index"
@@ -64,6 +65,7 @@ def test_sigterm_mid_indexing_then_restart_loses_and_duplicates_nothing(orthanc_
     assert status["skipped"] == {}
 
 
+@pytest.mark.slow
 def test_parallel_stores_while_searching(orthanc_factory, load_archive, small_encoder, tmp_path):
     index = tmp_path / "index"
     server = orthanc_factory(index, small_encoder, name="load", batch_size=16, flush_seconds=0.5)
@@ -98,6 +100,7 @@ def test_parallel_stores_while_searching(orthanc_factory, load_archive, small_en
     assert final.status_code == 200 and len(final.json()["neighbours"]) == 5
 
 
+@pytest.mark.slow
 def test_killed_worker_is_restarted_and_resumes(orthanc_factory, load_archive, small_encoder, tmp_path):
     import os
     import signal

@@ -14,6 +14,8 @@ Good explanations point at few, consistent structures: high S, low D_C, high D_U
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -96,5 +98,8 @@ def landmark_scores(heatmaps, features, n_landmarks: int = 5, n_clusters: int = 
     points, _ = landmark_features(heatmaps, features, n_landmarks, min_distance)
     if len(points) <= n_clusters:
         raise ConfigError(f"{len(points)} landmarks are too few for {n_clusters} clusters")
-    labels = KMeans(n_clusters=n_clusters, n_init=5, random_state=seed).fit_predict(points)
+    with warnings.catch_warnings():
+        # identical landmark features (e.g. dead feature cells) give fewer distinct clusters
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        labels = KMeans(n_clusters=n_clusters, n_init=5, random_state=seed).fit_predict(points)
     return {**cluster_quality(points, labels), "n_landmarks": int(len(points))}
