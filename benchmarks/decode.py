@@ -65,12 +65,20 @@ def floor_rate(archive: Path) -> tuple[float, int]:
     return n / (time.perf_counter() - t0), n
 
 
-def walk_rate(archive: Path, workers: int, preprocessing) -> tuple[float, int]:
+#: CPU seconds per item spent in the calling process, per (mode, workers): with workers this is
+#: the parent's share (receiving, unpickling, ordering), which bounds how far workers can scale
+#: whatever the machine's load.
+PARENT_CPU: dict[tuple[str, int], float] = {}
+
+
+def walk_rate(archive: Path, workers: int, preprocessing, mode: str = "raw") -> tuple[float, int]:
     from medcbir.imaging import walk
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     w = walk(archive, workers=workers, preprocessing=preprocessing)
     n = sum(1 for _ in w)
+    cpu = (time.process_time() - c0) / max(n, 1)
+    PARENT_CPU[(mode, workers)] = min(cpu, PARENT_CPU.get((mode, workers), cpu))
     return n / (time.perf_counter() - t0), n
 
 
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = max(floor, rate)
         for mode, prep in modes.items():
             for n in workers:
-                rate, items = walk_rate(archive, n, prep)
+                rate, items = walk_rate(archive, n, prep, mode)
                 assert items == n_items, (items, n_items)
                 rates[mode][n] = max(rates[mode][n], rate)
         print(f"round {round_ + 1}/{args.repeat}: floor {floor:.0f} items/s, " + ", ".join(
@@ -134,11 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         for n in workers:
             ideal = min(n, cores)
             speedup = rates[mode][n] / single
-            data["modes"][mode][str(n)] = {"items_per_s": rates[mode][n], "speedup_vs_1_process": speedup, "ideal_speedup": ideal}
+            data["modes"][mode][str(n)] = {
+                "items_per_s": rates[mode][n],
+                "speedup_vs_1_process": speedup,
+                "ideal_speedup": ideal,
+                "calling_process_cpu_ms_per_item": 1000 * PARENT_CPU[(mode, n)],
+            }
             rows.append(
                 f"| {mode} | {n} | {rates[mode][n]:.0f} | {single:.0f} | {speedup:.2f}× | {ideal}× | {floor:.0f} | {rates[mode][n] / (floor * ideal):.2f} |"
             )
     overhead = rates["raw"][1] / floor
+    load = os.getloadavg()[0]
+    data["load_average_1min_at_end"] = load
+    cpu_single = PARENT_CPU[("raw", 1)]
+    cpu_parent = PARENT_CPU[("raw", max(workers))]
+    scaling_bound = cpu_single / cpu_parent if cpu_parent > 0 else float("inf")
+    data["parent_bound_workers"] = scaling_bound
     data["single_process_vs_floor"] = overhead
     top = max(workers)
     speedup_raw = rates["raw"][top] / rates["raw"][1]
@@ -151,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"medcbir in one process runs at {overhead:.2f}× the bare pydicom floor (metadata, float32, pseudonym, "
         f"bookkeeping). Goal: {top} workers ≥ {goal:.1f}× one process on raw decoding — {verdict} "
-        f"(measured {speedup_raw:.2f}×). Worker start-up, paid once per process when the first "
+        f"(measured {speedup_raw:.2f}×) with a 1-min load average of {load:.1f} on {cores} cores at the end of the run. "
+        f"Load-independent view: with {top} workers the calling process spends {1000 * cpu_parent:.2f} ms CPU per item "
+        f"(receive, unpickle, order) against {1000 * cpu_single:.2f} ms for decoding an item itself, so the parent "
+        f"saturates only beyond ~{scaling_bound:.0f} busy workers. Worker start-up, paid once per process when the first "
         f"parallel walk begins: {startup:.2f} s (excluded above). The machine is shared with other jobs, so "
         "parallel figures are noisy."
     )

@@ -118,7 +118,8 @@ def main() -> None:
 
         # ---- our fp32 3000-mask reference maps (independent seed), all six images
         t0 = time.perf_counter()
-        ref = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120)
+        # fp32 (channels-last only changes memory layout, not the arithmetic precision)
+        ref = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120, channels_last=True)
         t_ours_full = time.perf_counter() - t0
         ref_maps = ref.importance.numpy()
         print(f"ours fp32: 6 images, {n_ref} masks: {t_ours_full:.1f} s", flush=True)
@@ -131,9 +132,10 @@ def main() -> None:
         print(f"bf16 vs fp32 on the same masks: min r = {r_bf16:.4f}", flush=True)
 
         # ---- ours as `medcbir explain` runs: configurations tried, each timed end to end
+        # adaptive target 0.965: with the 3000-mask run's own reliability (~0.97-0.98 here) that
+        # predicts r ≈ 0.95 against it; a fixed 1000-mask run is the non-adaptive alternative
         configs = [
-            {"name": "fp32 adaptive", "precision": "fp32", "channels_last": True, "adaptive": True},
-            {"name": "bf16 adaptive", "precision": "bf16", "channels_last": True, "adaptive": True},
+            {"name": "bf16 adaptive (target 0.965)", "precision": "bf16", "channels_last": True, "adaptive": True, "target_r": 0.965},
             {"name": "bf16 1000 masks", "precision": "bf16", "channels_last": True, "adaptive": False, "n_masks": 1000},
         ]
         runs = []
@@ -213,7 +215,7 @@ importance map with an fp32 {n_ref}-mask run with an independent seed (minimum o
 | run | masks / image | seconds (6 images) | forward floor s | ÷ relax-xai time | min r vs fp32-{n_ref} | query r vs relax-xai |
 |---|---|---|---|---|---|---|
 | relax-xai, **1 image**, fp32 | {n_ref} | {t_peer:.1f} (1 image) | {peer_floor:.1f} | 1.00 | – | – |
-| ours fp32, {n_ref} masks | {n_ref} | {t_ours_full:.1f} | {6 * n_ref / tput['fp32']:.1f} | {t_ours_full / t_peer:.2f} | – | {ceiling:.3f} |
+| ours fp32, {n_ref} masks | {n_ref} | {t_ours_full:.1f} | {6 * n_ref / tput['fp32 channels_last']:.1f} | {t_ours_full / t_peer:.2f} | – | {ceiling:.3f} |
 {rows}
 
 - {verdict}
@@ -223,7 +225,7 @@ importance map with an fp32 {n_ref}-mask run with an independent seed (minimum o
 - Encoder throughput here (img/s, batch 120): fp32 {tput['fp32']:.0f}, fp32 channels-last {tput['fp32 channels_last']:.0f},
   bf16 channels-last {tput['bf16 channels_last']:.0f}.
 - Adaptive rule: split-half (even/odd masks) reliability every 100 masks, Spearman–Brown, stop when the
-  predicted correlation with the infinite-mask map is ≥ 0.98 at two consecutive checks.
+  predicted correlation with the infinite-mask map is ≥ target_r at two consecutive checks (target 0.965 here).
 - Clustered-CAM (10 clusters) {t_ccam:.2f} s vs Ablation-CAM (512 channels) {t_acam:.2f} s for the same six images
   (both run only the head after the feature layer per ablation).
 """

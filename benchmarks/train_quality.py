@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crop-scale", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -66,7 +67,7 @@ def main() -> None:
 
         config = TrainConfig(
             archive=train_archive, out=tmp / "simsiam.pt", method="simsiam", epochs=args.epochs,
-            batch_size=args.batch, size=args.size, views="hu-narrow,hu-wide", lr=args.lr, seed=args.seed,
+            batch_size=args.batch, size=args.size, views="hu-narrow,hu-wide", lr=args.lr, seed=args.seed, crop_scale=args.crop_scale,
             device=device, progress=False,
         )
         t0 = time.perf_counter()
@@ -89,10 +90,11 @@ def main() -> None:
         "random_init": random_init,
         "default_224": default,
         "map_at_5_gain": round(gain, 4),
-        "beats_random": gain > 0,
+        "beats_random": gain >= 0.005,
     }
-    verdict = "beats" if gain > 0 else "does NOT beat"
-    markdown = f"""SimSiam + HU views (hu-narrow,hu-wide), ResNet-18, {args.size} px, batch {args.batch}, lr {args.lr}, {args.epochs} epochs on
+    # Below half a point of MAP@5 the two are within run-to-run noise of 128 queries: a tie.
+    verdict = "beats" if gain >= 0.005 else ("ties with (within 0.005 of)" if gain > -0.005 else "does NOT beat")
+    markdown = f"""SimSiam + HU views (hu-narrow,hu-wide), ResNet-18, {args.size} px, batch {args.batch}, lr {args.lr}, crop scale {args.crop_scale}–1, {args.epochs} epochs on
 {args.train_patients} phantom patients ({args.train_patients * args.slices} slices; {train_seconds:.0f} s on {device.torch}, {torch.get_num_threads()} thread(s));
 evaluated on {args.test_patients} other patients ({args.test_patients * args.slices} slices) with `medcbir.indexer` + `medcbir.engine.evaluate`
 (leave-one-out, exclude same patient, K = 5).
@@ -103,10 +105,10 @@ evaluated on {args.test_patients} other patients ({args.test_patients * args.sli
 | random init (same seed, {args.size} px) | {random_init['map_at_k']:.3f} | {random_init['ap_at_k']:.3f} | {random_init['precision_at_k']:.3f} | {random_init['knn_accuracy']:.3f} |
 | default random encoder (224 px) | {default['map_at_k']:.3f} | {default['ap_at_k']:.3f} | {default['precision_at_k']:.3f} | {default['knn_accuracy']:.3f} |
 
-The trained encoder {verdict} its random initialisation on MAP@5 ({gain:+.3f}).
+The trained encoder {verdict} its random initialisation on MAP@5 ({gain:+.4f}).
 """
     command = (f".venv/bin/python benchmarks/train_quality.py --epochs {args.epochs} --size {args.size} --batch {args.batch} "
-               f"--lr {args.lr} --threads {args.threads}")
+               f"--lr {args.lr} --crop-scale {args.crop_scale} --threads {args.threads}")
     _results.record("train_quality", results, markdown, command)
     print(markdown)
 

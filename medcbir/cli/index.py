@@ -93,7 +93,8 @@ def compact(index_dir) -> None:
 @click.argument("index_dir", metavar="INDEX")
 @click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems"}.')
 def verify(index_dir, as_json) -> None:
-    """Recompute every checksum of INDEX and check its consistency; exit 1 if anything is wrong."""
+    """Recompute every checksum of INDEX and check its consistency; exit 2 if anything is wrong."""
+    from medcbir.errors import IndexCorrupt
     from medcbir.indexer import verify as verify_index
 
     report = verify_index(index_dir)
@@ -108,6 +109,5 @@ def verify(index_dir, as_json) -> None:
         if not as_json:
             for problem in report.problems:
                 click.echo(f"  {problem}")
-        # The one line on stderr names the (first) broken file.
-        click.echo(f"error: {report.problems[0]}", err=True)
-        raise click.exceptions.Exit(1)
+        # main() prints it as the one `error: <file>: <problem>` line on stderr, exit 2.
+        raise IndexCorrupt(report.problems[0])

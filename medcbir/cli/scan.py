@@ -116,7 +116,13 @@ def _print_text(summary: dict, quarantine: Path | None) -> None:
 
 @click.command()
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in the module docstring).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: archive, files, items, decoded_files, passed, by_modality, "
+    "by_transfer_syntax (UID -> {name, items}), skipped (reason -> files), quarantined, elapsed_s.",
+)
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes (0 = auto, 1 = in-process).")
 @click.option("--quarantine", type=click.Path(dir_okay=False, path_type=Path), help="Append skipped files (path, reason, detail) to this log.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds one file may take to decode.")

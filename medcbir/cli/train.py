@@ -37,12 +37,13 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--workers", default=0, show_default=True, type=int, help="Archive decoding processes (0 = auto).")
 @click.option("--lr", default=None, type=float, help="Base learning rate [default: 0.05·batch/256].")
 @click.option("--rotation", default=0.0, show_default=True, type=float, help="Max augmentation rotation in degrees (0 = off).")
+@click.option("--crop-scale", default=0.2, show_default=True, type=float, help="Smallest random-resized-crop area (fraction of the image).")
 @click.option("--method-option", "method_option", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. proj_dim=512, queue_size=1024.")
 @click.option("--cache", default=None, type=click.Path(path_type=str), help="HU cache file [default: next to --out].")
 @click.option("--device", "device_name", default=None, type=click.Choice(["cpu", "cuda"]), help="Force a device [default: auto].")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Mixed precision on CUDA.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(archive, method, epochs, batch_size, size, out, views, windows, backbone, labels, holdout, resume, seed, workers, lr, rotation, method_option, cache, device_name, precision, quiet):
+def train(archive, method, epochs, batch_size, size, out, views, windows, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
     """Train a self-supervised encoder on ARCHIVE (a DICOM folder)."""
     from medcbir.device import Device
     from medcbir.train.trainer import TrainConfig
@@ -65,6 +66,7 @@ def train(archive, method, epochs, batch_size, size, out, views, windows, backbo
         workers=workers,
         lr=lr,
         rotation=rotation,
+        crop_scale=crop_scale,
         method_options=_method_options(method_option),
         cache=cache,
         device=Device.auto(prefer=device_name, precision=precision),

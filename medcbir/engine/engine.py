@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -308,15 +309,14 @@ class Engine:
 
     def neighbours(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Neighbour]]:
         """FAISS (scores, ids) as :class:`Neighbour` lists (missing results dropped)."""
-        table = self.table
-        ranks = range(1, ids.shape[1] + 1)
-        rows = ids.tolist() if self._dense else self.rows_of(np.where(ids >= 0, ids, 0)).tolist()
-        out = []
-        for srow, irow, rrow in zip(scores.tolist(), ids.tolist(), rows):
-            hits = [Neighbour(i, s, r, table=table, row=row) for s, i, r, row in zip(srow, irow, ranks, rrow)]
-            if irow[-1] < 0:  # FAISS pads with -1 when fewer than k items are admissible
-                hits = [n for n in hits if n.id >= 0]
-            out.append(hits)
+        n, k = ids.shape
+        flat_ids = ids.ravel().tolist()
+        rows = flat_ids if self._dense else self.rows_of(np.where(ids >= 0, ids, 0)).ravel().tolist()
+        # One C-level map over all B×k results (no per-row Python loop building objects).
+        flat = list(map(Neighbour, flat_ids, scores.ravel().tolist(), itertools.cycle(range(1, k + 1)), itertools.repeat(None), itertools.repeat(self.table), rows))
+        out = [flat[i * k : (i + 1) * k] for i in range(n)]
+        if k and n and bool((ids[:, -1] < 0).any()):  # FAISS pads with -1 when fewer than k are admissible
+            out = [[nb for nb in hits if nb.id >= 0] if hits[-1].id < 0 else hits for hits in out]
         return out
 
     def close(self) -> None:

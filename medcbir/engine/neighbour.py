@@ -60,7 +60,7 @@ class Neighbour:
 
     __slots__ = ("id", "score", "rank", "_meta", "_table", "_row")
 
-    def __init__(self, id: int, score: float, rank: int, meta: dict | None = None, *, table: MetaTable | None = None, row: int = -1) -> None:
+    def __init__(self, id: int, score: float, rank: int, meta: dict | None = None, table: MetaTable | None = None, row: int = -1) -> None:
         # Plain Python numbers expected (the engine passes ``tolist()`` values): no conversion
         # here keeps building thousands of neighbours per batch cheap.
         self.id = id

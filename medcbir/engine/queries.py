@@ -86,6 +86,12 @@ class QueryResolver:
         self.engine = engine
 
     def resolve(self, queries) -> list[Query]:
+        """One :class:`Query` per query, in order (see the module docstring for the kinds).
+
+        Raises:
+            DecodeError: a file cannot be decoded.
+            ConfigError: unknown or deleted UID, wrong shape or dimension.
+        """
         if isinstance(queries, np.ndarray):
             return self._batch_array(queries)
         if isinstance(queries, (str, Path)) or _is_single(queries):

@@ -21,9 +21,7 @@ leave this module.
 from __future__ import annotations
 
 import hashlib
-import io
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -110,8 +108,12 @@ def _read_dataset(source: str | Path | BinaryIO):
     if isinstance(source, (str, Path)):
         try:
             f: BinaryIO = open(source, "rb")
-        except OSError as exc:
-            raise SkipFile("not-dicom", f"cannot open: {exc.strerror or exc}") from None
+        except IsADirectoryError:
+            raise SkipFile("not-dicom", "a directory, not a file") from None
+        except FileNotFoundError:
+            raise SkipFile("not-dicom", "no such file") from None
+        except OSError as exc:  # permissions, I/O errors: the file exists but cannot be read
+            raise SkipFile("corrupt", f"cannot read: {exc.strerror or exc}") from None
         close = True
     else:
         f, close = source, False

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.imaging.dicom import MAX_PIXELS, read_dicom
-from medcbir.imaging.items import Decoded, ItemMeta, SkipFile, WalkReport
+from medcbir.imaging.items import Decoded, SkipFile, WalkReport
 from medcbir.imaging.preprocess import Preprocessing
 
 #: Files handed to one worker before its earlier ones come back (keeps each worker busy while
@@ -157,11 +157,12 @@ class _Worker:
 
 
 class _alarm:
-    """Per-file timeout for in-process decoding, via SIGALRM.
+    """Per-file timeout for in-process decoding, via SIGALRM (main thread only).
 
-    Only where it is safe: the main thread, and no SIGALRM handler of the caller's in place.
-    It interrupts Python code and blocking system calls (a FIFO, a hung network mount), not a C
-    decoder that never returns to Python; that needs workers (``workers >= 2``).
+    A caller's own SIGALRM handler and timer (e.g. pytest-timeout) are saved and restored, the
+    timer re-armed with its remaining time; when the caller's alarm is due first, ours is not
+    set. It interrupts Python code and blocking system calls (a FIFO, a hung network mount),
+    not a C decoder that never returns to Python: that needs workers (``workers >= 2``).
     """
 
     def __init__(self, seconds: float) -> None:
@@ -172,21 +173,26 @@ class _alarm:
         raise SkipFile("timeout", f"decoding took more than {self.seconds:g} s")
 
     def __enter__(self):
-        if (
-            hasattr(signal, "setitimer")
-            and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
-        ):
-            signal.signal(signal.SIGALRM, self._expire)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
-            self.armed = True
+        if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+            return self
+        self.old_handler = signal.getsignal(signal.SIGALRM)
+        self.old_delay, self.old_interval = signal.getitimer(signal.ITIMER_REAL)
+        if self.old_handler is None or (0 < self.old_delay <= self.seconds):
+            return self  # a handler we cannot restore, or the caller's alarm comes first
+        self.t0 = time.monotonic()
+        signal.signal(signal.SIGALRM, self._expire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        self.armed = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if not self.armed:
             return False
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, self.old_handler)
+        if self.old_delay > 0:
+            remaining = max(self.old_delay - (time.monotonic() - self.t0), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, remaining, self.old_interval)
         # The alarm may fire just outside decode_file (which turns it into a result): swallow it.
         return isinstance(exc, SkipFile) and exc.reason == "timeout"
 
@@ -490,4 +496,4 @@ def walk(
     )
 
 
-__all__ = ["Walk", "walk", "list_files", "auto_workers", "decode_file", "ItemMeta"]
+__all__ = ["Walk", "walk", "list_files", "auto_workers", "decode_file"]

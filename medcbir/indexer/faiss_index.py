@@ -53,7 +53,7 @@ AUTO_FLAT_MAX = 65_536
 TRAIN_SAMPLE = 100_000
 AUTO_NLIST = 1024
 #: Search parameters reaching recall@10 ≥ 0.98 on clustered embeddings (benchmarks/search.py).
-AUTO_SEARCH_PARAMS = {"nprobe": 32, "k_factor": 4}
+AUTO_SEARCH_PARAMS = {"nprobe": 16, "k_factor": 8}
 
 _REFINE = re.compile(r"^(?P<base>.+?),\s*Refine\((?P<refine>.+)\)$")
 FLAT_SPECS = {"flat", "idmap,flat", "idmap2,flat"}

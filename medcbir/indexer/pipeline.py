@@ -162,6 +162,7 @@ def index_archive(
     src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")
     summary = IndexSummary()
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device)
+    writer.batch_size = batch_size
     total = _count_hint(src)
     bar = _progress(progress, total)
     try:

@@ -10,8 +10,10 @@ shards' embeddings or merged from per-shard FAISS files.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from medcbir.errors import ConfigError, IndexCorrupt
 from medcbir.indexer import faiss_index
-from medcbir.indexer.fsutil import sha256_many
+from medcbir.indexer.fsutil import sha256_file, sha256_many
 from medcbir.indexer.manifest import deleted_ids, read_manifest
 from medcbir.indexer.shard import decode_strings, row_meta
 
@@ -34,8 +36,20 @@ def check_files(index_dir: Path, manifest: dict, mode: str = "checksums") -> Non
     Raises:
         IndexCorrupt: naming the first broken file.
     """
+    pending = start_checks(index_dir, manifest, mode)
+    finish_checks(pending)
+
+
+def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
+    """Size checks now, small files hashed now, shards hashed in background threads.
+
+    Returns the pending (name, expected sha256, future) of the shards, for :func:`finish_checks`;
+    hashing overlaps with loading the index (hashlib releases the GIL).
+    """
     if mode not in VERIFY_MODES:
         raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {mode!r}")
+    if mode == "none":
+        return []
     entries = committed_entries(manifest)
     for name, size, _ in entries:
         path = index_dir / name
@@ -43,11 +57,34 @@ def check_files(index_dir: Path, manifest: dict, mode: str = "checksums") -> Non
             raise IndexCorrupt(f"{name}: committed file is missing from {index_dir}")
         if path.stat().st_size != size:
             raise IndexCorrupt(f"{name}: size {path.stat().st_size} differs from the committed {size} bytes")
-    if mode == "checksums":
-        digests = sha256_many([index_dir / name for name, _, _ in entries])
-        for (name, _, expected), digest in zip(entries, digests):
-            if digest != expected:
-                raise IndexCorrupt(f"{name}: checksum mismatch (sha256 {digest[:12]}… != committed {expected[:12]}…)")
+    if mode != "checksums":
+        return []
+    # FAISS/tombstone files are parsed by C++ readers: check them before anything reads them.
+    small = [e for e in entries if not e[0].endswith(".h5")]
+    for (name, _, expected), digest in zip(small, sha256_many([index_dir / n for n, _, _ in small])):
+        if digest != expected:
+            raise IndexCorrupt(_mismatch(name, digest, expected))
+    shards = [e for e in entries if e[0].endswith(".h5")]
+    if not shards:
+        return []
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 2)))
+    pending = [(name, expected, pool.submit(sha256_file, index_dir / name)) for name, _, expected in shards]
+    pool.shutdown(wait=False)
+    return pending
+
+
+def finish_checks(pending: list) -> None:
+    """Wait for background shard hashes; raise for the first mismatch."""
+    for name, expected, future in pending:
+        digest = future.result()
+        if digest != expected:
+            for _, _, other in pending:
+                other.cancel()
+            raise IndexCorrupt(_mismatch(name, digest, expected))
+
+
+def _mismatch(name: str, digest: str, expected: str) -> str:
+    return f"{name}: checksum mismatch (sha256 {digest[:12]}… != committed {expected[:12]}…)"
 
 
 def committed_entries(manifest: dict) -> list[tuple[str, int, str]]:
@@ -131,7 +168,17 @@ class IndexStore:
         self = cls()
         self.index_dir = Path(index_dir)
         self.manifest = read_manifest(self.index_dir)
-        check_files(self.index_dir, self.manifest, verify)
+        pending = start_checks(self.index_dir, self.manifest, verify)
+        try:
+            self._load(device)
+        except BaseException:
+            finish_checks(pending)  # a corrupt shard is named as such, not as a load error
+            raise
+        finish_checks(pending)
+        self.open_seconds = time.perf_counter() - start
+        return self
+
+    def _load(self, device) -> None:
         m = self.manifest
         self.generation = int(m["generation"])
         self.encoder_info = dict(m["encoder"])
@@ -145,22 +192,22 @@ class IndexStore:
         if self.deleted.size:
             self.live_mask[self.rows(self.deleted, strict=False)] = False
         self._build_faiss(device)
-        self.open_seconds = time.perf_counter() - start
-        return self
 
     # ------------------------------------------------------------------ opening
     def _open_shards(self) -> None:
-        ids, offsets, names = [], [0], None
+        offsets, names = [0], None
         fingerprint = self.encoder_info["fingerprint"]
         for entry in self.manifest["shards"]:
             path = self.index_dir / entry["file"]
+            if not path.is_file():
+                raise IndexCorrupt(f"{entry['file']}: committed file is missing from {self.index_dir}")
             try:
                 f = h5py.File(path, "r")
             except OSError as exc:
                 raise IndexCorrupt(f"{entry['file']}: not a readable HDF5 shard ({exc})") from None
             self._files.append(f)
             try:
-                shard_ids = f["ids"][...]
+                ids_shape = f["ids"].shape
                 shape = f["embeddings"].shape
                 shard_fp = f.attrs["encoder_fingerprint"]
                 order = f.attrs.get("columns")
@@ -170,14 +217,14 @@ class IndexStore:
             shard_fp = shard_fp.decode() if isinstance(shard_fp, bytes) else str(shard_fp)
             if shard_fp != fingerprint:
                 raise IndexCorrupt(f"{entry['file']}: encoder fingerprint {shard_fp[:12]} differs from the manifest's {fingerprint[:12]}")
-            if shape != (entry["items"], self.dim) or shard_ids.shape != (entry["items"],):
+            if shape != (entry["items"], self.dim) or ids_shape != (entry["items"],):
                 raise IndexCorrupt(f"{entry['file']}: holds {shape} embeddings, manifest says {entry['items']}×{self.dim}")
-            if entry["items"] and (shard_ids[0] != entry["first_id"] or shard_ids[-1] != entry["last_id"]):
-                raise IndexCorrupt(f"{entry['file']}: ids {shard_ids[0]}..{shard_ids[-1]} differ from the manifest's")
+            if entry["first_id"] != offsets[-1] or entry["last_id"] != offsets[-1] + entry["items"] - 1:
+                raise IndexCorrupt(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} are not dense after id {offsets[-1] - 1}")
             names = shard_names if names is None else names
-            ids.append(shard_ids)
-            offsets.append(offsets[-1] + len(shard_ids))
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+            # Ids are dense (writer and compaction guarantee it; `verify` reads them all).
+            offsets.append(offsets[-1] + entry["items"])
+        self.ids = np.arange(offsets[-1], dtype=np.int64)
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._dense = bool(len(self.ids) == 0 or (self.ids[0] == 0 and self.ids[-1] == len(self.ids) - 1))
         self.columns = LazyColumns(self._files, names or [])

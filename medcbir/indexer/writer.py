@@ -166,6 +166,7 @@ class IndexWriter:
         self._buffer_sources: set[int] = set()
         self.shards_written = 0
         self.items_committed = 0
+        self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
 
     def _load_committed_keys(self) -> None:
         import h5py
@@ -220,7 +221,7 @@ class IndexWriter:
         if not fresh:
             return 0
         images = np.stack([np.asarray(d.image, dtype=np.float32) for d in fresh])
-        embeddings = self.encoder.embed(images)
+        embeddings = self.encoder.embed(images, batch_size=self.batch_size) if self.batch_size else self.encoder.embed(images)
         return self.add_embeddings([d.meta for d in fresh], embeddings)
 
     def add_embeddings(self, metas: list, embeddings: np.ndarray) -> int:

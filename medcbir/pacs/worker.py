@@ -45,6 +45,7 @@ from medcbir.pacs.worker_link import AUTHKEY_ENV, TOKEN_ENV
 POLL_SECONDS = 0.2
 RETRY = "retry"  # a transient fetch failure: the id goes back to the queue, not to the skips
 ENGINE_REFRESH_SECONDS = 1.0
+TMP_PREFIX = "medcbir-worker-"
 
 
 class UnknownInstance(MedcbirError):
@@ -95,7 +96,8 @@ class Worker:
     def tmp(self) -> Path:
         """The worker's private (0700) folder: its socket and the queries' temporary files."""
         if self._tmp_dir is None:
-            self._tmp_dir = Path(tempfile.mkdtemp(prefix="medcbir-worker-"))
+            self._tmp_dir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+            (self._tmp_dir / "pid").write_text(str(os.getpid()))
         return self._tmp_dir
 
     # -- indexing ---------------------------------------------------------------------------
@@ -395,6 +397,20 @@ def _watch_parent(worker: Worker, parent: int) -> None:
     threading.Thread(target=parent_gone, daemon=True).start()
 
 
+def remove_stale_folders() -> None:
+    """Remove the private folders of workers that were killed (SIGKILL leaves them behind)."""
+    for folder in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / "pid").read_text())
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # another worker starting up, or not ours
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medcbir.pacs.worker")
     parser.add_argument("--orthanc", required=True, help="loopback URL of Orthanc's REST API")
@@ -406,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(settings, rest)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop.set())
+    remove_stale_folders()
     authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
     # A Unix socket in a private (0700) folder: no TCP Nagle/delayed-ACK stalls on the small
     # request/answer messages (they cost ~40 ms per call over loopback TCP), and no port to pick.

@@ -42,7 +42,7 @@ MONITOR_KEYS = ("map_at_k", "knn_accuracy", "n_queries", "k")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 # Fields that must match for --resume to continue the same run.
-RESUME_KEYS = ("method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "labels_holdout")
+RESUME_KEYS = ("method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "crop_scale", "labels_holdout")
 
 
 @dataclass
@@ -68,6 +68,8 @@ class TrainConfig:
         workers: archive decoding workers (0 = auto).
         lr: base learning rate; None = 0.05·batch/256.
         rotation: maximum augmentation rotation in degrees (0 = none).
+        crop_scale: smallest random-resized-crop area (the standard 0.2; larger keeps more
+            of the anatomy that tells slice levels apart).
         method_options: keyword arguments of the method (e.g. ``{"queue_size": 1024}``).
         cache: HU cache path; None = next to ``out``.
         device: a :class:`~medcbir.device.Device`; None = ``Device.auto()``.
@@ -91,6 +93,7 @@ class TrainConfig:
     workers: int = 0
     lr: float | None = None
     rotation: float = 0.0
+    crop_scale: float = 0.2
     method_options: dict = field(default_factory=dict)
     cache: str | Path | None = None
     device: object = None
@@ -113,6 +116,7 @@ class TrainConfig:
             "seed": int(self.seed),
             "lr": self.base_lr(),
             "rotation": float(self.rotation),
+            "crop_scale": float(self.crop_scale),
             "labels_holdout": float(self.holdout) if self.labels else 0.0,
             "method_options": dict(self.method_options),
         }
@@ -203,6 +207,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ConfigError(f"--batch-size must be ≥ 2 (batch norm needs two samples), not {config.batch_size}")
     if config.size < 32:
         raise ConfigError(f"--size must be ≥ 32 px for a ResNet, not {config.size}")
+    if not 0 < config.crop_scale <= 1:
+        raise ConfigError(f"--crop-scale must be in (0, 1], not {config.crop_scale}")
     if config.base_lr() <= 0:
         raise ConfigError(f"--lr must be > 0, not {config.base_lr()}")
 
@@ -301,7 +307,7 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     backbone = build_backbone(config.backbone, preprocessing.channels)
     method = build_method(config.method, backbone, backbone_dim(config.backbone), **config.method_options)
     method.to(device.torch).train()
-    augment = BatchAugment(config.size, rotation=config.rotation).to(device.torch)
+    augment = BatchAugment(config.size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
     optimizer, scheduler, scaler = make_optimizer(method, config, total_steps, device)
 
     history: list[dict] = []

@@ -106,3 +106,31 @@ def test_bad_inputs_raise_config_error(toy):
         gradcam(encoder, images, torch.rand(2, 16))
     with pytest.raises(ConfigError):
         gradcam(torch.nn.Sequential(torch.nn.Flatten()), images)
+
+
+REAL_OPTIONS = {
+    "relax": {"n_masks": 40},
+    "occlusion": {"window": 16, "stride": 16},
+    "integrated_gradients": {"n_steps": 6},
+    "smoothgrad": {"n_samples": 3},
+    "clustered_cam": {"n_clusters": 6},
+}
+
+
+@pytest.fixture(scope="module")
+def real_encoder():
+    from medcbir.imaging import Preprocessing
+    from medcbir.train import new_encoder
+
+    return new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=64), seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_runs_on_the_medcbir_resnet18(real_encoder, name):
+    """The trainer's encoder (MONAI ResNet-18, shared ReLU modules, layer4 feature layer)."""
+    images = blob_images(1, 64, seed=7)
+    query = real_encoder(blob_images(1, 64, seed=8)).detach()
+    for targets in (None, query):
+        heat = METHODS[name](real_encoder, images, targets, **REAL_OPTIONS.get(name, {}))
+        assert heat.shape == (1, 64, 64) and torch.isfinite(heat).all()
+        assert float(heat.std()) > 0, name

@@ -36,13 +36,13 @@ def crash_setup(tmp_path_factory):
     return root / "archive", make_encoder(root / "enc32.pt", size=32)
 
 
-def run_index(archive, index_dir, encoder, kill_at=None, extra=(), wait=True):
+def run_index(archive, index_dir, encoder, kill_at=None, extra=(), wait=True, shard_size=100):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("MEDCBIR_TEST_KILL_AT", None)
     if kill_at:
         env["MEDCBIR_TEST_KILL_AT"] = kill_at
     cmd = [sys.executable, "-m", "medcbir", "index", str(archive), "--encoder", str(encoder), "--out", str(index_dir),
-           "--shard-size", "100", "--workers", "1", "--batch-size", "64", "--no-progress", *extra]
+           "--shard-size", str(shard_size), "--workers", "1", "--batch-size", "64", "--no-progress", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
         return proc
@@ -115,12 +115,12 @@ def test_kill_while_writing_faiss_files_then_resume(phantom_archive, tmp_path, e
     index_dir = tmp_path / "index"
     extra = ("--index-spec", "IVF4,Flat")
     # Shards commit, then close() trains the spec: killed at its 3rd FAISS file.
-    rc, _, err = run_index(phantom_archive, index_dir, encoder_path, kill_at="faiss-fsync:3", extra=extra)
+    rc, _, err = run_index(phantom_archive, index_dir, encoder_path, kill_at="faiss-fsync:3", extra=extra, shard_size=16)
     assert rc == -signal.SIGKILL, err
     store = IndexStore.open(index_dir)
     assert len(store.ids) == 80 and store.exact and not store.manifest["trained"]  # exact until trained
     assert verify(index_dir).ok
-    rc, out, err = run_index(phantom_archive, index_dir, encoder_path, extra=extra)
+    rc, out, err = run_index(phantom_archive, index_dir, encoder_path, extra=extra, shard_size=16)
     assert rc == 0, err
     assert "indexed          0" in out
     store = IndexStore.open(index_dir)

@@ -136,4 +136,4 @@ def test_views_as_a_sequence_and_the_summary_line(trained, tmp_path):
     config = TrainConfig(archive=tmp_path, out=tmp_path / "x.pt", views=("hu-narrow", "hu-wide"))
     assert config.record()["views"] == "hu-narrow,hu-wide"
     line = trained["summary"].summary_line()
-    assert line.startswith("simsiam: 1 epoch(s) of 1, 60 images") and "held-out MAP@5" in line and "random start" in line
+    assert line.startswith("simsiam: 1 epoch(s) of 1, 48 images")  # 60 slices, 3 full batches and "held-out MAP@5" in line and "random start" in line

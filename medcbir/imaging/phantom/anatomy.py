@@ -110,16 +110,33 @@ class Layer:
         blob: the outline.
         hu: Hounsfield value painted.
         in_cavity: clip to the body cavity (inside the abdominal/chest wall).
+        within: clip to the pixels currently owned by this organ (vessels inside an organ).
     """
 
     organ: str | None
     blob: Blob
     hu: float
     in_cavity: bool = False
+    within: str | None = None
 
 
 def _harmonics(rng: np.random.Generator, strength: float, orders: tuple[int, ...] = (2, 3, 4)) -> tuple:
     return tuple((k, float(rng.uniform(-strength, strength) / k ** 0.5), float(rng.uniform(0, 2 * math.pi))) for k in orders)
+
+
+def _vessel_trees(rng: np.random.Generator) -> dict[str, list[tuple[float, ...]]]:
+    """Vessel cross-sections per organ: position in the organ's unit disc, drift amplitude,
+    frequency and phase along z, and radius (lung vessels thin, liver veins thicker)."""
+    def vessels(count: int, r_lo: float, r_hi: float) -> list[tuple[float, ...]]:
+        out = []
+        for _ in range(count):
+            angle, dist = rng.uniform(0, 2 * math.pi), 0.7 * math.sqrt(rng.uniform(0, 1))
+            out.append((dist * math.cos(angle), dist * math.sin(angle), float(rng.uniform(0.05, 0.2)),
+                        float(rng.uniform(3, 10)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(r_lo, r_hi))))
+        return out
+
+    return {"lung_left": vessels(10, 0.008, 0.016), "lung_right": vessels(10, 0.008, 0.016),
+            "liver": vessels(5, 0.014, 0.028)}
 
 
 def _profile(z: float, top: float, bottom: float, floor: float = 0.45) -> float:
@@ -147,6 +164,7 @@ class Patient:
     bowel: list[tuple[float, ...]] = field(default_factory=list)
     lung_bottom: float = 0.0
     kidney_offsets: tuple[float, float] = (0.0, 0.0)
+    vessels: dict[str, list[tuple[float, ...]]] = field(default_factory=dict)
 
     @classmethod
     def draw(cls, seed: int, index: int) -> Patient:
@@ -204,13 +222,13 @@ class Patient:
             name: _harmonics(rng, strength)
             for name, strength in (("liver", 0.12), ("spleen", 0.10), ("kidney_left", 0.05),
                                    ("kidney_right", 0.05), ("lung_left", 0.06), ("lung_right", 0.06),
-                                   ("heart", 0.05), ("bladder", 0.06))
+                                   ("heart", 0.05), ("bladder", 0.06), ("stomach", 0.08))
         }
         # Small-bowel loops as tubes wandering through the anterior abdomen: base position,
         # drift amplitude and frequency, radius, and the phase/threshold of their gas content.
         bowel = [
             (float(rng.uniform(-0.55, 0.55)), float(rng.uniform(-0.75, 0.05)), float(rng.uniform(0.04, 0.10)),
-             float(rng.uniform(3, 8)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.06, 0.10)),
+             float(rng.uniform(3, 8)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.07, 0.11)),
              float(rng.uniform(4, 9)), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(-0.2, 0.4)))
             for _ in range(int(rng.integers(6, 10)))
         ]
@@ -219,13 +237,14 @@ class Patient:
             boundaries=boundaries,
             body=body,
             fat_frac=float(rng.uniform(0.05, 0.14)),
-            wall_frac=float(rng.uniform(0.04, 0.07)),
+            wall_frac=float(rng.uniform(0.06, 0.10)),
             hu=hu,
             shapes=shapes,
             sizes=sizes,
             bowel=bowel,
             lung_bottom=float(liver_top + rng.uniform(0.35, 0.6) * (kidney_top - liver_top)),
             kidney_offsets=(float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.0, 0.03))),
+            vessels=_vessel_trees(rng),
         )
 
     # -- levels ---------------------------------------------------------------------------
@@ -255,7 +274,9 @@ class Patient:
         body = self.body_at(z)
         cavity = self.cavity_at(z)
         cx, cy, acx, acy = cavity.cx, cavity.cy, cavity.ax, cavity.ay
-        spine_y = cy + acy - 0.16
+        # The vertebral body sits a fixed depth in front of the back's skin, so the spinous
+        # process stays inside the paraspinal muscles whatever the patient's fat layer.
+        spine_y = body.cy + body.ay - 0.34
         out = [
             Layer("subcutaneous_fat", body, hu["subcutaneous_fat"]),
             Layer("muscle", body.scaled(1.0 - self.fat_frac), hu["muscle"]),
@@ -267,6 +288,10 @@ class Patient:
 
         if z < self.lung_bottom:
             out += self._thorax(z, cavity)
+        stomach_top = liver_top + 0.1 * (kidney_top - liver_top)
+        stomach_bottom = kidney_top + 0.3 * (liver_bottom - kidney_top)
+        if stomach_top <= z < stomach_bottom:
+            out += self._stomach(z, cavity, stomach_top, stomach_bottom)
         if kidney_top - 0.05 <= z:
             out += self._bowel(z, cavity, kidney_bottom)
         if liver_top <= z < liver_bottom:
@@ -293,6 +318,23 @@ class Patient:
         out += self._spine(z, cx, spine_y, kidney_bottom)
         return out
 
+    def fixed_layers(self) -> list[Layer]:
+        """Strokes identical on every slice (painted once per patient, under :meth:`layers`):
+        the scanner couch under the patient's back, a curved carbon-fibre shell around a foam
+        core, outside the body (so in no organ mask)."""
+        return self._table()
+
+    def _table(self) -> list[Layer]:
+        """The scanner couch under the patient's back: a curved carbon-fibre shell around a foam
+        core, outside the body (so in no organ mask), at the same height on every slice."""
+        b = self.body
+        # Lowest point of the back: the outline's radius straight down (θ = π/2), widest slice.
+        back = 1.0 + sum(a * math.cos(k * math.pi / 2 + phase) for k, a, phase in b.harmonics)
+        top = b.cy + b.ay * 1.02 * back + 0.006
+        shell = Blob(b.cx * 0.3, top + 0.75, 1.15, 0.75)
+        return [Layer("", shell, 250.0), Layer("", shell.scaled(0.985), -250.0),
+                Layer("", shell.scaled(0.93), -1000.0)]
+
     def _thorax(self, z: float, cavity: Blob) -> list[Layer]:
         hu = self.hu
         liver_top = self.boundaries[0]
@@ -305,12 +347,37 @@ class Patient:
             lung = Blob(cx + side * 0.50 * acx, cy - 0.02 + shift, 0.40 * acx * s, 0.82 * acy * s, 0.0,
                         self.shapes[name])
             out.append(Layer(name, lung, hu["lung"], in_cavity=True))
+            out += self._vessel_layers(name, z, lung, 40.0)
+        # Trachea, then the two main bronchi, in front of the spine in the upper chest.
+        airway_y = self.body_at(z).cy + self.body_at(z).ay - 0.34 - 0.18
+        if z < 0.35 * liver_top:
+            out.append(Layer("", Blob(cx, airway_y, 0.045, 0.04), hu["gas"]))
+        elif z < 0.5 * liver_top:
+            out += [Layer("", Blob(cx + side * 0.07, airway_y + 0.01, 0.028, 0.025), hu["gas"]) for side in (-1, 1)]
         if 0.03 <= z < liver_top:
             h = self.sizes["heart"] * _profile(z, 0.0, liver_top + 0.04, floor=0.6)
             heart = Blob(cx + 0.14 * acx, cy - 0.20 * acy, 0.34 * acx * h, 0.40 * acy * h, -0.5, self.shapes["heart"])
             out.append(Layer("heart", heart, hu["heart_wall"], in_cavity=True))
             out.append(Layer(None, heart.scaled(0.72), hu["heart_blood"], in_cavity=True))
         return out
+
+    def _vessel_layers(self, organ: str, z: float, outline: Blob, hu: float) -> list[Layer]:
+        """Vessels inside an organ, placed relative to its current outline, drifting along z."""
+        out = []
+        for u, v, amp, freq, phase, radius in self.vessels[organ]:
+            x = outline.cx + (u + amp * math.sin(freq * z + phase)) * outline.ax
+            y = outline.cy + (v + amp * math.cos(freq * z + phase)) * outline.ay
+            out.append(Layer(None, Blob(x, y, radius, radius), hu, within=organ))
+        return out
+
+    def _stomach(self, z: float, cavity: Blob, top: float, bottom: float) -> list[Layer]:
+        s = _profile(z, top, bottom, floor=0.5)
+        stomach = Blob(cavity.cx + 0.30 * cavity.ax, cavity.cy - 0.35 * cavity.ay, 0.17 * s, 0.13 * s, -0.4,
+                       self.shapes["stomach"])
+        # Fluid below, gas above: supine, so the gas collects anteriorly.
+        return [Layer("", stomach, self.hu["water"] + 15.0, in_cavity=True),
+                Layer("bowel_gas", Blob(stomach.cx, stomach.cy - 0.45 * stomach.ay, 0.75 * stomach.ax, 0.5 * stomach.ay),
+                      self.hu["gas"], in_cavity=True)]
 
     def _bowel(self, z: float, cavity: Blob, kidney_bottom: float) -> list[Layer]:
         hu = self.hu
@@ -323,13 +390,13 @@ class Patient:
             out.append(Layer("", loop, hu["bowel_wall"], in_cavity=True))
             if math.sin(gas_freq * z + gas_phase) > gas_threshold:
                 # Gas rises to the anterior side of a loop in a supine patient.
-                out.append(Layer("bowel_gas", Blob(x, y - 0.3 * radius, 0.65 * radius, 0.55 * radius),
+                out.append(Layer("bowel_gas", Blob(x, y - 0.25 * radius, 0.75 * radius, 0.65 * radius),
                                  hu["gas"], in_cavity=True))
         if z < kidney_bottom + 0.2 * (1.0 - kidney_bottom):
             for side in (-1, 1):  # ascending/descending colon in the flanks, always holding some gas
                 x, y = cx + side * 0.70 * acx, cy - 0.05 * acy
-                out.append(Layer("", Blob(x, y, 0.085, 0.08), hu["bowel_wall"], in_cavity=True))
-                out.append(Layer("bowel_gas", Blob(x, y - 0.02, 0.06, 0.05), hu["gas"], in_cavity=True))
+                out.append(Layer("", Blob(x, y, 0.09, 0.085), hu["bowel_wall"], in_cavity=True))
+                out.append(Layer("bowel_gas", Blob(x, y - 0.015, 0.07, 0.06), hu["gas"], in_cavity=True))
         return out
 
     def _liver(self, z: float, cavity: Blob) -> list[Layer]:
@@ -344,6 +411,7 @@ class Patient:
             lobe = self.sizes["left_lobe"] * s
             out.append(Layer("liver", Blob(cx + 0.05 * acx, cy - 0.55 * acy, 0.38 * acx * lobe, 0.25 * acy * lobe, -0.2),
                              hu["liver"], in_cavity=True))
+        out += self._vessel_layers("liver", z, out[0].blob, hu["liver"] + 45.0)
         if 0.55 <= t < 0.95:
             out.append(Layer("gallbladder", Blob(cx - 0.20 * acx, cy - 0.42 * acy, 0.07, 0.09, 0.4), hu["bile"],
                              in_cavity=True))

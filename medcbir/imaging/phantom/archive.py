@@ -15,14 +15,23 @@ import pydicom
 from medcbir.errors import ConfigError
 from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Patient
 from medcbir.imaging.phantom.masks import MaskWriter
-from medcbir.imaging.phantom.slices import render_slice
-from medcbir.imaging.phantom.writer import SCANNERS, series_info, slice_dataset, to_stored, write_slice
+from medcbir.imaging.phantom.slices import SliceRenderer
+from medcbir.imaging.phantom.writer import (
+    SCANNERS,
+    patient_id,
+    series_info,
+    series_template,
+    slice_dataset,
+    to_stored,
+    write_slice,
+)
 
 FORMAT = "medcbir-phantom"
 VERSION = 1
 MIN_SIZE, MAX_SIZE = 32, 2048
-# A PSF narrower than this is invisible on the pixel grid; small test images still get some blur.
-MIN_BLUR_PX = 0.35
+# A PSF narrower than this is invisible on the pixel grid; this much also stands in for the
+# partial-volume averaging over a pixel that point sampling of the outlines leaves out.
+MIN_BLUR_PX = 0.5
 
 
 @dataclass
@@ -68,7 +77,9 @@ class PhantomSummary:
         }
 
 
-def _check(patients: int, slices: int, size: int) -> None:
+def _check(patients: int, slices: int, size: int, seed: int) -> None:
+    if seed < 0:
+        raise ConfigError(f"--seed must be 0 or more (got {seed})")
     if patients < 1:
         raise ConfigError(f"--patients must be at least 1 (got {patients})")
     if slices < 1:
@@ -99,6 +110,10 @@ def _prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int = 0, size: int = 256,
                  compress: bool = True) -> PhantomSummary:
     """Write a synthetic CT archive with ground truth.
@@ -107,8 +122,8 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     each patient gets its own anatomy and, in turn, one of :data:`SCANNERS` (so any four
     consecutive patients cover every storage variant). Files:
     ``out/<PatientID>/series-2/<instance>.dcm``, ``out/labels.csv``, ``out/masks.h5``
-    (``/<sop_instance_uid>/<organ>`` uint8 masks, gzip; group attributes ``label``,
-    ``instance_number``, ``slice_position``, ``path``) and ``out/phantom.json``.
+    (``/<sop_instance_uid>/<organ>`` uint8 masks, gzip; group attributes ``label`` and
+    ``path``, the file relative to ``out``) and ``out/phantom.json``.
 
     Args:
         out: archive folder (created; a previous phantom archive there is replaced).
@@ -124,9 +139,16 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     Raises:
         ConfigError: bad parameters or an output folder holding something else.
     """
-    _check(patients, slices, size)
+    _check(patients, slices, size, seed)
     out = Path(out)
     _prepare(out)
+    parameters = {"patients": patients, "slices": slices, "size": size, "compress": compress}
+    # Written first and replaced at the end: an interrupted run leaves a description listing the
+    # folders it may have written, so re-running into the same folder can clean them up.
+    _write_json(out / "phantom.json", {
+        "format": FORMAT, "version": VERSION, "complete": False, "seed": seed, "parameters": parameters,
+        "patients": [{"index": i, "folder": patient_id(seed, i)} for i in range(patients)],
+    })
     started = time.perf_counter()
     order = np.random.default_rng([seed, 0x5CA7]).permutation(len(SCANNERS))
     labels_count = {label: 0 for label in LABELS}
@@ -145,6 +167,8 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
             noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
             blur = max(MIN_BLUR_PX, scanner.psf_mm / info.pixel_spacing_mm)
             syntax = scanner.syntax(compress)
+            template = series_template(info)
+            renderer = SliceRenderer(patient, size)
             syntax_name = pydicom.uid.UID(syntax).name
             series_dir = out / info.patient_id / "series-2"
             series_dir.mkdir(parents=True)
@@ -153,16 +177,15 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
                 z = (i + 0.5) / slices
                 z_mm = info.top_mm - z * info.slice_spacing_mm * slices
                 label = patient.label_at(z)
-                rendered = render_slice(patient, z, size, noise_hu=noise, blur_px=blur,
-                                        rng=np.random.default_rng([seed, index, i, 0x4015E]))
+                rendered = renderer.render(z, noise_hu=noise, blur_px=blur,
+                                           rng=np.random.default_rng([seed, index, i, 0x4015E]))
                 stored = to_stored(rendered.hu, scanner)
-                ds = slice_dataset(info, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN", stored)
+                ds = slice_dataset(info, template, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN")
                 path = series_dir / f"{i + 1:04d}.dcm"
                 write_slice(path, ds, stored, syntax)
                 sop = str(ds.SOPInstanceUID)
-                masks_file.add(sop, {organ: rendered.masks[organ] for organ in ORGANS}, {
-                    "label": label, "instance_number": i + 1, "slice_position": round(z_mm, 3),
-                    "path": path.relative_to(out).as_posix()})
+                masks_file.add(sop, ORGANS, rendered.masks,
+                               {"label": label, "path": path.relative_to(out).as_posix()})
                 rows.append((sop, 0, label))
                 labels_count[label] += 1
                 patient_labels.append(label)
@@ -191,8 +214,9 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     manifest = {
         "format": FORMAT,
         "version": VERSION,
+        "complete": True,
         "seed": seed,
-        "parameters": {"patients": patients, "slices": slices, "size": size, "compress": compress},
+        "parameters": parameters,
         "labels": list(LABELS),
         "label_rule": "z in [0,1] from top of range; thorax < liver_top <= liver-dome < kidney_top <= "
                       "liver-kidney < liver_bottom <= kidney < kidney_bottom <= pelvis; slice i at z=(i+0.5)/slices",
@@ -200,7 +224,7 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         "hu_ranges": {k: list(v) for k, v in HU_RANGES.items()},
         "patients": description,
     }
-    (out / "phantom.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    _write_json(out / "phantom.json", manifest)
     elapsed = time.perf_counter() - started
     return PhantomSummary(
         out=out, patients=patients, slices=slices, size=size, seed=seed, files=len(rows),

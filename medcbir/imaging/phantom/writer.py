@@ -85,6 +85,11 @@ def uid(seed: int, *parts: object) -> str:
     return generate_uid(entropy_srcs=[UID_NAMESPACE, str(seed), *map(str, parts)])
 
 
+def patient_id(seed: int, index: int) -> str:
+    """The synthetic PatientID (also the patient's folder name in the archive)."""
+    return f"PHANTOM-{seed}-{index:03d}"
+
+
 @dataclass(frozen=True)
 class SeriesInfo:
     """What is constant across one patient's series."""
@@ -139,7 +144,7 @@ def series_info(seed: int, index: int, scanner: Scanner, *, size: int, slices: i
     span_mm = float(rng.uniform(380, 460))  # upper chest to pelvis
     return SeriesInfo(
         seed=seed,
-        patient_id=f"PHANTOM-{seed}-{index:03d}",
+        patient_id=patient_id(seed, index),
         patient_name=f"PHANTOM^CASE{index:03d}",
         sex="MF"[int(rng.integers(0, 2))],
         birth_date=birth.strftime("%Y%m%d"),
@@ -166,27 +171,19 @@ def to_stored(hu: np.ndarray, scanner: Scanner) -> np.ndarray:
     return stored.astype(np.int16 if scanner.signed else np.uint16)
 
 
-def slice_dataset(info: SeriesInfo, instance: int, z_mm: float, body_part: str, stored: np.ndarray) -> Dataset:
-    """The full CT Image dataset of one slice (pixel data still uncompressed)."""
-    scanner = info.scanner
-    sop_uid = uid(info.seed, info.patient_id, "sop", instance)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # replaced below when written otherwise
+def series_template(info: SeriesInfo) -> dict:
+    """The elements every slice of the series shares, built (and validated) once per series.
 
+    Slices reuse these element objects; everything that changes per slice, or that pydicom's
+    encoders may touch, is set on each slice's own dataset in :func:`slice_dataset`.
+    """
+    scanner = info.scanner
     ds = Dataset()
-    ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = info.study_date
     ds.StudyTime = ds.SeriesTime = info.study_time
-    # Slices are acquired ~0.05 s apart; the content time shows that (fixed by the seed).
-    seconds = int(info.study_time[:2]) * 3600 + int(info.study_time[2:4]) * 60 + int(info.study_time[4:]) + 60
-    ds.AcquisitionTime = ds.ContentTime = (
-        f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}.{instance * 50000 % 1000000:06d}")
     ds.AccessionNumber = info.accession
     ds.Modality = "CT"
     ds.Manufacturer = scanner.manufacturer
@@ -199,7 +196,6 @@ def slice_dataset(info: SeriesInfo, instance: int, z_mm: float, body_part: str, 
     ds.PatientID = info.patient_id
     ds.PatientBirthDate = info.birth_date
     ds.PatientSex = info.sex
-    ds.BodyPartExamined = body_part
     ds.ContrastBolusAgent = "IODINATED"
     ds.SliceThickness = f"{info.slice_spacing_mm:.3f}"
     ds.KVP = scanner.kvp
@@ -211,26 +207,54 @@ def slice_dataset(info: SeriesInfo, instance: int, z_mm: float, body_part: str, 
     ds.StudyID = "1"
     ds.SeriesNumber = 2
     ds.AcquisitionNumber = 1
-    ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [f"{-info.fov_mm / 2:.3f}", f"{-info.fov_mm / 2:.3f}", f"{z_mm:.3f}"]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
     ds.FrameOfReferenceUID = info.frame_uid
     ds.PositionReferenceIndicator = ""
-    ds.SliceLocation = f"{z_mm:.3f}"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = info.size
     spacing = f"{info.pixel_spacing_mm:.6f}"
     ds.PixelSpacing = [spacing, spacing]
-    ds.BitsAllocated = 16
-    ds.BitsStored = scanner.bits_stored
-    ds.HighBit = scanner.bits_stored - 1
-    ds.PixelRepresentation = int(scanner.signed)
     ds.WindowCenter = [str(c) for c, _ in scanner.windows] if len(scanner.windows) > 1 else str(scanner.windows[0][0])
     ds.WindowWidth = [str(w) for _, w in scanner.windows] if len(scanner.windows) > 1 else str(scanner.windows[0][1])
     ds.RescaleIntercept = str(scanner.intercept)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
+    return {elem.tag: elem for elem in ds}
+
+
+def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, body_part: str) -> Dataset:
+    """The full CT Image dataset of one slice (pixel data not yet attached).
+
+    Args:
+        info: the series settings.
+        template: :func:`series_template` of ``info``.
+        instance: InstanceNumber (1-based, head first).
+        z_mm: z of ImagePositionPatient / SliceLocation.
+        body_part: BodyPartExamined.
+    """
+    scanner = info.scanner
+    sop_uid = uid(info.seed, info.patient_id, "sop", instance)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # replaced when written otherwise
+
+    ds = Dataset(dict(template))
+    ds.file_meta = meta
+    ds.SOPInstanceUID = sop_uid
+    # Slices are acquired 0.05 s apart, a minute after the study starts (fixed by the seed).
+    seconds = int(info.study_time[:2]) * 3600 + int(info.study_time[2:4]) * 60 + int(info.study_time[4:]) + 60
+    ds.AcquisitionTime = ds.ContentTime = (
+        f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}.{instance * 50000 % 1000000:06d}")
+    ds.BodyPartExamined = body_part
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [f"{-info.fov_mm / 2:.3f}", f"{-info.fov_mm / 2:.3f}", f"{z_mm:.3f}"]
+    ds.SliceLocation = f"{z_mm:.3f}"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = info.size
+    ds.BitsAllocated = 16
+    ds.BitsStored = scanner.bits_stored
+    ds.HighBit = scanner.bits_stored - 1
+    ds.PixelRepresentation = int(scanner.signed)
     return ds
 
 

@@ -1,0 +1,154 @@
+"""Indexing benchmark: end-to-end ``index_archive`` items/s vs the encoder alone.
+
+The floor of indexing is the encoder's forward passes. Measured in one run, same encoder,
+batch size, device and machine:
+
+- **encoder alone** (the floor/peer): every item of the archive decoded and preprocessed
+  beforehand into one in-memory array, then ``encoder.embed`` over it in batches — pure
+  forward passes, nothing else;
+- **medcbir** ``index_archive``: decoding in worker processes, prefetch thread, embedding,
+  HDF5 shards + manifest commits (fsync), into a fresh index folder.
+
+The ratio ours/encoder-alone has the goal ≥ 0.85 (decoding, I/O and commits hidden behind the
+encoder). The archive is a phantom CT archive (``make_archive``, mixed transfer syntaxes)
+cached under ``benchmarks/work/index-P-S-Z``.
+
+``--threshold`` also measures what the ``auto`` spec threshold rests on: exact (``IndexFlatIP``)
+single-query latency against index size, 512-d.
+
+Usage::
+
+    .venv/bin/python benchmarks/index.py [--patients 4 --slices 64 --size 256 --encoder default
+                                          --batch-size 64 --workers 0 --precision fp32 --threshold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import _results  # noqa: E402
+
+
+def archive_for(patients: int, slices: int, size: int) -> Path:
+    from medcbir.imaging.phantom import make_archive
+
+    out = HERE / "work" / f"index-{patients}-{slices}-{size}"
+    if not (out / "labels.csv").exists():
+        make_archive(out, patients=patients, slices=slices, seed=0, size=size)
+    return out
+
+
+def encoder_alone(encoder, archive: Path, batch_size: int) -> tuple[float, int]:
+    """Items/s of ``encoder.embed`` on pre-decoded, preprocessed images (the floor)."""
+    from medcbir.imaging import walk
+
+    images = np.stack([d.image for d in walk(archive, preprocessing=encoder.preprocessing, workers=0)])
+    encoder.embed(images[:batch_size], batch_size=batch_size)  # warm-up (allocations, kernels)
+    t0 = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        encoder.embed(images[start : start + batch_size], batch_size=batch_size)
+    return len(images) / (time.perf_counter() - t0), len(images)
+
+
+def end_to_end(encoder, archive: Path, batch_size: int, workers: int, device) -> dict:
+    from medcbir.indexer import index_archive
+
+    out = Path(tempfile.mkdtemp(prefix="medcbir-index-bench-"))
+    try:
+        summary = index_archive(archive, out / "index", encoder, batch_size=batch_size, workers=workers,
+                                device=device, progress=False, shard_size=128)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return summary.to_dict()
+
+
+def flat_latency(sizes=(16_384, 65_536, 262_144), dim: int = 512, queries: int = 50) -> list[dict]:
+    """Single-query exact search latency (ms, median) vs index size."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        x = rng.standard_normal((n, dim), dtype=np.float32)
+        index = faiss.IndexFlatIP(dim)
+        index.add(x)
+        q = rng.standard_normal((queries, dim), dtype=np.float32)
+        times = []
+        for i in range(queries):
+            t0 = time.perf_counter()
+            index.search(q[i : i + 1], 10)
+            times.append(time.perf_counter() - t0)
+        rows.append({"items": n, "p50_ms": 1000 * float(np.median(times))})
+        del index, x
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=4)
+    parser.add_argument("--slices", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--encoder", default="default")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threshold", action="store_true", help="also measure exact search latency vs size")
+    args = parser.parse_args(argv)
+
+    from medcbir.device import Device
+    from medcbir.train import open_encoder
+
+    device = Device.auto(prefer="cpu", precision=args.precision)
+    archive = archive_for(args.patients, args.slices, args.size)
+    encoder = open_encoder(args.encoder, device=device, batch_size=args.batch_size)
+
+    floor, n = encoder_alone(encoder, archive, args.batch_size)
+    ours = end_to_end(encoder, archive, args.batch_size, args.workers, device)
+    ratio = ours["items_per_s"] / floor
+    data = {
+        "archive": {"patients": args.patients, "slices": args.slices, "size": args.size, "items": n},
+        "encoder": {"source": args.encoder, "input": list(encoder.input_shape), "precision": args.precision},
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "encoder_alone_items_per_s": floor,
+        "index_archive_items_per_s": ours["items_per_s"],
+        "ratio": ratio,
+        "goal_ratio": 0.85,
+        "summary": ours,
+    }
+    goal = "met" if ratio >= 0.85 else f"missed by {0.85 - ratio:.2f}"
+    md = [
+        f"Phantom archive {args.patients}×{args.slices} slices at {args.size} px ({n} items), encoder "
+        f"`{args.encoder}` ({'×'.join(map(str, encoder.input_shape))}, {args.precision}), batch {args.batch_size}, CPU.",
+        "",
+        "| | items/s |",
+        "|---|---:|",
+        f"| encoder alone on pre-decoded tensors (floor) | {floor:.1f} |",
+        f"| `index_archive` end to end (decode workers + embed + shards + manifest) | {ours['items_per_s']:.1f} |",
+        f"| **ratio** (goal ≥ 0.85) | **{ratio:.2f}** ({goal}) |",
+    ]
+    if args.threshold:
+        rows = flat_latency()
+        data["flat_single_query_latency"] = rows
+        md += ["", "Exact search (`IndexFlatIP`, 512-d) single-query latency, the basis of the `auto` threshold "
+               "(65,536 items):", "", "| items | p50 ms |", "|---:|---:|"]
+        md += [f"| {r['items']:,} | {r['p50_ms']:.2f} |" for r in rows]
+    command = ".venv/bin/python benchmarks/index.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    _results.record("index", data, "\n".join(md), command.strip())
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
