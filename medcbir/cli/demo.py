@@ -90,7 +90,8 @@ def demo(out: Path, patients: int, slices: int, size: int, epochs: int, batch_si
 
     index_dir = out / "index"
     isum = index_archive(archive, index_dir, open_encoder(onnx_path), progress=False)
-    _done(t0, f"{isum.summary_line()} -> {index_dir}")
+    skipped = ", ".join(f"{n} {r}" for r, n in isum.skipped.items()) or "none"
+    _done(t0, f"{isum.indexed} items in {isum.shards} shard(s), {isum.index_spec}, {isum.items_per_s:.0f} items/s; skipped: {skipped} -> {index_dir}")
 
     t0 = _stage(f"6/8 search: top-{k} for one slice, other patients only")
     from medcbir.engine import Engine

@@ -43,14 +43,15 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--study", multiple=True, help="Only items of this StudyInstanceUID (repeatable).")
 @click.option("--encoder", default=None, help="Encoder checkpoint/ONNX (default: the one the index records).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device):
+@click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
+def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device, verify):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch.
     """
     from medcbir.engine import Engine
 
-    engine = Engine.open(index, encoder=encoder, device=_device(device))
+    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify)
     results = engine.search(
         list(queries), k=k, exclude=exclude, modality=modality or None, body_part=body_part or None, series=series or None, study=study or None
     )
@@ -79,12 +80,13 @@ def _fmt(value) -> str:
 @click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="same-patient", show_default=True, help="Leave-one-out exclusion besides the query itself.")
 @click.option("--queries", "n_queries", type=click.IntRange(min=1), default=None, help="Evaluate a seeded sample of this many queries (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(index, labels_csv, k, exclude, n_queries, as_json):
+@click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
+def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify):
     """Leave-one-out MAP@K, AP@K, precision@K and kNN accuracy of INDEX against labels."""
     from medcbir.engine import Engine
     from medcbir.engine import evaluate as run_evaluation
 
-    engine = Engine.open(index)
+    engine = Engine.open(index, verify=verify)
     result = run_evaluation(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all")
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -280,8 +280,21 @@ def _to_modality_units(frame: np.ndarray, ds, index: int, photometric: str) -> t
         elif photometric not in ("RGB", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"):
             raise SkipFile("unsupported-image", f"colour space {photometric!r}")
         return np.tensordot(frame.astype(np.float32), BT601, axes=([2], [0])).astype(np.float32), False
-    frame = apply_modality_lut(frame, _frame_rescale(ds, index))
-    return np.ascontiguousarray(frame, dtype=np.float32), photometric == "MONOCHROME1"
+    source = _frame_rescale(ds, index)
+    if source.get("ModalityLUTSequence"):
+        frame = np.asarray(apply_modality_lut(frame, source), dtype=np.float32)
+    elif "RescaleSlope" in source and "RescaleIntercept" in source:
+        # The linear modality LUT directly in float32: same values as pydicom's float64
+        # version to within one float32 ulp, without a float64 copy of every frame.
+        slope, intercept = float(source.RescaleSlope), float(source.RescaleIntercept)
+        frame = frame.astype(np.float32)
+        if slope != 1.0:
+            frame *= np.float32(slope)
+        if intercept != 0.0:
+            frame += np.float32(intercept)
+    else:
+        frame = frame.astype(np.float32)
+    return np.ascontiguousarray(frame), photometric == "MONOCHROME1"
 
 
 # --- metadata ------------------------------------------------------------------------------

@@ -40,12 +40,20 @@ STARTUP_FAILURES = 2
 
 
 def auto_workers(workers: int) -> int:
-    """``0`` → min(cpu_count, 8); any other value is returned as is (``1`` = in-process)."""
+    """``0`` → min(usable CPUs, 8); any other value is returned as is (``1`` = in-process)."""
     if workers < 0:
         raise ConfigError(f"workers must be ≥ 0, got {workers}")
     if workers == 0:
-        return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+        return max(1, min(usable_cpus(), MAX_AUTO_WORKERS))
     return workers
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask in a container), else cpu_count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def list_files(root: str | Path) -> Iterator[Path]:

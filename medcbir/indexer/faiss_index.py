@@ -23,12 +23,14 @@ efSearch 128 (issue 3 measurements).
 
 Storage: trained parameters (the empty, trained factory index) live in ``trained-G.faiss``,
 trained once on a sample of up to :data:`TRAIN_SAMPLE` committed embeddings and re-used for
-every later shard. Each shard ``shard-N.h5`` gets ``shard-N.faiss`` holding its own vectors
-(added with their int64 ids) in the trained base index; ``Flat`` needs no FAISS files at all:
-the exact index is filled straight from the shards' embeddings at open (one read into FAISS's
-own buffer, no Python objects, no second copy). At open, IVF shard files are merged
-(``merge_from``); other bases (HNSW, PQ, fast-scan IVF) are wrapped in ``IndexIDMap2`` and
-combined with ``IndexShards``; a ``Refine(...)`` step is filled from the shards' embeddings.
+every later shard. Each shard ``shard-N.h5`` gets its FAISS part committed next to it:
+for IVF bases ``shard-N.codes.npy``, the shard's FAISS standalone codes (``sa_encode``: coarse
+list + PQ/flat/SQ code), all added at open with one ``add_sa_codes`` call (identical to adding
+the vectors; ~10× faster to open than merging per-shard index files); for other bases (HNSW,
+PQ, fast-scan IVF) ``shard-N.faiss``, a whole index of the shard's vectors under their ids
+(``IndexIDMap2``), combined with ``IndexShards``. ``Flat`` needs no FAISS files at all: the
+exact index is filled straight from the shards' embeddings at open (one read into FAISS's own
+buffer, no Python objects, no second copy); a ``Refine(...)`` step is filled the same way.
 Ids are dense positions (0..N-1 in shard order), which is what ``IndexRefine`` needs.
 
 GPU: when ``device.faiss_gpu`` the combined base index is moved with
@@ -154,6 +156,49 @@ def mergeable(base: faiss.Index) -> bool:
     return isinstance(base, faiss.IndexIVF) and not isinstance(base, faiss.IndexIVFFastScan)
 
 
+def uses_codes(base: faiss.Index) -> bool:
+    """True when a shard's part of ``base`` is stored as FAISS standalone codes (``sa_encode``).
+
+    For IVF indexes (not fast-scan) each shard file is then an ``.npy`` of N × ``sa_code_size``
+    bytes (coarse list number + the list's code), and opening adds all shards' codes with a
+    single ``add_sa_codes`` call: ~10× faster than ``merge_from`` of per-shard FAISS files
+    (profiled at 1M items: 245 ``merge_from`` calls were the largest part of opening).
+    """
+    return mergeable(base)
+
+
+def write_shard_part(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray, stem: Path) -> dict:
+    """Encode one shard for the trained base and commit its file next to the shard.
+
+    Args:
+        base_template: the trained, empty base index.
+        ids: the shard's int64 ids.
+        embeddings: its float32 vectors.
+        stem: ``INDEX/shard-NNNNNN`` (the suffix is chosen here).
+
+    Returns:
+        the manifest record ``{file, bytes, sha256, kind}``; ``kind`` is ``"sa_codes"``
+        (``.codes.npy``) or ``"faiss"`` (``.faiss``, a whole index holding the shard's vectors).
+    """
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if uses_codes(base_template):
+        path = stem.with_name(stem.name + ".codes.npy")
+        tmp = tmp_name(path)
+        with open(tmp, "wb") as fh:
+            np.save(fh, base_template.sa_encode(embeddings), allow_pickle=False)
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+        commit_file(tmp, path, hook="faiss-fsync")
+        return {"file": path.name, "bytes": size, "sha256": digest, "kind": "sa_codes"}
+    path = stem.with_name(stem.name + ".faiss")
+    size, digest = write_index(shard_index(base_template, ids, embeddings), path)
+    return {"file": path.name, "bytes": size, "sha256": digest, "kind": "faiss"}
+
+
+def read_codes(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 def shard_index(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray) -> faiss.Index:
     """A copy of the trained base holding one shard's vectors under their ids."""
     base = faiss.clone_index(base_template)
@@ -208,7 +253,14 @@ def combine(
         return _to_gpu(flat_from(fill, n, dim), faiss_gpu), True
     base_template, refine_template = parts(trained)
     keep: list = []
-    if mergeable(base_template):
+    if shard_files and all(p.name.endswith(".codes.npy") for p in shard_files):
+        base = base_template
+        codes = np.concatenate([read_codes(p) for p in shard_files]) if len(shard_files) > 1 else np.asarray(read_codes(shard_files[0]))
+        if codes.shape != (n, base.sa_code_size()):
+            raise ValueError(f"shard codes hold {codes.shape}, expected ({n}, {base.sa_code_size()})")
+        base.add_sa_codes(codes, np.arange(n, dtype=np.int64))
+        del codes
+    elif mergeable(base_template):
         base = base_template
         for path in shard_files:
             part = faiss.read_index(str(path))

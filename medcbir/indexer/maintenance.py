@@ -107,9 +107,7 @@ def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
                      "first_id": first, "last_id": first + len(emb) - 1, "faiss": None}
             if trained is not None:
                 base, _ = faiss_index.parts(trained)
-                fpath = index_dir / f"shard-{number:06d}.faiss"
-                fbytes, fdigest = faiss_index.write_index(faiss_index.shard_index(base, ids, emb), fpath)
-                entry["faiss"] = {"file": fpath.name, "bytes": fbytes, "sha256": fdigest}
+                entry["faiss"] = faiss_index.write_shard_part(base, ids, emb, index_dir / f"shard-{number:06d}")
             new["shards"].append(entry)
             new["next_id"] = first + len(emb)
             new["next_shard"] = number + 1
@@ -217,10 +215,11 @@ def verify(index_dir: str | Path) -> VerifyReport:
             try:
                 import faiss
 
-                part = faiss.read_index(str(index_dir / entry["faiss"]["file"]))
-                if part.ntotal != entry["items"]:
-                    problems.append(f"{entry['faiss']['file']}: holds {part.ntotal} vectors, shard has {entry['items']}")
-            except RuntimeError as exc:
+                fpath = index_dir / entry["faiss"]["file"]
+                count = len(faiss_index.read_codes(fpath)) if fpath.name.endswith(".npy") else faiss.read_index(str(fpath)).ntotal
+                if count != entry["items"]:
+                    problems.append(f"{entry['faiss']['file']}: holds {count} vectors, shard has {entry['items']}")
+            except (RuntimeError, ValueError) as exc:
                 problems.append(f"{entry['faiss']['file']}: unreadable FAISS file ({str(exc).splitlines()[-1]})")
         elif manifest.get("trained") and not entry.get("faiss"):
             problems.append(f"{name}: no FAISS file although the index is trained ({manifest['index_spec']})")

@@ -29,7 +29,7 @@ from medcbir.indexer.shard import concat_columns, meta_columns, shard_name, take
 
 log = logging.getLogger(__name__)
 
-_ORPHAN = re.compile(r"^(shard-\d+\.(h5|faiss)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
+_ORPHAN = re.compile(r"^(shard-\d+\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
 
 
 def key_hash(sop_uid: str, frame: int) -> int:
@@ -351,9 +351,7 @@ class IndexWriter:
 
     def _write_shard_faiss(self, number: int, ids: np.ndarray, embeddings: np.ndarray) -> dict:
         base, _ = faiss_index.parts(self._trained)
-        path = self.index_dir / f"shard-{number:06d}.faiss"
-        size, digest = faiss_index.write_index(faiss_index.shard_index(base, ids, embeddings), path)
-        return {"file": path.name, "bytes": size, "sha256": digest}
+        return faiss_index.write_shard_part(base, ids, embeddings, self.index_dir / f"shard-{number:06d}")
 
     def _needs_training(self, final: bool, manifest: dict | None = None) -> bool:
         m = manifest or self.manifest

@@ -97,3 +97,18 @@ def test_real_entry_point_missing_index(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "medcbir", "evaluate", str(tmp_path / "nope"), "--labels", "x.csv"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_shard_is_named(flat_index, columns, capsys, tmp_path):
+    from tests.engine.indexes import copy_index
+
+    index = copy_index(flat_index, tmp_path / "index")
+    shard = sorted(index.glob("shard-*.h5"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    code, out, err = run(capsys, "search", index, columns["sop_instance_uid"][0], "-k", "2")
+    assert code == 2 and shard.name in err and err.count("\n") == 1
+    # --verify sizes skips the checksums (fast open of huge indexes); the size still matches
+    code, out, err = run(capsys, "search", index, columns["sop_instance_uid"][0], "-k", "2", "--verify", "sizes", "--json")
+    assert code == 0 or shard.name in err

@@ -168,6 +168,30 @@ def test_masks_agree_with_level_labels(slices):
     assert len(hearts) == 4, "every patient's thorax shows the heart"
 
 
+def test_phantom_json_boundaries_reproduce_the_labels_and_vary_per_patient(slices, phantom_archive):
+    """Labels follow from the per-patient boundaries (in mm) recorded in phantom.json."""
+    description = json.loads((phantom_archive / "phantom.json").read_text())
+    patients = {p["patient_id"]: p for p in description["patients"]}
+    names = ("liver_top", "kidney_top", "liver_bottom", "kidney_bottom")
+    for s in slices:
+        bounds = patients[str(s["header"].PatientID)]["level_boundaries_mm"]
+        z = float(s["header"].ImagePositionPatient[2])
+        # Head first: z (mm) decreases down the body, so a level starts below its boundary.
+        level = sum(z < bounds[name] for name in names)
+        assert LABELS[level] == s["label"], (s["path"], z, bounds)
+    boundary_sets = {tuple(p["level_boundaries_z"][n] for n in names) for p in patients.values()}
+    assert len(boundary_sets) == 4
+    assert len({p["fov_mm"] for p in patients.values()}) == 4
+    assert len({p["scanner"]["manufacturer"] for p in patients.values()}) == 4
+    # Anatomy differs between patients beyond the boundaries: body area on the same label differs.
+    areas = defaultdict(list)
+    for s in slices:
+        if s["label"] == "kidney":
+            areas[str(s["header"].PatientID)].append(int(s["masks"]["body"].sum()))
+    means = sorted(np.mean(v) for v in areas.values())
+    assert means[-1] > 1.05 * means[0]
+
+
 @pytest.mark.parametrize("slices_per_series", [10, 11, 13, 17, 20, 32])
 def test_label_rule_covers_every_level_for_many_seeds(slices_per_series):
     """The z rule alone (no rendering): ≥ 10 slices reach every label for any seed."""

@@ -100,7 +100,7 @@ def test_walk_of_explicit_paths_and_missing_archive(mixed_archive, tmp_path):
 
 
 def test_auto_workers():
-    assert auto_workers(0) == max(1, min(os.cpu_count() or 1, 8))
+    assert auto_workers(0) == max(1, min(len(os.sched_getaffinity(0)), 8))
     assert auto_workers(3) == 3
 
 

@@ -53,6 +53,16 @@ def test_ivf_pq_with_refine_reaches_high_recall(tmp_path, data):
     x, q, truth = data
     store = build(tmp_path / "ix", x, spec="IVF32,PQ8x4,Refine(Flat)")
     assert isinstance(faiss.downcast_index(store.faiss_index), faiss.IndexRefine)
+    assert {s["faiss"]["kind"] for s in store.manifest["shards"]} == {"sa_codes"}
+    # Oracle: the stored trained index with every vector added directly, searched alike.
+    direct = faiss.read_index(str(tmp_path / "ix" / store.manifest["trained"]["file"]))
+    direct.add(x)
+    faiss.extract_index_ivf(direct).nprobe = 8
+    want_d, want_i = direct.search(q, 10, params=faiss.IndexRefineSearchParameters(k_factor=4))
+    store.set_search_params(nprobe=8, k_factor=4)
+    got_d, got_i = store.faiss_index.search(q, 10)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-6)
     store.set_search_params(nprobe=32, k_factor=30)
     scores, ids = store.faiss_index.search(q, 10)
     assert recall(ids, truth) >= 0.98
@@ -92,13 +102,14 @@ def test_auto_switches_from_flat_to_trained_ivf_pq(tmp_path, data, monkeypatch):
 def test_a_flipped_byte_in_a_faiss_file_is_named(tmp_path, data):
     x, _, _ = data
     build(tmp_path / "ix", x[:1000], spec="IVF8,Flat")
-    path = tmp_path / "ix" / "shard-000002.faiss"
-    blob = bytearray(path.read_bytes())
-    blob[len(blob) // 2] ^= 0x10
-    path.write_bytes(bytes(blob))
-    with pytest.raises(IndexCorrupt, match=r"shard-000002\.faiss: checksum mismatch"):
-        IndexStore.open(tmp_path / "ix")
-    assert verify(tmp_path / "ix").problems[0].startswith("shard-000002.faiss")
+    build(tmp_path / "hnsw", x[:1000], spec="HNSW8")
+    for path in (tmp_path / "ix" / "shard-000002.codes.npy", tmp_path / "hnsw" / "shard-000002.faiss"):
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 2] ^= 0x10
+        path.write_bytes(bytes(blob))
+        with pytest.raises(IndexCorrupt, match=rf"{path.name}: checksum mismatch"):
+            IndexStore.open(path.parent)
+        assert verify(path.parent).problems[0].startswith(path.name)
 
 
 def test_bad_spec_is_a_config_error(tmp_path):

@@ -1,9 +1,13 @@
 """A synthetic CT archive with ground truth: real DICOM series, level labels and organ masks.
 
 ``make_archive(out, patients, slices, seed, size)`` writes one axial CT series per patient from the
-upper thorax to the pelvis (lungs, heart, liver, spleen, kidneys, aorta, bowel gas, spine, ribs,
-pelvic bones, bladder; realistic Hounsfield values, blur and noise), each patient with its own
-anatomy and scanner storage conventions, plus ``labels.csv``, ``masks.h5`` and ``phantom.json``.
+upper thorax to the pelvis (lungs with vessels, airways, heart, liver with veins, gallbladder,
+stomach, spleen, kidneys, aorta, bowel loops and gas, spine, ribs, pelvic bones, bladder, the
+scanner couch; realistic Hounsfield values, blur and noise), each patient with its own anatomy and
+scanner storage conventions, plus ``labels.csv``, ``masks.h5`` and ``phantom.json``.
+
+Modules: :mod:`.anatomy` (organ geometry per level, labels), :mod:`.slices` (rasterising, HU,
+blur, noise), :mod:`.writer` (scanners, DICOM), :mod:`.masks` (masks.h5), :mod:`.archive`.
 """
 
 from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Patient

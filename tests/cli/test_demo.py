@@ -1,0 +1,38 @@
+"""The demo is the whole flow: phantom → scan → train → ONNX → index → search → evaluate → explain → report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+
+
+def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "medcbir", "demo", str(out), "--patients", "3", "--slices", "10",
+         "--size", "32", "--epochs", "1", "--batch-size", "16", "--masks", "100", "-k", "3"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    for stage in range(1, 9):
+        assert f"== {stage}/8" in text
+    # the archive, the encoder in both forms, the index and the report all exist for real
+    assert len(list((out / "archive").rglob("*.dcm"))) == 30
+    assert (out / "encoder.pt").stat().st_size > 0 and (out / "encoder.onnx").stat().st_size > 0
+    assert (out / "index" / "manifest.json").exists()
+    with h5py.File(next((out / "index").glob("shard-*.h5")), "r") as shard:
+        assert shard["embeddings"].shape[0] == 30
+    # three neighbours printed, from other patients, with scores in [-1, 1]
+    scores = [float(s) for s in re.findall(r"#\d score=(-?[0-9.]+)", text)]
+    assert len(scores) == 3 and all(-1.0 <= s <= 1.0001 for s in scores)
+    assert scores == sorted(scores, reverse=True)
+    assert re.search(r"MAP@3=0\.\d{3}", text) or "MAP@3=1.000" in text
+    html = (out / "report.html").read_text()
+    assert html.count("<img") >= 8  # 4 images + 4 heatmaps (+ colour bar)
+    assert (out / "report.png").stat().st_size > 1000
+    assert "PHANTOM" not in html.split("<body", 1)[-1] or "PatientID" not in html
