@@ -133,6 +133,7 @@ def relax_full(
     target_r: float = 0.98,
     check_every: int = 100,
     masks: torch.Tensor | None = None,
+    device=None,
 ) -> RelaxResult:
     """RELAX importance, uncertainty and U-RELAX for a batch of images.
 
@@ -152,11 +153,16 @@ def relax_full(
         target_r: adaptive mode's target expected correlation with the infinite-mask map.
         check_every: adaptive mode's checkpoint spacing, in masks.
         masks: explicit N×H×W masks instead of drawing them (tests).
+        device: a ``medcbir.device.Device``: images go to ``device.torch`` and its precision is
+            used unless ``precision`` is given otherwise (the encoder must already be there).
 
     Example:
         >>> heat = relax_full(encoder, images, n_masks=500).importance  # doctest: +SKIP
     """
     images = check_images(images)
+    if device is not None:
+        images = images.to(device.torch)
+        precision = device.precision if precision == "fp32" else precision
     b, c, h, w = images.shape
     if n_masks < 1 and masks is None:
         raise ConfigError("n_masks must be at least 1")
@@ -188,14 +194,15 @@ def relax_full(
             while start < total:
                 stop = min(total, start + per_batch)
                 m = draw.masks(start, stop, (h, w)) if draw is not None else masks[start:stop]
+                m = m.to(images.device)
                 x = (images[:, None] * m[None, :, None]).reshape(b * (stop - start), c, h, w)
                 with torch.no_grad(), autocast(precision, images.device.type):
                     e = encoder(x.contiguous(memory_format=fmt)).float()
-                s = F.cosine_similarity(e.view(b, stop - start, -1), tgt[:, None, :], dim=2).double()
+                s = F.cosine_similarity(e.view(b, stop - start, -1), tgt[:, None, :], dim=2).double().cpu()
                 if shift is None:
                     shift = s.mean(1)
                 centred = s - shift[:, None]
-                flat = m.reshape(stop - start, h * w).double()
+                flat = m.reshape(stop - start, h * w).double().cpu()
                 moments.add(centred, flat)
                 if halves is not None:
                     idx = torch.arange(start, stop)

@@ -87,3 +87,21 @@ def test_evaluate_methods_on_organ_masks(explain_index, phantom_archive):
         assert np.isfinite(r["silhouette"])
     table = format_table(result)
     assert table.splitlines()[2].startswith("relax") and "RRA" in table
+
+
+def test_onnx_encoder_runs_forward_only_methods(explain_index, phantom_archive, engine, tmp_path):
+    """The demo's index records an ONNX encoder: RELAX runs on it, gradient methods ask for the checkpoint."""
+    from medcbir.errors import ConfigError
+    from medcbir.train.onnx_export import export_onnx
+
+    onnx_path = tmp_path / "encoder.onnx"
+    export_onnx(explain_index.parent / "encoder.pt", onnx_path, n_parity=2)
+    onnx_engine = Engine.open(explain_index, encoder=str(onnx_path))
+    query = str(query_file(phantom_archive, patient=3, slice_no=12))
+    on_onnx = explain_search(onnx_engine, query, k=2, n_masks=60, seed=3)
+    on_torch = explain_search(engine, query, k=2, n_masks=60, seed=3)
+    assert [n.id for n in on_onnx.neighbours] == [n.id for n in on_torch.neighbours]
+    for a, b in zip(on_onnx.heatmaps, on_torch.heatmaps):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    with pytest.raises(ConfigError, match="ONNX"):
+        explain_search(onnx_engine, query, k=2, method="gradcam")
