@@ -340,6 +340,16 @@ def markdown(rows: list[dict], load: str) -> str:
         if r["open_s_verify_sizes"] > 2.0:
             misses.append(f"open {r['open_s_verify_sizes']:.2f} s > 2 s")
         lines.append(f"- {r['items']:,} items: " + ("all goals met." if not misses else "missed: " + "; ".join(misses) + "."))
+    lines += [
+        "",
+        "Notes. The exact floor is FAISS brute force on one batch (1,000 queries at 100k, 200 at 1M) in the same run; "
+        "on a shared, loaded 2-core box BLAS brute force loses far more than IVF scanning does (issue 3 measured 273 QPS "
+        "exact at 1M on a quiet box), so large speed-ups under load are inflated: re-run on a quiet machine to judge the "
+        "25× goal. Open time is almost all `IndexStore.open` combining the index (per-shard IVF `merge_from`, filling the "
+        "refine step's N×D array from the shards, `read_index` of every shard file); the engine itself adds no per-item "
+        "work at open. The default `k_factor` 4 is what limits recall at 1M on this data; k_factor 16 reaches 0.999 at "
+        "every nprobe in the sweep.",
+    ]
     return "\n".join(lines)
 
 
@@ -348,7 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000", help="comma-separated index sizes (e.g. 100000,1000000)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--render", action="store_true", help="only rebuild the RESULTS.md section from results/search.json")
     args = parser.parse_args(argv)
+    if args.render:
+        import json
+
+        saved = json.loads((_results.RESULTS_DIR / "search.json").read_text())
+        data = saved["results"]
+        _results.record("search", data, markdown(data["sizes"], data["load_average"]), saved["command"])
+        return 0
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()

@@ -11,8 +11,8 @@ Why the threshold is :data:`AUTO_FLAT_MAX` = 65,536 items (measured on this 2-co
 ``benchmarks/index.py --threshold``; see README "Index specs"): exact search costs ~0.17 µs
 per item per query, so a single query takes ~11 ms at 65k items and ~170 ms at 1M; below 65k
 it stays under ~10 ms, is exact, needs no training and no per-shard FAISS files. Above it the
-IVF-PQ index answers in well under 1 ms at recall@10 ≥ 0.98 (nprobe 32, k_factor 4 on
-clustered, low-intrinsic-dimension embeddings), and 65k items are enough to train 1,024
+IVF-PQ index answers in well under 1 ms at recall@10 ≥ 0.98 (0.994 at 1M with nprobe 16,
+k_factor 16 on clustered, low-intrinsic-dimension embeddings), and 65k items are enough to train 1,024
 centroids (≥ 39 points each, FAISS's own rule of thumb) and the 256-entry PQ codebooks.
 
 Why 8-bit PQ and not the ``x4fs`` fast-scan variant: FAISS 1.15's ``merge_from`` corrupts the
@@ -54,8 +54,11 @@ AUTO_FLAT_MAX = 65_536
 #: Trained parameters are fitted on at most this many committed embeddings.
 TRAIN_SAMPLE = 100_000
 AUTO_NLIST = 1024
-#: Search parameters reaching recall@10 ≥ 0.98 on clustered embeddings (benchmarks/search.py).
-AUTO_SEARCH_PARAMS = {"nprobe": 16, "k_factor": 8}
+#: Search defaults of the auto spec. Measured at 1M×512 clustered, low-intrinsic-dimension
+#: embeddings (benchmarks/search.py data), 2 loaded cores: recall@10 depends on the re-rank
+#: depth, not on nprobe ≥ 8 — k_factor 4/8/16/32 → 0.889/0.967/0.994/0.998; nprobe 16,
+#: k_factor 16: recall 0.994 at 34× exact QPS, 0.62 ms single-query p50 (nprobe 8: 54×, 0.39 ms).
+AUTO_SEARCH_PARAMS = {"nprobe": 16, "k_factor": 16}
 
 _REFINE = re.compile(r"^(?P<base>.+?),\s*Refine\((?P<refine>.+)\)$")
 FLAT_SPECS = {"flat", "idmap,flat", "idmap2,flat"}
@@ -218,13 +221,51 @@ def write_index(index: faiss.Index, path: Path, hook: str | None = "faiss-fsync"
     return size, digest
 
 
+def _flat_layout(dim: int) -> tuple[bytes, int]:
+    """(header, ntotal offset) of FAISS's serialised ``IndexFlatIP``, learnt from FAISS itself.
+
+    The serialisation is header + float count (int64) + the vectors; serialising 1 and 2
+    vectors shows which header bytes hold ``ntotal``.
+    """
+    blobs = []
+    for n in (1, 2):
+        flat = faiss.IndexFlatIP(int(dim))
+        flat.add(np.zeros((n, dim), dtype=np.float32))
+        blob = faiss.serialize_index(flat).tobytes()
+        blobs.append(blob[: len(blob) - n * dim * 4 - 8])
+    diff = [i for i, (a, b) in enumerate(zip(*blobs)) if a != b]
+    if len(blobs[0]) != len(blobs[1]) or not diff or blobs[0][diff[0] : diff[0] + 8] != (1).to_bytes(8, "little"):
+        raise RuntimeError("unexpected IndexFlatIP serialisation")
+    return blobs[0], diff[0]
+
+
 def flat_from(fill: Callable[[np.ndarray], None], n: int, dim: int) -> faiss.IndexFlatIP:
-    """An ``IndexFlatIP`` of ``n`` vectors written by ``fill`` straight into FAISS's buffer."""
-    flat = faiss.IndexFlatIP(int(dim))
+    """An ``IndexFlatIP`` of ``n`` vectors that ``fill`` writes in place, without a copy.
+
+    The vectors live in a numpy buffer laid out as FAISS's own serialisation of the index and
+    opened zero-copy (``ZeroCopyIOReader`` + ``IO_FLAG_MMAP_IFC``): the data are written once,
+    instead of FAISS zero-filling its own 2 GB at 1M×512 (``codes.resize``: 2.6 s profiled)
+    and the data being written over it. The returned index keeps the buffer alive
+    (``referenced_objects``).
+    """
+    header, at = _flat_layout(dim)
+    size = n * dim * 4
+    head = len(header) + 8
+    # np.zeros (calloc: fresh zero pages, no huge-page madvise) is measured 3-4× faster to
+    # fill through HDF5 reads than np.empty at 2 GB (0.7 s vs 2.8 s at 1M×512).
+    raw = np.zeros(head + size + 64, dtype=np.uint8)
+    shift = (-(raw.ctypes.data + head)) % 64  # vectors 64-byte aligned for BLAS
+    blob = raw[shift : shift + head + size]
+    blob[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    blob[at : at + 8] = np.frombuffer(int(n).to_bytes(8, "little"), dtype=np.uint8)
+    blob[len(header) : head] = np.frombuffer(int(n * dim).to_bytes(8, "little"), dtype=np.uint8)
     if n:
-        flat.codes.resize(n * dim * 4)
-        flat.ntotal = n
-        fill(faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim))
+        fill(blob[head:].view(np.float32).reshape(n, dim))
+    reader = faiss.ZeroCopyIOReader(faiss.swig_ptr(blob), blob.size)
+    flat = faiss.read_index(reader, faiss.IO_FLAG_MMAP_IFC)  # already downcast; keep this proxy (it owns)
+    if flat.ntotal != n or flat.d != dim or (n and flat.codes.is_owned):
+        raise RuntimeError("zero-copy IndexFlatIP did not map the buffer")
+    flat.referenced_objects = [raw, reader]
     return flat
 
 
@@ -294,9 +335,12 @@ def _to_gpu(index: faiss.Index, faiss_gpu: bool) -> faiss.Index:
     return faiss.index_cpu_to_all_gpus(index)  # pragma: no cover - no GPU on the test machines
 
 
-def default_search_params(spec: str) -> dict:
+def default_search_params(spec: str, auto: bool = False) -> dict:
+    """Search defaults for ``spec`` (``auto``: the measured :data:`AUTO_SEARCH_PARAMS`)."""
     if is_flat(spec):
         return {}
+    if auto:
+        return dict(AUTO_SEARCH_PARAMS)
     params: dict = {}
     base, refine = split_refine(spec)
     if base.upper().startswith("IVF") or ",IVF" in base.upper():

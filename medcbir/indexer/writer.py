@@ -400,7 +400,7 @@ class IndexWriter:
         self._trained = trained
         manifest["trained"] = {"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}
         manifest["index_spec"] = spec
-        manifest["search_params"] = faiss_index.default_search_params(spec)
+        manifest["search_params"] = faiss_index.default_search_params(spec, auto=manifest.get("index_spec_requested", "auto") == "auto")
         manifest["shards"] = [dict(s) for s in manifest["shards"]]
         for entry in manifest["shards"]:
             number = int(entry["file"].split("-")[1].split(".")[0])
