@@ -16,6 +16,11 @@ cached under ``benchmarks/work/index-P-S-Z``.
 ``--threshold`` also measures what the ``auto`` spec threshold rests on: exact (``IndexFlatIP``)
 single-query latency against index size, 512-d.
 
+``--open-items N`` builds (once, cached under ``benchmarks/work/index-open-N``) an N-item 512-d
+index through ``IndexWriter.add_embeddings`` with the clustered embeddings of
+``benchmarks/search.py`` (auto spec) and measures ``IndexStore.open`` in fresh processes with
+``verify="none" | "sizes" | "checksums"`` (goal: ≤ 2 s at 1M) and the resident memory.
+
 Usage::
 
     .venv/bin/python benchmarks/index.py [--patients 4 --slices 64 --size 256 --encoder default
@@ -94,6 +99,58 @@ def flat_latency(sizes=(16_384, 65_536, 262_144), dim: int = 512, queries: int =
     return rows
 
 
+def build_open_index(n: int) -> tuple[Path, float]:
+    """An n-item auto-spec index of clustered 512-d embeddings (cached); returns (path, build s)."""
+    from search import Embeddings
+
+    from medcbir.imaging import ItemMeta, Preprocessing
+    from medcbir.indexer import IndexWriter
+
+    out = HERE / "work" / f"index-open-{n}"
+    if (out / "manifest.json").exists():
+        return out, 0.0
+
+    class SyntheticEncoder:  # only its record is used: add_embeddings embeds nothing
+        dim, fingerprint, source, preprocessing = 512, "b" * 64, "synthetic", Preprocessing(size=32)
+
+    gen = Embeddings(seed=0)
+    t0 = time.perf_counter()
+    with IndexWriter.open(out, SyntheticEncoder(), shard_size=4096) as writer:
+        for lo in range(0, n, 50_000):
+            m = min(50_000, n - lo)
+            metas = [ItemMeta(sop_instance_uid=f"1.2.{i}", series_instance_uid=f"1.3.{i // 100}",
+                              study_instance_uid=f"1.4.{i // 1000}", modality="CT" if (i // 1000) % 2 else "MR",
+                              source=f"/a/{i}.dcm") for i in range(lo, lo + m)]
+            writer.add_embeddings(metas, gen.draw(m, seed=1000 + lo // 50_000))
+    return out, time.perf_counter() - t0
+
+
+_OPEN_PROBE = """
+import resource, sys, time
+t0 = time.perf_counter()
+from medcbir.indexer import IndexStore
+s = IndexStore.open(sys.argv[1], verify=sys.argv[2])
+print(time.perf_counter() - t0, s.open_seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, s.index_spec)
+"""
+
+
+def open_times(index_dir: Path, repeat: int = 2) -> list[dict]:
+    """``IndexStore.open`` wall time per verify mode, each in a fresh process (best of ``repeat``)."""
+    import subprocess
+
+    rows = []
+    for mode in ("none", "sizes", "checksums"):
+        runs = []
+        for _ in range(repeat):
+            out = subprocess.run([sys.executable, "-c", _OPEN_PROBE, str(index_dir), mode], check=True,
+                                 capture_output=True, text=True).stdout.split()
+            runs.append({"open_s": float(out[1]), "rss_mb": float(out[2]), "spec": out[3]})
+        best = min(runs, key=lambda r: r["open_s"])
+        rows.append({"verify": mode, "open_s_best": best["open_s"], "open_s_all": [r["open_s"] for r in runs],
+                     "max_rss_mb": best["rss_mb"], "index_spec": best["spec"]})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=4)
@@ -104,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threshold", action="store_true", help="also measure exact search latency vs size")
+    parser.add_argument("--open-items", type=int, default=0, help="also measure IndexStore.open on an index of N items")
     args = parser.parse_args(argv)
 
     from medcbir.device import Device
@@ -144,6 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         md += ["", "Exact search (`IndexFlatIP`, 512-d) single-query latency, the basis of the `auto` threshold "
                "(65,536 items):", "", "| items | p50 ms |", "|---:|---:|"]
         md += [f"| {r['items']:,} | {r['p50_ms']:.2f} |" for r in rows]
+    if args.open_items:
+        index_dir, build_s = build_open_index(args.open_items)
+        rows = open_times(index_dir)
+        data["open"] = {"items": args.open_items, "build_s": build_s, "modes": rows}
+        md += ["", f"`IndexStore.open` of a {args.open_items:,}-item 512-d index ({rows[0]['index_spec']}, "
+               f"{len(list(index_dir.glob('shard-*.h5')))} shards), fresh process, best of 2 (goal ≤ 2 s):", "",
+               "| verify | open s (best) | all runs | max RSS MB |", "|---|---:|---|---:|"]
+        md += [f"| {r['verify']} | {r['open_s_best']:.2f} | {', '.join(f'{x:.2f}' for x in r['open_s_all'])} | "
+               f"{r['max_rss_mb']:.0f} |" for r in rows]
     command = ".venv/bin/python benchmarks/index.py " + " ".join(argv if argv is not None else sys.argv[1:])
     _results.record("index", data, "\n".join(md), command.strip())
     print("\n".join(md))

@@ -172,6 +172,7 @@ class IndexStore:
         try:
             self._load(device)
         except BaseException:
+            self.close()
             finish_checks(pending)  # a corrupt shard is named as such, not as a load error
             raise
         finish_checks(pending)
