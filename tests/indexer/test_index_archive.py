@@ -166,3 +166,37 @@ def test_a_source_never_spans_two_shards_and_duplicates_are_dropped(tmp_path):
     sources = store.columns["source"]
     for src in np.unique(sources):
         assert len(np.unique(shard_of_row[sources == src])) == 1
+
+
+class MemorySource:
+    """A Source-protocol object (like the DICOMweb source): URIs, not paths."""
+
+    def __init__(self, archive: Path) -> None:
+        from medcbir.imaging import WalkReport
+
+        self.name = "mem://archive"
+        self.report = WalkReport()
+        self.files = {f"mem://{p.relative_to(archive)}": p.read_bytes() for p in dicom_files(archive)}
+        self.fetched: list[str] = []
+
+    def decoded(self, preprocessing, key, skip_source=None):
+        from medcbir.imaging import decode_bytes
+
+        for uri in sorted(self.files):
+            self.report.files += 1
+            if skip_source is not None and skip_source(uri):
+                self.report.passed += 1
+                continue
+            self.fetched.append(uri)
+            yield from decode_bytes(self.files[uri], uri, key, preprocessing)
+
+
+def test_a_source_object_is_indexed_and_resumed_by_uri(tmp_path, phantom_archive, encoder):
+    source = MemorySource(phantom_archive)
+    summary = index_archive(source, tmp_path / "ix", encoder, shard_size=30, progress=False)
+    assert summary.indexed == 80 and len(source.fetched) == 80
+    store = IndexStore.open(tmp_path / "ix")
+    assert set(store.columns["source"]) == set(source.files)
+    again = MemorySource(phantom_archive)
+    summary = index_archive(again, tmp_path / "ix", encoder, shard_size=30, progress=False)
+    assert summary.indexed == 0 and again.fetched == [] and summary.already_present == 80
