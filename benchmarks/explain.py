@@ -52,8 +52,8 @@ def relax_xai_class():
     return RELAX
 
 
-def forward_throughput(module, n: int, batch: int, precision: str, channels_last: bool) -> float:
-    """Images/s of the encoder alone on n random 1×128×128 inputs."""
+def forward_seconds(module, n: int, batch: int, precision: str, channels_last: bool) -> float:
+    """Seconds the encoder alone takes for n forwards of 1×128×128 inputs in batches (the floor)."""
     from medcbir.explain.base import autocast
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -63,13 +63,11 @@ def forward_throughput(module, n: int, batch: int, precision: str, channels_last
     with torch.no_grad(), autocast(precision):
         module(x[:8])
         t0 = time.perf_counter()
-        done = 0
-        while done < n:
-            module(x)
-            done += batch
+        for start in range(0, n, batch):
+            module(x[: min(batch, n - start)])
     dt = time.perf_counter() - t0
     module.to(memory_format=torch.contiguous_format)
-    return done / dt
+    return dt
 
 
 def build(work: Path):
@@ -118,8 +116,7 @@ def main() -> None:
 
         # ---- our fp32 3000-mask reference maps (independent seed), all six images
         t0 = time.perf_counter()
-        # fp32 (channels-last only changes memory layout, not the arithmetic precision)
-        ref = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120, channels_last=True)
+        ref = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120)
         t_ours_full = time.perf_counter() - t0
         ref_maps = ref.importance.numpy()
         print(f"ours fp32: 6 images, {n_ref} masks: {t_ours_full:.1f} s", flush=True)
@@ -132,11 +129,13 @@ def main() -> None:
         print(f"bf16 vs fp32 on the same masks: min r = {r_bf16:.4f}", flush=True)
 
         # ---- ours as `medcbir explain` runs: configurations tried, each timed end to end
-        # adaptive target 0.965: with the 3000-mask run's own reliability (~0.97-0.98 here) that
-        # predicts r ≈ 0.95 against it; a fixed 1000-mask run is the non-adaptive alternative
+        # adaptive target 0.96: a 3000-mask run's own reliability is ~0.98 here (two 3000-mask runs
+        # correlate at ~0.984), so a map whose predicted r with the infinite-mask map is 0.96 lands
+        # at r ≈ 0.96 × √0.984 ≈ 0.95 against it; 800 fixed masks is the non-adaptive choice
+        # (Spearman–Brown from a first run: 1000 masks gave r = 0.968, 800 predict ≈ 0.96)
         configs = [
-            {"name": "bf16 adaptive (target 0.965)", "precision": "bf16", "channels_last": True, "adaptive": True, "target_r": 0.965},
-            {"name": "bf16 1000 masks", "precision": "bf16", "channels_last": True, "adaptive": False, "n_masks": 1000},
+            {"name": "bf16 adaptive (target 0.96)", "precision": "bf16", "channels_last": True, "adaptive": True, "target_r": 0.96},
+            {"name": "bf16 800 masks", "precision": "bf16", "channels_last": True, "adaptive": False, "n_masks": 800},
         ]
         runs = []
         for cfg in configs:
@@ -156,21 +155,26 @@ def main() -> None:
                 "r_vs_fp32_3000": rs,
                 "r_query_vs_relax_xai": pearson(res.heatmaps[0], peer_map),
                 "ratio_to_peer": res.seconds / t_peer,
+                # the floor: the same number of forwards alone, right after the run
+                "floor_seconds": forward_seconds(module, res.n_masks_used * len(images), 120, opts["precision"], opts["channels_last"]),
             }
             runs.append(run)
             print(f"{cfg['name']}: {res.n_masks_used} masks, {res.seconds:.1f} s, min r {min(rs):.3f}", flush=True)
 
-        # ---- the floor: forwards alone at each configuration's throughput
-        n_probe = 480 if not args.quick else 120
-        tput = {
-            "fp32": forward_throughput(module, n_probe, 120, "fp32", False),
-            "fp32 channels_last": forward_throughput(module, n_probe, 120, "fp32", True),
-            "bf16 channels_last": forward_throughput(module, n_probe, 120, "bf16", True),
-        }
+        # ---- the peer's floor: its 3000 forwards alone (fp32, batches of 100)
+        peer_floor = forward_seconds(module, n_ref, 100, "fp32", False)
+
+        # ---- the peer once more: the machine is shared, so take its faster run (favours the peer)
+        torch.manual_seed(54321)
+        t0 = time.perf_counter()
+        again = RELAX(images[:1], module, batch_size=100, num_batches=n_ref // 100)
+        with torch.no_grad():
+            again.forward()
+        t_peer_runs = [t_peer, time.perf_counter() - t0]
+        t_peer = min(t_peer_runs)
         for run in runs:
-            key = f"{run['precision']} channels_last"
-            run["floor_seconds"] = run["forwards"] / tput[key]
-        peer_floor = n_ref / tput["fp32"]
+            run["ratio_to_peer"] = run["explain_seconds"] / t_peer
+        print(f"relax-xai again: {t_peer_runs[1]:.1f} s", flush=True)
 
         # ---- Clustered-CAM vs Ablation-CAM, same six images, query targets
         t0 = time.perf_counter()
@@ -186,11 +190,10 @@ def main() -> None:
         "encoder": "resnet18 (MONAI, stride-2 stem + max-pool), random init, 1×128×128",
         "images_explained": 1 + K,
         "reference_masks": n_ref,
-        "peer": {"name": "relax-xai 0.0.5", "seconds": t_peer, "images": 1, "masks": n_ref, "forward_floor_seconds": peer_floor},
+        "peer": {"name": "relax-xai 0.0.5", "seconds": t_peer, "runs_seconds": t_peer_runs, "images": 1, "masks": n_ref, "forward_floor_seconds": peer_floor},
         "ours_fp32_full": {"seconds": t_ours_full, "masks": n_ref, "images": 1 + K},
         "noise_ceiling_r_3000_vs_3000": ceiling,
         "bf16_vs_fp32_same_masks_min_r": r_bf16,
-        "throughput_img_per_s": tput,
         "runs": runs,
         "chosen": best["name"],
         "goal_met": bool(good) and best["explain_seconds"] <= t_peer,
@@ -214,18 +217,18 @@ importance map with an fp32 {n_ref}-mask run with an independent seed (minimum o
 
 | run | masks / image | seconds (6 images) | forward floor s | ÷ relax-xai time | min r vs fp32-{n_ref} | query r vs relax-xai |
 |---|---|---|---|---|---|---|
-| relax-xai, **1 image**, fp32 | {n_ref} | {t_peer:.1f} (1 image) | {peer_floor:.1f} | 1.00 | – | – |
-| ours fp32, {n_ref} masks | {n_ref} | {t_ours_full:.1f} | {6 * n_ref / tput['fp32 channels_last']:.1f} | {t_ours_full / t_peer:.2f} | – | {ceiling:.3f} |
+| relax-xai, **1 image**, fp32 (faster of 2 runs) | {n_ref} | {t_peer:.1f} (1 image) | {peer_floor:.1f} | 1.00 | – | – |
+| ours fp32, {n_ref} masks | {n_ref} | {t_ours_full:.1f} | ≈{6 * peer_floor:.1f} | {t_ours_full / t_peer:.2f} | – | {ceiling:.3f} |
 {rows}
 
 - {verdict}
 - Monte-Carlo ceiling: two independent {n_ref}-mask runs of the query (ours vs relax-xai) correlate at r = {ceiling:.3f};
   no cheaper run can be expected to beat that against a {n_ref}-mask reference.
 - bf16 autocast + channels-last vs fp32 on the same 500 masks: min r = {r_bf16:.4f} (kept only because ≥ 0.95).
-- Encoder throughput here (img/s, batch 120): fp32 {tput['fp32']:.0f}, fp32 channels-last {tput['fp32 channels_last']:.0f},
-  bf16 channels-last {tput['bf16 channels_last']:.0f}.
+- Forward floor = the same number of encoder forwards alone (same batch size and precision), timed right
+  after each run; the machine is shared (2 cores), so run-to-run load differences of ±20 % show up.
 - Adaptive rule: split-half (even/odd masks) reliability every 100 masks, Spearman–Brown, stop when the
-  predicted correlation with the infinite-mask map is ≥ target_r at two consecutive checks (target 0.965 here).
+  predicted correlation with the infinite-mask map is ≥ target_r at two consecutive checks (target 0.96 here).
 - Clustered-CAM (10 clusters) {t_ccam:.2f} s vs Ablation-CAM (512 channels) {t_acam:.2f} s for the same six images
   (both run only the head after the feature layer per ablation).
 """

@@ -54,11 +54,15 @@ def archive_for(patients: int, slices: int, size: int) -> Path:
     return out
 
 
-def encoder_alone(encoder, archive: Path, batch_size: int) -> tuple[float, int]:
-    """Items/s of ``encoder.embed`` on pre-decoded, preprocessed images (the floor)."""
+def predecode(encoder, archive: Path) -> np.ndarray:
+    """Every item of the archive decoded and preprocessed for ``encoder``, in memory."""
     from medcbir.imaging import walk
 
-    images = np.stack([d.image for d in walk(archive, preprocessing=encoder.preprocessing, workers=0)])
+    return np.stack([d.image for d in walk(archive, preprocessing=encoder.preprocessing, workers=0)])
+
+
+def encoder_alone(encoder, images: np.ndarray, batch_size: int) -> tuple[float, int]:
+    """Items/s of ``encoder.embed`` on pre-decoded, preprocessed images (the floor)."""
     encoder.embed(images[:batch_size], batch_size=batch_size)  # warm-up (allocations, kernels)
     t0 = time.perf_counter()
     for start in range(0, len(images), batch_size):
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best round of each counts")
     parser.add_argument("--threshold", action="store_true", help="also measure exact search latency vs size")
     parser.add_argument("--open-items", type=int, default=0, help="also measure IndexStore.open on an index of N items")
     args = parser.parse_args(argv)
@@ -171,8 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     archive = archive_for(args.patients, args.slices, args.size)
     encoder = open_encoder(args.encoder, device=device, batch_size=args.batch_size)
 
-    floor, n = encoder_alone(encoder, archive, args.batch_size)
-    ours = end_to_end(encoder, archive, args.batch_size, args.workers, device)
+    images = predecode(encoder, archive)
+    # Interleaved rounds (floor, ours, floor, ours, ...), best of each: the machine is shared,
+    # and a load change between two single runs would decide the ratio.
+    floors, runs = [], []
+    for _ in range(max(1, args.repeat)):
+        floors.append(encoder_alone(encoder, images, args.batch_size)[0])
+        runs.append(end_to_end(encoder, archive, args.batch_size, args.workers, device))
+    n = len(images)
+    floor = max(floors)
+    ours = max(runs, key=lambda r: r["items_per_s"])
     ratio = ours["items_per_s"] / floor
     data = {
         "archive": {"patients": args.patients, "slices": args.slices, "size": args.size, "items": n},
@@ -181,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "encoder_alone_items_per_s": floor,
         "index_archive_items_per_s": ours["items_per_s"],
+        "rounds": {"encoder_alone": floors, "index_archive": [r["items_per_s"] for r in runs]},
         "ratio": ratio,
         "goal_ratio": 0.85,
         "summary": ours,
     }
+    floor_list = ", ".join(f"{x:.1f}" for x in floors)
+    ours_list = ", ".join(f"{r['items_per_s']:.1f}" for r in runs)
     goal = "met" if ratio >= 0.85 else f"missed by {0.85 - ratio:.2f}"
     md = [
         f"Phantom archive {args.patients}×{args.slices} slices at {args.size} px ({n} items), encoder "
-        f"`{args.encoder}` ({'×'.join(map(str, encoder.input_shape))}, {args.precision}), batch {args.batch_size}, CPU.",
+        f"`{args.encoder}` ({'×'.join(map(str, encoder.input_shape))}, {args.precision}), batch {args.batch_size}, CPU; "
+        f"best of {len(floors)} interleaved rounds (floor {floor_list}; ours {ours_list} items/s).",
         "",
         "| | items/s |",
         "|---|---:|",

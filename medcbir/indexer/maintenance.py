@@ -9,13 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from medcbir.errors import ConfigError, IndexCorrupt, MedcbirError
+from medcbir.errors import IndexCorrupt, MedcbirError
 from medcbir.indexer import faiss_index
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, referenced_files, store_deleted
 from medcbir.indexer.shard import concat_columns, embeddings_sha256, read_columns, read_embeddings, shard_name, write_shard
 from medcbir.indexer.store import committed_entries
 from medcbir.indexer.fsutil import sha256_many
+from medcbir.indexer.writer import remove_orphans
 
 
 def _matching_ids(index_dir: Path, manifest: dict, wanted: dict[str, set[str]]) -> np.ndarray:
@@ -51,6 +52,7 @@ def delete(index_dir: str | Path, series=(), study=(), sop=()) -> int:
     manifest = read_manifest(index_dir)
     with WriterLock(index_dir):
         manifest = read_manifest(index_dir)
+        remove_orphans(index_dir, manifest)
         wanted = {"series_instance_uid": set(series), "study_instance_uid": set(study), "sop_instance_uid": set(sop)}
         hits = _matching_ids(index_dir, manifest, wanted)
         before = deleted_ids(index_dir, manifest)
@@ -76,6 +78,7 @@ def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
     read_manifest(index_dir)
     with WriterLock(index_dir):
         old = read_manifest(index_dir)
+        remove_orphans(index_dir, old)  # e.g. the new shards of a compaction that crashed
         deleted = deleted_ids(index_dir, old)
         if deleted.size == 0:
             return {"items": int(old["next_id"]), "removed": 0, "shards": len(old["shards"])}

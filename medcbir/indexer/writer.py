@@ -25,7 +25,7 @@ from medcbir.errors import ConfigError, EncoderMismatch
 from medcbir.indexer import faiss_index
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, manifest_path, new_manifest, read_manifest, referenced_files
-from medcbir.indexer.shard import concat_columns, meta_columns, shard_name, take_columns, write_shard
+from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,8 @@ class IndexWriter:
             self.commit()
             if self._needs_training(final=True):
                 self._commit_manifest(dict(self.manifest), train=True)
+            elif not manifest_path(self.index_dir).is_file():
+                self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
         finally:
             self._lock.release()
             self._lock = None

@@ -200,3 +200,16 @@ def test_a_source_object_is_indexed_and_resumed_by_uri(tmp_path, phantom_archive
     again = MemorySource(phantom_archive)
     summary = index_archive(again, tmp_path / "ix", encoder, shard_size=30, progress=False)
     assert summary.indexed == 0 and again.fetched == [] and summary.already_present == 80
+
+
+def test_an_archive_without_images_gives_an_empty_valid_index(tmp_path, encoder):
+    from medcbir.indexer import verify
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "notes.txt").write_text("not DICOM")
+    summary = index_archive(archive, tmp_path / "ix", encoder, progress=False, workers=1)
+    assert summary.indexed == 0 and summary.skipped == {"not-dicom": 1}
+    store = IndexStore.open(tmp_path / "ix")
+    assert len(store.ids) == 0 and store.faiss_index.ntotal == 0
+    assert verify(tmp_path / "ix").ok

@@ -65,3 +65,26 @@ def test_many_tombstones_move_to_a_checksummed_file(tmp_path, monkeypatch):
     path.write_bytes(bytes(blob))
     with pytest.raises(IndexCorrupt, match=path.name):
         IndexStore.open(tmp_path / "ix")
+
+
+def test_compaction_killed_before_its_manifest_leaves_the_old_generation(index_copy, monkeypatch):
+    import medcbir.indexer.maintenance as maintenance
+
+    store = IndexStore.open(index_copy)
+    delete(index_copy, series=[store.columns["series_instance_uid"][0]])
+    before = IndexStore.open(index_copy)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for a kill between the new shards and the manifest
+
+    monkeypatch.setattr(maintenance, "commit_manifest", crash)
+    with pytest.raises(KeyboardInterrupt):
+        compact(index_copy)
+    monkeypatch.undo()
+    after = IndexStore.open(index_copy)  # the old generation, intact
+    assert after.generation == before.generation and len(after.ids) == 80 and after.deleted.size == 20
+    assert verify(index_copy).ok
+    result = compact(index_copy)  # orphans of the failed run are removed, the retry completes
+    assert result["items"] == 60 and verify(index_copy).ok
+    committed = {e["file"] for e in IndexStore.open(index_copy).manifest["shards"]}
+    assert {p.name for p in index_copy.glob("shard-*")} == committed
