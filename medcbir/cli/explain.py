@@ -33,6 +33,8 @@ def _clean(value):
 @click.option("--method", type=click.Choice(_method_names()), default="relax", show_default=True)
 @click.option("--masks", "n_masks", type=click.IntRange(min=1), default=3000, show_default=True, help="RELAX masks (the maximum with --adaptive).")
 @click.option("--adaptive", is_flag=True, help="RELAX: stop drawing masks once the map has converged.")
+@click.option("--target-r", type=click.FloatRange(0.5, 0.999), default=0.98, show_default=True,
+              help="--adaptive: stop when the predicted correlation with the infinite-mask map reaches this.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="RELAX forward precision.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=120, show_default=True, help="RELAX masked images per forward.")
 @click.option("--seed", default=0, show_default=True, help="RELAX / SmoothGrad seed.")
@@ -41,7 +43,7 @@ def _clean(value):
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def explain(index, query, k, method, n_masks, adaptive, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json):
+def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -49,7 +51,7 @@ def explain(index, query, k, method, n_masks, adaptive, precision, batch_size, s
     engine = Engine.open(index, encoder=encoder)
     options: dict = {}
     if method == "relax":
-        options = {"n_masks": n_masks, "seed": seed, "adaptive": adaptive, "precision": precision, "batch_size": batch_size}
+        options = {"n_masks": n_masks, "seed": seed, "adaptive": adaptive, "target_r": target_r, "precision": precision, "batch_size": batch_size}
     elif method == "smoothgrad":
         options = {"seed": seed}
     result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)

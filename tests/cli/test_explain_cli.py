@@ -13,7 +13,7 @@ from tests.explain.indexes import explain_index, one_torch_thread, query_file  #
 def test_explain_writes_report_and_json(explain_index, phantom_archive, tmp_path, capsys):
     query = query_file(phantom_archive)
     report = tmp_path / "out" / "report.html"
-    code = main(["explain", str(explain_index), str(query), "-k", "3", "--masks", "80", "--adaptive", "--pairwise",
+    code = main(["explain", str(explain_index), str(query), "-k", "3", "--masks", "80", "--adaptive", "--target-r", "0.9", "--pairwise",
                  "--exclude", "same-patient", "--report", str(report), "--json"])
     out = capsys.readouterr().out
     assert code == 0, out
