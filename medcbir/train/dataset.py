@@ -87,7 +87,7 @@ def archive_signature(archive: str | Path) -> str:
     """sha256 of the archive's file list (relative path, size, mtime): changes when files do."""
     from medcbir.imaging import list_files
 
-    root = Path(archive)
+    root = Path(archive).resolve()  # list_files yields absolute paths
     h = hashlib.sha256()
     base = root if root.is_dir() else root.parent
     for path in list_files(root):

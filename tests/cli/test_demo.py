@@ -12,10 +12,11 @@ import h5py
 
 def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     out = tmp_path / "demo"
+    # a relative OUT, run from another folder: exactly how `make demo` calls it
     proc = subprocess.run(
-        [sys.executable, "-m", "medcbir", "demo", str(out), "--patients", "3", "--slices", "10",
+        [sys.executable, "-m", "medcbir", "demo", "demo", "--patients", "3", "--slices", "10",
          "--size", "32", "--epochs", "1", "--batch-size", "16", "--masks", "100", "-k", "3"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout
