@@ -56,9 +56,10 @@ TRAIN_SAMPLE = 100_000
 AUTO_NLIST = 1024
 #: Search defaults of the auto spec. Measured at 1M×512 clustered, low-intrinsic-dimension
 #: embeddings (benchmarks/search.py data), 2 loaded cores: recall@10 depends on the re-rank
-#: depth, not on nprobe ≥ 8 — k_factor 4/8/16/32 → 0.889/0.967/0.994/0.998; nprobe 16,
-#: k_factor 16: recall 0.994 at 34× exact QPS, 0.62 ms single-query p50 (nprobe 8: 54×, 0.39 ms).
-AUTO_SEARCH_PARAMS = {"nprobe": 16, "k_factor": 16}
+#: depth, not on nprobe ≥ 4 — k_factor 4/8/16/32 → 0.918/0.982/0.999/1.000 at any nprobe in
+#: 4–32 (quiet re-run, benchmarks/RESULTS.md "search"). nprobe 8 keeps a margin over 4 for
+#: less clustered real archives at ~1.7× the QPS of nprobe 16.
+AUTO_SEARCH_PARAMS = {"nprobe": 8, "k_factor": 16}
 
 _REFINE = re.compile(r"^(?P<base>.+?),\s*Refine\((?P<refine>.+)\)$")
 FLAT_SPECS = {"flat", "idmap,flat", "idmap2,flat"}
