@@ -445,7 +445,7 @@ def _open_onnx(path: Path, device: Any) -> Encoder:
         raise ConfigError(f"{path} has damaged medcbir metadata ({exc})") from None
     return Encoder(
         kind="onnx",
-        source=str(path),
+        source=str(Path(path).resolve()),  # recorded in index manifests: must not depend on the cwd
         preprocessing=preprocessing,
         fingerprint=meta["medcbir.fingerprint"],
         dim=dim,
@@ -475,7 +475,7 @@ def open_encoder(path: str | Path | EncoderModule = DEFAULT_ENCODER, device: Any
     if _is_onnx(path):
         return _open_onnx(Path(path), device)
     module = load_encoder(path)
-    source = DEFAULT_ENCODER if _is_default(path) else ("<module>" if isinstance(path, nn.Module) else str(path))
+    source = DEFAULT_ENCODER if _is_default(path) else ("<module>" if isinstance(path, nn.Module) else str(Path(path).resolve()))
     module = module.eval().to(device.torch).to(memory_format=torch.channels_last)
     return Encoder(
         kind="torch",

@@ -139,3 +139,14 @@ def test_embed_refuses_images_of_another_preprocessing(trained):
     with pytest.raises(EncoderMismatch, match="expects B×1×64×64"):
         enc.embed(np.zeros((2, 1, 128, 128), dtype=np.float32))
     assert enc.embed(np.zeros((1, 64, 64), dtype=np.float32)).shape == (1, 512)
+
+
+def test_encoder_source_is_absolute_so_index_manifests_work_from_any_folder(tmp_path, monkeypatch):
+    """An index records its encoder's source; a relative path would break `Engine.open` elsewhere."""
+    from medcbir.imaging import Preprocessing
+    from medcbir.train import new_encoder, open_encoder, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint("enc.pt", new_encoder(preprocessing=Preprocessing(size=32)))
+    encoder = open_encoder("enc.pt")
+    assert encoder.source == str(tmp_path / "enc.pt")
