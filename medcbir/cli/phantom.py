@@ -14,11 +14,14 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--size", type=int, default=256, show_default=True, help="Rows = columns of every slice.")
 @click.option("--no-compress", is_flag=True, help="Write every series uncompressed (no RLE / JPEG 2000).")
-def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_compress: bool) -> None:
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Processes writing patients (0 = one per core for ≥ 64 slices); the bytes do not depend on it.")
+def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_compress: bool, workers: int) -> None:
     """Write a synthetic CT archive (real DICOM) with labels.csv, masks.h5 and phantom.json."""
     from medcbir.imaging.phantom import make_archive
 
-    summary = make_archive(out, patients=patients, slices=slices, seed=seed, size=size, compress=not no_compress)
+    summary = make_archive(out, patients=patients, slices=slices, seed=seed, size=size, compress=not no_compress,
+                           workers=workers)
     click.echo(f"phantom archive: {summary.out}")
     click.echo(f"  {summary.files} slices ({summary.patients} patients × {summary.slices}, {summary.size} px) "
                f"in {summary.elapsed:.2f} s = {summary.slices_per_second:.0f} slices/s")

@@ -14,7 +14,7 @@ import pydicom
 
 from medcbir.errors import ConfigError
 from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Patient
-from medcbir.imaging.phantom.masks import MaskWriter
+from medcbir.imaging.phantom.masks import MaskWriter, deflate_masks
 from medcbir.imaging.phantom.slices import SliceRenderer
 from medcbir.imaging.phantom.writer import (
     SCANNERS,
@@ -110,12 +110,90 @@ def _prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _write_patient(job: tuple) -> tuple[list, dict]:
+    """Render and write one patient's series; return its slices' (SOP UID, label, path,
+    transfer syntax name, organ masks) and its description for phantom.json."""
+    out, seed, index, scanner_index, slices, size, compress = job
+    patient = Patient.draw(seed, index)
+    rng = np.random.default_rng([seed, index, 0x5E21E5])
+    scanner = SCANNERS[scanner_index]
+    info = series_info(seed, index, scanner, size=size, slices=slices, compress=compress, rng=rng)
+    noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
+    blur = max(MIN_BLUR_PX, scanner.psf_mm / info.pixel_spacing_mm)
+    syntax = scanner.syntax(compress)
+    template = series_template(info)
+    renderer = SliceRenderer(patient, size)
+    syntax_name = pydicom.uid.UID(syntax).name
+    series_dir = out / info.patient_id / "series-2"
+    series_dir.mkdir(parents=True)
+    written = []
+    for i in range(slices):
+        z = (i + 0.5) / slices
+        z_mm = info.top_mm - z * info.slice_spacing_mm * slices
+        label = patient.label_at(z)
+        rendered = renderer.render(z, noise_hu=noise, blur_px=blur, rng=np.random.default_rng([seed, index, i, 0x4015E]))
+        stored = to_stored(rendered.hu, scanner)
+        ds = slice_dataset(info, template, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN")
+        path = series_dir / f"{i + 1:04d}.dcm"
+        write_slice(path, ds, stored, syntax)
+        written.append((str(ds.SOPInstanceUID), label, path, syntax_name, deflate_masks(rendered.masks)))
+    patient_labels = [w[1] for w in written]
+    description = {
+        "index": index,
+        "folder": info.patient_id,
+        **info.to_dict(),
+        "noise_hu": round(noise, 3),
+        "blur_px": round(blur, 4),
+        "level_boundaries_z": dict(zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"),
+                                       (round(b, 5) for b in patient.boundaries))),
+        "level_boundaries_mm": {
+            name: round(info.top_mm - b * info.slice_spacing_mm * slices, 3)
+            for name, b in zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"), patient.boundaries)
+        },
+        "labels": {label: patient_labels.count(label) for label in LABELS},
+        "organ_hu": {k: round(v, 2) for k, v in patient.hu.items()},
+    }
+    return written, description
+
+
+def _patients(jobs: list[tuple], workers: int):
+    """Yield :func:`_write_patient` results in patient order, in worker processes when it pays.
+
+    At most ``2 × workers`` patients are in flight, so the masks waiting for the parent (which
+    alone writes masks.h5) stay bounded.
+    """
+    import multiprocessing
+    import os
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    total_slices = sum(job[4] for job in jobs)
+    if workers <= 0:
+        workers = min(os.cpu_count() or 1, len(jobs)) if total_slices >= 64 else 1
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_write_patient, jobs)
+        return
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: deque = deque()
+        queue = iter(jobs)
+        for job in queue:
+            pending.append(pool.submit(_write_patient, job))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            yield pending.popleft().result()
+            job = next(queue, None)
+            if job is not None:
+                pending.append(pool.submit(_write_patient, job))
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int = 0, size: int = 256,
-                 compress: bool = True) -> PhantomSummary:
+                 compress: bool = True, workers: int = 0) -> PhantomSummary:
     """Write a synthetic CT archive with ground truth.
 
     One patient is one study with one axial series running from the upper thorax to the pelvis;
@@ -132,6 +210,9 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         seed: everything (anatomy, noise, UIDs, dates) derives from it: same seed, same bytes.
         size: rows = columns of every slice.
         compress: let the compressing scanners write RLE / JPEG 2000 lossless.
+        workers: processes rendering and writing patients (0 = one per core for archives of
+            ≥ 64 slices, in-process below that, where starting workers costs more than it saves).
+            The bytes written do not depend on it: every patient and slice has its own seed.
 
     Returns:
         A :class:`PhantomSummary`.
@@ -158,54 +239,16 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     dicom_files: list[Path] = []
 
     mask_attrs = {"format": FORMAT, "version": VERSION, "seed": seed, "organs": list(ORGANS)}
+    jobs = [(out, seed, index, int(order[index % len(SCANNERS)]), slices, size, compress) for index in range(patients)]
     with MaskWriter(out / "masks.h5", size, mask_attrs) as masks_file:
-        for index in range(patients):
-            patient = Patient.draw(seed, index)
-            rng = np.random.default_rng([seed, index, 0x5E21E5])
-            scanner = SCANNERS[order[index % len(SCANNERS)]]
-            info = series_info(seed, index, scanner, size=size, slices=slices, compress=compress, rng=rng)
-            noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
-            blur = max(MIN_BLUR_PX, scanner.psf_mm / info.pixel_spacing_mm)
-            syntax = scanner.syntax(compress)
-            template = series_template(info)
-            renderer = SliceRenderer(patient, size)
-            syntax_name = pydicom.uid.UID(syntax).name
-            series_dir = out / info.patient_id / "series-2"
-            series_dir.mkdir(parents=True)
-            patient_labels = []
-            for i in range(slices):
-                z = (i + 0.5) / slices
-                z_mm = info.top_mm - z * info.slice_spacing_mm * slices
-                label = patient.label_at(z)
-                rendered = renderer.render(z, noise_hu=noise, blur_px=blur,
-                                           rng=np.random.default_rng([seed, index, i, 0x4015E]))
-                stored = to_stored(rendered.hu, scanner)
-                ds = slice_dataset(info, template, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN")
-                path = series_dir / f"{i + 1:04d}.dcm"
-                write_slice(path, ds, stored, syntax)
-                sop = str(ds.SOPInstanceUID)
-                masks_file.add(sop, ORGANS, rendered.masks,
-                               {"label": label, "path": path.relative_to(out).as_posix()})
+        for written, patient_description in _patients(jobs, workers):
+            for sop, label, path, syntax_name, organ_masks in written:
+                masks_file.add(sop, ORGANS, organ_masks, {"label": label, "path": path.relative_to(out).as_posix()})
                 rows.append((sop, 0, label))
                 labels_count[label] += 1
-                patient_labels.append(label)
                 syntax_count[syntax_name] = syntax_count.get(syntax_name, 0) + 1
                 dicom_files.append(path)
-            description.append({
-                "index": index,
-                "folder": info.patient_id,
-                **info.to_dict(),
-                "noise_hu": round(noise, 3),
-                "blur_px": round(blur, 4),
-                "level_boundaries_z": dict(zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"),
-                                               (round(b, 5) for b in patient.boundaries))),
-                "level_boundaries_mm": {
-                    name: round(info.top_mm - b * info.slice_spacing_mm * slices, 3)
-                    for name, b in zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"), patient.boundaries)
-                },
-                "labels": {label: patient_labels.count(label) for label in LABELS},
-                "organ_hu": {k: round(v, 2) for k, v in patient.hu.items()},
-            })
+            description.append(patient_description)
 
     with open(out / "labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")

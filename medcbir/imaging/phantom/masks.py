@@ -17,6 +17,16 @@ import h5py
 import numpy as np
 
 
+def deflate_masks(masks: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """The deflated chunks :meth:`MaskWriter.add` would write, computed where the masks are made
+    (worker processes), so the single writer of masks.h5 only stores bytes."""
+    return {
+        organ: zlib.compress(np.ascontiguousarray(mask, dtype=np.uint8), 1)
+        for organ, mask in masks.items()
+        if mask.any()
+    }
+
+
 class MaskWriter:
     """Append one slice's masks at a time to a new ``masks.h5``.
 
@@ -44,7 +54,8 @@ class MaskWriter:
         Args:
             sop_instance_uid: the group name.
             organs: every organ to create a dataset for.
-            masks: boolean or uint8 arrays of the organs present (others stay all zero).
+            masks: boolean or uint8 arrays of the organs present (others stay all zero), or
+                their chunks already deflated by :func:`deflate_masks`.
             attrs: group attributes.
         """
         group = self._file.create_group(sop_instance_uid)
@@ -53,7 +64,9 @@ class MaskWriter:
         for organ in organs:
             dataset = h5py.h5d.create(group.id, organ.encode(), h5py.h5t.STD_U8LE, self._space, dcpl=self._dcpl)
             mask = masks.get(organ)
-            if mask is not None and mask.any():
+            if isinstance(mask, bytes):  # already deflated by deflate_masks (in a worker)
+                dataset.write_direct_chunk((0, 0), mask)
+            elif mask is not None and mask.any():
                 # Deflate here and hand HDF5 the finished chunk: the same bytes as its gzip
                 # filter would write, without a trip through the filter pipeline.
                 dataset.write_direct_chunk((0, 0), zlib.compress(np.ascontiguousarray(mask, dtype=np.uint8), 1))
