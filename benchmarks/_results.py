@@ -88,3 +88,13 @@ def rebuild() -> None:
         + "\n".join(sections)
     )
     RESULTS_MD.write_text(text)
+
+
+def cached_phantom(name: str, patients: int, slices: int, size: int, seed: int = 0) -> Path:
+    """A phantom archive under ``benchmarks/work/<name>-<patients>-<slices>-<size>``, written once."""
+    from medcbir.imaging.phantom import make_archive
+
+    out = HERE / "work" / f"{name}-{patients}-{slices}-{size}"
+    if not (out / "labels.csv").exists():
+        make_archive(out, patients=patients, slices=slices, seed=seed, size=size)
+    return out

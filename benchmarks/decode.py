@@ -34,15 +34,6 @@ sys.path.insert(0, str(HERE.parent))
 import _results  # noqa: E402
 
 
-def archive_for(patients: int, slices: int, size: int) -> Path:
-    from medcbir.imaging.phantom import make_archive
-
-    out = HERE / "work" / f"decode-{patients}-{slices}-{size}"
-    if not (out / "labels.csv").exists():
-        make_archive(out, patients=patients, slices=slices, seed=0, size=size)
-    return out
-
-
 def floor_rate(archive: Path) -> tuple[float, int]:
     """Items/s of bare pydicom decoding + modality LUT, in this process."""
     import warnings
@@ -97,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from medcbir.imaging import Preprocessing
 
     t0 = time.perf_counter()
-    archive = archive_for(args.patients, args.slices, args.size)
+    archive = _results.cached_phantom("decode", args.patients, args.slices, args.size)
     print(f"archive {archive} ready in {time.perf_counter() - t0:.1f} s", flush=True)
     walk_rate(archive, 1, None)  # warm the page cache and imports
     # The first parallel walk of a process starts the forkserver (imports the decoders once);

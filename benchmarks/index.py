@@ -45,15 +45,6 @@ sys.path.insert(0, str(HERE.parent))
 import _results  # noqa: E402
 
 
-def archive_for(patients: int, slices: int, size: int) -> Path:
-    from medcbir.imaging.phantom import make_archive
-
-    out = HERE / "work" / f"index-{patients}-{slices}-{size}"
-    if not (out / "labels.csv").exists():
-        make_archive(out, patients=patients, slices=slices, seed=0, size=size)
-    return out
-
-
 def predecode(encoder, archive: Path) -> np.ndarray:
     """Every item of the archive decoded and preprocessed for ``encoder``, in memory."""
     from medcbir.imaging import walk
@@ -173,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from medcbir.train import open_encoder
 
     device = Device.auto(prefer="cpu", precision=args.precision)
-    archive = archive_for(args.patients, args.slices, args.size)
+    archive = _results.cached_phantom("index", args.patients, args.slices, args.size)
     encoder = open_encoder(args.encoder, device=device, batch_size=args.batch_size)
 
     images = predecode(encoder, archive)

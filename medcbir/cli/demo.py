@@ -102,9 +102,9 @@ def demo(out: Path, patients: int, slices: int, size: int, epochs: int, batch_si
     from medcbir.engine import Engine
 
     engine = Engine.open(index_dir)
-    query = _pick_query(archive)
-    [neighbours] = engine.search([str(query)], k=k, exclude="same-patient")
     labels = _labels(archive)
+    query = _pick_query(archive, labels)
+    [neighbours] = engine.search([str(query)], k=k, exclude="same-patient")
     click.echo(f"   query {query.relative_to(out)}  label={labels.get(_sop_of(query), '?')}")
     for nb in neighbours:
         click.echo(
@@ -145,9 +145,8 @@ def _sop_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
 
-def _pick_query(archive: Path) -> Path:
+def _pick_query(archive: Path, labels: dict[str, str]) -> Path:
     """A liver-level slice of the last patient: the reference paper's use case."""
-    labels = _labels(archive)
     files = sorted(p for p in archive.rglob("*.dcm"))
     last_patient = files[-1].relative_to(archive).parts[0]
     mine = [p for p in files if p.relative_to(archive).parts[0] == last_patient]

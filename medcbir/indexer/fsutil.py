@@ -1,8 +1,7 @@
-"""Durable file operations: fsync, atomic replace, whole-file checksums, crash-test hooks.
+"""The indexer's durable files: whole-file checksums and crash-test hooks on top of
+:mod:`medcbir.fsutil` (temporary name, fsync, atomic rename, folder fsync).
 
-Every committed file of an index goes through :func:`commit_file`: written under a temporary
-name, flushed and fsynced, renamed over its final name (atomic on POSIX), and then the folder is
-fsynced so the rename itself survives a power cut.
+Every committed file of an index goes through :func:`commit_file`.
 """
 
 from __future__ import annotations
@@ -15,43 +14,15 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from medcbir.fsutil import commit_file as _commit_file
+from medcbir.fsutil import tmp_name
+
 _CHUNK = 8 << 20
 
 
-def fsync_file(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def tmp_name(final: Path) -> Path:
-    """The temporary name a file is written under before its commit (same folder, hidden)."""
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
-
-
 def commit_file(tmp: Path, final: Path, hook: str | None = None) -> None:
-    """fsync ``tmp``, rename it over ``final`` and fsync the folder.
-
-    Args:
-        tmp: the fully written temporary file.
-        final: its committed name.
-        hook: crash-test point name fired between the fsync and the rename.
-    """
-    fsync_file(tmp)
-    if hook:
-        crash_point(hook)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+    """:func:`medcbir.fsutil.commit_file` with the crash-test point ``hook`` fired before the rename."""
+    _commit_file(tmp, final, before_rename=(lambda: crash_point(hook)) if hook else None)
 
 
 def write_json_atomic(path: Path, data: dict, hook: str | None = None) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from medcbir.errors import ArchiveNotFound, ConfigError
+from medcbir.fsutil import atomic_path
 
 CACHE_FORMAT = "medcbir-hu-cache"
 CACHE_VERSION = 1
@@ -138,28 +139,13 @@ def build_hu_cache(archive: str | Path, cache: str | Path, size: int, *, workers
         patients.append(meta.patient_pseudonym or meta.study_instance_uid)
     if not images:
         raise ArchiveNotFound(f"no decodable images in {archive}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("hu", data=np.stack(images), chunks=(1, size, size))
-            strings = h5py.string_dtype()
-            f.create_dataset("meta/sop_instance_uid", data=np.array(sops, dtype=object), dtype=strings)
-            f.create_dataset("meta/frame", data=np.array(frames, dtype=np.int32))
-            f.create_dataset("meta/patient", data=np.array(patients, dtype=object), dtype=strings)
-            f.attrs.update(format=CACHE_FORMAT, version=CACHE_VERSION, size=size, signature=signature, archive=str(archive.resolve()))
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, cache)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(cache) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("hu", data=np.stack(images), chunks=(1, size, size))
+        strings = h5py.string_dtype()
+        f.create_dataset("meta/sop_instance_uid", data=np.array(sops, dtype=object), dtype=strings)
+        f.create_dataset("meta/frame", data=np.array(frames, dtype=np.int32))
+        f.create_dataset("meta/patient", data=np.array(patients, dtype=object), dtype=strings)
+        f.attrs.update(format=CACHE_FORMAT, version=CACHE_VERSION, size=size, signature=signature, archive=str(archive.resolve()))
     return cache
 
 

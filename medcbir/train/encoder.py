@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcbir.errors import ConfigError, EncoderMismatch
+from medcbir.fsutil import atomic_path
 from medcbir.train.backbones import backbone_dim, build_backbone, feature_layer
 
 FORMAT = "medcbir-encoder"
@@ -187,32 +187,10 @@ def new_encoder(backbone: str = DEFAULT_BACKBONE, preprocessing: Any = None, see
 
 # --------------------------------------------------------------------------- files
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, rename, fsync the folder."""
+    """``torch.save`` through :func:`medcbir.fsutil.atomic_path` (temporary name, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600; give the checkpoint the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

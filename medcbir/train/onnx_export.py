@@ -17,9 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import warnings
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from medcbir.errors import ConfigError, MedcbirError
+from medcbir.fsutil import atomic_path
 from medcbir.train.encoder import FORMAT, load_encoder
 
 TOLERANCE = 1e-4
@@ -129,17 +128,16 @@ def export_onnx(
 
     module = load_encoder(checkpoint).eval()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     prep = module.preprocessing
     dummy = torch.rand(2, prep.channels, prep.size, prep.size, generator=torch.Generator().manual_seed(0))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    # Exported, stamped and parity-checked at a temporary name: a model that fails the check
+    # never replaces OUT.
+    with atomic_path(out) as tmp:
         # The TorchScript exporter: stable for plain conv nets and needs no onnxscript rewrite;
         # its deprecation notice is not news to the user of this command.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            _export(module, dummy, tmp, opset)
+            _export(module, dummy, str(tmp), opset)
         model = onnx.load(tmp)
         for key, value in onnx_metadata(module).items():
             entry = model.metadata_props.add()
@@ -151,20 +149,11 @@ def export_onnx(
         images, source = parity_images(prep, archive, n_parity)
         with torch.inference_mode():
             expected = module(torch.from_numpy(images)).numpy()
-        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": images})[0]
         diff = float(np.abs(expected - got).max())
         if not diff <= tolerance:
             raise ParityError(f"ONNX parity check failed: max |Δ| = {diff:.2e} > {tolerance:.0e} on {len(images)} {source} images")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ExportReport(
         out=str(out),
         fingerprint=module.fingerprint,
