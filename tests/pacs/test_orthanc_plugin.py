@@ -54,7 +54,7 @@ def test_every_stored_image_is_indexed_once_and_the_report_is_skipped(indexed_se
     stats = server.rest.statistics()
     assert stats["CountInstances"] == len(pacs_archive) + 1          # the SR is stored too...
     assert status["indexed"] == len(pacs_archive)                    # ...but not indexed
-    assert status["skipped"] == {"no-pixel-data": 1}
+    assert status["skipped"] == {"not-an-image": 1}
     assert status["worker"] == "running" and status["generation"] >= 1
     assert status["encoder"]["fingerprint"] == open_encoder(str(small_encoder)).fingerprint
     assert status["encoder"]["preprocessing"]["size"] == 64
@@ -126,7 +126,7 @@ def test_reindex_retries_skipped_instances(indexed_server, pacs_archive):
     # The SR is tried again and skipped again with its reason; nothing is indexed twice.
     status = wait_for(lambda: settled(server, len(pacs_archive)) if server.status()["skipped"] else None,
                       timeout=60, what="reindex settled")
-    assert status["skipped"] == {"no-pixel-data": 1}
+    assert status["skipped"] == {"not-an-image": 1}
     assert server.status()["indexed"] == len(pacs_archive)
 
 
@@ -139,7 +139,7 @@ def test_dicomweb_source_indexes_incrementally(indexed_server, pacs_archive, sma
     index = tmp_path / "dicomweb-index"
     first = index_archive(DicomwebSource(url, workers=2, auth=USER), index, str(small_encoder), progress=False)
     assert first.indexed == len(pacs_archive)
-    assert first.skipped == {"no-pixel-data": 1}
+    assert first.skipped == {"not-an-image": 1}
     store = IndexStore.open(index)
     expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in pacs_archive}
     assert {str(s) for s in store.columns["sop_instance_uid"]} == expected
