@@ -43,7 +43,9 @@ def _clean(value):
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json):
+@click.option("--heatmap-scale", type=click.Choice(["per-image", "shared"]), default="per-image", show_default=True,
+              help="Report colours: each heatmap on its own robust range, or one scale per row.")
+def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json, heatmap_scale):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -59,7 +61,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
     if report is not None:
         from medcbir.engine.report import render_report
 
-        html_path, png_path = render_report(report, result.panel())
+        html_path, png_path = render_report(report, result.panel(), scale=heatmap_scale)
         payload["report"] = {"html": str(html_path), "png": str(png_path)}
     if as_json:
         click.echo(json.dumps(_clean(payload), indent=2))

@@ -138,7 +138,7 @@ class Explanation:
             "method": self.method,
             "items": items,
             "caption": "Top: the query and its neighbours (cosine similarity). Bottom: the query explained w.r.t. its own "
-            "embedding, each neighbour w.r.t. the query's embedding; one colour scale per row.",
+            "embedding, each neighbour w.r.t. the query's embedding.",
         }
         if self.pairwise is not None:
             panel["pairwise"] = [
