@@ -17,6 +17,7 @@ Usage: .venv/bin/python benchmarks/explain.py [--quick]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -81,7 +82,8 @@ def build(work: Path):
     enc = save_checkpoint(work / "encoder.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=0))
     index_archive(work / "archive", work / "index", str(enc), shard_size=64, workers=1, progress=False)
     engine = Engine.open(work / "index")
-    query = sorted((work / "archive" / "PHANTOM-3-001").rglob("*.dcm"))[5]
+    folder = json.loads((work / "archive" / "phantom.json").read_text())["patients"][1]["folder"]
+    query = sorted((work / "archive" / folder).rglob("*.dcm"))[5]
     return engine, query
 
 

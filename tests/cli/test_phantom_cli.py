@@ -68,3 +68,15 @@ def test_console_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 slices" in result.stdout
     assert len(list((tmp_path / "a").rglob("*.dcm"))) == 2
+
+
+def test_studies_per_patient_option(capsys, tmp_path):
+    out = tmp_path / "exams"
+    code, stdout, err = run(capsys, "phantom", out, "--patients", 2, "--slices", 3, "--size", 32,
+                            "--studies-per-patient", 2)
+    assert code == 0, err
+    assert "12 slices (2 patients × 2 studies × 3, 32 px)" in stdout
+    studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in out.rglob("*.dcm")}
+    assert len(studies) == 4 and str(out / "slices.csv") in stdout
+    code, stdout, err = run(capsys, "phantom", tmp_path / "bad", "--studies-per-patient", 0)
+    assert code == 2 and err.startswith("error: ") and "studies-per-patient" in err

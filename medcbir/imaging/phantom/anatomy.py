@@ -26,7 +26,7 @@ most 0.1 apart, hits every label.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -120,6 +120,20 @@ class Layer:
     within: str | None = None
 
 
+def _enhancement(contrast: float) -> dict[str, float]:
+    """HU of the contrast-enhancing tissues for an enhancement strength in [0, 1]."""
+    return {
+        "liver": 60.0 + 40.0 * contrast,
+        "spleen": 50.0 + 35.0 * contrast,
+        "kidney_cortex": 110.0 + 30.0 * contrast,
+        "kidney_medulla": 60.0 + 30.0 * contrast,
+        "aorta": 220.0 + 70.0 * contrast,
+        "ivc": 70.0 + 60.0 * contrast,
+        "heart_wall": 60.0 + 30.0 * contrast,
+        "heart_blood": 180.0 + 80.0 * contrast,
+    }
+
+
 def _harmonics(rng: np.random.Generator, strength: float, orders: tuple[int, ...] = (2, 3, 4)) -> tuple:
     return tuple((k, float(rng.uniform(-strength, strength) / k ** 0.5), float(rng.uniform(0, 2 * math.pi))) for k in orders)
 
@@ -165,6 +179,7 @@ class Patient:
     lung_bottom: float = 0.0
     kidney_offsets: tuple[float, float] = (0.0, 0.0)
     vessels: dict[str, list[tuple[float, ...]]] = field(default_factory=dict)
+    contrast: float = 0.5
 
     @classmethod
     def draw(cls, seed: int, index: int) -> Patient:
@@ -191,14 +206,7 @@ class Patient:
             "visceral_fat": float(rng.uniform(-100, -80)),
             "muscle": float(rng.uniform(38, 50)),
             "lung": float(rng.uniform(-870, -820)),
-            "liver": 60.0 + 40.0 * contrast,
-            "spleen": 50.0 + 35.0 * contrast,
-            "kidney_cortex": 110.0 + 30.0 * contrast,
-            "kidney_medulla": 60.0 + 30.0 * contrast,
-            "aorta": 220.0 + 70.0 * contrast,
-            "ivc": 70.0 + 60.0 * contrast,
-            "heart_wall": 60.0 + 30.0 * contrast,
-            "heart_blood": 180.0 + 80.0 * contrast,
+            **_enhancement(contrast),
             "cortical": float(rng.uniform(850, 1000)),
             "cancellous": float(rng.uniform(430, 520)),
             "rib": float(rng.uniform(600, 800)),
@@ -245,7 +253,14 @@ class Patient:
             lung_bottom=float(liver_top + rng.uniform(0.35, 0.6) * (kidney_top - liver_top)),
             kidney_offsets=(float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.0, 0.03))),
             vessels=_vessel_trees(rng),
+            contrast=contrast,
         )
+
+    def with_contrast(self, contrast: float) -> Patient:
+        """The same anatomy scanned with another enhancement strength (a later exam's bolus
+        timing): the enhancing organs' HU follow ``contrast`` (clipped to [0, 1])."""
+        contrast = min(max(float(contrast), 0.0), 1.0)
+        return replace(self, contrast=contrast, hu={**self.hu, **_enhancement(contrast)})
 
     # -- levels ---------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ dates and times derive from the archive seed, so the same seed writes the same b
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,15 @@ def uid(seed: int, *parts: object) -> str:
 
 
 def patient_id(seed: int, index: int) -> str:
-    """The synthetic PatientID (also the patient's folder name in the archive)."""
+    """The synthetic PatientID (written to PatientID; never part of a file path)."""
     return f"PHANTOM-{seed}-{index:03d}"
+
+
+def patient_folder(seed: int, index: int) -> str:
+    """The patient's folder name in the archive: a pseudonym (a hash of the seed and the index),
+    so no file path reveals PatientID or PatientName, as a de-identified archive would store it."""
+    digest = hashlib.sha256(f"{UID_NAMESPACE}|folder|{seed}|{index}".encode()).hexdigest()
+    return f"case-{digest[:12]}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class SeriesInfo:
     fov_mm: float
     slice_spacing_mm: float
     top_mm: float
+    study_index: int = 0
 
     @property
     def pixel_spacing_mm(self) -> float:
@@ -127,6 +136,8 @@ class SeriesInfo:
             "study_instance_uid": self.study_uid,
             "series_instance_uid": self.series_uid,
             "study_date": self.study_date,
+            "study_time": self.study_time,
+            "accession_number": self.accession,
             "scanner": scanner,
             "fov_mm": round(self.fov_mm, 3),
             "pixel_spacing_mm": round(self.pixel_spacing_mm, 5),
@@ -160,6 +171,31 @@ def series_info(seed: int, index: int, scanner: Scanner, *, size: int, slices: i
         fov_mm=float(rng.uniform(340, 420)),
         slice_spacing_mm=span_mm / slices,
         top_mm=float(rng.uniform(-150, 150)),
+    )
+
+
+def follow_up(first: SeriesInfo, study: int, previous_date: str, rng: np.random.Generator) -> SeriesInfo:
+    """The settings of a later exam (``study`` ≥ 1) of the patient whose first exam is ``first``.
+
+    What changes between exams the way it does in a real archive: new study/series/frame UIDs
+    and accession number, a later date (1–14 months after the previous exam) and another time
+    of day, a field of view within ±4 % of the first exam's, and the table position (scanner
+    coordinates of the range). The patient, scanner and slice spacing stay.
+    """
+    day = dt.datetime.strptime(previous_date, "%Y%m%d").date() + dt.timedelta(days=int(rng.integers(30, 430)))
+    seconds = int(rng.integers(7 * 3600, 19 * 3600))
+    index = first.study_index  # parts below keep every UID distinct from the first exam's
+    return replace(
+        first,
+        study_date=day.strftime("%Y%m%d"),
+        study_time=f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}",
+        study_uid=uid(first.seed, first.patient_id, "study", study, index),
+        series_uid=uid(first.seed, first.patient_id, "series", study, index),
+        frame_uid=uid(first.seed, first.patient_id, "frame-of-reference", study, index),
+        accession=f"{first.accession}{study:02d}",
+        fov_mm=first.fov_mm * float(rng.uniform(0.96, 1.04)),
+        top_mm=float(rng.uniform(-150, 150)),
+        study_index=study,
     )
 
 
@@ -204,7 +240,7 @@ def series_template(info: SeriesInfo) -> dict:
     ds.PatientPosition = "FFS"
     ds.StudyInstanceUID = info.study_uid
     ds.SeriesInstanceUID = info.series_uid
-    ds.StudyID = "1"
+    ds.StudyID = str(info.study_index + 1)
     ds.SeriesNumber = 2
     ds.AcquisitionNumber = 1
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
@@ -231,7 +267,8 @@ def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, 
         body_part: BodyPartExamined.
     """
     scanner = info.scanner
-    sop_uid = uid(info.seed, info.patient_id, "sop", instance)
+    parts = ("sop", instance) if info.study_index == 0 else ("sop", instance, "study", info.study_index)
+    sop_uid = uid(info.seed, info.patient_id, *parts)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
