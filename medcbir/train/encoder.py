@@ -226,7 +226,7 @@ class EncoderModule(nn.Module):
 
 
 def new_encoder(
-    backbone: str = DEFAULT_BACKBONE, preprocessing: Any = None, seed: int | None = DEFAULT_SEED, pooling: str = DEFAULT_POOLING
+    backbone: str = DEFAULT_BACKBONE, preprocessing: Any = None, seed: int | None = DEFAULT_SEED, pooling: str = "avg"
 ) -> EncoderModule:
     """A randomly initialised encoder; deterministic for a given seed (global RNG untouched).
 
@@ -234,7 +234,9 @@ def new_encoder(
         backbone: backbone name (:data:`~medcbir.train.backbones.BACKBONES`).
         preprocessing: a ``Preprocessing`` or its dict; None = :func:`default_preprocessing`.
         seed: torch seed for the initialisation; None uses the caller's RNG state.
-        pooling: ``"avg"``, ``"gem"`` or ``"multi"`` (:data:`~medcbir.train.backbones.POOLINGS`).
+        pooling: ``"avg"`` (the plain ResNet), ``"gem"`` or ``"multi"``
+            (:data:`~medcbir.train.backbones.POOLINGS`); the built-in ``default`` and ``random``
+            encoders use :data:`DEFAULT_POOLING`.
     """
     prep = as_preprocessing(preprocessing)
     arch = make_arch(backbone, prep.channels, pooling)
@@ -399,7 +401,7 @@ def builtin_encoder(name: Any) -> EncoderModule | None:
         raise ConfigError(f"{name!r}: write {base}:{'N (the side)' if base == 'thumbnail' else 'SEED'} with an integer") from None
     if base == "thumbnail":
         return thumbnail_encoder(value or DEFAULT_THUMBNAIL)
-    return new_encoder(DEFAULT_BACKBONE, None, seed=DEFAULT_SEED if value is None else value)
+    return new_encoder(DEFAULT_BACKBONE, None, seed=DEFAULT_SEED if value is None else value, pooling=DEFAULT_POOLING)
 
 
 def is_builtin(name: Any) -> bool:
