@@ -40,9 +40,11 @@ def test_thumbnail_and_random_index_search_and_evaluate(phantom_archive, thumbna
 
     random_index = tmp_path / "random"
     code, out, err = run(capsys, "index", phantom_archive, "--encoder", "random:3", "--out", random_index, "--workers", "1", "--json")
-    assert code == 0, err and json.loads(out)["indexed"] == 80
+    assert code == 0, err
+    assert json.loads(out)["indexed"] == 80
     code, out, err = run(capsys, "evaluate", random_index, "--labels", phantom_archive / "labels.csv", "--json")
-    assert code == 0, err and 0.0 <= json.loads(out)["map_at_k"] <= 1.0
+    assert code == 0, err
+    assert 0.0 <= json.loads(out)["map_at_k"] <= 1.0
     # The index remembers its built-in encoder by name: search embeds a file query with it.
     code, out, err = run(capsys, "search", random_index, query, "-k", "2", "--json")
     assert code == 0, err
@@ -72,3 +74,17 @@ def test_evaluate_with_baselines_has_a_baselines_object(phantom_archive, thumbna
 def test_bad_builtin_encoder_name_is_one_line(phantom_archive, tmp_path, capsys):
     code, out, err = run(capsys, "index", phantom_archive, "--encoder", "thumbnail:x", "--out", tmp_path / "bad", "--workers", "1")
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("method", ["relax", "occlusion", "gradcam"])
+def test_explain_works_on_a_thumbnail_index(phantom_archive, thumbnail_index, tmp_path, capsys, method):
+    """Baselines explain like any encoder (the thumbnail is differentiable: no weights, real maps)."""
+    import numpy as np
+
+    query = sorted(phantom_archive.rglob("*.dcm"))[30]
+    code, out, err = run(capsys, "explain", thumbnail_index, query, "-k", "2", "--method", method, "--masks", "60",
+                         "--exclude", "same-patient", "--json")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["method"] == method and len(payload["neighbours"]) == 2
+    assert payload["heatmap_shape"][0] == 3

@@ -143,9 +143,18 @@ def test_mr_file_with_ct_only_encoder_is_skipped_and_indexed_with_the_default(tm
     assert code == 0, err
     summary = json.loads(out)
     assert summary["indexed"] == 0 and summary["skipped"] == {"modality-mismatch": 3}
+    # scan counts it too, for a given encoder (and decodes the files fine without one)
+    code = main(["scan", str(archive), "--encoder", "default-v1", "--workers", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["skipped"] == {"modality-mismatch": 3}
+    code = main(["scan", str(archive), "--workers", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert json.loads(out)["skipped"] == {} and json.loads(out)["items"] == 3
     code = main(["index", str(archive), "--out", str(tmp_path / "default"), "--workers", "1", "--json"])
     out, err = capsys.readouterr()
-    assert code == 0, err and json.loads(out)["indexed"] == 3
+    assert code == 0, err
+    assert json.loads(out)["indexed"] == 3
     # ... with the MR normalisation: the robust window of the item, not a CT window.
     from medcbir.train import default_preprocessing
 
