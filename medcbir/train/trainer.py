@@ -278,10 +278,8 @@ def train_step(method, views: list[torch.Tensor], optimizer, scheduler, scaler, 
     Precision as the device decided, on any device: fp32 (no autocast), bf16 autocast (CPU or
     CUDA; no scaler needed), fp16 autocast with gradient scaling (CUDA).
     """
-    use_amp = device.precision in ("bf16", "fp16")
-    amp_dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16
     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    with torch.autocast(device_type=device.torch, dtype=amp_dtype, enabled=use_amp):
+    with device.autocast():
         loss = method(views)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -296,9 +294,13 @@ def make_optimizer(method, config: "TrainConfig", total_steps: int, device):
     """SGD (momentum 0.9, wd 1e-4, lr 0.05·batch/256), per-step cosine schedule, grad scaler."""
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=config.base_lr(), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    fp16_on_cuda = device.torch == "cuda" and device.precision not in ("bf16",)
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16_on_cuda)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device))
     return optimizer, scheduler, scaler
+
+
+def needs_grad_scaler(device) -> bool:
+    """Gradient scaling only for fp16 on CUDA (fp16 gradients underflow); never for fp32 or bf16."""
+    return device.torch == "cuda" and device.precision == "fp16"
 
 
 def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainSummary:
