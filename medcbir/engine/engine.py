@@ -365,14 +365,14 @@ class Engine:
         frames = np.asarray(self.columns["frame"])[rows]
         return [f"{u}:{int(f)}" for u, f in zip(uids.tolist(), frames.tolist())]
 
-    def prior(self, query, *, modality=None):
+    def prior(self, query, *, modality=None, context: str = "series"):
         """The query patient's other studies, each with the slice nearest in anatomy.
 
         See :func:`medcbir.engine.prior.prior_exams` (this is a shortcut for it).
         """
         from medcbir.engine.prior import prior_exams
 
-        return prior_exams(self, query, modality=modality)
+        return prior_exams(self, query, modality=modality, context=context)
 
     def _group(self, queries: list[Query], exclude: str) -> dict:
         """Queries sharing an exclusion → one FAISS search each: {(column, value) | None: [query idx]}."""

@@ -134,18 +134,22 @@ def _anatomical_order(engine, ids: np.ndarray) -> np.ndarray:
     return ids[np.lexsort((inst, -np.nan_to_num(z, nan=-np.inf)))]
 
 
-def prior_exams(engine, query, *, modality=None) -> PriorResult:
+def prior_exams(engine, query, *, modality=None, context: str = "series") -> PriorResult:
     """The query patient's other studies, most recent first, each with its corresponding slice.
 
     Args:
         engine: an open :class:`~medcbir.engine.Engine`.
         query: a DICOM path, a SOP UID in the index (``UID[:frame]``), an ``Item``/``Decoded``.
         modality: only series of this modality (default: the query's modality when known).
+        context: ``"series"`` (align the indexed query's whole series; the default) or
+            ``"slice"`` (match the query slice alone: its most similar slice per study).
 
     Raises:
         ConfigError: the query's patient is unknown (an array query, or a file of an index
             without pseudonym key).
     """
+    if context not in ("series", "slice"):
+        raise ConfigError(f"context must be 'series' or 'slice', not {context!r}")
     [q] = QueryResolver(engine).resolve([query])
     if not q.patient:
         raise ConfigError("the query's patient is unknown (not an item of the index and no pseudonym key to compute it); prior exams need a patient")
@@ -159,11 +163,11 @@ def prior_exams(engine, query, *, modality=None) -> PriorResult:
     wanted = modality or own_meta.get("modality") or None
 
     # The query's context: its whole series when it is an indexed slice (a strong witness of the shift).
-    if q.item_id >= 0:
-        context = _anatomical_order(engine, patient_ids[series_col == own_meta["series_instance_uid"]])
-        context_vectors = engine.embeddings(context)
-        query_index = int(np.flatnonzero(context == q.item_id)[0])
-        context_z = np.asarray(engine.columns["slice_position"], dtype=np.float64)[engine.rows_of(context)]
+    if q.item_id >= 0 and context == "series":
+        own_series = _anatomical_order(engine, patient_ids[series_col == own_meta["series_instance_uid"]])
+        context_vectors = engine.embeddings(own_series)
+        query_index = int(np.flatnonzero(own_series == q.item_id)[0])
+        context_z = np.asarray(engine.columns["slice_position"], dtype=np.float64)[engine.rows_of(own_series)]
     else:
         context_vectors, query_index, context_z = vector[None, :], 0, np.array([np.nan])
     context_vectors = context_vectors / np.maximum(np.linalg.norm(context_vectors, axis=1, keepdims=True), 1e-12)

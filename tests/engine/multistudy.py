@@ -56,7 +56,7 @@ def make_multistudy(phantom: Path, out: Path, seed: int = 0) -> Path:
     shutil.copytree(phantom, out)
     rows = []
     for p, patient in enumerate(sorted(d for d in out.iterdir() if d.is_dir())):
-        files = sorted((patient / "series-2").glob("*.dcm"))
+        files = sorted(patient.glob("series-2/*.dcm")) or sorted(patient.glob("study-*/series-2/*.dcm"))
         head = pydicom.dcmread(files[0], stop_before_pixels=True)
         current = datetime.datetime.strptime(str(head.StudyDate), "%Y%m%d")
         for level, f in enumerate(files):
