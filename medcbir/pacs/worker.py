@@ -56,6 +56,41 @@ def log(message: str) -> None:
     print(f"medcbir worker: {message}", file=sys.stderr, flush=True)
 
 
+#: The search options a request may carry besides the query and k/exclude/modality (issue 17).
+SEARCH_OPTIONS = ("group_by", "prior", "per_series", "include_self")
+
+
+def _flag(value, name: str) -> bool:
+    """A JSON boolean, or the text of a header ("true"/"false"/"1"/"0")."""
+    from medcbir.errors import ConfigError
+
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def search_options(request: dict) -> dict:
+    """``group_by`` (None/"series"/"study"), ``prior``, ``per_series`` (default 2, 0 = off), ``include_self``."""
+    from medcbir.errors import ConfigError
+
+    group_by = request.get("group_by") or None
+    if group_by not in (None, "series", "study"):
+        raise ConfigError(f"group_by must be \"series\" or \"study\", not {group_by!r}")
+    try:
+        per_series = int(request.get("per_series", 2) if request.get("per_series") is not None else 2)
+    except (TypeError, ValueError):
+        raise ConfigError(f"per_series must be an integer ≥ 0, not {request.get('per_series')!r}") from None
+    prior = _flag(request.get("prior"), "prior")
+    if prior and group_by:
+        raise ConfigError("prior and group_by cannot be combined")
+    return {"group_by": group_by, "prior": prior, "per_series": per_series, "include_self": _flag(request.get("include_self"), "include_self")}
+
+
 def manifest_generation(index: Path) -> int | None:
     """The committed generation of the index, or None while it has no manifest."""
     try:
@@ -320,6 +355,7 @@ class Worker:
             k = int(request.get("k", 10))
         except (TypeError, ValueError):
             raise ConfigError(f"k must be an integer, not {request.get('k')!r}") from None
+        options = search_options(request)
         started = time.perf_counter()
         path, instance = self._query_file(request)
         try:
@@ -327,11 +363,33 @@ class Worker:
                 engine = self.engine()
                 generation = self._engine_generation
                 search_started = time.perf_counter()
-                results = engine.search([str(path)], k=k, exclude=request.get("exclude", "none") or "none",
-                                        modality=request.get("modality") or None)
+                exclude, modality = request.get("exclude", "none") or "none", request.get("modality") or None
+                if options["prior"]:
+                    prior = engine.prior(str(path), modality=modality).to_dict()
+                elif options["group_by"]:
+                    [cases] = engine.search_cases([str(path)], k=k, group_by=options["group_by"], exclude=exclude, modality=modality,
+                                                  include_self=options["include_self"])
+                else:
+                    results = engine.search([str(path)], k=k, exclude=exclude, modality=modality,
+                                            per_series=options["per_series"], include_self=options["include_self"])
                 search_seconds = time.perf_counter() - search_started
         finally:
             path.unlink(missing_ok=True)
+        timing = {"engine_seconds": round(search_seconds, 6)}
+        if options["prior"]:
+            for study in prior["studies"]:
+                study["slice"].update(self._orthanc_ids(study["slice"]))
+            return {"ok": True, "result": {"query": instance, "generation": generation, "prior": prior, **timing,
+                                           "worker_seconds": round(time.perf_counter() - started, 6)}}
+        if options["group_by"]:
+            payload = []
+            for case in cases:
+                entry = case.to_dict()
+                for piece in entry["slices"]:
+                    piece.update(self._orthanc_ids(piece))
+                payload.append(entry)
+            return {"ok": True, "result": {"query": instance, "k": k, "group_by": options["group_by"], "generation": generation,
+                                           "cases": payload, **timing, "worker_seconds": round(time.perf_counter() - started, 6)}}
         neighbours = []
         for n in results[0]:
             meta = dict(n.meta)
