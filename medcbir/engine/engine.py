@@ -328,10 +328,9 @@ class Engine:
         vectors = self._embed(resolved)
         base = self.filter_mask(Filters.of(modality, body_part, series, study))
         pool = int(hits) if hits else max(100, 20 * int(k))
-        _, codes = self._codes_of(GROUP_COLUMNS[group_by])
+        uniques, codes = self._codes_of(GROUP_COLUMNS[group_by])
         group_of = np.full(self.id_range, -1, dtype=np.int64)
         group_of[self.ids] = codes
-        uniques = self._codes_of(GROUP_COLUMNS[group_by])[0]
         out, start = [], 0
         for case in cases:
             members = resolved[start : start + len(case)]

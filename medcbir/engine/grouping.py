@@ -200,13 +200,13 @@ def rank_groups(scores: np.ndarray, ids: np.ndarray, group_of: np.ndarray, k: in
     flat_query = np.repeat(np.arange(m), valid.sum(axis=1))
     flat_group = group_of[flat_ids]
     groups, inverse = np.unique(flat_group, return_inverse=True)
-    best = np.tile(floors[:, None], (1, len(groups)))  # M×G, filled where a pool lacks the group
+    best = np.tile(floors[:, None], (1, len(groups)))  # M×G, the floor where a pool lacks the group
     seen = np.zeros((m, len(groups)), dtype=bool)
     # best_i(g): maximum over the pool; numpy's maximum.at handles repeated (i, g) pairs
-    lowest = np.full((m, len(groups)), -np.inf)
-    np.maximum.at(lowest, (flat_query, inverse), flat_scores)
+    top_in_pool = np.full((m, len(groups)), -np.inf)
+    np.maximum.at(top_in_pool, (flat_query, inverse), flat_scores)
     seen[flat_query, inverse] = True
-    best[seen] = lowest[seen]
+    best[seen] = top_in_pool[seen]
     group_score = best.mean(axis=0)
     n_hits = np.bincount(inverse, minlength=len(groups))
     order = np.lexsort((groups, -n_hits, -group_score))[:k]
