@@ -126,12 +126,12 @@ def main() -> None:
         " (the query's whole series aligned by a z shift); `slice` = the query slice alone (its most similar slice).",
         f"Load average at start {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} on a shared 2-core machine (timings noisy).",
         "",
-        "| encoder | within 1 slice (series) | within 2 (series) | within 1 (slice only) | within 2 (slice only) | mean abs. error (series / slice) |",
-        "|---|---|---|---|---|---|",
+        "| encoder | within 1 slice (series) | within 2 (series) | exact (series) | within 1 (slice only) | within 2 (slice only) | exact (slice only) | mean abs. error (series / slice) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
         s, o = r["series"], r["slice"]
-        lines.append(f"| {label} | {s['within_1']:.3f} | {s['within_2']:.3f} | {o['within_1']:.3f} | {o['within_2']:.3f} | {s['mean_abs_slices']:.2f} / {o['mean_abs_slices']:.2f} |")
+        lines.append(f"| {label} | {s['within_1']:.3f} | {s['within_2']:.3f} | {s['exact']:.3f} | {o['within_1']:.3f} | {o['within_2']:.3f} | {o['exact']:.3f} | {s['mean_abs_slices']:.2f} / {o['mean_abs_slices']:.2f} |")
     lines.append("")
     if args.train_epochs:
         lines.append(f"`trained` = SimSiam with the HU views and the archive recipe (neighbour slices ≤ 10 mm), 64 px, "

@@ -45,7 +45,8 @@ def _clean(value):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--heatmap-scale", type=click.Choice(["per-image", "shared"]), default="per-image", show_default=True,
               help="Report colours: each heatmap on its own robust range, or one scale per row.")
-def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json, heatmap_scale):
+@click.option("--include-self", is_flag=True, help="Keep the query among its neighbours when it is itself in the index.")
+def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json, heatmap_scale, include_self):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -56,7 +57,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
         options = {"n_masks": n_masks, "seed": seed, "adaptive": adaptive, "target_r": target_r, "precision": precision, "batch_size": batch_size}
     elif method == "smoothgrad":
         options = {"seed": seed}
-    result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
+    result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, include_self=include_self, **options)
     payload = result.to_dict()
     if report is not None:
         from medcbir.engine.report import render_report

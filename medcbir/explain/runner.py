@@ -208,7 +208,7 @@ def run_method(method: str, module: nn.Module, images: torch.Tensor, targets: to
     return out, None
 
 
-def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: bool = False, exclude: str = "none", **options) -> Explanation:
+def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: bool = False, exclude: str = "none", include_self: bool = False, **options) -> Explanation:
     """Search, then explain the query and its top-K neighbours in one batched pass.
 
     Args:
@@ -218,11 +218,12 @@ def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: b
         method: a name of :data:`medcbir.explain.METHODS`.
         pairwise: also explain the query w.r.t. each neighbour's embedding.
         exclude: the engine's exclusion (``"none"``, ``"same-patient"``, ``"same-study"``).
+        include_self: keep the query among its neighbours when it is an item of the index.
         **options: passed to the method (e.g. ``n_masks``, ``seed``, ``adaptive``).
     """
     method_function(method)
     t0 = time.perf_counter()
-    [neighbours] = engine.search([query], k=k, exclude=exclude)
+    [neighbours] = engine.search([query], k=k, exclude=exclude, include_self=include_self)
     search_seconds = time.perf_counter() - t0
     image, label, qmeta, own_id = _query_image(engine, query)
     module = torch_encoder(engine.encoder)

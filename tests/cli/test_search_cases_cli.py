@@ -83,3 +83,15 @@ def test_prior_json_and_table(index, columns, capsys):
     assert out.splitlines()[1].split()[:3] == ["date", "relation", "study_instance_uid"]
     code, out, err = run(capsys, "search", index, uid, "--prior", "--group-by", "study")
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_explain_does_not_list_the_query_as_its_own_neighbour(index, columns, capsys):
+    uid = columns["sop_instance_uid"][30]
+    args = ["explain", index, uid, "-k", "2", "--method", "occlusion", "--json"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert uid not in [n["sop_instance_uid"] for n in json.loads(out)["neighbours"]]
+    code, out, err = run(capsys, *args, "--include-self")
+    assert code == 0, err
+    first = json.loads(out)["neighbours"][0]
+    assert first["sop_instance_uid"] == uid and first["score"] == pytest.approx(1.0, abs=1e-5)
