@@ -437,11 +437,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_studies_per_patient_are_later_exams_of_the_same_anatomy(tmp_path):
+@pytest.mark.parametrize("simple", [False, True])
+def test_studies_per_patient_are_later_exams_of_the_same_anatomy(tmp_path, simple):
     """Several exams per patient: new UIDs, increasing dates, small FOV/table/range/contrast
     changes, the same anatomy (so the same level at the same body position), and slices.csv
     giving each slice's body position, consistent with its DICOM header."""
-    summary = make_archive(tmp_path / "a", patients=2, slices=12, seed=5, size=48, studies_per_patient=3)
+    summary = make_archive(tmp_path / "a", patients=2, slices=12, seed=5, size=48, studies_per_patient=3, simple=simple)
     assert summary.files == 2 * 3 * 12 and summary.studies_per_patient == 3
     truth = read_csv(summary.slices_csv)
     assert [r["sop_instance_uid"] for r in truth] == [r["sop_instance_uid"] for r in read_labels(summary.out)]
