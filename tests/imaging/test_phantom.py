@@ -45,8 +45,17 @@ def read_labels(archive: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def slices(phantom_archive) -> list[dict]:
-    """Every slice of the shared archive: HU via medcbir.imaging, masks, label, header."""
+def simple_archive(tmp_path_factory) -> Path:
+    """The original phantom (``simple=True``): 4 patients × 20 slices at 128 px, seed 7."""
+    out = tmp_path_factory.mktemp("simple") / "archive"
+    make_archive(out, patients=4, slices=20, seed=7, size=128, simple=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def slices(simple_archive) -> list[dict]:
+    """Every slice of the original phantom: HU via medcbir.imaging, masks, label, header."""
+    phantom_archive = simple_archive
     out = []
     with h5py.File(phantom_archive / "masks.h5", "r") as masks:
         for path in dicom_files(phantom_archive):
@@ -111,8 +120,8 @@ def test_hu_has_noise_and_blur(slices):
     assert np.any((hu[border] > -900) & (hu[border] < -200)), "no partial-volume pixels at the skin"
 
 
-def test_ground_truth_matches_the_dicom_files(phantom_archive, slices):
-    rows = read_labels(phantom_archive)
+def test_ground_truth_matches_the_dicom_files(simple_archive, slices):
+    rows = read_labels(simple_archive)
     assert list(rows[0]) == ["sop_instance_uid", "frame", "label"]
     csv_uids = [r["sop_instance_uid"] for r in rows]
     file_uids = [str(s["header"].SOPInstanceUID) for s in slices]
@@ -120,13 +129,13 @@ def test_ground_truth_matches_the_dicom_files(phantom_archive, slices):
     assert set(csv_uids) == set(file_uids)
     assert all(r["frame"] == "0" and r["label"] in LABELS for r in rows)
     by_uid = {r["sop_instance_uid"]: r["label"] for r in rows}
-    with h5py.File(phantom_archive / "masks.h5", "r") as masks:
+    with h5py.File(simple_archive / "masks.h5", "r") as masks:
         assert set(masks) == set(file_uids)
         for s in slices:
             uid = str(s["header"].SOPInstanceUID)
             assert by_uid[uid] == s["label"]
             assert s["meta"].sop_instance_uid == uid and s["meta"].frame == 0
-            assert (phantom_archive / masks[uid].attrs["path"]).resolve() == s["path"].resolve()
+            assert (simple_archive / masks[uid].attrs["path"]).resolve() == s["path"].resolve()
             assert set(s["masks"]) == set(ORGANS)
             for organ in ORGANS:
                 dataset = masks[uid][organ]
@@ -135,7 +144,7 @@ def test_ground_truth_matches_the_dicom_files(phantom_archive, slices):
             assert set(np.unique(s["masks"]["body"])) == {0, 1}
             # Organs lie inside the body, and the exclusive organ masks never overlap.
             body = s["masks"]["body"].astype(bool)
-            stack = np.stack([s["masks"][o] for o in ORGANS if o != "body"]).astype(int)
+            stack = np.stack([s["masks"][o] for o in ORGANS if o not in ("body", "lesion")]).astype(int)
             assert stack.sum(axis=0).max() <= 1
             assert not np.any(stack.any(axis=0) & ~body)
 
@@ -169,9 +178,9 @@ def test_masks_agree_with_level_labels(slices):
     assert len(hearts) == 4, "every patient's thorax shows the heart"
 
 
-def test_phantom_json_boundaries_reproduce_the_labels_and_vary_per_patient(slices, phantom_archive):
+def test_phantom_json_boundaries_reproduce_the_labels_and_vary_per_patient(slices, simple_archive):
     """Labels follow from the per-patient boundaries (in mm) recorded in phantom.json."""
-    description = json.loads((phantom_archive / "phantom.json").read_text())
+    description = json.loads((simple_archive / "phantom.json").read_text())
     patients = {p["patient_id"]: p for p in description["patients"]}
     names = ("liver_top", "kidney_top", "liver_bottom", "kidney_bottom")
     for s in slices:
@@ -203,7 +212,7 @@ def test_label_rule_covers_every_level_for_many_seeds(slices_per_series):
             assert labels == set(LABELS), (seed, index, patient.boundaries)
 
 
-def test_dicom_headers_are_realistic(slices, phantom_archive):
+def test_dicom_headers_are_realistic(slices, simple_archive):
     by_series = defaultdict(list)
     for s in slices:
         h = s["header"]
@@ -229,7 +238,7 @@ def test_dicom_headers_are_realistic(slices, phantom_archive):
         assert len({str(h.StudyInstanceUID) for h in headers}) == 1
         studies.add(str(headers[0].StudyInstanceUID))
     assert len(studies) == 4
-    description = json.loads((phantom_archive / "phantom.json").read_text())
+    description = json.loads((simple_archive / "phantom.json").read_text())
     assert description["seed"] == 7 and len(description["patients"]) == 4
     assert {p["series_instance_uid"] for p in description["patients"]} == set(by_series)
 
@@ -293,7 +302,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
                     "--slices", "3", "--seed", "11", "--size", "64"], check=True, env=env, capture_output=True, timeout=120)
     c = make_archive(tmp_path / "c", patients=4, slices=3, seed=12, size=64)
     bytes_a, bytes_b, bytes_c = (archive_bytes(root) for root in (a.out, tmp_path / "b", c.out))
-    assert len(bytes_a) == 4 * 3 + 4  # + labels.csv, slices.csv, masks.h5, phantom.json
+    # + labels.csv, labels-liver.csv, labels-lesion.csv, slices.csv, masks.h5, phantom.json
+    assert len(bytes_a) == 4 * 3 + 6
     assert bytes_a == bytes_b  # every DICOM file and ground-truth file
     dicom_a = {k: v for k, v in bytes_a.items() if k.endswith(".dcm")}
     dicom_c = {k: v for k, v in bytes_c.items() if k.endswith(".dcm")}
@@ -359,7 +369,7 @@ def test_speed_at_256_pixels(tmp_path, record_property):
     assert cpu_rate >= 50.0, f"{cpu_rate:.0f} slices per CPU second"
 
 
-def test_rewriting_replaces_a_previous_phantom_archive(tmp_path):
+def test_rewriting_replaces_a_previous_simple_archive(tmp_path):
     out = tmp_path / "archive"
     make_archive(out, patients=3, slices=2, seed=1, size=32)
     summary = make_archive(out, patients=1, slices=2, seed=2, size=32)
@@ -417,7 +427,7 @@ def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path):
     two = make_archive(tmp_path / "two", patients=3, slices=10, seed=11, size=64, workers=2)
     files_one = sorted(p.relative_to(one.out) for p in one.out.rglob("*") if p.is_file())
     files_two = sorted(p.relative_to(two.out) for p in two.out.rglob("*") if p.is_file())
-    assert files_one == files_two and len(files_one) == 30 + 4
+    assert files_one == files_two and len(files_one) == 30 + 6
     for rel in files_one:
         assert (one.out / rel).read_bytes() == (two.out / rel).read_bytes(), rel
 
@@ -427,11 +437,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_studies_per_patient_are_later_exams_of_the_same_anatomy(tmp_path):
+@pytest.mark.parametrize("simple", [False, True])
+def test_studies_per_patient_are_later_exams_of_the_same_anatomy(tmp_path, simple):
     """Several exams per patient: new UIDs, increasing dates, small FOV/table/range/contrast
     changes, the same anatomy (so the same level at the same body position), and slices.csv
     giving each slice's body position, consistent with its DICOM header."""
-    summary = make_archive(tmp_path / "a", patients=2, slices=12, seed=5, size=48, studies_per_patient=3)
+    summary = make_archive(tmp_path / "a", patients=2, slices=12, seed=5, size=48, studies_per_patient=3, simple=simple)
     assert summary.files == 2 * 3 * 12 and summary.studies_per_patient == 3
     truth = read_csv(summary.slices_csv)
     assert [r["sop_instance_uid"] for r in truth] == [r["sop_instance_uid"] for r in read_labels(summary.out)]
@@ -483,9 +494,9 @@ def test_no_file_path_reveals_patient_id_or_name(tmp_path):
         h = pydicom.dcmread(path, stop_before_pixels=True)
         identifiers |= {str(h.PatientID), str(h.PatientName), *str(h.PatientName).split("^")}
     assert len(identifiers) == 3 + 3 + 1 + 3  # IDs, names, the shared family name, the given names
-    ground_truth = {"labels.csv", "slices.csv", "masks.h5", "phantom.json"}
+    ground_truth = {"labels.csv", "labels-liver.csv", "labels-lesion.csv", "slices.csv", "masks.h5", "phantom.json"}
     paths = [p.relative_to(summary.out).as_posix() for p in summary.out.rglob("*")]
-    assert len(paths) == 3 + 3 * 2 + 3 * 2 + 12 + 4  # patients, studies, series, files, ground truth
+    assert len(paths) == 3 + 3 * 2 + 3 * 2 + 12 + 6  # patients, studies, series, files, ground truth
     for rel in (p.upper() for p in paths if p not in ground_truth):
         assert not any(identifier.upper() in rel for identifier in identifiers), rel
 

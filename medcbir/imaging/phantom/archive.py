@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.uid import JPEGLSLossless, RLELossless
 
 from medcbir.errors import ConfigError
 from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Patient
 from medcbir.imaging.phantom.masks import MaskWriter, deflate_masks
-from medcbir.imaging.phantom.slices import SliceRenderer
+from medcbir.imaging.phantom.anatomy import Blob
+from medcbir.imaging.phantom.slices import IDENTITY, Finish, Pose, SliceRenderer
+from medcbir.imaging.phantom.variation import (
+    ANATOMY_UNIT_MM,
+    Nuisances,
+    draw_nuisances,
+    patient_v2,
+    with_overrides,
+)
 from medcbir.imaging.phantom.writer import (
     SCANNERS,
     follow_up,
+    mr_intensity,
     patient_folder,
     series_info,
     series_template,
@@ -28,7 +39,7 @@ from medcbir.imaging.phantom.writer import (
 )
 
 FORMAT = "medcbir-phantom"
-VERSION = 1
+VERSION = 2  # 2: phantom v2, pseudonymous folders, studies, slices.csv
 MIN_SIZE, MAX_SIZE = 32, 2048
 # A PSF narrower than this is invisible on the pixel grid; this much also stands in for the
 # partial-volume averaging over a pixel that point sampling of the outlines leaves out.
@@ -67,6 +78,10 @@ class PhantomSummary:
     dicom_files: list[Path] = field(default_factory=list, repr=False)
     studies_per_patient: int = 1
     slices_csv: Path | None = None
+    labels_liver_csv: Path | None = None
+    labels_lesion_csv: Path | None = None
+    simple: bool = False
+    modality: str = "CT"
 
     @property
     def slices_per_second(self) -> float:
@@ -80,6 +95,9 @@ class PhantomSummary:
             "slices_per_second": round(self.slices_per_second, 1), "labels_csv": str(self.labels_csv),
             "masks_h5": str(self.masks_h5), "phantom_json": str(self.phantom_json),
             "studies_per_patient": self.studies_per_patient, "slices_csv": str(self.slices_csv),
+            "labels_liver_csv": str(self.labels_liver_csv) if self.labels_liver_csv else None,
+            "labels_lesion_csv": str(self.labels_lesion_csv) if self.labels_lesion_csv else None,
+            "simple": self.simple, "modality": self.modality,
         }
 
 
@@ -111,7 +129,7 @@ def _prepare(out: Path) -> None:
             target = (out / folder).resolve()
             if target.parent == out.resolve() and target.is_dir():
                 shutil.rmtree(target)
-        for name in ("labels.csv", "slices.csv", "masks.h5", "phantom.json"):
+        for name in ("labels.csv", "slices.csv", "labels-liver.csv", "labels-lesion.csv", "masks.h5", "phantom.json"):
             (out / name).unlink(missing_ok=True)
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no phantom archive; choose a new folder")
@@ -134,20 +152,52 @@ class WrittenSlice:
     syntax_name: str
     masks: dict
     truth: tuple  # the slices.csv row after sop_instance_uid, frame
+    study: int = 0
+    has_liver: bool = False
+    has_lesion: bool = False
+
+
+@dataclass(frozen=True)
+class Exam:
+    """How one study of a patient is rendered and stored."""
+
+    info: object  # writer.SeriesInfo
+    patient: Patient
+    noise: float
+    shift: float
+    blur_px: float
+    pose: Pose = IDENTITY
+    finish: Finish | None = None
+    nuisances: Nuisances | None = None
 
 
 def _write_patient(job: tuple) -> tuple[list[WrittenSlice], dict]:
     """Render and write one patient's studies; return its slices and its phantom.json entry."""
-    out, seed, index, scanner_index, slices, size, compress, studies = job
-    patient = Patient.draw(seed, index)
+    out, seed, index, scanner_index, slices, size, compress, studies, simple, overrides, modality = job
     rng = np.random.default_rng([seed, index, 0x5E21E5])
-    scanner = SCANNERS[scanner_index]
+    scanners = SCANNERS
+    scanner = scanners[scanner_index]
     first = series_info(seed, index, scanner, size=size, slices=slices, compress=compress, rng=rng)
     first_noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
     folder = patient_folder(seed, index)
+    plan = _plan_simple if simple else _plan_v2
+    exams = plan(seed, index, first, first_noise, studies, overrides, modality, slices)
     written: list[WrittenSlice] = []
-    exams = []
-    info = first
+    descriptions = []
+    for exam in exams:
+        slices_written, description = _write_study(out / folder / f"study-{exam.info.study_index + 1}" / "series-2",
+                                                   seed, index, exam, slices)
+        written += slices_written
+        descriptions.append(description)
+    description = {"index": index, "folder": folder, **descriptions[0], "studies": descriptions}
+    return written, description
+
+
+def _plan_simple(seed: int, index: int, first, first_noise: float, studies: int, overrides, modality,
+                 slices: int) -> list[Exam]:
+    """The original phantom: one anatomy, fixed position and field of view per exam."""
+    patient = Patient.draw(seed, index)
+    exams, info = [], first
     for study in range(studies):
         if study == 0:
             noise, shift, scanned = first_noise, 0.0, patient
@@ -156,27 +206,83 @@ def _write_patient(job: tuple) -> tuple[list[WrittenSlice], dict]:
             # do not depend on how many follow), same anatomy, other bolus timing and noise.
             study_rng = np.random.default_rng([seed, index, study, 0x57D7])
             info = follow_up(first, study, info.study_date, study_rng)
-            noise = float(np.clip(scanner.noise_hu * study_rng.uniform(0.85, 1.2), 10.0, 20.0))
+            noise = float(np.clip(first.scanner.noise_hu * study_rng.uniform(0.85, 1.2), 10.0, 20.0))
             shift = float(study_rng.uniform(-FOLLOW_UP_SHIFT, FOLLOW_UP_SHIFT))
             scanned = patient.with_contrast(patient.contrast + study_rng.uniform(-0.15, 0.15))
-        slices_written, exam = _write_study(out / folder / f"study-{study + 1}" / "series-2", seed, index, info,
-                                            scanned, slices, noise, shift)
-        written += slices_written
-        exams.append(exam)
-    description = {"index": index, "folder": folder, **exams[0], "studies": exams}
-    return written, description
+        blur = max(MIN_BLUR_PX, first.scanner.psf_mm / info.pixel_spacing_mm)
+        exams.append(Exam(info, scanned, noise, shift, blur))
+    return exams
 
 
-def _write_study(series_dir: Path, seed: int, index: int, info, patient: Patient, slices: int, noise: float,
-                 shift: float) -> tuple[list[WrittenSlice], dict]:
+SHARP_KERNELS = {"B30f": "B70f", "STANDARD": "BONE", "FC08": "FC30", "B": "D"}
+
+
+def _plan_v2(seed: int, index: int, first, first_noise: float, studies: int, overrides, modality,
+             slices: int) -> list[Exam]:
+    """Phantom v2: every nuisance of :mod:`.variation` per patient, small changes per exam."""
+    drawn = draw_nuisances(seed, index, total_span_mm=first.slice_spacing_mm * slices)
+    mr = None
+    if modality == "MR":
+        mr_rng = np.random.default_rng([seed, index, 0x3A7])
+        scale = float(mr_rng.uniform(600, 30000))
+        mr = {"scale": round(scale, 1), "gamma": round(float(mr_rng.uniform(0.6, 1.6)), 4),
+              "bits": 12 if scale < 4095 else 16,
+              "windows": [[round(0.45 * scale), round(0.9 * scale)]] if mr_rng.uniform() < 0.5 else None}
+    exams, info = [], first
+    for study in range(studies):
+        nuisances = drawn
+        if study:
+            study_rng = np.random.default_rng([seed, index, study, 0x57D7])
+            info = follow_up(first, study, info.study_date, study_rng)
+            nuisances = replace(
+                drawn,
+                offset_mm=(drawn.offset_mm[0] + float(study_rng.normal(0, 6)), drawn.offset_mm[1] + float(study_rng.normal(0, 6))),
+                rotation_deg=drawn.rotation_deg + float(study_rng.uniform(-1.5, 1.5)),
+                pixel_spacing=drawn.pixel_spacing * float(study_rng.uniform(0.96, 1.04)),
+                contrast=min(max(drawn.contrast + float(study_rng.uniform(-0.15, 0.15)), 0.0), 1.0),
+                noise_hu=drawn.noise_hu * float(study_rng.uniform(0.9, 1.1)),
+            )
+            shift = float(study_rng.uniform(-FOLLOW_UP_SHIFT, FOLLOW_UP_SHIFT))
+        else:
+            shift = 0.0
+        nuisances = with_overrides(nuisances, overrides)
+        scanner = first.scanner
+        info = replace(info, fov_mm=nuisances.fov_mm, slice_thickness_mm=nuisances.slice_thickness_mm,
+                       kernel=SHARP_KERNELS.get(scanner.kernel, scanner.kernel + "-SHARP")
+                       if nuisances.kernel == "sharp" else scanner.kernel,
+                       phase=nuisances.phase, mr=mr)
+        half_fov = nuisances.fov_mm / 2.0
+        pose = Pose(scale=ANATOMY_UNIT_MM / half_fov * nuisances.body_scale, angle=math.radians(nuisances.rotation_deg),
+                    dx=nuisances.offset_mm[0] / half_fov, dy=nuisances.offset_mm[1] / half_fov)
+        metal = None
+        if nuisances.metal:
+            m = nuisances.metal
+            placed = pose.place(Blob(m["x"], m["y"], 0.03, 0.03))
+            metal = (placed.cx, placed.cy, placed.ax, m["z_top"], m["z_bottom"], m["strength"])
+        sharp = nuisances.kernel == "sharp"
+        blur = max(MIN_BLUR_PX, scanner.psf_mm * (0.6 if sharp else 1.1) / info.pixel_spacing_mm)
+        finish = Finish(sharpen=1.2 if sharp else 0.0, metal=metal, hu_offset=nuisances.hu_offset)
+        exams.append(Exam(info, patient_v2(seed, index, nuisances), nuisances.noise_hu, shift, blur, pose, finish,
+                          nuisances))
+    return exams
+
+
+def _syntax(info, instance: int) -> str:
+    """The transfer syntax of one file: the scanner's, except that in phantom v2 the RLE
+    scanner's even-numbered files are JPEG-LS lossless (an archive that re-encoded part of a
+    series, as PACS migrations do)."""
+    syntax = info.scanner.syntax(info.compress)
+    if info.kernel is not None and syntax == RLELossless and instance % 2 == 0:
+        return JPEGLSLossless
+    return syntax
+
+
+def _write_study(series_dir: Path, seed: int, index: int, exam: Exam, slices: int) -> tuple[list[WrittenSlice], dict]:
     """Write one series; slice ``i`` lies at body position ``z = (i + 0.5) / slices + shift``."""
+    info, patient, shift = exam.info, exam.patient, exam.shift
     scanner = info.scanner
-    size = info.size
-    blur = max(MIN_BLUR_PX, scanner.psf_mm / info.pixel_spacing_mm)
-    syntax = scanner.syntax(info.compress)
     template = series_template(info)
-    renderer = SliceRenderer(patient, size)
-    syntax_name = pydicom.uid.UID(syntax).name
+    renderer = SliceRenderer(patient, info.size, exam.pose, exam.finish)
     series_dir.mkdir(parents=True)
     span = info.slice_spacing_mm * slices
     study = info.study_index
@@ -186,22 +292,24 @@ def _write_study(series_dir: Path, seed: int, index: int, info, patient: Patient
         z_mm = info.top_mm - z * span
         label = patient.label_at(z)
         parts = [seed, index, i, 0x4015E] + ([study] if study else [])
-        rendered = renderer.render(z, noise_hu=noise, blur_px=blur, rng=np.random.default_rng(parts))
-        stored = to_stored(rendered.hu, scanner)
+        rendered = renderer.render(z, noise_hu=exam.noise, blur_px=exam.blur_px, rng=np.random.default_rng(parts))
+        stored = mr_intensity(rendered.hu, info.mr) if info.mr else to_stored(rendered.hu, scanner)
         ds = slice_dataset(info, template, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN")
         path = series_dir / f"{i + 1:04d}.dcm"
+        syntax = _syntax(info, i + 1)
         write_slice(path, ds, stored, syntax)
         truth = (series_dir.parent.parent.name, info.study_uid, info.series_uid, info.study_date, i + 1,
                  round(z, 6), round(z * span, 3), round(z_mm, 3), label)
-        written.append(WrittenSlice(str(ds.SOPInstanceUID), label, path, syntax_name,
-                                    deflate_masks(rendered.masks), truth))
+        written.append(WrittenSlice(str(ds.SOPInstanceUID), label, path, pydicom.uid.UID(syntax).name,
+                                    deflate_masks(rendered.masks), truth, study,
+                                    "liver" in rendered.masks, "lesion" in rendered.masks))
     labels = [w.label for w in written]
-    exam = {
+    description = {
         **info.to_dict(),
         "study_index": study,
         "z_shift": round(shift, 6),
-        "noise_hu": round(noise, 3),
-        "blur_px": round(blur, 4),
+        "noise_hu": round(exam.noise, 3),
+        "blur_px": round(exam.blur_px, 4),
         "contrast": round(patient.contrast, 4),
         "level_boundaries_z": dict(zip(BOUNDARY_NAMES, (round(b, 5) for b in patient.boundaries))),
         "level_boundaries_mm": {name: round(info.top_mm - b * span, 3)
@@ -209,7 +317,11 @@ def _write_study(series_dir: Path, seed: int, index: int, info, patient: Patient
         "labels": {label: labels.count(label) for label in LABELS},
         "organ_hu": {k: round(v, 2) for k, v in patient.hu.items()},
     }
-    return written, exam
+    if exam.nuisances is not None:
+        description["nuisances"] = exam.nuisances.to_dict()
+        description["slices_with_liver"] = sum(w.has_liver for w in written)
+        description["slices_with_lesion"] = sum(w.has_lesion for w in written)
+    return written, description
 
 
 def _patients(jobs: list[tuple], workers: int):
@@ -253,7 +365,8 @@ SLICES_COLUMNS = ("sop_instance_uid", "frame", "patient", "study_instance_uid", 
 
 
 def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int = 0, size: int = 256,
-                 compress: bool = True, workers: int = 0, *, studies_per_patient: int = 1) -> PhantomSummary:
+                 compress: bool = True, workers: int = 0, *, studies_per_patient: int = 1, simple: bool = False,
+                 overrides: dict | None = None, modality: str = "CT") -> PhantomSummary:
     """Write a synthetic CT archive with ground truth.
 
     Each patient has ``studies_per_patient`` studies (exams), each with one axial series running
@@ -291,10 +404,16 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         ConfigError: bad parameters or an output folder holding something else.
     """
     _check(patients, slices, size, seed, studies_per_patient)
+    if modality not in ("CT", "MR"):
+        raise ConfigError(f"modality must be CT or MR (got {modality!r})")
+    if simple and (overrides or modality != "CT"):
+        raise ConfigError("overrides and modality need phantom v2 (not simple=True / --simple)")
+    with_overrides(draw_nuisances(seed, 0, 400.0), overrides)  # bad overrides fail before any file is written
     out = Path(out)
     _prepare(out)
     parameters = {"patients": patients, "slices": slices, "size": size, "compress": compress,
-                  "studies_per_patient": studies_per_patient}
+                  "studies_per_patient": studies_per_patient, "simple": simple, "modality": modality,
+                  "overrides": _jsonable(overrides or {})}
     # Written first and replaced at the end: an interrupted run leaves a description listing the
     # folders it may have written, so re-running into the same folder can clean them up.
     _write_json(out / "phantom.json", {
@@ -311,8 +430,10 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     dicom_files: list[Path] = []
 
     mask_attrs = {"format": FORMAT, "version": VERSION, "seed": seed, "organs": list(ORGANS)}
-    jobs = [(out, seed, index, int(order[index % len(SCANNERS)]), slices, size, compress, studies_per_patient)
-            for index in range(patients)]
+    jobs = [(out, seed, index, int(order[index % len(SCANNERS)]), slices, size, compress, studies_per_patient,
+             simple, overrides, modality) for index in range(patients)]
+    liver_rows: list[tuple[str, int, str]] = []
+    lesion_rows: list[tuple[str, int, str]] = []
     with MaskWriter(out / "masks.h5", size, mask_attrs) as masks_file:
         for written, patient_description in _patients(jobs, workers):
             for item in written:
@@ -324,9 +445,16 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
                 syntax_count[item.syntax_name] = syntax_count.get(item.syntax_name, 0) + 1
                 dicom_files.append(item.path)
             description.append(patient_description)
+            if not simple:
+                liver, lesion = _presence_rows(seed, patient_description["index"], written)
+                liver_rows += liver
+                lesion_rows += lesion
 
     _write_csv(out / "labels.csv", ("sop_instance_uid", "frame", "label"), rows)
     _write_csv(out / "slices.csv", SLICES_COLUMNS, truth_rows)
+    if not simple:
+        _write_csv(out / "labels-liver.csv", ("sop_instance_uid", "frame", "label"), liver_rows)
+        _write_csv(out / "labels-lesion.csv", ("sop_instance_uid", "frame", "label"), lesion_rows)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -348,7 +476,43 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         labels=labels_count, transfer_syntaxes=syntax_count, elapsed=elapsed,
         labels_csv=out / "labels.csv", masks_h5=out / "masks.h5", phantom_json=out / "phantom.json",
         dicom_files=dicom_files, studies_per_patient=studies_per_patient, slices_csv=out / "slices.csv",
+        labels_liver_csv=None if simple else out / "labels-liver.csv",
+        labels_lesion_csv=None if simple else out / "labels-lesion.csv", simple=simple, modality=modality,
     )
+
+
+LIVER_SAMPLE = 5  # slices with liver and without, per series (the seed paper's protocol)
+
+
+def _presence_rows(seed: int, index: int, written: list[WrittenSlice]) -> tuple[list, list]:
+    """labels-liver.csv rows (per series 5 slices showing liver and 5 not, drawn from the seed;
+    fewer when a series has fewer) and labels-lesion.csv rows (every slice showing liver:
+    ``lesion`` when a lesion shows, else ``no-lesion``), in file order."""
+    liver, lesion = [], []
+    by_study: dict[int, list[WrittenSlice]] = {}
+    for item in written:
+        by_study.setdefault(item.study, []).append(item)
+    for study, items in by_study.items():
+        rng = np.random.default_rng([seed, index, study, 0x11BE])
+        chosen = set()
+        for present in (True, False):
+            pool = [i for i, item in enumerate(items) if item.has_liver == present]
+            take = min(LIVER_SAMPLE, len(pool))
+            chosen |= {pool[j] for j in rng.choice(len(pool), size=take, replace=False)} if take else set()
+        liver += [(items[i].sop_instance_uid, 0, "liver" if items[i].has_liver else "no-liver") for i in sorted(chosen)]
+        lesion += [(item.sop_instance_uid, 0, "lesion" if item.has_lesion else "no-lesion") for item in items
+                   if item.has_liver]
+    return liver, lesion
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:

@@ -22,6 +22,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    MRImageStorage,
     RLELossless,
     generate_uid,
 )
@@ -120,6 +121,11 @@ class SeriesInfo:
     slice_spacing_mm: float
     top_mm: float
     study_index: int = 0
+    # Phantom v2 (None / defaults: the original phantom's tags):
+    slice_thickness_mm: float | None = None
+    kernel: str | None = None
+    phase: str = "portal-venous"
+    mr: dict | None = None  # MR-like series: {"scale", "gamma", "windows": [(c, w)] or None, "bits"}
 
     @property
     def pixel_spacing_mm(self) -> float:
@@ -143,6 +149,10 @@ class SeriesInfo:
             "pixel_spacing_mm": round(self.pixel_spacing_mm, 5),
             "slice_spacing_mm": round(self.slice_spacing_mm, 4),
             "top_mm": round(self.top_mm, 3),
+            "slice_thickness_mm": round(self.slice_thickness_mm or self.slice_spacing_mm, 4),
+            "convolution_kernel": self.kernel or self.scanner.kernel,
+            "modality": "MR" if self.mr else "CT",
+            **({"mr": self.mr} if self.mr else {}),
         }
 
 
@@ -207,6 +217,18 @@ def to_stored(hu: np.ndarray, scanner: Scanner) -> np.ndarray:
     return stored.astype(np.int16 if scanner.signed else np.uint16)
 
 
+SERIES_DESCRIPTIONS = {"portal-venous": "AXIAL PORTAL VENOUS", "arterial": "AXIAL ARTERIAL",
+                       "non-contrast": "AXIAL NON-CONTRAST"}
+
+
+def mr_intensity(hu: np.ndarray, mr: dict) -> np.ndarray:
+    """An MR-like intensity image from the HU one: no HU, an arbitrary per-patient scale and
+    gamma (not MR physics: only what a retrieval engine must not rely on, i.e. absolute values)."""
+    level = np.clip((hu + 1000.0) / 1400.0, 0.0, 1.0) ** np.float32(mr["gamma"])
+    top = (1 << mr["bits"]) - 1
+    return np.clip(np.rint(level * np.float32(mr["scale"])), 0, top).astype(np.uint16)
+
+
 def series_template(info: SeriesInfo) -> dict:
     """The elements every slice of the series shares, built (and validated) once per series.
 
@@ -226,17 +248,18 @@ def series_template(info: SeriesInfo) -> dict:
     ds.InstitutionName = "medcbir synthetic hospital"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "CT CHEST ABDOMEN PELVIS WITH CONTRAST (PHANTOM)"
-    ds.SeriesDescription = "AXIAL PORTAL VENOUS"
+    ds.SeriesDescription = SERIES_DESCRIPTIONS[info.phase]
     ds.ManufacturerModelName = scanner.model
     ds.PatientName = info.patient_name
     ds.PatientID = info.patient_id
     ds.PatientBirthDate = info.birth_date
     ds.PatientSex = info.sex
-    ds.ContrastBolusAgent = "IODINATED"
-    ds.SliceThickness = f"{info.slice_spacing_mm:.3f}"
+    if info.phase != "non-contrast":
+        ds.ContrastBolusAgent = "IODINATED"
+    ds.SliceThickness = f"{info.slice_thickness_mm or info.slice_spacing_mm:.3f}"
     ds.KVP = scanner.kvp
     ds.ReconstructionDiameter = f"{info.fov_mm:.2f}"
-    ds.ConvolutionKernel = scanner.kernel
+    ds.ConvolutionKernel = info.kernel or scanner.kernel
     ds.PatientPosition = "FFS"
     ds.StudyInstanceUID = info.study_uid
     ds.SeriesInstanceUID = info.series_uid
@@ -253,7 +276,34 @@ def series_template(info: SeriesInfo) -> dict:
     ds.RescaleIntercept = str(scanner.intercept)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
+    if info.mr:
+        _as_mr(ds, info)
     return {elem.tag: elem for elem in ds}
+
+
+def _as_mr(ds: Dataset, info: SeriesInfo) -> None:
+    """Turn the CT template into an MR Image one: no rescale (no HU), MR acquisition tags,
+    windows present or absent as the patient's settings say."""
+    for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType", "KVP", "ConvolutionKernel",
+                    "ContrastBolusAgent", "WindowCenter", "WindowWidth", "ReconstructionDiameter"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = MRImageStorage
+    ds.Modality = "MR"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.StudyDescription = "MR ABDOMEN (PHANTOM)"
+    ds.SeriesDescription = "AX T1-LIKE (PHANTOM)"
+    ds.ScanningSequence = "GR"
+    ds.SequenceVariant = "SP"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.RepetitionTime = "5.5"
+    ds.EchoTime = "2.2"
+    ds.MagneticFieldStrength = "1.5"
+    ds.EchoTrainLength = 1
+    if info.mr.get("windows"):
+        ds.WindowCenter = str(info.mr["windows"][0][0])
+        ds.WindowWidth = str(info.mr["windows"][0][1])
 
 
 def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, body_part: str) -> Dataset:
@@ -267,10 +317,11 @@ def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, 
         body_part: BodyPartExamined.
     """
     scanner = info.scanner
+    sop_class = MRImageStorage if info.mr else CTImageStorage
     parts = ("sop", instance) if info.study_index == 0 else ("sop", instance, "study", info.study_index)
     sop_uid = uid(info.seed, info.patient_id, *parts)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian  # replaced when written otherwise
 
@@ -289,9 +340,10 @@ def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, 
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = ds.Columns = info.size
     ds.BitsAllocated = 16
-    ds.BitsStored = scanner.bits_stored
-    ds.HighBit = scanner.bits_stored - 1
-    ds.PixelRepresentation = int(scanner.signed)
+    bits = info.mr["bits"] if info.mr else scanner.bits_stored
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0 if info.mr else int(scanner.signed)
     return ds
 
 
