@@ -54,6 +54,21 @@ class OrthancFiles:
         return [[Neighbour(n.id, n.score, n.rank, self._local(dict(n.meta))) for n in row] for row in results]
 
 
+def explain_bytes(engine, request: dict) -> float:
+    """An upper estimate of the working memory of an explain request, in bytes.
+
+    The query and its K neighbours (twice with ``pairwise``) are held as images, heatmaps and
+    two RELAX accumulators; one forward batch of masked copies (120 images) is in flight with
+    the encoder's activations (counted as 16 image-sized tensors per copy).
+    """
+    prep = engine.encoder.preprocessing
+    channels = len(getattr(prep, "windows", ()) or (1,))
+    image = channels * int(prep.size) ** 2 * 4
+    k = int(request.get("k", 5))
+    rows = (k + 1) * (2 if request.get("pairwise") else 1)
+    return rows * image * 4 + 120 * image * 16
+
+
 def explain_answer(engine, rest, query_path: Path, request: dict, label: str | None = None) -> tuple[bytes, str]:
     """Explain a query and its neighbours; the answer body and its MIME type.
 
@@ -61,9 +76,10 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
         engine: the open engine.
         rest: Orthanc REST client (to fetch the neighbours' files).
         query_path: the query's DICOM file.
-        request: ``k`` (5), ``method`` ("relax"), ``exclude`` ("none"), ``format``
-            ("png" | "html" | "json"), ``n_masks`` (RELAX, 3000), ``seed`` (0), ``pairwise``.
-        label: how the query is named in the panel title.
+        request: checked by :func:`medcbir.pacs.request_rules.check_request`: ``k`` (5),
+            ``method`` ("relax"), ``exclude`` ("none"), ``format`` ("png" | "html" | "json"),
+            ``n_masks`` (RELAX, 3000), ``seed`` (0), ``pairwise``.
+        label: how the query is named in the answer (never a file-system path).
     """
     from medcbir.engine.report import render_html, render_png
     from medcbir.explain import METHODS, explain_search
@@ -74,22 +90,22 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    try:
-        k = int(request.get("k", 5))
-        options = {}
-        if method in ("relax", "smoothgrad"):
-            options["seed"] = int(request.get("seed", 0))
-        if method == "relax":
-            options["n_masks"] = int(request.get("n_masks", 3000))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad numeric option: {exc}") from None
+    k = int(request.get("k", 5))
+    options = {}
+    if method in ("relax", "smoothgrad"):
+        options["seed"] = int(request.get("seed", 0))
+    if method == "relax":
+        options["n_masks"] = int(request.get("n_masks", 3000))
+    label = label or "the query"
     with tempfile.TemporaryDirectory(prefix="medcbir-explain-") as folder:
         explanation = explain_search(
             OrthancFiles(engine, rest, Path(folder)), str(query_path), k=k, method=method,
             pairwise=bool(request.get("pairwise", False)), exclude=request.get("exclude") or "none", **options)
+        # The query was read from a temporary file: answer its label, not that path.
+        explanation.query_label = label
         if fmt == "json":
             return json.dumps(explanation.to_dict(), indent=2, default=str).encode("utf-8"), "application/json"
-        panel = explanation.panel(title=f"{method} explanation of {label or 'the query'} and its top-{len(explanation.neighbours)}")
+        panel = explanation.panel(title=f"{method} explanation of {label} and its top-{len(explanation.neighbours)}")
         if fmt == "html":
             return render_html(panel).encode("utf-8"), "text/html"
         png = render_png(Path(folder) / "panel.png", panel)
