@@ -13,10 +13,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from medcbir.errors import ConfigError, DecodeError
+from medcbir.errors import ConfigError
 from medcbir.pacs.orthanc_config import instance_of
 
 FORMATS = ("png", "html", "json")
+SPARE = 4  # extra neighbours searched to replace ones deleted in Orthanc but not yet tombstoned
 
 
 class OrthancFiles:
@@ -36,22 +37,35 @@ class OrthancFiles:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def _local(self, meta: dict) -> dict:
+    def _local(self, meta: dict) -> dict | None:
+        """``meta`` with a local ``source``; None when Orthanc no longer holds the instance."""
         instance = instance_of(str(meta.get("source", "")))
         if instance is None:
             return meta  # indexed from a file: explain_search reads it directly
         data = self._rest.instance_file(instance)
         if data is None:
-            raise DecodeError(f"neighbour {meta.get('sop_instance_uid', '?')} is no longer in Orthanc")
+            return None  # deleted in Orthanc; the worker has not tombstoned it yet
         path = self._folder / f"{instance}.dcm"
         path.write_bytes(data)
         return {**meta, "source": str(path)}
 
     def search(self, queries, k: int = 10, **filters):
+        """The engine's neighbours that Orthanc still holds (a few more are searched so that a
+        neighbour deleted behind the index is replaced by the next one), ranked 1..k."""
         from medcbir.engine.neighbour import Neighbour
 
-        results = self._engine.search(queries, k=k, **filters)
-        return [[Neighbour(n.id, n.score, n.rank, self._local(dict(n.meta))) for n in row] for row in results]
+        results = self._engine.search(queries, k=k + SPARE, **filters)
+        out = []
+        for row in results:
+            kept = []
+            for n in row:
+                if len(kept) == k:
+                    break
+                meta = self._local(dict(n.meta))
+                if meta is not None:
+                    kept.append(Neighbour(n.id, n.score, len(kept) + 1, meta))
+            out.append(kept)
+        return out
 
 
 def explain_bytes(engine, request: dict) -> float:
