@@ -64,7 +64,7 @@ class Engine:
         live_rows = np.asarray(store.live_mask, dtype=bool) if getattr(store, "live_mask", None) is not None else np.ones(n, bool)
         self.live = self.id_mask(live_rows)
         self._n_live = int(np.count_nonzero(live_rows))
-        self.table = MetaTable(self.columns, self.rows_of)
+        self.table = MetaTable(self.columns, self.rows_of, getattr(store, "source_path", None))
         self.lookup = KeyLookup(self.columns, self.ids)
         self.exact = bool(getattr(store, "exact", is_exact(self.index)))
         self.knobs: dict = {}

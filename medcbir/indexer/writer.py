@@ -282,6 +282,15 @@ class IndexWriter:
         self._buffer_keys -= keys
         self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
 
+    def archive_root(self, root: str | Path) -> str:
+        """The folder file sources are recorded relative to: the first archive indexed.
+
+        Kept in the manifest (``archive_root``) from the next commit on; a later archive
+        elsewhere is recorded relative to the same root (``../``), so one root opens all.
+        """
+        self.manifest = {**self.manifest, "archive_root": self.manifest.get("archive_root") or str(Path(root).absolute())}
+        return self.manifest["archive_root"]
+
     # ------------------------------------------------------------------ deleting
     def committed_sources(self) -> set[str]:
         """Every source recorded by a committed item (tombstoned ones included)."""
