@@ -416,7 +416,7 @@ class Worker:
 
     def op_search(self, request: dict) -> dict:
         started = time.perf_counter()
-        k = int(request.get("k", 10))
+        k = int(request.get("k", min(10, self.settings.max_k)))
         queries = self._query_files(request)
         try:
             with self._engine_for_request() as engine:
@@ -444,6 +444,8 @@ class Worker:
     def op_explain(self, request: dict) -> dict:
         from medcbir.pacs.explain_route import explain_answer, explain_bytes
 
+        # The defaults stay within the configured bounds too.
+        request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(3000, self.settings.max_masks), **request}
         [(path, instance)] = self._query_files(request)
         try:
             with self._engine_for_request() as engine:

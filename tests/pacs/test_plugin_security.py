@@ -69,6 +69,9 @@ def test_explain_masks_neighbours_queries_and_body_are_bounded(server, pacs_arch
     refused(server.rest.post("/medcbir/explain", json={"instance": instance, "k": 4, "n_masks": 10}), "MaxExplainK")
     ok = server.rest.post("/medcbir/explain", json={"instance": instance, "k": 3, "n_masks": 200, "format": "json"})
     assert ok.status_code == 200, ok.text
+    # Without n_masks the default (3000) is held to MaxMasks too.
+    default = server.rest.post("/medcbir/explain", json={"instance": instance, "k": 1, "format": "json"})
+    assert default.status_code == 200 and default.json()["options"]["n_masks"] == 200, default.text[:300]
 
     others = [instance_of_file(server, p) for p in pacs_archive[1:3]]
     refused(server.rest.post("/medcbir/search", json={"instances": [instance, *others], "k": 2}), "MaxQueries")
