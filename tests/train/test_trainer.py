@@ -77,7 +77,7 @@ def test_checkpoint_is_an_encoder_with_test_time_preprocessing_and_a_log(trained
     summary = trained["summary"]
     record = read_checkpoint(trained["checkpoint"])
     assert record["method"] == "simsiam" and record["epoch"] == 1
-    assert record["preprocessing"] == {"windows": ["ct-liver-wide"], "size": 64}
+    assert record["preprocessing"] == {"windows": ["CT=ct-liver-wide,*=robust"], "size": 64, "crop": "body", "margin": 0.05, "spacing": 3.5}
     assert record["config"]["views"] == "hu-narrow,hu-wide"
     assert set(record["rng"]) >= {"torch", "numpy", "python"}
     encoder = load_encoder(trained["checkpoint"])
