@@ -161,6 +161,12 @@ class Engine:
         """Metadata of items by id (``ItemMeta`` columns as plain Python values)."""
         return self.table.of_ids(ids)
 
+    def source_path(self, recorded: str) -> str:
+        """The file of a recorded ``source`` (a sealed folder record opened with the archive key);
+        ``meta`` and neighbours already give it; URIs come back as they are."""
+        resolve = getattr(self.store, "source_path", None)
+        return resolve(recorded) if resolve is not None else recorded
+
     def meta_column(self, column: str, ids) -> list:
         """One metadata column of items by id, as plain Python values."""
         from medcbir.engine.neighbour import plain
