@@ -47,7 +47,10 @@ from medcbir.train.encoder import (
 )
 from medcbir.train.methods import METHODS, build_method
 from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
-from medcbir.train.views import BatchAugment, make_views, parse_views
+from medcbir.train.pairs import draw_partners, neighbour_table, sequences
+from medcbir.train.views import ArchiveAugment, BatchAugment, make_views, parse_views
+
+AUGMENTS = ("standard", "archive")
 
 MONITOR_KEYS = ("map_at_k", "knn_accuracy", "n_queries", "k")
 MOMENTUM = 0.9
@@ -55,7 +58,7 @@ WEIGHT_DECAY = 1e-4
 # Fields that must match for --resume to continue the same run.
 RESUME_KEYS = (
     "method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "crop_scale",
-    "labels_holdout", "crop", "fov_mm", "pooling",
+    "labels_holdout", "crop", "fov_mm", "pooling", "augment", "neighbour_mm", "neighbour_p",
 )
 
 
@@ -77,6 +80,12 @@ class TrainConfig:
         crop: ``"body"`` (crop to the body before resizing) or ``"none"``.
         fov_mm: with ``crop="body"``, the body region spans this many mm (None: fit the box).
         pooling: ``"avg"``, ``"gem"`` or ``"multi"`` (the embedding's pooling).
+        augment: ``"standard"`` (SimCLR-style crop, flip, jitter, blur) or ``"archive"``
+            (:class:`~medcbir.train.views.ArchiveAugment`: field of view, positioning, window
+            jitter, gamma, noise, blur/sharpen, erasing).
+        neighbour_mm: > 0: with probability ``neighbour_p`` a view's partner is another slice of
+            the same series within this many mm (:mod:`medcbir.train.pairs`); 0 = off.
+        neighbour_p: probability of a neighbour-slice positive.
         labels: ``labels.csv`` for the held-out retrieval monitor (held-out patients are not
             trained on).
         holdout: fraction of patients held out when ``labels`` is given.
@@ -106,6 +115,9 @@ class TrainConfig:
     crop: str = DEFAULT_CROP
     fov_mm: float | None = DEFAULT_FOV_MM
     pooling: str = DEFAULT_POOLING
+    augment: str = "standard"
+    neighbour_mm: float = 0.0
+    neighbour_p: float = 0.5
     labels: str | Path | None = None
     holdout: float = 0.25
     resume: bool = False
@@ -142,6 +154,9 @@ class TrainConfig:
             "crop": self.crop,
             "fov_mm": None if self.fov_mm is None else float(self.fov_mm),
             "pooling": self.pooling,
+            "augment": self.augment,
+            "neighbour_mm": float(self.neighbour_mm),
+            "neighbour_p": float(self.neighbour_p),
         }
 
 
@@ -232,6 +247,10 @@ def _check_config(config: TrainConfig) -> None:
         raise ConfigError(f"--size must be ≥ 32 px for a ResNet, not {config.size}")
     if not 0 < config.crop_scale <= 1:
         raise ConfigError(f"--crop-scale must be in (0, 1], not {config.crop_scale}")
+    if config.augment not in AUGMENTS:
+        raise ConfigError(f"unknown --augment {config.augment!r}; choose one of {', '.join(AUGMENTS)}")
+    if config.neighbour_mm < 0 or not 0 <= config.neighbour_p <= 1:
+        raise ConfigError("--neighbour-mm must be ≥ 0 and --neighbour-p in [0, 1]")
     if config.base_lr() <= 0:
         raise ConfigError(f"--lr must be > 0, not {config.base_lr()}")
 
@@ -332,18 +351,36 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     view_ranges = [data.ranges(v) for v in views[: method_cls.n_views]]
     inverted = data.inverted
     train_idx, monitor = _split(data, config, data.ranges(preprocessing.windows))
-    batch = min(config.batch_size, len(train_idx))
-    if batch < 2:
-        raise ConfigError(f"only {len(train_idx)} training image(s); need at least 2")
-    steps_per_epoch = len(train_idx) // batch  # drop the last partial batch: BN and contrastive losses want full ones
+    run_length = int(config.method_options.get("length", getattr(method_cls, "sequence_length", 0))) if hasattr(method_cls, "sequence_length") else 0
+    if run_length:
+        # Sequence sorting: a batch is B/k runs of k consecutive slices of one (training) series.
+        in_train = np.zeros(len(data), dtype=bool)
+        in_train[train_idx] = True
+        runs = sequences(data.series, data.position, run_length)
+        runs = runs[in_train[runs].all(axis=1)] if len(runs) else runs
+        units = runs
+        batch = max(1, config.batch_size // run_length)
+        if len(units) < 1 or len(units) * run_length < 2:
+            raise ConfigError(f"seqsort needs series with ≥ {run_length} slices that have positions; found {len(units)} run(s)")
+        batch = min(batch, len(units))
+    else:
+        units = train_idx
+        batch = min(config.batch_size, len(train_idx))
+        if batch < 2:
+            raise ConfigError(f"only {len(train_idx)} training image(s); need at least 2")
+    steps_per_epoch = max(1, len(units) // batch)  # drop the last partial batch: BN and contrastive losses want full ones
     total_steps = steps_per_epoch * config.epochs
+    neighbours = neighbour_table(data.series, data.position, config.neighbour_mm) if config.neighbour_mm > 0 and not run_length else None
 
     seed_everything(config.seed)
     arch = make_arch(config.backbone, preprocessing.channels, config.pooling)
     backbone = build_network(arch)
     method = build_method(config.method, backbone, int(arch["dim"]), **config.method_options)
     method.to(device.torch).train()
-    augment = BatchAugment(config.size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
+    if config.augment == "archive":
+        augment = ArchiveAugment(config.size).to(device.torch)
+    else:
+        augment = BatchAugment(config.size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
     optimizer, scheduler, scaler = make_optimizer(method, config, total_steps, device)
 
     history: list[dict] = []
@@ -369,14 +406,21 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     images_seen, seconds, steps_run = 0, 0.0, 0
     for epoch in range(start_epoch, config.epochs):
         method.train()
-        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         losses = []
         bar = _progress(config.progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
         t0 = time.perf_counter()
         for step in range(steps_per_epoch):
-            idx = torch.from_numpy(train_idx)[order[step * batch : (step + 1) * batch]]
+            picked = torch.from_numpy(np.asarray(units))[order[step * batch : (step + 1) * batch]]
+            idx = picked.reshape(-1)  # runs flatten run-major for seqsort
             hu = data.pixels(idx).to(device.torch, non_blocking=True)
-            batch_views = make_views(hu, [r[idx] for r in view_ranges], augment, inverted[idx])
+            if neighbours is not None:
+                rng = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) * 100_019 + step)
+                partner = draw_partners(idx, neighbours, config.neighbour_p, rng)
+                images = [hu, data.pixels(partner).to(device.torch, non_blocking=True)]
+                batch_views = make_views(images, [view_ranges[0][idx], view_ranges[-1][partner]], augment, [inverted[idx], inverted[partner]])
+            else:
+                batch_views = make_views(hu, [r[idx] for r in view_ranges], augment, inverted[idx])
             loss = train_step(method, batch_views, optimizer, scheduler, scaler, device)
             if not math.isfinite(loss):
                 raise ConfigError(f"loss became {loss} at epoch {epoch + 1} step {step + 1}; lower --lr")

@@ -183,18 +183,75 @@ class BatchAugment(nn.Module):
         return self.steps(images).clamp_(0.0, 1.0)
 
 
+class ArchiveAugment(nn.Module):
+    """Augmentations that model how one archive's images of the same anatomy differ.
+
+    Batched on tensors (kornia), one draw per sample, from torch's global RNG (seeded, resumable):
+
+    - field of view and positioning: a random affine (scale 0.75–1.3, translation ±10 %,
+      rotation ±10°), the area outside the image dark;
+    - intensity response: gamma 0.7–1.4 (MR-like contrast differences); the window itself is
+      jittered before windowing by :func:`jitter_ranges` (HU calibration, contrast phase);
+    - noise (σ up to 0.05 of the window), blur or sharpening (soft vs sharp kernels);
+    - random erasing (a lesion, a metal artefact or a cut-off region must not decide).
+
+    No flips: anatomy is not left-right symmetric (the liver is on the patient's right).
+
+    Args:
+        size: output side in pixels.
+        strength: scales every range above (0 = identity, 1 = as listed).
+    """
+
+    def __init__(self, size: int, strength: float = 1.0) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        s = float(strength)
+        self.size = int(size)
+        self.window_jitter = s
+        self.steps = nn.Sequential(
+            K.RandomAffine(degrees=10.0 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.25 * s, 1 + 0.3 * s), p=0.9),
+            K.RandomGamma((1 - 0.3 * s, 1 + 0.4 * s), p=0.5),
+            K.RandomGaussianBlur(blur_kernel(size), (0.1, 1.5), p=0.3),
+            K.RandomSharpness(0.5 * s, p=0.3),
+            K.RandomGaussianNoise(std=0.05 * s, p=0.5),
+            K.RandomErasing(scale=(0.02, 0.08), ratio=(0.5, 2.0), p=0.25),
+        )
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.steps(images).clamp_(0.0, 1.0)
+
+
+def jitter_ranges(ranges: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Per item and channel, a window shifted by ±10 % and widened/narrowed by ×0.85–1.2 (global RNG)."""
+    if strength <= 0:
+        return ranges
+    lo, hi = ranges[..., 0], ranges[..., 1]
+    width = hi - lo
+    shift = (torch.rand(lo.shape) * 2 - 1) * 0.1 * strength * width
+    scale = 1 + (torch.rand(lo.shape) * 0.35 - 0.15) * strength
+    new_lo = lo + shift
+    return torch.stack([new_lo, new_lo + width * scale], dim=-1)
+
+
 def make_views(hu: torch.Tensor, views, augment: nn.Module | None, inverted: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Windowed, independently augmented views of one batch.
 
     Args:
-        hu: B×1×S×S tensor in modality units (the cached geometry).
+        hu: B×1×S×S tensor in modality units (the cached geometry), or one such tensor per view
+            (neighbour-slice positives: the second view is another slice).
         views: per view, a B×C×2 tensor of per-item (lo, hi) (:meth:`HUDataset.ranges`), or
             (legacy) a tuple of fixed windows.
-        augment: a :class:`BatchAugment` (None = no augmentation, windows only).
-        inverted: B bools (MONOCHROME1).
+        augment: a :class:`BatchAugment` or :class:`ArchiveAugment` (None = windows only); an
+            augment with ``window_jitter > 0`` also jitters each item's window first.
+        inverted: B bools (MONOCHROME1), or one such tensor per view.
     """
+    images = hu if isinstance(hu, (list, tuple)) else [hu] * len(views)
+    flips = inverted if isinstance(inverted, (list, tuple)) else [inverted] * len(views)
+    jitter = getattr(augment, "window_jitter", 0.0) if augment is not None else 0.0
     windowed = [
-        window_batch(hu, v, inverted) if isinstance(v, torch.Tensor) else window_views(hu, [v])[0]
-        for v in views
+        window_batch(x, jitter_ranges(v, jitter) if jitter else v, inv) if isinstance(v, torch.Tensor) else window_views(x, [v])[0]
+        for x, v, inv in zip(images, views, flips)
     ]
     return [augment(v) if augment is not None else v for v in windowed]
