@@ -17,11 +17,26 @@ def _device(name: str):
     return Device.auto(prefer=None if name == "auto" else name)
 
 
-def neighbour_json(n) -> dict:
-    """The ``--json`` record of one neighbour."""
+def neighbour_json(n, redact: bool = False) -> dict:
+    """The ``--json`` record of one neighbour (``redact``: without its file path)."""
     out = {"rank": n.rank, "score": round(n.score, 6)}
-    out.update({key: n.meta.get(key) for key in NEIGHBOUR_FIELDS})
+    out.update({key: n.meta.get(key) for key in NEIGHBOUR_FIELDS if not (redact and key == "source")})
     return out
+
+
+def query_name(query: str, redact: bool) -> str:
+    """How a query is shown: as given, or with ``redact`` a file by its SOP Instance UID
+    (its path may name the patient)."""
+    from pathlib import Path
+
+    if not redact or not Path(query).exists():
+        return query
+    try:
+        import pydicom
+
+        return str(pydicom.dcmread(query, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except Exception:  # noqa: BLE001 - not readable here: the engine reports it; show nothing of the path
+        return "(file)"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -63,12 +78,17 @@ def _date(value) -> str:
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) >= 8 else "-"
 
 
-def _print_prior(result) -> None:
-    click.echo(f"query: {result.query}  (study {result.query_study}, {_date(result.query_datetime)}; "
+def _drop_source(record: dict, redact: bool) -> None:
+    if redact:
+        record.pop("source", None)
+
+
+def _print_prior(result, label: str, redact: bool = False) -> None:
+    click.echo(f"query: {label}  (study {result.query_study}, {_date(result.query_datetime)}; "
                f"{len(result.studies)} other stud{'ies' if len(result.studies) != 1 else 'y'} of the patient, newest first)")
     rows = [[_date(s.study_datetime), s.relation, s.study_instance_uid, s.slice.meta.get("instance_number", ""),
-             _fmt_z(s.slice.meta.get("slice_position")), f"{s.slice.score:.4f}", s.slice.meta.get("source", "")] for s in result.studies]
-    click.echo(_table(rows, ["date", "relation", "study_instance_uid", "instance", "z", "score", "source"]))
+             _fmt_z(s.slice.meta.get("slice_position")), f"{s.slice.score:.4f}", *([] if redact else [s.slice.meta.get("source", "")])] for s in result.studies]
+    click.echo(_table(rows, ["date", "relation", "study_instance_uid", "instance", "z", "score", *([] if redact else ["source"])]))
     click.echo("")
 
 
@@ -95,7 +115,8 @@ def _fmt_z(value) -> str:
 @click.option("--encoder", default=None, help="Encoder checkpoint/ONNX (default: the one the index records).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
-def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series, prior, encoder, device, verify):
+@click.option("--redact", is_flag=True, help="Show no file paths (they may name patients): neighbours without source, query files by SOP UID.")
+def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series, prior, encoder, device, verify, redact):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch. A QUERY that is a folder is one series
@@ -121,34 +142,44 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
     if prior:
         results = [engine.prior(q, modality=modality or None) for q in images]
         if as_json:
-            click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+            payload = [r.to_dict() for r in results]
+            for entry, q in zip(payload, images):
+                entry["query"] = query_name(q, redact)
+                for study_entry in entry["studies"]:
+                    _drop_source(study_entry["slice"], redact)
+            click.echo(json.dumps(payload, indent=2))
         else:
-            for r in results:
-                _print_prior(r)
+            for r, q in zip(results, images):
+                _print_prior(r, query_name(q, redact), redact)
         return
     if group_by:
         labels = images + series_specs
         cases = [*images, *[_series_query(engine, spec) for spec in series_specs]]
         results = engine.search_cases(cases, k=k, group_by=group_by, exclude=exclude, per_group=per_group, include_self=include_self, **filters)
         if as_json:
-            click.echo(json.dumps([{"query": q, "group_by": group_by, "cases": [c.to_dict() for c in hits]} for q, hits in zip(labels, results)], indent=2))
+            payload = [{"query": query_name(q, redact), "group_by": group_by, "cases": [c.to_dict() for c in hits]} for q, hits in zip(labels, results)]
+            for entry in payload:
+                for case in entry["cases"]:
+                    for piece in case["slices"]:
+                        _drop_source(piece, redact)
+            click.echo(json.dumps(payload, indent=2))
         else:
             for q, hits in zip(labels, results):
-                _print_cases(q, hits, group_by)
+                _print_cases(query_name(q, redact), hits, group_by)
         return
     results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters)
     if as_json:
-        payload = [{"query": q, "neighbours": [neighbour_json(n) for n in hits]} for q, hits in zip(images, results)]
+        payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(images, results)]
         click.echo(json.dumps(payload, indent=2))
         return
     for q, hits in zip(images, results):
         limit = f", at most {per_series} per series" if per_series else ""
-        click.echo(f"query: {q}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude}{limit})")
+        click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude}{limit})")
         rows = [
-            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), n.meta.get("source", "")]
+            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
             for n in hits
         ]
-        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", "series", "modality", "source"]))
+        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", "series", "modality", *([] if redact else ["source"])]))
         click.echo("")
 
 
