@@ -107,7 +107,7 @@ def _study_datetimes(engine, ids: np.ndarray, studies: np.ndarray) -> dict[str, 
     sources = np.asarray(engine.columns["source"])[engine.rows_of(ids)]
     for uid, source in zip(studies.tolist(), sources.tolist()):
         if uid not in out:
-            out[uid] = _header_datetime(str(source))
+            out[uid] = _header_datetime(engine.source_path(str(source)))
     return out
 
 
