@@ -139,6 +139,9 @@ def index_archive(
     progress: bool = True,
     batch_size: int = 64,
     key_file: str | Path | None = None,
+    ray: Any = None,
+    ray_workers: int = 1,
+    gpus_per_worker: float | None = None,
 ) -> IndexSummary:
     """Embed every item of an archive into an index; resumable and idempotent.
 
@@ -153,10 +156,20 @@ def index_archive(
         progress: show a progress bar (items/s, ETA) on stderr.
         batch_size: images per encoder forward.
         key_file: pseudonym key file (default ``INDEX/pseudonym.key``).
+        ray: None = this process; ``True``/``"local"`` (a local Ray runtime) or a Ray cluster
+            address = :func:`medcbir.indexer.ray_index.index_archive_ray` (same index).
+        ray_workers: embedding actors (with ``ray``).
+        gpus_per_worker: GPUs per actor (with ``ray``; None = 1 if the cluster has GPUs).
 
     Returns:
         the job's :class:`IndexSummary`.
     """
+    if ray is not None and ray is not False:
+        from medcbir.indexer.ray_index import index_archive_ray
+
+        return index_archive_ray(source, index_dir, encoder, ray=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
+                                 shard_size=shard_size, index_spec=index_spec, device=device, progress=progress,
+                                 batch_size=batch_size, key_file=key_file)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")
