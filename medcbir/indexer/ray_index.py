@@ -28,6 +28,7 @@ import logging
 import os
 import pickle
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 #: Decoded images of one job travel as one object-store block; this caps its size, so a job
 #: (and the shard it becomes) holds at most ``min(shard_size, JOB_BYTES // image bytes)`` items.
 JOB_BYTES = 256 << 20
+#: Attempts of a decode task whose worker process died.
+DECODE_RETRIES = 5
 #: The driver commits at least every this many seconds (and at the end).
 COMMIT_SECONDS = 10.0
 
@@ -372,13 +375,15 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
     threads = max(1, int(cpus // workers)) if gpus == 0 else 1
     ledger = _ledger_class().remote(writer.items, int(writer.manifest["next_shard"]), writer.key_hashes(), shard_size)
     ds = ray.data.from_items([{"job": j, "units": job} for j, job in enumerate(jobs)], override_num_blocks=len(jobs))
-    # Decoding stays in its own CPU tasks: Ray Data would otherwise fuse it into the actor
-    # stage (same resources), serialising decode and embedding in one process. Options given
-    # through a function are never fused.
-    ds = ds.map_batches(
-        decode_job, batch_size=1, batch_format="numpy", ray_remote_args_fn=_decode_task_args,
-        fn_kwargs={"units_of": units_of, "preprocessing": prep.to_dict(), "key": writer.key},
-    )
+    # Decoding stays in its own CPU tasks, retried when their worker dies. Ray Data fuses a task
+    # stage into the next actor stage when their remote options are equal, which would
+    # serialise decoding and embedding in one process; the explicit retry count keeps them apart.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # max_retries as a keyword (still supported in 2.60)
+        ds = ds.map_batches(
+            decode_job, batch_size=1, batch_format="numpy", num_cpus=1, max_retries=DECODE_RETRIES,
+            fn_kwargs={"units_of": units_of, "preprocessing": prep.to_dict(), "key": writer.key},
+        )
     ds = ds.map_batches(
         EmbedWriter, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=actor_cpus, num_gpus=gpus,
@@ -390,10 +395,6 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
     )
     for row in ds.iter_rows():
         yield pickle.loads(row["record"])
-
-
-def _decode_task_args() -> dict:
-    return {"num_cpus": 1}
 
 
 def _commit_all(records, writer, summary, index_dir: Path) -> None:
