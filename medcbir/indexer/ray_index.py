@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 JOB_BYTES = 256 << 20
 #: Attempts of a decode task whose worker process died.
 DECODE_RETRIES = 5
-#: The driver commits at least every this many seconds (and at the end).
+#: The driver commits a group when this many shards are ready in id order, or after
+#: :data:`COMMIT_SECONDS`, and at the end (fewer generations than one per shard).
+COMMIT_SHARDS = 8
 COMMIT_SECONDS = 10.0
 
 
@@ -413,7 +415,7 @@ def _commit_all(records, writer, summary, index_dir: Path) -> None:
                 summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
                 quarantine.write(f"{str(path).replace(chr(9), ' ')}\t{reason}\t{' '.join(str(detail).split())}\n")
             quarantine.flush()
-            if time.monotonic() - last_commit >= COMMIT_SECONDS:
+            if _contiguous(ready, writer.items) >= COMMIT_SHARDS or time.monotonic() - last_commit >= COMMIT_SECONDS:
                 summary.indexed += _commit_prefix(ready, writer, sha256_file)
                 last_commit = time.monotonic()
         summary.indexed += _commit_prefix(ready, writer, sha256_file)
@@ -421,6 +423,14 @@ def _commit_all(records, writer, summary, index_dir: Path) -> None:
         quarantine.close()
     if ready:
         raise IndexCorrupt(f"shards {sorted(e['file'] for e in ready.values())} do not continue the index at id {writer.items}")
+
+
+def _contiguous(ready: dict[int, dict], next_id: int) -> int:
+    n = 0
+    while next_id in ready:
+        next_id = ready[next_id]["last_id"] + 1
+        n += 1
+    return n
 
 
 def _commit_prefix(ready: dict[int, dict], writer, sha256_file) -> int:
