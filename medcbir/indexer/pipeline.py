@@ -51,6 +51,15 @@ class IndexSummary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def finish(self, writer, start: float) -> "IndexSummary":
+        """Fill in what the closed ``writer`` knows and the rates since ``start`` (perf_counter)."""
+        self.shards = writer.shards_written
+        self.total_items = writer.items
+        self.index_spec = writer.manifest["index_spec"]
+        self.elapsed = time.perf_counter() - start
+        self.items_per_s = self.indexed / self.elapsed if self.elapsed > 0 else 0.0
+        return self
+
 
 def as_source(archive: Any, workers: int = 0, quarantine: Path | None = None):
     """A path → :class:`medcbir.imaging.FolderSource`; a Source object is returned as is."""
@@ -199,12 +208,7 @@ def index_archive(
         summary.skipped = dict(getattr(report, "skipped", {}) or {})
         summary.already_present += int(getattr(report, "passed", 0) or 0)
         summary.files = int(getattr(report, "files", 0) or 0)
-    summary.shards = writer.shards_written
-    summary.total_items = writer.items
-    summary.index_spec = writer.manifest["index_spec"]
-    summary.elapsed = time.perf_counter() - start
-    summary.items_per_s = summary.indexed / summary.elapsed if summary.elapsed > 0 else 0.0
-    return summary
+    return summary.finish(writer, start)
 
 
 def _count_hint(src: Any) -> int | None:

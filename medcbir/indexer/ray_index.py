@@ -342,12 +342,7 @@ def index_archive_ray(
             import ray as ray_module
 
             ray_module.shutdown()
-    summary.shards = writer.shards_written
-    summary.total_items = writer.items
-    summary.index_spec = writer.manifest["index_spec"]
-    summary.elapsed = time.perf_counter() - start
-    summary.items_per_s = summary.indexed / summary.elapsed if summary.elapsed > 0 else 0.0
-    return summary
+    return summary.finish(writer, start)
 
 
 def _encoder_arg(writer, encoder):
