@@ -239,10 +239,10 @@ class EmbedWriter:
         import torch
 
         from medcbir.device import Device
-        from medcbir.train import open_encoder
+        from medcbir.train import open_encoder, open_for_index
 
         torch.set_num_threads(max(1, int(threads)))
-        self.encoder = open_encoder(encoder, device=Device.auto())
+        self.encoder = open_for_index(encoder, fingerprint, Device.auto()) if isinstance(encoder, str) else open_encoder(encoder, device=Device.auto())
         if self.encoder.fingerprint != fingerprint:
             raise ConfigError(f"the encoder on this worker is {self.encoder.fingerprint[:12]}, the index's is {fingerprint[:12]}")
         self.info, self.index_dir, self.ledger, self.batch_size = encoder_info, Path(index_dir), ledger, int(batch_size)
@@ -346,12 +346,15 @@ def index_archive_ray(
 
 
 def _encoder_arg(writer, encoder):
+    """What the actors open: a path or built-in name when there is one, else the Encoder pickled."""
+    from medcbir.train import is_builtin
+
     source = str(getattr(writer.encoder, "source", "") or "")
     if isinstance(encoder, (str, Path)):
-        return str(Path(encoder).absolute()) if str(encoder) != "default" and Path(encoder).exists() else str(encoder)
-    if source and source != "<module>" and (source == "default" or Path(source).exists()):
+        return str(encoder) if is_builtin(str(encoder)) or not Path(encoder).exists() else str(Path(encoder).absolute())
+    if source and source != "<module>" and (is_builtin(source) or Path(source).exists()):
         return source
-    return writer.encoder  # pickled to the actors
+    return writer.encoder
 
 
 def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size, batch_size, progress):

@@ -84,6 +84,7 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
         assert np.allclose([n["score"] for n in qa["neighbours"]], [n["score"] for n in qb["neighbours"]], atol=2e-6)
 
 
+@pytest.mark.slow
 def test_killed_worker_mid_run_still_indexes_every_item_once(ray_runtime, phantom_archive, encoder_path, tmp_path):
     from medcbir.indexer import index_archive, verify
 
