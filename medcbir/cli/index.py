@@ -52,6 +52,10 @@ def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, ke
     from medcbir.device import Device
     from medcbir.indexer import delete, index_archive
 
+    if ray_address is None and (ray_workers != 1 or gpus_per_worker is not None):
+        from medcbir.errors import ConfigError
+
+        raise ConfigError("--ray-workers and --gpus-per-worker need --ray")
     dev = Device.auto(prefer=None if device == "auto" else device, precision=precision)
     summary = index_archive(
         _source(archive, workers), out, encoder, shard_size=shard_size, index_spec=index_spec, workers=workers,

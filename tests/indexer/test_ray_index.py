@@ -55,17 +55,21 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
     from click.testing import CliRunner
 
     from medcbir.cli.main import cli
-    from medcbir.indexer import index_archive, verify
 
     single, single_summary = built_index
     out = tmp_path / "ray-index"
-    summary = index_archive(phantom_archive, out, str(encoder_path), shard_size=16, progress=False, ray=True, ray_workers=1)
-    assert summary.indexed == single_summary.indexed == summary.total_items
-    assert summary.skipped == single_summary.skipped and summary.files == single_summary.files
+    runner = CliRunner()
+    # `medcbir index ARCHIVE --out B --ray ADDRESS` (the module's runtime), as a user runs it
+    result = runner.invoke(cli, ["index", str(phantom_archive), "--out", str(out), "--encoder", str(encoder_path),
+                                 "--shard-size", "16", "--ray", ray_runtime, "--ray-workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["indexed"] == single_summary.indexed == summary["total_items"]
+    assert summary["skipped"] == single_summary.skipped and summary["files"] == single_summary.files
 
-    a, b = verify(single), verify(out)
-    assert a.ok and b.ok, (a.problems, b.problems)
-    assert a.items == b.items and a.index_spec == b.index_spec
+    reports = [json.loads(runner.invoke(cli, ["verify", str(index), "--json"]).output) for index in (single, out)]
+    assert reports[0]["ok"] and reports[1]["ok"], reports
+    assert reports[0]["items"] == reports[1]["items"] and reports[0]["index_spec"] == reports[1]["index_spec"]
     ka, kb = index_keys(single), index_keys(out)
     assert ka.keys() == kb.keys()
     assert max(float(np.abs(ka[k] - kb[k]).max()) for k in ka) <= 1e-5
@@ -73,7 +77,6 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
 
     # Same neighbours through the CLI, both indexes searched by the single-process engine.
     queries = [k[0] for k in sorted(ka)[::17]]
-    runner = CliRunner()
     answers = []
     for index in (single, out):
         result = runner.invoke(cli, ["search", str(index), *queries, "-k", "6", "--json", "--exclude", "same-patient"])
@@ -82,6 +85,9 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
     for qa, qb in zip(*answers):
         assert [n["sop_instance_uid"] for n in qa["neighbours"]] == [n["sop_instance_uid"] for n in qb["neighbours"]]
         assert np.allclose([n["score"] for n in qa["neighbours"]], [n["score"] for n in qb["neighbours"]], atol=2e-6)
+
+    bad = runner.invoke(cli, ["index", str(phantom_archive), "--out", str(tmp_path / "x"), "--ray-workers", "2"])
+    assert bad.exit_code != 0 and "need --ray" in str(bad.exception) and not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
