@@ -116,7 +116,11 @@ def _fmt_z(value) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
 @click.option("--redact", is_flag=True, help="Show no file paths (they may name patients): neighbours without source, query files by SOP UID.")
-def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series, prior, encoder, device, verify, redact):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Search on Ray actors holding parts of the index: alone, a local runtime; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster.")
+@click.option("--shards", default=None, type=click.IntRange(min=1), help="Ray actors holding parts of the index (with --ray; default 2).")
+def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series,
+           prior, encoder, device, verify, redact=False, ray_address=None, shards=None):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch. A QUERY that is a folder is one series
@@ -137,8 +141,24 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
         raise ConfigError("--prior takes image queries (files or UIDs), not --group-by or series queries")
     if series_specs and not group_by:
         raise ConfigError("a series query (--query-series or a folder) answers cases: add --group-by series|study")
-    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify)
-    filters = {"modality": modality or None, "body_part": body_part or None, "series": series or None, "study": study or None}
+    if shards is not None and ray_address is None:
+        raise ConfigError("--shards needs --ray")
+    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
+    try:
+        _answer(engine, images, series_specs, k, exclude, filters_of(modality, body_part, series, study), per_series, include_self,
+                group_by, per_group, prior, redact, as_json)
+    finally:
+        if ray_address is not None:
+            engine.close()  # the Ray actors (and a local runtime this command started)
+
+
+def filters_of(modality, body_part, series, study) -> dict:
+    return {"modality": modality or None, "body_part": body_part or None, "series": series or None, "study": study or None}
+
+
+def _answer(engine, images, series_specs, k, exclude, filters, per_series, include_self, group_by, per_group, prior, redact, as_json) -> None:
+    """Run the kind of search asked for and print it."""
+    modality = filters["modality"]
     if prior:
         results = [engine.prior(q, modality=modality or None) for q in images]
         if as_json:
