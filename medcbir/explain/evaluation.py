@@ -322,17 +322,19 @@ def evaluate_explanations(
             "not_applicable": na,
         }
         if sanity:
-            from medcbir.explain.sanity import parametrised_layers, sanity_checks
+            from medcbir.explain.sanity import parametrised_layers, randomise, sanity_checks
 
             if not parametrised_layers(module):
                 raise ConfigError("--sanity randomises the encoder's weights: it needs a torch encoder with parameters (pass the checkpoint with --encoder)")
             result["sanity"] = {}
+            # one set of randomised encoders for every map: the maps differ, the encoders do not
+            randomised = randomise(module, images, seed=seed, data_steps=sanity_steps)
             for name in list(methods) + list(trivial):
                 if progress:
                     progress(f"{name} (sanity)")
                 result["sanity"][name] = sanity_checks(
                     map_function(name) if name in TRIVIAL_MAPS else _run_as_method(name), module, images, target_images,
-                    seed=seed, data_steps=sanity_steps, options=_options(name, seed, n_masks, options),
+                    randomised=randomised, options=_options(name, seed, n_masks, options),
                 )
         return result
     finally:

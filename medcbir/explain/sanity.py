@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -157,6 +158,35 @@ def _maps(method: Callable, model: nn.Module, images: torch.Tensor, target_image
     return method(model, images, targets, **options).detach().float()
 
 
+@dataclass
+class Randomised:
+    """The randomised encoders of one sanity run (shared by every method scored against them)."""
+
+    stages: list[tuple[int, str, nn.Module]]  # (layers re-initialised, lowest such layer, encoder)
+    data: nn.Module | None  # the noise-trained encoder, or None
+    data_steps: int
+    data_loss: float
+
+
+def randomise(encoder: nn.Module, images: torch.Tensor, seed: int = 0, stages: list[int] | None = None, data_steps: int = 30) -> Randomised:
+    """Cascading re-initialised copies and the noise-trained copy of ``encoder`` (seeded).
+
+    Args:
+        encoder: the real encoder (left untouched).
+        images: B×C×H×W images whose pixels the data-randomised encoder is trained on, shuffled.
+        seed: seeds the re-initialisations and the training.
+        stages: numbers of top layers to re-initialise (default :func:`cascade_stages`).
+        data_steps: training steps of the noise-trained copy (0 = none).
+    """
+    layers = parametrised_layers(encoder)
+    stages = stages or cascade_stages(len(layers))
+    copies = [(int(k), layers[len(layers) - k][0], randomised_copy(encoder, k, seed)) for k in stages]
+    data, loss = (None, float("nan"))
+    if data_steps > 0:
+        data, loss = noise_trained_copy(encoder, images, steps=data_steps, seed=seed)
+    return Randomised(copies, data, int(data_steps), loss)
+
+
 def sanity_checks(
     method: Callable,
     encoder: nn.Module,
@@ -167,6 +197,7 @@ def sanity_checks(
     data_steps: int = 30,
     flag_above: float = FLAG_ABOVE,
     options: dict | None = None,
+    randomised: Randomised | None = None,
     **more_options,
 ) -> dict:
     """Model-parameter (cascading) and data randomisation checks of one method.
@@ -183,6 +214,8 @@ def sanity_checks(
         data_steps: training steps of the data-randomised encoder (0 = skip that check).
         flag_above: rank correlation at or above which the maps "barely changed".
         options: passed to ``method`` (a dict, so a method's own ``seed`` cannot clash).
+        randomised: encoders from :func:`randomise` to reuse across methods (then ``seed``,
+            ``stages`` and ``data_steps`` are theirs).
         **more_options: passed to ``method`` too.
 
     Returns:
@@ -191,18 +224,16 @@ def sanity_checks(
     """
     images = check_images(images)
     options = {**(options or {}), **more_options}
-    layers = parametrised_layers(encoder)
-    stages = stages or cascade_stages(len(layers))
+    randomised = randomised or randomise(encoder, images, seed, stages, data_steps)
     real = _maps(method, encoder, images, target_images, options)
     parameter = []
-    for n_top in stages:
-        model = randomised_copy(encoder, n_top, seed)
+    for n_top, from_layer, model in randomised.stages:
         agree = map_agreement(real, _maps(method, model, images, target_images, options))
-        parameter.append({"layers": int(n_top), "from_layer": layers[len(layers) - n_top][0], **agree})
+        parameter.append({"layers": n_top, "from_layer": from_layer, **agree})
     data = None
-    if data_steps > 0:
-        model, loss = noise_trained_copy(encoder, images, steps=data_steps, seed=seed)
-        data = {**map_agreement(real, _maps(method, model, images, target_images, options)), "steps": int(data_steps), "loss": loss}
+    if randomised.data is not None:
+        agree = map_agreement(real, _maps(method, randomised.data, images, target_images, options))
+        data = {**agree, "steps": randomised.data_steps, "loss": randomised.data_loss}
     reasons = []
     if parameter and parameter[-1]["spearman"] >= flag_above:
         reasons.append(f"rank correlation {parameter[-1]['spearman']:.2f} with {parameter[-1]['layers']} randomised layers")
@@ -213,6 +244,8 @@ def sanity_checks(
 
 __all__ = [
     "FLAG_ABOVE",
+    "Randomised",
+    "randomise",
     "cascade_stages",
     "map_agreement",
     "noise_trained_copy",
