@@ -2,9 +2,10 @@
 
 A map that explains the *encoder* must change when the encoder does. Two randomisations:
 
-- **model-parameter randomisation, cascading from the top**: the encoder's parametrised layers
-  (modules owning parameters, in registration order — forward order for a sequential backbone)
-  are re-initialised from the last one down: the top layer, the top quarter, the top half, all;
+- **model-parameter randomisation, cascading from the top**: the encoder's learnt layers (modules
+  owning a ≥ 2-D weight, i.e. convolutions and linear layers, in registration order — forward
+  order for a sequential backbone) are re-initialised from the last one down: the top layer, the
+  top quarter, the top half, all;
 - **data randomisation**: the encoder re-initialised and trained briefly (self-supervised,
   NT-Xent between two noisy views) on pixel-shuffled images, which have the archive's
   intensities but no anatomy — the self-supervised counterpart of the paper's shuffled labels.
@@ -41,8 +42,13 @@ FLAG_ABOVE = 0.5  # rank correlation above which a map "barely changed"
 
 
 def parametrised_layers(encoder: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules that own parameters directly, in registration order (shared modules once)."""
-    return [(name, m) for name, m in encoder.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    """Modules owning a weight matrix/kernel (≥ 2-D parameter: conv, linear), in registration order.
+
+    Normalisation layers (1-D affine parameters) are left out: their initial state is the
+    identity, so "re-initialising" one changes nothing in an untrained encoder and little in a
+    trained one; the paper randomises the weights of the learnt layers.
+    """
+    return [(name, m) for name, m in encoder.named_modules() if any(p.ndim >= 2 for p in m.parameters(recurse=False))]
 
 
 def cascade_stages(n_layers: int) -> list[int]:
@@ -57,6 +63,7 @@ def _reinitialise(module: nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if hasattr(module, "reset_parameters"):
+            # conv/linear resets draw fresh weights (kaiming-uniform), like the paper's re-initialisation
             module.reset_parameters()
             return
         with torch.no_grad():
@@ -94,7 +101,13 @@ def noise_trained_copy(encoder: nn.Module, images: torch.Tensor, steps: int = 30
         (the trained copy in eval mode, its last loss).
     """
     images = check_images(images).detach()
-    clone = randomised_copy(encoder, len(parametrised_layers(encoder)), seed=seed + 7919)
+    if not parametrised_layers(encoder):
+        raise ConfigError("the encoder has no parameters to randomise")
+    # everything re-initialised, normalisation layers (and their running statistics) included
+    clone = copy.deepcopy(encoder)
+    owners = [m for m in clone.modules() if any(True for _ in m.parameters(recurse=False))]
+    for i, module in enumerate(owners):
+        _reinitialise(module, (seed + 7919) * 1000 + i)
     for p in clone.parameters():
         p.requires_grad_(True)
     gen = torch.Generator().manual_seed(int(seed))
