@@ -98,3 +98,23 @@ def test_bf16_training_reaches_the_fp32_held_out_map(phantom_archive, tmp_path):
                                     seed=3, device=Device(torch="cpu", precision=precision), progress=False, workers=1, lr=0.2))
         rows[precision] = summary.history[-1]["map_at_k"]
     assert abs(rows["bf16"] - rows["fp32"]) <= 0.1, rows
+
+
+def test_nnclr_positives_come_from_the_support_queue():
+    from medcbir.train.backbones import build_backbone
+    from medcbir.train.simclr import SimCLR
+
+    torch.manual_seed(0)
+    method = SimCLR(build_backbone("resnet18"), 512, proj_dim=16, nn_queue=8)
+    q0 = method.queue.clone()
+    z = torch.randn(3, 16)
+    nn_rows = method.nearest(z)
+    # Oracle: brute-force cosine nearest row of the queue.
+    expected = q0[torch.tensor([max(range(8), key=lambda r: float(torch.nn.functional.cosine_similarity(zi, q0[r], dim=0))) for zi in z])]
+    assert torch.allclose(nn_rows, expected)
+    x = [torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)]
+    loss = method(x)
+    loss.backward()
+    assert torch.isfinite(loss) and int(method.queue_ptr) == 4
+    assert not torch.equal(method.queue[:4], q0[:4]) and torch.equal(method.queue[4:], q0[4:])
+    assert "queue" in method.state_dict()  # resumes with the checkpoint
