@@ -63,11 +63,17 @@ RIDGE = 0.05  # control-variate ridge, relative to a cell's variance × masks (s
 # benchmarks/explain.py (see benchmarks/RESULTS.md); relax_full's own defaults stay the plain estimator.
 FAST_DEFAULTS = {
     "n_masks": 400,
-    "sampling": "antithetic",
+    "sampling": "sobol",
     "control_variates": True,
     "backend": "onnx",
     "adaptive": False,
+    "target_r": 0.98,
 }
+
+
+def relax_options(**given) -> dict:
+    """RELAX options for a face (CLI, plugin): :data:`FAST_DEFAULTS` overridden by the given non-None values."""
+    return {**FAST_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
 
 
 @dataclass
@@ -335,4 +341,4 @@ def relax(
     return relax_full(encoder, images, targets, n_masks=n_masks, seed=seed, **options).importance
 
 
-__all__ = ["FAST_DEFAULTS", "MaskDraw", "RelaxResult", "draw_masks", "relax", "relax_full"]
+__all__ = ["FAST_DEFAULTS", "relax_options", "MaskDraw", "RelaxResult", "draw_masks", "relax", "relax_full"]

@@ -297,7 +297,8 @@ def explain_to_report(
         out_html: where to write the report (the PNG goes next to it).
         k: neighbours.
         method: explanation method.
-        n_masks: RELAX masks (default 3000); ignored by other methods.
+        n_masks: RELAX masks (default: ``FAST_DEFAULTS``); ignored by other methods. RELAX runs
+            with :data:`medcbir.explain.relax.FAST_DEFAULTS` unless ``options`` say otherwise.
         seed: RELAX / SmoothGrad seed.
         exclude: the engine's exclusion for the search.
         encoder: an encoder with the index's fingerprint (a checkpoint for gradient methods
@@ -312,7 +313,9 @@ def explain_to_report(
 
     engine = Engine.open(index_dir, encoder=encoder)
     if method == "relax":
-        options = {"n_masks": n_masks or 3000, "seed": seed, **options}
+        from medcbir.explain.relax import relax_options
+
+        options = relax_options(n_masks=n_masks, seed=seed, **options)
     elif method == "smoothgrad":
         options = {"seed": seed, **options}
     explanation = explain_search(engine, query_path, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
