@@ -115,7 +115,7 @@ def run_row(engine, query, ref_maps, name: str, forward_cost: dict, t_peer: floa
     return row, res.heatmaps
 
 
-def part_128(n_ref: int, n_fast: int, target_r: float) -> dict:
+def part_128(n_ref: int, n_fast: int, target_r: float, peer_masks: int, peer_runs: int, reference_cache, rows_wanted) -> dict:
     from medcbir.explain import ablation_cam, clustered_cam, explain_search, relax_full
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,57 +132,62 @@ def part_128(n_ref: int, n_fast: int, target_r: float) -> dict:
         cost = {b: per_forward_seconds(module, SIZE, b) for b in ("torch", "torch-bf16", "onnx", "onnx-int8")}
         print("per-forward ms:", {k: round(v * 1000, 2) for k, v in cost.items()}, flush=True)
 
-        # ---- peer: relax-xai, one image, n_ref masks, eager fp32
+        # ---- peer: relax-xai, one image, eager fp32; its time is linear in the masks (one forward
+        # per mask, batches of 100), so under heavy load it may be timed on peer_masks and scaled
         RELAX = relax_xai_class()
         t_peer_runs = []
-        for seed in (12345, 54321):
+        for seed in (12345, 54321)[:peer_runs]:
             torch.manual_seed(seed)
             t0 = time.perf_counter()
-            peer = RELAX(images[:1], module, batch_size=100, num_batches=n_ref // 100)
+            peer = RELAX(images[:1], module, batch_size=100, num_batches=peer_masks // 100)
             with torch.no_grad():
                 peer.forward()
-            t_peer_runs.append(time.perf_counter() - t0)
-            print(f"relax-xai: 1 image, {n_ref} masks: {t_peer_runs[-1]:.1f} s", flush=True)
+            t_peer_runs.append((time.perf_counter() - t0) * n_ref / peer_masks)
+            print(f"relax-xai: 1 image, {peer_masks} masks timed, {n_ref} masks: {t_peer_runs[-1]:.1f} s", flush=True)
         t_peer = min(t_peer_runs)
         peer_map = peer.importance.numpy()
 
         # ---- the reference: plain fp32 n_ref masks, independent seed, all six images
         # (forwards through ONNX Runtime fp32, whose maps equal torch's within 1e-4, to halve its time)
         t0 = time.perf_counter()
-        ref_maps = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120, backend="onnx").importance.numpy()
-        t_ref = time.perf_counter() - t0
+        if reference_cache is not None and Path(reference_cache).is_file():
+            cached = np.load(reference_cache)
+            if not np.array_equal(cached["images"], images.numpy()):
+                raise SystemExit(f"{reference_cache} was computed for other images")
+            ref_maps = cached["ref"]
+            t_ref = float("nan")
+        else:
+            ref_maps = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120, backend="onnx").importance.numpy()
+            t_ref = time.perf_counter() - t0
+            if reference_cache is not None:
+                np.savez(reference_cache, images=images.numpy(), ref=ref_maps)
         ceiling = pearson(ref_maps[0], peer_map)
-        print(f"reference: 6 images, {n_ref} masks: {t_ref:.1f} s; r(query, relax-xai) = {ceiling:.3f}", flush=True)
+        print(f"reference: 6 images, {n_ref} masks: {t_ref:.1f} s; r(query, relax-xai {peer_masks} masks) = {ceiling:.3f}", flush=True)
 
         base = {"seed": 0, "n_masks": n_fast}
-        rows = []
-        row, _ = run_row(engine, query, ref_maps, "plain (i.i.d., torch fp32)", cost, t_peer, **base, sampling="iid")
-        rows.append(row)
-        for name, extra in [
-            ("+ scrambled Sobol", {"sampling": "sobol"}),
-            ("+ antithetic", {"sampling": "antithetic"}),
-            ("+ control variates (i.i.d.)", {"sampling": "iid", "control_variates": True}),
-            ("Sobol + control variates", {"sampling": "sobol", "control_variates": True}),
-            ("Sobol-antithetic + control variates", {"sampling": "sobol-antithetic", "control_variates": True}),
-        ]:
-            row, heat = run_row(engine, query, ref_maps, name + " (torch fp32)", cost, t_peer, **base, **extra)
-            rows.append(row)
-            if name == "Sobol + control variates":
-                fp32_maps = heat
         best = {"sampling": "sobol", "control_variates": True}
-        for name, extra in [
-            ("Sobol + CV, ONNX Runtime fp32", {"backend": "onnx"}),
-            ("Sobol + CV, ONNX Runtime int8 (dynamic)", {"backend": "onnx-int8"}),
-            ("Sobol + CV, torch bf16", {"precision": "bf16"}),
-        ]:
-            row, _ = run_row(engine, query, ref_maps, name, cost, t_peer, fp32_maps=fp32_maps, **base, **best, **extra)
+        plan = [
+            ("plain", "plain (i.i.d., torch fp32)", {"sampling": "iid"}, False),
+            ("antithetic", "+ antithetic (torch fp32)", {"sampling": "antithetic"}, False),
+            ("sobol", "+ scrambled Sobol (torch fp32)", {"sampling": "sobol"}, False),
+            ("cv", "+ control variates, i.i.d. (torch fp32)", {"sampling": "iid", "control_variates": True}, False),
+            ("sobol-cv", "Sobol + control variates (torch fp32)", best, False),
+            ("sobol-antithetic-cv", "Sobol-antithetic + control variates (torch fp32)", {"sampling": "sobol-antithetic", "control_variates": True}, False),
+            ("onnx", "Sobol + CV, ONNX Runtime fp32", {**best, "backend": "onnx"}, True),
+            ("int8", "Sobol + CV, ONNX Runtime int8 (dynamic)", {**best, "backend": "onnx-int8"}, True),
+            ("bf16", "Sobol + CV, torch bf16", {**best, "precision": "bf16"}, True),
+            ("adaptive", f"adaptive (target {target_r}, at most {n_fast}), Sobol + CV, ONNX", {**best, "backend": "onnx", "adaptive": True, "target_r": target_r}, False),
+            ("previous", "previous default: plain, 800 masks, torch bf16", {"n_masks": 800, "precision": "bf16", "channels_last": True, "sampling": "iid"}, False),
+        ]
+        rows = []
+        fp32_maps = None
+        for key, name, extra, same_masks in plan:
+            if rows_wanted and key not in rows_wanted:
+                continue
+            row, heat = run_row(engine, query, ref_maps, name, cost, t_peer, fp32_maps=fp32_maps if same_masks else None, **{**base, **extra})
             rows.append(row)
-        adaptive = {"seed": 0, "n_masks": n_fast, "adaptive": True, "target_r": target_r, **best, "backend": "onnx"}
-        row, _ = run_row(engine, query, ref_maps, f"adaptive (target {target_r}), Sobol + CV, ONNX", cost, t_peer, **adaptive)
-        rows.append(row)
-        old = {"seed": 0, "n_masks": 800, "precision": "bf16", "channels_last": True, "sampling": "iid"}
-        row, _ = run_row(engine, query, ref_maps, "previous default: plain, 800 masks, torch bf16", cost, t_peer, **old)
-        rows.append(row)
+            if key == "sobol-cv":
+                fp32_maps = heat
 
         t0 = time.perf_counter()
         clustered_cam(module, images, targets, n_clusters=10)
@@ -195,9 +200,10 @@ def part_128(n_ref: int, n_fast: int, target_r: float) -> dict:
         "images_explained": 1 + K,
         "reference_masks": n_ref,
         "reference_seconds": t_ref,
+        "reference_cache": str(reference_cache) if reference_cache else None,
         "per_forward_seconds": cost,
         "onnx_export_seconds_once": export_seconds,
-        "peer": {"name": "relax-xai 0.0.5", "seconds": t_peer, "runs_seconds": t_peer_runs, "images": 1, "masks": n_ref,
+        "peer": {"name": "relax-xai 0.0.5", "seconds": t_peer, "runs_seconds": t_peer_runs, "images": 1, "masks": n_ref, "masks_timed": peer_masks,
                  "forward_floor_seconds": n_ref * cost["torch"]},
         "noise_ceiling_r_query_ref_vs_relax_xai": ceiling,
         "rows": rows,
@@ -222,7 +228,11 @@ def part_224(n_ref: int, target_r: float) -> dict:
         targets = q.expand(len(images), -1).clone()
         cost = {b: per_forward_seconds(module, 224, b, n=120) for b in ("torch", "onnx")}
         t0 = time.perf_counter()
-        ref_maps = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120, backend="onnx").importance.numpy()
+        if n_ref:
+            ref_maps = relax_full(module, images, targets, n_masks=n_ref, seed=1000, batch_size=120, backend="onnx").importance.numpy()
+        else:  # no time for a reference under load: r is left out (NaN), time only
+            ref_maps = np.full((len(images), 224, 224), np.nan, dtype=np.float32)
+            ref_maps[:, 0, 0] = 0.0
         t_ref = time.perf_counter() - t0
         print(f"224 reference: {n_ref} masks {t_ref:.1f} s", flush=True)
         rows = []
@@ -281,6 +291,11 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=None, help="masks per ablation row (default: FAST_DEFAULTS)")
     parser.add_argument("--ref224", type=int, default=1500, help="reference masks at 224 px")
     parser.add_argument("--target-r", type=float, default=None)
+    parser.add_argument("--peer-masks", type=int, default=3000, help="masks relax-xai is timed on (scaled to 3000; linear)")
+    parser.add_argument("--peer-runs", type=int, default=2)
+    parser.add_argument("--reference-cache", default=None, help="load/save the 128-px reference maps here (.npz)")
+    parser.add_argument("--rows", default="", help="comma-separated subset of ablation rows")
+    parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     from medcbir.explain.relax import FAST_DEFAULTS
 
@@ -288,13 +303,13 @@ def main() -> None:
     n_fast = args.masks or FAST_DEFAULTS["n_masks"]
     target_r = args.target_r or FAST_DEFAULTS["target_r"]
     load = list(os.getloadavg())
-    d128 = part_128(n_ref, n_fast, target_r)
+    d128 = part_128(n_ref, n_fast, target_r, args.peer_masks, args.peer_runs, args.reference_cache, {r for r in args.rows.split(",") if r})
     d224 = part_224(100 if args.quick else args.ref224, target_r)
     load.append(os.getloadavg()[0])
     data = {"load_average": load, "size_128": d128, "size_224": d224}
     md = markdown(d128, d224, load, n_ref)
     print(md)
-    if not args.quick:
+    if not args.quick and not args.no_record:
         record("explain", data, md, ".venv/bin/python benchmarks/explain.py")
 
 
