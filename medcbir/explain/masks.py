@@ -17,7 +17,7 @@ same expectation as with i.i.d. draws — they only change how the masks are spr
 - ``"sobol-antithetic"``: Sobol points for the first mask of each antithetic pair.
 
 For split-half reliability (the adaptive stop) a draw is two independent interleaved replicates:
-masks whose :meth:`MaskDraw.half` is 0 come from one seed's stream, 1 from another's.
+masks whose ``MaskDraw.halves`` entry is 0 come from one seed's stream, 1 from another's.
 
 Owen, "Monte Carlo theory, methods and examples" (2013), ch. 8 (antithetic sampling, control
 variates) and ch. 17 (randomised quasi-Monte Carlo).
