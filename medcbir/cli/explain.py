@@ -100,9 +100,19 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 @click.option("--angles", default="0,90,180,270", show_default=True, help="Rotation angles of the Dice sweep ('' to skip).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
+@click.option("--targets", type=click.Choice(["query", "own"]), default="query", show_default=True,
+              help="query: each neighbour's map explains its similarity to the query; own: each image w.r.t. its own embedding.")
+@click.option("--pairwise", is_flag=True, help="--targets query: also explain each query w.r.t. its neighbour's embedding.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="same-patient", show_default=True, help="--targets query: which neighbours may be paired with a query.")
+@click.option("--sanity", is_flag=True, help="Also run the randomisation sanity checks (Adebayo et al. 2018).")
+@click.option("--sanity-steps", type=click.IntRange(min=0), default=30, show_default=True, help="--sanity: training steps of the noise-trained encoder (0 skips data randomisation).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
-def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, json_out):
-    """Score explanation METHODS on INDEX's images against their ORGAN masks (table + JSON)."""
+def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out):
+    """Score explanation METHODS on INDEX's images against their ORGAN masks, beside trivial maps (table + JSON).
+
+    Each method is reported with its margin over the best trivial map (noise, centre, intensity,
+    edges); metrics that cannot rank maps for the chosen targets are shown as n/a with the reason.
+    """
     from medcbir.errors import ConfigError
     from medcbir.explain.evaluation import evaluate_methods, format_table
 
@@ -115,6 +125,7 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
         raise ConfigError(f"--angles must be comma-separated numbers, not {angles!r}") from None
     result = evaluate_methods(
         index, masks_file, organ=organ, methods=names, n=n, labels=labels, encoder=encoder, angles=angle_list, n_masks=n_masks, seed=seed,
+        targets=targets, pairwise=pairwise, exclude=exclude, sanity=sanity, sanity_steps=sanity_steps,
         progress=lambda m: click.echo(f"scoring {m} ...", err=True),
     )
     click.echo(format_table(result))
