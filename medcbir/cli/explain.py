@@ -31,11 +31,17 @@ def _clean(value):
 @click.argument("query")
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours to retrieve and explain.")
 @click.option("--method", type=click.Choice(_method_names()), default="relax", show_default=True)
-@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=3000, show_default=True, help="RELAX masks (the maximum with --adaptive).")
-@click.option("--adaptive", is_flag=True, help="RELAX: stop drawing masks once the map has converged.")
-@click.option("--target-r", type=click.FloatRange(0.5, 0.999), default=0.98, show_default=True,
-              help="--adaptive: stop when the predicted correlation with the infinite-mask map reaches this.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="RELAX forward precision.")
+@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=None, help="RELAX masks (the maximum with --adaptive)  [default: the measured best, see README]")
+@click.option("--adaptive/--no-adaptive", default=None, help="RELAX: stop drawing masks once the map has converged  [default: the measured best]")
+@click.option("--target-r", type=click.FloatRange(0.5, 0.999), default=None,
+              help="--adaptive: stop when the predicted correlation with the infinite-mask map reaches this  [default: the measured best]")
+@click.option("--sampling", type=click.Choice(["iid", "antithetic", "sobol", "sobol-antithetic"]), default=None,
+              help="RELAX mask sampling  [default: the measured best]")
+@click.option("--control-variates/--no-control-variates", default=None,
+              help="RELAX: cross-fitted cell control variates (same map, less noise)  [default: the measured best]")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "onnx-int8"]), default=None,
+              help="RELAX masked forwards: torch, ONNX Runtime (fp32), or ONNX Runtime int8  [default: the measured best; torch with --precision bf16]")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="RELAX forward precision (torch backend).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=120, show_default=True, help="RELAX masked images per forward.")
 @click.option("--seed", default=0, show_default=True, help="RELAX / SmoothGrad seed.")
 @click.option("--pairwise", is_flag=True, help="Also explain the query w.r.t. each neighbour's embedding.")
@@ -47,7 +53,8 @@ def _clean(value):
 @click.option("--heatmap-scale", type=click.Choice(["per-image", "shared"]), default="per-image", show_default=True,
               help="Report colours: each heatmap on its own robust range, or one scale per row.")
 @click.option("--include-self", is_flag=True, help="Keep the query among its neighbours when it is itself in the index.")
-def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json, redact, heatmap_scale, include_self):
+def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, control_variates, backend, precision, batch_size, seed, pairwise, exclude,
+            encoder, report, as_json, redact, heatmap_scale, include_self):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -55,7 +62,13 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
     engine = Engine.open(index, encoder=encoder)
     options: dict = {}
     if method == "relax":
-        options = {"n_masks": n_masks, "seed": seed, "adaptive": adaptive, "target_r": target_r, "precision": precision, "batch_size": batch_size}
+        from medcbir.explain.relax import relax_options
+
+        if backend is None and precision != "fp32":
+            backend = "torch"  # reduced precision is a torch autocast
+        given = {"n_masks": n_masks, "adaptive": adaptive, "target_r": target_r, "sampling": sampling,
+                 "control_variates": control_variates, "backend": backend}
+        options = relax_options(seed=seed, precision=precision, batch_size=batch_size, **given)
     elif method == "smoothgrad":
         options = {"seed": seed}
     result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, include_self=include_self, **options)

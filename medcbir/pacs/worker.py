@@ -506,7 +506,9 @@ class Worker:
         from medcbir.pacs.explain_route import explain_answer, explain_bytes
 
         # The defaults stay within the configured bounds too.
-        request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(3000, self.settings.max_masks), **request}
+        from medcbir.explain.relax import FAST_DEFAULTS
+
+        request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(FAST_DEFAULTS["n_masks"], self.settings.max_masks), **request}
         [(path, instance)] = self._query_files(request)
         try:
             with self._engine_for_request() as engine:
