@@ -11,10 +11,11 @@ import numpy as np
 
 from medcbir.errors import IndexCorrupt, MedcbirError
 from medcbir.indexer import faiss_index
+from medcbir.indexer.checksum import FIELD, fast_checksum, stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, referenced_files, store_deleted
 from medcbir.indexer.shard import concat_columns, embeddings_sha256, read_columns, read_embeddings, shard_name, write_shard
-from medcbir.indexer.store import committed_entries
+from medcbir.indexer.store import committed_entries, committed_records
 from medcbir.indexer.fsutil import sha256_many
 from medcbir.indexer.writer import remove_orphans
 
@@ -110,8 +111,8 @@ def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
                      "first_id": first, "last_id": first + len(emb) - 1, "faiss": None}
             if trained is not None:
                 base, _ = faiss_index.parts(trained)
-                entry["faiss"] = faiss_index.write_shard_part(base, ids, emb, index_dir / f"shard-{number:06d}")
-            new["shards"].append(entry)
+                entry["faiss"] = stamp(faiss_index.write_shard_part(base, ids, emb, index_dir / f"shard-{number:06d}"), index_dir)
+            new["shards"].append(stamp(entry, index_dir))
             new["next_id"] = first + len(emb)
             new["next_shard"] = number + 1
             pending_cols, pending_emb, pending = [], [], 0
@@ -198,6 +199,10 @@ def verify(index_dir: str | Path) -> VerifyReport:
     for (name, size, expected), digest in zip(present, sha256_many([index_dir / n for n, _, _ in present])):
         if digest != expected and (index_dir / name).stat().st_size == size:
             problems.append(f"{name}: checksum mismatch (sha256 {digest[:12]}… != committed {expected[:12]}…)")
+    for rec in committed_records(manifest):
+        path = index_dir / rec["file"]
+        if rec.get(FIELD) and path.is_file() and path.stat().st_size == int(rec["bytes"]) and fast_checksum(path) != rec[FIELD]:
+            problems.append(f"{rec['file']}: checksum mismatch ({FIELD} differs from the committed {rec[FIELD]})")
     broken = {p.split(":")[0] for p in problems}
     fingerprint = manifest["encoder"]["fingerprint"]
     dim = int(manifest["encoder"]["dim"])

@@ -14,10 +14,12 @@ Fields::
     metric                  "ip" (inner product on L2-normalised embeddings = cosine)
     index_spec              FAISS factory string in use ("Flat", "IVF1024,PQ64x4fs,Refine(Flat)", ...)
     index_spec_requested    what the user asked for ("auto" or a factory string)
-    trained                 {file, bytes, sha256} of the trained (empty) FAISS index, or null
+    trained                 {file, bytes, sha256, xxh3} of the trained (empty) FAISS index, or null
     search_params           {nprobe, k_factor, ...} defaults for approximate specs
-    shards                  [{file, items, bytes, sha256, first_id, last_id, faiss}] in id order;
-                            faiss = {file, bytes, sha256} of the shard's FAISS file, or null
+    shards                  [{file, items, bytes, sha256, xxh3, first_id, last_id, faiss}] in id order;
+                            faiss = {file, bytes, sha256, xxh3} of the shard's FAISS file, or null;
+                            xxh3 = the fast checksum checked at open (checksum.py; absent in
+                            entries written before it existed: those are checked by sha256)
     deleted                 sorted tombstoned ids, or {file, bytes, sha256, count} when large
     next_id                 the id the next item gets (ids are dense: 0 .. next_id-1)
     next_shard              the number the next shard file gets
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.errors import IndexCorrupt, IndexNotFound
+from medcbir.indexer.checksum import fast_checksum
 from medcbir.indexer.fsutil import commit_file, tmp_name, write_json_atomic
 
 FORMAT = "medcbir-index"
@@ -134,7 +137,8 @@ def store_deleted(index_dir: Path, manifest: dict, ids: np.ndarray) -> None:
     with open(tmp, "wb") as fh:
         np.save(fh, ids, allow_pickle=False)
     commit_file(tmp, final)
-    manifest["deleted"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final), "count": int(ids.size)}
+    manifest["deleted"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final), "count": int(ids.size),
+                           "xxh3": fast_checksum(final)}
 
 
 def referenced_files(manifest: dict) -> set[str]:

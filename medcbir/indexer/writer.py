@@ -23,6 +23,7 @@ import numpy as np
 
 from medcbir.errors import ConfigError, EncoderMismatch
 from medcbir.indexer import faiss_index
+from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, manifest_path, new_manifest, read_manifest, referenced_files
 from medcbir.indexer.shard import meta_columns, shard_name, write_shard
@@ -345,6 +346,7 @@ class IndexWriter:
                  "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
         if self._trained is not None:
             entry["faiss"] = self._write_shard_faiss(number, ids, embeddings)
+        stamp(entry, self.index_dir)
         manifest["shards"].append(entry)
         manifest["next_id"] = first + len(metas)
         manifest["next_shard"] = number + 1
@@ -353,7 +355,7 @@ class IndexWriter:
 
     def _write_shard_faiss(self, number: int, ids: np.ndarray, embeddings: np.ndarray) -> dict:
         base, _ = faiss_index.parts(self._trained)
-        return faiss_index.write_shard_part(base, ids, embeddings, self.index_dir / f"shard-{number:06d}")
+        return stamp(faiss_index.write_shard_part(base, ids, embeddings, self.index_dir / f"shard-{number:06d}"), self.index_dir)
 
     def _needs_training(self, final: bool, manifest: dict | None = None) -> bool:
         m = manifest or self.manifest
@@ -400,7 +402,7 @@ class IndexWriter:
         path = self.index_dir / f"trained-{generation:06d}.faiss"
         size, digest = faiss_index.write_index(trained, path)
         self._trained = trained
-        manifest["trained"] = {"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}
+        manifest["trained"] = stamp({"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}, self.index_dir)
         manifest["index_spec"] = spec
         manifest["search_params"] = faiss_index.default_search_params(spec, auto=manifest.get("index_spec_requested", "auto") == "auto")
         manifest["shards"] = [dict(s) for s in manifest["shards"]]

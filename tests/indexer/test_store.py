@@ -101,7 +101,10 @@ def test_shard_with_another_fingerprint_is_refused(tmp_path):
     manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
     import hashlib
 
+    from medcbir.indexer.checksum import fast_checksum
+
     manifest["shards"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["shards"][0]["xxh3"] = fast_checksum(path)
     manifest["shards"][0]["bytes"] = path.stat().st_size
     (tmp_path / "ix" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexCorrupt, match="shard-000001.h5: encoder fingerprint"):
