@@ -92,15 +92,28 @@ def compact(index_dir) -> None:
 @click.command("verify")
 @click.argument("index_dir", metavar="INDEX")
 @click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems"}.')
-def verify(index_dir, as_json) -> None:
+@click.option("--repair", is_flag=True, help="If the current generation is damaged, fall back to the newest intact kept one (reports what is lost).")
+def verify(index_dir, as_json, repair) -> None:
     """Recompute every checksum of INDEX and check its consistency; exit 2 if anything is wrong."""
     from medcbir.errors import IndexCorrupt
     from medcbir.indexer import verify as verify_index
 
+    repaired = None
+    if repair:
+        from medcbir.indexer.recovery import repair as repair_index
+
+        repaired = repair_index(index_dir)
+        if not as_json:
+            click.echo(("repaired: " if repaired.recovered else "") + repaired.summary())
+            for line in repaired.rejected:
+                click.echo(f"  rejected {line}")
     report = verify_index(index_dir)
     if as_json:
         data = report.to_dict()
-        click.echo(json.dumps({k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec")}))
+        out = {k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec")}
+        if repaired is not None:
+            out["repair"] = repaired.to_dict()
+        click.echo(json.dumps(out))
     else:
         status = "ok" if report.ok else "BROKEN"
         click.echo(f"{status}: {report.items} item(s) in {report.shards} shard(s), {report.deleted} deleted, "

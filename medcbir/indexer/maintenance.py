@@ -13,7 +13,7 @@ from medcbir.errors import IndexCorrupt, MedcbirError
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import FIELD, fast_checksum, stamp
 from medcbir.indexer.lock import WriterLock
-from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, referenced_files, store_deleted
+from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
 from medcbir.indexer.shard import concat_columns, embeddings_sha256, read_columns, read_embeddings, shard_name, write_shard
 from medcbir.indexer.store import committed_entries, committed_records
 from medcbir.indexer.fsutil import sha256_many
@@ -68,9 +68,10 @@ def delete(index_dir: str | Path, series=(), study=(), sop=()) -> int:
 def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
     """Rewrite the shards without tombstoned items (a new generation; ids renumbered densely).
 
-    Old files are removed only after the new manifest is committed, so a crash at any point
-    leaves one complete generation. Readers that opened the old generation keep their open
-    files (POSIX keeps unlinked files readable).
+    Old files are removed only after the new manifest is committed and once no kept
+    generation references them, so a crash at any point leaves one complete generation.
+    Readers that opened the old generation keep their open files (POSIX keeps unlinked
+    files readable).
 
     Returns:
         ``{"items", "removed", "shards"}`` of the new generation.
@@ -134,9 +135,8 @@ def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
         flush()
         new["deleted"] = []
         commit_manifest(index_dir, new)
-        stale = referenced_files(old) - referenced_files(new)
-        for name in stale:
-            (index_dir / name).unlink(missing_ok=True)
+        # The old shards stay while a kept generation references them (manifest recovery).
+        remove_orphans(index_dir, new)
         return {"items": int(new["next_id"]), "removed": int(deleted.size), "shards": len(new["shards"])}
 
 

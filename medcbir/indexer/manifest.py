@@ -6,6 +6,11 @@ the next writer removes). It is replaced atomically (temporary file, fsync, rena
 folder), and its ``generation`` grows by one at every commit; a reader keeps working on the
 generation it opened.
 
+History: before ``manifest.json`` is replaced, the generation it held is kept as
+``manifest-GGGGGG.json`` (a hard link: no copy), the last :data:`KEEP_GENERATIONS` of them;
+the files they reference are kept too (:func:`retained_files`), so a damaged
+``manifest.json`` falls back to the newest intact generation (:mod:`~medcbir.indexer.recovery`).
+
 Fields::
 
     format, version         "medcbir-index", 1
@@ -30,6 +35,9 @@ Fields::
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import time
 from pathlib import Path
 
@@ -44,6 +52,11 @@ VERSION = 1
 MANIFEST = "manifest.json"
 # Above this many tombstones the list moves to its own checksummed .npy file.
 INLINE_DELETED_MAX = 10_000
+# Previous generations kept beside manifest.json (and every file they reference).
+KEEP_GENERATIONS = 3
+HISTORY = re.compile(r"^manifest-(\d{6,})\.json$")
+
+log = logging.getLogger(__name__)
 
 
 def now() -> str:
@@ -76,6 +89,20 @@ def manifest_path(index_dir: Path) -> Path:
     return Path(index_dir) / MANIFEST
 
 
+def history_path(index_dir: Path, generation: int) -> Path:
+    return Path(index_dir) / f"manifest-{int(generation):06d}.json"
+
+
+def history(index_dir: Path) -> list[tuple[int, Path]]:
+    """(generation, path) of the kept previous manifests, newest first."""
+    found = []
+    for path in Path(index_dir).iterdir():
+        match = HISTORY.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
 def read_manifest(index_dir: str | Path) -> dict:
     """The committed manifest of ``index_dir``.
 
@@ -87,7 +114,18 @@ def read_manifest(index_dir: str | Path) -> dict:
     if not Path(index_dir).is_dir():
         raise IndexNotFound(f"index folder {index_dir} does not exist")
     if not path.is_file():
+        if history(Path(index_dir)):
+            raise IndexCorrupt(f"{path}: manifest is missing (previous generations are kept: `medcbir verify --repair`)")
         raise IndexNotFound(f"{index_dir} is not a medcbir index (no {MANIFEST})")
+    return parse_manifest(path)
+
+
+def parse_manifest(path: Path) -> dict:
+    """A manifest file, validated.
+
+    Raises:
+        IndexCorrupt: not valid JSON or not a medcbir index manifest.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -100,12 +138,50 @@ def read_manifest(index_dir: str | Path) -> dict:
 
 
 def commit_manifest(index_dir: Path, manifest: dict) -> dict:
-    """Bump the generation and atomically replace ``manifest.json``; returns the new manifest."""
+    """Bump the generation and atomically replace ``manifest.json``; returns the new manifest.
+
+    The generation being replaced is kept as ``manifest-GGGGGG.json`` first (a crash between
+    the two steps leaves a history entry equal to the current manifest: harmless).
+    """
+    index_dir = Path(index_dir)
     manifest = dict(manifest)
     manifest["generation"] = int(manifest.get("generation", 0)) + 1
     manifest["updated"] = now()
-    write_json_atomic(manifest_path(Path(index_dir)), manifest, hook="manifest-rename")
+    _keep_current(index_dir)
+    write_json_atomic(manifest_path(index_dir), manifest, hook="manifest-rename")
+    _prune_history(index_dir, int(manifest["generation"]))
     return manifest
+
+
+def _keep_current(index_dir: Path) -> None:
+    current = manifest_path(index_dir)
+    try:
+        generation = int(parse_manifest(current)["generation"])
+    except (IndexCorrupt, OSError, KeyError, ValueError, TypeError):
+        return  # nothing intact to keep (first commit, or a repair over a damaged manifest)
+    kept = history_path(index_dir, generation)
+    tmp = tmp_name(kept)
+    os.link(current, tmp)  # the folder fsync of the manifest commit that follows makes it durable
+    os.replace(tmp, kept)
+
+
+def _prune_history(index_dir: Path, generation: int) -> None:
+    for gen, path in history(index_dir):
+        # Newer than the commit (left by a repair to an older generation) or beyond the window.
+        if gen >= generation or gen < generation - KEEP_GENERATIONS:
+            path.unlink(missing_ok=True)
+
+
+def retained_files(index_dir: Path, manifest: dict | None) -> set[str]:
+    """Files to keep: those of ``manifest`` and of every kept previous generation."""
+    keep = referenced_files(manifest) if manifest else {MANIFEST}
+    for _, path in history(Path(index_dir)):
+        keep.add(path.name)
+        try:
+            keep |= referenced_files(parse_manifest(path))
+        except (IndexCorrupt, OSError):
+            continue
+    return keep
 
 
 def deleted_ids(index_dir: Path, manifest: dict, verify: bool = True) -> np.ndarray:

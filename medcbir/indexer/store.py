@@ -170,6 +170,8 @@ class IndexStore:
         exact: True when ``faiss_index`` is brute force.
         search_params: current defaults (``nprobe``, ``k_factor``, ...).
         open_seconds: wall time of :meth:`open`.
+        recovery: a :class:`~medcbir.indexer.recovery.Recovery` when ``manifest.json`` was
+            damaged and an older kept generation was opened instead (a warning is logged), else None.
     """
 
     def __init__(self) -> None:  # use IndexStore.open
@@ -193,7 +195,15 @@ class IndexStore:
         start = time.perf_counter()
         self = cls()
         self.index_dir = Path(index_dir)
-        self.manifest = read_manifest(self.index_dir)
+        self.recovery = None
+        try:
+            self.manifest = read_manifest(self.index_dir)
+        except IndexCorrupt as exc:
+            # A damaged manifest.json: the newest intact kept generation, with a warning.
+            from medcbir.indexer.recovery import fallback_manifest
+
+            self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
+            self.manifest["generation"] = self.recovery.generation
         pending = start_checks(self.index_dir, self.manifest, verify)
         try:
             self._load(device)

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from medcbir.errors import ConfigError, EncoderMismatch
+from medcbir.errors import ConfigError, EncoderMismatch, IndexCorrupt
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
-from medcbir.indexer.manifest import commit_manifest, manifest_path, new_manifest, read_manifest, referenced_files
+from medcbir.indexer.manifest import commit_manifest, history, manifest_path, new_manifest, read_manifest, retained_files
 from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,12 @@ def open_encoder_arg(encoder: Any, device=None):
 
 
 def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
-    """Delete files a crash left behind (not referenced by the committed manifest)."""
-    keep = referenced_files(manifest) if manifest else set()
+    """Delete files a crash left behind, or that no kept generation references any more.
+
+    Call it holding the writer lock: every index file is written under that lock, so nothing
+    here belongs to a live writer.
+    """
+    keep = retained_files(index_dir, manifest)
     removed = []
     for path in index_dir.iterdir():
         if path.name not in keep and _ORPHAN.match(path.name):
@@ -133,8 +137,14 @@ class IndexWriter:
         self.shard_size = shard_size
         info = encoder_record(self.encoder)
         index_spec = faiss_index.validate_spec(index_spec or "auto", info["dim"])
-        if manifest_path(self.index_dir).is_file():
-            manifest = read_manifest(self.index_dir)
+        self.recovery = None
+        if manifest_path(self.index_dir).is_file() or history(self.index_dir):
+            try:
+                manifest = read_manifest(self.index_dir)
+            except IndexCorrupt as exc:
+                from medcbir.indexer.recovery import fallback_manifest
+
+                manifest, self.recovery = fallback_manifest(self.index_dir, exc)
             from medcbir.train import check_compatible
 
             check_compatible(self.encoder, manifest["encoder"]["fingerprint"], manifest["encoder"]["preprocessing"])
@@ -148,7 +158,7 @@ class IndexWriter:
             if index_spec != "auto":
                 manifest["index_spec"] = index_spec
         self.manifest = manifest
-        remove_orphans(self.index_dir, manifest if manifest_path(self.index_dir).is_file() else None)
+        remove_orphans(self.index_dir, manifest if manifest.get("shards") or manifest_path(self.index_dir).is_file() else None)
         from medcbir.imaging import load_or_create_key
 
         key_path = Path(key_file) if key_file else (Path(manifest["key_file"]) if manifest.get("key_file") else self.index_dir / "pseudonym.key")
