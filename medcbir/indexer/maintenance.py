@@ -51,7 +51,7 @@ def delete(index_dir: str | Path, series=(), study=(), sop=()) -> int:
     """
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
-    with WriterLock(index_dir):
+    with WriterLock(index_dir, wait=True):
         manifest = read_manifest(index_dir)
         remove_orphans(index_dir, manifest)
         wanted = {"series_instance_uid": set(series), "study_instance_uid": set(study), "sop_instance_uid": set(sop)}
@@ -78,7 +78,7 @@ def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
     """
     index_dir = Path(index_dir)
     read_manifest(index_dir)
-    with WriterLock(index_dir):
+    with WriterLock(index_dir, wait=True):
         old = read_manifest(index_dir)
         remove_orphans(index_dir, old)  # e.g. the new shards of a compaction that crashed
         deleted = deleted_ids(index_dir, old)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medcbir.errors import ConfigError, EncoderMismatch, IndexCorrupt
+from medcbir.errors import ConfigError, EncoderMismatch, IndexCorrupt, IndexNotFound
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
@@ -79,8 +79,10 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
 class IndexWriter:
     """Creates or resumes an index and commits embedded items to it, shard by shard.
 
-    Use :meth:`open`; ``close()`` (or the ``with`` block) commits what is buffered and
-    releases the writer lock.
+    Use :meth:`open`; ``close()`` (or the ``with`` block) commits what is buffered. Several
+    writers (processes) may be open on one index: each commit takes the writer lock, reads
+    the newest manifest, drops buffered items another writer committed meanwhile (by key),
+    numbers its shards and ids after the newest ones and commits atomically.
 
     Attributes:
         index_dir: the index folder.
@@ -100,6 +102,7 @@ class IndexWriter:
         shard_size: int = 4096,
         key_file: str | Path | None = None,
         device=None,
+        lock_timeout: float = 600.0,
     ) -> "IndexWriter":
         """Create ``index_dir`` or resume it.
 
@@ -110,11 +113,12 @@ class IndexWriter:
             shard_size: items per shard.
             key_file: pseudonym key file (default ``INDEX/pseudonym.key``, created 0600).
             device: the :class:`~medcbir.device.Device` for the encoder and FAISS training.
+            lock_timeout: seconds to queue for the writer lock (at open and at each commit).
 
         Raises:
             EncoderMismatch: the index was built with another encoder.
             ConfigError: bad spec or shard size, or a spec different from the index's.
-            IndexBusy: another process is writing the index.
+            IndexBusy: another process held the writer lock for longer than ``lock_timeout``.
         """
         if int(shard_size) < 1:
             raise ConfigError(f"--shard-size must be at least 1, not {shard_size}")
@@ -123,12 +127,12 @@ class IndexWriter:
         if self.index_dir.exists() and not self.index_dir.is_dir():
             raise ConfigError(f"{index_dir} exists and is not a folder")
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = WriterLock(self.index_dir)
-        try:
+        self._open = True
+        # The lock is held only while the index is read and tidied here and around each commit:
+        # several writers (the Orthanc plugin, CLI runs) add to one index, queuing for commits.
+        with WriterLock(self.index_dir, wait=True, timeout=lock_timeout):
             self._setup(encoder, index_spec, int(shard_size), key_file, device)
-        except BaseException:
-            self._lock.release()
-            raise
+        self._lock_timeout = lock_timeout
         return self
 
     def _setup(self, encoder, index_spec, shard_size, key_file, device) -> None:
@@ -170,6 +174,7 @@ class IndexWriter:
             self._trained = faiss.read_index(str(self.index_dir / manifest["trained"]["file"]))
         self._keys: set[int] = set()
         self._sources: set[int] = set()
+        self._known_shards: set[str] = set()
         self._load_committed_keys()
         self._buffer_metas: list = []
         self._buffer_embeddings: list[np.ndarray] = []
@@ -183,6 +188,9 @@ class IndexWriter:
         import h5py
 
         for entry in self.manifest["shards"]:
+            if entry["sha256"] in self._known_shards:
+                continue
+            self._known_shards.add(entry["sha256"])
             with h5py.File(self.index_dir / entry["file"], "r") as f:
                 meta = f["meta"]
                 sops = meta["sop_instance_uid"][...]
@@ -306,23 +314,22 @@ class IndexWriter:
 
     def close(self) -> None:
         """Commit the buffer, train the FAISS index if its spec still needs it, release the lock."""
-        if self._lock is None:
+        if not self._open:
             return
         try:
             self.commit()
-            if self._needs_training(final=True):
-                self._commit_manifest(dict(self.manifest), train=True)
-            elif not manifest_path(self.index_dir).is_file():
-                self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
+            with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+                self._refresh()
+                if self._needs_training(final=True):
+                    self._commit_manifest(dict(self.manifest), train=True)
+                elif not manifest_path(self.index_dir).is_file():
+                    self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
         finally:
-            self._lock.release()
-            self._lock = None
+            self._open = False
 
     def abort(self) -> None:
-        """Release the lock without committing the buffer (after an error mid-source)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Close without committing the buffer (after an error mid-source)."""
+        self._open = False
 
     def __enter__(self) -> "IndexWriter":
         return self
@@ -333,7 +340,38 @@ class IndexWriter:
         else:
             self.abort()
 
+    def _refresh(self) -> None:
+        """Adopt the newest committed manifest (call holding the lock): another writer, a
+        compaction or a retraining may have committed since this writer last looked."""
+        try:
+            current = read_manifest(self.index_dir)
+        except IndexNotFound:
+            return  # nothing committed yet: this writer creates the index
+        except IndexCorrupt as exc:
+            from medcbir.indexer.recovery import fallback_manifest
+
+            current, self.recovery = fallback_manifest(self.index_dir, exc)
+        if current["encoder"]["fingerprint"] != self.manifest["encoder"]["fingerprint"]:
+            raise EncoderMismatch(f"index {self.index_dir} was created meanwhile with encoder {current['encoder']['fingerprint'][:12]}")
+        if current.get("trained") != self.manifest.get("trained"):
+            import faiss
+
+            self._trained = faiss.read_index(str(self.index_dir / current["trained"]["file"])) if current.get("trained") else None
+        self.manifest = current
+        self._load_committed_keys()
+
     def _write_shards(self, metas: list, embeddings: np.ndarray) -> None:
+        with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+            self._refresh()
+            # Items another writer committed since they were buffered here are dropped.
+            fresh = [i for i, m in enumerate(metas) if key_hash(m.sop_instance_uid, m.frame) not in self._keys]
+            if len(fresh) < len(metas):
+                metas = [metas[i] for i in fresh]
+                embeddings = embeddings[fresh]
+            if metas:
+                self._write_shards_locked(metas, embeddings)
+
+    def _write_shards_locked(self, metas: list, embeddings: np.ndarray) -> None:
         manifest = dict(self.manifest)
         manifest["shards"] = list(manifest["shards"])
         # A shard holds at most shard_size items unless one source alone is larger.
