@@ -90,6 +90,7 @@ class Worker:
         self._engine_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._reindex = threading.Event()
+        self._explainer = None  # ExplainWorker, started by main()
         self._tmp_dir: Path | None = None
 
     @property
@@ -350,10 +351,13 @@ class Worker:
         from medcbir.pacs.explain_route import explain_answer
 
         path, instance = self._query_file(request)
+        label = f"instance {instance}" if instance else "the posted DICOM"
         try:
-            with self._engine_lock:
-                engine = self.engine()
-                body, mime = explain_answer(engine, self.rest, path, request, label=f"instance {instance}" if instance else "the posted DICOM")
+            if self._explainer is not None:  # its own process: searches keep answering meanwhile
+                body, mime = self._explainer.explain(path, request, label=label)
+            else:
+                with self._engine_lock:
+                    body, mime = explain_answer(self.engine(), self.rest, path, request, label=label)
         finally:
             path.unlink(missing_ok=True)
         return {"ok": True, "body": body, "mime": mime}
@@ -427,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     # A Unix socket in a private (0700) folder: no TCP Nagle/delayed-ACK stalls on the small
     # request/answer messages (they cost ~40 ms per call over loopback TCP), and no port to pick.
     listener = Listener(str(worker.tmp / "link.sock"), family="AF_UNIX", authkey=authkey)
+    from medcbir.pacs.explain_worker import ExplainWorker
+
+    worker._explainer = ExplainWorker(worker.index, settings.encoder, args.orthanc, os.environ.get(TOKEN_ENV) or None)
     threading.Thread(target=worker.serve, args=(listener,), daemon=True).start()
     print(f"READY {listener.address}", flush=True)
     _watch_parent(worker, args.parent)
@@ -450,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.writer.close()
         except Exception:  # noqa: BLE001
             pass
+    worker._explainer.close()
     shutil.rmtree(worker.tmp, ignore_errors=True)
     log("stopped")
     os._exit(0)
