@@ -26,6 +26,7 @@ Fields::
                             xxh3 = the fast checksum checked at open (checksum.py; absent in
                             entries written before it existed: those are checked by sha256)
     deleted                 sorted tombstoned ids, or {file, bytes, sha256, count} when large
+    shard_size              items per full shard (the writer's; compaction fills shards to it)
     next_id                 the id the next item gets (ids are dense: 0 .. next_id-1)
     next_shard              the number the next shard file gets
     key_file                pseudonym key file when not INDEX/pseudonym.key (else null)

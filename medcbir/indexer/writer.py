@@ -30,7 +30,7 @@ from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
-_ORPHAN = re.compile(r"^(shard-\d+\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
+_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
 
 
 def key_hash(sop_uid: str, frame: int) -> int:
@@ -67,8 +67,10 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
     Call it holding the writer lock: every index file is written under that lock, so nothing
     here belongs to a live writer.
     """
+    from medcbir.indexer.staging import remove_stale_staging
+
     keep = retained_files(index_dir, manifest)
-    removed = []
+    removed = remove_stale_staging(index_dir)
     for path in index_dir.iterdir():
         if path.name not in keep and _ORPHAN.match(path.name):
             path.unlink(missing_ok=True)
@@ -373,6 +375,7 @@ class IndexWriter:
 
     def _write_shards_locked(self, metas: list, embeddings: np.ndarray) -> None:
         manifest = dict(self.manifest)
+        manifest["shard_size"] = self.shard_size  # compaction fills shards to it
         manifest["shards"] = list(manifest["shards"])
         # A shard holds at most shard_size items unless one source alone is larger.
         start = 0

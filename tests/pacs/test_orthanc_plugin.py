@@ -218,11 +218,15 @@ def test_a_search_answers_while_an_explanation_runs(indexed_server, pacs_archive
     assert server.rest.post("/medcbir/search", json=search).status_code == 200  # engine warm
     answer = {}
 
-    def explain():  # a long RELAX (1,500 masks × query + 3 neighbours)
+    def explain():  # a long RELAX (600 masks × query + 3 neighbours)
         t0 = time.perf_counter()
-        resp = server.rest.post("/medcbir/explain", json={"instance": instance, "k": 3, "method": "relax",
-                                                          "n_masks": 1500, "format": "json"})
-        answer.update(status=resp.status_code, seconds=time.perf_counter() - t0, text=resp.text[:300])
+        try:
+            resp = server.rest.post("/medcbir/explain", json={"instance": instance, "k": 3, "method": "relax",
+                                                              "n_masks": 600, "format": "json"}, timeout=300)
+            answer.update(status=resp.status_code, text=resp.text[:300])
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            answer.update(error=repr(exc))
+        answer["seconds"] = time.perf_counter() - t0
 
     thread = threading.Thread(target=explain)
     started = time.perf_counter()
