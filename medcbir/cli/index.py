@@ -42,8 +42,10 @@ def _source(archive: str, workers: int):
 @click.option("--delete-study", multiple=True, metavar="UID", help="Tombstone this study after indexing (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-maintenance", "maintain", is_flag=True, flag_value=False, default=True,
+              help="Do not compact or retrain afterwards even when due.")
 def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, key_file, device, precision,
-          delete_series, delete_study, as_json, no_progress) -> None:
+          delete_series, delete_study, as_json, no_progress, maintain) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
     from medcbir.device import Device
     from medcbir.indexer import delete, index_archive
@@ -54,13 +56,18 @@ def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, ke
         device=dev, progress=not no_progress and not as_json, batch_size=batch_size, key_file=key_file,
     )
     deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
+    from medcbir.indexer.background import run_due
+
+    maintenance = run_due(out) if maintain else {}  # compaction / retraining if the index grew enough
     if as_json:
-        click.echo(json.dumps({**summary.to_dict(), "deleted": deleted}))
+        click.echo(json.dumps({**summary.to_dict(), "deleted": deleted, "maintenance": maintenance}))
         return
     for line in _summary_lines(summary):
         click.echo(line)
     if delete_series or delete_study:
         click.echo(f"tombstoned       {deleted}")
+    for job, result in maintenance.items():
+        click.echo(f"{job:<17}{json.dumps(result, default=str)}")
 
 
 @click.command("delete")
@@ -81,12 +88,33 @@ def delete(index_dir, series, study, sop) -> None:
 
 @click.command("compact")
 @click.argument("index_dir", metavar="INDEX")
-def compact(index_dir) -> None:
-    """Rewrite INDEX's shards without tombstoned items."""
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Items per full shard (default: the index's).")
+def compact(index_dir, shard_size) -> None:
+    """Merge INDEX's small shards and drop tombstoned items (online: writers and readers go on)."""
     from medcbir.indexer import compact as compact_index
 
-    result = compact_index(index_dir)
-    click.echo(f"removed {result['removed']} item(s); {result['items']} item(s) in {result['shards']} shard(s)")
+    result = compact_index(index_dir, shard_size=shard_size)
+    if result.get("skipped"):
+        click.echo(f"skipped: {result['skipped']}; run it again")
+        return
+    click.echo(f"removed {result['removed']} item(s), rewrote {result['rewritten']} shard(s); "
+               f"{result['items']} item(s) in {result['shards']} shard(s), generation {result['generation']}")
+
+
+@click.command("retrain")
+@click.argument("index_dir", metavar="INDEX")
+@click.option("--sample", type=click.IntRange(min=1), default=None, help="Training items (default 100,000).")
+@click.option("--seed", type=int, default=None, help="Sample seed (default: the generation).")
+def retrain(index_dir, sample, seed) -> None:
+    """Train INDEX's IVF/PQ again on a fresh uniform sample of all live items and swap it in."""
+    from medcbir.indexer.retrain import retrain as retrain_index
+
+    result = retrain_index(index_dir, sample_size=sample, seed=seed)
+    if result.get("skipped"):
+        click.echo(f"skipped: {result['skipped']}; run it again")
+        return
+    click.echo(f"retrained on {result['sample']} of {result['items']} item(s) in {result['seconds']:.1f} s; "
+               f"generation {result['generation']}")
 
 
 @click.command("verify")

@@ -91,6 +91,9 @@ class Worker:
         self._writer_lock = threading.Lock()
         self._reindex = threading.Event()
         self._explainer = None  # ExplainWorker, started by main()
+        from medcbir.indexer.background import BackgroundMaintenance
+
+        self.maintenance = BackgroundMaintenance(self.index, on_done=lambda done: log(f"maintenance: {done}"))
         self._tmp_dir: Path | None = None
 
     @property
@@ -230,6 +233,7 @@ class Worker:
         self.queue.done(instances)
         self.indexed += len(instances)
         self.items += len(decoded)
+        self.maintenance.poke()  # compaction / retraining when due, on its own thread
 
     def wait_for_orthanc(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

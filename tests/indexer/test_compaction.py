@@ -102,3 +102,23 @@ def test_compaction_runs_while_a_writer_commits(tmp_path, monkeypatch):
     assert len(store.ids) == 68 and store.deleted.size == 1
     assert str(store.columns["sop_instance_uid"][store.deleted[0]]) == "1.2.3.5"
     assert verify(ix).ok
+
+
+def test_background_maintenance_compacts_a_plugin_like_index(tmp_path, capsys):
+    """The plugin's path: many small commits, then a poke runs the compaction on its own thread."""
+    from medcbir.cli.main import main
+    from medcbir.indexer.background import BackgroundMaintenance
+
+    ix = tmp_path / "ix"
+    _small_commits(ix, spec="Flat")
+    before = IndexStore.open(ix)
+    maintenance = BackgroundMaintenance(ix)
+    assert maintenance.poke()
+    maintenance.join(60)
+    assert not maintenance.error and maintenance.last["compact"]["rewritten"] == 20
+    after = IndexStore.open(ix)
+    assert [s["items"] for s in after.manifest["shards"]] == [42, 42, 36]
+    assert _live(after).keys() == _live(before).keys()
+    # The CLI: nothing left to merge.
+    assert main(["compact", str(ix)]) == 0
+    assert capsys.readouterr().out.startswith("removed 0 item(s), rewrote 0 shard(s); 120 item(s) in 3 shard(s)")
