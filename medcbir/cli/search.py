@@ -81,13 +81,19 @@ def _fmt(value) -> str:
 @click.option("--queries", "n_queries", type=click.IntRange(min=1), default=None, help="Evaluate a seeded sample of this many queries (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
-def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify):
+@click.option("--baselines", is_flag=True, help="Also evaluate thumbnail:8/16/32 and random on the same items (the index encoder's preprocessing) and print them beside it.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Decoding processes for --baselines (0 = auto).")
+def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers):
     """Leave-one-out MAP@K, AP@K, precision@K and kNN accuracy of INDEX against labels."""
     from medcbir.engine import Engine
     from medcbir.engine import evaluate as run_evaluation
 
     engine = Engine.open(index, verify=verify)
     result = run_evaluation(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all")
+    if baselines:
+        from medcbir.engine.baselines import evaluate_baselines
+
+        result["baselines"] = evaluate_baselines(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all", workers=workers)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -99,5 +105,11 @@ def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify):
     rows = [["all", result["n_queries"], *(_fmt(result[m]) for m in metrics)]]
     rows += [[name, c["n_queries"], *(_fmt(c[m]) for m in metrics)] for name, c in result["per_class"].items()]
     click.echo(_table(rows, ["class", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
+    if "baselines" in result:
+        source = engine.store.encoder_info.get("source") or "index encoder"
+        table = [[f"{source} (this index)", result["n_queries"], *(_fmt(result[m]) for m in metrics)]]
+        table += [[name, r["n_queries"], *(_fmt(r[m]) for m in metrics)] for name, r in result["baselines"].items()]
+        click.echo(f"beside the baselines (same items, same preprocessing, same protocol):")
+        click.echo(_table(table, ["encoder", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
     if "recall_vs_exact" in result:
         click.echo(f"recall@{k} of the approximate index vs exact search: {result['recall_vs_exact']:.4f}")

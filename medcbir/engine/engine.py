@@ -120,9 +120,11 @@ class Engine:
             source = info.get("source")
             if not source or source == "<module>":
                 raise ConfigError("the index does not record where its encoder is; pass encoder=... (--encoder)")
-            if source != "default" and not Path(source).exists():
+            from medcbir.train import is_builtin, open_for_index
+
+            if not is_builtin(source) and not Path(source).exists():
                 raise ConfigError(f"the index's encoder {source} no longer exists; pass encoder=... (--encoder)")
-            encoder = self._load_encoder(source, self.device)
+            encoder = open_for_index(source, info.get("fingerprint", ""), self.device)
             _check_encoder(encoder, info)
             self._encoder = encoder
         return self._encoder

@@ -53,11 +53,11 @@ def encoder_record(encoder: Any) -> dict:
 
 
 def open_encoder_arg(encoder: Any, device=None):
-    """An Encoder object from an Encoder, a checkpoint/ONNX path, or ``"default"``."""
-    if isinstance(encoder, (str, Path)):
+    """An Encoder object from an Encoder, a checkpoint/ONNX path, a built-in name or a torch module."""
+    if isinstance(encoder, (str, Path)) or not hasattr(encoder, "embed"):
         from medcbir.train import open_encoder
 
-        return open_encoder(encoder, device=device)
+        return open_encoder(encoder if not isinstance(encoder, Path) else str(encoder), device=device)
     return encoder
 
 

@@ -194,7 +194,9 @@ def build_config(
     dicomweb = plugin_dir / "libOrthancDicomWeb.so"
     if dicomweb.exists():
         plugins.append(str(dicomweb))
-    if encoder != "default":
+    from medcbir.train.encoder import is_builtin
+
+    if not is_builtin(encoder):
         encoder_path = Path(encoder).resolve()
         if not encoder_path.exists():
             raise ConfigError(f"encoder {encoder} not found")

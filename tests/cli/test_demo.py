@@ -33,6 +33,8 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     assert len(scores) == 3 and all(-1.0 <= s <= 1.0001 for s in scores)
     assert scores == sorted(scores, reverse=True)
     assert re.search(r"MAP@3=0\.\d{3}", text) or "MAP@3=1.000" in text
+    # the trained encoder's figure stands beside the baselines, same items and protocol
+    assert re.search(r"thumbnail:16 +MAP@3=[01]\.\d{3}", text) and re.search(r"random +MAP@3=[01]\.\d{3}", text)
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 8  # 4 images + 4 heatmaps (+ colour bar)
     assert (out / "report.png").stat().st_size > 1000
