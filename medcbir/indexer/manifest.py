@@ -162,7 +162,12 @@ def _keep_current(index_dir: Path) -> None:
         return  # nothing intact to keep (first commit, or a repair over a damaged manifest)
     kept = history_path(index_dir, generation)
     tmp = tmp_name(kept)
-    os.link(current, tmp)  # the folder fsync of the manifest commit that follows makes it durable
+    try:
+        os.link(current, tmp)  # the folder fsync of the manifest commit that follows makes it durable
+    except OSError:  # a file system without hard links: a copy
+        import shutil
+
+        shutil.copyfile(current, tmp)
     os.replace(tmp, kept)
 
 
