@@ -22,7 +22,15 @@ NICE = 10
 _state: dict = {}
 
 
-def _start(index: str, encoder: str, url: str, token: str | None) -> None:
+def _start(index: str, encoder: str, url: str, token: str | None, parent: int) -> None:
+    # Let go of the worker's stdin/stdout (Orthanc's pipes): the plugin waits for their EOF
+    # when Orthanc stops, and this process must not keep them open.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    # Go when the worker goes (killed, or stopped without shutting the pool down).
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     os.nice(NICE)
     try:
         import torch
@@ -31,6 +39,14 @@ def _start(index: str, encoder: str, url: str, token: str | None) -> None:
     except ImportError:
         pass
     _state.update(index=Path(index), encoder=encoder, url=url, token=token, engine=None, generation=None)
+
+
+def _watch_parent(parent: int) -> None:
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _engine():
@@ -69,7 +85,7 @@ class ExplainWorker:
     def __init__(self, index: Path, encoder: str, url: str, token: str | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_start,
-                                         initargs=(str(index), str(encoder), url, token))
+                                         initargs=(str(index), str(encoder), url, token, os.getpid()))
         self._lock = threading.Lock()
         self._pool.submit(_warm)  # import torch & co. now, not in the first explanation
 
@@ -79,4 +95,8 @@ class ExplainWorker:
             return self._pool.submit(_explain, str(query_path), dict(request), label).result()
 
     def close(self) -> None:
+        """Stop the explanation process (an explanation under way is abandoned)."""
+        processes = list(getattr(self._pool, "_processes", {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:  # do not wait for a long explanation to end
+            process.terminate()
