@@ -43,7 +43,8 @@ def _clean(value):
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json):
+@click.option("--redact", is_flag=True, help="Name the query by its SOP UID, never by its file path (which may name the patient).")
+def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json, redact):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -55,6 +56,10 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
     elif method == "smoothgrad":
         options = {"seed": seed}
     result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
+    if redact:
+        from medcbir.cli.search import query_name
+
+        result.query_label = query_name(query, True)
     payload = result.to_dict()
     if report is not None:
         from medcbir.engine.report import render_report
@@ -83,9 +88,19 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
 @click.option("--angles", default="0,90,180,270", show_default=True, help="Rotation angles of the Dice sweep ('' to skip).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
+@click.option("--targets", type=click.Choice(["query", "own"]), default="query", show_default=True,
+              help="query: each neighbour's map explains its similarity to the query; own: each image w.r.t. its own embedding.")
+@click.option("--pairwise", is_flag=True, help="--targets query: also explain each query w.r.t. its neighbour's embedding.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="same-patient", show_default=True, help="--targets query: which neighbours may be paired with a query.")
+@click.option("--sanity", is_flag=True, help="Also run the randomisation sanity checks (Adebayo et al. 2018).")
+@click.option("--sanity-steps", type=click.IntRange(min=0), default=30, show_default=True, help="--sanity: training steps of the noise-trained encoder (0 skips data randomisation).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
-def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, json_out):
-    """Score explanation METHODS on INDEX's images against their ORGAN masks (table + JSON)."""
+def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out):
+    """Score explanation METHODS on INDEX's images against their ORGAN masks, beside trivial maps (table + JSON).
+
+    Each method is reported with its margin over the best trivial map (noise, centre, intensity,
+    edges); metrics that cannot rank maps for the chosen targets are shown as n/a with the reason.
+    """
     from medcbir.errors import ConfigError
     from medcbir.explain.evaluation import evaluate_methods, format_table
 
@@ -98,6 +113,7 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
         raise ConfigError(f"--angles must be comma-separated numbers, not {angles!r}") from None
     result = evaluate_methods(
         index, masks_file, organ=organ, methods=names, n=n, labels=labels, encoder=encoder, angles=angle_list, n_masks=n_masks, seed=seed,
+        targets=targets, pairwise=pairwise, exclude=exclude, sanity=sanity, sanity_steps=sanity_steps,
         progress=lambda m: click.echo(f"scoring {m} ...", err=True),
     )
     click.echo(format_table(result))

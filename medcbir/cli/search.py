@@ -17,11 +17,26 @@ def _device(name: str):
     return Device.auto(prefer=None if name == "auto" else name)
 
 
-def neighbour_json(n) -> dict:
-    """The ``--json`` record of one neighbour."""
+def neighbour_json(n, redact: bool = False) -> dict:
+    """The ``--json`` record of one neighbour (``redact``: without its file path)."""
     out = {"rank": n.rank, "score": round(n.score, 6)}
-    out.update({key: n.meta.get(key) for key in NEIGHBOUR_FIELDS})
+    out.update({key: n.meta.get(key) for key in NEIGHBOUR_FIELDS if not (redact and key == "source")})
     return out
+
+
+def query_name(query: str, redact: bool) -> str:
+    """How a query is shown: as given, or with ``redact`` a file by its SOP Instance UID
+    (its path may name the patient)."""
+    from pathlib import Path
+
+    if not redact or not Path(query).exists():
+        return query
+    try:
+        import pydicom
+
+        return str(pydicom.dcmread(query, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except Exception:  # noqa: BLE001 - not readable here: the engine reports it; show nothing of the path
+        return "(file)"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -44,28 +59,44 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--encoder", default=None, help="Encoder checkpoint/ONNX (default: the one the index records).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
-def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device, verify):
+@click.option("--redact", is_flag=True, help="Show no file paths (they may name patients): neighbours without source, query files by SOP UID.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Search on Ray actors holding parts of the index: alone, a local runtime; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster.")
+@click.option("--shards", default=None, type=click.IntRange(min=1), help="Ray actors holding parts of the index (with --ray; default 2).")
+def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device, verify, redact=False, ray_address=None, shards=None):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch.
     """
     from medcbir.engine import Engine
 
-    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify)
-    results = engine.search(
-        list(queries), k=k, exclude=exclude, modality=modality or None, body_part=body_part or None, series=series or None, study=study or None
-    )
+    if shards is not None and ray_address is None:
+        from medcbir.errors import ConfigError
+
+        raise ConfigError("--shards needs --ray")
+    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
+    try:
+        results = engine.search(
+            list(queries), k=k, exclude=exclude, modality=modality or None, body_part=body_part or None, series=series or None, study=study or None
+        )
+        _print_results(queries, results, exclude, redact, as_json)
+    finally:
+        if ray_address is not None:
+            engine.close()  # the Ray actors (and a local runtime this command started)
+
+
+def _print_results(queries, results, exclude, redact, as_json) -> None:
     if as_json:
-        payload = [{"query": q, "neighbours": [neighbour_json(n) for n in hits]} for q, hits in zip(queries, results)]
+        payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(queries, results)]
         click.echo(json.dumps(payload, indent=2))
         return
     for q, hits in zip(queries, results):
-        click.echo(f"query: {q}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude})")
+        click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude})")
         rows = [
-            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), n.meta.get("source", "")]
+            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
             for n in hits
         ]
-        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", "series", "modality", "source"]))
+        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", "series", "modality", *([] if redact else ["source"])]))
         click.echo("")
 
 

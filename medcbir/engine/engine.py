@@ -64,7 +64,7 @@ class Engine:
         live_rows = np.asarray(store.live_mask, dtype=bool) if getattr(store, "live_mask", None) is not None else np.ones(n, bool)
         self.live = self.id_mask(live_rows)
         self._n_live = int(np.count_nonzero(live_rows))
-        self.table = MetaTable(self.columns, self.rows_of)
+        self.table = MetaTable(self.columns, self.rows_of, getattr(store, "source_path", None))
         self.lookup = KeyLookup(self.columns, self.ids)
         self.exact = bool(getattr(store, "exact", is_exact(self.index)))
         self.knobs: dict = {}
@@ -73,7 +73,7 @@ class Engine:
 
     # ------------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums") -> "Engine":
+    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums", *, ray=None, shards: int | None = None) -> "Engine":
         """Open an index for search.
 
         Args:
@@ -84,6 +84,9 @@ class Engine:
             device: ``medcbir.device.Device`` for the encoder and FAISS; None = auto.
             verify: ``"checksums"`` (sha256 of every committed file: a damaged shard is named
                 at open), ``"sizes"`` (existence and size only: fast on huge indexes) or ``"none"``.
+            ray: None = search in this process; ``"local"``/True (a local Ray runtime) or a Ray
+                cluster address = a :class:`~medcbir.engine.sharded.ShardedEngine` (same answers).
+            shards: Ray actors holding parts of the index (default 2 with ``ray``).
 
         Raises:
             IndexNotFound: no index at ``index_dir``.
@@ -92,6 +95,10 @@ class Engine:
         """
         from medcbir.indexer import IndexStore
 
+        if ray is not None and ray is not False:
+            from medcbir.engine.sharded import ShardedEngine
+
+            return ShardedEngine.open(index_dir, encoder=encoder, device=device, verify=verify, ray=ray, shards=shards or 2)
         if not Path(index_dir).is_dir():
             raise IndexNotFound(f"index folder {index_dir} does not exist")
         store = IndexStore.open(index_dir, verify=verify, device=device)
@@ -160,6 +167,12 @@ class Engine:
     def meta(self, ids) -> list[dict]:
         """Metadata of items by id (``ItemMeta`` columns as plain Python values)."""
         return self.table.of_ids(ids)
+
+    def source_path(self, recorded: str) -> str:
+        """The file of a recorded ``source`` (a sealed folder record opened with the archive key);
+        ``meta`` and neighbours already give it; URIs come back as they are."""
+        resolve = getattr(self.store, "source_path", None)
+        return resolve(recorded) if resolve is not None else recorded
 
     def meta_column(self, column: str, ids) -> list:
         """One metadata column of items by id, as plain Python values."""

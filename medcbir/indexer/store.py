@@ -178,7 +178,8 @@ class IndexStore:
         self._files: list[h5py.File] = []
 
     @classmethod
-    def open(cls, index_dir: str | Path, *, verify: str = "checksums", device=None) -> "IndexStore":
+    def open(cls, index_dir: str | Path, *, verify: str = "checksums", device=None, manifest: dict | None = None,
+             build_index: bool = True) -> "IndexStore":
         """Open the committed generation of ``index_dir``.
 
         Args:
@@ -187,6 +188,10 @@ class IndexStore:
                 sha256 for entries that predate it), ``"sha256"`` (whole-file sha256 of every
                 file, hashed in parallel), ``"sizes"`` (existence and size only) or ``"none"``.
             device: a :class:`~medcbir.device.Device`; FAISS moves to GPU when ``faiss_gpu``.
+            manifest: open this manifest instead of the committed one (the sharded engine opens
+                a part of an index: a contiguous run of its shards, ids shifted to start at 0).
+            build_index: False = metadata and embeddings only, ``faiss_index`` is None (the
+                sharded engine's driver, whose actors hold the FAISS parts).
 
         Raises:
             IndexNotFound: no index there.
@@ -196,14 +201,18 @@ class IndexStore:
         self = cls()
         self.index_dir = Path(index_dir)
         self.recovery = None
-        try:
-            self.manifest = read_manifest(self.index_dir)
-        except IndexCorrupt as exc:
-            # A damaged manifest.json: the newest intact kept generation, with a warning.
-            from medcbir.indexer.recovery import fallback_manifest
+        self._build_index = build_index
+        if manifest is not None:
+            self.manifest = manifest
+        else:
+            try:
+                self.manifest = read_manifest(self.index_dir)
+            except IndexCorrupt as exc:
+                # A damaged manifest.json: the newest intact kept generation, with a warning.
+                from medcbir.indexer.recovery import fallback_manifest
 
-            self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
-            self.manifest["generation"] = self.recovery.generation
+                self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
+                self.manifest["generation"] = self.recovery.generation
         pending = start_checks(self.index_dir, self.manifest, verify)
         try:
             self._load(device)
@@ -276,6 +285,9 @@ class IndexStore:
 
     def _build_faiss(self, device) -> None:
         m = self.manifest
+        if not getattr(self, "_build_index", True):
+            self.faiss_index, self.exact = None, not (m.get("trained") and not faiss_index.is_flat(self.index_spec))
+            return
         trained = None
         shard_files: list[Path] = []
         if m.get("trained") and not faiss_index.is_flat(self.index_spec):
@@ -337,7 +349,11 @@ class IndexStore:
         """Metadata dicts (ItemMeta fields + ``id``) of a few ids (for results, not bulk work)."""
         rows = self.rows(ids)
         cols = {name: self.columns[name] for name in self.columns}
-        return [{"id": int(self.ids[r]), **row_meta(cols, int(r))} for r in rows]
+        out = [{"id": int(self.ids[r]), **row_meta(cols, int(r))} for r in rows]
+        for meta in out:
+            if "source" in meta:
+                meta["source"] = self.source_path(str(meta["source"]))
+        return out
 
     def set_search_params(self, **kw) -> None:
         """Change search defaults (``nprobe``, ``k_factor``, ``efSearch``) on this store's index."""
@@ -356,6 +372,21 @@ class IndexStore:
         """The archive's pseudonym key (``pseudonym.key`` or the manifest's ``key_file``), or None."""
         path = Path(self.manifest["key_file"]) if self.manifest.get("key_file") else self.index_dir / "pseudonym.key"
         return path.read_bytes() if path.is_file() else None
+
+    def source_path(self, recorded: str) -> str:
+        """Where an item's file is: a sealed folder record opened with the archive key (an
+        absolute path), any other record (a URI, an older index's path) as it is."""
+        from medcbir.imaging.source_seal import SourceSeal, is_sealed
+
+        if not is_sealed(recorded):
+            return recorded
+        seal = getattr(self, "_seal", None)
+        if seal is None:
+            key, root = self.key(), self.manifest.get("archive_root")
+            if key is None or not root:
+                return recorded
+            seal = self._seal = SourceSeal(key, root)
+        return seal.open(recorded)
 
     def close(self) -> None:
         for f in self._files:

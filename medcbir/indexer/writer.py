@@ -184,24 +184,79 @@ class IndexWriter:
         self._buffer_sources: set[int] = set()
         self.shards_written = 0
         self.items_committed = 0
+        self.deleted_sources = 0  # sources tombstoned by the last delete_sources
         self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
 
     def _load_committed_keys(self) -> None:
-        import h5py
-
         for entry in self.manifest["shards"]:
             if entry["sha256"] in self._known_shards:
                 continue
             self._known_shards.add(entry["sha256"])
-            with h5py.File(self.index_dir / entry["file"], "r") as f:
-                meta = f["meta"]
-                sops = meta["sop_instance_uid"][...]
-                frames = meta["frame"][...]
-                sources = meta["source"][...] if "source" in meta else []
-            for sop, frame in zip(sops, frames):
-                self._keys.add(key_hash(sop.decode("utf-8"), int(frame)))
-            for src in np.unique(sources):
-                self._sources.add(source_hash(src.decode("utf-8")))
+            self._remember_shard(self.index_dir / entry["file"])
+
+    def _remember_shard(self, path: Path) -> None:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            meta = f["meta"]
+            sops = meta["sop_instance_uid"][...]
+            frames = meta["frame"][...]
+            sources = meta["source"][...] if "source" in meta else []
+        for sop, frame in zip(sops, frames):
+            self._keys.add(key_hash(sop.decode("utf-8"), int(frame)))
+        for src in np.unique(sources):
+            self._sources.add(source_hash(src.decode("utf-8")))
+
+    def key_hashes(self) -> np.ndarray:
+        """uint64 :func:`key_hash` of every committed item (for a distributed de-duplicator)."""
+        return np.fromiter(self._keys, dtype=np.uint64, count=len(self._keys))
+
+    def commit_shards(self, entries: list[dict]) -> int:
+        """Commit shards that other processes wrote (the Ray indexer's actors), in one generation.
+
+        Each shard must already be committed on disk under its final name (``write_shard``)
+        and continue the id range: ``entries[0]["first_id"] == next_id``, each next one
+        following the previous. FAISS parts are written here when the index is trained.
+
+        Args:
+            entries: manifest shard records ``{file, items, bytes, sha256, first_id, last_id, faiss}``.
+
+        Returns:
+            the number of items committed.
+
+        Raises:
+            ConfigError: the entries do not continue the committed id range.
+        """
+        if not entries:
+            return 0
+        if self._buffer_metas:
+            raise ConfigError("commit the buffered items before committing shards written elsewhere")
+        with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+            self._refresh()  # the id range must continue the newest generation
+            return self._commit_shards_locked(entries)
+
+    def _commit_shards_locked(self, entries: list[dict]) -> int:
+        manifest = dict(self.manifest)
+        manifest["shards"] = list(manifest["shards"])
+        for entry in entries:
+            entry = dict(entry)
+            if int(entry["first_id"]) != int(manifest["next_id"]) or int(entry["last_id"]) - int(entry["first_id"]) + 1 != int(entry["items"]):
+                raise ConfigError(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} do not continue the index at id {manifest['next_id']}")
+            number = int(entry["file"].split("-")[1].split(".")[0])
+            if self._trained is not None and not entry.get("faiss"):
+                from medcbir.indexer.shard import read_embeddings
+
+                ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
+                entry["faiss"] = self._write_shard_faiss(number, ids, read_embeddings(self.index_dir / entry["file"]))
+            stamp(entry, self.index_dir)
+            manifest["shards"].append(entry)
+            manifest["next_id"] = int(entry["last_id"]) + 1
+            manifest["next_shard"] = max(int(manifest["next_shard"]), number + 1)
+            self._remember_shard(self.index_dir / entry["file"])
+            self.shards_written += 1
+            self.items_committed += int(entry["items"])
+        self._commit_manifest(manifest, train=self._needs_training(final=False, manifest=manifest))
+        return sum(int(e["items"]) for e in entries)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -301,6 +356,73 @@ class IndexWriter:
         self._sources |= sources
         self._buffer_keys -= keys
         self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
+
+    def archive_root(self, root: str | Path) -> str:
+        """The folder file sources are recorded relative to: the first archive indexed.
+
+        Kept in the manifest (``archive_root``) from the next commit on; a later archive
+        elsewhere is recorded relative to the same root (``../``), so one root opens all.
+        """
+        self.manifest = {**self.manifest, "archive_root": self.manifest.get("archive_root") or str(Path(root).absolute())}
+        return self.manifest["archive_root"]
+
+    # ------------------------------------------------------------------ deleting
+    def committed_sources(self) -> set[str]:
+        """Every source recorded by a committed item (tombstoned ones included)."""
+        import h5py
+
+        out: set[str] = set()
+        for entry in self.manifest["shards"]:
+            with h5py.File(self.index_dir / entry["file"], "r") as f:
+                if "source" in f["meta"]:
+                    out.update(s.decode("utf-8") for s in np.unique(f["meta"]["source"][...]))
+        return out
+
+    def delete_sources(self, sources) -> int:
+        """Tombstone every committed item whose source is one of ``sources`` (a new generation).
+
+        The writer holds the index's lock, so a long-lived writer (the Orthanc plugin's worker)
+        deletes through it rather than through :func:`medcbir.indexer.maintenance.delete`.
+        Buffered items of those sources are dropped.
+
+        Returns:
+            how many items were newly tombstoned (``deleted_sources``: of how many sources).
+        """
+        import h5py
+
+        from medcbir.indexer.manifest import deleted_ids, store_deleted
+
+        self.deleted_sources = 0
+        wanted = {str(s) for s in sources}
+        if not wanted:
+            return 0
+        keep = [i for i, m in enumerate(self._buffer_metas) if str(m.source) not in wanted]
+        if len(keep) < len(self._buffer_metas) and self._buffer_metas:
+            embeddings = np.concatenate(self._buffer_embeddings)
+            self._buffer_metas = [self._buffer_metas[i] for i in keep]
+            self._buffer_embeddings = [embeddings[keep]] if keep else []
+            self._buffer_keys = {key_hash(m.sop_instance_uid, m.frame) for m in self._buffer_metas}
+            self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
+        needles = np.array([s.encode("utf-8") for s in wanted])
+        found, hit_sources = [], []
+        for entry in self.manifest["shards"]:
+            with h5py.File(self.index_dir / entry["file"], "r") as f:
+                if "source" in f["meta"]:
+                    column = f["meta"]["source"][...]
+                    hit = np.isin(column, needles)
+                    found.append(f["ids"][...][hit])
+                    hit_sources.append(column[hit])
+        hits = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+        before = deleted_ids(self.index_dir, self.manifest)
+        new = np.setdiff1d(hits, before)
+        if new.size:
+            fresh = ~np.isin(hits, before)
+            self.deleted_sources = int(np.unique(np.concatenate(hit_sources)[fresh]).size)
+        if new.size:
+            manifest = dict(self.manifest)
+            store_deleted(self.index_dir, manifest, np.union1d(before, new))
+            self._commit_manifest(manifest, train=False)
+        return int(new.size)
 
     # ------------------------------------------------------------------ committing
     def commit(self) -> int:
