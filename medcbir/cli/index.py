@@ -46,8 +46,10 @@ def _source(archive: str, workers: int):
               help="Decode and embed on Ray: alone, a local runtime; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster.")
 @click.option("--ray-workers", default=1, show_default=True, type=click.IntRange(min=1), help="Embedding actors (with --ray).")
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(min=0), help="GPUs per actor (default: 1 if the cluster has GPUs, else 0).")
+@click.option("--no-maintenance", "maintain", is_flag=True, flag_value=False, default=True,
+              help="Do not compact or retrain afterwards even when due.")
 def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, key_file, device, precision,
-          delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker) -> None:
+          delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
     from medcbir.device import Device
     from medcbir.indexer import delete, index_archive
@@ -63,13 +65,18 @@ def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, ke
         ray=ray_address, ray_workers=ray_workers, gpus_per_worker=gpus_per_worker,
     )
     deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
+    from medcbir.indexer.background import run_due
+
+    maintenance = run_due(out) if maintain else {}  # compaction / retraining if the index grew enough
     if as_json:
-        click.echo(json.dumps({**summary.to_dict(), "deleted": deleted}))
+        click.echo(json.dumps({**summary.to_dict(), "deleted": deleted, "maintenance": maintenance}))
         return
     for line in _summary_lines(summary):
         click.echo(line)
     if delete_series or delete_study:
         click.echo(f"tombstoned       {deleted}")
+    for job, result in maintenance.items():
+        click.echo(f"{job:<17}{json.dumps(result, default=str)}")
 
 
 @click.command("delete")
@@ -90,26 +97,60 @@ def delete(index_dir, series, study, sop) -> None:
 
 @click.command("compact")
 @click.argument("index_dir", metavar="INDEX")
-def compact(index_dir) -> None:
-    """Rewrite INDEX's shards without tombstoned items."""
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Items per full shard (default: the index's).")
+def compact(index_dir, shard_size) -> None:
+    """Merge INDEX's small shards and drop tombstoned items (online: writers and readers go on)."""
     from medcbir.indexer import compact as compact_index
 
-    result = compact_index(index_dir)
-    click.echo(f"removed {result['removed']} item(s); {result['items']} item(s) in {result['shards']} shard(s)")
+    result = compact_index(index_dir, shard_size=shard_size)
+    if result.get("skipped"):
+        click.echo(f"skipped: {result['skipped']}; run it again")
+        return
+    click.echo(f"removed {result['removed']} item(s), rewrote {result['rewritten']} shard(s); "
+               f"{result['items']} item(s) in {result['shards']} shard(s), generation {result['generation']}")
+
+
+@click.command("retrain")
+@click.argument("index_dir", metavar="INDEX")
+@click.option("--sample", type=click.IntRange(min=1), default=None, help="Training items (default 100,000).")
+@click.option("--seed", type=int, default=None, help="Sample seed (default: the generation).")
+def retrain(index_dir, sample, seed) -> None:
+    """Train INDEX's IVF/PQ again on a fresh uniform sample of all live items and swap it in."""
+    from medcbir.indexer.retrain import retrain as retrain_index
+
+    result = retrain_index(index_dir, sample_size=sample, seed=seed)
+    if result.get("skipped"):
+        click.echo(f"skipped: {result['skipped']}; run it again")
+        return
+    click.echo(f"retrained on {result['sample']} of {result['items']} item(s) in {result['seconds']:.1f} s; "
+               f"generation {result['generation']}")
 
 
 @click.command("verify")
 @click.argument("index_dir", metavar="INDEX")
 @click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems"}.')
-def verify(index_dir, as_json) -> None:
+@click.option("--repair", is_flag=True, help="If the current generation is damaged, fall back to the newest intact kept one (reports what is lost).")
+def verify(index_dir, as_json, repair) -> None:
     """Recompute every checksum of INDEX and check its consistency; exit 2 if anything is wrong."""
     from medcbir.errors import IndexCorrupt
     from medcbir.indexer import verify as verify_index
 
+    repaired = None
+    if repair:
+        from medcbir.indexer.recovery import repair as repair_index
+
+        repaired = repair_index(index_dir)
+        if not as_json:
+            click.echo(("repaired: " if repaired.recovered else "") + repaired.summary())
+            for line in repaired.rejected:
+                click.echo(f"  rejected {line}")
     report = verify_index(index_dir)
     if as_json:
         data = report.to_dict()
-        click.echo(json.dumps({k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec")}))
+        out = {k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec")}
+        if repaired is not None:
+            out["repair"] = repaired.to_dict()
+        click.echo(json.dumps(out))
     else:
         status = "ok" if report.ok else "BROKEN"
         click.echo(f"{status}: {report.items} item(s) in {report.shards} shard(s), {report.deleted} deleted, "

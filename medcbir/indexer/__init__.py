@@ -12,6 +12,8 @@ from medcbir.indexer.faiss_index import AUTO_FLAT_MAX, TRAIN_SAMPLE
 from medcbir.indexer.lock import IndexBusy
 from medcbir.indexer.maintenance import VerifyReport, compact, delete, verify
 from medcbir.indexer.pipeline import IndexSummary, index_archive
+from medcbir.indexer.recovery import repair
+from medcbir.indexer.retrain import retrain
 from medcbir.indexer.store import IndexStore
 from medcbir.indexer.writer import IndexWriter
 
@@ -26,5 +28,7 @@ __all__ = [
     "compact",
     "delete",
     "index_archive",
+    "repair",
+    "retrain",
     "verify",
 ]

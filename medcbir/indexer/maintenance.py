@@ -1,4 +1,4 @@
-"""Index maintenance: tombstone deletes, compaction and full verification."""
+"""Index maintenance: tombstone deletes and full verification (compaction: :mod:`.compaction`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import numpy as np
 
 from medcbir.errors import IndexCorrupt, MedcbirError
 from medcbir.indexer import faiss_index
+from medcbir.indexer.checksum import FIELD, fast_checksum
+from medcbir.indexer.compaction import compact  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
-from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, referenced_files, store_deleted
-from medcbir.indexer.shard import concat_columns, embeddings_sha256, read_columns, read_embeddings, shard_name, write_shard
-from medcbir.indexer.store import committed_entries
+from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
+from medcbir.indexer.shard import embeddings_sha256
+from medcbir.indexer.store import committed_entries, committed_records
 from medcbir.indexer.fsutil import sha256_many
 from medcbir.indexer.writer import remove_orphans
 
@@ -50,7 +52,7 @@ def delete(index_dir: str | Path, series=(), study=(), sop=()) -> int:
     """
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
-    with WriterLock(index_dir):
+    with WriterLock(index_dir, wait=True):
         manifest = read_manifest(index_dir)
         remove_orphans(index_dir, manifest)
         wanted = {"series_instance_uid": set(series), "study_instance_uid": set(study), "sop_instance_uid": set(sop)}
@@ -62,81 +64,6 @@ def delete(index_dir: str | Path, series=(), study=(), sop=()) -> int:
             store_deleted(index_dir, manifest, np.union1d(before, new))
             commit_manifest(index_dir, manifest)
         return int(new.size)
-
-
-def compact(index_dir: str | Path, shard_size: int | None = None) -> dict:
-    """Rewrite the shards without tombstoned items (a new generation; ids renumbered densely).
-
-    Old files are removed only after the new manifest is committed, so a crash at any point
-    leaves one complete generation. Readers that opened the old generation keep their open
-    files (POSIX keeps unlinked files readable).
-
-    Returns:
-        ``{"items", "removed", "shards"}`` of the new generation.
-    """
-    index_dir = Path(index_dir)
-    read_manifest(index_dir)
-    with WriterLock(index_dir):
-        old = read_manifest(index_dir)
-        remove_orphans(index_dir, old)  # e.g. the new shards of a compaction that crashed
-        deleted = deleted_ids(index_dir, old)
-        if deleted.size == 0:
-            return {"items": int(old["next_id"]), "removed": 0, "shards": len(old["shards"])}
-        size = int(shard_size or max((s["items"] for s in old["shards"]), default=4096))
-        trained = None
-        if old.get("trained"):
-            import faiss
-
-            trained = faiss.read_index(str(index_dir / old["trained"]["file"]))
-        new = dict(old)
-        new["shards"] = []
-        new["next_id"] = 0
-        pending_cols: list[dict] = []
-        pending_emb: list[np.ndarray] = []
-        pending = 0
-
-        def flush() -> None:
-            nonlocal pending_cols, pending_emb, pending
-            if not pending:
-                return
-            cols = concat_columns(pending_cols)
-            emb = np.concatenate(pending_emb)
-            number = int(new["next_shard"])
-            first = int(new["next_id"])
-            ids = np.arange(first, first + len(emb), dtype=np.int64)
-            path = index_dir / shard_name(number)
-            nbytes, digest = write_shard(path, ids, emb, cols, new["encoder"])
-            entry = {"file": path.name, "items": len(emb), "bytes": nbytes, "sha256": digest,
-                     "first_id": first, "last_id": first + len(emb) - 1, "faiss": None}
-            if trained is not None:
-                base, _ = faiss_index.parts(trained)
-                entry["faiss"] = faiss_index.write_shard_part(base, ids, emb, index_dir / f"shard-{number:06d}")
-            new["shards"].append(entry)
-            new["next_id"] = first + len(emb)
-            new["next_shard"] = number + 1
-            pending_cols, pending_emb, pending = [], [], 0
-
-        for entry in old["shards"]:
-            path = index_dir / entry["file"]
-            ids = np.arange(entry["first_id"], entry["last_id"] + 1)
-            keep = np.nonzero(~np.isin(ids, deleted))[0]
-            if not len(keep):
-                continue
-            cols = {k: v[keep] for k, v in read_columns(path).items()}
-            emb = read_embeddings(path)[keep]
-            # Flushing only between old shards keeps each source's frames in one shard.
-            pending_cols.append(cols)
-            pending_emb.append(emb)
-            pending += len(keep)
-            if pending >= size:
-                flush()
-        flush()
-        new["deleted"] = []
-        commit_manifest(index_dir, new)
-        stale = referenced_files(old) - referenced_files(new)
-        for name in stale:
-            (index_dir / name).unlink(missing_ok=True)
-        return {"items": int(new["next_id"]), "removed": int(deleted.size), "shards": len(new["shards"])}
 
 
 @dataclass
@@ -198,6 +125,10 @@ def verify(index_dir: str | Path) -> VerifyReport:
     for (name, size, expected), digest in zip(present, sha256_many([index_dir / n for n, _, _ in present])):
         if digest != expected and (index_dir / name).stat().st_size == size:
             problems.append(f"{name}: checksum mismatch (sha256 {digest[:12]}… != committed {expected[:12]}…)")
+    for rec in committed_records(manifest):
+        path = index_dir / rec["file"]
+        if rec.get(FIELD) and path.is_file() and path.stat().st_size == int(rec["bytes"]) and fast_checksum(path) != rec[FIELD]:
+            problems.append(f"{rec['file']}: checksum mismatch ({FIELD} differs from the committed {rec[FIELD]})")
     broken = {p.split(":")[0] for p in problems}
     fingerprint = manifest["encoder"]["fingerprint"]
     dim = int(manifest["encoder"]["dim"])

@@ -6,6 +6,11 @@ the next writer removes). It is replaced atomically (temporary file, fsync, rena
 folder), and its ``generation`` grows by one at every commit; a reader keeps working on the
 generation it opened.
 
+History: before ``manifest.json`` is replaced, the generation it held is kept as
+``manifest-GGGGGG.json`` (a hard link: no copy), the last :data:`KEEP_GENERATIONS` of them;
+the files they reference are kept too (:func:`retained_files`), so a damaged
+``manifest.json`` falls back to the newest intact generation (:mod:`~medcbir.indexer.recovery`).
+
 Fields::
 
     format, version         "medcbir-index", 1
@@ -14,11 +19,14 @@ Fields::
     metric                  "ip" (inner product on L2-normalised embeddings = cosine)
     index_spec              FAISS factory string in use ("Flat", "IVF1024,PQ64x4fs,Refine(Flat)", ...)
     index_spec_requested    what the user asked for ("auto" or a factory string)
-    trained                 {file, bytes, sha256} of the trained (empty) FAISS index, or null
+    trained                 {file, bytes, sha256, xxh3} of the trained (empty) FAISS index, or null
     search_params           {nprobe, k_factor, ...} defaults for approximate specs
-    shards                  [{file, items, bytes, sha256, first_id, last_id, faiss}] in id order;
-                            faiss = {file, bytes, sha256} of the shard's FAISS file, or null
+    shards                  [{file, items, bytes, sha256, xxh3, first_id, last_id, faiss}] in id order;
+                            faiss = {file, bytes, sha256, xxh3} of the shard's FAISS file, or null;
+                            xxh3 = the fast checksum checked at open (checksum.py; absent in
+                            entries written before it existed: those are checked by sha256)
     deleted                 sorted tombstoned ids, or {file, bytes, sha256, count} when large
+    shard_size              items per full shard (the writer's; compaction fills shards to it)
     next_id                 the id the next item gets (ids are dense: 0 .. next_id-1)
     next_shard              the number the next shard file gets
     key_file                pseudonym key file when not INDEX/pseudonym.key (else null)
@@ -28,12 +36,16 @@ Fields::
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 
 from medcbir.errors import IndexCorrupt, IndexNotFound
+from medcbir.indexer.checksum import fast_checksum
 from medcbir.indexer.fsutil import commit_file, tmp_name, write_json_atomic
 
 FORMAT = "medcbir-index"
@@ -41,6 +53,11 @@ VERSION = 1
 MANIFEST = "manifest.json"
 # Above this many tombstones the list moves to its own checksummed .npy file.
 INLINE_DELETED_MAX = 10_000
+# Previous generations kept beside manifest.json (and every file they reference).
+KEEP_GENERATIONS = 3
+HISTORY = re.compile(r"^manifest-(\d{6,})\.json$")
+
+log = logging.getLogger(__name__)
 
 
 def now() -> str:
@@ -73,6 +90,20 @@ def manifest_path(index_dir: Path) -> Path:
     return Path(index_dir) / MANIFEST
 
 
+def history_path(index_dir: Path, generation: int) -> Path:
+    return Path(index_dir) / f"manifest-{int(generation):06d}.json"
+
+
+def history(index_dir: Path) -> list[tuple[int, Path]]:
+    """(generation, path) of the kept previous manifests, newest first."""
+    found = []
+    for path in Path(index_dir).iterdir():
+        match = HISTORY.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
 def read_manifest(index_dir: str | Path) -> dict:
     """The committed manifest of ``index_dir``.
 
@@ -84,7 +115,18 @@ def read_manifest(index_dir: str | Path) -> dict:
     if not Path(index_dir).is_dir():
         raise IndexNotFound(f"index folder {index_dir} does not exist")
     if not path.is_file():
+        if history(Path(index_dir)):
+            raise IndexCorrupt(f"{path}: manifest is missing (previous generations are kept: `medcbir verify --repair`)")
         raise IndexNotFound(f"{index_dir} is not a medcbir index (no {MANIFEST})")
+    return parse_manifest(path)
+
+
+def parse_manifest(path: Path) -> dict:
+    """A manifest file, validated.
+
+    Raises:
+        IndexCorrupt: not valid JSON or not a medcbir index manifest.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -97,12 +139,55 @@ def read_manifest(index_dir: str | Path) -> dict:
 
 
 def commit_manifest(index_dir: Path, manifest: dict) -> dict:
-    """Bump the generation and atomically replace ``manifest.json``; returns the new manifest."""
+    """Bump the generation and atomically replace ``manifest.json``; returns the new manifest.
+
+    The generation being replaced is kept as ``manifest-GGGGGG.json`` first (a crash between
+    the two steps leaves a history entry equal to the current manifest: harmless).
+    """
+    index_dir = Path(index_dir)
     manifest = dict(manifest)
     manifest["generation"] = int(manifest.get("generation", 0)) + 1
     manifest["updated"] = now()
-    write_json_atomic(manifest_path(Path(index_dir)), manifest, hook="manifest-rename")
+    _keep_current(index_dir)
+    write_json_atomic(manifest_path(index_dir), manifest, hook="manifest-rename")
+    _prune_history(index_dir, int(manifest["generation"]))
     return manifest
+
+
+def _keep_current(index_dir: Path) -> None:
+    current = manifest_path(index_dir)
+    try:
+        generation = int(parse_manifest(current)["generation"])
+    except (IndexCorrupt, OSError, KeyError, ValueError, TypeError):
+        return  # nothing intact to keep (first commit, or a repair over a damaged manifest)
+    kept = history_path(index_dir, generation)
+    tmp = tmp_name(kept)
+    try:
+        os.link(current, tmp)  # the folder fsync of the manifest commit that follows makes it durable
+    except OSError:  # a file system without hard links: a copy
+        import shutil
+
+        shutil.copyfile(current, tmp)
+    os.replace(tmp, kept)
+
+
+def _prune_history(index_dir: Path, generation: int) -> None:
+    for gen, path in history(index_dir):
+        # Newer than the commit (left by a repair to an older generation) or beyond the window.
+        if gen >= generation or gen < generation - KEEP_GENERATIONS:
+            path.unlink(missing_ok=True)
+
+
+def retained_files(index_dir: Path, manifest: dict | None) -> set[str]:
+    """Files to keep: those of ``manifest`` and of every kept previous generation."""
+    keep = referenced_files(manifest) if manifest else {MANIFEST}
+    for _, path in history(Path(index_dir)):
+        keep.add(path.name)
+        try:
+            keep |= referenced_files(parse_manifest(path))
+        except (IndexCorrupt, OSError):
+            continue
+    return keep
 
 
 def deleted_ids(index_dir: Path, manifest: dict, verify: bool = True) -> np.ndarray:
@@ -134,7 +219,8 @@ def store_deleted(index_dir: Path, manifest: dict, ids: np.ndarray) -> None:
     with open(tmp, "wb") as fh:
         np.save(fh, ids, allow_pickle=False)
     commit_file(tmp, final)
-    manifest["deleted"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final), "count": int(ids.size)}
+    manifest["deleted"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final), "count": int(ids.size),
+                           "xxh3": fast_checksum(final)}
 
 
 def referenced_files(manifest: dict) -> set[str]:

@@ -23,11 +23,12 @@ import numpy as np
 
 from medcbir.errors import ConfigError, IndexCorrupt
 from medcbir.indexer import faiss_index
-from medcbir.indexer.fsutil import sha256_file, sha256_many
+from medcbir.indexer.checksum import FIELD, fast_checksum
+from medcbir.indexer.fsutil import sha256_file
 from medcbir.indexer.manifest import deleted_ids, read_manifest
 from medcbir.indexer.shard import decode_strings, row_meta
 
-VERIFY_MODES = ("checksums", "sizes", "none")
+VERIFY_MODES = ("checksums", "sha256", "sizes", "none")
 
 
 def check_files(index_dir: Path, manifest: dict, mode: str = "checksums") -> None:
@@ -43,61 +44,85 @@ def check_files(index_dir: Path, manifest: dict, mode: str = "checksums") -> Non
 def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
     """Size checks now, small files hashed now, shards hashed in background threads.
 
-    Returns the pending (name, expected sha256, future) of the shards, for :func:`finish_checks`;
-    hashing overlaps with loading the index (hashlib releases the GIL).
+    ``checksums`` checks each file's fast checksum (XXH3-64, :mod:`~medcbir.indexer.checksum`)
+    where the manifest records one and its sha256 otherwise (entries of older indexes);
+    ``sha256`` checks every sha256 (what ``verify`` does, plus consistency checks).
+
+    Returns the pending (name, expected, future) of the shards, for :func:`finish_checks`;
+    hashing overlaps with loading the index (both hashes release the GIL).
     """
     if mode not in VERIFY_MODES:
         raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {mode!r}")
     if mode == "none":
         return []
-    entries = committed_entries(manifest)
-    for name, size, _ in entries:
-        path = index_dir / name
+    records = committed_records(manifest)
+    for rec in records:
+        path = index_dir / rec["file"]
         if not path.is_file():
-            raise IndexCorrupt(f"{name}: committed file is missing from {index_dir}")
-        if path.stat().st_size != size:
-            raise IndexCorrupt(f"{name}: size {path.stat().st_size} differs from the committed {size} bytes")
-    if mode != "checksums":
+            raise IndexCorrupt(f"{rec['file']}: committed file is missing from {index_dir}")
+        if path.stat().st_size != int(rec["bytes"]):
+            raise IndexCorrupt(f"{rec['file']}: size {path.stat().st_size} differs from the committed {rec['bytes']} bytes")
+    if mode == "sizes":
         return []
+    fast = mode == "checksums"
     # FAISS/tombstone files are parsed by C++ readers: check them before anything reads them.
-    small = [e for e in entries if not e[0].endswith(".h5")]
-    for (name, _, expected), digest in zip(small, sha256_many([index_dir / n for n, _, _ in small])):
+    small = [r for r in records if not r["file"].endswith(".h5")]
+    for rec in small:
+        expected, digest = _expected(rec, fast), _hasher(rec, fast)(index_dir / rec["file"])
         if digest != expected:
-            raise IndexCorrupt(_mismatch(name, digest, expected))
-    shards = [e for e in entries if e[0].endswith(".h5")]
+            raise IndexCorrupt(_mismatch(rec["file"], digest, expected, _kind(rec, fast)))
+    shards = [r for r in records if r["file"].endswith(".h5")]
     if not shards:
         return []
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 2)))
-    pending = [(name, expected, pool.submit(sha256_file, index_dir / name)) for name, _, expected in shards]
+    pending = [(rec["file"], _expected(rec, fast), _kind(rec, fast), pool.submit(_hasher(rec, fast), index_dir / rec["file"]))
+               for rec in shards]
     pool.shutdown(wait=False)
     return pending
 
 
+def _kind(rec: dict, fast: bool) -> str:
+    return FIELD if fast and rec.get(FIELD) else "sha256"
+
+
+def _expected(rec: dict, fast: bool) -> str:
+    return rec[_kind(rec, fast)]
+
+
+def _hasher(rec: dict, fast: bool):
+    return fast_checksum if _kind(rec, fast) == FIELD else sha256_file
+
+
 def finish_checks(pending: list) -> None:
     """Wait for background shard hashes; raise for the first mismatch."""
-    for name, expected, future in pending:
+    for name, expected, kind, future in pending:
         digest = future.result()
         if digest != expected:
-            for _, _, other in pending:
+            for *_, other in pending:
                 other.cancel()
-            raise IndexCorrupt(_mismatch(name, digest, expected))
+            raise IndexCorrupt(_mismatch(name, digest, expected, kind))
 
 
-def _mismatch(name: str, digest: str, expected: str) -> str:
-    return f"{name}: checksum mismatch (sha256 {digest[:12]}… != committed {expected[:12]}…)"
+def _mismatch(name: str, digest: str, expected: str, kind: str = "sha256") -> str:
+    return f"{name}: checksum mismatch ({kind} {digest[:12]}… != committed {expected[:12]}…)"
+
+
+def committed_records(manifest: dict) -> list[dict]:
+    """The manifest record ``{file, bytes, sha256[, xxh3]}`` of every checksummed file it commits."""
+    out = []
+    for shard in manifest.get("shards", []):
+        out.append(shard)
+        if shard.get("faiss"):
+            out.append(shard["faiss"])
+    for extra in (manifest.get("trained"), manifest.get("deleted")):
+        if isinstance(extra, dict):
+            out.append(extra)
+    return out
 
 
 def committed_entries(manifest: dict) -> list[tuple[str, int, str]]:
     """(file, bytes, sha256) of every checksummed file a manifest commits."""
-    out = []
-    for shard in manifest.get("shards", []):
-        out.append((shard["file"], int(shard["bytes"]), shard["sha256"]))
-        if shard.get("faiss"):
-            out.append((shard["faiss"]["file"], int(shard["faiss"]["bytes"]), shard["faiss"]["sha256"]))
-    for extra in (manifest.get("trained"), manifest.get("deleted")):
-        if isinstance(extra, dict):
-            out.append((extra["file"], int(extra["bytes"]), extra["sha256"]))
-    return out
+    return [(r["file"], int(r["bytes"]), r["sha256"]) for r in committed_records(manifest)]
 
 
 class LazyColumns(Mapping):
@@ -145,6 +170,8 @@ class IndexStore:
         exact: True when ``faiss_index`` is brute force.
         search_params: current defaults (``nprobe``, ``k_factor``, ...).
         open_seconds: wall time of :meth:`open`.
+        recovery: a :class:`~medcbir.indexer.recovery.Recovery` when ``manifest.json`` was
+            damaged and an older kept generation was opened instead (a warning is logged), else None.
     """
 
     def __init__(self) -> None:  # use IndexStore.open
@@ -157,8 +184,9 @@ class IndexStore:
 
         Args:
             index_dir: the index folder.
-            verify: ``"checksums"`` (whole-file sha256 of every committed file, hashed in
-                parallel), ``"sizes"`` (existence and size only) or ``"none"``.
+            verify: ``"checksums"`` (the fast whole-file checksum of every committed file,
+                sha256 for entries that predate it), ``"sha256"`` (whole-file sha256 of every
+                file, hashed in parallel), ``"sizes"`` (existence and size only) or ``"none"``.
             device: a :class:`~medcbir.device.Device`; FAISS moves to GPU when ``faiss_gpu``.
             manifest: open this manifest instead of the committed one (the sharded engine opens
                 a part of an index: a contiguous run of its shards, ids shifted to start at 0).
@@ -172,8 +200,19 @@ class IndexStore:
         start = time.perf_counter()
         self = cls()
         self.index_dir = Path(index_dir)
-        self.manifest = read_manifest(self.index_dir) if manifest is None else manifest
+        self.recovery = None
         self._build_index = build_index
+        if manifest is not None:
+            self.manifest = manifest
+        else:
+            try:
+                self.manifest = read_manifest(self.index_dir)
+            except IndexCorrupt as exc:
+                # A damaged manifest.json: the newest intact kept generation, with a warning.
+                from medcbir.indexer.recovery import fallback_manifest
+
+                self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
+                self.manifest["generation"] = self.recovery.generation
         pending = start_checks(self.index_dir, self.manifest, verify)
         try:
             self._load(device)

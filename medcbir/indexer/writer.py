@@ -21,15 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from medcbir.errors import ConfigError, EncoderMismatch
+from medcbir.errors import ConfigError, EncoderMismatch, IndexCorrupt, IndexNotFound
 from medcbir.indexer import faiss_index
+from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
-from medcbir.indexer.manifest import commit_manifest, manifest_path, new_manifest, read_manifest, referenced_files
+from medcbir.indexer.manifest import commit_manifest, history, manifest_path, new_manifest, read_manifest, retained_files
 from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
-_ORPHAN = re.compile(r"^(shard-\d+\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
+_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
 
 
 def key_hash(sop_uid: str, frame: int) -> int:
@@ -61,9 +62,15 @@ def open_encoder_arg(encoder: Any, device=None):
 
 
 def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
-    """Delete files a crash left behind (not referenced by the committed manifest)."""
-    keep = referenced_files(manifest) if manifest else set()
-    removed = []
+    """Delete files a crash left behind, or that no kept generation references any more.
+
+    Call it holding the writer lock: every index file is written under that lock, so nothing
+    here belongs to a live writer.
+    """
+    from medcbir.indexer.staging import remove_stale_staging
+
+    keep = retained_files(index_dir, manifest)
+    removed = remove_stale_staging(index_dir)
     for path in index_dir.iterdir():
         if path.name not in keep and _ORPHAN.match(path.name):
             path.unlink(missing_ok=True)
@@ -74,8 +81,10 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
 class IndexWriter:
     """Creates or resumes an index and commits embedded items to it, shard by shard.
 
-    Use :meth:`open`; ``close()`` (or the ``with`` block) commits what is buffered and
-    releases the writer lock.
+    Use :meth:`open`; ``close()`` (or the ``with`` block) commits what is buffered. Several
+    writers (processes) may be open on one index: each commit takes the writer lock, reads
+    the newest manifest, drops buffered items another writer committed meanwhile (by key),
+    numbers its shards and ids after the newest ones and commits atomically.
 
     Attributes:
         index_dir: the index folder.
@@ -95,6 +104,7 @@ class IndexWriter:
         shard_size: int = 4096,
         key_file: str | Path | None = None,
         device=None,
+        lock_timeout: float = 600.0,
     ) -> "IndexWriter":
         """Create ``index_dir`` or resume it.
 
@@ -105,11 +115,12 @@ class IndexWriter:
             shard_size: items per shard.
             key_file: pseudonym key file (default ``INDEX/pseudonym.key``, created 0600).
             device: the :class:`~medcbir.device.Device` for the encoder and FAISS training.
+            lock_timeout: seconds to queue for the writer lock (at open and at each commit).
 
         Raises:
             EncoderMismatch: the index was built with another encoder.
             ConfigError: bad spec or shard size, or a spec different from the index's.
-            IndexBusy: another process is writing the index.
+            IndexBusy: another process held the writer lock for longer than ``lock_timeout``.
         """
         if int(shard_size) < 1:
             raise ConfigError(f"--shard-size must be at least 1, not {shard_size}")
@@ -118,12 +129,12 @@ class IndexWriter:
         if self.index_dir.exists() and not self.index_dir.is_dir():
             raise ConfigError(f"{index_dir} exists and is not a folder")
         self.index_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = WriterLock(self.index_dir)
-        try:
+        self._open = True
+        # The lock is held only while the index is read and tidied here and around each commit:
+        # several writers (the Orthanc plugin, CLI runs) add to one index, queuing for commits.
+        with WriterLock(self.index_dir, wait=True, timeout=lock_timeout):
             self._setup(encoder, index_spec, int(shard_size), key_file, device)
-        except BaseException:
-            self._lock.release()
-            raise
+        self._lock_timeout = lock_timeout
         return self
 
     def _setup(self, encoder, index_spec, shard_size, key_file, device) -> None:
@@ -132,8 +143,14 @@ class IndexWriter:
         self.shard_size = shard_size
         info = encoder_record(self.encoder)
         index_spec = faiss_index.validate_spec(index_spec or "auto", info["dim"])
-        if manifest_path(self.index_dir).is_file():
-            manifest = read_manifest(self.index_dir)
+        self.recovery = None
+        if manifest_path(self.index_dir).is_file() or history(self.index_dir):
+            try:
+                manifest = read_manifest(self.index_dir)
+            except IndexCorrupt as exc:
+                from medcbir.indexer.recovery import fallback_manifest
+
+                manifest, self.recovery = fallback_manifest(self.index_dir, exc)
             from medcbir.train import check_compatible
 
             check_compatible(self.encoder, manifest["encoder"]["fingerprint"], manifest["encoder"]["preprocessing"])
@@ -147,7 +164,7 @@ class IndexWriter:
             if index_spec != "auto":
                 manifest["index_spec"] = index_spec
         self.manifest = manifest
-        remove_orphans(self.index_dir, manifest if manifest_path(self.index_dir).is_file() else None)
+        remove_orphans(self.index_dir, manifest if manifest.get("shards") or manifest_path(self.index_dir).is_file() else None)
         from medcbir.imaging import load_or_create_key
 
         key_path = Path(key_file) if key_file else (Path(manifest["key_file"]) if manifest.get("key_file") else self.index_dir / "pseudonym.key")
@@ -159,6 +176,7 @@ class IndexWriter:
             self._trained = faiss.read_index(str(self.index_dir / manifest["trained"]["file"]))
         self._keys: set[int] = set()
         self._sources: set[int] = set()
+        self._known_shards: set[str] = set()
         self._load_committed_keys()
         self._buffer_metas: list = []
         self._buffer_embeddings: list[np.ndarray] = []
@@ -171,6 +189,9 @@ class IndexWriter:
 
     def _load_committed_keys(self) -> None:
         for entry in self.manifest["shards"]:
+            if entry["sha256"] in self._known_shards:
+                continue
+            self._known_shards.add(entry["sha256"])
             self._remember_shard(self.index_dir / entry["file"])
 
     def _remember_shard(self, path: Path) -> None:
@@ -210,6 +231,11 @@ class IndexWriter:
             return 0
         if self._buffer_metas:
             raise ConfigError("commit the buffered items before committing shards written elsewhere")
+        with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+            self._refresh()  # the id range must continue the newest generation
+            return self._commit_shards_locked(entries)
+
+    def _commit_shards_locked(self, entries: list[dict]) -> int:
         manifest = dict(self.manifest)
         manifest["shards"] = list(manifest["shards"])
         for entry in entries:
@@ -222,6 +248,7 @@ class IndexWriter:
 
                 ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
                 entry["faiss"] = self._write_shard_faiss(number, ids, read_embeddings(self.index_dir / entry["file"]))
+            stamp(entry, self.index_dir)
             manifest["shards"].append(entry)
             manifest["next_id"] = int(entry["last_id"]) + 1
             manifest["next_shard"] = max(int(manifest["next_shard"]), number + 1)
@@ -411,23 +438,22 @@ class IndexWriter:
 
     def close(self) -> None:
         """Commit the buffer, train the FAISS index if its spec still needs it, release the lock."""
-        if self._lock is None:
+        if not self._open:
             return
         try:
             self.commit()
-            if self._needs_training(final=True):
-                self._commit_manifest(dict(self.manifest), train=True)
-            elif not manifest_path(self.index_dir).is_file():
-                self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
+            with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+                self._refresh()
+                if self._needs_training(final=True):
+                    self._commit_manifest(dict(self.manifest), train=True)
+                elif not manifest_path(self.index_dir).is_file():
+                    self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
         finally:
-            self._lock.release()
-            self._lock = None
+            self._open = False
 
     def abort(self) -> None:
-        """Release the lock without committing the buffer (after an error mid-source)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Close without committing the buffer (after an error mid-source)."""
+        self._open = False
 
     def __enter__(self) -> "IndexWriter":
         return self
@@ -438,8 +464,40 @@ class IndexWriter:
         else:
             self.abort()
 
+    def _refresh(self) -> None:
+        """Adopt the newest committed manifest (call holding the lock): another writer, a
+        compaction or a retraining may have committed since this writer last looked."""
+        try:
+            current = read_manifest(self.index_dir)
+        except IndexNotFound:
+            return  # nothing committed yet: this writer creates the index
+        except IndexCorrupt as exc:
+            from medcbir.indexer.recovery import fallback_manifest
+
+            current, self.recovery = fallback_manifest(self.index_dir, exc)
+        if current["encoder"]["fingerprint"] != self.manifest["encoder"]["fingerprint"]:
+            raise EncoderMismatch(f"index {self.index_dir} was created meanwhile with encoder {current['encoder']['fingerprint'][:12]}")
+        if current.get("trained") != self.manifest.get("trained"):
+            import faiss
+
+            self._trained = faiss.read_index(str(self.index_dir / current["trained"]["file"])) if current.get("trained") else None
+        self.manifest = current
+        self._load_committed_keys()
+
     def _write_shards(self, metas: list, embeddings: np.ndarray) -> None:
+        with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+            self._refresh()
+            # Items another writer committed since they were buffered here are dropped.
+            fresh = [i for i, m in enumerate(metas) if key_hash(m.sop_instance_uid, m.frame) not in self._keys]
+            if len(fresh) < len(metas):
+                metas = [metas[i] for i in fresh]
+                embeddings = embeddings[fresh]
+            if metas:
+                self._write_shards_locked(metas, embeddings)
+
+    def _write_shards_locked(self, metas: list, embeddings: np.ndarray) -> None:
         manifest = dict(self.manifest)
+        manifest["shard_size"] = self.shard_size  # compaction fills shards to it
         manifest["shards"] = list(manifest["shards"])
         # A shard holds at most shard_size items unless one source alone is larger.
         start = 0
@@ -461,6 +519,7 @@ class IndexWriter:
                  "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
         if self._trained is not None:
             entry["faiss"] = self._write_shard_faiss(number, ids, embeddings)
+        stamp(entry, self.index_dir)
         manifest["shards"].append(entry)
         manifest["next_id"] = first + len(metas)
         manifest["next_shard"] = number + 1
@@ -469,7 +528,7 @@ class IndexWriter:
 
     def _write_shard_faiss(self, number: int, ids: np.ndarray, embeddings: np.ndarray) -> dict:
         base, _ = faiss_index.parts(self._trained)
-        return faiss_index.write_shard_part(base, ids, embeddings, self.index_dir / f"shard-{number:06d}")
+        return stamp(faiss_index.write_shard_part(base, ids, embeddings, self.index_dir / f"shard-{number:06d}"), self.index_dir)
 
     def _needs_training(self, final: bool, manifest: dict | None = None) -> bool:
         m = manifest or self.manifest
@@ -516,7 +575,7 @@ class IndexWriter:
         path = self.index_dir / f"trained-{generation:06d}.faiss"
         size, digest = faiss_index.write_index(trained, path)
         self._trained = trained
-        manifest["trained"] = {"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}
+        manifest["trained"] = stamp({"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}, self.index_dir)
         manifest["index_spec"] = spec
         manifest["search_params"] = faiss_index.default_search_params(spec, auto=manifest.get("index_spec_requested", "auto") == "auto")
         manifest["shards"] = [dict(s) for s in manifest["shards"]]

@@ -130,6 +130,10 @@ class Worker:
         self._engine_lock = threading.Lock()
         self._writer_lock = threading.Lock()
         self._reindex = threading.Event()
+        self._explainer = None  # ExplainWorker, started by main()
+        from medcbir.indexer.background import BackgroundMaintenance
+
+        self.maintenance = BackgroundMaintenance(self.index, on_done=lambda done: log(f"maintenance: {done}"))
         self._tmp_dir: Path | None = None
 
     @property
@@ -302,6 +306,7 @@ class Worker:
         self.queue.done(instances)
         self.indexed += len(instances)
         self.items += len(decoded)
+        self.maintenance.poke()  # compaction / retraining when due, on its own thread
 
     def wait_for_orthanc(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -510,10 +515,14 @@ class Worker:
 
         request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(FAST_DEFAULTS["n_masks"], self.settings.max_masks), **request}
         [(path, instance)] = self._query_files(request)
+        label = f"instance {instance}" if instance else "the posted DICOM"
         try:
             with self._engine_for_request() as engine:
                 self._check_memory("this explanation", explain_bytes(engine, request))
-                body, mime = explain_answer(engine, self.rest, path, request, label=f"instance {instance}" if instance else "the posted DICOM")
+                if self._explainer is None:
+                    body, mime = explain_answer(engine, self.rest, path, request, label=label)
+            if self._explainer is not None:  # its own process: searches keep answering meanwhile
+                body, mime = self._explainer.explain(path, request, label=label)
         finally:
             path.unlink(missing_ok=True)
         return {"ok": True, "body": body, "mime": mime}
@@ -587,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     # A Unix socket in a private (0700) folder: no TCP Nagle/delayed-ACK stalls on the small
     # request/answer messages (they cost ~40 ms per call over loopback TCP), and no port to pick.
     listener = Listener(str(worker.tmp / "link.sock"), family="AF_UNIX", authkey=authkey)
+    from medcbir.pacs.explain_worker import ExplainWorker
+
+    worker._explainer = ExplainWorker(worker.index, settings.encoder, args.orthanc, os.environ.get(TOKEN_ENV) or None)
     threading.Thread(target=worker.serve, args=(listener,), daemon=True).start()
     print(f"READY {listener.address}", flush=True)
     _watch_parent(worker, args.parent)
@@ -610,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             worker.writer.close()
         except Exception:  # noqa: BLE001
             pass
+    worker._explainer.close()
     shutil.rmtree(worker.tmp, ignore_errors=True)
     log("stopped")
     os._exit(0)

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from medcbir.errors import EncoderMismatch
-from medcbir.indexer import IndexBusy, IndexStore, IndexWriter, index_archive
+from medcbir.indexer import IndexBusy, IndexStore, IndexWriter, index_archive, verify
 
 from .conftest import FakeEncoder, Meta, make_encoder
 
@@ -136,14 +136,20 @@ def test_wrong_encoder_is_refused(index_copy, phantom_archive, tmp_path):
         index_archive(phantom_archive, index_copy, str(other), progress=False, workers=1)
 
 
-def test_one_writer_at_a_time(index_copy, encoder):
+def test_two_writers_in_one_process_share_the_index(index_copy, encoder):
     first = IndexWriter.open(index_copy, encoder)
-    try:
+    second = IndexWriter.open(index_copy, encoder)  # no IndexBusy: the lock is held per commit
+    first.close()
+    second.close()
+    assert verify(index_copy).ok
+
+
+def test_a_commit_waits_for_the_lock_then_reports_busy(index_copy, encoder):
+    from medcbir.indexer.lock import WriterLock
+
+    with WriterLock(index_copy):
         with pytest.raises(IndexBusy, match="pid"):
-            IndexWriter.open(index_copy, encoder)
-    finally:
-        first.close()
-    IndexWriter.open(index_copy, encoder).close()
+            IndexWriter.open(index_copy, encoder, lock_timeout=0.2)
 
 
 def test_a_source_never_spans_two_shards_and_duplicates_are_dropped(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -38,11 +40,13 @@ def test_compact_removes_tombstoned_items_after_committing(index_copy):
     delete(index_copy, series=[series[5]])
     result = compact(index_copy)
     after = IndexStore.open(index_copy)
-    assert result == {"items": 60, "removed": 20, "shards": len(after.manifest["shards"])}
+    assert {k: result[k] for k in ("items", "removed", "shards")} == {"items": 60, "removed": 20, "shards": len(after.manifest["shards"])}
     assert np.array_equal(after.ids, np.arange(60)) and after.deleted.size == 0
     np.testing.assert_array_equal(after.columns["sop_instance_uid"], keep_sops)
     np.testing.assert_array_equal(after.embeddings(after.ids), keep_emb)
-    assert not any((index_copy / f).exists() for f in old_files)
+    # The replaced shards stay while the kept previous generation references them (recovery).
+    assert all((index_copy / f).exists() for f in old_files)
+    assert {e["file"] for e in json.loads((index_copy / f"manifest-{after.generation - 1:06d}.json").read_text())["shards"]} == old_files
     assert verify(index_copy).ok
     # The reader opened before compaction still reads its (now unlinked) generation.
     np.testing.assert_array_equal(store.embeddings(store.ids[~gone]), keep_emb)
@@ -68,7 +72,7 @@ def test_many_tombstones_move_to_a_checksummed_file(tmp_path, monkeypatch):
 
 
 def test_compaction_killed_before_its_manifest_leaves_the_old_generation(index_copy, monkeypatch):
-    import medcbir.indexer.maintenance as maintenance
+    import medcbir.indexer.compaction as maintenance
 
     store = IndexStore.open(index_copy)
     delete(index_copy, series=[store.columns["series_instance_uid"][0]])
@@ -86,5 +90,8 @@ def test_compaction_killed_before_its_manifest_leaves_the_old_generation(index_c
     assert verify(index_copy).ok
     result = compact(index_copy)  # orphans of the failed run are removed, the retry completes
     assert result["items"] == 60 and verify(index_copy).ok
-    committed = {e["file"] for e in IndexStore.open(index_copy).manifest["shards"]}
-    assert {p.name for p in index_copy.glob("shard-*")} == committed
+    from medcbir.indexer.manifest import retained_files
+
+    # No orphan of the failed run is left: every shard file is one a kept generation commits.
+    kept = retained_files(index_copy, IndexStore.open(index_copy).manifest)
+    assert {p.name for p in index_copy.glob("shard-*")} <= kept

@@ -52,6 +52,9 @@ def test_missing_or_broken_manifest(tmp_path, index_copy):
     with pytest.raises(IndexNotFound, match="no manifest.json"):
         IndexStore.open(tmp_path / "empty")
     (index_copy / "manifest.json").write_text("{not json")
+    assert IndexStore.open(index_copy).recovery.generation >= 1  # a kept generation (test_recovery.py)
+    for kept in index_copy.glob("manifest-*.json"):
+        kept.unlink()
     with pytest.raises(IndexCorrupt, match="manifest"):
         IndexStore.open(index_copy)
     assert not verify(index_copy).ok
@@ -101,7 +104,10 @@ def test_shard_with_another_fingerprint_is_refused(tmp_path):
     manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
     import hashlib
 
+    from medcbir.indexer.checksum import fast_checksum
+
     manifest["shards"][0]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["shards"][0]["xxh3"] = fast_checksum(path)
     manifest["shards"][0]["bytes"] = path.stat().st_size
     (tmp_path / "ix" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexCorrupt, match="shard-000001.h5: encoder fingerprint"):

@@ -236,3 +236,43 @@ def test_explain_returns_png_html_and_json_panels(indexed_server, pacs_archive, 
     assert "PatientID" not in page.text and "PHANTOM" not in page.text
 
     assert server.rest.post("/medcbir/explain", json={**ask, "method": "magic"}).status_code == 400
+
+
+def test_a_search_answers_while_an_explanation_runs(indexed_server, pacs_archive):
+    """Explanations run in their own process: searches arriving meanwhile are answered at once."""
+    import threading
+    import time
+
+    server, _, _ = indexed_server
+    instance = server.rest.lookup_sop(pydicom.dcmread(pacs_archive[7], stop_before_pixels=True).SOPInstanceUID)
+    search = {"instance": instance, "k": 5}
+    assert server.rest.post("/medcbir/search", json=search).status_code == 200  # engine warm
+    answer = {}
+
+    def explain():  # a long RELAX (600 masks × query + 3 neighbours)
+        t0 = time.perf_counter()
+        try:
+            resp = server.rest.post("/medcbir/explain", json={"instance": instance, "k": 3, "method": "relax",
+                                                              "n_masks": 600, "format": "json"}, timeout=300)
+            answer.update(status=resp.status_code, text=resp.text[:300])
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            answer.update(error=repr(exc))
+        answer["seconds"] = time.perf_counter() - t0
+
+    thread = threading.Thread(target=explain)
+    started = time.perf_counter()
+    thread.start()
+    during = []  # (finished at, seconds) of searches answered while the explanation was running
+    time.sleep(0.5)
+    while thread.is_alive() and len(during) < 20:
+        t0 = time.perf_counter()
+        resp = server.rest.post("/medcbir/search", json=search)
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()["neighbours"]) == 5
+        if thread.is_alive():
+            during.append((time.perf_counter() - started, time.perf_counter() - t0))
+    thread.join(timeout=300)
+    assert answer.get("status") == 200, answer
+    # Several searches were answered, each well before the explanation finished.
+    assert len(during) >= 3, (during, answer)
+    assert max(s for _, s in during) < answer["seconds"] / 2, (during, answer)
