@@ -33,6 +33,7 @@ def _source(archive: str, workers: int):
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index folder (created or resumed).")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Items per HDF5 shard.")
 @click.option("--index-spec", default="auto", show_default=True, help="'auto' or a FAISS factory string (e.g. IVF1024,PQ64,Refine(Flat)).")
+@click.option("--target-recall", default=None, type=click.FloatRange(min=0.0, max=1.0, min_open=True), help="recall@10 the index must reach on its own items (default 0.95); auto picks the cheapest spec reaching it.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes (0 = auto).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Images per encoder forward.")
 @click.option("--key-file", type=click.Path(dir_okay=False), default=None, help="Pseudonym key file (default INDEX/pseudonym.key).")
@@ -42,7 +43,7 @@ def _source(archive: str, workers: int):
 @click.option("--delete-study", multiple=True, metavar="UID", help="Tombstone this study after indexing (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, key_file, device, precision,
+def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
           delete_series, delete_study, as_json, no_progress) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
     from medcbir.device import Device
@@ -52,6 +53,7 @@ def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, ke
     summary = index_archive(
         _source(archive, workers), out, encoder, shard_size=shard_size, index_spec=index_spec, workers=workers,
         device=dev, progress=not no_progress and not as_json, batch_size=batch_size, key_file=key_file,
+        target_recall=target_recall,
     )
     deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
     if as_json:
@@ -100,11 +102,13 @@ def verify(index_dir, as_json) -> None:
     report = verify_index(index_dir)
     if as_json:
         data = report.to_dict()
-        click.echo(json.dumps({k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec")}))
+        click.echo(json.dumps({k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec",
+                                                     "recall_at_10", "target_recall", "search_params")}))
     else:
         status = "ok" if report.ok else "BROKEN"
         click.echo(f"{status}: {report.items} item(s) in {report.shards} shard(s), {report.deleted} deleted, "
-                   f"generation {report.generation}, spec {report.index_spec}")
+                   f"generation {report.generation}, spec {report.index_spec}"
+                   + (f", recall@10 {report.recall_at_10:.3f} (target {report.target_recall})" if report.recall_at_10 is not None else ""))
     if not report.ok:
         if not as_json:
             for problem in report.problems:

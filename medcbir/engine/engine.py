@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from medcbir.engine.neighbour import MetaTable, Neighbour
 from medcbir.engine.queries import Query, QueryResolver
 from medcbir.engine.selectors import Selection, is_exact, search_parameters
 from medcbir.errors import ConfigError, EncoderMismatch, IndexNotFound
+
+log = logging.getLogger(__name__)
 
 
 def _check_encoder(encoder, info: dict) -> None:
@@ -68,6 +71,9 @@ class Engine:
         self.lookup = KeyLookup(self.columns, self.ids)
         self.exact = bool(getattr(store, "exact", is_exact(self.index)))
         self.knobs: dict = {}
+        manifest = getattr(store, "manifest", None) or {}
+        self.recall: dict | None = manifest.get("recall") if not self.exact else None
+        self._recall_warned = False
         self._masks: OrderedDict = OrderedDict()  # small LRU of filter masks
         self._codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -254,6 +260,7 @@ class Engine:
         check_exclude(exclude)
         if int(k) < 1:
             raise ConfigError(f"k must be ≥ 1, got {k}")
+        self._warn_low_recall()
         resolved = QueryResolver(self).resolve(queries)
         if not resolved:
             return []
@@ -262,6 +269,19 @@ class Engine:
         groups = self._group(resolved, exclude)
         scores, ids = self.search_groups(vectors, int(k), base, groups)
         return self.neighbours(scores, ids)
+
+    def _warn_low_recall(self) -> None:
+        """Warn once per engine when the index's measured recall@10 is below its target."""
+        r = self.recall
+        if self._recall_warned or not r or r.get("recall_at_10") is None:
+            return
+        self._recall_warned = True
+        if float(r["recall_at_10"]) < float(r.get("target", 0.0)):
+            log.warning(
+                "index recall@10 is %.3f (measured on %s of its items with %s %s), below its target %.2f: "
+                "searches may miss true neighbours; rebuild with --index-spec auto or a finer spec",
+                float(r["recall_at_10"]), r.get("queries", "?"), r.get("spec", "?"), r.get("params", {}), float(r["target"]),
+            )
 
     def _group(self, queries: list[Query], exclude: str) -> dict:
         """Queries sharing an exclusion → one FAISS search each: {(column, value) | None: [query idx]}."""

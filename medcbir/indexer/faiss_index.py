@@ -69,10 +69,18 @@ def is_flat(spec: str) -> bool:
     return spec.replace(" ", "").lower() in FLAT_SPECS
 
 
-def auto_spec(dim: int) -> str:
-    """The approximate spec ``auto`` switches to above :data:`AUTO_FLAT_MAX` items."""
+def auto_nlist(n: int | None = None) -> int:
+    """Inverted lists of ``auto``'s IVF specs: :data:`AUTO_NLIST`, fewer when ``n`` items
+    cannot give each centroid FAISS's minimum of 39 training points."""
+    if n is None:
+        return AUTO_NLIST
+    return max(1, min(AUTO_NLIST, int(n) // 39))
+
+
+def auto_spec(dim: int, nlist: int | None = None) -> str:
+    """The first approximate spec ``auto`` tries above :data:`AUTO_FLAT_MAX` items (IVF-PQ)."""
     m = dim // 8 if dim % 8 == 0 else next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
-    return f"IVF{AUTO_NLIST},PQ{m},Refine(Flat)"
+    return f"IVF{nlist or AUTO_NLIST},PQ{m},Refine(Flat)"
 
 
 def split_refine(spec: str) -> tuple[str, str | None]:

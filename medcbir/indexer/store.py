@@ -187,8 +187,8 @@ class IndexStore:
         self.metric = m.get("metric", "ip")
         self.index_spec = m["index_spec"]
         self.search_params = dict(m.get("search_params") or {})
-        if m.get("index_spec_requested") == "auto" and m.get("trained"):
-            # The auto spec follows the current measured defaults, also for older indexes.
+        if m.get("index_spec_requested") == "auto" and m.get("trained") and not m.get("recall"):
+            # Indexes from before recall was measured follow the current defaults of the auto spec.
             self.search_params = faiss_index.default_search_params(self.index_spec, auto=True)
         self.deleted = deleted_ids(self.index_dir, m, verify=False)  # checked above
         self._open_shards()

@@ -95,6 +95,7 @@ class IndexWriter:
         shard_size: int = 4096,
         key_file: str | Path | None = None,
         device=None,
+        target_recall: float | None = None,
     ) -> "IndexWriter":
         """Create ``index_dir`` or resume it.
 
@@ -105,6 +106,8 @@ class IndexWriter:
             shard_size: items per shard.
             key_file: pseudonym key file (default ``INDEX/pseudonym.key``, created 0600).
             device: the :class:`~medcbir.device.Device` for the encoder and FAISS training.
+            target_recall: recall@10 the index must reach on its own embeddings (default
+                0.95; ``auto`` picks the cheapest spec reaching it; kept in the manifest).
 
         Raises:
             EncoderMismatch: the index was built with another encoder.
@@ -121,6 +124,10 @@ class IndexWriter:
         self._lock = WriterLock(self.index_dir)
         try:
             self._setup(encoder, index_spec, int(shard_size), key_file, device)
+            if target_recall is not None:
+                if not 0.0 < float(target_recall) <= 1.0:
+                    raise ConfigError(f"--target-recall must be in (0, 1], not {target_recall}")
+                self.manifest = dict(self.manifest, target_recall=float(target_recall))
         except BaseException:
             self._lock.release()
             raise
@@ -359,7 +366,7 @@ class IndexWriter:
         m = manifest or self.manifest
         n = int(m["next_id"])
         dim = int(m["encoder"]["dim"])
-        if m.get("trained"):
+        if m.get("trained") or m.get("recall"):  # trained, or measured and kept exact
             return False
         if m.get("index_spec_requested", "auto") == "auto":
             return n >= faiss_index.AUTO_FLAT_MAX
@@ -376,11 +383,13 @@ class IndexWriter:
         self.manifest = commit_manifest(self.index_dir, manifest)
 
     def _train(self, manifest: dict) -> None:
-        """Train the spec on a sample of committed embeddings; FAISS files for every shard."""
+        """Choose (``auto``) and train the spec on a sample of committed embeddings, measure its
+        recall@10 on them (:mod:`medcbir.indexer.recall`), write FAISS files for every shard."""
+        from medcbir.indexer import recall
         from medcbir.indexer.shard import read_embeddings
 
         dim = int(manifest["encoder"]["dim"])
-        spec = faiss_index.auto_spec(dim) if manifest.get("index_spec_requested", "auto") == "auto" else manifest["index_spec"]
+        auto = manifest.get("index_spec_requested", "auto") == "auto"
         n = int(manifest["next_id"])
         rng = np.random.default_rng(0)
         sample_ids = np.sort(rng.choice(n, size=min(n, faiss_index.TRAIN_SAMPLE), replace=False))
@@ -391,18 +400,28 @@ class IndexWriter:
             if len(rows):
                 parts.append(read_embeddings(self.index_dir / entry["file"], rows))
         sample = np.concatenate(parts)
+        target = float(manifest.get("target_recall") or recall.TARGET_RECALL)
+        specs = None if auto else [manifest["index_spec"]]
         try:
-            trained = faiss_index.train(spec, dim, sample)
+            choice, trained = recall.choose(sample, target, specs=specs)
         except RuntimeError as exc:
-            log.warning("could not train %s on %d items (%s); the index stays exact", spec, len(sample), exc)
+            log.warning("could not train %s on %d items (%s); the index stays exact", specs or "auto", len(sample), exc)
             return
+        manifest["recall"] = choice.record()
+        if choice.recall_at_10 < target:
+            log.warning("index %s: recall@10 %.3f of %s is below the target %.2f", self.index_dir, choice.recall_at_10, choice.spec, target)
+        if trained is None:  # auto chose exact search: nothing to train, nothing per shard
+            manifest["index_spec"] = "Flat"
+            manifest["search_params"] = {}
+            return
+        spec = choice.spec
         generation = int(manifest["generation"]) + 1
         path = self.index_dir / f"trained-{generation:06d}.faiss"
         size, digest = faiss_index.write_index(trained, path)
         self._trained = trained
         manifest["trained"] = {"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}
         manifest["index_spec"] = spec
-        manifest["search_params"] = faiss_index.default_search_params(spec, auto=manifest.get("index_spec_requested", "auto") == "auto")
+        manifest["search_params"] = dict(choice.params)
         manifest["shards"] = [dict(s) for s in manifest["shards"]]
         for entry in manifest["shards"]:
             number = int(entry["file"].split("-")[1].split(".")[0])
