@@ -143,6 +143,8 @@ class IndexStore:
         faiss_index: all committed items searched under their int64 ids (tombstoned ones
             still inside: exclude them with an id selector, e.g. from ``live_mask``).
         exact: True when ``faiss_index`` is brute force.
+        gpu_index: a GPU copy of ``faiss_index`` (None on CPU or when the type cannot move).
+        gpu_path: which path searches run on and why (e.g. ``"cpu: IndexHNSWFlat cannot run on a GPU"``).
         search_params: current defaults (``nprobe``, ``k_factor``, ...).
         open_seconds: wall time of :meth:`open`.
     """
@@ -254,6 +256,12 @@ class IndexStore:
             raise IndexCorrupt(f"FAISS files hold {self.faiss_index.ntotal} vectors for {len(self.ids)} committed items")
         if not self.exact:
             faiss_index.apply_search_params(self.faiss_index, self.search_params)
+        # The CPU index stays; a GPU copy (when FAISS can move this type) serves what it can.
+        self.gpu_index, self.gpu_path = None, "cpu: no GPU"
+        if faiss_gpu:  # pragma: no cover - no GPU on the test machines (scripts/gpu_check.py)
+            self.gpu_index, self.gpu_path = faiss_index.gpu_copy(self.faiss_index)
+            if self.gpu_index is not None:
+                faiss_index.apply_gpu_params(self.gpu_index, self.search_params)
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
