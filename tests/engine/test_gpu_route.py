@@ -113,3 +113,43 @@ def test_route_and_which_indexes_can_move_to_a_gpu():
     assert faiss.downcast_index(copy).k_factor == 8
     faiss_index.apply_search_params(refine, {"nprobe": 4, "k_factor": 8})
     assert np.array_equal(copy.search(x[:20], 5)[1], refine.search(x[:20], 5)[1])
+
+
+def test_onnx_runtime_cuda_provider_comes_from_onnx_runtime_not_torch(monkeypatch):
+    """SIMULATED GPU: onnxruntime-gpu is not installed here, so ORT's provider list is patched to
+    what onnxruntime-gpu reports on a CUDA machine; torch stays CPU-only (no CUDA here)."""
+    import onnxruntime
+
+    from medcbir import device
+
+    device._ort_providers.cache_clear()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    try:
+        assert not device._cuda_available()
+        auto = device.Device.auto()
+        assert auto.torch == "cpu" and auto.ort_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+        assert device.Device.auto(prefer="cpu").ort_providers == ("CPUExecutionProvider",)
+    finally:
+        device._ort_providers.cache_clear()
+
+
+def test_cpu_and_gpu_wheels_side_by_side_are_reported(monkeypatch):
+    from importlib import metadata
+
+    from medcbir.device import wheel_conflicts
+
+    assert wheel_conflicts() == []  # this environment has the CPU wheels only
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "1.15.1" if name == "faiss-gpu" else real(name))
+    assert wheel_conflicts() == ["faiss-cpu and faiss-gpu"]
+
+
+def test_gpu_check_says_there_is_no_gpu_here_and_exits_0():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no GPU here" in done.stdout
