@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
         user = ("bench", "bench-pw")
         config = build_config(tmp / "index", encoder, http_port=free_port(), dicom_port=free_port(),
-                              storage=tmp / "storage", user=":".join(user), batch_size=args.batch_size, flush_seconds=0.5)
+                              storage=tmp / "storage", user=":".join(user), batch_size=args.batch_size, flush_seconds=0.5,
+                              modalities={"bench": ("MEDCBIR-SCU", "127.0.0.1", 104)})  # storescu's default AE title
         server = OrthancServer(write_config(tmp / "orthanc.json", config), log_path=tmp / "orthanc.log")
         server.start(timeout=120)
         try:

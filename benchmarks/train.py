@@ -65,7 +65,7 @@ def run_peer(data, views, config, device, workers: int, epochs: int) -> float:
     steps = len(data) // config.batch_size
     optimizer, scheduler, scaler = make_optimizer(method, config, steps * epochs, device)
     loader = torch.utils.data.DataLoader(
-        PerSampleViews(data.hu, views, config.size),
+        PerSampleViews(data.pixels(), views, config.size),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,
@@ -87,7 +87,7 @@ def run_floor(data, views, config, device, steps: int) -> float:
     torch.manual_seed(config.seed)
     method = build_method("simsiam", build_backbone("resnet18"), 512).train()
     optimizer, scheduler, scaler = make_optimizer(method, config, steps + 1, device)
-    fixed = make_views(data.hu[: config.batch_size], views, BatchAugment(config.size))
+    fixed = make_views(data.pixels()[: config.batch_size], views, BatchAugment(config.size))
     train_step(method, fixed, optimizer, scheduler, scaler, device)  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -96,7 +96,7 @@ def run_floor(data, views, config, device, steps: int) -> float:
 
 
 def augment_only(data, views, size: int, batch: int, repeats: int = 3) -> tuple[float, float]:
-    hu = data.hu[:batch].float()
+    hu = data.pixels()[:batch]
     augment = BatchAugment(size)
     make_views(hu, views, augment)  # warm-up
     t0 = time.perf_counter()

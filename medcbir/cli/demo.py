@@ -116,11 +116,17 @@ def demo(out: Path, patients: int, slices: int, size: int, epochs: int, batch_si
     t0 = _stage(f"7/8 evaluate: leave-one-out MAP@{k}, excluding each query's own patient")
     from medcbir.engine import evaluate
 
+    from medcbir.engine.baselines import evaluate_baselines
+
     metrics = evaluate(engine, archive / "labels.csv", k=k, exclude="same-patient")
+    baselines = evaluate_baselines(engine, archive / "labels.csv", k=k, exclude="same-patient", names=("thumbnail:16", "random"))
+    for name, row in [("trained", metrics), *baselines.items()]:
+        click.echo(f"   {name:13s} MAP@{k}={row['map_at_k']:.3f} AP@{k}={row['ap_at_k']:.3f} kNN acc={row['knn_accuracy']:.3f}")
     _done(
         t0,
         f"MAP@{k}={metrics['map_at_k']:.3f} AP@{k}={metrics['ap_at_k']:.3f} "
-        f"P@{k}={metrics['precision_at_k']:.3f} kNN acc={metrics['knn_accuracy']:.3f} over {metrics['n_queries']} queries",
+        f"P@{k}={metrics['precision_at_k']:.3f} kNN acc={metrics['knn_accuracy']:.3f} over {metrics['n_queries']} queries "
+        f"(thumbnail:16 {baselines['thumbnail:16']['map_at_k']:.3f}, random {baselines['random']['map_at_k']:.3f}, same items and protocol)",
     )
 
     t0 = _stage(f"8/8 explain: RELAX ({masks} masks) for the query and its {k} neighbours, one batched pass")

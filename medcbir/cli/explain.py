@@ -43,7 +43,8 @@ def _clean(value):
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json):
+@click.option("--redact", is_flag=True, help="Name the query by its SOP UID, never by its file path (which may name the patient).")
+def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json, redact):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -55,6 +56,10 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
     elif method == "smoothgrad":
         options = {"seed": seed}
     result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
+    if redact:
+        from medcbir.cli.search import query_name
+
+        result.query_label = query_name(query, True)
     payload = result.to_dict()
     if report is not None:
         from medcbir.engine.report import render_report

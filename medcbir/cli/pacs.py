@@ -22,22 +22,33 @@ import click
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Items per forward pass and commit.")
 @click.option("--flush-seconds", default=2.0, show_default=True, type=click.FloatRange(min=0), help="Commit a partial batch after this long.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Fetch+decode threads in the worker.")
+@click.option("--modality", "modalities", multiple=True, metavar="[NAME=]AET@IP:PORT",
+              help="A DICOM modality allowed to C-STORE into Orthanc (repeatable); no other host or AE title may.")
+@click.option("--allow-any-store", is_flag=True,
+              help="Accept C-STORE from any host and AE title (Orthanc's default); every stored image gets indexed.")
 @click.option("--plugin-dir", default="/usr/share/orthanc/plugins", show_default=True, help="Folder with libOrthancPython.so.")
 def orthanc_config(out: Path, index: Path, encoder: str, http_port: int, dicom_port: int, storage: Path | None,
                    aet: str, user: str | None, remote: bool, batch_size: int, flush_seconds: float, workers: int,
-                   plugin_dir: str) -> None:
+                   modalities: tuple[str, ...], allow_any_store: bool, plugin_dir: str) -> None:
     """Write OUT (an Orthanc JSON configuration) that indexes every received image into INDEX.
 
     Start Orthanc with the printed command; then GET /medcbir/status, POST /medcbir/search.
+    Only the --modality entries may C-STORE into Orthanc, unless --allow-any-store.
     """
-    from medcbir.pacs.orthanc_config import build_config, write_config
+    from medcbir.pacs.orthanc_config import build_config, parse_modality, write_config
     from medcbir.pacs.orthanc_server import orthanc_binary
 
     config = build_config(index, encoder, http_port=http_port, dicom_port=dicom_port, storage=storage, aet=aet,
                           user=user, remote=remote, plugin_dir=plugin_dir, batch_size=batch_size,
-                          flush_seconds=flush_seconds, workers=workers)
+                          flush_seconds=flush_seconds, workers=workers,
+                          modalities=dict(parse_modality(m) for m in modalities), allow_any_store=allow_any_store)
     path = write_config(out, config)
     click.echo(f"wrote {path} (index {config['Medcbir']['Index']}, storage {config['StorageDirectory']})")
+    if allow_any_store:
+        click.echo("C-STORE: accepted from any host and AE title (--allow-any-store)")
+    else:
+        known = ", ".join(f"{m['AET']}@{m['Host']}" for m in config["DicomModalities"].values()) or "none yet (add --modality)"
+        click.echo(f"C-STORE: accepted only from {known}, called AE title {config['DicomAet']}")
     click.echo("start Orthanc with:")
     try:
         binary = orthanc_binary()

@@ -23,7 +23,9 @@ def transfer_syntax_name(uid: str) -> str:
     return "unknown" if name == uid else name
 
 
-def scan_summary(archive: Path, workers: int = 0, quarantine: Path | None = None, timeout: float = 30.0, progress: bool = False) -> dict:
+def scan_summary(
+    archive: Path, workers: int = 0, quarantine: Path | None = None, timeout: float = 30.0, progress: bool = False, encoder: str | None = None
+) -> dict:
     """Walk ``archive`` (decode every file, keep no pixels) and return the scan's JSON object.
 
     Args:
@@ -32,12 +34,19 @@ def scan_summary(archive: Path, workers: int = 0, quarantine: Path | None = None
         quarantine: append skipped files to this log.
         timeout: per-file decoding timeout in seconds.
         progress: show files, items and items/s on stderr while walking.
+        encoder: also apply this encoder's preprocessing, so what it would skip (e.g.
+            ``modality-mismatch``: a modality its window policy does not cover) is counted.
     """
     from medcbir.imaging import walk
 
+    preprocessing = None
+    if encoder:
+        from medcbir.train import open_encoder
+
+        preprocessing = open_encoder(encoder).preprocessing
     t0 = time.perf_counter()
     with _progress(progress) as on_file:
-        w = walk(archive, workers=workers, quarantine=quarantine, timeout=timeout, on_file=on_file)
+        w = walk(archive, preprocessing=preprocessing, workers=workers, quarantine=quarantine, timeout=timeout, on_file=on_file)
         for _ in w:  # decoding is the check; the pixels are dropped at once
             pass
     report = w.report
@@ -54,6 +63,7 @@ def scan_summary(archive: Path, workers: int = 0, quarantine: Path | None = None
         "skipped": dict(sorted(report.skipped.items())),
         "quarantined": len(report.quarantined),
         "elapsed_s": round(time.perf_counter() - t0, 3),
+        **({"encoder": str(encoder), "preprocessing": preprocessing.to_dict()} if preprocessing is not None else {}),
     }
 
 
@@ -126,9 +136,10 @@ def _print_text(summary: dict, quarantine: Path | None) -> None:
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes (0 = auto, 1 = in-process).")
 @click.option("--quarantine", type=click.Path(dir_okay=False, path_type=Path), help="Append skipped files (path, reason, detail) to this log.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds one file may take to decode.")
-def scan(archive: Path, as_json: bool, workers: int, quarantine: Path | None, timeout: float) -> None:
+@click.option("--encoder", default=None, help="Also preprocess for this encoder (checkpoint, .onnx or a built-in name) and count what it would skip (modality-mismatch).")
+def scan(archive: Path, as_json: bool, workers: int, quarantine: Path | None, timeout: float, encoder: str | None) -> None:
     """Walk ARCHIVE and report items per modality and transfer syntax, and skipped files per reason."""
-    summary = scan_summary(archive, workers=workers, quarantine=quarantine, timeout=timeout, progress=sys.stderr.isatty())
+    summary = scan_summary(archive, workers=workers, quarantine=quarantine, timeout=timeout, progress=sys.stderr.isatty(), encoder=encoder)
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:

@@ -7,6 +7,18 @@ import json
 import click
 
 
+def describe_prep(record: dict) -> str:
+    from medcbir.imaging import Preprocessing
+
+    return Preprocessing.from_dict(record).describe()
+
+
+def split_windows(text: str) -> tuple[str, ...]:
+    """Channels of a --windows value: ';'-separated policies, or a legacy comma list of windows."""
+    parts = text.split(";") if ("=" in text or ";" in text) else text.split(",")
+    return tuple(p.strip() for p in parts if p.strip())
+
+
 def _method_options(values: tuple[str, ...]) -> dict:
     options = {}
     for value in values:
@@ -22,13 +34,25 @@ def _method_options(values: tuple[str, ...]) -> dict:
 
 @click.command("train")
 @click.argument("archive", type=click.Path(path_type=str))
-@click.option("--method", default="simsiam", show_default=True, type=click.Choice(["simsiam", "simclr", "moco", "rotation"]), help="Self-supervised method.")
+@click.option("--method", default="simsiam", show_default=True, type=click.Choice(["simsiam", "simclr", "moco", "rotation", "seqsort"]), help="Self-supervised method (seqsort: order k consecutive slices; --method-option length=3).")
+@click.option("--augment", default="standard", show_default=True, type=click.Choice(["standard", "archive"]), help="standard: crop/flip/jitter/blur; archive: FOV, positioning, window jitter, gamma, noise, blur/sharpen, erasing.")
+@click.option("--neighbour-mm", default=0.0, show_default=True, type=float, help="> 0: positives are also other slices of the series within this many mm.")
+@click.option("--neighbour-p", default=0.5, show_default=True, type=float, help="Probability of a neighbour-slice positive (with --neighbour-mm).")
 @click.option("--epochs", default=10, show_default=True, type=int, help="Total epochs (the cosine schedule spans them).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per step.")
 @click.option("--size", default=224, show_default=True, type=int, help="Image side in pixels (also the encoder's input size).")
 @click.option("--out", required=True, type=click.Path(path_type=str), help="Checkpoint path (rewritten after every epoch).")
 @click.option("--views", default=None, help="Per-view Hounsfield windows, e.g. hu-narrow,hu-wide (the reference paper's views).")
-@click.option("--windows", default="ct-liver-wide", show_default=True, help="The encoder's test-time window(s), comma-separated.")
+@click.option(
+    "--windows",
+    default="CT=ct-liver-wide,*=robust",
+    show_default=True,
+    help="The encoder's window policy per input channel: MODALITY=WINDOW,...,*=WINDOW; channels separated by ';' "
+    "(a bare list like ct-liver-wide,ct-lung is one CT-only window per channel).",
+)
+@click.option("--crop", default="body", show_default=True, type=click.Choice(["body", "none"]), help="Crop to the body before resizing.")
+@click.option("--fov-mm", default=224.0, show_default=True, type=float, help="With --crop body: the body region spans this many mm (0 = fit the box).")
+@click.option("--pooling", default="gem", show_default=True, type=click.Choice(["avg", "gem", "multi"]), help="Embedding pooling (multi = last two stages).")
 @click.option("--backbone", default="resnet18", show_default=True, type=click.Choice(["resnet18", "resnet34", "resnet50"]))
 @click.option("--labels", default=None, type=click.Path(path_type=str), help="labels.csv: kNN/MAP@5 on held-out patients after each epoch.")
 @click.option("--holdout", default=0.25, show_default=True, type=float, help="Fraction of patients held out for the monitor.")
@@ -41,9 +65,9 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--method-option", "method_option", multiple=True, metavar="KEY=VALUE", help="Method option, e.g. proj_dim=512, queue_size=1024.")
 @click.option("--cache", default=None, type=click.Path(path_type=str), help="HU cache file [default: next to --out].")
 @click.option("--device", "device_name", default=None, type=click.Choice(["cpu", "cuda"]), help="Force a device [default: auto].")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Mixed precision on CUDA.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Training precision (bf16 autocast also on CPU; fp16 needs CUDA).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(archive, method, epochs, batch_size, size, out, views, windows, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
+def train(archive, method, augment, neighbour_mm, neighbour_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
     """Train a self-supervised encoder on ARCHIVE (a DICOM folder)."""
     from medcbir.device import Device
     from medcbir.train.trainer import TrainConfig
@@ -57,7 +81,13 @@ def train(archive, method, epochs, batch_size, size, out, views, windows, backbo
         batch_size=batch_size,
         size=size,
         views=views,
-        windows=tuple(w.strip() for w in windows.split(",") if w.strip()),
+        windows=split_windows(windows),
+        crop=crop,
+        fov_mm=fov_mm or None,
+        pooling=pooling,
+        augment=augment,
+        neighbour_mm=neighbour_mm,
+        neighbour_p=neighbour_p,
         backbone=backbone,
         labels=labels,
         holdout=holdout,
@@ -83,7 +113,7 @@ def train(archive, method, epochs, batch_size, size, out, views, windows, backbo
             monitor += f" (random start: MAP@{start['k']} {start['map_at_k']:.3f})"
     click.echo(f"final loss {summary.final_loss:.4f}{monitor}")
     prep = summary.preprocessing
-    click.echo(f"encoder {summary.fingerprint[:12]} ({', '.join(prep['windows'])}, {prep['size']} px) → {summary.out}")
+    click.echo(f"encoder {summary.fingerprint[:12]} ({describe_prep(prep)}) → {summary.out}")
     click.echo(f"log {summary.log}" + (f"; plot {summary.plot}" if summary.plot else ""))
 
 
@@ -99,5 +129,5 @@ def export_onnx(checkpoint, out, archive, parity_images, tolerance):
 
     report = run(checkpoint, out, archive=archive, n_parity=parity_images, tolerance=tolerance)
     prep = report.preprocessing
-    click.echo(f"exported encoder {report.fingerprint[:12]} ({', '.join(prep['windows'])}, {prep['size']} px, {report.dim}-d) → {report.out} ({report.size_bytes / 1e6:.1f} MB)")
+    click.echo(f"exported encoder {report.fingerprint[:12]} ({describe_prep(prep)}, {report.dim}-d) → {report.out} ({report.size_bytes / 1e6:.1f} MB)")
     click.echo(f"parity: max |Δ| torch vs onnxruntime = {report.max_abs_diff:.2e} on {report.parity_images} {report.parity_source} images (tolerance {report.tolerance:.0e})")

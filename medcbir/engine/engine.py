@@ -67,7 +67,7 @@ class Engine:
         live_rows = np.asarray(store.live_mask, dtype=bool) if getattr(store, "live_mask", None) is not None else np.ones(n, bool)
         self.live = self.id_mask(live_rows)
         self._n_live = int(np.count_nonzero(live_rows))
-        self.table = MetaTable(self.columns, self.rows_of)
+        self.table = MetaTable(self.columns, self.rows_of, getattr(store, "source_path", None))
         self.lookup = KeyLookup(self.columns, self.ids)
         self.exact = bool(getattr(store, "exact", is_exact(self.index)))
         self.knobs: dict = {}
@@ -129,9 +129,11 @@ class Engine:
             source = info.get("source")
             if not source or source == "<module>":
                 raise ConfigError("the index does not record where its encoder is; pass encoder=... (--encoder)")
-            if source != "default" and not Path(source).exists():
+            from medcbir.train import is_builtin, open_for_index
+
+            if not is_builtin(source) and not Path(source).exists():
                 raise ConfigError(f"the index's encoder {source} no longer exists; pass encoder=... (--encoder)")
-            encoder = self._load_encoder(source, self.device)
+            encoder = open_for_index(source, info.get("fingerprint", ""), self.device)
             _check_encoder(encoder, info)
             self._encoder = encoder
         return self._encoder
@@ -171,6 +173,12 @@ class Engine:
     def meta(self, ids) -> list[dict]:
         """Metadata of items by id (``ItemMeta`` columns as plain Python values)."""
         return self.table.of_ids(ids)
+
+    def source_path(self, recorded: str) -> str:
+        """The file of a recorded ``source`` (a sealed folder record opened with the archive key);
+        ``meta`` and neighbours already give it; URIs come back as they are."""
+        resolve = getattr(self.store, "source_path", None)
+        return resolve(recorded) if resolve is not None else recorded
 
     def meta_column(self, column: str, ids) -> list:
         """One metadata column of items by id, as plain Python values."""

@@ -30,15 +30,21 @@ class MetaTable:
     Args:
         columns: column name → numpy array (first axis = rows).
         row_of_id: callable mapping an int64 id array to row indices.
+        source_path: maps a recorded ``source`` to the file's path (sealed records are opened
+            with the archive key: ``IndexStore.source_path``), or None to show records as stored.
     """
 
-    def __init__(self, columns: dict[str, np.ndarray], row_of_id) -> None:
+    def __init__(self, columns: dict[str, np.ndarray], row_of_id, source_path=None) -> None:
         self.columns = columns
         self.row_of_id = row_of_id
+        self.source_path = source_path
 
     def row(self, row: int) -> dict:
         """The metadata of one row as ``{column: plain value}``."""
-        return {name: plain(col[row]) for name, col in self.columns.items()}
+        out = {name: plain(col[row]) for name, col in self.columns.items()}
+        if self.source_path is not None and "source" in out:
+            out["source"] = self.source_path(out["source"])
+        return out
 
     def rows(self, rows: np.ndarray) -> list[dict]:
         """Metadata of many rows."""

@@ -51,9 +51,12 @@ class Query:
 
 
 def _preprocess_raw(pixels: np.ndarray, preprocessing) -> np.ndarray:
+    """A bare H×W array in modality units: the modality the encoder's first window rule names."""
     from medcbir.imaging.items import Item, ItemMeta
 
-    return preprocessing.apply(Item(meta=ItemMeta(sop_instance_uid=""), pixels=np.asarray(pixels, dtype=np.float32)))
+    named = [m for m in preprocessing.policies[0].modalities if m != "*"]
+    meta = ItemMeta(sop_instance_uid="", modality=named[0] if named else "")
+    return preprocessing.apply(Item(meta=meta, pixels=np.asarray(pixels, dtype=np.float32)))
 
 
 def _image_query(array: np.ndarray, label: str, preprocessing, meta=None) -> Query:

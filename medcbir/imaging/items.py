@@ -25,6 +25,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "too-large",
     "timeout",
     "corrupt",
+    "modality-mismatch",
 )
 
 

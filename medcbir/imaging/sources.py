@@ -69,6 +69,13 @@ class FolderSource:
         self.quarantine = quarantine
         self.timeout = timeout
         self.report = WalkReport()
+        # How a file is named in the quarantine log (the indexer sets a SourceSeal's seal).
+        self.log_name: Callable[[str], str] | None = None
+
+    @property
+    def root(self) -> Path:
+        """The archive root (the folder, or a single file's folder)."""
+        return self.path if self.path.is_dir() else self.path.parent
 
     def decoded(
         self,
@@ -85,6 +92,7 @@ class FolderSource:
             quarantine=self.quarantine,
             skip_path=skip_path,
             timeout=self.timeout,
+            log_name=self.log_name,
         )
         self.report = w.report
         yield from w

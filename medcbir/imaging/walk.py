@@ -233,6 +233,7 @@ class Walk:
         timeout: float,
         on_file: Callable[[str, int, str | None], None] | None,
         max_pixels: int,
+        log_name: Callable[[str], str] | None = None,
     ) -> None:
         self.report = WalkReport()
         self._paths = paths
@@ -244,6 +245,7 @@ class Walk:
         self._timeout = float(timeout)
         self._on_file = on_file
         self._max_pixels = max_pixels
+        self._log_name = log_name
         self._started = False
         self._pool: list[_Worker] = []
 
@@ -299,7 +301,9 @@ class Walk:
             detail = " ".join(result.detail.split())
             self.report.count_skip(result.path, result.reason, detail)
             if log is not None:
-                path = result.path.replace("\t", "\\t").replace("\n", "\\n")
+                path = self._log_name(result.path) if self._log_name is not None else result.path
+                detail = detail.replace(result.path, path)
+                path = path.replace("\t", "\\t").replace("\n", "\\n")
                 log.write(f"{path}\t{result.reason}\t{detail}\n")
                 log.flush()
         if self._on_file is not None:
@@ -452,6 +456,7 @@ def walk(
     timeout: float = 30.0,
     on_file: Callable[[str, int, str | None], None] | None = None,
     max_pixels: int = MAX_PIXELS,
+    log_name: Callable[[str], str] | None = None,
 ) -> Walk:
     """Walk an archive, decoding every file into items; bad files are skipped with a reason.
 
@@ -469,6 +474,8 @@ def walk(
         timeout: seconds one file may take in a worker before it is killed (reason ``timeout``).
         on_file: called as ``on_file(path, n_items, reason)`` after each file, in order.
         max_pixels: skip files with more pixels than this as ``too-large`` before decoding.
+        log_name: how a path is written in the quarantine log (default: the path itself), e.g.
+            :meth:`medcbir.imaging.source_seal.SourceSeal.seal` so the log names no patient.
 
     Returns:
         A :class:`Walk`: iterate it once for :class:`Decoded` items; ``walk.report`` has the counts.
@@ -501,6 +508,7 @@ def walk(
         timeout=timeout,
         on_file=on_file,
         max_pixels=max_pixels,
+        log_name=log_name,
     )
 
 

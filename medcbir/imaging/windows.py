@@ -4,6 +4,9 @@ Named windows are the ones radiologists use, as (lo, hi) = (level - width/2, lev
 ``"voi"`` is the window stored in the file (WindowCenter/Width or a VOI LUT, DICOM PS3.3
 C.11.2.1.2 linear function); ``"auto"`` is that window when the file has one, else the
 0.5/99.5 percentiles of the image (useful for MR/CR/DX whose units are arbitrary).
+``"robust"`` is the normalisation for modalities without Hounsfield units: the file's VOI when
+present, else the 1/99 percentiles of the *foreground* (pixels clearly above the background),
+so a large black background or a few hot pixels do not decide the scale.
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "ct-brain": (0.0, 80.0),  # L40 W80
 }
 #: Windows computed per image rather than fixed.
-DYNAMIC_WINDOWS = ("auto", "voi")
+DYNAMIC_WINDOWS = ("auto", "voi", "robust")
 PERCENTILES = (0.5, 99.5)
+#: ``robust``: percentiles of the foreground, which is everything above this fraction of the
+#: image's own 0.5…99.5 % range (MR/CR background is noise near the bottom of that range).
+FOREGROUND_PERCENTILES = (1.0, 99.0)
+FOREGROUND_LEVEL = 0.1
 
 
 def voi_range(centre: float, width: float) -> tuple[float, float]:
@@ -74,8 +81,39 @@ def window_range(window: str | tuple[float, float], pixels: Any = None, item: "I
     if reference is None:
         raise ConfigError(f"window {window!r} needs the image or its item")
     arr = reference.detach().float().cpu().numpy() if hasattr(reference, "detach") else np.asarray(reference)
-    lo, hi = np.percentile(arr.astype(np.float32, copy=False), PERCENTILES)
+    arr = arr.astype(np.float32, copy=False)
+    if window == "robust":
+        return foreground_range(arr, inverted=bool(item.inverted) if item is not None else False)
+    lo, hi = np.percentile(arr, PERCENTILES)
     if not hi > lo:  # a flat image: any window maps it to one value; keep it well-defined
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def foreground_range(pixels: np.ndarray, inverted: bool = False) -> tuple[float, float]:
+    """(lo, hi) = the 1/99 percentiles of the foreground of an image in arbitrary units.
+
+    The foreground is every pixel above ``FOREGROUND_LEVEL`` of the way from the image's 0.5 %
+    to its 99.5 % percentile (below, from the top, for MONOCHROME1, whose background is bright
+    in stored values); when that leaves fewer than 1 % of the pixels, the whole image is used.
+    Independent of any affine change of the intensity scale (a·x + b, a > 0).
+    """
+    arr = np.asarray(pixels, dtype=np.float32).ravel()
+    if arr.size > 65536:  # percentiles of a regular subsample: same to well under 1 % of the range
+        arr = arr[:: arr.size // 65536]
+    lo_all, hi_all = np.percentile(arr, PERCENTILES)
+    if not hi_all > lo_all:
+        fg = arr
+    elif inverted:
+        fg = arr[arr < hi_all - FOREGROUND_LEVEL * (hi_all - lo_all)]
+    else:
+        fg = arr[arr > lo_all + FOREGROUND_LEVEL * (hi_all - lo_all)]
+    if fg.size < max(16, arr.size // 100):
+        fg = arr
+    lo, hi = np.percentile(fg, FOREGROUND_PERCENTILES)
+    if not hi > lo:
+        lo, hi = float(lo_all), float(hi_all)
+    if not hi > lo:
         hi = lo + 1.0
     return float(lo), float(hi)
 

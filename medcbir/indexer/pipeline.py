@@ -168,7 +168,7 @@ def index_archive(
     total = _count_hint(src)
     bar = _progress(progress, total)
     try:
-        stream = src.decoded(writer.encoder.preprocessing, writer.key, writer.has_source)
+        stream = _recorded(src, writer)
         for batch in prefetch(stream, batch_size):
             added = writer.add(batch)
             summary.indexed += added
@@ -194,6 +194,32 @@ def index_archive(
     summary.elapsed = time.perf_counter() - start
     summary.items_per_s = summary.indexed / summary.elapsed if summary.elapsed > 0 else 0.0
     return summary
+
+
+def _recorded(src: Any, writer) -> Iterator:
+    """The source's decoded items, as the index records them.
+
+    A folder's files are recorded relative to the index's archive root and sealed with the
+    archive key (:mod:`medcbir.imaging.source_seal`): folder names often carry the PatientID.
+    """
+    from medcbir.imaging.sources import FolderSource
+
+    preprocessing, key = writer.encoder.preprocessing, writer.key
+    if not isinstance(src, FolderSource) or key is None:
+        return src.decoded(preprocessing, key, writer.has_source)
+    from dataclasses import replace
+
+    from medcbir.imaging.source_seal import SourceSeal
+
+    seal = SourceSeal(key, writer.archive_root(src.root))
+    src.log_name = seal.seal
+
+    def sealed() -> Iterator:
+        for d in src.decoded(preprocessing, key, lambda path: writer.has_source(seal.seal(path))):
+            d.meta = replace(d.meta, source=seal.seal(d.meta.source))
+            yield d
+
+    return sealed()
 
 
 def _count_hint(src: Any) -> int | None:

@@ -309,7 +309,11 @@ class IndexStore:
         """Metadata dicts (ItemMeta fields + ``id``) of a few ids (for results, not bulk work)."""
         rows = self.rows(ids)
         cols = {name: self.columns[name] for name in self.columns}
-        return [{"id": int(self.ids[r]), **row_meta(cols, int(r))} for r in rows]
+        out = [{"id": int(self.ids[r]), **row_meta(cols, int(r))} for r in rows]
+        for meta in out:
+            if "source" in meta:
+                meta["source"] = self.source_path(str(meta["source"]))
+        return out
 
     def set_search_params(self, **kw) -> None:
         """Change search defaults (``nprobe``, ``k_factor``, ``efSearch``) on this store's index."""
@@ -328,6 +332,21 @@ class IndexStore:
         """The archive's pseudonym key (``pseudonym.key`` or the manifest's ``key_file``), or None."""
         path = Path(self.manifest["key_file"]) if self.manifest.get("key_file") else self.index_dir / "pseudonym.key"
         return path.read_bytes() if path.is_file() else None
+
+    def source_path(self, recorded: str) -> str:
+        """Where an item's file is: a sealed folder record opened with the archive key (an
+        absolute path), any other record (a URI, an older index's path) as it is."""
+        from medcbir.imaging.source_seal import SourceSeal, is_sealed
+
+        if not is_sealed(recorded):
+            return recorded
+        seal = getattr(self, "_seal", None)
+        if seal is None:
+            key, root = self.key(), self.manifest.get("archive_root")
+            if key is None or not root:
+                return recorded
+            seal = self._seal = SourceSeal(key, root)
+        return seal.open(recorded)
 
     def close(self) -> None:
         for f in self._files:

@@ -52,11 +52,11 @@ def encoder_record(encoder: Any) -> dict:
 
 
 def open_encoder_arg(encoder: Any, device=None):
-    """An Encoder object from an Encoder, a checkpoint/ONNX path, or ``"default"``."""
-    if isinstance(encoder, (str, Path)):
+    """An Encoder object from an Encoder, a checkpoint/ONNX path, a built-in name or a torch module."""
+    if isinstance(encoder, (str, Path)) or not hasattr(encoder, "embed"):
         from medcbir.train import open_encoder
 
-        return open_encoder(encoder, device=device)
+        return open_encoder(encoder if not isinstance(encoder, Path) else str(encoder), device=device)
     return encoder
 
 
@@ -173,6 +173,7 @@ class IndexWriter:
         self._buffer_sources: set[int] = set()
         self.shards_written = 0
         self.items_committed = 0
+        self.deleted_sources = 0  # sources tombstoned by the last delete_sources
         self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
 
     def _load_committed_keys(self) -> None:
@@ -287,6 +288,73 @@ class IndexWriter:
         self._sources |= sources
         self._buffer_keys -= keys
         self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
+
+    def archive_root(self, root: str | Path) -> str:
+        """The folder file sources are recorded relative to: the first archive indexed.
+
+        Kept in the manifest (``archive_root``) from the next commit on; a later archive
+        elsewhere is recorded relative to the same root (``../``), so one root opens all.
+        """
+        self.manifest = {**self.manifest, "archive_root": self.manifest.get("archive_root") or str(Path(root).absolute())}
+        return self.manifest["archive_root"]
+
+    # ------------------------------------------------------------------ deleting
+    def committed_sources(self) -> set[str]:
+        """Every source recorded by a committed item (tombstoned ones included)."""
+        import h5py
+
+        out: set[str] = set()
+        for entry in self.manifest["shards"]:
+            with h5py.File(self.index_dir / entry["file"], "r") as f:
+                if "source" in f["meta"]:
+                    out.update(s.decode("utf-8") for s in np.unique(f["meta"]["source"][...]))
+        return out
+
+    def delete_sources(self, sources) -> int:
+        """Tombstone every committed item whose source is one of ``sources`` (a new generation).
+
+        The writer holds the index's lock, so a long-lived writer (the Orthanc plugin's worker)
+        deletes through it rather than through :func:`medcbir.indexer.maintenance.delete`.
+        Buffered items of those sources are dropped.
+
+        Returns:
+            how many items were newly tombstoned (``deleted_sources``: of how many sources).
+        """
+        import h5py
+
+        from medcbir.indexer.manifest import deleted_ids, store_deleted
+
+        self.deleted_sources = 0
+        wanted = {str(s) for s in sources}
+        if not wanted:
+            return 0
+        keep = [i for i, m in enumerate(self._buffer_metas) if str(m.source) not in wanted]
+        if len(keep) < len(self._buffer_metas) and self._buffer_metas:
+            embeddings = np.concatenate(self._buffer_embeddings)
+            self._buffer_metas = [self._buffer_metas[i] for i in keep]
+            self._buffer_embeddings = [embeddings[keep]] if keep else []
+            self._buffer_keys = {key_hash(m.sop_instance_uid, m.frame) for m in self._buffer_metas}
+            self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
+        needles = np.array([s.encode("utf-8") for s in wanted])
+        found, hit_sources = [], []
+        for entry in self.manifest["shards"]:
+            with h5py.File(self.index_dir / entry["file"], "r") as f:
+                if "source" in f["meta"]:
+                    column = f["meta"]["source"][...]
+                    hit = np.isin(column, needles)
+                    found.append(f["ids"][...][hit])
+                    hit_sources.append(column[hit])
+        hits = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+        before = deleted_ids(self.index_dir, self.manifest)
+        new = np.setdiff1d(hits, before)
+        if new.size:
+            fresh = ~np.isin(hits, before)
+            self.deleted_sources = int(np.unique(np.concatenate(hit_sources)[fresh]).size)
+        if new.size:
+            manifest = dict(self.manifest)
+            store_deleted(self.index_dir, manifest, np.union1d(before, new))
+            self._commit_manifest(manifest, train=False)
+        return int(new.size)
 
     # ------------------------------------------------------------------ committing
     def commit(self) -> int:

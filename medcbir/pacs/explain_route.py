@@ -13,10 +13,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from medcbir.errors import ConfigError, DecodeError
+from medcbir.errors import ConfigError
 from medcbir.pacs.orthanc_config import instance_of
 
 FORMATS = ("png", "html", "json")
+SPARE = 4  # extra neighbours searched to replace ones deleted in Orthanc but not yet tombstoned
 
 
 class OrthancFiles:
@@ -36,22 +37,50 @@ class OrthancFiles:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def _local(self, meta: dict) -> dict:
+    def _local(self, meta: dict) -> dict | None:
+        """``meta`` with a local ``source``; None when Orthanc no longer holds the instance."""
         instance = instance_of(str(meta.get("source", "")))
         if instance is None:
             return meta  # indexed from a file: explain_search reads it directly
         data = self._rest.instance_file(instance)
         if data is None:
-            raise DecodeError(f"neighbour {meta.get('sop_instance_uid', '?')} is no longer in Orthanc")
+            return None  # deleted in Orthanc; the worker has not tombstoned it yet
         path = self._folder / f"{instance}.dcm"
         path.write_bytes(data)
         return {**meta, "source": str(path)}
 
     def search(self, queries, k: int = 10, **filters):
+        """The engine's neighbours that Orthanc still holds (a few more are searched so that a
+        neighbour deleted behind the index is replaced by the next one), ranked 1..k."""
         from medcbir.engine.neighbour import Neighbour
 
-        results = self._engine.search(queries, k=k, **filters)
-        return [[Neighbour(n.id, n.score, n.rank, self._local(dict(n.meta))) for n in row] for row in results]
+        results = self._engine.search(queries, k=k + SPARE, **filters)
+        out = []
+        for row in results:
+            kept = []
+            for n in row:
+                if len(kept) == k:
+                    break
+                meta = self._local(dict(n.meta))
+                if meta is not None:
+                    kept.append(Neighbour(n.id, n.score, len(kept) + 1, meta))
+            out.append(kept)
+        return out
+
+
+def explain_bytes(engine, request: dict) -> float:
+    """An upper estimate of the working memory of an explain request, in bytes.
+
+    The query and its K neighbours (twice with ``pairwise``) are held as images, heatmaps and
+    two RELAX accumulators; one forward batch of masked copies (120 images) is in flight with
+    the encoder's activations (counted as 16 image-sized tensors per copy).
+    """
+    prep = engine.encoder.preprocessing
+    channels = len(getattr(prep, "windows", ()) or (1,))
+    image = channels * int(prep.size) ** 2 * 4
+    k = int(request.get("k", 5))
+    rows = (k + 1) * (2 if request.get("pairwise") else 1)
+    return rows * image * 4 + 120 * image * 16
 
 
 def explain_answer(engine, rest, query_path: Path, request: dict, label: str | None = None) -> tuple[bytes, str]:
@@ -61,9 +90,10 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
         engine: the open engine.
         rest: Orthanc REST client (to fetch the neighbours' files).
         query_path: the query's DICOM file.
-        request: ``k`` (5), ``method`` ("relax"), ``exclude`` ("none"), ``format``
-            ("png" | "html" | "json"), ``n_masks`` (RELAX, 3000), ``seed`` (0), ``pairwise``.
-        label: how the query is named in the panel title.
+        request: checked by :func:`medcbir.pacs.request_rules.check_request`: ``k`` (5),
+            ``method`` ("relax"), ``exclude`` ("none"), ``format`` ("png" | "html" | "json"),
+            ``n_masks`` (RELAX, 3000), ``seed`` (0), ``pairwise``.
+        label: how the query is named in the answer (never a file-system path).
     """
     from medcbir.engine.report import render_html, render_png
     from medcbir.explain import METHODS, explain_search
@@ -74,22 +104,22 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    try:
-        k = int(request.get("k", 5))
-        options = {}
-        if method in ("relax", "smoothgrad"):
-            options["seed"] = int(request.get("seed", 0))
-        if method == "relax":
-            options["n_masks"] = int(request.get("n_masks", 3000))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad numeric option: {exc}") from None
+    k = int(request.get("k", 5))
+    options = {}
+    if method in ("relax", "smoothgrad"):
+        options["seed"] = int(request.get("seed", 0))
+    if method == "relax":
+        options["n_masks"] = int(request.get("n_masks", 3000))
+    label = label or "the query"
     with tempfile.TemporaryDirectory(prefix="medcbir-explain-") as folder:
         explanation = explain_search(
             OrthancFiles(engine, rest, Path(folder)), str(query_path), k=k, method=method,
             pairwise=bool(request.get("pairwise", False)), exclude=request.get("exclude") or "none", **options)
+        # The query was read from a temporary file: answer its label, not that path.
+        explanation.query_label = label
         if fmt == "json":
             return json.dumps(explanation.to_dict(), indent=2, default=str).encode("utf-8"), "application/json"
-        panel = explanation.panel(title=f"{method} explanation of {label or 'the query'} and its top-{len(explanation.neighbours)}")
+        panel = explanation.panel(title=f"{method} explanation of {label} and its top-{len(explanation.neighbours)}")
         if fmt == "html":
             return render_html(panel).encode("utf-8"), "text/html"
         png = render_png(Path(folder) / "panel.png", panel)

@@ -7,7 +7,9 @@ adding (``IndexWriter.has_source``), an instance is never lost and never indexed
 
 - ``queued``     waiting for the worker;
 - ``in_flight``  claimed by the worker, not yet committed (re-queued when the worker restarts);
-- skipped instances (no pixels, undecodable, ...) move to the ``skipped`` table with a reason.
+- skipped instances (no pixels, undecodable, ...) move to the ``skipped`` table with a reason;
+- resources deleted in Orthanc (instances, series, studies, patients) wait in the ``deleted``
+  table until the worker has tombstoned their items.
 
 Standard library only: the plugin imports it inside Orthanc's embedded interpreter.
 """
@@ -27,6 +29,11 @@ CREATE TABLE IF NOT EXISTS queue (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_state ON queue(state, enqueued);
+CREATE TABLE IF NOT EXISTS deleted (
+    resource TEXT PRIMARY KEY,
+    level TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS skipped (
     instance TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -119,6 +126,30 @@ class InstanceQueue:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def mark_deleted(self, level: str, resource: str) -> None:
+        """Record that Orthanc deleted a resource; a deleted instance leaves the queue too."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO deleted VALUES (?, ?, ?)", (resource, level, time.time()))
+                if level == "instance":
+                    self._db.execute("DELETE FROM queue WHERE instance = ?", (resource,))
+                    self._db.execute("DELETE FROM skipped WHERE instance = ?", (resource,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def deleted(self, limit: int = 10000) -> list[tuple[str, str]]:
+        """``(resource, level)`` of the oldest deletions not yet applied to the index."""
+        with self._lock:
+            return [(r, lvl) for r, lvl in self._db.execute(
+                "SELECT resource, level FROM deleted ORDER BY at LIMIT ?", (limit,))]
+
+    def forget_deleted(self, resources) -> int:
+        """Drop deletions whose items are tombstoned."""
+        return self._write("DELETE FROM deleted WHERE resource = ?", [(r,) for r in resources])
 
     def requeue_in_flight(self) -> int:
         """Put back ids a previous worker claimed but never committed."""

@@ -16,8 +16,18 @@ The section, with its defaults::
       "Python": ".../bin/python",      # that interpreter (derived from Venv if absent)
       "SitePackages": ".../site-packages",
       "Repo": "/opt/medcbir",          # folder holding the ``medcbir`` package
-      "SearchTimeout": 120.0           # seconds a REST call waits for the worker
+      "SearchTimeout": 120.0,          # seconds a REST call waits for the worker
+      "MaxK": 100,                     # neighbours per search query (also <= the index size)
+      "MaxExplainK": 10,               # neighbours per explain request
+      "MaxMasks": 5000,                # RELAX masks per explain request
+      "MaxQueries": 8,                 # query instances per search request
+      "MaxBodyBytes": 67108864,        # request body (a posted DICOM) in bytes
+      "RequestSeconds": 60.0,          # a request waiting longer than this for the engine: 503
+      "RequestMemoryMB": 1024          # a request estimated to need more memory: 400
     }
+
+A request over a bound is refused with HTTP 400 and a one-line reason (see
+:mod:`medcbir.pacs.request_rules`).
 """
 
 from __future__ import annotations
@@ -66,6 +76,13 @@ class PluginSettings:
         search_timeout: seconds a REST call waits for the worker's answer.
         shard_size: passed to the index writer.
         device: ``"auto"`` or ``"cpu"``/``"cuda"``.
+        max_k: most neighbours a search query may ask for (k is also capped by the index size).
+        max_explain_k: most neighbours an explain request may ask for.
+        max_masks: most RELAX masks an explain request may ask for.
+        max_queries: most query instances in one search request.
+        max_body_bytes: largest request body (a posted DICOM file) accepted.
+        request_seconds: longest a request waits for the engine (busy with another) before a 503.
+        request_memory_mb: largest estimated working memory of one request.
     """
 
     index: str
@@ -81,14 +98,24 @@ class PluginSettings:
     search_timeout: float = 120.0
     shard_size: int = 4096
     device: str = "auto"
+    max_k: int = 100
+    max_explain_k: int = 10
+    max_masks: int = 5000
+    max_queries: int = 8
+    max_body_bytes: int = 64 * 1024 * 1024
+    request_seconds: float = 60.0
+    request_memory_mb: int = 1024
     extra: dict = field(default_factory=dict)
 
     KEYS = {
         "Index": "index", "Encoder": "encoder", "Window": "window", "BatchSize": "batch_size",
         "FlushSeconds": "flush_seconds", "Workers": "workers", "Venv": "venv", "Python": "python",
         "SitePackages": "site_packages", "Repo": "repo", "SearchTimeout": "search_timeout",
-        "ShardSize": "shard_size", "Device": "device",
+        "ShardSize": "shard_size", "Device": "device", "MaxK": "max_k", "MaxExplainK": "max_explain_k",
+        "MaxMasks": "max_masks", "MaxQueries": "max_queries", "MaxBodyBytes": "max_body_bytes",
+        "RequestSeconds": "request_seconds", "RequestMemoryMB": "request_memory_mb",
     }
+    LIMITS = ("MaxK", "MaxExplainK", "MaxMasks", "MaxQueries", "MaxBodyBytes", "RequestSeconds", "RequestMemoryMB")
 
     @classmethod
     def from_section(cls, section: dict) -> "PluginSettings":
@@ -105,12 +132,16 @@ class PluginSettings:
         settings = cls(**values, extra=extra)
         if isinstance(settings.window, str):
             settings.window = [settings.window]
-        for name in ("batch_size", "workers", "shard_size"):
+        for name in ("batch_size", "workers", "shard_size", "max_k", "max_explain_k", "max_masks", "max_queries",
+                     "max_body_bytes", "request_memory_mb"):
             if int(getattr(settings, name)) < 1:
                 raise ConfigError(f'"Medcbir" setting {name} must be >= 1')
             setattr(settings, name, int(getattr(settings, name)))
         settings.flush_seconds = float(settings.flush_seconds)
         settings.search_timeout = float(settings.search_timeout)
+        settings.request_seconds = float(settings.request_seconds)
+        if settings.request_seconds <= 0:
+            raise ConfigError('"Medcbir" setting RequestSeconds must be > 0')
         if settings.venv and not settings.python:
             settings.python = str(Path(settings.venv) / "bin" / "python")
         if not settings.python:
@@ -123,6 +154,10 @@ class PluginSettings:
         section = {key: values[attr] for key, attr in self.KEYS.items()}
         section.update(self.extra)
         return section
+
+    def limits(self) -> dict:
+        """The request bounds by their configuration names (for :func:`check_request`)."""
+        return {key: getattr(self, self.KEYS[key]) for key in self.LIMITS}
 
     @property
     def queue_path(self) -> Path:
@@ -158,6 +193,9 @@ def build_config(
     workers: int = 2,
     window: list[str] | None = None,
     device: str = "auto",
+    modalities: dict[str, tuple[str, str, int]] | None = None,
+    allow_any_store: bool = False,
+    plugin_settings: dict | None = None,
 ) -> dict:
     """A complete Orthanc configuration running the medcbir plugin.
 
@@ -178,6 +216,12 @@ def build_config(
         workers: fetch+decode threads in the worker.
         window: windows the encoder must use (a check), or None.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        modalities: the DICOM modalities allowed to C-STORE into Orthanc: name →
+            ``(AE title, IP address, port)``. Orthanc checks the calling AE title *and* the
+            peer's address (``DicomCheckModalityHost``) and its own called AE title.
+        allow_any_store: accept C-STORE from any host and AE title (Orthanc's default; every
+            stored image is indexed). Off by default.
+        plugin_settings: more ``"Medcbir"`` keys (e.g. ``{"MaxK": 50}``), checked.
     """
     index = Path(index).resolve()
     if remote and not user:
@@ -194,7 +238,9 @@ def build_config(
     dicomweb = plugin_dir / "libOrthancDicomWeb.so"
     if dicomweb.exists():
         plugins.append(str(dicomweb))
-    if encoder != "default":
+    from medcbir.train.encoder import is_builtin
+
+    if not is_builtin(encoder):
         encoder_path = Path(encoder).resolve()
         if not encoder_path.exists():
             raise ConfigError(f"encoder {encoder} not found")
@@ -205,6 +251,8 @@ def build_config(
         index=str(index), encoder=encoder, window=window, batch_size=batch_size,
         flush_seconds=flush_seconds, workers=workers, device=device, **env,
     )
+    if plugin_settings:
+        settings = PluginSettings.from_section({**settings.to_section(), **plugin_settings})
     config = {
         "Name": name,
         "StorageDirectory": str(storage),
@@ -213,7 +261,15 @@ def build_config(
         "DicomPort": int(dicom_port),
         "DicomAet": aet,
         "RemoteAccessAllowed": bool(remote),
-        "DicomCheckCalledAet": False,
+        # Orthanc's defaults accept a C-STORE from any host, and medcbir indexes whatever is
+        # stored: only the listed modalities may store, from their address, to our AE title.
+        "DicomCheckCalledAet": True,
+        "DicomCheckModalityHost": True,
+        "DicomAlwaysAllowEcho": True,
+        "DicomAlwaysAllowStore": bool(allow_any_store),
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowGet": False,
+        "DicomModalities": dicom_modalities(modalities or {}),
         "Plugins": plugins,
         "PythonScript": str(Path(env["repo"]) / "medcbir" / "pacs" / "orthanc_plugin.py"),
         "PythonVerbose": False,
@@ -229,6 +285,40 @@ def build_config(
     else:
         config["AuthenticationEnabled"] = False
     return config
+
+
+def parse_modality(text: str) -> tuple[str, tuple[str, str, int]]:
+    """``[NAME=]AET@IP:PORT`` (the ``--modality`` option) → ``(name, (aet, ip, port))``.
+
+    Raises:
+        ConfigError: not of that form, an AE title over 16 characters, or a host that is not an
+            IP address (Orthanc's ``DicomCheckModalityHost`` compares addresses, not names).
+    """
+    import ipaddress
+
+    name, _, rest = text.rpartition("=")
+    aet, at, address = rest.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and aet and host and port.isdigit()):
+        raise ConfigError(f"--modality must be [NAME=]AET@IP:PORT, not {text!r}")
+    if len(aet) > 16:
+        raise ConfigError(f"the AE title {aet!r} has more than 16 characters")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"--modality needs an IP address (Orthanc checks the peer's address), not {host!r}") from None
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--modality port {port} is not between 1 and 65535")
+    return (name or aet.lower()), (aet, host, int(port))
+
+
+def dicom_modalities(modalities: dict[str, tuple[str, str, int]]) -> dict:
+    """Orthanc's ``"DicomModalities"``: each may C-STORE (and C-ECHO), nothing else."""
+    return {
+        name: {"AET": aet, "Host": host, "Port": int(port), "AllowEcho": True, "AllowStore": True,
+               "AllowFind": False, "AllowMove": False, "AllowGet": False}
+        for name, (aet, host, port) in modalities.items()
+    }
 
 
 def write_config(out: str | Path, config: dict) -> Path:

@@ -4,7 +4,8 @@ It runs inside Orthanc's embedded interpreter, where only the main interpreter m
 and callbacks must return fast, so it does as little as possible:
 
 - the change callback appends each NEW_INSTANCE id to the durable queue in the index folder
-  (one SQLite insert) and returns;
+  (one SQLite insert) and returns; a DELETED resource is recorded the same way, and the worker
+  tombstones its items;
 - a worker *process* (the venv's python, ``medcbir.pacs.worker``) fetches, decodes, embeds,
   commits and answers searches; it talks to Orthanc over loopback HTTP with a token from
   ``GenerateRestApiAuthorizationToken`` (so it works with authentication enabled);
@@ -44,10 +45,15 @@ _prepare_path()
 
 from medcbir.pacs.instance_queue import InstanceQueue  # noqa: E402
 from medcbir.pacs.orthanc_config import PluginSettings  # noqa: E402
+from medcbir.pacs.request_rules import BadRequest, check_request  # noqa: E402
 from medcbir.pacs.worker_link import WorkerProcess, WorkerUnavailable  # noqa: E402
 
 OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
                   "x-medcbir-format": "format", "x-medcbir-method": "method"}
+
+
+LEVELS = {orthanc.ResourceType.PATIENT: "patient", orthanc.ResourceType.STUDY: "study",
+          orthanc.ResourceType.SERIES: "series", orthanc.ResourceType.INSTANCE: "instance"}
 
 
 class MedcbirPlugin:
@@ -72,6 +78,10 @@ class MedcbirPlugin:
     def on_change(self, change_type, level, resource_id) -> None:
         if change_type == orthanc.ChangeType.NEW_INSTANCE:
             self.queue.enqueue([resource_id])
+        elif change_type == orthanc.ChangeType.DELETED:
+            # The worker tombstones the items of a deleted instance (or, for a series, study
+            # or patient, of every instance Orthanc no longer holds).
+            self.queue.mark_deleted(LEVELS.get(level, "unknown"), resource_id)
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
             # Orthanc's REST API answers from now on: the worker reconciles and starts.
             self.worker.start()
@@ -91,15 +101,16 @@ class MedcbirPlugin:
                 return self._answer(output, self._status())
             if method != "POST":
                 return output.SendMethodNotAllowed("POST")
-            args = self._arguments(request)
+            args = check_request(route, self._arguments(request, route, self.settings.max_body_bytes),
+                                 self.settings.limits())
             if route == "reindex":
                 # Skip decisions are forgotten here, so the worker retries those instances.
                 self.queue.clear_skipped()
-            reply = self.worker.call(route, self.settings.search_timeout, **args)
+            reply = self.worker.call(route, self.settings.search_timeout, args)
         except WorkerUnavailable as exc:
             return self._error(output, 503, str(exc))
-        except ValueError as exc:
-            return self._error(output, 400, str(exc))
+        except (BadRequest, ValueError) as exc:
+            return self._error(output, 400, str(exc).splitlines()[0] if str(exc) else "bad request")
         if not reply.get("ok"):
             return self._error(output, int(reply.get("status", 500)), reply.get("error", "worker error"))
         if "body" in reply:
@@ -110,7 +121,7 @@ class MedcbirPlugin:
     def _status(self) -> dict:
         status = {"worker": "down", "index": self.settings.index, "encoder": {"source": self.settings.encoder}}
         try:
-            reply = self.worker.call("status", 10.0)
+            reply = self.worker.call("status", 10.0, {})
             if reply.get("ok"):
                 status.update(reply["result"])
         except WorkerUnavailable as exc:
@@ -122,9 +133,11 @@ class MedcbirPlugin:
         return status
 
     @staticmethod
-    def _arguments(request: dict) -> dict:
+    def _arguments(request: dict, route: str, max_body_bytes: int) -> dict:
         headers = request.get("headers", {})
         body = request.get("body", b"") or b""
+        if len(body) > max_body_bytes:
+            raise BadRequest("the request body has %d bytes; the server's MaxBodyBytes is %d" % (len(body), max_body_bytes))
         args = {}
         content_type = headers.get("content-type", "")
         if body[:1] == b"{" or "json" in content_type:
@@ -139,7 +152,7 @@ class MedcbirPlugin:
         for header, key in OPTION_HEADERS.items():
             if header in headers and key not in args:
                 args[key] = headers[header]
-        if "text/html" in headers.get("accept", "") and "format" not in args:
+        if route == "explain" and "text/html" in headers.get("accept", "") and "format" not in args:
             args["format"] = "html"
         return args
 

@@ -11,6 +11,7 @@ from functools import lru_cache
 import requests
 
 from medcbir.errors import ArchiveNotFound
+from medcbir.pacs.request_rules import orthanc_id
 
 
 class OrthancRest:
@@ -66,7 +67,12 @@ class OrthancRest:
             since += page
 
     def instance_file(self, instance: str) -> bytes | None:
-        """The stored DICOM file, or None if Orthanc no longer has the instance."""
+        """The stored DICOM file, or None if Orthanc no longer has the instance.
+
+        Raises:
+            BadRequest: ``instance`` is not an Orthanc id (it is never put in a URL then).
+        """
+        orthanc_id(instance)
         resp = self._get(f"/instances/{instance}/file")
         if resp.status_code == 404:
             return None
@@ -74,12 +80,13 @@ class OrthancRest:
         return resp.content
 
     def _parents_uncached(self, instance: str) -> tuple[str, str] | None:
+        orthanc_id(instance)
         resp = self._get(f"/instances/{instance}")
         if resp.status_code == 404:
             return None
         resp.raise_for_status()
-        series = resp.json()["ParentSeries"]
-        study = self.get_json(f"/series/{series}")["ParentStudy"]
+        series = orthanc_id(resp.json()["ParentSeries"], "series")
+        study = orthanc_id(self.get_json(f"/series/{series}")["ParentStudy"], "study")
         return series, study
 
     def parents(self, instance: str) -> tuple[str, str] | None:

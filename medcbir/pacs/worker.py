@@ -33,6 +33,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from multiprocessing.connection import Listener
 from pathlib import Path
 
@@ -50,6 +51,10 @@ TMP_PREFIX = "medcbir-worker-"
 
 class UnknownInstance(MedcbirError):
     """The request names an instance Orthanc does not hold (answered with 404)."""
+
+
+class EngineBusy(MedcbirError):
+    """Another request held the engine longer than RequestSeconds (answered with 503)."""
 
 
 def log(message: str) -> None:
@@ -145,12 +150,15 @@ class Worker:
         }
 
     def reconcile(self) -> int:
-        """Queue every Orthanc instance the index lacks; returns how many were queued."""
+        """Queue every Orthanc instance the index lacks, tombstone the items of instances
+        Orthanc no longer holds (deleted while no worker ran); returns how many were queued."""
         self.queue.requeue_in_flight()
         skipped = self.queue.skipped_ids()
         missing = []
         indexed = 0
-        for instance in self.rest.instances():
+        held = self.rest.instances()
+        self.prune(held)
+        for instance in held:
             if self.writer.has_source(instance_uri(instance)):
                 indexed += 1
             elif instance not in skipped:
@@ -205,6 +213,8 @@ class Worker:
                 if self._reindex.is_set():
                     self._reindex.clear()
                     self.reconcile()
+                if not pending:  # deletions apply to committed items: commit what waits first
+                    self.apply_deletions()
                 room = max(1, self.settings.batch_size - len(pending))
                 claimed = self.queue.claim(room)
                 retry = []
@@ -233,6 +243,34 @@ class Worker:
                 elif not claimed:
                     self.stop.wait(POLL_SECONDS)
         # Items added but not committed are simply re-queued by the next worker's reconcile.
+
+    def prune(self, held: list[str] | None = None) -> int:
+        """Tombstone the items of every ``orthanc://`` source Orthanc no longer holds."""
+        held_sources = {instance_uri(i) for i in (self.rest.instances() if held is None else held)}
+        with self._writer_lock:
+            gone = {s for s in self.writer.committed_sources() if instance_of(s) is not None and s not in held_sources}
+            removed = self.writer.delete_sources(gone)
+        if removed:
+            self.indexed = max(0, self.indexed - self.writer.deleted_sources)
+            log(f"tombstoned {removed} item(s) of {len(gone)} instance(s) Orthanc no longer holds")
+        return removed
+
+    def apply_deletions(self) -> int:
+        """Tombstone the items of the resources Orthanc reported deleted; returns how many."""
+        deleted = self.queue.deleted()
+        if not deleted:
+            return 0
+        instances = {instance_uri(r) for r, level in deleted if level == "instance"}
+        with self._writer_lock:
+            removed = self.writer.delete_sources(instances)
+        if removed:
+            self.indexed = max(0, self.indexed - self.writer.deleted_sources)
+            log(f"tombstoned {removed} item(s) of {len(instances)} deleted instance(s)")
+        if any(level != "instance" for _, level in deleted):
+            # A series/study/patient: its instances may or may not be reported one by one.
+            removed += self.prune()
+        self.queue.forget_deleted([r for r, _ in deleted])
+        return removed
 
     def commit(self, decoded: list, instances: list[str]) -> None:
         with self._writer_lock:
@@ -268,19 +306,54 @@ class Worker:
         return self._engine
 
     def handle(self, request: dict) -> dict:
-        op = request.pop("op", "")
+        """Answer one request from the plugin: ``{"op": name, "args": {...}}``.
+
+        The arguments are checked again here (the plugin checked them already) because this
+        is where they become URLs and sizes: an unknown key, a malformed Orthanc id or a value
+        over a bound is a 400, never a call to Orthanc.
+        """
+        from medcbir.pacs.request_rules import BadRequest, check_request
+
+        op = request.get("op", "")
+        args = request.get("args", {})
         handler = {"status": self.op_status, "search": self.op_search, "explain": self.op_explain,
                    "reindex": self.op_reindex}.get(op)
         if handler is None:
             return {"ok": False, "status": 404, "error": f"unknown operation {op!r}"}
         try:
-            return handler(request)
+            if op != "status":
+                args = check_request(op, args, self.settings.limits())
+            return handler(args)
+        except BadRequest as exc:
+            return {"ok": False, "status": 400, "error": str(exc)}
+        except EngineBusy as exc:
+            return {"ok": False, "status": 503, "error": str(exc)}
         except MedcbirError as exc:
             status = {"IndexNotFound": 409, "UnknownInstance": 404}.get(exc.__class__.__name__, 400)
             return {"ok": False, "status": status, "error": str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}
+        except MemoryError:
+            return {"ok": False, "status": 503, "error": "the request ran out of memory; ask for fewer neighbours or masks"}
         except Exception as exc:  # noqa: BLE001 - answered as a 500, the worker keeps serving
             traceback.print_exc()
-            return {"ok": False, "status": 500, "error": f"{exc.__class__.__name__}: {exc}"}
+            return {"ok": False, "status": 500, "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0]}
+
+    @contextmanager
+    def _engine_for_request(self):
+        """The engine, held for one request; a request that waits longer than RequestSeconds
+        for another one to finish is answered 503 instead of piling up behind it."""
+        if not self._engine_lock.acquire(timeout=self.settings.request_seconds):
+            raise EngineBusy(f"the engine stayed busy for {self.settings.request_seconds:g} s (the server's RequestSeconds); try again")
+        try:
+            yield self.engine()
+        finally:
+            self._engine_lock.release()
+
+    def _check_memory(self, what: str, nbytes: float) -> None:
+        budget = self.settings.request_memory_mb
+        if nbytes > budget * 1024 * 1024:
+            from medcbir.pacs.request_rules import BadRequest
+
+            raise BadRequest(f"{what} needs about {nbytes / 2**20:.0f} MB; the server's RequestMemoryMB is {budget}")
 
     def op_status(self, request: dict) -> dict:
         counts = self.queue.counts()
@@ -296,27 +369,45 @@ class Worker:
         self._reindex.set()
         return {"ok": True, "result": {"reindex": "scheduled", **self.queue.counts()}}
 
-    def _query_file(self, request: dict) -> tuple[Path, str | None]:
-        """Write the query's DICOM to a temporary file (the engine reads it with the index key)."""
-        from medcbir.errors import DecodeError
+    def _query_files(self, request: dict) -> list[tuple[Path, str | None]]:
+        """Write the queries' DICOM to temporary files (the engine reads them with the index key).
 
-        instance = request.get("instance")
-        if instance:
-            data = self.rest.instance_file(str(instance))
-            if data is None:
-                raise UnknownInstance(f"Orthanc has no instance {instance}")
-        elif request.get("dicom"):
-            data = request["dicom"]
-            if isinstance(data, str):
-                import base64
-
-                data = base64.b64decode(data)
+        ``request`` is checked (:func:`check_request`): instance ids have Orthanc's format.
+        """
+        if request.get("instances"):
+            wanted = list(request["instances"])
+        elif request.get("instance"):
+            wanted = [request["instance"]]
         else:
-            raise DecodeError('give "instance": "<orthanc id>" or a DICOM body')
-        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.tmp)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return Path(name), (str(instance) if instance else None)
+            wanted = [None]
+        out = []
+        try:
+            for instance in wanted:
+                if instance is not None:
+                    data = self.rest.instance_file(instance)
+                    if data is None:
+                        raise UnknownInstance(f"Orthanc has no instance {instance}")
+                else:
+                    data = request["dicom"]
+                    if isinstance(data, str):
+                        import base64
+                        import binascii
+
+                        try:
+                            data = base64.b64decode(data, validate=True)
+                        except (binascii.Error, ValueError):
+                            from medcbir.pacs.request_rules import BadRequest
+
+                            raise BadRequest("dicom in a JSON body must be base64") from None
+                fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.tmp)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                out.append((Path(name), instance))
+        except BaseException:
+            for path, _ in out:
+                path.unlink(missing_ok=True)
+            raise
+        return out
 
     def _orthanc_ids(self, meta: dict) -> dict:
         instance = instance_of(str(meta.get("source", "")))
@@ -326,46 +417,52 @@ class Worker:
         series, study = parents if parents else (None, None)
         return {"instance": instance, "series": series, "study": study}
 
-    def op_search(self, request: dict) -> dict:
-        from medcbir.errors import ConfigError
+    def _neighbour(self, n) -> dict:
+        """A neighbour as REST answers it: Orthanc ids and DICOM UIDs, never a file-system path."""
+        meta = dict(n.meta)
+        return {
+            "rank": int(n.rank), "score": float(n.score), "id": int(n.id), **self._orthanc_ids(meta),
+            "sop_instance_uid": meta.get("sop_instance_uid"), "frame": meta.get("frame"),
+            "series_instance_uid": meta.get("series_instance_uid"),
+            "study_instance_uid": meta.get("study_instance_uid"), "modality": meta.get("modality"),
+        }
 
-        try:
-            k = int(request.get("k", 10))
-        except (TypeError, ValueError):
-            raise ConfigError(f"k must be an integer, not {request.get('k')!r}") from None
+    def op_search(self, request: dict) -> dict:
         started = time.perf_counter()
-        path, instance = self._query_file(request)
+        k = int(request.get("k", min(10, self.settings.max_k)))
+        queries = self._query_files(request)
         try:
-            with self._engine_lock:
-                engine = self.engine()
+            with self._engine_for_request() as engine:
                 generation = self._engine_generation
+                # k beyond the live items only allocates empty answer slots: cap it.
+                k = max(1, min(k, int(engine.store.n_live)))
+                # FAISS answers k × k_factor candidates per query (+ an id mask per group).
+                k_factor = int(engine.store.search_params.get("k_factor", 1) or 1)
+                self._check_memory("this search", len(queries) * (k * max(k_factor, 1) * 12 + len(engine.store) + 4 * 512 * 512))
                 search_started = time.perf_counter()
-                results = engine.search([str(path)], k=k, exclude=request.get("exclude", "none") or "none",
+                results = engine.search([str(path) for path, _ in queries], k=k, exclude=request.get("exclude") or "none",
                                         modality=request.get("modality") or None)
                 search_seconds = time.perf_counter() - search_started
         finally:
-            path.unlink(missing_ok=True)
-        neighbours = []
-        for n in results[0]:
-            meta = dict(n.meta)
-            neighbours.append({
-                "rank": int(n.rank), "score": float(n.score), "id": int(n.id), **self._orthanc_ids(meta),
-                "sop_instance_uid": meta.get("sop_instance_uid"), "frame": meta.get("frame"),
-                "series_instance_uid": meta.get("series_instance_uid"),
-                "study_instance_uid": meta.get("study_instance_uid"), "modality": meta.get("modality"),
-                "source": meta.get("source"),
-            })
-        return {"ok": True, "result": {
-            "query": instance, "k": k, "generation": generation, "neighbours": neighbours,
-            "engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}}
+            for path, _ in queries:
+                path.unlink(missing_ok=True)
+        answers = [{"query": instance, "neighbours": [self._neighbour(n) for n in row]}
+                   for (_, instance), row in zip(queries, results)]
+        timing = {"engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}
+        if request.get("instances"):
+            return {"ok": True, "result": {"k": k, "generation": generation, "results": answers, **timing}}
+        return {"ok": True, "result": {"query": answers[0]["query"], "k": k, "generation": generation,
+                                       "neighbours": answers[0]["neighbours"], **timing}}
 
     def op_explain(self, request: dict) -> dict:
-        from medcbir.pacs.explain_route import explain_answer
+        from medcbir.pacs.explain_route import explain_answer, explain_bytes
 
-        path, instance = self._query_file(request)
+        # The defaults stay within the configured bounds too.
+        request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(3000, self.settings.max_masks), **request}
+        [(path, instance)] = self._query_files(request)
         try:
-            with self._engine_lock:
-                engine = self.engine()
+            with self._engine_for_request() as engine:
+                self._check_memory("this explanation", explain_bytes(engine, request))
                 body, mime = explain_answer(engine, self.rest, path, request, label=f"instance {instance}" if instance else "the posted DICOM")
         finally:
             path.unlink(missing_ok=True)

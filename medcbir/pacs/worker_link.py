@@ -3,7 +3,8 @@
 The worker listens on a Unix socket in a private folder with ``multiprocessing.connection``
 (length-framed pickles, HMAC challenge with a per-start random key), announces
 ``READY <socket path>`` on its stdout,
-and answers one request per connection: ``{"op": ..., **args}`` → ``{"ok": True, ...}`` or
+and answers one request per connection: ``{"op": ..., "args": {...}}`` (the request's keys
+in their own dict, so no request key can collide with ``op``) → ``{"ok": True, ...}`` or
 ``{"ok": False, "status": http_status, "error": message}``. The plugin opens a connection per
 REST call and waits with a timeout, so a slow search never blocks Orthanc's other threads (the
 wait releases the GIL).
@@ -99,8 +100,14 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def call(self, op: str, timeout: float, **args) -> dict:
-        """Send one request and wait for its answer (raises WorkerUnavailable)."""
+    def call(self, op: str, timeout: float, args: dict | None = None) -> dict:
+        """Send one request and wait for its answer (raises WorkerUnavailable).
+
+        Args:
+            op: ``status``, ``search``, ``explain`` or ``reindex``.
+            timeout: seconds to wait for the answer.
+            args: the request's (already checked) keys.
+        """
         if not self._ready.wait(timeout=min(timeout, 30.0)) or not self.alive():
             raise WorkerUnavailable("the medcbir worker is not running")
         try:
@@ -108,7 +115,7 @@ class WorkerProcess:
         except OSError as exc:
             raise WorkerUnavailable(f"cannot reach the medcbir worker: {exc}") from exc
         try:
-            conn.send({"op": op, **args})
+            conn.send({"op": op, "args": dict(args or {})})
             if not conn.poll(timeout):
                 raise WorkerUnavailable(f"the medcbir worker did not answer within {timeout:.0f} s")
             return conn.recv()

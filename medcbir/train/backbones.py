@@ -16,24 +16,88 @@ Example:
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medcbir.errors import ConfigError
 
 # backbone name -> pooled feature dimension
 BACKBONES: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+# backbone name -> channels of its third stage (the extra half of the multi-layer descriptor)
+STAGE3: dict[str, int] = {"resnet18": 256, "resnet34": 256, "resnet50": 1024}
+#: How the last feature maps become one vector: global average (the ResNet default),
+#: generalized mean (GeM, p = 3: Radenović et al. 2018) or the multi-layer descriptor
+#: (GeM of the last two stages, each L2-normalised, concatenated).
+POOLINGS = ("avg", "gem", "multi")
+GEM_P = 3.0
 
 
-def backbone_dim(name: str) -> int:
-    """Embedding dimension of a named backbone.
+def backbone_dim(name: str, pooling: str = "avg") -> int:
+    """Embedding dimension of a named backbone with a pooling.
 
     Args:
         name: one of :data:`BACKBONES`.
+        pooling: one of :data:`POOLINGS`.
     """
     try:
-        return BACKBONES[name]
+        dim = BACKBONES[name]
     except KeyError:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    return dim + STAGE3[name] if pooling == "multi" else dim
+
+
+def gem(features: torch.Tensor, p: float = GEM_P, eps: float = 1e-6) -> torch.Tensor:
+    """Generalized-mean pooling of B×C×h×w maps to B×C: (mean x^p)^(1/p); p=1 is the average."""
+    return features.float().clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class PooledResNet(nn.Module):
+    """A MONAI ResNet trunk with GeM or multi-layer pooling instead of the global average.
+
+    Args:
+        net: the ResNet from :func:`build_backbone` (its own average pool is bypassed).
+        pooling: ``"gem"`` or ``"multi"``.
+    """
+
+    def __init__(self, net: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.net = net
+        self.pooling = pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net.act(net.bn1(net.conv1(x)))
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        x = net.layer2(net.layer1(x))
+        stage3 = net.layer3(x)
+        stage4 = net.layer4(stage3)
+        if self.pooling == "gem":
+            return gem(stage4)
+        return torch.cat([F.normalize(gem(stage3), dim=1), F.normalize(gem(stage4), dim=1)], dim=1)
+
+
+class Thumbnail(nn.Module):
+    """The baseline "encoder": the preprocessed image area-downsampled to N×N, flattened.
+
+    No weights. Differentiable, so every explanation method runs on it; its feature layer is
+    the input itself (Grad-CAM on a thumbnail is gradient × input, pooled per channel).
+
+    Args:
+        grid: N, the side of the thumbnail.
+    """
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = int(grid)
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return F.adaptive_avg_pool2d(x, self.grid).flatten(1)
 
 
 def build_backbone(name: str = "resnet18", in_channels: int = 1) -> nn.Module:
@@ -66,4 +130,8 @@ def build_backbone(name: str = "resnet18", in_channels: int = 1) -> nn.Module:
 
 def feature_layer(backbone: nn.Module) -> nn.Module:
     """The last convolutional block of a backbone (the layer Grad-CAM and Clustered-CAM hook)."""
+    if isinstance(backbone, Thumbnail):
+        return backbone.features
+    if isinstance(backbone, PooledResNet):
+        return backbone.net.layer4
     return backbone.layer4

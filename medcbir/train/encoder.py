@@ -36,15 +36,29 @@ from torch import nn
 
 from medcbir.errors import ConfigError, EncoderMismatch
 from medcbir.fsutil import atomic_path
-from medcbir.train.backbones import backbone_dim, build_backbone, feature_layer
+from medcbir.train.backbones import POOLINGS, PooledResNet, Thumbnail, backbone_dim, build_backbone, feature_layer
 
 FORMAT = "medcbir-encoder"
 VERSION = 1
 DEFAULT_ENCODER = "default"
 DEFAULT_BACKBONE = "resnet18"
-DEFAULT_WINDOWS = ("ct-liver-wide",)
+#: New encoders: CT through the liver window, every other modality normalised (never a CT
+#: window on MR), the body cropped out of its field of view (README: "Preprocessing").
+DEFAULT_WINDOWS = ("CT=ct-liver-wide,*=robust",)
 DEFAULT_SIZE = 224
+DEFAULT_CROP = "body"
+#: The body region spans this many mm (at any input size) when the body fits in it: a brain keeps
+#: its real size across fields of view; a larger body is fitted to the input instead.
+DEFAULT_FOV_MM = 224.0
 DEFAULT_SEED = 0
+#: GeM beat the global average for random-init ResNet-18 features on real MR across sources
+#: (README, "Preprocessing and descriptors").
+DEFAULT_POOLING = "gem"
+#: The default encoder of medcbir 0.1 (CT liver window on every modality, whole image); indexes
+#: built with it keep opening (:func:`open_for_index`).
+LEGACY_DEFAULT = "default-v1"
+LEGACY_WINDOWS = ("ct-liver-wide",)
+DEFAULT_THUMBNAIL = 16
 # The stem is part of the architecture record: a stride-1 MONAI stem is a different network.
 STEM = "conv7s2+maxpool"
 
@@ -65,12 +79,25 @@ def as_preprocessing(value: Any):
     """A :class:`medcbir.imaging.Preprocessing` from itself, its dict record, or None (default)."""
     Preprocessing = _preprocessing_cls()
     if value is None:
-        return Preprocessing(windows=DEFAULT_WINDOWS, size=DEFAULT_SIZE)
+        return default_preprocessing()
     if isinstance(value, Preprocessing):
         return value
     if isinstance(value, dict):
         return Preprocessing.from_dict(value)
     raise ConfigError(f"not a preprocessing record: {value!r}")
+
+
+def default_preprocessing(size: int = DEFAULT_SIZE, windows: Any = DEFAULT_WINDOWS, crop: str = DEFAULT_CROP, fov_mm: float | None = DEFAULT_FOV_MM):
+    """The preprocessing of new encoders: window policy by modality, body crop, fixed physical scale.
+
+    Args:
+        size: input side in pixels.
+        windows: one window policy per channel.
+        crop: ``"body"`` or ``"none"``.
+        fov_mm: the body region's extent in mm (spacing = fov_mm / size); None = fit the body box.
+    """
+    spacing = float(fov_mm) / int(size) if (fov_mm and crop == "body") else None
+    return _preprocessing_cls()(windows=tuple(windows), size=size, crop=crop, spacing=spacing)
 
 
 def describe(fingerprint: str, preprocessing: Any) -> str:
@@ -81,7 +108,10 @@ def describe(fingerprint: str, preprocessing: Any) -> str:
     if windows is None or size is None:
         what = json.dumps(record, sort_keys=True)
     else:
-        what = f"{'+'.join(windows) if not isinstance(windows, str) else windows}, {size} px"
+        names = [w if isinstance(w, str) else ":".join(f"{v:g}" for v in w) for w in ([windows] if isinstance(windows, str) else windows)]
+        what = f"{'+'.join(names)}, {size} px"
+        if record.get("crop", "none") != "none":
+            what += ", body crop" + (f" at {record['spacing']:g} mm/px" if record.get("spacing") else "")
     return f"{str(fingerprint)[:12]} ({what})"
 
 
@@ -112,9 +142,38 @@ def compute_fingerprint(arch: dict, preprocessing: dict, state_dict: dict[str, t
     return h.hexdigest()
 
 
-def make_arch(backbone: str = DEFAULT_BACKBONE, in_channels: int = 1) -> dict:
-    """The architecture record stored in checkpoints and ONNX metadata."""
-    return {"backbone": backbone, "in_channels": int(in_channels), "dim": backbone_dim(backbone), "stem": STEM}
+def make_arch(backbone: str = DEFAULT_BACKBONE, in_channels: int = 1, pooling: str = DEFAULT_POOLING, grid: int | None = None) -> dict:
+    """The architecture record stored in checkpoints and ONNX metadata.
+
+    Args:
+        backbone: a name of :data:`~medcbir.train.backbones.BACKBONES`, or ``"thumbnail"``.
+        in_channels: input channels (one per window policy).
+        pooling: one of :data:`~medcbir.train.backbones.POOLINGS` (recorded only when not
+            ``"avg"``, so records of encoders from before poolings existed are unchanged).
+        grid: the side N of a thumbnail.
+    """
+    if backbone == "thumbnail":
+        grid = int(grid or DEFAULT_THUMBNAIL)
+        if grid < 1:
+            raise ConfigError(f"a thumbnail needs a side ≥ 1, not {grid}")
+        return {"backbone": "thumbnail", "grid": grid, "in_channels": int(in_channels), "dim": int(in_channels) * grid * grid, "stem": "none"}
+    arch = {"backbone": backbone, "in_channels": int(in_channels), "dim": backbone_dim(backbone, pooling), "stem": STEM}
+    if pooling != "avg":
+        arch["pooling"] = pooling
+    return arch
+
+
+def build_network(arch: dict) -> nn.Module:
+    """A network for an architecture record (random weights from the caller's torch RNG)."""
+    if arch["backbone"] == "thumbnail":
+        return Thumbnail(int(arch["grid"]))
+    if arch.get("stem", STEM) != STEM:
+        raise ConfigError(f"this medcbir builds stem {STEM!r}, not {arch.get('stem')!r}")
+    net = build_backbone(arch["backbone"], int(arch["in_channels"]))
+    pooling = arch.get("pooling", "avg")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r} in the architecture record")
+    return net if pooling == "avg" else PooledResNet(net, pooling)
 
 
 # --------------------------------------------------------------------------- the module
@@ -166,23 +225,34 @@ class EncoderModule(nn.Module):
         return F.normalize(features.float(), dim=1)
 
 
-def new_encoder(backbone: str = DEFAULT_BACKBONE, preprocessing: Any = None, seed: int | None = DEFAULT_SEED) -> EncoderModule:
+def new_encoder(
+    backbone: str = DEFAULT_BACKBONE, preprocessing: Any = None, seed: int | None = DEFAULT_SEED, pooling: str = "avg"
+) -> EncoderModule:
     """A randomly initialised encoder; deterministic for a given seed (global RNG untouched).
 
     Args:
         backbone: backbone name (:data:`~medcbir.train.backbones.BACKBONES`).
-        preprocessing: a ``Preprocessing`` or its dict; None = ``("ct-liver-wide",)`` at 224 px.
+        preprocessing: a ``Preprocessing`` or its dict; None = :func:`default_preprocessing`.
         seed: torch seed for the initialisation; None uses the caller's RNG state.
+        pooling: ``"avg"`` (the plain ResNet), ``"gem"`` or ``"multi"``
+            (:data:`~medcbir.train.backbones.POOLINGS`); the built-in ``default`` and ``random``
+            encoders use :data:`DEFAULT_POOLING`.
     """
     prep = as_preprocessing(preprocessing)
-    arch = make_arch(backbone, prep.channels)
+    arch = make_arch(backbone, prep.channels, pooling)
     if seed is None:
-        net = build_backbone(backbone, prep.channels)
+        net = build_network(arch)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = build_backbone(backbone, prep.channels)
+            net = build_network(arch)
     return EncoderModule(net, arch, prep).eval()
+
+
+def thumbnail_encoder(grid: int = DEFAULT_THUMBNAIL, preprocessing: Any = None) -> EncoderModule:
+    """The ``thumbnail:N`` baseline: the preprocessed image area-downsampled to N×N, L2-normalised."""
+    prep = as_preprocessing(preprocessing)
+    return EncoderModule(Thumbnail(grid), make_arch("thumbnail", prep.channels, grid=grid), prep).eval()
 
 
 # --------------------------------------------------------------------------- files
@@ -253,10 +323,10 @@ def read_checkpoint(path: str | Path) -> dict:
 def encoder_from_record(record: dict, source: str = "") -> EncoderModule:
     """Rebuild an :class:`EncoderModule` from a checkpoint dict and check its fingerprint."""
     arch = dict(record["arch"])
-    if arch.get("stem", STEM) != STEM:
+    if arch.get("backbone") != "thumbnail" and arch.get("stem", STEM) != STEM:
         raise ConfigError(f"{source or 'checkpoint'} uses stem {arch.get('stem')!r}; this medcbir builds {STEM!r}")
     try:
-        net = build_backbone(arch["backbone"], int(arch["in_channels"]))
+        net = build_network(arch)
         net.load_state_dict(record["state_dict"], strict=True)
     except ConfigError:
         raise
@@ -279,23 +349,69 @@ def cache_dir() -> Path:
 
 
 def default_encoder_path() -> Path:
-    return cache_dir() / "default-encoder.pt"
+    return cache_dir() / "default-encoder-v2.pt"
 
 
-def _load_default() -> EncoderModule:
-    path = default_encoder_path()
+def _load_default(legacy: bool = False) -> EncoderModule:
+    """The default encoder (cached), or with ``legacy`` the default of medcbir 0.1."""
+    if legacy:
+        prep, pooling = _preprocessing_cls()(windows=LEGACY_WINDOWS, size=DEFAULT_SIZE), "avg"
+        path = cache_dir() / "default-encoder.pt"
+    else:
+        prep, pooling = default_preprocessing(), DEFAULT_POOLING
+        path = default_encoder_path()
     if path.is_file():
         try:
-            return encoder_from_record(read_checkpoint(path), str(path))
+            module = encoder_from_record(read_checkpoint(path), str(path))
+            if module.preprocessing == prep and module.arch == make_arch(DEFAULT_BACKBONE, prep.channels, pooling):
+                return module
         except ConfigError:
-            pass  # a damaged cache is rebuilt below; it holds nothing that cannot be recreated
-    module = new_encoder(DEFAULT_BACKBONE, None, seed=DEFAULT_SEED)
+            pass  # a damaged or outdated cache is rebuilt below; it holds nothing that cannot be recreated
+    module = new_encoder(DEFAULT_BACKBONE, prep, seed=DEFAULT_SEED, pooling=pooling)
     save_checkpoint(path, module, method="random")
     return module
 
 
 def _is_default(path: Any) -> bool:
     return isinstance(path, str) and path == DEFAULT_ENCODER
+
+
+def builtin_encoder(name: Any) -> EncoderModule | None:
+    """The encoder a built-in name stands for, or None when ``name`` is not one.
+
+    Names: ``default``; ``default-v1`` (medcbir 0.1's default, for indexes built with it);
+    ``random`` / ``random:SEED`` (the default backbone at random initialisation, default
+    preprocessing); ``thumbnail`` / ``thumbnail:N`` (the preprocessed image downsampled to N×N).
+
+    Raises:
+        ConfigError: a built-in name with a bad parameter (``thumbnail:x``).
+    """
+    if not isinstance(name, str):
+        return None
+    base, _, arg = name.partition(":")
+    if name == DEFAULT_ENCODER:
+        return _load_default()
+    if name == LEGACY_DEFAULT:
+        return _load_default(legacy=True)
+    if base not in ("random", "thumbnail") or (arg == "" and ":" in name):
+        return None
+    try:
+        value = int(arg) if arg else None
+    except ValueError:
+        raise ConfigError(f"{name!r}: write {base}:{'N (the side)' if base == 'thumbnail' else 'SEED'} with an integer") from None
+    if base == "thumbnail":
+        return thumbnail_encoder(value or DEFAULT_THUMBNAIL)
+    return new_encoder(DEFAULT_BACKBONE, None, seed=DEFAULT_SEED if value is None else value, pooling=DEFAULT_POOLING)
+
+
+def is_builtin(name: Any) -> bool:
+    """True for a built-in encoder name (no file behind it)."""
+    if not isinstance(name, str):
+        return False
+    base, sep, arg = name.partition(":")
+    if name in (DEFAULT_ENCODER, LEGACY_DEFAULT):
+        return True
+    return base in ("random", "thumbnail") and (not sep or arg.isdigit())
 
 
 def _is_onnx(path: Any) -> bool:
@@ -306,9 +422,10 @@ def load_encoder(path: str | Path = DEFAULT_ENCODER) -> EncoderModule:
     """The encoder as a torch module (eval mode, CPU).
 
     Args:
-        path: ``"default"`` (seed-0 random ResNet-18, ``("ct-liver-wide",)``, 224 px, cached
-            under :func:`cache_dir`), or a checkpoint written by :func:`save_checkpoint` or by
-            the trainer (its training state is ignored here).
+        path: a built-in name (:func:`builtin_encoder`: ``"default"`` = seed-0 random ResNet-18
+            with :func:`default_preprocessing`, cached under :func:`cache_dir`; ``"random:SEED"``;
+            ``"thumbnail:N"``), or a checkpoint written by :func:`save_checkpoint` or by the
+            trainer (its training state is ignored here).
 
     Returns:
         An :class:`EncoderModule` with ``.preprocessing``, ``.fingerprint``, ``.dim``,
@@ -316,8 +433,9 @@ def load_encoder(path: str | Path = DEFAULT_ENCODER) -> EncoderModule:
     """
     if isinstance(path, nn.Module):
         return path
-    if _is_default(path):
-        return _load_default()
+    builtin = builtin_encoder(path) if is_builtin(path) else None
+    if builtin is not None:
+        return builtin
     if _is_onnx(path):
         raise ConfigError(f"{path} is an ONNX export; use open_encoder() for inference (no torch module to return)")
     return encoder_from_record(read_checkpoint(path), str(path))
@@ -453,7 +571,7 @@ def open_encoder(path: str | Path | EncoderModule = DEFAULT_ENCODER, device: Any
     if _is_onnx(path):
         return _open_onnx(Path(path), device)
     module = load_encoder(path)
-    source = DEFAULT_ENCODER if _is_default(path) else ("<module>" if isinstance(path, nn.Module) else str(Path(path).resolve()))
+    source = path if is_builtin(path) else ("<module>" if isinstance(path, nn.Module) else str(Path(path).resolve()))
     module = module.eval().to(device.torch).to(memory_format=torch.channels_last)
     return Encoder(
         kind="torch",
@@ -466,6 +584,21 @@ def open_encoder(path: str | Path | EncoderModule = DEFAULT_ENCODER, device: Any
         module=module,
         batch_size=batch_size,
     )
+
+
+def open_for_index(source: str, fingerprint: str, device: Any = None) -> Encoder:
+    """Open the encoder an index records, including medcbir 0.1's ``default``.
+
+    An index built with the 0.1 default (CT window on every modality, whole image) records the
+    source ``default``; it keeps opening with that encoder (``default-v1``) rather than with
+    today's default, which has another fingerprint.
+    """
+    encoder = open_encoder(source, device=device)
+    if source == DEFAULT_ENCODER and encoder.fingerprint != fingerprint:
+        legacy = open_encoder(LEGACY_DEFAULT, device=device)
+        if legacy.fingerprint == fingerprint:
+            return legacy
+    return encoder
 
 
 def check_compatible(encoder: Any, fingerprint: str, preprocessing: Any) -> None:
@@ -484,5 +617,6 @@ def check_compatible(encoder: Any, fingerprint: str, preprocessing: Any) -> None
         return
     raise EncoderMismatch(
         f"index built with encoder {describe(fingerprint, preprocessing)}; "
-        f"this encoder is {describe(encoder.fingerprint, encoder.preprocessing)}"
+        f"this encoder is {describe(encoder.fingerprint, encoder.preprocessing)} "
+        "(open it with the encoder it was built with, or re-index into a new folder with this one)"
     )

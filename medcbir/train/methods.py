@@ -4,7 +4,7 @@ Example:
     >>> from medcbir.train.backbones import build_backbone
     >>> method = build_method("simsiam", build_backbone("resnet18"), dim=512)
     >>> sorted(METHODS)
-    ['moco', 'rotation', 'simclr', 'simsiam']
+    ['moco', 'rotation', 'seqsort', 'simclr', 'simsiam']
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from medcbir.errors import ConfigError
 from medcbir.train.base import SSLMethod
 from medcbir.train.moco import MoCo
 from medcbir.train.rotation import RotationPrediction
+from medcbir.train.seqsort import SequenceSorting
 from medcbir.train.simclr import SimCLR
 from medcbir.train.simsiam import SimSiam
 
-METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimSiam, SimCLR, MoCo, RotationPrediction)}
+METHODS: dict[str, type[SSLMethod]] = {cls.name: cls for cls in (SimSiam, SimCLR, MoCo, RotationPrediction, SequenceSorting)}
 
 
 def build_method(name: str, backbone: nn.Module, dim: int, **options) -> SSLMethod:

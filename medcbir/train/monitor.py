@@ -61,28 +61,29 @@ class RetrievalMonitor:
     """Embeds the memory bank and queries with the current backbone and scores retrieval.
 
     Args:
-        bank_hu: N×1×S×S HU tensor (labelled training slices).
+        bank: ``(images, ranges, inverted)`` of the labelled training slices: N×1×S×S in
+            modality units, N×C×2 per-item test-time window ranges, N bools.
         bank_labels: N labels.
-        query_hu: Q×1×S×S HU tensor (held-out patients).
+        queries: the same triple for the held-out patients' slices.
         query_labels: Q labels.
-        windows: the test-time windows (the saved encoder's preprocessing).
         k: neighbours per query.
         batch_size: forward batch size.
     """
 
-    def __init__(self, bank_hu, bank_labels, query_hu, query_labels, windows, k: int = 5, batch_size: int = 64) -> None:
-        self.bank_hu, self.bank_labels = bank_hu, np.asarray(bank_labels)
-        self.query_hu, self.query_labels = query_hu, np.asarray(query_labels)
-        self.windows = [tuple(windows)]
+    def __init__(self, bank, bank_labels, queries, query_labels, k: int = 5, batch_size: int = 64) -> None:
+        self.bank, self.bank_labels = bank, np.asarray(bank_labels)
+        self.queries, self.query_labels = queries, np.asarray(query_labels)
         self.k = k
         self.batch_size = batch_size
 
-    def _embed(self, backbone: torch.nn.Module, hu: torch.Tensor, device) -> np.ndarray:
-        from medcbir.train.views import window_views
+    def _embed(self, backbone: torch.nn.Module, data, device) -> np.ndarray:
+        from medcbir.train.views import window_batch
 
+        images, ranges, inverted = data
         out = []
-        for start in range(0, len(hu), self.batch_size):
-            x = window_views(hu[start : start + self.batch_size].to(device.torch), self.windows)[0]
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            x = window_batch(images[start:stop].to(device.torch), ranges[start:stop], inverted[start:stop])
             with device.autocast():
                 out.append(torch.nn.functional.normalize(backbone(x).float(), dim=1).cpu())
         return torch.cat(out).numpy()
@@ -92,8 +93,8 @@ class RetrievalMonitor:
         was_training = backbone.training
         backbone.eval()
         try:
-            bank = self._embed(backbone, self.bank_hu, device)
-            queries = self._embed(backbone, self.query_hu, device)
+            bank = self._embed(backbone, self.bank, device)
+            queries = self._embed(backbone, self.queries, device)
         finally:
             backbone.train(was_training)
         return knn_retrieval(bank, self.bank_labels, queries, self.query_labels, self.k)

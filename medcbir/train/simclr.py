@@ -9,6 +9,11 @@ and temperature τ, for the positive pair (i, j):
 
 averaged over all 2B anchors.
 
+With ``nn_queue=N`` it is NNCLR (Dwibedi et al. 2021, "With a Little Help from My Friends:
+Nearest-Neighbor Contrastive Learning of Visual Representations", ICCV, arXiv:2104.14548): each
+view's anchor is replaced by its nearest neighbour in a support queue of the last N projections
+(stop-gradient), so positives reach across images and patients at the same anatomy.
+
 Example:
     >>> import torch
     >>> from medcbir.train.backbones import build_backbone
@@ -54,12 +59,36 @@ class SimCLR(SSLMethod):
 
     name = "simclr"
 
-    def __init__(self, backbone: nn.Module, dim: int, proj_dim: int = 128, temperature: float = 0.2) -> None:
+    def __init__(self, backbone: nn.Module, dim: int, proj_dim: int = 128, temperature: float = 0.2, nn_queue: int = 0) -> None:
         super().__init__(backbone, dim)
         self.projector = mlp([dim, dim, proj_dim], last_bn=False)
         self.temperature = float(temperature)
+        self.nn_queue = int(nn_queue)
+        if self.nn_queue < 0:
+            raise ValueError(f"nn_queue must be ≥ 0, not {nn_queue}")
+        if self.nn_queue:
+            # Buffers: the support queue resumes with the checkpoint (a random start, as NNCLR's).
+            self.register_buffer("queue", F.normalize(torch.randn(self.nn_queue, proj_dim), dim=1))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Each row's nearest neighbour (cosine) in the support queue."""
+        return self.queue[(F.normalize(z.float(), dim=1) @ self.queue.t()).argmax(dim=1)]
+
+    @torch.no_grad()
+    def enqueue(self, z: torch.Tensor) -> None:
+        z = F.normalize(z.detach().float(), dim=1)[: self.nn_queue]
+        start = int(self.queue_ptr)
+        rows = (start + torch.arange(len(z), device=z.device)) % self.nn_queue
+        self.queue[rows] = z
+        self.queue_ptr.fill_((start + len(z)) % self.nn_queue)
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         a = self.projector(self.backbone(views[0]))
         b = self.projector(self.backbone(views[1]))
-        return nt_xent(a, b, self.temperature)
+        if not self.nn_queue:
+            return nt_xent(a, b, self.temperature)
+        loss = 0.5 * (nt_xent(self.nearest(a), b, self.temperature) + nt_xent(self.nearest(b), a, self.temperature))
+        self.enqueue(a)
+        return loss

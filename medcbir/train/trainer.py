@@ -31,18 +31,35 @@ import numpy as np
 import torch
 
 from medcbir.errors import ConfigError
-from medcbir.train.backbones import backbone_dim, build_backbone
+from medcbir.train.backbones import POOLINGS, backbone_dim
 from medcbir.train.dataset import HUDataset, default_cache_path, load_hu_dataset, patient_split
-from medcbir.train.encoder import EncoderModule, make_arch, read_checkpoint, save_checkpoint
+from medcbir.train.encoder import (
+    DEFAULT_CROP,
+    DEFAULT_FOV_MM,
+    DEFAULT_POOLING,
+    DEFAULT_WINDOWS,
+    EncoderModule,
+    build_network,
+    default_preprocessing,
+    make_arch,
+    read_checkpoint,
+    save_checkpoint,
+)
 from medcbir.train.methods import METHODS, build_method
 from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
-from medcbir.train.views import BatchAugment, make_views, parse_views
+from medcbir.train.pairs import draw_partners, neighbour_table, sequences
+from medcbir.train.views import ArchiveAugment, BatchAugment, make_views, parse_views
+
+AUGMENTS = ("standard", "archive")
 
 MONITOR_KEYS = ("map_at_k", "knn_accuracy", "n_queries", "k")
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 # Fields that must match for --resume to continue the same run.
-RESUME_KEYS = ("method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "crop_scale", "labels_holdout")
+RESUME_KEYS = (
+    "method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "crop_scale",
+    "labels_holdout", "crop", "fov_mm", "pooling", "augment", "neighbour_mm", "neighbour_p",
+)
 
 
 @dataclass
@@ -58,8 +75,17 @@ class TrainConfig:
         size: training image side (also the saved preprocessing size).
         views: ``"hu-narrow,hu-wide"`` (or a two-name sequence) for the Hounsfield-window views; None = both views use
             ``windows``.
-        windows: the encoder's (test-time) windows.
+        windows: the encoder's (test-time) window policy per channel (``CT=ct-liver-wide,*=robust``).
         backbone: ``resnet18``/``resnet34``/``resnet50``.
+        crop: ``"body"`` (crop to the body before resizing) or ``"none"``.
+        fov_mm: with ``crop="body"``, the body region spans this many mm (None: fit the box).
+        pooling: ``"avg"``, ``"gem"`` or ``"multi"`` (the embedding's pooling).
+        augment: ``"standard"`` (SimCLR-style crop, flip, jitter, blur) or ``"archive"``
+            (:class:`~medcbir.train.views.ArchiveAugment`: field of view, positioning, window
+            jitter, gamma, noise, blur/sharpen, erasing).
+        neighbour_mm: > 0: with probability ``neighbour_p`` a view's partner is another slice of
+            the same series within this many mm (:mod:`medcbir.train.pairs`); 0 = off.
+        neighbour_p: probability of a neighbour-slice positive.
         labels: ``labels.csv`` for the held-out retrieval monitor (held-out patients are not
             trained on).
         holdout: fraction of patients held out when ``labels`` is given.
@@ -84,8 +110,14 @@ class TrainConfig:
     batch_size: int = 64
     size: int = 224
     views: str | tuple | list | None = None
-    windows: tuple = ("ct-liver-wide",)
+    windows: tuple = DEFAULT_WINDOWS
     backbone: str = "resnet18"
+    crop: str = DEFAULT_CROP
+    fov_mm: float | None = DEFAULT_FOV_MM
+    pooling: str = DEFAULT_POOLING
+    augment: str = "standard"
+    neighbour_mm: float = 0.0
+    neighbour_p: float = 0.5
     labels: str | Path | None = None
     holdout: float = 0.25
     resume: bool = False
@@ -119,6 +151,12 @@ class TrainConfig:
             "crop_scale": float(self.crop_scale),
             "labels_holdout": float(self.holdout) if self.labels else 0.0,
             "method_options": dict(self.method_options),
+            "crop": self.crop,
+            "fov_mm": None if self.fov_mm is None else float(self.fov_mm),
+            "pooling": self.pooling,
+            "augment": self.augment,
+            "neighbour_mm": float(self.neighbour_mm),
+            "neighbour_p": float(self.neighbour_p),
         }
 
 
@@ -192,15 +230,15 @@ def seed_everything(seed: int) -> None:
 
 # --------------------------------------------------------------------------- the run
 def _preprocessing(config: TrainConfig):
-    from medcbir.imaging import Preprocessing
-
-    return Preprocessing(windows=tuple(config.windows), size=int(config.size))
+    return default_preprocessing(int(config.size), tuple(config.windows), crop=config.crop, fov_mm=config.fov_mm)
 
 
 def _check_config(config: TrainConfig) -> None:
     if config.method not in METHODS:
         raise ConfigError(f"unknown method {config.method!r}; choose one of {', '.join(sorted(METHODS))}")
-    backbone_dim(config.backbone)
+    if config.pooling not in POOLINGS:
+        raise ConfigError(f"unknown --pooling {config.pooling!r}; choose one of {', '.join(POOLINGS)}")
+    backbone_dim(config.backbone, config.pooling)
     if config.epochs < 1:
         raise ConfigError(f"--epochs must be ≥ 1, not {config.epochs}")
     if config.batch_size < 2:
@@ -209,11 +247,15 @@ def _check_config(config: TrainConfig) -> None:
         raise ConfigError(f"--size must be ≥ 32 px for a ResNet, not {config.size}")
     if not 0 < config.crop_scale <= 1:
         raise ConfigError(f"--crop-scale must be in (0, 1], not {config.crop_scale}")
+    if config.augment not in AUGMENTS:
+        raise ConfigError(f"unknown --augment {config.augment!r}; choose one of {', '.join(AUGMENTS)}")
+    if config.neighbour_mm < 0 or not 0 <= config.neighbour_p <= 1:
+        raise ConfigError("--neighbour-mm must be ≥ 0 and --neighbour-p in [0, 1]")
     if config.base_lr() <= 0:
         raise ConfigError(f"--lr must be > 0, not {config.base_lr()}")
 
 
-def _split(data: HUDataset, config: TrainConfig):
+def _split(data: HUDataset, config: TrainConfig, test_ranges: torch.Tensor):
     """Training indices and, with labels, the monitor over held-out patients."""
     if not config.labels:
         return np.arange(len(data)), None
@@ -223,8 +265,14 @@ def _split(data: HUDataset, config: TrainConfig):
     queries = held_idx[labels[held_idx] != ""]
     if not len(bank) or not len(queries):
         raise ConfigError(f"{config.labels} labels no slice of the training or of the held-out patients")
+    inverted = data.inverted
     monitor = RetrievalMonitor(
-        data.hu[bank], labels[bank], data.hu[queries], labels[queries], config.windows, k=config.monitor_k, batch_size=max(config.batch_size, 32)
+        (data.pixels(bank), test_ranges[bank], inverted[bank]),
+        labels[bank],
+        (data.pixels(queries), test_ranges[queries], inverted[queries]),
+        labels[queries],
+        k=config.monitor_k,
+        batch_size=max(config.batch_size, 32),
     )
     return train_idx, monitor
 
@@ -246,13 +294,11 @@ def _load_resume(out: Path, config: TrainConfig) -> dict | None:
 def train_step(method, views: list[torch.Tensor], optimizer, scheduler, scaler, device) -> float:
     """One optimisation step on a batch of augmented views; returns the loss.
 
-    Mixed precision (autocast + gradient scaling) only on CUDA, as the device decided; the
-    same code path runs on CPU in fp32.
+    Precision as the device decided, on any device: fp32 (no autocast), bf16 autocast (CPU or
+    CUDA; no scaler needed), fp16 autocast with gradient scaling (CUDA).
     """
-    use_amp = device.torch == "cuda"
-    amp_dtype = torch.bfloat16 if device.precision == "bf16" else torch.float16
     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    with torch.autocast(device_type=device.torch, dtype=amp_dtype, enabled=use_amp):
+    with device.autocast():
         loss = method(views)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -267,9 +313,13 @@ def make_optimizer(method, config: "TrainConfig", total_steps: int, device):
     """SGD (momentum 0.9, wd 1e-4, lr 0.05·batch/256), per-step cosine schedule, grad scaler."""
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=config.base_lr(), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    fp16_on_cuda = device.torch == "cuda" and device.precision not in ("bf16",)
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16_on_cuda)
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device))
     return optimizer, scheduler, scaler
+
+
+def needs_grad_scaler(device) -> bool:
+    """Gradient scaling only for fp16 on CUDA (fp16 gradients underflow); never for fp32 or bf16."""
+    return device.torch == "cuda" and device.precision == "fp16"
 
 
 def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainSummary:
@@ -295,19 +345,42 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     method_cls = METHODS[config.method]
 
     cache = Path(config.cache) if config.cache else default_cache_path(out, config.size)
-    data = load_hu_dataset(config.archive, config.size, cache, workers=config.workers, progress=config.progress)
-    train_idx, monitor = _split(data, config)
-    batch = min(config.batch_size, len(train_idx))
-    if batch < 2:
-        raise ConfigError(f"only {len(train_idx)} training image(s); need at least 2")
-    steps_per_epoch = len(train_idx) // batch  # drop the last partial batch: BN and contrastive losses want full ones
+    data = load_hu_dataset(config.archive, preprocessing, cache, workers=config.workers, progress=config.progress)
+    # Per item and channel, the (lo, hi) of each view and of the test-time input: each item's
+    # own window, exactly as Preprocessing.apply computes it (never a statistic of the batch).
+    view_ranges = [data.ranges(v) for v in views[: method_cls.n_views]]
+    inverted = data.inverted
+    train_idx, monitor = _split(data, config, data.ranges(preprocessing.windows))
+    run_length = int(config.method_options.get("length", getattr(method_cls, "sequence_length", 0))) if hasattr(method_cls, "sequence_length") else 0
+    if run_length:
+        # Sequence sorting: a batch is B/k runs of k consecutive slices of one (training) series.
+        in_train = np.zeros(len(data), dtype=bool)
+        in_train[train_idx] = True
+        runs = sequences(data.series, data.position, run_length)
+        runs = runs[in_train[runs].all(axis=1)] if len(runs) else runs
+        units = runs
+        batch = max(1, config.batch_size // run_length)
+        if len(units) < 1 or len(units) * run_length < 2:
+            raise ConfigError(f"seqsort needs series with ≥ {run_length} slices that have positions; found {len(units)} run(s)")
+        batch = min(batch, len(units))
+    else:
+        units = train_idx
+        batch = min(config.batch_size, len(train_idx))
+        if batch < 2:
+            raise ConfigError(f"only {len(train_idx)} training image(s); need at least 2")
+    steps_per_epoch = max(1, len(units) // batch)  # drop the last partial batch: BN and contrastive losses want full ones
     total_steps = steps_per_epoch * config.epochs
+    neighbours = neighbour_table(data.series, data.position, config.neighbour_mm) if config.neighbour_mm > 0 and not run_length else None
 
     seed_everything(config.seed)
-    backbone = build_backbone(config.backbone, preprocessing.channels)
-    method = build_method(config.method, backbone, backbone_dim(config.backbone), **config.method_options)
+    arch = make_arch(config.backbone, preprocessing.channels, config.pooling)
+    backbone = build_network(arch)
+    method = build_method(config.method, backbone, int(arch["dim"]), **config.method_options)
     method.to(device.torch).train()
-    augment = BatchAugment(config.size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
+    if config.augment == "archive":
+        augment = ArchiveAugment(config.size).to(device.torch)
+    else:
+        augment = BatchAugment(config.size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
     optimizer, scheduler, scaler = make_optimizer(method, config, total_steps, device)
 
     history: list[dict] = []
@@ -325,7 +398,7 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
         start_epoch = int(record["epoch"])
         history = list(record.get("history", []))
 
-    encoder = EncoderModule(method.backbone, make_arch(config.backbone, preprocessing.channels), preprocessing)
+    encoder = EncoderModule(method.backbone, arch, preprocessing)
     if monitor is not None and start_epoch == 0:
         # Epoch 0: the randomly initialised encoder, the baseline the training must beat.
         history.append({"epoch": 0, **{k: v for k, v in monitor(method.backbone, device).items() if k in MONITOR_KEYS}})
@@ -333,14 +406,21 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     images_seen, seconds, steps_run = 0, 0.0, 0
     for epoch in range(start_epoch, config.epochs):
         method.train()
-        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
         losses = []
         bar = _progress(config.progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
         t0 = time.perf_counter()
         for step in range(steps_per_epoch):
-            idx = torch.from_numpy(train_idx)[order[step * batch : (step + 1) * batch]]
-            hu = data.hu[idx].to(device.torch, non_blocking=True)
-            batch_views = make_views(hu, views[: method_cls.n_views], augment)
+            picked = torch.from_numpy(np.asarray(units))[order[step * batch : (step + 1) * batch]]
+            idx = picked.reshape(-1)  # runs flatten run-major for seqsort
+            hu = data.pixels(idx).to(device.torch, non_blocking=True)
+            if neighbours is not None:
+                rng = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) * 100_019 + step)
+                partner = draw_partners(idx, neighbours, config.neighbour_p, rng)
+                images = [hu, data.pixels(partner).to(device.torch, non_blocking=True)]
+                batch_views = make_views(images, [view_ranges[0][idx], view_ranges[-1][partner]], augment, [inverted[idx], inverted[partner]])
+            else:
+                batch_views = make_views(hu, [r[idx] for r in view_ranges], augment, inverted[idx])
             loss = train_step(method, batch_views, optimizer, scheduler, scaler, device)
             if not math.isfinite(loss):
                 raise ConfigError(f"loss became {loss} at epoch {epoch + 1} step {step + 1}; lower --lr")

@@ -6,9 +6,11 @@ each CT slice is clipped to two Hounsfield windows, a narrow liver window (50…
 wide one (−200…300 HU), *before* augmentation, so the two SimSiam views differ in window as
 well as in crop, flip and intensity. At test time only the wide window is used.
 
-Windowing happens here on the resized HU tensors with :func:`medcbir.imaging.apply_window`,
-exactly the operation ``Preprocessing.apply`` performs at test time (resize first, then
-window), so the trained encoder sees the same distribution of inputs it will be indexed with.
+Windowing happens here, per item, on the cached geometry (``Preprocessing.geometry``) with the
+(lo, hi) each item's own window context gives (:meth:`HUDataset.ranges`), then MONOCHROME1
+inversion: exactly what ``Preprocessing.apply`` computes at test time, so the trained encoder
+sees the inputs it will be indexed with. A Hounsfield-window view changes the CT rule of the
+encoder's window policy only; other modalities keep their own normalisation in every view.
 
 Example:
     >>> import torch
@@ -48,6 +50,33 @@ def _known_windows() -> dict:
     return WINDOWS
 
 
+def view_policy(window: str, encoder_policy) -> str:
+    """The policy of a Hounsfield-window view: ``window`` for CT, the encoder's rule otherwise."""
+    from medcbir.imaging.policy import WindowPolicy
+
+    base = WindowPolicy.parse(encoder_policy)
+    rules = [f"CT={window}"] + [f"{m}={w if isinstance(w, str) else f'{w[0]:g}:{w[1]:g}'}" for m, w in base.rules if m != "CT"]
+    return ",".join(rules)
+
+
+def window_batch(images: torch.Tensor, ranges: torch.Tensor, inverted: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-item windowing: B×1×S×S modality units → B×C×S×S in [0, 1].
+
+    Args:
+        images: B×1×S×S (any float dtype).
+        ranges: B×C×2 (lo, hi) per item and channel.
+        inverted: B bools (MONOCHROME1: 1 − x after windowing).
+    """
+    x = images.float()
+    lo = ranges[..., 0].to(x.device)[:, :, None, None]
+    hi = ranges[..., 1].to(x.device)[:, :, None, None]
+    out = ((x - lo) / (hi - lo)).clamp_(0.0, 1.0)
+    if inverted is not None and bool(inverted.any()):
+        flip = inverted.to(x.device)[:, None, None, None]
+        out = torch.where(flip, 1.0 - out, out)
+    return out
+
+
 def parse_views(spec: str | Sequence[str] | None, default_windows: Sequence = ("ct-liver-wide",)) -> list[tuple]:
     """The window(s) of each of the two views.
 
@@ -67,29 +96,41 @@ def parse_views(spec: str | Sequence[str] | None, default_windows: Sequence = ("
         raise ConfigError(f"--views needs exactly two views (e.g. hu-narrow,hu-wide), got {len(names)}")
     known = _known_windows()
     windows = []
+    if len(default_windows) != 1:
+        raise ConfigError("Hounsfield-window views need a one-window (one-channel) encoder")
     for name in names:
         window = VIEWS.get(name, name)
         if window not in known:
             raise ConfigError(f"unknown view {name!r}; use {', '.join(VIEWS)} or a window name ({', '.join(known)})")
-        windows.append((window,))
-    if len(default_windows) != 1:
-        raise ConfigError("Hounsfield-window views need a one-window (one-channel) encoder")
+        windows.append((view_policy(window, default_windows[0]),))
     return windows
 
 
 def window_views(hu: torch.Tensor, views: Sequence[Sequence]) -> list[torch.Tensor]:
-    """Window a batch of resized HU images once per view.
+    """Window a batch of CT images (Hounsfield units) once per view, with fixed windows.
+
+    For a batch known to be CT only; the trainer windows per item (:func:`window_batch`).
+    A window policy contributes its CT window.
 
     Args:
         hu: B×1×S×S float tensor in Hounsfield units (already resized).
-        views: per view, the tuple of windows (one output channel each).
+        views: per view, the tuple of windows or policies (one output channel each).
 
     Returns:
         One B×C×S×S float32 tensor in [0, 1] per view.
     """
+    from medcbir.imaging.policy import WindowPolicy
+
     apply_window = _apply_window()
     hu = hu.float()
-    return [torch.cat([apply_window(hu, w) for w in windows], dim=1) for windows in views]
+
+    def ct(window):
+        resolved = WindowPolicy.parse(window).window_for("CT")
+        if resolved is None:
+            raise ConfigError(f"window policy {window} has no rule for CT")
+        return resolved
+
+    return [torch.cat([apply_window(hu, ct(w)) for w in windows], dim=1) for windows in views]
 
 
 def blur_kernel(size: int) -> int:
@@ -142,13 +183,75 @@ class BatchAugment(nn.Module):
         return self.steps(images).clamp_(0.0, 1.0)
 
 
-def make_views(hu: torch.Tensor, views: Sequence[Sequence], augment: nn.Module | None) -> list[torch.Tensor]:
-    """Windowed, independently augmented views of one batch of HU images.
+class ArchiveAugment(nn.Module):
+    """Augmentations that model how one archive's images of the same anatomy differ.
+
+    Batched on tensors (kornia), one draw per sample, from torch's global RNG (seeded, resumable):
+
+    - field of view and positioning: a random affine (scale 0.75–1.3, translation ±10 %,
+      rotation ±10°), the area outside the image dark;
+    - intensity response: gamma 0.7–1.4 (MR-like contrast differences); the window itself is
+      jittered before windowing by :func:`jitter_ranges` (HU calibration, contrast phase);
+    - noise (σ up to 0.05 of the window), blur or sharpening (soft vs sharp kernels);
+    - random erasing (a lesion, a metal artefact or a cut-off region must not decide).
+
+    No flips: anatomy is not left-right symmetric (the liver is on the patient's right).
 
     Args:
-        hu: B×1×S×S resized HU tensor.
-        views: output of :func:`parse_views`.
-        augment: a :class:`BatchAugment` (None = no augmentation, windows only).
+        size: output side in pixels.
+        strength: scales every range above (0 = identity, 1 = as listed).
     """
-    windowed = window_views(hu, views)
+
+    def __init__(self, size: int, strength: float = 1.0) -> None:
+        super().__init__()
+        import kornia.augmentation as K
+
+        s = float(strength)
+        self.size = int(size)
+        self.window_jitter = s
+        self.steps = nn.Sequential(
+            K.RandomAffine(degrees=10.0 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.25 * s, 1 + 0.3 * s), p=0.9),
+            K.RandomGamma((1 - 0.3 * s, 1 + 0.4 * s), p=0.5),
+            K.RandomGaussianBlur(blur_kernel(size), (0.1, 1.5), p=0.3),
+            K.RandomSharpness(0.5 * s, p=0.3),
+            K.RandomGaussianNoise(std=0.05 * s, p=0.5),
+            K.RandomErasing(scale=(0.02, 0.08), ratio=(0.5, 2.0), p=0.25),
+        )
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.steps(images).clamp_(0.0, 1.0)
+
+
+def jitter_ranges(ranges: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Per item and channel, a window shifted by ±10 % and widened/narrowed by ×0.85–1.2 (global RNG)."""
+    if strength <= 0:
+        return ranges
+    lo, hi = ranges[..., 0], ranges[..., 1]
+    width = hi - lo
+    shift = (torch.rand(lo.shape) * 2 - 1) * 0.1 * strength * width
+    scale = 1 + (torch.rand(lo.shape) * 0.35 - 0.15) * strength
+    new_lo = lo + shift
+    return torch.stack([new_lo, new_lo + width * scale], dim=-1)
+
+
+def make_views(hu: torch.Tensor, views, augment: nn.Module | None, inverted: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Windowed, independently augmented views of one batch.
+
+    Args:
+        hu: B×1×S×S tensor in modality units (the cached geometry), or one such tensor per view
+            (neighbour-slice positives: the second view is another slice).
+        views: per view, a B×C×2 tensor of per-item (lo, hi) (:meth:`HUDataset.ranges`), or
+            (legacy) a tuple of fixed windows.
+        augment: a :class:`BatchAugment` or :class:`ArchiveAugment` (None = windows only); an
+            augment with ``window_jitter > 0`` also jitters each item's window first.
+        inverted: B bools (MONOCHROME1), or one such tensor per view.
+    """
+    images = hu if isinstance(hu, (list, tuple)) else [hu] * len(views)
+    flips = inverted if isinstance(inverted, (list, tuple)) else [inverted] * len(views)
+    jitter = getattr(augment, "window_jitter", 0.0) if augment is not None else 0.0
+    windowed = [
+        window_batch(x, jitter_ranges(v, jitter) if jitter else v, inv) if isinstance(v, torch.Tensor) else window_views(x, [v])[0]
+        for x, v, inv in zip(images, views, flips)
+    ]
     return [augment(v) if augment is not None else v for v in windowed]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import pydicom
 
 
 def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
@@ -33,7 +34,19 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     assert len(scores) == 3 and all(-1.0 <= s <= 1.0001 for s in scores)
     assert scores == sorted(scores, reverse=True)
     assert re.search(r"MAP@3=0\.\d{3}", text) or "MAP@3=1.000" in text
+    # the trained encoder's figure stands beside the baselines, same items and protocol
+    assert re.search(r"thumbnail:16 +MAP@3=[01]\.\d{3}", text) and re.search(r"random +MAP@3=[01]\.\d{3}", text)
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 8  # 4 images + 4 heatmaps (+ colour bar)
     assert (out / "report.png").stat().st_size > 1000
-    assert "PHANTOM" not in html.split("<body", 1)[-1] or "PatientID" not in html
+    # The report names images by their UIDs, never the patient: no PatientID or PatientName of
+    # any phantom patient in the HTML, the PNG panel or the index's shards and manifest.
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted((out / "archive").rglob("*.dcm"))]
+    identities = {str(ds.PatientID) for ds in headers} | {str(ds.PatientName) for ds in headers}
+    assert len(identities) == 6  # 3 ids + 3 names
+    outputs = [out / "report.html", out / "report.png", out / "index" / "manifest.json", *(out / "index").glob("shard-*.h5")]
+    for path in outputs:
+        raw = path.read_bytes()
+        assert not [who for who in identities if who.encode() in raw], path
+    query_sops = re.findall(r"1\.2\.826\.0\.1\.3680043\.8\.498\.\d+", html)
+    assert len(set(query_sops) & {str(ds.SOPInstanceUID) for ds in headers}) >= 4  # query + 3 neighbours, by UID

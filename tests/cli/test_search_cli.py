@@ -21,6 +21,7 @@ def columns(flat_index):
 
     store = IndexStore.open(flat_index)
     out = {name: np.asarray(store.columns[name]) for name in store.columns}
+    out["source"] = np.asarray([store.source_path(s) for s in out["source"]])  # sealed → the file's path
     store.close()
     return out
 

@@ -28,6 +28,7 @@ def truth(flat_index):
     ids = np.asarray(store.ids)
     out = {"ids": ids, "x": store.embeddings(ids).astype(np.float64)}
     out.update({name: np.asarray(store.columns[name]) for name in store.columns})
+    out["source"] = np.asarray([store.source_path(s) for s in out["source"]])  # sealed → the file's path
     store.close()
     return out
 

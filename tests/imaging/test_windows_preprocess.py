@@ -11,9 +11,9 @@ from medcbir.errors import ConfigError
 from medcbir.imaging import WINDOWS, Item, ItemMeta, Preprocessing, apply_window, resize_keep_aspect, voi_range, window_range
 
 
-def item_of(pixels, voi=None, inverted=False) -> Item:
+def item_of(pixels, voi=None, inverted=False, modality="CT") -> Item:
     pixels = np.asarray(pixels, dtype=np.float32)
-    meta = ItemMeta(sop_instance_uid="1.2.3", rows=pixels.shape[0], cols=pixels.shape[1])
+    meta = ItemMeta(sop_instance_uid="1.2.3", modality=modality, rows=pixels.shape[0], cols=pixels.shape[1])
     return Item(meta=meta, pixels=pixels, voi=voi, inverted=inverted)
 
 
@@ -117,7 +117,12 @@ def test_preprocessing_apply_is_resize_then_window_then_invert():
     np.testing.assert_array_equal(out[1], apply_window(resized, (-1350, 150)))
     np.testing.assert_array_equal(out[2], apply_window(resized, (0, 100)))
     inverted = prep.apply(item_of(hu, inverted=True))
-    np.testing.assert_allclose(inverted, 1.0 - out, atol=1e-7)
+    # 48×32 -> 64×43: the picture is inverted, the padding stays dark (MONOCHROME1 pads with
+    # its maximum, which is black after inversion; issue 16 item 7).
+    cols = np.flatnonzero((resized != resized.min()).any(axis=0))
+    left, right = cols.min() + 1, cols.max()
+    np.testing.assert_allclose(inverted[:, :, left:right], 1.0 - out[:, :, left:right], atol=1e-6)
+    assert inverted[:, :, 0].max() == 0.0 and inverted[:, :, -1].max() == 0.0
 
 
 def test_preprocessing_round_trips_through_dict():

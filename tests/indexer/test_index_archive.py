@@ -40,7 +40,9 @@ def test_every_slice_is_indexed_with_its_metadata(built_index, phantom_archive):
         row = by_sop[ds.SOPInstanceUID]
         assert store.columns["series_instance_uid"][row] == ds.SeriesInstanceUID
         assert store.columns["study_instance_uid"][row] == ds.StudyInstanceUID
-        assert store.columns["source"][row] == str(path.absolute())
+        # the path is sealed relative to the archive root; the store opens it with the key
+        assert str(store.columns["source"][row]).startswith("sealed:") and path.parent.name not in str(store.columns["source"][row])
+        assert store.source_path(store.columns["source"][row]) == str(path.absolute())
         expected = hmac.new(key, str(ds.PatientID).encode(), hashlib.sha256).hexdigest()[:32]
         assert store.columns["patient_pseudonym"][row] == expected
         for name in ("sop_instance_uid", "series_instance_uid", "patient_pseudonym", "body_part", "modality"):
@@ -55,7 +57,7 @@ def test_stored_embeddings_are_the_encoders_and_self_is_top1(built_index, phanto
     store = IndexStore.open(built_index[0])
     rows = [3, 41, 77]
     for row in rows:
-        item = read_dicom(store.columns["source"][row], key=store.key())[0]
+        item = read_dicom(store.source_path(store.columns["source"][row]), key=store.key())[0]
         expected = encoder.embed(encoder.preprocessing.apply(item)[None])[0]
         np.testing.assert_allclose(store.embeddings(np.array([row]))[0], expected, atol=1e-5)
     queries = store.embeddings(store.ids)

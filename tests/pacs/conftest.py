@@ -10,6 +10,8 @@ import pytest
 from tests.conftest import require_binary
 
 USER = ("medcbir-test", "s3cret-pw")
+# The only modality the test Orthancs accept C-STORE from (storescu below calls as PYTEST).
+PYTEST_MODALITY = {"pytest": ("PYTEST", "127.0.0.1", 104)}
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +102,7 @@ def _factory(tmp: Path):
     def start(index: Path, encoder: Path, name: str = "orthanc", config_path: Path | None = None, **settings):
         """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker."""
         if config_path is None:
+            settings.setdefault("modalities", PYTEST_MODALITY)
             config = build_config(index, str(encoder), http_port=free_port(), dicom_port=free_port(),
                                   storage=tmp / f"{name}-storage", user=":".join(USER), **settings)
             config_path = write_config(tmp / f"{name}.json", config)

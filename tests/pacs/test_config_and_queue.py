@@ -131,9 +131,10 @@ def test_a_failed_fetch_is_retried_not_skipped(tmp_path):
             return False
 
     worker.writer = NothingIndexed()
-    instance, decoded, reason, detail = worker._fetch_decode("abc")
-    assert (instance, decoded, reason) == ("abc", None, RETRY) and "cannot reach Orthanc" in detail
-    worker.queue.enqueue(["abc"])
-    assert worker.queue.claim(5) == ["abc"]
-    worker.queue.release(["abc"])
+    abc = "abcdef01-23456789-abcdef01-23456789-abcdef01"
+    instance, decoded, reason, detail = worker._fetch_decode(abc)
+    assert (instance, decoded, reason) == (abc, None, RETRY) and "cannot reach Orthanc" in detail
+    worker.queue.enqueue([abc])
+    assert worker.queue.claim(5) == [abc]
+    worker.queue.release([abc])
     assert worker.queue.counts() == {"queued": 1, "in_flight": 0, "skipped": {}}

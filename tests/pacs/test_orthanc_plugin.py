@@ -36,7 +36,8 @@ def indexed_server(module_orthanc_factory, tmp_path_factory, pacs_archive, small
     result = CliRunner().invoke(cli, [
         "orthanc-config", str(config), "--index", str(index), "--encoder", str(small_encoder),
         "--http-port", str(free_port()), "--dicom-port", str(free_port()), "--storage", str(folder / "storage"),
-        "--aet", "MEDCBIR", "--user", ":".join(USER), "--batch-size", "8", "--flush-seconds", "0.5"])
+        "--aet", "MEDCBIR", "--user", ":".join(USER), "--batch-size", "8", "--flush-seconds", "0.5",
+        "--modality", "pytest=PYTEST@127.0.0.1:104"])
     assert result.exit_code == 0, result.output
     assert f"Orthanc {config}" in result.output
     server = module_orthanc_factory(index, small_encoder, config_path=config)
@@ -105,7 +106,8 @@ def test_search_through_orthanc_matches_engine(indexed_server, pacs_archive, sma
     # A modality filter that matches nothing, and bad requests, answer cleanly.
     none = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "modality": "MR"})
     assert none.status_code == 200 and none.json()["neighbours"] == []
-    assert server.rest.post("/medcbir/search", json={"instance": "no-such-id"}).status_code == 404
+    assert server.rest.post("/medcbir/search", json={"instance": "no-such-id"}).status_code == 400  # not an Orthanc id
+    assert server.rest.post("/medcbir/search", json={"instance": "0" * 8 + "-00000000" * 4}).status_code == 404
     assert server.rest.post("/medcbir/search", data=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
     assert server.rest.post("/medcbir/search", json={"instance": instance, "k": "many"}).status_code == 400
     assert server.rest.session.get(server.url + "/medcbir/search").status_code == 405

@@ -12,7 +12,7 @@ def test_train_then_export_from_the_command_line(phantom_archive, tmp_path, caps
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "trained simclr (resnet18) for 1 epoch(s) of 1: 80 images" in text
-    assert "(ct-liver-wide, 64 px)" in text and out.is_file()
+    assert "(CT=ct-liver-wide,*=robust, 64 px, body crop at 3.5 mm/px)" in text and out.is_file()
 
     assert main(["export-onnx", str(out), str(tmp_path / "cli.onnx")]) == 0
     text = capsys.readouterr().out

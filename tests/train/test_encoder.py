@@ -35,7 +35,7 @@ def _oracle_fingerprint(arch: dict, preprocessing: dict, state: dict) -> str:
 def test_default_encoder_is_deterministic_cached_and_normalised(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "a"))
     first = load_encoder(DEFAULT_ENCODER)
-    assert (tmp_path / "a" / "default-encoder.pt").is_file()
+    assert (tmp_path / "a" / "default-encoder-v2.pt").is_file()
     monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "b"))
     rng_before = torch.get_rng_state()
     second = load_encoder("default")
@@ -43,9 +43,15 @@ def test_default_encoder_is_deterministic_cached_and_normalised(tmp_path, monkey
     assert first.fingerprint == second.fingerprint
     for (k, a), (_, b) in zip(first.backbone.state_dict().items(), second.backbone.state_dict().items()):
         assert torch.equal(a, b), k
-    assert first.preprocessing == Preprocessing(("ct-liver-wide",), 224)
-    assert first.arch["backbone"] == "resnet18" and first.dim == 512 and first.arch["in_channels"] == 1
-    assert first.feature_layer is first.backbone.layer4
+    from medcbir.train import default_preprocessing
+
+    assert first.preprocessing == default_preprocessing()
+    # CT through the liver window, everything else normalised: never a CT window on MR.
+    assert first.preprocessing.policies[0].window_for("CT") == "ct-liver-wide"
+    assert first.preprocessing.policies[0].window_for("MR") == "robust"
+    assert first.arch["backbone"] == "resnet18" and first.arch["in_channels"] == 1
+    assert first.dim == first.arch["dim"]
+    assert first.feature_layer in (getattr(first.backbone, "layer4", None), getattr(getattr(first.backbone, "net", None), "layer4", None))
     assert first.fingerprint == _oracle_fingerprint(first.arch, first.preprocessing.to_dict(), first.backbone.state_dict())
     # A cached file is read back as is.
     cached = load_encoder("default")
@@ -53,7 +59,7 @@ def test_default_encoder_is_deterministic_cached_and_normalised(tmp_path, monkey
     x = torch.rand(3, 1, 224, 224)
     with torch.no_grad():
         y = first(x)
-    assert y.shape == (3, 512)
+    assert y.shape == (3, first.dim)
     np.testing.assert_allclose(y.norm(dim=1).numpy(), 1.0, atol=1e-5)
 
 
@@ -74,7 +80,9 @@ def test_default_checkpoint_and_onnx_agree(exported, tmp_path, monkeypatch):
     assert (torch_enc.kind, onnx_enc.kind) == ("torch", "onnx")
     assert onnx_enc.module is None and torch_enc.module is not None
     assert torch_enc.fingerprint == onnx_enc.fingerprint == exported["summary"].fingerprint
-    assert torch_enc.preprocessing == onnx_enc.preprocessing == Preprocessing(("ct-liver-wide",), 64)
+    from medcbir.train import default_preprocessing
+
+    assert torch_enc.preprocessing == onnx_enc.preprocessing == default_preprocessing(64)
     assert torch_enc.dim == onnx_enc.dim == 512
     images = np.random.default_rng(0).random((5, 1, 64, 64), dtype=np.float32)
     a, b = torch_enc.embed(images, batch_size=2), onnx_enc.embed(images, batch_size=3)
@@ -114,7 +122,8 @@ def test_bad_files_are_one_line_config_errors(tmp_path, trained):
         open_encoder(fake_onnx, Device.cpu())
     # Weights changed behind the recorded fingerprint: refused as corrupt.
     record = torch.load(trained["checkpoint"], weights_only=True)
-    record["state_dict"]["conv1.weight"] += 1e-3
+    first_conv = next(k for k in record["state_dict"] if k.endswith("conv1.weight"))
+    record["state_dict"][first_conv] += 1e-3
     tampered = tmp_path / "tampered.pt"
     torch.save(record, tampered)
     with pytest.raises(ConfigError, match="corrupt"):
@@ -128,10 +137,11 @@ def test_check_compatible_names_both_encoders(trained):
     with pytest.raises(EncoderMismatch) as info:
         check_compatible(enc, other.fingerprint, other.preprocessing.to_dict())
     message = str(info.value)
-    assert message == (
+    assert message.startswith(
         f"index built with encoder {other.fingerprint[:12]} (ct-lung, 128 px); "
-        f"this encoder is {enc.fingerprint[:12]} (ct-liver-wide, 64 px)"
+        f"this encoder is {enc.fingerprint[:12]} (CT=ct-liver-wide,*=robust, 64 px, body crop at 3.5 mm/px)"
     )
+    assert "re-index" in message  # and says what to do about it
 
 
 def test_embed_refuses_images_of_another_preprocessing(trained):

@@ -25,7 +25,7 @@ def hu_batch(phantom_archive):
     from medcbir.train.dataset import load_hu_dataset
 
     data = load_hu_dataset(phantom_archive, 64, workers=1)
-    return data.hu[::10][:8].float()
+    return data.pixels()[::10][:8]
 
 
 def test_simsiam_loss_matches_a_hand_computation():

@@ -22,7 +22,9 @@ def test_metadata_round_trip_and_dynamic_batch(exported, phantom_archive):
     model = onnx.load(exported["onnx"])
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["medcbir.fingerprint"] == exported["summary"].fingerprint
-    assert json.loads(meta["medcbir.preprocessing"]) == {"windows": ["ct-liver-wide"], "size": 64}
+    assert json.loads(meta["medcbir.preprocessing"]) == {
+        "windows": ["CT=ct-liver-wide,*=robust"], "size": 64, "crop": "body", "margin": 0.05, "spacing": 3.5
+    }
     assert meta["medcbir.dim"] == "512" and json.loads(meta["medcbir.arch"])["backbone"] == "resnet18"
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])

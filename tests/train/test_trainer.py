@@ -18,7 +18,7 @@ from .conftest import SMALL_HEADS
 
 
 def _config(archive, out, cache, method, **kw):
-    options = {"simsiam": SMALL_HEADS, "moco": {"proj_dim": 32, "queue_size": 64}}[method]
+    options = {"simsiam": SMALL_HEADS, "moco": {"proj_dim": 32, "queue_size": 64}, "seqsort": {"length": 3, "hidden": 32}}[method]
     base = dict(
         archive=archive,
         out=out,
@@ -41,19 +41,25 @@ def _config(archive, out, cache, method, **kw):
 
 # SimSiam only, to stay in the time budget; MoCo's extra state (key encoder, queue) lives in
 # the same "heads" dict and is restored by the same code path.
-@pytest.mark.parametrize("method", ["simsiam"])
-def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(method, phantom_archive, tmp_path):
+# seqsort (runs of slices) and the archive recipe (window jitter, neighbour-slice partners drawn
+# from a per-step generator) take their own data paths, so they are resumed here too.
+@pytest.mark.parametrize(
+    "method, extra",
+    [("simsiam", {}), ("seqsort", {"views": None}), ("simsiam", {"augment": "archive", "neighbour_mm": 12.0})],
+    ids=["simsiam", "seqsort", "simsiam-archive-neighbours"],
+)
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(method, extra, phantom_archive, tmp_path):
     cache = tmp_path / "hu.h5"
-    whole = train(_config(phantom_archive, tmp_path / "whole.pt", cache, method))
+    whole = train(_config(phantom_archive, tmp_path / "whole.pt", cache, method, **extra))
 
     def interrupt(epoch, row):
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_config(phantom_archive, tmp_path / "split.pt", cache, method), on_epoch_end=interrupt)
+        train(_config(phantom_archive, tmp_path / "split.pt", cache, method, **extra), on_epoch_end=interrupt)
     assert read_checkpoint(tmp_path / "split.pt")["epoch"] == 1
-    resumed = train(_config(phantom_archive, tmp_path / "split.pt", cache, method, resume=True))
+    resumed = train(_config(phantom_archive, tmp_path / "split.pt", cache, method, resume=True, **extra))
     assert resumed.epochs_run == 1 and whole.epochs_run == 2
 
     a, b = read_checkpoint(tmp_path / "whole.pt"), read_checkpoint(tmp_path / "split.pt")
@@ -77,7 +83,7 @@ def test_checkpoint_is_an_encoder_with_test_time_preprocessing_and_a_log(trained
     summary = trained["summary"]
     record = read_checkpoint(trained["checkpoint"])
     assert record["method"] == "simsiam" and record["epoch"] == 1
-    assert record["preprocessing"] == {"windows": ["ct-liver-wide"], "size": 64}
+    assert record["preprocessing"] == {"windows": ["CT=ct-liver-wide,*=robust"], "size": 64, "crop": "body", "margin": 0.05, "spacing": 3.5}
     assert record["config"]["views"] == "hu-narrow,hu-wide"
     assert set(record["rng"]) >= {"torch", "numpy", "python"}
     encoder = load_encoder(trained["checkpoint"])

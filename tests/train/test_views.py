@@ -19,7 +19,8 @@ def data(phantom_archive):
 
 def test_view_names_are_the_reference_windows():
     assert VIEWS == {"hu-narrow": "ct-liver-narrow", "hu-wide": "ct-liver-wide"}
-    assert parse_views("hu-narrow,hu-wide") == [("ct-liver-narrow",), ("ct-liver-wide",)]
+    # A view replaces the CT rule of the encoder's policy (legacy CT-only policy here).
+    assert parse_views("hu-narrow,hu-wide") == [("CT=ct-liver-narrow",), ("CT=ct-liver-wide",)]
     assert parse_views(None, ("ct-liver-wide",)) == [("ct-liver-wide",), ("ct-liver-wide",)]
     with pytest.raises(ConfigError, match="exactly two"):
         parse_views("hu-narrow")
@@ -28,7 +29,7 @@ def test_view_names_are_the_reference_windows():
 
 
 def test_narrow_view_saturates_where_the_wide_view_does_not(data):
-    hu = data.hu.float()
+    hu = data.pixels()
     narrow, wide = window_views(hu, parse_views("hu-narrow,hu-wide"))
     assert narrow.shape == wide.shape == hu.shape
     # Independent oracle: the windows' definitions applied by hand.
@@ -49,13 +50,13 @@ def test_wide_view_of_the_hu_cache_is_the_test_time_preprocessing(data, phantom_
     first = sorted(p for p in phantom_archive.rglob("*") if p.is_file() and p.suffix not in (".csv", ".h5", ".json"))[0]
     item = read_dicom(first)[0]
     row = int(np.flatnonzero((data.sop_instance_uid == item.meta.sop_instance_uid) & (data.frame == item.meta.frame))[0])
-    view = window_views(data.hu[row : row + 1], [("ct-liver-wide",)])[0][0].numpy()
+    view = window_views(data.pixels()[row : row + 1], [("ct-liver-wide",)])[0][0].numpy()
     # float16 HU storage: ±0.5 HU at 1000 HU, i.e. ≤ 1e-3 after a 500-HU window.
     np.testing.assert_allclose(view, prep.apply(item), atol=1.5e-3)
 
 
 def test_batch_augment_draws_per_sample_and_is_seeded(data):
-    hu = data.hu[:6].float()
+    hu = data.pixels()[:6]
     x = window_views(hu, [("ct-liver-wide",)])[0]
     same = x[:1].repeat(6, 1, 1, 1)
     torch.manual_seed(0)
@@ -72,6 +73,6 @@ def test_batch_augment_draws_per_sample_and_is_seeded(data):
 
 def test_make_views_gives_two_differently_windowed_augmented_views(data):
     torch.manual_seed(1)
-    v1, v2 = make_views(data.hu[:4], parse_views("hu-narrow,hu-wide"), BatchAugment(64))
+    v1, v2 = make_views(data.pixels()[:4], parse_views("hu-narrow,hu-wide"), BatchAugment(64))
     assert v1.shape == v2.shape == (4, 1, 64, 64)
     assert not torch.allclose(v1, v2)

@@ -1,0 +1,268 @@
+"""Retrieval quality of training recipes beside the baselines (issue 10, item 3).
+
+Protocol:
+
+- Two phantom archives with different seeds: the encoders train on the *train* archive only and
+  are evaluated on the *test* archive, whose patients they never saw.
+- Every training row runs within the same CPU budget (``--budget-min`` of wall time; the run
+  stops after the epoch that crosses it, the checkpoint of that epoch is evaluated) — stated in
+  the output with the epochs each row reached.
+- Evaluation: leave-one-out retrieval on the test archive with ``exclude same-patient``, K = 5,
+  for every label file the test archive has (``labels.csv`` anatomical level, ``labels-liver.csv``
+  liver present, ``labels-lesion.csv`` lesion present); MAP@5, AP@5 and 5-NN accuracy. The test
+  items are decoded once per preprocessing and scored in memory with the same metric functions as
+  ``medcbir evaluate`` (``medcbir.engine.metrics``); one row is cross-checked against a real
+  index + ``evaluate`` in the same run.
+- RR (RELAX relevance rank on the liver masks, the seed paper's metric) is not in this table
+  yet: it joins when the explanation-quality scorer lands (issue "explanation scores").
+- Rows: ``thumbnail:8/16/32``, ``random``, ``default``, SimSiam with one window, SimSiam with the
+  Hounsfield-window views (the seed paper), the archive recipe (SimSiam + archive augmentations +
+  neighbour-slice positives) and its ablations (without neighbour positives, without the archive
+  augmentations), and ``seqsort``; ``--seeds`` repeats the recipe and the paper's rows.
+- A plot of test MAP@5 per epoch for each trained row, the baselines as horizontal lines.
+
+Reproduce: ``.venv/bin/python benchmarks/quality.py [--budget-min 20 --seeds 0,1,2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _results  # noqa: E402
+
+from medcbir.device import Device  # noqa: E402
+from medcbir.engine.metrics import ap_at_k, knn_vote, map_at_k  # noqa: E402
+from medcbir.imaging import read_dicom  # noqa: E402
+from medcbir.imaging.phantom import make_archive  # noqa: E402
+
+K = 5
+
+
+class Budget(Exception):
+    """Raised from the epoch callback when a row's budget is spent (the epoch's checkpoint is kept)."""
+
+
+def _labels(path: Path) -> dict:
+    with path.open(newline="") as fh:
+        return {(r["sop_instance_uid"], int(r.get("frame") or 0)): r["label"] for r in csv.DictReader(fh)}
+
+
+class TestSet:
+    """The test archive's items, decoded once, preprocessed per recipe on demand, scored in memory."""
+
+    def __init__(self, archive: Path) -> None:
+        self.items = []
+        for path in sorted(archive.rglob("*.dcm")):
+            self.items.extend(read_dicom(path, key=b"q" * 32))
+        self.patients = np.array([i.meta.patient_pseudonym for i in self.items])
+        self.label_sets = {}
+        for name in ("labels.csv", "labels-liver.csv", "labels-lesion.csv"):
+            if (archive / name).is_file():
+                table = _labels(archive / name)
+                self.label_sets[name] = np.array([table.get((i.meta.sop_instance_uid, i.meta.frame), "") for i in self.items], dtype=object)
+        self._images: dict = {}
+
+    def images(self, prep) -> np.ndarray:
+        key = json.dumps(prep.to_dict(), sort_keys=True)
+        if key not in self._images:
+            self._images[key] = np.stack([prep.apply(i) for i in self.items])
+        return self._images[key]
+
+    def embed(self, module) -> np.ndarray:
+        x = self.images(module.preprocessing)
+        out = []
+        module = module.eval()
+        with torch.inference_mode():
+            for s in range(0, len(x), 64):
+                out.append(module(torch.from_numpy(x[s : s + 64])).float().numpy())
+        return np.concatenate(out)
+
+    def score(self, emb: np.ndarray) -> dict:
+        result = {}
+        sims = emb @ emb.T
+        same = self.patients[:, None] == self.patients[None, :]
+        for name, labels in self.label_sets.items():
+            rows = np.flatnonzero(labels != "")
+            s = sims[np.ix_(rows, rows)].copy()
+            s[same[np.ix_(rows, rows)]] = -np.inf
+            top = np.argsort(-s, axis=1, kind="stable")[:, :K]
+            lab = labels[rows]
+            rel = lab[top] == lab[:, None]
+            n_rel = np.array([np.sum((lab == lab[i]) & ~same[rows[i], rows]) for i in range(len(rows))])
+            _, codes = np.unique(lab, return_inverse=True)
+            predicted = knn_vote(codes[top])
+            result[name] = {
+                "map_at_k": float(map_at_k(rel).mean()),
+                "ap_at_k": float(ap_at_k(rel, n_rel).mean()),
+                "knn_accuracy": float((predicted == codes).mean()),
+                "n_queries": int(len(rows)),
+            }
+        return result
+
+
+def rows_to_train(args) -> list[tuple[str, int, dict]]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    common = dict(method="simsiam", size=args.size, batch_size=args.batch_size, lr=args.lr, method_options={"proj_dim": 512, "pred_dim": 128})
+    recipe = dict(common, views="hu-narrow,hu-wide", augment="archive", neighbour_mm=args.neighbour_mm)
+    rows = []
+    for seed in seeds:
+        rows.append(("recipe: SimSiam + HU views + archive aug + neighbours", seed, recipe))
+        rows.append(("paper: SimSiam + HU views", seed, dict(common, views="hu-narrow,hu-wide")))
+    rows += [
+        ("SimSiam, one window", seeds[0], dict(common)),
+        ("recipe without neighbours", seeds[0], dict(recipe, neighbour_mm=0.0)),
+        ("recipe without archive aug", seeds[0], dict(recipe, augment="standard")),
+        ("seqsort", seeds[0], dict(method="seqsort", size=args.size, batch_size=args.batch_size, lr=args.lr, method_options={"length": 3})),
+    ]
+    if args.only:
+        rows = [r for r in rows if any(o in r[0] for o in args.only.split(","))]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train-patients", type=int, default=12)
+    ap.add_argument("--test-patients", type=int, default=6)
+    ap.add_argument("--slices", type=int, default=32)
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.2)
+    ap.add_argument("--neighbour-mm", type=float, default=10.0)
+    ap.add_argument("--budget-min", type=float, default=20.0, help="wall-clock minutes per training row")
+    ap.add_argument("--max-epochs", type=int, default=200)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--only", default="", help="comma-separated substrings of the rows to train (default all)")
+    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    args = ap.parse_args()
+
+    from medcbir.train import new_encoder, thumbnail_encoder
+    from medcbir.train.encoder import DEFAULT_POOLING, default_preprocessing, load_encoder
+    from medcbir.train.trainer import TrainConfig, train
+
+    t_start = time.time()
+    work = Path(tempfile.mkdtemp(prefix="medcbir-quality-"))
+    train_archive, test_archive = work / "train", work / "test"
+    make_archive(train_archive, patients=args.train_patients, slices=args.slices, seed=101, size=256)
+    make_archive(test_archive, patients=args.test_patients, slices=args.slices, seed=202, size=256)
+    test = TestSet(test_archive)
+    prep = default_preprocessing(args.size)
+    baselines = {}
+    for name, module in [
+        ("thumbnail:8", thumbnail_encoder(8, prep)),
+        ("thumbnail:16", thumbnail_encoder(16, prep)),
+        ("thumbnail:32", thumbnail_encoder(32, prep)),
+        ("random", new_encoder("resnet18", prep, seed=0, pooling=DEFAULT_POOLING)),
+        ("default (224 px)", load_encoder("default")),
+    ]:
+        baselines[name] = test.score(test.embed(module))
+        print(name, json.dumps({k: round(v["map_at_k"], 3) for k, v in baselines[name].items()}), flush=True)
+
+    # Cross-check of the in-memory scorer: thumbnail:16 through a real index + `evaluate`.
+    from medcbir.engine import Engine, evaluate
+    from medcbir.indexer import index_archive
+
+    index_archive(test_archive, work / "check-index", thumbnail_encoder(16, prep), progress=False, workers=1, key_file=work / "k.key")
+    with Engine.open(work / "check-index") as engine:
+        check = evaluate(engine, test_archive / "labels.csv", k=K, exclude="same-patient")["map_at_k"]
+    cross_check = {"engine_map_at_k": check, "in_memory_map_at_k": baselines["thumbnail:16"]["labels.csv"]["map_at_k"]}
+    print("cross-check", cross_check, flush=True)
+
+    device = Device(torch="cpu", precision=args.precision)
+    trained = []
+    for label, seed, options in rows_to_train(args):
+        out = work / f"enc-{len(trained)}.pt"
+        curve = []
+        t0 = time.time()
+
+        def on_epoch(epoch, row, out=out, curve=curve, t0=t0):
+            curve.append({"epoch": epoch, "seconds": round(time.time() - t0, 1), **{k: v["map_at_k"] for k, v in test.score(test.embed(load_encoder(out))).items()}})
+            if time.time() - t0 > args.budget_min * 60:
+                raise Budget
+
+        config = TrainConfig(archive=train_archive, out=out, epochs=args.max_epochs, seed=seed, device=device, progress=False, workers=1, **options)
+        try:
+            train(config, on_epoch_end=on_epoch)
+        except Budget:
+            pass
+        final = test.score(test.embed(load_encoder(out)))
+        trained.append({"row": label, "seed": seed, "options": {k: v for k, v in options.items() if k != "method_options"}, "epochs": len(curve),
+                        "seconds": round(time.time() - t0, 1), "result": final, "curve": curve})
+        print(label, seed, f"{len(curve)} epochs", json.dumps({k: round(v["map_at_k"], 3) for k, v in final.items()}), flush=True)
+
+    data = {"args": vars(args), "baselines": baselines, "trained": trained, "cross_check": cross_check, "seconds": round(time.time() - t_start, 1), "load_avg": os.getloadavg()}
+    plot = Path(__file__).resolve().parent / "results" / "quality.png"
+    _plot(trained, baselines, plot)
+    _results.record("quality", data, _markdown(data), "`.venv/bin/python benchmarks/quality.py " + " ".join(sys.argv[1:]) + "`")
+
+
+def _plot(trained, baselines, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for row in trained:
+        if row["curve"]:
+            ax.plot([c["epoch"] for c in row["curve"]], [c.get("labels.csv", np.nan) for c in row["curve"]], "-", label=f"{row['row']} (seed {row['seed']})")
+    for name, result in baselines.items():
+        if "labels.csv" in result:
+            ax.axhline(result["labels.csv"]["map_at_k"], linestyle="--", linewidth=1, color="gray")
+            ax.text(0.5, result["labels.csv"]["map_at_k"], name, fontsize=7, color="gray", va="bottom")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test MAP@5 (level, other patients)")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _markdown(data: dict) -> str:
+    args = data["args"]
+    sets = sorted({s for r in data["baselines"].values() for s in r})
+    head = "| row | seed | epochs in budget | " + " | ".join(f"{s} MAP@5 / AP@5 / 5-NN" for s in sets) + " |"
+    lines = [
+        f"Train archive {args['train_patients']} patients, test archive {args['test_patients']} other patients, {args['slices']} slices each; "
+        f"encoders at {args['size']} px ({args['precision']}), batch {args['batch_size']}, lr {args['lr']}; "
+        f"**budget {args['budget_min']:g} min of wall time per training row** on this shared 2-core machine "
+        f"(load average at the end {data['load_avg'][0]:.1f}); exclude same-patient, K = 5.",
+        "",
+        head,
+        "|" + "---|" * (3 + len(sets)),
+    ]
+    fmt = lambda r: " | ".join(f"{r[s]['map_at_k']:.3f} / {r[s]['ap_at_k']:.3f} / {r[s]['knn_accuracy']:.3f}" if s in r else "-" for s in sets)
+    for name, r in data["baselines"].items():
+        lines.append(f"| {name} | - | - | {fmt(r)} |")
+    for row in data["trained"]:
+        lines.append(f"| {row['row']} | {row['seed']} | {row['epochs']} | {fmt(row['result'])} |")
+    best = max(r["labels.csv"]["map_at_k"] for r in data["baselines"].values() if "labels.csv" in r)
+    recipe = [r["result"]["labels.csv"]["map_at_k"] for r in data["trained"] if r["row"].startswith("recipe:")]
+    lines.append("")
+    if recipe:
+        mean, std = float(np.mean(recipe)), float(np.std(recipe))
+        margin = mean - best
+        lines.append(
+            f"Goal (recipe ≥ best baseline + 0.10 MAP@5 on levels, mean of seeds, every seed above the best baseline): "
+            f"recipe {mean:.3f} ± {std:.3f} over {len(recipe)} seed(s) vs best baseline {best:.3f}: "
+            + ("**met**" if margin >= 0.10 and min(recipe) > best else f"**missed** (margin {margin:+.3f}, needed +0.10)")
+        )
+    cc = data["cross_check"]
+    lines.append(f"Scorer cross-check: thumbnail:16 MAP@5 {cc['in_memory_map_at_k']:.4f} in memory vs {cc['engine_map_at_k']:.4f} through a real index and `evaluate`.")
+    lines.append("Plot: `benchmarks/results/quality.png` (test MAP@5 per epoch; baselines dashed).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""What a request to ``/medcbir/...`` may contain: one table of keys per route, and the checks.
+
+Every REST request is checked twice, by the plugin before anything is forwarded and again by
+the worker before anything is used, with the same :func:`check_request`:
+
+- a key not in the route's table is refused (``op`` or ``timeout`` in a JSON body used to
+  collide with internal argument names);
+- an Orthanc id must have Orthanc's exact format (a SHA-1 written as five dash-separated
+  groups of 8 lower-case hex digits, see https://orthanc.uclouvain.be/book/faq/orthanc-ids.html)
+  before it is put in any URL, so ``../../patients/X/archive?`` never reaches another route;
+- numbers are bounded by the ``"Medcbir"`` settings (``MaxK``, ``MaxMasks``, ...).
+
+A refused request raises :class:`BadRequest` with a one-line reason (answered as HTTP 400).
+To add a request key, add one line to :data:`ROUTES` (its parser turns the raw JSON value into
+the checked one or raises ``BadRequest``).
+
+Standard library only: the plugin imports it inside Orthanc's embedded interpreter.
+"""
+
+from __future__ import annotations
+
+import re
+
+ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
+EXCLUDE = ("none", "same-patient", "same-study")
+FORMATS = ("png", "html", "json")
+METHODS = ("relax", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion",
+           "clustered_cam", "ablation_cam")
+MODALITY = re.compile(r"[A-Z0-9_]{1,16}")  # a DICOM CS value (Modality is at most 16 chars)
+
+
+class BadRequest(ValueError):
+    """The request is refused (HTTP 400); the message is one line."""
+
+
+def orthanc_id(value, name: str = "instance") -> str:
+    """``value`` if it is an Orthanc id, else :class:`BadRequest` (never echoes long input)."""
+    if not isinstance(value, str) or ORTHANC_ID.fullmatch(value) is None:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise BadRequest(f"{name} must be an Orthanc id (5 groups of 8 hex digits), not {shown}")
+    return value
+
+
+def _int(name: str, low: int, high_setting: str | None = None):
+    def parse(value, limits: dict) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise BadRequest(f"{name} must be an integer, not {type(value).__name__}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadRequest(f"{name} must be an integer, not {str(value)[:40]!r}") from None
+        if number < low:
+            raise BadRequest(f"{name} must be >= {low}, not {number}")
+        high = limits.get(high_setting) if high_setting else None
+        if high is not None and number > high:
+            raise BadRequest(f"{name} must be <= {high} (the server's {high_setting}), not {number}")
+        return number
+    return parse
+
+
+def _choice(name: str, choices: tuple[str, ...]):
+    def parse(value, limits: dict) -> str:
+        text = str(value).lower() if isinstance(value, str) else None
+        if text not in choices:
+            raise BadRequest(f"{name} must be one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _bool(name: str):
+    def parse(value, limits: dict) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise BadRequest(f"{name} must be true or false")
+    return parse
+
+
+def _modality(value, limits: dict) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or MODALITY.fullmatch(value) is None:
+        raise BadRequest("modality must be a DICOM modality code such as CT or MR")
+    return value
+
+
+def _instance(value, limits: dict) -> str:
+    return orthanc_id(value, "instance")
+
+
+def _instances(value, limits: dict) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise BadRequest("instances must be a non-empty list of Orthanc ids")
+    high = limits.get("MaxQueries")
+    if high is not None and len(value) > high:
+        raise BadRequest(f"at most {high} queries per request (the server's MaxQueries), not {len(value)}")
+    return [orthanc_id(v, "instances[]") for v in value]
+
+
+def _dicom(value, limits: dict):
+    # bytes: a raw DICOM body (the plugin); str: base64 in a JSON body.
+    if not isinstance(value, (bytes, bytearray, str)) or not value:
+        raise BadRequest("dicom must be a non-empty DICOM body (or base64 text in JSON)")
+    return value
+
+
+COMMON = {
+    "instance": _instance,
+    "dicom": _dicom,
+    "exclude": _choice("exclude", EXCLUDE),
+    "modality": _modality,
+}
+
+#: route → {request key: parser(value, limits) → checked value}. One line per allowed key.
+ROUTES: dict[str, dict] = {
+    "search": {
+        **COMMON,
+        "instances": _instances,
+        "k": _int("k", 1, "MaxK"),
+    },
+    "explain": {
+        **COMMON,
+        "k": _int("k", 1, "MaxExplainK"),
+        "method": _choice("method", METHODS),
+        "format": _choice("format", FORMATS),
+        "n_masks": _int("n_masks", 1, "MaxMasks"),
+        "seed": _int("seed", 0),
+        "pairwise": _bool("pairwise"),
+    },
+    "reindex": {},
+}
+
+
+def check_request(route: str, args: dict, limits: dict) -> dict:
+    """The checked arguments of a request to ``/medcbir/<route>``.
+
+    Args:
+        route: ``search``, ``explain`` or ``reindex``.
+        args: the request's keys (JSON body or ``X-Medcbir-*`` headers, and ``dicom``).
+        limits: the bounds (``PluginSettings.limits()``: ``MaxK``, ``MaxExplainK``, ...).
+
+    Raises:
+        BadRequest: an unknown key, a malformed id, a value out of bounds, or too many queries.
+    """
+    rules = ROUTES.get(route)
+    if rules is None:
+        raise BadRequest(f"unknown route {route!r}")
+    if not isinstance(args, dict):
+        raise BadRequest("the JSON body must be an object")
+    unknown = sorted(str(key)[:40] for key in args if key not in rules)
+    if unknown:
+        allowed = ", ".join(sorted(rules)) or "none"
+        raise BadRequest(f"unknown key(s) {', '.join(unknown)} for /medcbir/{route} (allowed: {allowed})")
+    checked = {key: rules[key](value, limits) for key, value in args.items()}
+    given = [key for key in ("instance", "instances", "dicom") if checked.get(key) not in (None, "")]
+    if route != "reindex" and len(given) != 1:
+        raise BadRequest('give exactly one of "instance": "<orthanc id>", "instances": [...] or a DICOM body')
+    return checked
