@@ -29,6 +29,9 @@ from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
+#: recall is re-measured on the whole index when it has grown this many times since the last measurement.
+REMEASURE_GROWTH = 2
+
 _ORPHAN = re.compile(r"^(shard-\d+\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
 
 
@@ -378,9 +381,45 @@ class IndexWriter:
                 self._commit_manifest(dict(self.manifest), train=True)
             elif not manifest_path(self.index_dir).is_file():
                 self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
+            self._remeasure_if_grown()
         finally:
             self._lock.release()
             self._lock = None
+
+    def _remeasure_if_grown(self) -> None:
+        """Re-measure recall (and re-pick the search parameters of the trained spec) on the whole
+        committed index once it holds at least :data:`REMEASURE_GROWTH` × the items last measured.
+
+        Recall falls as an index grows (more items compete for the same top 10), so parameters
+        chosen on the training sample can fall short later. The exact side is brute force over
+        every committed vector (read into memory once: N×D float32).
+        """
+        from medcbir.indexer import recall
+        from medcbir.indexer.store import IndexStore
+
+        m = self.manifest
+        measured = m.get("recall") or {}
+        if not m.get("trained") or not measured or int(m["next_id"]) < REMEASURE_GROWTH * int(measured.get("items") or 0):
+            return
+        store = IndexStore.open(self.index_dir, verify="none")
+        try:
+            n = len(store.ids)
+            vectors = np.empty((n, store.dim), dtype=np.float32)
+            store._fill(vectors)
+            rows = recall.query_rows(n)
+            exact = recall.exact_neighbours(vectors, rows)
+            target = float(measured.get("target") or recall.TARGET_RECALL)
+            best, tried = recall.tune_params(store.faiss_index, store.index_spec, np.ascontiguousarray(vectors[rows]), rows, exact, target)
+        finally:
+            store.close()
+        manifest = dict(m)
+        manifest["search_params"] = dict(best.params)
+        manifest["recall"] = {**measured, "recall_at_10": round(best.recall_at_10, 4), "qps": round(best.qps, 1),
+                              "params": dict(best.params), "items": n, "queries": len(rows),
+                              "tried": measured.get("tried", []) + [t.to_dict() for t in tried]}
+        if best.recall_at_10 < target:
+            log.warning("index %s: recall@10 %.3f at %d items is below the target %.2f", self.index_dir, best.recall_at_10, n, target)
+        self.manifest = commit_manifest(self.index_dir, manifest)
 
     def abort(self) -> None:
         """Release the lock without committing the buffer (after an error mid-source)."""
