@@ -43,17 +43,26 @@ def _source(archive: str, workers: int):
 @click.option("--delete-study", multiple=True, metavar="UID", help="Tombstone this study after indexing (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Decode and embed on Ray: alone, a local runtime; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster.")
+@click.option("--ray-workers", default=1, show_default=True, type=click.IntRange(min=1), help="Embedding actors (with --ray).")
+@click.option("--gpus-per-worker", default=None, type=click.FloatRange(min=0), help="GPUs per actor (default: 1 if the cluster has GPUs, else 0).")
 def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
-          delete_series, delete_study, as_json, no_progress) -> None:
+          delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
     from medcbir.device import Device
     from medcbir.indexer import delete, index_archive
 
+    if ray_address is None and (ray_workers != 1 or gpus_per_worker is not None):
+        from medcbir.errors import ConfigError
+
+        raise ConfigError("--ray-workers and --gpus-per-worker need --ray")
     dev = Device.auto(prefer=None if device == "auto" else device, precision=precision)
     summary = index_archive(
         _source(archive, workers), out, encoder, shard_size=shard_size, index_spec=index_spec, workers=workers,
         device=dev, progress=not no_progress and not as_json, batch_size=batch_size, key_file=key_file,
         target_recall=target_recall,
+        ray=ray_address, ray_workers=ray_workers, gpus_per_worker=gpus_per_worker,
     )
     deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
     if as_json:

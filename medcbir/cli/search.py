@@ -60,17 +60,32 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
 @click.option("--redact", is_flag=True, help="Show no file paths (they may name patients): neighbours without source, query files by SOP UID.")
-def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device, verify, redact):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Search on Ray actors holding parts of the index: alone, a local runtime; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster.")
+@click.option("--shards", default=None, type=click.IntRange(min=1), help="Ray actors holding parts of the index (with --ray; default 2).")
+def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device, verify, redact=False, ray_address=None, shards=None):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch.
     """
     from medcbir.engine import Engine
 
-    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify)
-    results = engine.search(
-        list(queries), k=k, exclude=exclude, modality=modality or None, body_part=body_part or None, series=series or None, study=study or None
-    )
+    if shards is not None and ray_address is None:
+        from medcbir.errors import ConfigError
+
+        raise ConfigError("--shards needs --ray")
+    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
+    try:
+        results = engine.search(
+            list(queries), k=k, exclude=exclude, modality=modality or None, body_part=body_part or None, series=series or None, study=study or None
+        )
+        _print_results(queries, results, exclude, redact, as_json)
+    finally:
+        if ray_address is not None:
+            engine.close()  # the Ray actors (and a local runtime this command started)
+
+
+def _print_results(queries, results, exclude, redact, as_json) -> None:
     if as_json:
         payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(queries, results)]
         click.echo(json.dumps(payload, indent=2))

@@ -51,6 +51,15 @@ class IndexSummary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def finish(self, writer, start: float) -> "IndexSummary":
+        """Fill in what the closed ``writer`` knows and the rates since ``start`` (perf_counter)."""
+        self.shards = writer.shards_written
+        self.total_items = writer.items
+        self.index_spec = writer.manifest["index_spec"]
+        self.elapsed = time.perf_counter() - start
+        self.items_per_s = self.indexed / self.elapsed if self.elapsed > 0 else 0.0
+        return self
+
 
 def as_source(archive: Any, workers: int = 0, quarantine: Path | None = None):
     """A path → :class:`medcbir.imaging.FolderSource`; a Source object is returned as is."""
@@ -140,6 +149,9 @@ def index_archive(
     batch_size: int = 64,
     key_file: str | Path | None = None,
     target_recall: float | None = None,
+    ray: Any = None,
+    ray_workers: int = 1,
+    gpus_per_worker: float | None = None,
 ) -> IndexSummary:
     """Embed every item of an archive into an index; resumable and idempotent.
 
@@ -155,10 +167,20 @@ def index_archive(
         progress: show a progress bar (items/s, ETA) on stderr.
         batch_size: images per encoder forward.
         key_file: pseudonym key file (default ``INDEX/pseudonym.key``).
+        ray: None = this process; ``True``/``"local"`` (a local Ray runtime) or a Ray cluster
+            address = :func:`medcbir.indexer.ray_index.index_archive_ray` (same index).
+        ray_workers: embedding actors (with ``ray``).
+        gpus_per_worker: GPUs per actor (with ``ray``; None = 1 if the cluster has GPUs).
 
     Returns:
         the job's :class:`IndexSummary`.
     """
+    if ray is not None and ray is not False:
+        from medcbir.indexer.ray_index import index_archive_ray
+
+        return index_archive_ray(source, index_dir, encoder, ray=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
+                                 shard_size=shard_size, index_spec=index_spec, device=device, progress=progress,
+                                 batch_size=batch_size, key_file=key_file)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")
@@ -188,12 +210,7 @@ def index_archive(
         summary.skipped = dict(getattr(report, "skipped", {}) or {})
         summary.already_present += int(getattr(report, "passed", 0) or 0)
         summary.files = int(getattr(report, "files", 0) or 0)
-    summary.shards = writer.shards_written
-    summary.total_items = writer.items
-    summary.index_spec = writer.manifest["index_spec"]
-    summary.elapsed = time.perf_counter() - start
-    summary.items_per_s = summary.indexed / summary.elapsed if summary.elapsed > 0 else 0.0
-    return summary
+    return summary.finish(writer, start)
 
 
 def _recorded(src: Any, writer) -> Iterator:

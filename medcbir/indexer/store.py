@@ -153,7 +153,8 @@ class IndexStore:
         self._files: list[h5py.File] = []
 
     @classmethod
-    def open(cls, index_dir: str | Path, *, verify: str = "checksums", device=None) -> "IndexStore":
+    def open(cls, index_dir: str | Path, *, verify: str = "checksums", device=None, manifest: dict | None = None,
+             build_index: bool = True) -> "IndexStore":
         """Open the committed generation of ``index_dir``.
 
         Args:
@@ -161,6 +162,10 @@ class IndexStore:
             verify: ``"checksums"`` (whole-file sha256 of every committed file, hashed in
                 parallel), ``"sizes"`` (existence and size only) or ``"none"``.
             device: a :class:`~medcbir.device.Device`; FAISS moves to GPU when ``faiss_gpu``.
+            manifest: open this manifest instead of the committed one (the sharded engine opens
+                a part of an index: a contiguous run of its shards, ids shifted to start at 0).
+            build_index: False = metadata and embeddings only, ``faiss_index`` is None (the
+                sharded engine's driver, whose actors hold the FAISS parts).
 
         Raises:
             IndexNotFound: no index there.
@@ -169,7 +174,8 @@ class IndexStore:
         start = time.perf_counter()
         self = cls()
         self.index_dir = Path(index_dir)
-        self.manifest = read_manifest(self.index_dir)
+        self.manifest = read_manifest(self.index_dir) if manifest is None else manifest
+        self._build_index = build_index
         pending = start_checks(self.index_dir, self.manifest, verify)
         try:
             self._load(device)
@@ -242,6 +248,9 @@ class IndexStore:
 
     def _build_faiss(self, device) -> None:
         m = self.manifest
+        if not getattr(self, "_build_index", True):
+            self.faiss_index, self.exact = None, not (m.get("trained") and not faiss_index.is_flat(self.index_spec))
+            return
         trained = None
         shard_files: list[Path] = []
         if m.get("trained") and not faiss_index.is_flat(self.index_spec):

@@ -180,18 +180,66 @@ class IndexWriter:
         self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
 
     def _load_committed_keys(self) -> None:
+        for entry in self.manifest["shards"]:
+            self._remember_shard(self.index_dir / entry["file"])
+
+    def _remember_shard(self, path: Path) -> None:
         import h5py
 
-        for entry in self.manifest["shards"]:
-            with h5py.File(self.index_dir / entry["file"], "r") as f:
-                meta = f["meta"]
-                sops = meta["sop_instance_uid"][...]
-                frames = meta["frame"][...]
-                sources = meta["source"][...] if "source" in meta else []
-            for sop, frame in zip(sops, frames):
-                self._keys.add(key_hash(sop.decode("utf-8"), int(frame)))
-            for src in np.unique(sources):
-                self._sources.add(source_hash(src.decode("utf-8")))
+        with h5py.File(path, "r") as f:
+            meta = f["meta"]
+            sops = meta["sop_instance_uid"][...]
+            frames = meta["frame"][...]
+            sources = meta["source"][...] if "source" in meta else []
+        for sop, frame in zip(sops, frames):
+            self._keys.add(key_hash(sop.decode("utf-8"), int(frame)))
+        for src in np.unique(sources):
+            self._sources.add(source_hash(src.decode("utf-8")))
+
+    def key_hashes(self) -> np.ndarray:
+        """uint64 :func:`key_hash` of every committed item (for a distributed de-duplicator)."""
+        return np.fromiter(self._keys, dtype=np.uint64, count=len(self._keys))
+
+    def commit_shards(self, entries: list[dict]) -> int:
+        """Commit shards that other processes wrote (the Ray indexer's actors), in one generation.
+
+        Each shard must already be committed on disk under its final name (``write_shard``)
+        and continue the id range: ``entries[0]["first_id"] == next_id``, each next one
+        following the previous. FAISS parts are written here when the index is trained.
+
+        Args:
+            entries: manifest shard records ``{file, items, bytes, sha256, first_id, last_id, faiss}``.
+
+        Returns:
+            the number of items committed.
+
+        Raises:
+            ConfigError: the entries do not continue the committed id range.
+        """
+        if not entries:
+            return 0
+        if self._buffer_metas:
+            raise ConfigError("commit the buffered items before committing shards written elsewhere")
+        manifest = dict(self.manifest)
+        manifest["shards"] = list(manifest["shards"])
+        for entry in entries:
+            entry = dict(entry)
+            if int(entry["first_id"]) != int(manifest["next_id"]) or int(entry["last_id"]) - int(entry["first_id"]) + 1 != int(entry["items"]):
+                raise ConfigError(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} do not continue the index at id {manifest['next_id']}")
+            number = int(entry["file"].split("-")[1].split(".")[0])
+            if self._trained is not None and not entry.get("faiss"):
+                from medcbir.indexer.shard import read_embeddings
+
+                ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
+                entry["faiss"] = self._write_shard_faiss(number, ids, read_embeddings(self.index_dir / entry["file"]))
+            manifest["shards"].append(entry)
+            manifest["next_id"] = int(entry["last_id"]) + 1
+            manifest["next_shard"] = max(int(manifest["next_shard"]), number + 1)
+            self._remember_shard(self.index_dir / entry["file"])
+            self.shards_written += 1
+            self.items_committed += int(entry["items"])
+        self._commit_manifest(manifest, train=self._needs_training(final=False, manifest=manifest))
+        return sum(int(e["items"]) for e in entries)
 
     # ------------------------------------------------------------------ queries
     @property

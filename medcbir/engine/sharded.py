@@ -1,0 +1,244 @@
+"""Sharded search on Ray: the index's shards spread over N actors, queries fanned out, top-K merged.
+
+Each :class:`ShardActor` opens a contiguous run of the index's shards as an index of its own
+(``IndexStore.open(manifest=...)`` with the ids shifted to start at 0) and answers with a plain
+:class:`~medcbir.engine.Engine` over it, so filters, tombstones and ``exclude`` are evaluated by
+the same code on each part; the actor adds its part's first id to every id it returns. The
+driver (:class:`ShardedEngine`) keeps the metadata (query resolution, filters, neighbours'
+metadata) but no FAISS index, fans each query batch out and merges:
+
+- exact (``Flat``) and IVF indexes without a refine step: each part's top-K, merged by score —
+  the same ids and scores as one index, because a part's top-K holds every one of its items
+  that can be in the global top-K (for IVF, every part probes the same lists: the coarse
+  quantiser is shared);
+- ``…,Refine(Flat)`` (the ``auto`` spec above 65,536 items): each part returns its top
+  ``K × k_factor`` candidates by the approximate score *with* their exact scores; the driver
+  keeps the global top ``K × k_factor`` by approximate score and ranks them by exact score,
+  which is what ``IndexRefine`` does on one index.
+
+Specs whose per-shard FAISS files carry their own ids (HNSW, fast-scan IVF, ``IndexShards``)
+are refused with a clear error.
+
+Example:
+    >>> engine = Engine.open("INDEX", ray="local", shards=2)   # doctest: +SKIP
+    >>> [hits] = engine.search(["1.2.826.0.1.3680043.8.498.1"], k=5, exclude="same-patient")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from medcbir.engine.engine import Engine
+from medcbir.errors import ConfigError
+
+
+def split_shards(shards: list[dict], parts: int) -> list[list[dict]]:
+    """Contiguous runs of shards with about equal item counts (at most ``parts`` runs, none empty)."""
+    parts = max(1, min(int(parts), len(shards)))
+    cumulative = np.cumsum([int(s["items"]) for s in shards])
+    total = int(cumulative[-1]) if len(shards) else 0
+    cuts: list[int] = []
+    for j in range(1, parts):
+        cut = int(np.searchsorted(cumulative, total * j / parts)) + 1
+        cut = min(max(cut, (cuts[-1] if cuts else 0) + 1), len(shards) - (parts - j))
+        cuts.append(cut)
+    return [shards[a:b] for a, b in zip([0, *cuts], [*cuts, len(shards)])]
+
+
+def part_manifest(manifest: dict, shards: list[dict]) -> tuple[dict, int]:
+    """(manifest of a run of shards with ids shifted to start at 0, the run's first id)."""
+    lo = int(shards[0]["first_id"])
+    hi = int(shards[-1]["last_id"]) + 1
+    part = dict(manifest)
+    part["shards"] = [{**s, "first_id": int(s["first_id"]) - lo, "last_id": int(s["last_id"]) - lo} for s in shards]
+    part["next_id"] = hi - lo
+    deleted = manifest.get("deleted") or []
+    if isinstance(deleted, list):
+        part["deleted"] = [int(i) - lo for i in deleted if lo <= int(i) < hi]
+    return part, lo
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ShardActor:
+        """Holds a run of an index's shards and searches them (ids returned globally)."""
+
+        def __init__(self, index_dir: str, manifest: dict, lo: int, verify: str, deleted: np.ndarray | None) -> None:
+            from medcbir.indexer import IndexStore
+
+            store = IndexStore.open(index_dir, verify=verify, manifest=manifest)
+            if deleted is not None and len(deleted):
+                # A large tombstone list lives in its own file: the driver passes this part's slice.
+                store.deleted = np.asarray(deleted, dtype=np.int64)
+                store.live_mask[:] = True
+                store.live_mask[store.deleted] = False
+            self.engine = Engine(store)
+            self.lo = int(lo)
+
+        def ready(self) -> int:
+            return len(self.engine.ids)
+
+        def search(self, vectors, k: int, mask, groups: list, knobs: dict, refine_factor: float | None):
+            """(scores, global ids[, exact scores]) for ``groups`` ([(key, rows)]) of ``vectors``."""
+            engine = self.engine
+            engine.knobs = dict(knobs)
+            group_map = {(tuple(key) if key is not None else None): rows for key, rows in groups}
+            if refine_factor is None:
+                scores, ids = engine.search_groups(vectors, k, mask, group_map)
+                return scores, np.where(ids >= 0, ids + self.lo, -1)
+            index = faiss.downcast_index(engine.index)
+            kk = max(k, int(k * refine_factor))
+            scores, ids = engine.search_groups(vectors, kk, mask, group_map, index=index.base_index)
+            exact = np.full(scores.shape, -np.inf, dtype=np.float32)
+            found = ids >= 0
+            if found.any():
+                stored = faiss.downcast_index(index.refine_index).reconstruct_batch(ids[found])
+                rows = np.nonzero(found)[0]
+                exact[found] = np.einsum("ij,ij->i", stored, vectors[rows]).astype(np.float32)
+            return scores, np.where(found, ids + self.lo, -1), exact
+
+    return ShardActor
+
+
+class ShardedEngine(Engine):
+    """An :class:`~medcbir.engine.Engine` whose FAISS search runs in Ray actors.
+
+    Use :meth:`open` (or ``Engine.open(..., ray=..., shards=N)``); ``close()`` ends the actors
+    (and the local Ray runtime if this engine started it).
+    """
+
+    @classmethod
+    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums", *, ray="local", shards: int = 2) -> "ShardedEngine":
+        """Open ``index_dir`` with its shards spread over ``shards`` Ray actors.
+
+        Args:
+            index_dir, encoder, device: as for :meth:`Engine.open`.
+            verify: each actor checks its own shards this way; the driver checks sizes.
+            ray: ``"local"``/True (start a local runtime) or a cluster address.
+            shards: number of actors (at most the number of shards).
+
+        Raises:
+            ConfigError: ``shards`` < 1, an unsupported index spec, or an unreachable cluster.
+        """
+        import ray as ray_module
+
+        from medcbir.indexer import IndexStore
+        from medcbir.indexer.faiss_index import is_flat, split_refine
+        from medcbir.indexer.manifest import deleted_ids
+        from medcbir.indexer.ray_index import connect
+
+        if int(shards) < 1:
+            raise ConfigError(f"--shards must be at least 1, not {shards}")
+        if not Path(index_dir).is_dir():
+            from medcbir.errors import IndexNotFound
+
+            raise IndexNotFound(f"index folder {index_dir} does not exist")
+        store = IndexStore.open(index_dir, verify="sizes" if verify != "none" else "none", device=device, build_index=False)
+        manifest = store.manifest
+        approximate = bool(manifest.get("trained")) and not is_flat(store.index_spec)
+        shard_faiss = [s.get("faiss") or {} for s in manifest["shards"]]
+        if approximate and any(f.get("kind") != "sa_codes" for f in shard_faiss):
+            store.close()
+            raise ConfigError(f"sharded search supports exact and IVF indexes; this index is {store.index_spec}")
+        engine = cls(store, None, device)
+        if encoder is not None:
+            from medcbir.engine.engine import _check_encoder
+
+            enc = cls._load_encoder(encoder, device)
+            _check_encoder(enc, store.encoder_info)
+            engine._encoder = enc
+        engine._started_ray = connect(ray)
+        engine._refine_factor = None
+        if approximate and split_refine(store.index_spec)[1] is not None:
+            engine._refine_factor = float(store.search_params.get("k_factor") or 1.0)
+        actor = _actor_class()
+        inline = isinstance(manifest.get("deleted") or [], list)
+        all_deleted = None if inline else deleted_ids(Path(index_dir), manifest, verify=False)
+        engine._parts = []
+        for run in split_shards(manifest["shards"], shards) if manifest["shards"] else []:
+            part, lo = part_manifest(manifest, run)
+            hi = lo + int(part["next_id"])
+            deleted = None if all_deleted is None else all_deleted[(all_deleted >= lo) & (all_deleted < hi)] - lo
+            if not inline:
+                part["deleted"] = []
+            engine._parts.append((lo, hi, actor.remote(str(Path(index_dir).absolute()), part, lo, verify, deleted)))
+        try:
+            ray_module.get([a.ready.remote() for _, _, a in engine._parts])
+        except Exception as exc:  # noqa: BLE001 - an actor failed to open its part (e.g. a corrupt shard)
+            engine.close()
+            from medcbir.errors import IndexCorrupt
+
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, Exception) and hasattr(cause, "args") and cause.args:
+                raise IndexCorrupt(str(cause.args[0]).splitlines()[0]) from None
+            raise
+        return engine
+
+    @property
+    def shards(self) -> int:
+        """Number of actors holding parts of the index."""
+        return len(self._parts)
+
+    def search_groups(self, vectors, k, base, groups, index=None):
+        """Like :meth:`Engine.search_groups`, fanned out to the actors (``index`` given: local)."""
+        if index is not None:
+            return super().search_groups(vectors, k, base, groups, index=index)
+        import ray
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        group_list = [(key, list(map(int, rows))) for key, rows in groups.items()]
+        ref = ray.put(vectors)
+        futures = [
+            actor.search.remote(ref, int(k), None if base is None else np.ascontiguousarray(base[lo:hi]), group_list, dict(self.knobs), self._refine_factor)
+            for lo, hi, actor in self._parts
+        ]
+        answers = ray.get(futures)
+        return merge(answers, int(k), self._refine_factor is not None, len(vectors))
+
+    def set_search_params(self, **knobs) -> None:
+        super().set_search_params(**knobs)
+        if knobs.get("k_factor") and self._refine_factor is not None:
+            self._refine_factor = float(knobs["k_factor"])
+
+    def close(self) -> None:
+        import ray
+
+        for _, _, actor in getattr(self, "_parts", []):
+            ray.kill(actor)
+        self._parts = []
+        super().close()
+        if getattr(self, "_started_ray", False):
+            ray.shutdown()
+            self._started_ray = False
+
+
+def merge(answers: list[tuple], k: int, refine: bool, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the parts' answers into (scores, ids) n×k, best first (-inf / -1 padding)."""
+    scores_out = np.full((n, k), -np.inf, dtype=np.float32)
+    ids_out = np.full((n, k), -1, dtype=np.int64)
+    if not answers:
+        return scores_out, ids_out
+    scores = np.concatenate([a[0] for a in answers], axis=1)
+    ids = np.concatenate([a[1] for a in answers], axis=1)
+    scores = np.where(ids >= 0, scores, -np.inf)
+    if refine:
+        exact = np.concatenate([a[2] for a in answers], axis=1)
+        depth = answers[0][0].shape[1]  # K × k_factor: the candidates one index would re-rank
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        ids = np.take_along_axis(ids, order, axis=1)
+        scores = np.where(ids >= 0, np.take_along_axis(exact, order, axis=1), -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_ids = np.take_along_axis(ids, order, axis=1)
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    width = top_ids.shape[1]
+    ids_out[:, :width] = np.where(np.isfinite(top_scores), top_ids, -1)
+    scores_out[:, :width] = top_scores
+    return scores_out, ids_out
+
+
+__all__ = ["ShardedEngine", "merge", "part_manifest", "split_shards"]

@@ -1,0 +1,445 @@
+"""Distributed indexing on Ray: the same shards, FAISS files and manifest as :func:`index_archive`.
+
+The pipeline (Ray Data, streaming)::
+
+    driver: list the archive's files/instances, skipping sources already committed
+      │  one row per *job* (a shard's worth of sources)
+      ▼
+    decode tasks (CPU): read + preprocess every source of a job (``walk`` / DICOMweb retrieve)
+      ▼
+    embedding actors (GPU or CPU; the encoder is loaded once per actor): embed in batches,
+      reserve ids from the ledger, write complete shards (temporary name, fsync, rename)
+      ▼
+    driver: checks each shard's sha256 and alone commits them to the manifest, in id order,
+      in groups (``IndexWriter.commit_shards``: FAISS parts and training as usual)
+
+Exactly once: ids are handed out by one :class:`ShardLedger` actor, keyed by job. A job retried
+after a worker died (Ray Data restarts actors and retries their tasks) gets the *same*
+reservation and rewrites the same shard files, so a retry can neither duplicate an item nor
+leave a hole in the id range. The ledger also drops keys already committed or reserved by
+another job (a SOP instance present twice in an archive is indexed once, as single-process).
+A killed driver leaves at most uncommitted shard files: the next writer removes them as
+orphans and the re-run skips every committed source.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcbir.errors import ConfigError, IndexCorrupt
+
+log = logging.getLogger(__name__)
+
+#: Decoded images of one job travel as one object-store block; this caps its size, so a job
+#: (and the shard it becomes) holds at most ``min(shard_size, JOB_BYTES // image bytes)`` items.
+JOB_BYTES = 256 << 20
+#: Attempts of a decode task whose worker process died.
+DECODE_RETRIES = 5
+#: The driver commits a group when this many shards are ready in id order, or after
+#: :data:`COMMIT_SECONDS`, and at the end (fewer generations than one per shard).
+COMMIT_SHARDS = 8
+COMMIT_SECONDS = 10.0
+
+
+# ---------------------------------------------------------------------------- sources → units
+class FolderUnits:
+    """A folder archive as units (absolute file paths), decoded with :func:`medcbir.imaging.walk`."""
+
+    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+        self.path = Path(path).absolute()
+        self.timeout = timeout
+
+    def units(self, skip_source) -> tuple[list[str], int]:
+        """(sources to decode, number passed because already committed), in walk order."""
+        from medcbir.imaging import list_files
+
+        todo, passed = [], 0
+        for path in list_files(self.path):
+            if skip_source(str(path)):
+                passed += 1
+            else:
+                todo.append(str(path))
+        return todo, passed
+
+    def decode(self, units: list[str], preprocessing, key: bytes | None) -> tuple[list, list]:
+        """(decoded items, skipped ``(path, reason, detail)``) of some units, in order."""
+        from medcbir.imaging import walk
+
+        w = walk([Path(u) for u in units], preprocessing=preprocessing, workers=1, key=key, timeout=self.timeout)
+        decoded = list(w)
+        return decoded, [tuple(q) for q in w.report.quarantined]
+
+
+class DicomwebUnits:
+    """A DICOMweb source (``medcbir.pacs.dicomweb.DicomwebSource``, duck-typed: the indexer does
+    not import ``pacs``) as units ``study/series/sop``, retrieved and decoded in the tasks."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def units(self, skip_source) -> tuple[list[str], int]:
+        todo, passed = [], 0
+        for study, series, sop in self.source.instances():
+            if skip_source(self.source.uri(study, series, sop)):
+                passed += 1
+            else:
+                todo.append(f"{study}/{series}/{sop}")
+        return todo, passed
+
+    def decode(self, units: list[str], preprocessing, key: bytes | None) -> tuple[list, list]:
+        decoded, skips = [], []
+        for unit in units:
+            uri, items, reason, detail = self.source._retrieve(tuple(unit.split("/")), preprocessing, key)
+            if items is None:
+                skips.append((uri, reason, detail))
+            else:
+                decoded.extend(items)
+        return decoded, skips
+
+
+def as_units(source: Any):
+    """The unit lister/decoder of a path, a ``FolderSource`` or a DICOMweb source."""
+    if isinstance(source, (str, Path)):
+        from medcbir.errors import ArchiveNotFound
+
+        if not Path(source).exists():
+            raise ArchiveNotFound(f"archive not found: {source}")
+        return FolderUnits(source)
+    if hasattr(source, "instances") and hasattr(source, "uri") and hasattr(source, "_retrieve"):
+        return DicomwebUnits(source)
+    if getattr(source, "path", None) is not None:
+        return FolderUnits(source.path, timeout=getattr(source, "timeout", 30.0))
+    raise ConfigError(f"the Ray indexer cannot split {type(source).__name__} into tasks (folders and DICOMweb only)")
+
+
+# ---------------------------------------------------------------------------- Ray runtime
+def connect(address: Any = None, num_cpus: int | None = None) -> bool:
+    """Join or start a Ray runtime; returns True when this call started it (then shut it down).
+
+    Args:
+        address: None/True/``"local"`` = start a local runtime (loopback only); ``"auto"``,
+            ``"HOST:PORT"`` or ``"ray://HOST:PORT"`` = join that cluster. A runtime this
+            process already joined is used as is.
+        num_cpus: CPUs of a local runtime (None = all).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    if address in (None, True, "local", ""):
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+    else:
+        try:
+            ray.init(address=str(address), **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return True
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+# ---------------------------------------------------------------------------- the ledger
+def _ledger_class():
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class ShardLedger:
+        """Hands out shard numbers and dense id ranges, idempotently per job."""
+
+        def __init__(self, next_id: int, next_shard: int, committed: np.ndarray, shard_size: int) -> None:
+            self.next_id, self.next_shard, self.shard_size = int(next_id), int(next_shard), int(shard_size)
+            self.keys = set(np.asarray(committed, dtype=np.uint64).tolist())
+            self.jobs: dict[int, tuple] = {}
+
+        def reserve(self, job: int, keys: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, list]:
+            """(keep mask, [(shard number, first id, items)]) for a job's items, in order.
+
+            Items whose key is committed or reserved by another job are dropped; the kept ones
+            are cut into shards of at most ``shard_size`` without splitting a source.
+            """
+            if job in self.jobs:
+                return self.jobs[job]
+            keep = np.zeros(len(keys), dtype=bool)
+            for i, h in enumerate(np.asarray(keys, dtype=np.uint64).tolist()):
+                if h not in self.keys:
+                    self.keys.add(h)
+                    keep[i] = True
+            kept_sources = np.asarray(sources)[keep]
+            plan, start, n = [], 0, int(keep.sum())
+            while start < n:
+                stop = min(start + self.shard_size, n)
+                while stop < n and kept_sources[stop] == kept_sources[stop - 1]:
+                    stop += 1
+                plan.append((self.next_shard, self.next_id, stop - start))
+                self.next_shard += 1
+                self.next_id += stop - start
+                start = stop
+            self.jobs[job] = (keep, plan)
+            return self.jobs[job]
+
+    return ShardLedger
+
+
+# ---------------------------------------------------------------------------- Ray Data stages
+def decode_job(batch: dict, units_of, preprocessing: dict, key: bytes | None) -> dict:
+    """Decode task: one job row → its preprocessed images and metadata (pickled, one block)."""
+    from medcbir.imaging import Preprocessing
+
+    prep = Preprocessing.from_dict(preprocessing)
+    out_jobs, out_payload = [], []
+    for job, units in zip(batch["job"], batch["units"]):
+        units = [str(u) for u in units]
+        decoded, skips = units_of.decode(units, prep, key)
+        images = np.stack([np.asarray(d.image, dtype=np.float32) for d in decoded]) if decoded else np.zeros((0, *prep_shape(prep)), np.float32)
+        metas = [d.meta for d in decoded]
+        out_jobs.append(int(job))
+        out_payload.append(pickle.dumps((images, metas, skips, len(units)), protocol=5))
+    return {"job": np.asarray(out_jobs, dtype=np.int64), "payload": np.asarray(out_payload, dtype=object)}
+
+
+def prep_shape(prep) -> tuple[int, int, int]:
+    return (prep.channels, prep.size, prep.size)
+
+
+class EmbedWriter:
+    """Embedding actor: loads the encoder once, embeds a job's images in batches and writes its
+    shards (complete, fsynced, renamed) into the index folder; returns their manifest records.
+
+    Args:
+        encoder: what ``open_encoder`` accepts (a checkpoint/ONNX path or ``"default"``) or a
+            picklable Encoder.
+        fingerprint: the index's encoder fingerprint (checked after loading).
+        encoder_info: the manifest's encoder record (shard attributes).
+        index_dir: the index folder (a shared file system on a cluster).
+        ledger: the :class:`ShardLedger` actor handle.
+        batch_size: images per forward.
+        threads: torch threads (CPU embedding).
+    """
+
+    def __init__(self, encoder, fingerprint: str, encoder_info: dict, index_dir: str, ledger, batch_size: int, threads: int) -> None:
+        import torch
+
+        from medcbir.device import Device
+        from medcbir.train import open_encoder, open_for_index
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.encoder = open_for_index(encoder, fingerprint, Device.auto()) if isinstance(encoder, str) else open_encoder(encoder, device=Device.auto())
+        if self.encoder.fingerprint != fingerprint:
+            raise ConfigError(f"the encoder on this worker is {self.encoder.fingerprint[:12]}, the index's is {fingerprint[:12]}")
+        self.info, self.index_dir, self.ledger, self.batch_size = encoder_info, Path(index_dir), ledger, int(batch_size)
+
+    def __call__(self, batch: dict) -> dict:
+        records = [self._job(int(job), pickle.loads(payload)) for job, payload in zip(batch["job"], batch["payload"])]
+        return {"job": np.asarray(batch["job"], dtype=np.int64), "record": np.asarray([pickle.dumps(r) for r in records], dtype=object)}
+
+    def _job(self, job: int, payload: tuple) -> dict:
+        import ray
+
+        from medcbir.indexer.shard import meta_columns, shard_name, write_shard
+        from medcbir.indexer.writer import key_hash
+
+        images, metas, skips, n_units = payload
+        keys = np.asarray([key_hash(m.sop_instance_uid, m.frame) for m in metas], dtype=np.uint64)
+        _, source_codes = np.unique(np.asarray([str(m.source) for m in metas], dtype=object).astype(str), return_inverse=True) if metas else (None, np.zeros(0, np.int64))
+        keep, plan = ray.get(self.ledger.reserve.remote(job, keys, source_codes))
+        kept = np.nonzero(keep)[0]
+        entries, start = [], 0
+        if len(kept):
+            embeddings = self.encoder.embed(np.ascontiguousarray(images[kept]), batch_size=self.batch_size)
+            kept_metas = [metas[i] for i in kept]
+            for number, first, count in plan:
+                ids = np.arange(first, first + count, dtype=np.int64)
+                path = self.index_dir / shard_name(number)
+                size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(kept_metas[start:start + count]), self.info)
+                entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
+                                "first_id": int(first), "last_id": int(first + count - 1), "faiss": None})
+                start += count
+        return {"job": job, "entries": entries, "units": n_units, "items": len(metas), "duplicates": int(len(metas) - len(kept)), "skips": skips}
+
+
+# ---------------------------------------------------------------------------- the driver
+def plan_jobs(units: list[str], shard_size: int, image_bytes: int) -> list[list[str]]:
+    """Units grouped into jobs of at most one shard's worth (≈ one item per unit)."""
+    per_job = max(1, min(int(shard_size), JOB_BYTES // max(1, int(image_bytes))))
+    return [units[i:i + per_job] for i in range(0, len(units), per_job)]
+
+
+def index_archive_ray(
+    source: Any,
+    index_dir: str | Path,
+    encoder: Any = "default",
+    *,
+    ray: Any = None,
+    workers: int = 1,
+    gpus_per_worker: float | None = None,
+    shard_size: int = 4096,
+    index_spec: str = "auto",
+    device=None,
+    progress: bool = True,
+    batch_size: int = 64,
+    key_file: str | Path | None = None,
+):
+    """:func:`medcbir.indexer.index_archive` with decoding and embedding spread over Ray.
+
+    Args:
+        source: an archive folder, a ``FolderSource`` or a DICOMweb source.
+        index_dir: the index folder (on a file system every Ray node sees).
+        encoder: an encoder path (checkpoint, ONNX, ``"default"``) or a picklable Encoder.
+        ray: None/True/``"local"`` (start a local runtime) or a cluster address
+            (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:PORT"``).
+        workers: embedding actors.
+        gpus_per_worker: GPUs per actor (None: 1 when the cluster has GPUs, else 0).
+        shard_size: items per shard at most (also capped by :data:`JOB_BYTES` of images).
+        index_spec, device, progress, batch_size, key_file: as for ``index_archive``.
+
+    Returns:
+        the job's :class:`~medcbir.indexer.IndexSummary`.
+    """
+    from medcbir.indexer.pipeline import IndexSummary
+    from medcbir.indexer.writer import IndexWriter, remove_orphans
+
+    start = time.perf_counter()
+    if int(workers) < 1:
+        raise ConfigError(f"--ray-workers must be at least 1, not {workers}")
+    index_dir = Path(index_dir).absolute()
+    units_of = as_units(source)
+    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device)
+    started = False
+    summary = IndexSummary()
+    try:
+        units, passed = units_of.units(writer.has_source)
+        summary.files, summary.already_present = len(units) + passed, passed
+        started = connect(ray)
+        if units:
+            records = _run(units_of, units, writer, encoder, int(workers), gpus_per_worker, int(shard_size), int(batch_size), progress)
+            _commit_all(records, writer, summary, index_dir)
+        writer.close()
+        remove_orphans(index_dir, writer.manifest)  # temporary files of retried (killed) attempts
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if started:
+            import ray as ray_module
+
+            ray_module.shutdown()
+    return summary.finish(writer, start)
+
+
+def _encoder_arg(writer, encoder):
+    """What the actors open: a path or built-in name when there is one, else the Encoder pickled."""
+    from medcbir.train import is_builtin
+
+    source = str(getattr(writer.encoder, "source", "") or "")
+    if isinstance(encoder, (str, Path)):
+        return str(encoder) if is_builtin(str(encoder)) or not Path(encoder).exists() else str(Path(encoder).absolute())
+    if source and source != "<module>" and (is_builtin(source) or Path(source).exists()):
+        return source
+    return writer.encoder
+
+
+def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size, batch_size, progress):
+    """Build and stream the Ray Data pipeline; yields the actors' shard records as they finish."""
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
+    prep = writer.encoder.preprocessing
+    jobs = plan_jobs(units, writer.shard_size, 4 * int(np.prod(prep_shape(prep))))
+    gpus = (1.0 if cluster_gpus() > 0 else 0.0) if gpus_per_worker is None else float(gpus_per_worker)
+    cpus = cluster_cpus()
+    # Leave a CPU for the decode tasks; CPU actors share the remaining cores (torch threads).
+    actor_cpus = min(1.0, max(0.1, (cpus - 1.0) / workers)) if gpus == 0 else 1.0
+    threads = max(1, int(cpus // workers)) if gpus == 0 else 1
+    ledger = _ledger_class().remote(writer.items, int(writer.manifest["next_shard"]), writer.key_hashes(), shard_size)
+    ds = ray.data.from_items([{"job": j, "units": job} for j, job in enumerate(jobs)], override_num_blocks=len(jobs))
+    # Decoding stays in its own CPU tasks, retried when their worker dies. Ray Data fuses a task
+    # stage into the next actor stage when their remote options are equal, which would
+    # serialise decoding and embedding in one process; the explicit retry count keeps them apart.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # max_retries as a keyword (still supported in 2.60)
+        ds = ds.map_batches(
+            decode_job, batch_size=1, batch_format="numpy", num_cpus=1, max_retries=DECODE_RETRIES,
+            fn_kwargs={"units_of": units_of, "preprocessing": prep.to_dict(), "key": writer.key},
+        )
+    ds = ds.map_batches(
+        EmbedWriter, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=actor_cpus, num_gpus=gpus,
+        fn_constructor_kwargs={
+            "encoder": _encoder_arg(writer, encoder), "fingerprint": writer.encoder.fingerprint,
+            "encoder_info": dict(writer.manifest["encoder"]), "index_dir": str(writer.index_dir),
+            "ledger": ledger, "batch_size": batch_size, "threads": threads,
+        },
+    )
+    for row in ds.iter_rows():
+        yield pickle.loads(row["record"])
+
+
+def _commit_all(records, writer, summary, index_dir: Path) -> None:
+    """Commit finished shards in id order, in groups; account skips and duplicates."""
+    from medcbir.indexer.fsutil import sha256_file
+
+    ready: dict[int, dict] = {}
+    last_commit = time.monotonic()
+    quarantine = open(index_dir / "quarantine.log", "a", encoding="utf-8")
+    try:
+        for record in records:
+            for entry in record["entries"]:
+                ready[int(entry["first_id"])] = entry
+            summary.already_present += record["duplicates"]
+            for path, reason, detail in record["skips"]:
+                summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
+                quarantine.write(f"{str(path).replace(chr(9), ' ')}\t{reason}\t{' '.join(str(detail).split())}\n")
+            quarantine.flush()
+            if _contiguous(ready, writer.items) >= COMMIT_SHARDS or time.monotonic() - last_commit >= COMMIT_SECONDS:
+                summary.indexed += _commit_prefix(ready, writer, sha256_file)
+                last_commit = time.monotonic()
+        summary.indexed += _commit_prefix(ready, writer, sha256_file)
+    finally:
+        quarantine.close()
+    if ready:
+        raise IndexCorrupt(f"shards {sorted(e['file'] for e in ready.values())} do not continue the index at id {writer.items}")
+
+
+def _contiguous(ready: dict[int, dict], next_id: int) -> int:
+    n = 0
+    while next_id in ready:
+        next_id = ready[next_id]["last_id"] + 1
+        n += 1
+    return n
+
+
+def _commit_prefix(ready: dict[int, dict], writer, sha256_file) -> int:
+    group = []
+    next_id = writer.items
+    while next_id in ready:
+        entry = ready.pop(next_id)
+        # The driver commits only what it has checked: a shard replaced after its actor
+        # reported it (e.g. by a late attempt of a killed run) is refused, never committed.
+        if sha256_file(writer.index_dir / entry["file"]) != entry["sha256"]:
+            raise IndexCorrupt(f"{entry['file']}: checksum differs from what its worker reported")
+        group.append(entry)
+        next_id = entry["last_id"] + 1
+    return writer.commit_shards(group)

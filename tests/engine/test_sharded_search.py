@@ -1,0 +1,133 @@
+"""Sharded search on Ray actors against the single-process engine, on the same real indexes.
+
+Exact indexes must give the same ids and scores; IVF indexes (with and without a refine step)
+the same ids under the same search parameters; filters, tombstones and ``exclude`` included.
+One local Ray runtime (loopback, 2 CPUs) serves the module and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.engine.indexes import copy_index, rebuild_with_spec
+from tests.ray_procs import ray_runtime  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.ray
+
+
+def compare(single, sharded, exact: bool, **options) -> int:
+    """Assert equal answers for UID queries of every patient; returns the neighbours compared."""
+    uids = [str(u) for u in np.asarray(single.columns["sop_instance_uid"])[::7]]
+    live = [u for u in uids if single.live[single.lookup.find([u])[0]]]
+    a = single.search(live, k=8, **options)
+    b = sharded.search(live, k=8, **options)
+    compared = 0
+    for hits_a, hits_b in zip(a, b):
+        assert [n.id for n in hits_a] == [n.id for n in hits_b]
+        if exact:
+            assert np.allclose([n.score for n in hits_a], [n.score for n in hits_b], rtol=0, atol=1e-6)
+        assert [n.meta["sop_instance_uid"] for n in hits_a] == [n.meta["sop_instance_uid"] for n in hits_b]
+        compared += len(hits_a)
+    return compared
+
+
+@pytest.fixture(scope="module")
+def variants(flat_index, tmp_path_factory):
+    """The flat test index under IVF specs, and a copy with a tombstoned series."""
+    from medcbir.indexer import IndexStore, delete
+
+    folder = tmp_path_factory.mktemp("sharded")
+    ivf_refine = rebuild_with_spec(flat_index, folder / "ivf-refine", "IVF4,PQ64x4,Refine(Flat)")  # 64 sub-quantisers: no tied approximate scores at 80 items
+    ivf_flat = rebuild_with_spec(flat_index, folder / "ivf-flat", "IVF4,Flat")
+    deleted = copy_index(flat_index, folder / "deleted")
+    store = IndexStore.open(flat_index)
+    series = str(store.columns["series_instance_uid"][5])
+    store.close()
+    assert delete(deleted, series=[series]) > 0
+    return {"ivf-refine": ivf_refine, "ivf-flat": ivf_flat, "deleted": deleted}
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_exact_sharded_equals_single_process(ray_runtime, flat_index, shards):
+    from medcbir.engine import Engine
+
+    single = Engine.open(flat_index)
+    sharded = Engine.open(flat_index, ray=ray_runtime, shards=shards)
+    try:
+        assert sharded.shards == shards and len(sharded) == len(single)
+        modality = str(single.columns["modality"][0])
+        series = [str(s) for s in np.unique(single.columns["series_instance_uid"])[:2]]
+        assert compare(single, sharded, exact=True) > 0
+        assert compare(single, sharded, exact=True, exclude="same-patient") > 0
+        assert compare(single, sharded, exact=True, exclude="same-study", modality=modality) > 0
+        assert compare(single, sharded, exact=True, series=series) > 0
+        vectors = single.embeddings(np.arange(0, len(single), 9))  # embedding queries, one batch
+        for a, b in zip(single.search(vectors, k=5), sharded.search(vectors, k=5)):
+            assert [n.id for n in a] == [n.id for n in b]
+            assert np.allclose([n.score for n in a], [n.score for n in b], atol=1e-6)
+    finally:
+        sharded.close()
+        single.close()
+
+
+@pytest.mark.parametrize("name", ["ivf-refine", "ivf-flat"])
+def test_ivf_sharded_gives_the_same_ids(ray_runtime, variants, name):
+    from medcbir.engine import Engine
+
+    single = Engine.open(variants[name])
+    sharded = Engine.open(variants[name], ray=ray_runtime, shards=3)
+    try:
+        assert not single.exact and not sharded.exact
+        for knobs in ({"nprobe": 1}, {"nprobe": 2, "k_factor": 2}):
+            single.set_search_params(**knobs)
+            sharded.set_search_params(**knobs)
+            assert compare(single, sharded, exact=False) > 0
+            assert compare(single, sharded, exact=False, exclude="same-patient") > 0
+    finally:
+        sharded.close()
+        single.close()
+
+
+def test_tombstones_are_never_returned(ray_runtime, variants):
+    from medcbir.engine import Engine
+
+    single = Engine.open(variants["deleted"])
+    sharded = Engine.open(variants["deleted"], ray=ray_runtime, shards=2)
+    try:
+        assert len(sharded) == len(single) < len(single.ids)
+        assert compare(single, sharded, exact=True, exclude="same-patient") > 0
+        vectors = single.embeddings(np.arange(len(single.ids)))
+        dead = set(np.nonzero(~single.live)[0].tolist())
+        assert dead and not dead & {n.id for hits in sharded.search(vectors, k=10) for n in hits}
+    finally:
+        sharded.close()
+        single.close()
+
+
+def test_cli_search_with_ray_matches(ray_runtime, flat_index):
+    from click.testing import CliRunner
+
+    from medcbir.cli.main import cli
+    from medcbir.engine import Engine
+
+    with Engine.open(flat_index) as engine:
+        queries = [str(u) for u in np.asarray(engine.columns["sop_instance_uid"])[::20]]
+    runner = CliRunner()
+    plain = runner.invoke(cli, ["search", str(flat_index), *queries, "-k", "5", "--json", "--exclude", "same-patient"])
+    ray = runner.invoke(cli, ["search", str(flat_index), *queries, "-k", "5", "--json", "--exclude", "same-patient", "--ray", ray_runtime, "--shards", "2"])
+    assert plain.exit_code == 0 and ray.exit_code == 0, (plain.output, ray.output)
+    assert json.loads(plain.output) == json.loads(ray.output)
+    bad = runner.invoke(cli, ["search", str(flat_index), queries[0], "--shards", "2"])
+    assert bad.exit_code != 0 and "--shards needs --ray" in str(bad.exception)  # `entry` prints it as one line
+
+
+def test_unsupported_spec_is_a_clear_error(ray_runtime, flat_index, tmp_path):
+    from medcbir.engine import Engine
+    from medcbir.errors import ConfigError
+
+    hnsw = rebuild_with_spec(flat_index, tmp_path / "hnsw", "HNSW8")
+    with pytest.raises(ConfigError, match="sharded search supports exact and IVF"):
+        Engine.open(hnsw, ray=ray_runtime, shards=2)

@@ -1,0 +1,217 @@
+"""The Ray indexer against the single-process one, on a real local Ray runtime.
+
+One Ray runtime (loopback, 2 CPUs) serves the whole module; at the end it is shut down and no
+process it started may be left. Faults are real: an embedding actor's process and a driver
+process are SIGKILLed by pid in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.ray_procs import pids_matching, ray_runtime, wait_gone  # noqa: F401 - ray_runtime is a fixture
+
+pytestmark = pytest.mark.ray
+
+
+def index_keys(index: Path) -> dict[tuple[str, int], np.ndarray]:
+    """(sop_instance_uid, frame) → embedding of every committed item (a key twice fails)."""
+    manifest = json.loads((index / "manifest.json").read_text())
+    out: dict = {}
+    for entry in manifest["shards"]:
+        with h5py.File(index / entry["file"], "r") as f:
+            sops = [s.decode() for s in f["meta/sop_instance_uid"][...]]
+            frames = f["meta/frame"][...]
+            emb = f["embeddings"][...]
+            assert list(f["ids"][...]) == list(range(entry["first_id"], entry["last_id"] + 1))
+        for sop, frame, e in zip(sops, frames, emb):
+            key = (sop, int(frame))
+            assert key not in out, f"{key} indexed twice"
+            out[key] = e
+    return out
+
+
+def assert_clean_folder(index: Path) -> None:
+    """Every shard/FAISS file on disk is committed, every committed file exists."""
+    from medcbir.indexer.manifest import read_manifest, referenced_files
+
+    referenced = referenced_files(read_manifest(index))
+    on_disk = {p.name for p in index.iterdir() if p.name.startswith(("shard-", "trained-", ".shard-"))}
+    assert on_disk == referenced - {"manifest.json"}
+
+
+def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archive, encoder_path, tmp_path):
+    from click.testing import CliRunner
+
+    from medcbir.cli.main import cli
+
+    single, single_summary = built_index
+    out = tmp_path / "ray-index"
+    runner = CliRunner()
+    # `medcbir index ARCHIVE --out B --ray ADDRESS` (the module's runtime), as a user runs it
+    result = runner.invoke(cli, ["index", str(phantom_archive), "--out", str(out), "--encoder", str(encoder_path),
+                                 "--shard-size", "16", "--ray", ray_runtime, "--ray-workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["indexed"] == single_summary.indexed == summary["total_items"]
+    assert summary["skipped"] == single_summary.skipped and summary["files"] == single_summary.files
+
+    reports = [json.loads(runner.invoke(cli, ["verify", str(index), "--json"]).output) for index in (single, out)]
+    assert reports[0]["ok"] and reports[1]["ok"], reports
+    assert reports[0]["items"] == reports[1]["items"] and reports[0]["index_spec"] == reports[1]["index_spec"]
+    ka, kb = index_keys(single), index_keys(out)
+    assert ka.keys() == kb.keys()
+    assert max(float(np.abs(ka[k] - kb[k]).max()) for k in ka) <= 1e-5
+    assert_clean_folder(out)
+
+    # Same neighbours through the CLI, both indexes searched by the single-process engine.
+    queries = [k[0] for k in sorted(ka)[::17]]
+    answers = []
+    for index in (single, out):
+        result = runner.invoke(cli, ["search", str(index), *queries, "-k", "6", "--json", "--exclude", "same-patient"])
+        assert result.exit_code == 0, result.output
+        answers.append(json.loads(result.output))
+    for qa, qb in zip(*answers):
+        assert [n["sop_instance_uid"] for n in qa["neighbours"]] == [n["sop_instance_uid"] for n in qb["neighbours"]]
+        assert np.allclose([n["score"] for n in qa["neighbours"]], [n["score"] for n in qb["neighbours"]], atol=2e-6)
+
+    bad = runner.invoke(cli, ["index", str(phantom_archive), "--out", str(tmp_path / "x"), "--ray-workers", "2"])
+    assert bad.exit_code != 0 and "need --ray" in str(bad.exception) and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_killed_worker_mid_run_still_indexes_every_item_once(ray_runtime, phantom_archive, encoder_path, tmp_path):
+    from medcbir.indexer import index_archive, verify
+
+    out = tmp_path / "killed-worker"
+    result: dict = {}
+
+    def run():
+        try:
+            result["summary"] = index_archive(phantom_archive, out, str(encoder_path), shard_size=4, progress=False, ray=True)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    killed = None
+    while time.monotonic() < deadline and killed is None and thread.is_alive():
+        actors = pids_matching("EmbedWriter")
+        if actors and list(out.glob("shard-*.h5")):
+            killed = actors[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    assert killed is not None, "the run ended before an embedding actor could be killed"
+    shards_at_kill = len(list(out.glob("shard-*.h5")))
+    thread.join(180)
+    assert "error" not in result, result.get("error")
+    summary = result["summary"]
+    assert summary.total_items == summary.indexed == 80
+    assert summary.shards > shards_at_kill  # the run went on after the kill
+    report = verify(out)
+    assert report.ok and report.items == 80, report.problems
+    assert len(index_keys(out)) == 80
+    assert_clean_folder(out)
+
+
+@pytest.mark.slow
+def test_killed_driver_rerun_resumes_exactly(ray_runtime, phantom_archive, encoder_path, tmp_path):
+    from medcbir.indexer import index_archive, verify
+
+    out = tmp_path / "killed-driver"
+    cmd = [sys.executable, "-m", "medcbir", "index", str(phantom_archive), "--out", str(out), "--encoder", str(encoder_path),
+           "--shard-size", "4", "--no-progress", "--ray", ray_runtime]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    manifest = out / "manifest.json"
+    deadline = time.monotonic() + 120
+    committed = 0
+    while time.monotonic() < deadline and driver.poll() is None:
+        if manifest.is_file():
+            committed = json.loads(manifest.read_text())["next_id"]
+            if committed:
+                break
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stdout.read().decode()[-2000:]
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(10)
+    driver.stdout.close()
+    assert 0 < committed < 80
+    # Ray ends the dead driver's actors; a re-run must not race a late write of theirs.
+    assert not wait_gone(pids_matching("EmbedWriter"), timeout=30)
+
+    summary = index_archive(phantom_archive, out, str(encoder_path), shard_size=4, progress=False, ray=True)
+    before = json.loads(manifest.read_text())
+    assert summary.total_items == 80 == before["next_id"]
+    assert summary.indexed == 80 - committed_at_least(committed, summary)
+    report = verify(out)
+    assert report.ok and report.items == 80, report.problems
+    assert len(index_keys(out)) == 80
+    assert_clean_folder(out)
+
+
+def committed_at_least(seen: int, summary) -> int:
+    """Items the killed run had committed (≥ what the test saw: it may have committed more)."""
+    done = 80 - summary.indexed
+    assert done >= seen
+    return done
+
+
+@pytest.fixture(scope="module")
+def dicomweb_server(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin (no medcbir plugin) holding a small phantom."""
+    import requests
+
+    from medcbir.imaging.phantom import make_archive
+    from medcbir.pacs.orthanc_config import build_config, write_config
+    from medcbir.pacs.orthanc_server import OrthancServer, free_port
+    from tests.conftest import require_binary
+
+    require_binary("Orthanc")
+    folder = tmp_path_factory.mktemp("ray-dicomweb")
+    archive = folder / "archive"
+    make_archive(archive, patients=2, slices=6, seed=5, size=64)
+    config = build_config(folder / "unused-index", "default", http_port=free_port(), dicom_port=free_port(), storage=folder / "storage")
+    config["Plugins"] = [p for p in config["Plugins"] if "DicomWeb" in p]
+    config.pop("PythonScript", None)
+    config.pop("Medcbir", None)
+    server = OrthancServer(write_config(folder / "orthanc.json", config), log_path=folder / "orthanc.log")
+    server.start(timeout=90, wait_plugin=False)
+    try:
+        files = sorted(archive.rglob("*.dcm"))
+        for path in files:
+            requests.post(server.url + "/instances", data=path.read_bytes(), timeout=30).raise_for_status()
+        yield server, files
+    finally:
+        server.stop()
+
+
+def test_ray_index_from_dicomweb_equals_single_process(ray_runtime, dicomweb_server, encoder_path, tmp_path):
+    from medcbir.indexer import index_archive, verify
+    from medcbir.pacs.dicomweb import DicomwebSource
+
+    server, files = dicomweb_server
+    url = f"dicomweb+{server.url}/dicom-web"
+    single = index_archive(DicomwebSource(url, workers=1), tmp_path / "single", str(encoder_path), shard_size=4, progress=False, workers=1)
+    distributed = index_archive(DicomwebSource(url, workers=1), tmp_path / "ray", str(encoder_path), shard_size=4, progress=False, ray=True)
+    assert single.indexed == distributed.indexed == len(files)
+    assert verify(tmp_path / "ray").ok
+    ka, kb = index_keys(tmp_path / "single"), index_keys(tmp_path / "ray")
+    assert ka.keys() == kb.keys() and len(ka) == len(files)
+    assert max(float(np.abs(ka[k] - kb[k]).max()) for k in ka) <= 1e-5
+    with h5py.File(next((tmp_path / "ray").glob("shard-*.h5")), "r") as f:
+        assert all(s.decode().startswith(url + "/studies/") for s in f["meta/source"][...])
+    # incremental: nothing new is downloaded or indexed
+    again = index_archive(DicomwebSource(url, workers=1), tmp_path / "ray", str(encoder_path), shard_size=4, progress=False, ray=True)
+    assert again.indexed == 0 and again.already_present == len(files) and again.total_items == len(files)
