@@ -31,11 +31,17 @@ def _clean(value):
 @click.argument("query")
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours to retrieve and explain.")
 @click.option("--method", type=click.Choice(_method_names()), default="relax", show_default=True)
-@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=3000, show_default=True, help="RELAX masks (the maximum with --adaptive).")
-@click.option("--adaptive", is_flag=True, help="RELAX: stop drawing masks once the map has converged.")
-@click.option("--target-r", type=click.FloatRange(0.5, 0.999), default=0.98, show_default=True,
-              help="--adaptive: stop when the predicted correlation with the infinite-mask map reaches this.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="RELAX forward precision.")
+@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=None, help="RELAX masks (the maximum with --adaptive)  [default: the measured best, see README]")
+@click.option("--adaptive/--no-adaptive", default=None, help="RELAX: stop drawing masks once the map has converged  [default: the measured best]")
+@click.option("--target-r", type=click.FloatRange(0.5, 0.999), default=None,
+              help="--adaptive: stop when the predicted correlation with the infinite-mask map reaches this  [default: the measured best]")
+@click.option("--sampling", type=click.Choice(["iid", "antithetic", "sobol", "sobol-antithetic"]), default=None,
+              help="RELAX mask sampling  [default: the measured best]")
+@click.option("--control-variates/--no-control-variates", default=None,
+              help="RELAX: cross-fitted cell control variates (same map, less noise)  [default: the measured best]")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "onnx-int8"]), default=None,
+              help="RELAX masked forwards: torch, ONNX Runtime (fp32), or ONNX Runtime int8  [default: the measured best; torch with --precision bf16]")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="RELAX forward precision (torch backend).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=120, show_default=True, help="RELAX masked images per forward.")
 @click.option("--seed", default=0, show_default=True, help="RELAX / SmoothGrad seed.")
 @click.option("--pairwise", is_flag=True, help="Also explain the query w.r.t. each neighbour's embedding.")
@@ -44,7 +50,11 @@ def _clean(value):
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--redact", is_flag=True, help="Name the query by its SOP UID, never by its file path (which may name the patient).")
-def explain(index, query, k, method, n_masks, adaptive, target_r, precision, batch_size, seed, pairwise, exclude, encoder, report, as_json, redact):
+@click.option("--heatmap-scale", type=click.Choice(["per-image", "shared"]), default="per-image", show_default=True,
+              help="Report colours: each heatmap on its own robust range, or one scale per row.")
+@click.option("--include-self", is_flag=True, help="Keep the query among its neighbours when it is itself in the index.")
+def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, control_variates, backend, precision, batch_size, seed, pairwise, exclude,
+            encoder, report, as_json, redact, heatmap_scale, include_self):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -52,10 +62,16 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
     engine = Engine.open(index, encoder=encoder)
     options: dict = {}
     if method == "relax":
-        options = {"n_masks": n_masks, "seed": seed, "adaptive": adaptive, "target_r": target_r, "precision": precision, "batch_size": batch_size}
+        from medcbir.explain.relax import relax_options
+
+        if backend is None and precision != "fp32":
+            backend = "torch"  # reduced precision is a torch autocast
+        given = {"n_masks": n_masks, "adaptive": adaptive, "target_r": target_r, "sampling": sampling,
+                 "control_variates": control_variates, "backend": backend}
+        options = relax_options(seed=seed, precision=precision, batch_size=batch_size, **given)
     elif method == "smoothgrad":
         options = {"seed": seed}
-    result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
+    result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, include_self=include_self, **options)
     if redact:
         from medcbir.cli.search import query_name
 
@@ -64,7 +80,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
     if report is not None:
         from medcbir.engine.report import render_report
 
-        html_path, png_path = render_report(report, result.panel())
+        html_path, png_path = render_report(report, result.panel(), scale=heatmap_scale)
         payload["report"] = {"html": str(html_path), "png": str(png_path)}
     if as_json:
         click.echo(json.dumps(_clean(payload), indent=2))
@@ -88,9 +104,19 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, precision, bat
 @click.option("--angles", default="0,90,180,270", show_default=True, help="Rotation angles of the Dice sweep ('' to skip).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
+@click.option("--targets", type=click.Choice(["query", "own"]), default="query", show_default=True,
+              help="query: each neighbour's map explains its similarity to the query; own: each image w.r.t. its own embedding.")
+@click.option("--pairwise", is_flag=True, help="--targets query: also explain each query w.r.t. its neighbour's embedding.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="same-patient", show_default=True, help="--targets query: which neighbours may be paired with a query.")
+@click.option("--sanity", is_flag=True, help="Also run the randomisation sanity checks (Adebayo et al. 2018).")
+@click.option("--sanity-steps", type=click.IntRange(min=0), default=30, show_default=True, help="--sanity: training steps of the noise-trained encoder (0 skips data randomisation).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
-def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, json_out):
-    """Score explanation METHODS on INDEX's images against their ORGAN masks (table + JSON)."""
+def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out):
+    """Score explanation METHODS on INDEX's images against their ORGAN masks, beside trivial maps (table + JSON).
+
+    Each method is reported with its margin over the best trivial map (noise, centre, intensity,
+    edges); metrics that cannot rank maps for the chosen targets are shown as n/a with the reason.
+    """
     from medcbir.errors import ConfigError
     from medcbir.explain.evaluation import evaluate_methods, format_table
 
@@ -103,6 +129,7 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
         raise ConfigError(f"--angles must be comma-separated numbers, not {angles!r}") from None
     result = evaluate_methods(
         index, masks_file, organ=organ, methods=names, n=n, labels=labels, encoder=encoder, angles=angle_list, n_masks=n_masks, seed=seed,
+        targets=targets, pairwise=pairwise, exclude=exclude, sanity=sanity, sanity_steps=sanity_steps,
         progress=lambda m: click.echo(f"scoring {m} ...", err=True),
     )
     click.echo(format_table(result))

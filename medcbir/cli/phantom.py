@@ -16,15 +16,48 @@ import click
 @click.option("--no-compress", is_flag=True, help="Write every series uncompressed (no RLE / JPEG 2000).")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Processes writing patients (0 = one per core for ≥ 64 slices); the bytes do not depend on it.")
-def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_compress: bool, workers: int) -> None:
+@click.option("--studies-per-patient", type=int, default=1, show_default=True,
+              help="Exams per patient (later ones: new UIDs, later dates, small positioning/FOV/contrast changes).")
+@click.option("--simple", is_flag=True,
+              help="The original phantom (same position, field of view and contrast for everyone; no lesions).")
+@click.option("--modality", type=click.Choice(["CT", "MR"]), default="CT", show_default=True,
+              help="MR: an MR-like series (no HU, arbitrary intensity scale and gamma per patient).")
+@click.option("--override", "overrides", multiple=True, metavar="NAME=JSON",
+              help="Force one nuisance for every patient, e.g. --override pixel_spacing=0.9 "
+                   "--override 'offset_mm=[20,-10]' --override noise=25 (names: docs/contracts.md).")
+def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_compress: bool, workers: int,
+            studies_per_patient: int, simple: bool, modality: str, overrides: tuple[str, ...]) -> None:
     """Write a synthetic CT archive (real DICOM) with labels.csv, masks.h5 and phantom.json."""
     from medcbir.imaging.phantom import make_archive
 
     summary = make_archive(out, patients=patients, slices=slices, seed=seed, size=size, compress=not no_compress,
-                           workers=workers)
+                           workers=workers, studies_per_patient=studies_per_patient, simple=simple,
+                           overrides=_parse_overrides(overrides), modality=modality)
     click.echo(f"phantom archive: {summary.out}")
-    click.echo(f"  {summary.files} slices ({summary.patients} patients × {summary.slices}, {summary.size} px) "
+    exams = f" × {summary.studies_per_patient} studies" if summary.studies_per_patient > 1 else ""
+    click.echo(f"  {summary.files} slices ({summary.patients} patients{exams} × {summary.slices}, {summary.size} px) "
                f"in {summary.elapsed:.2f} s = {summary.slices_per_second:.0f} slices/s")
     click.echo("  labels: " + ", ".join(f"{label} {count}" for label, count in summary.labels.items()))
     click.echo("  transfer syntaxes: " + ", ".join(f"{name} {count}" for name, count in summary.transfer_syntaxes.items()))
-    click.echo(f"  ground truth: {summary.labels_csv}, {summary.masks_h5}, {summary.phantom_json}")
+    truth = [summary.labels_csv, summary.labels_liver_csv, summary.labels_lesion_csv, summary.slices_csv,
+             summary.masks_h5, summary.phantom_json]
+    click.echo("  ground truth: " + ", ".join(str(path) for path in truth if path is not None))
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """``NAME=VALUE`` pairs, the value read as JSON when it parses (numbers, lists, true/false),
+    else as a string (``phase=arterial``)."""
+    import json
+
+    from medcbir.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--override wants NAME=VALUE (got {pair!r})")
+        try:
+            out[name.strip()] = json.loads(text)
+        except ValueError:
+            out[name.strip()] = text
+    return out

@@ -46,16 +46,72 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _series_query(engine, spec: str) -> list:
+    """A series as one case query: a SeriesInstanceUID in the index, or a folder of its files."""
+    from pathlib import Path
+
+    from medcbir.errors import ConfigError
+
+    if Path(spec).is_dir():
+        from medcbir.imaging import walk
+
+        decoded = list(walk(Path(spec), preprocessing=engine.encoder.preprocessing, key=engine.pseudonym_key, workers=1))
+        if not decoded:
+            raise ConfigError(f"folder {spec} holds no decodable image")
+        return decoded
+    return engine.series_members(spec)
+
+
+def _print_cases(label: str, cases: list, group_by: str) -> None:
+    click.echo(f"query: {label}  ({len(cases)} {group_by}{'s' if len(cases) != 1 else ''})")
+    rows = []
+    for c in cases:
+        best = c.slices[0] if c.slices else None
+        rows.append([c.rank, f"{c.score:.4f}", c.n_hits, c.uid, c.meta.get("modality") or "", _date(c.meta.get("study_datetime")),
+                     best.meta.get("sop_instance_uid", "") if best else "", f"{best.score:.4f}" if best else ""])
+    click.echo(_table(rows, ["rank", "score", "hits", f"{group_by}_instance_uid", "modality", "date", "best slice", "slice score"]))
+    click.echo("")
+
+
+def _date(value) -> str:
+    value = str(value or "")
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) >= 8 else "-"
+
+
+def _drop_source(record: dict, redact: bool) -> None:
+    if redact:
+        record.pop("source", None)
+
+
+def _print_prior(result, label: str, redact: bool = False) -> None:
+    click.echo(f"query: {label}  (study {result.query_study}, {_date(result.query_datetime)}; "
+               f"{len(result.studies)} other stud{'ies' if len(result.studies) != 1 else 'y'} of the patient, newest first)")
+    rows = [[_date(s.study_datetime), s.relation, s.study_instance_uid, s.slice.meta.get("instance_number", ""),
+             _fmt_z(s.slice.meta.get("slice_position")), f"{s.slice.score:.4f}", *([] if redact else [s.slice.meta.get("source", "")])] for s in result.studies]
+    click.echo(_table(rows, ["date", "relation", "study_instance_uid", "instance", "z", "score", *([] if redact else ["source"])]))
+    click.echo("")
+
+
+def _fmt_z(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
 @click.command()
 @click.argument("index", type=click.Path(file_okay=False))
-@click.argument("queries", nargs=-1, required=True)
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per query.")
+@click.argument("queries", nargs=-1)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours (or cases) per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per query.")
 @click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop items of the query's patient or study.")
 @click.option("--modality", multiple=True, help="Only items of this modality (repeatable).")
 @click.option("--body-part", multiple=True, help="Only items with this BodyPartExamined (repeatable).")
 @click.option("--series", multiple=True, help="Only items of this SeriesInstanceUID (repeatable).")
 @click.option("--study", multiple=True, help="Only items of this StudyInstanceUID (repeatable).")
+@click.option("--per-series", type=click.IntRange(min=0), default=2, show_default=True, help="At most N neighbours of one series (0 = no limit).")
+@click.option("--include-self", is_flag=True, help="Also return a query that is itself in the index as its own neighbour.")
+@click.option("--group-by", type=click.Choice(["series", "study"]), default=None, help="Rank series or studies (cases) instead of slices.")
+@click.option("--per-group", type=click.IntRange(min=1), default=3, show_default=True, help="Best matching slices shown per case (--group-by).")
+@click.option("--query-series", multiple=True, help="A whole series as one query: a SeriesInstanceUID in the index or a folder (repeatable; needs --group-by).")
+@click.option("--prior", is_flag=True, help="The query patient's other studies, newest first, each with the slice nearest in anatomy.")
 @click.option("--encoder", default=None, help="Encoder checkpoint/ONNX (default: the one the index records).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
@@ -63,35 +119,82 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Search on Ray actors holding parts of the index: alone, a local runtime; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster.")
 @click.option("--shards", default=None, type=click.IntRange(min=1), help="Ray actors holding parts of the index (with --ray; default 2).")
-def search(index, queries, k, as_json, exclude, modality, body_part, series, study, encoder, device, verify, redact=False, ray_address=None, shards=None):
+def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series,
+           prior, encoder, device, verify, redact=False, ray_address=None, shards=None):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
-    All queries are embedded and searched as one batch.
+    All queries are embedded and searched as one batch. A QUERY that is a folder is one series
+    query (like --query-series). --group-by ranks series or studies; --prior lists the query
+    patient's other exams with the corresponding slice.
     """
+    from pathlib import Path
+
     from medcbir.engine import Engine
+    from medcbir.errors import ConfigError
 
+    folders = [q for q in queries if Path(q).is_dir()]
+    images = [q for q in queries if not Path(q).is_dir()]
+    series_specs = list(query_series) + folders
+    if not images and not series_specs:
+        raise ConfigError("give at least one QUERY or --query-series")
+    if prior and (series_specs or group_by):
+        raise ConfigError("--prior takes image queries (files or UIDs), not --group-by or series queries")
+    if series_specs and not group_by:
+        raise ConfigError("a series query (--query-series or a folder) answers cases: add --group-by series|study")
     if shards is not None and ray_address is None:
-        from medcbir.errors import ConfigError
-
         raise ConfigError("--shards needs --ray")
     engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
     try:
-        results = engine.search(
-            list(queries), k=k, exclude=exclude, modality=modality or None, body_part=body_part or None, series=series or None, study=study or None
-        )
-        _print_results(queries, results, exclude, redact, as_json)
+        _answer(engine, images, series_specs, k, exclude, filters_of(modality, body_part, series, study), per_series, include_self,
+                group_by, per_group, prior, redact, as_json)
     finally:
         if ray_address is not None:
             engine.close()  # the Ray actors (and a local runtime this command started)
 
 
-def _print_results(queries, results, exclude, redact, as_json) -> None:
+def filters_of(modality, body_part, series, study) -> dict:
+    return {"modality": modality or None, "body_part": body_part or None, "series": series or None, "study": study or None}
+
+
+def _answer(engine, images, series_specs, k, exclude, filters, per_series, include_self, group_by, per_group, prior, redact, as_json) -> None:
+    """Run the kind of search asked for and print it."""
+    modality = filters["modality"]
+    if prior:
+        results = [engine.prior(q, modality=modality or None) for q in images]
+        if as_json:
+            payload = [r.to_dict() for r in results]
+            for entry, q in zip(payload, images):
+                entry["query"] = query_name(q, redact)
+                for study_entry in entry["studies"]:
+                    _drop_source(study_entry["slice"], redact)
+            click.echo(json.dumps(payload, indent=2))
+        else:
+            for r, q in zip(results, images):
+                _print_prior(r, query_name(q, redact), redact)
+        return
+    if group_by:
+        labels = images + series_specs
+        cases = [*images, *[_series_query(engine, spec) for spec in series_specs]]
+        results = engine.search_cases(cases, k=k, group_by=group_by, exclude=exclude, per_group=per_group, include_self=include_self, **filters)
+        if as_json:
+            payload = [{"query": query_name(q, redact), "group_by": group_by, "cases": [c.to_dict() for c in hits]} for q, hits in zip(labels, results)]
+            for entry in payload:
+                for case in entry["cases"]:
+                    for piece in case["slices"]:
+                        _drop_source(piece, redact)
+            click.echo(json.dumps(payload, indent=2))
+        else:
+            for q, hits in zip(labels, results):
+                _print_cases(query_name(q, redact), hits, group_by)
+        return
+    results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters)
     if as_json:
-        payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(queries, results)]
+        payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(images, results)]
         click.echo(json.dumps(payload, indent=2))
         return
-    for q, hits in zip(queries, results):
-        click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude})")
+    for q, hits in zip(images, results):
+        limit = f", at most {per_series} per series" if per_series else ""
+        click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude}{limit})")
         rows = [
             [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
             for n in hits

@@ -18,8 +18,9 @@ import faiss
 import numpy as np
 
 from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_in
+from medcbir.engine.grouping import CASE_FIELDS, GROUP_COLUMNS, CaseHit, check_group_by, check_per_series, rank_groups, shaped_hits
 from medcbir.engine.neighbour import MetaTable, Neighbour
-from medcbir.engine.queries import Query, QueryResolver
+from medcbir.engine.queries import Query, QueryResolver, own_ids
 from medcbir.engine.selectors import Route, Selection, is_exact, keep_admissible, route, search_parameters
 from medcbir.errors import ConfigError, EncoderMismatch, IndexNotFound
 
@@ -257,7 +258,19 @@ class Engine:
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
-    def search(self, queries, k: int = 10, *, exclude: str = "none", modality=None, body_part=None, series=None, study=None) -> list[list[Neighbour]]:
+    def search(
+        self,
+        queries,
+        k: int = 10,
+        *,
+        exclude: str = "none",
+        modality=None,
+        body_part=None,
+        series=None,
+        study=None,
+        per_series: int = 0,
+        include_self: bool = False,
+    ) -> list[list[Neighbour]]:
         """The K nearest items of each query.
 
         Args:
@@ -267,9 +280,13 @@ class Engine:
             k: neighbours per query.
             exclude: ``"none"``, ``"same-patient"`` (drop items of the query's patient) or
                 ``"same-study"``; only applies to queries whose patient/study is known (files,
-                decoded items, UIDs). With ``"none"`` an indexed query is its own top-1.
+                decoded items, UIDs).
             modality, body_part, series, study: keep only items with these values (a value or
                 a list of values each).
+            per_series: at most this many neighbours of one series (0 = no limit); the K are
+                then the best hits under that cap (``medcbir.engine.grouping``).
+            include_self: also return a query's own item when the query is an item of the
+                index (a UID, an indexed file or ``Item``); by default it is left out.
 
         Returns:
             One list of :class:`Neighbour` per query, best first (fewer than K when fewer
@@ -289,7 +306,8 @@ class Engine:
         vectors = self._embed(resolved)
         base = self.filter_mask(Filters.of(modality, body_part, series, study))
         groups = self._group(resolved, exclude)
-        scores, ids = self.search_groups(vectors, int(k), base, groups)
+        own = [own_ids(q, include_self) for q in resolved]
+        scores, ids = shaped_hits(self, vectors, int(k), base, groups, own=own, per_series=check_per_series(per_series))
         return self.neighbours(scores, ids)
 
     def _warn_low_recall(self) -> None:
@@ -304,6 +322,96 @@ class Engine:
                 "searches may miss true neighbours; rebuild with --index-spec auto or a finer spec",
                 float(r["recall_at_10"]), r.get("queries", "?"), r.get("spec", "?"), r.get("params", {}), float(r["target"]),
             )
+
+    def search_cases(
+        self,
+        queries,
+        k: int = 10,
+        *,
+        group_by: str = "study",
+        exclude: str = "none",
+        modality=None,
+        body_part=None,
+        series=None,
+        study=None,
+        per_group: int = 3,
+        hits: int | None = None,
+        include_self: bool = False,
+    ) -> list[list[CaseHit]]:
+        """The K most similar series or studies ("cases") for each query.
+
+        Args:
+            queries: a list of case queries; each is one query (as for :meth:`search`) or a
+                list/tuple of queries forming one case, e.g. the slices of a series
+                (:meth:`series_members`) or the files of a folder. Every image of every case is
+                embedded in one batch.
+            k: cases per query.
+            group_by: ``"series"`` or ``"study"``.
+            exclude, modality, body_part, series, study: as for :meth:`search`.
+            per_group: best matching slices returned per case.
+            hits: slice hits pooled per query slice before grouping (default ``max(100, 20·k)``).
+            include_self: keep the query's own items among the hits.
+
+        Returns:
+            One list of :class:`~medcbir.engine.grouping.CaseHit` per case query, ranked by the
+            rule of :func:`~medcbir.engine.grouping.rank_groups`.
+        """
+        check_exclude(exclude)
+        check_group_by(group_by)
+        if int(k) < 1 or int(per_group) < 1:
+            raise ConfigError(f"k and per_group must be ≥ 1, got {k} and {per_group}")
+        cases = [list(q) if isinstance(q, (list, tuple)) else [q] for q in _as_case_list(queries)]
+        if any(not case for case in cases):
+            raise ConfigError("a case query has no image (an empty series or folder?)")
+        flat = [member for case in cases for member in case]
+        resolved = QueryResolver(self).resolve(flat)
+        vectors = self._embed(resolved)
+        base = self.filter_mask(Filters.of(modality, body_part, series, study))
+        pool = int(hits) if hits else max(100, 20 * int(k))
+        uniques, codes = self._codes_of(GROUP_COLUMNS[group_by])
+        group_of = np.full(self.id_range, -1, dtype=np.int64)
+        group_of[self.ids] = codes
+        out, start = [], 0
+        for case in cases:
+            members = resolved[start : start + len(case)]
+            rows = slice(start, start + len(case))
+            start += len(case)
+            own = np.unique(np.concatenate([own_ids(q, include_self) for q in members]))
+            scores, ids = shaped_hits(self, vectors[rows], pool, base, self._group(members, exclude), own=[own] * len(members))
+            ranked = rank_groups(scores, ids, group_of, int(k), int(per_group))
+            out.append([self._case_hit(group_by, str(uniques[code]), score, rank, n, slices) for rank, (code, score, n, slices) in enumerate(ranked, 1)])
+        return out
+
+    def _case_hit(self, group_by: str, uid: str, score: float, rank: int, n_hits: int, slices: list) -> CaseHit:
+        ids = [i for i, _ in slices]
+        neighbours = [Neighbour(i, s, r, None, self.table, int(self.rows_of(np.array([i]))[0])) for r, (i, s) in enumerate(slices, 1)]
+        meta = self.meta(ids[:1])[0] if ids else {}
+        return CaseHit(group_by, uid, score, rank, n_hits, neighbours, {c: meta.get(c) for c in CASE_FIELDS})
+
+    def series_members(self, series_uid: str) -> list[str]:
+        """The live items of a series in the index as ``"UID:frame"`` queries, head to feet.
+
+        Ordered by slice position (descending z, then instance number): one case query for
+        :meth:`search_cases`. Raises ``ConfigError`` for a series the index does not hold.
+        """
+        rows = np.flatnonzero(column_is_in(self.columns["series_instance_uid"], (str(series_uid),)) & self.live[self.ids])
+        if not len(rows):
+            raise ConfigError(f"series {series_uid} has no live item in the index")
+        z = np.asarray(self.columns["slice_position"], dtype=np.float64)[rows]
+        inst = np.asarray(self.columns["instance_number"], dtype=np.int64)[rows]
+        rows = rows[np.lexsort((inst, -np.nan_to_num(z, nan=-np.inf)))]
+        uids = np.asarray(self.columns["sop_instance_uid"])[rows]
+        frames = np.asarray(self.columns["frame"])[rows]
+        return [f"{u}:{int(f)}" for u, f in zip(uids.tolist(), frames.tolist())]
+
+    def prior(self, query, *, modality=None, context: str = "series"):
+        """The query patient's other studies, each with the slice nearest in anatomy.
+
+        See :func:`medcbir.engine.prior.prior_exams` (this is a shortcut for it).
+        """
+        from medcbir.engine.prior import prior_exams
+
+        return prior_exams(self, query, modality=modality, context=context)
 
     def _group(self, queries: list[Query], exclude: str) -> dict:
         """Queries sharing an exclusion → one FAISS search each: {(column, value) | None: [query idx]}."""
@@ -400,6 +508,13 @@ class Engine:
     def __repr__(self) -> str:
         info = self.store.encoder_info
         return f"Engine({len(self)} live items, dim={self.dim}, spec={json.dumps(getattr(self.store, 'index_spec', '?'))}, encoder={str(info.get('fingerprint', ''))[:12]})"
+
+
+def _as_case_list(queries) -> list:
+    """A single case (a path, UID, array...) as a one-element list of cases."""
+    if isinstance(queries, (str, Path)) or not isinstance(queries, (list, tuple)):
+        return [queries]
+    return list(queries)
 
 
 __all__ = ["Engine"]

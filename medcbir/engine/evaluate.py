@@ -17,6 +17,9 @@ Protocol (what ``evaluate`` measures, precisely):
   (1/K)·Σ_k P@k; ``ap_at_k`` = mean of Σ_k P@k·rel_k / min(K, R) with R the relevant items in
   the query's searchable set; ``precision_at_k``; ``knn_accuracy`` (majority vote of the K
   neighbours, ties to the label ranked first); each also ``per_class`` by query label.
+- **Not applied here**: the search options a reader gets (``per_series``, ``group_by``; see
+  ``medcbir.engine.grouping``). Every labelled slice competes, so MAP@K figures stay comparable
+  with those published before these options existed.
 - **recall_vs_exact** (approximate indexes only): mean over queries of |approx ∩ exact| / |exact|
   of the K neighbour ids, exact = brute-force inner product over the same stored embeddings
   with the same selectors.

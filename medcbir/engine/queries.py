@@ -50,6 +50,13 @@ class Query:
     study: str = ""
 
 
+def own_ids(query: Query, include_self: bool = False) -> np.ndarray:
+    """The ids a query must not get back as neighbours: its own item, unless ``include_self``."""
+    if include_self or query.item_id < 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.array([query.item_id], dtype=np.int64)
+
+
 def _preprocess_raw(pixels: np.ndarray, preprocessing) -> np.ndarray:
     """A bare H×W array in modality units: the modality the encoder's first window rule names."""
     from medcbir.imaging.items import Item, ItemMeta
@@ -145,9 +152,11 @@ class QueryResolver:
         if isinstance(q, Item):
             label = q.meta.sop_instance_uid or label
             image = self.engine.encoder.preprocessing.apply(q)
-            return Query(label=label, image=image, patient=q.meta.patient_pseudonym, study=q.meta.study_instance_uid)
+            query = Query(label=label, image=image, patient=q.meta.patient_pseudonym, study=q.meta.study_instance_uid)
+            return self._known(query, q.meta)
         if isinstance(q, Decoded):
-            return _image_query(np.asarray(q.image), q.meta.sop_instance_uid or label, self.engine.encoder.preprocessing, q.meta)
+            query = _image_query(np.asarray(q.image), q.meta.sop_instance_uid or label, self.engine.encoder.preprocessing, q.meta)
+            return self._known(query, q.meta)
         array = np.asarray(q)
         if array.dtype == object or array.ndim == 0:
             raise ConfigError(f"cannot query with a {type(q).__name__}")
@@ -175,14 +184,20 @@ class QueryResolver:
             patient=item.meta.patient_pseudonym,
             study=item.meta.study_instance_uid,
         )
-        # A file that is itself indexed: take its patient from the index (its pseudonym is
-        # authoritative even if the key file was not found) and know its own id.
-        own = self.engine.lookup.find([item.meta.sop_instance_uid], [item.meta.frame])[0]
-        if own >= 0:
+        return self._known(query, item.meta)
+
+    def _known(self, query: Query, meta) -> Query:
+        """A query that is itself indexed: take its patient from the index (its pseudonym is
+        authoritative even if the key file was not found) and know its own id."""
+        uid = getattr(meta, "sop_instance_uid", "") or ""
+        if not uid:
+            return query
+        own = self.engine.lookup.find([uid], [int(getattr(meta, "frame", 0) or 0)])[0]
+        if own >= 0 and bool(self.engine.live[own]):
             query.item_id = int(own)
-            meta = self.engine.meta([own])[0]
-            query.patient = meta.get("patient_pseudonym", "") or query.patient
-            query.study = meta.get("study_instance_uid", "") or query.study
+            row = self.engine.meta([own])[0]
+            query.patient = row.get("patient_pseudonym", "") or query.patient
+            query.study = row.get("study_instance_uid", "") or query.study
         return query
 
     def _uids(self, slots: list[tuple[int, str, int]], resolved: list) -> None:

@@ -173,8 +173,8 @@ def ablated_scores(
         B×A similarity scores.
     """
     n_abl = keep.shape[0]
-    keep = keep.to(images.dtype)
-    out = torch.empty(images.shape[0], n_abl)
+    keep = keep.to(images.device, images.dtype)
+    out = torch.empty(images.shape[0], n_abl, device=images.device)
     per = max(1, batch_size)
     for b in range(images.shape[0]):
         for start in range(0, n_abl, per):

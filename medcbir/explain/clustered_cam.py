@@ -23,7 +23,7 @@ from medcbir.explain.base import ablated_scores, capture_features, check_images,
 
 def cluster_channels(features: torch.Tensor, n_clusters: int, seed: int = 0) -> np.ndarray:
     """k-means labels (K,) of one image's K×h×w feature maps, flattened to K vectors."""
-    flat = features.flatten(1).double().numpy()
+    flat = features.flatten(1).double().cpu().numpy()
     n = min(n_clusters, flat.shape[0])
     with warnings.catch_warnings():
         # dead (all-zero) channels are duplicate points; fewer distinct clusters is fine
@@ -53,9 +53,9 @@ def clustered_cam(
         emb, feats = capture_features(encoder, images)
         s = F.cosine_similarity(emb, tgt, dim=1)
         b, k = feats.shape[:2]
-        weights = torch.zeros(b, k)
+        weights = torch.zeros(b, k, device=feats.device)
         for i in range(b):
-            labels = torch.as_tensor(cluster_channels(feats[i], n_clusters, seed))
+            labels = torch.as_tensor(cluster_channels(feats[i], n_clusters, seed), device=feats.device)
             clusters = torch.unique(labels)
             keep = (labels[None, :] != clusters[:, None]).float()  # n_clusters × K
             s_abl = ablated_scores(encoder, images[i : i + 1], tgt[i : i + 1], keep)[0]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medcbir.errors import ConfigError, DecodeError
+from medcbir.explain.forward import module_device
 
 # methods whose score has zero gradient at the image's own embedding: own targets go as None
 GRADIENT_METHODS = frozenset({"gradcam", "guided_gradcam", "smoothgrad"})
@@ -138,7 +139,7 @@ class Explanation:
             "method": self.method,
             "items": items,
             "caption": "Top: the query and its neighbours (cosine similarity). Bottom: the query explained w.r.t. its own "
-            "embedding, each neighbour w.r.t. the query's embedding; one colour scale per row.",
+            "embedding, each neighbour w.r.t. the query's embedding.",
         }
         if self.pairwise is not None:
             panel["pairwise"] = [
@@ -182,33 +183,48 @@ def _query_image(engine, query) -> tuple[np.ndarray, str, dict, int]:
     return np.asarray(image, dtype=np.float32), resolved.label, display_meta(meta), resolved.item_id
 
 
-def run_method(method: str, module: nn.Module, images: torch.Tensor, targets: torch.Tensor, own: torch.Tensor, **options):
+def run_method(method: str, module: nn.Module, images: torch.Tensor, targets: torch.Tensor, own: torch.Tensor, device=None, **options):
     """Run one method on a batch; rows where ``own`` is True are explained w.r.t. their own embedding.
 
     RELAX and the perturbation methods take every row in one call (own rows get their own
     embedding as an explicit target, which is the same thing); gradient methods need ``None``
     for own rows (see ``SimilarityScore``), so own and other rows go in two calls.
 
+    Args:
+        device: the engine's ``medcbir.device.Device`` (None = wherever the module's weights are):
+            inputs and targets are moved there, heatmaps come back on the CPU.
+
     Returns:
-        (B×H×W heatmaps, masks used or None).
+        (B×H×W CPU heatmaps, masks used or None).
     """
     from medcbir.explain.relax import relax_full
 
     fn = method_function(method)
     if method == "relax":
-        res = relax_full(module, images, targets, **options)
-        return res.importance, res.n_masks_used
+        res = relax_full(module, images, targets, device=device, **options)
+        return res.importance.cpu(), res.n_masks_used
+    # every other method computes where the encoder is: inputs and targets go there
+    where = torch.device(device.torch) if device is not None else module_device(module)
+    images, targets, own = images.to(where), targets.to(where), own.cpu()
     if method not in GRADIENT_METHODS:
-        return fn(module, images, targets, **options), None
+        return fn(module, images, targets, **options).detach().cpu(), None
     out = torch.empty(images.shape[0], *images.shape[-2:])
     if own.any():
-        out[own] = fn(module, images[own], None, **options)
+        out[own] = fn(module, images[own], None, **options).detach().cpu()
     if (~own).any():
-        out[~own] = fn(module, images[~own], targets[~own], **options)
+        out[~own] = fn(module, images[~own], targets[~own], **options).detach().cpu()
     return out, None
 
 
-def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: bool = False, exclude: str = "none", **options) -> Explanation:
+def embed_batch(module: nn.Module, images: torch.Tensor, device=None) -> torch.Tensor:
+    """L2-normalised embeddings (on the CPU) of a CPU batch, computed on the encoder's device."""
+    where = torch.device(device.torch) if device is not None else module_device(module)
+    with torch.no_grad():
+        module.eval()
+        return torch.nn.functional.normalize(module(images.to(where)).float(), dim=1).cpu()
+
+
+def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: bool = False, exclude: str = "none", include_self: bool = False, **options) -> Explanation:
     """Search, then explain the query and its top-K neighbours in one batched pass.
 
     Args:
@@ -218,11 +234,12 @@ def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: b
         method: a name of :data:`medcbir.explain.METHODS`.
         pairwise: also explain the query w.r.t. each neighbour's embedding.
         exclude: the engine's exclusion (``"none"``, ``"same-patient"``, ``"same-study"``).
+        include_self: keep the query among its neighbours when it is an item of the index.
         **options: passed to the method (e.g. ``n_masks``, ``seed``, ``adaptive``).
     """
     method_function(method)
     t0 = time.perf_counter()
-    [neighbours] = engine.search([query], k=k, exclude=exclude)
+    [neighbours] = engine.search([query], k=k, exclude=exclude, include_self=include_self)
     search_seconds = time.perf_counter() - t0
     image, label, qmeta, own_id = _query_image(engine, query)
     module = torch_encoder(engine.encoder)
@@ -232,9 +249,8 @@ def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: b
     key = engine.pseudonym_key
     images = np.stack([image] + [decode_item_image(nb.meta, prep, key) for nb in neighbours]).astype(np.float32)
     batch = torch.from_numpy(images)
-    with torch.no_grad():
-        module.eval()
-        emb = torch.nn.functional.normalize(module(batch).float(), dim=1)
+    device = getattr(engine.encoder, "device", None) if not isinstance(module, OnnxModule) else None
+    emb = embed_batch(module, batch, device)
     q = emb[:1]
     targets = q.expand(len(batch), -1).clone()
     own = torch.zeros(len(batch), dtype=torch.bool)
@@ -243,8 +259,8 @@ def explain_search(engine, query, k: int = 5, method: str = "relax", pairwise: b
         batch = torch.cat([batch, batch[:1].expand(len(neighbours), -1, -1, -1)])
         targets = torch.cat([targets, emb[1:]])
         own = torch.cat([own, torch.zeros(len(neighbours), dtype=torch.bool)])
-    heat, used = run_method(method, module, batch, targets, own, **options)
-    heat = heat.detach().float().numpy()
+    heat, used = run_method(method, module, batch, targets, own, device=device, **options)
+    heat = heat.detach().float().cpu().numpy()
     n = 1 + len(neighbours)
     return Explanation(
         method=method,
@@ -282,7 +298,8 @@ def explain_to_report(
         out_html: where to write the report (the PNG goes next to it).
         k: neighbours.
         method: explanation method.
-        n_masks: RELAX masks (default 3000); ignored by other methods.
+        n_masks: RELAX masks (default: ``FAST_DEFAULTS``); ignored by other methods. RELAX runs
+            with :data:`medcbir.explain.relax.FAST_DEFAULTS` unless ``options`` say otherwise.
         seed: RELAX / SmoothGrad seed.
         exclude: the engine's exclusion for the search.
         encoder: an encoder with the index's fingerprint (a checkpoint for gradient methods
@@ -297,7 +314,9 @@ def explain_to_report(
 
     engine = Engine.open(index_dir, encoder=encoder)
     if method == "relax":
-        options = {"n_masks": n_masks or 3000, "seed": seed, **options}
+        from medcbir.explain.relax import relax_options
+
+        options = relax_options(n_masks=n_masks, seed=seed, **options)
     elif method == "smoothgrad":
         options = {"seed": seed, **options}
     explanation = explain_search(engine, query_path, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)

@@ -30,6 +30,7 @@ import numpy as np
 
 from medcbir.imaging.items import Item, ItemMeta, SkipFile
 from medcbir.imaging.pseudonym import pseudonym
+from medcbir.imaging.sop_classes import not_an_image
 
 #: Refuse to decode a file with more pixels than this (rows × cols × frames × samples); the
 #: decoded float32 items of such a file would take ≥ 1 GiB.
@@ -169,6 +170,9 @@ def _items(ds, *, key: bytes | None, uri: str, max_pixels: int) -> list[Item]:
     meta_sop_class = str(_get(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPClassUID", ""))
     if meta_sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise SkipFile("dicomdir", "DICOMDIR (a directory of the media, not an image)")
+    not_image = not_an_image(ds)
+    if not_image is not None:
+        raise SkipFile("not-an-image", not_image)
     if not any(k in ds for k in PIXEL_KEYWORDS):
         sop_class = _get(ds, "SOPClassUID", None)
         name = str(getattr(sop_class, "name", "") or sop_class or "unknown SOP class")
@@ -379,7 +383,17 @@ def _base_meta(ds, *, key: bytes | None, uri: str, tsyntax: str) -> dict:
         "instance_number": _int(ds, "InstanceNumber", -1),
         "transfer_syntax": tsyntax,
         "source": uri,
+        "study_datetime": _study_datetime(ds),
     }
+
+
+def _study_datetime(ds) -> str:
+    """StudyDate + StudyTime as ``YYYYMMDDHHMMSS`` (sortable); "" without a valid StudyDate."""
+    date = "".join(ch for ch in str(_get(ds, "StudyDate", "") or "") if ch.isdigit())
+    if len(date) != 8:
+        return ""
+    time = "".join(ch for ch in str(_get(ds, "StudyTime", "") or "").split(".")[0] if ch.isdigit())[:6]
+    return date + time.ljust(6, "0")
 
 
 def _content_uid(ds) -> str:

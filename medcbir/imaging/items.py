@@ -26,6 +26,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "timeout",
     "corrupt",
     "modality-mismatch",
+    "not-an-image",
 )
 
 
@@ -56,7 +57,8 @@ class ItemMeta:
     """Metadata of one item; never holds the raw PatientID or PatientName.
 
     ``patient_pseudonym`` is the first 32 hex chars of HMAC-SHA256(PatientID, archive key),
-    ``""`` without a key.
+    ``""`` without a key. ``study_datetime`` is StudyDate + StudyTime as ``YYYYMMDDHHMMSS``
+    (time ``000000`` when absent; ``""`` without a StudyDate): it orders a patient's exams.
     """
 
     sop_instance_uid: str
@@ -73,6 +75,7 @@ class ItemMeta:
     pixel_spacing: tuple[float, float] = (math.nan, math.nan)
     transfer_syntax: str = ""
     source: str = ""
+    study_datetime: str = ""
 
     COLUMNS: ClassVar[tuple[str, ...]] = ()
 

@@ -92,7 +92,8 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
         query_path: the query's DICOM file.
         request: checked by :func:`medcbir.pacs.request_rules.check_request`: ``k`` (5),
             ``method`` ("relax"), ``exclude`` ("none"), ``format`` ("png" | "html" | "json"),
-            ``n_masks`` (RELAX, 3000), ``seed`` (0), ``pairwise``.
+            ``n_masks`` (RELAX; default and the other RELAX options:
+            ``medcbir.explain.relax.FAST_DEFAULTS``), ``seed`` (0), ``pairwise``.
         label: how the query is named in the answer (never a file-system path).
     """
     from medcbir.engine.report import render_html, render_png
@@ -109,7 +110,10 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
     if method in ("relax", "smoothgrad"):
         options["seed"] = int(request.get("seed", 0))
     if method == "relax":
-        options["n_masks"] = int(request.get("n_masks", 3000))
+        from medcbir.explain.relax import relax_options
+
+        n_masks = request.get("n_masks")
+        options = relax_options(**options, n_masks=int(n_masks) if n_masks is not None else None)
     label = label or "the query"
     with tempfile.TemporaryDirectory(prefix="medcbir-explain-") as folder:
         explanation = explain_search(

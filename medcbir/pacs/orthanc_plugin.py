@@ -49,7 +49,9 @@ from medcbir.pacs.request_rules import BadRequest, check_request  # noqa: E402
 from medcbir.pacs.worker_link import WorkerProcess, WorkerUnavailable  # noqa: E402
 
 OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
-                  "x-medcbir-format": "format", "x-medcbir-method": "method"}
+                  "x-medcbir-format": "format", "x-medcbir-method": "method",
+                  "x-medcbir-per-series": "per_series", "x-medcbir-group-by": "group_by", "x-medcbir-prior": "prior",
+                  "x-medcbir-include-self": "include_self"}
 
 
 LEVELS = {orthanc.ResourceType.PATIENT: "patient", orthanc.ResourceType.STUDY: "study",

@@ -118,6 +118,11 @@ ROUTES: dict[str, dict] = {
         **COMMON,
         "instances": _instances,
         "k": _int("k", 1, "MaxK"),
+        # issue 17: hits per series, cases, the prior exam, the query itself
+        "per_series": _int("per_series", 0),
+        "group_by": _choice("group_by", ("series", "study")),
+        "prior": _bool("prior"),
+        "include_self": _bool("include_self"),
     },
     "explain": {
         **COMMON,

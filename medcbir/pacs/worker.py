@@ -61,6 +61,41 @@ def log(message: str) -> None:
     print(f"medcbir worker: {message}", file=sys.stderr, flush=True)
 
 
+#: The search options a request may carry besides the query and k/exclude/modality (issue 17).
+SEARCH_OPTIONS = ("group_by", "prior", "per_series", "include_self")
+
+
+def _flag(value, name: str) -> bool:
+    """A JSON boolean, or the text of a header ("true"/"false"/"1"/"0")."""
+    from medcbir.errors import ConfigError
+
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def search_options(request: dict) -> dict:
+    """``group_by`` (None/"series"/"study"), ``prior``, ``per_series`` (default 2, 0 = off), ``include_self``."""
+    from medcbir.errors import ConfigError
+
+    group_by = request.get("group_by") or None
+    if group_by not in (None, "series", "study"):
+        raise ConfigError(f"group_by must be \"series\" or \"study\", not {group_by!r}")
+    try:
+        per_series = int(request.get("per_series", 2) if request.get("per_series") is not None else 2)
+    except (TypeError, ValueError):
+        raise ConfigError(f"per_series must be an integer ≥ 0, not {request.get('per_series')!r}") from None
+    prior = _flag(request.get("prior"), "prior")
+    if prior and group_by:
+        raise ConfigError("prior and group_by cannot be combined")
+    return {"group_by": group_by, "prior": prior, "per_series": per_series, "include_self": _flag(request.get("include_self"), "include_self")}
+
+
 def manifest_generation(index: Path) -> int | None:
     """The committed generation of the index, or None while it has no manifest."""
     try:
@@ -428,6 +463,7 @@ class Worker:
         }
 
     def op_search(self, request: dict) -> dict:
+        options = search_options(request)
         started = time.perf_counter()
         k = int(request.get("k", min(10, self.settings.max_k)))
         queries = self._query_files(request)
@@ -440,25 +476,52 @@ class Worker:
                 k_factor = int(engine.store.search_params.get("k_factor", 1) or 1)
                 self._check_memory("this search", len(queries) * (k * max(k_factor, 1) * 12 + len(engine.store) + 4 * 512 * 512))
                 search_started = time.perf_counter()
-                results = engine.search([str(path) for path, _ in queries], k=k, exclude=request.get("exclude") or "none",
-                                        modality=request.get("modality") or None)
+                exclude, modality = request.get("exclude") or "none", request.get("modality") or None
+                paths = [str(path) for path, _ in queries]
+                if options["prior"]:
+                    results = [engine.prior(path, modality=modality).to_dict() for path in paths]
+                elif options["group_by"]:
+                    results = engine.search_cases(paths, k=k, group_by=options["group_by"], exclude=exclude, modality=modality,
+                                                  include_self=options["include_self"])
+                else:
+                    results = engine.search(paths, k=k, exclude=exclude, modality=modality,
+                                            per_series=options["per_series"], include_self=options["include_self"])
                 search_seconds = time.perf_counter() - search_started
         finally:
             for path, _ in queries:
                 path.unlink(missing_ok=True)
-        answers = [{"query": instance, "neighbours": [self._neighbour(n) for n in row]}
-                   for (_, instance), row in zip(queries, results)]
+        answers = [{"query": instance, **self._answer_of(row, options)} for (_, instance), row in zip(queries, results)]
         timing = {"engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}
+        extra = {"group_by": options["group_by"]} if options["group_by"] else {}
         if request.get("instances"):
-            return {"ok": True, "result": {"k": k, "generation": generation, "results": answers, **timing}}
-        return {"ok": True, "result": {"query": answers[0]["query"], "k": k, "generation": generation,
-                                       "neighbours": answers[0]["neighbours"], **timing}}
+            return {"ok": True, "result": {"k": k, "generation": generation, **extra, "results": answers, **timing}}
+        return {"ok": True, "result": {"k": k, "generation": generation, **extra, **answers[0], **timing}}
+
+    def _answer_of(self, row, options: dict) -> dict:
+        """One query's answer: ``neighbours``, ``cases`` (group_by) or ``prior``; Orthanc ids, no paths."""
+        if options["prior"]:
+            for study in row["studies"]:
+                study["slice"].update(self._orthanc_ids(study["slice"]))
+                study["slice"].pop("source", None)
+            return {"prior": row}
+        if options["group_by"]:
+            cases = []
+            for case in row:
+                entry = case.to_dict()
+                for piece in entry["slices"]:
+                    piece.update(self._orthanc_ids(piece))
+                    piece.pop("source", None)
+                cases.append(entry)
+            return {"cases": cases}
+        return {"neighbours": [self._neighbour(n) for n in row]}
 
     def op_explain(self, request: dict) -> dict:
         from medcbir.pacs.explain_route import explain_answer, explain_bytes
 
         # The defaults stay within the configured bounds too.
-        request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(3000, self.settings.max_masks), **request}
+        from medcbir.explain.relax import FAST_DEFAULTS
+
+        request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(FAST_DEFAULTS["n_masks"], self.settings.max_masks), **request}
         [(path, instance)] = self._query_files(request)
         try:
             with self._engine_for_request() as engine:

@@ -36,15 +36,37 @@ def test_explain_prints_neighbours(explain_index, phantom_archive, capsys):
 def test_explain_eval_prints_table_and_writes_json(explain_index, phantom_archive, tmp_path, capsys):
     out_json = tmp_path / "scores.json"
     code = main(["explain-eval", str(explain_index), "--masks-file", str(phantom_archive / "masks.h5"), "--organ", "liver",
-                 "--methods", "relax,gradcam", "--n", "2", "--masks", "40", "--angles", "0,90", "--json", str(out_json)])
+                 "--methods", "relax,gradcam", "--n", "2", "--masks", "40", "--angles", "0,90", "--targets", "own", "--json", str(out_json)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.splitlines()
-    assert lines[0].startswith("liver: 2 images") and "RRA" in lines[1]
+    assert lines[0].startswith("liver: 2 images") and "targets: own" in lines[0] and "RRA" in lines[1]
     assert [line.split()[0] for line in lines[2:4]] == ["relax", "gradcam"]
+    assert "n/a" in lines[2].split() and any(line.startswith("n/a PIC") for line in lines)
     data = json.loads(out_json.read_text())
-    assert set(data["methods"]) == {"relax", "gradcam"} and data["n"] == 2
+    assert set(data["methods"]) == {"relax", "gradcam"} and data["n"] == 2 and data["targets"] == "own"
     assert 0 <= data["methods"]["gradcam"]["rank_accuracy"] <= 1
+    assert data["methods"]["gradcam"]["pic"] is None and "pic" in data["not_applicable"]
+    # the trivial baselines are in the JSON, and each method's margin over the best of them
+    assert set(data["trivial"]) == {"noise", "centre", "intensity", "edges"}
+    best = max(t["rank_accuracy"] for t in data["trivial"].values())
+    assert data["methods"]["relax"]["margin"]["rank_accuracy"] == pytest.approx(data["methods"]["relax"]["rank_accuracy"] - best)
+
+
+def test_explain_eval_sanity_with_query_targets(explain_index, phantom_archive, tmp_path, capsys):
+    out_json = tmp_path / "scores.json"
+    code = main(["explain-eval", str(explain_index), "--masks-file", str(phantom_archive / "masks.h5"), "--methods", "gradcam",
+                 "--n", "2", "--angles", "", "--sanity", "--sanity-steps", "2", "--json", str(out_json)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "targets: query" in captured.out.splitlines()[0]
+    data = json.loads(out_json.read_text())
+    assert data["targets"] == "query" and len(data["pairs"]) == 2
+    sanity = data["sanity"]
+    assert set(sanity) == {"gradcam", "noise", "centre", "intensity", "edges"}
+    assert sanity["intensity"]["flagged"]  # a map that ignores the encoder cannot pass
+    assert len(sanity["gradcam"]["parameter"]) == 4 and sanity["gradcam"]["data"]["steps"] == 2
+    assert "sanity checks" in captured.out
 
 
 @pytest.mark.parametrize(
@@ -55,6 +77,7 @@ def test_explain_eval_prints_table_and_writes_json(explain_index, phantom_archiv
         (["explain-eval", "{index}", "--masks-file", "{masks}", "--organ", "brain"], "organ 'brain'"),
         (["explain-eval", "{index}", "--masks-file", "{masks}", "--methods", "relax,lime"], "unknown explanation method 'lime'"),
         (["explain-eval", "{index}", "--masks-file", "{missing}"], "does not exist"),
+        (["explain-eval", "{index}", "--masks-file", "{masks}", "--targets", "own", "--pairwise"], "needs --targets query"),
     ],
 )
 def test_bad_input_is_one_error_line(explain_index, phantom_archive, tmp_path, capsys, argv, message):

@@ -26,7 +26,7 @@ def test_index_verify_delete_compact(tmp_path, phantom_archive, enc, capsys):
     code, out, err = run(capsys, "index", phantom_archive, "--encoder", enc, "--out", index_dir,
                          "--shard-size", "32", "--workers", "1", "--no-progress")
     assert code == 0, err
-    assert "indexed          80" in out and "skipped          3 (not-dicom 3)" in out and "items/s" in out
+    assert "indexed          80" in out and "skipped          6 (not-dicom 6)" in out and "items/s" in out
 
     code, out, err = run(capsys, "index", phantom_archive, "--encoder", enc, "--out", index_dir, "--workers", "1", "--json")
     assert code == 0, err

@@ -68,3 +68,37 @@ def test_console_script_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 slices" in result.stdout
     assert len(list((tmp_path / "a").rglob("*.dcm"))) == 2
+
+
+def test_studies_per_patient_option(capsys, tmp_path):
+    out = tmp_path / "exams"
+    code, stdout, err = run(capsys, "phantom", out, "--patients", 2, "--slices", 3, "--size", 32,
+                            "--studies-per-patient", 2)
+    assert code == 0, err
+    assert "12 slices (2 patients × 2 studies × 3, 32 px)" in stdout
+    studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in out.rglob("*.dcm")}
+    assert len(studies) == 4 and str(out / "slices.csv") in stdout
+    code, stdout, err = run(capsys, "phantom", tmp_path / "bad", "--studies-per-patient", 0)
+    assert code == 2 and err.startswith("error: ") and "studies-per-patient" in err
+
+
+def test_simple_modality_and_override_options(capsys, tmp_path):
+    import json
+
+    code, stdout, err = run(capsys, "phantom", tmp_path / "simple", "--patients", 1, "--slices", 2, "--size", 32, "--simple")
+    assert code == 0, err
+    assert not (tmp_path / "simple" / "labels-liver.csv").exists() and "labels-liver" not in stdout
+    code, stdout, err = run(capsys, "phantom", tmp_path / "v2", "--patients", 2, "--slices", 2, "--size", 32,
+                            "--modality", "MR", "--override", "pixel_spacing=0.8", "--override", "offset_mm=[5,-5]",
+                            "--override", "phase=arterial")
+    assert code == 0, err
+    assert str(tmp_path / "v2" / "labels-liver.csv") in stdout
+    description = json.loads((tmp_path / "v2" / "phantom.json").read_text())
+    for patient in description["patients"]:
+        assert patient["nuisances"]["pixel_spacing"] == 0.8 and patient["nuisances"]["offset_mm"] == [5, -5]
+        assert patient["nuisances"]["phase"] == "arterial" and patient["modality"] == "MR"
+    assert {pydicom.dcmread(f, stop_before_pixels=True).Modality for f in (tmp_path / "v2").rglob("*.dcm")} == {"MR"}
+    for bad, message in ((["--override", "nope"], "NAME=VALUE"), (["--override", "speed=3"], "unknown phantom override"),
+                         (["--simple", "--modality", "MR"], "v2")):
+        code, stdout, err = run(capsys, "phantom", tmp_path / "bad", "--size", 32, *bad)
+        assert code == 2 and err.startswith("error: ") and message in err and err.strip().count("\n") == 0

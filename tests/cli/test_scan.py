@@ -47,7 +47,7 @@ def test_scan_json_has_documented_fields_and_counts(capsys, small_archive, tmp_p
         "1.2.840.10008.1.2.1": {"name": "Explicit VR Little Endian", "items": 3},
         "1.2.840.10008.1.2.5": {"name": "RLE Lossless", "items": 1},
     }
-    assert data["skipped"] == {"no-pixel-data": 1, "not-dicom": 1}
+    assert data["skipped"] == {"not-an-image": 1, "not-dicom": 1}
     assert isinstance(data["elapsed_s"], float) and data["elapsed_s"] >= 0
     log = quarantine.read_text()
     assert len(log.splitlines()) == 2
@@ -59,7 +59,7 @@ def test_scan_text_output(capsys, small_archive):
     code, out, err = run(capsys, "scan", small_archive, "--workers", "1")
     assert code == 0, err
     assert "6 files" in out and "4 items" in out
-    assert "RLE Lossless" in out and "no-pixel-data" in out and "CT" in out
+    assert "RLE Lossless" in out and "not-an-image" in out and "CT" in out
     assert PATIENT_ID not in out
 
 

@@ -53,14 +53,14 @@ def test_search_json_schema(flat_index, columns, capsys):
 def test_search_table_and_filters(flat_index, columns, capsys):
     uid = columns["sop_instance_uid"][7]
     series = columns["series_instance_uid"][70]
-    code, out, err = run(capsys, "search", flat_index, uid, "-k", "3", "--series", series)
+    code, out, err = run(capsys, "search", flat_index, uid, "-k", "3", "--series", series, "--per-series", "0")
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith(f"query: {uid}")
     assert lines[1].split() == ["rank", "score", "sop_instance_uid", "frame", "series", "modality", "source"]
     assert len([line for line in lines[2:] if line.strip()]) == 3
     assert all(series in line for line in lines[2:5])
-    code, out, _ = run(capsys, "search", flat_index, uid, "-k", "3", "--json")
+    code, out, _ = run(capsys, "search", flat_index, uid, "-k", "3", "--json", "--include-self")
     top = json.loads(out)[0]["neighbours"][0]
     assert top["sop_instance_uid"] == uid and top["score"] == pytest.approx(1.0, abs=1e-5)
 

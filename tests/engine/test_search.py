@@ -41,16 +41,29 @@ def brute_force(truth, query: np.ndarray, k: int, admissible: np.ndarray) -> lis
     return truth["ids"][cand[order[:k]]].tolist()
 
 
-def test_indexed_slice_is_its_own_top1(engine, truth, phantom_archive):
+def test_indexed_query_is_not_its_own_neighbour_unless_asked(engine, truth):
+    row = 17
+    everything = np.ones(len(truth["ids"]), bool)
+    others = truth["ids"] != truth["ids"][row]
+    for query in (truth["sop_instance_uid"][row], truth["source"][row]):
+        [hits] = engine.search([query], k=5)
+        assert truth["ids"][row] not in [n.id for n in hits] and len(hits) == 5
+        assert [n.id for n in hits] == brute_force(truth, truth["x"][row], 5, others)
+    # an embedding or a bare array is not known to be an item: nothing is left out
+    [hits] = engine.search(truth["x"][row].astype(np.float32), k=5)
+    assert [n.id for n in hits] == brute_force(truth, truth["x"][row], 5, everything)
+
+
+def test_indexed_slice_is_its_own_top1_with_include_self(engine, truth, phantom_archive):
     row = 17
     uid = truth["sop_instance_uid"][row]
-    [by_uid] = engine.search([uid], k=5)
+    [by_uid] = engine.search([uid], k=5, include_self=True)
     assert by_uid[0].id == truth["ids"][row]
     assert by_uid[0].score == pytest.approx(1.0, abs=1e-5)
     assert [n.rank for n in by_uid] == [1, 2, 3, 4, 5]
     assert by_uid[0].meta["sop_instance_uid"] == uid and isinstance(by_uid[0].meta["frame"], int)
     # the DICOM file itself, decoded and embedded again, finds the same item with score ≈ 1
-    [by_file] = engine.search([truth["source"][row]], k=5)
+    [by_file] = engine.search([truth["source"][row]], k=5, include_self=True)
     assert by_file[0].id == truth["ids"][row]
     assert by_file[0].score == pytest.approx(1.0, abs=1e-4)
     assert brute_force(truth, truth["x"][row], 5, np.ones(len(truth["ids"]), bool)) == [n.id for n in by_uid]
@@ -67,17 +80,20 @@ def test_mixed_queries_are_one_batch(engine, truth, monkeypatch):
     real_embed = engine.encoder.embed
     monkeypatch.setattr(engine.encoder, "embed", lambda images, *a, **kw: calls.append(len(images)) or real_embed(images, *a, **kw))
     queries = [truth["sop_instance_uid"][row], path, truth["x"][row].astype(np.float32), prep.apply(item), item.pixels, item, Decoded(item.meta, prep.apply(item))]
-    results = engine.search(queries, k=3)
+    results = engine.search(queries, k=3, include_self=True)
     assert calls == [5]  # file, preprocessed array, raw H×W array, Item, Decoded: one batch
     assert len(results) == len(queries)
     for hits in results:
         assert hits[0].id == truth["ids"][row]
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    # by default the queries known to be the indexed item (UID, file, Item, Decoded) skip it
+    results = engine.search(queries, k=3)
+    assert [hits[0].id == truth["ids"][row] for hits in results] == [False, False, True, True, True, False, False]
     vectors = engine.embed(queries)
     assert vectors.shape == (len(queries), engine.dim)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # a B×D array is a batch of embeddings
-    batch = engine.search(truth["x"][:4].astype(np.float32), k=2)
+    batch = engine.search(truth["x"][:4].astype(np.float32), k=2, include_self=True)
     assert [hits[0].id for hits in batch] == truth["ids"][:4].tolist()
 
 
@@ -124,7 +140,7 @@ def test_tombstones_are_honoured(flat_index, truth, tmp_path):
     engine = Engine.open(index)
     assert len(engine) == 60
     row = 50
-    [hits] = engine.search([truth["sop_instance_uid"][row]], k=80)
+    [hits] = engine.search([truth["sop_instance_uid"][row]], k=80, include_self=True)
     assert len(hits) == 60 and series not in {n.meta["series_instance_uid"] for n in hits}
     assert [n.id for n in hits] == brute_force(truth, truth["x"][row], 80, truth["series_instance_uid"] != series)
     with pytest.raises(ConfigError, match="deleted"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,5 +36,6 @@ def explain_index(phantom_archive, tmp_path_factory) -> Path:
 
 def query_file(archive: Path, patient: int = 1, slice_no: int = 10) -> Path:
     """One slice of one phantom patient."""
-    files = sorted((archive / f"PHANTOM-7-{patient:03d}").rglob("*.dcm"))
+    folder = json.loads((archive / "phantom.json").read_text())["patients"][patient]["folder"]
+    files = sorted((archive / folder).rglob("*.dcm"))
     return files[slice_no]

@@ -19,6 +19,12 @@ REGION[4:16, 8:24] = True
 OPTIONS = {"relax": {"n_masks": 400}, "occlusion": {"window": 4, "stride": 2}}
 
 
+def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Maps differ by more than 0.1 % of their scale (guided maps are ~1e-6 in absolute terms)."""
+    a, b = a.numpy(), b.numpy()
+    return float(np.abs(a - b).max()) > 1e-3 * max(float(np.abs(a).max()), float(np.abs(b).max()))
+
+
 @pytest.fixture(scope="module")
 def toy():
     return ToyEncoder(REGION, seed=0).eval(), blob_images(3, S, seed=1)
@@ -36,11 +42,18 @@ def test_mass_lies_where_the_encoder_looks(toy, name):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_query_target_broadcasts(toy, name):
+def test_one_query_target_is_broadcast_and_decides_the_map(toy, name):
+    """A 1×D query explains every image w.r.t. that query: the same maps as the B×D copy, other maps for another query."""
     encoder, images = toy
-    query = encoder(images[:1]).detach()
-    heat = METHODS[name](encoder, images, query, **OPTIONS.get(name, {}))
-    assert heat.shape == (3, S, S) and torch.isfinite(heat).all()
+    with torch.no_grad():
+        queries = encoder(blob_images(2, S, seed=11))
+    one = METHODS[name](encoder, images, queries[:1], **OPTIONS.get(name, {}))
+    expanded = METHODS[name](encoder, images, queries[:1].expand(3, -1), **OPTIONS.get(name, {}))
+    assert not differ(one, expanded), name
+    other = METHODS[name](encoder, images, queries[1:], **OPTIONS.get(name, {}))
+    assert differ(one, other), name
+    # whatever the query, the encoder only sees the region: so do the maps
+    assert np.mean([relevance_rank_accuracy(h, REGION) for h in one]) >= 0.75, name
 
 
 def test_gradcam_equals_autograd_by_hand():
@@ -125,12 +138,32 @@ def real_encoder():
     return new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=64), seed=0)
 
 
+def _hooks(module):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in module.modules())
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_runs_on_the_medcbir_resnet18(real_encoder, name):
-    """The trainer's encoder (MONAI ResNet-18, shared ReLU modules, layer4 feature layer)."""
+    """The trainer's encoder (MONAI ResNet-18, shared ReLU modules, layer4 feature layer).
+
+    Each method leaves the encoder as it found it (no hooks, same embeddings, eval mode), is
+    deterministic, and explains the target it is given: the map w.r.t. a query differs from the
+    map w.r.t. the image's own embedding.
+    """
     images = blob_images(1, 64, seed=7)
     query = real_encoder(blob_images(1, 64, seed=8)).detach()
-    for targets in (None, query):
+    with torch.no_grad():
+        before = real_encoder(images)
+    hooks = _hooks(real_encoder)
+    maps = {}
+    for label, targets in (("own", None), ("query", query)):
         heat = METHODS[name](real_encoder, images, targets, **REAL_OPTIONS.get(name, {}))
         assert heat.shape == (1, 64, 64) and torch.isfinite(heat).all()
         assert float(heat.std()) > 0, name
+        maps[label] = heat
+    again = METHODS[name](real_encoder, images, query, **REAL_OPTIONS.get(name, {}))
+    assert not differ(again, maps["query"]), name
+    assert differ(maps["own"], maps["query"]), name
+    assert _hooks(real_encoder) == hooks and not real_encoder.training
+    with torch.no_grad():
+        torch.testing.assert_close(real_encoder(images), before)

@@ -75,18 +75,40 @@ def test_explain_to_report_renders_in_chromium(explain_index, phantom_archive, t
 def test_evaluate_methods_on_organ_masks(explain_index, phantom_archive):
     result = evaluate_methods(
         explain_index, phantom_archive / "masks.h5", organ="liver", methods=("relax", "gradcam"), n=3,
-        labels=phantom_archive / "labels.csv", angles=(0, 180), n_masks=60,
+        labels=phantom_archive / "labels.csv", angles=(0, 180), n_masks=60, targets="own",
     )
-    assert result["n"] == 3 and len(set(result["items"])) == 3
+    assert result["n"] == 3 and len(set(result["items"])) == 3 and result["targets"] == "own"
     for name in ("relax", "gradcam"):
         r = result["methods"][name]
         for key in ("rank_accuracy", "mass_accuracy", "pointing_game", "auprc", "dice_rotation", "pointwise"):
             assert 0.0 <= r[key] <= 1.0, (name, key, r[key])
         assert len(r["per_image"]["rank_accuracy"]) == 3
-        assert np.isfinite(r["deletion_auc"]) and np.isfinite(r["insertion_auc"]) and 0 <= r["pic"] <= 100
+        assert r["pic"] is None and "pic" in result["not_applicable"]  # own targets: PIC cannot move
         assert np.isfinite(r["silhouette"])
+        assert set(r["margin"]) >= {"rank_accuracy", "deletion_auc"}
     table = format_table(result)
-    assert table.splitlines()[2].startswith("relax") and "RRA" in table
+    assert table.splitlines()[2].startswith("relax") and "RRA" in table and "n/a PIC" in table
+
+
+def test_evaluate_methods_pairs_queries_with_masked_neighbours(explain_index, phantom_archive, engine):
+    """Query targets: each neighbour (another patient's, with a liver mask) explained w.r.t. its query."""
+    import h5py
+
+    result = evaluate_methods(
+        explain_index, phantom_archive / "masks.h5", organ="liver", methods=("occlusion",), n=2, angles=(),
+        targets="query", pairwise=True, exclude="same-patient",
+    )
+    assert result["targets"] == "query" and result["pairwise"] and len(result["pairs"]) == 2
+    uids = np.asarray(engine.columns["sop_instance_uid"]).astype(str)
+    patients = np.asarray(engine.columns["patient_pseudonym"]).astype(str)
+    with h5py.File(phantom_archive / "masks.h5", "r") as fh:
+        for q, nb in result["pairs"]:
+            assert q != nb and patients[uids == q][0] != patients[uids == nb][0]
+            assert np.asarray(fh[nb]["liver"]).any() and np.asarray(fh[q]["liver"]).any()
+    # pairwise: neighbours first, then the queries explained w.r.t. their neighbours
+    assert result["items"] == [nb for _, nb in result["pairs"]] + [q for q, _ in result["pairs"]]
+    assert result["n"] == 4 and result["target_similarity"] < 0.9999
+    assert "pic" not in result["not_applicable"] or "barely moves" in result["not_applicable"]["pic"]
 
 
 def test_onnx_encoder_runs_forward_only_methods(explain_index, phantom_archive, engine, tmp_path):

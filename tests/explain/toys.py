@@ -60,3 +60,38 @@ def blob_images(b: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     x = torch.rand(b, 1, size // 4, size // 4, generator=gen)
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return (x - x.amin()) / (x.amax() - x.amin())
+
+
+class PatchEncoder(nn.Module):
+    """A hand-built, parameter-free encoder: the image's 4×4 cell means, flattened.
+
+    Cosine similarity between two embeddings is the (normalised) dot product of their cell
+    means, so with :func:`matched_pairs` it is decided by the cells of the shared region.
+    """
+
+    def __init__(self, cell: int = 4):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.cell).flatten(1)
+
+
+def matched_pairs(b: int, region: torch.Tensor, cell: int = 4, outside: float = 0.5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(neighbours, queries), each B×1×H×W, that share a texture inside ``region`` only.
+
+    Cell values are zero-mean (a pixel set to 0 carries no signal): inside the region both images
+    hold the same ±(0.6..1) cells; outside each has its own independent ±``outside`` cells, which
+    only dilute the similarity. ``region`` (H×W bool) should be aligned to the cell grid.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h, w = region.shape
+
+    def cells(lo: float = 0.0):
+        u = torch.rand(b, 1, h // cell, w // cell, generator=gen) * 2 - 1
+        u = torch.sign(u) * (lo + (1 - lo) * u.abs())
+        return u.repeat_interleave(cell, 2).repeat_interleave(cell, 3)
+
+    shared, mine, theirs = cells(0.6), cells(), cells()
+    r = region.float()
+    return shared * r + outside * mine * (1 - r), shared * r + outside * theirs * (1 - r)

@@ -195,3 +195,44 @@ def with_transfer_syntax_bytes(data: bytes, old: str, new: str) -> bytes:
 
 def read_back(path: Path) -> Dataset:
     return pydicom.dcmread(path)
+
+
+def seg_dataset(masks: np.ndarray | None = None) -> FileDataset:
+    """A binary DICOM Segmentation (SEG) of two 8×8 frames: it has pixel data, but it is a label map."""
+    masks = np.zeros((2, 8, 8), dtype=np.uint8) if masks is None else np.asarray(masks, dtype=np.uint8)
+    masks[0, 2:5, 2:5] = 1
+    masks[1, 3:7, 1:4] = 1
+    ds = _base("1.2.840.10008.5.1.4.1.1.66.4", "SEG", ExplicitVRLittleEndian)
+    ds.SegmentationType = "BINARY"
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = masks.shape[1], masks.shape[2], masks.shape[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 1
+    ds.HighBit = 0
+    ds.PixelRepresentation = 0
+    segment = Dataset()
+    segment.SegmentNumber = 1
+    segment.SegmentLabel = "liver"
+    segment.SegmentAlgorithmType = "MANUAL"
+    ds.SegmentSequence = [segment]
+    ds.PixelData = np.packbits(masks.ravel(), bitorder="little").tobytes()
+    return ds
+
+
+def document_dataset(sop_class: str, modality: str) -> FileDataset:
+    """A pixel-less document object (KOS, presentation state, encapsulated PDF, RT structure set)."""
+    ds = _base(sop_class, modality, ExplicitVRLittleEndian)
+    if sop_class == "1.2.840.10008.5.1.4.1.1.104.1":
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+        ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    return ds
+
+
+def medcbir_overlay(hu: np.ndarray) -> FileDataset:
+    """A CT-looking Secondary Capture that medcbir itself derived (Manufacturer ``medcbir``)."""
+    ds = ct_dataset(hu)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.Manufacturer = "medcbir"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    return ds

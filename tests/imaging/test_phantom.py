@@ -24,6 +24,7 @@ from medcbir.imaging import read_dicom
 from medcbir.imaging.phantom import HU_RANGES, LABELS, ORGANS, Patient, make_archive
 from medcbir.imaging.phantom.anatomy import CONTRACT_ORGANS, Blob
 from medcbir.imaging.phantom.slices import _Outlines, blur, rasterize
+from medcbir.imaging.phantom.writer import patient_folder
 
 CONTRACT_ORGAN_NAMES = {"liver", "spleen", "kidney_left", "kidney_right", "aorta", "spine", "lung_left",
                         "lung_right", "body", "bowel_gas"}
@@ -44,8 +45,17 @@ def read_labels(archive: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def slices(phantom_archive) -> list[dict]:
-    """Every slice of the shared archive: HU via medcbir.imaging, masks, label, header."""
+def simple_archive(tmp_path_factory) -> Path:
+    """The original phantom (``simple=True``): 4 patients × 20 slices at 128 px, seed 7."""
+    out = tmp_path_factory.mktemp("simple") / "archive"
+    make_archive(out, patients=4, slices=20, seed=7, size=128, simple=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def slices(simple_archive) -> list[dict]:
+    """Every slice of the original phantom: HU via medcbir.imaging, masks, label, header."""
+    phantom_archive = simple_archive
     out = []
     with h5py.File(phantom_archive / "masks.h5", "r") as masks:
         for path in dicom_files(phantom_archive):
@@ -110,8 +120,8 @@ def test_hu_has_noise_and_blur(slices):
     assert np.any((hu[border] > -900) & (hu[border] < -200)), "no partial-volume pixels at the skin"
 
 
-def test_ground_truth_matches_the_dicom_files(phantom_archive, slices):
-    rows = read_labels(phantom_archive)
+def test_ground_truth_matches_the_dicom_files(simple_archive, slices):
+    rows = read_labels(simple_archive)
     assert list(rows[0]) == ["sop_instance_uid", "frame", "label"]
     csv_uids = [r["sop_instance_uid"] for r in rows]
     file_uids = [str(s["header"].SOPInstanceUID) for s in slices]
@@ -119,13 +129,13 @@ def test_ground_truth_matches_the_dicom_files(phantom_archive, slices):
     assert set(csv_uids) == set(file_uids)
     assert all(r["frame"] == "0" and r["label"] in LABELS for r in rows)
     by_uid = {r["sop_instance_uid"]: r["label"] for r in rows}
-    with h5py.File(phantom_archive / "masks.h5", "r") as masks:
+    with h5py.File(simple_archive / "masks.h5", "r") as masks:
         assert set(masks) == set(file_uids)
         for s in slices:
             uid = str(s["header"].SOPInstanceUID)
             assert by_uid[uid] == s["label"]
             assert s["meta"].sop_instance_uid == uid and s["meta"].frame == 0
-            assert (phantom_archive / masks[uid].attrs["path"]).resolve() == s["path"].resolve()
+            assert (simple_archive / masks[uid].attrs["path"]).resolve() == s["path"].resolve()
             assert set(s["masks"]) == set(ORGANS)
             for organ in ORGANS:
                 dataset = masks[uid][organ]
@@ -134,7 +144,7 @@ def test_ground_truth_matches_the_dicom_files(phantom_archive, slices):
             assert set(np.unique(s["masks"]["body"])) == {0, 1}
             # Organs lie inside the body, and the exclusive organ masks never overlap.
             body = s["masks"]["body"].astype(bool)
-            stack = np.stack([s["masks"][o] for o in ORGANS if o != "body"]).astype(int)
+            stack = np.stack([s["masks"][o] for o in ORGANS if o not in ("body", "lesion")]).astype(int)
             assert stack.sum(axis=0).max() <= 1
             assert not np.any(stack.any(axis=0) & ~body)
 
@@ -168,9 +178,9 @@ def test_masks_agree_with_level_labels(slices):
     assert len(hearts) == 4, "every patient's thorax shows the heart"
 
 
-def test_phantom_json_boundaries_reproduce_the_labels_and_vary_per_patient(slices, phantom_archive):
+def test_phantom_json_boundaries_reproduce_the_labels_and_vary_per_patient(slices, simple_archive):
     """Labels follow from the per-patient boundaries (in mm) recorded in phantom.json."""
-    description = json.loads((phantom_archive / "phantom.json").read_text())
+    description = json.loads((simple_archive / "phantom.json").read_text())
     patients = {p["patient_id"]: p for p in description["patients"]}
     names = ("liver_top", "kidney_top", "liver_bottom", "kidney_bottom")
     for s in slices:
@@ -202,7 +212,7 @@ def test_label_rule_covers_every_level_for_many_seeds(slices_per_series):
             assert labels == set(LABELS), (seed, index, patient.boundaries)
 
 
-def test_dicom_headers_are_realistic(slices, phantom_archive):
+def test_dicom_headers_are_realistic(slices, simple_archive):
     by_series = defaultdict(list)
     for s in slices:
         h = s["header"]
@@ -228,7 +238,7 @@ def test_dicom_headers_are_realistic(slices, phantom_archive):
         assert len({str(h.StudyInstanceUID) for h in headers}) == 1
         studies.add(str(headers[0].StudyInstanceUID))
     assert len(studies) == 4
-    description = json.loads((phantom_archive / "phantom.json").read_text())
+    description = json.loads((simple_archive / "phantom.json").read_text())
     assert description["seed"] == 7 and len(description["patients"]) == 4
     assert {p["series_instance_uid"] for p in description["patients"]} == set(by_series)
 
@@ -292,8 +302,9 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
                     "--slices", "3", "--seed", "11", "--size", "64"], check=True, env=env, capture_output=True, timeout=120)
     c = make_archive(tmp_path / "c", patients=4, slices=3, seed=12, size=64)
     bytes_a, bytes_b, bytes_c = (archive_bytes(root) for root in (a.out, tmp_path / "b", c.out))
-    assert len(bytes_a) == 4 * 3 + 3
-    assert bytes_a == bytes_b  # every DICOM file, labels.csv, masks.h5 and phantom.json
+    # + labels.csv, labels-liver.csv, labels-lesion.csv, slices.csv, masks.h5, phantom.json
+    assert len(bytes_a) == 4 * 3 + 6
+    assert bytes_a == bytes_b  # every DICOM file and ground-truth file
     dicom_a = {k: v for k, v in bytes_a.items() if k.endswith(".dcm")}
     dicom_c = {k: v for k, v in bytes_c.items() if k.endswith(".dcm")}
     assert not set(dicom_a) & set(dicom_c)  # patient IDs (folders) carry the seed
@@ -358,11 +369,11 @@ def test_speed_at_256_pixels(tmp_path, record_property):
     assert cpu_rate >= 50.0, f"{cpu_rate:.0f} slices per CPU second"
 
 
-def test_rewriting_replaces_a_previous_phantom_archive(tmp_path):
+def test_rewriting_replaces_a_previous_simple_archive(tmp_path):
     out = tmp_path / "archive"
     make_archive(out, patients=3, slices=2, seed=1, size=32)
     summary = make_archive(out, patients=1, slices=2, seed=2, size=32)
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["PHANTOM-2-000"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [patient_folder(2, 0)]
     assert len(dicom_files(out)) == 2 == summary.files
     assert len(read_labels(out)) == 2
 
@@ -416,6 +427,80 @@ def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path):
     two = make_archive(tmp_path / "two", patients=3, slices=10, seed=11, size=64, workers=2)
     files_one = sorted(p.relative_to(one.out) for p in one.out.rglob("*") if p.is_file())
     files_two = sorted(p.relative_to(two.out) for p in two.out.rglob("*") if p.is_file())
-    assert files_one == files_two and len(files_one) == 30 + 3
+    assert files_one == files_two and len(files_one) == 30 + 6
     for rel in files_one:
         assert (one.out / rel).read_bytes() == (two.out / rel).read_bytes(), rel
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("simple", [False, True])
+def test_studies_per_patient_are_later_exams_of_the_same_anatomy(tmp_path, simple):
+    """Several exams per patient: new UIDs, increasing dates, small FOV/table/range/contrast
+    changes, the same anatomy (so the same level at the same body position), and slices.csv
+    giving each slice's body position, consistent with its DICOM header."""
+    summary = make_archive(tmp_path / "a", patients=2, slices=12, seed=5, size=48, studies_per_patient=3, simple=simple)
+    assert summary.files == 2 * 3 * 12 and summary.studies_per_patient == 3
+    truth = read_csv(summary.slices_csv)
+    assert [r["sop_instance_uid"] for r in truth] == [r["sop_instance_uid"] for r in read_labels(summary.out)]
+    description = json.loads(summary.phantom_json.read_text())
+    headers = {str(h.SOPInstanceUID): h for h in (pydicom.dcmread(p, stop_before_pixels=True) for p in summary.dicom_files)}
+    assert len(headers) == 72
+    for entry in description["patients"]:
+        patient = Patient.draw(5, entry["index"])
+        exams = entry["studies"]
+        assert [e["study_index"] for e in exams] == [0, 1, 2]
+        assert len({e["study_instance_uid"] for e in exams}) == len({e["series_instance_uid"] for e in exams}) == 3
+        dates = [e["study_date"] for e in exams]
+        assert dates == sorted(dates) and len(set(dates)) == 3
+        assert exams[0]["z_shift"] == 0 and all(0 < abs(e["z_shift"]) <= 0.03 for e in exams[1:])
+        fovs = [e["fov_mm"] for e in exams]
+        assert len(set(fovs)) == 3 and max(fovs) / min(fovs) < 1.09
+        assert len({e["top_mm"] for e in exams}) == 3 and len({e["contrast"] for e in exams}) == 3
+        rows = [r for r in truth if r["patient"] == entry["folder"]]
+        assert len(rows) == 36
+        for exam in exams:
+            series = sorted((r for r in rows if r["study_instance_uid"] == exam["study_instance_uid"]),
+                            key=lambda r: int(r["instance_number"]))
+            assert [int(r["instance_number"]) for r in series] == list(range(1, 13))
+            for i, row in enumerate(series):
+                h = headers[row["sop_instance_uid"]]
+                assert str(h.PatientID) == entry["patient_id"] and str(h.StudyDate) == exam["study_date"]
+                assert str(h.SeriesInstanceUID) == exam["series_instance_uid"] == row["series_instance_uid"]
+                z = float(row["z"])
+                assert z == pytest.approx((i + 0.5) / 12 + exam["z_shift"], abs=1e-6)
+                # Same anatomy in every exam: the level at a body position is the patient's.
+                assert row["label"] == patient.label_at(z)
+                assert float(h.SliceLocation) == pytest.approx(float(row["slice_location_mm"]), abs=1e-3)
+                assert float(row["z_mm"]) == pytest.approx(z * 12 * exam["slice_spacing_mm"], abs=2e-3)
+            assert {r["label"] for r in series} == set(LABELS)
+
+
+def test_first_exam_does_not_depend_on_the_number_of_exams(tmp_path):
+    one = make_archive(tmp_path / "one", patients=2, slices=4, seed=9, size=32)
+    two = make_archive(tmp_path / "two", patients=2, slices=4, seed=9, size=32, studies_per_patient=2)
+    first = sorted(p.relative_to(one.out) for p in one.dicom_files)
+    assert all((two.out / rel).read_bytes() == (one.out / rel).read_bytes() for rel in first)
+    assert len(two.dicom_files) == 16
+
+
+def test_no_file_path_reveals_patient_id_or_name(tmp_path):
+    summary = make_archive(tmp_path / "a", patients=3, slices=2, seed=4, size=32, studies_per_patient=2)
+    identifiers = set()
+    for path in summary.dicom_files:
+        h = pydicom.dcmread(path, stop_before_pixels=True)
+        identifiers |= {str(h.PatientID), str(h.PatientName), *str(h.PatientName).split("^")}
+    assert len(identifiers) == 3 + 3 + 1 + 3  # IDs, names, the shared family name, the given names
+    ground_truth = {"labels.csv", "labels-liver.csv", "labels-lesion.csv", "slices.csv", "masks.h5", "phantom.json"}
+    paths = [p.relative_to(summary.out).as_posix() for p in summary.out.rglob("*")]
+    assert len(paths) == 3 + 3 * 2 + 3 * 2 + 12 + 6  # patients, studies, series, files, ground truth
+    for rel in (p.upper() for p in paths if p not in ground_truth):
+        assert not any(identifier.upper() in rel for identifier in identifiers), rel
+
+
+def test_studies_per_patient_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="studies-per-patient"):
+        make_archive(tmp_path / "x", patients=1, slices=1, size=32, studies_per_patient=0)

@@ -71,6 +71,15 @@ def oracle(ds) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("path", FILES, ids=[str(Path(p).relative_to(Path(pydicom.data.__file__).parent)) for p in FILES])
 def test_pydicom_corpus_file(path):
+    from medcbir.imaging.sop_classes import not_image_class
+
+    head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    if not_image_class(str(head.get("SOPClassUID", ""))):
+        # SEG label maps, SR/KOS documents: not images for retrieval, even with pixel data
+        with pytest.raises(SkipFile) as info:
+            read_dicom(path)
+        assert info.value.reason == "not-an-image"
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

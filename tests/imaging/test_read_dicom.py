@@ -28,7 +28,7 @@ from .dicomfiles import (
     mr_monochrome1,
     rgb_dataset,
     save,
-    sr_dataset,
+    document_dataset,
     with_transfer_syntax_bytes,
 )
 
@@ -160,9 +160,10 @@ def test_text_file_is_not_dicom(tmp_path):
     expect_skip(empty, "not-dicom")
 
 
-def test_structured_report_has_no_pixel_data(tmp_path):
-    skip = expect_skip(save(sr_dataset(), tmp_path / "sr.dcm"), "no-pixel-data")
-    assert "SR" in skip.detail
+def test_rt_plan_has_no_pixel_data(tmp_path):
+    # (an SR is skipped earlier, as not-an-image: tests/imaging/test_not_an_image.py)
+    skip = expect_skip(save(document_dataset("1.2.840.10008.5.1.4.1.1.481.5", "RTPLAN"), tmp_path / "plan.dcm"), "no-pixel-data")
+    assert "RTPLAN" in skip.detail
 
 
 def test_truncated_pixel_data(tmp_path):

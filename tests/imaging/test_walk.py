@@ -34,7 +34,7 @@ def mixed_archive(tmp_path_factory) -> Path:
 
 
 EXPECTED_ORDER = ["DICOMDIR", "a/multi.dcm", "a/notes.txt", "a/report.dcm", "b/slice0", "b/slice1", "b/slice2", "c/cut.dcm", "c/full.dcm"]
-EXPECTED_SKIPS = {"dicomdir": 1, "not-dicom": 1, "no-pixel-data": 1, "truncated": 1}
+EXPECTED_SKIPS = {"dicomdir": 1, "not-dicom": 1, "not-an-image": 1, "truncated": 1}
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -64,7 +64,7 @@ def test_walk_counts_order_quarantine_and_callback(mixed_archive, tmp_path, work
         path, reason, detail = line.split("\t")
         assert Path(path).is_absolute() and detail
         reasons[Path(path).name] = reason
-    assert reasons == {"DICOMDIR": "dicomdir", "notes.txt": "not-dicom", "report.dcm": "no-pixel-data", "cut.dcm": "truncated"}
+    assert reasons == {"DICOMDIR": "dicomdir", "notes.txt": "not-dicom", "report.dcm": "not-an-image", "cut.dcm": "truncated"}
     assert PATIENT_ID not in quarantine.read_text()
     assert report.to_dict()["skipped"] == EXPECTED_SKIPS
 

@@ -27,7 +27,7 @@ def test_every_slice_is_indexed_with_its_metadata(built_index, phantom_archive):
     files = dicom_files(phantom_archive)
     others = [p for p in phantom_archive.rglob("*") if p.is_file() and p.suffix != ".dcm"]
     assert summary.indexed == len(files) == 80
-    assert sum(summary.skipped.values()) == len(others)  # labels.csv, masks.h5, phantom.json
+    assert sum(summary.skipped.values()) == len(others)  # the ground-truth files (labels*.csv, slices.csv, masks.h5, phantom.json)
     assert summary.shards == 5 and summary.already_present == 0
 
     store = IndexStore.open(index_dir)

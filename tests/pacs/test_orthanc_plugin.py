@@ -55,7 +55,7 @@ def test_every_stored_image_is_indexed_once_and_the_report_is_skipped(indexed_se
     stats = server.rest.statistics()
     assert stats["CountInstances"] == len(pacs_archive) + 1          # the SR is stored too...
     assert status["indexed"] == len(pacs_archive)                    # ...but not indexed
-    assert status["skipped"] == {"no-pixel-data": 1}
+    assert status["skipped"] == {"not-an-image": 1}
     assert status["worker"] == "running" and status["generation"] >= 1
     assert status["encoder"]["fingerprint"] == open_encoder(str(small_encoder)).fingerprint
     assert status["encoder"]["preprocessing"]["size"] == 64
@@ -80,7 +80,7 @@ def test_search_through_orthanc_matches_engine(indexed_server, pacs_archive, sma
     query = pacs_archive[13]
     query_ds = pydicom.dcmread(query, stop_before_pixels=True)
     instance = server.rest.lookup_sop(query_ds.SOPInstanceUID)
-    resp = server.rest.post("/medcbir/search", json={"instance": instance, "k": 6, "exclude": "same-patient"})
+    resp = server.rest.post("/medcbir/search", json={"instance": instance, "k": 6, "exclude": "same-patient", "per_series": 0})
     assert resp.status_code == 200, resp.text
     got = resp.json()["neighbours"]
 
@@ -99,7 +99,7 @@ def test_search_through_orthanc_matches_engine(indexed_server, pacs_archive, sma
 
     # The same query as a raw DICOM body (options in headers: Orthanc drops a POST's query string).
     raw = server.rest.post("/medcbir/search", data=query.read_bytes(), headers={
-        "Content-Type": "application/dicom", "X-Medcbir-K": "6", "X-Medcbir-Exclude": "same-patient"})
+        "Content-Type": "application/dicom", "X-Medcbir-K": "6", "X-Medcbir-Exclude": "same-patient", "X-Medcbir-Per-Series": "0"})
     assert raw.status_code == 200, raw.text
     assert [n["instance"] for n in raw.json()["neighbours"]] == [n["instance"] for n in got]
 
@@ -111,6 +111,35 @@ def test_search_through_orthanc_matches_engine(indexed_server, pacs_archive, sma
     assert server.rest.post("/medcbir/search", data=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
     assert server.rest.post("/medcbir/search", json={"instance": instance, "k": "many"}).status_code == 400
     assert server.rest.session.get(server.url + "/medcbir/search").status_code == 405
+
+
+def test_search_options_group_by_prior_per_series_include_self(indexed_server, pacs_archive, small_encoder):
+    from collections import Counter
+
+    from medcbir.engine import Engine
+
+    server, index, _ = indexed_server
+    query = pacs_archive[4]
+    uid = str(pydicom.dcmread(query, stop_before_pixels=True).SOPInstanceUID)
+    instance = server.rest.lookup_sop(uid)
+    engine = Engine.open(index, encoder=str(small_encoder))
+
+    default = server.rest.post("/medcbir/search", json={"instance": instance, "k": 6}).json()["neighbours"]
+    assert len(default) == 6 and max(Counter(n["series_instance_uid"] for n in default).values()) <= 2  # per_series 2
+    assert uid not in [n["sop_instance_uid"] for n in default]  # not its own neighbour
+    assert [n["id"] for n in default] == [n.id for n in engine.search([str(query)], k=6, per_series=2)[0]]
+    mine = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "include_self": True, "per_series": 0}).json()["neighbours"]
+    assert mine[0]["sop_instance_uid"] == uid and mine[0]["instance"] == instance
+
+    cases = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "group_by": "study"}).json()
+    want = engine.search_cases([str(query)], k=3, group_by="study")[0]
+    assert cases["group_by"] == "study" and [c["uid"] for c in cases["cases"]] == [c.uid for c in want]
+    assert all(s["instance"] for c in cases["cases"] for s in c["slices"])  # Orthanc ids of the slices
+
+    prior = server.rest.post("/medcbir/search", json={"instance": instance, "prior": True}).json()
+    assert prior["prior"]["studies"] == []  # one exam per patient in this archive
+    for bad in ({"group_by": "patient"}, {"per_series": -1}, {"prior": "maybe"}, {"prior": True, "group_by": "study"}):
+        assert server.rest.post("/medcbir/search", json={"instance": instance, **bad}).status_code == 400
 
 
 def test_routes_need_orthanc_credentials(indexed_server):
@@ -128,7 +157,7 @@ def test_reindex_retries_skipped_instances(indexed_server, pacs_archive):
     # The SR is tried again and skipped again with its reason; nothing is indexed twice.
     status = wait_for(lambda: settled(server, len(pacs_archive)) if server.status()["skipped"] else None,
                       timeout=60, what="reindex settled")
-    assert status["skipped"] == {"no-pixel-data": 1}
+    assert status["skipped"] == {"not-an-image": 1}
     assert server.status()["indexed"] == len(pacs_archive)
 
 
@@ -141,7 +170,7 @@ def test_dicomweb_source_indexes_incrementally(indexed_server, pacs_archive, sma
     index = tmp_path / "dicomweb-index"
     first = index_archive(DicomwebSource(url, workers=2, auth=USER), index, str(small_encoder), progress=False)
     assert first.indexed == len(pacs_archive)
-    assert first.skipped == {"no-pixel-data": 1}
+    assert first.skipped == {"not-an-image": 1}
     store = IndexStore.open(index)
     expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in pacs_archive}
     assert {str(s) for s in store.columns["sop_instance_uid"]} == expected

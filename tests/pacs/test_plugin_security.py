@@ -55,7 +55,7 @@ def test_k_is_bounded_by_the_setting_and_by_the_index_size(server, pacs_archive)
     refused(server.rest.post("/medcbir/search", json={"instance": instance, "k": 10**6}), "k", "MaxK")
     assert time.monotonic() - started < 10  # refused up front, not after a huge search
     # k within MaxK but beyond the 30 items: every item, once, and the answer says k=30.
-    whole = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50})
+    whole = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50, "per_series": 0, "include_self": True})
     assert whole.status_code == 200, whole.text
     assert whole.json()["k"] == len(pacs_archive)
     assert len({n["id"] for n in whole.json()["neighbours"]}) == len(pacs_archive)
@@ -131,14 +131,15 @@ def test_the_allowed_keys_are_one_table():
     from medcbir.pacs.request_rules import ROUTES, BadRequest, check_request
 
     ok = "0123abcd-0123abcd-0123abcd-0123abcd-0123abcd"
-    with pytest.raises(BadRequest, match="group_by"):
-        check_request("search", {"instance": ok, "group_by": "study"}, {})
-    # Adding a key is one line in the route's table.
-    ROUTES["search"]["group_by"] = lambda value, limits: str(value)
+    with pytest.raises(BadRequest, match="colour"):
+        check_request("search", {"instance": ok, "colour": "red"}, {})
+    # Adding a key is one line in the route's table (issue 17 added group_by, prior, ... that way).
+    ROUTES["search"]["colour"] = lambda value, limits: str(value)
     try:
-        assert check_request("search", {"instance": ok, "group_by": "study"}, {})["group_by"] == "study"
+        assert check_request("search", {"instance": ok, "colour": "red"}, {})["colour"] == "red"
     finally:
-        del ROUTES["search"]["group_by"]
+        del ROUTES["search"]["colour"]
+    assert check_request("search", {"instance": ok, "group_by": "study", "per_series": 0, "prior": "false", "include_self": True}, {})
 
 
 # -- item 4: answers carry Orthanc ids, never paths -------------------------------------------
@@ -227,7 +228,7 @@ def test_deleted_instances_and_series_leave_the_index_and_explain_still_answers(
     assert server.rest.session.delete(server.url + f"/instances/{victim}").status_code == 200
 
     def gone():
-        hits = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50}).json()["neighbours"]
+        hits = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50, "per_series": 0, "include_self": True}).json()["neighbours"]
         return hits if victim not in {n["instance"] for n in hits} else None
 
     hits = wait_for(gone, timeout=30, what="the deleted instance to leave the answers")

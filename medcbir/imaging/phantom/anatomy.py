@@ -26,7 +26,7 @@ most 0.1 apart, hits every label.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,6 +39,7 @@ CONTRACT_ORGANS: tuple[str, ...] = (
 )
 EXTRA_ORGANS: tuple[str, ...] = (
     "heart", "ribs", "pelvic_bone", "bladder", "gallbladder", "subcutaneous_fat", "muscle",
+    "lesion",  # liver lesions (phantom v2): a subset of the liver mask, the one overlapping mask
 )
 ORGANS: tuple[str, ...] = CONTRACT_ORGANS + EXTRA_ORGANS
 
@@ -118,6 +119,47 @@ class Layer:
     hu: float
     in_cavity: bool = False
     within: str | None = None
+    mask: str | None = None  # also add the painted pixels to this non-exclusive mask ("lesion")
+
+
+PHASES: tuple[str, ...] = ("non-contrast", "arterial", "portal-venous")
+
+# HU of the enhancing tissues per contrast phase: (value at strength 0, value at strength 1).
+_PHASE_HU: dict[str, dict[str, tuple[float, float]]] = {
+    "non-contrast": {"liver": (52, 66), "spleen": (42, 52), "kidney_cortex": (28, 38), "kidney_medulla": (26, 34),
+                     "aorta": (38, 50), "ivc": (36, 46), "heart_wall": (40, 50), "heart_blood": (38, 50)},
+    "arterial": {"liver": (62, 80), "spleen": (95, 140), "kidney_cortex": (170, 230), "kidney_medulla": (60, 85),
+                 "aorta": (260, 360), "ivc": (55, 75), "heart_wall": (80, 110), "heart_blood": (260, 360)},
+}
+
+
+def _enhancement(contrast: float, phase: str = "portal-venous") -> dict[str, float]:
+    """HU of the contrast-enhancing tissues for an enhancement strength in [0, 1] and a phase
+    (the portal-venous values are the original phantom's)."""
+    if phase in _PHASE_HU:
+        return {tissue: lo + (hi - lo) * contrast for tissue, (lo, hi) in _PHASE_HU[phase].items()}
+    return {
+        "liver": 60.0 + 40.0 * contrast,
+        "spleen": 50.0 + 35.0 * contrast,
+        "kidney_cortex": 110.0 + 30.0 * contrast,
+        "kidney_medulla": 60.0 + 30.0 * contrast,
+        "aorta": 220.0 + 70.0 * contrast,
+        "ivc": 70.0 + 60.0 * contrast,
+        "heart_wall": 60.0 + 30.0 * contrast,
+        "heart_blood": 180.0 + 80.0 * contrast,
+    }
+
+
+def lesion_delta(lesion: dict, phase: str, hu: dict[str, float]) -> float:
+    """HU of a lesion relative to the liver around it, by kind and contrast phase: metastases
+    hypodense in every phase, cysts near water whatever the liver does, hypervascular lesions
+    (HCC-like) bright in the arterial phase and washing out later."""
+    kind = lesion["kind"]
+    if kind == "cyst":
+        return lesion["hu"] - hu["liver"]
+    if kind == "hyperdense":
+        return {"arterial": lesion["delta"], "portal-venous": -12.0, "non-contrast": -8.0}[phase]
+    return lesion["delta"] * (0.55 if phase == "non-contrast" else 1.0)
 
 
 def _harmonics(rng: np.random.Generator, strength: float, orders: tuple[int, ...] = (2, 3, 4)) -> tuple:
@@ -165,6 +207,13 @@ class Patient:
     lung_bottom: float = 0.0
     kidney_offsets: tuple[float, float] = (0.0, 0.0)
     vessels: dict[str, list[tuple[float, ...]]] = field(default_factory=dict)
+    contrast: float = 0.5
+    # Phantom v2 only (the defaults draw the original phantom):
+    phase: str = "portal-venous"
+    shifts: dict[str, tuple[float, float]] = field(default_factory=dict)  # organ → (dx, dy)
+    lesions: list[dict] = field(default_factory=list)  # see medcbir.imaging.phantom.variation
+    arms: bool = False  # arms down at the sides (in the field of view) instead of raised
+    table: bool = True
 
     @classmethod
     def draw(cls, seed: int, index: int) -> Patient:
@@ -191,14 +240,7 @@ class Patient:
             "visceral_fat": float(rng.uniform(-100, -80)),
             "muscle": float(rng.uniform(38, 50)),
             "lung": float(rng.uniform(-870, -820)),
-            "liver": 60.0 + 40.0 * contrast,
-            "spleen": 50.0 + 35.0 * contrast,
-            "kidney_cortex": 110.0 + 30.0 * contrast,
-            "kidney_medulla": 60.0 + 30.0 * contrast,
-            "aorta": 220.0 + 70.0 * contrast,
-            "ivc": 70.0 + 60.0 * contrast,
-            "heart_wall": 60.0 + 30.0 * contrast,
-            "heart_blood": 180.0 + 80.0 * contrast,
+            **_enhancement(contrast),
             "cortical": float(rng.uniform(850, 1000)),
             "cancellous": float(rng.uniform(430, 520)),
             "rib": float(rng.uniform(600, 800)),
@@ -245,7 +287,15 @@ class Patient:
             lung_bottom=float(liver_top + rng.uniform(0.35, 0.6) * (kidney_top - liver_top)),
             kidney_offsets=(float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.0, 0.03))),
             vessels=_vessel_trees(rng),
+            contrast=contrast,
         )
+
+    def with_contrast(self, contrast: float, phase: str | None = None) -> Patient:
+        """The same anatomy scanned with another enhancement strength (a later exam's bolus
+        timing) or phase: the enhancing organs' HU follow ``contrast`` (clipped to [0, 1])."""
+        contrast = min(max(float(contrast), 0.0), 1.0)
+        phase = phase or self.phase
+        return replace(self, contrast=contrast, phase=phase, hu={**self.hu, **_enhancement(contrast, phase)})
 
     # -- levels ---------------------------------------------------------------------------
 
@@ -285,6 +335,8 @@ class Patient:
         # Paraspinal muscles behind the spine, in every level.
         for side in (-1, 1):
             out.append(Layer("muscle", Blob(cx + side * 0.11, spine_y + 0.13, 0.09, 0.07), hu["muscle"]))
+        if self.arms:
+            out += self._arms(z, body)
 
         if z < self.lung_bottom:
             out += self._thorax(z, cavity)
@@ -299,7 +351,8 @@ class Patient:
         if liver_top + 0.25 * (kidney_top - liver_top) <= z < kidney_top + 0.6 * (liver_bottom - kidney_top):
             s = self.sizes["spleen"] * _profile(z, liver_top + 0.25 * (kidney_top - liver_top),
                                                  kidney_top + 0.6 * (liver_bottom - kidney_top))
-            out.append(Layer("spleen", Blob(cx + 0.66 * acx, cy + 0.30 * acy, 0.13 * s, 0.24 * s, 0.5,
+            dx, dy = self.shifts.get("spleen", (0.0, 0.0))
+            out.append(Layer("spleen", Blob(cx + dx + 0.66 * acx, cy + dy + 0.30 * acy, 0.13 * s, 0.24 * s, 0.5,
                                             self.shapes["spleen"]), hu["spleen"], in_cavity=True))
         if kidney_top <= z < kidney_bottom:
             out += self._kidneys(z, spine_y)
@@ -321,8 +374,35 @@ class Patient:
     def fixed_layers(self) -> list[Layer]:
         """Strokes identical on every slice (painted once per patient, under :meth:`layers`):
         the scanner couch under the patient's back, a curved carbon-fibre shell around a foam
-        core, outside the body (so in no organ mask)."""
-        return self._table()
+        core, outside the body (so in no organ mask); none when the patient has no table."""
+        return self._table() if self.table else []
+
+    def _arms(self, z: float, body: Blob) -> list[Layer]:
+        """Arms down beside the trunk (outside the body outline, so in no organ mask): skin and
+        fat, muscle, the humerus (upper range) or forearm bones (lower range)."""
+        out = []
+        for side in (-1, 1):
+            arm = Blob(body.cx + side * (body.ax + 0.13), body.cy - 0.05, 0.10, 0.12)
+            out += [Layer("", arm, self.hu["subcutaneous_fat"]), Layer("", arm.scaled(0.8), self.hu["muscle"])]
+            bones = ((0.0, 0.025),) if z < 0.45 else ((-0.025, 0.016), (0.025, 0.014))
+            for dx, r in bones:
+                bone = Blob(arm.cx + dx, arm.cy, r, r)
+                out += [Layer("", bone, self.hu["cortical"]), Layer("", bone.scaled(0.55), self.hu["cancellous"])]
+        return out
+
+    def _lesion_layers(self, z: float, liver: Blob) -> list[Layer]:
+        """Cross-sections at ``z`` of the liver lesions (spheres), painted inside the liver only."""
+        out = []
+        for lesion in self.lesions:
+            dz = (z - lesion["z"]) / lesion["rz"]
+            if abs(dz) >= 1.0:
+                continue
+            r = lesion["r"] * math.sqrt(1.0 - dz * dz)
+            x = liver.cx + lesion["u"] * liver.ax
+            y = liver.cy + lesion["v"] * liver.ay
+            out.append(Layer(None, Blob(x, y, r, r * 0.92), self.hu["liver"] + lesion_delta(lesion, self.phase, self.hu),
+                             within="liver", mask="lesion"))
+        return out
 
     def _table(self) -> list[Layer]:
         """The scanner couch under the patient's back: a curved carbon-fibre shell around a foam
@@ -405,6 +485,8 @@ class Patient:
         cx, cy, acx, acy = cavity.cx, cavity.cy, cavity.ax, cavity.ay
         s = self.sizes["liver"] * _profile(z, liver_top, liver_bottom)
         t = (z - liver_top) / (liver_bottom - liver_top)
+        dx, dy = self.shifts.get("liver", (0.0, 0.0))
+        cx, cy = cx + dx, cy + dy
         out = [Layer("liver", Blob(cx - 0.40 * acx, cy - 0.02 * acy, 0.52 * acx * s, 0.80 * acy * s, 0.15,
                                    self.shapes["liver"]), hu["liver"], in_cavity=True)]
         if t < 0.7:
@@ -412,6 +494,7 @@ class Patient:
             out.append(Layer("liver", Blob(cx + 0.05 * acx, cy - 0.55 * acy, 0.38 * acx * lobe, 0.25 * acy * lobe, -0.2),
                              hu["liver"], in_cavity=True))
         out += self._vessel_layers("liver", z, out[0].blob, hu["liver"] + 45.0)
+        out += self._lesion_layers(z, out[0].blob)
         if 0.55 <= t < 0.95:
             out.append(Layer("gallbladder", Blob(cx - 0.20 * acx, cy - 0.42 * acy, 0.07, 0.09, 0.4), hu["bile"],
                              in_cavity=True))
@@ -430,7 +513,8 @@ class Patient:
             if not top <= z < bottom:
                 continue
             s = self.sizes["kidney"] * _profile(z, top, bottom)
-            kidney = Blob(cx + side * 0.26, spine_y - 0.03, 0.085 * s, 0.12 * s, side * 0.45, self.shapes[name])
+            dx, dy = self.shifts.get(name, (0.0, 0.0))
+            kidney = Blob(cx + dx + side * 0.26, spine_y + dy - 0.03, 0.085 * s, 0.12 * s, side * 0.45, self.shapes[name])
             out.append(Layer(name, kidney, hu["kidney_cortex"]))
             out.append(Layer(None, kidney.scaled(0.6), hu["kidney_medulla"]))
             # The renal sinus (fat) opens towards the front and the spine.

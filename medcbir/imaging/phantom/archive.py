@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.uid import JPEGLSLossless, RLELossless
 
 from medcbir.errors import ConfigError
 from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Patient
 from medcbir.imaging.phantom.masks import MaskWriter, deflate_masks
-from medcbir.imaging.phantom.slices import SliceRenderer
+from medcbir.imaging.phantom.anatomy import Blob
+from medcbir.imaging.phantom.slices import IDENTITY, Finish, Pose, SliceRenderer
+from medcbir.imaging.phantom.variation import (
+    ANATOMY_UNIT_MM,
+    Nuisances,
+    draw_nuisances,
+    patient_v2,
+    with_overrides,
+)
 from medcbir.imaging.phantom.writer import (
     SCANNERS,
-    patient_id,
+    follow_up,
+    mr_intensity,
+    patient_folder,
     series_info,
     series_template,
     slice_dataset,
@@ -27,7 +39,7 @@ from medcbir.imaging.phantom.writer import (
 )
 
 FORMAT = "medcbir-phantom"
-VERSION = 1
+VERSION = 2  # 2: phantom v2, pseudonymous folders, studies, slices.csv
 MIN_SIZE, MAX_SIZE = 32, 2048
 # A PSF narrower than this is invisible on the pixel grid; this much also stands in for the
 # partial-volume averaging over a pixel that point sampling of the outlines leaves out.
@@ -47,6 +59,8 @@ class PhantomSummary:
         elapsed: wall-clock seconds.
         labels_csv, masks_h5, phantom_json: the ground-truth files.
         dicom_files: every DICOM file, in series order.
+        studies_per_patient: studies (exams) per patient.
+        slices_csv: per-slice truth (patient folder, study, body position, level).
     """
 
     out: Path
@@ -62,6 +76,12 @@ class PhantomSummary:
     masks_h5: Path
     phantom_json: Path
     dicom_files: list[Path] = field(default_factory=list, repr=False)
+    studies_per_patient: int = 1
+    slices_csv: Path | None = None
+    labels_liver_csv: Path | None = None
+    labels_lesion_csv: Path | None = None
+    simple: bool = False
+    modality: str = "CT"
 
     @property
     def slices_per_second(self) -> float:
@@ -74,10 +94,16 @@ class PhantomSummary:
             "transfer_syntaxes": dict(self.transfer_syntaxes), "elapsed": round(self.elapsed, 3),
             "slices_per_second": round(self.slices_per_second, 1), "labels_csv": str(self.labels_csv),
             "masks_h5": str(self.masks_h5), "phantom_json": str(self.phantom_json),
+            "studies_per_patient": self.studies_per_patient, "slices_csv": str(self.slices_csv),
+            "labels_liver_csv": str(self.labels_liver_csv) if self.labels_liver_csv else None,
+            "labels_lesion_csv": str(self.labels_lesion_csv) if self.labels_lesion_csv else None,
+            "simple": self.simple, "modality": self.modality,
         }
 
 
-def _check(patients: int, slices: int, size: int, seed: int) -> None:
+def _check(patients: int, slices: int, size: int, seed: int, studies_per_patient: int = 1) -> None:
+    if studies_per_patient < 1:
+        raise ConfigError(f"--studies-per-patient must be at least 1 (got {studies_per_patient})")
     if seed < 0:
         raise ConfigError(f"--seed must be 0 or more (got {seed})")
     if patients < 1:
@@ -103,56 +129,198 @@ def _prepare(out: Path) -> None:
             target = (out / folder).resolve()
             if target.parent == out.resolve() and target.is_dir():
                 shutil.rmtree(target)
-        for name in ("labels.csv", "masks.h5", "phantom.json"):
+        for name in ("labels.csv", "slices.csv", "labels-liver.csv", "labels-lesion.csv", "masks.h5", "phantom.json"):
             (out / name).unlink(missing_ok=True)
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no phantom archive; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_patient(job: tuple) -> tuple[list, dict]:
-    """Render and write one patient's series; return its slices' (SOP UID, label, path,
-    transfer syntax name, organ masks) and its description for phantom.json."""
-    out, seed, index, scanner_index, slices, size, compress = job
-    patient = Patient.draw(seed, index)
+BOUNDARY_NAMES = ("liver_top", "kidney_top", "liver_bottom", "kidney_bottom")
+# Later exams start their range up to this far (fraction of the range) above or below the first
+# exam's: small enough that ≥ 10 slices still hit every level band (see anatomy's docstring).
+FOLLOW_UP_SHIFT = 0.03
+
+
+@dataclass(frozen=True)
+class WrittenSlice:
+    """One written slice as the parent process needs it (labels, masks.h5, slices.csv)."""
+
+    sop_instance_uid: str
+    label: str
+    path: Path
+    syntax_name: str
+    masks: dict
+    truth: tuple  # the slices.csv row after sop_instance_uid, frame
+    study: int = 0
+    has_liver: bool = False
+    has_lesion: bool = False
+
+
+@dataclass(frozen=True)
+class Exam:
+    """How one study of a patient is rendered and stored."""
+
+    info: object  # writer.SeriesInfo
+    patient: Patient
+    noise: float
+    shift: float
+    blur_px: float
+    pose: Pose = IDENTITY
+    finish: Finish | None = None
+    nuisances: Nuisances | None = None
+
+
+def _write_patient(job: tuple) -> tuple[list[WrittenSlice], dict]:
+    """Render and write one patient's studies; return its slices and its phantom.json entry."""
+    out, seed, index, scanner_index, slices, size, compress, studies, simple, overrides, modality = job
     rng = np.random.default_rng([seed, index, 0x5E21E5])
-    scanner = SCANNERS[scanner_index]
-    info = series_info(seed, index, scanner, size=size, slices=slices, compress=compress, rng=rng)
-    noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
-    blur = max(MIN_BLUR_PX, scanner.psf_mm / info.pixel_spacing_mm)
-    syntax = scanner.syntax(compress)
+    scanners = SCANNERS
+    scanner = scanners[scanner_index]
+    first = series_info(seed, index, scanner, size=size, slices=slices, compress=compress, rng=rng)
+    first_noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
+    folder = patient_folder(seed, index)
+    plan = _plan_simple if simple else _plan_v2
+    exams = plan(seed, index, first, first_noise, studies, overrides, modality, slices)
+    written: list[WrittenSlice] = []
+    descriptions = []
+    for exam in exams:
+        slices_written, description = _write_study(out / folder / f"study-{exam.info.study_index + 1}" / "series-2",
+                                                   seed, index, exam, slices)
+        written += slices_written
+        descriptions.append(description)
+    description = {"index": index, "folder": folder, **descriptions[0], "studies": descriptions}
+    return written, description
+
+
+def _plan_simple(seed: int, index: int, first, first_noise: float, studies: int, overrides, modality,
+                 slices: int) -> list[Exam]:
+    """The original phantom: one anatomy, fixed position and field of view per exam."""
+    patient = Patient.draw(seed, index)
+    exams, info = [], first
+    for study in range(studies):
+        if study == 0:
+            noise, shift, scanned = first_noise, 0.0, patient
+        else:
+            # A later exam: its own settings drawn from its own stream (the first exam's bytes
+            # do not depend on how many follow), same anatomy, other bolus timing and noise.
+            study_rng = np.random.default_rng([seed, index, study, 0x57D7])
+            info = follow_up(first, study, info.study_date, study_rng)
+            noise = float(np.clip(first.scanner.noise_hu * study_rng.uniform(0.85, 1.2), 10.0, 20.0))
+            shift = float(study_rng.uniform(-FOLLOW_UP_SHIFT, FOLLOW_UP_SHIFT))
+            scanned = patient.with_contrast(patient.contrast + study_rng.uniform(-0.15, 0.15))
+        blur = max(MIN_BLUR_PX, first.scanner.psf_mm / info.pixel_spacing_mm)
+        exams.append(Exam(info, scanned, noise, shift, blur))
+    return exams
+
+
+SHARP_KERNELS = {"B30f": "B70f", "STANDARD": "BONE", "FC08": "FC30", "B": "D"}
+
+
+def _plan_v2(seed: int, index: int, first, first_noise: float, studies: int, overrides, modality,
+             slices: int) -> list[Exam]:
+    """Phantom v2: every nuisance of :mod:`.variation` per patient, small changes per exam."""
+    drawn = draw_nuisances(seed, index, total_span_mm=first.slice_spacing_mm * slices)
+    mr = None
+    if modality == "MR":
+        mr_rng = np.random.default_rng([seed, index, 0x3A7])
+        scale = float(mr_rng.uniform(600, 30000))
+        mr = {"scale": round(scale, 1), "gamma": round(float(mr_rng.uniform(0.6, 1.6)), 4),
+              "bits": 12 if scale < 4095 else 16,
+              "windows": [[round(0.45 * scale), round(0.9 * scale)]] if mr_rng.uniform() < 0.5 else None}
+    exams, info = [], first
+    for study in range(studies):
+        nuisances = drawn
+        if study:
+            study_rng = np.random.default_rng([seed, index, study, 0x57D7])
+            info = follow_up(first, study, info.study_date, study_rng)
+            nuisances = replace(
+                drawn,
+                offset_mm=(drawn.offset_mm[0] + float(study_rng.normal(0, 6)), drawn.offset_mm[1] + float(study_rng.normal(0, 6))),
+                rotation_deg=drawn.rotation_deg + float(study_rng.uniform(-1.5, 1.5)),
+                pixel_spacing=drawn.pixel_spacing * float(study_rng.uniform(0.96, 1.04)),
+                contrast=min(max(drawn.contrast + float(study_rng.uniform(-0.15, 0.15)), 0.0), 1.0),
+                noise_hu=drawn.noise_hu * float(study_rng.uniform(0.9, 1.1)),
+            )
+            shift = float(study_rng.uniform(-FOLLOW_UP_SHIFT, FOLLOW_UP_SHIFT))
+        else:
+            shift = 0.0
+        nuisances = with_overrides(nuisances, overrides)
+        scanner = first.scanner
+        info = replace(info, fov_mm=nuisances.fov_mm, slice_thickness_mm=nuisances.slice_thickness_mm,
+                       kernel=SHARP_KERNELS.get(scanner.kernel, scanner.kernel + "-SHARP")
+                       if nuisances.kernel == "sharp" else scanner.kernel,
+                       phase=nuisances.phase, mr=mr)
+        half_fov = nuisances.fov_mm / 2.0
+        pose = Pose(scale=ANATOMY_UNIT_MM / half_fov * nuisances.body_scale, angle=math.radians(nuisances.rotation_deg),
+                    dx=nuisances.offset_mm[0] / half_fov, dy=nuisances.offset_mm[1] / half_fov)
+        metal = None
+        if nuisances.metal:
+            m = nuisances.metal
+            placed = pose.place(Blob(m["x"], m["y"], 0.03, 0.03))
+            metal = (placed.cx, placed.cy, placed.ax, m["z_top"], m["z_bottom"], m["strength"])
+        sharp = nuisances.kernel == "sharp"
+        blur = max(MIN_BLUR_PX, scanner.psf_mm * (0.6 if sharp else 1.1) / info.pixel_spacing_mm)
+        finish = Finish(sharpen=1.2 if sharp else 0.0, metal=metal, hu_offset=nuisances.hu_offset)
+        exams.append(Exam(info, patient_v2(seed, index, nuisances), nuisances.noise_hu, shift, blur, pose, finish,
+                          nuisances))
+    return exams
+
+
+def _syntax(info, instance: int) -> str:
+    """The transfer syntax of one file: the scanner's, except that in phantom v2 the RLE
+    scanner's even-numbered files are JPEG-LS lossless (an archive that re-encoded part of a
+    series, as PACS migrations do)."""
+    syntax = info.scanner.syntax(info.compress)
+    if info.kernel is not None and syntax == RLELossless and instance % 2 == 0:
+        return JPEGLSLossless
+    return syntax
+
+
+def _write_study(series_dir: Path, seed: int, index: int, exam: Exam, slices: int) -> tuple[list[WrittenSlice], dict]:
+    """Write one series; slice ``i`` lies at body position ``z = (i + 0.5) / slices + shift``."""
+    info, patient, shift = exam.info, exam.patient, exam.shift
+    scanner = info.scanner
     template = series_template(info)
-    renderer = SliceRenderer(patient, size)
-    syntax_name = pydicom.uid.UID(syntax).name
-    series_dir = out / info.patient_id / "series-2"
+    renderer = SliceRenderer(patient, info.size, exam.pose, exam.finish)
     series_dir.mkdir(parents=True)
+    span = info.slice_spacing_mm * slices
+    study = info.study_index
     written = []
     for i in range(slices):
-        z = (i + 0.5) / slices
-        z_mm = info.top_mm - z * info.slice_spacing_mm * slices
+        z = (i + 0.5) / slices + shift
+        z_mm = info.top_mm - z * span
         label = patient.label_at(z)
-        rendered = renderer.render(z, noise_hu=noise, blur_px=blur, rng=np.random.default_rng([seed, index, i, 0x4015E]))
-        stored = to_stored(rendered.hu, scanner)
+        parts = [seed, index, i, 0x4015E] + ([study] if study else [])
+        rendered = renderer.render(z, noise_hu=exam.noise, blur_px=exam.blur_px, rng=np.random.default_rng(parts))
+        stored = mr_intensity(rendered.hu, info.mr) if info.mr else to_stored(rendered.hu, scanner)
         ds = slice_dataset(info, template, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN")
         path = series_dir / f"{i + 1:04d}.dcm"
+        syntax = _syntax(info, i + 1)
         write_slice(path, ds, stored, syntax)
-        written.append((str(ds.SOPInstanceUID), label, path, syntax_name, deflate_masks(rendered.masks)))
-    patient_labels = [w[1] for w in written]
+        truth = (series_dir.parent.parent.name, info.study_uid, info.series_uid, info.study_date, i + 1,
+                 round(z, 6), round(z * span, 3), round(z_mm, 3), label)
+        written.append(WrittenSlice(str(ds.SOPInstanceUID), label, path, pydicom.uid.UID(syntax).name,
+                                    deflate_masks(rendered.masks), truth, study,
+                                    "liver" in rendered.masks, "lesion" in rendered.masks))
+    labels = [w.label for w in written]
     description = {
-        "index": index,
-        "folder": info.patient_id,
         **info.to_dict(),
-        "noise_hu": round(noise, 3),
-        "blur_px": round(blur, 4),
-        "level_boundaries_z": dict(zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"),
-                                       (round(b, 5) for b in patient.boundaries))),
-        "level_boundaries_mm": {
-            name: round(info.top_mm - b * info.slice_spacing_mm * slices, 3)
-            for name, b in zip(("liver_top", "kidney_top", "liver_bottom", "kidney_bottom"), patient.boundaries)
-        },
-        "labels": {label: patient_labels.count(label) for label in LABELS},
+        "study_index": study,
+        "z_shift": round(shift, 6),
+        "noise_hu": round(exam.noise, 3),
+        "blur_px": round(exam.blur_px, 4),
+        "contrast": round(patient.contrast, 4),
+        "level_boundaries_z": dict(zip(BOUNDARY_NAMES, (round(b, 5) for b in patient.boundaries))),
+        "level_boundaries_mm": {name: round(info.top_mm - b * span, 3)
+                                for name, b in zip(BOUNDARY_NAMES, patient.boundaries)},
+        "labels": {label: labels.count(label) for label in LABELS},
         "organ_hu": {k: round(v, 2) for k, v in patient.hu.items()},
     }
+    if exam.nuisances is not None:
+        description["nuisances"] = exam.nuisances.to_dict()
+        description["slices_with_liver"] = sum(w.has_liver for w in written)
+        description["slices_with_lesion"] = sum(w.has_lesion for w in written)
     return written, description
 
 
@@ -167,7 +335,7 @@ def _patients(jobs: list[tuple], workers: int):
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
 
-    total_slices = sum(job[4] for job in jobs)
+    total_slices = sum(job[4] * job[7] for job in jobs)
     if workers <= 0:
         workers = min(os.cpu_count() or 1, len(jobs)) if total_slices >= 64 else 1
     if workers <= 1 or len(jobs) <= 1:
@@ -192,27 +360,42 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+SLICES_COLUMNS = ("sop_instance_uid", "frame", "patient", "study_instance_uid", "series_instance_uid",
+                  "study_date", "instance_number", "z", "z_mm", "slice_location_mm", "label")
+
+
 def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int = 0, size: int = 256,
-                 compress: bool = True, workers: int = 0) -> PhantomSummary:
+                 compress: bool = True, workers: int = 0, *, studies_per_patient: int = 1, simple: bool = False,
+                 overrides: dict | None = None, modality: str = "CT") -> PhantomSummary:
     """Write a synthetic CT archive with ground truth.
 
-    One patient is one study with one axial series running from the upper thorax to the pelvis;
-    each patient gets its own anatomy and, in turn, one of :data:`SCANNERS` (so any four
-    consecutive patients cover every storage variant). Files:
-    ``out/<PatientID>/series-2/<instance>.dcm``, ``out/labels.csv``, ``out/masks.h5``
-    (``/<sop_instance_uid>/<organ>`` uint8 masks, gzip; group attributes ``label`` and
-    ``path``, the file relative to ``out``) and ``out/phantom.json``.
+    Each patient has ``studies_per_patient`` studies (exams), each with one axial series running
+    from the upper thorax to the pelvis; each patient gets its own anatomy and, in turn, one of
+    :data:`SCANNERS` (so any four consecutive patients cover every storage variant). Files:
+    ``out/<folder>/study-<k>/series-2/<instance>.dcm`` (``<folder>`` a pseudonym, ``case-<hex>``:
+    no path reveals PatientID or PatientName), ``out/labels.csv``, ``out/slices.csv`` (per-slice
+    truth), ``out/masks.h5`` (``/<sop_instance_uid>/<organ>`` uint8 masks, gzip; group attributes
+    ``label`` and ``path``, the file relative to ``out``) and ``out/phantom.json``.
+
+    Later exams of a patient (``studies_per_patient`` > 1) change what changes between real
+    exams: new UIDs, StudyDate 1–14 months after the previous exam, field of view within ±4 %,
+    table position, the scanned range shifted by up to ±3 % of its length, bolus timing (organ
+    enhancement) and noise; the anatomy, hence the level of every body position, stays.
+    ``slices.csv`` gives each slice's body position ``z`` (0 = top of the patient's nominal range,
+    1 = bottom; the same frame in every exam of a patient) and ``z_mm`` (= z × range length), so
+    the truly corresponding slice of another exam is the one of nearest ``z``.
 
     Args:
         out: archive folder (created; a previous phantom archive there is replaced).
-        patients: number of patients (= studies = series).
-        slices: axial slices per series; ≥ 10 guarantees every level label in every patient.
+        patients: number of patients.
+        slices: axial slices per series; ≥ 10 guarantees every level label in every series.
         seed: everything (anatomy, noise, UIDs, dates) derives from it: same seed, same bytes.
         size: rows = columns of every slice.
         compress: let the compressing scanners write RLE / JPEG 2000 lossless.
         workers: processes rendering and writing patients (0 = one per core for archives of
             ≥ 64 slices, in-process below that, where starting workers costs more than it saves).
             The bytes written do not depend on it: every patient and slice has its own seed.
+        studies_per_patient: exams per patient (≥ 1); the first exam's files do not depend on it.
 
     Returns:
         A :class:`PhantomSummary`.
@@ -220,40 +403,58 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     Raises:
         ConfigError: bad parameters or an output folder holding something else.
     """
-    _check(patients, slices, size, seed)
+    _check(patients, slices, size, seed, studies_per_patient)
+    if modality not in ("CT", "MR"):
+        raise ConfigError(f"modality must be CT or MR (got {modality!r})")
+    if simple and (overrides or modality != "CT"):
+        raise ConfigError("overrides and modality need phantom v2 (not simple=True / --simple)")
+    with_overrides(draw_nuisances(seed, 0, 400.0), overrides)  # bad overrides fail before any file is written
     out = Path(out)
     _prepare(out)
-    parameters = {"patients": patients, "slices": slices, "size": size, "compress": compress}
+    parameters = {"patients": patients, "slices": slices, "size": size, "compress": compress,
+                  "studies_per_patient": studies_per_patient, "simple": simple, "modality": modality,
+                  "overrides": _jsonable(overrides or {})}
     # Written first and replaced at the end: an interrupted run leaves a description listing the
     # folders it may have written, so re-running into the same folder can clean them up.
     _write_json(out / "phantom.json", {
         "format": FORMAT, "version": VERSION, "complete": False, "seed": seed, "parameters": parameters,
-        "patients": [{"index": i, "folder": patient_id(seed, i)} for i in range(patients)],
+        "patients": [{"index": i, "folder": patient_folder(seed, i)} for i in range(patients)],
     })
     started = time.perf_counter()
     order = np.random.default_rng([seed, 0x5CA7]).permutation(len(SCANNERS))
     labels_count = {label: 0 for label in LABELS}
     syntax_count: dict[str, int] = {}
     rows: list[tuple[str, int, str]] = []
+    truth_rows: list[tuple] = []
     description = []
     dicom_files: list[Path] = []
 
     mask_attrs = {"format": FORMAT, "version": VERSION, "seed": seed, "organs": list(ORGANS)}
-    jobs = [(out, seed, index, int(order[index % len(SCANNERS)]), slices, size, compress) for index in range(patients)]
+    jobs = [(out, seed, index, int(order[index % len(SCANNERS)]), slices, size, compress, studies_per_patient,
+             simple, overrides, modality) for index in range(patients)]
+    liver_rows: list[tuple[str, int, str]] = []
+    lesion_rows: list[tuple[str, int, str]] = []
     with MaskWriter(out / "masks.h5", size, mask_attrs) as masks_file:
         for written, patient_description in _patients(jobs, workers):
-            for sop, label, path, syntax_name, organ_masks in written:
-                masks_file.add(sop, ORGANS, organ_masks, {"label": label, "path": path.relative_to(out).as_posix()})
-                rows.append((sop, 0, label))
-                labels_count[label] += 1
-                syntax_count[syntax_name] = syntax_count.get(syntax_name, 0) + 1
-                dicom_files.append(path)
+            for item in written:
+                masks_file.add(item.sop_instance_uid, ORGANS, item.masks,
+                               {"label": item.label, "path": item.path.relative_to(out).as_posix()})
+                rows.append((item.sop_instance_uid, 0, item.label))
+                truth_rows.append((item.sop_instance_uid, 0, *item.truth))
+                labels_count[item.label] += 1
+                syntax_count[item.syntax_name] = syntax_count.get(item.syntax_name, 0) + 1
+                dicom_files.append(item.path)
             description.append(patient_description)
+            if not simple:
+                liver, lesion = _presence_rows(seed, patient_description["index"], written)
+                liver_rows += liver
+                lesion_rows += lesion
 
-    with open(out / "labels.csv", "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(("sop_instance_uid", "frame", "label"))
-        writer.writerows(rows)
+    _write_csv(out / "labels.csv", ("sop_instance_uid", "frame", "label"), rows)
+    _write_csv(out / "slices.csv", SLICES_COLUMNS, truth_rows)
+    if not simple:
+        _write_csv(out / "labels-liver.csv", ("sop_instance_uid", "frame", "label"), liver_rows)
+        _write_csv(out / "labels-lesion.csv", ("sop_instance_uid", "frame", "label"), lesion_rows)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -262,7 +463,8 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         "parameters": parameters,
         "labels": list(LABELS),
         "label_rule": "z in [0,1] from top of range; thorax < liver_top <= liver-dome < kidney_top <= "
-                      "liver-kidney < liver_bottom <= kidney < kidney_bottom <= pelvis; slice i at z=(i+0.5)/slices",
+                      "liver-kidney < liver_bottom <= kidney < kidney_bottom <= pelvis; "
+                      "slice i at z=(i+0.5)/slices+z_shift (z_shift 0 in a patient's first study)",
         "organs": list(ORGANS),
         "hu_ranges": {k: list(v) for k, v in HU_RANGES.items()},
         "patients": description,
@@ -273,5 +475,48 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         out=out, patients=patients, slices=slices, size=size, seed=seed, files=len(rows),
         labels=labels_count, transfer_syntaxes=syntax_count, elapsed=elapsed,
         labels_csv=out / "labels.csv", masks_h5=out / "masks.h5", phantom_json=out / "phantom.json",
-        dicom_files=dicom_files,
+        dicom_files=dicom_files, studies_per_patient=studies_per_patient, slices_csv=out / "slices.csv",
+        labels_liver_csv=None if simple else out / "labels-liver.csv",
+        labels_lesion_csv=None if simple else out / "labels-lesion.csv", simple=simple, modality=modality,
     )
+
+
+LIVER_SAMPLE = 5  # slices with liver and without, per series (the seed paper's protocol)
+
+
+def _presence_rows(seed: int, index: int, written: list[WrittenSlice]) -> tuple[list, list]:
+    """labels-liver.csv rows (per series 5 slices showing liver and 5 not, drawn from the seed;
+    fewer when a series has fewer) and labels-lesion.csv rows (every slice showing liver:
+    ``lesion`` when a lesion shows, else ``no-lesion``), in file order."""
+    liver, lesion = [], []
+    by_study: dict[int, list[WrittenSlice]] = {}
+    for item in written:
+        by_study.setdefault(item.study, []).append(item)
+    for study, items in by_study.items():
+        rng = np.random.default_rng([seed, index, study, 0x11BE])
+        chosen = set()
+        for present in (True, False):
+            pool = [i for i, item in enumerate(items) if item.has_liver == present]
+            take = min(LIVER_SAMPLE, len(pool))
+            chosen |= {pool[j] for j in rng.choice(len(pool), size=take, replace=False)} if take else set()
+        liver += [(items[i].sop_instance_uid, 0, "liver" if items[i].has_liver else "no-liver") for i in sorted(chosen)]
+        lesion += [(item.sop_instance_uid, 0, "lesion" if item.has_lesion else "no-lesion") for item in items
+                   if item.has_liver]
+    return liver, lesion
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)

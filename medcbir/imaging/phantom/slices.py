@@ -137,6 +137,58 @@ class RenderedSlice:
     masks: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class Pose:
+    """Where the patient lies in the image (phantom v2): anatomy coordinates are scaled by
+    ``scale``, rotated by ``angle`` (radians) and shifted by ``(dx, dy)`` (image units)."""
+
+    scale: float = 1.0
+    angle: float = 0.0
+    dx: float = 0.0
+    dy: float = 0.0
+
+    def place(self, blob: Blob) -> Blob:
+        c, s, k = math.cos(self.angle), math.sin(self.angle), self.scale
+        return Blob(k * (c * blob.cx - s * blob.cy) + self.dx, k * (s * blob.cx + c * blob.cy) + self.dy,
+                    k * blob.ax, k * blob.ay, blob.angle + self.angle, blob.harmonics)
+
+    def place_table(self, blob: Blob) -> Blob:
+        """The couch belongs to the scanner: it follows the field of view and the patient's
+        height above it, not the patient's roll or sideways offset."""
+        k = self.scale
+        return Blob(k * blob.cx, k * blob.cy + self.dy, k * blob.ax, k * blob.ay, blob.angle, blob.harmonics)
+
+
+IDENTITY = Pose()
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Image formation after painting (phantom v2): kernel, metal streaks, calibration offset.
+
+    Attributes:
+        sharpen: unsharp-mask gain of a sharp kernel (0 = soft kernel).
+        metal: None, or (x, y, radius) of the metal in image units, its z range and streak
+            strength in HU: ``(x, y, radius, z_top, z_bottom, strength)``.
+        hu_offset: added to every pixel.
+    """
+
+    sharpen: float = 0.0
+    metal: tuple | None = None
+    hu_offset: float = 0.0
+
+
+def _metal_streaks(size: int, x: float, y: float, strength: float, phase: float) -> np.ndarray:
+    """Bright and dark streaks radiating from a metal object, fading with distance."""
+    axis = _axis(size)
+    dx = axis[None, :] - np.float32(x)
+    dy = axis[:, None] - np.float32(y)
+    angle = np.arctan2(dy, dx)
+    radius = np.sqrt(dx * dx + dy * dy)
+    pattern = np.sin(16.0 * angle + phase) * np.sin(7.0 * angle + 2.0 * phase)
+    return (np.float32(strength) * pattern * (0.08 / (radius + 0.08))).astype(np.float32)
+
+
 class SliceRenderer:
     """Renders the axial slices of one patient at one size.
 
@@ -148,13 +200,15 @@ class SliceRenderer:
         size: image rows = columns.
     """
 
-    def __init__(self, patient: Patient, size: int) -> None:
+    def __init__(self, patient: Patient, size: int, pose: Pose = IDENTITY, finish: Finish | None = None) -> None:
         self.patient = patient
         self.size = size
+        self.pose = pose
+        self.finish = finish
         self._canvas = np.full((size, size), AIR_HU, dtype=np.float32)
         outlines = _Outlines(size)
         for layer in patient.fixed_layers():
-            found = outlines.inside(layer.blob)
+            found = outlines.inside(layer.blob if pose is IDENTITY else pose.place_table(layer.blob))
             if found is not None:
                 np.copyto(self._canvas[found[0]], np.float32(layer.hu), where=found[1])
         self._canvas.setflags(write=False)
@@ -172,14 +226,16 @@ class SliceRenderer:
         hu = self._canvas.copy()
         owner = np.zeros((size, size), dtype=np.uint8)  # 0 = air / unlabelled tissue
         outlines = _Outlines(size)
+        place = (lambda blob: blob) if self.pose is IDENTITY else self.pose.place
         body = np.zeros((size, size), dtype=bool)
         cavity = np.zeros((size, size), dtype=bool)
+        extra: dict[str, np.ndarray] = {}
         for target, blob in ((body, patient.body_at(z)), (cavity, patient.cavity_at(z))):
-            found = outlines.inside(blob)
+            found = outlines.inside(place(blob))
             if found is not None:
                 target[found[0]] = found[1]
         for layer in patient.layers(z):
-            found = outlines.inside(layer.blob)
+            found = outlines.inside(place(layer.blob))
             if found is None:
                 continue
             window, inside = found
@@ -191,10 +247,31 @@ class SliceRenderer:
             np.copyto(hu[window], np.float32(layer.hu), where=inside)
             if layer.organ is not None:
                 np.copyto(owner[window], np.uint8(ORGAN_IDS.get(layer.organ, 0)), where=inside)
+            if layer.mask is not None:
+                extra.setdefault(layer.mask, np.zeros((size, size), dtype=bool))[window] |= inside
+        finish = self.finish
+        metal = finish.metal if finish is not None else None
+        if metal is not None and metal[3] <= z < metal[4]:
+            found = outlines.inside(Blob(metal[0], metal[1], metal[2], metal[2]))
+            if found is not None:
+                np.copyto(hu[found[0]], np.float32(3000.0), where=found[1])
         if blur_px > 0:
-            hu = blur(hu, blur_px)
+            soft = blur(hu, blur_px)
+            if finish is not None and finish.sharpen > 0:
+                # An edge-enhancing kernel: unsharp masking against a wider blur.
+                soft += np.float32(finish.sharpen) * (soft - blur(soft, 2.0 * blur_px))
+            hu = soft
         hu += rng.standard_normal((size, size), dtype=np.float32) * np.float32(noise_hu)
+        if metal is not None and metal[3] <= z < metal[4]:
+            hu += _metal_streaks(size, metal[0], metal[1], metal[5], float(rng.uniform(0, 2 * math.pi)))
+        if finish is not None and finish.hu_offset:
+            hu += np.float32(finish.hu_offset)
         present = np.flatnonzero(np.bincount(owner.ravel(), minlength=len(ORGANS) + 1))
         masks = {ORGANS[i - 1]: owner == i for i in present if i > 0}
         masks["body"] = body
+        if "lesion" in extra:
+            # Later strokes (other organs) may have painted over a lesion: keep what is liver.
+            lesion = extra["lesion"] & (owner == ORGAN_IDS["liver"])
+            if lesion.any():
+                masks["lesion"] = lesion
         return RenderedSlice(hu=hu, masks=masks)

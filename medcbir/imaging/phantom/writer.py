@@ -9,8 +9,9 @@ dates and times derive from the archive seed, so the same seed writes the same b
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    MRImageStorage,
     RLELossless,
     generate_uid,
 )
@@ -86,8 +88,15 @@ def uid(seed: int, *parts: object) -> str:
 
 
 def patient_id(seed: int, index: int) -> str:
-    """The synthetic PatientID (also the patient's folder name in the archive)."""
+    """The synthetic PatientID (written to PatientID; never part of a file path)."""
     return f"PHANTOM-{seed}-{index:03d}"
+
+
+def patient_folder(seed: int, index: int) -> str:
+    """The patient's folder name in the archive: a pseudonym (a hash of the seed and the index),
+    so no file path reveals PatientID or PatientName, as a de-identified archive would store it."""
+    digest = hashlib.sha256(f"{UID_NAMESPACE}|folder|{seed}|{index}".encode()).hexdigest()
+    return f"case-{digest[:12]}"
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,12 @@ class SeriesInfo:
     fov_mm: float
     slice_spacing_mm: float
     top_mm: float
+    study_index: int = 0
+    # Phantom v2 (None / defaults: the original phantom's tags):
+    slice_thickness_mm: float | None = None
+    kernel: str | None = None
+    phase: str = "portal-venous"
+    mr: dict | None = None  # MR-like series: {"scale", "gamma", "windows": [(c, w)] or None, "bits"}
 
     @property
     def pixel_spacing_mm(self) -> float:
@@ -127,11 +142,17 @@ class SeriesInfo:
             "study_instance_uid": self.study_uid,
             "series_instance_uid": self.series_uid,
             "study_date": self.study_date,
+            "study_time": self.study_time,
+            "accession_number": self.accession,
             "scanner": scanner,
             "fov_mm": round(self.fov_mm, 3),
             "pixel_spacing_mm": round(self.pixel_spacing_mm, 5),
             "slice_spacing_mm": round(self.slice_spacing_mm, 4),
             "top_mm": round(self.top_mm, 3),
+            "slice_thickness_mm": round(self.slice_thickness_mm or self.slice_spacing_mm, 4),
+            "convolution_kernel": self.kernel or self.scanner.kernel,
+            "modality": "MR" if self.mr else "CT",
+            **({"mr": self.mr} if self.mr else {}),
         }
 
 
@@ -163,12 +184,49 @@ def series_info(seed: int, index: int, scanner: Scanner, *, size: int, slices: i
     )
 
 
+def follow_up(first: SeriesInfo, study: int, previous_date: str, rng: np.random.Generator) -> SeriesInfo:
+    """The settings of a later exam (``study`` ≥ 1) of the patient whose first exam is ``first``.
+
+    What changes between exams the way it does in a real archive: new study/series/frame UIDs
+    and accession number, a later date (1–14 months after the previous exam) and another time
+    of day, a field of view within ±4 % of the first exam's, and the table position (scanner
+    coordinates of the range). The patient, scanner and slice spacing stay.
+    """
+    day = dt.datetime.strptime(previous_date, "%Y%m%d").date() + dt.timedelta(days=int(rng.integers(30, 430)))
+    seconds = int(rng.integers(7 * 3600, 19 * 3600))
+    index = first.study_index  # parts below keep every UID distinct from the first exam's
+    return replace(
+        first,
+        study_date=day.strftime("%Y%m%d"),
+        study_time=f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}",
+        study_uid=uid(first.seed, first.patient_id, "study", study, index),
+        series_uid=uid(first.seed, first.patient_id, "series", study, index),
+        frame_uid=uid(first.seed, first.patient_id, "frame-of-reference", study, index),
+        accession=f"{first.accession}{study:02d}",
+        fov_mm=first.fov_mm * float(rng.uniform(0.96, 1.04)),
+        top_mm=float(rng.uniform(-150, 150)),
+        study_index=study,
+    )
+
+
 def to_stored(hu: np.ndarray, scanner: Scanner) -> np.ndarray:
     """HU → stored pixel values (rounded, clipped like a scanner: nothing below −1024 HU)."""
     lo, hi = scanner.stored_range()
     stored = np.rint(hu) - scanner.intercept
     np.clip(stored, max(lo, -1024 - scanner.intercept), hi, out=stored)
     return stored.astype(np.int16 if scanner.signed else np.uint16)
+
+
+SERIES_DESCRIPTIONS = {"portal-venous": "AXIAL PORTAL VENOUS", "arterial": "AXIAL ARTERIAL",
+                       "non-contrast": "AXIAL NON-CONTRAST"}
+
+
+def mr_intensity(hu: np.ndarray, mr: dict) -> np.ndarray:
+    """An MR-like intensity image from the HU one: no HU, an arbitrary per-patient scale and
+    gamma (not MR physics: only what a retrieval engine must not rely on, i.e. absolute values)."""
+    level = np.clip((hu + 1000.0) / 1400.0, 0.0, 1.0) ** np.float32(mr["gamma"])
+    top = (1 << mr["bits"]) - 1
+    return np.clip(np.rint(level * np.float32(mr["scale"])), 0, top).astype(np.uint16)
 
 
 def series_template(info: SeriesInfo) -> dict:
@@ -190,21 +248,22 @@ def series_template(info: SeriesInfo) -> dict:
     ds.InstitutionName = "medcbir synthetic hospital"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "CT CHEST ABDOMEN PELVIS WITH CONTRAST (PHANTOM)"
-    ds.SeriesDescription = "AXIAL PORTAL VENOUS"
+    ds.SeriesDescription = SERIES_DESCRIPTIONS[info.phase]
     ds.ManufacturerModelName = scanner.model
     ds.PatientName = info.patient_name
     ds.PatientID = info.patient_id
     ds.PatientBirthDate = info.birth_date
     ds.PatientSex = info.sex
-    ds.ContrastBolusAgent = "IODINATED"
-    ds.SliceThickness = f"{info.slice_spacing_mm:.3f}"
+    if info.phase != "non-contrast":
+        ds.ContrastBolusAgent = "IODINATED"
+    ds.SliceThickness = f"{info.slice_thickness_mm or info.slice_spacing_mm:.3f}"
     ds.KVP = scanner.kvp
     ds.ReconstructionDiameter = f"{info.fov_mm:.2f}"
-    ds.ConvolutionKernel = scanner.kernel
+    ds.ConvolutionKernel = info.kernel or scanner.kernel
     ds.PatientPosition = "FFS"
     ds.StudyInstanceUID = info.study_uid
     ds.SeriesInstanceUID = info.series_uid
-    ds.StudyID = "1"
+    ds.StudyID = str(info.study_index + 1)
     ds.SeriesNumber = 2
     ds.AcquisitionNumber = 1
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
@@ -217,7 +276,34 @@ def series_template(info: SeriesInfo) -> dict:
     ds.RescaleIntercept = str(scanner.intercept)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
+    if info.mr:
+        _as_mr(ds, info)
     return {elem.tag: elem for elem in ds}
+
+
+def _as_mr(ds: Dataset, info: SeriesInfo) -> None:
+    """Turn the CT template into an MR Image one: no rescale (no HU), MR acquisition tags,
+    windows present or absent as the patient's settings say."""
+    for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType", "KVP", "ConvolutionKernel",
+                    "ContrastBolusAgent", "WindowCenter", "WindowWidth", "ReconstructionDiameter"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = MRImageStorage
+    ds.Modality = "MR"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.StudyDescription = "MR ABDOMEN (PHANTOM)"
+    ds.SeriesDescription = "AX T1-LIKE (PHANTOM)"
+    ds.ScanningSequence = "GR"
+    ds.SequenceVariant = "SP"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.RepetitionTime = "5.5"
+    ds.EchoTime = "2.2"
+    ds.MagneticFieldStrength = "1.5"
+    ds.EchoTrainLength = 1
+    if info.mr.get("windows"):
+        ds.WindowCenter = str(info.mr["windows"][0][0])
+        ds.WindowWidth = str(info.mr["windows"][0][1])
 
 
 def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, body_part: str) -> Dataset:
@@ -231,9 +317,11 @@ def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, 
         body_part: BodyPartExamined.
     """
     scanner = info.scanner
-    sop_uid = uid(info.seed, info.patient_id, "sop", instance)
+    sop_class = MRImageStorage if info.mr else CTImageStorage
+    parts = ("sop", instance) if info.study_index == 0 else ("sop", instance, "study", info.study_index)
+    sop_uid = uid(info.seed, info.patient_id, *parts)
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian  # replaced when written otherwise
 
@@ -252,9 +340,10 @@ def slice_dataset(info: SeriesInfo, template: dict, instance: int, z_mm: float, 
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = ds.Columns = info.size
     ds.BitsAllocated = 16
-    ds.BitsStored = scanner.bits_stored
-    ds.HighBit = scanner.bits_stored - 1
-    ds.PixelRepresentation = int(scanner.signed)
+    bits = info.mr["bits"] if info.mr else scanner.bits_stored
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0 if info.mr else int(scanner.signed)
     return ds
 
 

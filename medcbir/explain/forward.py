@@ -1,0 +1,217 @@
+"""Forward-only embedding backends for perturbation methods (RELAX's masked batches).
+
+RELAX needs nothing from the encoder but embeddings of many masked copies, so the forwards can
+run wherever they are cheapest while the rest of the estimator stays in torch:
+
+- ``"torch"``: the module itself on the Device (inputs moved there, outputs brought back to the
+  CPU), fp32 or bf16/fp16 autocast, optionally channels-last;
+- ``"onnx"``: ONNX Runtime on the index's ONNX encoder, or on the module exported on the fly
+  (cached per weights fingerprint in memory and in the model cache folder);
+- ``"onnx-int8"``: the same graph with ONNX Runtime's dynamic int8 quantisation.
+
+Every backend maps a float32 n×C×H×W tensor to float32 n×D embeddings *on the CPU*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcbir.errors import ConfigError
+from medcbir.explain.base import autocast
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+_SESSIONS: dict[tuple[str, str], object] = {}
+
+
+def module_device(module: nn.Module, default: str | torch.device = "cpu") -> torch.device:
+    """Where the module's weights live (``default`` for a module without any)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device(default)
+
+
+def weights_key(module: nn.Module) -> str:
+    """A key that changes whenever the weights do (the encoder's fingerprint when it has one)."""
+    fingerprint = getattr(module, "fingerprint", None)
+    if isinstance(fingerprint, str):
+        return fingerprint
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class TorchForward:
+    """Embeddings from the torch module on its device.
+
+    Args:
+        module: the encoder (already on ``device``).
+        device: torch device the module runs on (inputs are moved there).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast.
+        channels_last: run in channels-last memory format (the module is converted for the run
+            by :meth:`session` and converted back after).
+    """
+
+    name = "torch"
+
+    def __init__(self, module: nn.Module, device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False):
+        self.module = module
+        self.device = torch.device(device)
+        self.precision = precision
+        self.channels_last = channels_last
+
+    @contextlib.contextmanager
+    def session(self):
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        try:
+            yield self
+        finally:
+            if self.channels_last:
+                self.module.to(memory_format=torch.contiguous_format)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = x.to(self.device).contiguous(memory_format=fmt)
+        with torch.no_grad(), autocast(self.precision, self.device.type):
+            return self.module(x).float().cpu()
+
+
+class OnnxForward:
+    """Embeddings from an ONNX Runtime session (input ``images``, first output the embeddings)."""
+
+    def __init__(self, session, name: str = "onnx"):
+        self.ort_session = session
+        self.name = name
+        self.input_name = session.get_inputs()[0].name
+
+    @contextlib.contextmanager
+    def session(self):
+        yield self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.ort_session.run(None, {self.input_name: arr})[0]).float()
+
+
+def _cache_folder() -> Path:
+    from medcbir.train.encoder import cache_dir
+
+    folder = cache_dir() / "explain-onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def export_for_forwards(module: nn.Module, shape: tuple[int, int, int], path: Path) -> Path:
+    """Export ``module`` (on the CPU, fp32) to ONNX with a dynamic batch; returns ``path``."""
+    from medcbir.fsutil import atomic_path
+    from medcbir.train.onnx_export import OPSET, _export
+
+    was_training = module.training
+    module.eval()
+    dummy = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _export(module, dummy, str(tmp), OPSET)
+    finally:
+        module.train(was_training)
+    return path
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """ONNX Runtime dynamic int8 quantisation of ``src`` (weights uint8, activations at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from medcbir.fsutil import atomic_path
+
+    with atomic_path(dst) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QUInt8)
+    return dst
+
+
+def _session(path: Path, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=list(providers))
+
+
+def onnx_forward(module: nn.Module, shape: tuple[int, int, int], int8: bool = False, providers=("CPUExecutionProvider",)) -> OnnxForward:
+    """An ONNX Runtime backend for ``module``: its own session if it wraps one, else an export.
+
+    Args:
+        module: a torch encoder, or the runner's wrapper of an ONNX ``Encoder``.
+        shape: C×H×W of one input (for the export's dummy batch).
+        int8: dynamic int8 quantisation of the graph.
+        providers: ONNX Runtime execution providers (the Device's).
+    """
+    name = "onnx-int8" if int8 else "onnx"
+    onnx_encoder = getattr(module, "encoder", None)
+    session = getattr(onnx_encoder, "session", None)
+    if session is not None and not int8:
+        return OnnxForward(session, name)
+    key = (weights_key(module) if session is None else str(onnx_encoder.fingerprint), name)
+    if key not in _SESSIONS:
+        folder = _cache_folder()
+        base = folder / f"{key[0][:32]}-{'x'.join(map(str, shape))}.onnx"
+        if session is not None:
+            base = Path(onnx_encoder.source)
+        elif not base.is_file():
+            cpu_copy = module if module_device(module).type == "cpu" else _cpu_copy(module)
+            export_for_forwards(cpu_copy, shape, base)
+        path = base
+        if int8:
+            path = folder / f"{key[0][:32]}-{'x'.join(map(str, shape))}.int8.onnx"
+            if not path.is_file():
+                quantize_int8(base, path)
+        _SESSIONS[key] = _session(path, providers)
+    return OnnxForward(_SESSIONS[key], name)
+
+
+def _cpu_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module).cpu().float()
+
+
+def make_forward(
+    module: nn.Module,
+    shape: tuple[int, int, int],
+    backend: str = "torch",
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    providers=("CPUExecutionProvider",),
+):
+    """The forward backend ``backend`` (one of :data:`BACKENDS`) for ``module``.
+
+    A module that wraps an ONNX Runtime encoder always runs through its session ("torch" on it
+    means "whatever the module does", i.e. ONNX Runtime too).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"forward backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "torch":
+        return TorchForward(module, device if device is not None else module_device(module), precision, channels_last)
+    if precision != "fp32":
+        raise ConfigError(f"the {backend} backend runs the exported fp32 graph; precision {precision!r} applies to torch only")
+    try:
+        return onnx_forward(module, shape, int8=backend == "onnx-int8", providers=providers)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an encoder the exporter cannot trace
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
+        raise ConfigError(f"cannot run this encoder through ONNX Runtime ({first}); use backend 'torch'") from None
+
+
+__all__ = ["BACKENDS", "OnnxForward", "TorchForward", "make_forward", "module_device"]
