@@ -362,13 +362,172 @@ def markdown(rows: list[dict], load: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- data shapes and `auto` (issue 18)
+PHANTOM_INDEX = "recall-phantom-index-default"
+
+
+def phantom_embeddings(work: Path) -> np.ndarray:
+    """Embeddings of a 1,024-slice phantom index built with the ``default`` encoder (built once)."""
+    import h5py
+
+    index = work / PHANTOM_INDEX
+    if not (index / "manifest.json").is_file():
+        archive = _results.cached_phantom("recall", 32, 32, 256)
+        from medcbir.device import Device
+        from medcbir.indexer import index_archive
+
+        index_archive(archive, index, "default", device=Device.cpu(), progress=False, workers=1)
+    files = sorted(index.glob("shard-*.h5"))
+    return np.concatenate([h5py.File(f, "r")["embeddings"][...] for f in files]).astype(np.float64)
+
+
+class FittedGaussian:
+    """Unit vectors drawn from N(mean, covariance) fitted to real embeddings, then L2-normalised."""
+
+    def __init__(self, real: np.ndarray) -> None:
+        self.mean = real.mean(0)
+        cov = np.cov(real.T)
+        w, v = np.linalg.eigh(cov)
+        self.factor = (v * np.sqrt(np.clip(w, 0, None))).astype(np.float32)  # cov = F F^T
+        self.top10 = float(np.sort(w)[::-1][:10].sum() / w.sum())
+
+    def draw(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        x = self.mean.astype(np.float32) + rng.standard_normal((n, self.factor.shape[1]), dtype=np.float32) @ self.factor.T
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class Isotropic:
+    """Uniform unit vectors (no structure at all: the hardest case for any ANN index)."""
+
+    def draw(self, n: int, seed: int) -> np.ndarray:
+        x = np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+
+def run_shape(name: str, gen, n: int, n_queries: int, target: float) -> dict:
+    """``auto``'s choice on ``n`` vectors of one shape, then held-out recall@10 and QPS vs exact.
+
+    The choice is :func:`medcbir.indexer.recall.choose` on the indexer's training sample (the
+    same call ``IndexWriter`` makes); the chosen trained index is then filled with all ``n``
+    vectors (raw FAISS ``add``: the HDF5 shards are measured by the main benchmark) and searched
+    with the chosen parameters by queries drawn fresh from the same distribution.
+    """
+    from medcbir.indexer import faiss_index, recall
+
+    x = gen.draw(n, seed=1)
+    queries = gen.draw(n_queries, seed=7)
+    rng = np.random.default_rng(0)
+    sample = x[np.sort(rng.choice(n, size=min(n, faiss_index.TRAIN_SAMPLE), replace=False))]
+    t = time.perf_counter()
+    choice, trained = recall.choose(sample, target)
+    choose_s = time.perf_counter() - t
+    spec = choice.spec
+    t = time.perf_counter()
+    if trained is None:
+        index = faiss.IndexFlatIP(DIM)
+    else:
+        index = trained
+    index.add(x)
+    add_s = time.perf_counter() - t
+    # what training the chosen spec alone costs (the indexer trains it anyway): tuning = the rest
+    t = time.perf_counter()
+    if trained is not None:
+        faiss_index.train(spec, DIM, sample)
+    train_chosen_s = time.perf_counter() - t
+    params = faiss_index.search_parameters(index, choice.params) if choice.params else None
+    t = time.perf_counter()
+    _, ids = index.search(queries, K, params=params) if params is not None else index.search(queries, K)
+    ann_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _, exact = faiss.knn(queries, x, K, metric=faiss.METRIC_INNER_PRODUCT)
+    exact_s = time.perf_counter() - t
+    out = {
+        "shape": name, "items": n, "queries": n_queries, "target": target, "spec": spec, "params": choice.params,
+        "recall_at_10_tuning_sample": choice.recall_at_10, "recall_at_10_held_out": recall.recall_at_k(ids, exact),
+        "qps": n_queries / ann_s, "qps_exact": n_queries / exact_s, "speedup_vs_exact": exact_s / ann_s,
+        "choose_s": choose_s, "train_chosen_s": train_chosen_s, "add_s": add_s,
+        "tuning_overhead_s": max(0.0, choose_s - train_chosen_s),
+        "tried": [m.to_dict() for m in choice.tried],
+    }
+    print(f"[{name} {n:,}] {spec} {choice.params}: held-out recall {out['recall_at_10_held_out']:.3f}, "
+          f"{out['speedup_vs_exact']:.1f}x exact, choose {choose_s:.0f} s (training the winner alone {train_chosen_s:.0f} s)", file=sys.stderr, flush=True)
+    return out
+
+
+def shapes_markdown(rows: list[dict], load: str, note: str) -> str:
+    lines = [
+        f"`auto` (`medcbir.indexer.recall.choose`, target recall@10 {rows[0]['target'] if rows else 0.95}) on three data shapes, 512-d: "
+        "**clusters** (the main benchmark's data), **fitted** (a Gaussian with the mean and covariance of the `default` encoder's "
+        f"embeddings of a 1,024-slice phantom index; {note}) and **isotropic** (uniform on the sphere). Recall on 1,000 held-out queries "
+        f"(fresh draws, not the tuning sample) vs brute force; QPS of a 1,000-query batch vs `faiss.knn`. Load average: {load}.",
+        "",
+        "| shape | items | auto spec | params | recall@10 tuning sample | recall@10 held-out | QPS | QPS exact | × exact | choose (s) | of which tuning (s) | add (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['items']:,} | `{r['spec']}` | {r['params']} | {r['recall_at_10_tuning_sample']:.3f} | "
+            f"{r['recall_at_10_held_out']:.3f} | {r['qps']:,.0f} | {r['qps_exact']:,.0f} | {r['speedup_vs_exact']:.1f} | "
+            f"{r['choose_s']:.0f} | {r['tuning_overhead_s']:.0f} | {r['add_s']:.0f} |"
+        )
+    lines.append("")
+    for r in rows:
+        best = {}
+        for m in r["tried"]:
+            if m["spec"] not in best or m["recall_at_10"] > best[m["spec"]]["recall_at_10"]:
+                best[m["spec"]] = m
+        tried = "; ".join(f"`{s}` best {m['recall_at_10']:.3f} ({m['params']})" for s, m in best.items())
+        lines.append(f"- {r['shape']}: tried {tried}.")
+    lines += [
+        "",
+        "`choose` trains each spec it tries on the training sample (≤ 100,000 items) and measures a grid on ≤ 50,000 of them; "
+        "'of which tuning' = choose time minus training the chosen spec once (which the indexer does anyway).",
+    ]
+    return "\n".join(lines)
+
+
+def main_shapes(args) -> int:
+    from medcbir.indexer.recall import TARGET_RECALL
+
+    load_before = os.getloadavg()
+    real = phantom_embeddings(args.work)
+    fitted = FittedGaussian(real)
+    cos = real @ real.T / np.outer(np.linalg.norm(real, axis=1), np.linalg.norm(real, axis=1))
+    note = (f"real pairwise cosine median {np.median(cos):.4f}, min {cos.min():.4f}; top 10 components carry "
+            f"{100 * fitted.top10:.0f} % of the variance")
+    gens = {"clusters": Embeddings(), "fitted": fitted, "isotropic": Isotropic()}
+    rows = []
+    n = int(args.sizes.split(",")[0])
+    for name in args.shapes.split(","):
+        rows.append(run_shape(name, gens[name], n, args.queries, TARGET_RECALL))
+        gc.collect()
+    load = f"{load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (2 cores shared with other jobs)"
+    saved = _results.RESULTS_DIR / "search_shapes.json"
+    if saved.is_file():  # shapes run separately keep each other's rows
+        import json
+
+        old = json.loads(saved.read_text())["results"]
+        rows = [r for r in old["rows"] if r["shape"] not in {x["shape"] for x in rows}] + rows
+        load = f"{old['load_average']}; {load}" if old.get("load_average") else load
+    _results.record("search_shapes", {"rows": rows, "load_average": load, "note": note}, shapes_markdown(rows, load, note),
+                    f".venv/bin/python benchmarks/search.py --shapes {args.shapes} --sizes {n}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000", help="comma-separated index sizes (e.g. 100000,1000000)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--render", action="store_true", help="only rebuild the RESULTS.md section from results/search.json")
+    parser.add_argument("--shapes", default=None, help="auto on data shapes instead (e.g. clusters,fitted,isotropic; issue 18)")
     args = parser.parse_args(argv)
+    if args.shapes:
+        args.work.mkdir(parents=True, exist_ok=True)
+        return main_shapes(args)
     if args.render:
         import json
 

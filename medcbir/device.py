@@ -42,6 +42,24 @@ def _ort_providers() -> tuple[str, ...]:
     return tuple(wanted or ["CPUExecutionProvider"])
 
 
+#: (CPU wheel, GPU wheel) pairs that install the same import name and must not coexist.
+WHEEL_PAIRS = (("faiss-cpu", "faiss-gpu"), ("onnxruntime", "onnxruntime-gpu"))
+
+
+def wheel_conflicts() -> list[str]:
+    """CPU/GPU wheel pairs installed together (they overwrite each other's files)."""
+    from importlib import metadata
+
+    def installed(name: str) -> bool:
+        try:
+            metadata.version(name)
+            return True
+        except metadata.PackageNotFoundError:
+            return False
+
+    return [f"{cpu} and {gpu}" for cpu, gpu in WHEEL_PAIRS if installed(cpu) and installed(gpu)]
+
+
 @dataclass(frozen=True)
 class Device:
     """Where and how to compute.
@@ -72,7 +90,9 @@ class Device:
             from medcbir.errors import ConfigError
 
             raise ConfigError("--device cuda was asked for but no CUDA device is available")
-        providers = _ort_providers() if use_cuda else ("CPUExecutionProvider",)
+        # ONNX Runtime's CUDA provider is whatever ONNX Runtime itself offers (onnxruntime-gpu),
+        # independent of whether torch was built with CUDA.
+        providers = _ort_providers() if prefer != "cpu" else ("CPUExecutionProvider",)
         return cls(
             torch="cuda" if use_cuda else "cpu",
             precision=precision,

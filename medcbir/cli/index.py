@@ -33,6 +33,7 @@ def _source(archive: str, workers: int):
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index folder (created or resumed).")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Items per HDF5 shard.")
 @click.option("--index-spec", default="auto", show_default=True, help="'auto' or a FAISS factory string (e.g. IVF1024,PQ64,Refine(Flat)).")
+@click.option("--target-recall", default=None, type=click.FloatRange(min=0.0, max=1.0, min_open=True), help="recall@10 the index must reach on its own items (default 0.95); auto picks the cheapest spec reaching it.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Decoding processes (0 = auto).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Images per encoder forward.")
 @click.option("--key-file", type=click.Path(dir_okay=False), default=None, help="Pseudonym key file (default INDEX/pseudonym.key).")
@@ -48,7 +49,7 @@ def _source(archive: str, workers: int):
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(min=0), help="GPUs per actor (default: 1 if the cluster has GPUs, else 0).")
 @click.option("--no-maintenance", "maintain", is_flag=True, flag_value=False, default=True,
               help="Do not compact or retrain afterwards even when due.")
-def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, key_file, device, precision,
+def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
           delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
     from medcbir.device import Device
@@ -62,6 +63,7 @@ def index(archive, encoder, out, shard_size, index_spec, workers, batch_size, ke
     summary = index_archive(
         _source(archive, workers), out, encoder, shard_size=shard_size, index_spec=index_spec, workers=workers,
         device=dev, progress=not no_progress and not as_json, batch_size=batch_size, key_file=key_file,
+        target_recall=target_recall,
         ray=ray_address, ray_workers=ray_workers, gpus_per_worker=gpus_per_worker,
     )
     deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
@@ -147,14 +149,16 @@ def verify(index_dir, as_json, repair) -> None:
     report = verify_index(index_dir)
     if as_json:
         data = report.to_dict()
-        out = {k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec")}
+        out = {k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec",
+                                    "recall_at_10", "target_recall", "search_params")}
         if repaired is not None:
             out["repair"] = repaired.to_dict()
         click.echo(json.dumps(out))
     else:
         status = "ok" if report.ok else "BROKEN"
         click.echo(f"{status}: {report.items} item(s) in {report.shards} shard(s), {report.deleted} deleted, "
-                   f"generation {report.generation}, spec {report.index_spec}")
+                   f"generation {report.generation}, spec {report.index_spec}"
+                   + (f", recall@10 {report.recall_at_10:.3f} (target {report.target_recall})" if report.recall_at_10 is not None else ""))
     if not report.ok:
         if not as_json:
             for problem in report.problems:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_
 from medcbir.engine.grouping import CASE_FIELDS, GROUP_COLUMNS, CaseHit, check_group_by, check_per_series, rank_groups, shaped_hits
 from medcbir.engine.neighbour import MetaTable, Neighbour
 from medcbir.engine.queries import Query, QueryResolver, own_ids
-from medcbir.engine.selectors import Selection, is_exact, search_parameters
+from medcbir.engine.selectors import Route, Selection, is_exact, keep_admissible, route, search_parameters
 from medcbir.errors import ConfigError, EncoderMismatch, IndexNotFound
+
+log = logging.getLogger(__name__)
 
 
 def _check_encoder(encoder, info: dict) -> None:
@@ -69,6 +72,12 @@ class Engine:
         self.lookup = KeyLookup(self.columns, self.ids)
         self.exact = bool(getattr(store, "exact", is_exact(self.index)))
         self.knobs: dict = {}
+        # A GPU copy of the index, when the device has one and FAISS can move this index type.
+        self.gpu_index = getattr(store, "gpu_index", None)
+        self.last_route: Route | None = None
+        manifest = getattr(store, "manifest", None) or {}
+        self.recall: dict | None = manifest.get("recall") if not self.exact else None
+        self._recall_warned = False
         self._masks: OrderedDict = OrderedDict()  # small LRU of filter masks
         self._codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -151,6 +160,10 @@ class Engine:
     def set_search_params(self, **knobs) -> None:
         """Default FAISS knobs for every search (``nprobe``, ``efSearch``, ``k_factor``)."""
         self.knobs.update({k: v for k, v in knobs.items() if v is not None})
+        if self.gpu_index is not None:
+            from medcbir.indexer.faiss_index import apply_gpu_params
+
+            apply_gpu_params(self.gpu_index, {**getattr(self.store, "search_params", {}), **self.knobs})
 
     # ------------------------------------------------------------------------ ids ↔ rows
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -286,6 +299,7 @@ class Engine:
         check_exclude(exclude)
         if int(k) < 1:
             raise ConfigError(f"k must be ≥ 1, got {k}")
+        self._warn_low_recall()
         resolved = QueryResolver(self).resolve(queries)
         if not resolved:
             return []
@@ -295,6 +309,19 @@ class Engine:
         own = [own_ids(q, include_self) for q in resolved]
         scores, ids = shaped_hits(self, vectors, int(k), base, groups, own=own, per_series=check_per_series(per_series))
         return self.neighbours(scores, ids)
+
+    def _warn_low_recall(self) -> None:
+        """Warn once per engine when the index's measured recall@10 is below its target."""
+        r = self.recall
+        if self._recall_warned or not r or r.get("recall_at_10") is None:
+            return
+        self._recall_warned = True
+        if float(r["recall_at_10"]) < float(r.get("target", 0.0)):
+            log.warning(
+                "index recall@10 is %.3f (measured on %s of its items with %s %s), below its target %.2f: "
+                "searches may miss true neighbours; rebuild with --index-spec auto or a finer spec",
+                float(r["recall_at_10"]), r.get("queries", "?"), r.get("spec", "?"), r.get("params", {}), float(r["target"]),
+            )
 
     def search_cases(
         self,
@@ -409,6 +436,7 @@ class Engine:
             index: the FAISS index to search (default: the engine's; evaluation passes an
                 exact index to measure recall).
         """
+        gpu = self.gpu_index if index is None else None  # evaluation's exact index stays on the CPU
         index = self.index if index is None else index
         scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         ids = np.full((len(vectors), k), -1, dtype=np.int64)
@@ -417,18 +445,41 @@ class Engine:
             if key is not None:
                 excluded = self.exclusion_mask(*key)
                 mask = (self.live if base is None else base) & ~excluded
-            keep: list = []
-            selection = Selection(mask) if mask is not None else None
-            params = None
-            if selection is not None or self.knobs:
-                # Nothing to select and no knob to change: FAISS's own defaults, no parameter objects.
-                params = search_parameters(index, selection.selector if selection else None, keep, **self.knobs)
             rows = np.asarray(members, dtype=np.int64)
             q = vectors if len(rows) == len(vectors) else np.ascontiguousarray(vectors[rows])
-            d, i = index.search(q, k, params=params) if params is not None else index.search(q, k)
+            admissible = None if mask is None else float(np.count_nonzero(mask)) / max(1, len(self.ids))
+            k_factor = float(self.knobs.get("k_factor") or getattr(self.store, "search_params", {}).get("k_factor") or 1.0)
+            plan = route(k, gpu=gpu is not None, admissible=admissible, n_items=len(self.ids), k_factor=k_factor)
+            self.last_route = plan
+            if plan.path == "gpu":
+                # GPU indexes ignore selectors: over-fetch without one, keep admissible ids here,
+                # and re-search on the CPU (with the selector) any row left short.
+                d, i = gpu.search(q, plan.fetch)
+                short = np.zeros(len(rows), dtype=bool)
+                if mask is not None:
+                    d, i, short = keep_admissible(d, i, mask, k)
+                    short &= plan.fetch < len(self.ids)
+                else:
+                    d, i = d[:, :k], i[:, :k]
+                scores[rows], ids[rows] = d, i
+                if not short.any():
+                    continue
+                rows, q = rows[short], np.ascontiguousarray(q[short])
+            d, i = self._search_cpu(index, q, k, mask)
             scores[rows], ids[rows] = d, i
-            del keep, selection  # FAISS pointed into these until the search returned
         return scores, ids
+
+    def _search_cpu(self, index, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One FAISS search on the CPU index with the filters applied inside FAISS (a selector)."""
+        keep: list = []
+        selection = Selection(mask) if mask is not None else None
+        params = None
+        if selection is not None or self.knobs:
+            # Nothing to select and no knob to change: FAISS's own defaults, no parameter objects.
+            params = search_parameters(index, selection.selector if selection else None, keep, **self.knobs)
+        d, i = index.search(q, k, params=params) if params is not None else index.search(q, k)
+        del keep, selection  # FAISS pointed into these until the search returned
+        return d, i
 
     def neighbours(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Neighbour]]:
         """FAISS (scores, ids) as :class:`Neighbour` lists (missing results dropped)."""

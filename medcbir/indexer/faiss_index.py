@@ -33,8 +33,14 @@ exact index is filled straight from the shards' embeddings at open (one read int
 buffer, no Python objects, no second copy); a ``Refine(...)`` step is filled the same way.
 Ids are dense positions (0..N-1 in shard order), which is what ``IndexRefine`` needs.
 
-GPU: when ``device.faiss_gpu`` the combined base index is moved with
-``faiss.index_cpu_to_all_gpus`` (present, untested here: no GPU on this machine).
+GPU (:func:`gpu_copy`): the CPU index stays the one source of truth; when ``device.faiss_gpu``
+a GPU copy is made of what FAISS can run on a GPU — a flat index, an IVF base (under a refine
+step the base goes to the GPU and the re-rank stays on the CPU). HNSW, ``IndexShards`` and
+fast-scan bases cannot move (``index_cpu_to_gpu`` throws for them): those indexes search on the
+CPU. GPU indexes ignore ID selectors and take k ≤ 2048, and a GPU IVF reads ``nprobe`` from the
+index object, not from search parameters: the engine routes each search accordingly
+(``medcbir.engine.selectors.route``). Untested on a GPU here (no GPU on this machine):
+``scripts/gpu_check.py`` compares CPU and GPU answers on a CUDA machine.
 """
 
 from __future__ import annotations
@@ -69,10 +75,18 @@ def is_flat(spec: str) -> bool:
     return spec.replace(" ", "").lower() in FLAT_SPECS
 
 
-def auto_spec(dim: int) -> str:
-    """The approximate spec ``auto`` switches to above :data:`AUTO_FLAT_MAX` items."""
+def auto_nlist(n: int | None = None) -> int:
+    """Inverted lists of ``auto``'s IVF specs: :data:`AUTO_NLIST`, fewer when ``n`` items
+    cannot give each centroid FAISS's minimum of 39 training points."""
+    if n is None:
+        return AUTO_NLIST
+    return max(1, min(AUTO_NLIST, int(n) // 39))
+
+
+def auto_spec(dim: int, nlist: int | None = None) -> str:
+    """The first approximate spec ``auto`` tries above :data:`AUTO_FLAT_MAX` items (IVF-PQ)."""
     m = dim // 8 if dim % 8 == 0 else next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
-    return f"IVF{AUTO_NLIST},PQ{m},Refine(Flat)"
+    return f"IVF{nlist or AUTO_NLIST},PQ{m},Refine(Flat)"
 
 
 def split_refine(spec: str) -> tuple[str, str | None]:
@@ -286,13 +300,13 @@ def combine(
         fill: writes all N×D embeddings, in id order, into the array it is given.
         n: number of committed items.
         dim: embedding dimension.
-        faiss_gpu: move the base index to all GPUs.
+        faiss_gpu: ignored (kept for callers): the GPU copy is made by :func:`gpu_copy`.
 
     Returns:
         (index, exact): ``exact`` is True for brute-force search.
     """
     if trained is None:
-        return _to_gpu(flat_from(fill, n, dim), faiss_gpu), True
+        return flat_from(fill, n, dim), True
     base_template, refine_template = parts(trained)
     keep: list = []
     if shard_files and all(p.name.endswith(".codes.npy") for p in shard_files):
@@ -313,7 +327,6 @@ def combine(
             part = faiss.read_index(str(path))
             keep.append(part)
             base.add_shard(part)
-    base = _to_gpu(base, faiss_gpu)
     if refine_template is None:
         base.referenced_objects = keep
         return base, False
@@ -330,10 +343,58 @@ def combine(
     return index, False
 
 
-def _to_gpu(index: faiss.Index, faiss_gpu: bool) -> faiss.Index:
-    if not faiss_gpu:
-        return index
-    return faiss.index_cpu_to_all_gpus(index)  # pragma: no cover - no GPU on the test machines
+def gpu_movable(index: faiss.Index) -> bool:
+    """Whether FAISS can copy ``index`` to a GPU: flat, and IVF-Flat/-PQ/-SQ (not fast-scan);
+    not HNSW, ``IndexShards``, ``IndexIDMap`` wrappers or bare PQ (FAISS throws for those)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexFlat):
+        return True
+    return isinstance(index, (faiss.IndexIVFFlat, faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer)) and not isinstance(index, faiss.IndexIVFFastScan)
+
+
+def gpu_copy(index: faiss.Index, to_gpu: Callable | None = None) -> tuple[faiss.Index | None, str]:
+    """A GPU copy of the searchable part of ``index``, or None, with the reason.
+
+    Args:
+        index: the combined CPU index (kept: filtered searches that cannot run on the GPU
+            fall back to it).
+        to_gpu: the copier (default ``faiss.index_cpu_to_all_gpus``).
+
+    Returns:
+        (gpu_index or None, which path runs and why).
+    """
+    cpu = faiss.downcast_index(index)
+    refine = isinstance(cpu, faiss.IndexRefine)
+    base = faiss.downcast_index(cpu.base_index) if refine else cpu
+    if not gpu_movable(base):
+        return None, f"cpu: {type(base).__name__} cannot run on a GPU"
+    to_gpu = to_gpu or faiss.index_cpu_to_all_gpus  # pragma: no cover - default needs a GPU
+    moved = to_gpu(base)
+    if not refine:
+        return moved, f"gpu: {type(base).__name__}"
+    out = faiss.IndexRefine(moved, cpu.refine_index)
+    out.k_factor = cpu.k_factor
+    out.own_fields = False
+    out.referenced_objects = [moved, cpu]
+    return out, f"gpu: {type(base).__name__} on the GPU, exact re-rank on the CPU"
+
+
+def apply_gpu_params(index: faiss.Index, params: dict) -> None:
+    """Search knobs on a GPU copy: a GPU IVF reads ``nprobe`` from the index object (it does not
+    take ``SearchParametersIVF`` like the CPU one), the re-rank depth lives on the refine wrapper."""
+    inner = faiss.downcast_index(index) if isinstance(index, faiss.Index) else index
+    if isinstance(inner, faiss.IndexRefine):
+        if "k_factor" in params:
+            inner.k_factor = float(params["k_factor"])
+        inner = faiss.downcast_index(inner.base_index)
+    if "nprobe" in params and hasattr(faiss, "GpuParameterSpace"):  # pragma: no cover - GPU build only
+        try:
+            faiss.GpuParameterSpace().set_index_parameter(inner, "nprobe", int(params["nprobe"]))
+            return
+        except RuntimeError:
+            pass
+    if "nprobe" in params and hasattr(inner, "nprobe"):
+        inner.nprobe = int(params["nprobe"])
 
 
 def default_search_params(spec: str, auto: bool = False) -> dict:

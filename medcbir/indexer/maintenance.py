@@ -85,6 +85,10 @@ class VerifyReport:
     generation: int = 0
     index_spec: str = ""
     problems: list[str] = field(default_factory=list)
+    #: measured recall@10 of the approximate index on its own items (None: exact or not measured)
+    recall_at_10: float | None = None
+    target_recall: float | None = None
+    search_params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +117,10 @@ def verify(index_dir: str | Path) -> VerifyReport:
         return VerifyReport(ok=False, problems=[str(exc)])
     report = VerifyReport(items=int(manifest["next_id"]), shards=len(manifest["shards"]),
                           generation=int(manifest["generation"]), index_spec=manifest["index_spec"])
+    measured = manifest.get("recall") or {}
+    report.recall_at_10 = measured.get("recall_at_10")
+    report.target_recall = measured.get("target", manifest.get("target_recall"))
+    report.search_params = dict(manifest.get("search_params") or {})
     problems = report.problems
     entries = committed_entries(manifest)
     present = [(n, s, h) for n, s, h in entries if (index_dir / n).is_file()]

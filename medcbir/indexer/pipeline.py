@@ -148,6 +148,7 @@ def index_archive(
     progress: bool = True,
     batch_size: int = 64,
     key_file: str | Path | None = None,
+    target_recall: float | None = None,
     ray: Any = None,
     ray_workers: int = 1,
     gpus_per_worker: float | None = None,
@@ -160,6 +161,7 @@ def index_archive(
         encoder: an Encoder, a checkpoint/ONNX path, or ``"default"``.
         shard_size: items per shard.
         index_spec: ``"auto"`` or a FAISS factory string.
+        target_recall: recall@10 the index must reach on its own items (default 0.95).
         workers: decoding processes for a folder (0 = auto).
         device: the :class:`~medcbir.device.Device`.
         progress: show a progress bar (items/s, ETA) on stderr.
@@ -183,7 +185,7 @@ def index_archive(
     index_dir = Path(index_dir)
     src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")
     summary = IndexSummary()
-    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device)
+    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device, target_recall=target_recall)
     writer.batch_size = batch_size
     total = _count_hint(src)
     bar = _progress(progress, total)

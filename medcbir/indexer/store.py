@@ -168,6 +168,8 @@ class IndexStore:
         faiss_index: all committed items searched under their int64 ids (tombstoned ones
             still inside: exclude them with an id selector, e.g. from ``live_mask``).
         exact: True when ``faiss_index`` is brute force.
+        gpu_index: a GPU copy of ``faiss_index`` (None on CPU or when the type cannot move).
+        gpu_path: which path searches run on and why (e.g. ``"cpu: IndexHNSWFlat cannot run on a GPU"``).
         search_params: current defaults (``nprobe``, ``k_factor``, ...).
         open_seconds: wall time of :meth:`open`.
         recovery: a :class:`~medcbir.indexer.recovery.Recovery` when ``manifest.json`` was
@@ -232,8 +234,8 @@ class IndexStore:
         self.metric = m.get("metric", "ip")
         self.index_spec = m["index_spec"]
         self.search_params = dict(m.get("search_params") or {})
-        if m.get("index_spec_requested") == "auto" and m.get("trained"):
-            # The auto spec follows the current measured defaults, also for older indexes.
+        if m.get("index_spec_requested") == "auto" and m.get("trained") and not m.get("recall"):
+            # Indexes from before recall was measured follow the current defaults of the auto spec.
             self.search_params = faiss_index.default_search_params(self.index_spec, auto=True)
         self.deleted = deleted_ids(self.index_dir, m, verify=False)  # checked above
         self._open_shards()
@@ -302,6 +304,12 @@ class IndexStore:
             raise IndexCorrupt(f"FAISS files hold {self.faiss_index.ntotal} vectors for {len(self.ids)} committed items")
         if not self.exact:
             faiss_index.apply_search_params(self.faiss_index, self.search_params)
+        # The CPU index stays; a GPU copy (when FAISS can move this type) serves what it can.
+        self.gpu_index, self.gpu_path = None, "cpu: no GPU"
+        if faiss_gpu:  # pragma: no cover - no GPU on the test machines (scripts/gpu_check.py)
+            self.gpu_index, self.gpu_path = faiss_index.gpu_copy(self.faiss_index)
+            if self.gpu_index is not None:
+                faiss_index.apply_gpu_params(self.gpu_index, self.search_params)
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:

@@ -30,6 +30,9 @@ from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
+#: recall is re-measured on the whole index when it has grown this many times since the last measurement.
+REMEASURE_GROWTH = 2
+
 _ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
 
 
@@ -105,6 +108,7 @@ class IndexWriter:
         key_file: str | Path | None = None,
         device=None,
         lock_timeout: float = 600.0,
+        target_recall: float | None = None,
     ) -> "IndexWriter":
         """Create ``index_dir`` or resume it.
 
@@ -116,6 +120,8 @@ class IndexWriter:
             key_file: pseudonym key file (default ``INDEX/pseudonym.key``, created 0600).
             device: the :class:`~medcbir.device.Device` for the encoder and FAISS training.
             lock_timeout: seconds to queue for the writer lock (at open and at each commit).
+            target_recall: recall@10 the index must reach on its own embeddings (default
+                0.95; ``auto`` picks the cheapest spec reaching it; kept in the manifest).
 
         Raises:
             EncoderMismatch: the index was built with another encoder.
@@ -134,6 +140,10 @@ class IndexWriter:
         # several writers (the Orthanc plugin, CLI runs) add to one index, queuing for commits.
         with WriterLock(self.index_dir, wait=True, timeout=lock_timeout):
             self._setup(encoder, index_spec, int(shard_size), key_file, device)
+            if target_recall is not None:
+                if not 0.0 < float(target_recall) <= 1.0:
+                    raise ConfigError(f"--target-recall must be in (0, 1], not {target_recall}")
+                self.manifest = dict(self.manifest, target_recall=float(target_recall))
         self._lock_timeout = lock_timeout
         return self
 
@@ -448,8 +458,44 @@ class IndexWriter:
                     self._commit_manifest(dict(self.manifest), train=True)
                 elif not manifest_path(self.index_dir).is_file():
                     self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
+                self._remeasure_if_grown()
         finally:
             self._open = False
+
+    def _remeasure_if_grown(self) -> None:
+        """Re-measure recall (and re-pick the search parameters of the trained spec) on the whole
+        committed index once it holds at least :data:`REMEASURE_GROWTH` × the items last measured.
+
+        Recall falls as an index grows (more items compete for the same top 10), so parameters
+        chosen on the training sample can fall short later. The exact side is brute force over
+        every committed vector (read into memory once: N×D float32).
+        """
+        from medcbir.indexer import recall
+        from medcbir.indexer.store import IndexStore
+
+        m = self.manifest
+        measured = m.get("recall") or {}
+        if not m.get("trained") or not measured or int(m["next_id"]) < REMEASURE_GROWTH * int(measured.get("items") or 0):
+            return
+        store = IndexStore.open(self.index_dir, verify="none")
+        try:
+            n = len(store.ids)
+            vectors = np.empty((n, store.dim), dtype=np.float32)
+            store._fill(vectors)
+            rows = recall.query_rows(n)
+            exact = recall.exact_neighbours(vectors, rows)
+            target = float(measured.get("target") or recall.TARGET_RECALL)
+            best, tried = recall.tune_params(store.faiss_index, store.index_spec, np.ascontiguousarray(vectors[rows]), rows, exact, target)
+        finally:
+            store.close()
+        manifest = dict(m)
+        manifest["search_params"] = dict(best.params)
+        manifest["recall"] = {**measured, "recall_at_10": round(best.recall_at_10, 4), "qps": round(best.qps, 1),
+                              "params": dict(best.params), "items": n, "queries": len(rows),
+                              "tried": measured.get("tried", []) + [t.to_dict() for t in tried]}
+        if best.recall_at_10 < target:
+            log.warning("index %s: recall@10 %.3f at %d items is below the target %.2f", self.index_dir, best.recall_at_10, n, target)
+        self.manifest = commit_manifest(self.index_dir, manifest)
 
     def abort(self) -> None:
         """Close without committing the buffer (after an error mid-source)."""
@@ -534,7 +580,7 @@ class IndexWriter:
         m = manifest or self.manifest
         n = int(m["next_id"])
         dim = int(m["encoder"]["dim"])
-        if m.get("trained"):
+        if m.get("trained") or m.get("recall"):  # trained, or measured and kept exact
             return False
         if m.get("index_spec_requested", "auto") == "auto":
             return n >= faiss_index.AUTO_FLAT_MAX
@@ -551,11 +597,13 @@ class IndexWriter:
         self.manifest = commit_manifest(self.index_dir, manifest)
 
     def _train(self, manifest: dict) -> None:
-        """Train the spec on a sample of committed embeddings; FAISS files for every shard."""
+        """Choose (``auto``) and train the spec on a sample of committed embeddings, measure its
+        recall@10 on them (:mod:`medcbir.indexer.recall`), write FAISS files for every shard."""
+        from medcbir.indexer import recall
         from medcbir.indexer.shard import read_embeddings
 
         dim = int(manifest["encoder"]["dim"])
-        spec = faiss_index.auto_spec(dim) if manifest.get("index_spec_requested", "auto") == "auto" else manifest["index_spec"]
+        auto = manifest.get("index_spec_requested", "auto") == "auto"
         n = int(manifest["next_id"])
         rng = np.random.default_rng(0)
         sample_ids = np.sort(rng.choice(n, size=min(n, faiss_index.TRAIN_SAMPLE), replace=False))
@@ -566,18 +614,28 @@ class IndexWriter:
             if len(rows):
                 parts.append(read_embeddings(self.index_dir / entry["file"], rows))
         sample = np.concatenate(parts)
+        target = float(manifest.get("target_recall") or recall.TARGET_RECALL)
+        specs = None if auto else [manifest["index_spec"]]
         try:
-            trained = faiss_index.train(spec, dim, sample)
+            choice, trained = recall.choose(sample, target, specs=specs)
         except RuntimeError as exc:
-            log.warning("could not train %s on %d items (%s); the index stays exact", spec, len(sample), exc)
+            log.warning("could not train %s on %d items (%s); the index stays exact", specs or "auto", len(sample), exc)
             return
+        manifest["recall"] = choice.record()
+        if choice.recall_at_10 < target:
+            log.warning("index %s: recall@10 %.3f of %s is below the target %.2f", self.index_dir, choice.recall_at_10, choice.spec, target)
+        if trained is None:  # auto chose exact search: nothing to train, nothing per shard
+            manifest["index_spec"] = "Flat"
+            manifest["search_params"] = {}
+            return
+        spec = choice.spec
         generation = int(manifest["generation"]) + 1
         path = self.index_dir / f"trained-{generation:06d}.faiss"
         size, digest = faiss_index.write_index(trained, path)
         self._trained = trained
         manifest["trained"] = stamp({"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}, self.index_dir)
         manifest["index_spec"] = spec
-        manifest["search_params"] = faiss_index.default_search_params(spec, auto=manifest.get("index_spec_requested", "auto") == "auto")
+        manifest["search_params"] = dict(choice.params)
         manifest["shards"] = [dict(s) for s in manifest["shards"]]
         for entry in manifest["shards"]:
             number = int(entry["file"].split("-")[1].split(".")[0])

@@ -104,6 +104,18 @@ def manifest_generation(index: Path) -> int | None:
         return None
 
 
+def manifest_recall(index: Path) -> dict:
+    """``{recall_at_10, target_recall, index_spec, search_params}`` of the committed index (None values
+    while it has no manifest or is exact and unmeasured)."""
+    try:
+        m = json.loads((index / "manifest.json").read_text())
+    except (OSError, ValueError):
+        m = {}
+    measured = m.get("recall") or {}
+    return {"recall_at_10": measured.get("recall_at_10"), "target_recall": measured.get("target", m.get("target_recall")),
+            "index_spec": m.get("index_spec"), "search_params": m.get("search_params") or {}}
+
+
 class Worker:
     """Indexing loop + request handlers.
 
@@ -390,6 +402,7 @@ class Worker:
             "items_committed": self.items, "generation": manifest_generation(self.index),
             "encoder": self.encoder_info, "index": str(self.index),
             "batch_size": self.settings.batch_size, "recent_skips": self.queue.skipped(10), **counts,
+            **manifest_recall(self.index),
         }}
 
     def op_reindex(self, request: dict) -> dict:
