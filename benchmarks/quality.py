@@ -13,8 +13,10 @@ Protocol:
   items are decoded once per preprocessing and scored in memory with the same metric functions as
   ``medcbir evaluate`` (``medcbir.engine.metrics``); one row is cross-checked against a real
   index + ``evaluate`` in the same run.
-- RR (RELAX relevance rank on the liver masks, the seed paper's metric) is not in this table
-  yet: it joins when the explanation-quality scorer lands (issue "explanation scores").
+- RR: RELAX relevance rank accuracy on the liver masks (the seed paper's metric), on up to
+  ``--rr-slices`` test slices that show liver, and its margin over the best trivial map (noise,
+  centre, intensity, edges: ``medcbir.explain.evaluation.relevance_rank_and_margin``), for the
+  trained rows and ``random``; the masks go through the same crop and resize as the images.
 - Rows: ``thumbnail:8/16/32``, ``random``, ``default``, SimSiam with one window, SimSiam with the
   Hounsfield-window views (the seed paper), the archive recipe (SimSiam + archive augmentations +
   neighbour-slice positives) and its ablations (without neighbour positives, without the archive
@@ -72,6 +74,53 @@ class TestSet:
                 table = _labels(archive / name)
                 self.label_sets[name] = np.array([table.get((i.meta.sop_instance_uid, i.meta.frame), "") for i in self.items], dtype=object)
         self._images: dict = {}
+
+    def liver(self, archive: Path, limit: int) -> list[int]:
+        """Indices of up to ``limit`` items that show liver (spread over the archive), masks loaded."""
+        import h5py
+
+        self.masks = {}
+        with h5py.File(archive / "masks.h5", "r") as f:
+            for i, item in enumerate(self.items):
+                group = f.get(item.meta.sop_instance_uid)
+                if group is not None and "liver" in group and group["liver"][...].sum() > 50:
+                    self.masks[i] = group["liver"][...].astype(np.float32)
+        rows = sorted(self.masks)
+        step = max(1, len(rows) // max(1, limit))
+        return rows[::step][:limit]
+
+    def mask_like(self, prep, i: int) -> np.ndarray:
+        """Item i's liver mask through the same geometry (body crop, scale, resize) as its image."""
+        from medcbir.imaging.foreground import BODY_LEVEL, CT_BODY_HU, crop_window, extract, foreground_box
+        from medcbir.imaging.preprocess import WindowContext, resize_keep_aspect
+
+        item, mask = self.items[i], self.masks[i]
+        if prep.crop == "none":
+            return resize_keep_aspect(mask, prep.size, fill=0.0) > 0.5
+        context = WindowContext.of(item)
+        if (item.meta.modality or "").upper() == "CT":
+            threshold = CT_BODY_HU
+        else:
+            lo, hi = context.range("robust")
+            threshold = lo + BODY_LEVEL * (hi - lo)
+        box = foreground_box(item.pixels, threshold, inverted=item.inverted)
+        region = crop_window(item.pixels.shape, box, margin=prep.margin, spacing=prep.spacing, pixel_spacing=item.meta.pixel_spacing, size=prep.size)
+        return extract(mask, region, prep.size, 0.0) > 0.5
+
+    def relevance(self, module, rows: list[int], n_masks: int) -> dict | None:
+        """RELAX rank accuracy on the liver and its margin over the best trivial map."""
+        try:
+            from medcbir.explain.evaluation import relevance_rank_and_margin
+        except ImportError:
+            return None
+        if not rows:
+            return None
+        prep = module.preprocessing
+        images = self.images(prep)[rows]
+        masks = [self.mask_like(prep, i) for i in rows]
+        result = relevance_rank_and_margin(module.eval(), images, masks, methods=("relax",), n_masks=n_masks, seed=0)
+        relax = result["methods"]["relax"]
+        return {"rr": relax["rank_accuracy"], "margin": relax["margin"].get("rank_accuracy"), "best_trivial": relax["best_trivial"].get("rank_accuracy"), "n": result["n"]}
 
     def images(self, prep) -> np.ndarray:
         key = json.dumps(prep.to_dict(), sort_keys=True)
@@ -144,6 +193,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--only", default="", help="comma-separated substrings of the rows to train (default all)")
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    ap.add_argument("--rr-slices", type=int, default=16, help="test slices with liver for the RELAX relevance rank (0 = off)")
+    ap.add_argument("--rr-masks", type=int, default=500, help="RELAX masks per slice for RR")
     args = ap.parse_args()
 
     from medcbir.train import new_encoder, thumbnail_encoder
@@ -156,6 +207,7 @@ def main() -> None:
     make_archive(train_archive, patients=args.train_patients, slices=args.slices, seed=101, size=256)
     make_archive(test_archive, patients=args.test_patients, slices=args.slices, seed=202, size=256)
     test = TestSet(test_archive)
+    rr_rows = test.liver(test_archive, args.rr_slices) if args.rr_slices else []
     prep = default_preprocessing(args.size)
     baselines = {}
     for name, module in [
@@ -166,6 +218,8 @@ def main() -> None:
         ("default (224 px)", load_encoder("default")),
     ]:
         baselines[name] = test.score(test.embed(module))
+        if name == "random":
+            baselines[name]["relax_rr"] = test.relevance(module, rr_rows, args.rr_masks)
         print(name, json.dumps({k: round(v["map_at_k"], 3) for k, v in baselines[name].items()}), flush=True)
 
     # Cross-check of the in-memory scorer: thumbnail:16 through a real index + `evaluate`.
@@ -196,6 +250,7 @@ def main() -> None:
         except Budget:
             pass
         final = test.score(test.embed(load_encoder(out)))
+        final["relax_rr"] = test.relevance(load_encoder(out), rr_rows, args.rr_masks)
         trained.append({"row": label, "seed": seed, "options": {k: v for k, v in options.items() if k != "method_options"}, "epochs": len(curve),
                         "seconds": round(time.time() - t0, 1), "result": final, "curve": curve})
         print(label, seed, f"{len(curve)} epochs", json.dumps({k: round(v["map_at_k"], 3) for k, v in final.items()}), flush=True)
@@ -231,8 +286,8 @@ def _plot(trained, baselines, path: Path) -> None:
 
 def _markdown(data: dict) -> str:
     args = data["args"]
-    sets = sorted({s for r in data["baselines"].values() for s in r})
-    head = "| row | seed | epochs in budget | " + " | ".join(f"{s} MAP@5 / AP@5 / 5-NN" for s in sets) + " |"
+    sets = sorted({s for r in data["baselines"].values() for s in r if s != "relax_rr"})
+    head = "| row | seed | epochs in budget | " + " | ".join(f"{s} MAP@5 / AP@5 / 5-NN" for s in sets) + " | RELAX RR on liver (margin over best trivial) |"
     lines = [
         f"Train archive {args['train_patients']} patients, test archive {args['test_patients']} other patients, {args['slices']} slices each; "
         f"encoders at {args['size']} px ({args['precision']}), batch {args['batch_size']}, lr {args['lr']}; "
@@ -240,14 +295,25 @@ def _markdown(data: dict) -> str:
         f"(load average at the end {data['load_avg'][0]:.1f}); exclude same-patient, K = 5.",
         "",
         head,
-        "|" + "---|" * (3 + len(sets)),
+        "|" + "---|" * (4 + len(sets)),
     ]
-    fmt = lambda r: " | ".join(f"{r[s]['map_at_k']:.3f} / {r[s]['ap_at_k']:.3f} / {r[s]['knn_accuracy']:.3f}" if s in r else "-" for s in sets)
+    def fmt(r):
+        cells = [f"{r[s]['map_at_k']:.3f} / {r[s]['ap_at_k']:.3f} / {r[s]['knn_accuracy']:.3f}" if s in r else "-" for s in sets]
+        rr = r.get("relax_rr")
+        cells.append(f"{rr['rr']:.3f} ({rr['margin']:+.3f})" if rr and rr.get("margin") is not None else (f"{rr['rr']:.3f}" if rr else "-"))
+        return " | ".join(cells)
     for name, r in data["baselines"].items():
         lines.append(f"| {name} | - | - | {fmt(r)} |")
     for row in data["trained"]:
         lines.append(f"| {row['row']} | {row['seed']} | {row['epochs']} | {fmt(row['result'])} |")
     best = max(r["labels.csv"]["map_at_k"] for r in data["baselines"].values() if "labels.csv" in r)
+    random_rr = (data["baselines"].get("random") or {}).get("relax_rr")
+    recipe_rr = [r["result"]["relax_rr"]["rr"] for r in data["trained"] if r["row"].startswith("recipe:") and r["result"].get("relax_rr")]
+    if random_rr and recipe_rr:
+        lines_rr = f"Goal (RR of the recipe above RR of random): recipe {np.mean(recipe_rr):.3f} vs random {random_rr['rr']:.3f}: " + (
+            "**met**" if np.mean(recipe_rr) > random_rr["rr"] else "**missed**")
+    else:
+        lines_rr = "RR goal: not measured in this run."
     recipe = [r["result"]["labels.csv"]["map_at_k"] for r in data["trained"] if r["row"].startswith("recipe:")]
     lines.append("")
     if recipe:
@@ -258,6 +324,7 @@ def _markdown(data: dict) -> str:
             f"recipe {mean:.3f} ± {std:.3f} over {len(recipe)} seed(s) vs best baseline {best:.3f}: "
             + ("**met**" if margin >= 0.10 and min(recipe) > best else f"**missed** (margin {margin:+.3f}, needed +0.10)")
         )
+    lines.append(lines_rr)
     cc = data["cross_check"]
     lines.append(f"Scorer cross-check: thumbnail:16 MAP@5 {cc['in_memory_map_at_k']:.4f} in memory vs {cc['engine_map_at_k']:.4f} through a real index and `evaluate`.")
     lines.append("Plot: `benchmarks/results/quality.png` (test MAP@5 per epoch; baselines dashed).")

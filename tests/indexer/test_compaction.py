@@ -57,6 +57,7 @@ def test_compaction_preserves_every_live_item_and_drops_tombstones(tmp_path, spe
     assert verify(ix).ok
     # Search finds each live item as its own nearest neighbour; none of the dropped ones.
     q = np.stack(list(live_before.values()))
+    after.set_search_params(nprobe=4, k_factor=64)  # every list, exact re-ranking: no approximation left
     _, found = after.faiss_index.search(q, 1)
     assert [str(after.columns["sop_instance_uid"][i]) for i in found[:, 0]] == list(live_before.keys())
     # The reader opened before keeps its generation.
