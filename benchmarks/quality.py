@@ -91,21 +91,13 @@ class TestSet:
 
     def mask_like(self, prep, i: int) -> np.ndarray:
         """Item i's liver mask through the same geometry (body crop, scale, resize) as its image."""
-        from medcbir.imaging.foreground import BODY_LEVEL, CT_BODY_HU, crop_window, extract, foreground_box
-        from medcbir.imaging.preprocess import WindowContext, resize_keep_aspect
+        from medcbir.imaging.foreground import extract
+        from medcbir.imaging.preprocess import resize_keep_aspect
 
         item, mask = self.items[i], self.masks[i]
         if prep.crop == "none":
             return resize_keep_aspect(mask, prep.size, fill=0.0) > 0.5
-        context = WindowContext.of(item)
-        if (item.meta.modality or "").upper() == "CT":
-            threshold = CT_BODY_HU
-        else:
-            lo, hi = context.range("robust")
-            threshold = lo + BODY_LEVEL * (hi - lo)
-        box = foreground_box(item.pixels, threshold, inverted=item.inverted)
-        region = crop_window(item.pixels.shape, box, margin=prep.margin, spacing=prep.spacing, pixel_spacing=item.meta.pixel_spacing, size=prep.size)
-        return extract(mask, region, prep.size, 0.0) > 0.5
+        return extract(mask, prep.region(item), prep.size, 0.0) > 0.5
 
     def relevance(self, module, rows: list[int], n_masks: int) -> dict | None:
         """RELAX rank accuracy on the liver and its margin over the best trivial map."""

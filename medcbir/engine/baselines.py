@@ -140,11 +140,10 @@ def evaluate_baselines(
     from medcbir.indexer import IndexWriter
     from medcbir.train import open_encoder
 
-    preprocessing = engine.encoder.preprocessing if engine.store.encoder_info.get("source") else None
-    if preprocessing is None:
-        from medcbir.imaging import Preprocessing
+    from medcbir.imaging import Preprocessing
 
-        preprocessing = Preprocessing.from_dict(engine.store.encoder_info["preprocessing"])
+    # The index records its encoder's preprocessing: no need to load the encoder for it.
+    preprocessing = Preprocessing.from_dict(engine.store.encoder_info["preprocessing"])
     ids = _labelled_live_ids(engine, labels_csv)
     if not len(ids):
         raise ConfigError(f"no labelled item of {labels_csv} is in the index")

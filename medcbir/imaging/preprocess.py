@@ -147,7 +147,8 @@ class Preprocessing:
         if not windows:
             raise ConfigError("preprocessing needs at least one window")
         policies = tuple(WindowPolicy.parse(w) for w in windows)
-        object.__setattr__(self, "windows", tuple(p.record() if not isinstance(p.record(), list) else tuple(p.record()) for p in policies))
+        records = (p.record() for p in policies)
+        object.__setattr__(self, "windows", tuple(tuple(r) if isinstance(r, list) else r for r in records))
         object.__setattr__(self, "policies", policies)
         try:
             size = operator.index(self.size)  # ints and numpy integers, not floats or bools
@@ -237,12 +238,12 @@ class Preprocessing:
         """size×size float32 in modality units of a bare image (whole image, aspect kept)."""
         return resize_keep_aspect(pixels, self.size)
 
-    def geometry(self, item: Item, context: WindowContext | None = None) -> np.ndarray:
-        """size×size float32 in modality units: the cropped/rescaled (or whole) image of the item."""
+    def region(self, item: Item, context: WindowContext | None = None):
+        """The :class:`~medcbir.imaging.foreground.Region` of ``item`` that becomes the input (``crop="body"``).
+
+        Also what any per-pixel companion of the image (an organ mask) must be cut with.
+        """
         arr = np.asarray(item.pixels, dtype=np.float32)
-        fill = (float(arr.max()) if item.inverted else float(arr.min())) if arr.size else 0.0
-        if self.crop == "none":
-            return resize_keep_aspect(arr, self.size, fill=fill)
         context = context or WindowContext.of(item)
         if (item.meta.modality or "").upper() == "CT":
             threshold = CT_BODY_HU
@@ -250,10 +251,15 @@ class Preprocessing:
             lo, hi = context.range("robust")
             threshold = (hi - BODY_LEVEL * (hi - lo)) if item.inverted else (lo + BODY_LEVEL * (hi - lo))
         box = foreground_box(arr, threshold, inverted=item.inverted)
-        region = crop_window(
-            arr.shape, box, margin=self.margin, spacing=self.spacing, pixel_spacing=item.meta.pixel_spacing, size=self.size
-        )
-        return extract(arr, region, self.size, fill)
+        return crop_window(arr.shape, box, margin=self.margin, spacing=self.spacing, pixel_spacing=item.meta.pixel_spacing, size=self.size)
+
+    def geometry(self, item: Item, context: WindowContext | None = None) -> np.ndarray:
+        """size×size float32 in modality units: the cropped/rescaled (or whole) image of the item."""
+        arr = np.asarray(item.pixels, dtype=np.float32)
+        fill = (float(arr.max()) if item.inverted else float(arr.min())) if arr.size else 0.0
+        if self.crop == "none":
+            return resize_keep_aspect(arr, self.size, fill=fill)
+        return extract(arr, self.region(item, context), self.size, fill)
 
     def apply(self, item: Item) -> np.ndarray:
         """C×size×size float32 in [0, 1]: each channel's window of the geometry, MONOCHROME1 inverted.
