@@ -13,7 +13,7 @@ EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
 
 def _method_names() -> list[str]:
     # the names only; importing medcbir.explain (torch, captum) waits until a command runs
-    return ["relax", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion", "clustered_cam", "ablation_cam"]
+    return ["relax", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion", "clustered_cam", "ablation_cam", "gradient", "guided_backprop", "smoothgrad_ig"]
 
 
 def _clean(value):
@@ -69,7 +69,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
         given = {"n_masks": n_masks, "adaptive": adaptive, "target_r": target_r, "sampling": sampling,
                  "control_variates": control_variates, "backend": backend}
         options = relax_options(seed=seed, precision=precision, batch_size=batch_size, **given)
-    elif method == "smoothgrad":
+    elif method in ("smoothgrad", "smoothgrad_ig"):
         options = {"seed": seed}
     result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, include_self=include_self, **options)
     if redact:

@@ -9,11 +9,14 @@ None, the query's embedding to explain why a neighbour matched.
 from medcbir.explain.ablation_cam import ablation_cam
 from medcbir.explain.clustered_cam import clustered_cam
 from medcbir.explain.gradcam import gradcam
+from medcbir.explain.gradient import gradient
+from medcbir.explain.guided_backprop import guided_backprop
 from medcbir.explain.guided_gradcam import guided_gradcam
 from medcbir.explain.integrated_gradients import integrated_gradients
 from medcbir.explain.occlusion import occlusion
 from medcbir.explain.relax import RelaxResult, draw_masks, relax, relax_full
 from medcbir.explain.smoothgrad import smoothgrad
+from medcbir.explain.smoothgrad_ig import smoothgrad_ig
 
 METHODS = {
     "relax": relax,
@@ -24,6 +27,9 @@ METHODS = {
     "occlusion": occlusion,
     "clustered_cam": clustered_cam,
     "ablation_cam": ablation_cam,
+    "gradient": gradient,
+    "guided_backprop": guided_backprop,
+    "smoothgrad_ig": smoothgrad_ig,
 }
 
 
@@ -52,10 +58,13 @@ __all__ = [
     "clustered_cam",
     "draw_masks",
     "gradcam",
+    "gradient",
+    "guided_backprop",
     "guided_gradcam",
     "integrated_gradients",
     "occlusion",
     "relax",
     "relax_full",
     "smoothgrad",
+    "smoothgrad_ig",
 ]

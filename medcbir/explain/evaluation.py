@@ -223,7 +223,7 @@ def _options(name: str, seed: int, n_masks: int, options: dict | None) -> dict:
         return dict(options[name])
     if name == "relax":
         return {"n_masks": n_masks, "seed": seed}
-    if name in ("smoothgrad", "noise"):
+    if name in ("smoothgrad", "smoothgrad_ig", "noise"):
         return {"seed": seed}
     return {}
 

@@ -22,7 +22,7 @@ from medcbir.errors import ConfigError, DecodeError
 from medcbir.explain.forward import module_device
 
 # methods whose score has zero gradient at the image's own embedding: own targets go as None
-GRADIENT_METHODS = frozenset({"gradcam", "guided_gradcam", "smoothgrad"})
+GRADIENT_METHODS = frozenset({"gradcam", "guided_gradcam", "smoothgrad", "gradient", "guided_backprop"})
 # methods that only need forward passes (run on an ONNX encoder too)
 FORWARD_ONLY_METHODS = frozenset({"relax", "occlusion"})
 # what a report may show about an item: identifiers of images, never of patients
@@ -317,7 +317,7 @@ def explain_to_report(
         from medcbir.explain.relax import relax_options
 
         options = relax_options(n_masks=n_masks, seed=seed, **options)
-    elif method == "smoothgrad":
+    elif method in ("smoothgrad", "smoothgrad_ig"):
         options = {"seed": seed, **options}
     explanation = explain_search(engine, query_path, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
     return render_report(out_html, explanation.panel())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medcbir.errors import ConfigError
-from medcbir.explain import METHODS, ablation_cam, clustered_cam, gradcam
+from medcbir.explain import METHODS, ablation_cam, clustered_cam, gradcam, gradient, integrated_gradients, smoothgrad_ig
 from medcbir.explain.metrics import relevance_rank_accuracy
 from tests.explain.toys import SmallConvEncoder, ToyEncoder, blob_images
 
@@ -70,6 +70,26 @@ def test_gradcam_equals_autograd_by_hand():
     cam = F.relu((alpha * a).sum(1, keepdim=True))
     expected = F.interpolate(cam, size=(S, S), mode="bilinear", align_corners=False)[:, 0]
     np.testing.assert_allclose(gradcam(encoder, images, query).numpy(), expected.detach().numpy(), atol=1e-6)
+
+
+def test_gradient_equals_autograd_by_hand():
+    encoder = SmallConvEncoder(seed=2).eval()
+    images = blob_images(2, S, seed=3)
+    query = encoder(images[:1]).detach()
+    x = images.clone().requires_grad_(True)
+    score = F.cosine_similarity(encoder(x), query.expand(2, -1), dim=1)
+    expected = torch.autograd.grad(score.sum(), x)[0].abs().sum(1)
+    np.testing.assert_allclose(gradient(encoder, images, query).numpy(), expected.numpy(), atol=1e-7)
+
+
+def test_smoothgrad_ig_without_noise_is_integrated_gradients():
+    """σ = 0: every noisy copy is the image, so the average of IG maps is the IG map."""
+    encoder = SmallConvEncoder(seed=2).eval()
+    images = blob_images(2, S, seed=3)
+    query = encoder(images[:1]).detach()
+    ours = smoothgrad_ig(encoder, images, query, n_samples=3, n_steps=8, noise=0.0)
+    np.testing.assert_allclose(ours.numpy(), integrated_gradients(encoder, images, query, n_steps=8).numpy(), rtol=1e-4, atol=1e-7)
+    assert differ(ours, smoothgrad_ig(encoder, images, query, n_samples=3, n_steps=8, noise=0.3))
 
 
 def test_ablation_cam_equals_one_full_forward_per_channel():
