@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "explain": "medcbir.cli.explain:explain",
     "explain-eval": "medcbir.cli.explain:explain_eval",
     "orthanc-config": "medcbir.cli.pacs:orthanc_config",
+    "reproduce": "medcbir.cli.reproduce:reproduce",
 }
 
 HELP = {
@@ -47,6 +48,7 @@ HELP = {
     "explain": "Search and explain the query and its neighbours; write an HTML report.",
     "explain-eval": "Score explanation methods against organ masks.",
     "orthanc-config": "Write an Orthanc configuration that runs the medcbir plugin.",
+    "reproduce": "Run a seed paper's protocol (train, evaluate, explain) and write its table, figures and README.",
 }
 
 

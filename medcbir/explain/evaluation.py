@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from medcbir.errors import ConfigError
 from medcbir.explain import metrics as M
-from medcbir.explain.runner import check_method_runs_on, decode_item_image, method_function, run_method, torch_encoder
+from medcbir.explain.runner import check_method_runs_on, method_function, run_method, torch_encoder
 from medcbir.explain.trivial_maps import TRIVIAL_MAPS
 
 # column order of the printed table: (key, header, better)
@@ -104,11 +104,31 @@ def select_items(engine, masks_file, organ: str, n: int, labels: dict[str, str] 
     return chosen
 
 
-def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    from medcbir.imaging import resize_keep_aspect
+def mask_like(preprocessing, item, mask: np.ndarray) -> np.ndarray:
+    """``mask`` (at the item's pixel grid) through the same geometry as the item's image.
 
-    # the same geometry as Preprocessing.resize (aspect kept, centred), padded with background
-    return resize_keep_aspect(mask.astype(np.float32), size, fill=0.0) > 0.5
+    The body crop (``crop="body"``, the default) cuts each image by its own foreground box
+    (:meth:`~medcbir.imaging.Preprocessing.region`); a mask resized without that crop would be
+    scored against pixels it does not cover.
+    """
+    from medcbir.imaging import resize_keep_aspect
+    from medcbir.imaging.foreground import extract
+
+    mask = np.asarray(mask, dtype=np.float32)
+    if preprocessing.crop == "none":
+        return resize_keep_aspect(mask, preprocessing.size, fill=0.0) > 0.5
+    return extract(mask, preprocessing.region(item), preprocessing.size, 0.0) > 0.5
+
+
+def decode_with_masks(engine, ids, masks) -> tuple[list[dict], torch.Tensor, list[np.ndarray]]:
+    """(metas, B×C×S×S preprocessed images, masks in the images' geometry) of indexed items."""
+    from medcbir.explain.runner import decode_item
+
+    prep = engine.encoder.preprocessing
+    metas = engine.meta(list(ids))
+    items = [decode_item(m, engine.pseudonym_key) for m in metas]
+    images = torch.from_numpy(np.stack([prep.apply(it) for it in items]))
+    return metas, images, [mask_like(prep, it, m) for it, m in zip(items, masks)]
 
 
 def _mean(values) -> float:
@@ -509,26 +529,18 @@ def evaluate_methods(
     module = torch_encoder(engine.encoder)
     for m in methods:
         check_method_runs_on(m, module)
-    prep = engine.encoder.preprocessing
     label_map = _read_labels(labels) if labels else None
-
-    def decode(ids):
-        metas = engine.meta(ids)
-        return metas, torch.from_numpy(np.stack([decode_item_image(m, prep, engine.pseudonym_key) for m in metas]))
 
     pairs_out = None
     if targets == "own":
         chosen = select_items(engine, masks_file, organ, n, label_map)
-        metas, images = decode([i for i, _ in chosen])
-        masks = [_resize_mask(mask, prep.size) for _, mask in chosen]
+        metas, images, masks = decode_with_masks(engine, [i for i, _ in chosen], [m for _, m in chosen])
         target_images = None
     else:
         pool = select_items(engine, masks_file, organ, 3 * n, label_map)
         pairs = select_pairs(engine, masks_file, organ, pool, n, exclude=exclude)
-        qmetas, qimages = decode([p[0] for p in pairs])
-        nmetas, nimages = decode([p[2] for p in pairs])
-        qmasks = [_resize_mask(p[1], prep.size) for p in pairs]
-        nmasks = [_resize_mask(p[3], prep.size) for p in pairs]
+        qmetas, qimages, qmasks = decode_with_masks(engine, [p[0] for p in pairs], [p[1] for p in pairs])
+        nmetas, nimages, nmasks = decode_with_masks(engine, [p[2] for p in pairs], [p[3] for p in pairs])
         pairs_out = [[q["sop_instance_uid"], nb["sop_instance_uid"]] for q, nb in zip(qmetas, nmetas)]
         # rows: each neighbour w.r.t. its query, then (pairwise) each query w.r.t. its neighbour
         metas, images, masks, target_images = nmetas, nimages, nmasks, qimages

@@ -71,6 +71,11 @@ def check_method_runs_on(method: str, module: nn.Module) -> None:
 
 def decode_item_image(meta: dict, preprocessing, key: bytes | None = None) -> np.ndarray:
     """The preprocessed C×S×S image of an indexed item, from its ``source`` path and ``frame``."""
+    return preprocessing.apply(decode_item(meta, key))
+
+
+def decode_item(meta: dict, key: bytes | None = None):
+    """The decoded :class:`~medcbir.imaging.Item` of an indexed item (its ``source`` path and ``frame``)."""
     from medcbir.imaging import read_dicom
 
     source = str(meta.get("source", ""))
@@ -84,7 +89,7 @@ def decode_item_image(meta: dict, preprocessing, key: bytes | None = None) -> np
     match = [it for it in items if it.meta.frame == frame] or items[frame : frame + 1]
     if not match:
         raise DecodeError(f"{source} has no frame {frame}")
-    return preprocessing.apply(match[0])
+    return match[0]
 
 
 def display_meta(meta: dict) -> dict:

@@ -136,3 +136,28 @@ def test_bad_inputs_raise_config_error(pairs):
         evaluate_explanations(encoder, images, [REGION.numpy()] * 4, queries, methods=("occlusion",), trivial=("sky",))
     with pytest.raises(ConfigError, match="parameters"):
         evaluate_explanations(encoder, images, [REGION.numpy()] * 4, queries, methods=("occlusion",), trivial=(), sanity=True)
+
+
+def test_masks_follow_the_body_crop_of_their_images(phantom_archive):
+    """explain-eval's masks go through the image's own crop: the body mask drawn on the
+    preprocessed image is the body mask of the original slice passed through ``mask_like``."""
+    import h5py
+
+    from medcbir.explain.evaluation import mask_like
+    from medcbir.imaging import Preprocessing, read_dicom, resize_keep_aspect
+
+    path = sorted(phantom_archive.rglob("*.dcm"))[10]
+    item = read_dicom(path)[0]
+    with h5py.File(phantom_archive / "masks.h5", "r") as fh:
+        liver = np.asarray(fh[item.meta.sop_instance_uid]["liver"]) > 0
+    body = np.asarray(item.pixels, dtype=np.float32) > -300  # HU: air outside, tissue inside
+    cropped = Preprocessing(("ct-liver-wide",), size=64, crop="body")
+    assert cropped.crop == "body"
+    on_image = cropped.geometry(item) > -300
+    iou = lambda a, b: (a & b).sum() / (a | b).sum()  # noqa: E731
+    assert iou(mask_like(cropped, item, body), on_image) > 0.95
+    # the uncropped resize puts the body elsewhere: the mistake mask_like avoids
+    assert iou(resize_keep_aspect(body.astype(np.float32), 64, fill=0.0) > 0.5, on_image) < 0.9
+    # and a real organ mask keeps its share of the body
+    share = liver.sum() / body.sum()
+    assert abs(mask_like(cropped, item, liver).sum() / on_image.sum() - share) < 0.1 * share + 0.01
