@@ -155,3 +155,20 @@ def liver_query(archive: Path, index_dir: Path) -> str:
         if hits:
             return hits[len(hits) // 2]
     return mine[len(mine) // 2]
+
+
+def organ_items(index_dir: Path, masks_file: Path, organ: str, n: int, labels: Path | None = None):
+    """Up to ``n`` indexed slices showing ``organ`` (spread over the labels), as ``explain-eval --targets own`` picks them.
+
+    Returns:
+        ``{"images", "masks", "uids", "module"}`` (images preprocessed, masks in their geometry).
+    """
+    from medcbir.engine import Engine
+    from medcbir.explain.evaluation import _read_labels, decode_with_masks, select_items
+    from medcbir.explain.runner import torch_encoder
+
+    with Engine.open(index_dir) as engine:
+        chosen = select_items(engine, masks_file, organ, n, _read_labels(labels) if labels else None)
+        metas, images, masks = decode_with_masks(engine, [i for i, _ in chosen], [m for _, m in chosen])
+        module = torch_encoder(engine.encoder)
+    return {"images": images, "masks": masks, "uids": [m["sop_instance_uid"] for m in metas], "module": module}
