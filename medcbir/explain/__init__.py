@@ -14,6 +14,7 @@ from medcbir.explain.integrated_gradients import integrated_gradients
 from medcbir.explain.occlusion import occlusion
 from medcbir.explain.relax import RelaxResult, draw_masks, relax, relax_full
 from medcbir.explain.smoothgrad import smoothgrad
+from medcbir.explain.wildcat import wildcat
 
 METHODS = {
     "relax": relax,
@@ -24,6 +25,7 @@ METHODS = {
     "occlusion": occlusion,
     "clustered_cam": clustered_cam,
     "ablation_cam": ablation_cam,
+    "wildcat": wildcat,
 }
 
 
@@ -58,4 +60,5 @@ __all__ = [
     "relax",
     "relax_full",
     "smoothgrad",
+    "wildcat",
 ]
