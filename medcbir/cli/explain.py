@@ -13,7 +13,7 @@ EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
 
 def _method_names() -> list[str]:
     # the names only; importing medcbir.explain (torch, captum) waits until a command runs
-    return ["relax", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion", "clustered_cam", "ablation_cam", "gradient", "guided_backprop", "smoothgrad_ig"]
+    return ["relax", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion", "clustered_cam", "ablation_cam", "gradient", "guided_backprop", "smoothgrad_ig", "wildcat"]
 
 
 def _clean(value):
@@ -53,8 +53,9 @@ def _clean(value):
 @click.option("--heatmap-scale", type=click.Choice(["per-image", "shared"]), default="per-image", show_default=True,
               help="Report colours: each heatmap on its own robust range, or one scale per row.")
 @click.option("--include-self", is_flag=True, help="Keep the query among its neighbours when it is itself in the index.")
+@click.option("--wildcat-class", default=None, help="--method wildcat: map this class (name or index) [default: the class predicted for the query].")
 def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, control_variates, backend, precision, batch_size, seed, pairwise, exclude,
-            encoder, report, as_json, redact, heatmap_scale, include_self):
+            encoder, report, as_json, redact, heatmap_scale, include_self, wildcat_class):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -71,6 +72,8 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
         options = relax_options(seed=seed, precision=precision, batch_size=batch_size, **given)
     elif method in ("smoothgrad", "smoothgrad_ig"):
         options = {"seed": seed}
+    elif method == "wildcat" and wildcat_class is not None:
+        options = {"classes": wildcat_class}
     result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, include_self=include_self, **options)
     if redact:
         from medcbir.cli.search import query_name
@@ -111,7 +114,9 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 @click.option("--sanity", is_flag=True, help="Also run the randomisation sanity checks (Adebayo et al. 2018).")
 @click.option("--sanity-steps", type=click.IntRange(min=0), default=30, show_default=True, help="--sanity: training steps of the noise-trained encoder (0 skips data randomisation).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
-def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out):
+@click.option("--wildcat-class", default=None, help="wildcat: map this class (name or index) [default: the class predicted for the target].")
+def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out,
+                 wildcat_class):
     """Score explanation METHODS on INDEX's images against their ORGAN masks, beside trivial maps (table + JSON).
 
     Each method is reported with its margin over the best trivial map (noise, centre, intensity,
@@ -130,6 +135,7 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
     result = evaluate_methods(
         index, masks_file, organ=organ, methods=names, n=n, labels=labels, encoder=encoder, angles=angle_list, n_masks=n_masks, seed=seed,
         targets=targets, pairwise=pairwise, exclude=exclude, sanity=sanity, sanity_steps=sanity_steps,
+        options={"wildcat": {"classes": wildcat_class}} if wildcat_class is not None else None,
         progress=lambda m: click.echo(f"scoring {m} ...", err=True),
     )
     click.echo(format_table(result))

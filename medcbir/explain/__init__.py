@@ -17,6 +17,7 @@ from medcbir.explain.occlusion import occlusion
 from medcbir.explain.relax import RelaxResult, draw_masks, relax, relax_full
 from medcbir.explain.smoothgrad import smoothgrad
 from medcbir.explain.smoothgrad_ig import smoothgrad_ig
+from medcbir.explain.wildcat import wildcat
 
 METHODS = {
     "relax": relax,
@@ -30,6 +31,7 @@ METHODS = {
     "gradient": gradient,
     "guided_backprop": guided_backprop,
     "smoothgrad_ig": smoothgrad_ig,
+    "wildcat": wildcat,
 }
 
 
@@ -67,4 +69,5 @@ __all__ = [
     "relax_full",
     "smoothgrad",
     "smoothgrad_ig",
+    "wildcat",
 ]

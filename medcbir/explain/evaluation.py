@@ -488,6 +488,7 @@ def evaluate_methods(
     sanity: bool = False,
     sanity_steps: int = 30,
     trivial=tuple(TRIVIAL_MAPS),
+    options: dict | None = None,
 ) -> dict:
     """Score explanation methods (and trivial maps) on an index's items against their organ masks.
 
@@ -509,6 +510,8 @@ def evaluate_methods(
         sanity: run the randomisation sanity checks too.
         sanity_steps: training steps of the data-randomised encoder.
         trivial: trivial maps scored beside the methods.
+        options: per-method option dicts (e.g. ``{"wildcat": {"classes": "liver"}}``), as
+            :func:`evaluate_explanations` takes them.
 
     Returns:
         :func:`evaluate_explanations`' result plus ``organ``, ``items`` (the explained images'
@@ -550,7 +553,7 @@ def evaluate_methods(
             masks = nmasks + qmasks
     result = evaluate_explanations(
         module, images, masks, target_images, methods=methods, trivial=trivial, angles=angles, n_masks=n_masks, seed=seed,
-        sanity=sanity, sanity_steps=sanity_steps, progress=progress,
+        options=options, sanity=sanity, sanity_steps=sanity_steps, progress=progress,
     )
     return {
         "organ": organ,

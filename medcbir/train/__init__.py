@@ -2,7 +2,7 @@
 
 See docs/contracts.md (train section). The encoder API (``load_encoder``, ``open_encoder``,
 ``Encoder``, ``check_compatible``) is imported eagerly; the training machinery (methods,
-kornia views, trainer, ONNX export) is imported on first use so indexing and search do not
+kornia views, trainer, ONNX export, the supervised WILDCAT fine-tuning) is imported on first use so indexing and search do not
 pay for kornia or onnx.
 """
 
@@ -37,6 +37,12 @@ _LAZY = {
     "TrainSummary": "medcbir.train.trainer",
     "train": "medcbir.train.trainer",
     "export_onnx": "medcbir.train.onnx_export",
+    "FinetuneConfig": "medcbir.train.finetune",
+    "FinetuneSummary": "medcbir.train.finetune",
+    "finetune": "medcbir.train.finetune",
+    "WildcatHead": "medcbir.train.wildcat",
+    "wildcat_pool": "medcbir.train.wildcat",
+    "load_wildcat": "medcbir.train.wildcat",
 }
 
 __all__ = [

@@ -275,6 +275,9 @@ def checkpoint_record(encoder: EncoderModule, *, method: str = "random", extra: 
         "fingerprint": encoder.refresh_fingerprint(),
         "method": method,
     }
+    head = getattr(encoder, "wildcat", None)
+    if head is not None:  # a fine-tuned WILDCAT head travels with its encoder (medcbir.train.wildcat)
+        record["wildcat"] = head.record()
     for key, value in (extra or {}).items():
         if key in record:
             raise ValueError(f"extra checkpoint key {key!r} would overwrite the encoder record")
@@ -339,6 +342,10 @@ def encoder_from_record(record: dict, source: str = "") -> EncoderModule:
             f"{source or 'checkpoint'} is corrupt: its weights hash to {module.fingerprint[:12]}, "
             f"not the recorded {str(record['fingerprint'])[:12]}"
         )
+    if record.get("wildcat") is not None:
+        from medcbir.train.wildcat import attach_head
+
+        attach_head(module, record["wildcat"], source)
     return module
 
 

@@ -5,6 +5,10 @@ The exported graph maps ``images`` (B×C×S×S float32 in [0,1], dynamic B) to `
 ``metadata_props`` carry ``medcbir.format``, ``medcbir.fingerprint`` (the checkpoint's own, so
 an index built with either is opened by both), ``medcbir.preprocessing`` (JSON),
 ``medcbir.arch`` (JSON) and ``medcbir.dim``; :func:`medcbir.train.open_encoder` reads them.
+An encoder fine-tuned with a WILDCAT head (:mod:`medcbir.train.wildcat`) exports two more
+outputs after the embeddings, ``class_scores`` (B×C) and ``class_maps`` (B×C×h×w), and its head's
+options as ``medcbir.wildcat`` (JSON: classes, maps per class, k+, k−, α); parity covers every
+output.
 Every export is checked: the max |Δ| between torch and ONNX Runtime embeddings of the same
 images must stay below the tolerance.
 
@@ -55,14 +59,28 @@ class ExportReport:
 
 
 def onnx_metadata(module) -> dict[str, str]:
-    """The metadata an exported model carries (all strings)."""
-    return {
+    """The metadata an exported model carries (all strings; ``medcbir.wildcat`` with a WILDCAT head)."""
+    meta = {
         "medcbir.format": FORMAT,
         "medcbir.fingerprint": module.fingerprint,
         "medcbir.preprocessing": json.dumps(module.preprocessing.to_dict(), sort_keys=True),
         "medcbir.arch": json.dumps(module.arch, sort_keys=True),
         "medcbir.dim": str(module.dim),
     }
+    head = getattr(module, "wildcat", None)
+    if head is not None:
+        meta["medcbir.wildcat"] = json.dumps(head.config(), sort_keys=True)
+    return meta
+
+
+def export_graph(module) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """What to export and its output names: the encoder (``embeddings``), or with a WILDCAT head
+    :class:`~medcbir.train.wildcat.ExportGraph` (``embeddings``, ``class_scores``, ``class_maps``)."""
+    if getattr(module, "wildcat", None) is None:
+        return module, ("embeddings",)
+    from medcbir.train.wildcat import ExportGraph
+
+    return ExportGraph(module).eval(), ExportGraph.OUTPUTS
 
 
 def parity_images(preprocessing, archive: str | Path | None = None, n: int = 8, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -87,14 +105,14 @@ def parity_images(preprocessing, archive: str | Path | None = None, n: int = 8, 
     return rng.random(shape, dtype=np.float32), "random"
 
 
-def _export(module, dummy: torch.Tensor, path: str, opset: int) -> None:
+def _export(module, dummy: torch.Tensor, path: str, opset: int, outputs: tuple[str, ...] = ("embeddings",)) -> None:
     torch.onnx.export(
         module,
         (dummy,),
         path,
         input_names=["images"],
-        output_names=["embeddings"],
-        dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        output_names=list(outputs),
+        dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
         opset_version=opset,
         do_constant_folding=True,
         dynamo=False,
@@ -127,6 +145,7 @@ def export_onnx(
     import onnxruntime as ort
 
     module = load_encoder(checkpoint).eval()
+    graph, outputs = export_graph(module)
     out = Path(out)
     prep = module.preprocessing
     dummy = torch.rand(2, prep.channels, prep.size, prep.size, generator=torch.Generator().manual_seed(0))
@@ -137,7 +156,9 @@ def export_onnx(
         # its deprecation notice is not news to the user of this command.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            _export(module, dummy, str(tmp), opset)
+            # WILDCAT's k counts are fixed by the (fixed) input size: the constant the tracer warns about is right
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            _export(graph, dummy, str(tmp), opset, outputs)
         model = onnx.load(tmp)
         for key, value in onnx_metadata(module).items():
             entry = model.metadata_props.add()
@@ -148,10 +169,11 @@ def export_onnx(
 
         images, source = parity_images(prep, archive, n_parity)
         with torch.inference_mode():
-            expected = module(torch.from_numpy(images)).numpy()
+            expected = graph(torch.from_numpy(images))
+        expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"images": images})[0]
-        diff = float(np.abs(expected - got).max())
+        got = session.run(None, {"images": images})
+        diff = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
         if not diff <= tolerance:
             raise ParityError(f"ONNX parity check failed: max |Δ| = {diff:.2e} > {tolerance:.0e} on {len(images)} {source} images")
     return ExportReport(
