@@ -135,7 +135,8 @@ def run(ctx, say):
         f"medcbir train {ctx.archive} --method simsiam --views hu-narrow,hu-wide --size {b.size} --epochs {b.epochs} --lr 0.2 --out simsiam-hu.pt",
         f"medcbir finetune simsiam-hu.pt {ctx.archive} --labels {liver_labels} --head wildcat --out wildcat.pt",
         f"medcbir index {ctx.archive} --encoder simsiam-hu.pt --out index/",
-        f"medcbir explain-eval index/ --encoder wildcat.pt --masks-file {ctx.masks} X
+        f"medcbir explain-eval index/ --encoder wildcat.pt --masks-file {ctx.masks} --organ liver --targets own --n {b.explain_n} --angles '' "
+        "--wildcat-class liver "
         "--methods wildcat,gradient,smoothgrad,integrated_gradients,smoothgrad_ig,gradcam,guided_backprop,guided_gradcam",
     ]
     protocol = [
