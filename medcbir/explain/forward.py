@@ -220,9 +220,19 @@ def quantize_int8(src: Path, dst: Path) -> Path:
 
 
 def _session(path: Path, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session with torch's thread count and no spin-waiting.
+
+    ONNX Runtime's default pool (one thread per physical core, pinned, spinning between runs)
+    starved on this shared 2-core machine: a pinned worker behind other jobs stalls every
+    parallel section (measured: ≈ 15 % slower per forward under load; a reference run stalled).
+    """
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=list(providers))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
 def onnx_forward(module: nn.Module, shape: tuple[int, int, int], int8: bool = False, providers=("CPUExecutionProvider",)) -> OnnxForward:
