@@ -320,11 +320,11 @@ def part_224(n_ref: int, peer_masks: int, peer_runs: int, reference_cache, rows_
         bf16 = {**previous, "backend": "torch", "precision": "bf16"}
         plan = [
             ("previous", "previous default: Sobol + CV, 200 masks, ONNX Runtime fp32, batch 120", previous, False),
-            ("autocast", "+ torch bf16 autocast (native bf16 CPU)", {**bf16, "fold": False}, True),
-            ("bf16", "+ bf16 weights, batch norms folded, once per weights", bf16, True),
-            ("batch60", "+ batch 60", {**bf16, "batch_size": 60}, True),
-            ("batch240", "+ batch 240", {**bf16, "batch_size": 240}, True),
-            ("adaptive", "+ adaptive stop (target 0.98, checks from 100 masks)", {**bf16, "adaptive": True, "target_r": 0.98}, False),
+            ("autocast", "torch bf16 autocast (native bf16 CPU), batch 120", {**bf16, "fold": False}, True),
+            ("bf16", "torch bf16, weights cast and batch norms folded once per weights, batch 120", bf16, True),
+            ("batch60", "torch bf16 folded, batch 60", {**bf16, "batch_size": 60}, True),
+            ("batch240", "torch bf16 folded, batch 240", {**bf16, "batch_size": 240}, True),
+            ("adaptive", "torch bf16 folded, batch 120, adaptive stop (target 0.98, checks from 100 masks)", {**bf16, "adaptive": True, "target_r": 0.98}, False),
             ("defaults", "**defaults** (`relax_options()`: what `medcbir explain` and the plugin run)", user_options(), True),
         ]
         rows = []
