@@ -51,7 +51,7 @@ from medcbir.pacs.worker_link import WorkerProcess, WorkerUnavailable  # noqa: E
 OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
                   "x-medcbir-format": "format", "x-medcbir-method": "method",
                   "x-medcbir-per-series": "per_series", "x-medcbir-group-by": "group_by", "x-medcbir-prior": "prior",
-                  "x-medcbir-include-self": "include_self"}
+                  "x-medcbir-include-self": "include_self", "x-medcbir-store": "store"}
 
 
 LEVELS = {orthanc.ResourceType.PATIENT: "patient", orthanc.ResourceType.STUDY: "study",

@@ -130,3 +130,20 @@ def module_orthanc_factory(tmp_path_factory):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def results_server(tmp_path_factory, pacs_archive, small_encoder):
+    """A private Orthanc + plugin holding ``pacs_archive``, all indexed: the DICOM-results and
+    viewer tests store medcbir's objects into it (the other plugin tests keep their own)."""
+    start, servers = _factory(tmp_path_factory.mktemp("results-orthanc"))
+    server = start(tmp_path_factory.mktemp("results-index") / "index", small_encoder, name="results",
+                   batch_size=8, flush_seconds=0.5)
+    try:
+        storescu(server.config["DicomPort"], pacs_archive)
+        wait_for(lambda: (lambda s: s.get("indexed") == len(pacs_archive) and s["queued"] == 0 and s["in_flight"] == 0)(server.status()),
+                 timeout=120, what="the archive indexed")
+        yield server
+    finally:
+        for s in servers:
+            s.stop()
