@@ -142,7 +142,7 @@ def results_server(tmp_path_factory, pacs_archive, small_encoder):
     try:
         storescu(server.config["DicomPort"], pacs_archive)
         wait_for(lambda: (lambda s: s.get("indexed") == len(pacs_archive) and s["queued"] == 0 and s["in_flight"] == 0)(server.status()),
-                 timeout=120, what="the archive indexed")
+                 timeout=240, what="the archive indexed")
         yield server
     finally:
         for s in servers:
