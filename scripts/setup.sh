@@ -9,7 +9,8 @@ ROOT="$(pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # dicom3tools: dciodvfy validates the DICOM objects medcbir writes; chromium-driver drives the viewer test.
-SYSTEM_PACKAGES=(dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb chromium chromium-driver python3.11-venv)
+# orthanc-gdcm: Orthanc's previews of JPEG 2000 / JPEG-LS images (the viewer page's thumbnails).
+SYSTEM_PACKAGES=(dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb orthanc-gdcm chromium chromium-driver python3.11-venv)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
