@@ -140,7 +140,7 @@ def results_server(tmp_path_factory, pacs_archive, small_encoder):
     start, servers = _factory(tmp_path_factory.mktemp("results-orthanc"))
     # generous: its worker imports torch while other test modules' servers may be busy too
     server = start(tmp_path_factory.mktemp("results-index") / "index", small_encoder, name="results",
-                   start_timeout=240, batch_size=8, flush_seconds=0.5)
+                   start_timeout=240, batch_size=8, flush_seconds=0.5, plugin_settings={"SearchTimeout": 600})
     try:
         storescu(server.config["DicomPort"], pacs_archive)
         wait_for(lambda: (lambda s: s.get("indexed") == len(pacs_archive) and s["queued"] == 0 and s["in_flight"] == 0)(server.status()),

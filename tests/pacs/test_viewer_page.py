@@ -117,7 +117,7 @@ def test_viewer_lists_studies_searches_and_shows_overlays(results_server, pacs_a
 
     Select(browser.find_element(By.ID, "method")).select_by_value("gradcam")
     browser.find_element(By.ID, "explain").click()
-    wait.until(lambda d: _loaded_images(d, ".card .overlay img") == K + 1, "the overlays")
+    Waiter(browser, tmp_path, timeout=600).until(lambda d: _loaded_images(d, ".card .overlay img") == K + 1, "the overlays")
     assert "overlays stored in the PACS" in browser.find_element(By.ID, "message").text
     overlay = browser.find_element(By.CSS_SELECTOR, "#query .card .overlay").get_attribute("href")
     stored = overlay.rsplit("uuid=", 1)[1]
