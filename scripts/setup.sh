@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything medcbir needs on a fresh Debian machine, idempotently:
-#   system packages (dcmtk, Orthanc + Python/DICOMweb plugins, Chromium) via apt-get when missing,
+#   system packages (dcmtk, dicom3tools, Orthanc + Python/DICOMweb plugins, Chromium + chromedriver) via apt-get when missing,
 #   a virtual environment in .venv/ built on the system python3.11 (the one Orthanc's Python
 #   plugin embeds), torch==2.13.0 (CPU build, no torchvision), and medcbir with its pins.
 set -euo pipefail
@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-SYSTEM_PACKAGES=(dcmtk orthanc orthanc-python orthanc-dicomweb chromium python3.11-venv)
+# dicom3tools: dciodvfy validates the DICOM objects medcbir writes; chromium-driver drives the viewer test.
+# orthanc-gdcm: Orthanc's previews of JPEG 2000 / JPEG-LS images (the viewer page's thumbnails).
+SYSTEM_PACKAGES=(dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb orthanc-gdcm chromium chromium-driver python3.11-venv)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -56,8 +56,10 @@ def _clean(value):
               help="Report colours: each heatmap on its own robust range, or one scale per row.")
 @click.option("--include-self", is_flag=True, help="Keep the query among its neighbours when it is itself in the index.")
 @click.option("--wildcat-class", default=None, help="--method wildcat: map this class (name or index) [default: the class predicted for the query].")
+@click.option("--dicom-out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write each explained image's heatmap as a DICOM Secondary Capture overlay and a Parametric Map into this folder.")
 def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, control_variates, backend, precision, batch_size, seed, pairwise, exclude,
-            encoder, report, as_json, redact, heatmap_scale, include_self, wildcat_class):
+            encoder, report, as_json, redact, heatmap_scale, include_self, wildcat_class=None, dicom_out=None):
     """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
     from medcbir.engine import Engine
     from medcbir.explain.runner import explain_search
@@ -80,6 +82,12 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 
         result.query_label = query_name(query, True)
     payload = result.to_dict()
+    if dicom_out is not None:
+        from medcbir.explain.dicom_maps import write_explanation
+
+        written = write_explanation(engine, query, result, dicom_out)
+        payload["dicom"] = [str(p) for p in written]
+        click.echo(f"wrote {len(written)} DICOM object(s) (overlays and parametric maps) to {dicom_out}", err=True)
     if report is not None:
         from medcbir.engine.report import render_report
 

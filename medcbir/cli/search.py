@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import click
 
@@ -119,8 +120,12 @@ def _fmt_z(value) -> str:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Search on Ray actors holding parts of the index: alone, a local runtime; 'auto', HOST:PORT or ray://HOST:PORT joins a cluster.")
 @click.option("--shards", default=None, type=click.IntRange(min=1), help="Ray actors holding parts of the index (with --ray; default 2).")
+@click.option("--dicom-out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write each query's result as a DICOM Key Object Selection document into this folder.")
+@click.option("--kos-other-patients/--kos-same-patient", default=True, show_default=True,
+              help="--dicom-out: reference neighbours of other patients in the document (filed under the query's patient), or only the query patient's.")
 def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series,
-           prior, encoder, device, verify, redact=False, ray_address=None, shards=None):
+           prior, encoder, device, verify, redact=False, ray_address=None, shards=None, dicom_out=None, kos_other_patients=True):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch. A QUERY that is a folder is one series
@@ -143,10 +148,12 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
         raise ConfigError("a series query (--query-series or a folder) answers cases: add --group-by series|study")
     if shards is not None and ray_address is None:
         raise ConfigError("--shards needs --ray")
+    if dicom_out is not None and (prior or group_by):
+        raise ConfigError("--dicom-out writes image neighbours: it does not combine with --prior or --group-by")
     engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
     try:
         _answer(engine, images, series_specs, k, exclude, filters_of(modality, body_part, series, study), per_series, include_self,
-                group_by, per_group, prior, redact, as_json)
+                group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients)
     finally:
         if ray_address is not None:
             engine.close()  # the Ray actors (and a local runtime this command started)
@@ -156,7 +163,8 @@ def filters_of(modality, body_part, series, study) -> dict:
     return {"modality": modality or None, "body_part": body_part or None, "series": series or None, "study": study or None}
 
 
-def _answer(engine, images, series_specs, k, exclude, filters, per_series, include_self, group_by, per_group, prior, redact, as_json) -> None:
+def _answer(engine, images, series_specs, k, exclude, filters, per_series, include_self, group_by, per_group, prior, redact, as_json,
+            dicom_out=None, kos_other_patients=True) -> None:
     """Run the kind of search asked for and print it."""
     modality = filters["modality"]
     if prior:
@@ -188,6 +196,11 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
                 _print_cases(query_name(q, redact), hits, group_by)
         return
     results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters)
+    if dicom_out is not None:
+        from medcbir.engine.dicom_kos import write_search_kos
+
+        written = write_search_kos(engine, images, results, dicom_out, other_patients=kos_other_patients)
+        click.echo(f"wrote {len(written)} Key Object Selection document(s) to {dicom_out}", err=True)
     if as_json:
         payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(images, results)]
         click.echo(json.dumps(payload, indent=2))

@@ -30,7 +30,7 @@ import numpy as np
 
 from medcbir.imaging.items import Item, ItemMeta, SkipFile
 from medcbir.imaging.pseudonym import pseudonym
-from medcbir.imaging.sop_classes import not_an_image
+from medcbir.imaging.sop_classes import derived_detail, not_an_image
 
 #: Refuse to decode a file with more pixels than this (rows × cols × frames × samples); the
 #: decoded float32 items of such a file would take ≥ 1 GiB.
@@ -170,6 +170,9 @@ def _items(ds, *, key: bytes | None, uri: str, max_pixels: int) -> list[Item]:
     meta_sop_class = str(_get(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPClassUID", ""))
     if meta_sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise SkipFile("dicomdir", "DICOMDIR (a directory of the media, not an image)")
+    derived = derived_detail(ds)
+    if derived is not None:
+        raise SkipFile("derived-by-medcbir", derived)
     not_image = not_an_image(ds)
     if not_image is not None:
         raise SkipFile("not-an-image", not_image)

@@ -27,6 +27,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "corrupt",
     "modality-mismatch",
     "not-an-image",
+    "derived-by-medcbir",
 )
 
 

@@ -6,7 +6,9 @@ documents about images. Indexing them would put label maps and blank frames amon
 slices. medcbir's own derived objects (search results as KOS, explanation overlays as Secondary
 Capture or Parametric Map) are not indexed either: a heatmap must never come back as a neighbour.
 
-Both are skipped with the reason ``not-an-image`` before any pixel is decoded.
+The first are skipped with the reason ``not-an-image``, medcbir's own objects (recognised by
+their Manufacturer before their SOP class) with ``derived-by-medcbir``; both before any pixel is
+decoded.
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ def not_an_image(ds) -> str | None:
         except Exception:  # noqa: BLE001 - the name is only for the message
             name = sop_class
         return f"{name} ({kind})" if name != sop_class else f"SOP class {sop_class} ({kind})"
-    if derived_by_medcbir(ds):
-        return "derived by medcbir (its own result or explanation object)"
     return None
+
+
+def derived_detail(ds) -> str | None:
+    """The skip detail when ``ds`` is medcbir's own object (reason ``derived-by-medcbir``), else None."""
+    if not derived_by_medcbir(ds):
+        return None
+    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
+    try:
+        from pydicom.uid import UID
+
+        name = UID(sop_class).name
+    except Exception:  # noqa: BLE001 - the name is only for the message
+        name = sop_class
+    return f"{name or 'object'} written by medcbir (a search result or an explanation, never indexed)"

@@ -93,7 +93,9 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
         request: checked by :func:`medcbir.pacs.request_rules.check_request`: ``k`` (5),
             ``method`` ("relax"), ``exclude`` ("none"), ``format`` ("png" | "html" | "json"),
             ``n_masks`` (RELAX; default and the other RELAX options:
-            ``medcbir.explain.relax.FAST_DEFAULTS``), ``seed`` (0), ``pairwise``.
+            ``medcbir.explain.relax.FAST_DEFAULTS``), ``seed`` (0), ``pairwise``, ``store``
+            (overlays and parametric maps stored into Orthanc; the answer is then JSON with
+            their Orthanc ids under ``stored``: ``overlays`` and ``maps``, query first).
         label: how the query is named in the answer (never a file-system path).
     """
     from medcbir.engine.report import render_html, render_png
@@ -121,8 +123,19 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
             pairwise=bool(request.get("pairwise", False)), exclude=request.get("exclude") or "none", **options)
         # The query was read from a temporary file: answer its label, not that path.
         explanation.query_label = label
-        if fmt == "json":
-            return json.dumps(explanation.to_dict(), indent=2, default=str).encode("utf-8"), "application/json"
+        stored = None
+        if request.get("store"):
+            # the neighbours' files are still in ``folder`` here (OrthancFiles' local copies)
+            from medcbir.explain.dicom_maps import explanation_objects
+            from medcbir.pacs.dicom_store import store_all
+
+            objects = explanation_objects(explanation, Path(query_path), engine.encoder.preprocessing, engine.pseudonym_key)
+            stored = {"overlays": store_all(rest, objects.overlays), "maps": store_all(rest, objects.maps)}
+        if fmt == "json" or stored is not None:
+            payload = explanation.to_dict()
+            if stored is not None:
+                payload["stored"] = stored
+            return json.dumps(payload, indent=2, default=str).encode("utf-8"), "application/json"
         panel = explanation.panel(title=f"{method} explanation of {label} and its top-{len(explanation.neighbours)}")
         if fmt == "html":
             return render_html(panel).encode("utf-8"), "text/html"

@@ -210,7 +210,8 @@ def build_config(
         user: ``"name:password"`` to enable HTTP authentication with that user; without it the
             HTTP server is reachable from loopback only and needs no password.
         remote: accept HTTP/DICOM connections from other hosts (needs ``user``).
-        plugin_dir: folder holding ``libOrthancPython.so`` (and ``libOrthancDicomWeb.so``).
+        plugin_dir: folder holding ``libOrthancPython.so`` (and ``libOrthancDicomWeb.so``,
+            ``libOrthancGdcm.so`` when installed).
         batch_size: items per forward pass and commit.
         flush_seconds: commit a partial batch after this long.
         workers: fetch+decode threads in the worker.
@@ -238,6 +239,11 @@ def build_config(
     dicomweb = plugin_dir / "libOrthancDicomWeb.so"
     if dicomweb.exists():
         plugins.append(str(dicomweb))
+    # GDCM decodes what Orthanc's built-in DCMTK cannot (JPEG 2000, JPEG-LS) for its previews
+    # and viewer (the medcbir viewer page shows those previews); medcbir decodes on its own.
+    gdcm = plugin_dir / "libOrthancGdcm.so"
+    if gdcm.exists():
+        plugins.append(str(gdcm))
     from medcbir.train.encoder import is_builtin
 
     if not is_builtin(encoder):

@@ -12,7 +12,7 @@ and callbacks must return fast, so it does as little as possible:
 - the REST routes under ``/medcbir/`` forward to the worker and wait with a timeout.
 
 Routes: ``GET /medcbir/status``, ``POST /medcbir/search``, ``POST /medcbir/explain``,
-``POST /medcbir/reindex``. Orthanc does not pass query-string arguments of POST requests to
+``POST /medcbir/reindex``, and the viewer page ``GET /medcbir/ui/`` (``medcbir.pacs.viewer_page``). Orthanc does not pass query-string arguments of POST requests to
 plugins, so options of a raw-DICOM body travel in headers: ``X-Medcbir-K``,
 ``X-Medcbir-Exclude``, ``X-Medcbir-Modality``, ``X-Medcbir-Format`` (or use a JSON body).
 
@@ -46,12 +46,13 @@ _prepare_path()
 from medcbir.pacs.instance_queue import InstanceQueue  # noqa: E402
 from medcbir.pacs.orthanc_config import PluginSettings  # noqa: E402
 from medcbir.pacs.request_rules import BadRequest, check_request  # noqa: E402
+from medcbir.pacs.viewer_page import ui_file  # noqa: E402
 from medcbir.pacs.worker_link import WorkerProcess, WorkerUnavailable  # noqa: E402
 
 OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
                   "x-medcbir-format": "format", "x-medcbir-method": "method",
                   "x-medcbir-per-series": "per_series", "x-medcbir-group-by": "group_by", "x-medcbir-prior": "prior",
-                  "x-medcbir-include-self": "include_self"}
+                  "x-medcbir-include-self": "include_self", "x-medcbir-store": "store"}
 
 
 LEVELS = {orthanc.ResourceType.PATIENT: "patient", orthanc.ResourceType.STUDY: "study",
@@ -170,6 +171,22 @@ class MedcbirPlugin:
         output.SendHttpStatus(status, body, len(body))
 
 
+def on_ui(output, uri, **request) -> None:
+    """``GET /medcbir/ui/<file>``: the viewer page's files (a fixed list)."""
+    if request["method"] != "GET":
+        return output.SendMethodNotAllowed("GET")
+    groups = request.get("groups") or ("",)
+    found = ui_file(groups[0] if groups else "")
+    if found is None:
+        body = json.dumps({"error": "no such file"})
+        return output.SendHttpStatus(404, body, len(body))
+    output.AnswerBuffer(*found)
+
+
 _plugin = MedcbirPlugin()
 orthanc.RegisterOnChangeCallback(_plugin.on_change)
 orthanc.RegisterRestCallback("/medcbir/(status|search|explain|reindex)", _plugin.on_rest)
+orthanc.RegisterRestCallback("/medcbir/ui/(.*)", on_ui)
+# Orthanc drops a trailing slash: /medcbir/ui/ arrives here as /medcbir/ui, and the page itself
+# moves the browser to the slashed URL so that its relative links resolve under /medcbir/ui/.
+orthanc.RegisterRestCallback("/medcbir/ui", on_ui)

@@ -102,5 +102,20 @@ class OrthancRest:
                 return hit["ID"]
         return None
 
+    def tags(self, instance: str) -> dict | None:
+        """The instance's tags as ``{keyword: value}`` (Orthanc's simplified tags), or None."""
+        orthanc_id(instance)
+        resp = self._get(f"/instances/{instance}/simplified-tags")
+        if resp.status_code == 404:
+            return None
+        resp.raise_for_status()
+        return resp.json()
+
+    def store(self, data: bytes) -> dict:
+        """Upload one DICOM file (``POST /instances``); Orthanc's answer (``ID``, ``ParentStudy``...)."""
+        resp = self.post("/instances", data=data, headers={"Content-Type": "application/dicom"})
+        resp.raise_for_status()
+        return resp.json()
+
     def statistics(self) -> dict:
         return self.get_json("/statistics")

@@ -123,6 +123,9 @@ ROUTES: dict[str, dict] = {
         "group_by": _choice("group_by", ("series", "study")),
         "prior": _bool("prior"),
         "include_self": _bool("include_self"),
+        # issue 13: the result as a DICOM Key Object Selection stored into Orthanc
+        "store": _bool("store"),
+        "kos_other_patients": _bool("kos_other_patients"),
     },
     "explain": {
         **COMMON,
@@ -132,6 +135,8 @@ ROUTES: dict[str, dict] = {
         "n_masks": _int("n_masks", 1, "MaxMasks"),
         "seed": _int("seed", 0),
         "pairwise": _bool("pairwise"),
+        # issue 13: overlays and parametric maps stored into Orthanc (the answer is then JSON)
+        "store": _bool("store"),
     },
     "reindex": {},
 }

@@ -492,15 +492,31 @@ class Worker:
                     results = engine.search(paths, k=k, exclude=exclude, modality=modality,
                                             per_series=options["per_series"], include_self=options["include_self"])
                 search_seconds = time.perf_counter() - search_started
+                stored = self._store_kos(engine, request, options, queries, results)
         finally:
             for path, _ in queries:
                 path.unlink(missing_ok=True)
-        answers = [{"query": instance, **self._answer_of(row, options)} for (_, instance), row in zip(queries, results)]
+        answers = [{"query": instance, **self._answer_of(row, options), **({"stored": [kos]} if kos else {})}
+                   for (_, instance), row, kos in zip(queries, results, stored)]
         timing = {"engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}
         extra = {"group_by": options["group_by"]} if options["group_by"] else {}
         if request.get("instances"):
             return {"ok": True, "result": {"k": k, "generation": generation, **extra, "results": answers, **timing}}
         return {"ok": True, "result": {"k": k, "generation": generation, **extra, **answers[0], **timing}}
+
+    def _store_kos(self, engine, request: dict, options: dict, queries, results) -> list:
+        """With ``"store": true``: each query's KOS stored into Orthanc (else Nones)."""
+        if not _flag(request.get("store"), "store"):
+            return [None] * len(queries)
+        from medcbir.errors import ConfigError
+        from medcbir.pacs.dicom_store import store_search_kos
+
+        if options["prior"] or options["group_by"]:
+            raise ConfigError("store writes image neighbours: it does not combine with prior or group_by")
+        fingerprint = str(engine.store.encoder_info.get("fingerprint", ""))
+        other = request.get("kos_other_patients")
+        other = True if other is None else _flag(other, "kos_other_patients")
+        return [store_search_kos(self.rest, path, row, fingerprint, other_patients=other) for (path, _), row in zip(queries, results)]
 
     def _answer_of(self, row, options: dict) -> dict:
         """One query's answer: ``neighbours``, ``cases`` (group_by) or ``prior``; Orthanc ids, no paths."""

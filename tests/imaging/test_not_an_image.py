@@ -60,7 +60,7 @@ def test_structured_report_is_not_an_image(tmp_path):
 
 def test_medcbir_derived_overlay_is_skipped_and_a_scanner_sc_is_not(tmp_path):
     skip = _skip(save(medcbir_overlay(hu_phantom(16)), tmp_path / "overlay.dcm"))
-    assert skip.reason == "not-an-image" and "medcbir" in skip.detail
+    assert skip.reason == "derived-by-medcbir" and "medcbir" in skip.detail
     plain = medcbir_overlay(hu_phantom(16))
     plain.Manufacturer = "SIEMENS"  # the same Secondary Capture from anyone else is an image
     assert len(read_dicom(save(plain, tmp_path / "sc.dcm"))) == 1
@@ -74,12 +74,14 @@ def test_walk_scan_and_index_count_them(tmp_path, capsys):
         save(ct_dataset(hu_phantom(16, seed=i), instance=i + 1), root / "ct" / f"{i}.dcm")
     save(seg_dataset(), root / "seg" / "seg.dcm")
     save(document_dataset(*DOCUMENTS["kos"]), root / "kos" / "kos.dcm")
+    save(medcbir_overlay(hu_phantom(16)), root / "ours" / "overlay.dcm")
+    expected = {"not-an-image": 2, "derived-by-medcbir": 1}
     w = walk(root, workers=1)
-    assert len(list(w)) == 2 and w.report.skipped == {"not-an-image": 2}
+    assert len(list(w)) == 2 and w.report.skipped == expected
     assert main(["scan", str(root), "--json", "--workers", "1"]) == 0
-    assert json.loads(capsys.readouterr().out)["skipped"] == {"not-an-image": 2}
+    assert json.loads(capsys.readouterr().out)["skipped"] == expected
     from medcbir.indexer import index_archive
     from tests.engine.indexes import make_encoder
 
     summary = index_archive(root, tmp_path / "index", str(make_encoder(tmp_path / "enc.pt")), workers=1, progress=False)
-    assert summary.indexed == 2 and summary.skipped == {"not-an-image": 2}
+    assert summary.indexed == 2 and summary.skipped == expected

@@ -99,7 +99,8 @@ def _factory(tmp: Path):
 
     servers = []
 
-    def start(index: Path, encoder: Path, name: str = "orthanc", config_path: Path | None = None, **settings):
+    def start(index: Path, encoder: Path, name: str = "orthanc", config_path: Path | None = None, start_timeout: float = 90,
+              **settings):
         """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker."""
         if config_path is None:
             settings.setdefault("modalities", PYTEST_MODALITY)
@@ -108,7 +109,7 @@ def _factory(tmp: Path):
             config_path = write_config(tmp / f"{name}.json", config)
         server = OrthancServer(config_path, log_path=tmp / f"{name}.log")
         servers.append(server)
-        server.start(timeout=90)
+        server.start(timeout=start_timeout)
         return server
 
     return start, servers
@@ -130,3 +131,21 @@ def module_orthanc_factory(tmp_path_factory):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def results_server(tmp_path_factory, pacs_archive, small_encoder):
+    """A private Orthanc + plugin holding ``pacs_archive``, all indexed: the DICOM-results and
+    viewer tests store medcbir's objects into it (the other plugin tests keep their own)."""
+    start, servers = _factory(tmp_path_factory.mktemp("results-orthanc"))
+    # generous: its worker imports torch while other test modules' servers may be busy too
+    server = start(tmp_path_factory.mktemp("results-index") / "index", small_encoder, name="results",
+                   start_timeout=240, batch_size=8, flush_seconds=0.5, plugin_settings={"SearchTimeout": 600})
+    try:
+        storescu(server.config["DicomPort"], pacs_archive)
+        wait_for(lambda: (lambda s: s.get("indexed") == len(pacs_archive) and s["queued"] == 0 and s["in_flight"] == 0)(server.status()),
+                 timeout=240, what="the archive indexed")
+        yield server
+    finally:
+        for s in servers:
+            s.stop()

@@ -1,0 +1,131 @@
+"""The viewer page ``/medcbir/ui/`` driven by headless Chromium against a real Orthanc + plugin.
+
+The browser holds Orthanc credentials the way a logged-in user's does (an Authorization header
+on every request it makes), and the page uses only relative same-origin URLs. The DOM is checked
+at each step and a screenshot is saved (its path is printed; ``MEDCBIR_SCREENSHOT`` copies it).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.conftest import require_binary
+from tests.pacs.conftest import USER
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.chromium]
+
+K = 4
+
+
+@pytest.fixture
+def browser():
+    chromium, chromedriver = require_binary("chromium"), require_binary("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    token = base64.b64encode(":".join(USER).encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _loaded_images(driver, css: str) -> int:
+    """How many images matching ``css`` have loaded real pixels."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].filter(i => i.complete && i.naturalWidth > 0).length;", css)
+
+
+class Waiter:
+    """``until(condition)`` with the page's own message and a screenshot when it times out."""
+
+    def __init__(self, driver, folder: Path, timeout: float = 120.0) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.folder, self.wait = driver, folder, WebDriverWait(driver, timeout, poll_frequency=0.2)
+
+    def until(self, condition, what: str = "the page"):
+        from selenium.common.exceptions import TimeoutException
+
+        try:
+            return self.wait.until(condition)
+        except TimeoutException:
+            shot = self.folder / "timeout.png"
+            self.driver.save_screenshot(str(shot))
+            text = self.driver.execute_script("const m = document.getElementById('message'); return m ? m.textContent : document.title;")
+            raise AssertionError(f"timed out waiting for {what}; page says {text!r}; screenshot {shot}") from None
+
+
+def test_viewer_lists_studies_searches_and_shows_overlays(results_server, pacs_archive, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    server = results_server
+    wait = Waiter(browser, tmp_path)
+    # without credentials the page is refused like any Orthanc route
+    assert server.rest.session.__class__().get(server.url + "/medcbir/ui/").status_code == 401
+    assert server.rest.session.get(server.url + "/medcbir/ui/../../etc/passwd").status_code == 404
+    browser.get(server.url + "/medcbir/ui")   # the page moves itself to ui/
+    WebDriverWait(browser, 10).until(lambda d: d.current_url.endswith("/medcbir/ui/"))
+    # no resource of the page comes from anywhere but this Orthanc
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#studies li"), "the study list")
+    sources = browser.execute_script("return [...document.querySelectorAll('script[src],link[href]')].map(e => e.src || e.href);")
+    assert sources and all(s.startswith(server.url + "/medcbir/ui/") for s in sources)
+
+    n_studies = len(server.rest.get_json("/studies"))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#studies li")) == n_studies)
+    wait.until(lambda d: "images" in d.find_element(By.ID, "status").text)
+
+    query_ds = pydicom.dcmread(pacs_archive[12], stop_before_pixels=True)
+    instance = server.rest.lookup_sop(query_ds.SOPInstanceUID)
+    series, study = server.rest.parents(instance)
+    browser.find_element(By.CSS_SELECTOR, f'#studies li[data-study="{study}"]').click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#series li[data-series="{series}"]'))
+    browser.find_element(By.CSS_SELECTOR, f'#series li[data-series="{series}"]').click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#instances img[data-instance="{instance}"]'))
+
+    browser.find_element(By.ID, "k").clear()
+    browser.find_element(By.ID, "k").send_keys(str(K))
+    Select(browser.find_element(By.ID, "exclude")).select_by_value("same-patient")
+    browser.find_element(By.CSS_SELECTOR, f'#instances img[data-instance="{instance}"]').click()
+    wait.until(lambda d: _loaded_images(d, "#neighbours .card img.thumb") == K, "K neighbour thumbnails")
+    cards = browser.find_elements(By.CSS_SELECTOR, "#neighbours .card")
+    expected = server.rest.post("/medcbir/search", json={"instance": instance, "k": K, "exclude": "same-patient", "per_series": 0}).json()
+    assert [c.get_attribute("data-instance") for c in cards] == [n["instance"] for n in expected["neighbours"]]
+    for c, n in zip(cards, expected["neighbours"]):
+        assert f"#{n['rank']} score {n['score']:.4f}" in c.text and "CT" in c.text
+        date = server.rest.get_json(f"/studies/{n['study']}")["MainDicomTags"]["StudyDate"]
+        assert f"{date[:4]}-{date[4:6]}-{date[6:8]}" in c.text
+        # a click opens Orthanc's own viewer for that instance
+        href = c.find_element(By.CSS_SELECTOR, "a.open").get_attribute("href")
+        assert href == f"{server.url}/app/explorer.html#instance?uuid={n['instance']}"
+    assert server.rest.session.get(server.url + "/app/explorer.html").status_code == 200
+    assert _loaded_images(browser, "#query .card img.thumb") == 1
+
+    Select(browser.find_element(By.ID, "method")).select_by_value("gradcam")
+    browser.find_element(By.ID, "explain").click()
+    Waiter(browser, tmp_path, timeout=600).until(lambda d: _loaded_images(d, ".card .overlay img") == K + 1, "the overlays")
+    assert "overlays stored in the PACS" in browser.find_element(By.ID, "message").text
+    overlay = browser.find_element(By.CSS_SELECTOR, "#query .card .overlay").get_attribute("href")
+    stored = overlay.rsplit("uuid=", 1)[1]
+    assert server.rest.tags(stored)["Manufacturer"] == "medcbir" and server.rest.parents(stored)[1] == study
+
+    shot = tmp_path / "viewer.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    print(f"viewer screenshot: {shot}")
+    if os.environ.get("MEDCBIR_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["MEDCBIR_SCREENSHOT"])
