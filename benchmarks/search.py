@@ -517,6 +517,73 @@ def main_shapes(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- what tuning adds to a build (issue 18)
+def run_tuning_cost(name: str, gen, n: int, work: Path, chunk: int = 50_000) -> dict:
+    """Build ``n`` items of one shape through the real indexer (``auto``, fresh folder) and split
+    the build time into what a build without tuning does too and what tuning adds.
+
+    ``recall.choose`` times training the index it returns (shared IVF centroids + the winner's
+    code: what an untuned build of that spec spends) apart from everything else it does (exact
+    top-K, training and filling the losing candidates, the grid): the latter is the tuning cost,
+    and the build without tuning is the build minus it.
+    """
+    import shutil
+
+    from medcbir.indexer import IndexWriter
+
+    index_dir = work / f"tuning-cost-{name}-{n}"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    start = time.perf_counter()
+    with IndexWriter.open(index_dir, "default", index_spec="auto") as writer:
+        for lo in range(0, n, chunk):
+            m = min(chunk, n - lo)
+            writer.add_embeddings(metas(lo, m), gen.draw(m, seed=1000 + lo // chunk))
+        manifest = writer.manifest
+    build_s = time.perf_counter() - start
+    rec = manifest["recall"]
+    shutil.rmtree(index_dir, ignore_errors=True)
+    tuning = float(rec["tuning_seconds"])
+    out = {"shape": name, "items": n, "spec": manifest["index_spec"], "params": rec["params"], "recall_at_10": rec["recall_at_10"],
+           "build_s": build_s, "choose_s": rec["choose_seconds"], "train_s": rec["train_seconds"], "tuning_s": tuning,
+           "build_without_tuning_s": build_s - tuning, "overhead": tuning / max(build_s - tuning, 1e-9),
+           "tried": len(rec["tried"]), "load": os.getloadavg()[0]}
+    print(f"[tuning cost {name} {n:,}] build {build_s:.0f} s, tuning {tuning:.1f} s (+{100 * out['overhead']:.1f} %), "
+          f"{out['spec']} {out['params']}", file=sys.stderr, flush=True)
+    return out
+
+
+def tuning_markdown(rows: list[dict], load: str) -> str:
+    lines = [
+        "Build time with and without `auto`'s tuning, through the real indexer (`IndexWriter.add_embeddings`, 512-d, "
+        "chunks of 50,000, HDF5 shards + FAISS codes, fresh folder). `recall.choose` times training the index it returns "
+        "(the IVF centroids, shared by every IVF candidate, + the winner's code on ≤ 32,768 vectors: what a build of that "
+        "spec without tuning trains too) apart from the rest (exact top-K of 200 query items once, training and filling "
+        "the other candidates, the grid up to the first point reaching the target): the rest is the tuning cost; "
+        f"without tuning = build − tuning. Goal (issue 18): ≤ 10 % at 1M. Load average: {load}.",
+        "",
+        "| shape | items | auto spec | params | recall@10 (tuning sample) | build s | of which training s | of which tuning s | build without tuning s | tuning adds |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['items']:,} | `{r['spec']}` | {r['params']} | {r['recall_at_10']:.3f} | {r['build_s']:.0f} | "
+                     f"{r['train_s']:.1f} | {r['tuning_s']:.1f} | {r['build_without_tuning_s']:.0f} | {100 * r['overhead']:.1f} % |")
+    return "\n".join(lines)
+
+
+def main_tuning_cost(args) -> int:
+    load_before = os.getloadavg()
+    gens = {"clusters": lambda: Embeddings(), "fitted": lambda: FittedGaussian(phantom_embeddings(args.work)), "isotropic": lambda: Isotropic()}
+    rows = []
+    for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
+        for name in args.tuning_cost.split(","):
+            rows.append(run_tuning_cost(name, gens[name](), n, args.work))
+            gc.collect()
+    load = f"{load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (2 cores shared with other jobs)"
+    _results.record("search_tuning", {"rows": rows, "load_average": load}, tuning_markdown(rows, load),
+                    f".venv/bin/python benchmarks/search.py --tuning-cost {args.tuning_cost} --sizes {args.sizes}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000", help="comma-separated index sizes (e.g. 100000,1000000)")
@@ -524,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--render", action="store_true", help="only rebuild the RESULTS.md section from results/search.json")
     parser.add_argument("--shapes", default=None, help="auto on data shapes instead (e.g. clusters,fitted,isotropic; issue 18)")
+    parser.add_argument("--tuning-cost", default=None, help="build time with vs without auto's tuning on these shapes (e.g. clusters,fitted)")
     args = parser.parse_args(argv)
+    if args.tuning_cost:
+        args.work.mkdir(parents=True, exist_ok=True)
+        return main_tuning_cost(args)
     if args.shapes:
         args.work.mkdir(parents=True, exist_ok=True)
         return main_shapes(args)

@@ -61,7 +61,7 @@ def test_retrain_swaps_atomically_while_a_reader_holds_the_old_generation(tmp_pa
     # (exact refine), and at the default nprobe the retrained index recalls at least as well.
     everything = np.concatenate([first, grown])
     probe = np.arange(0, 4800, 97)
-    found = new.faiss_index.search(everything[probe], 1, params=new.search_parameters(nprobe=16))[1]
+    found = new.faiss_index.search(everything[probe], 1, params=new.search_parameters(nprobe=16, k_factor=16))[1]
     np.testing.assert_array_equal(found[:, 0], probe)
     exact = np.argsort(-(everything[probe] @ everything.T), axis=1)[:, :5]
 
