@@ -122,6 +122,9 @@ def build_open_index(n: int) -> tuple[Path, float]:
     class SyntheticEncoder:  # only its record is used: add_embeddings embeds nothing
         dim, fingerprint, source, preprocessing = 512, "b" * 64, "synthetic", Preprocessing(size=32)
 
+        def embed(self, images):  # an encoder object (not a path to open); never called
+            raise RuntimeError("add_embeddings embeds nothing")
+
     gen = Embeddings(seed=0)
     t0 = time.perf_counter()
     with IndexWriter.open(out, SyntheticEncoder(), shard_size=4096) as writer:
@@ -294,6 +297,9 @@ def growth(n_max: int, argv, dim: int = 64, steps: int = 20, queries: int = 200,
 
     class SyntheticEncoder:  # only its record is used: add_embeddings embeds nothing
         fingerprint, source, preprocessing = "g" * 64, "synthetic", Preprocessing(size=32)
+
+        def embed(self, images):  # an encoder object (not a path to open); never called
+            raise RuntimeError("add_embeddings embeds nothing")
 
     SyntheticEncoder.dim = dim
     gen = Embeddings(dim=dim, seed=3)

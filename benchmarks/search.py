@@ -607,9 +607,10 @@ def main_tuning_cost(args) -> int:
         for name in args.tuning_cost.split(","):
             rows.append(run_tuning_cost(name, gens[name](), n, args.work))
             gc.collect()
-    load = f"{load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (2 cores shared with other jobs)"
-    _results.record("search_tuning", {"rows": rows, "load_average": load}, tuning_markdown(rows, load),
-                    f".venv/bin/python benchmarks/search.py --tuning-cost {args.tuning_cost} --sizes {args.sizes}")
+            # recorded after every row: a long run stopped part-way keeps what it measured
+            load = f"{load_before[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end (2 cores shared with other jobs)"
+            _results.record("search_tuning", {"rows": rows, "load_average": load}, tuning_markdown(rows, load),
+                            f".venv/bin/python benchmarks/search.py --tuning-cost {args.tuning_cost} --sizes {args.sizes}")
     return 0
 
 

@@ -55,7 +55,7 @@ CODE_TRAIN = 32_768
 
 #: search-parameter grids per kind of spec, cheapest first.
 GRIDS = {
-    "ivf_refine": [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64) for f in (4, 16, 64)],
+    "ivf_refine": [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64, 128) for f in (4, 16, 64)],
     "ivf": [{"nprobe": p} for p in (8, 16, 32, 64, 128)],
     "hnsw": [{"efSearch": e} for e in (64, 128, 256, 512)],
     "flat": [{}],
