@@ -60,6 +60,9 @@ def run_writer(index: str, first_batch: int, last_batch: int, batch_size: int) -
     class SyntheticEncoder:
         dim, fingerprint, source, preprocessing = DIM, "5" * 64, "synthetic", Preprocessing(size=32)
 
+        def embed(self, images):  # an encoder object (not a path to open); never called
+            raise RuntimeError("add_embeddings embeds nothing")
+
     writer = IndexWriter.open(index, SyntheticEncoder(), shard_size=4096)
     for batch in range(first_batch, last_batch):
         lo = batch * batch_size

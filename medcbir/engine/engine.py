@@ -21,8 +21,9 @@ from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_
 from medcbir.engine.grouping import CASE_FIELDS, GROUP_COLUMNS, CaseHit, check_group_by, check_per_series, rank_groups, shaped_hits
 from medcbir.engine.neighbour import MetaTable, Neighbour
 from medcbir.engine.queries import Query, QueryResolver, own_ids
-from medcbir.engine.selectors import Route, Selection, is_exact, keep_admissible, route, search_parameters
+from medcbir.engine.selectors import Route, Selection, is_exact, keep_admissible, route
 from medcbir.errors import ConfigError, EncoderMismatch, IndexNotFound
+from medcbir.indexer.faiss_index import search_parameters
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +477,7 @@ class Engine:
         params = None
         if selection is not None or self.knobs:
             # Nothing to select and no knob to change: FAISS's own defaults, no parameter objects.
-            params = search_parameters(index, selection.selector if selection else None, keep, **self.knobs)
+            params = search_parameters(index, self.knobs, selection.selector if selection else None, keep)
         d, i = index.search(q, k, params=params) if params is not None else index.search(q, k)
         del keep, selection  # FAISS pointed into these until the search returned
         return d, i

@@ -4,18 +4,9 @@ Filters and tombstones are applied *inside* FAISS (an ``IDSelectorBitmap`` over 
 range), never by fetching more neighbours and dropping some: a query then gets exactly K
 admissible neighbours however selective the filter is.
 
-FAISS only honours a selector given in the search parameters of the index level that scans
-codes, so :func:`search_parameters` walks the index composition (the way ``IndexIDMap`` and
-``IndexRefine`` nest their sub-indexes) and builds the matching parameter object:
-
-- ``IndexIDMap``/``IndexIDMap2``: FAISS translates the selector to the sub-index's sequential
-  ids itself, except under a refine step, where it is translated here (``IDSelectorTranslated``);
-- ``IndexRefine``: the selector goes to ``base_index_params`` (the refine step only re-scores
-  candidates the base already filtered);
-- ``IndexIVF*``: ``SearchParametersIVF`` (also carrying ``nprobe``);
-- ``IndexHNSW*``: ``SearchParametersHNSW`` (also carrying ``efSearch``);
-- ``IndexPreTransform``, ``IndexShards``: the sub-index's parameters, passed through unchanged;
-- anything else (flat, PQ, LSH...): plain ``SearchParameters``.
+The search-parameter objects that carry a selector to the index level that scans codes are
+built by :func:`medcbir.indexer.faiss_index.search_parameters` (one implementation, shared
+with the indexer's recall measurement and the store).
 """
 
 from __future__ import annotations
@@ -51,65 +42,6 @@ class Selection:
     @property
     def count(self) -> int:
         return int(np.count_nonzero(self.mask))
-
-
-def search_parameters(index: faiss.Index, selector: faiss.IDSelector | None = None, keep: list | None = None, **knobs):
-    """The search-parameter object for ``index`` carrying ``selector`` to the level that scans.
-
-    Args:
-        index: the FAISS index that will be searched (any composition of the wrappers above).
-        selector: admissible external ids, or None for all.
-        keep: a list that receives every object FAISS will point to (keep it alive during search).
-        **knobs: ``nprobe``, ``efSearch``, ``k_factor`` — applied where the index has them.
-
-    Returns:
-        A ``faiss.SearchParameters`` (sub)class instance, or None when there is nothing to set.
-    """
-    keep = keep if keep is not None else []
-    index = faiss.downcast_index(index)
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        inner_index = faiss.downcast_index(index.index)
-        inner = selector
-        if selector is not None and isinstance(inner_index, faiss.IndexRefine):
-            # IndexIDMap translates the top-level selector itself, but a refine step reads its
-            # selector from base_index_params, which IndexIDMap does not touch: translate here
-            # (IndexIDMap leaves an already translated selector alone).
-            inner = faiss.IDSelectorTranslated(index.id_map, selector)
-            keep.append(inner)
-        return search_parameters(inner_index, inner, keep, **knobs)
-    if isinstance(index, faiss.IndexShards):
-        # IndexShards hands the same parameters to every shard; the shards share one type.
-        if index.count() == 0:
-            return None if selector is None else _plain(selector)
-        return search_parameters(index.at(0), selector, keep, **knobs)
-    if isinstance(index, faiss.IndexRefine):
-        params = faiss.IndexRefineSearchParameters()
-        params.k_factor = float(knobs.get("k_factor") or index.k_factor)
-        base = search_parameters(index.base_index, selector, keep, **knobs)
-        if base is not None:
-            keep.append(base)
-            params.base_index_params = base
-        return params
-    if isinstance(index, faiss.IndexPreTransform):
-        # IndexPreTransform hands parameters that are not its own straight to its sub-index.
-        return search_parameters(index.index, selector, keep, **knobs)
-    if isinstance(index, faiss.IndexIVF):
-        params = faiss.SearchParametersIVF()
-        params.nprobe = int(knobs.get("nprobe") or index.nprobe)
-    elif isinstance(index, faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = int(knobs.get("efSearch") or index.hnsw.efSearch)
-    else:
-        return None if selector is None else _plain(selector)
-    if selector is not None:
-        params.sel = selector
-    return params
-
-
-def _plain(selector: faiss.IDSelector) -> faiss.SearchParameters:
-    params = faiss.SearchParameters()
-    params.sel = selector
-    return params
 
 
 def is_exact(index: faiss.Index) -> bool:

@@ -153,6 +153,17 @@ def _no_polysemous(index: faiss.Index) -> None:
         index.do_polysemous_training = False
 
 
+def shared_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF level of ``index`` when its coarse centroids can be given instead of trained:
+    a plain IVF base (possibly under a refine step, no pre-transform) with a flat quantiser."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.base_index)
+    if isinstance(index, faiss.IndexIVF) and isinstance(faiss.downcast_index(index.quantizer), faiss.IndexFlat):
+        return index
+    return None
+
+
 def _try_extract_ivf(index: faiss.Index):
     try:
         return faiss.extract_index_ivf(index)
@@ -414,28 +425,84 @@ def default_search_params(spec: str, auto: bool = False) -> dict:
     return params
 
 
-def search_parameters(index: faiss.Index, params: dict, sel: faiss.IDSelector | None = None):
-    """A ``faiss.SearchParameters`` for ``index`` with ``params`` and an optional id selector.
+def search_parameters(index: faiss.Index, params: dict | None = None, sel: faiss.IDSelector | None = None, keep: list | None = None):
+    """The search-parameter object for ``index`` with ``params`` (``nprobe``, ``efSearch``,
+    ``k_factor``) and an optional id selector carried to the level that scans codes, or None
+    when there is nothing to set (no selector, no knob the index has).
 
-    The selector is placed where FAISS applies it: in the base index's parameters under a
-    refine step, on the IVF/HNSW/flat parameters otherwise.
+    FAISS only honours a selector given in the parameters of the index level that scans codes,
+    so this walks the composition (the one implementation, for the indexer's recall measurement,
+    the store and the engine's filtered searches):
+
+    - ``IndexIDMap``/``IndexIDMap2``: FAISS translates the selector to the sub-index's sequential
+      ids itself, except under a refine step, where it is translated here (``IDSelectorTranslated``);
+    - ``IndexRefine``: ``IndexRefineSearchParameters`` (``k_factor``), the selector going to
+      ``base_index_params`` (the refine step only re-scores candidates the base already filtered);
+    - ``IndexIVF*``: ``SearchParametersIVF`` (also carrying ``nprobe``);
+    - ``IndexHNSW*``: ``SearchParametersHNSW`` (also carrying ``efSearch``);
+    - ``IndexPreTransform``, ``IndexShards``: the sub-index's parameters, passed through unchanged
+      (the shards of an ``IndexShards`` share one type);
+    - anything else (flat, PQ, LSH...): plain ``SearchParameters`` with the selector.
+
+    Args:
+        index: the FAISS index that will be searched.
+        params: knobs; absent ones keep the index's own values.
+        sel: admissible ids, or None for all.
+        keep: a list that receives every object FAISS will point to (the returned object also
+            references them; keep either alive during the search).
     """
+    keep = keep if keep is not None else []
+    out = _params(index, dict(params or {}), sel, keep)
+    if out is not None:
+        out.referenced_objects = [*keep, sel]
+    return out
+
+
+def _params(index: faiss.Index, knobs: dict, sel, keep: list):
     index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner_index = faiss.downcast_index(index.index)
+        inner = sel
+        if sel is not None and isinstance(inner_index, faiss.IndexRefine):
+            # IndexIDMap translates the top-level selector itself, but a refine step reads its
+            # selector from base_index_params, which IndexIDMap does not touch: translate here
+            # (IndexIDMap leaves an already translated selector alone).
+            inner = faiss.IDSelectorTranslated(index.id_map, sel)
+            keep.append(inner)
+        return _params(inner_index, knobs, inner, keep)
+    if isinstance(index, faiss.IndexShards):
+        if index.count() == 0:
+            return _plain(sel)
+        return _params(index.at(0), knobs, sel, keep)
     if isinstance(index, faiss.IndexRefine):
-        base = search_parameters(index.base_index, params, sel)
-        out = faiss.IndexRefineSearchParameters(k_factor=float(params.get("k_factor", index.k_factor)), base_index_params=base)
-        out.referenced_objects = [base, sel]
+        out = faiss.IndexRefineSearchParameters()
+        out.k_factor = float(knobs.get("k_factor") or index.k_factor)
+        base = _params(index.base_index, knobs, sel, keep)
+        if base is not None:
+            keep.append(base)
+            out.base_index_params = base
         return out
-    ivf = _try_extract_ivf(index) if not isinstance(index, faiss.IndexShards) else None
-    if ivf is not None:
-        out = faiss.SearchParametersIVF(nprobe=int(params.get("nprobe", ivf.nprobe)))
-    elif "efSearch" in params:
-        out = faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+    if isinstance(index, faiss.IndexPreTransform):
+        # IndexPreTransform hands parameters that are not its own straight to its sub-index.
+        return _params(index.index, knobs, sel, keep)
+    if isinstance(index, faiss.IndexIVF):
+        out = faiss.SearchParametersIVF()
+        out.nprobe = int(knobs.get("nprobe") or index.nprobe)
+    elif isinstance(index, faiss.IndexHNSW):
+        out = faiss.SearchParametersHNSW()
+        out.efSearch = int(knobs.get("efSearch") or index.hnsw.efSearch)
     else:
-        out = faiss.SearchParameters()
+        return _plain(sel)
     if sel is not None:
         out.sel = sel
-    out.referenced_objects = [sel]
+    return out
+
+
+def _plain(sel: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+    if sel is None:
+        return None
+    out = faiss.SearchParameters()
+    out.sel = sel
     return out
 
 

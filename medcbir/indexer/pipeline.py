@@ -180,7 +180,7 @@ def index_archive(
 
         return index_archive_ray(source, index_dir, encoder, ray=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
                                  shard_size=shard_size, index_spec=index_spec, device=device, progress=progress,
-                                 batch_size=batch_size, key_file=key_file)
+                                 batch_size=batch_size, key_file=key_file, target_recall=target_recall)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")

@@ -297,6 +297,7 @@ def index_archive_ray(
     progress: bool = True,
     batch_size: int = 64,
     key_file: str | Path | None = None,
+    target_recall: float | None = None,
 ):
     """:func:`medcbir.indexer.index_archive` with decoding and embedding spread over Ray.
 
@@ -309,7 +310,7 @@ def index_archive_ray(
         workers: embedding actors.
         gpus_per_worker: GPUs per actor (None: 1 when the cluster has GPUs, else 0).
         shard_size: items per shard at most (also capped by :data:`JOB_BYTES` of images).
-        index_spec, device, progress, batch_size, key_file: as for ``index_archive``.
+        index_spec, device, progress, batch_size, key_file, target_recall: as for ``index_archive``.
 
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
@@ -322,7 +323,8 @@ def index_archive_ray(
         raise ConfigError(f"--ray-workers must be at least 1, not {workers}")
     index_dir = Path(index_dir).absolute()
     units_of = as_units(source)
-    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device)
+    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
+                              target_recall=target_recall)
     started = False
     summary = IndexSummary()
     try:

@@ -15,6 +15,21 @@ on the data the index holds, whenever an index is trained:
 ``auto`` (:func:`choose`) tries specs in order of cost — IVF-PQ with re-ranking, IVF-SQ8 with
 re-ranking (a finer code), HNSW, exact — and for each a small grid of search parameters; the
 first spec with a grid point reaching the target wins, with its cheapest such point.
+
+Tuning is kept cheap (issue 18: ≤ 10 % of the build time), because most of its cost would be
+training that a build without tuning does once anyway:
+
+- the IVF candidates share one coarse quantiser: the IVF centroids (k-means over the whole
+  training sample, the dominant cost) are trained once per ``nlist`` and copied into every IVF
+  candidate, which then trains only its code (PQ codebooks, SQ ranges) — on at most
+  :data:`CODE_TRAIN` vectors (256 PQ centroids need far fewer than 100k points);
+- the exact top-K of the :data:`QUERIES` query items is computed once and reused by every
+  candidate and grid point;
+- a candidate's grid stops at its first (cheapest) point reaching the target, and the candidate
+  list stops at the first spec that reaches it.
+
+:class:`Choice` records ``train_seconds`` (training the returned index: what an untuned build
+spends) apart from ``tuning_seconds`` (everything else ``choose`` did).
 """
 
 from __future__ import annotations
@@ -35,10 +50,12 @@ K = 10
 QUERIES = 200
 #: spec choice works on at most this many of the training sample's vectors (tuning cost).
 TUNE_ITEMS = 50_000
+#: codes (PQ codebooks, SQ ranges) are trained on at most this many vectors (128 per PQ centroid).
+CODE_TRAIN = 32_768
 
 #: search-parameter grids per kind of spec, cheapest first.
 GRIDS = {
-    "ivf_refine": [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64) for f in (4, 16, 64)],
+    "ivf_refine": [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64, 128) for f in (4, 16, 64)],
     "ivf": [{"nprobe": p} for p in (8, 16, 32, 64, 128)],
     "hnsw": [{"efSearch": e} for e in (64, 128, 256, 512)],
     "flat": [{}],
@@ -71,6 +88,9 @@ class Choice:
     queries: int
     seconds: float
     tried: list = field(default_factory=list)
+    #: of ``seconds``: training the returned index (coarse quantiser + its code), which a build
+    #: without tuning does too; the rest is tuning.
+    train_seconds: float = 0.0
 
     def record(self) -> dict:
         """The manifest's ``recall`` record."""
@@ -82,7 +102,9 @@ class Choice:
             "spec": self.spec,
             "items": self.items,
             "queries": self.queries,
-            "tuning_seconds": round(self.seconds, 2),
+            "choose_seconds": round(self.seconds, 2),
+            "train_seconds": round(self.train_seconds, 2),
+            "tuning_seconds": round(max(0.0, self.seconds - self.train_seconds), 2),
             "tried": [m.to_dict() for m in self.tried],
         }
 
@@ -161,11 +183,61 @@ def tune_params(index: faiss.Index, spec: str, queries: np.ndarray, self_ids: np
     Cheapest is the first in grid order (fewest lists probed, then shallowest re-rank, then
     smallest efSearch): the work per query FAISS does, not the measured QPS of 200 queries,
     which on a shared machine is noise (measured: 1,100–6,200 QPS for equal-cost points).
+    The grid stops at that point: the costlier points after it are not measured.
     """
-    tried = [measure(index, queries, self_ids, exact, params, spec) for params in grid_for(spec)]
-    ok = [m for m in tried if m.recall_at_10 >= target]
-    best = ok[0] if ok else max(tried, key=lambda m: (m.recall_at_10, m.qps))
-    return best, tried
+    tried = []
+    for params in grid_for(spec):
+        tried.append(measure(index, queries, self_ids, exact, params, spec))
+        if tried[-1].recall_at_10 >= target:
+            return tried[-1], tried
+    return max(tried, key=lambda m: (m.recall_at_10, m.qps)), tried
+
+
+class SharedTraining:
+    """Trains candidate specs on one training sample, sharing what they have in common.
+
+    IVF candidates whose base is a plain IVF index (no pre-transform) get the coarse centroids
+    trained once per ``nlist`` (an ``IVF{nlist},Flat`` training: the same k-means, same seed, as
+    each candidate's own training would run) and train only their code on :data:`CODE_TRAIN`
+    vectors. Other specs are trained as :func:`~medcbir.indexer.faiss_index.train` does.
+    """
+
+    def __init__(self, vectors: np.ndarray, seed: int = 0, code_train: int | None = None) -> None:
+        self.vectors = vectors
+        limit = CODE_TRAIN if code_train is None else int(code_train)
+        n = len(vectors)
+        rng = np.random.default_rng(seed + 1)
+        self.code_sample = vectors if n <= limit else np.ascontiguousarray(vectors[np.sort(rng.choice(n, limit, replace=False))])
+        self._centroids: dict[int, np.ndarray] = {}
+        self.coarse_seconds: dict[int, float] = {}
+
+    def centroids(self, dim: int, nlist: int) -> np.ndarray:
+        from medcbir.indexer.faiss_index import train
+
+        if nlist not in self._centroids:
+            start = time.perf_counter()
+            coarse = train(f"IVF{nlist},Flat", dim, self.vectors)  # kept alive while its quantiser is read
+            self._centroids[nlist] = faiss.downcast_index(faiss.extract_index_ivf(coarse).quantizer).reconstruct_n(0, nlist)
+            self.coarse_seconds[nlist] = time.perf_counter() - start
+        return self._centroids[nlist]
+
+    def train(self, spec: str, dim: int) -> tuple[faiss.Index, float]:
+        """(the trained empty index for ``spec``, seconds it would take to train it alone)."""
+        from medcbir.indexer.faiss_index import _no_polysemous, shared_ivf, split_refine, train
+
+        probe = faiss.index_factory(int(dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
+        ivf = shared_ivf(probe)
+        if ivf is None:
+            start = time.perf_counter()
+            return train(spec, dim, self.vectors), time.perf_counter() - start
+        nlist = int(ivf.nlist)
+        centroids = self.centroids(dim, nlist)
+        start = time.perf_counter()
+        index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
+        _no_polysemous(index)
+        shared_ivf(index).quantizer.add(centroids)  # ntotal == nlist: IVF training keeps these
+        index.train(self.code_sample)
+        return index, time.perf_counter() - start + self.coarse_seconds[nlist]
 
 
 def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] | None = None, seed: int = 0) -> tuple[Choice, faiss.Index | None]:
@@ -179,10 +251,11 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
 
     Returns:
         (choice, trained): ``trained`` is the chosen spec's trained, empty factory index
-        (None for exact ``Flat``), trained on ``vectors`` (at most :data:`TUNE_ITEMS` of them
-        are used to measure).
+        (None for exact ``Flat``): its IVF centroids trained on all of ``vectors``, its code
+        on at most :data:`CODE_TRAIN` of them; at most :data:`TUNE_ITEMS` of ``vectors`` are
+        used to measure.
     """
-    from medcbir.indexer.faiss_index import is_flat, train
+    from medcbir.indexer.faiss_index import is_flat
 
     start = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -191,18 +264,19 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     tune = vectors if n <= TUNE_ITEMS else vectors[np.sort(rng.choice(n, TUNE_ITEMS, replace=False))]
     rows = query_rows(len(tune), seed=seed)
     queries = np.ascontiguousarray(tune[rows])
-    exact = exact_neighbours(tune, rows)
+    exact = exact_neighbours(tune, rows)  # once, for every candidate and grid point
+    shared = SharedTraining(vectors, seed=seed)
     tried: list[Measurement] = []
-    best, trained = None, None
+    best, trained, train_seconds = None, None, 0.0
     for spec in specs or candidates(dim, n):
         if is_flat(spec):
             flat = faiss.IndexFlatIP(dim)
             flat.add(tune)
-            best, trained = measure(flat, queries, rows, exact, {}, "Flat"), None
+            best, trained, train_seconds = measure(flat, queries, rows, exact, {}, "Flat"), None, 0.0
             tried.append(best)
             break
         try:
-            trained = train(spec, dim, vectors)
+            trained, train_seconds = shared.train(spec, dim)
         except RuntimeError as exc:  # too few points for this spec: try the next one
             log.info("auto: %s cannot be trained on %d items (%s)", spec, n, str(exc).splitlines()[-1])
             continue
@@ -216,5 +290,6 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         log.info("auto: %s reaches recall@10 %.3f < %.2f on this data; trying a finer index", spec, best.recall_at_10, target)
     if best is None:
         raise RuntimeError(f"none of {specs or candidates(dim, n)} can be trained on {n} items")
-    choice = Choice(best.spec, best.params, best.recall_at_10, best.qps, float(target), int(len(tune)), int(len(rows)), time.perf_counter() - start, tried)
+    choice = Choice(best.spec, best.params, best.recall_at_10, best.qps, float(target), int(len(tune)), int(len(rows)),
+                    time.perf_counter() - start, tried, train_seconds)
     return choice, trained

@@ -9,10 +9,19 @@ writer's own training code) on a fresh uniform sample of all live items, every s
 re-encoded, and the new trained file and codes are swapped in by one manifest commit. The
 shards (embeddings, ids, metadata) are not touched. The work is done on a snapshot without
 the writer lock (:mod:`.staging`); readers keep the generation they opened.
+
+Retraining is also due when the recall@10 last measured on the whole index
+(:mod:`.remeasure`, at the writer's close once the index has grown) is below the target and
+newer than the trained parts (reason ``"recall"``). A retraining runs the spec choice again
+(:func:`medcbir.indexer.recall.choose`, for ``auto`` over all its candidates: a finer code is
+chosen when the old one caps recall at this size), commits it, and measures the new generation
+on all its items; when that falls short of the target, ``auto`` tries the next finer candidate
+in a further generation.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -26,6 +35,8 @@ from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest
 from medcbir.indexer.shard import read_embeddings
 from medcbir.indexer.staging import Overtaken, new_staging, same_prefix
+
+log = logging.getLogger(__name__)
 
 # Retrain when the live items reach this multiple of the training sample.
 RETRAIN_FACTOR = 8
@@ -57,7 +68,9 @@ def list_imbalance(index_dir: Path, manifest: dict) -> float | None:
 
 
 def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR, imbalance_max: float = IMBALANCE_MAX) -> str | None:
-    """Why the index should be retrained now (``"growth"`` / ``"imbalance"``), or None."""
+    """Why the index should be retrained now (``"recall"`` / ``"growth"`` / ``"imbalance"``), or None."""
+    from medcbir.indexer.remeasure import measured_at
+
     trained = manifest.get("trained")
     if not trained or faiss_index.is_flat(manifest["index_spec"]) or not trained.get("items"):
         return None
@@ -65,6 +78,11 @@ def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR,
     live = int(manifest["next_id"]) - (deleted["count"] if isinstance(deleted, dict) else len(deleted))
     if live >= factor * int(trained["items"]):
         return "growth"
+    measured = manifest.get("recall") or {}
+    if (measured.get("recall_at_10") is not None and measured.get("target") is not None
+            and float(measured["recall_at_10"]) < float(measured["target"])
+            and measured_at(measured) > int(trained.get("at_items") or trained["items"])):
+        return "recall"
     imbalance = list_imbalance(index_dir, manifest)
     if imbalance is not None and imbalance > imbalance_max:
         return "imbalance"
@@ -84,58 +102,122 @@ def _sample(index_dir: Path, manifest: dict, size: int, seed: int) -> np.ndarray
     return np.concatenate(parts)
 
 
-def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | None = None, reason: str = "on demand") -> dict:
-    """Train the index's spec again on a fresh uniform sample and swap it in (a new generation).
+def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | None = None, reason: str = "on demand",
+            specs: list[str] | None = None) -> dict:
+    """Choose and train the index's spec again on a fresh uniform sample, measure it on all the
+    items, and swap it in by one manifest commit (a new generation).
 
     Args:
         index_dir: the index folder.
         sample_size: training items (default :data:`~medcbir.indexer.faiss_index.TRAIN_SAMPLE`).
         seed: sample seed (default: the generation, so each retraining draws a new sample).
         reason: recorded in the manifest's ``trained`` entry.
+        specs: candidate specs in order (default: ``auto``'s candidates for an ``auto`` index,
+            else the index's own spec).
 
     Returns:
-        ``{"generation", "items", "sample", "seconds", "reason"}``, or with ``"skipped"``.
+        ``{"generation", "items", "sample", "seconds", "reason", "spec", "recall_at_10",
+        "tried"}`` (``tried``: the specs measured on all items and their recall@10), or with
+        ``"skipped"``.
 
     Raises:
         ConfigError: the index is exact (nothing trained).
     """
     import time
 
-    from medcbir.indexer.writer import remove_orphans
+    from medcbir.indexer import recall
 
     start = time.perf_counter()
     index_dir = Path(index_dir)
     snapshot = read_manifest(index_dir)
     if not snapshot.get("trained") or faiss_index.is_flat(snapshot["index_spec"]):
         raise ConfigError(f"index {index_dir} is exact ({snapshot['index_spec']}): nothing to retrain")
-    spec, dim = snapshot["index_spec"], int(snapshot["encoder"]["dim"])
+    dim = int(snapshot["encoder"]["dim"])
+    auto = snapshot.get("index_spec_requested", "auto") == "auto"
+    target = float((snapshot.get("recall") or {}).get("target") or snapshot.get("target_recall") or recall.TARGET_RECALL)
     sample = _sample(index_dir, snapshot, int(sample_size or faiss_index.TRAIN_SAMPLE),
                      int(snapshot["generation"]) if seed is None else int(seed))
-    trained = faiss_index.train(spec, dim, sample)
-    base, _ = faiss_index.parts(trained)
-    staging = new_staging(index_dir)
-    try:
-        def encode(entry: dict) -> dict:
-            ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
-            emb = read_embeddings(index_dir / entry["file"])
-            return stamp(faiss_index.write_shard_part(base, ids, emb, staging / entry["file"].split(".")[0]), staging)
+    order = list(specs or (recall.candidates(dim, len(sample)) if auto else [snapshot["index_spec"]]))
+    vectors = np.concatenate([read_embeddings(index_dir / e["file"]) for e in snapshot["shards"]])
+    tried: list[dict] = []
+    while True:
+        choice, trained = recall.choose(sample, target, specs=order)
+        staging = new_staging(index_dir)
+        try:
+            parts = _encode(index_dir, snapshot["shards"], trained, staging, vectors)
+            measured = _measure(trained, staging, parts, vectors, choice, target) if trained is not None else None
+            if measured is not None:
+                tried.append({"spec": choice.spec, "recall_at_10": round(measured["recall_at_10"], 4)})
+            rest = order[order.index(choice.spec) + 1:] if choice.spec in order else []
+            if auto and measured is not None and measured["recall_at_10"] < target and rest:
+                log.info("retrain %s: %s reaches recall@10 %.3f < %.2f on all %d items; trying %s", index_dir, choice.spec,
+                         measured["recall_at_10"], target, len(vectors), rest[0])
+                order = rest
+                continue
+            out = _commit(index_dir, snapshot, choice, trained, staging, parts, measured, len(sample), reason)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        out.update(seconds=time.perf_counter() - start, tried=tried,
+                   recall_at_10=None if measured is None else measured["recall_at_10"])
+        return out
 
-        parts = [encode(e) for e in snapshot["shards"]]
-        staged_trained = staging / "trained.faiss"
+
+def _encode(index_dir: Path, shards: list[dict], trained, staging: Path, vectors: np.ndarray | None = None) -> list:
+    """Each shard's FAISS part for ``trained`` written into ``staging`` (None each for exact
+    ``Flat``); ``vectors``: the shards' embeddings concatenated, if already read."""
+    if trained is None:
+        return [None] * len(shards)
+    base = faiss_index.parts(trained)[0]
+    out, lo = [], 0
+    for entry in shards:
+        ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
+        emb = vectors[lo:lo + len(ids)] if vectors is not None else read_embeddings(index_dir / entry["file"])
+        lo += len(ids)
+        out.append(stamp(faiss_index.write_shard_part(base, ids, emb, staging / entry["file"].split(".")[0]), staging))
+    return out
+
+
+def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, target: float) -> dict:
+    """Recall@10 of the staged index on all its items (:mod:`.remeasure`'s measurement): the
+    ``recall`` record the commit writes, with the grid point chosen on all items."""
+    from medcbir.indexer.remeasure import measure_index
+
+    n, dim = vectors.shape
+    index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], lambda out: out.__setitem__(slice(None), vectors), n, dim)
+    best, tried, queries = measure_index(index, choice.spec, vectors, target)
+    del index
+    return {**choice.record(), "recall_at_10": round(best.recall_at_10, 4), "qps": round(best.qps, 1), "params": dict(best.params),
+            "items": int(n), "at_items": int(n), "queries": queries, "tried": choice.record()["tried"] + [t.to_dict() for t in tried]}
+
+
+def _commit(index_dir: Path, snapshot: dict, choice, trained, staging: Path, parts: list, measured: dict | None, sample: int,
+            reason: str) -> dict:
+    """Commit the staged parts and the choice as a new generation (under the writer lock)."""
+    from medcbir.indexer.writer import remove_orphans
+
+    staged_trained = staging / "trained.faiss"
+    if trained is not None:
         size, digest = faiss_index.write_index(trained, staged_trained, hook=None)
+    try:
         with WriterLock(index_dir, wait=True):
             current = read_manifest(index_dir)
             if not same_prefix(snapshot, current):
                 raise Overtaken
-            parts += [encode(e) for e in current["shards"][len(snapshot["shards"]):]]  # committed meanwhile
+            parts = parts + _encode(index_dir, current["shards"][len(snapshot["shards"]):], trained, staging)  # committed meanwhile
             generation = int(current["generation"]) + 1
             new = dict(current)
-            trained_entry = {"file": f"trained-{generation:06d}.faiss", "bytes": size, "sha256": digest,
-                             "items": int(len(sample)), "at_items": int(current["next_id"]), "reason": reason,
-                             "xxh3": fast_checksum(staged_trained)}
+            trained_entry = None
+            renames = []
+            if trained is not None:
+                trained_entry = {"file": f"trained-{generation:06d}.faiss", "bytes": size, "sha256": digest,
+                                 "items": int(sample), "at_items": int(current["next_id"]), "reason": reason,
+                                 "xxh3": fast_checksum(staged_trained)}
+                renames.append((staged_trained, index_dir / trained_entry["file"]))
             shards = []
-            renames = [(staged_trained, index_dir / trained_entry["file"])]
             for entry, part in zip(current["shards"], parts):
+                if part is None:
+                    shards.append({**entry, "faiss": None})
+                    continue
                 stem, suffix = entry["file"].split(".")[0], part["file"].split(".", 1)[1]
                 final = f"{stem}.r{generation:06d}.{suffix}"
                 renames.append((staging / part["file"], index_dir / final))
@@ -143,13 +225,13 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
             for src, dst in renames:
                 src.replace(dst)
             fsync_dir(index_dir)
+            record = measured or {**choice.record(), "at_items": int(current["next_id"])}
             new["trained"], new["shards"] = trained_entry, shards
+            new["index_spec"], new["search_params"], new["recall"] = choice.spec, dict(record["params"]), record
             new = commit_manifest(index_dir, new)
             remove_orphans(index_dir, new)
-        return {"generation": int(new["generation"]), "items": int(new["next_id"]), "sample": int(len(sample)),
-                "seconds": time.perf_counter() - start, "reason": reason}
+        return {"generation": int(new["generation"]), "items": int(new["next_id"]), "sample": int(sample), "reason": reason,
+                "spec": choice.spec}
     except Overtaken:
-        return {"generation": int(snapshot["generation"]), "items": int(snapshot["next_id"]), "sample": int(len(sample)),
-                "seconds": time.perf_counter() - start, "reason": reason, "skipped": "another maintenance job committed first"}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return {"generation": int(snapshot["generation"]), "items": int(snapshot["next_id"]), "sample": int(sample),
+                "reason": reason, "spec": choice.spec, "skipped": "another maintenance job committed first"}

@@ -30,9 +30,6 @@ from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 
 log = logging.getLogger(__name__)
 
-#: recall is re-measured on the whole index when it has grown this many times since the last measurement.
-REMEASURE_GROWTH = 2
-
 _ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
 
 
@@ -463,39 +460,13 @@ class IndexWriter:
             self._open = False
 
     def _remeasure_if_grown(self) -> None:
-        """Re-measure recall (and re-pick the search parameters of the trained spec) on the whole
-        committed index once it holds at least :data:`REMEASURE_GROWTH` × the items last measured.
+        """Re-measure recall (and re-pick the trained spec's search parameters) on the whole
+        committed index once it has grown enough since the last measurement
+        (:mod:`medcbir.indexer.remeasure`); a result below the target makes retraining due."""
+        from medcbir.indexer import remeasure
 
-        Recall falls as an index grows (more items compete for the same top 10), so parameters
-        chosen on the training sample can fall short later. The exact side is brute force over
-        every committed vector (read into memory once: N×D float32).
-        """
-        from medcbir.indexer import recall
-        from medcbir.indexer.store import IndexStore
-
-        m = self.manifest
-        measured = m.get("recall") or {}
-        if not m.get("trained") or not measured or int(m["next_id"]) < REMEASURE_GROWTH * int(measured.get("items") or 0):
-            return
-        store = IndexStore.open(self.index_dir, verify="none")
-        try:
-            n = len(store.ids)
-            vectors = np.empty((n, store.dim), dtype=np.float32)
-            store._fill(vectors)
-            rows = recall.query_rows(n)
-            exact = recall.exact_neighbours(vectors, rows)
-            target = float(measured.get("target") or recall.TARGET_RECALL)
-            best, tried = recall.tune_params(store.faiss_index, store.index_spec, np.ascontiguousarray(vectors[rows]), rows, exact, target)
-        finally:
-            store.close()
-        manifest = dict(m)
-        manifest["search_params"] = dict(best.params)
-        manifest["recall"] = {**measured, "recall_at_10": round(best.recall_at_10, 4), "qps": round(best.qps, 1),
-                              "params": dict(best.params), "items": n, "queries": len(rows),
-                              "tried": measured.get("tried", []) + [t.to_dict() for t in tried]}
-        if best.recall_at_10 < target:
-            log.warning("index %s: recall@10 %.3f at %d items is below the target %.2f", self.index_dir, best.recall_at_10, n, target)
-        self.manifest = commit_manifest(self.index_dir, manifest)
+        if remeasure.due(self.manifest):
+            self.manifest = commit_manifest(self.index_dir, remeasure.measure_committed(self.index_dir, self.manifest))
 
     def abort(self) -> None:
         """Close without committing the buffer (after an error mid-source)."""
@@ -621,7 +592,7 @@ class IndexWriter:
         except RuntimeError as exc:
             log.warning("could not train %s on %d items (%s); the index stays exact", specs or "auto", len(sample), exc)
             return
-        manifest["recall"] = choice.record()
+        manifest["recall"] = {**choice.record(), "at_items": n}
         if choice.recall_at_10 < target:
             log.warning("index %s: recall@10 %.3f of %s is below the target %.2f", self.index_dir, choice.recall_at_10, choice.spec, target)
         if trained is None:  # auto chose exact search: nothing to train, nothing per shard
@@ -633,7 +604,8 @@ class IndexWriter:
         path = self.index_dir / f"trained-{generation:06d}.faiss"
         size, digest = faiss_index.write_index(trained, path)
         self._trained = trained
-        manifest["trained"] = stamp({"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample))}, self.index_dir)
+        manifest["trained"] = stamp({"file": path.name, "bytes": size, "sha256": digest, "items": int(len(sample)), "at_items": n},
+                                    self.index_dir)
         manifest["index_spec"] = spec
         manifest["search_params"] = dict(choice.params)
         manifest["shards"] = [dict(s) for s in manifest["shards"]]

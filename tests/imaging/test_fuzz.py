@@ -90,14 +90,13 @@ def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(buf[: int(rng.integers(len(buf) // 2, len(buf) + 1))])
 
 
-@pytest.fixture(scope="module")
-def fuzz_archive(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fuzz")
+def write_corpus(folder: Path, n: int, seed: int = SEED) -> Path:
+    """``n`` mutated files in ``folder/files`` (also used by ``benchmarks/fuzz.py`` at 10,000)."""
     seeds = _seeds(folder / "seeds")
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     out = folder / "files"
     out.mkdir()
-    for i in range(N_FILES):
+    for i in range(n):
         if i % 20 == 0:
             data = _huge(folder, rng)
         else:
@@ -106,6 +105,11 @@ def fuzz_archive(tmp_path_factory) -> Path:
                 data = _mutate(data, rng)
         (out / f"{i:05d}").write_bytes(data)
     return out
+
+
+@pytest.fixture(scope="module")
+def fuzz_archive(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("fuzz"), N_FILES)
 
 
 def test_fuzzed_files_never_crash_or_hang_the_walk(fuzz_archive, tmp_path):

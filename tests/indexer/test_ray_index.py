@@ -61,7 +61,7 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
     runner = CliRunner()
     # `medcbir index ARCHIVE --out B --ray ADDRESS` (the module's runtime), as a user runs it
     result = runner.invoke(cli, ["index", str(phantom_archive), "--out", str(out), "--encoder", str(encoder_path),
-                                 "--shard-size", "16", "--ray", ray_runtime, "--ray-workers", "1", "--json"])
+                                 "--shard-size", "16", "--ray", ray_runtime, "--ray-workers", "1", "--target-recall", "0.9", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["indexed"] == single_summary.indexed == summary["total_items"]
@@ -70,6 +70,7 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
     reports = [json.loads(runner.invoke(cli, ["verify", str(index), "--json"]).output) for index in (single, out)]
     assert reports[0]["ok"] and reports[1]["ok"], reports
     assert reports[0]["items"] == reports[1]["items"] and reports[0]["index_spec"] == reports[1]["index_spec"]
+    assert reports[1]["target_recall"] == 0.9 and json.loads((out / "manifest.json").read_text())["target_recall"] == 0.9
     ka, kb = index_keys(single), index_keys(out)
     assert ka.keys() == kb.keys()
     assert max(float(np.abs(ka[k] - kb[k]).max()) for k in ka) <= 1e-5

@@ -11,7 +11,7 @@ import pytest
 
 from medcbir.indexer import IndexStore, IndexWriter, faiss_index, recall
 
-from .conftest import FakeEncoder, Meta
+from .conftest import FakeEncoder, Meta, clustered
 
 
 def fitted_gaussian(n: int, seed: int, dim: int = 64) -> np.ndarray:
@@ -114,3 +114,47 @@ def test_search_on_an_index_below_target_warns_once(tmp_path, monkeypatch, caplo
     caplog.clear()
     Engine.open(tmp_path / "exact", encoder=FakeEncoder(64)).search(x[:3], k=5)
     assert not [r for r in caplog.records if "below its target" in r.getMessage()]
+
+
+def test_ivf_candidates_share_one_coarse_quantiser_and_train_codes_on_a_sample():
+    x = clustered(12_000, dim=32, seed=5)
+    direct = faiss_index.train("IVF32,PQ4,Refine(Flat)", 32, x)
+    shared = recall.SharedTraining(x, code_train=10_000)
+    pq, _ = shared.train("IVF32,PQ4,Refine(Flat)", 32)
+    sq, _ = shared.train("IVF32,SQ8,Refine(Flat)", 32)
+
+    def centroids(index):
+        return faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).reconstruct_n(0, 32)
+
+    # the same k-means as each candidate's own training, run once for both candidates
+    np.testing.assert_array_equal(centroids(pq), centroids(direct))
+    np.testing.assert_array_equal(centroids(sq), centroids(direct))
+    assert list(shared.coarse_seconds) == [32] and len(shared.code_sample) == 10_000
+    assert pq.is_trained and sq.is_trained
+    # codes trained on the 10k sample search as well as codes trained on all 12k
+    rows = recall.query_rows(len(x), 100)
+    exact = recall.exact_neighbours(x, rows)
+    got = {}
+    for name, index in (("shared", pq), ("direct", direct)):
+        index.add(x)
+        got[name] = recall.measure(index, x[rows], rows, exact, {"nprobe": 4, "k_factor": 4}).recall_at_10
+    assert got["shared"] >= got["direct"] - 0.02, got
+
+
+def test_choose_stops_at_the_first_grid_point_and_spec_reaching_the_target():
+    x = fitted_gaussian(4000, seed=6)
+    specs = ["IVF16,PQ4,Refine(Flat)", "IVF16,SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
+    choice, trained = recall.choose(x, 0.95, specs=specs)
+    by_spec: dict = {}
+    for m in choice.tried:
+        by_spec.setdefault(m.spec, []).append(m)
+    tried_specs = list(by_spec)
+    assert tried_specs == specs[: len(tried_specs)] and choice.spec == tried_specs[-1]
+    # every spec before the winner was measured over its whole grid and stayed below the target
+    for spec in tried_specs[:-1]:
+        assert len(by_spec[spec]) == len(recall.grid_for(spec)) and max(m.recall_at_10 for m in by_spec[spec]) < 0.95
+    # the winner's grid stopped at its first point reaching the target
+    won = by_spec[choice.spec]
+    assert won[-1].recall_at_10 >= 0.95 and all(m.recall_at_10 < 0.95 for m in won[:-1])
+    assert won[-1].params == choice.params and choice.recall_at_10 == won[-1].recall_at_10
+    assert 0 < choice.train_seconds <= choice.seconds and choice.record()["tuning_seconds"] >= 0

@@ -61,7 +61,7 @@ def test_retrain_swaps_atomically_while_a_reader_holds_the_old_generation(tmp_pa
     # (exact refine), and at the default nprobe the retrained index recalls at least as well.
     everything = np.concatenate([first, grown])
     probe = np.arange(0, 4800, 97)
-    found = new.faiss_index.search(everything[probe], 1, params=new.search_parameters(nprobe=16))[1]
+    found = new.faiss_index.search(everything[probe], 1, params=new.search_parameters(nprobe=16, k_factor=16))[1]
     np.testing.assert_array_equal(found[:, 0], probe)
     exact = np.argsort(-(everything[probe] @ everything.T), axis=1)[:, :5]
 
@@ -110,3 +110,50 @@ def test_retrain_cli(tmp_path, capsys):
     assert main(["retrain", str(tmp_path / "flat")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: index ") and err.strip().endswith("nothing to retrain") and err.count("\n") == 1
+
+
+def test_recall_below_target_after_growth_retrains_with_a_finer_spec(tmp_path, monkeypatch):
+    from medcbir.indexer import faiss_index
+
+    from .test_recall import fitted_gaussian
+
+    monkeypatch.setattr(faiss_index, "AUTO_FLAT_MAX", 2000)
+    monkeypatch.setattr(faiss_index, "AUTO_NLIST", 16)
+    ix = tmp_path / "ix"
+
+    def add(lo, x):
+        with IndexWriter.open(ix, FakeEncoder(64), shard_size=1000, target_recall=0.95) as w:
+            for start in range(0, len(x), 500):
+                w.add_embeddings([Meta(i) for i in range(lo + start, lo + min(start + 500, len(x)))], x[start:start + 500])
+
+    first = clustered(2500, dim=64, seed=3)
+    add(0, first)  # auto trains at close: IVF-PQ reaches the target on these
+    m = IndexStore.open(ix).manifest
+    assert ",PQ" in m["index_spec"] and m["recall"]["recall_at_10"] >= 0.95 and m["recall"]["at_items"] == 2500
+    assert retrain_due(ix, m) is None
+
+    # The archive grows 1.6x with images in one narrow cone, where PQ cannot separate neighbours:
+    # the writer re-measures at its close (grown >= 1.25x) and finds recall below the target.
+    cone = fitted_gaussian(1500, seed=9)
+    add(2500, cone)
+    grown = IndexStore.open(ix)
+    measured = grown.manifest["recall"]
+    assert measured["at_items"] == 4000 and measured["recall_at_10"] < 0.95 and grown.index_spec == m["index_spec"]
+    assert retrain_due(ix, grown.manifest) == "recall"  # not growth: 4000 < 8 x 2500
+
+    result = retrain(ix, reason="recall")
+    new = IndexStore.open(ix)
+    assert result["generation"] == new.generation == grown.generation + 1  # one commit
+    assert ",PQ" not in new.index_spec and new.index_spec == result["spec"] == new.manifest["recall"]["spec"]
+    # measured on all 4000 items, before the commit, and held
+    assert new.manifest["recall"]["items"] == 4000 and new.manifest["recall"]["recall_at_10"] >= 0.95
+    assert new.search_params == new.manifest["recall"]["params"]
+    assert retrain_due(ix, new.manifest) is None
+    # independent check: every item's exact top 10 among all items (itself dropped), through the store
+    everything = np.concatenate([first, cone])
+    probe = np.arange(0, 4000, 37)
+    _, ids = new.faiss_index.search(everything[probe], 11, params=new.search_parameters())
+    truth = np.argsort(-(everything[probe] @ everything.T), axis=1)[:, :11]
+    got = np.mean([len(set(a[a != p][:10]) & set(t[t != p][:10])) / 10 for a, t, p in zip(ids, truth, probe)])
+    assert got >= 0.93
+    assert verify(ix).ok

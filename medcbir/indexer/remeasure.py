@@ -1,0 +1,73 @@
+"""Recall of a committed index re-measured on all its items as it grows.
+
+Recall falls as an index grows (more items compete for the same top 10, new kinds of images
+pile into lists trained before they existed), so the recall measured at training time does not
+hold for ever. Once the index holds :data:`REMEASURE_GROWTH` × the items it had when recall
+was last measured, the writer measures it again at its close: :data:`~.recall.QUERIES` items
+drawn as queries, their exact top-10 by brute force over every committed vector, and the
+trained spec's parameter grid up to the first point reaching the target
+(:func:`~.recall.tune_params`). The record's ``at_items`` says when; a measurement below the
+target that is newer than the trained parts makes retraining due
+(:func:`medcbir.indexer.retrain.retrain_due`, reason ``"recall"``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: recall is re-measured when the index holds this many times the items of the last measurement.
+REMEASURE_GROWTH = 1.25
+
+
+def measured_at(record: dict) -> int:
+    """Item count of the index when ``record`` (a manifest ``recall`` record) was measured."""
+    return int(record.get("at_items") or record.get("items") or 0)
+
+
+def due(manifest: dict, growth: float = REMEASURE_GROWTH) -> bool:
+    """Whether the trained index has grown enough since its recall was last measured."""
+    record = manifest.get("recall") or {}
+    return bool(manifest.get("trained") and record) and int(manifest["next_id"]) >= growth * measured_at(record)
+
+
+def measure_index(index, spec: str, vectors: np.ndarray, target: float):
+    """(best grid point, points measured, queries) of ``index`` holding ``vectors`` (ids = rows):
+    :data:`~.recall.QUERIES` items as queries, exact top-10 by brute force over all of them."""
+    from medcbir.indexer import recall
+
+    rows = recall.query_rows(len(vectors))
+    exact = recall.exact_neighbours(vectors, rows)
+    best, tried = recall.tune_params(index, spec, np.ascontiguousarray(vectors[rows]), rows, exact, target)
+    return best, tried, len(rows)
+
+
+def measure_committed(index_dir: Path, manifest: dict) -> dict:
+    """Measure the committed index ``manifest`` describes on all its items; returns the updated
+    manifest (``recall`` record, ``search_params``: the cheapest grid point reaching the target,
+    else the best one), not committed."""
+    from medcbir.indexer import recall
+    from medcbir.indexer.store import IndexStore
+
+    measured = manifest.get("recall") or {}
+    target = float(measured.get("target") or manifest.get("target_recall") or recall.TARGET_RECALL)
+    store = IndexStore.open(index_dir, verify="none", manifest=manifest)
+    try:
+        n = len(store.ids)
+        vectors = np.empty((n, store.dim), dtype=np.float32)
+        store._fill(vectors)
+        best, tried, queries = measure_index(store.faiss_index, store.index_spec, vectors, target)
+    finally:
+        store.close()
+    out = dict(manifest)
+    out["search_params"] = dict(best.params)
+    out["recall"] = {**measured, "recall_at_10": round(best.recall_at_10, 4), "qps": round(best.qps, 1), "target": target,
+                     "params": dict(best.params), "spec": store.index_spec, "items": n, "at_items": int(manifest["next_id"]),
+                     "queries": queries, "tried": measured.get("tried", []) + [t.to_dict() for t in tried]}
+    if best.recall_at_10 < target:
+        log.warning("index %s: recall@10 %.3f at %d items is below the target %.2f", index_dir, best.recall_at_10, n, target)
+    return out
