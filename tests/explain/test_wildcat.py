@@ -14,6 +14,7 @@ from medcbir.device import Device
 from medcbir.engine import Engine
 from medcbir.explain import METHODS, explain_search, wildcat
 from medcbir.explain.base import to_heatmap
+from medcbir.explain.wildcat import SAME_EMBEDDING
 from medcbir.train import load_encoder
 from medcbir.train.finetune import FinetuneConfig, finetune
 from medcbir.train.wildcat import predict
@@ -51,10 +52,10 @@ def test_wildcat_is_a_registered_method_choosing_its_class(head_checkpoint):
     with torch.no_grad():
         emb = F.normalize(module(images), dim=1)
     np.testing.assert_allclose(wildcat(module, images, emb[2:3]).numpy(), _expected(module, images, [predicted[2]] * 4), atol=1e-6)
-    # a target from outside the batch: the class of the nearest prototype
-    outside = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    # a target from outside the batch (a blank image's embedding): the class of the nearest prototype
     with torch.no_grad():
-        target = F.normalize(module(outside), dim=1)
+        target = F.normalize(module(torch.zeros(1, 1, 64, 64)), dim=1)
+    assert float((target @ emb.T).max()) < SAME_EMBEDDING
     nearest = int((target @ F.normalize(module.wildcat.prototypes, dim=1).T).argmax())
     np.testing.assert_allclose(wildcat(module, images, target).numpy(), _expected(module, images, [nearest] * 4), atol=1e-6)
 
@@ -93,7 +94,8 @@ def test_explain_and_explain_eval_run_with_wildcat(explain_index, phantom_archiv
     code = main(["explain-eval", str(explain_index), "--masks-file", str(phantom_archive / "masks.h5"), "--methods", "wildcat", "--n", "2",
                  "--angles", "", "--targets", "own", "--wildcat-class", "liver", "--encoder", str(head_checkpoint)])
     captured = capsys.readouterr()
-    assert code == 0, captured.err and "targets: own" in captured.out
+    assert code == 0, captured.err
+    assert "targets: own" in captured.out.splitlines()[0] and captured.out.splitlines()[2].split()[0] == "wildcat"
 
 
 def test_wildcat_without_a_head_is_one_line(explain_index, phantom_archive, head_checkpoint, capsys):
