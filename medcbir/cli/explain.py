@@ -39,10 +39,12 @@ def _clean(value):
               help="RELAX mask sampling  [default: the measured best]")
 @click.option("--control-variates/--no-control-variates", default=None,
               help="RELAX: cross-fitted cell control variates (same map, less noise)  [default: the measured best]")
-@click.option("--backend", type=click.Choice(["torch", "onnx", "onnx-int8"]), default=None,
-              help="RELAX masked forwards: torch, ONNX Runtime (fp32), or ONNX Runtime int8  [default: the measured best; torch with --precision bf16]")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="RELAX forward precision (torch backend).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=120, show_default=True, help="RELAX masked images per forward.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]), default=None,
+              help="RELAX masked forwards: auto (torch bf16 on a CPU with native bf16, else ONNX Runtime fp32), torch, "
+                   "ONNX Runtime (fp32), or ONNX Runtime int8  [default: the measured best]")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="RELAX forward precision: fp32 runs ONNX Runtime unless --backend torch; bf16 runs torch autocast  [default: the backend's best]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="RELAX masked images per forward  [default: the measured best]")
 @click.option("--seed", default=0, show_default=True, help="RELAX / SmoothGrad seed.")
 @click.option("--pairwise", is_flag=True, help="Also explain the query w.r.t. each neighbour's embedding.")
 @click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop neighbours of the query's patient or study.")
@@ -65,8 +67,6 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
     if method == "relax":
         from medcbir.explain.relax import relax_options
 
-        if backend is None and precision != "fp32":
-            backend = "torch"  # reduced precision is a torch autocast
         given = {"n_masks": n_masks, "adaptive": adaptive, "target_r": target_r, "sampling": sampling,
                  "control_variates": control_variates, "backend": backend}
         options = relax_options(seed=seed, precision=precision, batch_size=batch_size, **given)

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from medcbir.recipe import RECIPE
+
 
 def describe_prep(record: dict) -> str:
     from medcbir.imaging import Preprocessing
@@ -34,10 +36,12 @@ def _method_options(values: tuple[str, ...]) -> dict:
 
 @click.command("train")
 @click.argument("archive", type=click.Path(path_type=str))
-@click.option("--method", default="simsiam", show_default=True, type=click.Choice(["simsiam", "simclr", "moco", "rotation", "seqsort"]), help="Self-supervised method (seqsort: order k consecutive slices; --method-option length=3).")
-@click.option("--augment", default="standard", show_default=True, type=click.Choice(["standard", "archive"]), help="standard: crop/flip/jitter/blur; archive: FOV, positioning, window jitter, gamma, noise, blur/sharpen, erasing.")
+@click.option("--method", default=RECIPE["method"], show_default=True, type=click.Choice(["simsiam", "simclr", "moco", "rotation", "seqsort"]), help="Self-supervised method (seqsort: order k consecutive slices; --method-option length=3).")
+@click.option("--augment", default=RECIPE["augment"], show_default=True, type=click.Choice(["standard", "archive"]), help="standard: crop/flip/jitter/blur; archive: FOV, positioning, window jitter, gamma, noise, blur/sharpen, erasing.")
 @click.option("--neighbour-mm", default=0.0, show_default=True, type=float, help="> 0: positives are also other slices of the series within this many mm.")
 @click.option("--neighbour-p", default=0.5, show_default=True, type=float, help="Probability of a neighbour-slice positive (with --neighbour-mm).")
+@click.option("--position-delta", default=RECIPE["position_delta"], show_default=True, type=float, help="> 0: positives are also slices of other series (other patients) in the same plane at the same relative position, within this fraction of the series' extent (positional contrastive learning); 0 = off.")
+@click.option("--position-p", default=RECIPE["position_p"], show_default=True, type=float, help="Probability of a positional positive (with --position-delta).")
 @click.option("--epochs", default=10, show_default=True, type=int, help="Total epochs (the cosine schedule spans them).")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Images per step.")
 @click.option("--size", default=224, show_default=True, type=int, help="Image side in pixels (also the encoder's input size).")
@@ -67,7 +71,7 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--device", "device_name", default=None, type=click.Choice(["cpu", "cuda"]), help="Force a device [default: auto].")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Training precision (bf16 autocast also on CPU; fp16 needs CUDA).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(archive, method, augment, neighbour_mm, neighbour_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
+def train(archive, method, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
     """Train a self-supervised encoder on ARCHIVE (a DICOM folder)."""
     from medcbir.device import Device
     from medcbir.train.trainer import TrainConfig
@@ -88,6 +92,8 @@ def train(archive, method, augment, neighbour_mm, neighbour_p, epochs, batch_siz
         augment=augment,
         neighbour_mm=neighbour_mm,
         neighbour_p=neighbour_p,
+        position_delta=position_delta,
+        position_p=position_p,
         backbone=backbone,
         labels=labels,
         holdout=holdout,

@@ -9,7 +9,9 @@ protocol (same labels, K, exclusions, query sample).
 
 Baselines (:data:`BASELINES`): ``thumbnail:8``, ``thumbnail:16``, ``thumbnail:32`` (the
 preprocessed image area-downsampled to N×N, flattened, L2-normalised) and ``random`` (the
-default backbone and pooling at random initialisation, seed 0).
+default backbone and pooling at random initialisation, seed 0), and ``classic`` (thumbnail:16
+beside a histogram of oriented gradients: the strongest descriptor that learned nothing, and
+medcbir's ``default``; :mod:`medcbir.train.classic`).
 
 Example:
     >>> rows = evaluate_baselines(engine, "archive/labels.csv", k=5)    # doctest: +SKIP
@@ -26,17 +28,20 @@ import numpy as np
 from medcbir.engine.evaluate import evaluate, read_labels
 from medcbir.errors import ConfigError
 
-BASELINES: tuple[str, ...] = ("thumbnail:8", "thumbnail:16", "thumbnail:32", "random")
+BASELINES: tuple[str, ...] = ("thumbnail:8", "thumbnail:16", "thumbnail:32", "random", "classic")
 
 
 def baseline_module(name: str, preprocessing):
     """The torch module of a baseline with the given preprocessing.
 
     Args:
-        name: ``thumbnail:N``, ``thumbnail``, ``random`` or ``random:SEED``.
+        name: ``thumbnail:N``, ``thumbnail``, ``random``, ``random:SEED``, ``classic`` or ``hog``.
         preprocessing: the ``Preprocessing`` to use (the evaluated index's).
     """
-    from medcbir.train.encoder import DEFAULT_BACKBONE, DEFAULT_POOLING, DEFAULT_THUMBNAIL, new_encoder, thumbnail_encoder
+    from medcbir.train.encoder import CLASSIC_BACKBONES, DEFAULT_BACKBONE, DEFAULT_POOLING, DEFAULT_THUMBNAIL, classic_encoder, new_encoder, thumbnail_encoder
+
+    if name in CLASSIC_BACKBONES:
+        return classic_encoder(name, preprocessing)
 
     base, _, arg = name.partition(":")
     try:

@@ -175,9 +175,22 @@ def draw_masks(n: int, shape: tuple[int, int], grid: int = 7, p: float = 0.5, se
 def cell_weights(grid: int, shape: tuple[int, int]) -> torch.Tensor:
     """A_k(ij) = E_shift[w_k(shift, ij)]: each cell's mean weight in each pixel (g²×H×W, float64).
 
-    Exact (every shift enumerated, one-hot cells pushed through the mask pipeline). For the
-    control variates: ``E[(G_k − p) M_ij] = p (1 − p) A_k(ij)`` because cells are independent.
+    Exact: one-hot cells pushed through the mask pipeline, averaged over every shift. The crop at
+    shift (sx, sy) of the padded upsampled grid reads pixel (i + sx, j + sy), so the mean over the
+    g × g shifts is a g × g box average of the padded image (one pooling, not g² renderings: at
+    224 px this took seconds, the first thing a fresh `explain` process paid). For the control
+    variates: ``E[(G_k − p) M_ij] = p (1 − p) A_k(ij)`` because cells are independent.
     """
+    h, w = shape
+    pad = grid // 2
+    eye = torch.eye(grid * grid).view(-1, 1, grid, grid)
+    up = F.interpolate(eye, size=(h, w), mode="bilinear", align_corners=False)
+    up = F.pad(up, (pad, pad, pad, pad), mode="reflect").double()
+    return F.avg_pool2d(up, grid, stride=1)[:, 0, :h, :w].contiguous()
+
+
+def cell_weights_enumerated(grid: int, shape: tuple[int, int]) -> torch.Tensor:
+    """:func:`cell_weights` by rendering every shift (the slow definition; tests compare the two)."""
     eye = torch.eye(grid * grid).view(-1, 1, grid, grid)
     total = torch.zeros(grid * grid, *shape, dtype=torch.float64)
     for sx, sy in itertools.product(range(grid), repeat=2):

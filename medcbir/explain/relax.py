@@ -53,7 +53,7 @@ from torch import nn
 
 from medcbir.errors import ConfigError
 from medcbir.explain.base import check_images, evaluating
-from medcbir.explain.forward import make_forward, module_device
+from medcbir.explain.forward import make_forward, module_device, resolve_backend
 from medcbir.explain.masks import SAMPLINGS, MaskDraw, cell_weights, draw_masks
 
 SUM_OF_WEIGHTS_INITIAL = 1e-10  # relax-xai's initial running weight (avoids 0/0)
@@ -66,7 +66,7 @@ FAST_DEFAULTS = {
     "n_masks": 200,
     "sampling": "sobol",
     "control_variates": True,
-    "backend": "onnx",
+    "backend": "auto",
     "adaptive": False,
     "target_r": 0.98,
 }
@@ -198,7 +198,7 @@ def relax_full(
     grid: int = 7,
     p: float = 0.5,
     batch_size: int = 120,
-    precision: str = "fp32",
+    precision: str | None = None,
     channels_last: bool | None = None,
     adaptive: bool = False,
     target_r: float = 0.98,
@@ -210,6 +210,7 @@ def relax_full(
     backend: str = "torch",
     draw: MaskDraw | None = None,
     min_masks: int = 100,
+    fold: bool = True,
 ) -> RelaxResult:
     """RELAX importance, uncertainty and U-RELAX for a batch of images.
 
@@ -223,7 +224,9 @@ def relax_full(
         p: probability that a cell is kept (relax-xai's ``probablity_of_drop``: cells with
             uniform < p are 1).
         batch_size: masked images per encoder forward (all B images' copies share batches).
-        precision: "fp32", or "bf16"/"fp16" autocast for the masked forwards (torch backend).
+        precision: "fp32", or "bf16"/"fp16" autocast for the masked forwards (torch backend);
+            ``None`` = not asked (fp32, the device's precision on the torch backend, or what
+            ``backend="auto"`` picks).
         channels_last: run torch forwards in channels-last memory format; ``None`` = only with
             reduced precision (where it measured faster on CPU; fp32 measured no faster).
         adaptive: stop drawing masks once the map has converged (see the module docstring).
@@ -233,12 +236,15 @@ def relax_full(
         masks: explicit N×H×W masks instead of drawing them (tests; no control variates).
         device: a ``medcbir.device.Device``: the torch forwards run on ``device.torch`` (inputs
             moved there, embeddings brought back) and its precision is used unless ``precision``
-            is given otherwise (the encoder must already be there).
+            is given (the encoder must already be there).
         sampling: mask sampling, one of :data:`medcbir.explain.masks.SAMPLINGS`.
         control_variates: cross-fitted cell control variates (same limit, less noise).
-        backend: ``"torch"``, ``"onnx"`` or ``"onnx-int8"`` (:mod:`medcbir.explain.forward`).
+        backend: ``"torch"``, ``"onnx"``, ``"onnx-int8"`` or ``"auto"``
+            (:func:`medcbir.explain.forward.resolve_backend`).
         draw: an explicit :class:`~medcbir.explain.masks.MaskDraw` (tests: every mask of a tiny grid).
         min_masks: adaptive mode's first check (no check before this many masks).
+        fold: bf16 on the CPU runs a copy with bf16 weights and folded batch norms, made once per
+            weights (:func:`medcbir.explain.forward.bf16_copy`); ``False`` autocasts the module.
 
     Example:
         >>> heat = relax_full(encoder, images, n_masks=500).importance  # doctest: +SKIP
@@ -252,9 +258,12 @@ def relax_full(
     providers = ("CPUExecutionProvider",)
     if device is not None:
         torch_device = torch.device(device.torch)
-        if backend == "torch" and precision == "fp32":
+        if precision is None and backend in ("torch", "auto") and device.precision != "fp32":
             precision = device.precision
         providers = tuple(device.ort_providers)
+    if backend == "auto" and getattr(getattr(encoder, "encoder", None), "session", None) is not None:
+        backend = "onnx"  # an ONNX encoder runs through its own session
+    backend, precision = resolve_backend(backend, precision, torch_device.type)
     if backend != "torch" and precision != "fp32":
         raise ConfigError(f"precision {precision!r} applies to the torch backend only, not {backend!r}")
     if channels_last is None:
@@ -269,7 +278,7 @@ def relax_full(
         cv_map = _added_back(draw.grid, p, (h, w))
     work = torch_device if backend == "torch" else torch.device("cpu")
     images = images.to(work)
-    forward = make_forward(encoder, (c, h, w), backend, work, precision, channels_last, providers)
+    forward = make_forward(encoder, (c, h, w), backend, work, precision, channels_last, providers, fold)
     per_batch = max(1, batch_size // b)  # masks per forward batch
     spacing = per_batch if check_every is None else max(1, int(check_every))
     halves = (_Moments(b, h * w, cv_map.shape[0] if cv_map is not None else None), _Moments(b, h * w, cv_map.shape[0] if cv_map is not None else None))

@@ -240,7 +240,7 @@ def _items(ds, *, key: bytes | None, uri: str, max_pixels: int) -> list[Item]:
             pixel_spacing=_pixel_spacing(ds, index),
         )
         voi = _voi(ds, index) if out_photometric in GRAYSCALE else None
-        items.append(Item(meta=frame_meta, pixels=pixels, voi=voi, inverted=inverted))
+        items.append(Item(meta=frame_meta, pixels=pixels, voi=voi, inverted=inverted, plane=_slice_plane(ds, index)))
     return items
 
 
@@ -406,15 +406,57 @@ def _content_uid(ds) -> str:
     return "2.25." + str(int.from_bytes(hashlib.sha256(data).digest()[:15], "big"))
 
 
+def _orientation(ds, index: int) -> np.ndarray | None:
+    """ImageOrientationPatient (row and column direction cosines) of a frame, as a 2×3 array."""
+    group = _functional_group(ds, index, "PlaneOrientationSequence")
+    value = _get(group, "ImageOrientationPatient", None) if group is not None else None
+    if value is None:
+        value = _get(ds, "ImageOrientationPatient", None)
+    try:
+        cosines = np.array([float(v) for v in value], dtype=np.float64).reshape(2, 3)
+    except (TypeError, ValueError):
+        return None
+    return cosines if np.isfinite(cosines).all() and np.linalg.norm(cosines, axis=1).min() > 0.5 else None
+
+
+#: the patient axis (LPS index) a slice normal points along → the plane's name
+PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+def _slice_plane(ds, index: int) -> str:
+    """``axial``, ``coronal`` or ``sagittal`` (the patient axis the normal is closest to, within
+    about 35°), ``oblique`` otherwise, ``""`` without ImageOrientationPatient."""
+    cosines = _orientation(ds, index)
+    if cosines is None:
+        return ""
+    normal = np.cross(cosines[0], cosines[1])
+    normal = normal / max(np.linalg.norm(normal), 1e-12)
+    axis = int(np.argmax(np.abs(normal)))
+    return PLANES[axis] if abs(normal[axis]) >= 0.8 else "oblique"
+
+
 def _slice_position(ds, index: int) -> float:
+    """The slice's position in mm along its normal (ImagePositionPatient · (row × column)).
+
+    For an axial slice this is its z; for sagittal and coronal slices it is x or y, so slices of
+    any series are ordered and spaced correctly. Without ImageOrientationPatient: z.
+    """
     group = _functional_group(ds, index, "PlanePositionSequence")
     position = _get(group, "ImagePositionPatient", None) if group is not None else None
     if position is None:
         position = _get(ds, "ImagePositionPatient", None)
     try:
-        return _float(position[2])
+        xyz = np.array([_float(position[i]) for i in range(3)], dtype=np.float64)
     except (TypeError, IndexError):
         return math.nan
+    cosines = _orientation(ds, index)
+    if cosines is None:
+        return float(xyz[2])
+    normal = np.cross(cosines[0], cosines[1])
+    normal = normal / max(np.linalg.norm(normal), 1e-12)
+    # The sign of the normal follows the dominant axis, so an axial slice keeps its z.
+    axis = int(np.argmax(np.abs(normal)))
+    return float(np.dot(xyz, normal) * np.sign(normal[axis]))
 
 
 def _pixel_spacing(ds, index: int) -> tuple[float, float]:

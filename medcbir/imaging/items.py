@@ -104,12 +104,15 @@ class Item:
         pixels: float32 H×W in modality units (HU for CT); colour already reduced to luma.
         voi: the file's VOI window as (centre, width), or None.
         inverted: True for MONOCHROME1 (display inverts after windowing).
+        plane: ``axial``, ``coronal``, ``sagittal``, ``oblique`` (from ImageOrientationPatient),
+            or ``""`` when the file has none.
     """
 
     meta: ItemMeta
     pixels: np.ndarray
     voi: tuple[float, float] | None = None
     inverted: bool = False
+    plane: str = ""
 
 
 @dataclass

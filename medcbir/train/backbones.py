@@ -130,7 +130,9 @@ def build_backbone(name: str = "resnet18", in_channels: int = 1) -> nn.Module:
 
 def feature_layer(backbone: nn.Module) -> nn.Module:
     """The last convolutional block of a backbone (the layer Grad-CAM and Clustered-CAM hook)."""
-    if isinstance(backbone, Thumbnail):
+    from medcbir.train.classic import ClassicDescriptor, GradientHistogram
+
+    if isinstance(backbone, (Thumbnail, ClassicDescriptor, GradientHistogram)):
         return backbone.features
     if isinstance(backbone, PooledResNet):
         return backbone.net.layer4

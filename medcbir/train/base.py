@@ -46,6 +46,10 @@ class SSLMethod(nn.Module):
     name: ClassVar[str] = ""
     #: how many augmented views of each image ``forward`` takes
     n_views: ClassVar[int] = 2
+    #: set by the trainer before a step when it knows which views show the same anatomy
+    #: (positional positives): a 2B×2B bool matrix over ``[view 0; view 1]``. Contrastive losses
+    #: that can use several positives per anchor read it; the others ignore it.
+    batch_positives: torch.Tensor | None = None
 
     def __init__(self, backbone: nn.Module, dim: int) -> None:
         super().__init__()

@@ -55,7 +55,7 @@ from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.fsutil import atomic_path
 
 CACHE_FORMAT = "medcbir-hu-cache"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -70,7 +70,8 @@ class HUDataset:
         size: S.
         contexts: N :class:`~medcbir.imaging.preprocess.WindowContext` (per-item window inputs).
         series: N series UIDs.
-        position: N slice positions in mm (NaN if unknown).
+        position: N slice positions in mm along each slice's normal (NaN if unknown).
+        plane: N slice planes (``axial``, ``coronal``, ``sagittal``, ``oblique``, ``""``).
         skipped: files left out by reason (e.g. ``modality-mismatch``).
     """
 
@@ -84,6 +85,7 @@ class HUDataset:
     position: np.ndarray | None = None
     skipped: dict = field(default_factory=dict)
     affine: torch.Tensor | None = None
+    plane: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.hu.shape[0])
@@ -194,7 +196,7 @@ def _decode_items(archive: Path, preprocessing, key: bytes, workers: int, progre
             for item in items:
                 preprocessing.channel_windows(item)  # modality-mismatch before any work
                 context = WindowContext.of(item)
-                out.append((item.meta, preprocessing.geometry(item, context), context))
+                out.append((item.meta, preprocessing.geometry(item, context), context, item.plane))
         except SkipFile as exc:
             skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
         except (KeyboardInterrupt, SystemExit):
@@ -235,18 +237,19 @@ def build_hu_cache(archive: str | Path, cache: str | Path, size, *, workers: int
     s = preprocessing.size
     strings = h5py.string_dtype()
     nan2 = (math.nan, math.nan)
-    contexts = [c for _, _, c in decoded]
+    contexts = [c for _, _, c, _ in decoded]
     affine = np.array([(c.percentile_range[0], c.percentile_range[1] - c.percentile_range[0]) for c in contexts], dtype=np.float64)
     with atomic_path(cache) as tmp, h5py.File(tmp, "w") as f:
-        scaled = [((g - a[0]) / a[1]).astype(np.float32) for (_, g, _), a in zip(decoded, affine)]
+        scaled = [((g - a[0]) / a[1]).astype(np.float32) for (_, g, _, _), a in zip(decoded, affine)]
         f.create_dataset("hu", data=np.stack(scaled), chunks=(1, s, s))
         f.create_dataset("affine", data=affine)
-        metas = [m for m, _, _ in decoded]
+        metas = [m for m, _, _, _ in decoded]
         f.create_dataset("meta/sop_instance_uid", data=np.array([m.sop_instance_uid for m in metas], dtype=object), dtype=strings)
         f.create_dataset("meta/frame", data=np.array([m.frame for m in metas], dtype=np.int32))
         f.create_dataset("meta/patient", data=np.array([m.patient_pseudonym or m.study_instance_uid for m in metas], dtype=object), dtype=strings)
         f.create_dataset("meta/series", data=np.array([m.series_instance_uid for m in metas], dtype=object), dtype=strings)
         f.create_dataset("meta/position", data=np.array([m.slice_position for m in metas], dtype=np.float64))
+        f.create_dataset("meta/plane", data=np.array([p for _, _, _, p in decoded], dtype=object), dtype=strings)
         f.create_dataset("context/modality", data=np.array([c.modality for c in contexts], dtype=object), dtype=strings)
         f.create_dataset("context/voi", data=np.array([c.voi if c.voi is not None else nan2 for c in contexts], dtype=np.float64))
         f.create_dataset("context/inverted", data=np.array([c.inverted for c in contexts], dtype=bool))
@@ -321,6 +324,7 @@ def load_hu_dataset(
         patients = _strings(f["meta/patient"][...])
         series = _strings(f["meta/series"][...])
         position = f["meta/position"][...].astype(np.float64)
+        plane = _strings(f["meta/plane"][...])
         modality = _strings(f["context/modality"][...])
         voi = f["context/voi"][...]
         inverted = f["context/inverted"][...]
@@ -339,7 +343,7 @@ def load_hu_dataset(
     ]
     return HUDataset(
         hu=hu, sop_instance_uid=sops, frame=frames, patient=patients, size=preprocessing.size,
-        contexts=contexts, series=series, position=position, skipped=skipped, affine=affine,
+        contexts=contexts, series=series, position=position, skipped=skipped, affine=affine, plane=plane,
     )
 
 

@@ -57,8 +57,18 @@ DEFAULT_POOLING = "gem"
 #: The default encoder of medcbir 0.1 (CT liver window on every modality, whole image); indexes
 #: built with it keep opening (:func:`open_for_index`).
 LEGACY_DEFAULT = "default-v1"
+#: The default of medcbir 0.2 before the classical descriptor replaced it: the seed-0 random
+#: ResNet-18 with GeM pooling and the default preprocessing (scored below thumbnail:16 on real MR).
+PREVIOUS_DEFAULT = "default-v2"
+#: What ``default`` is: the weightless thumbnail + HOG descriptor (README, "The default encoder":
+#: it beat thumbnail:16 and the random ResNet on real MR across subjects and on the phantom).
+DEFAULT_DESCRIPTOR = "classic"
 LEGACY_WINDOWS = ("ct-liver-wide",)
 DEFAULT_THUMBNAIL = 16
+#: Weightless classical descriptors (:mod:`medcbir.train.classic`): ``hog`` and ``classic``
+#: (thumbnail + HOG).
+CLASSIC_BACKBONES = ("classic", "hog")
+WEIGHTLESS_BACKBONES = ("thumbnail", *CLASSIC_BACKBONES)
 # The stem is part of the architecture record: a stride-1 MONAI stem is a different network.
 STEM = "conv7s2+maxpool"
 
@@ -157,6 +167,15 @@ def make_arch(backbone: str = DEFAULT_BACKBONE, in_channels: int = 1, pooling: s
         if grid < 1:
             raise ConfigError(f"a thumbnail needs a side ≥ 1, not {grid}")
         return {"backbone": "thumbnail", "grid": grid, "in_channels": int(in_channels), "dim": int(in_channels) * grid * grid, "stem": "none"}
+    if backbone in CLASSIC_BACKBONES:
+        from medcbir.train.classic import HOG_BINS, HOG_CELL, HOG_SIZE, hog_dim
+
+        hog = {"hog_size": HOG_SIZE, "hog_cell": HOG_CELL, "hog_bins": HOG_BINS}
+        dim = hog_dim(HOG_SIZE, HOG_CELL, HOG_BINS, int(in_channels))
+        if backbone == "classic":
+            grid = int(grid or DEFAULT_THUMBNAIL)
+            return {"backbone": "classic", "grid": grid, **hog, "in_channels": int(in_channels), "dim": int(in_channels) * grid * grid + dim, "stem": "none"}
+        return {"backbone": "hog", **hog, "in_channels": int(in_channels), "dim": dim, "stem": "none"}
     arch = {"backbone": backbone, "in_channels": int(in_channels), "dim": backbone_dim(backbone, pooling), "stem": STEM}
     if pooling != "avg":
         arch["pooling"] = pooling
@@ -167,6 +186,11 @@ def build_network(arch: dict) -> nn.Module:
     """A network for an architecture record (random weights from the caller's torch RNG)."""
     if arch["backbone"] == "thumbnail":
         return Thumbnail(int(arch["grid"]))
+    if arch["backbone"] in CLASSIC_BACKBONES:
+        from medcbir.train.classic import ClassicDescriptor, GradientHistogram
+
+        hog = (int(arch["hog_size"]), int(arch["hog_cell"]), int(arch["hog_bins"]))
+        return ClassicDescriptor(int(arch["grid"]), *hog) if arch["backbone"] == "classic" else GradientHistogram(*hog)
     if arch.get("stem", STEM) != STEM:
         raise ConfigError(f"this medcbir builds stem {STEM!r}, not {arch.get('stem')!r}")
     net = build_backbone(arch["backbone"], int(arch["in_channels"]))
@@ -255,6 +279,16 @@ def thumbnail_encoder(grid: int = DEFAULT_THUMBNAIL, preprocessing: Any = None) 
     return EncoderModule(Thumbnail(grid), make_arch("thumbnail", prep.channels, grid=grid), prep).eval()
 
 
+def classic_encoder(name: str = "classic", preprocessing: Any = None, grid: int = DEFAULT_THUMBNAIL) -> EncoderModule:
+    """A weightless classical descriptor (:mod:`medcbir.train.classic`): ``hog``, or ``classic``
+    (the ``thumbnail:grid`` and the HOG side by side)."""
+    if name not in CLASSIC_BACKBONES:
+        raise ConfigError(f"unknown classical descriptor {name!r} (known: {', '.join(CLASSIC_BACKBONES)})")
+    prep = as_preprocessing(preprocessing)
+    arch = make_arch(name, prep.channels, grid=grid)
+    return EncoderModule(build_network(arch), arch, prep).eval()
+
+
 # --------------------------------------------------------------------------- files
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` through :func:`medcbir.fsutil.atomic_path` (temporary name, fsync, rename)."""
@@ -326,7 +360,7 @@ def read_checkpoint(path: str | Path) -> dict:
 def encoder_from_record(record: dict, source: str = "") -> EncoderModule:
     """Rebuild an :class:`EncoderModule` from a checkpoint dict and check its fingerprint."""
     arch = dict(record["arch"])
-    if arch.get("backbone") != "thumbnail" and arch.get("stem", STEM) != STEM:
+    if arch.get("backbone") not in WEIGHTLESS_BACKBONES and arch.get("stem", STEM) != STEM:
         raise ConfigError(f"{source or 'checkpoint'} uses stem {arch.get('stem')!r}; this medcbir builds {STEM!r}")
     try:
         net = build_network(arch)
@@ -386,9 +420,13 @@ def _is_default(path: Any) -> bool:
 def builtin_encoder(name: Any) -> EncoderModule | None:
     """The encoder a built-in name stands for, or None when ``name`` is not one.
 
-    Names: ``default``; ``default-v1`` (medcbir 0.1's default, for indexes built with it);
+    Names: ``default`` (the ``classic`` descriptor with the default preprocessing);
+    ``default-v2`` (the seed-0 random ResNet-18, GeM, default preprocessing: the default before
+    ``classic``); ``default-v1`` (medcbir 0.1's default, for indexes built with it);
     ``random`` / ``random:SEED`` (the default backbone at random initialisation, default
-    preprocessing); ``thumbnail`` / ``thumbnail:N`` (the preprocessed image downsampled to N×N).
+    preprocessing); ``thumbnail`` / ``thumbnail:N`` (the preprocessed image downsampled to N×N);
+    ``hog`` and ``classic`` (a histogram of oriented gradients; thumbnail:16 + HOG), weightless
+    classical descriptors with the default preprocessing (:mod:`medcbir.train.classic`).
 
     Raises:
         ConfigError: a built-in name with a bad parameter (``thumbnail:x``).
@@ -397,9 +435,13 @@ def builtin_encoder(name: Any) -> EncoderModule | None:
         return None
     base, _, arg = name.partition(":")
     if name == DEFAULT_ENCODER:
+        return classic_encoder(DEFAULT_DESCRIPTOR)
+    if name == PREVIOUS_DEFAULT:
         return _load_default()
     if name == LEGACY_DEFAULT:
         return _load_default(legacy=True)
+    if name in CLASSIC_BACKBONES:
+        return classic_encoder(name)
     if base not in ("random", "thumbnail") or (arg == "" and ":" in name):
         return None
     try:
@@ -416,7 +458,7 @@ def is_builtin(name: Any) -> bool:
     if not isinstance(name, str):
         return False
     base, sep, arg = name.partition(":")
-    if name in (DEFAULT_ENCODER, LEGACY_DEFAULT):
+    if name in (DEFAULT_ENCODER, PREVIOUS_DEFAULT, LEGACY_DEFAULT, *CLASSIC_BACKBONES):
         return True
     return base in ("random", "thumbnail") and (not sep or arg.isdigit())
 
@@ -429,8 +471,8 @@ def load_encoder(path: str | Path = DEFAULT_ENCODER) -> EncoderModule:
     """The encoder as a torch module (eval mode, CPU).
 
     Args:
-        path: a built-in name (:func:`builtin_encoder`: ``"default"`` = seed-0 random ResNet-18
-            with :func:`default_preprocessing`, cached under :func:`cache_dir`; ``"random:SEED"``;
+        path: a built-in name (:func:`builtin_encoder`: ``"default"`` = the ``classic``
+            descriptor with :func:`default_preprocessing`; ``"random:SEED"``;
             ``"thumbnail:N"``), or a checkpoint written by :func:`save_checkpoint` or by the
             trainer (its training state is ignored here).
 
@@ -594,17 +636,19 @@ def open_encoder(path: str | Path | EncoderModule = DEFAULT_ENCODER, device: Any
 
 
 def open_for_index(source: str, fingerprint: str, device: Any = None) -> Encoder:
-    """Open the encoder an index records, including medcbir 0.1's ``default``.
+    """Open the encoder an index records, including earlier meanings of ``default``.
 
-    An index built with the 0.1 default (CT window on every modality, whole image) records the
-    source ``default``; it keeps opening with that encoder (``default-v1``) rather than with
-    today's default, which has another fingerprint.
+    An index built with an earlier default records the source ``default`` and that encoder's
+    fingerprint; it keeps opening with that encoder (``default-v2``, the random ResNet-18 of
+    medcbir 0.2, or ``default-v1``, the CT-windowed one of 0.1) rather than with today's default,
+    which has another fingerprint.
     """
     encoder = open_encoder(source, device=device)
     if source == DEFAULT_ENCODER and encoder.fingerprint != fingerprint:
-        legacy = open_encoder(LEGACY_DEFAULT, device=device)
-        if legacy.fingerprint == fingerprint:
-            return legacy
+        for earlier in (PREVIOUS_DEFAULT, LEGACY_DEFAULT):
+            candidate = open_encoder(earlier, device=device)
+            if candidate.fingerprint == fingerprint:
+                return candidate
     return encoder
 
 

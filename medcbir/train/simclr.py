@@ -31,12 +31,18 @@ from torch import nn
 from medcbir.train.base import SSLMethod, mlp
 
 
-def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2, positives: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised-temperature cross entropy of the pairs (a_i, b_i) against the whole batch.
+
+    With ``positives`` it is the supervised-contrastive form (Khosla et al. 2020) that positional
+    contrastive learning uses: every view marked positive for an anchor is pulled towards it
+    (the loss averages −log p over an anchor's positives), so two slices of the same anatomy in
+    one batch are never pushed apart as negatives. Each anchor's own pair is always positive.
 
     Args:
         a, b: B×d projections of the two views (normalised here).
         temperature: τ.
+        positives: optional 2B×2B bool matrix over the views ``[a; b]`` (diagonal ignored).
     """
     u = F.normalize(torch.cat([a, b], dim=0).float(), dim=1)
     n = a.shape[0]
@@ -44,7 +50,13 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2) -> torch
     # An anchor is never its own negative.
     logits.fill_diagonal_(float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(logits.device)
-    return F.cross_entropy(logits, targets)
+    if positives is None:
+        return F.cross_entropy(logits, targets)
+    mask = positives.to(device=logits.device, dtype=torch.bool).clone()
+    mask[torch.arange(2 * n, device=logits.device), targets] = True
+    mask.fill_diagonal_(False)
+    log_p = torch.log_softmax(logits, dim=1).masked_fill(~mask, 0.0)
+    return -(log_p.sum(1) / mask.sum(1)).mean()
 
 
 class SimCLR(SSLMethod):
@@ -88,7 +100,7 @@ class SimCLR(SSLMethod):
         a = self.projector(self.backbone(views[0]))
         b = self.projector(self.backbone(views[1]))
         if not self.nn_queue:
-            return nt_xent(a, b, self.temperature)
+            return nt_xent(a, b, self.temperature, self.batch_positives)
         loss = 0.5 * (nt_xent(self.nearest(a), b, self.temperature) + nt_xent(self.nearest(b), a, self.temperature))
         self.enqueue(a)
         return loss

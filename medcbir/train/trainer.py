@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -31,6 +32,9 @@ import numpy as np
 import torch
 
 from medcbir.errors import ConfigError
+from medcbir.recipe import RECIPE  # noqa: F401 - re-exported: the recipe the CLI and the demo use
+
+log = logging.getLogger(__name__)
 from medcbir.train.backbones import POOLINGS, backbone_dim
 from medcbir.train.dataset import HUDataset, default_cache_path, load_hu_dataset, patient_split
 from medcbir.train.encoder import (
@@ -47,7 +51,7 @@ from medcbir.train.encoder import (
 )
 from medcbir.train.methods import METHODS, build_method
 from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
-from medcbir.train.pairs import draw_partners, neighbour_table, sequences
+from medcbir.train.pairs import PositionPartners, draw_partners, neighbour_table, sequences
 from medcbir.train.views import ArchiveAugment, BatchAugment, make_views, parse_views
 
 AUGMENTS = ("standard", "archive")
@@ -58,7 +62,7 @@ WEIGHT_DECAY = 1e-4
 # Fields that must match for --resume to continue the same run.
 RESUME_KEYS = (
     "method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "crop_scale",
-    "labels_holdout", "crop", "fov_mm", "pooling", "augment", "neighbour_mm", "neighbour_p",
+    "labels_holdout", "crop", "fov_mm", "pooling", "augment", "neighbour_mm", "neighbour_p", "position_delta", "position_p",
 )
 
 
@@ -86,6 +90,11 @@ class TrainConfig:
         neighbour_mm: > 0: with probability ``neighbour_p`` a view's partner is another slice of
             the same series within this many mm (:mod:`medcbir.train.pairs`); 0 = off.
         neighbour_p: probability of a neighbour-slice positive.
+        position_delta: > 0: with probability ``position_p`` a view's partner is a slice of
+            another series in the same plane at the same relative position (within this
+            fraction of the series' extent): positional positives across patients
+            (:class:`~medcbir.train.pairs.PositionPartners`); 0 = off.
+        position_p: probability of a positional positive.
         labels: ``labels.csv`` for the held-out retrieval monitor (held-out patients are not
             trained on).
         holdout: fraction of patients held out when ``labels`` is given.
@@ -118,6 +127,8 @@ class TrainConfig:
     augment: str = "standard"
     neighbour_mm: float = 0.0
     neighbour_p: float = 0.5
+    position_delta: float = 0.0
+    position_p: float = 0.5
     labels: str | Path | None = None
     holdout: float = 0.25
     resume: bool = False
@@ -157,6 +168,8 @@ class TrainConfig:
             "augment": self.augment,
             "neighbour_mm": float(self.neighbour_mm),
             "neighbour_p": float(self.neighbour_p),
+            "position_delta": float(self.position_delta),
+            "position_p": float(self.position_p),
         }
 
 
@@ -251,6 +264,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ConfigError(f"unknown --augment {config.augment!r}; choose one of {', '.join(AUGMENTS)}")
     if config.neighbour_mm < 0 or not 0 <= config.neighbour_p <= 1:
         raise ConfigError("--neighbour-mm must be ≥ 0 and --neighbour-p in [0, 1]")
+    if not 0 <= config.position_delta <= 1 or not 0 <= config.position_p <= 1:
+        raise ConfigError("--position-delta and --position-p must be in [0, 1]")
     if config.base_lr() <= 0:
         raise ConfigError(f"--lr must be > 0, not {config.base_lr()}")
 
@@ -371,6 +386,20 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     steps_per_epoch = max(1, len(units) // batch)  # drop the last partial batch: BN and contrastive losses want full ones
     total_steps = steps_per_epoch * config.epochs
     neighbours = neighbour_table(data.series, data.position, config.neighbour_mm) if config.neighbour_mm > 0 and not run_length else None
+    positional = None
+    if config.position_delta > 0 and not run_length:
+        in_train = np.zeros(len(data), dtype=bool)
+        in_train[train_idx] = True
+        plane = data.plane if data.plane is not None else np.full(len(data), "", dtype=object)
+        positional = PositionPartners(data.series, data.position, plane, config.position_delta, allowed=in_train)
+        if positional.coverage() == 0:
+            # An archive of single images (radiographs, key images) has no series to match across:
+            # train on the augmented views alone rather than refuse.
+            log.warning(
+                "positional positives are off: no training slice has a partner (they need at least two series "
+                "in one plane with ImageOrientationPatient and three or more positioned slices each)"
+            )
+            positional = None
 
     seed_everything(config.seed)
     arch = make_arch(config.backbone, preprocessing.channels, config.pooling)
@@ -414,9 +443,14 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
             picked = torch.from_numpy(np.asarray(units))[order[step * batch : (step + 1) * batch]]
             idx = picked.reshape(-1)  # runs flatten run-major for seqsort
             hu = data.pixels(idx).to(device.torch, non_blocking=True)
-            if neighbours is not None:
+            if neighbours is not None or positional is not None:
                 rng = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) * 100_019 + step)
-                partner = draw_partners(idx, neighbours, config.neighbour_p, rng)
+                partner = draw_partners(idx, neighbours, config.neighbour_p, rng) if neighbours is not None else idx
+                if positional is not None:
+                    partner = positional.draw(idx, config.position_p, rng, current=partner)
+                    # Every pair of views at the same anatomy in the batch is a positive
+                    # (for the losses that take several positives per anchor).
+                    method.batch_positives = positional.positive_mask(torch.cat([idx, partner]))
                 images = [hu, data.pixels(partner).to(device.torch, non_blocking=True)]
                 batch_views = make_views(images, [view_ranges[0][idx], view_ranges[-1][partner]], augment, [inverted[idx], inverted[partner]])
             else:

@@ -8,7 +8,7 @@ import pytest
 
 from medcbir.cli.main import main
 
-BASELINE_NAMES = ["thumbnail:8", "thumbnail:16", "thumbnail:32", "random"]
+BASELINE_NAMES = ["thumbnail:8", "thumbnail:16", "thumbnail:32", "random", "classic"]
 METRICS = ("map_at_k", "ap_at_k", "precision_at_k", "knn_accuracy", "n_queries")
 
 

@@ -147,3 +147,13 @@ def test_control_variates_need_drawn_masks():
         relax_full(enc, torch.rand(1, 1, 16, 16), masks=torch.rand(4, 16, 16), control_variates=True)
     with pytest.raises(ConfigError, match="sampling"):
         relax_full(enc, torch.rand(1, 1, 16, 16), n_masks=4, sampling="halton")
+
+
+@pytest.mark.parametrize("grid, shape", [(2, (16, 16)), (3, (20, 13)), (4, (31, 32)), (7, (40, 36))])
+def test_cell_weights_box_average_equals_rendering_every_shift(grid, shape):
+    from medcbir.explain.masks import cell_weights_enumerated
+
+    fast = cell_weights(grid, shape)
+    assert fast.shape == (grid * grid, *shape) and fast.dtype == torch.float64
+    np.testing.assert_allclose(fast.numpy(), cell_weights_enumerated(grid, shape).numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fast.sum(0).numpy(), 1.0, atol=1e-6)  # every pixel's weights sum to 1

@@ -32,13 +32,13 @@ def _oracle_fingerprint(arch: dict, preprocessing: dict, state: dict) -> str:
     return h.hexdigest()
 
 
-def test_default_encoder_is_deterministic_cached_and_normalised(tmp_path, monkeypatch):
+def test_previous_default_is_deterministic_cached_and_normalised(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "a"))
-    first = load_encoder(DEFAULT_ENCODER)
+    first = load_encoder("default-v2")
     assert (tmp_path / "a" / "default-encoder-v2.pt").is_file()
     monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "b"))
     rng_before = torch.get_rng_state()
-    second = load_encoder("default")
+    second = load_encoder("default-v2")
     assert torch.equal(rng_before, torch.get_rng_state()), "creating the default must not move the global RNG"
     assert first.fingerprint == second.fingerprint
     for (k, a), (_, b) in zip(first.backbone.state_dict().items(), second.backbone.state_dict().items()):
@@ -54,13 +54,33 @@ def test_default_encoder_is_deterministic_cached_and_normalised(tmp_path, monkey
     assert first.feature_layer in (getattr(first.backbone, "layer4", None), getattr(getattr(first.backbone, "net", None), "layer4", None))
     assert first.fingerprint == _oracle_fingerprint(first.arch, first.preprocessing.to_dict(), first.backbone.state_dict())
     # A cached file is read back as is.
-    cached = load_encoder("default")
+    cached = load_encoder("default-v2")
     assert cached.fingerprint == second.fingerprint
     x = torch.rand(3, 1, 224, 224)
     with torch.no_grad():
         y = first(x)
     assert y.shape == (3, first.dim)
     np.testing.assert_allclose(y.norm(dim=1).numpy(), 1.0, atol=1e-5)
+
+
+def test_default_is_the_classic_descriptor_with_the_default_preprocessing():
+    from medcbir.train import default_preprocessing
+
+    enc = load_encoder(DEFAULT_ENCODER)
+    assert enc.arch["backbone"] == "classic" and enc.preprocessing == default_preprocessing()
+    assert enc.preprocessing.policies[0].window_for("MR") == "robust"
+    assert enc.fingerprint == load_encoder("classic").fingerprint
+    assert enc.fingerprint != load_encoder("default-v2").fingerprint
+
+
+def test_an_index_built_with_an_earlier_default_opens_with_it():
+    from medcbir.train.encoder import open_for_index
+
+    for earlier in ("default-v2", "default-v1"):
+        fingerprint = load_encoder(earlier).fingerprint
+        assert open_for_index("default", fingerprint, Device.cpu()).fingerprint == fingerprint
+    today = load_encoder("default").fingerprint
+    assert open_for_index("default", today, Device.cpu()).fingerprint == today
 
 
 def test_fingerprint_covers_weights_and_preprocessing():

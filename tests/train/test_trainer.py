@@ -18,7 +18,7 @@ from .conftest import SMALL_HEADS
 
 
 def _config(archive, out, cache, method, **kw):
-    options = {"simsiam": SMALL_HEADS, "moco": {"proj_dim": 32, "queue_size": 64}, "seqsort": {"length": 3, "hidden": 32}}[method]
+    options = {"simsiam": SMALL_HEADS, "moco": {"proj_dim": 32, "queue_size": 64}, "seqsort": {"length": 3, "hidden": 32}, "simclr": {"proj_dim": 32}}[method]
     base = dict(
         archive=archive,
         out=out,
@@ -45,8 +45,9 @@ def _config(archive, out, cache, method, **kw):
 # from a per-step generator) take their own data paths, so they are resumed here too.
 @pytest.mark.parametrize(
     "method, extra",
-    [("simsiam", {}), ("seqsort", {"views": None}), ("simsiam", {"augment": "archive", "neighbour_mm": 12.0})],
-    ids=["simsiam", "seqsort", "simsiam-archive-neighbours"],
+    [("simsiam", {}), ("seqsort", {"views": None}), ("simsiam", {"augment": "archive", "neighbour_mm": 12.0}),
+     ("simclr", {"views": None, "augment": "archive", "position_delta": 0.05, "position_p": 1.0})],
+    ids=["simsiam", "seqsort", "simsiam-archive-neighbours", "simclr-positional"],
 )
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(method, extra, phantom_archive, tmp_path):
     cache = tmp_path / "hu.h5"

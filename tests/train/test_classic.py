@@ -1,0 +1,96 @@
+"""Classical descriptors as encoders: HOG and thumbnail + HOG (the ``classic`` built-in)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medcbir.train.classic import ClassicDescriptor, GradientHistogram, hog_dim
+from medcbir.train.encoder import builtin_encoder, feature_layer, is_builtin
+
+
+def test_a_vertical_edge_votes_in_the_horizontal_gradient_bin():
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 16:] = 1.0  # a vertical edge: the gradient points along +x (orientation 0)
+    hog = GradientHistogram(size=32, cell=8, bins=9)
+    votes = {}
+    hog.features.register_forward_hook(lambda m, i, o: votes.setdefault("cells", o.detach()))
+    out = hog(x)
+    cells = votes["cells"][0]  # bins × 4 × 4
+    assert out.shape == (1, hog_dim(32, 8, 9))
+    per_bin = cells.sum((1, 2))
+    # orientation 0 lies between the centres of bins 8 (170°) and 0 (10°): split half and half
+    assert per_bin[0] == pytest.approx(per_bin[8].item(), rel=1e-5)
+    assert per_bin[1:8].abs().max() < 1e-4 * per_bin[0]
+    # the edge's two columns of pixels fall in the cells of column 1 (x = 8..15) and 2 (x = 16..23)
+    assert cells[:, :, (0, 3)].abs().max() < 1e-4 * cells.max()
+
+
+def test_hog_ignores_intensity_scale_and_offset():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 128, 128)
+    hog = GradientHistogram()
+    ref = hog(x)
+    torch.testing.assert_close(hog(3.0 * x + 0.5), ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(hog(x.flip(-1)), ref)
+
+
+def test_blocks_are_unit_length_after_clipping():
+    torch.manual_seed(1)
+    out = GradientHistogram(size=64, cell=16, bins=9)(torch.rand(1, 1, 64, 64))
+    blocks = out.reshape(1, 3, 3, 36)
+    torch.testing.assert_close(blocks.norm(dim=-1), torch.ones(1, 3, 3), atol=1e-4, rtol=0)
+    # L2-Hys: clipped at 0.2 then renormalised, so no entry exceeds 0.2 by more than the renormalisation
+    assert float(blocks.max()) <= 0.2 / math.sqrt(0.2**2 * 1) + 1e-6
+
+
+def test_classic_is_the_mean_of_thumbnail_and_hog_cosines():
+    torch.manual_seed(2)
+    a, b = torch.rand(1, 1, 224, 224), torch.rand(1, 1, 224, 224)
+    classic = ClassicDescriptor()
+    ea, eb = classic(a), classic(b)
+    thumb = lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1)  # noqa: E731
+    hog = GradientHistogram()
+    cos = lambda u, v: torch.nn.functional.cosine_similarity(u, v).item()  # noqa: E731
+    assert float(ea.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert cos(ea, eb) == pytest.approx(0.5 * (cos(thumb(a), thumb(b)) + cos(hog(a), hog(b))), abs=1e-5)
+
+
+def test_builtin_names_and_gradients_reach_the_input():
+    for name in ("classic", "hog"):
+        assert is_builtin(name)
+        enc = builtin_encoder(name)
+        assert enc.arch["backbone"] == name and enc.dim == enc.arch["dim"]
+        x = torch.rand(2, 1, 224, 224, requires_grad=True)
+        y = enc(x)
+        assert y.shape == (2, enc.dim)
+        y[:, :5].sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert feature_layer(enc.backbone) is enc.backbone.features
+    assert builtin_encoder("classic").fingerprint == builtin_encoder("classic").fingerprint
+    assert builtin_encoder("classic").fingerprint != builtin_encoder("hog").fingerprint
+
+
+def test_area_matrix_is_area_resampling():
+    from medcbir.train.classic import area_matrix
+
+    torch.manual_seed(3)
+    x = torch.rand(1, 1, 64, 64)
+    a = area_matrix(64, 16)
+    torch.testing.assert_close(a @ x @ a.t(), torch.nn.functional.interpolate(x, size=16, mode="area"))
+    # non-integer ratios keep the mean and map a constant to itself
+    b = area_matrix(224, 128)
+    torch.testing.assert_close(b.sum(1), torch.ones(128))
+    torch.testing.assert_close((b @ x.new_ones(224, 224) @ b.t()), torch.ones(128, 128))
+
+
+def test_classic_exports_to_onnx_with_parity(tmp_path):
+    from medcbir.train.encoder import save_checkpoint
+    from medcbir.train.onnx_export import export_onnx
+
+    checkpoint = save_checkpoint(tmp_path / "classic.pt", builtin_encoder("default"))
+    report = export_onnx(checkpoint, tmp_path / "classic.onnx")
+    assert report.dim == builtin_encoder("default").dim and report.max_abs_diff < 1e-4
