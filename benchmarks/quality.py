@@ -185,6 +185,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--neighbour-mm", type=float, default=10.0)
+    ap.add_argument("--record-as", default="quality", help="section name in RESULTS.md (e.g. quality_epochs for a fixed-epoch run)")
     ap.add_argument("--position-delta", type=float, default=0.05, help="relative-position tolerance of the recipe's positional positives")
     ap.add_argument("--budget-min", type=float, default=20.0, help="wall-clock minutes per training row")
     ap.add_argument("--max-epochs", type=int, default=200)
@@ -257,9 +258,9 @@ def main() -> None:
         print(label, seed, f"{len(curve)} epochs", json.dumps({k: round(v["map_at_k"], 3) for k, v in final.items() if not k.startswith("relax_rr")}), final.get("relax_rr"), flush=True)
 
     data = {"args": vars(args), "baselines": baselines, "trained": trained, "cross_check": cross_check, "seconds": round(time.time() - t_start, 1), "load_avg": os.getloadavg()}
-    plot = Path(__file__).resolve().parent / "results" / "quality.png"
+    plot = Path(__file__).resolve().parent / "results" / f"{args.record_as}.png"
     _plot(trained, baselines, plot)
-    _results.record("quality", data, _markdown(data), "`.venv/bin/python benchmarks/quality.py " + " ".join(sys.argv[1:]) + "`")
+    _results.record(args.record_as, data, _markdown(data), "`.venv/bin/python benchmarks/quality.py " + " ".join(sys.argv[1:]) + "`")
 
 
 def _plot(trained, baselines, path: Path) -> None:
