@@ -342,7 +342,7 @@ def _markdown(data: dict) -> str:
     lines.append(lines_rr)
     cc = data["cross_check"]
     lines.append(f"Scorer cross-check: thumbnail:16 MAP@5 {cc['in_memory_map_at_k']:.4f} in memory vs {cc['engine_map_at_k']:.4f} through a real index and `evaluate`.")
-    lines.append("Plot: `benchmarks/results/quality.png` (test MAP@5 per epoch; baselines dashed).")
+    lines.append(f"Plot: `benchmarks/results/{args.get('record_as', 'quality')}.png` (test MAP@5 per epoch; baselines dashed).")
     return "\n".join(lines)
 
 

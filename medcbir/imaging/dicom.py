@@ -426,14 +426,21 @@ def _orientation(ds, index: int) -> np.ndarray | None:
 PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}
 
 
+def _slice_normal(ds, index: int) -> np.ndarray | None:
+    """The unit slice normal (row × column direction cosines), or None without ImageOrientationPatient."""
+    cosines = _orientation(ds, index)
+    if cosines is None:
+        return None
+    normal = np.cross(cosines[0], cosines[1])
+    return normal / max(np.linalg.norm(normal), 1e-12)
+
+
 def _slice_plane(ds, index: int) -> str:
     """``axial``, ``coronal`` or ``sagittal`` (the patient axis the normal is closest to, within
     about 35°), ``oblique`` otherwise, ``""`` without ImageOrientationPatient."""
-    cosines = _orientation(ds, index)
-    if cosines is None:
+    normal = _slice_normal(ds, index)
+    if normal is None:
         return ""
-    normal = np.cross(cosines[0], cosines[1])
-    normal = normal / max(np.linalg.norm(normal), 1e-12)
     axis = int(np.argmax(np.abs(normal)))
     return PLANES[axis] if abs(normal[axis]) >= 0.8 else "oblique"
 
@@ -452,11 +459,9 @@ def _slice_position(ds, index: int) -> float:
         xyz = np.array([_float(position[i]) for i in range(3)], dtype=np.float64)
     except (TypeError, IndexError):
         return math.nan
-    cosines = _orientation(ds, index)
-    if cosines is None:
+    normal = _slice_normal(ds, index)
+    if normal is None:
         return float(xyz[2])
-    normal = np.cross(cosines[0], cosines[1])
-    normal = normal / max(np.linalg.norm(normal), 1e-12)
     # The sign of the normal follows the dominant axis, so an axial slice keeps its z.
     axis = int(np.argmax(np.abs(normal)))
     return float(np.dot(xyz, normal) * np.sign(normal[axis]))
