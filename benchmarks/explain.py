@@ -342,7 +342,7 @@ def part_224(n_ref: int, peer_masks: int, peer_runs: int, reference_cache, rows_
         cli = cli_seconds(Path(tmp) / "index", query) if with_cli else None
         if cli is not None:
             print(f"`medcbir explain` process: {cli:.1f} s", flush=True)
-    return {"encoder": "default (resnet18, GeM, body crop, random init seed 0, 1×224×224)", "images_explained": 1 + K,
+    return {"encoder": f"default = {engine.encoder.arch.get('name', engine.encoder.arch.get('backbone', '?'))} ({engine.encoder!r})", "images_explained": 1 + K,
             "defaults": user_options(), "defaults_resolved": list(resolve_backend(user_options()["backend"], user_options().get("precision"))),
             "reference_masks": n_ref, "reference_seconds": t_ref, "onnx_export_seconds_once": export_seconds, "per_forward_seconds": cost,
             "peer": {"name": "relax-xai 0.0.5", "seconds": t_peer, "runs_seconds": t_peer_runs, "images": 1, "masks": n_ref, "masks_timed": peer_masks,
@@ -417,7 +417,7 @@ def markdown_224(d: dict, load: list, nice: int) -> str:
     cost = ", ".join(f"{k} {v * 1000:.1f}" for k, v in d["per_forward_seconds"].items())
     cli = f"The `medcbir explain` process itself (Python start-up, imports, opening the index, search, explain): {d['cli_process_seconds']:.1f} s.\n" if d.get("cli_process_seconds") else ""
     return f"""
-The default encoder (`default`: ResNet-18, GeM, body crop, 224 px, random init seed 0) on a phantom archive: the query
+The default encoder ({d['encoder']}) on a phantom archive: the query
 **and its {K} neighbours** explained through the user path (`explain_search` with exactly the options given; the
 defaults row passes `relax_options()`, what `medcbir explain` and the plugin pass when the user gives none), against
 relax-xai 0.0.5 explaining **one** image with {peer['masks']} masks (eager fp32, timed on {peer['masks_timed']} masks and

@@ -45,6 +45,11 @@ def module_device(module: nn.Module, default: str | torch.device = "cpu") -> tor
     return torch.device(default)
 
 
+# Bumped when the exported graph of the same weights changes (2: the classic descriptor's atan2 no longer
+# exports NaN on flat regions), so that an export cached by an earlier version is not reused.
+EXPORT_VERSION = 2
+
+
 def weights_key(module: nn.Module) -> str:
     """A key that changes whenever the weights do (the encoder's fingerprint when it has one)."""
     fingerprint = getattr(module, "fingerprint", None)
@@ -252,7 +257,7 @@ def onnx_forward(module: nn.Module, shape: tuple[int, int, int], int8: bool = Fa
     key = (weights_key(module) if session is None else str(onnx_encoder.fingerprint), name)
     if key not in _SESSIONS:
         folder = _cache_folder()
-        base = folder / f"{key[0][:32]}-{'x'.join(map(str, shape))}.onnx"
+        base = folder / f"{key[0][:32]}-{'x'.join(map(str, shape))}-e{EXPORT_VERSION}.onnx"
         if session is not None:
             base = Path(onnx_encoder.source)
         elif not base.is_file():
@@ -260,7 +265,7 @@ def onnx_forward(module: nn.Module, shape: tuple[int, int, int], int8: bool = Fa
             export_for_forwards(cpu_copy, shape, base)
         path = base
         if int8:
-            path = folder / f"{key[0][:32]}-{'x'.join(map(str, shape))}.int8.onnx"
+            path = folder / f"{key[0][:32]}-{'x'.join(map(str, shape))}-e{EXPORT_VERSION}.int8.onnx"
             if not path.is_file():
                 quantize_int8(base, path)
         _SESSIONS[key] = _session(path, providers)

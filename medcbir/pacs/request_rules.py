@@ -24,8 +24,10 @@ import re
 ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
 EXCLUDE = ("none", "same-patient", "same-study")
 FORMATS = ("png", "html", "json")
+# every method of medcbir.explain.METHODS (tests/pacs keep the two equal); spelled out here so that
+# validating a request does not import torch
 METHODS = ("relax", "gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion",
-           "clustered_cam", "ablation_cam")
+           "clustered_cam", "ablation_cam", "gradient", "guided_backprop", "smoothgrad_ig", "wildcat")
 MODALITY = re.compile(r"[A-Z0-9_]{1,16}")  # a DICOM CS value (Modality is at most 16 chars)
 
 

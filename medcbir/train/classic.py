@@ -84,7 +84,10 @@ class GradientHistogram(nn.Module):
         grad = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel.float())
         gx, gy = grad[:, 0], grad[:, 1]
         magnitude = torch.sqrt(gx * gx + gy * gy + 1e-12)
-        angle = torch.remainder(torch.atan2(gy, gx), math.pi)  # unsigned orientation
+        # atan2(0, 0) is 0 in torch but NaN once exported to ONNX (y / x), and a NaN orientation becomes an
+        # out-of-range bin index; x = 1 where both are zero gives torch's own answer, 0, on every runtime
+        flat = (gx == 0) & (gy == 0)
+        angle = torch.remainder(torch.atan2(gy, torch.where(flat, torch.ones_like(gx), gx)), math.pi)  # unsigned orientation
         position = angle / (math.pi / self.bins) - 0.5  # bin centres at (k + 0.5)·π/bins
         lower = torch.floor(position)
         upper_weight = position - lower

@@ -270,3 +270,17 @@ def test_explain_skips_a_neighbour_deleted_behind_the_index(server, pacs_archive
     assert all(instance not in n.meta["source"] for n in got)
     assert [n.rank for n in got] == [1, 2, 3]                  # the next neighbour took its place
     assert [n.id for n in got] == [n.id for n in row[1:]] + [got[2].id] and got[2].id not in {n.id for n in row}
+
+
+def test_the_plugin_accepts_every_explanation_method():
+    # request_rules spells the methods out (validating a request must not import torch); it must
+    # list exactly medcbir.explain's methods, so a method added there is reachable from the plugin
+    from medcbir.explain import METHODS as EXPLAIN_METHODS
+    from medcbir.pacs.request_rules import METHODS, BadRequest, check_request
+
+    assert sorted(METHODS) == sorted(EXPLAIN_METHODS)
+    ok = "0123abcd-0123abcd-0123abcd-0123abcd-0123abcd"
+    for method in ("wildcat", "gradient", "guided_backprop", "smoothgrad_ig"):
+        assert check_request("explain", {"instance": ok, "method": method}, {})["method"] == method
+    with pytest.raises(BadRequest, match="method"):
+        check_request("explain", {"instance": ok, "method": "lime"}, {})
