@@ -14,7 +14,13 @@ same Hounsfield-window views and the same kornia augmentations, same machine, on
 Also the augmentation alone, batched vs per sample, which isolates the pipeline from the
 model. Writes ``benchmarks/results/train.json`` and its RESULTS.md section.
 
+``--precision-compare`` (section ``train_precision``, issue 10 item 4): the training step of the
+default recipe (SimCLR, ResNet-18) at 128 px in fp32 eager (the peer: NCHW tensors, no autocast, a
+plain PyTorch loop) vs ours (``train_step``: channels-last views, bf16 autocast), and ``medcbir
+train`` end to end in each precision against that step floor, same run.
+
 Run: ``.venv/bin/python benchmarks/train.py [--size 128 --batch 32 --threads 1]``
+     ``.venv/bin/python benchmarks/train.py --precision-compare [--size 128 --batch 64]``
 """
 
 from __future__ import annotations
@@ -111,8 +117,93 @@ def augment_only(data, views, size: int, batch: int, repeats: int = 3) -> tuple[
     return batched, per_sample
 
 
+def eager_fp32_step(method, views, optimizer) -> float:
+    """The peer: the textbook PyTorch step (NCHW, fp32, no autocast)."""
+    loss = method([v.contiguous() for v in views])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def step_rate(kind: str, data, config, steps: int, repeats: int) -> float:
+    """Images/s of the training step alone on fixed augmented views (best of ``repeats`` timings)."""
+    from medcbir.recipe import RECIPE
+    from medcbir.train.views import parse_views
+
+    torch.manual_seed(0)
+    method = build_method(RECIPE["method"], build_backbone("resnet18"), 512, proj_dim=128).train()
+    device = Device(torch="cpu", precision="bf16" if kind == "bf16" else "fp32")
+    optimizer, scheduler, scaler = make_optimizer(method, config, (steps + 1) * repeats + 1, device)
+    views = make_views(data.pixels()[: config.batch_size], parse_views(config.views), BatchAugment(config.size))
+    step = (lambda: eager_fp32_step(method, views, optimizer)) if kind == "eager" else (
+        lambda: train_step(method, views, optimizer, scheduler, scaler, device))
+    step()  # warm-up (oneDNN primitive creation)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = max(best, steps * config.batch_size / (time.perf_counter() - t0))
+    return best
+
+
+def precision_compare(args) -> None:
+    """fp32 eager vs bf16 + channels-last training step, and `medcbir train` in each (section train_precision)."""
+    from medcbir.explain.forward import native_bf16
+    from medcbir.imaging.phantom import make_archive
+    from medcbir.recipe import RECIPE
+
+    with tempfile.TemporaryDirectory(prefix="medcbir-bench-train-") as tmp:
+        archive = Path(tmp) / "archive"
+        make_archive(archive, patients=args.patients, slices=args.slices, seed=11, size=256)
+        base = dict(archive=archive, epochs=args.epochs, batch_size=args.batch, size=args.size, progress=False, seed=0, workers=1,
+                    lr=0.2, method_options={"proj_dim": 128}, **RECIPE)
+        config = TrainConfig(out=Path(tmp) / "probe.pt", device=Device(torch="cpu", precision="fp32"), **base)
+        data = load_hu_dataset(archive, args.size, default_cache_path(config.out, args.size), workers=0)
+        steps = max(2, min(6, len(data) // args.batch))
+        rates = {}
+        for kind in ("eager", "fp32", "bf16", "eager", "bf16"):  # interleaved: drift in load hits both
+            rates.setdefault(kind, []).append(step_rate(kind, data, config, steps, 2))
+            print(kind, round(rates[kind][-1], 1), flush=True)
+        ends = {}
+        for precision in ("fp32", "bf16"):
+            summary = train(TrainConfig(out=Path(tmp) / f"enc-{precision}.pt", device=Device(torch="cpu", precision=precision), **base))
+            ends[precision] = summary.history[-1]["images_per_s"]
+            print("train", precision, round(ends[precision], 1), flush=True)
+    step = {k: max(v) for k, v in rates.items()}
+    ratio = step["bf16"] / step["eager"]
+    import os
+
+    load = os.getloadavg()
+    results = {"size": args.size, "batch": args.batch, "images": len(data), "epochs": args.epochs, "method": RECIPE["method"],
+               "threads": torch.get_num_threads(), "native_bf16": native_bf16(), "step_images_per_s": step, "step_runs": rates,
+               "train_images_per_s": ends, "ratio_bf16_vs_fp32_eager": ratio, "goal": 1.8, "load_average_end": load}
+    verdict = "**met**" if ratio >= 1.8 else f"**missed** by {1.8 - ratio:.2f}×"
+    markdown = f"""The default recipe's training step (SimCLR, MONAI ResNet-18, projection 128), {args.size} px, batch {args.batch}, on fixed
+augmented views of phantom slices, {torch.get_num_threads()} torch threads, CPU with native bf16: {'yes' if native_bf16() else 'no'}; each figure the best of
+its timings (interleaved eager, fp32, bf16, eager, bf16; {steps} steps each). Then `medcbir train` end to end ({args.epochs} epochs on
+{len(data)} slices: HU cache, batched archive augmentations, positional positives) in each precision; images/s of its last epoch.
+Load average at the end: {load[0]:.1f}.
+
+| training step | images/s | × fp32 eager |
+|---|---:|---:|
+| peer: fp32 eager (NCHW, no autocast) | {step['eager']:.1f} | 1.00 |
+| `train_step`, fp32 (channels-last views) | {step['fp32']:.1f} | {step['fp32'] / step['eager']:.2f} |
+| **`train_step`, bf16 autocast + channels-last** | {step['bf16']:.1f} | **{ratio:.2f}** |
+| `medcbir train --precision fp32`, end to end | {ends['fp32']:.1f} | {ends['fp32'] / step['eager']:.2f} |
+| `medcbir train --precision bf16`, end to end | {ends['bf16']:.1f} | {ends['bf16'] / step['eager']:.2f} (of its bf16 step floor: {100 * ends['bf16'] / step['bf16']:.0f} %) |
+
+Goal (issue 10): bf16 + channels-last step ≥ 1.8× the fp32 eager step at 128 px: {verdict} ({ratio:.2f}×).
+"""
+    command = f".venv/bin/python benchmarks/train.py --precision-compare --size {args.size} --batch {args.batch} --epochs {args.epochs}"
+    _results.record("train_precision", results, markdown, command)
+    print(markdown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision-compare", action="store_true", help="fp32 eager vs bf16 + channels-last (section train_precision)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--patients", type=int, default=4)
@@ -122,6 +213,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.precision_compare:
+        return precision_compare(args)
     device = Device.auto()
     from medcbir.imaging.phantom import make_archive
 

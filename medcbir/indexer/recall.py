@@ -109,10 +109,21 @@ class Choice:
         }
 
 
-def query_rows(n: int, queries: int = QUERIES, seed: int = 0) -> np.ndarray:
-    """Sorted rows of ``n`` vectors used as queries (all of them when ``n`` ≤ ``queries``)."""
+def query_rows(n: int, queries: int = QUERIES, seed: int = 0, recent_from: int | None = None) -> np.ndarray:
+    """Sorted rows of ``n`` vectors used as queries (all of them when ``n`` ≤ ``queries``).
+
+    With ``recent_from`` (rows ≥ it were added since the last measurement), half the queries are
+    drawn from those recent rows and half from all rows: an archive drifts (new scanners, new
+    protocols), new kinds of images land in lists trained before they existed, and a uniform
+    sample, dominated by the old items, would not see the recall they get.
+    """
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=min(n, queries), replace=False))
+    m = min(n, queries)
+    if recent_from is None or not 0 < recent_from < n or m == n:
+        return np.sort(rng.choice(n, size=m, replace=False))
+    recent = rng.choice(np.arange(recent_from, n), size=min(n - recent_from, m // 2), replace=False)
+    rest = np.setdiff1d(np.arange(n), recent, assume_unique=True)
+    return np.sort(np.concatenate([recent, rng.choice(rest, size=m - len(recent), replace=False)]))
 
 
 def drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int = K) -> np.ndarray:

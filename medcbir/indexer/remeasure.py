@@ -4,7 +4,8 @@ Recall falls as an index grows (more items compete for the same top 10, new kind
 pile into lists trained before they existed), so the recall measured at training time does not
 hold for ever. Once the index holds :data:`REMEASURE_GROWTH` × the items it had when recall
 was last measured, the writer measures it again at its close: :data:`~.recall.QUERIES` items
-drawn as queries, their exact top-10 by brute force over every committed vector, and the
+drawn as queries (half of them among the items added since the last measurement, where drift
+shows first), their exact top-10 by brute force over every committed vector, and the
 trained spec's parameter grid up to the first point reaching the target
 (:func:`~.recall.tune_params`). The record's ``at_items`` says when; a measurement below the
 target that is newer than the trained parts makes retraining due
@@ -35,12 +36,14 @@ def due(manifest: dict, growth: float = REMEASURE_GROWTH) -> bool:
     return bool(manifest.get("trained") and record) and int(manifest["next_id"]) >= growth * measured_at(record)
 
 
-def measure_index(index, spec: str, vectors: np.ndarray, target: float):
-    """(best grid point, points measured, queries) of ``index`` holding ``vectors`` (ids = rows):
-    :data:`~.recall.QUERIES` items as queries, exact top-10 by brute force over all of them."""
+def measure_index(index, spec: str, vectors: np.ndarray, target: float, recent_from: int | None = None):
+    """(best grid point, points measured, queries) of ``index`` holding ``vectors`` (ids = rows, in
+    the order they were added): :data:`~.recall.QUERIES` items as queries, half of them among the
+    rows from ``recent_from`` on when given (:func:`~.recall.query_rows`), exact top-10 by brute
+    force over all of them."""
     from medcbir.indexer import recall
 
-    rows = recall.query_rows(len(vectors))
+    rows = recall.query_rows(len(vectors), recent_from=recent_from)
     exact = recall.exact_neighbours(vectors, rows)
     best, tried = recall.tune_params(index, spec, np.ascontiguousarray(vectors[rows]), rows, exact, target)
     return best, tried, len(rows)
@@ -60,7 +63,9 @@ def measure_committed(index_dir: Path, manifest: dict) -> dict:
         n = len(store.ids)
         vectors = np.empty((n, store.dim), dtype=np.float32)
         store._fill(vectors)
-        best, tried, queries = measure_index(store.faiss_index, store.index_spec, vectors, target)
+        # the items added since the last measurement (rows are in commit order) get half the queries
+        recent_from = int(measured.get("items") or 0) or None
+        best, tried, queries = measure_index(store.faiss_index, store.index_spec, vectors, target, recent_from=recent_from)
     finally:
         store.close()
     out = dict(manifest)

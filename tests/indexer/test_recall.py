@@ -158,3 +158,17 @@ def test_choose_stops_at_the_first_grid_point_and_spec_reaching_the_target():
     assert won[-1].recall_at_10 >= 0.95 and all(m.recall_at_10 < 0.95 for m in won[:-1])
     assert won[-1].params == choice.params and choice.recall_at_10 == won[-1].recall_at_10
     assert 0 < choice.train_seconds <= choice.seconds and choice.record()["tuning_seconds"] >= 0
+
+
+def test_remeasure_queries_weight_the_items_added_since_the_last_measurement():
+    rows = recall.query_rows(10_000, 200, seed=3, recent_from=9_000)
+    assert len(rows) == 200 and len(set(rows.tolist())) == 200 and rows.max() < 10_000
+    recent = int((rows >= 9_000).sum())
+    assert recent >= 100  # half drawn among the recent 10 %, plus the uniform half's share
+    assert recent < 200  # the old items are still measured
+    np.testing.assert_array_equal(rows, recall.query_rows(10_000, 200, seed=3, recent_from=9_000))
+    uniform = recall.query_rows(10_000, 200, seed=3)
+    assert int((uniform >= 9_000).sum()) < 50
+    # nothing recent, or fewer items than queries: the plain uniform draw
+    np.testing.assert_array_equal(recall.query_rows(10_000, 200, seed=3, recent_from=10_000), uniform)
+    np.testing.assert_array_equal(recall.query_rows(150, 200, seed=3, recent_from=100), np.arange(150))
