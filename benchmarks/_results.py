@@ -70,6 +70,25 @@ def record(name: str, data: dict, markdown: str, command: str) -> Path:
     return path
 
 
+def rerender(name: str, data: dict, markdown: str) -> Path:
+    """Rewrite ``results/<name>.json``'s results and section text without measuring anything.
+
+    For a benchmark's ``--render``: when, where and with which command the numbers were measured
+    (``measured_at``, ``machine``, ``command``) are kept; ``rendered_at`` says when the text was
+    rebuilt. RESULTS.md is rebuilt.
+    """
+    path = RESULTS_DIR / f"{name}.json"
+    payload = json.loads(path.read_text())
+    payload["results"] = data
+    payload["markdown"] = markdown
+    payload["rendered_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+    rebuild()
+    return path
+
+
 def rebuild() -> None:
     sections = []
     for path in sorted(RESULTS_DIR.glob("*.json")):

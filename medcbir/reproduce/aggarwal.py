@@ -12,7 +12,7 @@ frozen backbone); every map of the positive slices scored against the liver mask
 
 from __future__ import annotations
 
-from medcbir.reproduce.table import Column, Table
+from medcbir.reproduce.table import Claim, Column, Source, Table
 
 TITLE = "Aggarwal et al. — trainable saliency (WILDCAT) vs post-hoc saliency: pointwise localisation and AUPRC"
 CITATION = ("M. Aggarwal, N. Arun, S. Gupta, A. Vaswani, B. Chen, M. Li, K. Chang, J. Patel, K. Hoebel, M. Gidwani, "
@@ -33,6 +33,31 @@ WILDCAT_ROW = "WILDCAT (trainable, paper's)"
 TRIVIAL = ("centre", "intensity", "edges")
 POSITIVE = "liver"
 
+# The paper's figures: only what was read in a retrieved text of the paper, each with its source. Only the
+# abstract was found (no results table), so no cell is quoted.
+REFERENCE = "arXiv:2011.07482 (ML4H at NeurIPS 2020, extended abstract)"
+SOURCES = {
+    "abstract": Source("https://arxiv.org/abs/2011.07482", "abstract", "arXiv abstract page"),
+    "arun": Source("http://medrxiv.org/content/10.1101/2020.07.28.20163899v2.full.txt", "abstract, Results",
+                   "Arun et al., medRxiv v2: the localisation-utility metric's source, a different paper"),
+}
+PAPER_CELLS: dict = {}
+PAPER_SOURCES: dict = {}
+CLAIMS = [
+    Claim("We compare our results with state of the art non-trainable saliency maps on RSNA Pneumonia Dataset and demonstrate a much "
+          "higher localization efficacy using our adopted technique.", "abstract"),
+    Claim("For pneumonia detection, the AUPRC ranged from 0.160-0.519, while a RetinaNet achieved a significantly superior AUPRC of "
+          "0.596 (p<0.005).", "arun", by="Arun et al., eight saliency methods on RSNA pneumonia"),
+]
+PAPER_NOTES = [
+    "Not verified: the paper's per-method pointwise-localisation mAP and AUPRC (its results table was not in any retrieved text; "
+    "the abstract gives no figure). Arun et al.'s range above is another paper's, on chest radiographs with boxes: it is not put in "
+    "any cell.",
+    "Not comparable cell by cell even once looked up: our pointwise localisation is the fraction of a map's 5 strongest maxima "
+    "inside the liver, not the paper's pointwise-localisation mAP; our post-hoc maps explain an embedding, not a pneumonia score; "
+    "the pointing game and the AUPRC margin are our columns.",
+]
+
 
 def empty_table() -> Table:
     return Table(
@@ -42,6 +67,8 @@ def empty_table() -> Table:
                  Column("margin_auprc", "AUPRC margin over best trivial map")],
         rows=list(METHODS),
         extra_rows=[f"trivial: {t}" for t in TRIVIAL],
+        paper_cells=PAPER_CELLS, paper_sources=PAPER_SOURCES, sources=SOURCES, claims=CLAIMS, reference=REFERENCE,
+        paper_notes=list(PAPER_NOTES),
     )
 
 
@@ -114,7 +141,7 @@ def run(ctx, say):
     if WILDCAT_ROW in methods:
         best = max(posthoc, key=lambda r: ours[r]["auprc"] or 0.0)
         verdict = "higher" if (ours[WILDCAT_ROW]["auprc"] or 0) > (ours[best]["auprc"] or 0) else "not higher"
-        table.notes.append(f"Paper's headline (abstract): the trainable WILDCAT maps localise much better than the post-hoc maps. Here WILDCAT's "
+        table.notes.append(f"Paper's headline (abstract, quoted below): the trainable WILDCAT maps localise much better than the post-hoc maps. Here WILDCAT's "
                            f"AUPRC is {verdict} than the best post-hoc map's ({best}).")
         ft = details["finetune"]
         table.notes.append(f"WILDCAT head: {ft['epochs_run']} epoch(s), classes {ft['classes']}, train accuracy {ft['train_accuracy']:.3f}, "

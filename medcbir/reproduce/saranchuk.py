@@ -18,11 +18,25 @@ PAPER_ROW = "MoCo + SmoothGrad (paper)"
 METHODS = {PAPER_ROW: "smoothgrad", "MoCo + Grad-CAM": "gradcam"}
 TRIVIAL = {"trivial: centre": "centre"}
 
+# The paper's figures: only what was read in a retrieved text of the paper, each with its source. No text of
+# this paper was found, so no cell is quoted.
+REFERENCE = ("not identified — medcbir records only a description of this paper (no title, DOI or arXiv id), and searches of "
+             "stored public pages, repositories and issue threads (author, method and metric names) found no text of it")
+PAPER_NOTES = [
+    "No text of this paper was found: every paper cell (Dice per angle, mean, min) is unverified.",
+    "A related work was found but not used: a NeurIPS 2025 workshop paper with A. Saranchuk as co-author (\"Response Patterns to "
+    "Rotation Angle in a Rotation Pretext Task Vary Across Datasets and Architectures\", https://openreview.net/forum?id=85rdlgTS50, "
+    "as described by the README of github.com/paulyan678/rotation-angle-signatures; the paper itself was not read) studies MoCo v2 "
+    "pretrained at fixed rotation angles and a U-Net's Dice against that angle — not SmoothGrad maps under input rotation, so none "
+    "of its figures belongs in this table.",
+]
+
 
 def empty_table(angles) -> Table:
     cols = [Column(f"dice_{a:g}", f"Dice {a:g}°") for a in angles] + [Column("dice_mean", "Dice mean"), Column("dice_min", "Dice min")]
     return Table(paper="saranchuk", title="Dice of the top-|mask| pixels of each map with the rotated liver mask, per rotation angle",
-                 columns=cols, rows=[PAPER_ROW], extra_rows=[r for r in METHODS if r != PAPER_ROW] + list(TRIVIAL))
+                 columns=cols, rows=[PAPER_ROW], extra_rows=[r for r in METHODS if r != PAPER_ROW] + list(TRIVIAL),
+                 reference=REFERENCE, paper_notes=list(PAPER_NOTES))
 
 
 def run(ctx, say):

@@ -56,15 +56,22 @@ def check_outputs(paper: str, out, result: dict) -> dict:
     for col in want.columns:
         assert f"{col.header}" in md and " paper" in md
     for r in table["rows"]:
-        # the paper's cells: its own figures or "see paper"; our extra rows are marked as such
-        for cell in r["paper"].values():
-            assert cell == (SEE_PAPER if r["in_paper"] else NOT_IN_PAPER) or isinstance(cell, (int, float)), cell
+        # the paper's cells: its own figures (each with a source) or "see paper"; our extra rows are marked as such
+        for key, cell in r["paper"].items():
+            if cell == (SEE_PAPER if r["in_paper"] else NOT_IN_PAPER):
+                assert r["paper_source"][key] is None
+                continue
+            assert r["in_paper"] and isinstance(cell, (int, float, str)), (r["row"], key, cell)
+            source = table["paper_sources"][r["paper_source"][key]]
+            assert source["url"].startswith(("http://", "https://")) and source["where"], (r["row"], key, source)
         if r["in_paper"]:
             assert any(v is not None for v in r["ours"].values()), f"no number of ours in row {r['row']!r}"
             for v in r["ours"].values():
                 assert v is None or isinstance(v, (int, float)), v
+    assert table["reference"] and table["paper_unverified"] == want.unverified()
     readme = (out / "README.md").read_text()
     assert "What differs from the paper" in readme and "phantom" in readme and "min of wall time" in readme
+    assert "Paper cells:" in readme and (not want.unverified() or want.reference in readme)  # which figures are unverified, where to look
     return table
 
 
