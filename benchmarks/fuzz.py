@@ -70,7 +70,14 @@ def run(files: int, workers: int, timeout: float, seed: int) -> dict:
             walk_error, report = f"{type(exc).__name__}: {exc}".splitlines()[0], None
         walk_s = time.monotonic() - t0
         lines = [line.split("\t") for line in quarantine.read_text().splitlines()] if quarantine.is_file() else []
-        died = sum(1 for f in lines if len(f) > 2 and "decoder process died" in f[2])
+        deaths = [f for f in lines if len(f) > 2 and "decoder process died" in f[2]]
+        died = len(deaths)
+        # keep what killed a decoder, to reproduce it (benchmarks/work is not committed)
+        keep = HERE / "work" / "fuzz-deaths"
+        for f in deaths:
+            keep.mkdir(parents=True, exist_ok=True)
+            if Path(f[0]).is_file():
+                shutil.copy(f[0], keep / Path(f[0]).name)
         timed_out = [Path(f[0]) for f in lines if len(f) > 1 and f[1] == "timeout"]
         hangs = _confirmed_hangs(timed_out, work / "again", timeout * 12) if timed_out else 0
         skipped = dict(report.skipped) if report else {}
@@ -80,7 +87,8 @@ def run(files: int, workers: int, timeout: float, seed: int) -> dict:
             "files": files, "workers": workers, "timeout_s": timeout, "seed": seed,
             "decoded_files": decoded_files, "items": items, "skipped": skipped,
             "crashes": int(bool(walk_error)) + bad_items + died, "walk_error": walk_error, "bad_items": bad_items,
-            "decoder_deaths": died, "timeouts_in_walk": len(timed_out), "hangs": hangs, "every_file_accounted": bool(accounted),
+            "decoder_deaths": died, "deaths": [{"file": Path(f[0]).name, "detail": f[2]} for f in deaths],
+            "timeouts_in_walk": len(timed_out), "hangs": hangs, "every_file_accounted": bool(accounted),
             "unknown_reasons": sorted(set(skipped) - set(SKIP_REASONS)), "make_s": make_s, "walk_s": walk_s,
             "files_per_s": files / walk_s if walk_s else 0.0,
         }
@@ -119,7 +127,8 @@ def markdown(r: dict, load: str) -> str:
         f"| skipped | {skipped} |",
         f"| walk time | {r['walk_s']:.0f} s ({r['files_per_s']:.0f} files/s) |",
         f"| **0 crashes, 0 hangs** | **{'met' if ok else 'missed'}** |",
-    ])
+    ] + ([""] + [f"Decoder died on `{d['file']}`: {d['detail']} (the walk replaced the process and went on; the file is kept "
+                  "in `benchmarks/work/fuzz-deaths/`)." for d in r.get("deaths", [])] if r.get("deaths") else []))
 
 
 def main(argv: list[str] | None = None) -> int:

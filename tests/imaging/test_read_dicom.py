@@ -225,3 +225,33 @@ def test_skipfile_pickles():
 def test_item_is_dataclass_with_documented_fields():
     item = Item(meta=ItemMeta(sop_instance_uid="1.2"), pixels=np.zeros((2, 2), np.float32))
     assert item.voi is None and item.inverted is False
+
+
+def test_a_corrupt_jpeg2000_stream_is_skipped_not_fatal(tmp_path):
+    # A mutated JPEG 2000 file from benchmarks/fuzz.py: GDCM's decoder aborts the whole process on
+    # it (std::terminate), so GDCM is only a last resort; read in a child process, because the
+    # failure this guards against kills the process that reads the file.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "j2k-gdcm-aborts.dcm"
+    code = (
+        "import sys\n"
+        "from medcbir.imaging import SkipFile, read_dicom\n"
+        "try:\n"
+        f"    read_dicom({str(path)!r}, key=b'k' * 32)\n"
+        "    print('decoded')\n"
+        "except SkipFile as exc:\n"
+        "    print('skipped', exc.reason)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert run.stdout.split() == ["skipped", "corrupt"], run.stdout
+    from medcbir.imaging.dicom import decode_plugins
+
+    j2k = "1.2.840.10008.1.2.4.90"
+    assert decode_plugins(("gdcm", "pillow", "pylibjpeg"), j2k)[-1] != "gdcm"
+    assert "gdcm" not in decode_plugins(("gdcm", "pillow", "pylibjpeg"), j2k)
+    assert decode_plugins(("gdcm",), j2k) == ["gdcm"]  # the only decoder there is: still tried
+    assert decode_plugins(("gdcm", "pylibjpeg"), "1.2.840.10008.1.2.5") == ["pylibjpeg"]
