@@ -161,10 +161,10 @@ def precision_compare(args) -> None:
                     lr=0.2, method_options={"proj_dim": 128}, **RECIPE)
         config = TrainConfig(out=Path(tmp) / "probe.pt", device=Device(torch="cpu", precision="fp32"), **base)
         data = load_hu_dataset(archive, args.size, default_cache_path(config.out, args.size), workers=0)
-        steps = max(2, min(6, len(data) // args.batch))
+        steps = max(4, min(8, len(data) // args.batch))
         rates = {}
         for kind in ("eager", "fp32", "bf16", "eager", "bf16"):  # interleaved: drift in load hits both
-            rates.setdefault(kind, []).append(step_rate(kind, data, config, steps, 2))
+            rates.setdefault(kind, []).append(step_rate(kind, data, config, steps, 3))
             print(kind, round(rates[kind][-1], 1), flush=True)
         ends = {}
         for precision in ("fp32", "bf16"):

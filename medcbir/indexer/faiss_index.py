@@ -85,7 +85,9 @@ def auto_nlist(n: int | None = None) -> int:
 
 def auto_spec(dim: int, nlist: int | None = None) -> str:
     """The first approximate spec ``auto`` tries above :data:`AUTO_FLAT_MAX` items (IVF-PQ)."""
-    m = dim // 8 if dim % 8 == 0 else next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+    # one byte per ~8 dimensions: the largest divisor of dim not above dim / 8 (512 → PQ64; the
+    # classic descriptor's 2020 → PQ202, where the old power-of-two list gave PQ4, four bytes)
+    m = max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
     return f"IVF{nlist or AUTO_NLIST},PQ{m},Refine(Flat)"
 
 
@@ -360,7 +362,13 @@ def gpu_movable(index: faiss.Index) -> bool:
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexFlat):
         return True
+    if isinstance(index, faiss.IndexIVFPQ) and index.pq.code_size not in GPU_PQ_CODE_SIZES:
+        return False
     return isinstance(index, (faiss.IndexIVFFlat, faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer)) and not isinstance(index, faiss.IndexIVFFastScan)
+
+
+#: bytes per IVF-PQ code FAISS's GPU index supports (others search on the CPU)
+GPU_PQ_CODE_SIZES = frozenset((1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96))
 
 
 def gpu_copy(index: faiss.Index, to_gpu: Callable | None = None) -> tuple[faiss.Index | None, str]:

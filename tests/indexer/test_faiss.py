@@ -118,3 +118,21 @@ def test_a_flipped_byte_in_a_faiss_file_is_named(tmp_path, data):
 def test_bad_spec_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not a FAISS factory string"):
         IndexWriter.open(tmp_path / "ix", FakeEncoder(8), index_spec="IVFnope")
+
+
+def test_auto_spec_spends_about_a_byte_per_eight_dimensions():
+    import faiss
+
+    from medcbir.indexer.faiss_index import auto_spec, gpu_movable
+
+    assert auto_spec(512, 1024) == "IVF1024,PQ64,Refine(Flat)"
+    assert auto_spec(64, 256) == "IVF256,PQ8,Refine(Flat)"
+    # the classic default descriptor is 2020-d: 202 sub-quantisers of 10 dims, not 4 of 505
+    assert auto_spec(2020, 1024) == "IVF1024,PQ202,Refine(Flat)"
+    assert auto_spec(7) == "IVF1024,PQ1,Refine(Flat)"
+    for dim in (2020, 100, 36):
+        faiss.index_factory(dim, auto_spec(dim, 16), faiss.METRIC_INNER_PRODUCT)  # FAISS can build each
+    # code sizes FAISS's GPU IVF-PQ does not support stay on the CPU
+    odd = faiss.index_factory(2020, "IVF16,PQ202", faiss.METRIC_INNER_PRODUCT)  # kept: they own the memory
+    even = faiss.index_factory(512, "IVF16,PQ64", faiss.METRIC_INNER_PRODUCT)
+    assert not gpu_movable(odd) and gpu_movable(even)
