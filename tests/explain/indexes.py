@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.threads import one_torch_thread  # noqa: F401 - re-exported to conftest.py
+
 SIZE = 64
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Explanations are many small forwards: one thread each avoids oversubscribing a shared CI box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

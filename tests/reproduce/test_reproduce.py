@@ -9,6 +9,7 @@ import pytest
 
 from medcbir.reproduce import PAPERS, TEST, paper_module, reproduce
 from medcbir.reproduce.table import NOT_IN_PAPER, SEE_PAPER
+from tests.threads import one_torch_thread  # noqa: F401 - fixture
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -22,16 +23,6 @@ def tiny_archive(tmp_path_factory):
     info = prepare_archive(path, TEST, phantom=False)  # missing → a phantom v2 is written
     assert info["generated"] and info["phantom"] and info["patients"] == TEST.patients
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def expected_table(paper: str):

@@ -6,20 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.threads import one_torch_thread  # noqa: F401 - fixture
+
 #: Small heads keep checkpoints (and the tests) light; the method code is the same.
 SMALL_HEADS = {"proj_dim": 128, "pred_dim": 32}
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core box, two spinning OpenMP threads per process
-    made these tests ~10× slower (measured); restored for the other packages' tests."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
