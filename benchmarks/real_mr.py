@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--record-as", default="real_mr", help="RESULTS.md section (e.g. real_mr_defaults for a run at the CLI's own epochs and size)")
     ap.add_argument("--paper", action="store_true", help="also train the reference paper's SimSiam + HU views (one window on MR)")
     args = ap.parse_args()
 
@@ -173,7 +174,7 @@ def main() -> None:
         print(label, round(result["map_at_k"], 3), {k: round(v["map_at_k"], 3) for k, v in result["baselines"].items()}, flush=True)
     data = {"args": {k: str(v) for k, v in vars(args).items()}, "default": rows["default"], "trained": trained,
             "seconds": round(time.time() - t_start, 1), "load_avg": os.getloadavg()}
-    _results.record("real_mr", data, _markdown(data), "`.venv/bin/python benchmarks/real_mr.py " + " ".join(sys.argv[1:]) + "`")
+    _results.record(args.record_as, data, _markdown(data), "`.venv/bin/python benchmarks/real_mr.py " + " ".join(sys.argv[1:]) + "`")
 
 
 def _markdown(data: dict) -> str:
