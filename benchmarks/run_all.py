@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["decode", "index", "search", "train", "explain", "orthanc_load"]
+ORDER = ["decode", "phantom", "index", "search", "train", "explain", "orthanc_load"]
 
 
 def main(argv: list[str]) -> int:
