@@ -135,10 +135,10 @@ class Choice:
 def query_rows(n: int, queries: int = QUERIES, seed: int = 0, recent_from: int | None = None) -> np.ndarray:
     """Sorted rows of ``n`` vectors used as queries (all of them when ``n`` ≤ ``queries``).
 
-    With ``recent_from`` (rows ≥ it were added since the last measurement), half the queries are
-    drawn from those recent rows and half from all rows: an archive drifts (new scanners, new
-    protocols), new kinds of images land in lists trained before they existed, and a uniform
-    sample, dominated by the old items, would not see the recall they get.
+    With ``recent_from`` (rows ≥ it are the newest items), half the queries are drawn from those
+    rows and half from all rows: an archive drifts (new scanners, new protocols), new kinds of
+    images land in lists trained before they existed, and a uniform sample, dominated by the old
+    items, would not see the recall they get.
     """
     rng = np.random.default_rng(seed)
     m = min(n, queries)

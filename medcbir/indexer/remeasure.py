@@ -4,8 +4,8 @@ Recall falls as an index grows (more items compete for the same top 10, new kind
 pile into lists trained before they existed), so the recall measured at training time does not
 hold for ever. Once the index holds :data:`REMEASURE_GROWTH` × the items it had when recall
 was last measured, the writer measures it again at its close: :data:`~.recall.QUERIES` items
-drawn as queries (half of them among the items added since the last measurement, where drift
-shows first), their exact top-10 by brute force over every committed vector, and the
+drawn as queries (half of them among the newest items, :func:`newest_from`: new exams are what
+an archive is searched with, and drift shows there first), their exact top-10 by brute force over every committed vector, and the
 trained spec's parameter grid up to the first point reaching the target
 (:func:`~.recall.tune_params`). The record's ``at_items`` says when; a measurement below the
 target that is newer than the trained parts makes retraining due
@@ -23,6 +23,21 @@ log = logging.getLogger(__name__)
 
 #: recall is re-measured when the index holds this many times the items of the last measurement.
 REMEASURE_GROWTH = 1.25
+
+
+#: the newest items half the re-measurement's queries are drawn from: this share of the index...
+NEWEST_SHARE = 0.01
+#: ...but at least this many times the queries
+NEWEST_MIN = 10
+
+
+def newest_from(n: int) -> int | None:
+    """First row of the newest items (:data:`NEWEST_SHARE` of ``n``, at least :data:`NEWEST_MIN` ×
+    the queries), or None when that is the whole index."""
+    from medcbir.indexer.recall import QUERIES
+
+    start = n - max(int(NEWEST_SHARE * n), NEWEST_MIN * QUERIES)
+    return start if start > 0 else None
 
 
 def measured_at(record: dict) -> int:
@@ -63,8 +78,10 @@ def measure_committed(index_dir: Path, manifest: dict) -> dict:
         n = len(store.ids)
         vectors = np.empty((n, store.dim), dtype=np.float32)
         store._fill(vectors)
-        # the items added since the last measurement (rows are in commit order) get half the queries
-        recent_from = int(measured.get("items") or 0) or None
+        # the newest items (rows are in commit order) get half the queries: new exams are what an archive
+        # is searched with, and a uniform sample underweights what arrived lately (a new scanner's
+        # images are a sliver of the items long after they are a large share of the queries)
+        recent_from = newest_from(n)
         best, tried, queries = measure_index(store.faiss_index, store.index_spec, vectors, target, recent_from=recent_from)
     finally:
         store.close()

@@ -160,7 +160,7 @@ def test_choose_stops_at_the_first_grid_point_and_spec_reaching_the_target():
     assert 0 < choice.train_seconds <= choice.seconds and choice.record()["tuning_seconds"] >= 0
 
 
-def test_remeasure_queries_weight_the_items_added_since_the_last_measurement():
+def test_remeasure_queries_weight_the_newest_items():
     rows = recall.query_rows(10_000, 200, seed=3, recent_from=9_000)
     assert len(rows) == 200 and len(set(rows.tolist())) == 200 and rows.max() < 10_000
     recent = int((rows >= 9_000).sum())
@@ -172,3 +172,11 @@ def test_remeasure_queries_weight_the_items_added_since_the_last_measurement():
     # nothing recent, or fewer items than queries: the plain uniform draw
     np.testing.assert_array_equal(recall.query_rows(10_000, 200, seed=3, recent_from=10_000), uniform)
     np.testing.assert_array_equal(recall.query_rows(150, 200, seed=3, recent_from=100), np.arange(150))
+
+
+def test_the_newest_items_are_the_last_percent_but_at_least_ten_times_the_queries():
+    from medcbir.indexer.remeasure import newest_from
+
+    assert newest_from(1_000_000) == 990_000
+    assert newest_from(100_000) == 100_000 - 10 * recall.QUERIES
+    assert newest_from(1_500) is None  # the newest 2,000 would be the whole index
