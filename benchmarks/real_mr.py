@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,8 @@ def medcbir(*args: str) -> str:
 
 def evaluate(archive: Path, encoder: str, work: Path, name: str) -> dict:
     index = work / f"index-{name}"
+    if name != "default":  # a trained encoder is new each run: an index of an earlier run's encoder would refuse it
+        shutil.rmtree(index, ignore_errors=True)
     medcbir("index", str(archive), "--encoder", encoder, "--out", str(index), "--no-progress", "--json")
     return json.loads(medcbir("evaluate", str(index), "--labels", str(archive / "labels.csv"), "--baselines", "--json", "--verify", "sizes"))
 

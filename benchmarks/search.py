@@ -445,8 +445,10 @@ def run_shape(name: str, gen, n: int, n_queries: int, target: float, chunked: bo
     The choice is :func:`medcbir.indexer.recall.choose` on the indexer's training sample (the
     same call ``IndexWriter`` makes); the chosen trained index is then filled with all ``n``
     vectors (raw FAISS ``add``: the HDF5 shards are measured by the main benchmark), re-measured
-    on all of them when they are ≥ 1.25× the sample (what the writer does at its close), and
-    searched with the parameters so chosen by queries drawn fresh from the same distribution.
+    on all of them when they are ≥ 1.25× the sample (what the writer does at its close), retrained
+    down the ``auto`` ladder while that measurement is below the target (what ``run_due`` then
+    does), and searched with the parameters so chosen by queries drawn fresh from the same
+    distribution.
     """
     from medcbir.indexer import faiss_index, recall
 
@@ -458,39 +460,54 @@ def run_shape(name: str, gen, n: int, n_queries: int, target: float, chunked: bo
         x = gen.draw(n, seed=1)
         rng = np.random.default_rng(0)
         sample = x[np.sort(rng.choice(n, size=min(n, faiss_index.TRAIN_SAMPLE), replace=False))]
-    t = time.perf_counter()
-    choice, trained = recall.choose(sample, target)
-    choose_s = time.perf_counter() - t
-    spec = choice.spec
     dim = queries.shape[1]
-    t = time.perf_counter()
-    if trained is None:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        index = trained
-    if x is None:
-        for i, lo in enumerate(range(0, n, 50_000)):
-            index.add(gen.draw(min(50_000, n - lo), seed=1000 + i))
-        store = faiss.downcast_index(index.refine_index) if isinstance(faiss.downcast_index(index), faiss.IndexRefine) else index
-        x = faiss.rev_swig_ptr(faiss.downcast_index(store).get_xb(), n * dim).reshape(n, dim)  # a view, not a copy
-    else:
-        index.add(x)
-    add_s = time.perf_counter() - t
-    # what training the chosen spec alone costs (the indexer trains it anyway): tuning = the rest
-    t = time.perf_counter()
-    if trained is not None:
-        recall.SharedTraining(sample).train(spec, x.shape[1])  # as choose trains it
-    train_chosen_s = time.perf_counter() - t
-    # what the writer does at its close once the index holds ≥ 1.25× the items recall was measured on:
-    # measure again on all items (medcbir.indexer.remeasure) and re-pick the search parameters
-    chosen, remeasured, remeasure_s = dict(choice.params), None, 0.0
-    if trained is not None and n >= 1.25 * len(sample):
-        from medcbir.indexer.remeasure import measure_index
-
+    order = recall.candidates(dim, len(sample))
+    specs, retrained, choose_s, add_s, remeasure_s, train_chosen_s = None, [], 0.0, 0.0, 0.0, 0.0
+    while True:
         t = time.perf_counter()
-        best, _, _ = measure_index(index, spec, x, target)
-        remeasure_s = time.perf_counter() - t
-        chosen, remeasured = dict(best.params), {"params": dict(best.params), "recall_at_10": best.recall_at_10, "recall_at_10_low": best.low}
+        choice, trained = recall.choose(sample, target, specs=specs)
+        choose_s += time.perf_counter() - t
+        spec = choice.spec
+        t = time.perf_counter()
+        index = faiss.IndexFlatIP(dim) if trained is None else trained
+        if chunked:
+            for i, lo in enumerate(range(0, n, 50_000)):
+                index.add(gen.draw(min(50_000, n - lo), seed=1000 + i))
+            down = faiss.downcast_index(index)
+            store = faiss.downcast_index(down.refine_index) if isinstance(down, faiss.IndexRefine) else down
+            x = faiss.rev_swig_ptr(store.get_xb(), n * dim).reshape(n, dim)  # a view of the index's own copy
+        else:
+            index.add(x)
+        add_s += time.perf_counter() - t
+        # what training the chosen spec alone costs (the indexer trains it anyway): tuning = the rest
+        t = time.perf_counter()
+        if trained is not None:
+            recall.SharedTraining(sample).train(spec, dim)  # as choose trains it
+        train_chosen_s += time.perf_counter() - t
+        # what the writer does at its close once the index holds ≥ 1.25× the items recall was measured on:
+        # measure again on all items (medcbir.indexer.remeasure) and re-pick the search parameters ...
+        chosen, remeasured = dict(choice.params), None
+        if trained is not None and n >= 1.25 * len(sample):
+            from medcbir.indexer.remeasure import measure_index
+
+            t = time.perf_counter()
+            best, _, _ = measure_index(index, spec, x, target)
+            remeasure_s += time.perf_counter() - t
+            chosen, remeasured = dict(best.params), {"params": dict(best.params), "recall_at_10": best.recall_at_10, "recall_at_10_low": best.low}
+            rest = order[order.index(spec) + 1:] if spec in order else []
+            if not best.reaches(target) and rest:
+                # ... and below the target, the retraining `run_due` then starts (reason "recall") moves
+                # down the ladder: the next specs, chosen on a fresh sample and measured on all items
+                retrained.append({"spec": spec, **remeasured})
+                print(f"[{name} {n:,}] {spec} re-measured on all items: {best.recall_at_10:.3f} (lower bound {best.low:.3f}) "
+                      f"< {target}: retraining with {rest}", file=sys.stderr, flush=True)
+                if chunked:
+                    x = None
+                del index, trained
+                gc.collect()
+                specs = rest
+                continue
+        break
     params = faiss_index.search_parameters(index, chosen) if chosen else None
     t = time.perf_counter()
     _, ids = index.search(queries, K, params=params) if params is not None else index.search(queries, K)
@@ -500,7 +517,7 @@ def run_shape(name: str, gen, n: int, n_queries: int, target: float, chunked: bo
     exact_s = time.perf_counter() - t
     out = {
         "shape": name, "items": n, "dim": int(x.shape[1]), "queries": n_queries, "target": target, "spec": spec, "params": chosen,
-        "params_at_choice": choice.params, "remeasured": remeasured, "remeasure_s": remeasure_s,
+        "params_at_choice": choice.params, "remeasured": remeasured, "remeasure_s": remeasure_s, "retrained_from": retrained,
         "recall_at_10_tuning_sample": choice.recall_at_10, "recall_at_10_held_out": recall.recall_at_k(ids, exact),
         "qps": n_queries / ann_s, "qps_exact": n_queries / exact_s, "speedup_vs_exact": exact_s / ann_s,
         "choose_s": choose_s, "train_chosen_s": train_chosen_s, "add_s": add_s,
