@@ -333,7 +333,7 @@ def growth(n_max: int, argv, dim: int = 64, steps: int = 20, queries: int = 200,
                 row["retrain_s"] = maintenance["retrain"]["seconds"]
                 row["retrain_tried"] = maintenance["retrain"].get("tried", [])
         all_x = np.concatenate([all_x, x])
-        newest = available(max(lo for lo in range(0, int(size), 20_000)))  # the clusters the newest items come from
+        newest = available(max(range(done, int(size), 20_000), default=done))  # the clusters the newest chunk came from
         done = int(size)
         # the queries: new exams, i.e. draws from the distribution the newest items came from; and, as the
         # benchmark first did, draws from every cluster available at `done`, some of which have no item yet
