@@ -199,12 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", action="store_true", help="also measure exact search latency vs size")
     parser.add_argument("--open-items", type=int, default=0, help="also measure IndexStore.open on an index of N items")
     parser.add_argument("--growth", type=int, default=0, help="only the growth/recall benchmark up to N items")
+    parser.add_argument("--growth-queries", type=int, default=200, help="fresh queries per growth step")
     parser.add_argument("--open-only", action="store_true", help="only the --open-items measurement (results/index_open.json)")
     args = parser.parse_args(argv)
     if args.open_only:
         return open_only(args.open_items or 1_000_000, argv)
     if args.growth:
-        return growth(args.growth, argv)
+        return growth(args.growth, argv, queries=args.growth_queries)
 
     from medcbir.device import Device
     from medcbir.train import open_encoder
@@ -371,9 +372,9 @@ def growth(n_max: int, argv, dim: int = 64, steps: int = 20, queries: int = 200,
         return "-" if v is None else pat.format(v)
 
     md = [f"Growth 10k → {n_max:,} items in {len(sizes)} steps, {dim}-d drifting clustered embeddings (clusters "
-          f"seen grow from {available(0)} to {CLUSTERS}), `auto` spec with `--target-recall {target}`, 200 fresh queries per step "
+          f"seen grow from {available(0)} to {CLUSTERS}), `auto` spec with `--target-recall {target}`, {queries} fresh queries per step "
           f"from the distribution the newest items came from (new exams); recall@10 vs exact `IndexFlatIP` over all items (the "
-          f"peer, same run). Column *all clusters*: 200 queries drawn instead over every cluster available at that size, "
+          f"peer, same run). Column *all clusters*: {queries} queries drawn instead over every cluster available at that size, "
           f"including those with no item in the index yet (how this benchmark first drew them). Both indexes "
           f"re-measure recall on all their items at the writer's close once grown 1.25× and re-pick the search parameters. "
           f"**frozen** = the quantiser trained once, when `auto` first leaves exact search, never retrained; **retrained** = "
