@@ -488,10 +488,10 @@ def run_shape(name: str, gen, n: int, n_queries: int, target: float, chunked: bo
         # measure again on all items (medcbir.indexer.remeasure) and re-pick the search parameters ...
         chosen, remeasured = dict(choice.params), None
         if trained is not None and n >= 1.25 * len(sample):
-            from medcbir.indexer.remeasure import measure_index
+            from medcbir.indexer.remeasure import measure_index, newest_from
 
             t = time.perf_counter()
-            best, _, _ = measure_index(index, spec, x, target)
+            best, _, _ = measure_index(index, spec, x, target, recent_from=newest_from(n))
             remeasure_s += time.perf_counter() - t
             chosen, remeasured = dict(best.params), {"params": dict(best.params), "recall_at_10": best.recall_at_10, "recall_at_10_low": best.low}
             rest = order[order.index(spec) + 1:] if spec in order else []

@@ -184,10 +184,14 @@ def lower_bound(per_query: np.ndarray, z: float = Z_LOW) -> float:
     return float(per_query.mean() - z * per_query.std(ddof=1) / np.sqrt(n))
 
 
-def measure(index: faiss.Index, queries: np.ndarray, self_ids: np.ndarray | None, exact: np.ndarray, params: dict, spec: str = "") -> Measurement:
+def measure(index: faiss.Index, queries: np.ndarray, self_ids: np.ndarray | None, exact: np.ndarray, params: dict, spec: str = "",
+            newest: np.ndarray | None = None) -> Measurement:
     """Recall@10 (mean and lower bound) and QPS of ``index`` searched with ``params`` (nprobe,
     k_factor, efSearch). ``self_ids``: the queries' own ids when they are in ``index`` (dropped,
-    with the re-rank depth scaled to what a top-k query gets), None for held-out queries."""
+    with the re-rank depth scaled to what a top-k query gets), None for held-out queries.
+    ``newest``: a mask of the queries that are the newest items; the lower bound is then the lower
+    of the two groups' (the target must hold for new exams, not only on average over the archive,
+    whose older items the quantiser fits better)."""
     from medcbir.indexer.faiss_index import search_parameters
 
     k = exact.shape[1]
@@ -201,7 +205,10 @@ def measure(index: faiss.Index, queries: np.ndarray, self_ids: np.ndarray | None
     seconds = max(time.perf_counter() - start, 1e-9)
     per = recall_per_query(ids if self_ids is None else drop_self(ids, self_ids, k), exact)
     mean = float(per.mean()) if len(per) else 1.0
-    return Measurement(spec, dict(params), mean, len(queries) / seconds, lower_bound(per))
+    low = lower_bound(per)
+    if newest is not None and int(np.sum(newest)) >= 2:
+        low = min(low, lower_bound(per[newest]))
+    return Measurement(spec, dict(params), mean, len(queries) / seconds, low)
 
 
 def grid_for(spec: str) -> list[dict]:
@@ -232,7 +239,8 @@ def candidates(dim: int, n: int) -> list[str]:
     return [auto_spec(dim, nlist), f"IVF{nlist},SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
 
 
-def tune_params(index: faiss.Index, spec: str, queries: np.ndarray, self_ids: np.ndarray, exact: np.ndarray, target: float) -> tuple[Measurement, list[Measurement]]:
+def tune_params(index: faiss.Index, spec: str, queries: np.ndarray, self_ids: np.ndarray, exact: np.ndarray, target: float,
+                newest: np.ndarray | None = None) -> tuple[Measurement, list[Measurement]]:
     """The cheapest grid point of ``spec`` reaching ``target`` (else the one with the best recall).
 
     Cheapest is the first in grid order (fewest lists probed, then shallowest re-rank, then
@@ -242,7 +250,7 @@ def tune_params(index: faiss.Index, spec: str, queries: np.ndarray, self_ids: np
     """
     tried = []
     for params in grid_for(spec):
-        tried.append(measure(index, queries, self_ids, exact, params, spec))
+        tried.append(measure(index, queries, self_ids, exact, params, spec, newest))
         if tried[-1].reaches(target):
             return tried[-1], tried
     return max(tried, key=lambda m: (m.low, m.recall_at_10, m.qps)), tried

@@ -60,7 +60,8 @@ def measure_index(index, spec: str, vectors: np.ndarray, target: float, recent_f
 
     rows = recall.query_rows(len(vectors), recent_from=recent_from)
     exact = recall.exact_neighbours(vectors, rows)
-    best, tried = recall.tune_params(index, spec, np.ascontiguousarray(vectors[rows]), rows, exact, target)
+    newest = rows >= recent_from if recent_from is not None else None
+    best, tried = recall.tune_params(index, spec, np.ascontiguousarray(vectors[rows]), rows, exact, target, newest)
     return best, tried, len(rows)
 
 

@@ -181,11 +181,11 @@ def _encode(index_dir: Path, shards: list[dict], trained, staging: Path, vectors
 def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, target: float) -> dict:
     """Recall@10 of the staged index on all its items (:mod:`.remeasure`'s measurement): the
     ``recall`` record the commit writes, with the grid point chosen on all items."""
-    from medcbir.indexer.remeasure import measure_index
+    from medcbir.indexer.remeasure import measure_index, newest_from
 
     n, dim = vectors.shape
     index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], lambda out: out.__setitem__(slice(None), vectors), n, dim)
-    best, tried, queries = measure_index(index, choice.spec, vectors, target)
+    best, tried, queries = measure_index(index, choice.spec, vectors, target, recent_from=newest_from(n))
     del index
     return {**choice.record(), "recall_at_10": round(best.recall_at_10, 4), "recall_at_10_low": round(best.low, 4), "held_out": False,
             "qps": round(best.qps, 1), "params": dict(best.params),

@@ -180,3 +180,23 @@ def test_the_newest_items_are_the_last_percent_but_at_least_ten_times_the_querie
     assert newest_from(1_000_000) == 990_000
     assert newest_from(100_000) == 100_000 - 10 * recall.QUERIES
     assert newest_from(1_500) is None  # the newest 2,000 would be the whole index
+
+
+def test_the_target_must_hold_for_the_newest_queries_too():
+    # two groups of queries: the old ones all found, the newest half found 9 times in 10
+    exact = np.arange(400 * 10).reshape(400, 10)
+    found = exact.copy()
+    found[200:, 9] = -1  # the newest queries miss one neighbour each
+    per = recall.recall_per_query(found, exact)
+    assert per[:200].mean() == 1.0 and per[200:].mean() == pytest.approx(0.9)
+    newest = np.arange(400) >= 200
+
+    class Fixed:  # an "index" answering with `found`
+        def search(self, queries, k, params=None):
+            return None, found[:, :k]
+
+    m_all = recall.measure(Fixed(), np.zeros((400, 4), np.float32), None, exact, {}, "x")
+    m_new = recall.measure(Fixed(), np.zeros((400, 4), np.float32), None, exact, {}, "x", newest)
+    assert m_all.recall_at_10 == m_new.recall_at_10 == pytest.approx(0.95)
+    assert m_all.reaches(0.93) and not m_new.reaches(0.93)  # the newest half alone is at 0.9
+    assert m_new.low == pytest.approx(0.9)  # no spread inside the group: its bound is its mean
