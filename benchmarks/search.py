@@ -439,6 +439,10 @@ class Isotropic:
         return x
 
 
+#: single queries timed per shape (p50), beside the batch
+SINGLE_QUERIES = 50
+
+
 def run_shape(name: str, gen, n: int, n_queries: int, target: float, chunked: bool = False) -> dict:
     """``auto``'s choice on ``n`` vectors of one shape, then held-out recall@10 and QPS vs exact.
 
@@ -515,7 +519,18 @@ def run_shape(name: str, gen, n: int, n_queries: int, target: float, chunked: bo
     t = time.perf_counter()
     _, exact = faiss.knn(queries, x, K, metric=faiss.METRIC_INNER_PRODUCT)
     exact_s = time.perf_counter() - t
+    # one query at a time (a clinician's search): p50 of SINGLE queries, ours vs brute force
+    single, single_exact = [], []
+    for i in range(min(SINGLE_QUERIES, n_queries)):
+        one = queries[i : i + 1]
+        t = time.perf_counter()
+        index.search(one, K, params=params) if params is not None else index.search(one, K)
+        single.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        faiss.knn(one, x, K, metric=faiss.METRIC_INNER_PRODUCT)
+        single_exact.append(time.perf_counter() - t)
     out = {
+        "single_p50_ms": 1000 * float(np.median(single)), "single_exact_p50_ms": 1000 * float(np.median(single_exact)),
         "shape": name, "items": n, "dim": int(x.shape[1]), "queries": n_queries, "target": target, "spec": spec, "params": chosen,
         "params_at_choice": choice.params, "remeasured": remeasured, "remeasure_s": remeasure_s, "retrained_from": retrained,
         "recall_at_10_tuning_sample": choice.recall_at_10, "recall_at_10_held_out": recall.recall_at_k(ids, exact),
@@ -537,16 +552,17 @@ def shapes_markdown(rows: list[dict], load: str, note: str) -> str:
         f"embeddings of a 1,024-slice phantom index; {note}) and **isotropic** (uniform on the sphere, 512-d). Recall on 1,000 held-out queries "
         f"(fresh draws, not the tuning sample) vs brute force; QPS of a 1,000-query batch vs `faiss.knn`. Load average: {load}.",
         "",
-        "| shape | items | dim | auto spec | params | recall@10 tuning sample | recall@10 held-out | QPS | QPS exact | × exact | choose (s) | of which tuning (s) | add (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape | items | dim | auto spec | params | recall@10 tuning sample | recall@10 held-out | QPS | QPS exact | × exact | single query p50 ms (exact) | choose (s) | of which tuning (s) | add (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['shape']} | {r['items']:,} | | not run: {r['skipped']} | | | | | | | | | |")
+            lines.append(f"| {r['shape']} | {r['items']:,} | | not run: {r['skipped']} | | | | | | | | | | |")
             continue
         lines.append(
             f"| {r['shape']} | {r['items']:,} | {r.get('dim', 512)} | `{r['spec']}` | {r['params']} | {r['recall_at_10_tuning_sample']:.3f} | "
             f"{r['recall_at_10_held_out']:.3f} | {r['qps']:,.0f} | {r['qps_exact']:,.0f} | {r['speedup_vs_exact']:.1f} | "
+            f"{(format(r['single_p50_ms'], '.2f') + ' (' + format(r['single_exact_p50_ms'], '.1f') + ')') if 'single_p50_ms' in r else '–'} | "
             f"{r['choose_s']:.0f} | {r['tuning_overhead_s']:.0f} | {r['add_s']:.0f} |"
         )
     lines.append("")
