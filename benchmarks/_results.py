@@ -117,3 +117,20 @@ def cached_phantom(name: str, patients: int, slices: int, size: int, seed: int =
     if not (out / "labels.csv").exists():
         make_archive(out, patients=patients, slices=slices, seed=seed, size=size)
     return out
+
+
+def synthetic_encoder(dim: int, fingerprint: str | None = None):
+    """An encoder record of ``dim`` for ``IndexWriter.open`` when a benchmark writes synthetic
+    vectors with ``add_embeddings`` (which embeds nothing): the index is tied to this record, not
+    to whatever ``default`` is. ``fingerprint``: 64 characters (default: derived from ``dim``)."""
+    from medcbir.imaging import Preprocessing
+
+    class SyntheticEncoder:
+        source, preprocessing = "synthetic", Preprocessing(size=32)
+
+        def embed(self, images):  # never called: add_embeddings takes the vectors as they are
+            raise RuntimeError("add_embeddings embeds nothing")
+
+    SyntheticEncoder.dim = int(dim)
+    SyntheticEncoder.fingerprint = fingerprint or f"{dim:064d}"[-64:]
+    return SyntheticEncoder()

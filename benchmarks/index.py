@@ -112,22 +112,16 @@ def build_open_index(n: int) -> tuple[Path, float]:
     """An n-item auto-spec index of clustered 512-d embeddings (cached); returns (path, build s)."""
     from search import Embeddings
 
-    from medcbir.imaging import ItemMeta, Preprocessing
+    from medcbir.imaging import ItemMeta
     from medcbir.indexer import IndexWriter
 
     out = HERE / "work" / f"index-open-{n}"
     if (out / "manifest.json").exists():
         return out, 0.0
 
-    class SyntheticEncoder:  # only its record is used: add_embeddings embeds nothing
-        dim, fingerprint, source, preprocessing = 512, "b" * 64, "synthetic", Preprocessing(size=32)
-
-        def embed(self, images):  # an encoder object (not a path to open); never called
-            raise RuntimeError("add_embeddings embeds nothing")
-
     gen = Embeddings(seed=0)
     t0 = time.perf_counter()
-    with IndexWriter.open(out, SyntheticEncoder(), shard_size=4096) as writer:
+    with IndexWriter.open(out, _results.synthetic_encoder(512, "b" * 64), shard_size=4096) as writer:
         for lo in range(0, n, 50_000):
             m = min(50_000, n - lo)
             metas = [ItemMeta(sop_instance_uid=f"1.2.{i}", series_instance_uid=f"1.3.{i // 100}",
@@ -291,18 +285,11 @@ def growth(n_max: int, argv, dim: int = 64, steps: int = 20, queries: int = 200,
     import faiss
     from search import CLUSTERS, Embeddings
 
-    from medcbir.imaging import ItemMeta, Preprocessing
+    from medcbir.imaging import ItemMeta
     from medcbir.indexer import IndexStore, IndexWriter
     from medcbir.indexer.background import run_due
     from medcbir.indexer.retrain import list_imbalance
 
-    class SyntheticEncoder:  # only its record is used: add_embeddings embeds nothing
-        fingerprint, source, preprocessing = "g" * 64, "synthetic", Preprocessing(size=32)
-
-        def embed(self, images):  # an encoder object (not a path to open); never called
-            raise RuntimeError("add_embeddings embeds nothing")
-
-    SyntheticEncoder.dim = dim
     gen = Embeddings(dim=dim, seed=3)
     sizes = np.unique(np.geomspace(10_000, n_max, steps).astype(np.int64))
     work = HERE / "work" / f"growth-{n_max}"
@@ -324,7 +311,7 @@ def growth(n_max: int, argv, dim: int = 64, steps: int = 20, queries: int = 200,
         row = {"step": step + 1, "items": int(size)}
         for name, folder in folders.items():
             t0 = time.perf_counter()
-            with IndexWriter.open(folder, SyntheticEncoder(), shard_size=16_384, target_recall=target) as w:
+            with IndexWriter.open(folder, _results.synthetic_encoder(dim, "g" * 64), shard_size=16_384, target_recall=target) as w:
                 for lo in range(0, len(x), 20_000):
                     w.add_embeddings(metas[lo:lo + 20_000], x[lo:lo + 20_000])
             maintenance = run_due(folder) if name == "retrained" else {}

@@ -126,7 +126,7 @@ def build(index_dir: Path, n: int, gen: Embeddings, chunk: int = 50_000) -> floa
         if done == n:
             return 0.0
     start = time.perf_counter()
-    with IndexWriter.open(index_dir, encoder_record(DIM), index_spec="auto") as writer:
+    with IndexWriter.open(index_dir, _results.synthetic_encoder(DIM), index_spec="auto") as writer:
         for lo in range(writer.items, n, chunk):
             m = min(chunk, n - lo)
             writer.add_embeddings(metas(lo, m), gen.draw(m, seed=1000 + lo // chunk))
@@ -360,21 +360,6 @@ def markdown(rows: list[dict], load: str) -> str:
         "open. On this data recall depends on the refine depth (k_factor), not on nprobe ≥ 4.",
     ]
     return "\n".join(lines)
-
-
-def encoder_record(dim: int):
-    """An encoder record of ``dim`` for ``IndexWriter.open`` (``add_embeddings`` embeds nothing): the
-    benchmark's vectors are synthetic, so the index must not be tied to whatever ``default`` is."""
-    from medcbir.imaging import Preprocessing
-
-    class SyntheticEncoder:
-        fingerprint, source, preprocessing = f"{dim:064d}"[-64:], "synthetic", Preprocessing(size=32)
-
-        def embed(self, images):  # never called: add_embeddings takes the vectors as they are
-            raise RuntimeError("add_embeddings embeds nothing")
-
-    SyntheticEncoder.dim = dim
-    return SyntheticEncoder()
 
 
 # ---------------------------------------------------------------- data shapes and `auto` (issue 18)
@@ -651,7 +636,7 @@ def run_tuning_cost(name: str, gen, n: int, work: Path, chunk: int = 50_000) -> 
     shutil.rmtree(index_dir, ignore_errors=True)
     start = time.perf_counter()
     dim = gen.draw(1, seed=0).shape[1]
-    with IndexWriter.open(index_dir, encoder_record(dim), index_spec="auto") as writer:
+    with IndexWriter.open(index_dir, _results.synthetic_encoder(dim), index_spec="auto") as writer:
         for lo in range(0, n, chunk):
             m = min(chunk, n - lo)
             writer.add_embeddings(metas(lo, m), gen.draw(m, seed=1000 + lo // chunk))

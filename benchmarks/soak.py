@@ -54,16 +54,10 @@ def batch_embeddings(batch: int, size: int) -> np.ndarray:
 
 def run_writer(index: str, first_batch: int, last_batch: int, batch_size: int) -> None:
     """Writer process: commit batches first..last-1 (items batch*batch_size ...), one commit each."""
-    from medcbir.imaging import ItemMeta, Preprocessing
+    from medcbir.imaging import ItemMeta
     from medcbir.indexer import IndexWriter
 
-    class SyntheticEncoder:
-        dim, fingerprint, source, preprocessing = DIM, "5" * 64, "synthetic", Preprocessing(size=32)
-
-        def embed(self, images):  # an encoder object (not a path to open); never called
-            raise RuntimeError("add_embeddings embeds nothing")
-
-    writer = IndexWriter.open(index, SyntheticEncoder(), shard_size=4096)
+    writer = IndexWriter.open(index, _results.synthetic_encoder(DIM, "5" * 64), shard_size=4096)
     for batch in range(first_batch, last_batch):
         lo = batch * batch_size
         metas = [ItemMeta(sop_instance_uid=f"1.2.{i}", series_instance_uid=f"1.3.{i // 100}",
