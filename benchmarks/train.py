@@ -26,6 +26,7 @@ Run: ``.venv/bin/python benchmarks/train.py [--size 128 --batch 32 --threads 1]`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -173,8 +174,6 @@ def precision_compare(args) -> None:
             print("train", precision, round(ends[precision], 1), flush=True)
     step = {k: max(v) for k, v in rates.items()}
     ratio = step["bf16"] / step["eager"]
-    import os
-
     load = os.getloadavg()
     results = {"size": args.size, "batch": args.batch, "images": len(data), "epochs": args.epochs, "method": RECIPE["method"],
                "threads": torch.get_num_threads(), "native_bf16": native_bf16(), "step_images_per_s": step, "step_runs": rates,

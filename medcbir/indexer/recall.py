@@ -112,13 +112,15 @@ class Choice:
     train_seconds: float = 0.0
     #: the lower confidence bound the target is checked against (see the module docstring)
     recall_low: float | None = None
+    #: whether the queries were held out of the measured index (False: too few items to spare any)
+    held_out: bool = True
 
     def record(self) -> dict:
         """The manifest's ``recall`` record."""
         return {
             "recall_at_10": round(self.recall_at_10, 4),
             "recall_at_10_low": round(self.recall_at_10 if self.recall_low is None else self.recall_low, 4),
-            "held_out": True,
+            "held_out": self.held_out,
             "qps": round(self.qps, 1),
             "target": self.target,
             "params": dict(self.params),
@@ -162,6 +164,13 @@ def exact_neighbours(vectors: np.ndarray, rows: np.ndarray, k: int = K) -> np.nd
     """Brute-force top-``k`` ids (inner product) of ``vectors[rows]`` among ``vectors``, self dropped."""
     _, ids = faiss.knn(np.ascontiguousarray(vectors[rows]), vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
     return drop_self(ids, rows, k)
+
+
+def reached(record: dict) -> float | None:
+    """What a manifest ``recall`` record reached: its lower confidence bound, or its mean when the
+    record predates the bound (None when nothing was measured)."""
+    value = record.get("recall_at_10_low", record.get("recall_at_10"))
+    return None if value is None else float(value)
 
 
 def recall_per_query(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
@@ -363,5 +372,5 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     if best is None:
         raise RuntimeError(f"none of {specs or candidates(dim, n)} can be trained on {n} items")
     choice = Choice(best.spec, best.params, best.recall_at_10, best.qps, float(target), int(len(tune)), int(len(rows)),
-                    time.perf_counter() - start, tried, train_seconds, best.low)
+                    time.perf_counter() - start, tried, train_seconds, best.low, self_ids is None)
     return choice, trained

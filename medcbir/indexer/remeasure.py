@@ -5,8 +5,9 @@ pile into lists trained before they existed), so the recall measured at training
 hold for ever. Once the index holds :data:`REMEASURE_GROWTH` × the items it had when recall
 was last measured, the writer measures it again at its close: :data:`~.recall.QUERIES` items
 drawn as queries (half of them among the newest items, :func:`newest_from`: new exams are what
-an archive is searched with, and drift shows there first), their exact top-10 by brute force over every committed vector, and the
-trained spec's parameter grid up to the first point reaching the target
+an archive is searched with, and drift shows there first), their exact top-10 by brute force
+over every committed vector, and the trained spec's parameter grid up to the first point
+reaching the target
 (:func:`~.recall.tune_params`). The record's ``at_items`` says when; a measurement below the
 target that is newer than the trained parts makes retraining due
 (:func:`medcbir.indexer.retrain.retrain_due`, reason ``"recall"``).

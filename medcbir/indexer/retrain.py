@@ -29,7 +29,7 @@ import numpy as np
 
 from medcbir.errors import ConfigError
 from medcbir.fsutil import fsync_dir
-from medcbir.indexer import faiss_index
+from medcbir.indexer import faiss_index, recall
 from medcbir.indexer.checksum import fast_checksum, stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest
@@ -79,9 +79,9 @@ def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR,
     if live >= factor * int(trained["items"]):
         return "growth"
     measured = manifest.get("recall") or {}
-    reached = measured.get("recall_at_10_low", measured.get("recall_at_10"))  # the lower bound when recorded
+    reached = recall.reached(measured)
     if (reached is not None and measured.get("target") is not None
-            and float(reached) < float(measured["target"])
+            and reached < float(measured["target"])
             and measured_at(measured) > int(trained.get("at_items") or trained["items"])):
         return "recall"
     imbalance = list_imbalance(index_dir, manifest)
@@ -126,8 +126,6 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
     """
     import time
 
-    from medcbir.indexer import recall
-
     start = time.perf_counter()
     index_dir = Path(index_dir)
     snapshot = read_manifest(index_dir)
@@ -150,7 +148,7 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
             if measured is not None:
                 tried.append({"spec": choice.spec, "recall_at_10": round(measured["recall_at_10"], 4)})
             rest = order[order.index(choice.spec) + 1:] if choice.spec in order else []
-            if auto and measured is not None and measured.get("recall_at_10_low", measured["recall_at_10"]) < target and rest:
+            if auto and measured is not None and recall.reached(measured) < target and rest:
                 log.info("retrain %s: %s reaches recall@10 %.3f < %.2f on all %d items; trying %s", index_dir, choice.spec,
                          measured["recall_at_10"], target, len(vectors), rest[0])
                 order = rest
@@ -187,9 +185,10 @@ def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, t
     index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], lambda out: out.__setitem__(slice(None), vectors), n, dim)
     best, tried, queries = measure_index(index, choice.spec, vectors, target, recent_from=newest_from(n))
     del index
-    return {**choice.record(), "recall_at_10": round(best.recall_at_10, 4), "recall_at_10_low": round(best.low, 4), "held_out": False,
+    chosen = choice.record()
+    return {**chosen, "recall_at_10": round(best.recall_at_10, 4), "recall_at_10_low": round(best.low, 4), "held_out": False,
             "qps": round(best.qps, 1), "params": dict(best.params),
-            "items": int(n), "at_items": int(n), "queries": queries, "tried": choice.record()["tried"] + [t.to_dict() for t in tried]}
+            "items": int(n), "at_items": int(n), "queries": queries, "tried": chosen["tried"] + [t.to_dict() for t in tried]}
 
 
 def _commit(index_dir: Path, snapshot: dict, choice, trained, staging: Path, parts: list, measured: dict | None, sample: int,
