@@ -8,5 +8,7 @@ demo: setup
 	.venv/bin/medcbir demo
 test: setup
 	MEDCBIR_REQUIRE_SYSTEM=1 .venv/bin/python -m pytest
+# make bench: every short benchmark, then the command of each long one (which is which:
+# benchmarks/run_all.py --list; one section: run_all.py SECTION; every one: run_all.py --all)
 bench: setup
 	.venv/bin/python benchmarks/run_all.py

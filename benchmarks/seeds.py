@@ -2,10 +2,10 @@
 
 Each reproduction trains what its paper trains within the same budget (``--minutes`` of wall time
 and ``--epochs`` per training row), runs the paper's evaluation with medcbir's code, and its table
-(our numbers beside the paper's cells: figures read in the paper, each with its source, or "see
-paper" where no figure was verified) goes into the ``seeds`` section of RESULTS.md; the first
-figure of each is copied to ``benchmarks/results/seeds/<paper>.png``, everything else stays in
-``--work``.
+(our numbers beside the paper's cells: the paper's own figures as printed in its text, or "not
+reported", each naming its source — the table or section of the paper) goes into the ``seeds``
+section of RESULTS.md; the first figure of each is copied to
+``benchmarks/results/seeds/<paper>.png``, everything else stays in ``--work``.
 
 ``--render`` trains nothing: it rebuilds the section from ``results/seeds.json`` with the paper
 cells, sources and notes the modules have now (``medcbir/reproduce/<paper>.py``). Our numbers and
@@ -173,9 +173,9 @@ def _markdown(data: dict, budget) -> str:
         f"slices, {budget.phantom_size} px). Budget: {budget.describe()}. **Measured while other jobs shared the 2 cores** (highest 1-min "
         f"load average seen: {load:.1f}), so the training rows got less CPU than their wall-clock budget suggests; every number is "
         "one run, one seed, on synthetic data — a check that each protocol runs and what it says at this budget, not the papers' results.",
-        "The \"paper\" cells hold only figures read in a retrieved text of the paper, each with its source ([n] under its table); "
-        "\"see paper\" marks a figure that could not be verified (each table says which, and where to look them up); rows marked "
-        "\"not in paper\" are our baselines.",
+        "The \"paper\" cells hold the paper's own figures as printed in its text (its setting, not ours: each table's notes say how "
+        "it differs), or \"not reported\" where the paper gives no such figure; each names its source — the paper's table, section "
+        "or figure — as [n] under its table. Rows marked \"not in paper\" are our baselines.",
     ]
     if data.get("rendered_at"):
         lines.append(f"Tables re-rendered {data['rendered_at']} (`benchmarks/seeds.py --render`) with the modules' current paper cells; "

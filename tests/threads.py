@@ -1,6 +1,6 @@
 """One torch intra-op thread per test, restored afterwards: the one definition the test packages
 that run many small forwards or training steps import into their conftest (on a shared 2-core box,
-two spinning OpenMP threads per process made those tests ~10× slower, measured)."""
+two spinning OpenMP threads per process made those tests many times slower)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ mailed or archived alone.
 Colour scale (``scale``): by default (``"per-image"``) every heatmap is normalised on its own
 between its robust percentiles (``PERCENTILES``: 1st → bottom of the colour map, 99th → top), so
 the structure inside each map is visible even when the maps of a row differ only in the third
-decimal (RELAX maps of a near-uniform encoder span e.g. 0.9955–0.9975). ``"shared"`` puts every
+decimal (as RELAX maps of a near-uniform encoder do). ``"shared"`` puts every
 map of a row on one scale (the same robust percentiles over all of them) to compare magnitudes
 across images. Either way each map's raw range (min–max) is printed under it.
 

@@ -9,9 +9,9 @@ run wherever they are cheapest while the rest of the estimator stays in torch:
   (cached per weights fingerprint in memory and in the model cache folder);
 - ``"onnx-int8"``: the same graph with ONNX Runtime's dynamic int8 quantisation;
 - ``"auto"`` (:func:`resolve_backend`): torch bf16 autocast where the CPU computes bf16 natively
-  (AMX / AVX512-BF16; at 224 px it measured ≈ 2× cheaper per forward than ONNX Runtime fp32 in
-  benchmarks/explain.py, maps at r ≥ 0.9999 to fp32 on the same masks), ONNX Runtime fp32
-  otherwise (and whenever fp32 is asked for).
+  (AMX / AVX512-BF16; at 224 px it was cheaper per forward than ONNX Runtime fp32 with maps
+  equal to fp32's on the same masks: benchmarks/RESULTS.md, "Development measurements"), ONNX
+  Runtime fp32 otherwise (and whenever fp32 is asked for).
 
 Every backend maps a float32 n×C×H×W tensor to float32 n×D embeddings *on the CPU*.
 """
@@ -105,8 +105,8 @@ def bf16_copy(module: nn.Module) -> nn.Module | None:
     convolutions; ``None`` when the module cannot be traced (the caller autocasts instead).
 
     The module itself is left as it was. Cached per weights (:func:`weights_key`): casting and
-    folding once instead of autocast re-casting every weight at every forward measured
-    ≈ 10–30 % less CPU per 224-px forward of the default encoder (benchmarks/explain.py).
+    folding once instead of autocast re-casting every weight at every forward costs less CPU
+    per 224-px forward (benchmarks/RESULTS.md, "Development measurements").
     """
     import copy
 
@@ -229,7 +229,7 @@ def _session(path: Path, providers=("CPUExecutionProvider",)):
 
     ONNX Runtime's default pool (one thread per physical core, pinned, spinning between runs)
     starved on this shared 2-core machine: a pinned worker behind other jobs stalls every
-    parallel section (measured: ≈ 15 % slower per forward under load; a reference run stalled).
+    parallel section (slower per forward under load; a reference run stalled).
     """
     import onnxruntime as ort
 

@@ -57,7 +57,7 @@ from medcbir.explain.forward import make_forward, module_device, resolve_backend
 from medcbir.explain.masks import SAMPLINGS, MaskDraw, cell_weights, draw_masks
 
 SUM_OF_WEIGHTS_INITIAL = 1e-10  # relax-xai's initial running weight (avoids 0/0)
-QUADRATIC = False  # a control variate in the squared kept fraction too: exact, but measured no gain (r 0.9146 vs 0.9145 at 128 masks)
+QUADRATIC = False  # a control variate in the squared kept fraction too: exact, but no gain measured (benchmarks/RESULTS.md "explain")
 RIDGE = 0.05  # control-variate ridge, relative to a cell's variance × masks (stabilises small halves)
 
 # What `medcbir explain` and the PACS plugin run by default: the best combination measured by
@@ -168,7 +168,7 @@ def _expected_r(halves, shift, cv_map, p) -> torch.Tensor:
     """Per image: predicted correlation of the full estimate with the infinite-mask map.
 
     Each half's map uses its own (in-sample) β here, which makes the prediction slightly
-    optimistic (≈ 0.02 in benchmarks/explain.py); the final map is cross-fitted.
+    optimistic (benchmarks/RESULTS.md "explain"); the final map is cross-fitted.
     """
     if cv_map is not None:
         maps = [h.corrected(shift, h.beta(p), h.beta(p) @ cv_map) for h in halves]

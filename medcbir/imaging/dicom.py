@@ -40,8 +40,8 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-#: Plugins measured faster than pydicom's default first choice (benchmarks/decode.py):
-#: pylibjpeg-rle decodes RLE Lossless ~3× faster than pydicom's pure-Python decoder.
+#: Plugins measured faster than pydicom's default first choice (benchmarks/decode.py): pylibjpeg-rle
+#: beats pydicom's pure-Python RLE Lossless decoder (benchmarks/RESULTS.md, "Development measurements").
 PREFERRED_PLUGIN = {"1.2.840.10008.1.2.5": "pylibjpeg"}
 
 

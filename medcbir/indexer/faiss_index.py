@@ -7,26 +7,25 @@ The FAISS factory string is the one way to name an index (``--index-spec``). ``a
 - above it ``IVF{nlist},PQ{D/8},Refine(Flat)``: an inverted file with 8-bit product-quantised
   codes whose candidates (``k_factor`` × k of them) are re-ranked with the exact embeddings.
 
-Why the threshold is :data:`AUTO_FLAT_MAX` = 65,536 items (measured on this 2-core box, 512-d,
-``benchmarks/index.py --threshold``; see README "Index specs"): exact search costs ~0.17 µs
-per item per query, so a single query takes ~11 ms at 65k items and ~170 ms at 1M; below 65k
-it stays under ~10 ms, is exact, needs no training and no per-shard FAISS files. Above it the
-IVF-PQ index answers in well under 1 ms at recall@10 ≥ 0.98 (0.994 at 1M with nprobe 16,
-k_factor 16 on clustered, low-intrinsic-dimension embeddings), and 65k items are enough to train 1,024
+Why the threshold is :data:`AUTO_FLAT_MAX` = 65,536 items (docs/indexer.md "Index specs";
+figures in benchmarks/RESULTS.md ``index`` and ``search``): exact search grows linearly with the
+items, and below the threshold a single query stays fast enough, is exact, needs no training
+and no per-shard FAISS files. Above it the IVF-PQ index with re-ranking answers in under a
+millisecond at high recall on clustered embeddings, and 65k items are enough to train 1,024
 centroids (≥ 39 points each, FAISS's own rule of thumb) and the 256-entry PQ codebooks.
 
 Why 8-bit PQ and not the ``x4fs`` fast-scan variant: FAISS 1.15's ``merge_from`` corrupts the
 heap on fast-scan inverted lists, so per-shard fast-scan files cannot be merged; a user may
 still ask for a fast-scan spec, which is then combined with ``IndexShards`` (correct, slower).
-HNSW is not used by ``auto``: on clustered embeddings it reached only 0.84 recall@10 at
-efSearch 128 (issue 3 measurements).
+HNSW is not ``auto``'s first choice: on clustered embeddings its recall@10 stayed below IVF-PQ's
+with re-ranking (benchmarks/RESULTS.md, "Development measurements").
 
 Storage: trained parameters (the empty, trained factory index) live in ``trained-G.faiss``,
 trained once on a sample of up to :data:`TRAIN_SAMPLE` committed embeddings and re-used for
 every later shard. Each shard ``shard-N.h5`` gets its FAISS part committed next to it:
 for IVF bases ``shard-N.codes.npy``, the shard's FAISS standalone codes (``sa_encode``: coarse
 list + PQ/flat/SQ code), all added at open with one ``add_sa_codes`` call (identical to adding
-the vectors; ~10× faster to open than merging per-shard index files); for other bases (HNSW,
+the vectors; much faster to open than merging per-shard index files); for other bases (HNSW,
 PQ, fast-scan IVF) ``shard-N.faiss``, a whole index of the shard's vectors under their ids
 (``IndexIDMap2``), combined with ``IndexShards``. ``Flat`` needs no FAISS files at all: the
 exact index is filled straight from the shards' embeddings at open (one read into FAISS's own
@@ -60,11 +59,9 @@ AUTO_FLAT_MAX = 65_536
 #: Trained parameters are fitted on at most this many committed embeddings.
 TRAIN_SAMPLE = 100_000
 AUTO_NLIST = 1024
-#: Search defaults of the auto spec. Measured at 1M×512 clustered, low-intrinsic-dimension
-#: embeddings (benchmarks/search.py data), 2 loaded cores: recall@10 depends on the re-rank
-#: depth, not on nprobe ≥ 4 — k_factor 4/8/16/32 → 0.918/0.982/0.999/1.000 at any nprobe in
-#: 4–32 (quiet re-run, benchmarks/RESULTS.md "search"). nprobe 8 keeps a margin over 4 for
-#: less clustered real archives at ~1.7× the QPS of nprobe 16.
+#: Search defaults of the auto spec. On clustered, low-intrinsic-dimension embeddings at 1M×512
+#: (benchmarks/RESULTS.md "search") recall@10 depends on the re-rank depth, not on nprobe ≥ 4;
+#: nprobe 8 keeps a margin over 4 for less clustered real archives at a higher QPS than 16.
 AUTO_SEARCH_PARAMS = {"nprobe": 8, "k_factor": 16}
 
 _REFINE = re.compile(r"^(?P<base>.+?),\s*Refine\((?P<refine>.+)\)$")
@@ -144,8 +141,8 @@ def train(spec: str, dim: int, sample: np.ndarray) -> faiss.Index:
 
 
 def _no_polysemous(index: faiss.Index) -> None:
-    """Skip PQ's polysemous training: 20-60× the training time (measured: 27 s vs 1.6 s for
-    PQ16 on 3k points) for a Hamming pre-filter that medcbir's searches never use."""
+    """Skip PQ's polysemous training: it multiplies the training time (benchmarks/RESULTS.md,
+    "Development measurements") for a Hamming pre-filter that medcbir's searches never use."""
     index = faiss.downcast_index(index)
     for attr in ("base_index", "refine_index", "index"):
         sub = getattr(index, attr, None)
@@ -192,8 +189,8 @@ def uses_codes(base: faiss.Index) -> bool:
 
     For IVF indexes (not fast-scan) each shard file is then an ``.npy`` of N × ``sa_code_size``
     bytes (coarse list number + the list's code), and opening adds all shards' codes with a
-    single ``add_sa_codes`` call: ~10× faster than ``merge_from`` of per-shard FAISS files
-    (profiled at 1M items: 245 ``merge_from`` calls were the largest part of opening).
+    single ``add_sa_codes`` call: much faster than ``merge_from`` of per-shard FAISS files
+    (profiled at 1M items, the ``merge_from`` calls were the largest part of opening).
     """
     return mergeable(base)
 
@@ -272,15 +269,15 @@ def flat_from(fill: Callable[[np.ndarray], None], n: int, dim: int) -> faiss.Ind
 
     The vectors live in a numpy buffer laid out as FAISS's own serialisation of the index and
     opened zero-copy (``ZeroCopyIOReader`` + ``IO_FLAG_MMAP_IFC``): the data are written once,
-    instead of FAISS zero-filling its own 2 GB at 1M×512 (``codes.resize``: 2.6 s profiled)
-    and the data being written over it. The returned index keeps the buffer alive
+    instead of FAISS zero-filling its own buffer (``codes.resize``, seconds at 1M×512) and the
+    data being written over it. The returned index keeps the buffer alive
     (``referenced_objects``).
     """
     header, at = _flat_layout(dim)
     size = n * dim * 4
     head = len(header) + 8
-    # np.zeros (calloc: fresh zero pages, no huge-page madvise) is measured 3-4× faster to
-    # fill through HDF5 reads than np.empty at 2 GB (0.7 s vs 2.8 s at 1M×512).
+    # np.zeros (calloc: fresh zero pages, no huge-page madvise) filled faster through HDF5 reads
+    # than np.empty at 1M×512 (benchmarks/RESULTS.md, "Development measurements").
     raw = np.zeros(head + size + 64, dtype=np.uint8)
     shift = (-(raw.ctypes.data + head)) % 64  # vectors 64-byte aligned for BLAS
     blob = raw[shift : shift + head + size]

@@ -1,14 +1,15 @@
 """Recall of an approximate index measured on the index's own embeddings, and ``auto`` tuning.
 
-An approximate FAISS index can silently return the wrong neighbours: IVF-PQ reaches recall@10
-0.99 on clustered embeddings but 0.01 on embeddings that all sit in one narrow cone (a random
-encoder's embeddings of one archive have pairwise cosine 0.994–1.000). So recall is measured,
-on the data the index holds, whenever an index is trained:
+An approximate FAISS index can silently return the wrong neighbours: IVF-PQ that finds nearly
+all true neighbours of clustered embeddings finds almost none of embeddings that all sit in one
+narrow cone (as a random encoder's embeddings of one archive do; figures in benchmarks/RESULTS.md,
+"Development measurements"). So recall is measured, on the data the index holds, whenever an
+index is trained:
 
 - queries are :data:`QUERIES` items drawn from the vectors themselves. When ``auto`` chooses
   (:func:`choose`) they are held out: the candidates are trained and filled without them, so they
-  are what a new image is to the index (measured: items that are in the index, and in the
-  training of its centroids, overstate the recall new queries get by 0.01–0.02). When a built
+  are what a new image is to the index (items that are in the index, and in the training of
+  its centroids, overstate the recall new queries get). When a built
   index is re-measured (:mod:`.remeasure`) the queries are in it: each query's own id is dropped
   from both result lists, and the re-ranking depth is scaled by k / (k + 1), so that the k + 1
   candidates searched for do not buy a deeper re-rank than a real top-k query gets;
@@ -17,13 +18,13 @@ on the data the index holds, whenever an index is trained:
   batch's queries per second; a grid point *reaches* the target when the one-sided 95 % lower
   confidence bound of that mean (:data:`Z_LOW` standard errors below it, over the queries) does,
   so that the few hundred queries of a measurement do not pick parameters that reach the target
-  only by luck (measured: 200-query estimates of the same index differ by ±0.01).
+  only by luck (two such estimates of the same index differ).
 
 ``auto`` (:func:`choose`) tries specs in order of cost — IVF-PQ with re-ranking, IVF-SQ8 with
 re-ranking (a finer code), HNSW, exact — and for each a small grid of search parameters; the
 first spec with a grid point reaching the target wins, with its cheapest such point.
 
-Tuning is kept cheap (issue 18: ≤ 10 % of the build time), because most of its cost would be
+Tuning is kept cheap (goal: ≤ 10 % of the build time), because most of its cost would be
 training that a build without tuning does once anyway:
 
 - the IVF candidates share one coarse quantiser: the IVF centroids (k-means over the whole
@@ -254,7 +255,7 @@ def tune_params(index: faiss.Index, spec: str, queries: np.ndarray, self_ids: np
 
     Cheapest is the first in grid order (fewest lists probed, then shallowest re-rank, then
     smallest efSearch): the work per query FAISS does, not the measured QPS of 200 queries,
-    which on a shared machine is noise (measured: 1,100–6,200 QPS for equal-cost points).
+    which on a shared machine is noise (equal-cost points measured far apart).
     The grid stops at that point: the costlier points after it are not measured.
     """
     tried = []

@@ -120,12 +120,12 @@ ROUTES: dict[str, dict] = {
         **COMMON,
         "instances": _instances,
         "k": _int("k", 1, "MaxK"),
-        # issue 17: hits per series, cases, the prior exam, the query itself
+        # hits per series, cases, the prior exam, the query itself
         "per_series": _int("per_series", 0),
         "group_by": _choice("group_by", ("series", "study")),
         "prior": _bool("prior"),
         "include_self": _bool("include_self"),
-        # issue 13: the result as a DICOM Key Object Selection stored into Orthanc
+        # the result as a DICOM Key Object Selection stored into Orthanc
         "store": _bool("store"),
         "kos_other_patients": _bool("kos_other_patients"),
     },
@@ -137,7 +137,7 @@ ROUTES: dict[str, dict] = {
         "n_masks": _int("n_masks", 1, "MaxMasks"),
         "seed": _int("seed", 0),
         "pairwise": _bool("pairwise"),
-        # issue 13: overlays and parametric maps stored into Orthanc (the answer is then JSON)
+        # overlays and parametric maps stored into Orthanc (the answer is then JSON)
         "store": _bool("store"),
     },
     "reindex": {},

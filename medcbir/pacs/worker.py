@@ -61,7 +61,7 @@ def log(message: str) -> None:
     print(f"medcbir worker: {message}", file=sys.stderr, flush=True)
 
 
-#: The search options a request may carry besides the query and k/exclude/modality (issue 17).
+#: The search options a request may carry besides the query and k/exclude/modality.
 SEARCH_OPTIONS = ("group_by", "prior", "per_series", "include_self")
 
 
@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_stale_folders()
     authkey = bytes.fromhex(os.environ[AUTHKEY_ENV])
     # A Unix socket in a private (0700) folder: no TCP Nagle/delayed-ACK stalls on the small
-    # request/answer messages (they cost ~40 ms per call over loopback TCP), and no port to pick.
+    # request/answer messages (a visible delay per call over loopback TCP), and no port to pick.
     listener = Listener(str(worker.tmp / "link.sock"), family="AF_UNIX", authkey=authkey)
     from medcbir.pacs.explain_worker import ExplainWorker
 

@@ -1,4 +1,4 @@
-"""``medcbir reproduce``: each seed paper's protocol as one command (issue 14).
+"""``medcbir reproduce``: each seed paper's protocol as one command.
 
 A reproduction trains what its paper trains (within a stated CPU :class:`Budget`), runs the
 paper's evaluation with medcbir's own code (``train``, ``index``, ``evaluate``, ``explain``,

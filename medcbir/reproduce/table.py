@@ -1,22 +1,29 @@
 """A paper's table with our numbers next to the paper's, written as Markdown and JSON.
 
-The paper's cells hold only what was read in a retrieved text of the paper (numbers or short
-claims, labelled "paper"), each with its source (:class:`Source`: the page it was read on and
-where on it). Where no figure was verified the cell says "see paper" — never an invented or
-remembered number — and the table says which cells are unverified and where to look them up
-(``reference``). Rows the paper does not have (our baselines) say "not in paper".
-:meth:`Table.check` refuses a paper cell without a source.
+The paper's cells hold what was read in the paper's text: its figures (as printed, e.g.
+``"89.1 ± 1.3"``) or, where the paper gives no figure for a cell, :data:`NOT_REPORTED`. Every
+paper cell names its :class:`Source` — the text it was read in and the place in it (a table,
+section, figure or appendix) — so a reader can check it; nothing is quoted from memory. Rows the
+paper does not have (our baselines) say :data:`NOT_IN_PAPER`. :meth:`Table.check` refuses a paper
+row with a missing cell and a paper cell without such a source.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SEE_PAPER = "see paper"
+NOT_REPORTED = "not reported"
 NOT_IN_PAPER = "not in paper"
+
+# a place in a paper's text: "Table 1", "Section 3.2", "Fig. 5.6", "Appendix B", "abstract", ...
+PLACE = re.compile(r"\b(?:(?:Tables?|Sections?|Secs?\.|Figs?\.|Figures?|Chapters?|Appendix|Eqs?\.)\s*[A-Z]?\d|abstract\b|Appendix\s+[A-Z]\b)",
+                   re.IGNORECASE)
+# the text a figure was read in: a web page, or a file of the seed-paper collection (papers/NAME.txt)
+TEXT = re.compile(r"^(?:https?://\S+|papers/[\w.-]+\.txt)$")
 
 
 @dataclass(frozen=True)
@@ -30,14 +37,34 @@ class Column:
 
 @dataclass(frozen=True)
 class Source:
-    """Where a paper's figure or claim was read: the page (URL) and the place on it."""
+    """Where a paper's figure or claim was read: whose paper, the place in it, and the text it was read in.
 
-    url: str
-    where: str  # "Table 2", "abstract", ...
-    title: str = ""  # what the page is, when the URL does not say (e.g. "arXiv abstract page")
+    Args:
+        cite: short citation of the paper the words are from ("Wickstrøm et al. 2023").
+        where: the place in that paper: a table, section, figure, chapter, appendix or the abstract,
+            with whatever narrows it down ("Table 1 (Decathlon test set)").
+        text: the text it was read in: ``papers/<file>.txt`` of the seed-paper collection, or a URL.
+    """
+
+    cite: str
+    where: str
+    text: str
+
+    def problem(self) -> str:
+        """What is wrong with this source ("" when it names a paper, a place in it and a text)."""
+        if not self.cite.strip():
+            return "no citation"
+        if not PLACE.search(self.where):
+            return f"{self.where!r} names no table, section, figure, chapter, appendix or abstract"
+        if not TEXT.match(self.text):
+            return f"{self.text!r} is neither papers/<file>.txt nor an http(s) URL"
+        return ""
+
+    def describe(self) -> str:
+        return f"{self.cite}, {self.where} — text: {self.text}"
 
     def to_dict(self) -> dict:
-        return {"url": self.url, "where": self.where, "title": self.title}
+        return {"cite": self.cite, "where": self.where, "text": self.text}
 
 
 @dataclass(frozen=True)
@@ -62,12 +89,13 @@ class Table:
         columns: the paper's metrics.
         rows: the paper's rows, in order (methods or training recipes).
         extra_rows: rows the paper does not have (baselines, trivial maps).
-        paper_cells: ``{row: {column key: number or short text}}`` read in the paper.
-        paper_sources: ``{row: {column key: source name}}``: every paper cell's source (required).
+        paper_cells: ``{row: {column key: figure as printed, or NOT_REPORTED}}``: every column of
+            every paper row.
+        paper_sources: ``{row: {column key: source name}}``: every paper cell's source.
         sources: ``{source name: Source}``.
         claims: quotations of the paper (its headline claims) shown under the table, each sourced.
-        reference: where a reader finds the paper (DOI / arXiv id), or why we cannot say.
-        paper_notes: what we say about the paper's figures (what was not verified, what differs).
+        reference: the paper and the text its cells were read in.
+        paper_notes: what we say about the paper's figures (setting, scale, what differs from ours).
         notes: what the run says (written by the reproduction, not about the paper's figures).
     """
 
@@ -89,20 +117,26 @@ class Table:
         self.check()
 
     def check(self) -> None:
-        """ValueError unless every paper cell is in a paper row and column and carries a known source."""
+        """ValueError unless every paper row has every column, each cell with a source naming a place in the paper."""
         keys = {c.key for c in self.columns}
         for name, src in self.sources.items():
-            if not isinstance(src, Source) or not src.url.startswith(("http://", "https://")) or not src.where.strip():
-                raise ValueError(f"{self.paper}: source {name!r} needs an http(s) URL and where on the page the figure was read")
+            problem = src.problem() if isinstance(src, Source) else "not a Source"
+            if problem:
+                raise ValueError(f"{self.paper}: source {name!r}: {problem}")
         for row, cells in self.paper_cells.items():
             if row not in self.rows:
                 raise ValueError(f"{self.paper}: paper cell for {row!r}, which is not one of the paper's rows")
             for key, value in cells.items():
                 if key not in keys:
                     raise ValueError(f"{self.paper}: paper cell {row!r} / {key!r}: no such column")
-                if value == SEE_PAPER:
-                    continue
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"{self.paper}: paper cell {row!r} / {key!r} = {value!r}: give the figure as printed in the paper (text)")
+        for row in self.rows:
+            for key in (c.key for c in self.columns):
+                if key not in self.paper_cells.get(row, {}):
+                    raise ValueError(f"{self.paper}: paper cell {row!r} / {key!r} is missing (a figure of the paper, or {NOT_REPORTED!r})")
                 src = self.paper_sources.get(row, {}).get(key)
+                value = self.paper_cells[row][key]
                 if src is None:
                     raise ValueError(f"{self.paper}: paper cell {row!r} / {key!r} = {value!r} has no source")
                 if src not in self.sources:
@@ -116,20 +150,20 @@ class Table:
             raise KeyError(f"{row!r} is not a row of the {self.paper} table")
         self.ours.setdefault(row, {})[key] = None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
-    def paper_cell(self, row: str, key: str):
+    def paper_cell(self, row: str, key: str) -> str:
         if row in self.extra_rows:
             return NOT_IN_PAPER
-        return self.paper_cells.get(row, {}).get(key, SEE_PAPER)
+        return self.paper_cells[row][key]
 
     def paper_source(self, row: str, key: str) -> str | None:
-        """The source name of a quoted paper cell (None for "see paper" and "not in paper")."""
-        if self.paper_cell(row, key) in (SEE_PAPER, NOT_IN_PAPER):
+        """The source name of a paper cell (None for our rows, "not in paper")."""
+        if row in self.extra_rows:
             return None
-        return self.paper_sources.get(row, {}).get(key)
+        return self.paper_sources[row][key]
 
-    def unverified(self) -> list[str]:
-        """``row / column`` of every paper cell that says "see paper"."""
-        return [f"{r} / {c.header}" for r in self.rows for c in self.columns if self.paper_cell(r, c.key) == SEE_PAPER]
+    def not_reported(self) -> list[str]:
+        """``row / column`` of every paper cell that says "not reported"."""
+        return [f"{r} / {c.header}" for r in self.rows for c in self.columns if self.paper_cell(r, c.key) == NOT_REPORTED]
 
     def to_dict(self) -> dict:
         self.check()
@@ -142,7 +176,7 @@ class Table:
                       "paper_source": {c.key: self.paper_source(r, c.key) for c in self.columns}} for r in self.rows + self.extra_rows],
             "paper_sources": {name: src.to_dict() for name, src in self.sources.items()},
             "paper_claims": [c.to_dict() for c in self.claims],
-            "paper_unverified": self.unverified(),
+            "paper_not_reported": self.not_reported(),
             "reference": self.reference,
             "paper_notes": list(self.paper_notes),
             "notes": list(self.notes),
@@ -168,26 +202,17 @@ class Table:
 
     def _paper_block(self, number: dict) -> list[str]:
         total = len(self.rows) * len(self.columns)
-        missing = self.unverified()
-        quoted = total - len(missing)
-        if not missing:
-            head = f"Paper cells: all {total} quoted from the paper, each with its source [n]."
-        elif not quoted:
-            head = (f"Paper cells: none of the {total} could be verified in a retrieved text of the paper, so every one says "
-                    f"\"{SEE_PAPER}\" (no figure is quoted from memory).")
-        else:
-            head = (f"Paper cells: {quoted} of {total} quoted from the paper, each with its source [n]; the other {len(missing)} "
-                    f"say \"{SEE_PAPER}\" (not verified: {'; '.join(missing)}).")
-        if missing:
-            head += f" Paper reference: {self.reference or 'none recorded'}."
-        lines = [head]
+        absent = len(self.not_reported())
+        head = f"Paper cells: {total - absent} of {total} quote the paper's own figures, as printed"
+        if absent:
+            head += f"; {absent} say \"{NOT_REPORTED}\" (the paper gives no such figure)"
+        lines = [head + "; each names its source [n]." + (f" Paper: {self.reference}." if self.reference else "")]
         for claim in self.claims:
             who = (f"Context from {claim.by} (not this paper's figures, not in the cells)" if claim.by
                    else "Paper's words (a claim, not a figure of the table)")
             lines.append(f"- {who}: \"{claim.quote}\" [{number[claim.source]}]")
         lines += [f"- {n}" for n in self.paper_notes]
-        for name, src in self.sources.items():
-            lines.append(f"- [{number[name]}] {src.url} — {src.where}" + (f" ({src.title})" if src.title else ""))
+        lines += [f"- [{number[name]}] {src.describe()}" for name, src in self.sources.items()]
         return lines
 
     def write(self, out: Path, stem: str = "table") -> tuple[Path, Path]:

@@ -2,7 +2,7 @@
 
 MONAI's ``resnet18/34/50`` default to a stride-1 first convolution (they were written for 3D
 medical volumes). At the same input size that is four times the compute of the standard
-ResNet (6.9 vs 1.7 GMAC at 224 px; measured here ~5x slower on one CPU thread), so the
+ResNet (6.9 vs 1.7 GMAC at 224 px; much slower on a CPU), so the
 backbones are built with the standard stem: a 7×7 stride-2 convolution followed by the
 3×3 stride-2 max-pool. The classification layer is dropped; the output is the globally
 average-pooled last block (512-d for ResNet-18/34, 2048-d for ResNet-50).

@@ -1,4 +1,4 @@
-"""Baselines as first-class encoders through the CLI, and `evaluate --baselines` (issue 9, item 1)."""
+"""Baselines as first-class encoders through the CLI, and `evaluate --baselines`."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def test_prior_lists_the_patients_other_studies_newest_first(engine, truth, leve
     assert result.context_slices == 20
     payload = result.to_dict()
     for study in payload["studies"]:
-        study["slice"].pop("source")  # a path: the phantom names folders after the PatientID (issue 16)
+        study["slice"].pop("source")  # a file path: not part of the answer checked here
     text = json.dumps(payload)
     import pydicom
 

@@ -17,7 +17,7 @@ from medcbir.errors import ConfigError
 
 
 def _panel(n: int = 4, size: int = 24) -> dict:
-    """Maps like the issue's: each with structure, all within 0.9955–0.9975 but offset per image."""
+    """Maps like a near-uniform encoder's: each with structure, all within 0.9955–0.9975 but offset per image."""
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:size, :size] / size
     items = []

@@ -1,4 +1,4 @@
-"""Preprocessing by modality, body cropping and physical scale (issue 9, items 2-3)."""
+"""Preprocessing by modality, body cropping and physical scale."""
 
 from __future__ import annotations
 

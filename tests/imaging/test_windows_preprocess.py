@@ -118,7 +118,7 @@ def test_preprocessing_apply_is_resize_then_window_then_invert():
     np.testing.assert_array_equal(out[2], apply_window(resized, (0, 100)))
     inverted = prep.apply(item_of(hu, inverted=True))
     # 48×32 -> 64×43: the picture is inverted, the padding stays dark (MONOCHROME1 pads with
-    # its maximum, which is black after inversion; issue 16 item 7).
+    # its maximum, which is black after inversion).
     cols = np.flatnonzero((resized != resized.min()).any(axis=0))
     left, right = cols.min() + 1, cols.max()
     np.testing.assert_allclose(inverted[:, :, left:right], 1.0 - out[:, :, left:right], atol=1e-6)

@@ -17,7 +17,7 @@ from .conftest import FakeEncoder, Meta, clustered
 def fitted_gaussian(n: int, seed: int, dim: int = 64) -> np.ndarray:
     """Vectors drawn from a Gaussian fitted (mean + covariance) to narrow-cone embeddings.
 
-    The cone mimics the default encoder's embeddings of a phantom archive (issue 18: pairwise
+    The cone mimics the default encoder's embeddings of a phantom archive (pairwise
     cosine 0.98–1.0, a few components carry most of the variance, no cluster structure): a unit
     mean plus a small spread with a decaying spectrum. A Gaussian is fitted to 4,000 of them and
     drawn from, as the benchmark does with real embeddings.

@@ -133,7 +133,7 @@ def test_the_allowed_keys_are_one_table():
     ok = "0123abcd-0123abcd-0123abcd-0123abcd-0123abcd"
     with pytest.raises(BadRequest, match="colour"):
         check_request("search", {"instance": ok, "colour": "red"}, {})
-    # Adding a key is one line in the route's table (issue 17 added group_by, prior, ... that way).
+    # Adding a key is one line in the route's table (group_by, prior, ... were added that way).
     ROUTES["search"]["colour"] = lambda value, limits: str(value)
     try:
         assert check_request("search", {"instance": ok, "colour": "red"}, {})["colour"] == "red"

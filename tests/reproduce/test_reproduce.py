@@ -8,7 +8,7 @@ import json
 import pytest
 
 from medcbir.reproduce import PAPERS, TEST, paper_module, reproduce
-from medcbir.reproduce.table import NOT_IN_PAPER, SEE_PAPER
+from medcbir.reproduce.table import NOT_IN_PAPER
 from tests.threads import one_torch_thread  # noqa: F401 - fixture
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,22 +47,22 @@ def check_outputs(paper: str, out, result: dict) -> dict:
     for col in want.columns:
         assert f"{col.header}" in md and " paper" in md
     for r in table["rows"]:
-        # the paper's cells: its own figures (each with a source) or "see paper"; our extra rows are marked as such
+        # the paper's cells: its own figures or "not reported", each with its source in the paper; our extra rows are marked as such
         for key, cell in r["paper"].items():
-            if cell == (SEE_PAPER if r["in_paper"] else NOT_IN_PAPER):
-                assert r["paper_source"][key] is None
+            if not r["in_paper"]:
+                assert cell == NOT_IN_PAPER and r["paper_source"][key] is None
                 continue
-            assert r["in_paper"] and isinstance(cell, (int, float, str)), (r["row"], key, cell)
+            assert isinstance(cell, str), (r["row"], key, cell)
             source = table["paper_sources"][r["paper_source"][key]]
-            assert source["url"].startswith(("http://", "https://")) and source["where"], (r["row"], key, source)
+            assert source["cite"] and source["where"] and source["text"], (r["row"], key, source)
         if r["in_paper"]:
             assert any(v is not None for v in r["ours"].values()), f"no number of ours in row {r['row']!r}"
             for v in r["ours"].values():
                 assert v is None or isinstance(v, (int, float)), v
-    assert table["reference"] and table["paper_unverified"] == want.unverified()
+    assert table["reference"] and table["paper_not_reported"] == want.not_reported()
     readme = (out / "README.md").read_text()
     assert "What differs from the paper" in readme and "phantom" in readme and "min of wall time" in readme
-    assert "Paper cells:" in readme and (not want.unverified() or want.reference in readme)  # which figures are unverified, where to look
+    assert "Paper cells:" in readme and want.reference in readme  # which paper and which text the cells were read in
     return table
 
 

@@ -1,4 +1,4 @@
-"""The paper tables: our numbers beside the paper's cells, never an invented or unsourced paper figure."""
+"""The paper tables: our numbers beside the paper's cells, never an unsourced paper figure."""
 
 from __future__ import annotations
 
@@ -8,21 +8,23 @@ import pytest
 
 from medcbir.reproduce import PAPERS, paper_module
 from medcbir.reproduce.budget import DEFAULT, TEST
-from medcbir.reproduce.table import NOT_IN_PAPER, SEE_PAPER, Claim, Column, Source, Table
+from medcbir.reproduce.table import NOT_IN_PAPER, NOT_REPORTED, Claim, Column, Source, Table
 
-SRC = Source("https://example.org/paper", "Table 2")
+SRC = Source("Doe et al. 2020", "Table 2", "papers/000_doe.txt")
+SEC = Source("Doe et al. 2020", "Section 4.1", "https://example.org/paper")
 
 
 def table(**kw) -> Table:
     args = dict(paper="p", title="t", columns=[Column("a", "A"), Column("b", "B", "low")], rows=["ours-1", "ours-2"],
-                extra_rows=["baseline"], paper_cells={"ours-1": {"a": 0.5}}, paper_sources={"ours-1": {"a": "t2"}},
-                sources={"t2": SRC}, reference="arXiv:0000.00000")
+                extra_rows=["baseline"], paper_cells={"ours-1": {"a": "0.5", "b": NOT_REPORTED}, "ours-2": {"a": "0.7 ± 0.1", "b": "3 s"}},
+                paper_sources={"ours-1": {"a": "t2", "b": "t2"}, "ours-2": {"a": "t2", "b": "s4"}},
+                sources={"t2": SRC, "s4": SEC}, reference="Doe et al. 2020, arXiv:0000.00000")
     args.update(kw)
     return Table(**args)
 
 
 def test_cells_say_where_the_number_comes_from(tmp_path):
-    t = table(claims=[Claim("It works.", "t2")], paper_notes=["B is not verified."])
+    t = table(claims=[Claim("It works.", "t2")], paper_notes=["B is in seconds."])
     t.set("ours-1", "a", 0.25)
     t.set("baseline", "b", float("nan"))
     t.notes.append("a run note")
@@ -31,60 +33,74 @@ def test_cells_say_where_the_number_comes_from(tmp_path):
     md_path, json_path = t.write(tmp_path)
     md = md_path.read_text()
     assert "| A ↑ ours | A paper | B ↓ ours | B paper |" in md
-    assert "| ours-1 | 0.250 | 0.500 [1] | – | see paper |" in md
+    assert "| ours-1 | 0.250 | 0.5 [1] | – | not reported [1] |" in md
+    assert "| ours-2 | – | 0.7 ± 0.1 [1] | – | 3 s [2] |" in md
     assert "| baseline | – | not in paper | – | not in paper |" in md
-    assert "- [1] https://example.org/paper — Table 2" in md
-    assert "1 of 4 quoted" in md and "not verified: ours-1 / B; ours-2 / A; ours-2 / B" in md and "arXiv:0000.00000" in md
-    assert '"It works." [1]' in md and "- B is not verified." in md and "- a run note" in md
+    assert "- [1] Doe et al. 2020, Table 2 — text: papers/000_doe.txt" in md
+    assert "- [2] Doe et al. 2020, Section 4.1 — text: https://example.org/paper" in md
+    assert "3 of 4 quote the paper's own figures" in md and '1 say "not reported"' in md and "arXiv:0000.00000" in md
+    assert '"It works." [1]' in md and "- B is in seconds." in md and "- a run note" in md
     data = json.loads(json_path.read_text())
     rows = {r["row"]: r for r in data["rows"]}
-    assert rows["ours-1"]["paper"] == {"a": 0.5, "b": SEE_PAPER} and rows["ours-1"]["ours"] == {"a": 0.25, "b": None}
-    assert rows["ours-1"]["paper_source"] == {"a": "t2", "b": None}
+    assert rows["ours-1"]["paper"] == {"a": "0.5", "b": NOT_REPORTED} and rows["ours-1"]["ours"] == {"a": 0.25, "b": None}
+    assert rows["ours-1"]["paper_source"] == {"a": "t2", "b": "t2"} and rows["ours-2"]["paper_source"] == {"a": "t2", "b": "s4"}
     assert rows["baseline"]["paper"] == {"a": NOT_IN_PAPER, "b": NOT_IN_PAPER} and not rows["baseline"]["in_paper"]
-    assert data["paper_sources"] == {"t2": {"url": "https://example.org/paper", "where": "Table 2", "title": ""}}
-    assert data["paper_unverified"] == ["ours-1 / B", "ours-2 / A", "ours-2 / B"] and data["reference"] == "arXiv:0000.00000"
-    assert data["notes"] == ["a run note"] and data["paper_notes"] == ["B is not verified."]
+    assert rows["baseline"]["paper_source"] == {"a": None, "b": None}
+    assert data["paper_sources"]["t2"] == {"cite": "Doe et al. 2020", "where": "Table 2", "text": "papers/000_doe.txt"}
+    assert data["paper_not_reported"] == ["ours-1 / B"] and data["reference"] == "Doe et al. 2020, arXiv:0000.00000"
+    assert data["notes"] == ["a run note"] and data["paper_notes"] == ["B is in seconds."]
 
 
-def test_a_paper_cell_without_a_source_is_refused():
+def test_a_paper_cell_without_a_source_in_the_paper_is_refused():
     with pytest.raises(ValueError, match="has no source"):
-        table(paper_sources={})
-    with pytest.raises(ValueError, match="has no source"):
-        table(paper_cells={"ours-1": {"a": "better than ours-2"}}, paper_sources={})  # a quoted claim needs one too
+        table(paper_sources={"ours-1": {"a": "t2", "b": "t2"}, "ours-2": {"a": "t2"}})
+    with pytest.raises(ValueError, match="has no source"):  # "not reported" is a statement about the paper: it needs one too
+        table(paper_sources={"ours-1": {"a": "t2"}, "ours-2": {"a": "t2", "b": "s4"}})
     with pytest.raises(ValueError, match="unknown source"):
-        table(paper_sources={"ours-1": {"a": "nowhere"}})
-    with pytest.raises(ValueError, match="URL"):
-        table(sources={"t2": Source("the paper", "Table 2")})
+        table(paper_sources={"ours-1": {"a": "nowhere", "b": "t2"}, "ours-2": {"a": "t2", "b": "s4"}})
+    with pytest.raises(ValueError, match="is missing"):  # every column of every paper row: a figure or "not reported"
+        table(paper_cells={"ours-1": {"a": "0.5"}, "ours-2": {"a": "0.7", "b": "3 s"}})
+    with pytest.raises(ValueError, match="names no table, section"):  # the place in the paper
+        table(sources={"t2": Source("Doe et al. 2020", "the paper", "papers/000_doe.txt"), "s4": SEC})
+    with pytest.raises(ValueError, match="neither papers/"):  # the text it was read in
+        table(sources={"t2": Source("Doe et al. 2020", "Table 2", "from memory"), "s4": SEC})
+    with pytest.raises(ValueError, match="no citation"):
+        table(sources={"t2": Source(" ", "Table 2", "papers/000_doe.txt"), "s4": SEC})
+    with pytest.raises(ValueError, match="as printed"):  # a figure is text as the paper prints it, never a float we rounded
+        table(paper_cells={"ours-1": {"a": 0.5, "b": NOT_REPORTED}, "ours-2": {"a": "0.7", "b": "3 s"}})
     with pytest.raises(ValueError, match="not one of the paper's rows"):
-        table(paper_cells={"baseline": {"a": 0.5}}, paper_sources={"baseline": {"a": "t2"}})
+        table(paper_cells={"ours-1": {"a": "0.5", "b": "1"}, "ours-2": {"a": "0.7", "b": "3 s"}, "baseline": {"a": "0.5"}})
     with pytest.raises(ValueError, match="unknown source"):
         table(claims=[Claim("It works.", "elsewhere")])
     t = table()
-    t.paper_cells["ours-2"] = {"b": 0.1}  # added after construction: refused when written
-    with pytest.raises(ValueError, match="has no source"):
+    t.paper_cells["ours-2"]["b"] = "2 s"
+    t.paper_sources["ours-2"]["b"] = "s5"  # changed after construction: refused when written
+    with pytest.raises(ValueError, match="unknown source"):
         t.markdown()
-    assert table(paper_cells={"ours-1": {"a": SEE_PAPER}}, paper_sources={}).paper_cell("ours-1", "a") == SEE_PAPER
+    for where in ("Table 1, bottom block", "Section 3.2", "Fig. 5.6", "Figs. 5.6–5.8", "Chapter 7", "Appendix B", "abstract", "Eq. 2"):
+        assert not Source("Doe et al. 2020", where, "papers/x.txt").problem(), where
 
 
 @pytest.mark.parametrize("paper", sorted(PAPERS))
-def test_every_paper_table_sources_its_paper_cells(paper):
+def test_every_paper_table_quotes_its_paper_with_sources(paper):
     module = paper_module(paper)
     t = module.empty_table(DEFAULT.angles) if paper == "saranchuk" else module.empty_table()
     t.check()
-    assert t.reference, "a table says where its paper's figures can be looked up"
+    assert t.reference, "a table says which paper and which text its cells were read in"
     data = t.to_dict()
+    quoted = 0
     for r in data["rows"]:
         for key, cell in r["paper"].items():
-            if cell in (SEE_PAPER, NOT_IN_PAPER):
-                assert r["paper_source"][key] is None
+            if not r["in_paper"]:
+                assert cell == NOT_IN_PAPER and r["paper_source"][key] is None
                 continue
-            assert r["in_paper"], (r["row"], key)
             src = data["paper_sources"][r["paper_source"][key]]
-            assert src["url"].startswith(("http://", "https://")) and src["where"], (r["row"], key, src)
+            assert src["cite"] and src["where"] and src["text"], (r["row"], key, src)
+            quoted += cell != NOT_REPORTED
+    assert quoted, "every seed paper gives at least one figure of its table"
     md = t.markdown()
-    assert "Paper cells:" in md and "Paper reference:" in md or not t.unverified()
-    for name, src in t.sources.items():
-        assert src.url in md, name
+    for src in t.sources.values():
+        assert src.describe() in md
 
 
 def test_budgets_are_checked():

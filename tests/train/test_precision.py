@@ -1,4 +1,4 @@
-"""The training precision is the device's decision, on every device (issue 16, item 10).
+"""The training precision is the device's decision, on every device.
 
 There is no GPU here: the CUDA cases check the decision functions with a CUDA ``Device`` value
 (no CUDA tensor is made), the CPU cases run real steps.

@@ -1,4 +1,4 @@
-"""The training recipe's parts (issue 10): neighbour-slice pairs, slice runs, seqsort, bf16."""
+"""The training recipe's parts: neighbour-slice pairs, slice runs, seqsort, bf16."""
 
 from __future__ import annotations
 

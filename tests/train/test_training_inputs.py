@@ -1,4 +1,4 @@
-"""The trainer sees, item by item, exactly the input search gives the encoder (issue 16, items 6-8).
+"""The trainer sees, item by item, exactly the input search gives the encoder.
 
 A hand-made archive mixes what a hospital archive holds: CT with a table, MR with and without a
 VOI window, a MONOCHROME1 image, non-square images, two patients. For every item, the trainer's
@@ -95,7 +95,7 @@ def test_a_view_does_not_depend_on_the_rest_of_the_batch(mixed_archive):
 
 
 def test_whole_image_recipe_and_monochrome1_padding_stay_dark(mixed_archive):
-    """Non-square MONOCHROME1 padded with what is dark after inversion (issue 16 item 7)."""
+    """Non-square MONOCHROME1 padded with what is dark after inversion."""
     from medcbir.imaging import Preprocessing
 
     prep = Preprocessing(("*=robust",), 48)  # no crop: 48×64 is padded top and bottom

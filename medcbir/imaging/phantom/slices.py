@@ -112,7 +112,7 @@ def blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
     Equivalent to ``scipy.ndimage.gaussian_filter(image, sigma, mode="nearest", truncate=3)``;
     written as a handful of shifted multiply-adds because for the small kernels of a CT PSF
-    that is ~3× faster than scipy's general 1-D correlation.
+    that is faster than scipy's general 1-D correlation.
     """
     radius = max(int(sigma * 3.0 + 0.5), 1)
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)

@@ -355,7 +355,7 @@ def write_slice(path: Path, ds: Dataset, stored: np.ndarray, syntax: str) -> Non
         ds["PixelData"].VR = "OW"
     else:
         ds.compress(syntax, stored, generate_instance_uid=False)
-    # pydicom issues many small writes; collecting them in memory and writing once is ~3× faster.
+    # pydicom issues many small writes; collecting them in memory and writing once is faster.
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     path.write_bytes(buffer.getbuffer())

@@ -1,0 +1,320 @@
+"""The summary table at the top of RESULTS.md: one line per section, computed from its JSON.
+
+Each line says the section's goal, our figure, the peer's (or the floor's), whether the goal was
+met (and by how much it was missed), and when and under what load it was measured. The figures
+are read from ``results/<name>.json`` by the function registered for the section, so a re-run
+updates its line; a section without a function (or whose JSON no longer has the fields) gets a
+line saying so instead of a stale figure.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass
+class Line:
+    goal: str
+    ours: str
+    peer: str
+    result: str
+
+
+SUMMARIES = {}
+
+
+def summary(name: str):
+    def register(fn):
+        SUMMARIES[name] = fn
+        return fn
+
+    return register
+
+
+def verdict(met: bool, missed: str = "") -> str:
+    return "**met**" if met else f"**missed**{' (' + missed + ')' if missed else ''}"
+
+
+def short_of(value: float, goal: float) -> str:
+    """How far ``value`` is below ``goal``, in percent of the goal."""
+    return f"{100 * (1 - value / goal):.0f} % short"
+
+
+@summary("decode")
+def _decode(r: dict) -> Line:
+    two, one = r["modes"]["raw"]["2"], r["modes"]["raw"]["1"]
+    s = two["speedup_vs_1_process"]
+    return Line("2 decode workers ≥ 1.6× one process (raw)", f"{two['items_per_s']:.0f} items/s ({s:.2f}×)",
+                f"one process {one['items_per_s']:.0f} items/s", verdict(s >= 1.6, short_of(s, 1.6)))
+
+
+@summary("explain")
+def _explain(r: dict) -> Line:
+    row = next(x for x in r["rows"] if "(default)" in x["name"])
+    ok = row["ratio_to_peer"] <= 0.4 and row["r_vs_ref_min"] >= 0.95
+    return Line("query + 5 neighbours, 128 px: min r ≥ 0.95 in ≤ 0.4× relax-xai's time for one image",
+                f"{row['ratio_to_peer']:.3f}× at min r {row['r_vs_ref_min']:.3f}", f"relax-xai, 3000 masks: {r['peer_seconds_3000']:.0f} s",
+                verdict(ok))
+
+
+@summary("explain_224")
+def _explain_224(r: dict) -> Line:
+    d = r["size_224"]
+    row = next(x for x in d["rows"] if x["name"].startswith("**defaults**"))
+    ok = row["wall_seconds"] <= 10 and row["r_vs_ref_min"] >= 0.95
+    return Line("query + 5 neighbours, 224 px, default encoder: ≤ 10 s at min r ≥ 0.95",
+                f"{row['wall_seconds']:.1f} s at min r {row['r_vs_ref_min']:.3f}", f"relax-xai, 1 image: {d['peer']['seconds']:.1f} s",
+                verdict(ok))
+
+
+@summary("explain_quality")
+def _explain_quality(r: dict) -> Line:
+    best = {}
+    for encoder, run in r["runs"].items():
+        for method, scores in run["query"]["methods"].items():
+            m = scores["margin"]["rank_accuracy"]
+            if m is not None and (not best or m > best["margin"]):
+                best = {"margin": m, "encoder": encoder, "method": method}
+    return Line("none (a measurement): do explanation maps beat trivial maps on the liver?",
+                f"best RRA margin {best['margin']:+.3f} ({best['method']}, {best['encoder']})", "best trivial map (margin 0)",
+                "no map beats the best trivial map" if best["margin"] <= 0 else "a map beats every trivial map")
+
+
+@summary("fuzz")
+def _fuzz(r: dict) -> Line:
+    ok = r["crashes"] == 0 and r["hangs"] == 0 and r["every_file_accounted"]
+    return Line(f"0 crashes, 0 hangs on {r['files']:,} mutated DICOM files", f"{r['crashes']} crashes, {r['hangs']} hangs",
+                "–", verdict(ok))
+
+
+@summary("index")
+def _index(r: dict) -> Line:
+    ratio = r["ratio"]
+    return Line(f"`index_archive` ≥ {r['goal_ratio']}× the encoder alone", f"{r['index_archive_items_per_s']:.1f} items/s",
+                f"encoder alone (floor) {r['encoder_alone_items_per_s']:.1f} items/s",
+                f"{ratio:.2f}×: " + verdict(ratio >= r["goal_ratio"], short_of(ratio, r["goal_ratio"])))
+
+
+@summary("index_growth")
+def _index_growth(r: dict) -> Line:
+    approx = [x for x in r["rows"] if x["retrained_spec"] != "Flat"]
+    low = min(x["retrained_recall"] for x in approx)
+    frozen = min(x["frozen_recall"] for x in approx if x["frozen_spec"] != "Flat")
+    return Line(f"recall@10 ≥ {r['target']} at every step of growth to {r['n_max']:,} items", f"lowest {low:.3f} (retrained)",
+                f"exact search (1.000); never retrained: lowest {frozen:.3f}", verdict(low >= r["target"], f"by {r['target'] - low:.3f}"))
+
+
+@summary("index_open")
+def _index_open(r: dict) -> Line:
+    modes = {m["verify"]: m for m in r["modes"]}
+    ours, peer = modes["checksums"]["open_s_best"], modes["sha256"]["open_s_best"]
+    return Line(f"open a {r['items']:,}-item index ≤ {r['goal_s']:g} s (default check)", f"{ours:.2f} s (XXH3 checksums)",
+                f"sha256 check {peer:.2f} s", verdict(ours <= r["goal_s"], f"{ours - r['goal_s']:.2f} s over"))
+
+
+@summary("orthanc_load")
+def _orthanc_load(r: dict) -> Line:
+    ok = r["lost"] == 0 and r["search_failures"] == 0
+    return Line("under C-STORE load: nothing lost, every search answered",
+                f"{r['lost']} lost, {r['search_failures']} failed searches; p95 {1000 * r['search_p95_s']:.0f} ms; "
+                f"{r['plugin_items_per_s']:.1f} items/s",
+                f"`index_archive` from disk {r['peer_items_per_s']:.1f} items/s", verdict(ok))
+
+
+@summary("phantom")
+def _phantom(r: dict) -> Line:
+    return Line(f"≥ {r['goal']:.0f} slices/s at {r['args']['size']} px on 2 cores", f"{r['ours']:.0f} slices/s",
+                f"one process {r['peer']:.0f} slices/s", verdict(r["ours"] >= r["goal"], short_of(r["ours"], r["goal"])))
+
+
+@summary("plugin_explain")
+def _plugin_explain(r: dict) -> Line:
+    return Line(f"search p95 while explaining ≤ {r['goal_ratio']:g}× quiet", f"p95 {r['busy_p95_ms']:.0f} ms ({r['ratio']:.2f}×)",
+                f"quiet server p95 {r['quiet_p95_ms']:.0f} ms", verdict(r["ratio"] <= r["goal_ratio"]))
+
+
+@summary("prior_exam")
+def _prior_exam(r: dict) -> Line:
+    res = r["results"]
+    name = "trained" if "trained" in res else "default"
+    ours, peer = res[name]["series"]["within_1"], res["thumbnail:16"]["series"]["within_1"]
+    return Line("prior exam: slice within one of the right level for ≥ 90 % of queries", f"{name}: {100 * ours:.1f} %",
+                f"thumbnail:16 {100 * peer:.1f} %", verdict(ours >= 0.9, f"{100 * (0.9 - ours):.1f} points short"))
+
+
+def _quality(r: dict) -> Line:
+    recipe = [t["result"]["labels.csv"]["map_at_k"] for t in r["trained"] if t["row"].startswith("recipe:")]
+    best_name, best = max(((n, b["labels.csv"]["map_at_k"]) for n, b in r["baselines"].items()), key=lambda x: x[1])
+    mean = sum(recipe) / len(recipe)
+    ok = mean - best >= 0.10 and min(recipe) > best
+    return Line("recipe MAP@5 (levels) ≥ best baseline + 0.10", f"recipe {mean:.3f} (mean of {len(recipe)} seeds)",
+                f"{best_name} {best:.3f}", verdict(ok, f"margin {mean - best:+.3f}, needed +0.10"))
+
+
+summary("quality")(_quality)
+summary("quality_epochs")(_quality)
+
+
+@summary("ray_index")
+def _ray_index(r: dict) -> Line:
+    ratio = r["ray1_over_single"]
+    return Line("Ray, 1 embedding actor ≥ 0.85× single-process", f"{r['best']['ray-1']:.1f} items/s ({ratio:.2f}×)",
+                f"single-process {r['best']['single']:.1f} items/s", verdict(ratio >= 0.85, short_of(ratio, 0.85)))
+
+
+def _real_mr(r: dict) -> Line:
+    t = r["trained"][0]
+    ours = t["result"]["map_at_k"]
+    best_name, best = max(t["result"]["baselines"].items(), key=lambda kv: kv[1]["map_at_k"])
+    return Line("real MR across subjects: trained recipe MAP@5 above every baseline", f"{t['row']} {ours:.3f}",
+                f"best baseline {best_name} {best['map_at_k']:.3f}", verdict(ours > best["map_at_k"], f"by {best['map_at_k'] - ours:.3f}"))
+
+
+summary("real_mr")(_real_mr)
+summary("real_mr_defaults")(_real_mr)
+
+
+@summary("robustness")
+def _robustness(r: dict) -> Line:
+    rows = [x for x in r["rows"] if x["encoder"].startswith("trained")]
+    worst = max(x["drop"] for x in rows)
+    peer = [x for x in r["rows"] if x["encoder"] == "thumbnail:16" and x["crop"] == "crop" and x["variant"] == "CT"]
+    return Line("trained recipe's MAP@5 drops ≤ 0.05 under nuisances", f"worst drop {worst:+.3f}",
+                f"thumbnail:16 (CT) drop {peer[0]['drop']:+.3f}" if peer else "–", verdict(worst <= 0.05, f"by {worst - 0.05:.3f}"))
+
+
+@summary("search")
+def _search(r: dict) -> Line:
+    misses = []
+    for s in r["sizes"]:
+        size = f"{s['items']:,}: "
+        if s["overhead_ratio"] > 1.10:
+            misses.append(size + f"overhead {s['overhead_ratio']:.2f} > 1.10")
+        if s["recall_at_10_vs_exact"] < 0.98 or s["speedup_vs_exact"] < 25:
+            misses.append(size + f"recall {s['recall_at_10_vs_exact']:.3f} at {s['speedup_vs_exact']:.1f}× exact QPS")
+        if s["items"] >= 1_000_000 and s["p50_ms_engine"] > 1:
+            misses.append(size + f"p50 {s['p50_ms_engine']:.2f} ms > 1 ms")
+        if s["open_s_verify_checksums"] > 2:
+            misses.append(size + f"open {s['open_s_verify_checksums']:.2f} s > 2 s, met since: section index_open")
+    s = max(r["sizes"], key=lambda x: x["items"])
+    return Line("engine overhead ≤ 1.10× raw FAISS, recall@10 ≥ 0.98 at ≥ 25× exact QPS, p50 ≤ 1 ms at 1M, open ≤ 2 s",
+                f"at {s['items']:,}: overhead {s['overhead_ratio']:.2f}, recall {s['recall_at_10_vs_exact']:.4f} at "
+                f"{s['speedup_vs_exact']:.1f}× exact QPS, p50 {s['p50_ms_engine']:.2f} ms", f"raw FAISS; exact {s['qps_exact']:,.0f} QPS",
+                verdict(not misses, "; ".join(misses)))
+
+
+@summary("search_shapes")
+def _search_shapes(r: dict) -> Line:
+    worst = min(r["rows"], key=lambda x: x["recall_at_10_held_out"] - x["target"])
+    ok = all(x["recall_at_10_held_out"] >= x["target"] for x in r["rows"])
+    return Line(f"`auto` reaches recall@10 ≥ {worst['target']} on held-out queries on every data shape",
+                f"lowest {worst['recall_at_10_held_out']:.3f} ({worst['shape']}, {worst['items']:,})", "exact search (1.000)",
+                verdict(ok, f"by {worst['target'] - worst['recall_at_10_held_out']:.3f}"))
+
+
+@summary("search_tuning")
+def _search_tuning(r: dict) -> Line:
+    rows = [x for x in r["rows"] if x["items"] >= 1_000_000]
+    worst = max(rows, key=lambda x: x["overhead"])
+    return Line("`auto`'s tuning adds ≤ 10 % to the build at 1M items", f"{100 * worst['overhead']:.1f} % ({worst['shape']})",
+                f"the same build without tuning {worst['build_without_tuning_s']:.0f} s",
+                verdict(worst["overhead"] <= 0.10, f"{100 * (worst['overhead'] - 0.10):.1f} points over"))
+
+
+@summary("seeds")
+def _seeds(r: dict) -> Line:
+    ran = [p for p, run in r["runs"].items() if "error" not in run]
+    return Line("none (a check): each seed paper's protocol runs end to end", f"{len(ran)} of {len(r['papers_asked'])} ran",
+                "the papers' own figures, beside ours in each table", "ran" if len(ran) == len(r["papers_asked"]) else "**failed**")
+
+
+@summary("soak")
+def _soak(r: dict) -> Line:
+    ok = (r["verify_ok"] and r["missing"] == 0 and r["duplicates"] == 0 and not r["writer_failures"] and not r["search_errors"]
+          and not r["maintenance_errors"] and r["searches_answered"] == r["searches_asked"])
+    return Line(f"{r['items']:,} items, {r['restarts']} writer kills: nothing lost, every search answered",
+                f"{r['missing']} missing, {r['duplicates']} duplicates, {r['searches_answered']:,}/{r['searches_asked']:,} searches", "–",
+                verdict(ok))
+
+
+@summary("train")
+def _train(r: dict) -> Line:
+    return Line(f"batched augmentation ≥ {r['goal_ratio']}× the best per-sample DataLoader",
+                f"{r['ours_images_per_s']:.1f} images/s ({r['ratio']:.2f}×)", f"DataLoader {r['peer_best_images_per_s']:.1f} images/s",
+                verdict(r["ratio"] >= r["goal_ratio"], short_of(r["ratio"], r["goal_ratio"])))
+
+
+@summary("train_precision")
+def _train_precision(r: dict) -> Line:
+    ratio = r["ratio_bf16_vs_fp32_eager"]
+    return Line(f"bf16 + channels-last step ≥ {r['goal']}× fp32 eager at {r['size']} px",
+                f"{r['step_images_per_s']['bf16']:.1f} images/s ({ratio:.2f}×)", f"fp32 eager {r['step_images_per_s']['eager']:.1f} images/s",
+                verdict(ratio >= r["goal"], short_of(ratio, r["goal"])))
+
+
+@summary("train_quality")
+def _train_quality(r: dict) -> Line:
+    ours, peer = r["trained"]["map_at_k"], r["random_init"]["map_at_k"]
+    return Line("a short SimSiam + HU-views training beats its random initialisation (MAP@5)", f"{ours:.3f}",
+                f"random init {peer:.3f}", verdict(ours > peer, f"by {peer - ours:.3f}"))
+
+
+LOAD = re.compile(r"(\d+(?:\.\d+)?) at (?:start|end)")
+LOAD_TEXT = re.compile(r"load average[^0-9]{0,40}?(\d+\.\d+)", re.IGNORECASE)
+
+
+def highest_load(results: dict, markdown: str = "") -> float | None:
+    """The highest 1-min load average a section recorded in its JSON (or, failing that, wrote in its
+    text); None when it recorded none."""
+    seen = []
+
+    def take(value) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seen.append(float(value))
+        elif isinstance(value, str):
+            seen.extend(float(x) for x in LOAD.findall(value))
+        elif isinstance(value, list) and value:
+            if all(isinstance(v, (int, float)) for v in value):
+                seen.append(float(value[0]))
+            else:
+                for v in value:
+                    take(v)
+
+    def walk(node, depth: int) -> None:
+        if depth > 3:
+            return
+        items = node.items() if isinstance(node, dict) else ((None, v) for v in node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(key, str) and key.lower().startswith("load"):
+                take(value)
+            elif isinstance(value, (dict, list)):
+                walk(value, depth + 1)
+
+    walk(results, 0)
+    if not seen:
+        seen = [float(x) for x in LOAD_TEXT.findall(markdown)]
+    return max(seen) if seen else None
+
+
+def line(payload: dict) -> str:
+    """The summary table's row for one section."""
+    name = payload["benchmark"]
+    when = payload["measured_at"][:10]
+    load = highest_load(payload["results"], payload.get("markdown", ""))
+    measured = f"{when}, load {load:.1f}" if load is not None else f"{when}, load not recorded"
+    fn = SUMMARIES.get(name)
+    if fn is None:
+        cells = ["(no summary line for this section yet: see it below)", "", "", ""]
+    else:
+        try:
+            s = fn(payload["results"])
+            cells = [s.goal, s.ours, s.peer, s.result]
+        except (KeyError, IndexError, TypeError, ValueError, StopIteration) as exc:
+            cells = [f"(its JSON lacks what the summary reads: {type(exc).__name__} {exc}; see the section)", "", "", ""]
+    return f"| [{name}](#{name}) | " + " | ".join(cells) + f" | {measured} |"
+
+
+def table(payloads: list[dict]) -> str:
+    head = ["| section | goal | ours | peer / floor | result | measured (highest 1-min load seen) |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + [line(p) for p in payloads])
