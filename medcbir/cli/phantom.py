@@ -20,27 +20,32 @@ import click
               help="Exams per patient (later ones: new UIDs, later dates, small positioning/FOV/contrast changes).")
 @click.option("--simple", is_flag=True,
               help="The original phantom (same position, field of view and contrast for everyone; no lesions).")
+@click.option("--v3", "v3", is_flag=True,
+              help="Phantom v3: lesions of four kinds in liver, spleen and kidneys, with "
+                   "labels-lesion-kind.csv and lesion-boxes.csv.")
 @click.option("--modality", type=click.Choice(["CT", "MR"]), default="CT", show_default=True,
               help="MR: an MR-like series (no HU, arbitrary intensity scale and gamma per patient).")
 @click.option("--override", "overrides", multiple=True, metavar="NAME=JSON",
               help="Force one nuisance for every patient, e.g. --override pixel_spacing=0.9 "
                    "--override 'offset_mm=[20,-10]' --override noise=25 (names: docs/contracts.md).")
 def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_compress: bool, workers: int,
-            studies_per_patient: int, simple: bool, modality: str, overrides: tuple[str, ...]) -> None:
+            studies_per_patient: int, simple: bool, v3: bool, modality: str, overrides: tuple[str, ...]) -> None:
     """Write a synthetic CT archive (real DICOM) with labels.csv, masks.h5 and phantom.json."""
     from medcbir.imaging.phantom import make_archive
 
     summary = make_archive(out, patients=patients, slices=slices, seed=seed, size=size, compress=not no_compress,
                            workers=workers, studies_per_patient=studies_per_patient, simple=simple,
-                           overrides=_parse_overrides(overrides), modality=modality)
+                           overrides=_parse_overrides(overrides), modality=modality, version=3 if v3 else 2)
     click.echo(f"phantom archive: {summary.out}")
     exams = f" × {summary.studies_per_patient} studies" if summary.studies_per_patient > 1 else ""
     click.echo(f"  {summary.files} slices ({summary.patients} patients{exams} × {summary.slices}, {summary.size} px) "
                f"in {summary.elapsed:.2f} s = {summary.slices_per_second:.0f} slices/s")
     click.echo("  labels: " + ", ".join(f"{label} {count}" for label, count in summary.labels.items()))
     click.echo("  transfer syntaxes: " + ", ".join(f"{name} {count}" for name, count in summary.transfer_syntaxes.items()))
-    truth = [summary.labels_csv, summary.labels_liver_csv, summary.labels_lesion_csv, summary.slices_csv,
-             summary.masks_h5, summary.phantom_json]
+    if summary.lesion_kinds:
+        click.echo("  lesion cross-sections: " + ", ".join(f"{kind} {n}" for kind, n in summary.lesion_kinds.items()))
+    truth = [summary.labels_csv, summary.labels_liver_csv, summary.labels_lesion_csv, summary.labels_lesion_kind_csv,
+             summary.lesion_boxes_csv, summary.slices_csv, summary.masks_h5, summary.phantom_json]
     click.echo("  ground truth: " + ", ".join(str(path) for path in truth if path is not None))
 
 

@@ -39,7 +39,9 @@ CONTRACT_ORGANS: tuple[str, ...] = (
 )
 EXTRA_ORGANS: tuple[str, ...] = (
     "heart", "ribs", "pelvic_bone", "bladder", "gallbladder", "subcutaneous_fat", "muscle",
-    "lesion",  # liver lesions (phantom v2): a subset of the liver mask, the one overlapping mask
+    # Lesions: a subset of their organ's mask, the one overlapping mask (phantom v2: liver
+    # lesions; phantom v3: every lesion, in liver, spleen and kidneys).
+    "lesion",
 )
 ORGANS: tuple[str, ...] = CONTRACT_ORGANS + EXTRA_ORGANS
 
@@ -119,7 +121,9 @@ class Layer:
     hu: float
     in_cavity: bool = False
     within: str | None = None
-    mask: str | None = None  # also add the painted pixels to this non-exclusive mask ("lesion")
+    # Also add the painted pixels to this non-exclusive mask ("lesion"); the renderer keeps those
+    # still owned by ``within`` at the end.
+    mask: str | None = None
 
 
 PHASES: tuple[str, ...] = ("non-contrast", "arterial", "portal-venous")
@@ -214,6 +218,9 @@ class Patient:
     lesions: list[dict] = field(default_factory=list)  # see medcbir.imaging.phantom.variation
     arms: bool = False  # arms down at the sides (in the field of view) instead of raised
     table: bool = True
+    # Phantom v3 only: lesions of several kinds in liver, spleen and kidneys, each an object with
+    # ``organ`` and ``layers(z, outline, phase, contrast, hu)`` (medcbir.imaging.phantom.lesions).
+    roi_lesions: tuple = ()
 
     @classmethod
     def draw(cls, seed: int, index: int) -> Patient:
@@ -306,6 +313,20 @@ class Patient:
                 return label
         return LABELS[-1]
 
+    def extent(self, organ: str) -> tuple[float, float]:
+        """The z range ``[top, bottom)`` in which ``organ`` (liver, spleen, kidney_left,
+        kidney_right) shows."""
+        liver_top, kidney_top, liver_bottom, kidney_bottom = self.boundaries
+        lower_left, later_right = self.kidney_offsets
+        return {
+            "liver": (liver_top, liver_bottom),
+            "spleen": (liver_top + 0.25 * (kidney_top - liver_top), kidney_top + 0.6 * (liver_bottom - kidney_top)),
+            # The left kidney starts at kidney_top, the right one a little lower (the liver pushes
+            # it down) and ends at kidney_bottom; so their union spans exactly [kidney_top, kidney_bottom).
+            "kidney_left": (kidney_top, kidney_bottom - lower_left),
+            "kidney_right": (kidney_top + later_right, kidney_bottom),
+        }[organ]
+
     # -- geometry -------------------------------------------------------------------------
 
     def body_at(self, z: float) -> Blob:
@@ -348,12 +369,13 @@ class Patient:
             out += self._bowel(z, cavity, kidney_bottom)
         if liver_top <= z < liver_bottom:
             out += self._liver(z, cavity)
-        if liver_top + 0.25 * (kidney_top - liver_top) <= z < kidney_top + 0.6 * (liver_bottom - kidney_top):
-            s = self.sizes["spleen"] * _profile(z, liver_top + 0.25 * (kidney_top - liver_top),
-                                                 kidney_top + 0.6 * (liver_bottom - kidney_top))
+        spleen_top, spleen_bottom = self.extent("spleen")
+        if spleen_top <= z < spleen_bottom:
+            s = self.sizes["spleen"] * _profile(z, spleen_top, spleen_bottom)
             dx, dy = self.shifts.get("spleen", (0.0, 0.0))
-            out.append(Layer("spleen", Blob(cx + dx + 0.66 * acx, cy + dy + 0.30 * acy, 0.13 * s, 0.24 * s, 0.5,
-                                            self.shapes["spleen"]), hu["spleen"], in_cavity=True))
+            spleen = Blob(cx + dx + 0.66 * acx, cy + dy + 0.30 * acy, 0.13 * s, 0.24 * s, 0.5, self.shapes["spleen"])
+            out.append(Layer("spleen", spleen, hu["spleen"], in_cavity=True))
+            out += self._roi_lesion_layers("spleen", z, spleen)
         if kidney_top <= z < kidney_bottom:
             out += self._kidneys(z, spine_y)
         if z >= kidney_top + 0.5 * (liver_bottom - kidney_top):
@@ -403,6 +425,12 @@ class Patient:
             out.append(Layer(None, Blob(x, y, r, r * 0.92), self.hu["liver"] + lesion_delta(lesion, self.phase, self.hu),
                              within="liver", mask="lesion"))
         return out
+
+    def _roi_lesion_layers(self, organ: str, z: float, outline: Blob) -> list[Layer]:
+        """Cross-sections at ``z`` of the phantom v3 lesions of ``organ``, placed relative to its
+        current ``outline`` (painted right after the organ, inside it only)."""
+        return [layer for lesion in self.roi_lesions if lesion.organ == organ
+                for layer in lesion.layers(z, outline, self.phase, self.contrast, self.hu)]
 
     def _table(self) -> list[Layer]:
         """The scanner couch under the patient's back: a curved carbon-fibre shell around a foam
@@ -495,6 +523,7 @@ class Patient:
                              hu["liver"], in_cavity=True))
         out += self._vessel_layers("liver", z, out[0].blob, hu["liver"] + 45.0)
         out += self._lesion_layers(z, out[0].blob)
+        out += self._roi_lesion_layers("liver", z, out[0].blob)
         if 0.55 <= t < 0.95:
             out.append(Layer("gallbladder", Blob(cx - 0.20 * acx, cy - 0.42 * acy, 0.07, 0.09, 0.4), hu["bile"],
                              in_cavity=True))
@@ -502,14 +531,10 @@ class Patient:
 
     def _kidneys(self, z: float, spine_y: float) -> list[Layer]:
         hu = self.hu
-        _, kidney_top, _, kidney_bottom = self.boundaries
         cx = self.body.cx
-        lower_left, later_right = self.kidney_offsets
         out = []
-        # The left kidney starts at kidney_top, the right one a little lower (the liver pushes it
-        # down) and ends at kidney_bottom; so their union spans exactly [kidney_top, kidney_bottom).
-        for side, name, top, bottom in ((1, "kidney_left", kidney_top, kidney_bottom - lower_left),
-                                        (-1, "kidney_right", kidney_top + later_right, kidney_bottom)):
+        for side, name in ((1, "kidney_left"), (-1, "kidney_right")):
+            top, bottom = self.extent(name)
             if not top <= z < bottom:
                 continue
             s = self.sizes["kidney"] * _profile(z, top, bottom)
@@ -520,6 +545,7 @@ class Patient:
             # The renal sinus (fat) opens towards the front and the spine.
             sinus = Blob(kidney.cx - side * 0.05 * s, kidney.cy - 0.03 * s, 0.03 * s, 0.04 * s)
             out.append(Layer("", sinus, hu["renal_sinus"]))
+            out += self._roi_lesion_layers(name, z, kidney)
         return out
 
     def _vessels(self, z: float, spine_y: float, kidney_bottom: float) -> list[Layer]:

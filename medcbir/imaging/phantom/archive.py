@@ -15,9 +15,9 @@ import pydicom
 from pydicom.uid import JPEGLSLossless, RLELossless
 
 from medcbir.errors import ConfigError
-from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Patient
+from medcbir.imaging.phantom.anatomy import HU_RANGES, LABELS, ORGANS, Blob, Patient
+from medcbir.imaging.phantom.lesions import KINDS, MASK_NAMES, draw_lesions, kind_label, lesion_truth
 from medcbir.imaging.phantom.masks import MaskWriter, deflate_masks
-from medcbir.imaging.phantom.anatomy import Blob
 from medcbir.imaging.phantom.slices import IDENTITY, Finish, Pose, SliceRenderer
 from medcbir.imaging.phantom.variation import (
     ANATOMY_UNIT_MM,
@@ -40,6 +40,9 @@ from medcbir.imaging.phantom.writer import (
 
 FORMAT = "medcbir-phantom"
 VERSION = 2  # 2: phantom v2, pseudonymous folders, studies, slices.csv
+VERSIONS = (2, 3)  # 3: phantom v2 with lesions of four kinds in liver, spleen and kidneys (opt-in)
+LESION_KIND_CSV, LESION_BOXES_CSV = "labels-lesion-kind.csv", "lesion-boxes.csv"
+BOX_COLUMNS = ("sop_instance_uid", "frame", "x", "y", "w", "h", "label")
 MIN_SIZE, MAX_SIZE = 32, 2048
 # A PSF narrower than this is invisible on the pixel grid; this much also stands in for the
 # partial-volume averaging over a pixel that point sampling of the outlines leaves out.
@@ -61,6 +64,8 @@ class PhantomSummary:
         dicom_files: every DICOM file, in series order.
         studies_per_patient: studies (exams) per patient.
         slices_csv: per-slice truth (patient folder, study, body position, level).
+        version: 2, or 3 (lesion kinds; then labels_lesion_kind_csv, lesion_boxes_csv and
+            lesion_kinds, the lesion cross-sections written per kind).
     """
 
     out: Path
@@ -82,6 +87,10 @@ class PhantomSummary:
     labels_lesion_csv: Path | None = None
     simple: bool = False
     modality: str = "CT"
+    version: int = VERSION
+    labels_lesion_kind_csv: Path | None = None
+    lesion_boxes_csv: Path | None = None
+    lesion_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def slices_per_second(self) -> float:
@@ -97,7 +106,10 @@ class PhantomSummary:
             "studies_per_patient": self.studies_per_patient, "slices_csv": str(self.slices_csv),
             "labels_liver_csv": str(self.labels_liver_csv) if self.labels_liver_csv else None,
             "labels_lesion_csv": str(self.labels_lesion_csv) if self.labels_lesion_csv else None,
-            "simple": self.simple, "modality": self.modality,
+            "simple": self.simple, "modality": self.modality, "version": self.version,
+            "labels_lesion_kind_csv": str(self.labels_lesion_kind_csv) if self.labels_lesion_kind_csv else None,
+            "lesion_boxes_csv": str(self.lesion_boxes_csv) if self.lesion_boxes_csv else None,
+            "lesion_kinds": dict(self.lesion_kinds),
         }
 
 
@@ -129,7 +141,8 @@ def _prepare(out: Path) -> None:
             target = (out / folder).resolve()
             if target.parent == out.resolve() and target.is_dir():
                 shutil.rmtree(target)
-        for name in ("labels.csv", "slices.csv", "labels-liver.csv", "labels-lesion.csv", "masks.h5", "phantom.json"):
+        for name in ("labels.csv", "slices.csv", "labels-liver.csv", "labels-lesion.csv", LESION_KIND_CSV,
+                     LESION_BOXES_CSV, "masks.h5", "phantom.json"):
             (out / name).unlink(missing_ok=True)
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no phantom archive; choose a new folder")
@@ -155,6 +168,7 @@ class WrittenSlice:
     study: int = 0
     has_liver: bool = False
     has_lesion: bool = False
+    boxes: tuple = ()  # phantom v3: (number, kind, x, y, w, h) per lesion shown
 
 
 @dataclass(frozen=True)
@@ -173,14 +187,14 @@ class Exam:
 
 def _write_patient(job: tuple) -> tuple[list[WrittenSlice], dict]:
     """Render and write one patient's studies; return its slices and its phantom.json entry."""
-    out, seed, index, scanner_index, slices, size, compress, studies, simple, overrides, modality = job
+    out, seed, index, scanner_index, slices, size, compress, studies, simple, overrides, modality, version = job
     rng = np.random.default_rng([seed, index, 0x5E21E5])
     scanners = SCANNERS
     scanner = scanners[scanner_index]
     first = series_info(seed, index, scanner, size=size, slices=slices, compress=compress, rng=rng)
     first_noise = float(np.clip(scanner.noise_hu * rng.uniform(0.85, 1.2), 10.0, 20.0))
     folder = patient_folder(seed, index)
-    plan = _plan_simple if simple else _plan_v2
+    plan = _plan_simple if simple else _plan_v3 if version == 3 else _plan_v2
     exams = plan(seed, index, first, first_noise, studies, overrides, modality, slices)
     written: list[WrittenSlice] = []
     descriptions = []
@@ -267,6 +281,17 @@ def _plan_v2(seed: int, index: int, first, first_noise: float, studies: int, ove
     return exams
 
 
+def _plan_v3(seed: int, index: int, first, first_noise: float, studies: int, overrides, modality,
+             slices: int) -> list[Exam]:
+    """Phantom v3: phantom v2's exams with its liver lesions replaced by the lesions of
+    :func:`.lesions.draw_lesions` (the same in every exam of the patient)."""
+    exams = _plan_v2(seed, index, first, first_noise, studies, overrides, modality, slices)
+    exams = [replace(exam, patient=replace(exam.patient, lesions=[]), nuisances=replace(exam.nuisances, lesions=[]))
+             for exam in exams]
+    lesions = draw_lesions(seed, index, exams[0].patient, slices, first.slice_spacing_mm * slices)
+    return [replace(exam, patient=replace(exam.patient, roi_lesions=lesions)) for exam in exams]
+
+
 def _syntax(info, instance: int) -> str:
     """The transfer syntax of one file: the scanner's, except that in phantom v2 the RLE
     scanner's even-numbered files are JPEG-LS lossless (an archive that re-encoded part of a
@@ -293,6 +318,7 @@ def _write_study(series_dir: Path, seed: int, index: int, exam: Exam, slices: in
         label = patient.label_at(z)
         parts = [seed, index, i, 0x4015E] + ([study] if study else [])
         rendered = renderer.render(z, noise_hu=exam.noise, blur_px=exam.blur_px, rng=np.random.default_rng(parts))
+        masks, boxes = lesion_truth(rendered.masks, patient.roi_lesions) if patient.roi_lesions else (rendered.masks, [])
         stored = mr_intensity(rendered.hu, info.mr) if info.mr else to_stored(rendered.hu, scanner)
         ds = slice_dataset(info, template, i + 1, z_mm, "CHEST" if label == "thorax" else "ABDOMEN")
         path = series_dir / f"{i + 1:04d}.dcm"
@@ -301,8 +327,8 @@ def _write_study(series_dir: Path, seed: int, index: int, exam: Exam, slices: in
         truth = (series_dir.parent.parent.name, info.study_uid, info.series_uid, info.study_date, i + 1,
                  round(z, 6), round(z * span, 3), round(z_mm, 3), label)
         written.append(WrittenSlice(str(ds.SOPInstanceUID), label, path, pydicom.uid.UID(syntax).name,
-                                    deflate_masks(rendered.masks), truth, study,
-                                    "liver" in rendered.masks, "lesion" in rendered.masks))
+                                    deflate_masks(masks), truth, study, "liver" in masks, "lesion" in masks,
+                                    tuple(boxes)))
     labels = [w.label for w in written]
     description = {
         **info.to_dict(),
@@ -321,6 +347,8 @@ def _write_study(series_dir: Path, seed: int, index: int, exam: Exam, slices: in
         description["nuisances"] = exam.nuisances.to_dict()
         description["slices_with_liver"] = sum(w.has_liver for w in written)
         description["slices_with_lesion"] = sum(w.has_lesion for w in written)
+    if patient.roi_lesions:
+        description["lesions"] = [lesion.to_dict(span) for lesion in patient.roi_lesions]
     return written, description
 
 
@@ -366,7 +394,7 @@ SLICES_COLUMNS = ("sop_instance_uid", "frame", "patient", "study_instance_uid", 
 
 def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int = 0, size: int = 256,
                  compress: bool = True, workers: int = 0, *, studies_per_patient: int = 1, simple: bool = False,
-                 overrides: dict | None = None, modality: str = "CT") -> PhantomSummary:
+                 overrides: dict | None = None, modality: str = "CT", version: int = VERSION) -> PhantomSummary:
     """Write a synthetic CT archive with ground truth.
 
     Each patient has ``studies_per_patient`` studies (exams), each with one axial series running
@@ -385,6 +413,19 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     1 = bottom; the same frame in every exam of a patient) and ``z_mm`` (= z × range length), so
     the truly corresponding slice of another exam is the one of nearest ``z``.
 
+    Phantom v3 (``version=3``; ``medcbir phantom OUT --v3``): phantom v2 (same patients, scanners,
+    fields of view, contrast phases, MR option) whose liver lesions are replaced by 3–6 lesions per
+    patient of four kinds (:data:`.lesions.KINDS`: cyst, hypervascular, ring-enhancing metastasis,
+    calcified; told apart by their look, not their size), in the liver, spleen and kidneys, a few
+    mm to several cm across (see :mod:`.lesions`). It also writes ``labels-lesion-kind.csv``
+    (every slice: the kind of the lesion(s) it shows, ``none``, or ``mixed`` for two kinds),
+    ``lesion-boxes.csv`` (``sop_instance_uid,frame,x,y,w,h,label``: one row per lesion per slice
+    showing it, the box tight around its mask in the stored pixel grid, x = column and y = row of
+    the top-left pixel; cross-sections under 2 px wide or high are not counted), and in masks.h5
+    ``lesion-<kind>`` and ``lesion-id`` (the lesion's ``number`` + 1, see ``lesions`` in
+    phantom.json) beside the organs; ``lesion`` holds every lesion shown and labels-lesion.csv
+    follows it. The default (``version=2``) writes exactly what it wrote before v3 existed.
+
     Args:
         out: archive folder (created; a previous phantom archive there is replaced).
         patients: number of patients.
@@ -396,6 +437,10 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
             ≥ 64 slices, in-process below that, where starting workers costs more than it saves).
             The bytes written do not depend on it: every patient and slice has its own seed.
         studies_per_patient: exams per patient (≥ 1); the first exam's files do not depend on it.
+        simple: the original phantom (no nuisances, no lesions).
+        overrides: nuisances forced for every patient (:func:`.variation.with_overrides`).
+        modality: ``CT`` or ``MR`` (MR-like series).
+        version: 2 (phantom v2) or 3 (phantom v3: lesion kinds, see above).
 
     Returns:
         A :class:`PhantomSummary`.
@@ -408,16 +453,23 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         raise ConfigError(f"modality must be CT or MR (got {modality!r})")
     if simple and (overrides or modality != "CT"):
         raise ConfigError("overrides and modality need phantom v2 (not simple=True / --simple)")
+    if version not in VERSIONS:
+        raise ConfigError(f"phantom version must be one of {', '.join(map(str, VERSIONS))} (got {version!r})")
+    if version == 3 and simple:
+        raise ConfigError("phantom v3 (--v3) adds lesions to phantom v2: it cannot be simple (--simple)")
+    if version == 3 and "lesions" in (overrides or {}):
+        raise ConfigError("phantom v3 (--v3) draws its own lesions: the lesions override is for phantom v2")
     with_overrides(draw_nuisances(seed, 0, 400.0), overrides)  # bad overrides fail before any file is written
     out = Path(out)
     _prepare(out)
     parameters = {"patients": patients, "slices": slices, "size": size, "compress": compress,
                   "studies_per_patient": studies_per_patient, "simple": simple, "modality": modality,
                   "overrides": _jsonable(overrides or {})}
+    v3 = version == 3
     # Written first and replaced at the end: an interrupted run leaves a description listing the
     # folders it may have written, so re-running into the same folder can clean them up.
     _write_json(out / "phantom.json", {
-        "format": FORMAT, "version": VERSION, "complete": False, "seed": seed, "parameters": parameters,
+        "format": FORMAT, "version": version, "complete": False, "seed": seed, "parameters": parameters,
         "patients": [{"index": i, "folder": patient_folder(seed, i)} for i in range(patients)],
     })
     started = time.perf_counter()
@@ -429,16 +481,24 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     description = []
     dicom_files: list[Path] = []
 
-    mask_attrs = {"format": FORMAT, "version": VERSION, "seed": seed, "organs": list(ORGANS)}
+    datasets = ORGANS + MASK_NAMES if v3 else ORGANS
+    mask_attrs = {"format": FORMAT, "version": version, "seed": seed, "organs": list(datasets)}
+    if v3:
+        mask_attrs["lesion_kinds"] = list(KINDS)
     jobs = [(out, seed, index, int(order[index % len(SCANNERS)]), slices, size, compress, studies_per_patient,
-             simple, overrides, modality) for index in range(patients)]
+             simple, overrides, modality, version) for index in range(patients)]
     liver_rows: list[tuple[str, int, str]] = []
     lesion_rows: list[tuple[str, int, str]] = []
+    kind_rows: list[tuple[str, int, str]] = []
+    box_rows: list[tuple] = []
     with MaskWriter(out / "masks.h5", size, mask_attrs) as masks_file:
         for written, patient_description in _patients(jobs, workers):
             for item in written:
-                masks_file.add(item.sop_instance_uid, ORGANS, item.masks,
+                masks_file.add(item.sop_instance_uid, datasets, item.masks,
                                {"label": item.label, "path": item.path.relative_to(out).as_posix()})
+                if v3:
+                    kind_rows.append((item.sop_instance_uid, 0, kind_label({box[1] for box in item.boxes})))
+                    box_rows += [(item.sop_instance_uid, 0, *box[2:], box[1]) for box in item.boxes]
                 rows.append((item.sop_instance_uid, 0, item.label))
                 truth_rows.append((item.sop_instance_uid, 0, *item.truth))
                 labels_count[item.label] += 1
@@ -455,9 +515,12 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
     if not simple:
         _write_csv(out / "labels-liver.csv", ("sop_instance_uid", "frame", "label"), liver_rows)
         _write_csv(out / "labels-lesion.csv", ("sop_instance_uid", "frame", "label"), lesion_rows)
+    if v3:
+        _write_csv(out / LESION_KIND_CSV, ("sop_instance_uid", "frame", "label"), kind_rows)
+        _write_csv(out / LESION_BOXES_CSV, BOX_COLUMNS, box_rows)
     manifest = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": version,
         "complete": True,
         "seed": seed,
         "parameters": parameters,
@@ -469,6 +532,8 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         "hu_ranges": {k: list(v) for k, v in HU_RANGES.items()},
         "patients": description,
     }
+    if v3:
+        manifest["lesion_kinds"] = list(KINDS)
     _write_json(out / "phantom.json", manifest)
     elapsed = time.perf_counter() - started
     return PhantomSummary(
@@ -478,6 +543,9 @@ def make_archive(out: str | Path, patients: int = 4, slices: int = 32, seed: int
         dicom_files=dicom_files, studies_per_patient=studies_per_patient, slices_csv=out / "slices.csv",
         labels_liver_csv=None if simple else out / "labels-liver.csv",
         labels_lesion_csv=None if simple else out / "labels-lesion.csv", simple=simple, modality=modality,
+        version=version, labels_lesion_kind_csv=out / LESION_KIND_CSV if v3 else None,
+        lesion_boxes_csv=out / LESION_BOXES_CSV if v3 else None,
+        lesion_kinds={kind: sum(row[-1] == kind for row in box_rows) for kind in KINDS} if v3 else {},
     )
 
 

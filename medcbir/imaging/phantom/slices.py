@@ -230,6 +230,7 @@ class SliceRenderer:
         body = np.zeros((size, size), dtype=bool)
         cavity = np.zeros((size, size), dtype=bool)
         extra: dict[str, np.ndarray] = {}
+        extra_within: dict[str, str | None] = {}
         for target, blob in ((body, patient.body_at(z)), (cavity, patient.cavity_at(z))):
             found = outlines.inside(place(blob))
             if found is not None:
@@ -249,6 +250,7 @@ class SliceRenderer:
                 np.copyto(owner[window], np.uint8(ORGAN_IDS.get(layer.organ, 0)), where=inside)
             if layer.mask is not None:
                 extra.setdefault(layer.mask, np.zeros((size, size), dtype=bool))[window] |= inside
+                extra_within[layer.mask] = layer.within
         finish = self.finish
         metal = finish.metal if finish is not None else None
         if metal is not None and metal[3] <= z < metal[4]:
@@ -269,9 +271,11 @@ class SliceRenderer:
         present = np.flatnonzero(np.bincount(owner.ravel(), minlength=len(ORGANS) + 1))
         masks = {ORGANS[i - 1]: owner == i for i in present if i > 0}
         masks["body"] = body
-        if "lesion" in extra:
-            # Later strokes (other organs) may have painted over a lesion: keep what is liver.
-            lesion = extra["lesion"] & (owner == ORGAN_IDS["liver"])
-            if lesion.any():
-                masks["lesion"] = lesion
+        for name, painted in extra.items():
+            # Later strokes (other organs) may have painted over a lesion: keep what its organ
+            # still owns.
+            within = extra_within[name]
+            kept = painted if within is None else painted & (owner == ORGAN_IDS[within])
+            if kept.any():
+                masks[name] = kept
         return RenderedSlice(hu=hu, masks=masks)
