@@ -128,6 +128,14 @@ def _phantom(r: dict) -> Line:
                 f"one process {r['peer']:.0f} slices/s", verdict(r["ours"] >= r["goal"], short_of(r["ours"], r["goal"])))
 
 
+@summary("lesion_kinds")
+def _lesion_kinds(r: dict) -> Line:
+    a = r["accuracy_mean"]
+    return Line("phantom v3 lesion kinds: not separable by density or size alone (no goal; a check of the data)",
+                f"1-NN kind accuracy: box thumbnail {a['thumb_box']:.3f}, mean HU {a['mean_hu']:.3f}", f"size alone {a['size']:.3f}",
+                "ran")
+
+
 @summary("plugin_explain")
 def _plugin_explain(r: dict) -> Line:
     return Line(f"search p95 while explaining ≤ {r['goal_ratio']:g}× quiet", f"p95 {r['busy_p95_ms']:.0f} ms ({r['ratio']:.2f}×)",
