@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return growth(args.growth, argv, queries=args.growth_queries)
 
     from medcbir.device import Device
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
 
     device = Device.auto(prefer="cpu", precision=args.precision)
     archive = _results.cached_phantom("index", args.patients, args.slices, args.size)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from medcbir.recipe import RECIPE
+from medcbir.train.recipe import RECIPE
 
 # The demo trains with the default recipe (README, "Training recipe"), at a higher learning rate
 # than the trainer's default because it trains for about a minute.
@@ -96,7 +96,7 @@ def demo(out: Path, patients: int, slices: int, size: int, epochs: int, batch_si
     _done(t0, f"{onnx_path}, max |embedding difference| = {parity.max_abs_diff:.2e}")
 
     t0 = _stage("5/8 index (ONNX encoder, HDF5 shards + FAISS)")
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
     from medcbir.indexer import index_archive
 
     index_dir = out / "index"

@@ -147,9 +147,10 @@ class ShardedEngine(Engine):
             raise ConfigError(f"sharded search supports exact and IVF indexes; this index is {store.index_spec}")
         engine = cls(store, None, device)
         if encoder is not None:
+            from medcbir.encoders.runtime import open_encoder
             from medcbir.engine.engine import _check_encoder
 
-            enc = cls._load_encoder(encoder, device)
+            enc = open_encoder(encoder, device=device)
             _check_encoder(enc, store.encoder_info)
             engine._encoder = enc
         engine._started_ray = connect(ray)

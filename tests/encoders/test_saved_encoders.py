@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from medcbir.train import load_encoder as load_encoder_module
-from medcbir.train import open_encoder
-from medcbir.train.wildcat import predict
+from medcbir.encoders.runtime import load_encoder_module
+from medcbir.encoders.runtime import open_encoder
+from medcbir.encoders.wildcat import predict
 
 DATA = Path(__file__).parent / "data"
 
