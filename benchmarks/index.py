@@ -143,7 +143,7 @@ print(time.perf_counter() - t0, s.open_seconds, resource.getrusage(resource.RUSA
 _CHECK_PROBE = """
 import sys, time
 from medcbir.indexer.manifest import read_manifest
-from medcbir.indexer.store import check_files
+from medcbir.indexer.integrity import check_files
 m = read_manifest(sys.argv[1])
 t0 = time.perf_counter()
 check_files(__import__("pathlib").Path(sys.argv[1]), m, sys.argv[2])

@@ -84,8 +84,8 @@ class Engine:
 
     # ------------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums", *, ray=None, shards: int | None = None) -> "Engine":
-        """Open an index for search.
+    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums") -> "Engine":
+        """Open an index for search in this process (:func:`medcbir.engine.opening.open_engine` also opens it sharded over Ray).
 
         Args:
             index_dir: the index folder (with ``manifest.json``).
@@ -95,9 +95,6 @@ class Engine:
             device: ``medcbir.device.Device`` for the encoder and FAISS; None = auto.
             verify: ``"checksums"`` (sha256 of every committed file: a damaged shard is named
                 at open), ``"sizes"`` (existence and size only: fast on huge indexes) or ``"none"``.
-            ray: None = search in this process; ``"local"``/True (a local Ray runtime) or a Ray
-                cluster address = a :class:`~medcbir.engine.sharded.ShardedEngine` (same answers).
-            shards: Ray actors holding parts of the index (default 2 with ``ray``).
 
         Raises:
             IndexNotFound: no index at ``index_dir``.
@@ -106,10 +103,6 @@ class Engine:
         """
         from medcbir.indexer import IndexStore
 
-        if ray is not None and ray is not False:
-            from medcbir.engine.sharded import ShardedEngine
-
-            return ShardedEngine.open(index_dir, encoder=encoder, device=device, verify=verify, ray=ray, shards=shards or 2)
         if not Path(index_dir).is_dir():
             raise IndexNotFound(f"index folder {index_dir} does not exist")
         store = IndexStore.open(index_dir, verify=verify, device=device)

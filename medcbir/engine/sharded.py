@@ -20,7 +20,7 @@ Specs whose per-shard FAISS files carry their own ids (HNSW, fast-scan IVF, ``In
 are refused with a clear error.
 
 Example:
-    >>> engine = Engine.open("INDEX", ray="local", shards=2)   # doctest: +SKIP
+    >>> engine = open_engine("INDEX", ray="local", shards=2)   # doctest: +SKIP (medcbir.engine.opening)
     >>> [hits] = engine.search(["1.2.826.0.1.3680043.8.498.1"], k=5, exclude="same-patient")  # doctest: +SKIP
 """
 
@@ -108,7 +108,7 @@ def _actor_class():
 class ShardedEngine(Engine):
     """An :class:`~medcbir.engine.Engine` whose FAISS search runs in Ray actors.
 
-    Use :meth:`open` (or ``Engine.open(..., ray=..., shards=N)``); ``close()`` ends the actors
+    Use :meth:`open` (or ``open_engine(..., ray=..., shards=N)``); ``close()`` ends the actors
     (and the local Ray runtime if this engine started it).
     """
 

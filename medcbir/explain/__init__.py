@@ -13,27 +13,12 @@ from medcbir.explain.gradient import gradient
 from medcbir.explain.guided_backprop import guided_backprop
 from medcbir.explain.guided_gradcam import guided_gradcam
 from medcbir.explain.integrated_gradients import integrated_gradients
+from medcbir.explain.methods import METHODS
 from medcbir.explain.occlusion import occlusion
 from medcbir.explain.relax import RelaxResult, draw_masks, relax, relax_full
 from medcbir.explain.smoothgrad import smoothgrad
 from medcbir.explain.smoothgrad_ig import smoothgrad_ig
 from medcbir.explain.wildcat import wildcat
-
-METHODS = {
-    "relax": relax,
-    "gradcam": gradcam,
-    "guided_gradcam": guided_gradcam,
-    "integrated_gradients": integrated_gradients,
-    "smoothgrad": smoothgrad,
-    "occlusion": occlusion,
-    "clustered_cam": clustered_cam,
-    "ablation_cam": ablation_cam,
-    "gradient": gradient,
-    "guided_backprop": guided_backprop,
-    "smoothgrad_ig": smoothgrad_ig,
-    "wildcat": wildcat,
-}
-
 
 
 def __getattr__(name: str):

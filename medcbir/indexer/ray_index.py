@@ -315,7 +315,7 @@ def index_archive_ray(
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
     """
-    from medcbir.indexer.pipeline import IndexSummary
+    from medcbir.indexer.summary import IndexSummary
     from medcbir.indexer.writer import IndexWriter, remove_orphans
 
     start = time.perf_counter()

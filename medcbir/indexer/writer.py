@@ -1,6 +1,6 @@
 """Writing an index: :class:`IndexWriter` buffers embedded items and commits them as shards.
 
-Commit protocol (DESIGN.md, "Contracts between stages"): every shard (and its FAISS file) is
+Commit protocol (docs/design.md, "Rules every stage keeps"): every shard (and its FAISS file) is
 written under a temporary name, fsynced and renamed; then ``manifest.json`` — the single
 commit point — is replaced atomically with the shard added. A crash anywhere leaves the
 previous generation intact; orphans (temporary files, a renamed shard whose manifest never
