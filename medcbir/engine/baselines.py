@@ -57,7 +57,8 @@ def baseline_module(name: str, preprocessing):
 
 
 def _labelled_live_ids(engine, labels_csv) -> np.ndarray:
-    uids, frames, _ = read_labels(labels_csv)
+    table = read_labels(labels_csv)
+    uids, frames = list(table.uids), list(table.frames)
     found = engine.lookup.find(uids, frames) if uids else np.zeros(0, np.int64)
     ids = np.unique(found[found >= 0])
     return ids[engine.live[ids]] if len(ids) else ids
