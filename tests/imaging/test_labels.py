@@ -29,7 +29,7 @@ def test_without_a_frame_column_every_row_is_frame_0_and_a_bom_is_allowed(tmp_pa
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ("sop_instance_uid,frame,label\n1.2.3,0,f\xe9mur\n".encode("latin-1"), r"is not UTF-8 text \(byte 0xe9 at offset 36\)"),
+        ("sop_instance_uid,frame,label\n1.2.3,0,f\xe9mur\n".encode("latin-1"), r"is not UTF-8 text \(byte 0xe9 at offset 38\)"),
         (b"uid,label\n1.2,x\n", r"missing column\(s\) sop_instance_uid"),
         (b"sop_instance_uid,frame,label\n1.2,0,a\n1.3,x,b\n", r"labels.csv:3: frame 'x' is not an integer"),
     ],
