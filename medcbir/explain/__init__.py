@@ -6,6 +6,10 @@ and attributes ``cosine(encoder(x), target)``: the image's own embedding when ``
 None, the query's embedding to explain why a neighbour matched.
 """
 
+import importlib
+import sys
+import types
+
 from medcbir.explain.ablation_cam import ablation_cam
 from medcbir.explain.clustered_cam import clustered_cam
 from medcbir.explain.gradcam import gradcam
@@ -56,3 +60,17 @@ __all__ = [
     "smoothgrad_ig",
     "wildcat",
 ]
+
+
+class _Package(types.ModuleType):
+    """This package is also the public API's function: ``medcbir.explain(index, query, ...)``.
+
+    ``medcbir.explain`` names both (the package attribute Python sets on import wins over any
+    function of that name), so calling the package runs :func:`medcbir.api.explain`.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return importlib.import_module("medcbir.api").explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Package
