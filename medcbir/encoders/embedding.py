@@ -2,7 +2,7 @@
 
 Example:
     >>> found = embed_archive("archive/", "default")              # doctest: +SKIP
-    >>> found.vectors.shape, found.keys[0]
+    >>> found.vectors.shape, found.keys[0]                         # doctest: +SKIP
     ((80, 2020), ('1.2.826.0.1.3680043.8.498.1', 0))
 """
 
