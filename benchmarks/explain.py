@@ -76,11 +76,12 @@ def build(work: Path, size: int, encoder: str | None):
     from medcbir.imaging import Preprocessing
     from medcbir.imaging.phantom import make_archive
     from medcbir.indexer import index_archive
-    from medcbir.train import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
     make_archive(work / "archive", patients=3, slices=10, seed=3, size=max(256, 2 * size))
     if encoder is None:
-        encoder = str(save_checkpoint(work / "encoder.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=size), seed=0)))
+        encoder = str(save_checkpoint(work / "encoder.pt", new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=size), seed=0)))
     index_archive(work / "archive", work / "index", encoder, shard_size=64, workers=1, progress=False)
     engine = Engine.open(work / "index")
     query = sorted((work / "archive").glob("*/**/*.dcm"))[5]
@@ -535,11 +536,11 @@ def cached_ablation(npz: str, n_fast: int, target_r: float, peer_masks: int) -> 
     """
     from medcbir.explain import relax_full
     from medcbir.imaging import Preprocessing
-    from medcbir.train import new_encoder
+    from medcbir.encoders.module import new_encoder_module
 
     z = np.load(npz)
     images, ref_maps = torch.from_numpy(z["images"]), z["ref"]
-    module = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=0).eval()
+    module = new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=0).eval()
     with torch.no_grad():
         q = torch.nn.functional.normalize(module(images[:1]), dim=1)
     targets = q.expand(len(images), -1).clone()
@@ -595,7 +596,7 @@ def cached_ablation(npz: str, n_fast: int, target_r: float, peer_masks: int) -> 
     rows.append(r)
     r, _ = row(f"Sobol + CV, torch bf16, {small} masks", "torch-bf16", fp32=fp32_small, n_masks=small, precision="bf16", **best)
     rows.append(r)
-    cost224 = {b: per_forward_seconds(new_encoder("resnet18", None, seed=0).eval(), 224, b, n=60, batch=60) for b in ("onnx",)}
+    cost224 = {b: per_forward_seconds(new_encoder_module("resnet18", None, seed=0).eval(), 224, b, n=60, batch=60) for b in ("onnx",)}
     print("per-forward ms 224:", {k: round(v * 1000, 1) for k, v in cost224.items()}, flush=True)
     return {"peer_seconds_3000": t_peer, "peer_masks_timed": peer_masks, "per_forward_seconds": cost, "per_forward_seconds_224": cost224,
             "rows": rows, "reference": "plain i.i.d. fp32 (ONNX Runtime) 3000 masks, seed 1000, cached"}

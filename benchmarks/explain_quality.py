@@ -50,9 +50,10 @@ def _signed(v, digits=3) -> str:
 
 def random_checkpoint(work: Path, size: int) -> Path:
     from medcbir.imaging import Preprocessing
-    from medcbir.train import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
-    return save_checkpoint(work / "random.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=size), seed=0))
+    return save_checkpoint(work / "random.pt", new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=size), seed=0))
 
 
 def trained_checkpoint(args) -> Path:

@@ -143,7 +143,7 @@ print(time.perf_counter() - t0, s.open_seconds, resource.getrusage(resource.RUSA
 _CHECK_PROBE = """
 import sys, time
 from medcbir.indexer.manifest import read_manifest
-from medcbir.indexer.store import check_files
+from medcbir.indexer.integrity import check_files
 m = read_manifest(sys.argv[1])
 t0 = time.perf_counter()
 check_files(__import__("pathlib").Path(sys.argv[1]), m, sys.argv[2])
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return growth(args.growth, argv, queries=args.growth_queries)
 
     from medcbir.device import Device
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
 
     device = Device.auto(prefer="cpu", precision=args.precision)
     archive = _results.cached_phantom("index", args.patients, args.slices, args.size)

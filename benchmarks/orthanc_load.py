@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         encoder = args.encoder
         if not encoder:
             from medcbir.imaging import Preprocessing
-            from medcbir.train.encoder import new_encoder, save_checkpoint
+            from medcbir.encoders.checkpoint import save_checkpoint
+            from medcbir.encoders.module import new_encoder_module
 
-            encoder = str(save_checkpoint(tmp / "enc64.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=0)))
+            encoder = str(save_checkpoint(tmp / "enc64.pt", new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=0)))
 
         user = ("bench", "bench-pw")
         config = build_config(tmp / "index", encoder, http_port=free_port(), dicom_port=free_port(),

@@ -41,14 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     from medcbir.imaging.phantom import make_archive
     from medcbir.pacs.orthanc_config import build_config, write_config
     from medcbir.pacs.orthanc_server import OrthancServer, free_port, storescu_commands
-    from medcbir.train.encoder import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="medcbir-plugin-explain-") as tmp:
         tmp = Path(tmp)
         make_archive(tmp / "archive", patients=2, slices=20, seed=5, size=64)
         files = sorted((tmp / "archive").rglob("*.dcm"))
-        encoder = str(save_checkpoint(tmp / "enc64.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=0)))
+        encoder = str(save_checkpoint(tmp / "enc64.pt", new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=0)))
         config = build_config(tmp / "index", encoder, http_port=free_port(), dicom_port=free_port(),
                               storage=tmp / "storage", user="bench:bench-pw", batch_size=16, flush_seconds=0.5)
         config["Medcbir"]["SearchTimeout"] = 900.0  # a long explanation on a loaded machine

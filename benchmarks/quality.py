@@ -196,8 +196,11 @@ def main() -> None:
     ap.add_argument("--rr-masks", type=int, default=500, help="RELAX masks per slice for RR")
     args = ap.parse_args()
 
-    from medcbir.train import new_encoder, thumbnail_encoder
-    from medcbir.train.encoder import DEFAULT_POOLING, classic_encoder, default_preprocessing, load_encoder
+    from medcbir.encoders.module import new_encoder_module, thumbnail_encoder_module
+    from medcbir.encoders.architecture import DEFAULT_POOLING
+    from medcbir.encoders.module import classic_encoder_module
+    from medcbir.encoders.preprocessing import default_preprocessing
+    from medcbir.encoders.runtime import load_encoder_module
     from medcbir.train.trainer import TrainConfig, train
 
     t_start = time.time()
@@ -210,12 +213,12 @@ def main() -> None:
     prep = default_preprocessing(args.size)
     baselines = {}
     for name, module in [
-        ("thumbnail:8", thumbnail_encoder(8, prep)),
-        ("thumbnail:16", thumbnail_encoder(16, prep)),
-        ("thumbnail:32", thumbnail_encoder(32, prep)),
-        ("random", new_encoder("resnet18", prep, seed=0, pooling=DEFAULT_POOLING)),
-        ("classic", classic_encoder("classic", prep)),
-        ("default (224 px)", load_encoder("default")),
+        ("thumbnail:8", thumbnail_encoder_module(8, prep)),
+        ("thumbnail:16", thumbnail_encoder_module(16, prep)),
+        ("thumbnail:32", thumbnail_encoder_module(32, prep)),
+        ("random", new_encoder_module("resnet18", prep, seed=0, pooling=DEFAULT_POOLING)),
+        ("classic", classic_encoder_module("classic", prep)),
+        ("default (224 px)", load_encoder_module("default")),
     ]:
         baselines[name] = test.score(test.embed(module))
         if name == "random":
@@ -227,7 +230,7 @@ def main() -> None:
     from medcbir.engine import Engine, evaluate
     from medcbir.indexer import index_archive
 
-    index_archive(test_archive, work / "check-index", thumbnail_encoder(16, prep), progress=False, workers=1, key_file=work / "k.key")
+    index_archive(test_archive, work / "check-index", thumbnail_encoder_module(16, prep), progress=False, workers=1, key_file=work / "k.key")
     with Engine.open(work / "check-index") as engine:
         check = evaluate(engine, test_archive / "labels.csv", k=K, exclude="same-patient")["map_at_k"]
     cross_check = {"engine_map_at_k": check, "in_memory_map_at_k": baselines["thumbnail:16"]["labels.csv"]["map_at_k"]}
@@ -241,7 +244,7 @@ def main() -> None:
         t0 = time.time()
 
         def on_epoch(epoch, row, out=out, curve=curve, t0=t0):
-            curve.append({"epoch": epoch, "seconds": round(time.time() - t0, 1), **{k: v["map_at_k"] for k, v in test.score(test.embed(load_encoder(out))).items()}})
+            curve.append({"epoch": epoch, "seconds": round(time.time() - t0, 1), **{k: v["map_at_k"] for k, v in test.score(test.embed(load_encoder_module(out))).items()}})
             if time.time() - t0 > args.budget_min * 60:
                 raise Budget
 
@@ -250,9 +253,9 @@ def main() -> None:
             train(config, on_epoch_end=on_epoch)
         except Budget:
             pass
-        final = test.score(test.embed(load_encoder(out)))
-        final["relax_rr"] = test.relevance(load_encoder(out), rr_rows.get("liver", []), args.rr_masks)
-        final["relax_rr_lesion"] = test.relevance(load_encoder(out), rr_rows.get("lesion", []), args.rr_masks, "lesion")
+        final = test.score(test.embed(load_encoder_module(out)))
+        final["relax_rr"] = test.relevance(load_encoder_module(out), rr_rows.get("liver", []), args.rr_masks)
+        final["relax_rr_lesion"] = test.relevance(load_encoder_module(out), rr_rows.get("lesion", []), args.rr_masks, "lesion")
         trained.append({"row": label, "seed": seed, "options": {k: v for k, v in options.items() if k != "method_options"}, "epochs": len(curve),
                         "seconds": round(time.time() - t0, 1), "result": final, "curve": curve})
         print(label, seed, f"{len(curve)} epochs", json.dumps({k: round(v["map_at_k"], 3) for k, v in final.items() if not k.startswith("relax_rr")}), final.get("relax_rr"), flush=True)

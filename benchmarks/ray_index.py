@@ -90,7 +90,7 @@ def main() -> None:
     import ray
 
     from medcbir.indexer import index_archive, verify
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
 
     archive = _results.cached_phantom("ray-index", args.patients, args.slices, args.size)
     encoder = open_encoder(args.encoder)

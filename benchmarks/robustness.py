@@ -113,25 +113,26 @@ def map5(db: np.ndarray, db_labels: np.ndarray, q: np.ndarray, q_labels: np.ndar
 
 
 def encoders(size: int, trained: list[tuple[str, str]]):
-    from medcbir.train import default_preprocessing, load_encoder, new_encoder, thumbnail_encoder
-    from medcbir.train.encoder import classic_encoder
+    from medcbir.encoders.module import classic_encoder_module, new_encoder_module, thumbnail_encoder_module
+    from medcbir.encoders.preprocessing import default_preprocessing
+    from medcbir.encoders.runtime import load_encoder_module
 
     crops = {"crop": default_preprocessing(size), "no crop": default_preprocessing(size, crop="none")}
     for crop_name, prep in crops.items():
-        yield "thumbnail:16", crop_name, "-", thumbnail_encoder(16, prep)
+        yield "thumbnail:16", crop_name, "-", thumbnail_encoder_module(16, prep)
         # `default` is what `medcbir index` uses with no encoder given: the classic descriptor
-        yield "default (classic)", crop_name, "-", classic_encoder("classic", prep)
+        yield "default (classic)", crop_name, "-", classic_encoder_module("classic", prep)
         for pooling in ("avg", "gem", "multi"):
-            yield "random", crop_name, pooling, new_encoder("resnet18", prep, seed=0, pooling=pooling)
+            yield "random", crop_name, pooling, new_encoder_module("resnet18", prep, seed=0, pooling=pooling)
     for name, path in trained:
-        module = load_encoder(path)
+        module = load_encoder_module(path)
         yield name, module.preprocessing.crop, module.arch.get("pooling", "avg"), module
 
 
 def train_recipe(work: Path, args) -> Path:
     """The default recipe (``medcbir train``'s defaults) on phantom patients disjoint from the database and the queries."""
     from medcbir.device import Device
-    from medcbir.recipe import RECIPE
+    from medcbir.train.recipe import RECIPE
     from medcbir.train.trainer import TrainConfig, train
 
     archive = work / "train-phantom"

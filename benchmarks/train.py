@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _results  # noqa: E402
 
 from medcbir.device import Device  # noqa: E402
-from medcbir.train.backbones import build_backbone  # noqa: E402
+from medcbir.encoders.backbones import build_backbone  # noqa: E402
 from medcbir.train.dataset import default_cache_path, load_hu_dataset  # noqa: E402
 from medcbir.train.methods import build_method  # noqa: E402
 from medcbir.train.trainer import TrainConfig, make_optimizer, train, train_step  # noqa: E402
@@ -129,7 +129,7 @@ def eager_fp32_step(method, views, optimizer) -> float:
 
 def step_rate(kind: str, data, config, steps: int, repeats: int) -> float:
     """Images/s of the training step alone on fixed augmented views (best of ``repeats`` timings)."""
-    from medcbir.recipe import RECIPE
+    from medcbir.train.recipe import RECIPE
     from medcbir.train.views import parse_views
 
     torch.manual_seed(0)
@@ -153,7 +153,7 @@ def precision_compare(args) -> None:
     """fp32 eager vs bf16 + channels-last training step, and `medcbir train` in each (section train_precision)."""
     from medcbir.explain.forward import native_bf16
     from medcbir.imaging.phantom import make_archive
-    from medcbir.recipe import RECIPE
+    from medcbir.train.recipe import RECIPE
 
     with tempfile.TemporaryDirectory(prefix="medcbir-bench-train-") as tmp:
         archive = Path(tmp) / "archive"

@@ -35,7 +35,8 @@ from medcbir.engine import Engine, evaluate  # noqa: E402
 from medcbir.imaging import Preprocessing  # noqa: E402
 from medcbir.imaging.phantom import make_archive  # noqa: E402
 from medcbir.indexer import index_archive  # noqa: E402
-from medcbir.train import new_encoder, save_checkpoint  # noqa: E402
+from medcbir.encoders.checkpoint import save_checkpoint  # noqa: E402
+from medcbir.encoders.module import new_encoder_module  # noqa: E402
 from medcbir.train.trainer import TrainConfig, train  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def main() -> None:
         summary = train(config)
         train_seconds = time.perf_counter() - t0
         # The trained encoder's starting point: same seed → same initial weights as the trainer's.
-        initial = save_checkpoint(tmp / "random.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), args.size), seed=args.seed))
+        initial = save_checkpoint(tmp / "random.pt", new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), args.size), seed=args.seed))
 
         trained = score(test_archive, tmp / "index-trained", str(config.out), device)
         random_init = score(test_archive, tmp / "index-random", str(initial), device)

@@ -33,3 +33,41 @@ def phantom_archive(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom") / "archive"
     make_archive(out, patients=4, slices=20, seed=7, size=128)
     return out
+
+
+#: Small heads keep checkpoints (and the tests) light; the method code is the same.
+SMALL_HEADS = {"proj_dim": 128, "pred_dim": 32}
+
+
+@pytest.fixture(scope="session")
+def trained(phantom_archive, tmp_path_factory) -> dict:
+    """SimSiam + HU views, 1 epoch at 64 px on the phantom, with the held-out monitor."""
+    from medcbir.device import Device
+    from medcbir.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained") / "enc.pt"
+    summary = train(
+        TrainConfig(
+            archive=phantom_archive,
+            out=out,
+            epochs=1,
+            batch_size=16,
+            size=64,
+            views="hu-narrow,hu-wide",
+            labels=phantom_archive / "labels.csv",
+            method_options=SMALL_HEADS,
+            device=Device.cpu(),
+            progress=False,
+            workers=1,
+        )
+    )
+    return {"checkpoint": Path(out), "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def exported(trained, phantom_archive) -> dict:
+    from medcbir.train.onnx_export import export_onnx
+
+    out = trained["checkpoint"].with_suffix(".onnx")
+    report = export_onnx(trained["checkpoint"], out, archive=phantom_archive)
+    return {"onnx": out, "report": report, **trained}

@@ -62,10 +62,11 @@ def archive(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def encoder32(tmp_path_factory) -> Path:
     from medcbir.imaging import Preprocessing
-    from medcbir.train.encoder import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
     return save_checkpoint(tmp_path_factory.mktemp("enc") / "enc32.pt",
-                           new_encoder("resnet18", Preprocessing(windows=("ct-liver-wide",), size=32), seed=1))
+                           new_encoder_module("resnet18", Preprocessing(windows=("ct-liver-wide",), size=32), seed=1))
 
 
 def run(capsys, *args) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from medcbir.recipe import RECIPE
+from medcbir.imaging.labels import read_labels
+from medcbir.train.recipe import RECIPE
 
 # The demo trains with the default recipe (README, "Training recipe"), at a higher learning rate
 # than the trainer's default because it trains for about a minute.
@@ -96,7 +97,7 @@ def demo(out: Path, patients: int, slices: int, size: int, epochs: int, batch_si
     _done(t0, f"{onnx_path}, max |embedding difference| = {parity.max_abs_diff:.2e}")
 
     t0 = _stage("5/8 index (ONNX encoder, HDF5 shards + FAISS)")
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
     from medcbir.indexer import index_archive
 
     index_dir = out / "index"
@@ -111,10 +112,10 @@ def demo(out: Path, patients: int, slices: int, size: int, epochs: int, batch_si
     labels = _labels(archive)
     query = _pick_query(archive, labels)
     [neighbours] = engine.search([str(query)], k=k, exclude="same-patient")
-    click.echo(f"   query {query.relative_to(out)}  label={labels.get(_sop_of(query), '?')}")
+    click.echo(f"   query {query.relative_to(out)}  label={labels.get((_sop_of(query), 0), '?')}")
     for nb in neighbours:
         click.echo(
-            f"   #{nb.rank} score={nb.score:.3f} label={labels.get(nb.meta['sop_instance_uid'], '?'):13s}"
+            f"   #{nb.rank} score={nb.score:.3f} label={labels.get((nb.meta['sop_instance_uid'], int(nb.meta.get('frame', 0))), '?'):13s}"
             f" sop={nb.meta['sop_instance_uid'][-18:]}"
         )
     _done(t0, f"{len(neighbours)} neighbours")
@@ -144,11 +145,8 @@ def demo(out: Path, patients: int, slices: int, size: int, epochs: int, batch_si
     click.secho(f"\ndemo finished in {time.perf_counter() - t_all:.0f} s; open {Path(html).resolve()}", bold=True)
 
 
-def _labels(archive: Path) -> dict[str, str]:
-    import csv
-
-    with open(archive / "labels.csv", newline="") as fh:
-        return {row["sop_instance_uid"]: row["label"] for row in csv.DictReader(fh)}
+def _labels(archive: Path) -> dict[tuple[str, int], str]:
+    return read_labels(archive / "labels.csv").by_item()
 
 
 def _sop_of(path: Path) -> str:
@@ -157,13 +155,13 @@ def _sop_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
 
 
-def _pick_query(archive: Path, labels: dict[str, str]) -> Path:
+def _pick_query(archive: Path, labels: dict[tuple[str, int], str]) -> Path:
     """A liver-level slice of the last patient: the reference paper's use case."""
     files = sorted(p for p in archive.rglob("*.dcm"))
     last_patient = files[-1].relative_to(archive).parts[0]
     mine = [p for p in files if p.relative_to(archive).parts[0] == last_patient]
     for wanted in ("liver-kidney", "liver-dome"):
         for path in mine:
-            if labels.get(_sop_of(path)) == wanted:
+            if labels.get((_sop_of(path), 0)) == wanted:
                 return path
     return mine[len(mine) // 2]

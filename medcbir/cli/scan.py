@@ -41,7 +41,7 @@ def scan_summary(
 
     preprocessing = None
     if encoder:
-        from medcbir.train import open_encoder
+        from medcbir.encoders.runtime import open_encoder
 
         preprocessing = open_encoder(encoder).preprocessing
     t0 = time.perf_counter()

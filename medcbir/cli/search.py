@@ -134,7 +134,7 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
     """
     from pathlib import Path
 
-    from medcbir.engine import Engine
+    from medcbir.engine import open_engine
     from medcbir.errors import ConfigError
 
     folders = [q for q in queries if Path(q).is_dir()]
@@ -150,7 +150,7 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
         raise ConfigError("--shards needs --ray")
     if dicom_out is not None and (prior or group_by):
         raise ConfigError("--dicom-out writes image neighbours: it does not combine with --prior or --group-by")
-    engine = Engine.open(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
+    engine = open_engine(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
     try:
         _answer(engine, images, series_specs, k, exclude, filters_of(modality, body_part, series, study), per_series, include_self,
                 group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients)

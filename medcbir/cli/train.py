@@ -6,7 +6,7 @@ import json
 
 import click
 
-from medcbir.recipe import RECIPE
+from medcbir.train.recipe import RECIPE
 
 
 def describe_prep(record: dict) -> str:

@@ -13,5 +13,6 @@ from medcbir.engine.engine import Engine
 from medcbir.engine.evaluate import evaluate, read_labels
 from medcbir.engine.filters import EXCLUDES, Filters
 from medcbir.engine.neighbour import Neighbour
+from medcbir.engine.opening import open_engine
 
-__all__ = ["EXCLUDES", "Engine", "Filters", "Neighbour", "evaluate", "read_labels"]
+__all__ = ["EXCLUDES", "Engine", "Filters", "Neighbour", "evaluate", "open_engine", "read_labels"]

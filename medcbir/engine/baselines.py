@@ -11,7 +11,7 @@ Baselines (:data:`BASELINES`): ``thumbnail:8``, ``thumbnail:16``, ``thumbnail:32
 preprocessed image area-downsampled to N×N, flattened, L2-normalised) and ``random`` (the
 default backbone and pooling at random initialisation, seed 0), and ``classic`` (thumbnail:16
 beside a histogram of oriented gradients: the strongest descriptor that learned nothing, and
-medcbir's ``default``; :mod:`medcbir.train.classic`).
+medcbir's ``default``; :mod:`medcbir.encoders.classic`).
 
 Example:
     >>> rows = evaluate_baselines(engine, "archive/labels.csv", k=5)    # doctest: +SKIP
@@ -38,10 +38,11 @@ def baseline_module(name: str, preprocessing):
         name: ``thumbnail:N``, ``thumbnail``, ``random``, ``random:SEED``, ``classic`` or ``hog``.
         preprocessing: the ``Preprocessing`` to use (the evaluated index's).
     """
-    from medcbir.train.encoder import CLASSIC_BACKBONES, DEFAULT_BACKBONE, DEFAULT_POOLING, DEFAULT_THUMBNAIL, classic_encoder, new_encoder, thumbnail_encoder
+    from medcbir.encoders.architecture import CLASSIC_BACKBONES, DEFAULT_BACKBONE, DEFAULT_POOLING, DEFAULT_THUMBNAIL
+    from medcbir.encoders.module import classic_encoder_module, new_encoder_module, thumbnail_encoder_module
 
     if name in CLASSIC_BACKBONES:
-        return classic_encoder(name, preprocessing)
+        return classic_encoder_module(name, preprocessing)
 
     base, _, arg = name.partition(":")
     try:
@@ -49,14 +50,15 @@ def baseline_module(name: str, preprocessing):
     except ValueError:
         raise ConfigError(f"bad baseline {name!r}: use thumbnail:N or random:SEED") from None
     if base == "thumbnail":
-        return thumbnail_encoder(value or DEFAULT_THUMBNAIL, preprocessing)
+        return thumbnail_encoder_module(value or DEFAULT_THUMBNAIL, preprocessing)
     if base == "random":
-        return new_encoder(DEFAULT_BACKBONE, preprocessing, seed=value or 0, pooling=DEFAULT_POOLING)
+        return new_encoder_module(DEFAULT_BACKBONE, preprocessing, seed=value or 0, pooling=DEFAULT_POOLING)
     raise ConfigError(f"unknown baseline {name!r} (known: {', '.join(BASELINES)}, random:SEED)")
 
 
 def _labelled_live_ids(engine, labels_csv) -> np.ndarray:
-    uids, frames, _ = read_labels(labels_csv)
+    table = read_labels(labels_csv)
+    uids, frames = list(table.uids), list(table.frames)
     found = engine.lookup.find(uids, frames) if uids else np.zeros(0, np.int64)
     ids = np.unique(found[found >= 0])
     return ids[engine.live[ids]] if len(ids) else ids
@@ -143,7 +145,7 @@ def evaluate_baselines(
     from medcbir.device import Device
     from medcbir.engine.engine import Engine
     from medcbir.indexer import IndexWriter
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
 
     from medcbir.imaging import Preprocessing
 

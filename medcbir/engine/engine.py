@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def _check_encoder(encoder, info: dict) -> None:
     """Refuse an encoder whose fingerprint differs from the one the index records."""
-    from medcbir.train import check_compatible
+    from medcbir.encoders.compat import check_compatible
 
     check_compatible(encoder, info.get("fingerprint", ""), info.get("preprocessing"))
 
@@ -84,8 +84,8 @@ class Engine:
 
     # ------------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums", *, ray=None, shards: int | None = None) -> "Engine":
-        """Open an index for search.
+    def open(cls, index_dir, encoder=None, device=None, verify: str = "checksums") -> "Engine":
+        """Open an index for search in this process (:func:`medcbir.engine.opening.open_engine` also opens it sharded over Ray).
 
         Args:
             index_dir: the index folder (with ``manifest.json``).
@@ -95,9 +95,6 @@ class Engine:
             device: ``medcbir.device.Device`` for the encoder and FAISS; None = auto.
             verify: ``"checksums"`` (sha256 of every committed file: a damaged shard is named
                 at open), ``"sizes"`` (existence and size only: fast on huge indexes) or ``"none"``.
-            ray: None = search in this process; ``"local"``/True (a local Ray runtime) or a Ray
-                cluster address = a :class:`~medcbir.engine.sharded.ShardedEngine` (same answers).
-            shards: Ray actors holding parts of the index (default 2 with ``ray``).
 
         Raises:
             IndexNotFound: no index at ``index_dir``.
@@ -106,29 +103,17 @@ class Engine:
         """
         from medcbir.indexer import IndexStore
 
-        if ray is not None and ray is not False:
-            from medcbir.engine.sharded import ShardedEngine
-
-            return ShardedEngine.open(index_dir, encoder=encoder, device=device, verify=verify, ray=ray, shards=shards or 2)
         if not Path(index_dir).is_dir():
             raise IndexNotFound(f"index folder {index_dir} does not exist")
         store = IndexStore.open(index_dir, verify=verify, device=device)
         if encoder is not None:
-            encoder = cls._load_encoder(encoder, device)
+            from medcbir.encoders.runtime import open_encoder
+
+            encoder = open_encoder(encoder, device=device)
             _check_encoder(encoder, store.encoder_info)
             if encoder.dim != int(store.dim):
                 raise EncoderMismatch(f"encoder gives {encoder.dim}-d embeddings, the index holds {store.dim}-d")
         return cls(store, encoder, device)
-
-    @staticmethod
-    def _load_encoder(encoder, device):
-        from medcbir.train import open_encoder
-
-        if isinstance(encoder, (str, Path)):
-            return open_encoder(str(encoder), device=device)
-        if hasattr(encoder, "embed") and hasattr(encoder, "fingerprint"):
-            return encoder
-        return open_encoder(encoder, device=device)  # an EncoderModule in memory
 
     @property
     def encoder(self):
@@ -138,7 +123,8 @@ class Engine:
             source = info.get("source")
             if not source or source == "<module>":
                 raise ConfigError("the index does not record where its encoder is; pass encoder=... (--encoder)")
-            from medcbir.train import is_builtin, open_for_index
+            from medcbir.encoders.names import is_builtin
+            from medcbir.encoders.runtime import open_for_index
 
             if not is_builtin(source) and not Path(source).exists():
                 raise ConfigError(f"the index's encoder {source} no longer exists; pass encoder=... (--encoder)")

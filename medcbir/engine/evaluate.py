@@ -27,39 +27,15 @@ Protocol (what ``evaluate`` measures, precisely):
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import faiss
 import numpy as np
 
 from medcbir.engine.filters import check_exclude
 from medcbir.engine.metrics import ap_at_k, knn_vote, map_at_k, precision_at_k
 from medcbir.errors import ConfigError
+from medcbir.imaging.labels import read_labels
 
-LABEL_COLUMNS = ("sop_instance_uid", "frame", "label")
 EXCLUDE_COLUMN = {"same-patient": "patient_pseudonym", "same-study": "study_instance_uid"}
-
-
-def read_labels(labels_csv) -> tuple[list[str], list[int], list[str]]:
-    """(uids, frames, labels) of a ``sop_instance_uid,frame,label`` CSV file."""
-    path = Path(labels_csv)
-    if not path.is_file():
-        raise ConfigError(f"labels file {path} does not exist")
-    uids, frames, labels = [], [], []
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(LABEL_COLUMNS)})")
-        for line, row in enumerate(reader, start=2):
-            try:
-                frames.append(int(row["frame"] or 0))
-            except ValueError:
-                raise ConfigError(f"{path}:{line}: frame {row['frame']!r} is not an integer") from None
-            uids.append(row["sop_instance_uid"].strip())
-            labels.append(row["label"].strip())
-    return uids, frames, labels
 
 
 def _summary(relevant, n_relevant, predicted, truth) -> dict:
@@ -93,7 +69,8 @@ def evaluate(engine, labels_csv, k: int = 5, exclude: str = "same-patient", quer
     k = int(k)
     if k < 1:
         raise ConfigError(f"k must be ≥ 1, got {k}")
-    uids, frames, labels = read_labels(labels_csv)
+    table = read_labels(labels_csv)
+    uids, frames, labels = list(table.uids), list(table.frames), list(table.labels)
     found = engine.lookup.find(uids, frames) if uids else np.zeros(0, np.int64)
     n_unknown = int(np.count_nonzero(found < 0))
     names = sorted(set(labels))

@@ -20,7 +20,7 @@ Specs whose per-shard FAISS files carry their own ids (HNSW, fast-scan IVF, ``In
 are refused with a clear error.
 
 Example:
-    >>> engine = Engine.open("INDEX", ray="local", shards=2)   # doctest: +SKIP
+    >>> engine = open_engine("INDEX", ray="local", shards=2)   # doctest: +SKIP (medcbir.engine.opening)
     >>> [hits] = engine.search(["1.2.826.0.1.3680043.8.498.1"], k=5, exclude="same-patient")  # doctest: +SKIP
 """
 
@@ -108,7 +108,7 @@ def _actor_class():
 class ShardedEngine(Engine):
     """An :class:`~medcbir.engine.Engine` whose FAISS search runs in Ray actors.
 
-    Use :meth:`open` (or ``Engine.open(..., ray=..., shards=N)``); ``close()`` ends the actors
+    Use :meth:`open` (or ``open_engine(..., ray=..., shards=N)``); ``close()`` ends the actors
     (and the local Ray runtime if this engine started it).
     """
 
@@ -147,9 +147,10 @@ class ShardedEngine(Engine):
             raise ConfigError(f"sharded search supports exact and IVF indexes; this index is {store.index_spec}")
         engine = cls(store, None, device)
         if encoder is not None:
+            from medcbir.encoders.runtime import open_encoder
             from medcbir.engine.engine import _check_encoder
 
-            enc = cls._load_encoder(encoder, device)
+            enc = open_encoder(encoder, device=device)
             _check_encoder(enc, store.encoder_info)
             engine._encoder = enc
         engine._started_ray = connect(ray)

@@ -6,6 +6,10 @@ and attributes ``cosine(encoder(x), target)``: the image's own embedding when ``
 None, the query's embedding to explain why a neighbour matched.
 """
 
+import importlib
+import sys
+import types
+
 from medcbir.explain.ablation_cam import ablation_cam
 from medcbir.explain.clustered_cam import clustered_cam
 from medcbir.explain.gradcam import gradcam
@@ -13,27 +17,12 @@ from medcbir.explain.gradient import gradient
 from medcbir.explain.guided_backprop import guided_backprop
 from medcbir.explain.guided_gradcam import guided_gradcam
 from medcbir.explain.integrated_gradients import integrated_gradients
+from medcbir.explain.methods import METHODS
 from medcbir.explain.occlusion import occlusion
 from medcbir.explain.relax import RelaxResult, draw_masks, relax, relax_full
 from medcbir.explain.smoothgrad import smoothgrad
 from medcbir.explain.smoothgrad_ig import smoothgrad_ig
 from medcbir.explain.wildcat import wildcat
-
-METHODS = {
-    "relax": relax,
-    "gradcam": gradcam,
-    "guided_gradcam": guided_gradcam,
-    "integrated_gradients": integrated_gradients,
-    "smoothgrad": smoothgrad,
-    "occlusion": occlusion,
-    "clustered_cam": clustered_cam,
-    "ablation_cam": ablation_cam,
-    "gradient": gradient,
-    "guided_backprop": guided_backprop,
-    "smoothgrad_ig": smoothgrad_ig,
-    "wildcat": wildcat,
-}
-
 
 
 def __getattr__(name: str):
@@ -71,3 +60,17 @@ __all__ = [
     "smoothgrad_ig",
     "wildcat",
 ]
+
+
+class _Package(types.ModuleType):
+    """This package is also the public API's function: ``medcbir.explain(index, query, ...)``.
+
+    ``medcbir.explain`` names both (the package attribute Python sets on import wins over any
+    function of that name), so calling the package runs :func:`medcbir.api.explain`.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return importlib.import_module("medcbir.api").explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -34,6 +34,7 @@ from medcbir.errors import ConfigError
 from medcbir.explain import metrics as M
 from medcbir.explain.runner import check_method_runs_on, method_function, run_method, torch_encoder
 from medcbir.explain.trivial_maps import TRIVIAL_MAPS
+from medcbir.imaging.labels import read_labels
 
 # column order of the printed table: (key, header, better)
 COLUMNS = (
@@ -64,15 +65,9 @@ OWN_TARGET_REASONS = {
 TARGETS = ("own", "query")
 
 
-def _read_labels(path) -> dict[str, str]:
-    import csv
-
-    with open(path, newline="") as fh:
-        return {row["sop_instance_uid"]: row["label"] for row in csv.DictReader(fh)}
-
-
-def select_items(engine, masks_file, organ: str, n: int, labels: dict[str, str] | None = None) -> list[tuple[int, np.ndarray]]:
-    """Up to ``n`` (item id, organ mask) pairs spread over the index (round-robin over labels)."""
+def select_items(engine, masks_file, organ: str, n: int, labels: dict[tuple[str, int], str] | None = None) -> list[tuple[int, np.ndarray]]:
+    """Up to ``n`` (item id, organ mask) pairs spread over the index (round-robin over the
+    ``{(sop_instance_uid, frame): label}`` of ``labels``, :meth:`medcbir.imaging.labels.Labels.by_item`)."""
     import h5py
 
     uids = np.asarray(engine.columns["sop_instance_uid"]).astype(str)
@@ -86,7 +81,7 @@ def select_items(engine, masks_file, organ: str, n: int, labels: dict[str, str] 
         if labels:
             groups: dict[str, list[int]] = {}
             for r in rows:
-                groups.setdefault(labels.get(uids[r], "?"), []).append(r)
+                groups.setdefault(labels.get((uids[r], int(frames[r])), "?"), []).append(r)
             queues = [g[len(g) // 2 :] + g[: len(g) // 2][::-1] for g in groups.values()]  # centre first
             order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
         else:
@@ -532,7 +527,7 @@ def evaluate_methods(
     module = torch_encoder(engine.encoder)
     for m in methods:
         check_method_runs_on(m, module)
-    label_map = _read_labels(labels) if labels else None
+    label_map = read_labels(labels).by_item() if labels else None
 
     pairs_out = None
     if targets == "own":

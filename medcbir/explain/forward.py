@@ -188,7 +188,7 @@ class OnnxForward:
 
 
 def _cache_folder() -> Path:
-    from medcbir.train.encoder import cache_dir
+    from medcbir.cache import cache_dir
 
     folder = cache_dir() / "explain-onnx"
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def _cache_folder() -> Path:
 def export_for_forwards(module: nn.Module, shape: tuple[int, int, int], path: Path) -> Path:
     """Export ``module`` (on the CPU, fp32) to ONNX with a dynamic batch; returns ``path``."""
     from medcbir.fsutil import atomic_path
-    from medcbir.train.onnx_export import OPSET, _export
+    from medcbir.encoders.onnx_format import OPSET, write_onnx
 
     was_training = module.training
     module.eval()
@@ -206,7 +206,7 @@ def export_for_forwards(module: nn.Module, shape: tuple[int, int, int], path: Pa
     try:
         with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _export(module, dummy, str(tmp), OPSET)
+            write_onnx(module, dummy, str(tmp), OPSET)
     finally:
         module.train(was_training)
     return path

@@ -53,7 +53,7 @@ def torch_encoder(encoder) -> nn.Module:
 
 
 def method_function(method: str):
-    from medcbir.explain import METHODS
+    from medcbir.explain.methods import METHODS
 
     try:
         return METHODS[method]

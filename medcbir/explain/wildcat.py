@@ -1,6 +1,6 @@
 """WILDCAT class maps as an explanation (Durand et al. 2017; the trainable saliency of Aggarwal et al.).
 
-The map of an image is its WILDCAT class map (:mod:`medcbir.train.wildcat`: the transfer
+The map of an image is its WILDCAT class map (:mod:`medcbir.encoders.wildcat`: the transfer
 layer's M maps of one class, averaged) for a chosen class, bilinearly upsampled to the input
 resolution. It needs an encoder fine-tuned with the head (``medcbir finetune ... --head
 wildcat``). Which class:
@@ -70,7 +70,8 @@ def wildcat(encoder: nn.Module, images: torch.Tensor, targets: torch.Tensor | No
         classes: a class (name or index) or one per image; overrides the choice by targets.
         relu: keep only positive evidence.
     """
-    from medcbir.train.wildcat import features_and_embeddings, head_of
+    from medcbir.encoders.module import features_and_embeddings
+    from medcbir.encoders.wildcat import head_of
 
     images = check_images(images)
     head = head_of(encoder)

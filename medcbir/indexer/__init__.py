@@ -1,6 +1,6 @@
 """medcbir.indexer: archive → embeddings → HDF5 shards → FAISS, committed through a manifest.
 
-See docs/contracts.md (indexer section) and DESIGN.md "Contracts between stages".
+See docs/contracts.md (indexer section) and docs/design.md ("Rules every stage keeps").
 
 Example:
     >>> from medcbir.indexer import index_archive, IndexStore, verify

@@ -4,7 +4,7 @@ A growing index (the Orthanc plugin commits every few seconds) accumulates small
 and deletes leave tombstones. Compaction rewrites the tail of the shard list from the first
 shard that is small or holds a tombstone: shards before it keep their files and ids; the
 rewritten ones are filled to ``shard_size`` with only live items, renumbered densely (ids are
-positions, DESIGN.md). It works on a snapshot without the writer lock (:mod:`.staging`) and
+positions, docs/design.md). It works on a snapshot without the writer lock (:mod:`.staging`) and
 commits by one manifest commit, so writers keep committing and readers keep searching their
 generation meanwhile; shards committed during the rewrite are rewritten under the lock (they
 are the few newest), and tombstones set meanwhile are carried over to the new ids.

@@ -16,7 +16,7 @@ from medcbir.indexer.compaction import compact  # noqa: F401 - part of this modu
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
 from medcbir.indexer.shard import embeddings_sha256
-from medcbir.indexer.store import committed_entries, committed_records
+from medcbir.indexer.integrity import committed_entries, committed_records
 from medcbir.indexer.fsutil import sha256_many
 from medcbir.indexer.writer import remove_orphans
 

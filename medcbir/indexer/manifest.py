@@ -121,6 +121,14 @@ def read_manifest(index_dir: str | Path) -> dict:
     return parse_manifest(path)
 
 
+def committed_generation(index_dir: str | Path) -> int | None:
+    """The committed generation of an index, or None while it has no readable manifest."""
+    try:
+        return int(read_manifest(index_dir)["generation"])
+    except (IndexNotFound, IndexCorrupt, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def parse_manifest(path: Path) -> dict:
     """A manifest file, validated.
 

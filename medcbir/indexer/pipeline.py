@@ -12,53 +12,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medcbir.indexer.summary import IndexSummary
 from medcbir.indexer.writer import IndexWriter
 
 _DONE = object()
-
-
-@dataclass
-class IndexSummary:
-    """What an indexing job did.
-
-    Attributes:
-        indexed: items embedded and committed by this run.
-        skipped: reason → files skipped (undecodable, not DICOM, ...; see quarantine.log).
-        already_present: items or files already in the index (not decoded again when the
-            whole file was committed).
-        shards: shards committed by this run.
-        total_items: items in the index afterwards (tombstoned included).
-        elapsed: wall seconds.
-        items_per_s: indexed / elapsed.
-        files: files seen by the source.
-        index_spec: FAISS spec in use afterwards.
-    """
-
-    indexed: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    already_present: int = 0
-    shards: int = 0
-    total_items: int = 0
-    elapsed: float = 0.0
-    items_per_s: float = 0.0
-    files: int = 0
-    index_spec: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def finish(self, writer, start: float) -> "IndexSummary":
-        """Fill in what the closed ``writer`` knows and the rates since ``start`` (perf_counter)."""
-        self.shards = writer.shards_written
-        self.total_items = writer.items
-        self.index_spec = writer.manifest["index_spec"]
-        self.elapsed = time.perf_counter() - start
-        self.items_per_s = self.indexed / self.elapsed if self.elapsed > 0 else 0.0
-        return self
 
 
 def as_source(archive: Any, workers: int = 0, quarantine: Path | None = None):

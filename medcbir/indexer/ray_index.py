@@ -239,7 +239,7 @@ class EmbedWriter:
         import torch
 
         from medcbir.device import Device
-        from medcbir.train import open_encoder, open_for_index
+        from medcbir.encoders.runtime import open_encoder, open_for_index
 
         torch.set_num_threads(max(1, int(threads)))
         self.encoder = open_for_index(encoder, fingerprint, Device.auto()) if isinstance(encoder, str) else open_encoder(encoder, device=Device.auto())
@@ -315,7 +315,7 @@ def index_archive_ray(
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
     """
-    from medcbir.indexer.pipeline import IndexSummary
+    from medcbir.indexer.summary import IndexSummary
     from medcbir.indexer.writer import IndexWriter, remove_orphans
 
     start = time.perf_counter()
@@ -349,7 +349,7 @@ def index_archive_ray(
 
 def _encoder_arg(writer, encoder):
     """What the actors open: a path or built-in name when there is one, else the Encoder pickled."""
-    from medcbir.train import is_builtin
+    from medcbir.encoders.names import is_builtin
 
     source = str(getattr(writer.encoder, "source", "") or "")
     if isinstance(encoder, (str, Path)):

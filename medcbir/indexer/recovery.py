@@ -74,7 +74,7 @@ def newest_intact(index_dir: str | Path, check: str = "checksums") -> Recovery:
     Raises:
         IndexCorrupt: no intact generation is left.
     """
-    from medcbir.indexer.store import check_files
+    from medcbir.indexer.integrity import check_files
 
     index_dir = Path(index_dir)
     candidates = [(None, manifest_path(index_dir))] + history(index_dir)

@@ -1,6 +1,6 @@
 """Writing an index: :class:`IndexWriter` buffers embedded items and commits them as shards.
 
-Commit protocol (DESIGN.md, "Contracts between stages"): every shard (and its FAISS file) is
+Commit protocol (docs/design.md, "Rules every stage keeps"): every shard (and its FAISS file) is
 written under a temporary name, fsynced and renamed; then ``manifest.json`` — the single
 commit point — is replaced atomically with the shard added. A crash anywhere leaves the
 previous generation intact; orphans (temporary files, a renamed shard whose manifest never
@@ -52,15 +52,6 @@ def encoder_record(encoder: Any) -> dict:
     }
 
 
-def open_encoder_arg(encoder: Any, device=None):
-    """An Encoder object from an Encoder, a checkpoint/ONNX path, a built-in name or a torch module."""
-    if isinstance(encoder, (str, Path)) or not hasattr(encoder, "embed"):
-        from medcbir.train import open_encoder
-
-        return open_encoder(encoder if not isinstance(encoder, Path) else str(encoder), device=device)
-    return encoder
-
-
 def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
     """Delete files a crash left behind, or that no kept generation references any more.
 
@@ -88,7 +79,7 @@ class IndexWriter:
 
     Attributes:
         index_dir: the index folder.
-        encoder: the :class:`~medcbir.train.Encoder` embedding images.
+        encoder: the :class:`~medcbir.encoders.runtime.Encoder` embedding images.
         key: the archive's pseudonym key.
         manifest: the last committed manifest.
         shards_written: shards committed by this writer.
@@ -145,7 +136,9 @@ class IndexWriter:
         return self
 
     def _setup(self, encoder, index_spec, shard_size, key_file, device) -> None:
-        self.encoder = open_encoder_arg(encoder, device)
+        from medcbir.encoders.runtime import open_encoder
+
+        self.encoder = open_encoder(encoder, device)
         self.device = device
         self.shard_size = shard_size
         info = encoder_record(self.encoder)
@@ -158,7 +151,7 @@ class IndexWriter:
                 from medcbir.indexer.recovery import fallback_manifest
 
                 manifest, self.recovery = fallback_manifest(self.index_dir, exc)
-            from medcbir.train import check_compatible
+            from medcbir.encoders.compat import check_compatible
 
             check_compatible(self.encoder, manifest["encoder"]["fingerprint"], manifest["encoder"]["preprocessing"])
             if int(manifest["encoder"]["dim"]) != info["dim"]:

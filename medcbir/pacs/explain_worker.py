@@ -51,9 +51,9 @@ def _watch_parent(parent: int) -> None:
 
 def _engine():
     from medcbir.engine import Engine
-    from medcbir.pacs.worker import manifest_generation
+    from medcbir.indexer.manifest import committed_generation
 
-    generation = manifest_generation(_state["index"])
+    generation = committed_generation(_state["index"])
     if _state["engine"] is None or generation != _state["generation"]:
         _state["engine"] = Engine.open(_state["index"], encoder=_state["encoder"])
         _state["generation"] = int(_state["engine"].store.generation)

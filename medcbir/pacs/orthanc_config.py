@@ -244,7 +244,7 @@ def build_config(
     gdcm = plugin_dir / "libOrthancGdcm.so"
     if gdcm.exists():
         plugins.append(str(gdcm))
-    from medcbir.train.encoder import is_builtin
+    from medcbir.encoders.names import is_builtin
 
     if not is_builtin(encoder):
         encoder_path = Path(encoder).resolve()

@@ -37,7 +37,8 @@ from contextlib import contextmanager
 from multiprocessing.connection import Listener
 from pathlib import Path
 
-from medcbir.errors import MedcbirError
+from medcbir.errors import IndexCorrupt, IndexNotFound, MedcbirError
+from medcbir.indexer.manifest import committed_generation, read_manifest
 from medcbir.pacs.instance_queue import InstanceQueue
 from medcbir.pacs.orthanc_config import PluginSettings, instance_of, instance_uri
 from medcbir.pacs.orthanc_rest import OrthancRest
@@ -96,20 +97,12 @@ def search_options(request: dict) -> dict:
     return {"group_by": group_by, "prior": prior, "per_series": per_series, "include_self": _flag(request.get("include_self"), "include_self")}
 
 
-def manifest_generation(index: Path) -> int | None:
-    """The committed generation of the index, or None while it has no manifest."""
-    try:
-        return int(json.loads((index / "manifest.json").read_text())["generation"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def manifest_recall(index: Path) -> dict:
     """``{recall_at_10, target_recall, index_spec, search_params}`` of the committed index (None values
     while it has no manifest or is exact and unmeasured)."""
     try:
-        m = json.loads((index / "manifest.json").read_text())
-    except (OSError, ValueError):
+        m = read_manifest(index)
+    except (IndexNotFound, IndexCorrupt, OSError):
         m = {}
     measured = m.get("recall") or {}
     return {"recall_at_10": measured.get("recall_at_10"), "target_recall": measured.get("target", m.get("target_recall")),
@@ -333,7 +326,7 @@ class Worker:
         from medcbir.engine import Engine
         from medcbir.errors import IndexNotFound
 
-        generation = manifest_generation(self.index)
+        generation = committed_generation(self.index)
         if generation is None:
             raise IndexNotFound(f"the index {self.index} has nothing committed yet")
         # While a burst is being indexed every commit is a new generation; reopening at most once
@@ -399,7 +392,7 @@ class Worker:
         counts = self.queue.counts()
         return {"ok": True, "result": {
             "worker": self.state, "pid": os.getpid(), "error": self.error, "indexed": self.indexed,
-            "items_committed": self.items, "generation": manifest_generation(self.index),
+            "items_committed": self.items, "generation": committed_generation(self.index),
             "encoder": self.encoder_info, "index": str(self.index),
             "batch_size": self.settings.batch_size, "recent_skips": self.queue.skipped(10), **counts,
             **manifest_recall(self.index),

@@ -129,9 +129,9 @@ def run(ctx, say):
     items = organ_items(index, ctx.masks, POSITIVE, b.explain_n, ctx.labels)
     module = items["module"]
     if encoder_path != t.path:
-        from medcbir.train import load_encoder
+        from medcbir.encoders.runtime import load_encoder_module
 
-        module = load_encoder(encoder_path)  # the same backbone (frozen) with the head attached
+        module = load_encoder_module(encoder_path)  # the same backbone (frozen) with the head attached
     say(f"aggarwal: {len(methods)} maps on {len(items['uids'])} liver slices")
     options = {"wildcat": {"classes": POSITIVE}, "smoothgrad_ig": {"seed": b.seed, "n_samples": 4 if b.explain_n <= 2 else 8}}
     result = evaluate_explanations(module, items["images"], items["masks"], None, methods=tuple(methods.values()), trivial=TRIVIAL,

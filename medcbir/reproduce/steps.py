@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcbir.errors import ConfigError
+from medcbir.imaging.labels import read_labels
 from medcbir.reproduce.budget import Budget
 
 K = 5
@@ -124,11 +125,11 @@ def organ_pairs(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
         ``{"query_images", "query_masks", "images", "masks", "pairs": [[query uid, neighbour uid]], "module"}``.
     """
     from medcbir.engine import Engine
-    from medcbir.explain.evaluation import _read_labels, decode_with_masks, select_items, select_pairs
+    from medcbir.explain.evaluation import decode_with_masks, select_items, select_pairs
     from medcbir.explain.runner import torch_encoder
 
     with Engine.open(index_dir) as engine:
-        pool = select_items(engine, masks_file, organ, 3 * n, _read_labels(labels) if labels else None)
+        pool = select_items(engine, masks_file, organ, 3 * n, read_labels(labels).by_item() if labels else None)
         pairs = select_pairs(engine, masks_file, organ, pool, n, exclude="same-patient")
         qmetas, qimages, qmasks = decode_with_masks(engine, [p[0] for p in pairs], [p[1] for p in pairs])
         nmetas, nimages, nmasks = decode_with_masks(engine, [p[2] for p in pairs], [p[3] for p in pairs])
@@ -139,22 +140,20 @@ def organ_pairs(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
 
 def liver_query(archive: Path, index_dir: Path) -> str:
     """A liver-level slice of the archive's last patient (the seed paper's use case), as SOP UID."""
-    import csv
-
     from medcbir.engine import Engine
 
-    with (archive / "labels.csv").open(newline="") as fh:
-        labels = {r["sop_instance_uid"]: r["label"] for r in csv.DictReader(fh)}
+    labels = read_labels(archive / "labels.csv").by_item()
     with Engine.open(index_dir) as engine:
         uids = [str(u) for u in engine.columns["sop_instance_uid"]]
+        frames = [int(f) for f in engine.columns["frame"]]
         patients = [str(p) for p in engine.columns["patient_pseudonym"]]
     last = sorted(set(patients))[-1]
-    mine = [u for u, p in zip(uids, patients) if p == last]
+    mine = [(u, f) for u, f, p in zip(uids, frames, patients) if p == last]
     for wanted in ("liver-kidney", "liver-dome"):
-        hits = [u for u in mine if labels.get(u) == wanted]
+        hits = [u for u, f in mine if labels.get((u, f)) == wanted]
         if hits:
             return hits[len(hits) // 2]
-    return mine[len(mine) // 2]
+    return mine[len(mine) // 2][0]
 
 
 def organ_items(index_dir: Path, masks_file: Path, organ: str, n: int, labels: Path | None = None):
@@ -164,11 +163,11 @@ def organ_items(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
         ``{"images", "masks", "uids", "module"}`` (images preprocessed, masks in their geometry).
     """
     from medcbir.engine import Engine
-    from medcbir.explain.evaluation import _read_labels, decode_with_masks, select_items
+    from medcbir.explain.evaluation import decode_with_masks, select_items
     from medcbir.explain.runner import torch_encoder
 
     with Engine.open(index_dir) as engine:
-        chosen = select_items(engine, masks_file, organ, n, _read_labels(labels) if labels else None)
+        chosen = select_items(engine, masks_file, organ, n, read_labels(labels).by_item() if labels else None)
         metas, images, masks = decode_with_masks(engine, [i for i, _ in chosen], [m for _, m in chosen])
         module = torch_encoder(engine.encoder)
     return {"images": images, "masks": masks, "uids": [m["sop_instance_uid"] for m in metas], "module": module}

@@ -73,8 +73,9 @@ def run(ctx, say):
     from medcbir.reproduce import Outcome
     from medcbir.reproduce.report import bar_chart
     from medcbir.reproduce.steps import build_index, organ_pairs, retrieval, train_row
-    from medcbir.train import new_encoder
-    from medcbir.train.encoder import DEFAULT_POOLING, load_encoder
+    from medcbir.encoders.architecture import DEFAULT_POOLING
+    from medcbir.encoders.module import new_encoder_module
+    from medcbir.encoders.runtime import load_encoder_module
 
     b = ctx.budget
     table = empty_table()
@@ -100,7 +101,7 @@ def run(ctx, say):
         table.set(row, "rr_margin", rr["margin"]["rank_accuracy"])
         details[row] = {"retrieval": ret, "relax": rr, "pairs": pairs["pairs"]}
         if views:
-            random = new_encoder("resnet18", load_encoder(t.path).preprocessing, seed=b.seed, pooling=DEFAULT_POOLING)
+            random = new_encoder_module("resnet18", load_encoder_module(t.path).preprocessing, seed=b.seed, pooling=DEFAULT_POOLING)
             rr0 = relevance_rank_and_margin(random, pairs["images"], pairs["masks"], pairs["query_images"], methods=("relax",),
                                             n_masks=b.relax_masks, seed=b.seed)["methods"]["relax"]
             table.set("random", "relax_rr", rr0["rank_accuracy"])

@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -53,6 +52,7 @@ import torch
 
 from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.fsutil import atomic_path
+from medcbir.imaging.labels import read_labels
 
 CACHE_FORMAT = "medcbir-hu-cache"
 CACHE_VERSION = 3
@@ -129,25 +129,8 @@ class HUDataset:
 
     def labels(self, labels_csv: str | Path) -> np.ndarray:
         """Per item, its label from ``labels.csv`` (``sop_instance_uid,frame,label``), "" if absent."""
-        table = read_labels(labels_csv)
+        table = read_labels(labels_csv).by_item()
         return np.array([table.get((s, int(f)), "") for s, f in zip(self.sop_instance_uid, self.frame)], dtype=object)
-
-
-def read_labels(labels_csv: str | Path) -> dict[tuple[str, int], str]:
-    """``{(sop_instance_uid, frame): label}`` from a labels CSV.
-
-    Raises:
-        ConfigError: missing file or missing columns.
-    """
-    path = Path(labels_csv)
-    if not path.is_file():
-        raise ConfigError(f"labels file {path} not found")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"sop_instance_uid", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise ConfigError(f"{path} lacks column(s) {', '.join(sorted(missing))} (want sop_instance_uid,frame,label)")
-        return {(row["sop_instance_uid"], int(row.get("frame") or 0)): row["label"] for row in reader}
 
 
 def archive_signature(archive: str | Path) -> str:

@@ -46,20 +46,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcbir.errors import ConfigError
-from medcbir.train.dataset import default_cache_path, load_hu_dataset, patient_split
-from medcbir.train.encoder import encoder_from_record, load_encoder, read_checkpoint, save_checkpoint
-from medcbir.train.monitor import write_jsonl
-from medcbir.train.trainer import MOMENTUM, WEIGHT_DECAY, rng_state, seed_everything, set_rng_state
-from medcbir.train.wildcat import (
+from medcbir.encoders.checkpoint import module_from_record, read_checkpoint, save_checkpoint
+from medcbir.encoders.heads import attach_head
+from medcbir.encoders.module import features_and_embeddings
+from medcbir.encoders.runtime import load_encoder_module
+from medcbir.encoders.wildcat import (
     DEFAULT_ALPHA,
     DEFAULT_K_MINUS,
     DEFAULT_K_PLUS,
     DEFAULT_MAPS,
     WildcatHead,
-    attach_head,
     check_options,
-    features_and_embeddings,
 )
+from medcbir.train.dataset import default_cache_path, load_hu_dataset, patient_split
+from medcbir.train.monitor import write_jsonl
+from medcbir.train.trainer import MOMENTUM, WEIGHT_DECAY, rng_state, seed_everything, set_rng_state
 
 HEADS = ("wildcat",)
 METHOD = "wildcat-finetune"
@@ -245,7 +246,7 @@ def _base_encoder(name: Any) -> nn.Module:
         return copy.deepcopy(name).cpu()
     if str(name).lower().endswith(".onnx"):
         raise ConfigError(f"{name} is an ONNX export; fine-tune its torch checkpoint")
-    return load_encoder(name)
+    return load_encoder_module(name)
 
 
 def _prototypes(embeddings: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -320,7 +321,7 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
 
     record = _load_resume(out, config, identity)
     if record is not None:
-        encoder = encoder_from_record(record, str(out))
+        encoder = module_from_record(record, str(out))
         head = encoder.wildcat
         if head.classes != classes:
             raise ConfigError(f"cannot resume {out}: its classes {head.classes} differ from the labels' {classes}")

@@ -1,7 +1,7 @@
 """The registry of self-supervised methods: name → class, and a builder.
 
 Example:
-    >>> from medcbir.train.backbones import build_backbone
+    >>> from medcbir.encoders.backbones import build_backbone
     >>> method = build_method("simsiam", build_backbone("resnet18"), dim=512)
     >>> sorted(METHODS)
     ['moco', 'rotation', 'seqsort', 'simclr', 'simsiam']

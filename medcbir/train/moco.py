@@ -18,7 +18,7 @@ on one device it is not used.)
 
 Example:
     >>> import torch
-    >>> from medcbir.train.backbones import build_backbone
+    >>> from medcbir.encoders.backbones import build_backbone
     >>> method = MoCo(build_backbone("resnet18"), dim=512, proj_dim=32, queue_size=64)
     >>> loss = method([torch.rand(4, 1, 64, 64), torch.rand(4, 1, 64, 64)])
     >>> loss.backward()

@@ -1,14 +1,8 @@
-"""ONNX export of an encoder, with its preprocessing and fingerprint in the model metadata.
+"""``medcbir export-onnx``: an encoder checkpoint exported to ONNX and checked against torch.
 
-The exported graph maps ``images`` (B×C×S×S float32 in [0,1], dynamic B) to ``embeddings``
-(B×D, L2-normalised), exactly like :class:`~medcbir.train.encoder.EncoderModule`. The model's
-``metadata_props`` carry ``medcbir.format``, ``medcbir.fingerprint`` (the checkpoint's own, so
-an index built with either is opened by both), ``medcbir.preprocessing`` (JSON),
-``medcbir.arch`` (JSON) and ``medcbir.dim``; :func:`medcbir.train.open_encoder` reads them.
-An encoder fine-tuned with a WILDCAT head (:mod:`medcbir.train.wildcat`) exports two more
-outputs after the embeddings, ``class_scores`` (B×C) and ``class_maps`` (B×C×h×w), and its head's
-options as ``medcbir.wildcat`` (JSON: classes, maps per class, k+, k−, α); parity covers every
-output.
+The graph and its metadata are :mod:`medcbir.encoders.onnx_format` (embeddings, and with a
+WILDCAT head ``class_scores`` and ``class_maps``; preprocessing, fingerprint, architecture);
+:func:`medcbir.encoders.runtime.open_encoder` opens the result. Parity covers every output.
 Every export is checked: the max |Δ| between torch and ONNX Runtime embeddings of the same
 images must stay below the tolerance.
 
@@ -20,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcbir.encoders.onnx_format import OPSET, export_graph, onnx_metadata, write_onnx
+from medcbir.encoders.runtime import load_encoder_module
 from medcbir.errors import ConfigError, MedcbirError
 from medcbir.fsutil import atomic_path
-from medcbir.train.encoder import FORMAT, load_encoder
 
 TOLERANCE = 1e-4
-OPSET = 17
 
 
 class ParityError(MedcbirError):
@@ -58,31 +51,6 @@ class ExportReport:
         return asdict(self)
 
 
-def onnx_metadata(module) -> dict[str, str]:
-    """The metadata an exported model carries (all strings; ``medcbir.wildcat`` with a WILDCAT head)."""
-    meta = {
-        "medcbir.format": FORMAT,
-        "medcbir.fingerprint": module.fingerprint,
-        "medcbir.preprocessing": json.dumps(module.preprocessing.to_dict(), sort_keys=True),
-        "medcbir.arch": json.dumps(module.arch, sort_keys=True),
-        "medcbir.dim": str(module.dim),
-    }
-    head = getattr(module, "wildcat", None)
-    if head is not None:
-        meta["medcbir.wildcat"] = json.dumps(head.config(), sort_keys=True)
-    return meta
-
-
-def export_graph(module) -> tuple[torch.nn.Module, tuple[str, ...]]:
-    """What to export and its output names: the encoder (``embeddings``), or with a WILDCAT head
-    :class:`~medcbir.train.wildcat.ExportGraph` (``embeddings``, ``class_scores``, ``class_maps``)."""
-    if getattr(module, "wildcat", None) is None:
-        return module, ("embeddings",)
-    from medcbir.train.wildcat import ExportGraph
-
-    return ExportGraph(module).eval(), ExportGraph.OUTPUTS
-
-
 def parity_images(preprocessing, archive: str | Path | None = None, n: int = 8, seed: int = 0) -> tuple[np.ndarray, str]:
     """Images for the parity check: the first ``n`` archive items (test-time preprocessing) or random ones.
 
@@ -103,20 +71,6 @@ def parity_images(preprocessing, archive: str | Path | None = None, n: int = 8, 
     rng = np.random.default_rng(seed)
     shape = (n, preprocessing.channels, preprocessing.size, preprocessing.size)
     return rng.random(shape, dtype=np.float32), "random"
-
-
-def _export(module, dummy: torch.Tensor, path: str, opset: int, outputs: tuple[str, ...] = ("embeddings",)) -> None:
-    torch.onnx.export(
-        module,
-        (dummy,),
-        path,
-        input_names=["images"],
-        output_names=list(outputs),
-        dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
-        opset_version=opset,
-        do_constant_folding=True,
-        dynamo=False,
-    )
 
 
 def export_onnx(
@@ -144,7 +98,7 @@ def export_onnx(
     import onnx
     import onnxruntime as ort
 
-    module = load_encoder(checkpoint).eval()
+    module = load_encoder_module(checkpoint).eval()
     graph, outputs = export_graph(module)
     out = Path(out)
     prep = module.preprocessing
@@ -158,7 +112,7 @@ def export_onnx(
             warnings.simplefilter("ignore", DeprecationWarning)
             # WILDCAT's k counts are fixed by the (fixed) input size: the constant the tracer warns about is right
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            _export(graph, dummy, str(tmp), opset, outputs)
+            write_onnx(graph, dummy, str(tmp), opset, outputs)
         model = onnx.load(tmp)
         for key, value in onnx_metadata(module).items():
             entry = model.metadata_props.add()

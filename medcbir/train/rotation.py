@@ -10,7 +10,7 @@ four times the image batch.
 
 Example:
     >>> import torch
-    >>> from medcbir.train.backbones import build_backbone
+    >>> from medcbir.encoders.backbones import build_backbone
     >>> method = RotationPrediction(build_backbone("resnet18"), dim=512)
     >>> loss = method([torch.rand(4, 1, 64, 64)])
     >>> loss.backward()

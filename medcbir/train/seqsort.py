@@ -13,7 +13,7 @@ direction of a series is arbitrary: head-first or feet-first), so there are k!/2
 
 Example:
     >>> import torch
-    >>> from medcbir.train.backbones import build_backbone
+    >>> from medcbir.encoders.backbones import build_backbone
     >>> method = SequenceSorting(build_backbone("resnet18"), dim=512, length=3)
     >>> runs = torch.rand(4 * 3, 1, 64, 64)        # 4 runs of 3 slices, in anatomical order
     >>> loss = method([runs])

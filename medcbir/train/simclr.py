@@ -16,7 +16,7 @@ view's anchor is replaced by its nearest neighbour in a support queue of the las
 
 Example:
     >>> import torch
-    >>> from medcbir.train.backbones import build_backbone
+    >>> from medcbir.encoders.backbones import build_backbone
     >>> method = SimCLR(build_backbone("resnet18"), dim=512, proj_dim=64)
     >>> loss = method([torch.rand(4, 1, 64, 64), torch.rand(4, 1, 64, 64)])
     >>> loss.backward()

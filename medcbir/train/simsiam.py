@@ -12,7 +12,7 @@ The reference CT-liver method (Wickstrøm et al. 2023) is SimSiam with Hounsfiel
 
 Example:
     >>> import torch
-    >>> from medcbir.train.backbones import build_backbone
+    >>> from medcbir.encoders.backbones import build_backbone
     >>> method = SimSiam(build_backbone("resnet18"), dim=512, proj_dim=256, pred_dim=64)
     >>> x1, x2 = torch.rand(4, 1, 64, 64), torch.rand(4, 1, 64, 64)
     >>> loss = method([x1, x2]); loss.backward()

@@ -9,7 +9,7 @@ permutation seeded by (seed, epoch), and the augmentations consume torch's globa
 interrupted run resumed with ``resume=True`` produces exactly the weights of an
 uninterrupted one (on CPU; cuDNN may be nondeterministic on GPU).
 
-The checkpoint is also a normal encoder checkpoint (:func:`medcbir.train.load_encoder`): its
+The checkpoint is also a normal encoder checkpoint (:func:`medcbir.encoders.runtime.load_encoder_module`): its
 preprocessing is the test-time one, the encoder's windows at the training size (for the
 Hounsfield-window views, the wide liver window).
 
@@ -32,23 +32,14 @@ import numpy as np
 import torch
 
 from medcbir.errors import ConfigError
-from medcbir.recipe import RECIPE  # noqa: F401 - re-exported: the recipe the CLI and the demo use
+from medcbir.train.recipe import RECIPE  # noqa: F401 - re-exported: the recipe the CLI and the demo use
 
 log = logging.getLogger(__name__)
-from medcbir.train.backbones import POOLINGS, backbone_dim
+from medcbir.encoders.architecture import DEFAULT_POOLING, POOLINGS, backbone_dim, make_arch
+from medcbir.encoders.checkpoint import read_checkpoint, save_checkpoint
+from medcbir.encoders.module import EncoderModule, build_network
+from medcbir.encoders.preprocessing import DEFAULT_CROP, DEFAULT_FOV_MM, DEFAULT_WINDOWS, default_preprocessing
 from medcbir.train.dataset import HUDataset, default_cache_path, load_hu_dataset, patient_split
-from medcbir.train.encoder import (
-    DEFAULT_CROP,
-    DEFAULT_FOV_MM,
-    DEFAULT_POOLING,
-    DEFAULT_WINDOWS,
-    EncoderModule,
-    build_network,
-    default_preprocessing,
-    make_arch,
-    read_checkpoint,
-    save_checkpoint,
-)
 from medcbir.train.methods import METHODS, build_method
 from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
 from medcbir.train.pairs import PositionPartners, draw_partners, neighbour_table, sequences

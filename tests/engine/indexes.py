@@ -1,6 +1,6 @@
 """Real test indexes for the engine and CLI tests: a phantom archive embedded by a small encoder.
 
-The encoder is a seeded random ResNet-18 at 64 px (the trainer's ``new_encoder``) saved as a
+The encoder is a seeded random ResNet-18 at 64 px (the trainer's ``new_encoder_module``) saved as a
 real checkpoint; the index is written by the real indexer (HDF5 shards + manifest).
 """
 
@@ -17,9 +17,10 @@ SIZE = 64
 def make_encoder(path: Path, seed: int = 0) -> Path:
     """A medcbir checkpoint of a random ResNet-18 taking 1×64×64 (ct-liver-wide) inputs."""
     from medcbir.imaging import Preprocessing
-    from medcbir.train import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
-    save_checkpoint(path, new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=seed))
+    save_checkpoint(path, new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=seed))
     return path
 
 

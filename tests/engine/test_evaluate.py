@@ -115,6 +115,10 @@ def test_evaluate_sample_and_bad_labels(flat_index, labels, tmp_path):
         evaluate(engine, bad)
     with pytest.raises(ConfigError, match="does not exist"):
         evaluate(engine, tmp_path / "absent.csv")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("sop_instance_uid,frame,label\n1.2,0,f\xe9mur\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        evaluate(engine, latin)
 
 
 def test_metric_definitions_by_hand():

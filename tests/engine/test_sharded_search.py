@@ -52,10 +52,10 @@ def variants(flat_index, tmp_path_factory):
 
 @pytest.mark.parametrize("shards", [2, 3])
 def test_exact_sharded_equals_single_process(ray_runtime, flat_index, shards):
-    from medcbir.engine import Engine
+    from medcbir.engine import Engine, open_engine
 
     single = Engine.open(flat_index)
-    sharded = Engine.open(flat_index, ray=ray_runtime, shards=shards)
+    sharded = open_engine(flat_index, ray=ray_runtime, shards=shards)
     try:
         assert sharded.shards == shards and len(sharded) == len(single)
         modality = str(single.columns["modality"][0])
@@ -75,10 +75,10 @@ def test_exact_sharded_equals_single_process(ray_runtime, flat_index, shards):
 
 @pytest.mark.parametrize("name", ["ivf-refine", "ivf-flat"])
 def test_ivf_sharded_gives_the_same_ids(ray_runtime, variants, name):
-    from medcbir.engine import Engine
+    from medcbir.engine import Engine, open_engine
 
     single = Engine.open(variants[name])
-    sharded = Engine.open(variants[name], ray=ray_runtime, shards=3)
+    sharded = open_engine(variants[name], ray=ray_runtime, shards=3)
     try:
         assert not single.exact and not sharded.exact
         for knobs in ({"nprobe": 1}, {"nprobe": 2, "k_factor": 2}):
@@ -92,10 +92,10 @@ def test_ivf_sharded_gives_the_same_ids(ray_runtime, variants, name):
 
 
 def test_tombstones_are_never_returned(ray_runtime, variants):
-    from medcbir.engine import Engine
+    from medcbir.engine import Engine, open_engine
 
     single = Engine.open(variants["deleted"])
-    sharded = Engine.open(variants["deleted"], ray=ray_runtime, shards=2)
+    sharded = open_engine(variants["deleted"], ray=ray_runtime, shards=2)
     try:
         assert len(sharded) == len(single) < len(single.ids)
         assert compare(single, sharded, exact=True, exclude="same-patient") > 0
@@ -125,9 +125,9 @@ def test_cli_search_with_ray_matches(ray_runtime, flat_index):
 
 
 def test_unsupported_spec_is_a_clear_error(ray_runtime, flat_index, tmp_path):
-    from medcbir.engine import Engine
+    from medcbir.engine import open_engine
     from medcbir.errors import ConfigError
 
     hnsw = rebuild_with_spec(flat_index, tmp_path / "hnsw", "HNSW8")
     with pytest.raises(ConfigError, match="sharded search supports exact and IVF"):
-        Engine.open(hnsw, ray=ray_runtime, shards=2)
+        open_engine(hnsw, ray=ray_runtime, shards=2)

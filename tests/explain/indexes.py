@@ -17,10 +17,11 @@ def explain_index(phantom_archive, tmp_path_factory) -> Path:
     """(index folder) of the session's phantom archive, encoder = seeded random ResNet-18 at 64 px."""
     from medcbir.imaging import Preprocessing
     from medcbir.indexer import index_archive
-    from medcbir.train import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
     root = tmp_path_factory.mktemp("explain-index")
-    encoder = save_checkpoint(root / "encoder.pt", new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=0))
+    encoder = save_checkpoint(root / "encoder.pt", new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=0))
     index_archive(phantom_archive, root / "index", str(encoder), shard_size=32, workers=1, progress=False)
     return root / "index"
 

@@ -79,9 +79,9 @@ def test_auto_backend_is_decided_once_from_the_cpu():
 
 def _resnet():
     from medcbir.imaging import Preprocessing
-    from medcbir.train import new_encoder
+    from medcbir.encoders.module import new_encoder_module
 
-    return new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=32), seed=0, pooling="gem")
+    return new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=32), seed=0, pooling="gem")
 
 
 def test_bf16_copy_is_folded_cached_and_leaves_the_encoder_alone(monkeypatch):

@@ -156,9 +156,9 @@ REAL_OPTIONS = {
 @pytest.fixture(scope="module")
 def real_encoder():
     from medcbir.imaging import Preprocessing
-    from medcbir.train import new_encoder
+    from medcbir.encoders.module import new_encoder_module
 
-    return new_encoder("resnet18", Preprocessing(("ct-liver-wide",), size=64), seed=0)
+    return new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=64), seed=0)
 
 
 def _hooks(module):

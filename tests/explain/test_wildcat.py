@@ -15,9 +15,9 @@ from medcbir.engine import Engine
 from medcbir.explain import METHODS, explain_search, wildcat
 from medcbir.explain.base import to_heatmap
 from medcbir.explain.wildcat import SAME_EMBEDDING
-from medcbir.train import load_encoder
+from medcbir.encoders.runtime import load_encoder_module
 from medcbir.train.finetune import FinetuneConfig, finetune
-from medcbir.train.wildcat import predict
+from medcbir.encoders.wildcat import predict
 from tests.explain.indexes import query_file
 
 
@@ -38,7 +38,7 @@ def _expected(module, images: torch.Tensor, classes) -> np.ndarray:
 
 def test_wildcat_is_a_registered_method_choosing_its_class(head_checkpoint):
     assert METHODS["wildcat"] is wildcat
-    module = load_encoder(head_checkpoint)
+    module = load_encoder_module(head_checkpoint)
     images = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     scores, _ = predict(module, images)
     predicted = scores.argmax(1)

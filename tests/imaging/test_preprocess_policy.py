@@ -88,8 +88,9 @@ def _reframed(hu, spacing, new_spacing, offset, size=256):
 
 
 def test_another_field_of_view_and_offset_embed_alike_with_cropping():
-    from medcbir.train import default_preprocessing, new_encoder, thumbnail_encoder
-    from medcbir.train.encoder import DEFAULT_POOLING
+    from medcbir.encoders.module import new_encoder_module, thumbnail_encoder_module
+    from medcbir.encoders.preprocessing import default_preprocessing
+    from medcbir.encoders.architecture import DEFAULT_POOLING
 
     hu = _body()
     moved = _reframed(hu, 0.8, 1.1, (30, -25))  # 0.8 → 1.1 mm/px (a larger FOV), shifted
@@ -107,15 +108,15 @@ def test_another_field_of_view_and_offset_embed_alike_with_cropping():
             e = enc(torch.from_numpy(x)).numpy()
         return float(e[0] @ e[1])
 
-    for make in (lambda p: new_encoder("resnet18", p, seed=0, pooling=DEFAULT_POOLING), lambda p: thumbnail_encoder(16, p)):
+    for make in (lambda p: new_encoder_module("resnet18", p, seed=0, pooling=DEFAULT_POOLING), lambda p: thumbnail_encoder_module(16, p)):
         enc_on, enc_off = make(on), make(off)
         same_on, same_off = cos(enc_on, on, hu, moved), cos(enc_off, off, hu, moved)
         assert same_on >= 0.95, same_on
         assert same_off < same_on
         # Not a collinear encoder: another level is further away than the reframed same slice.
         assert cos(enc_on, on, hu, other_level, 0.8, 0.8) < same_on
-    thumb_on = cos(thumbnail_encoder(16, on), on, hu, moved)
-    thumb_off = cos(thumbnail_encoder(16, off), off, hu, moved)
+    thumb_on = cos(thumbnail_encoder_module(16, on), on, hu, moved)
+    thumb_off = cos(thumbnail_encoder_module(16, off), off, hu, moved)
     assert thumb_on > 0.98 and thumb_off < 0.9
 
 
@@ -156,7 +157,7 @@ def test_mr_file_with_ct_only_encoder_is_skipped_and_indexed_with_the_default(tm
     assert code == 0, err
     assert json.loads(out)["indexed"] == 3
     # ... with the MR normalisation: the robust window of the item, not a CT window.
-    from medcbir.train import default_preprocessing
+    from medcbir.encoders.preprocessing import default_preprocessing
 
     from medcbir.imaging.preprocess import WindowContext
 
@@ -176,13 +177,15 @@ def test_a_checkpoint_from_before_policies_still_opens(tmp_path):
     """A 0.1 checkpoint (bare CT window, no crop): same record, same fingerprint, CT-only policy."""
     import torch
 
-    from medcbir.train import load_encoder, new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
+    from medcbir.encoders.runtime import load_encoder_module
 
-    old = new_encoder("resnet18", {"windows": ["ct-liver-wide"], "size": 64}, seed=1)
+    old = new_encoder_module("resnet18", {"windows": ["ct-liver-wide"], "size": 64}, seed=1)
     path = save_checkpoint(tmp_path / "old.pt", old)
     record = torch.load(path, weights_only=True)
     assert record["preprocessing"] == {"windows": ["ct-liver-wide"], "size": 64}
-    again = load_encoder(path)
+    again = load_encoder_module(path)
     assert again.fingerprint == old.fingerprint == record["fingerprint"]
     assert again.preprocessing.policies[0].window_for("CT") == "ct-liver-wide"
     assert again.preprocessing.policies[0].window_for("MR") is None

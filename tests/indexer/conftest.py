@@ -12,9 +12,10 @@ import pytest
 def make_encoder(path: Path, size: int = 64, seed: int = 0) -> Path:
     """A randomly initialised ResNet-18 checkpoint at ``size`` px (a real medcbir encoder)."""
     from medcbir.imaging import Preprocessing
-    from medcbir.train import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
-    save_checkpoint(path, new_encoder(preprocessing=Preprocessing(size=size), seed=seed))
+    save_checkpoint(path, new_encoder_module(preprocessing=Preprocessing(size=size), seed=seed))
     return path
 
 
@@ -29,7 +30,7 @@ def encoder(encoder_path):
 
     torch.set_num_threads(1)
     from medcbir.device import Device
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
 
     return open_encoder(str(encoder_path), device=Device.cpu())
 

@@ -38,10 +38,11 @@ def load_archive(tmp_path_factory) -> list[Path]:
 def small_encoder(tmp_path_factory) -> Path:
     """A random ResNet-18 encoder checkpoint with 64 px preprocessing (cheap forwards)."""
     from medcbir.imaging import Preprocessing
-    from medcbir.train.encoder import new_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
 
     path = tmp_path_factory.mktemp("pacs-encoder") / "enc64.pt"
-    save_checkpoint(path, new_encoder("resnet18", Preprocessing(windows=("ct-liver-wide",), size=64), seed=3))
+    save_checkpoint(path, new_encoder_module("resnet18", Preprocessing(windows=("ct-liver-wide",), size=64), seed=3))
     return path
 
 

@@ -49,7 +49,7 @@ def indexed_server(module_orthanc_factory, tmp_path_factory, pacs_archive, small
 
 def test_every_stored_image_is_indexed_once_and_the_report_is_skipped(indexed_server, pacs_archive, small_encoder):
     from medcbir.indexer import IndexStore
-    from medcbir.train import open_encoder
+    from medcbir.encoders.runtime import open_encoder
 
     server, index, status = indexed_server
     stats = server.rest.statistics()

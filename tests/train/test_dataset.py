@@ -11,7 +11,8 @@ import pytest
 
 from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.imaging import Preprocessing, read_dicom
-from medcbir.train.dataset import load_hu_dataset, patient_split, read_labels
+from medcbir.imaging.labels import read_labels
+from medcbir.train.dataset import load_hu_dataset, patient_split
 
 
 def _dicoms(root):
@@ -55,9 +56,9 @@ def test_patient_split_is_disjoint_and_seeded():
 
 
 def test_labels_and_missing_inputs(phantom_archive, tmp_path):
-    labels = read_labels(phantom_archive / "labels.csv")
+    labels = read_labels(phantom_archive / "labels.csv").by_item()
     assert len(labels) == 80 and set(labels.values()) == {"thorax", "liver-dome", "liver-kidney", "kidney", "pelvis"}
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="does not exist"):
         read_labels(tmp_path / "nope.csv")
     with pytest.raises(ArchiveNotFound):
         load_hu_dataset(tmp_path / "nowhere", 64, tmp_path / "c.h5")

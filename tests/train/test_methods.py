@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from medcbir.errors import ConfigError
-from medcbir.train.backbones import build_backbone
+from medcbir.encoders.backbones import build_backbone
 from medcbir.train.methods import METHODS, build_method
 from medcbir.train.moco import MoCo, info_nce
 from medcbir.train.rotation import rotate_four

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from medcbir.device import Device
-from medcbir.train.backbones import build_backbone
+from medcbir.encoders.backbones import build_backbone
 from medcbir.train.methods import build_method
 from medcbir.train.trainer import TrainConfig, make_optimizer, needs_grad_scaler, train_step
 

@@ -11,7 +11,7 @@ from medcbir.train.pairs import draw_partners, neighbour_table, sequences
 from medcbir.train.seqsort import SequenceSorting, permutation_classes
 from medcbir.train.trainer import TrainConfig, train
 
-from .conftest import SMALL_HEADS
+from tests.conftest import SMALL_HEADS
 
 
 def _toy():
@@ -57,7 +57,7 @@ def test_seqsort_classes_and_a_step_lowers_the_loss():
     classes = permutation_classes(3)
     assert len(classes) == 3  # 3!/2: a run and its reverse are one class
     torch.manual_seed(0)
-    from medcbir.train.backbones import build_backbone
+    from medcbir.encoders.backbones import build_backbone
 
     method = SequenceSorting(build_backbone("resnet18"), 512, length=3, hidden=32)
     # Runs whose order is visible: a bright bar moving down the image.
@@ -101,7 +101,7 @@ def test_bf16_training_reaches_the_fp32_held_out_map(phantom_archive, tmp_path):
 
 
 def test_nnclr_positives_come_from_the_support_queue():
-    from medcbir.train.backbones import build_backbone
+    from medcbir.encoders.backbones import build_backbone
     from medcbir.train.simclr import SimCLR
 
     torch.manual_seed(0)

@@ -10,11 +10,12 @@ import torch
 
 from medcbir.device import Device
 from medcbir.errors import ConfigError
-from medcbir.train import load_encoder, read_checkpoint, save_checkpoint
+from medcbir.encoders.checkpoint import read_checkpoint, save_checkpoint
+from medcbir.encoders.runtime import load_encoder_module
 from medcbir.train.monitor import knn_retrieval
 from medcbir.train.trainer import TrainConfig, train
 
-from .conftest import SMALL_HEADS
+from tests.conftest import SMALL_HEADS
 
 
 def _config(archive, out, cache, method, **kw):
@@ -87,7 +88,7 @@ def test_checkpoint_is_an_encoder_with_test_time_preprocessing_and_a_log(trained
     assert record["preprocessing"] == {"windows": ["CT=ct-liver-wide,*=robust"], "size": 64, "crop": "body", "margin": 0.05, "spacing": 3.5}
     assert record["config"]["views"] == "hu-narrow,hu-wide"
     assert set(record["rng"]) >= {"torch", "numpy", "python"}
-    encoder = load_encoder(trained["checkpoint"])
+    encoder = load_encoder_module(trained["checkpoint"])
     assert encoder.fingerprint == summary.fingerprint
     rows = [json.loads(line) for line in open(summary.log)]
     assert rows == summary.history and [r["epoch"] for r in rows] == [0, 1]
@@ -104,7 +105,7 @@ def test_resume_refuses_a_changed_run_or_an_exported_encoder(trained, phantom_ar
     config = _config(phantom_archive, trained["checkpoint"], None, "simsiam", epochs=3, resume=True)
     with pytest.raises(ConfigError, match="the run changed .*epochs"):
         train(config)
-    plain = save_checkpoint(tmp_path / "plain.pt", load_encoder(trained["checkpoint"]))
+    plain = save_checkpoint(tmp_path / "plain.pt", load_encoder_module(trained["checkpoint"]))
     with pytest.raises(ConfigError, match="no training state"):
         train(_config(phantom_archive, plain, tmp_path / "hu.h5", "simsiam", resume=True))
 

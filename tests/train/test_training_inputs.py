@@ -13,7 +13,7 @@ import torch
 from pydicom.uid import MRImageStorage
 
 from medcbir.imaging import read_dicom
-from medcbir.train import default_preprocessing
+from medcbir.encoders.preprocessing import default_preprocessing
 from medcbir.train.dataset import load_hu_dataset, patient_split
 from medcbir.train.views import make_views, parse_views
 from tests.imaging.dicomfiles import _base, ct_dataset, save

@@ -11,10 +11,12 @@ import torch
 from medcbir.cli.main import main
 from medcbir.device import Device
 from medcbir.errors import ConfigError
-from medcbir.train import load_encoder, new_encoder, open_encoder, read_checkpoint, save_checkpoint
-from medcbir.train.encoder import default_preprocessing
+from medcbir.encoders.checkpoint import read_checkpoint, save_checkpoint
+from medcbir.encoders.module import new_encoder_module
+from medcbir.encoders.runtime import load_encoder_module, open_encoder
+from medcbir.encoders.preprocessing import default_preprocessing
 from medcbir.train.finetune import FinetuneConfig, finetune
-from medcbir.train.wildcat import WildcatHead, predict, region_count, wildcat_pool
+from medcbir.encoders.wildcat import predict, region_count, wildcat_pool, WildcatHead
 
 SIZE = 64
 
@@ -81,7 +83,7 @@ def test_head_averages_the_maps_of_each_class_and_refuses_bad_options():
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     path = tmp_path_factory.mktemp("wildcat-base") / "base.pt"
-    save_checkpoint(path, new_encoder("resnet18", default_preprocessing(SIZE), seed=0))
+    save_checkpoint(path, new_encoder_module("resnet18", default_preprocessing(SIZE), seed=0))
     return path
 
 
@@ -107,8 +109,8 @@ def test_finetune_trains_the_head_and_keeps_the_encoder(tuned, base):
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
     assert summary.train_accuracy > 0.5 and summary.n_train == 60 and summary.n_heldout == 20
     # the backbone was frozen: the same fingerprint, the same embeddings; the head rides along
-    encoder = load_encoder(tuned["checkpoint"])
-    assert encoder.fingerprint == summary.fingerprint == summary.base_fingerprint == load_encoder(base).fingerprint
+    encoder = load_encoder_module(tuned["checkpoint"])
+    assert encoder.fingerprint == summary.fingerprint == summary.base_fingerprint == load_encoder_module(base).fingerprint
     x = np.random.default_rng(1).random((3, 1, SIZE, SIZE), dtype=np.float32)
     np.testing.assert_array_equal(open_encoder(tuned["checkpoint"], Device.cpu()).embed(x), open_encoder(base, Device.cpu()).embed(x))
     assert encoder.wildcat.classes == summary.classes and float(encoder.wildcat.prototypes.norm(dim=1).min()) == pytest.approx(1.0)
@@ -163,7 +165,7 @@ def test_onnx_export_carries_the_head_with_parity(tuned, tmp_path):
     assert [o.name for o in session.get_outputs()] == ["embeddings", "class_scores", "class_maps"]
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["medcbir.wildcat"])["classes"] == tuned["summary"].classes
-    encoder = load_encoder(tuned["checkpoint"])
+    encoder = load_encoder_module(tuned["checkpoint"])
     x = np.random.default_rng(2).random((5, 1, SIZE, SIZE), dtype=np.float32)  # another batch size than the export's
     emb, scores, maps = session.run(None, {"images": x})
     want_scores, want_maps = predict(encoder, torch.from_numpy(x))
@@ -181,7 +183,7 @@ def test_finetune_from_the_command_line_and_its_errors(base, phantom_archive, tu
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "fine-tuned a wildcat head (2 classes: liver, no-liver) for 2 epoch(s) of 2 on 30 labelled images" in text
-    head = load_encoder(out).wildcat
+    head = load_encoder_module(out).wildcat
     assert (head.k_plus, head.k_minus, head.alpha, head.maps_per_class) == (2.0, 0.25, 0.5, 3)
 
     one_class = tmp_path / "one.csv"

@@ -12,14 +12,11 @@ import torch
 from medcbir.device import Device
 from medcbir.errors import ConfigError, EncoderMismatch
 from medcbir.imaging import Preprocessing
-from medcbir.train import (
-    DEFAULT_ENCODER,
-    check_compatible,
-    load_encoder,
-    new_encoder,
-    open_encoder,
-    save_checkpoint,
-)
+from medcbir.encoders.checkpoint import save_checkpoint
+from medcbir.encoders.compat import check_compatible
+from medcbir.encoders.module import new_encoder_module
+from medcbir.encoders.names import DEFAULT_ENCODER
+from medcbir.encoders.runtime import load_encoder_module, open_encoder
 
 
 def _oracle_fingerprint(arch: dict, preprocessing: dict, state: dict) -> str:
@@ -34,16 +31,16 @@ def _oracle_fingerprint(arch: dict, preprocessing: dict, state: dict) -> str:
 
 def test_previous_default_is_deterministic_cached_and_normalised(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "a"))
-    first = load_encoder("default-v2")
+    first = load_encoder_module("default-v2")
     assert (tmp_path / "a" / "default-encoder-v2.pt").is_file()
     monkeypatch.setenv("MEDCBIR_CACHE", str(tmp_path / "b"))
     rng_before = torch.get_rng_state()
-    second = load_encoder("default-v2")
+    second = load_encoder_module("default-v2")
     assert torch.equal(rng_before, torch.get_rng_state()), "creating the default must not move the global RNG"
     assert first.fingerprint == second.fingerprint
     for (k, a), (_, b) in zip(first.backbone.state_dict().items(), second.backbone.state_dict().items()):
         assert torch.equal(a, b), k
-    from medcbir.train import default_preprocessing
+    from medcbir.encoders.preprocessing import default_preprocessing
 
     assert first.preprocessing == default_preprocessing()
     # CT through the liver window, everything else normalised: never a CT window on MR.
@@ -54,7 +51,7 @@ def test_previous_default_is_deterministic_cached_and_normalised(tmp_path, monke
     assert first.feature_layer in (getattr(first.backbone, "layer4", None), getattr(getattr(first.backbone, "net", None), "layer4", None))
     assert first.fingerprint == _oracle_fingerprint(first.arch, first.preprocessing.to_dict(), first.backbone.state_dict())
     # A cached file is read back as is.
-    cached = load_encoder("default-v2")
+    cached = load_encoder_module("default-v2")
     assert cached.fingerprint == second.fingerprint
     x = torch.rand(3, 1, 224, 224)
     with torch.no_grad():
@@ -64,30 +61,30 @@ def test_previous_default_is_deterministic_cached_and_normalised(tmp_path, monke
 
 
 def test_default_is_the_classic_descriptor_with_the_default_preprocessing():
-    from medcbir.train import default_preprocessing
+    from medcbir.encoders.preprocessing import default_preprocessing
 
-    enc = load_encoder(DEFAULT_ENCODER)
+    enc = load_encoder_module(DEFAULT_ENCODER)
     assert enc.arch["backbone"] == "classic" and enc.preprocessing == default_preprocessing()
     assert enc.preprocessing.policies[0].window_for("MR") == "robust"
-    assert enc.fingerprint == load_encoder("classic").fingerprint
-    assert enc.fingerprint != load_encoder("default-v2").fingerprint
+    assert enc.fingerprint == load_encoder_module("classic").fingerprint
+    assert enc.fingerprint != load_encoder_module("default-v2").fingerprint
 
 
 def test_an_index_built_with_an_earlier_default_opens_with_it():
-    from medcbir.train.encoder import open_for_index
+    from medcbir.encoders.runtime import open_for_index
 
     for earlier in ("default-v2", "default-v1"):
-        fingerprint = load_encoder(earlier).fingerprint
+        fingerprint = load_encoder_module(earlier).fingerprint
         assert open_for_index("default", fingerprint, Device.cpu()).fingerprint == fingerprint
-    today = load_encoder("default").fingerprint
+    today = load_encoder_module("default").fingerprint
     assert open_for_index("default", today, Device.cpu()).fingerprint == today
 
 
 def test_fingerprint_covers_weights_and_preprocessing():
-    a = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=1)
-    b = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 128), seed=1)
-    c = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=2)
-    d = new_encoder("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=1)
+    a = new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=1)
+    b = new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), 128), seed=1)
+    c = new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=2)
+    d = new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), 64), seed=1)
     assert a.fingerprint == d.fingerprint
     assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
 
@@ -100,7 +97,7 @@ def test_default_checkpoint_and_onnx_agree(exported, tmp_path, monkeypatch):
     assert (torch_enc.kind, onnx_enc.kind) == ("torch", "onnx")
     assert onnx_enc.module is None and torch_enc.module is not None
     assert torch_enc.fingerprint == onnx_enc.fingerprint == exported["summary"].fingerprint
-    from medcbir.train import default_preprocessing
+    from medcbir.encoders.preprocessing import default_preprocessing
 
     assert torch_enc.preprocessing == onnx_enc.preprocessing == default_preprocessing(64)
     assert torch_enc.dim == onnx_enc.dim == 512
@@ -108,9 +105,9 @@ def test_default_checkpoint_and_onnx_agree(exported, tmp_path, monkeypatch):
     a, b = torch_enc.embed(images, batch_size=2), onnx_enc.embed(images, batch_size=3)
     assert np.abs(a - b).max() < 1e-4
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
-    # The torch module returned by load_encoder gives the same vectors.
+    # The torch module returned by load_encoder_module gives the same vectors.
     with torch.no_grad():
-        ref = load_encoder(exported["checkpoint"])(torch.from_numpy(images)).numpy()
+        ref = load_encoder_module(exported["checkpoint"])(torch.from_numpy(images)).numpy()
     assert np.abs(a - ref).max() < 1e-5
 
 
@@ -118,7 +115,7 @@ def test_default_through_open_encoder_and_a_saved_copy(tmp_path):
     dev = Device.cpu()
     default = open_encoder("default", dev)
     assert default.source == "default" and default.kind == "torch"
-    copy = save_checkpoint(tmp_path / "copy.pt", load_encoder("default"))
+    copy = save_checkpoint(tmp_path / "copy.pt", load_encoder_module("default"))
     reopened = open_encoder(copy, dev)
     assert reopened.fingerprint == default.fingerprint and reopened.source == str(copy)
     x = np.random.default_rng(1).random((2, 1, 224, 224), dtype=np.float32)
@@ -131,11 +128,11 @@ def test_bad_files_are_one_line_config_errors(tmp_path, trained):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ConfigError, match="not a readable encoder checkpoint"):
-        load_encoder(junk)
+        load_encoder_module(junk)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(ConfigError, match="not a medcbir encoder checkpoint"):
-        load_encoder(other)
+        load_encoder_module(other)
     fake_onnx = tmp_path / "fake.onnx"
     fake_onnx.write_bytes(b"\x00\x01garbage")
     with pytest.raises(ConfigError, match="not a readable ONNX model"):
@@ -147,13 +144,13 @@ def test_bad_files_are_one_line_config_errors(tmp_path, trained):
     tampered = tmp_path / "tampered.pt"
     torch.save(record, tampered)
     with pytest.raises(ConfigError, match="corrupt"):
-        load_encoder(tampered)
+        load_encoder_module(tampered)
 
 
 def test_check_compatible_names_both_encoders(trained):
     enc = open_encoder(trained["checkpoint"], Device.cpu())
     check_compatible(enc, enc.fingerprint, enc.preprocessing.to_dict())  # same: no error
-    other = new_encoder("resnet18", Preprocessing(("ct-lung",), 128), seed=3)
+    other = new_encoder_module("resnet18", Preprocessing(("ct-lung",), 128), seed=3)
     with pytest.raises(EncoderMismatch) as info:
         check_compatible(enc, other.fingerprint, other.preprocessing.to_dict())
     message = str(info.value)
@@ -174,9 +171,11 @@ def test_embed_refuses_images_of_another_preprocessing(trained):
 def test_encoder_source_is_absolute_so_index_manifests_work_from_any_folder(tmp_path, monkeypatch):
     """An index records its encoder's source; a relative path would break `Engine.open` elsewhere."""
     from medcbir.imaging import Preprocessing
-    from medcbir.train import new_encoder, open_encoder, save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
+    from medcbir.encoders.module import new_encoder_module
+    from medcbir.encoders.runtime import open_encoder
 
     monkeypatch.chdir(tmp_path)
-    save_checkpoint("enc.pt", new_encoder(preprocessing=Preprocessing(size=32)))
+    save_checkpoint("enc.pt", new_encoder_module(preprocessing=Preprocessing(size=32)))
     encoder = open_encoder("enc.pt")
     assert encoder.source == str(tmp_path / "enc.pt")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from medcbir.errors import ConfigError
-from medcbir.train.backbones import BACKBONES, build_backbone, feature_layer
+from medcbir.encoders.architecture import BACKBONES
+from medcbir.encoders.backbones import build_backbone, feature_layer
 
 
 def test_resnet18_has_the_standard_stem_and_pooled_512d_output():

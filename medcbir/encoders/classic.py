@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: HOG parameters of the built-in descriptor (128 px, 16-px cells, 9 orientations, 2×2 blocks)
-HOG_SIZE, HOG_CELL, HOG_BINS = 128, 16, 9
+from medcbir.encoders.architecture import HOG_BINS, HOG_CELL, HOG_SIZE
 
 
 def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -46,11 +45,6 @@ def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
     lo = torch.arange(n_in, dtype=torch.float64)
     overlap = (torch.minimum(edges_out[1:, None], lo[None, :] + 1) - torch.maximum(edges_out[:-1, None], lo[None, :])).clamp(min=0)
     return (overlap / (n_in / n_out)).float()
-
-
-def hog_dim(size: int = HOG_SIZE, cell: int = HOG_CELL, bins: int = HOG_BINS, channels: int = 1) -> int:
-    cells = size // cell
-    return channels * (cells - 1) ** 2 * 4 * bins
 
 
 class GradientHistogram(nn.Module):

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from medcbir.train.classic import ClassicDescriptor, GradientHistogram, hog_dim
-from medcbir.train.encoder import builtin_encoder, feature_layer, is_builtin
+from medcbir.encoders.architecture import hog_dim
+from medcbir.encoders.classic import ClassicDescriptor, GradientHistogram
+from medcbir.encoders.backbones import feature_layer
+from medcbir.encoders.builtin import builtin_encoder_module
+from medcbir.encoders.names import is_builtin
 
 
 def test_a_vertical_edge_votes_in_the_horizontal_gradient_bin():
@@ -82,7 +85,7 @@ def test_classic_is_the_mean_of_thumbnail_and_hog_cosines():
 def test_builtin_names_and_gradients_reach_the_input():
     for name in ("classic", "hog"):
         assert is_builtin(name)
-        enc = builtin_encoder(name)
+        enc = builtin_encoder_module(name)
         assert enc.arch["backbone"] == name and enc.dim == enc.arch["dim"]
         x = torch.rand(2, 1, 224, 224, requires_grad=True)
         y = enc(x)
@@ -90,12 +93,12 @@ def test_builtin_names_and_gradients_reach_the_input():
         y[:, :5].sum().backward()
         assert x.grad is not None and x.grad.abs().sum() > 0
         assert feature_layer(enc.backbone) is enc.backbone.features
-    assert builtin_encoder("classic").fingerprint == builtin_encoder("classic").fingerprint
-    assert builtin_encoder("classic").fingerprint != builtin_encoder("hog").fingerprint
+    assert builtin_encoder_module("classic").fingerprint == builtin_encoder_module("classic").fingerprint
+    assert builtin_encoder_module("classic").fingerprint != builtin_encoder_module("hog").fingerprint
 
 
 def test_area_matrix_is_area_resampling():
-    from medcbir.train.classic import area_matrix
+    from medcbir.encoders.classic import area_matrix
 
     torch.manual_seed(3)
     x = torch.rand(1, 1, 64, 64)
@@ -108,12 +111,12 @@ def test_area_matrix_is_area_resampling():
 
 
 def test_classic_exports_to_onnx_with_parity(tmp_path):
-    from medcbir.train.encoder import save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
     from medcbir.train.onnx_export import export_onnx
 
-    checkpoint = save_checkpoint(tmp_path / "classic.pt", builtin_encoder("default"))
+    checkpoint = save_checkpoint(tmp_path / "classic.pt", builtin_encoder_module("default"))
     report = export_onnx(checkpoint, tmp_path / "classic.onnx")
-    assert report.dim == builtin_encoder("default").dim and report.max_abs_diff < 1e-4
+    assert report.dim == builtin_encoder_module("default").dim and report.max_abs_diff < 1e-4
 
 
 def test_onnx_classic_is_finite_and_equal_on_flat_regions(tmp_path):
@@ -121,10 +124,10 @@ def test_onnx_classic_is_finite_and_equal_on_flat_regions(tmp_path):
     # exported atan2 that divides y by x gives NaN there, and the orientation bin a NaN index
     import onnxruntime as ort
 
-    from medcbir.train.encoder import save_checkpoint
+    from medcbir.encoders.checkpoint import save_checkpoint
     from medcbir.train.onnx_export import export_onnx
 
-    checkpoint = save_checkpoint(tmp_path / "classic.pt", builtin_encoder("default"))
+    checkpoint = save_checkpoint(tmp_path / "classic.pt", builtin_encoder_module("default"))
     export_onnx(checkpoint, tmp_path / "classic.onnx")
     torch.manual_seed(3)
     x = torch.rand(3, 1, 224, 224)
@@ -136,6 +139,6 @@ def test_onnx_classic_is_finite_and_equal_on_flat_regions(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "classic.onnx"), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        want = builtin_encoder("default")(x).numpy()
+        want = builtin_encoder_module("default")(x).numpy()
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, atol=1e-4)

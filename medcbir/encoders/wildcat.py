@@ -12,12 +12,12 @@ WILDCAT turns the backbone's B×K×h×w feature map into class scores and class 
 
 The head rides on an encoder without changing it: the encoder's embedding (the backbone's
 pooled descriptor) is what index and search use, exactly as before; the head reads the same
-forward's feature layer (``encoder.feature_layer``, layer4 of a ResNet) through a hook. A
-fine-tuned checkpoint (:mod:`medcbir.train.finetune`) is a normal encoder checkpoint with one
-more entry, ``"wildcat"`` (:meth:`WildcatHead.record`); :func:`medcbir.train.load_encoder` and
-:func:`medcbir.train.open_encoder` attach the head as ``encoder.wildcat``. The encoder's
-fingerprint covers the backbone only, so a head trained on a frozen backbone opens every index
-built with that backbone.
+forward's feature layer (``encoder.feature_layer``, layer4 of a ResNet) through
+:func:`medcbir.encoders.module.features_and_embeddings`. A fine-tuned checkpoint
+(:mod:`medcbir.train.finetune` trains the head) is a normal encoder checkpoint with one more
+entry, ``"wildcat"`` (:meth:`WildcatHead.record`); loading it attaches the head as
+``encoder.wildcat`` (:mod:`medcbir.encoders.heads`). The encoder's fingerprint covers the
+backbone only, so a head trained on a frozen backbone opens every index built with that backbone.
 
 The head also keeps one *prototype* per class: the L2-normalised mean embedding of the class's
 training images. It names the class of a target that is only an embedding (``explain-eval``'s
@@ -29,9 +29,8 @@ Public API (what other modules and ``medcbir reproduce`` call):
 - :class:`WildcatHead` (``class_maps(features)``, ``forward(features) -> (scores, maps)``,
   ``classes``, ``record()`` / ``from_record()``);
 - :func:`head_of(encoder)` → the attached head (ConfigError without one);
-- :func:`features_and_embeddings(encoder, images)` → (B×K×h×w features, B×D embeddings) of one forward;
 - :func:`predict(encoder, images)` → ``(scores B×C, class maps B×C×h×w)`` (no gradients);
-- :func:`load_wildcat(path)` → the encoder module with its head;
+- :class:`ExportGraph`: what the ONNX export of a fine-tuned encoder computes;
 - the ``"wildcat"`` checkpoint entry: ``{"config": {...}, "state_dict": {...}}``.
 
 Example:
@@ -47,9 +46,9 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from medcbir.encoders.module import features_and_embeddings
 from medcbir.errors import ConfigError
 
 CHECKPOINT_KEY = "wildcat"
@@ -205,17 +204,6 @@ class WildcatHead(nn.Module):
 
 
 # --------------------------------------------------------------------------- on an encoder
-def attach_head(encoder: nn.Module, head: WildcatHead | dict, source: str = "") -> nn.Module:
-    """Attach a head (or its checkpoint entry) to an encoder as ``encoder.wildcat``; returns the encoder."""
-    if isinstance(head, dict):
-        head = WildcatHead.from_record(head, source)
-    layer = getattr(encoder, "feature_layer", None)
-    if not isinstance(layer, nn.Module):
-        raise ConfigError("a WILDCAT head needs an encoder with a feature layer")
-    encoder.wildcat = head.to(next(iter(encoder.parameters()), head.prototypes).device)
-    return encoder
-
-
 def head_of(encoder: nn.Module) -> WildcatHead:
     """The WILDCAT head an encoder carries.
 
@@ -229,30 +217,6 @@ def head_of(encoder: nn.Module) -> WildcatHead:
             "--out M` and pass M as the encoder (--encoder M)"
         )
     return head
-
-
-def features_and_embeddings(encoder: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward: (feature-layer activations B×K×h×w, L2-normalised embeddings B×D).
-
-    Gradients flow when the caller allows them (training); the features are those the
-    embedding is pooled from, so the head and the index see the same forward.
-    """
-    from medcbir.train.backbones import feature_layer
-
-    layer = getattr(encoder, "feature_layer", None)
-    if not isinstance(layer, nn.Module):
-        layer = feature_layer(encoder)
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, _inputs, output):
-        store["features"] = output
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        embeddings = F.normalize(encoder(images).float(), dim=1)
-    finally:
-        handle.remove()
-    return store["features"].float(), embeddings
 
 
 @torch.no_grad()
@@ -271,15 +235,6 @@ def predict(encoder: nn.Module, images: torch.Tensor, batch_size: int = 64) -> t
     finally:
         encoder.train(was_training)
     return torch.cat(scores), torch.cat(maps)
-
-
-def load_wildcat(path: Any) -> nn.Module:
-    """The encoder module of a fine-tuned checkpoint, with its head (ConfigError without one)."""
-    from medcbir.train.encoder import load_encoder
-
-    encoder = load_encoder(path)
-    head_of(encoder)
-    return encoder
 
 
 class ExportGraph(nn.Module):
@@ -306,10 +261,7 @@ __all__ = [
     "CHECKPOINT_KEY",
     "ExportGraph",
     "WildcatHead",
-    "attach_head",
-    "features_and_embeddings",
     "head_of",
-    "load_wildcat",
     "predict",
     "region_count",
     "wildcat_pool",

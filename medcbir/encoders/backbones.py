@@ -20,33 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcbir.encoders.architecture import backbone_dim
+from medcbir.encoders.classic import ClassicDescriptor, GradientHistogram
 from medcbir.errors import ConfigError
 
-# backbone name -> pooled feature dimension
-BACKBONES: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
-# backbone name -> channels of its third stage (the extra half of the multi-layer descriptor)
-STAGE3: dict[str, int] = {"resnet18": 256, "resnet34": 256, "resnet50": 1024}
-#: How the last feature maps become one vector: global average (the ResNet default),
-#: generalized mean (GeM, p = 3: Radenović et al. 2018) or the multi-layer descriptor
-#: (GeM of the last two stages, each L2-normalised, concatenated).
-POOLINGS = ("avg", "gem", "multi")
 GEM_P = 3.0
-
-
-def backbone_dim(name: str, pooling: str = "avg") -> int:
-    """Embedding dimension of a named backbone with a pooling.
-
-    Args:
-        name: one of :data:`BACKBONES`.
-        pooling: one of :data:`POOLINGS`.
-    """
-    try:
-        dim = BACKBONES[name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
-    if pooling not in POOLINGS:
-        raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    return dim + STAGE3[name] if pooling == "multi" else dim
 
 
 def gem(features: torch.Tensor, p: float = GEM_P, eps: float = 1e-6) -> torch.Tensor:
@@ -130,8 +108,6 @@ def build_backbone(name: str = "resnet18", in_channels: int = 1) -> nn.Module:
 
 def feature_layer(backbone: nn.Module) -> nn.Module:
     """The last convolutional block of a backbone (the layer Grad-CAM and Clustered-CAM hook)."""
-    from medcbir.train.classic import ClassicDescriptor, GradientHistogram
-
     if isinstance(backbone, (Thumbnail, ClassicDescriptor, GradientHistogram)):
         return backbone.features
     if isinstance(backbone, PooledResNet):

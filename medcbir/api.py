@@ -1,0 +1,296 @@
+"""The public API of medcbir: index an archive, search it, evaluate and explain retrieval, embed images.
+
+``medcbir/__init__.py`` exports these names lazily: ``import medcbir`` loads neither torch nor
+FAISS, the first call does. Three conventions hold for every function:
+
+- **The first argument is the index**: a folder path, or an :class:`~medcbir.engine.Engine`
+  already open (:func:`open_index`); a path is opened for the call and closed after it. Only
+  :func:`index` (the folder to create or resume) and :func:`embed` (no index at all: the archive
+  comes first) differ.
+- **exclude defaults to** :data:`EXCLUDE` = ``"same-patient"`` in :func:`search`,
+  :func:`evaluate` and :func:`explain`: neighbours from the query's own patient are left out
+  unless ``exclude="none"``. A patient's adjacent slices are always its nearest neighbours; a
+  retrieval that returns them shows no similar *case*, and an evaluation that counts them
+  measures slice adjacency. (``Engine.search`` and the CLI's ``search`` and ``explain`` commands
+  keep their own default, ``"none"``; ``medcbir evaluate`` excludes the same patient.)
+- **Results are dataclasses** (:class:`~medcbir.indexer.IndexSummary`, lists of
+  :class:`~medcbir.engine.Neighbour`, :class:`Evaluation`, :class:`~medcbir.explain.runner.Explanation`,
+  :class:`~medcbir.encoders.embedding.Embeddings`), never dicts.
+
+The examples run in the test suite (``tests/test_api.py``) on a phantom archive: ``archive`` is a
+folder written by :func:`medcbir.imaging.phantom.make_archive` (3 patients × 8 slices),
+``index_dir`` an index of it, ``query`` one of its DICOM files and ``tmp`` an empty folder.
+
+Example:
+    >>> import medcbir
+    >>> summary = medcbir.index(tmp / "tour", archive, "thumbnail:8")
+    >>> summary.indexed
+    24
+    >>> [hits] = medcbir.search(tmp / "tour", [query], k=3)
+    >>> [nb.rank for nb in hits]
+    [1, 2, 3]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from medcbir.encoders.embedding import Embeddings, embed_archive
+from medcbir.engine import Engine, Neighbour, open_engine
+from medcbir.engine import evaluate as evaluate_engine
+from medcbir.explain.runner import Explanation, explain_search
+from medcbir.indexer import IndexSummary, index_archive
+
+#: What :func:`search`, :func:`evaluate` and :func:`explain` leave out unless told otherwise.
+EXCLUDE = "same-patient"
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Retrieval scores over the queries of one label (or all of them)."""
+
+    n_queries: int
+    map_at_k: float
+    ap_at_k: float
+    precision_at_k: float
+    knn_accuracy: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Leave-one-out retrieval scores of an index against labels (:func:`evaluate`).
+
+    Attributes:
+        k: neighbours per query.
+        exclude: what each query's neighbours left out besides the query itself.
+        n_queries: labelled live items used as queries.
+        searchable: labelled live items (the candidates).
+        n_labels_unknown: label rows whose item is not in the index.
+        n_labels_deleted: label rows of deleted items.
+        index_spec: the index's FAISS spec; ``exact`` whether its search is exact.
+        map_at_k, ap_at_k, precision_at_k, knn_accuracy: over all queries.
+        n_queries_without_relevant: queries with no item of their label left to find.
+        per_class: label → its :class:`ClassScores`.
+        recall_vs_exact: recall@K of the approximate index against exact search (None when exact).
+    """
+
+    k: int
+    exclude: str
+    n_queries: int
+    searchable: int
+    n_labels_unknown: int
+    n_labels_deleted: int
+    index_spec: str
+    exact: bool
+    map_at_k: float
+    ap_at_k: float
+    precision_at_k: float
+    knn_accuracy: float
+    n_queries_without_relevant: int
+    per_class: dict[str, ClassScores]
+    recall_vs_exact: float | None = None
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Evaluation":
+        """From the record :func:`medcbir.engine.evaluate` returns (what ``medcbir evaluate --json`` prints)."""
+        per_class = {name: ClassScores(**{f.name: row[f.name] for f in fields(ClassScores)}) for name, row in record["per_class"].items()}
+        values = {f.name: record.get(f.name) for f in fields(cls) if f.name != "per_class"}
+        return cls(per_class=per_class, **values)
+
+
+def _engine(index: Any) -> tuple[Engine, bool]:
+    """(the engine, whether this call opened it and must close it)."""
+    if isinstance(index, Engine):
+        return index, False
+    return Engine.open(index), True
+
+
+def _filled(neighbours: list[Neighbour]) -> list[Neighbour]:
+    """Neighbours with their metadata read now, so they outlive the engine that found them."""
+    for nb in neighbours:
+        nb.meta  # noqa: B018 - reading it fills the neighbour's metadata
+    return neighbours
+
+
+def index(index: str | Path, archive: Any, encoder: Any = "default", *, progress: bool = False, **options: Any) -> IndexSummary:
+    """Embed every item of an archive into an index: created, or resumed and extended.
+
+    Re-running on the same archive adds nothing twice (items are keyed by SOP Instance UID
+    and frame); an index refuses an encoder other than the one it was built with.
+
+    Args:
+        index: the index folder.
+        archive: a folder or file of DICOM (walked recursively), or a
+            :class:`medcbir.imaging.Source`.
+        encoder: a built-in name (``"default"``, ``"thumbnail:16"``, ...), a checkpoint or ONNX
+            path, or an encoder object (:func:`medcbir.encoders.runtime.open_encoder`).
+        progress: show a progress bar on stderr.
+        **options: of :func:`medcbir.indexer.index_archive` (``index_spec``, ``shard_size``,
+            ``workers``, ``device``, ``batch_size``, ``key_file``, ``target_recall``, ``ray``, ...).
+
+    Returns:
+        What the job did (items indexed, files skipped by reason, shards, FAISS spec).
+
+    Example:
+        >>> import medcbir
+        >>> summary = medcbir.index(tmp / "new-index", archive, "thumbnail:8")
+        >>> summary.indexed, summary.shards
+        (24, 1)
+        >>> medcbir.index(tmp / "new-index", archive, "thumbnail:8").indexed   # resumed: nothing new
+        0
+    """
+    return index_archive(archive, index, encoder, progress=progress, **options)
+
+
+def open_index(index: Any, encoder: Any = None, *, device: Any = None, verify: str = "checksums", ray: Any = None, shards: int | None = None) -> Engine:
+    """Open an index for many calls (each function also takes the path and opens it for one call).
+
+    Args:
+        index: the index folder (an :class:`~medcbir.engine.Engine` is returned as it is).
+        encoder: None = the encoder the index records, loaded on the first image query;
+            or anything :func:`medcbir.encoders.runtime.open_encoder` takes (refused when its
+            fingerprint differs from the index's).
+        device: the :class:`~medcbir.device.Device` (None = automatic).
+        verify: ``"checksums"``, ``"sizes"`` or ``"none"``: how committed files are checked.
+        ray, shards: spread the search over Ray actors (:func:`medcbir.engine.open_engine`).
+
+    Returns:
+        The :class:`~medcbir.engine.Engine`; close it (or use ``with``) when done.
+
+    Example:
+        >>> import medcbir
+        >>> with medcbir.open_index(index_dir) as engine:
+        ...     len(engine)
+        24
+    """
+    if isinstance(index, Engine):
+        return index
+    return open_engine(index, encoder=encoder, device=device, verify=verify, ray=ray, shards=shards)
+
+
+def search(index: Any, queries: Any, k: int = 10, *, exclude: str = EXCLUDE, **options: Any) -> list[list[Neighbour]]:
+    """The K nearest items of each query.
+
+    Args:
+        index: the index folder or an open :class:`~medcbir.engine.Engine`.
+        queries: a list of queries (DICOM paths, SOP Instance UIDs in the index, images or
+            embeddings; see :meth:`medcbir.engine.Engine.search`); one path or UID alone is a
+            list of one.
+        k: neighbours per query.
+        exclude: ``"same-patient"`` (default), ``"same-study"`` or ``"none"``.
+        **options: filters and limits of :meth:`~medcbir.engine.Engine.search` (``modality``,
+            ``body_part``, ``series``, ``study``, ``per_series``, ``include_self``).
+
+    Returns:
+        One list of :class:`~medcbir.engine.Neighbour` per query, best first.
+
+    Example:
+        >>> import medcbir
+        >>> [hits] = medcbir.search(index_dir, query, k=5)
+        >>> [nb.rank for nb in hits]
+        [1, 2, 3, 4, 5]
+        >>> query_patient = medcbir.search(index_dir, query, k=1, exclude="none", include_self=True)[0][0].meta["patient_pseudonym"]
+        >>> any(nb.meta["patient_pseudonym"] == query_patient for nb in hits)
+        False
+    """
+    if isinstance(queries, (str, Path)):
+        queries = [queries]
+    engine, opened = _engine(index)
+    try:
+        return [_filled(hits) for hits in engine.search(list(queries), k=k, exclude=exclude, **options)]
+    finally:
+        if opened:
+            engine.close()
+
+
+def evaluate(index: Any, labels: str | Path, k: int = 5, *, exclude: str = EXCLUDE, queries: int | str = "all", seed: int = 0) -> Evaluation:
+    """Leave-one-out retrieval quality: each labelled item queries the others.
+
+    Args:
+        index: the index folder or an open :class:`~medcbir.engine.Engine`.
+        labels: a ``labels.csv`` (``sop_instance_uid,frame,label``; :mod:`medcbir.imaging.labels`).
+        k: neighbours per query.
+        exclude: ``"same-patient"`` (default), ``"same-study"`` or ``"none"``; the query itself is
+            always left out.
+        queries: ``"all"`` labelled items, or a number for a seeded random sample of them.
+        seed: the sample's seed.
+
+    Returns:
+        An :class:`Evaluation` (MAP@K, AP@K, precision@K, kNN accuracy, per label).
+
+    Example:
+        >>> import medcbir
+        >>> result = medcbir.evaluate(index_dir, archive / "labels.csv", k=3)
+        >>> result.n_queries, result.exclude, 0.0 <= result.map_at_k <= 1.0
+        (24, 'same-patient', True)
+        >>> sorted(result.per_class)
+        ['kidney', 'liver-dome', 'liver-kidney', 'pelvis', 'thorax']
+    """
+    engine, opened = _engine(index)
+    try:
+        return Evaluation.from_record(evaluate_engine(engine, labels, k=k, exclude=exclude, queries=queries, seed=seed))
+    finally:
+        if opened:
+            engine.close()
+
+
+def explain(index: Any, query: Any, k: int = 5, *, method: str = "relax", exclude: str = EXCLUDE, pairwise: bool = False, **options: Any) -> Explanation:
+    """Search, then explain why the query matched each of its top-K neighbours (one batched pass).
+
+    Args:
+        index: the index folder or an open :class:`~medcbir.engine.Engine`.
+        query: a DICOM path, a SOP Instance UID in the index, or a C×S×S image.
+        k: neighbours.
+        method: a name of :data:`medcbir.explain.METHODS` (``relax``, ``gradcam``, ...).
+        exclude: ``"same-patient"`` (default), ``"same-study"`` or ``"none"``.
+        pairwise: also explain the query with respect to each neighbour.
+        **options: of the method (``n_masks``, ``seed``, ...) and ``include_self``.
+
+    Returns:
+        An :class:`~medcbir.explain.runner.Explanation`: the images (query first), one heatmap
+        per image, the neighbours.
+
+    Example:
+        >>> import medcbir
+        >>> result = medcbir.explain(index_dir, query, k=2, method="gradcam")
+        >>> result.images.shape[0], result.heatmaps.shape[0], len(result.neighbours)
+        (3, 3, 2)
+    """
+    engine, opened = _engine(index)
+    try:
+        result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
+        _filled(result.neighbours)
+        return result
+    finally:
+        if opened:
+            engine.close()
+
+
+def embed(archive: str | Path | Iterable[Path], encoder: Any = "default", **options: Any) -> Embeddings:
+    """Embed every item of an archive, as indexing would, without an index.
+
+    Args:
+        archive: a folder (walked recursively), one DICOM file, or a list of files.
+        encoder: a built-in name, a checkpoint or ONNX path, or an encoder object.
+        **options: ``batch_size``, ``workers``, ``device``, ``key`` (the pseudonym key) of
+            :func:`medcbir.encoders.embedding.embed_archive`.
+
+    Returns:
+        :class:`~medcbir.encoders.embedding.Embeddings`: ``keys`` (SOP Instance UID, frame) row
+        for row with ``vectors`` (N×D, unit rows).
+
+    Example:
+        >>> import medcbir
+        >>> found = medcbir.embed(archive, "thumbnail:8")
+        >>> found.vectors.shape, len(found.keys)
+        ((24, 64), 24)
+        >>> found.keys[0][1]
+        0
+    """
+    return embed_archive(archive, encoder, **options)
+
+
+__all__ = ["EXCLUDE", "ClassScores", "Evaluation", "embed", "evaluate", "explain", "index", "open_index", "search"]

@@ -1,0 +1,41 @@
+"""The fingerprint of an encoder: what an index records to refuse any other encoder.
+
+sha256 over the canonical JSON of the architecture record and the preprocessing record, then
+every tensor of the network's state dict in sorted key order (key, dtype, shape, bytes). The
+exact byte stream is a compatibility contract: every index ever built records a fingerprint
+computed this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list).encode()
+
+
+def compute_fingerprint(arch: dict, preprocessing: dict, state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 hex of canonical JSON (arch, preprocessing) + tensor bytes in sorted key order.
+
+    Each tensor contributes its key, dtype and shape before its bytes, so renaming or
+    reshaping a parameter changes the fingerprint even when the raw bytes would not.
+
+    Args:
+        arch: architecture record (``backbone``, ``in_channels``, ``dim``, ``stem``).
+        preprocessing: ``Preprocessing.to_dict()``.
+        state_dict: the backbone's state dict.
+    """
+    h = hashlib.sha256()
+    h.update(_canonical({"arch": arch, "preprocessing": preprocessing}))
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(_canonical(list(tensor.shape)))
+        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
