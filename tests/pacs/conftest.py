@@ -149,3 +149,27 @@ def results_server(tmp_path_factory, pacs_archive, small_encoder):
     finally:
         for s in servers:
             s.stop()
+
+
+#: The hostile server's plugin settings: explanations give up after SearchTimeout, and one may
+#: wait behind the running one.
+HOSTILE_SETTINGS = {"SearchTimeout": 12, "ExplainQueue": 1}
+
+
+@pytest.fixture(scope="session")
+def hostile_server(tmp_path_factory, pacs_archive, small_encoder):
+    """A private Orthanc + plugin holding ``pacs_archive``, all indexed, with a short
+    ``SearchTimeout``: the hostile-request and REST fuzz tests send it what no client should."""
+    start, servers = _factory(tmp_path_factory.mktemp("hostile-orthanc"))
+    index = tmp_path_factory.mktemp("hostile-index") / "index"
+    server = start(index, small_encoder, name="hostile", start_timeout=240, batch_size=8, flush_seconds=0.5,
+                   plugin_settings=HOSTILE_SETTINGS)
+    server.index = index
+    try:
+        storescu(server.config["DicomPort"], pacs_archive)
+        wait_for(lambda: (lambda s: s.get("indexed") == len(pacs_archive) and s["queued"] == 0 and s["in_flight"] == 0)(server.status()),
+                 timeout=240, what="the archive indexed")
+        yield server
+    finally:
+        for s in servers:
+            s.stop()
