@@ -68,9 +68,8 @@ class MedcbirPlugin:
         self.settings = PluginSettings.from_section(config.get("Medcbir", {}))
         self.queue = InstanceQueue(self.settings.queue_path)
         port = int(config.get("HttpPort", 8042))
-        self.https = bool(config.get("SslEnabled"))
         self.loopback_only = not config.get("RemoteAccessAllowed", False)
-        scheme = "https" if self.https else "http"
+        scheme = "https" if config.get("SslEnabled") else "http"
         token = ""
         if hasattr(orthanc, "GenerateRestApiAuthorizationToken"):
             token = orthanc.GenerateRestApiAuthorizationToken()
@@ -125,7 +124,7 @@ class MedcbirPlugin:
             self._answer(output, reply["result"])
 
     def check_origin(self, headers: dict) -> None:
-        check_origin(headers, https=self.https, allowed=self.settings.allowed_origins, loopback_only=self.loopback_only)
+        check_origin(headers, allowed=self.settings.allowed_origins, loopback_only=self.loopback_only)
 
     def _status(self) -> dict:
         status = {"worker": "down", "index": self.settings.index, "encoder": {"source": self.settings.encoder}}

@@ -116,36 +116,37 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _normal(origin: str) -> str:
-    """``scheme://host[:port]`` lower-case, without a trailing slash or the scheme's default port."""
-    origin = origin.strip().rstrip("/").lower()
-    for scheme, port in (("http://", ":80"), ("https://", ":443")):
-        if origin.startswith(scheme) and origin.endswith(port):
-            return origin[: -len(port)]
-    return origin
+def _authority(text: str) -> str:
+    """``host[:port]`` of an origin or a ``Host`` header, lower-case, without a default port
+    (80/443) or a scheme: a TLS proxy in front of Orthanc makes the page's ``https://`` origin
+    reach Orthanc as plain HTTP with the same host."""
+    text = text.strip().rstrip("/").lower()
+    text = text.split("://", 1)[1] if "://" in text else text
+    for port in (":80", ":443"):
+        if text.endswith(port):
+            return text[: -len(port)]
+    return text
 
 
-def check_origin(headers: dict, *, https: bool, allowed=(), loopback_only: bool = False) -> None:
+def check_origin(headers: dict, *, allowed=(), loopback_only: bool = False) -> None:
     """:class:`Forbidden` when a browser page of another origin sends the request.
 
     Args:
         headers: the request's headers (lower-case names, as Orthanc gives them).
-        https: Orthanc serves HTTPS (``SslEnabled``).
-        allowed: more origins allowed (the ``AllowedOrigins`` setting, normalised).
+        allowed: more origins allowed (the ``AllowedOrigins`` setting).
         loopback_only: Orthanc accepts loopback connections only (``RemoteAccessAllowed`` false).
     """
     origin = headers.get("origin")
     if origin is None:
         return  # not sent by a browser page (curl, scripts, same-origin navigation)
-    origin = _normal(str(origin))
-    if origin in {_normal(o) for o in allowed}:
+    origin = str(origin).strip().rstrip("/").lower()
+    if origin in {str(o).strip().rstrip("/").lower() for o in allowed}:
         return
-    host = str(headers.get("host", "")).strip().lower()
-    own = _normal(("https://" if https else "http://") + host)
-    if not host or origin != own:
+    host = str(headers.get("host", ""))
+    if "://" not in origin or not host.strip() or _authority(origin) != _authority(host):
         raise Forbidden("cross-origin request refused: the Origin is not this server (add it to the "
                         "\"Medcbir\" setting AllowedOrigins to allow it)")
-    if loopback_only and not _is_loopback(_host_of(host)):
+    if loopback_only and not _is_loopback(_host_of(_authority(host))):
         raise Forbidden("cross-origin request refused: this server answers loopback names only")
 
 

@@ -1,7 +1,8 @@
 """What a request to ``/medcbir/...`` may contain: one table of keys per route, and the checks.
 
-Every REST request is checked twice, by the plugin before anything is forwarded and again by
-the worker before anything is used, with the same :func:`check_request`:
+The worker parses every REST request's body (:mod:`medcbir.pacs.request_body`; the plugin
+checks only its envelope, on Orthanc's thread) and checks its keys with :func:`check_request`
+before anything is used:
 
 - a key not in the route's table is refused (``op`` or ``timeout`` in a JSON body used to
   collide with internal argument names);

@@ -131,8 +131,14 @@ class Corpus:
                       self.truncated_dicom, self.content_types, self.headers, self.origins, self.bomb]
 
     def __iter__(self):
+        for _, triple in self.labelled():
+            yield triple
+
+    def labelled(self):
+        """``(kind, (route, body, headers))`` pairs, ``kind`` naming the generator."""
         while True:
-            yield self.rng.choice(self.kinds)()
+            kind = self.rng.choice(self.kinds)
+            yield kind.__name__, kind()
 
     def route(self) -> str:
         return self.rng.choice(["search", "search", "explain", "reindex", "status", "nope"])

@@ -141,6 +141,27 @@ def test_explanations_stop_at_their_deadline_and_their_queue_is_bounded(hostile_
     assert_alive(server, len(pacs_archive))
 
 
+def test_a_search_stops_at_its_deadline_or_when_its_caller_is_gone(hostile_server, pacs_archive, small_encoder):
+    from medcbir.pacs.orthanc_config import PluginSettings
+    from medcbir.pacs.worker import Worker
+
+    # A second worker on the same index and Orthanc (its read side), as the plugin's would be.
+    section = {"Index": str(hostile_server.index), "Encoder": str(small_encoder), "RequestSeconds": 60}
+    worker = Worker(PluginSettings.from_section(section), hostile_server.rest)
+    args = {"instance": instance_of_file(hostile_server, pacs_archive[0]), "k": 3}
+    assert worker.handle({"op": "search", "args": args, "timeout": 30})["ok"]
+    # another request holds the engine: this one gives up at its own deadline, not RequestSeconds
+    with worker._engine_lock:
+        started = time.monotonic()
+        late = worker.handle({"op": "search", "args": args, "timeout": 2})
+        waited = time.monotonic() - started
+    assert late["status"] == 503 and "SearchTimeout" in late["error"], late
+    assert waited < 5
+    # the caller hung up: no search is made for nobody
+    gone = worker.handle({"op": "search", "args": args, "timeout": 30}, gone=lambda: True)
+    assert gone["status"] == 503 and "went away" in gone["error"], gone
+
+
 # -- D6: no answer names a file of the worker ---------------------------------------------------
 
 def test_no_answer_or_error_names_a_worker_file(hostile_server, pacs_archive):
