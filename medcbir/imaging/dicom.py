@@ -35,6 +35,12 @@ from medcbir.imaging.sop_classes import derived_detail, not_an_image
 #: Refuse to decode a file with more pixels than this (rows × cols × frames × samples); the
 #: decoded float32 items of such a file would take ≥ 1 GiB.
 MAX_PIXELS = 2**28
+#: Refuse to decode a file whose decoding would cost more than this (:func:`decode_cost`), judged
+#: from its header before any pixel is decoded.
+MAX_DECODE_BYTES = 2**30
+#: The work of one frame besides its pixels (its metadata, modality LUT and item), counted as
+#: this many bytes of pixels: a file of 300,000 one-pixel frames is not a cheap file.
+FRAME_COST_BYTES = 64 * 1024
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -51,6 +57,7 @@ def read_dicom(
     key: bytes | None = None,
     uri: str | None = None,
     max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_DECODE_BYTES,
 ) -> list[Item]:
     """Decode a DICOM file into one :class:`Item` per frame.
 
@@ -59,6 +66,8 @@ def read_dicom(
         key: the archive's pseudonym key; without it ``patient_pseudonym`` is ``""``.
         uri: what to record as ``ItemMeta.source`` (default: the path, or the file's name).
         max_pixels: guard against absurd Rows × Columns × frames before anything is decoded.
+        max_bytes: the largest :func:`decode_cost` decoded; a costlier file is skipped
+            (``too-large``) before anything is decoded.
 
     Returns:
         The items, frame 0 first.
@@ -71,9 +80,9 @@ def read_dicom(
     with warnings.catch_warnings():
         # pydicom warns about every oddity of real-world files; reasons are reported instead.
         warnings.simplefilter("ignore")
-        ds = _read_dataset(source)
+        ds = read_dataset(source)
         try:
-            return _items(ds, key=key, uri=uri, max_pixels=max_pixels)
+            return _items(ds, key=key, uri=uri, max_pixels=max_pixels, max_bytes=max_bytes)
         except SkipFile as exc:
             skip = exc
         except MemoryError:
@@ -102,7 +111,12 @@ def _redact(text: str, ds) -> str:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _read_dataset(source: str | Path | BinaryIO):
+def read_dataset(source: str | Path | BinaryIO):
+    """The pydicom dataset of a DICOM file (pixels not decoded).
+
+    Raises:
+        SkipFile: ``not-dicom``, ``truncated`` or ``corrupt``.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -163,7 +177,37 @@ def _says_truncated(exc: BaseException) -> bool:
 # --- decoding ------------------------------------------------------------------------------
 
 
-def _items(ds, *, key: bytes | None, uri: str, max_pixels: int) -> list[Item]:
+def decode_cost(ds, frames: int | None = None) -> int:
+    """What decoding the first ``frames`` frames (default: all) of ``ds`` costs, in bytes, from
+    its header alone: the decoder's output (rows × columns × samples × BitsAllocated), the
+    float32 items made of it (rows × columns × 4), :data:`FRAME_COST_BYTES` per frame, and the
+    compressed pixel data the decoder reads."""
+    rows, cols = max(0, _int(ds, "Rows", 0)), max(0, _int(ds, "Columns", 0))
+    count = max(1, _int(ds, "NumberOfFrames", 1))
+    count = min(count, max(1, frames)) if frames is not None else count
+    samples = max(1, _int(ds, "SamplesPerPixel", 1))
+    per_sample = max(1, (_int(ds, "BitsAllocated", 16) + 7) // 8)
+    pixels = rows * cols * count
+    compressed = 0
+    try:
+        element = ds["PixelData"] if "PixelData" in ds else None
+        if element is not None and element.is_undefined_length:  # encapsulated: compressed frames
+            compressed = len(element.value or b"")
+    except Exception:  # noqa: BLE001 - an unreadable element costs nothing to skip
+        compressed = 0
+    return pixels * samples * per_sample + pixels * 4 + count * FRAME_COST_BYTES + compressed
+
+
+def check_decode_cost(ds, max_bytes: int, frames: int | None = None) -> None:
+    """:class:`SkipFile` (``too-large``) when :func:`decode_cost` exceeds ``max_bytes``."""
+    cost = decode_cost(ds, frames)
+    if cost > max_bytes:
+        rows, cols, count = _int(ds, "Rows", 0), _int(ds, "Columns", 0), max(1, _int(ds, "NumberOfFrames", 1))
+        shape = f"{rows}x{cols}" + (f", {count} frames" if count > 1 and frames is None else "")
+        raise SkipFile("too-large", f"decoding {shape} would cost about {cost / 2**20:.0f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
+
+
+def _items(ds, *, key: bytes | None, uri: str, max_pixels: int, max_bytes: int = MAX_DECODE_BYTES) -> list[Item]:
     from pydicom.pixels import get_decoder
     from pydicom.pixels.utils import as_pixel_options
 
@@ -194,6 +238,7 @@ def _items(ds, *, key: bytes | None, uri: str, max_pixels: int) -> list[Item]:
     n_pixels = rows * cols * frames * samples
     if n_pixels > max_pixels:
         raise SkipFile("too-large", f"{rows}x{cols}x{frames} frames x{samples} samples > {max_pixels} pixels")
+    check_decode_cost(ds, max_bytes)
     photometric = str(_get(ds, "PhotometricInterpretation", "")).strip().upper()
     if samples == 1 and photometric not in (*GRAYSCALE, "PALETTE COLOR"):
         raise SkipFile("unsupported-image", f"photometric interpretation {photometric!r} with 1 sample")

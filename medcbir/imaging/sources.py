@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from medcbir.errors import ArchiveNotFound
-from medcbir.imaging.dicom import MAX_PIXELS, read_dicom
+from medcbir.imaging.dicom import MAX_DECODE_BYTES, MAX_PIXELS, read_dicom
 from medcbir.imaging.items import Decoded, WalkReport
 from medcbir.imaging.preprocess import Preprocessing
 from medcbir.imaging.walk import walk
@@ -98,7 +98,8 @@ class FolderSource:
         yield from w
 
 
-def decode_bytes(data: bytes, uri: str, key: bytes | None, preprocessing: Preprocessing | None, max_pixels: int = MAX_PIXELS) -> list[Decoded]:
+def decode_bytes(data: bytes, uri: str, key: bytes | None, preprocessing: Preprocessing | None, max_pixels: int = MAX_PIXELS,
+                 max_bytes: int = MAX_DECODE_BYTES) -> list[Decoded]:
     """Decode one DICOM file held in memory (e.g. downloaded from a PACS), in-process.
 
     Args:
@@ -106,9 +107,10 @@ def decode_bytes(data: bytes, uri: str, key: bytes | None, preprocessing: Prepro
         uri: recorded as ``ItemMeta.source``.
         key: the pseudonym key.
         preprocessing: applied to each item when given.
+        max_pixels, max_bytes: the bounds of :func:`medcbir.imaging.read_dicom`.
 
     Raises:
         SkipFile: the data must be skipped (a ``DecodeError`` with ``reason`` and ``detail``).
     """
-    items = read_dicom(io.BytesIO(data), key=key, uri=uri, max_pixels=max_pixels)
+    items = read_dicom(io.BytesIO(data), key=key, uri=uri, max_pixels=max_pixels, max_bytes=max_bytes)
     return [Decoded(item.meta, preprocessing.apply(item) if preprocessing else item.pixels) for item in items]

@@ -7,6 +7,12 @@ and must stay free of numpy/torch):
   ``/medcbir/{status,search,explain,reindex}`` routes forwarded to the worker process;
 - ``worker``          the worker process: fetch → decode → embed → commit, searches, explanations;
 - ``worker_link``     starting, reaching and stopping the worker (loopback socket, HMAC key);
+- ``request_body``    the envelope checks on Orthanc's thread (size, content type, origin, JSON
+  nesting) and the body's parse in the worker;
+- ``request_rules``   the keys each route accepts and their bounds;
+- ``deadline``        how long the worker may still work for a request;
+- ``query_dicom``     a query's DICOM checked from its header and cut to its first frame;
+- ``explain_worker``  the explanation process and its bounded queue;
 - ``instance_queue``  the SQLite queue of instances waiting to be indexed;
 - ``orthanc_config``  the ``"Medcbir"`` config section and ``medcbir orthanc-config``'s output;
 - ``orthanc_rest``    a small client of Orthanc's REST API;

@@ -6,23 +6,50 @@ CPU that searches need. Here it runs in one separate process at a lower CPU prio
 (``nice`` +10: under contention the kernel gives the search process ~9× its share), with
 its own engine on the newest committed generation; the worker only waits for its answer
 (on the request's own thread), so a search arriving meanwhile is served at once.
+
+Explanations are served one at a time from a bounded queue: at most ``ExplainQueue`` wait
+behind the running one, and one more is answered 503 at once rather than held for minutes. An
+explanation whose request passed its :class:`~medcbir.pacs.deadline.Deadline` (the plugin gave
+up, or its connection is gone) is stopped: a running one by killing the explanation process,
+which is started again (warm) for the next, a waiting one before it starts.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+
+from medcbir.errors import MedcbirError
+from medcbir.pacs.deadline import Deadline, DeadlinePassed
 
 # CPU priority of the explanation process relative to the plugin worker.
 NICE = 10
+# How often a waiting or running explanation looks at its deadline, in seconds.
+POLL_SECONDS = 0.2
+
+
+class ExplainQueueFull(MedcbirError):
+    """As many explanations wait as ``ExplainQueue`` allows (answered 503 at once)."""
+
+
+class ExplainProcessLost(MedcbirError):
+    """The explanation process died under an explanation (answered 503; it is started again)."""
 
 _state: dict = {}
 
 
-def _start(index: str, encoder: str, url: str, token: str | None, parent: int) -> None:
+def _start(index: str, encoder: str, url: str, token: str | None, parent: int, scratch: str | None) -> None:
+    if scratch:
+        # Its temporary files go where the worker can remove them after killing it.
+        import tempfile
+
+        Path(scratch).mkdir(mode=0o700, parents=True, exist_ok=True)
+        tempfile.tempdir = scratch
     # Let go of the worker's stdin/stdout (Orthanc's pipes): the plugin waits for their EOF
     # when Orthanc stops, and this process must not keep them open.
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -61,6 +88,10 @@ def _engine():
 
 
 def _warm() -> int:
+    try:
+        _engine()  # open the engine now too (nothing may be committed yet: then at first use)
+    except Exception:  # noqa: BLE001
+        pass
     return os.getpid()
 
 
@@ -73,30 +104,101 @@ def _explain(query_path: str, request: dict, label: str | None) -> tuple[bytes, 
 
 
 class ExplainWorker:
-    """One explanation process (started on first use, warmed in the background).
+    """One explanation process (started at once, warmed in the background) and its queue.
 
     Args:
         index: the index folder.
         encoder: the encoder (checkpoint path or ``"default"``).
         url: Orthanc's REST URL.
         token: the plugin's REST token, if any.
+        waiting: explanations that may wait behind the running one.
+        scratch: the explanation process's temporary folder (emptied when it is killed), or
+            None for the system's.
     """
 
-    def __init__(self, index: Path, encoder: str, url: str, token: str | None = None) -> None:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_start,
-                                         initargs=(str(index), str(encoder), url, token, os.getpid()))
-        self._lock = threading.Lock()
-        self._pool.submit(_warm)  # import torch & co. now, not in the first explanation
+    def __init__(self, index: Path, encoder: str, url: str, token: str | None = None, waiting: int = 2,
+                 scratch: Path | None = None) -> None:
+        self.scratch = Path(scratch) if scratch else None
+        self._initargs = (str(index), str(encoder), url, token, os.getpid(), str(scratch) if scratch else None)
+        self.waiting = int(waiting)
+        self.pending = 0   # running + waiting
+        self.stopped = 0   # explanations stopped at their deadline or lost with their process
+        self._count = threading.Lock()
+        self._turn = threading.Lock()
+        self._pool = self._new_pool()
 
-    def explain(self, query_path: Path, request: dict, label: str | None = None) -> tuple[bytes, str]:
-        """The explanation's (body, MIME type); explanations are served one at a time."""
-        with self._lock:
-            return self._pool.submit(_explain, str(query_path), dict(request), label).result()
+    def _new_pool(self) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_start, initargs=self._initargs)
+        # import torch & co. and open the engine now, not in the first explanation
+        self._warming = pool.submit(_warm)
+        return pool
+
+    def state(self) -> dict:
+        """``{"running", "waiting", "queue", "stopped"}`` for the status route."""
+        running = 1 if self.pending else 0
+        return {"running": running, "waiting": self.pending - running, "queue": self.waiting, "stopped": self.stopped}
+
+    def explain(self, query_path: Path, request: dict, label: str | None = None, deadline: Deadline | None = None) -> tuple[bytes, str]:
+        """The explanation's (body, MIME type), after the explanations queued before it.
+
+        Raises:
+            ExplainQueueFull: ``waiting`` explanations wait already.
+            DeadlinePassed: the deadline passed (or the caller went away) while it waited or ran.
+            ExplainProcessLost: the explanation process died under it.
+        """
+        deadline = deadline or Deadline(float("inf"))
+        with self._count:
+            if self.pending > self.waiting:
+                raise ExplainQueueFull(f"{self.waiting} explanation(s) wait already behind the running one "
+                                       "(the server's ExplainQueue); try again later")
+            self.pending += 1
+        try:
+            while not self._turn.acquire(timeout=POLL_SECONDS):
+                deadline.check("waiting for the explanations before it")
+            try:
+                deadline.check("before the explanation started")
+                return self._run(query_path, request, label, deadline)
+            finally:
+                self._turn.release()
+        finally:
+            with self._count:
+                self.pending -= 1
+
+    def _run(self, query_path: Path, request: dict, label: str | None, deadline: Deadline) -> tuple[bytes, str]:
+        try:
+            # A process still starting is not killed at a deadline (the next explanation needs it).
+            while not wait([self._warming], timeout=POLL_SECONDS).done:
+                deadline.check("waiting for the explanation process to start")
+            future = self._pool.submit(_explain, str(query_path), dict(request), label)
+            while True:
+                try:
+                    return future.result(timeout=POLL_SECONDS)
+                except TimeoutError:
+                    if deadline.expired():
+                        self._restart()  # the only way to stop an explanation under way
+                        deadline.check("the explanation")
+                        raise DeadlinePassed("stopped the explanation") from None
+        except BrokenProcessPool:
+            self._restart()
+            raise ExplainProcessLost("the explanation process stopped (out of memory?); it is started again") from None
+
+    def _restart(self) -> None:
+        self.stopped += 1
+        _stop(self._pool, grace=5.0)
+        if self.scratch is not None:  # what the killed explanation left behind
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        self._pool = self._new_pool()
 
     def close(self) -> None:
         """Stop the explanation process (an explanation under way is abandoned)."""
-        processes = list(getattr(self._pool, "_processes", {}).values())
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:  # do not wait for a long explanation to end
-            process.terminate()
+        _stop(self._pool)
+
+
+def _stop(pool: ProcessPoolExecutor, grace: float = 0.0) -> None:
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:  # do not wait for a long explanation to end
+        process.terminate()
+    for process in processes if grace else ():
+        process.join(grace)

@@ -23,11 +23,15 @@ The section, with its defaults::
       "MaxQueries": 8,                 # query instances per search request
       "MaxBodyBytes": 67108864,        # request body (a posted DICOM) in bytes
       "RequestSeconds": 60.0,          # a request waiting longer than this for the engine: 503
-      "RequestMemoryMB": 1024          # a request estimated to need more memory: 400
+      "RequestMemoryMB": 1024,         # a request estimated to need more memory: 400
+      "MaxDecodeMB": 1024,             # a DICOM whose decoding would cost more is refused/skipped
+      "ExplainQueue": 2,               # explanations waiting behind the running one (more: 503)
+      "AllowedOrigins": []             # browser origins besides Orthanc's own allowed to call
     }
 
 A request over a bound is refused with HTTP 400 and a one-line reason (see
-:mod:`medcbir.pacs.request_rules`).
+:mod:`medcbir.pacs.request_rules`); the body's envelope (size, content type, origin, JSON
+nesting) is checked by :mod:`medcbir.pacs.request_body`.
 """
 
 from __future__ import annotations
@@ -83,6 +87,13 @@ class PluginSettings:
         max_body_bytes: largest request body (a posted DICOM file) accepted.
         request_seconds: longest a request waits for the engine (busy with another) before a 503.
         request_memory_mb: largest estimated working memory of one request.
+        max_decode_mb: largest decoding cost (``medcbir.imaging.dicom.decode_cost``) of a DICOM
+            the worker indexes or queries with; a costlier one is skipped (``too-large``) or
+            refused (400) from its header, before any pixel is decoded.
+        explain_queue: explanations that may wait behind the running one; one more is
+            answered 503 at once.
+        allowed_origins: browser origins (``https://viewer.example:443``) allowed to call the
+            routes besides Orthanc's own; any other ``Origin`` is refused (403).
     """
 
     index: str
@@ -105,6 +116,9 @@ class PluginSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     request_seconds: float = 60.0
     request_memory_mb: int = 1024
+    max_decode_mb: int = 1024
+    explain_queue: int = 2
+    allowed_origins: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     KEYS = {
@@ -114,6 +128,7 @@ class PluginSettings:
         "ShardSize": "shard_size", "Device": "device", "MaxK": "max_k", "MaxExplainK": "max_explain_k",
         "MaxMasks": "max_masks", "MaxQueries": "max_queries", "MaxBodyBytes": "max_body_bytes",
         "RequestSeconds": "request_seconds", "RequestMemoryMB": "request_memory_mb",
+        "MaxDecodeMB": "max_decode_mb", "ExplainQueue": "explain_queue", "AllowedOrigins": "allowed_origins",
     }
     LIMITS = ("MaxK", "MaxExplainK", "MaxMasks", "MaxQueries", "MaxBodyBytes", "RequestSeconds", "RequestMemoryMB")
 
@@ -133,10 +148,17 @@ class PluginSettings:
         if isinstance(settings.window, str):
             settings.window = [settings.window]
         for name in ("batch_size", "workers", "shard_size", "max_k", "max_explain_k", "max_masks", "max_queries",
-                     "max_body_bytes", "request_memory_mb"):
+                     "max_body_bytes", "request_memory_mb", "max_decode_mb"):
             if int(getattr(settings, name)) < 1:
                 raise ConfigError(f'"Medcbir" setting {name} must be >= 1')
             setattr(settings, name, int(getattr(settings, name)))
+        settings.explain_queue = int(settings.explain_queue)
+        if settings.explain_queue < 0:
+            raise ConfigError('"Medcbir" setting ExplainQueue must be >= 0')
+        origins = settings.allowed_origins
+        if not isinstance(origins, list) or not all(isinstance(o, str) and "://" in o for o in origins):
+            raise ConfigError('"Medcbir" setting AllowedOrigins must be a list of origins such as "https://viewer.example"')
+        settings.allowed_origins = [o.strip().rstrip("/").lower() for o in origins]
         settings.flush_seconds = float(settings.flush_seconds)
         settings.search_timeout = float(settings.search_timeout)
         settings.request_seconds = float(settings.request_seconds)
@@ -158,6 +180,10 @@ class PluginSettings:
     def limits(self) -> dict:
         """The request bounds by their configuration names (for :func:`check_request`)."""
         return {key: getattr(self, self.KEYS[key]) for key in self.LIMITS}
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return self.max_decode_mb * 1024 * 1024
 
     @property
     def queue_path(self) -> Path:
@@ -225,7 +251,7 @@ def build_config(
         plugin_settings: more ``"Medcbir"`` keys (e.g. ``{"MaxK": 50}``), checked.
     """
     index = Path(index).resolve()
-    if remote and not user:
+    if remote and user is None:
         raise ConfigError("--remote needs --user NAME:PASSWORD (never expose Orthanc without authentication)")
     if not (1 <= http_port <= 65535 and 1 <= dicom_port <= 65535):
         raise ConfigError("ports must be between 1 and 65535")
@@ -282,10 +308,11 @@ def build_config(
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full"},
         "Medcbir": settings.to_section(),
     }
-    if user:
-        if ":" not in user:
-            raise ConfigError("--user must be NAME:PASSWORD")
-        login, password = user.split(":", 1)
+    if user is not None:
+        login, colon, password = user.partition(":")
+        # An empty name or password is a login anyone can guess.
+        if not colon or not login.strip() or not password.strip():
+            raise ConfigError("--user must be NAME:PASSWORD with a non-empty name and password")
         config["AuthenticationEnabled"] = True
         config["RegisteredUsers"] = {login: password}
     else:

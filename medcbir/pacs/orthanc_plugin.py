@@ -9,12 +9,17 @@ and callbacks must return fast, so it does as little as possible:
 - a worker *process* (the venv's python, ``medcbir.pacs.worker``) fetches, decodes, embeds,
   commits and answers searches; it talks to Orthanc over loopback HTTP with a token from
   ``GenerateRestApiAuthorizationToken`` (so it works with authentication enabled);
-- the REST routes under ``/medcbir/`` forward to the worker and wait with a timeout.
+- the REST routes under ``/medcbir/`` check the request's envelope with byte operations only
+  (size, content type, origin, JSON nesting: :mod:`medcbir.pacs.request_body`), forward the raw
+  body to the worker, which parses and checks it, and wait with a timeout. No JSON parser runs
+  on Orthanc's HTTP threads (their stacks are small: a deeply nested body crashed Orthanc).
 
 Routes: ``GET /medcbir/status``, ``POST /medcbir/search``, ``POST /medcbir/explain``,
-``POST /medcbir/reindex``, and the viewer page ``GET /medcbir/ui/`` (``medcbir.pacs.viewer_page``). Orthanc does not pass query-string arguments of POST requests to
-plugins, so options of a raw-DICOM body travel in headers: ``X-Medcbir-K``,
-``X-Medcbir-Exclude``, ``X-Medcbir-Modality``, ``X-Medcbir-Format`` (or use a JSON body).
+``POST /medcbir/reindex``, and the viewer page ``GET /medcbir/ui/`` (``medcbir.pacs.viewer_page``).
+A POST is ``Content-Type: application/json`` or ``application/dicom``. Orthanc does not pass
+query-string arguments of POST requests to plugins, so options of a raw-DICOM body travel in
+headers: ``X-Medcbir-K``, ``X-Medcbir-Exclude``, ``X-Medcbir-Modality``, ``X-Medcbir-Format``
+(or use a JSON body).
 
 Only the standard library and medcbir's stdlib-only modules are imported here.
 """
@@ -45,14 +50,10 @@ _prepare_path()
 
 from medcbir.pacs.instance_queue import InstanceQueue  # noqa: E402
 from medcbir.pacs.orthanc_config import PluginSettings  # noqa: E402
-from medcbir.pacs.request_rules import BadRequest, check_request  # noqa: E402
+from medcbir.pacs.request_body import FORWARDED_HEADERS, check_envelope, check_origin  # noqa: E402
+from medcbir.pacs.request_rules import BadRequest, without_paths  # noqa: E402
 from medcbir.pacs.viewer_page import ui_file  # noqa: E402
 from medcbir.pacs.worker_link import WorkerProcess, WorkerUnavailable  # noqa: E402
-
-OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
-                  "x-medcbir-format": "format", "x-medcbir-method": "method",
-                  "x-medcbir-per-series": "per_series", "x-medcbir-group-by": "group_by", "x-medcbir-prior": "prior",
-                  "x-medcbir-include-self": "include_self", "x-medcbir-store": "store"}
 
 
 LEVELS = {orthanc.ResourceType.PATIENT: "patient", orthanc.ResourceType.STUDY: "study",
@@ -67,6 +68,7 @@ class MedcbirPlugin:
         self.settings = PluginSettings.from_section(config.get("Medcbir", {}))
         self.queue = InstanceQueue(self.settings.queue_path)
         port = int(config.get("HttpPort", 8042))
+        self.loopback_only = not config.get("RemoteAccessAllowed", False)
         scheme = "https" if config.get("SslEnabled") else "http"
         token = ""
         if hasattr(orthanc, "GenerateRestApiAuthorizationToken"):
@@ -97,29 +99,32 @@ class MedcbirPlugin:
     def on_rest(self, output, uri, **request) -> None:
         route = request["groups"][0]
         method = request["method"]
+        headers = request.get("headers") or {}
         try:
+            self.check_origin(headers)
             if route == "status":
                 if method != "GET":
                     return output.SendMethodNotAllowed("GET")
                 return self._answer(output, self._status())
             if method != "POST":
                 return output.SendMethodNotAllowed("POST")
-            args = check_request(route, self._arguments(request, route, self.settings.max_body_bytes),
-                                 self.settings.limits())
-            if route == "reindex":
-                # Skip decisions are forgotten here, so the worker retries those instances.
-                self.queue.clear_skipped()
-            reply = self.worker.call(route, self.settings.search_timeout, args)
+            body = request.get("body") or b""
+            check_envelope(headers, body, self.settings.max_body_bytes)
+            forwarded = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
+            reply = self.worker.call(route, self.settings.search_timeout, body=bytes(body), headers=forwarded)
         except WorkerUnavailable as exc:
             return self._error(output, 503, str(exc))
-        except (BadRequest, ValueError) as exc:
-            return self._error(output, 400, str(exc).splitlines()[0] if str(exc) else "bad request")
+        except BadRequest as exc:
+            return self._error(output, exc.status, str(exc).splitlines()[0] if str(exc) else "bad request")
         if not reply.get("ok"):
             return self._error(output, int(reply.get("status", 500)), reply.get("error", "worker error"))
         if "body" in reply:
             output.AnswerBuffer(reply["body"], reply.get("mime", "application/octet-stream"))
         else:
             self._answer(output, reply["result"])
+
+    def check_origin(self, headers: dict) -> None:
+        check_origin(headers, allowed=self.settings.allowed_origins, loopback_only=self.loopback_only)
 
     def _status(self) -> dict:
         status = {"worker": "down", "index": self.settings.index, "encoder": {"source": self.settings.encoder}}
@@ -136,30 +141,6 @@ class MedcbirPlugin:
         return status
 
     @staticmethod
-    def _arguments(request: dict, route: str, max_body_bytes: int) -> dict:
-        headers = request.get("headers", {})
-        body = request.get("body", b"") or b""
-        if len(body) > max_body_bytes:
-            raise BadRequest("the request body has %d bytes; the server's MaxBodyBytes is %d" % (len(body), max_body_bytes))
-        args = {}
-        content_type = headers.get("content-type", "")
-        if body[:1] == b"{" or "json" in content_type:
-            try:
-                args = json.loads(body.decode("utf-8") or "{}")
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError("the body is neither JSON nor DICOM: %s" % exc) from None
-            if not isinstance(args, dict):
-                raise ValueError("the JSON body must be an object")
-        elif body:
-            args = {"dicom": bytes(body)}
-        for header, key in OPTION_HEADERS.items():
-            if header in headers and key not in args:
-                args[key] = headers[header]
-        if route == "explain" and "text/html" in headers.get("accept", "") and "format" not in args:
-            args["format"] = "html"
-        return args
-
-    @staticmethod
     def _answer(output, result) -> None:
         output.AnswerBuffer(json.dumps(result, indent=2), "application/json")
 
@@ -167,7 +148,7 @@ class MedcbirPlugin:
     def _error(output, status: int, message: str) -> None:
         # SendHttpStatus takes (status, str body, its size) and refuses 200/3xx/401/405;
         # json.dumps escapes to ASCII, so characters == bytes.
-        body = json.dumps({"error": message})
+        body = json.dumps({"error": without_paths(message)})
         output.SendHttpStatus(status, body, len(body))
 
 
@@ -175,6 +156,10 @@ def on_ui(output, uri, **request) -> None:
     """``GET /medcbir/ui/<file>``: the viewer page's files (a fixed list)."""
     if request["method"] != "GET":
         return output.SendMethodNotAllowed("GET")
+    try:
+        _plugin.check_origin(request.get("headers") or {})
+    except BadRequest as exc:
+        return MedcbirPlugin._error(output, exc.status, str(exc))
     groups = request.get("groups") or ("",)
     found = ui_file(groups[0] if groups else "")
     if found is None:

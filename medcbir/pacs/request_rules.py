@@ -1,16 +1,20 @@
 """What a request to ``/medcbir/...`` may contain: one table of keys per route, and the checks.
 
-Every REST request is checked twice, by the plugin before anything is forwarded and again by
-the worker before anything is used, with the same :func:`check_request`:
+The worker parses every REST request's body (:mod:`medcbir.pacs.request_body`; the plugin
+checks only its envelope, on Orthanc's thread) and checks its keys with :func:`check_request`
+before anything is used:
 
 - a key not in the route's table is refused (``op`` or ``timeout`` in a JSON body used to
   collide with internal argument names);
 - an Orthanc id must have Orthanc's exact format (a SHA-1 written as five dash-separated
   groups of 8 lower-case hex digits, see https://orthanc.uclouvain.be/book/faq/orthanc-ids.html)
   before it is put in any URL, so ``../../patients/X/archive?`` never reaches another route;
-- numbers are bounded by the ``"Medcbir"`` settings (``MaxK``, ``MaxMasks``, ...).
+- every number is bounded on both sides: by the ``"Medcbir"`` settings (``MaxK``, ``MaxMasks``,
+  ...) or by a fixed range (``seed`` is a 32-bit unsigned integer), so no value reaches a
+  library that would overflow on it.
 
-A refused request raises :class:`BadRequest` with a one-line reason (answered as HTTP 400).
+A refused request raises :class:`BadRequest` with a one-line reason (answered with its
+``status``: 400, or 403/415 for the envelope checks of :mod:`medcbir.pacs.request_body`).
 To add a request key, add one line to :data:`ROUTES` (its parser turns the raw JSON value into
 the checked one or raises ``BadRequest``).
 
@@ -32,30 +36,62 @@ MODALITY = re.compile(r"[A-Z0-9_]{1,16}")  # a DICOM CS value (Modality is at mo
 
 
 class BadRequest(ValueError):
-    """The request is refused (HTTP 400); the message is one line."""
+    """The request is refused with HTTP ``status`` (400 unless a subclass says otherwise); the
+    message is one line."""
+
+    status = 400
+
+
+class Forbidden(BadRequest):
+    """A request from a browser page of another origin (HTTP 403)."""
+
+    status = 403
+
+
+class UnsupportedMediaType(BadRequest):
+    """A POST body that is neither ``application/json`` nor ``application/dicom`` (HTTP 415)."""
+
+    status = 415
+
+
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a refusal never echoes long input."""
+    text = repr(value) if not isinstance(value, int) or isinstance(value, bool) or abs(value) < 10**limit else "a huge number"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_FILE_URL = re.compile(r"file://\S+")
+_ABSOLUTE_PATH = re.compile(r"(?:^|(?<=[\s'\"(\[=,]))/[^\s'\"]*[^\s'\":,.;)\]]")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every absolute file-system path (and ``file://`` URL) replaced by ``<path>``:
+    an error answered over REST never shows where the worker keeps its files."""
+    return _ABSOLUTE_PATH.sub("<path>", _FILE_URL.sub("<path>", str(text)))
 
 
 def orthanc_id(value, name: str = "instance") -> str:
     """``value`` if it is an Orthanc id, else :class:`BadRequest` (never echoes long input)."""
     if not isinstance(value, str) or ORTHANC_ID.fullmatch(value) is None:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise BadRequest(f"{name} must be an Orthanc id (5 groups of 8 hex digits), not {shown}")
+        raise BadRequest(f"{name} must be an Orthanc id (5 groups of 8 hex digits), not {shown(value)}")
     return value
 
 
-def _int(name: str, low: int, high_setting: str | None = None):
+def _int(name: str, low: int, high_setting: str | None = None, high: int | None = None):
+    """A parser of an integer in ``[low, high]``; ``high`` is the setting ``high_setting`` when given."""
     def parse(value, limits: dict) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise BadRequest(f"{name} must be an integer, not {type(value).__name__}")
-        try:
-            number = int(value)
-        except ValueError:
-            raise BadRequest(f"{name} must be an integer, not {str(value)[:40]!r}") from None
+        text = value.strip() if isinstance(value, str) else None
+        if text is not None and not (text.isascii() and text.lstrip("+-").isdigit() and len(text) <= 20):
+            raise BadRequest(f"{name} must be an integer, not {shown(value, 40)}")
+        number = int(value)
+        top = limits.get(high_setting) if high_setting else high
         if number < low:
-            raise BadRequest(f"{name} must be >= {low}, not {number}")
-        high = limits.get(high_setting) if high_setting else None
-        if high is not None and number > high:
-            raise BadRequest(f"{name} must be <= {high} (the server's {high_setting}), not {number}")
+            raise BadRequest(f"{name} must be >= {low}, not {shown(number, 40)}")
+        if top is not None and number > top:
+            where = f" (the server's {high_setting})" if high_setting else ""
+            raise BadRequest(f"{name} must be <= {top}{where}, not {shown(number, 40)}")
         return number
     return parse
 
@@ -121,7 +157,7 @@ ROUTES: dict[str, dict] = {
         "instances": _instances,
         "k": _int("k", 1, "MaxK"),
         # hits per series, cases, the prior exam, the query itself
-        "per_series": _int("per_series", 0),
+        "per_series": _int("per_series", 0, "MaxK"),
         "group_by": _choice("group_by", ("series", "study")),
         "prior": _bool("prior"),
         "include_self": _bool("include_self"),
@@ -135,7 +171,7 @@ ROUTES: dict[str, dict] = {
         "method": _choice("method", METHODS),
         "format": _choice("format", FORMATS),
         "n_masks": _int("n_masks", 1, "MaxMasks"),
-        "seed": _int("seed", 0),
+        "seed": _int("seed", 0, high=2**32 - 1),  # the random generators' seed range
         "pairwise": _bool("pairwise"),
         # overlays and parametric maps stored into Orthanc (the answer is then JSON)
         "store": _bool("store"),
@@ -160,7 +196,7 @@ def check_request(route: str, args: dict, limits: dict) -> dict:
         raise BadRequest(f"unknown route {route!r}")
     if not isinstance(args, dict):
         raise BadRequest("the JSON body must be an object")
-    unknown = sorted(str(key)[:40] for key in args if key not in rules)
+    unknown = sorted(shown(key, 40) if not isinstance(key, str) else key[:40] for key in args if key not in rules)
     if unknown:
         allowed = ", ".join(sorted(rules)) or "none"
         raise BadRequest(f"unknown key(s) {', '.join(unknown)} for /medcbir/{route} (allowed: {allowed})")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -39,9 +40,11 @@ from pathlib import Path
 
 from medcbir.errors import IndexCorrupt, IndexNotFound, MedcbirError
 from medcbir.indexer.manifest import committed_generation, read_manifest
+from medcbir.pacs.deadline import Deadline
 from medcbir.pacs.instance_queue import InstanceQueue
 from medcbir.pacs.orthanc_config import PluginSettings, instance_of, instance_uri
 from medcbir.pacs.orthanc_rest import OrthancRest
+from medcbir.pacs.request_rules import without_paths
 from medcbir.pacs.worker_link import AUTHKEY_ENV, TOKEN_ENV
 
 POLL_SECONDS = 0.2
@@ -56,6 +59,10 @@ class UnknownInstance(MedcbirError):
 
 class EngineBusy(MedcbirError):
     """Another request held the engine longer than RequestSeconds (answered with 503)."""
+
+
+#: errors answered 503 ("try again"): the server is busy or the request ran out of time
+UNAVAILABLE = ("EngineBusy", "DeadlinePassed", "ExplainQueueFull", "ExplainProcessLost")
 
 
 def log(message: str) -> None:
@@ -215,7 +222,8 @@ class Worker:
         if data is None:
             return instance, None, "gone", "Orthanc no longer has this instance"
         try:
-            decoded = decode_bytes(data, uri, self.writer.key, self.writer.encoder.preprocessing)
+            decoded = decode_bytes(data, uri, self.writer.key, self.writer.encoder.preprocessing,
+                                   max_bytes=self.settings.max_decode_bytes)
         except SkipFile as exc:
             return instance, None, exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the worker
@@ -338,43 +346,66 @@ class Worker:
             self._engine_opened = time.monotonic()
         return self._engine
 
-    def handle(self, request: dict) -> dict:
-        """Answer one request from the plugin: ``{"op": name, "args": {...}}``.
+    def handle(self, request: dict, gone=None) -> dict:
+        """Answer one request from the plugin (see :mod:`medcbir.pacs.worker_link`).
 
-        The arguments are checked again here (the plugin checked them already) because this
-        is where they become URLs and sizes: an unknown key, a malformed Orthanc id or a value
-        over a bound is a 400, never a call to Orthanc.
+        The body is parsed here, not on Orthanc's thread, and the arguments are checked again
+        here (the plugin checked only the envelope) because this is where they become URLs and
+        sizes: an unknown key, a malformed Orthanc id or a value over a bound is a 400, never a
+        call to Orthanc. The work stops once the plugin's timeout has passed or ``gone()`` says
+        the plugin hung up. No answer names a file of the worker.
         """
+        from medcbir.pacs.request_body import request_arguments
         from medcbir.pacs.request_rules import BadRequest, check_request
 
         op = request.get("op", "")
-        args = request.get("args", {})
         handler = {"status": self.op_status, "search": self.op_search, "explain": self.op_explain,
                    "reindex": self.op_reindex}.get(op)
         if handler is None:
-            return {"ok": False, "status": 404, "error": f"unknown operation {op!r}"}
+            return {"ok": False, "status": 404, "error": f"unknown operation {str(op)[:40]!r}"}
         try:
+            timeout = float(request.get("timeout") or self.settings.search_timeout)
+        except (TypeError, ValueError):
+            timeout = self.settings.search_timeout
+        # A little before the plugin gives up, so that the caller reads why the work stopped.
+        deadline = Deadline(min(max(timeout - min(1.0, timeout / 20), 0.0), 86400.0), gone)
+        try:
+            if "body" in request:
+                args = request_arguments(op, request.get("headers") or {}, request["body"])
+            else:
+                args = request.get("args", {})
             if op != "status":
                 args = check_request(op, args, self.settings.limits())
-            return handler(args)
+            return handler(args, deadline)
         except BadRequest as exc:
-            return {"ok": False, "status": 400, "error": str(exc)}
-        except EngineBusy as exc:
-            return {"ok": False, "status": 503, "error": str(exc)}
+            return self._failed(exc.status, str(exc))
         except MedcbirError as exc:
-            status = {"IndexNotFound": 409, "UnknownInstance": 404}.get(exc.__class__.__name__, 400)
-            return {"ok": False, "status": status, "error": str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}
+            name = exc.__class__.__name__
+            status = 503 if name in UNAVAILABLE else {"IndexNotFound": 409, "UnknownInstance": 404}.get(name, 400)
+            return self._failed(status, str(exc).splitlines()[0] if str(exc) else name)
         except MemoryError:
-            return {"ok": False, "status": 503, "error": "the request ran out of memory; ask for fewer neighbours or masks"}
+            return self._failed(503, "the request ran out of memory; ask for fewer neighbours or masks")
         except Exception as exc:  # noqa: BLE001 - answered as a 500, the worker keeps serving
             traceback.print_exc()
-            return {"ok": False, "status": 500, "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0]}
+            return self._failed(500, f"{exc.__class__.__name__}: {exc}".splitlines()[0])
+
+    def _failed(self, status: int, message: str) -> dict:
+        # The query's temporary file, the index's files: nothing of the worker's disk is answered.
+        if self._tmp_dir is not None:
+            message = re.sub(re.escape(str(self._tmp_dir)) + r"/[^\s:'\"]*", "<query>", message)
+        return {"ok": False, "status": status, "error": without_paths(message)[:500]}
 
     @contextmanager
-    def _engine_for_request(self):
+    def _engine_for_request(self, deadline: Deadline | None = None):
         """The engine, held for one request; a request that waits longer than RequestSeconds
-        for another one to finish is answered 503 instead of piling up behind it."""
-        if not self._engine_lock.acquire(timeout=self.settings.request_seconds):
+        (or past its deadline) for another one to finish is answered 503 instead of piling up
+        behind it."""
+        wait = self.settings.request_seconds
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline.remaining()))
+        if not self._engine_lock.acquire(timeout=wait):
+            if deadline is not None:
+                deadline.check("waiting for the engine")
             raise EngineBusy(f"the engine stayed busy for {self.settings.request_seconds:g} s (the server's RequestSeconds); try again")
         try:
             yield self.engine()
@@ -388,25 +419,34 @@ class Worker:
 
             raise BadRequest(f"{what} needs about {nbytes / 2**20:.0f} MB; the server's RequestMemoryMB is {budget}")
 
-    def op_status(self, request: dict) -> dict:
+    def op_status(self, request: dict, deadline: Deadline | None = None) -> dict:
         counts = self.queue.counts()
         return {"ok": True, "result": {
-            "worker": self.state, "pid": os.getpid(), "error": self.error, "indexed": self.indexed,
+            "worker": self.state, "pid": os.getpid(), "error": without_paths(self.error), "indexed": self.indexed,
             "items_committed": self.items, "generation": committed_generation(self.index),
             "encoder": self.encoder_info, "index": str(self.index),
             "batch_size": self.settings.batch_size, "recent_skips": self.queue.skipped(10), **counts,
             **manifest_recall(self.index),
+            **({"explain": self._explainer.state()} if self._explainer is not None else {}),
         }}
 
-    def op_reindex(self, request: dict) -> dict:
+    def op_reindex(self, request: dict, deadline: Deadline | None = None) -> dict:
+        # Skip decisions are forgotten, so the indexing loop retries those instances.
+        self.queue.clear_skipped()
         self._reindex.set()
         return {"ok": True, "result": {"reindex": "scheduled", **self.queue.counts()}}
 
-    def _query_files(self, request: dict) -> list[tuple[Path, str | None]]:
+    def _query_files(self, request: dict, deadline: Deadline | None = None) -> list[tuple[Path, str | None]]:
         """Write the queries' DICOM to temporary files (the engine reads them with the index key).
 
-        ``request`` is checked (:func:`check_request`): instance ids have Orthanc's format.
+        ``request`` is checked (:func:`check_request`): instance ids have Orthanc's format. Each
+        query is checked from its header and cut to its first frame
+        (:func:`medcbir.pacs.query_dicom.first_frame_query`) before the engine decodes it.
         """
+        from medcbir.imaging.items import SkipFile
+        from medcbir.pacs.query_dicom import first_frame_query
+        from medcbir.pacs.request_rules import BadRequest
+
         if request.get("instances"):
             wanted = list(request["instances"])
         elif request.get("instance"):
@@ -429,9 +469,14 @@ class Worker:
                         try:
                             data = base64.b64decode(data, validate=True)
                         except (binascii.Error, ValueError):
-                            from medcbir.pacs.request_rules import BadRequest
-
                             raise BadRequest("dicom in a JSON body must be base64") from None
+                label = f"instance {instance}" if instance else "the posted DICOM"
+                try:
+                    data = first_frame_query(data, self.settings.max_decode_bytes)
+                except SkipFile as exc:
+                    raise BadRequest(f"{label} cannot be a query ({exc.reason}): {exc.detail}".splitlines()[0]) from None
+                if deadline is not None:
+                    deadline.check("reading the query")
                 fd, name = tempfile.mkstemp(suffix=".dcm", dir=self.tmp)
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
@@ -460,13 +505,14 @@ class Worker:
             "study_instance_uid": meta.get("study_instance_uid"), "modality": meta.get("modality"),
         }
 
-    def op_search(self, request: dict) -> dict:
+    def op_search(self, request: dict, deadline: Deadline | None = None) -> dict:
+        deadline = deadline or Deadline(self.settings.search_timeout)
         options = search_options(request)
         started = time.perf_counter()
         k = int(request.get("k", min(10, self.settings.max_k)))
-        queries = self._query_files(request)
+        queries = self._query_files(request, deadline)
         try:
-            with self._engine_for_request() as engine:
+            with self._engine_for_request(deadline) as engine:
                 generation = self._engine_generation
                 # k beyond the live items only allocates empty answer slots: cap it.
                 k = max(1, min(k, int(engine.store.n_live)))
@@ -485,11 +531,12 @@ class Worker:
                     results = engine.search(paths, k=k, exclude=exclude, modality=modality,
                                             per_series=options["per_series"], include_self=options["include_self"])
                 search_seconds = time.perf_counter() - search_started
+                deadline.check("the search")  # nobody waits for it: store nothing
                 stored = self._store_kos(engine, request, options, queries, results)
         finally:
             for path, _ in queries:
                 path.unlink(missing_ok=True)
-        answers = [{"query": instance, **self._answer_of(row, options), **({"stored": [kos]} if kos else {})}
+        answers = [{"query": instance, **self._answer_of(row, options, instance), **({"stored": [kos]} if kos else {})}
                    for (_, instance), row, kos in zip(queries, results, stored)]
         timing = {"engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}
         extra = {"group_by": options["group_by"]} if options["group_by"] else {}
@@ -511,13 +558,14 @@ class Worker:
         other = True if other is None else _flag(other, "kos_other_patients")
         return [store_search_kos(self.rest, path, row, fingerprint, other_patients=other) for (path, _), row in zip(queries, results)]
 
-    def _answer_of(self, row, options: dict) -> dict:
+    def _answer_of(self, row, options: dict, instance: str | None = None) -> dict:
         """One query's answer: ``neighbours``, ``cases`` (group_by) or ``prior``; Orthanc ids, no paths."""
         if options["prior"]:
             for study in row["studies"]:
                 study["slice"].update(self._orthanc_ids(study["slice"]))
                 study["slice"].pop("source", None)
-            return {"prior": row}
+            # the engine names the query by its (temporary) file: name it by its Orthanc id
+            return {"prior": {**row, "query": instance}}
         if options["group_by"]:
             cases = []
             for case in row:
@@ -529,22 +577,23 @@ class Worker:
             return {"cases": cases}
         return {"neighbours": [self._neighbour(n) for n in row]}
 
-    def op_explain(self, request: dict) -> dict:
+    def op_explain(self, request: dict, deadline: Deadline | None = None) -> dict:
         from medcbir.pacs.explain_route import explain_answer, explain_bytes
 
         # The defaults stay within the configured bounds too.
         from medcbir.explain.relax import FAST_DEFAULTS
 
+        deadline = deadline or Deadline(self.settings.search_timeout)
         request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(FAST_DEFAULTS["n_masks"], self.settings.max_masks), **request}
-        [(path, instance)] = self._query_files(request)
+        [(path, instance)] = self._query_files(request, deadline)
         label = f"instance {instance}" if instance else "the posted DICOM"
         try:
-            with self._engine_for_request() as engine:
+            with self._engine_for_request(deadline) as engine:
                 self._check_memory("this explanation", explain_bytes(engine, request))
                 if self._explainer is None:
                     body, mime = explain_answer(engine, self.rest, path, request, label=label)
             if self._explainer is not None:  # its own process: searches keep answering meanwhile
-                body, mime = self._explainer.explain(path, request, label=label)
+                body, mime = self._explainer.explain(path, request, label=label, deadline=deadline)
         finally:
             path.unlink(missing_ok=True)
         return {"ok": True, "body": body, "mime": mime}
@@ -563,7 +612,9 @@ class Worker:
     def _answer(self, conn) -> None:
         try:
             request = conn.recv()
-            conn.send(self.handle(request))
+            # The plugin sends nothing after its request: the connection turns readable only
+            # when the plugin closes it (it gave up waiting, or Orthanc stopped).
+            conn.send(self.handle(request, gone=lambda: conn.poll(0)))
         except (EOFError, OSError):
             pass
         finally:
@@ -620,7 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     listener = Listener(str(worker.tmp / "link.sock"), family="AF_UNIX", authkey=authkey)
     from medcbir.pacs.explain_worker import ExplainWorker
 
-    worker._explainer = ExplainWorker(worker.index, settings.encoder, args.orthanc, os.environ.get(TOKEN_ENV) or None)
+    worker._explainer = ExplainWorker(worker.index, settings.encoder, args.orthanc, os.environ.get(TOKEN_ENV) or None,
+                                      waiting=settings.explain_queue, scratch=worker.tmp / "explain")
     threading.Thread(target=worker.serve, args=(listener,), daemon=True).start()
     print(f"READY {listener.address}", flush=True)
     _watch_parent(worker, args.parent)

@@ -3,11 +3,13 @@
 The worker listens on a Unix socket in a private folder with ``multiprocessing.connection``
 (length-framed pickles, HMAC challenge with a per-start random key), announces
 ``READY <socket path>`` on its stdout,
-and answers one request per connection: ``{"op": ..., "args": {...}}`` (the request's keys
-in their own dict, so no request key can collide with ``op``) → ``{"ok": True, ...}`` or
-``{"ok": False, "status": http_status, "error": message}``. The plugin opens a connection per
-REST call and waits with a timeout, so a slow search never blocks Orthanc's other threads (the
-wait releases the GIL).
+and answers one request per connection: ``{"op": ..., "timeout": seconds, "body": bytes,
+"headers": {...}}`` (the REST request as it came, parsed by the worker) or ``{"op": ...,
+"args": {...}}`` (keys already parsed; the request's keys in their own dict, so no request key
+can collide with ``op``) → ``{"ok": True, ...}`` or ``{"ok": False, "status": http_status,
+"error": message}``. The plugin opens a connection per REST call and waits with a timeout, so a
+slow search never blocks Orthanc's other threads (the wait releases the GIL); the worker gives
+up the request's work once that timeout has passed or the connection is closed.
 
 Standard library only (imported inside Orthanc's embedded interpreter).
 """
@@ -100,13 +102,16 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def call(self, op: str, timeout: float, args: dict | None = None) -> dict:
+    def call(self, op: str, timeout: float, args: dict | None = None, *, body: bytes | None = None,
+             headers: dict | None = None) -> dict:
         """Send one request and wait for its answer (raises WorkerUnavailable).
 
         Args:
             op: ``status``, ``search``, ``explain`` or ``reindex``.
-            timeout: seconds to wait for the answer.
-            args: the request's (already checked) keys.
+            timeout: seconds to wait for the answer (the worker's deadline too).
+            args: the request's keys, when already parsed.
+            body: the REST request's body, parsed by the worker (instead of ``args``).
+            headers: the REST request's headers that go with ``body``.
         """
         if not self._ready.wait(timeout=min(timeout, 30.0)) or not self.alive():
             raise WorkerUnavailable("the medcbir worker is not running")
@@ -115,7 +120,12 @@ class WorkerProcess:
         except OSError as exc:
             raise WorkerUnavailable(f"cannot reach the medcbir worker: {exc}") from exc
         try:
-            conn.send({"op": op, "args": dict(args or {})})
+            message = {"op": op, "timeout": float(timeout)}
+            if body is not None:
+                message.update(body=body, headers=dict(headers or {}))
+            else:
+                message["args"] = dict(args or {})
+            conn.send(message)
             if not conn.poll(timeout):
                 raise WorkerUnavailable(f"the medcbir worker did not answer within {timeout:.0f} s")
             return conn.recv()

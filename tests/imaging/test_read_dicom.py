@@ -193,6 +193,48 @@ def test_huge_rows_columns_rejected_before_decoding(tmp_path):
     assert info.value.reason == "too-large"
 
 
+def test_decode_cost_is_judged_from_the_header(tmp_path):
+    from medcbir.imaging.dicom import FRAME_COST_BYTES, MAX_DECODE_BYTES, decode_cost, read_dataset
+
+    native = read_dataset(save(ct_dataset(hu_phantom(32)), tmp_path / "ct.dcm"))
+    # 16-bit decoded, float32 items, the frame's own work
+    assert decode_cost(native) == 32 * 32 * 2 + 32 * 32 * 4 + FRAME_COST_BYTES
+    rle = read_dataset(save(ct_dataset(hu_phantom(32), tsyntax=RLELossless), tmp_path / "rle.dcm"))
+    assert decode_cost(rle) == decode_cost(native) + len(rle.PixelData)  # + the compressed bytes read
+    frames = read_dataset(save(enhanced_ct(np.stack([hu_phantom(8)] * 5) + 1024, [-1024.0] * 5), tmp_path / "mf.dcm"))
+    assert decode_cost(frames) == 5 * decode_cost(frames, frames=1)
+    assert MAX_DECODE_BYTES == 2**30
+    # the bound is a parameter: over it, skipped before decoding
+    with pytest.raises(SkipFile) as info:
+        read_dicom(tmp_path / "ct.dcm", max_bytes=decode_cost(native) - 1)
+    assert info.value.reason == "too-large" and "MiB" in info.value.detail
+    assert len(read_dicom(tmp_path / "ct.dcm", max_bytes=decode_cost(native))) == 1
+
+
+@pytest.mark.parametrize("bomb", ["rle_16384", "frames_300k"])
+def test_decode_bombs_are_skipped_before_decoding(tmp_path, bomb):
+    """A 16384² RLE image (8 MB, 1.5 GiB decoded as float32) and 300,000 frames of one pixel
+    (600 KB) are skipped from their header at the default bound, by read_dicom, decode_bytes
+    and the walk alike, instead of being decoded for seconds."""
+    import time
+
+    from medcbir.imaging import decode_bytes, walk
+    from tests.pacs.hostile import many_frames, rle_bomb
+
+    data = rle_bomb() if bomb == "rle_16384" else many_frames()
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(data)
+    started = time.monotonic()
+    expect_skip(path, "too-large")
+    with pytest.raises(SkipFile) as info:
+        decode_bytes(data, "orthanc://x", None, None)
+    assert info.value.reason == "too-large"
+    assert time.monotonic() - started < 5  # decoding them took 5-16 s
+    save(ct_dataset(hu_phantom(16)), tmp_path / "ok.dcm")
+    w = walk(tmp_path, workers=1)
+    assert len(list(w)) == 1 and w.report.skipped == {"too-large": 1}
+
+
 def test_unknown_photometric_interpretation(tmp_path):
     ds = ct_dataset(hu_phantom(16))
     ds.PhotometricInterpretation = "HSV"

@@ -134,19 +134,38 @@ def module_orthanc_factory(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def results_server(tmp_path_factory, pacs_archive, small_encoder):
-    """A private Orthanc + plugin holding ``pacs_archive``, all indexed: the DICOM-results and
-    viewer tests store medcbir's objects into it (the other plugin tests keep their own)."""
-    start, servers = _factory(tmp_path_factory.mktemp("results-orthanc"))
+def _indexed_server(tmp_path_factory, name: str, archive, encoder, **settings):
+    """A private Orthanc + plugin named ``name`` holding ``archive``, all indexed (a generator:
+    yields the server, stops it after)."""
+    start, servers = _factory(tmp_path_factory.mktemp(f"{name}-orthanc"))
+    index = tmp_path_factory.mktemp(f"{name}-index") / "index"
     # generous: its worker imports torch while other test modules' servers may be busy too
-    server = start(tmp_path_factory.mktemp("results-index") / "index", small_encoder, name="results",
-                   start_timeout=240, batch_size=8, flush_seconds=0.5, plugin_settings={"SearchTimeout": 600})
+    server = start(index, encoder, name=name, start_timeout=240, batch_size=8, flush_seconds=0.5, **settings)
+    server.index = index
     try:
-        storescu(server.config["DicomPort"], pacs_archive)
-        wait_for(lambda: (lambda s: s.get("indexed") == len(pacs_archive) and s["queued"] == 0 and s["in_flight"] == 0)(server.status()),
+        storescu(server.config["DicomPort"], archive)
+        wait_for(lambda: (lambda s: s.get("indexed") == len(archive) and s["queued"] == 0 and s["in_flight"] == 0)(server.status()),
                  timeout=240, what="the archive indexed")
         yield server
     finally:
         for s in servers:
             s.stop()
+
+
+@pytest.fixture(scope="session")
+def results_server(tmp_path_factory, pacs_archive, small_encoder):
+    """A private Orthanc + plugin holding ``pacs_archive``, all indexed: the DICOM-results and
+    viewer tests store medcbir's objects into it (the other plugin tests keep their own)."""
+    yield from _indexed_server(tmp_path_factory, "results", pacs_archive, small_encoder, plugin_settings={"SearchTimeout": 600})
+
+
+#: The hostile server's plugin settings: explanations give up after SearchTimeout, and one may
+#: wait behind the running one.
+HOSTILE_SETTINGS = {"SearchTimeout": 12, "ExplainQueue": 1}
+
+
+@pytest.fixture(scope="session")
+def hostile_server(tmp_path_factory, pacs_archive, small_encoder):
+    """A private Orthanc + plugin holding ``pacs_archive``, all indexed, with a short
+    ``SearchTimeout``: the hostile-request and REST fuzz tests send it what no client should."""
+    yield from _indexed_server(tmp_path_factory, "hostile", pacs_archive, small_encoder, plugin_settings=HOSTILE_SETTINGS)
