@@ -136,6 +136,15 @@ def _lesion_kinds(r: dict) -> Line:
                 "ran")
 
 
+@summary("rest_fuzz")
+def _rest_fuzz(r: dict) -> Line:
+    ok = r["orthanc_restarts"] == 0 and r["items_lost"] == 0 and r["bodies"] >= 20000
+    return Line("≥ 20,000 hostile bodies: 0 Orthanc restarts, 0 items lost, worker memory bounded",
+                f"{r['bodies']} bodies: {r['orthanc_restarts']} restarts, {r['items_lost']} lost, "
+                f"worker peak {r['worker_rss_peak_mb']:.0f} MB (from {r['worker_rss_before_mb']:.0f})",
+                f"search p50 {r['search_quiet_before_p50_ms']:.0f} ms before, {r['search_quiet_after_p50_ms']:.0f} ms after", verdict(ok))
+
+
 @summary("plugin_explain")
 def _plugin_explain(r: dict) -> Line:
     return Line(f"search p95 while explaining ≤ {r['goal_ratio']:g}× quiet", f"p95 {r['busy_p95_ms']:.0f} ms ({r['ratio']:.2f}×)",
