@@ -46,13 +46,28 @@ def read_labels(labels_csv) -> tuple[list[str], list[int], list[str]]:
     path = Path(labels_csv)
     if not path.is_file():
         raise ConfigError(f"labels file {path} does not exist")
+    try:
+        return _parse_labels(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the labels as a UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not a readable CSV file ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def _parse_labels(path: Path) -> tuple[list[str], list[int], list[str]]:
     uids, frames, labels = [], [], []
-    with path.open(newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(LABEL_COLUMNS)})")
         for line, row in enumerate(reader, start=2):
+            if any(row.get(c) is None for c in LABEL_COLUMNS):
+                raise ConfigError(f"{path}:{line}: fewer than the {len(LABEL_COLUMNS)} columns {','.join(LABEL_COLUMNS)}")
             try:
                 frames.append(int(row["frame"] or 0))
             except ValueError:
@@ -93,6 +108,7 @@ def evaluate(engine, labels_csv, k: int = 5, exclude: str = "same-patient", quer
     k = int(k)
     if k < 1:
         raise ConfigError(f"k must be ≥ 1, got {k}")
+    engine.require_items()
     uids, frames, labels = read_labels(labels_csv)
     found = engine.lookup.find(uids, frames) if uids else np.zeros(0, np.int64)
     n_unknown = int(np.count_nonzero(found < 0))
@@ -158,14 +174,17 @@ def _groups(engine, query_ids: np.ndarray, exclude: str) -> dict:
 
 def _leave_one_out(engine, vectors, query_ids, k, searchable, groups, index=None) -> tuple[np.ndarray, np.ndarray]:
     """Top-K of each query among ``searchable`` minus its exclusion group and minus itself."""
-    scores, ids = engine.search_groups(vectors, k + 1, searchable, groups, index=index)
-    out_s = np.empty((len(ids), k), dtype=np.float32)
-    out_i = np.empty((len(ids), k), dtype=np.int64)
+    # No more than the searchable items can come back: a K beyond them is padded (-1), not fetched.
+    fetch = min(k + 1, max(1, int(np.count_nonzero(searchable))))
+    scores, ids = engine.search_groups(vectors, fetch, searchable, groups, index=index)
+    out_s = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(ids), k), -1, dtype=np.int64)
     for q, own in enumerate(query_ids.tolist()):
         keep = ids[q] != own
-        if keep.all():
+        if keep.all() and fetch == k + 1:
             keep[-1] = False  # self was not among the K+1 (excluded, or missed): drop the extra
-        out_s[q], out_i[q] = scores[q][keep], ids[q][keep]
+        kept = min(int(np.count_nonzero(keep)), k)
+        out_s[q, :kept], out_i[q, :kept] = scores[q][keep][:kept], ids[q][keep][:kept]
     return out_s, out_i
 
 

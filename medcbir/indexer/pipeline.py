@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medcbir.indexer import follow, quarantine
 from medcbir.indexer.writer import IndexWriter
 
 _DONE = object()
@@ -36,6 +37,16 @@ class IndexSummary:
         items_per_s: indexed / elapsed.
         files: files seen by the source.
         index_spec: FAISS spec in use afterwards.
+        live_items: items in the index afterwards that searches can return.
+        gone_sources, gone_items: sources of this archive whose file (instance) is gone, and
+            their items, tombstoned by this run (:mod:`medcbir.indexer.follow`).
+        changed_sources, changed_items: files changed since they were indexed, and their
+            former items, tombstoned by this run (the files are embedded again).
+        unknown_sources: live sources of this archive without a recorded size/mtime.
+        dropped_items: items a repair had dropped with a damaged shard (0: none pending).
+        reembedded: of those, the items this run embedded again from their sources.
+        dropped_unknown: of the dropped items, those whose keys the damage made unreadable
+            (embedded again too when their files are there, but counted in ``indexed`` only).
     """
 
     indexed: int = 0
@@ -47,6 +58,15 @@ class IndexSummary:
     items_per_s: float = 0.0
     files: int = 0
     index_spec: str = ""
+    live_items: int = 0
+    gone_sources: int = 0
+    gone_items: int = 0
+    changed_sources: int = 0
+    changed_items: int = 0
+    unknown_sources: int = 0
+    dropped_items: int = 0
+    reembedded: int = 0
+    dropped_unknown: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +75,8 @@ class IndexSummary:
         """Fill in what the closed ``writer`` knows and the rates since ``start`` (perf_counter)."""
         self.shards = writer.shards_written
         self.total_items = writer.items
+        deleted = writer.manifest.get("deleted") or []
+        self.live_items = writer.items - (int(deleted["count"]) if isinstance(deleted, dict) else len(deleted))
         self.index_spec = writer.manifest["index_spec"]
         self.elapsed = time.perf_counter() - start
         self.items_per_s = self.indexed / self.elapsed if self.elapsed > 0 else 0.0
@@ -183,21 +205,26 @@ def index_archive(
                                  batch_size=batch_size, key_file=key_file, target_recall=target_recall)
     start = time.perf_counter()
     index_dir = Path(index_dir)
-    src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")
+    src = as_source(source, workers=workers, quarantine=index_dir / quarantine.LOG)
     summary = IndexSummary()
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device, target_recall=target_recall)
     writer.batch_size = batch_size
-    total = _count_hint(src)
-    bar = _progress(progress, total)
+    log_start = quarantine.mark(index_dir)
+    listing, complete, bar = None, False, None
     try:
-        stream = _recorded(src, writer)
-        for batch in prefetch(stream, batch_size):
+        listing, current = follow_sources(src, writer, summary)
+        bar = _progress(progress, len(current) if listing is not None else _count_hint(src))
+        for batch in prefetch(_recorded(src, writer, current), batch_size):
             added = writer.add(batch)
             summary.indexed += added
             summary.already_present += len(batch) - added
             if bar is not None:
                 bar.update(len(batch))
         writer.close()
+        summary.dropped_items, summary.reembedded, summary.dropped_unknown = writer.settle_dropped()
+        complete = True
+        if listing is not None and not getattr(src, "quarantine", None):  # a network source logs nothing itself
+            quarantine.append(index_dir, [quarantine.Entry(*q) for q in getattr(src.report, "quarantined", [])])
     except BaseException:
         # Keep what is committed; the buffer may end mid-source, so it is not committed.
         writer.abort()
@@ -205,6 +232,7 @@ def index_archive(
     finally:
         if bar is not None:
             bar.close()
+        quarantine.settle(index_dir, log_start, listing.owns if complete and listing is not None else None)
     report = getattr(src, "report", None)
     if report is not None:
         summary.skipped = dict(getattr(report, "skipped", {}) or {})
@@ -213,11 +241,38 @@ def index_archive(
     return summary.finish(writer, start)
 
 
-def _recorded(src: Any, writer) -> Iterator:
+def follow_sources(src: Any, writer, summary: IndexSummary) -> tuple[Any, dict]:
+    """Tombstone the items of the archive's sources that are gone or changed since they were
+    indexed (:mod:`medcbir.indexer.follow`); changed files are then decoded again.
+
+    Returns:
+        (the archive's listing, recorded name → (size, mtime_ns) of what is there now), or
+        (None, {}) for a source that cannot be listed (its items are kept as they are).
+    """
+    if getattr(src, "path", None) is not None and hasattr(src, "root"):  # a folder (or the Ray indexer's units of one)
+        seal = writer.archive_seal(src.root)
+        listing = follow.FolderListing(src.path, seal.seal, seal.open)
+    elif callable(getattr(src, "instances", None)) and callable(getattr(src, "uri", None)) and getattr(src, "name", ""):
+        listing = follow.UriListing(f"{src.name}/studies", lambda: (src.uri(*k) for k in src.instances()))
+    else:
+        return None, {}
+    current = listing.current()
+    found = follow.compare(follow.recorded_sources(writer.index_dir, writer.manifest), listing, current)
+    writer.delete_sources(found.missing + found.changed)
+    writer.release_sources(found.changed + found.returned)  # decoded and embedded again below
+    summary.gone_sources, summary.gone_items = len(found.missing), found.missing_items
+    summary.changed_sources, summary.changed_items = len(found.changed), found.changed_items
+    summary.unknown_sources = found.unknown
+    return listing, current
+
+
+def _recorded(src: Any, writer, current: dict) -> Iterator:
     """The source's decoded items, as the index records them.
 
     A folder's files are recorded relative to the index's archive root and sealed with the
     archive key (:mod:`medcbir.imaging.source_seal`): folder names often carry the PatientID.
+    The size and mtime of each file to decode (``current``, listed before decoding) go into
+    its shard, so the next run notices a change.
     """
     from medcbir.imaging.sources import FolderSource
 
@@ -226,13 +281,20 @@ def _recorded(src: Any, writer) -> Iterator:
         return src.decoded(preprocessing, key, writer.has_source)
     from dataclasses import replace
 
-    from medcbir.imaging.source_seal import SourceSeal
-
-    seal = SourceSeal(key, writer.archive_root(src.root))
+    seal = writer.archive_seal(src.root)
     src.log_name = seal.seal
 
+    def skip(path) -> bool:
+        recorded = seal.seal(path)
+        if writer.has_source(recorded):
+            return True
+        state = current.get(recorded) or follow.file_state(path)
+        if state is not None:
+            writer.note_source(recorded, *state)
+        return False
+
     def sealed() -> Iterator:
-        for d in src.decoded(preprocessing, key, lambda path: writer.has_source(seal.seal(path))):
+        for d in src.decoded(preprocessing, key, skip):
             d.meta = replace(d.meta, source=seal.seal(d.meta.source))
             yield d
 
