@@ -1,4 +1,4 @@
-"""``medcbir index | delete | compact | verify``: thin commands over :mod:`medcbir.indexer`."""
+"""``medcbir index | delete | compact | verify | quarantine``: thin commands over :mod:`medcbir.indexer`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,25 @@ import click
 
 def _summary_lines(summary) -> list[str]:
     skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items())) or "none"
-    return [
+    lines = [
         f"indexed          {summary.indexed}",
         f"already present  {summary.already_present}",
         f"skipped          {sum(summary.skipped.values())} ({skipped})",
+    ]
+    if summary.gone_sources:
+        lines.append(f"source gone      {summary.gone_items} item(s) of {summary.gone_sources} file(s) tombstoned")
+    if summary.changed_sources:
+        lines.append(f"source changed   {summary.changed_items} item(s) of {summary.changed_sources} file(s) replaced by their new content")
+    if summary.dropped_items:
+        known = summary.dropped_items - summary.dropped_unknown
+        note = [f"{known - summary.reembedded} not found in this archive"] if summary.reembedded < known else []
+        if summary.dropped_unknown:
+            note.append(f"{summary.dropped_unknown} with keys the damage made unreadable: among `indexed` when their files are here")
+        lines.append(f"re-embedded      {summary.reembedded} of the {summary.dropped_items} item(s) a repair dropped"
+                     + (f" ({'; '.join(note)})" if note else ""))
+    return lines + [
         f"shards written   {summary.shards}",
-        f"items in index   {summary.total_items}  (spec {summary.index_spec})",
+        f"items in index   {summary.live_items} live, {summary.total_items - summary.live_items} tombstoned  (spec {summary.index_spec})",
         f"elapsed          {summary.elapsed:.1f} s  ({summary.items_per_s:.1f} items/s)",
     ]
 
@@ -130,9 +143,15 @@ def retrain(index_dir, sample, seed) -> None:
 
 @click.command("verify")
 @click.argument("index_dir", metavar="INDEX")
-@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems"}.')
-@click.option("--repair", is_flag=True, help="If the current generation is damaged, fall back to the newest intact kept one (reports what is lost).")
-def verify(index_dir, as_json, repair) -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems", ...}.')
+@click.option("--repair", is_flag=True,
+              help="Drop damaged shards' items (the next `index` run embeds them again), rebuild damaged FAISS files, "
+                   "or fall back to the newest intact kept generation when the manifest is damaged; reports what it did.")
+@click.option("--sources", "sources", is_flag=True,
+              help="Also check that every indexed file (or DICOMweb instance) is still there, unchanged; changes nothing. "
+                   "Exit 1 when some are missing or changed.")
+@click.pass_context
+def verify(ctx, index_dir, as_json, repair, sources) -> None:
     """Recompute every checksum of INDEX and check its consistency; exit 2 if anything is wrong."""
     from medcbir.errors import IndexCorrupt
     from medcbir.indexer import verify as verify_index
@@ -143,25 +162,90 @@ def verify(index_dir, as_json, repair) -> None:
 
         repaired = repair_index(index_dir)
         if not as_json:
-            click.echo(("repaired: " if repaired.recovered else "") + repaired.summary())
+            click.echo(("repaired: " if repaired.changed else "") + repaired.summary())
             for line in repaired.rejected:
                 click.echo(f"  rejected {line}")
     report = verify_index(index_dir)
+    found = _check_sources(index_dir) if sources and report.ok else None
     if as_json:
         data = report.to_dict()
         out = {k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec",
-                                    "recall_at_10", "target_recall", "search_params")}
+                                    "recall_at_10", "target_recall", "search_params", "dropped")}
         if repaired is not None:
             out["repair"] = repaired.to_dict()
+        if found is not None:
+            out["sources"] = found.to_dict()
         click.echo(json.dumps(out))
     else:
         status = "ok" if report.ok else "BROKEN"
         click.echo(f"{status}: {report.items} item(s) in {report.shards} shard(s), {report.deleted} deleted, "
                    f"generation {report.generation}, spec {report.index_spec}"
                    + (f", recall@10 {report.recall_at_10:.3f} (target {report.target_recall})" if report.recall_at_10 is not None else ""))
+        if report.dropped:
+            click.echo(f"  {report.dropped} item(s) dropped by a repair wait to be embedded again by the next `medcbir index` run")
+        if found is not None:
+            click.echo(f"sources {'ok' if found.ok else 'CHANGED'}: {found.summary()}")
     if not report.ok:
         if not as_json:
             for problem in report.problems:
                 click.echo(f"  {problem}")
         # main() prints it as the one `error: <file>: <problem>` line on stderr, exit 2.
         raise IndexCorrupt(report.problems[0])
+    if found is not None and not found.ok:
+        ctx.exit(1)
+
+
+def _check_sources(index_dir):
+    """``verify --sources``: the index's files looked at where they were, DICOMweb servers listed."""
+    from medcbir.indexer.follow import verify_sources
+
+    def instances(base: str):
+        from medcbir.pacs.dicomweb import DicomwebSource
+
+        server = DicomwebSource(base)
+        return (server.uri(*k) for k in server.instances())
+
+    return verify_sources(index_dir, instances)
+
+
+@click.command("quarantine")
+@click.argument("index_dir", metavar="INDEX")
+@click.option("--json", "as_json", is_flag=True, help='Print {"files", "by_reason", "entries": [{"path", "reason", "detail"}], "revealed"}.')
+@click.option("--reveal", is_flag=True, help="Show the files' paths, opened with the archive key (they may name patients).")
+@click.option("--key-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The archive's pseudonym key for --reveal (default: the index's).")
+def quarantine(index_dir, as_json, reveal, key_file) -> None:
+    """List the files INDEX's indexing runs skipped: one entry per file (the latest reason), counts per reason.
+
+    Paths are shown sealed (as the index records them) unless --reveal opens them with the key.
+    """
+    from pathlib import Path
+
+    from medcbir.errors import ConfigError
+    from medcbir.indexer.manifest import read_manifest
+    from medcbir.indexer.quarantine import read_log
+
+    manifest = read_manifest(index_dir)
+    entries = read_log(index_dir)
+    opened = None
+    if reveal:
+        from medcbir.indexer.store import seal_of
+
+        seal = seal_of(Path(index_dir), manifest, Path(key_file).read_bytes() if key_file else None)
+        if seal is None:
+            raise ConfigError("--reveal needs the archive key that sealed the paths (INDEX/pseudonym.key or --key-file) "
+                              "and an index that recorded its archive root")
+        opened = seal.open
+    rows = []
+    for e in entries:
+        path = opened(e.path) if opened else e.path
+        rows.append({"path": path, "reason": e.reason, "detail": e.detail.replace(e.path, path)})
+    by_reason: dict[str, int] = {}
+    for row in rows:
+        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+    if as_json:
+        click.echo(json.dumps({"files": len(rows), "by_reason": dict(sorted(by_reason.items())), "entries": rows, "revealed": bool(reveal)}))
+        return
+    click.echo(f"{len(rows)} file(s) skipped" + (": " + ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())) if rows else ""))
+    for row in sorted(rows, key=lambda r: (r["reason"], r["path"])):
+        click.echo(f"  {row['reason']:<20} {row['path']}" + (f"  ({row['detail']})" if row["detail"] else ""))

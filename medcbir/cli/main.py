@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "delete": "medcbir.cli.index:delete",
     "compact": "medcbir.cli.index:compact",
     "verify": "medcbir.cli.index:verify",
+    "quarantine": "medcbir.cli.index:quarantine",
     "retrain": "medcbir.cli.index:retrain",
     "search": "medcbir.cli.search:search",
     "evaluate": "medcbir.cli.search:evaluate",
@@ -40,7 +41,8 @@ HELP = {
     "index": "Embed an archive into an index (HDF5 shards + FAISS); resumable.",
     "delete": "Tombstone series or studies in an index.",
     "compact": "Merge small shards and drop tombstoned items (online).",
-    "verify": "Recompute checksums and check an index's consistency.",
+    "verify": "Recompute checksums and check an index's consistency (--repair, --sources).",
+    "quarantine": "List the files indexing skipped (reason, count per reason; paths sealed unless --reveal).",
     "retrain": "Retrain an index's IVF/PQ on a fresh sample of all its items.",
     "search": "Top-K similar images for one or more queries.",
     "evaluate": "Leave-one-out retrieval metrics (MAP@K, AP@K, precision@K, kNN accuracy).",
@@ -94,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = os.environ.get("MEDCBIR_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="medcbir", standalone_mode=False)
+        # A command that exits with ctx.exit(code) (e.g. `verify --sources` finding changes)
+        # returns that code here; commands themselves return None.
+        code = cli.main(args=argv, prog_name="medcbir", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         return 130
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: internal error ({exc.__class__.__name__}: {_one_line(exc)}); re-run with --debug for details", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def entry() -> None:

@@ -28,10 +28,13 @@ import click
 @click.option("--override", "overrides", multiple=True, metavar="NAME=JSON",
               help="Force one nuisance for every patient, e.g. --override pixel_spacing=0.9 "
                    "--override 'offset_mm=[20,-10]' --override noise=25 (names: docs/contracts.md).")
+@click.option("--force", is_flag=True, help="Replace the phantom archive already in OUT (its files are removed first; other content is refused).")
 def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_compress: bool, workers: int,
-            studies_per_patient: int, simple: bool, v3: bool, modality: str, overrides: tuple[str, ...]) -> None:
-    """Write a synthetic CT archive (real DICOM) with labels.csv, masks.h5 and phantom.json."""
+            studies_per_patient: int, simple: bool, v3: bool, modality: str, overrides: tuple[str, ...], force: bool = False) -> None:
+    """Write a synthetic CT archive (real DICOM) with labels.csv, masks.h5 and phantom.json into OUT (new or empty)."""
     from medcbir.imaging.phantom import make_archive
+
+    _clear(out, force)
 
     summary = make_archive(out, patients=patients, slices=slices, seed=seed, size=size, compress=not no_compress,
                            workers=workers, studies_per_patient=studies_per_patient, simple=simple,
@@ -47,6 +50,15 @@ def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_comp
     truth = [summary.labels_csv, summary.labels_liver_csv, summary.labels_lesion_csv, summary.labels_lesion_kind_csv,
              summary.lesion_boxes_csv, summary.slices_csv, summary.masks_h5, summary.phantom_json]
     click.echo("  ground truth: " + ", ".join(str(path) for path in truth if path is not None))
+
+
+def _clear(out: Path, force: bool) -> None:
+    """Refuse a non-empty OUT without ``force``: re-running into an indexed archive replaces its
+    files (``make_archive`` then replaces only a previous phantom archive, refusing other content)."""
+    from medcbir.errors import ConfigError
+
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"{out} is not empty: choose an empty folder, or add --force to replace the phantom archive in it")
 
 
 def _parse_overrides(pairs: tuple[str, ...]) -> dict:

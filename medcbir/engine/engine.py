@@ -144,6 +144,15 @@ class Engine:
     def __len__(self) -> int:
         return self._n_live
 
+    def require_items(self) -> int:
+        """The number of live items; raises when there is none (an empty archive was indexed,
+        or every item was deleted): nothing can be searched, evaluated or explained."""
+        if self._n_live == 0:
+            where = getattr(self.store, "index_dir", None)
+            raise ConfigError(f"the index{f' {where}' if where else ''} holds no live item: nothing to search "
+                              "(was its archive empty? `medcbir index ARCHIVE --out INDEX` adds items)")
+        return self._n_live
+
     def set_search_params(self, **knobs) -> None:
         """Default FAISS knobs for every search (``nprobe``, ``efSearch``, ``k_factor``)."""
         self.knobs.update({k: v for k, v in knobs.items() if v is not None})
@@ -286,6 +295,9 @@ class Engine:
         check_exclude(exclude)
         if int(k) < 1:
             raise ConfigError(f"k must be ≥ 1, got {k}")
+        # More neighbours than live items cannot be returned: k beyond them would only allocate
+        # B×k answer slots (a huge -k costs memory and time, never answers).
+        k = min(int(k), self.require_items())
         self._warn_low_recall()
         resolved = QueryResolver(self).resolve(queries)
         if not resolved:
@@ -347,6 +359,8 @@ class Engine:
         check_group_by(group_by)
         if int(k) < 1 or int(per_group) < 1:
             raise ConfigError(f"k and per_group must be ≥ 1, got {k} and {per_group}")
+        n_live = self.require_items()
+        k = min(int(k), n_live)
         cases = [list(q) if isinstance(q, (list, tuple)) else [q] for q in _as_case_list(queries)]
         if any(not case for case in cases):
             raise ConfigError("a case query has no image (an empty series or folder?)")
@@ -354,7 +368,7 @@ class Engine:
         resolved = QueryResolver(self).resolve(flat)
         vectors = self._embed(resolved)
         base = self.filter_mask(Filters.of(modality, body_part, series, study))
-        pool = int(hits) if hits else max(100, 20 * int(k))
+        pool = min(int(hits) if hits else max(100, 20 * int(k)), n_live)
         uniques, codes = self._codes_of(GROUP_COLUMNS[group_by])
         group_of = np.full(self.id_range, -1, dtype=np.int64)
         group_of[self.ids] = codes

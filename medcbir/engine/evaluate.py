@@ -69,6 +69,7 @@ def evaluate(engine, labels_csv, k: int = 5, exclude: str = "same-patient", quer
     k = int(k)
     if k < 1:
         raise ConfigError(f"k must be ≥ 1, got {k}")
+    engine.require_items()
     table = read_labels(labels_csv)
     uids, frames, labels = list(table.uids), list(table.frames), list(table.labels)
     found = engine.lookup.find(uids, frames) if uids else np.zeros(0, np.int64)
@@ -135,14 +136,17 @@ def _groups(engine, query_ids: np.ndarray, exclude: str) -> dict:
 
 def _leave_one_out(engine, vectors, query_ids, k, searchable, groups, index=None) -> tuple[np.ndarray, np.ndarray]:
     """Top-K of each query among ``searchable`` minus its exclusion group and minus itself."""
-    scores, ids = engine.search_groups(vectors, k + 1, searchable, groups, index=index)
-    out_s = np.empty((len(ids), k), dtype=np.float32)
-    out_i = np.empty((len(ids), k), dtype=np.int64)
+    # No more than the searchable items can come back: a K beyond them is padded (-1), not fetched.
+    fetch = min(k + 1, max(1, int(np.count_nonzero(searchable))))
+    scores, ids = engine.search_groups(vectors, fetch, searchable, groups, index=index)
+    out_s = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(ids), k), -1, dtype=np.int64)
     for q, own in enumerate(query_ids.tolist()):
         keep = ids[q] != own
-        if keep.all():
+        if keep.all() and fetch == k + 1:
             keep[-1] = False  # self was not among the K+1 (excluded, or missed): drop the extra
-        out_s[q], out_i[q] = scores[q][keep], ids[q][keep]
+        kept = min(int(np.count_nonzero(keep)), k)
+        out_s[q, :kept], out_i[q, :kept] = scores[q][keep][:kept], ids[q][keep][:kept]
     return out_s, out_i
 
 

@@ -150,6 +150,7 @@ def prior_exams(engine, query, *, modality=None, context: str = "series") -> Pri
     """
     if context not in ("series", "slice"):
         raise ConfigError(f"context must be 'series' or 'slice', not {context!r}")
+    engine.require_items()
     [q] = QueryResolver(engine).resolve([query])
     if not q.patient:
         raise ConfigError("the query's patient is unknown (not an item of the index and no pseudonym key to compute it); prior exams need a patient")

@@ -65,6 +65,8 @@ def read_labels(path: str | Path) -> Labels:
             if missing:
                 raise LabelsError(f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
             for line, row in enumerate(reader, start=2):
+                if row.get("sop_instance_uid") is None or row.get("label") is None:
+                    raise LabelsError(f"{path}:{line}: fewer columns than the header ({','.join(reader.fieldnames or [])})")
                 frame = (row.get("frame") or "").strip()
                 try:
                     frames.append(int(frame or 0))
@@ -78,4 +80,6 @@ def read_labels(path: str | Path) -> Labels:
         ) from None
     except csv.Error as exc:
         raise LabelsError(f"{path}: not a CSV file ({exc})") from None
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     return Labels(str(path), tuple(uids), tuple(frames), tuple(labels))

@@ -13,6 +13,11 @@ root*, sealed with AES-SIV under a key derived from the archive's pseudonym key:
 
 URIs (``orthanc://<id>``, DICOMweb URLs) name no patient and are recorded as they are.
 
+The root itself is recorded sealed too (:meth:`SourceSeal.root_record`, under its own
+associated data, so a root record never opens as a file record): an archive folder may be the
+patient's own (``<PatientID>_<PatientName>/``). Indexes written before that recorded the
+plain root; :meth:`SourceSeal.from_record` opens both.
+
 Example:
     >>> seal = SourceSeal(b"k" * 32, "/archive")
     >>> record = seal.seal("/archive/P001_DOE^JANE/1.dcm")
@@ -35,6 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 PREFIX = "sealed:"
 _CONTEXT = b"medcbir source seal v1"
+_ROOT_CONTEXT = b"medcbir archive root v1"
 
 
 def is_sealed(recorded: str) -> bool:
@@ -56,11 +62,46 @@ class SourceSeal:
         self._siv = AESSIV(hmac.new(bytes(key), _CONTEXT, hashlib.sha512).digest())
         self.root = Path(os.path.abspath(root))
 
+    @classmethod
+    def from_record(cls, key: bytes, recorded_root: str) -> "SourceSeal":
+        """The seal of an index whose manifest records ``recorded_root``: a
+        :meth:`root_record`, or the plain absolute root older indexes kept.
+
+        Raises:
+            ValueError: a sealed root that does not open under ``key`` (another key, damaged).
+        """
+        recorded_root = str(recorded_root)
+        if not is_sealed(recorded_root):
+            return cls(key, recorded_root)
+        seal = cls(key, "/")
+        root = seal._decrypt(recorded_root, _ROOT_CONTEXT)
+        if root is None:
+            raise ValueError("the recorded archive root does not open with this key")
+        seal.root = Path(root)
+        return seal
+
+    def root_record(self) -> str:
+        """The archive root as the manifest records it (sealed: it may name the patient)."""
+        return self._encrypt(str(self.root), _ROOT_CONTEXT)
+
+    def contains(self, path: str | Path) -> bool:
+        """True when ``path`` lies in the archive root's folder tree."""
+        return Path(os.path.abspath(path)).is_relative_to(self.root)
+
+    def _encrypt(self, text: str, context: bytes) -> str:
+        token = self._siv.encrypt(text.encode("utf-8"), [context])
+        return PREFIX + base64.urlsafe_b64encode(token).decode("ascii").rstrip("=")
+
+    def _decrypt(self, recorded: str, context: bytes) -> str | None:
+        data = recorded[len(PREFIX):]
+        try:
+            return self._siv.decrypt(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)), [context]).decode("utf-8")
+        except (InvalidTag, ValueError):
+            return None
+
     def seal(self, path: str | Path) -> str:
         """The record of a file: ``sealed:`` + base64url(AES-SIV(path relative to the root))."""
-        relative = os.path.relpath(os.path.abspath(path), self.root)
-        token = self._siv.encrypt(relative.encode("utf-8"), [_CONTEXT])
-        return PREFIX + base64.urlsafe_b64encode(token).decode("ascii").rstrip("=")
+        return self._encrypt(os.path.relpath(os.path.abspath(path), self.root), _CONTEXT)
 
     def open(self, recorded: str) -> str:
         """The absolute path of a sealed record; any other record is returned as it is.
@@ -71,9 +112,5 @@ class SourceSeal:
         recorded = str(recorded)
         if not is_sealed(recorded):
             return recorded
-        data = recorded[len(PREFIX):]
-        try:
-            relative = self._siv.decrypt(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)), [_CONTEXT])
-        except (InvalidTag, ValueError):
-            return recorded
-        return os.path.normpath(self.root / relative.decode("utf-8"))
+        relative = self._decrypt(recorded, _CONTEXT)
+        return recorded if relative is None else os.path.normpath(self.root / relative)

@@ -21,7 +21,7 @@ from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
-from medcbir.indexer.shard import concat_columns, read_columns, read_embeddings, write_shard
+from medcbir.indexer.shard import concat_columns, read_columns, read_embeddings, read_source_stats, write_shard
 from medcbir.indexer.staging import Overtaken, new_staging, publish, same_prefix
 
 # A shard below this fraction of the shard size counts as small.
@@ -56,7 +56,7 @@ def compaction_due(manifest: dict, shard_size: int | None = None) -> bool:
     return small >= DUE_SMALL_SHARDS or (items > 0 and n_deleted / items >= DUE_DELETED_FRACTION)
 
 
-class _Rewriter:
+class TailRewriter:
     """Writes live items of old shards into full new shards in a staging folder."""
 
     def __init__(self, index_dir: Path, staging: Path, manifest: dict, first_id: int, size: int) -> None:
@@ -66,6 +66,7 @@ class _Rewriter:
         self.kept_old_ids: list[np.ndarray] = []  # old id of each new item, in new-id order
         self._cols: list[dict] = []
         self._emb: list[np.ndarray] = []
+        self._stats: dict[bytes, tuple[int, int]] = {}
         self._pending = 0
         self._base = None
         if manifest.get("trained"):
@@ -79,8 +80,11 @@ class _Rewriter:
         keep = np.nonzero(~np.isin(ids, deleted))[0]
         if not len(keep):
             return
-        self._cols.append({k: v[keep] for k, v in read_columns(path).items()})
+        cols = {k: v[keep] for k, v in read_columns(path).items()}
+        self._cols.append(cols)
         self._emb.append(read_embeddings(path)[keep])
+        kept_sources = set(cols["source"].tolist()) if "source" in cols else set()
+        self._stats.update({n: st for n, st in read_source_stats(path).items() if n in kept_sources})
         self.kept_old_ids.append(ids[keep])
         self._pending += len(keep)
         # Flushing only between old shards keeps each source's frames in one shard.
@@ -93,14 +97,14 @@ class _Rewriter:
         cols, emb = concat_columns(self._cols), np.concatenate(self._emb)
         ids = np.arange(self.next_id, self.next_id + len(emb), dtype=np.int64)
         name = f"staged-{len(self.entries):06d}"
-        nbytes, digest = write_shard(self.staging / f"{name}.h5", ids, emb, cols, self.manifest["encoder"])
+        nbytes, digest = write_shard(self.staging / f"{name}.h5", ids, emb, cols, self.manifest["encoder"], self._stats)
         entry = {"file": f"{name}.h5", "items": len(emb), "bytes": nbytes, "sha256": digest,
                  "first_id": int(ids[0]), "last_id": int(ids[-1]), "faiss": None}
         if self._base is not None:
             entry["faiss"] = stamp(faiss_index.write_shard_part(self._base, ids, emb, self.staging / name), self.staging)
         self.entries.append(stamp(entry, self.staging))
         self.next_id += len(emb)
-        self._cols, self._emb, self._pending = [], [], 0
+        self._cols, self._emb, self._stats, self._pending = [], [], {}, 0
 
 
 def compact(index_dir: str | Path, shard_size: int | None = None, force: bool = True) -> dict:
@@ -129,7 +133,7 @@ def compact(index_dir: str | Path, shard_size: int | None = None, force: bool = 
     staging = new_staging(index_dir)
     try:
         first_id = int(snapshot["shards"][start]["first_id"])
-        rewriter = _Rewriter(index_dir, staging, snapshot, first_id, size)
+        rewriter = TailRewriter(index_dir, staging, snapshot, first_id, size)
         for entry in snapshot["shards"][start:]:
             rewriter.add_shard(entry, deleted)
         with WriterLock(index_dir, wait=True):

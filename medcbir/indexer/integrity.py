@@ -102,8 +102,8 @@ def committed_records(manifest: dict) -> list[dict]:
         out.append(shard)
         if shard.get("faiss"):
             out.append(shard["faiss"])
-    for extra in (manifest.get("trained"), manifest.get("deleted")):
-        if isinstance(extra, dict):
+    for extra in (manifest.get("trained"), manifest.get("deleted"), manifest.get("dropped")):
+        if isinstance(extra, dict) and extra.get("file"):
             out.append(extra)
     return out
 

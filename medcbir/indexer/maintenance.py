@@ -85,6 +85,8 @@ class VerifyReport:
     generation: int = 0
     index_spec: str = ""
     problems: list[str] = field(default_factory=list)
+    #: items a repair dropped that no indexing run has embedded again yet
+    dropped: int = 0
     #: measured recall@10 of the approximate index on its own items (None: exact or not measured)
     recall_at_10: float | None = None
     target_recall: float | None = None
@@ -104,7 +106,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
     encoder fingerprint, dim and metric equal the manifest's; its embeddings match their
     recorded sha256 and shape; its ids are exactly ``first_id..last_id`` and every column
     has one row per id; ids are dense across shards and end at ``next_id``; no item key
-    ``(sop_instance_uid, frame)`` appears twice; FAISS files hold each shard's vectors;
+    ``(sop_instance_uid, frame)`` appears twice among live items; FAISS files hold each shard's vectors;
     tombstones are valid ids.
 
     Raises:
@@ -116,7 +118,8 @@ def verify(index_dir: str | Path) -> VerifyReport:
     except IndexCorrupt as exc:
         return VerifyReport(ok=False, problems=[str(exc)])
     report = VerifyReport(items=int(manifest["next_id"]), shards=len(manifest["shards"]),
-                          generation=int(manifest["generation"]), index_spec=manifest["index_spec"])
+                          generation=int(manifest["generation"]), index_spec=manifest["index_spec"],
+                          dropped=int((manifest.get("dropped") or {}).get("items", 0)))
     measured = manifest.get("recall") or {}
     report.recall_at_10 = measured.get("recall_at_10")
     report.target_recall = measured.get("target", manifest.get("target_recall"))
@@ -138,6 +141,10 @@ def verify(index_dir: str | Path) -> VerifyReport:
         if rec.get(FIELD) and path.is_file() and path.stat().st_size == int(rec["bytes"]) and fast_checksum(path) != rec[FIELD]:
             problems.append(f"{rec['file']}: checksum mismatch ({FIELD} differs from the committed {rec[FIELD]})")
     broken = {p.split(":")[0] for p in problems}
+    try:
+        deleted = deleted_ids(index_dir, manifest, verify=False)
+    except MedcbirError:
+        deleted = np.zeros(0, dtype=np.int64)  # reported below
     fingerprint = manifest["encoder"]["fingerprint"]
     dim = int(manifest["encoder"]["dim"])
     expected_first = 0
@@ -150,7 +157,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
         if name in broken:
             continue
         try:
-            problems.extend(_check_shard(index_dir / name, entry, fingerprint, dim, keys))
+            problems.extend(_check_shard(index_dir / name, entry, fingerprint, dim, keys, deleted))
         except (OSError, KeyError) as exc:
             problems.append(f"{name}: unreadable shard ({exc})")
         if entry.get("faiss") and entry["faiss"]["file"] not in broken:
@@ -178,7 +185,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
     return report
 
 
-def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set) -> list[str]:
+def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set, deleted: np.ndarray) -> list[str]:
     from medcbir.indexer.writer import key_hash
 
     name = path.name
@@ -200,8 +207,10 @@ def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set)
         for column in f["meta"]:
             if f["meta"][column].shape[0] != len(ids):
                 out.append(f"{name}: column {column} has {f['meta'][column].shape[0]} rows for {len(ids)} ids")
-        sops = f["meta"]["sop_instance_uid"][...]
-        frames = f["meta"]["frame"][...]
+        # A tombstoned item's key may come back (its file replaced): only live keys are unique.
+        live = ~np.isin(ids, deleted)
+        sops = f["meta"]["sop_instance_uid"][...][live]
+        frames = f["meta"]["frame"][...][live]
     dupes = 0
     for sop, frame in zip(sops, frames):
         h = key_hash(sop.decode("utf-8"), int(frame))

@@ -30,6 +30,12 @@ Fields::
     next_id                 the id the next item gets (ids are dense: 0 .. next_id-1)
     next_shard              the number the next shard file gets
     key_file                pseudonym key file when not INDEX/pseudonym.key (else null)
+    archive_root            the folder file sources are recorded relative to, sealed with the
+                            archive key (older indexes: the plain absolute path)
+    dropped                 optional {file, bytes, sha256, xxh3, items, keys}: items a repair
+                            dropped with their damaged shard, and a .npy of their key hashes
+                            (``keys`` of them could be read); the next indexing run re-embeds
+                            them from their sources, reports how many, and removes the record
     created, updated        ISO-8601 UTC
 """
 
@@ -46,7 +52,7 @@ import numpy as np
 
 from medcbir.errors import IndexCorrupt, IndexNotFound
 from medcbir.indexer.checksum import fast_checksum
-from medcbir.indexer.fsutil import commit_file, tmp_name, write_json_atomic
+from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name, write_json_atomic
 
 FORMAT = "medcbir-index"
 VERSION = 1
@@ -206,11 +212,8 @@ def deleted_ids(index_dir: Path, manifest: dict, verify: bool = True) -> np.ndar
     path = Path(index_dir) / deleted["file"]
     if not path.is_file():
         raise IndexCorrupt(f"{path.name}: tombstone file is missing")
-    if verify:
-        from medcbir.indexer.fsutil import sha256_file
-
-        if path.stat().st_size != deleted["bytes"] or sha256_file(path) != deleted["sha256"]:
-            raise IndexCorrupt(f"{path.name}: checksum mismatch (tombstone file)")
+    if verify and (path.stat().st_size != deleted["bytes"] or sha256_file(path) != deleted["sha256"]):
+        raise IndexCorrupt(f"{path.name}: checksum mismatch (tombstone file)")
     return np.sort(np.load(path, allow_pickle=False).astype(np.int64))
 
 
@@ -220,8 +223,6 @@ def store_deleted(index_dir: Path, manifest: dict, ids: np.ndarray) -> None:
     if ids.size <= INLINE_DELETED_MAX:
         manifest["deleted"] = [int(i) for i in ids]
         return
-    from medcbir.indexer.fsutil import sha256_file
-
     final = Path(index_dir) / f"tombstones-{int(manifest.get('generation', 0)) + 1:06d}.npy"
     tmp = tmp_name(final)
     with open(tmp, "wb") as fh:
@@ -229,6 +230,29 @@ def store_deleted(index_dir: Path, manifest: dict, ids: np.ndarray) -> None:
     commit_file(tmp, final)
     manifest["deleted"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final), "count": int(ids.size),
                            "xxh3": fast_checksum(final)}
+
+
+def dropped_keys(index_dir: Path, manifest: dict) -> np.ndarray:
+    """uint64 key hashes of the items a repair dropped (empty when none or unknown)."""
+    record = manifest.get("dropped") or {}
+    path = Path(index_dir) / record["file"] if record.get("file") else None
+    if path is None or not path.is_file():
+        return np.zeros(0, dtype=np.uint64)
+    return np.load(path, allow_pickle=False).astype(np.uint64)
+
+
+def store_dropped(index_dir: Path, manifest: dict, keys: np.ndarray, items: int) -> None:
+    """Record in ``manifest`` that ``items`` were dropped by a repair (``keys``: the hashes of
+    those whose key could still be read), adding to a record not yet settled."""
+    earlier = manifest.get("dropped") or {}
+    keys = np.union1d(dropped_keys(index_dir, manifest), np.asarray(keys, dtype=np.uint64))
+    final = Path(index_dir) / f"dropped-{int(manifest.get('generation', 0)) + 1:06d}.npy"
+    tmp = tmp_name(final)
+    with open(tmp, "wb") as fh:
+        np.save(fh, keys, allow_pickle=False)
+    commit_file(tmp, final)
+    manifest["dropped"] = {"file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final),
+                           "xxh3": fast_checksum(final), "items": int(earlier.get("items", 0)) + int(items), "keys": int(keys.size)}
 
 
 def referenced_files(manifest: dict) -> set[str]:
@@ -240,6 +264,7 @@ def referenced_files(manifest: dict) -> set[str]:
             names.add(shard["faiss"]["file"])
     if manifest.get("trained"):
         names.add(manifest["trained"]["file"])
-    if isinstance(manifest.get("deleted"), dict):
-        names.add(manifest["deleted"]["file"])
+    for extra in ("deleted", "dropped"):
+        if isinstance(manifest.get(extra), dict) and manifest[extra].get("file"):
+            names.add(manifest[extra]["file"])
     return names

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medcbir.indexer import follow, quarantine
 from medcbir.indexer.summary import IndexSummary
 from medcbir.indexer.writer import IndexWriter
 
@@ -143,21 +144,26 @@ def index_archive(
                                  batch_size=batch_size, key_file=key_file, target_recall=target_recall)
     start = time.perf_counter()
     index_dir = Path(index_dir)
-    src = as_source(source, workers=workers, quarantine=index_dir / "quarantine.log")
+    src = as_source(source, workers=workers, quarantine=index_dir / quarantine.LOG)
     summary = IndexSummary()
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device, target_recall=target_recall)
     writer.batch_size = batch_size
-    total = _count_hint(src)
-    bar = _progress(progress, total)
+    log_start = quarantine.mark(index_dir)
+    listing, complete, bar = None, False, None
     try:
-        stream = _recorded(src, writer)
-        for batch in prefetch(stream, batch_size):
+        listing, current = follow.follow_sources(src, writer, summary)
+        bar = _progress(progress, len(current) if listing is not None else _count_hint(src))
+        for batch in prefetch(_recorded(src, writer, current), batch_size):
             added = writer.add(batch)
             summary.indexed += added
             summary.already_present += len(batch) - added
             if bar is not None:
                 bar.update(len(batch))
         writer.close()
+        summary.dropped_items, summary.reembedded, summary.dropped_unknown = writer.settle_dropped()
+        complete = True
+        if listing is not None and not getattr(src, "quarantine", None):  # a network source logs nothing itself
+            quarantine.append(index_dir, [quarantine.Entry(*q) for q in getattr(src.report, "quarantined", [])])
     except BaseException:
         # Keep what is committed; the buffer may end mid-source, so it is not committed.
         writer.abort()
@@ -165,6 +171,7 @@ def index_archive(
     finally:
         if bar is not None:
             bar.close()
+        quarantine.settle(index_dir, log_start, listing.owns if complete and listing is not None else None)
     report = getattr(src, "report", None)
     if report is not None:
         summary.skipped = dict(getattr(report, "skipped", {}) or {})
@@ -173,11 +180,13 @@ def index_archive(
     return summary.finish(writer, start)
 
 
-def _recorded(src: Any, writer) -> Iterator:
+def _recorded(src: Any, writer, current: dict) -> Iterator:
     """The source's decoded items, as the index records them.
 
     A folder's files are recorded relative to the index's archive root and sealed with the
     archive key (:mod:`medcbir.imaging.source_seal`): folder names often carry the PatientID.
+    The size and mtime of each file to decode (``current``, listed before decoding) go into
+    its shard, so the next run notices a change.
     """
     from medcbir.imaging.sources import FolderSource
 
@@ -186,13 +195,20 @@ def _recorded(src: Any, writer) -> Iterator:
         return src.decoded(preprocessing, key, writer.has_source)
     from dataclasses import replace
 
-    from medcbir.imaging.source_seal import SourceSeal
-
-    seal = SourceSeal(key, writer.archive_root(src.root))
+    seal = writer.archive_seal(src.root)
     src.log_name = seal.seal
 
+    def skip(path) -> bool:
+        recorded = seal.seal(path)
+        if writer.has_source(recorded):
+            return True
+        state = current.get(recorded) or follow.file_state(path)
+        if state is not None:
+            writer.note_source(recorded, *state)
+        return False
+
     def sealed() -> Iterator:
-        for d in src.decoded(preprocessing, key, lambda path: writer.has_source(seal.seal(path))):
+        for d in src.decoded(preprocessing, key, skip):
             d.meta = replace(d.meta, source=seal.seal(d.meta.source))
             yield d
 

@@ -25,7 +25,6 @@ orphans and the re-run skips every committed source.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 import warnings
@@ -51,31 +50,61 @@ COMMIT_SECONDS = 10.0
 
 # ---------------------------------------------------------------------------- sources → units
 class FolderUnits:
-    """A folder archive as units (absolute file paths), decoded with :func:`medcbir.imaging.walk`."""
+    """A folder archive as units (absolute file paths), decoded with :func:`medcbir.imaging.walk`.
+
+    Sources are recorded sealed (:mod:`medcbir.imaging.source_seal`) once :meth:`seal_with`
+    gave the index's key and archive root: the tasks seal what they decode.
+    """
 
     def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
         self.path = Path(path).absolute()
         self.timeout = timeout
+        self._seal_args: tuple[bytes, str] | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    def seal_with(self, key: bytes, root: str | Path) -> None:
+        self._seal_args = (bytes(key), str(root))
+
+    def _seal(self):
+        from medcbir.imaging.source_seal import SourceSeal
+
+        return SourceSeal(*self._seal_args) if self._seal_args else None
 
     def units(self, skip_source) -> tuple[list[str], int]:
         """(sources to decode, number passed because already committed), in walk order."""
         from medcbir.imaging import list_files
 
+        seal = self._seal()
         todo, passed = [], 0
         for path in list_files(self.path):
-            if skip_source(str(path)):
+            if skip_source(seal.seal(path) if seal else str(path)):
                 passed += 1
             else:
                 todo.append(str(path))
         return todo, passed
 
-    def decode(self, units: list[str], preprocessing, key: bytes | None) -> tuple[list, list]:
-        """(decoded items, skipped ``(path, reason, detail)``) of some units, in order."""
-        from medcbir.imaging import walk
+    def decode(self, units: list[str], preprocessing, key: bytes | None) -> tuple[list, list, dict]:
+        """(decoded items, skipped ``(path, reason, detail)``, recorded source → (size,
+        mtime_ns) seen before decoding) of some units, in order."""
+        from dataclasses import replace
 
+        from medcbir.imaging import walk
+        from medcbir.indexer.follow import file_state
+
+        seal = self._seal()
+        record = seal.seal if seal is not None else str
+        states = {record(u): file_state(u) for u in units}
         w = walk([Path(u) for u in units], preprocessing=preprocessing, workers=1, key=key, timeout=self.timeout)
         decoded = list(w)
-        return decoded, [tuple(q) for q in w.report.quarantined]
+        skips = [tuple(q) for q in w.report.quarantined]
+        if seal is not None:
+            for d in decoded:
+                d.meta = replace(d.meta, source=seal.seal(d.meta.source))
+            skips = [(seal.seal(path), reason, str(detail).replace(path, seal.seal(path))) for path, reason, detail in skips]
+        return decoded, skips, {name: state for name, state in states.items() if state is not None}
 
 
 class DicomwebUnits:
@@ -94,7 +123,7 @@ class DicomwebUnits:
                 todo.append(f"{study}/{series}/{sop}")
         return todo, passed
 
-    def decode(self, units: list[str], preprocessing, key: bytes | None) -> tuple[list, list]:
+    def decode(self, units: list[str], preprocessing, key: bytes | None) -> tuple[list, list, dict]:
         decoded, skips = [], []
         for unit in units:
             uri, items, reason, detail = self.source._retrieve(tuple(unit.split("/")), preprocessing, key)
@@ -102,7 +131,7 @@ class DicomwebUnits:
                 skips.append((uri, reason, detail))
             else:
                 decoded.extend(items)
-        return decoded, skips
+        return decoded, skips, {}  # an instance has no size or mtime to record
 
 
 def as_units(source: Any):
@@ -208,11 +237,11 @@ def decode_job(batch: dict, units_of, preprocessing: dict, key: bytes | None) ->
     out_jobs, out_payload = [], []
     for job, units in zip(batch["job"], batch["units"]):
         units = [str(u) for u in units]
-        decoded, skips = units_of.decode(units, prep, key)
+        decoded, skips, states = units_of.decode(units, prep, key)
         images = np.stack([np.asarray(d.image, dtype=np.float32) for d in decoded]) if decoded else np.zeros((0, *prep_shape(prep)), np.float32)
         metas = [d.meta for d in decoded]
         out_jobs.append(int(job))
-        out_payload.append(pickle.dumps((images, metas, skips, len(units)), protocol=5))
+        out_payload.append(pickle.dumps((images, metas, skips, len(units), states), protocol=5))
     return {"job": np.asarray(out_jobs, dtype=np.int64), "payload": np.asarray(out_payload, dtype=object)}
 
 
@@ -257,7 +286,7 @@ class EmbedWriter:
         from medcbir.indexer.shard import meta_columns, shard_name, write_shard
         from medcbir.indexer.writer import key_hash
 
-        images, metas, skips, n_units = payload
+        images, metas, skips, n_units, states = payload
         keys = np.asarray([key_hash(m.sop_instance_uid, m.frame) for m in metas], dtype=np.uint64)
         _, source_codes = np.unique(np.asarray([str(m.source) for m in metas], dtype=object).astype(str), return_inverse=True) if metas else (None, np.zeros(0, np.int64))
         keep, plan = ray.get(self.ledger.reserve.remote(job, keys, source_codes))
@@ -269,7 +298,9 @@ class EmbedWriter:
             for number, first, count in plan:
                 ids = np.arange(first, first + count, dtype=np.int64)
                 path = self.index_dir / shard_name(number)
-                size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(kept_metas[start:start + count]), self.info)
+                part = kept_metas[start:start + count]
+                stats = {str(m.source).encode("utf-8"): states[str(m.source)] for m in part if str(m.source) in states}
+                size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(part), self.info, stats)
                 entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
                                 "first_id": int(first), "last_id": int(first + count - 1), "faiss": None})
                 start += count
@@ -315,6 +346,7 @@ def index_archive_ray(
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
     """
+    from medcbir.indexer import follow, quarantine
     from medcbir.indexer.summary import IndexSummary
     from medcbir.indexer.writer import IndexWriter, remove_orphans
 
@@ -325,9 +357,15 @@ def index_archive_ray(
     units_of = as_units(source)
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
                               target_recall=target_recall)
+    if isinstance(units_of, FolderUnits):
+        seal = writer.archive_seal(units_of.root)
+        units_of.seal_with(writer.key, seal.root)
     started = False
     summary = IndexSummary()
+    log_start = quarantine.mark(index_dir)
+    listing, complete = None, False
     try:
+        listing, _ = follow.follow_sources(units_of.source if isinstance(units_of, DicomwebUnits) else units_of, writer, summary)
         units, passed = units_of.units(writer.has_source)
         summary.files, summary.already_present = len(units) + passed, passed
         started = connect(ray)
@@ -336,10 +374,13 @@ def index_archive_ray(
             _commit_all(records, writer, summary, index_dir)
         writer.close()
         remove_orphans(index_dir, writer.manifest)  # temporary files of retried (killed) attempts
+        summary.dropped_items, summary.reembedded, summary.dropped_unknown = writer.settle_dropped()
+        complete = True
     except BaseException:
         writer.abort()
         raise
     finally:
+        quarantine.settle(index_dir, log_start, listing.owns if complete and listing is not None else None)
         if started:
             import ray as ray_module
 
@@ -401,26 +442,22 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
 
 def _commit_all(records, writer, summary, index_dir: Path) -> None:
     """Commit finished shards in id order, in groups; account skips and duplicates."""
+    from medcbir.indexer import quarantine
     from medcbir.indexer.fsutil import sha256_file
 
     ready: dict[int, dict] = {}
     last_commit = time.monotonic()
-    quarantine = open(index_dir / "quarantine.log", "a", encoding="utf-8")
-    try:
-        for record in records:
-            for entry in record["entries"]:
-                ready[int(entry["first_id"])] = entry
-            summary.already_present += record["duplicates"]
-            for path, reason, detail in record["skips"]:
-                summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
-                quarantine.write(f"{str(path).replace(chr(9), ' ')}\t{reason}\t{' '.join(str(detail).split())}\n")
-            quarantine.flush()
-            if _contiguous(ready, writer.items) >= COMMIT_SHARDS or time.monotonic() - last_commit >= COMMIT_SECONDS:
-                summary.indexed += _commit_prefix(ready, writer, sha256_file)
-                last_commit = time.monotonic()
-        summary.indexed += _commit_prefix(ready, writer, sha256_file)
-    finally:
-        quarantine.close()
+    for record in records:
+        for entry in record["entries"]:
+            ready[int(entry["first_id"])] = entry
+        summary.already_present += record["duplicates"]
+        for path, reason, detail in record["skips"]:
+            summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
+        quarantine.append(index_dir, [quarantine.Entry(*skip) for skip in record["skips"]])
+        if _contiguous(ready, writer.items) >= COMMIT_SHARDS or time.monotonic() - last_commit >= COMMIT_SECONDS:
+            summary.indexed += _commit_prefix(ready, writer, sha256_file)
+            last_commit = time.monotonic()
+    summary.indexed += _commit_prefix(ready, writer, sha256_file)
     if ready:
         raise IndexCorrupt(f"shards {sorted(e['file'] for e in ready.values())} do not continue the index at id {writer.items}")
 

@@ -1,157 +1,165 @@
-"""Manifest recovery: fall back to the newest intact generation when ``manifest.json`` is damaged.
+"""Repair: make a damaged index whole again, losing as little as possible (``verify --repair``).
 
-Every commit keeps the generation it replaces as ``manifest-GGGGGG.json`` (the last
-:data:`~medcbir.indexer.manifest.KEEP_GENERATIONS`), and the files those reference stay on disk.
-A truncated or otherwise unreadable ``manifest.json`` (a disk fault, a bad copy, a hand edit)
-then costs at most the generations committed after the newest intact one: their shards are
-still on disk but no longer referenced, so their items are indexed again by the next run (the
-writer skips items by key, and it only knows the keys of the generation it resumed).
-
-:func:`newest_intact` finds that generation (opening an index and resuming a writer use it,
-with a warning); :func:`repair` (``medcbir verify --repair``) commits it as the new current
-generation.
+A damaged ``manifest.json`` falls back to the newest intact kept generation
+(:mod:`medcbir.indexer.generations`). A damaged *shard* costs its own items only: :func:`repair`
+drops the damaged shard from the live set (the shards after it are rewritten with dense ids, as
+compaction does; a damaged FAISS file of an intact shard is written again from its embeddings; a
+damaged trained FAISS file returns the index to exact search until it is trained again), and
+records the dropped items' keys in the manifest (``dropped``): the next indexing run embeds them
+again from their sources and reports how many.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+import shutil
 from pathlib import Path
 
-from medcbir.errors import IndexCorrupt, MedcbirError
-from medcbir.indexer.manifest import MANIFEST, commit_manifest, history, manifest_path, parse_manifest, referenced_files
+import h5py
+import numpy as np
+
+from medcbir.errors import IndexCorrupt
+from medcbir.indexer.compaction import TailRewriter, shard_size_of
+from medcbir.indexer.generations import Recovery, fallback_manifest, newest_intact  # noqa: F401 - part of this module's API
+from medcbir.indexer.keys import key_hash
+from medcbir.indexer.fsutil import sha256_many
+from medcbir.indexer.manifest import (MANIFEST, commit_manifest, deleted_ids, read_manifest,
+                                      store_deleted, store_dropped)
+from medcbir.indexer.staging import new_staging, publish
+from medcbir.indexer.integrity import committed_records
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Recovery:
-    """The generation an index falls back to, and what that loses.
-
-    Attributes:
-        manifest: the intact manifest chosen.
-        source: the file it was read from (``manifest.json`` when nothing was wrong).
-        generation: its generation number.
-        rejected: one line per newer candidate that was not intact, with the reason.
-        lost_generations: generations newer than the chosen one that existed on disk.
-        lost_shards: shard files committed after the chosen generation (unreferenced now).
-        lost_items: items in those shards (indexed again by the next indexing run).
-    """
-
-    manifest: dict
-    source: str
-    generation: int
-    rejected: list[str] = field(default_factory=list)
-    lost_generations: list[int] = field(default_factory=list)
-    lost_shards: list[str] = field(default_factory=list)
-    lost_items: int = 0
-
-    @property
-    def recovered(self) -> bool:
-        """True when the current ``manifest.json`` was not the one chosen."""
-        return self.source != MANIFEST
-
-    def summary(self) -> str:
-        if not self.recovered:
-            return f"generation {self.generation} is intact; nothing to repair"
-        lost = (f"lost generation(s) {', '.join(map(str, self.lost_generations)) or '?'}: "
-                f"{self.lost_items} item(s) in {len(self.lost_shards)} shard(s), indexed again by the next run")
-        return f"fell back to generation {self.generation} ({self.source}); {lost}"
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.pop("manifest")
-        return data
-
-
-def newest_intact(index_dir: str | Path, check: str = "checksums") -> Recovery:
-    """The newest generation whose manifest parses and whose committed files pass ``check``.
-
-    Args:
-        index_dir: the index folder.
-        check: how committed files are checked (a ``verify`` mode of ``IndexStore.open``).
-
-    Raises:
-        IndexCorrupt: no intact generation is left.
-    """
-    from medcbir.indexer.integrity import check_files
-
-    index_dir = Path(index_dir)
-    candidates = [(None, manifest_path(index_dir))] + history(index_dir)
-    rejected: list[str] = []
-    seen_generations: list[int] = []
-    for generation, path in candidates:
-        try:
-            manifest = parse_manifest(path) if path.is_file() else None
-            if manifest is None:
-                raise IndexCorrupt(f"{path.name}: missing")
-            seen_generations.append(int(manifest["generation"]))
-            check_files(index_dir, manifest, check)
-        except (IndexCorrupt, OSError, KeyError, TypeError, ValueError) as exc:
-            if generation is not None:
-                seen_generations.append(generation)
-            rejected.append(f"{path.name}: {exc}")
-            continue
-        chosen = int(manifest["generation"])
-        rec = Recovery(manifest=manifest, source=path.name, generation=chosen, rejected=rejected)
-        rec.lost_generations = sorted({g for g in seen_generations if g > chosen})
-        if rec.recovered and not rec.lost_generations:
-            rec.lost_generations = [chosen + 1]  # only the damaged manifest.json knew its number
-        rec.lost_shards, rec.lost_items = _unreferenced_shards(index_dir, manifest)
-        return rec
-    raise IndexCorrupt(f"{index_dir}: no intact manifest generation left ({'; '.join(rejected)})")
-
-
-def _unreferenced_shards(index_dir: Path, manifest: dict) -> tuple[list[str], int]:
-    """Shards on disk committed after ``manifest`` (numbered from its ``next_shard`` on)."""
-    import h5py
-
-    known = referenced_files(manifest)
-    lost, items = [], 0
-    for path in sorted(index_dir.glob("shard-*.h5")):
-        try:
-            number = int(path.stem.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if path.name in known or number < int(manifest.get("next_shard", 0)):
-            continue
-        lost.append(path.name)
-        try:
-            with h5py.File(path, "r") as f:
-                items += int(f["ids"].shape[0])
-        except (OSError, KeyError):
-            pass
-    return lost, items
-
-
-def fallback_manifest(index_dir: Path, reason: MedcbirError, check: str = "sizes") -> tuple[dict, Recovery]:
-    """The manifest to work on when ``manifest.json`` is damaged, logged as a warning.
-
-    The returned manifest's generation is raised past every generation seen, so the next
-    commit does not reuse the lost generation's number.
-    """
-    rec = newest_intact(index_dir, check=check)
-    log.warning("%s: %s; %s", index_dir, reason, rec.summary())
-    manifest = dict(rec.manifest)
-    manifest["generation"] = max([rec.generation, *rec.lost_generations])
-    return manifest, rec
-
-
 def repair(index_dir: str | Path) -> Recovery:
-    """Commit the newest intact generation as the current one (``medcbir verify --repair``).
+    """Make the index whole again (``medcbir verify --repair``), losing as little as possible.
 
-    Holds the writer lock; files of the lost generations are removed by the next writer.
+    An intact ``manifest.json`` is kept; a damaged one falls back to the newest intact kept
+    generation (else the newest that parses). Damaged files of that generation are then
+    dropped or rebuilt (:func:`drop_damaged`). Holds the writer lock; unreferenced files are
+    removed by the next writer.
 
     Raises:
-        IndexCorrupt: no intact generation is left.
+        IndexCorrupt: no manifest generation parses, or the tombstone file is damaged (which
+            items were deleted is then unknown).
     """
     from medcbir.indexer.lock import WriterLock
 
     index_dir = Path(index_dir)
     with WriterLock(index_dir, wait=True):
-        rec = newest_intact(index_dir, check="sha256")
+        try:
+            manifest = read_manifest(index_dir)
+            rec = Recovery(manifest=manifest, source=MANIFEST, generation=int(manifest["generation"]))
+        except IndexCorrupt:
+            try:
+                rec = newest_intact(index_dir, check="sha256")
+            except IndexCorrupt:
+                rec = newest_intact(index_dir, check="none")  # parses; its damaged files are dropped below
+        manifest = dict(rec.manifest)
         if rec.recovered:
-            manifest = dict(rec.manifest)
             manifest["generation"] = max([rec.generation, *rec.lost_generations])
+        manifest = drop_damaged(index_dir, manifest, rec)
+        if rec.changed:
             commit_manifest(index_dir, manifest)
         return rec
+
+
+def damaged_files(index_dir: Path, manifest: dict) -> dict[str, str]:
+    """Committed file name → what is wrong with it (missing, size, sha256), for every damaged one."""
+    found, present = {}, []
+    for rec in committed_records(manifest):
+        path = index_dir / rec["file"]
+        if not path.is_file():
+            found[rec["file"]] = "committed file is missing"
+        elif path.stat().st_size != int(rec["bytes"]):
+            found[rec["file"]] = f"size {path.stat().st_size} differs from the committed {rec['bytes']} bytes"
+        else:
+            present.append(rec)
+    for rec, digest in zip(present, sha256_many([index_dir / r["file"] for r in present])):
+        if digest != rec["sha256"]:
+            found[rec["file"]] = "checksum mismatch (sha256)"
+    return found
+
+
+def drop_damaged(index_dir: Path, manifest: dict, rec: Recovery) -> dict:
+    """``manifest`` without its damaged files: damaged shards' items dropped (their keys kept
+    in ``dropped``), the shards after the first damaged one rewritten with dense ids and fresh
+    FAISS files; fills in ``rec``. Returns the manifest unchanged when nothing is damaged.
+
+    Raises:
+        IndexCorrupt: the tombstone file is damaged.
+    """
+    damaged = damaged_files(index_dir, manifest)
+    if not damaged:
+        return manifest
+    tombstones = manifest.get("deleted")
+    if isinstance(tombstones, dict) and tombstones["file"] in damaged:
+        raise IndexCorrupt(f"{tombstones['file']}: {damaged[tombstones['file']]}: which items were deleted is unknown; "
+                           "restore it from a backup or index the archive into a new index")
+    manifest = dict(manifest)
+    dropped = manifest.get("dropped") or {}
+    if dropped.get("file") in damaged:
+        manifest["dropped"] = {"items": int(dropped.get("items", 0)), "keys": 0}  # the count is all that is left
+        rec.rebuilt.append(dropped["file"])
+    trained = manifest.get("trained") or {}
+    if trained.get("file") in damaged:
+        # The FAISS parts were encoded with it: back to exact search until trained again (the
+        # writer trains a requested spec again when due; auto chooses again).
+        requested = manifest.get("index_spec_requested", "auto")
+        manifest.update(trained=None, index_spec="Flat" if requested == "auto" else requested, search_params={}, recall=None)
+        manifest["shards"] = [{**s, "faiss": None} for s in manifest["shards"]]
+        rec.rebuilt.append(trained["file"])
+    shards = manifest["shards"]
+    first = next((i for i, s in enumerate(shards) if s["file"] in damaged or (s.get("faiss") or {}).get("file") in damaged), None)
+    if first is None:
+        return manifest
+    keys = []
+    deleted = deleted_ids(index_dir, manifest, verify=False)
+    for entry in shards[first:]:
+        if entry["file"] in damaged:
+            rec.dropped_shards.append(entry["file"])
+            ids = np.arange(entry["first_id"], entry["last_id"] + 1)
+            live = ~np.isin(ids, deleted)  # tombstoned items are not missed (nor counted)
+            rec.dropped_items += int(live.sum())
+            keys.extend(_readable_keys(index_dir / entry["file"], live))
+        elif entry.get("faiss") and entry["faiss"]["file"] in damaged:
+            rec.rebuilt.append(entry["faiss"]["file"])
+    manifest = _rewrite_tail(index_dir, manifest, first, set(rec.dropped_shards))
+    if rec.dropped_items:
+        store_dropped(index_dir, manifest, keys, rec.dropped_items)
+    return manifest
+
+
+def _readable_keys(path: Path, rows: np.ndarray) -> list[int]:
+    """Key hashes of a damaged shard's items at ``rows`` (a mask), as far as they can still be
+    read (else none)."""
+
+    try:
+        with h5py.File(path, "r") as f:
+            sops, frames = f["meta"]["sop_instance_uid"][...][rows], f["meta"]["frame"][...][rows]
+        return [key_hash(s.decode("utf-8"), int(fr)) for s, fr in zip(sops, frames)]
+    except Exception:  # noqa: BLE001 - a damaged file may fail in any way; the count is kept anyway
+        return []
+
+
+def _rewrite_tail(index_dir: Path, manifest: dict, first: int, damaged: set[str]) -> dict:
+    """The shards from ``first`` on rewritten without the ``damaged`` ones (live items only,
+    dense ids, FAISS files from the embeddings), as compaction rewrites a tail."""
+    shards = manifest["shards"]
+    deleted = deleted_ids(index_dir, manifest, verify=False)
+    first_id = int(shards[first]["first_id"])
+    staging = new_staging(index_dir)
+    try:
+        rewriter = TailRewriter(index_dir, staging, manifest, first_id, shard_size_of(manifest))
+        for entry in shards[first:]:
+            if entry["file"] not in damaged:
+                rewriter.add_shard(entry, deleted)
+        rewriter.flush()
+        out = dict(manifest)
+        out["next_shard"] = publish(staging, index_dir, rewriter.entries, int(manifest["next_shard"]))
+        out["shards"] = list(shards[:first]) + rewriter.entries
+        out["next_id"] = int(rewriter.next_id)
+        store_deleted(index_dir, out, deleted[deleted < first_id])
+        return out
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -6,6 +6,10 @@ Layout of ``shard-NNNNNN.h5``::
     ids                 N int64 (dense, increasing: first_id .. last_id)
     meta/<column>       one dataset per ItemMeta column: strings as fixed-width UTF-8 bytes,
                         ints int64, floats float64, pairs (pixel_spacing) N×2 float64
+    sources/            optional, one row per source file of the shard whose state was seen
+                        before it was decoded: name (the recorded ``meta/source``, UTF-8
+                        bytes), size (bytes), mtime_ns; what ``index`` compares to notice a
+                        file changed since (:mod:`medcbir.indexer.follow`)
     attrs               format, version, encoder_fingerprint, preprocessing (JSON), dim,
                         metric ("ip"), embeddings_sha256, items, first_id, last_id
 
@@ -95,6 +99,7 @@ def write_shard(
     embeddings: np.ndarray,
     columns: dict[str, np.ndarray],
     encoder_info: dict,
+    sources: dict[bytes, tuple[int, int]] | None = None,
 ) -> tuple[int, str]:
     """Write and commit one shard.
 
@@ -104,6 +109,7 @@ def write_shard(
         embeddings: float32 (N, D), L2-normalised.
         columns: metadata columns aligned with ``ids`` (:func:`meta_columns`).
         encoder_info: the manifest's encoder record (fingerprint, preprocessing, dim).
+        sources: recorded source → (size, mtime_ns) of its file, for the ``sources/`` group.
 
     Returns:
         (size in bytes, whole-file sha256) of the committed file.
@@ -121,6 +127,12 @@ def write_shard(
             if col.shape[0] != ids.shape[0]:
                 raise ValueError(f"column {name} has {col.shape[0]} rows for {ids.shape[0]} ids")
             meta.create_dataset(name, data=col)
+        if sources:
+            group = f.create_group("sources")
+            names = sorted(sources)
+            group.create_dataset("name", data=np.array(names, dtype=f"S{max(1, max(len(n) for n in names))}"))
+            group.create_dataset("size", data=np.array([sources[n][0] for n in names], dtype=np.int64))
+            group.create_dataset("mtime_ns", data=np.array([sources[n][1] for n in names], dtype=np.int64))
         f.attrs["columns"] = json.dumps(list(columns))  # ItemMeta.COLUMNS order
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
@@ -163,6 +175,15 @@ def read_columns(path: Path, names: list[str] | None = None) -> dict[str, np.nda
     with h5py.File(path, "r") as f:
         group = f["meta"]
         return {name: group[name][...] for name in (names or list(group.keys()))}
+
+
+def read_source_stats(path: Path) -> dict[bytes, tuple[int, int]]:
+    """The ``sources/`` group of a shard: recorded source → (size, mtime_ns); {} when absent."""
+    with h5py.File(path, "r") as f:
+        if "sources" not in f:
+            return {}
+        group = f["sources"]
+        return {bytes(n): (int(s), int(m)) for n, s, m in zip(group["name"][...], group["size"][...], group["mtime_ns"][...])}
 
 
 def read_attrs(path: Path) -> dict:

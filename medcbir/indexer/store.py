@@ -20,10 +20,32 @@ import h5py
 import numpy as np
 
 from medcbir.errors import ConfigError, IndexCorrupt
+from medcbir.imaging.items import ItemMeta
+from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.manifest import deleted_ids, read_manifest
 from medcbir.indexer.shard import decode_strings, row_meta
+
+def read_key(index_dir: Path, manifest: dict) -> bytes | None:
+    """The archive's pseudonym key (``INDEX/pseudonym.key`` or the manifest's ``key_file``), or None."""
+    path = Path(manifest["key_file"]) if manifest.get("key_file") else Path(index_dir) / "pseudonym.key"
+    return path.read_bytes() if path.is_file() else None
+
+
+def seal_of(index_dir: Path, manifest: dict, key: bytes | None = None):
+    """The :class:`~medcbir.imaging.source_seal.SourceSeal` opening an index's folder sources,
+    with ``key`` or the index's own; None without a recorded root, without a key, or when the
+    key does not open the root."""
+    key = key if key is not None else read_key(index_dir, manifest)
+    root = manifest.get("archive_root")
+    if key is None or not root:
+        return None
+    try:
+        return SourceSeal.from_record(key, root)
+    except ValueError:
+        return None
+
 
 class LazyColumns(Mapping):
     """Metadata columns read from the shards on first access (strings decoded to ``<U``)."""
@@ -111,7 +133,7 @@ class IndexStore:
                 self.manifest = read_manifest(self.index_dir)
             except IndexCorrupt as exc:
                 # A damaged manifest.json: the newest intact kept generation, with a warning.
-                from medcbir.indexer.recovery import fallback_manifest
+                from medcbir.indexer.generations import fallback_manifest
 
                 self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
                 self.manifest["generation"] = self.recovery.generation
@@ -178,7 +200,8 @@ class IndexStore:
         self.ids = np.arange(offsets[-1], dtype=np.int64)
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._dense = bool(len(self.ids) == 0 or (self.ids[0] == 0 and self.ids[-1] == len(self.ids) - 1))
-        self.columns = LazyColumns(self._files, names or [])
+        # An index of an empty archive has no shard to name its columns: the item fields.
+        self.columns = LazyColumns(self._files, names or list(ItemMeta.COLUMNS))
 
     def _fill(self, out: np.ndarray) -> None:
         for f, lo, hi in zip(self._files, self._offsets[:-1], self._offsets[1:]):
@@ -278,23 +301,22 @@ class IndexStore:
 
     def key(self) -> bytes | None:
         """The archive's pseudonym key (``pseudonym.key`` or the manifest's ``key_file``), or None."""
-        path = Path(self.manifest["key_file"]) if self.manifest.get("key_file") else self.index_dir / "pseudonym.key"
-        return path.read_bytes() if path.is_file() else None
+        return read_key(self.index_dir, self.manifest)
 
     def source_path(self, recorded: str) -> str:
         """Where an item's file is: a sealed folder record opened with the archive key (an
         absolute path), any other record (a URI, an older index's path) as it is."""
-        from medcbir.imaging.source_seal import SourceSeal, is_sealed
-
         if not is_sealed(recorded):
             return recorded
-        seal = getattr(self, "_seal", None)
-        if seal is None:
-            key, root = self.key(), self.manifest.get("archive_root")
-            if key is None or not root:
-                return recorded
-            seal = self._seal = SourceSeal(key, root)
-        return seal.open(recorded)
+        seal = self.seal()
+        return recorded if seal is None else seal.open(recorded)
+
+    def seal(self):
+        """The :class:`~medcbir.imaging.source_seal.SourceSeal` of this index's folder sources
+        (None without a recorded archive root or without the key, or when they do not match)."""
+        if not hasattr(self, "_seal"):
+            self._seal = seal_of(self.index_dir, self.manifest)
+        return self._seal
 
     def close(self) -> None:
         for f in self._files:

@@ -13,7 +13,6 @@ decoding them) always means "all of its frames are".
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from pathlib import Path
@@ -22,24 +21,20 @@ from typing import Any
 import numpy as np
 
 from medcbir.errors import ConfigError, EncoderMismatch, IndexCorrupt, IndexNotFound
+from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
+from medcbir.indexer.generations import fallback_manifest
+from medcbir.indexer.keys import key_hash, source_hash  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
-from medcbir.indexer.manifest import commit_manifest, history, manifest_path, new_manifest, read_manifest, retained_files
+from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
+                                      retained_files)
 from medcbir.indexer.shard import meta_columns, shard_name, write_shard
+from medcbir.indexer.integrity import check_files
 
 log = logging.getLogger(__name__)
 
-_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|tombstones-\d+\.npy|\..*\.tmp-\d+)$")
-
-
-def key_hash(sop_uid: str, frame: int) -> int:
-    """64-bit hash of an item key (collision odds ~1e-8 at 1M items: keys need no Python strings)."""
-    return int.from_bytes(hashlib.blake2b(f"{sop_uid}\x00{int(frame)}".encode(), digest_size=8).digest(), "little")
-
-
-def source_hash(source: str) -> int:
-    return int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
+_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|(tombstones|dropped)-\d+\.npy|\..*\.tmp-\d+)$")
 
 
 def encoder_record(encoder: Any) -> dict:
@@ -148,7 +143,6 @@ class IndexWriter:
             try:
                 manifest = read_manifest(self.index_dir)
             except IndexCorrupt as exc:
-                from medcbir.indexer.recovery import fallback_manifest
 
                 manifest, self.recovery = fallback_manifest(self.index_dir, exc)
             from medcbir.encoders.compat import check_compatible
@@ -164,6 +158,7 @@ class IndexWriter:
             if index_spec != "auto":
                 manifest["index_spec"] = index_spec
         self.manifest = manifest
+        self._refuse_damaged(manifest)
         remove_orphans(self.index_dir, manifest if manifest.get("shards") or manifest_path(self.index_dir).is_file() else None)
         from medcbir.imaging import load_or_create_key
 
@@ -174,10 +169,15 @@ class IndexWriter:
             import faiss
 
             self._trained = faiss.read_index(str(self.index_dir / manifest["trained"]["file"]))
+        # Keys and sources of every committed item, tombstoned ones too (a deleted series is not
+        # indexed again from its files), except sources released because their file changed.
         self._keys: set[int] = set()
         self._sources: set[int] = set()
         self._known_shards: set[str] = set()
         self._load_committed_keys()
+        self._source_stats: dict[str, tuple[int, int]] = {}
+        self._dropped_keys = set(int(k) for k in dropped_keys(self.index_dir, manifest))
+        self.reembedded = 0  # committed items that a repair had dropped (their keys)
         self._buffer_metas: list = []
         self._buffer_embeddings: list[np.ndarray] = []
         self._buffer_keys: set[int] = set()
@@ -187,6 +187,15 @@ class IndexWriter:
         self.deleted_sources = 0  # sources tombstoned by the last delete_sources
         self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
 
+    def _refuse_damaged(self, manifest: dict) -> None:
+        """Refuse to add to an index a committed file of which is damaged: items committed on
+        top of it would be counted while searches fail (the repair drops the damaged shard)."""
+        try:
+            check_files(self.index_dir, manifest, "checksums")
+        except IndexCorrupt as exc:
+            raise IndexCorrupt(f"{exc}; `medcbir verify --repair {self.index_dir}` drops the damaged shard's items "
+                               "and the next `medcbir index` run embeds them again") from None
+
     def _load_committed_keys(self) -> None:
         for entry in self.manifest["shards"]:
             if entry["sha256"] in self._known_shards:
@@ -194,18 +203,26 @@ class IndexWriter:
             self._known_shards.add(entry["sha256"])
             self._remember_shard(self.index_dir / entry["file"])
 
-    def _remember_shard(self, path: Path) -> None:
+    def _remember_shard(self, path: Path) -> list[int]:
+        keys, sources = self._shard_keys(path)
+        self._keys.update(keys)
+        self._sources.update(sources)
+        return keys
+
+    @staticmethod
+    def _shard_keys(path: Path, of_sources: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+        """(key hashes, source hashes) of a shard's items (``of_sources``: of those items alone)."""
         import h5py
 
         with h5py.File(path, "r") as f:
             meta = f["meta"]
-            sops = meta["sop_instance_uid"][...]
-            frames = meta["frame"][...]
-            sources = meta["source"][...] if "source" in meta else []
-        for sop, frame in zip(sops, frames):
-            self._keys.add(key_hash(sop.decode("utf-8"), int(frame)))
-        for src in np.unique(sources):
-            self._sources.add(source_hash(src.decode("utf-8")))
+            sops, frames = meta["sop_instance_uid"][...], meta["frame"][...]
+            sources = meta["source"][...] if "source" in meta else np.zeros(len(sops), dtype="S1")
+        if of_sources is not None:
+            rows = np.isin(sources, of_sources)
+            sops, frames, sources = sops[rows], frames[rows], sources[rows]
+        keys = [key_hash(sop.decode("utf-8"), int(frame)) for sop, frame in zip(sops, frames)]
+        return keys, [source_hash(src.decode("utf-8")) for src in np.unique(sources) if src]
 
     def key_hashes(self) -> np.ndarray:
         """uint64 :func:`key_hash` of every committed item (for a distributed de-duplicator)."""
@@ -252,7 +269,8 @@ class IndexWriter:
             manifest["shards"].append(entry)
             manifest["next_id"] = int(entry["last_id"]) + 1
             manifest["next_shard"] = max(int(manifest["next_shard"]), number + 1)
-            self._remember_shard(self.index_dir / entry["file"])
+            self._known_shards.add(entry["sha256"])
+            self._count_reembedded(self._remember_shard(self.index_dir / entry["file"]))
             self.shards_written += 1
             self.items_committed += int(entry["items"])
         self._commit_manifest(manifest, train=self._needs_training(final=False, manifest=manifest))
@@ -352,19 +370,73 @@ class IndexWriter:
         self._write_shards(metas, embeddings)
         keys = {key_hash(m.sop_instance_uid, m.frame) for m in metas}
         sources = {source_hash(str(m.source)) for m in metas}
+        self._count_reembedded(keys)
         self._keys |= keys
         self._sources |= sources
         self._buffer_keys -= keys
         self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
 
-    def archive_root(self, root: str | Path) -> str:
-        """The folder file sources are recorded relative to: the first archive indexed.
+    def _count_reembedded(self, keys) -> None:
+        if self._dropped_keys:
+            self.reembedded += sum(1 for k in keys if k in self._dropped_keys)
 
-        Kept in the manifest (``archive_root``) from the next commit on; a later archive
-        elsewhere is recorded relative to the same root (``../``), so one root opens all.
+    def note_source(self, recorded: str, size: int, mtime_ns: int) -> None:
+        """Remember the size and mtime of a source file seen before it was decoded; its shard
+        records them (``sources/``) so a later run notices the file changed."""
+        self._source_stats[str(recorded)] = (int(size), int(mtime_ns))
+
+    def settle_dropped(self) -> tuple[int, int, int]:
+        """After a complete indexing run: forget the keys a repair dropped (a new generation).
+
+        Returns:
+            (items the repair had dropped, of them re-embedded by this writer (by key), of them
+            whose key the damage had made unreadable: those are among the indexed items when
+            their files were there, but cannot be told apart).
         """
-        self.manifest = {**self.manifest, "archive_root": self.manifest.get("archive_root") or str(Path(root).absolute())}
-        return self.manifest["archive_root"]
+        record = self.manifest.get("dropped")
+        if not record:
+            return 0, 0, 0
+        with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+            self._refresh()
+            if self.manifest.get("dropped"):
+                manifest = dict(self.manifest)
+                manifest.pop("dropped")
+                self._commit_manifest(manifest, train=False)
+        items = int(record.get("items", 0))
+        return items, self.reembedded, max(0, items - int(record.get("keys", 0)))
+
+    def archive_root(self, root: str | Path) -> str:
+        """The folder file sources are recorded relative to (see :meth:`archive_seal`)."""
+        return str(self.archive_seal(root).root)
+
+    def archive_seal(self, root: str | Path):
+        """The :class:`~medcbir.imaging.source_seal.SourceSeal` file sources are recorded with.
+
+        Its root is the first archive indexed, kept sealed in the manifest (``archive_root``)
+        from the next commit on (an index that recorded it plain gets it sealed at its next
+        commit); a later archive elsewhere is recorded relative to the same root (``../``),
+        so one root opens all.
+
+        Raises:
+            IndexCorrupt: the recorded root does not open with this index's pseudonym key.
+        """
+        recorded = self.manifest.get("archive_root")
+        try:
+            seal = SourceSeal.from_record(self.key, recorded) if recorded else SourceSeal(self.key, root)
+        except ValueError as exc:
+            raise IndexCorrupt(f"{self.index_dir}: {exc} (is --key-file the index's pseudonym key?)") from None
+        self._root_seal = seal
+        return seal
+
+    def _seal_root(self, manifest: dict) -> bool:
+        """Record this writer's archive root in ``manifest`` (sealed) when it has none or keeps
+        the same root plain; True when that changed the manifest."""
+        seal = getattr(self, "_root_seal", None)
+        recorded = manifest.get("archive_root")
+        if seal is None or (recorded and (is_sealed(recorded) or Path(recorded) != seal.root)):
+            return False
+        manifest["archive_root"] = seal.root_record()
+        return True
 
     # ------------------------------------------------------------------ deleting
     def committed_sources(self) -> set[str]:
@@ -381,17 +453,14 @@ class IndexWriter:
     def delete_sources(self, sources) -> int:
         """Tombstone every committed item whose source is one of ``sources`` (a new generation).
 
-        The writer holds the index's lock, so a long-lived writer (the Orthanc plugin's worker)
-        deletes through it rather than through :func:`medcbir.indexer.maintenance.delete`.
-        Buffered items of those sources are dropped.
+        A long-lived writer (the Orthanc plugin's worker) deletes through it rather than
+        through :func:`medcbir.indexer.maintenance.delete`; buffered items of those sources are
+        dropped. The sources still count as committed (:meth:`release_sources` lets one be
+        indexed again). It queues for the writer lock like a commit.
 
         Returns:
             how many items were newly tombstoned (``deleted_sources``: of how many sources).
         """
-        import h5py
-
-        from medcbir.indexer.manifest import deleted_ids, store_deleted
-
         self.deleted_sources = 0
         wanted = {str(s) for s in sources}
         if not wanted:
@@ -403,6 +472,15 @@ class IndexWriter:
             self._buffer_embeddings = [embeddings[keep]] if keep else []
             self._buffer_keys = {key_hash(m.sop_instance_uid, m.frame) for m in self._buffer_metas}
             self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
+        with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+            self._refresh()
+            return self._delete_sources_locked(wanted)
+
+    def _delete_sources_locked(self, wanted: set[str]) -> int:
+        import h5py
+
+        from medcbir.indexer.manifest import deleted_ids, store_deleted
+
         needles = np.array([s.encode("utf-8") for s in wanted])
         found, hit_sources = [], []
         for entry in self.manifest["shards"]:
@@ -423,6 +501,17 @@ class IndexWriter:
             store_deleted(self.index_dir, manifest, np.union1d(before, new))
             self._commit_manifest(manifest, train=False)
         return int(new.size)
+
+    def release_sources(self, sources) -> None:
+        """Let the tombstoned items of ``sources`` be indexed again (their file changed or came
+        back): their keys and sources no longer count as committed for this writer."""
+        needles = np.array([str(s).encode("utf-8") for s in sources])
+        if not needles.size:
+            return
+        for entry in self.manifest["shards"]:
+            keys, hashes = self._shard_keys(self.index_dir / entry["file"], needles)
+            self._keys.difference_update(keys)
+            self._sources.difference_update(hashes)
 
     # ------------------------------------------------------------------ committing
     def commit(self) -> int:
@@ -446,8 +535,9 @@ class IndexWriter:
                 self._refresh()
                 if self._needs_training(final=True):
                     self._commit_manifest(dict(self.manifest), train=True)
-                elif not manifest_path(self.index_dir).is_file():
-                    self._commit_manifest(dict(self.manifest), train=False)  # an empty index is still an index
+                elif not manifest_path(self.index_dir).is_file() or self._seal_root(dict(self.manifest)):
+                    # An empty index is still an index; a root recorded plain gets sealed.
+                    self._commit_manifest(dict(self.manifest), train=False)
                 self._remeasure_if_grown()
         finally:
             self._open = False
@@ -482,7 +572,6 @@ class IndexWriter:
         except IndexNotFound:
             return  # nothing committed yet: this writer creates the index
         except IndexCorrupt as exc:
-            from medcbir.indexer.recovery import fallback_manifest
 
             current, self.recovery = fallback_manifest(self.index_dir, exc)
         if current["encoder"]["fingerprint"] != self.manifest["encoder"]["fingerprint"]:
@@ -524,7 +613,8 @@ class IndexWriter:
         first = int(manifest["next_id"])
         ids = np.arange(first, first + len(metas), dtype=np.int64)
         path = self.index_dir / shard_name(number)
-        size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"])
+        stats = {src.encode("utf-8"): self._source_stats.pop(src) for src in {str(m.source) for m in metas} if src in self._source_stats}
+        size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"], stats)
         entry = {"file": path.name, "items": len(metas), "bytes": size, "sha256": digest,
                  "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
         if self._trained is not None:
@@ -558,6 +648,7 @@ class IndexWriter:
     def _commit_manifest(self, manifest: dict, train: bool) -> None:
         if train:
             self._train(manifest)
+        self._seal_root(manifest)
         self.manifest = commit_manifest(self.index_dir, manifest)
 
     def _train(self, manifest: dict) -> None:

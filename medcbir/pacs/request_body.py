@@ -27,7 +27,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import re
 
 from medcbir.pacs.request_rules import BadRequest, Forbidden, UnsupportedMediaType
 

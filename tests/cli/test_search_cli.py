@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +115,48 @@ def test_corrupt_shard_is_named(flat_index, columns, capsys, tmp_path):
     # --verify sizes skips the checksums (fast open of huge indexes); the size still matches
     code, out, err = run(capsys, "search", index, columns["sop_instance_uid"][0], "-k", "2", "--verify", "sizes", "--json")
     assert code == 0 or shard.name in err
+
+
+def test_a_huge_k_answers_every_item_in_bounded_memory(flat_index, columns, tmp_path):
+    """`search -k 50000000` on an 80-item index: every other item, in the memory of a small search
+    (the address space is capped: k-sized answer arrays could not even be allocated)."""
+    command = [str(Path(sys.executable).parent / "medcbir"), "search", str(flat_index), columns["sop_instance_uid"][3],
+               "-k", "50000000", "--json", "--per-series", "0", "--device", "cpu"]
+    # The cap is set by a small Python that then execs the command (no preexec_fn: this test
+    # process has threads).
+    capped = [sys.executable, "-c", "import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+              "os.execv(sys.argv[1], sys.argv[1:])", *command]
+    out = tmp_path / "out.json"
+    with open(out, "w") as fh, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(capped, stdout=fh, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, (proc.returncode, (tmp_path / "err.txt").read_text()[-2000:])
+    assert len(json.loads(out.read_text())[0]["neighbours"]) == 79
+    assert usage.ru_maxrss < 1_500_000, usage.ru_maxrss  # KiB
+
+
+def _empty_index(tmp_path, encoder) -> Path:
+    from medcbir.indexer import index_archive
+
+    (tmp_path / "empty").mkdir()
+    index_archive(tmp_path / "empty", tmp_path / "index", str(encoder), progress=False, workers=1)
+    return tmp_path / "index"
+
+
+def test_an_index_of_an_empty_archive_gives_one_error_line(tmp_path, small_encoder, phantom_archive, capsys):
+    index = _empty_index(tmp_path, small_encoder)
+    query = next(phantom_archive.rglob("*.dcm"))
+    for args in (["search", index, query], ["search", index, query, "--group-by", "study"],
+                 ["evaluate", index, "--labels", phantom_archive / "labels.csv"],
+                 ["explain", index, query, "-k", "2", "--masks", "10"]):
+        code, out, err = run(capsys, *args)
+        assert code == 2 and err.count("\n") == 1 and "holds no live item" in err and "internal error" not in err, (args, err)
+
+
+def test_labels_that_are_not_utf8_give_one_error_line(flat_index, capsys, tmp_path):
+    labels = tmp_path / "labels-latin1.csv"
+    labels.write_bytes("sop_instance_uid,frame,label\n1.2.3,0,hépatique\n".encode("latin-1"))
+    code, out, err = run(capsys, "evaluate", flat_index, "--labels", labels)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {labels}: not UTF-8 text (byte 0xe9 at offset")

@@ -195,3 +195,31 @@ def test_unindexed_file_of_a_known_patient_is_excluded_by_pseudonym(engine, trut
     assert len(hits) == 20 and all(n.meta["patient_pseudonym"] != patient for n in hits)
     [hits] = engine.search([str(path)], k=1)
     assert hits[0].id == truth["ids"][row] and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_k_beyond_the_live_items_answers_every_live_item(flat_index, truth, tmp_path):
+    from medcbir.indexer import delete
+
+    index = copy_index(flat_index, tmp_path / "index")
+    series = truth["series_instance_uid"][5]
+    delete(index, series=[series])
+    engine = Engine.open(index)
+    row = 50
+    [hits] = engine.search([truth["sop_instance_uid"][row]], k=50_000_000, include_self=True)
+    assert [n.id for n in hits] == brute_force(truth, truth["x"][row], 60, truth["series_instance_uid"] != series)
+    [cases] = engine.search_cases([truth["sop_instance_uid"][row]], k=50_000_000, group_by="series")
+    assert len(cases) == 3 and series not in {c.uid for c in cases}
+
+
+def test_an_index_of_an_empty_archive_answers_one_clear_error(tmp_path, small_encoder, phantom_archive):
+    from medcbir.engine import evaluate
+    from medcbir.indexer import index_archive
+
+    (tmp_path / "empty").mkdir()
+    index_archive(tmp_path / "empty", tmp_path / "index", str(small_encoder), progress=False, workers=1)
+    engine = Engine.open(tmp_path / "index")
+    query = next(phantom_archive.rglob("*.dcm"))
+    for ask in (lambda: engine.search([query], k=3), lambda: engine.search_cases([query], k=3),
+                lambda: engine.prior(query), lambda: evaluate(engine, phantom_archive / "labels.csv")):
+        with pytest.raises(ConfigError, match="holds no live item"):
+            ask()

@@ -90,3 +90,32 @@ def clustered(n: int, dim: int = 64, clusters: int = 20, intrinsic: int = 8, see
     z = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, intrinsic))
     x = (z @ basis + 0.05 * rng.standard_normal((n, dim))).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def dicomweb_server(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin (no medcbir plugin) holding a small phantom (per module)."""
+    import requests
+
+    from medcbir.imaging.phantom import make_archive
+    from medcbir.pacs.orthanc_config import build_config, write_config
+    from medcbir.pacs.orthanc_server import OrthancServer, free_port
+    from tests.conftest import require_binary
+
+    require_binary("Orthanc")
+    folder = tmp_path_factory.mktemp("dicomweb")
+    archive = folder / "archive"
+    make_archive(archive, patients=2, slices=6, seed=5, size=64)
+    config = build_config(folder / "unused-index", "default", http_port=free_port(), dicom_port=free_port(), storage=folder / "storage")
+    config["Plugins"] = [p for p in config["Plugins"] if "DicomWeb" in p]
+    config.pop("PythonScript", None)
+    config.pop("Medcbir", None)
+    server = OrthancServer(write_config(folder / "orthanc.json", config), log_path=folder / "orthanc.log")
+    server.start(timeout=90, wait_plugin=False)
+    try:
+        files = sorted(archive.rglob("*.dcm"))
+        for path in files:
+            requests.post(server.url + "/instances", data=path.read_bytes(), timeout=30).raise_for_status()
+        yield server, files
+    finally:
+        server.stop()

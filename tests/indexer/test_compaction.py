@@ -73,7 +73,7 @@ def test_compaction_runs_while_a_writer_commits(tmp_path, monkeypatch):
     _small_commits(ix, n=60, spec="Flat")
     delete(ix, sop=["1.2.3.0"])
     x = clustered(100, dim=16, seed=5)
-    real_add_shard = compaction._Rewriter.add_shard
+    real_add_shard = compaction.TailRewriter.add_shard
     done = threading.Event()
 
     def concurrent_writer():  # another process's work, committed mid-compaction
@@ -92,7 +92,7 @@ def test_compaction_runs_while_a_writer_commits(tmp_path, monkeypatch):
             t.join(30)
         return real_add_shard(self, entry, deleted)
 
-    monkeypatch.setattr(compaction._Rewriter, "add_shard", add_shard)
+    monkeypatch.setattr(compaction.TailRewriter, "add_shard", add_shard)
     result = compact(ix)
     assert done.is_set() and "skipped" not in result
     store = IndexStore.open(ix)

@@ -75,6 +75,18 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
     assert ka.keys() == kb.keys()
     assert max(float(np.abs(ka[k] - kb[k]).max()) for k in ka) <= 1e-5
     assert_clean_folder(out)
+    # The same files recorded sealed (each index under its own key), each with the size and
+    # mtime the next run compares.
+    from medcbir.indexer import IndexStore
+    from medcbir.indexer.follow import recorded_sources
+
+    recorded = []
+    for index in (single, out):
+        with IndexStore.open(index) as store:
+            found = recorded_sources(index, store.manifest)
+            assert all(name.startswith("sealed:") for name in found)
+            recorded.append({store.source_path(name): source for name, source in found.items()})
+    assert recorded[0] == recorded[1] and all(source.state for source in recorded[1].values())
 
     # Same neighbours through the CLI, both indexes searched by the single-process engine.
     queries = [k[0] for k in sorted(ka)[::17]]
@@ -167,35 +179,6 @@ def committed_at_least(seen: int, summary) -> int:
     done = 80 - summary.indexed
     assert done >= seen
     return done
-
-
-@pytest.fixture(scope="module")
-def dicomweb_server(tmp_path_factory):
-    """A real Orthanc with its DICOMweb plugin (no medcbir plugin) holding a small phantom."""
-    import requests
-
-    from medcbir.imaging.phantom import make_archive
-    from medcbir.pacs.orthanc_config import build_config, write_config
-    from medcbir.pacs.orthanc_server import OrthancServer, free_port
-    from tests.conftest import require_binary
-
-    require_binary("Orthanc")
-    folder = tmp_path_factory.mktemp("ray-dicomweb")
-    archive = folder / "archive"
-    make_archive(archive, patients=2, slices=6, seed=5, size=64)
-    config = build_config(folder / "unused-index", "default", http_port=free_port(), dicom_port=free_port(), storage=folder / "storage")
-    config["Plugins"] = [p for p in config["Plugins"] if "DicomWeb" in p]
-    config.pop("PythonScript", None)
-    config.pop("Medcbir", None)
-    server = OrthancServer(write_config(folder / "orthanc.json", config), log_path=folder / "orthanc.log")
-    server.start(timeout=90, wait_plugin=False)
-    try:
-        files = sorted(archive.rglob("*.dcm"))
-        for path in files:
-            requests.post(server.url + "/instances", data=path.read_bytes(), timeout=30).raise_for_status()
-        yield server, files
-    finally:
-        server.stop()
 
 
 def test_ray_index_from_dicomweb_equals_single_process(ray_runtime, dicomweb_server, encoder_path, tmp_path):
