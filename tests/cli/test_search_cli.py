@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,4 +158,4 @@ def test_labels_that_are_not_utf8_give_one_error_line(flat_index, capsys, tmp_pa
     labels.write_bytes("sop_instance_uid,frame,label\n1.2.3,0,hépatique\n".encode("latin-1"))
     code, out, err = run(capsys, "evaluate", flat_index, "--labels", labels)
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith(f"error: {labels}: not UTF-8 text (byte 0xe9 at offset")
+    assert err.startswith(f"error: {labels} is not UTF-8 text (byte 0xe9 at offset")
