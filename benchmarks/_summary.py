@@ -145,6 +145,14 @@ def _rest_fuzz(r: dict) -> Line:
                 f"search p50 {r['search_quiet_before_p50_ms']:.0f} ms before, {r['search_quiet_after_p50_ms']:.0f} ms after", verdict(ok))
 
 
+@summary("source_check")
+def _source_check(r: dict) -> Line:
+    per_k = 1000 * r["ours_s"] / r["files"]
+    return Line("noticing changed/removed sources costs little per run (no goal; size/mtime chosen over a content hash)",
+                f"size/mtime check of {r['files']} files: {r['ours_s']:.2f} s ({per_k:.0f} ms per 1,000)",
+                f"XXH3 of the content {r['xxh3_s']:.2f} s, sha256 {r['sha256_s']:.2f} s", "ran")
+
+
 @summary("plugin_explain")
 def _plugin_explain(r: dict) -> Line:
     return Line(f"search p95 while explaining ≤ {r['goal_ratio']:g}× quiet", f"p95 {r['busy_p95_ms']:.0f} ms ({r['ratio']:.2f}×)",
