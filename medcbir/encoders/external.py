@@ -119,8 +119,9 @@ class ExternalBackbone(nn.Module):
         self.prefix = int(spec.prefix_tokens if spec.prefix_tokens is not None else 1)
         self.tap: LayerTap | None = None
         self.grid: TokenGrid | None = None
-        self.layer: nn.Module | None = None
         self.layer_problem = ""
+        # A name, not a module attribute: the layer is in the model already (an attribute would
+        # register it twice, in the state dict too).
         self.layer_name: str | None = None
         if spec.output not in OUTPUTS:
             self.tap = LayerTap()
@@ -134,6 +135,13 @@ class ExternalBackbone(nn.Module):
             return self.model.get_submodule(name)
         except AttributeError:
             raise ConfigError(f"the model has no layer {name!r} (its layers: {', '.join(n for n, _ in list(self.model.named_children())[:8])} ...)") from None
+
+    @property
+    def layer(self) -> nn.Module | None:
+        """The feature layer: the token grid's map, the named module, or None."""
+        if self.grid is not None:
+            return self.grid.feature_map
+        return self.model.get_submodule(self.layer_name) if self.layer_name else None
 
     def run_model(self, images: torch.Tensor) -> Any:
         x = self.adapter(images)
@@ -180,15 +188,13 @@ class ExternalBackbone(nn.Module):
             return
         module = self._submodule(name, "feature_layer")
         shape = layer_shape(shapes, name)
+        if shape is not None and len(shape) not in (3, 4):
+            self.layer_problem = (f"feature_layer {name!r} gives {'×'.join(map(str, shape))}, neither B×K×h×w nor tokens: "
+                                  f"{NEEDS_FEATURE_LAYER} cannot run; {RUNS_WITHOUT} can")
+            return
         if shape is not None and len(shape) == 3:
             self.grid = TokenGrid(self.prefix)
             module.register_forward_hook(self.grid.hook)
-            self.layer = self.grid.feature_map
-        elif shape is None or len(shape) == 4:
-            self.layer = module
-        else:
-            self.layer_problem = (f"feature_layer {name!r} gives {'×'.join(map(str, shape))}, neither B×K×h×w nor tokens: "
-                                  f"{NEEDS_FEATURE_LAYER} cannot run; {RUNS_WITHOUT} can")
         self.layer_name = name
 
 

@@ -121,20 +121,22 @@ def test_the_spec_is_in_the_fingerprint(byo_models, tmp_path):
     assert len(fingerprints) == 4
 
 
-def test_a_trained_user_encoder_saves_and_loads_as_a_checkpoint(byo_models, tmp_path):
+@pytest.mark.parametrize("name", ["hf-vit", "hf-resnet", "densenet", "torchscript"])
+def test_a_trained_user_encoder_saves_and_loads_as_a_checkpoint(byo_models, tmp_path, name):
     from medcbir.encoders.checkpoint import save_checkpoint
 
-    module = load_encoder_module(byo_models["hf-vit"]["encoder"])
+    module = load_encoder_module(byo_models[name]["encoder"])
     with torch.no_grad():
         next(module.backbone.parameters()).view(-1)[:3] += 0.1  # as training would
     before = module.refresh_fingerprint()
     save_checkpoint(tmp_path / "tuned.pt", module, method="simclr")
     loaded = load_encoder_module(tmp_path / "tuned.pt")
-    assert loaded.fingerprint == before != open_encoder(byo_models["hf-vit"]["encoder"]).fingerprint
+    assert loaded.fingerprint == before != open_encoder(byo_models[name]["encoder"]).fingerprint
+    assert sorted(loaded.backbone.state_dict()) == sorted(module.backbone.state_dict())
     x = torch.rand(2, 1, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), module(x))
-    assert open_encoder(tmp_path / "tuned.pt").spec["kind"] == "huggingface"
+    assert open_encoder(tmp_path / "tuned.pt").spec == module.spec
 
 
 def test_a_vit_explains_with_grad_cam_on_its_token_grid(byo_models):
