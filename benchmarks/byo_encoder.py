@@ -68,14 +68,12 @@ def model_folder(name: str, work: Path) -> Path:
 
 
 def decoded_images(archive: Path, preprocessing, n: int) -> np.ndarray:
+    """The first ``n`` items of the archive, decoded and preprocessed as the indexer does (in this process)."""
+    from itertools import islice
+
     from medcbir.imaging import walk
 
-    images = []
-    for _meta, image in walk(archive, preprocessing=preprocessing, workers=1):
-        images.append(image)
-        if len(images) == n:
-            break
-    return np.stack(images)
+    return np.stack([decoded.image for decoded in islice(walk(archive, preprocessing=preprocessing, workers=1), n)])
 
 
 def plain_loop(model, images: np.ndarray, batch: int, output: str) -> np.ndarray:
