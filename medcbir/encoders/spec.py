@@ -214,8 +214,8 @@ def spec_from_dict(data: dict, base: str | Path = ".", source: str = "<spec>", d
     model = data.get("model")
     if kind in ("huggingface", "onnx", "torchscript"):
         if kind == "huggingface" and isinstance(model, str) and not (base / model).expanduser().exists() and "/" in model and not model.startswith((".", "/", "~")):
-            raise ConfigError(f"encoder spec: {model!r} looks like a Hugging Face hub name; medcbir loads local folders only "
-                              "(download it on a connected machine, copy the folder here, and give its path)")
+            raise ConfigError(f"encoder spec: no local folder {base / model}, and {model!r} looks like a Hugging Face hub name; "
+                              "medcbir loads local folders only (download it on a connected machine, copy the folder here, and give its path)")
         model = _local_path(model, base, "model")
         if kind == "huggingface" and not (Path(model) / HF_CONFIG).is_file():
             raise ConfigError(f"encoder spec: {model} has no {HF_CONFIG}; a Hugging Face model folder holds config.json and its weights")

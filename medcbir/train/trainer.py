@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -103,7 +104,8 @@ class TrainConfig:
         progress: show a progress bar.
         monitor_k: K of the monitor's MAP@K.
         init: an encoder to start from (anything :func:`~medcbir.encoders.runtime.load_encoder_module`
-            takes: an encoder spec, ``hf:DIR``, a checkpoint): the method trains its module, all
+            takes: an encoder spec, ``hf:DIR``, a checkpoint, or a module in memory, which is
+            copied, never trained in place): the method trains its module, all
             its weights (full fine-tuning), and its preprocessing replaces ``size``,
             ``windows``, ``crop`` and ``fov_mm``; ``backbone`` and ``pooling`` are unused.
     """
@@ -167,7 +169,7 @@ class TrainConfig:
             "neighbour_p": float(self.neighbour_p),
             "position_delta": float(self.position_delta),
             "position_p": float(self.position_p),
-            **({"init": str(self.init)} if self.init is not None else {}),
+            **({"init": _init_name(self.init)} if self.init is not None else {}),
         }
 
 
@@ -246,13 +248,24 @@ def _preprocessing(config: TrainConfig, init: EncoderModule | None = None):
     return default_preprocessing(int(config.size), tuple(config.windows), crop=config.crop, fov_mm=config.fov_mm)
 
 
+def _init_name(init) -> str:
+    """How a run records its starting encoder: the path or name given, or a module's fingerprint."""
+    return str(init) if isinstance(init, (str, Path)) else str(getattr(init, "fingerprint", type(init).__name__))
+
+
 def _init_module(config: TrainConfig) -> EncoderModule | None:
-    """The encoder module the run starts from (``config.init``), or None for a random backbone."""
+    """The encoder module the run starts from (``config.init``), or None for a random backbone.
+
+    A module given in memory is copied: the run trains its own copy, never the caller's.
+    """
     if config.init is None:
         return None
-    from medcbir.encoders.runtime import load_encoder_module
+    if isinstance(config.init, torch.nn.Module):
+        module = copy.deepcopy(config.init).cpu()
+    else:
+        from medcbir.encoders.runtime import load_encoder_module
 
-    module = load_encoder_module(config.init)
+        module = load_encoder_module(config.init)
     if not any(p.requires_grad for p in module.backbone.parameters()):
         raise ConfigError(f"--init {config.init} has no weights to train")
     return module

@@ -53,6 +53,17 @@ def test_the_first_step_loss_is_a_forward_of_the_given_weights(byo_models, phant
     assert adapted.fingerprint == summary.fingerprint != start.fingerprint
 
 
+def test_a_module_given_in_memory_is_copied_not_trained_in_place(byo_models, phantom_archive, tmp_path):
+    from medcbir.encoders.checkpoint import read_checkpoint
+
+    module = load_encoder_module(byo_models["densenet"]["encoder"])
+    before = module.refresh_fingerprint()
+    summary = train(TrainConfig(archive=phantom_archive, out=tmp_path / "adapted.pt", method="simsiam", epochs=1, batch_size=ITEMS,
+                                method_options=SMALL_HEADS, seed=SEED, device=Device.cpu(), progress=False, workers=1, init=module))
+    assert module.refresh_fingerprint() == before != summary.fingerprint
+    assert read_checkpoint(tmp_path / "adapted.pt")["config"]["init"] == before
+
+
 def test_train_init_through_the_cli(byo_models, phantom_archive, tmp_path, capsys):
     out = tmp_path / "vit-adapted.pt"
     code = main(["train", str(phantom_archive), "--init", byo_models["hf-vit"]["encoder"], "--method", "simclr", "--epochs", "1",
