@@ -10,6 +10,7 @@ with.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -129,3 +130,43 @@ def reference_vectors(entry: dict, images: torch.Tensor, output: str = "pooled")
             out = model(x)
             out = out.mean(dim=(2, 3)) if out.ndim == 4 else out
     return torch.nn.functional.normalize(out.float(), dim=1)
+
+
+def changed_copy(entry: dict, name: str, root: Path) -> str:
+    """A copy of the model's files with one weight changed; the ``--encoder`` argument of the copy."""
+    src = Path(entry["folder"])
+    dst = root / "changed"
+    shutil.copytree(src, dst)
+    weights = dst / Path(entry["weights"]).relative_to(src)
+    if name.startswith("hf-"):
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        key = sorted(state)[0]
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] += 0.5
+        save_file(state, str(weights), metadata={"format": "pt"})
+    elif name == "densenet":
+        state = torch.load(weights, weights_only=True)
+        key = next(k for k, v in state.items() if v.is_floating_point())
+        state[key].view(-1)[0] += 0.5
+        torch.save(state, weights)
+    elif name == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(weights))
+        tensor = model.graph.initializer[0]
+        array = numpy_helper.to_array(tensor).copy()
+        array.reshape(-1)[0] += 0.5
+        tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+        onnx.save(model, str(weights))
+    else:
+        module = torch.jit.load(str(weights))
+        with torch.no_grad():
+            next(iter(module.parameters())).view(-1)[0] += 0.5
+        module.save(str(weights))
+    arg = entry["encoder"]
+    if arg.startswith("hf:"):
+        return f"hf:{dst}"
+    return str(dst / Path(arg).name)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from medcbir.cli.main import main
-from tests.encoders.test_external import _changed_copy
+from tests.byo_models import changed_copy
 
 KINDS = ("densenet", "hf-resnet", "hf-vit", "onnx", "torchscript")
 #: what a gradient/CAM explanation does per kind: runs, or is refused naming what runs
@@ -84,7 +84,7 @@ def test_evaluate_with_baselines(byo_indexes, phantom_archive, capsys):
 def test_an_index_refuses_the_encoder_once_a_weight_changed(byo_indexes, byo_models, phantom_archive, name, tmp_path, capsys):
     index = tmp_path / "index"
     shutil.copytree(byo_indexes[name], index)
-    changed = _changed_copy(byo_models[name], name, tmp_path)
+    changed = changed_copy(byo_models[name], name, tmp_path)
     code, out, err = run(capsys, "index", phantom_archive, "--encoder", changed, "--out", index, "--workers", "1", "--no-progress")
     assert code == 2 and err.startswith("error: index built with encoder") and len(err.strip().splitlines()) == 1, err
     code, out, err = run(capsys, "search", index, query_of(phantom_archive), "--encoder", changed)

@@ -18,7 +18,7 @@ import torch
 from medcbir.device import Device
 from medcbir.encoders.runtime import load_encoder_module, open_encoder
 from medcbir.errors import ConfigError
-from tests.byo_models import SIZE, reference_vectors
+from tests.byo_models import SIZE, changed_copy, reference_vectors
 
 KINDS = ("densenet", "hf-resnet", "hf-vit", "onnx", "torchscript")
 
@@ -57,46 +57,6 @@ def test_hf_dir_reads_the_folder_input_settings(byo_models):
     assert encoder.source.startswith("hf:/") and encoder.dim == 16
 
 
-def _changed_copy(entry: dict, name: str, root: Path) -> str:
-    """A copy of the model's files with one weight changed; the ``--encoder`` argument of the copy."""
-    src = Path(entry["folder"])
-    dst = root / "changed"
-    shutil.copytree(src, dst)
-    weights = dst / Path(entry["weights"]).relative_to(src)
-    if name.startswith("hf-"):
-        from safetensors.torch import load_file, save_file
-
-        state = load_file(str(weights))
-        key = sorted(state)[0]
-        state[key] = state[key].clone()
-        state[key].view(-1)[0] += 0.5
-        save_file(state, str(weights), metadata={"format": "pt"})
-    elif name == "densenet":
-        state = torch.load(weights, weights_only=True)
-        key = next(k for k, v in state.items() if v.is_floating_point())
-        state[key].view(-1)[0] += 0.5
-        torch.save(state, weights)
-    elif name == "onnx":
-        import onnx
-        from onnx import numpy_helper
-
-        model = onnx.load(str(weights))
-        tensor = model.graph.initializer[0]
-        array = numpy_helper.to_array(tensor).copy()
-        array.reshape(-1)[0] += 0.5
-        tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
-        onnx.save(model, str(weights))
-    else:
-        module = torch.jit.load(str(weights))
-        with torch.no_grad():
-            next(iter(module.parameters())).view(-1)[0] += 0.5
-        module.save(str(weights))
-    arg = entry["encoder"]
-    if arg.startswith("hf:"):
-        return f"hf:{dst}"
-    return str(dst / Path(arg).name)
-
-
 @pytest.mark.parametrize("name", KINDS)
 def test_the_fingerprint_covers_the_weights_not_their_place(byo_models, tmp_path, name):
     entry = byo_models[name]
@@ -107,7 +67,7 @@ def test_the_fingerprint_covers_the_weights_not_their_place(byo_models, tmp_path
     arg = entry["encoder"]
     moved_arg = f"hf:{moved}" if arg.startswith("hf:") else str(moved / Path(arg).name)
     assert open_encoder(moved_arg, device=Device.cpu()).fingerprint == first  # a copy elsewhere is the same encoder
-    assert open_encoder(_changed_copy(entry, name, tmp_path), device=Device.cpu()).fingerprint != first
+    assert open_encoder(changed_copy(entry, name, tmp_path), device=Device.cpu()).fingerprint != first
 
 
 def test_the_spec_is_in_the_fingerprint(byo_models, tmp_path):
