@@ -41,6 +41,16 @@ def short_of(value: float, goal: float) -> str:
     return f"{100 * (1 - value / goal):.0f} % short"
 
 
+@summary("byo_encoder")
+def _byo_encoder(r: dict) -> Line:
+    rows = r["rows"]
+    worst = min(rows, key=lambda x: x["ratio"])
+    ours = ", ".join(f"{x['model']} {x['medcbir_images_per_s']:.2f} images/s ({x['ratio']:.2f}×)" for x in rows)
+    peer = ", ".join(f"{x['model']} {x['plain_images_per_s']:.2f}" for x in rows)
+    return Line(f"own Hugging Face encoder through medcbir ≥ {r['goal_ratio']}× a plain torch loop ({r['size']} px)", ours,
+                f"plain torch loop: {peer} images/s", verdict(worst["ratio"] >= r["goal_ratio"], f"{worst['model']}: {short_of(worst['ratio'], r['goal_ratio'])}"))
+
+
 @summary("decode")
 def _decode(r: dict) -> Line:
     two, one = r["modes"]["raw"]["2"], r["modes"]["raw"]["1"]

@@ -47,6 +47,7 @@ BENCHMARKS = [  # short ones first; "takes" is the recorded wall time where a re
     Bench("train_precision", "train", "--precision-compare --size 128 --batch 64 --epochs 2", False, "not recorded"),
     Bench("ray_index", "ray_index", "", False, "not recorded"),
     Bench("rest_fuzz", "rest_fuzz", "--bodies 20000 --threads 4", False, "108 s", "Orthanc with its Python plugin"),
+    Bench("byo_encoder", "byo_encoder", "", False, "not recorded"),
     Bench("orthanc_load", "orthanc_load", "", False, "not recorded", "Orthanc with its Python plugin, dcmtk"),
     Bench("plugin_explain", "plugin_explain", "", False, "not recorded", "Orthanc with its Python plugin"),
     Bench("index_growth", "index", "--growth 1000000 --growth-queries 1000", False, "108 s"),

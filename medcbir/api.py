@@ -126,7 +126,8 @@ def index(index: str | Path, archive: Any, encoder: Any = "default", *, progress
         archive: a folder or file of DICOM (walked recursively), or a
             :class:`medcbir.imaging.Source`.
         encoder: a built-in name (``"default"``, ``"thumbnail:16"``, ...), a checkpoint or ONNX
-            path, or an encoder object (:func:`medcbir.encoders.runtime.open_encoder`).
+            path, your own model (an encoder spec file, ``hf:DIR``, ...), or an encoder object
+            (:func:`medcbir.encoders.runtime.open_encoder`).
         progress: show a progress bar on stderr.
         **options: of :func:`medcbir.indexer.index_archive` (``index_spec``, ``shard_size``,
             ``workers``, ``device``, ``batch_size``, ``key_file``, ``target_recall``, ``ray``, ...).
@@ -274,7 +275,9 @@ def embed(archive: str | Path | Iterable[Path], encoder: Any = "default", **opti
 
     Args:
         archive: a folder (walked recursively), one DICOM file, or a list of files.
-        encoder: a built-in name, a checkpoint or ONNX path, or an encoder object.
+        encoder: a built-in name, a checkpoint or ONNX path, your own model (an encoder spec
+            file, ``hf:DIR``, a model file with a ``FILE.json`` sidecar, an ``EncoderSpec``), or
+            an encoder object.
         **options: ``batch_size``, ``workers``, ``device``, ``key`` (the pseudonym key) of
             :func:`medcbir.encoders.embedding.embed_archive`.
 

@@ -2,7 +2,8 @@
 # Set up everything medcbir needs on a fresh Debian machine, idempotently:
 #   system packages (dcmtk, dicom3tools, Orthanc + Python/DICOMweb plugins, Chromium + chromedriver) via apt-get when missing,
 #   a virtual environment in .venv/ built on the system python3.11 (the one Orthanc's Python
-#   plugin embeds), torch==2.13.0 (CPU build, no torchvision), and medcbir with its pins.
+#   plugin embeds), torch==2.13.0 (CPU build, no torchvision), and medcbir with its pins (and the
+#   [hf] extra: transformers + safetensors, for users' own Hugging Face encoders).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -43,7 +44,7 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
     log "installing Python packages into .venv"
     "$VPY" -m pip install -q --upgrade pip
     "$VPY" -m pip install -q torch==2.13.0
-    "$VPY" -m pip install -q -e ".[dev]"
+    "$VPY" -m pip install -q -e ".[dev,hf]"
     echo "$want" > "$stamp"
 fi
 if "$VPY" -c "import torchvision" 2>/dev/null; then

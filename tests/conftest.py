@@ -71,3 +71,11 @@ def exported(trained, phantom_archive) -> dict:
     out = trained["checkpoint"].with_suffix(".onnx")
     report = export_onnx(trained["checkpoint"], out, archive=phantom_archive)
     return {"onnx": out, "report": report, **trained}
+
+
+@pytest.fixture(scope="session")
+def byo_models(tmp_path_factory) -> dict:
+    """Users' own models in every format an encoder spec reads (tests/byo_models.py), saved once."""
+    from tests.byo_models import write_models
+
+    return write_models(tmp_path_factory.mktemp("byo-models"))

@@ -42,7 +42,7 @@ def _source(archive: str, workers: int):
 
 @click.command("index")
 @click.argument("archive")
-@click.option("--encoder", "encoder", default="default", show_default=True, help="Encoder checkpoint, ONNX file or 'default'.")
+@click.option("--encoder", "encoder", default="default", show_default=True, help="Encoder checkpoint, ONNX file, 'default', or your own model: an encoder spec (.json), hf:DIR, or model.onnx with model.onnx.json beside it.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Index folder (created or resumed).")
 @click.option("--shard-size", default=4096, show_default=True, type=click.IntRange(min=1), help="Items per HDF5 shard.")
 @click.option("--index-spec", default="auto", show_default=True, help="'auto' or a FAISS factory string (e.g. IVF1024,PQ64,Refine(Flat)).")
@@ -143,7 +143,7 @@ def retrain(index_dir, sample, seed) -> None:
 
 @click.command("verify")
 @click.argument("index_dir", metavar="INDEX")
-@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems", ...}.')
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems", "encoder", ...}.')
 @click.option("--repair", is_flag=True,
               help="Drop damaged shards' items (the next `index` run embeds them again), rebuild damaged FAISS files, "
                    "or fall back to the newest intact kept generation when the manifest is damaged; reports what it did.")
@@ -170,7 +170,7 @@ def verify(ctx, index_dir, as_json, repair, sources) -> None:
     if as_json:
         data = report.to_dict()
         out = {k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec",
-                                    "recall_at_10", "target_recall", "search_params", "dropped")}
+                                    "recall_at_10", "target_recall", "search_params", "dropped", "encoder")}
         if repaired is not None:
             out["repair"] = repaired.to_dict()
         if found is not None:

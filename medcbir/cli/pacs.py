@@ -11,7 +11,7 @@ import click
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--index", "index", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Index folder the plugin fills and searches (created on first commit).")
-@click.option("--encoder", required=True, help='Encoder checkpoint, .onnx file or "default".')
+@click.option("--encoder", required=True, help='Encoder checkpoint, .onnx file, "default", or an encoder spec (.json, hf:DIR, model.onnx + model.onnx.json).')
 @click.option("--http-port", default=8042, show_default=True, type=int, help="Orthanc's HTTP port.")
 @click.option("--dicom-port", default=4242, show_default=True, type=int, help="Orthanc's DICOM (C-STORE) port.")
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path),

@@ -113,7 +113,7 @@ def _fmt_z(value) -> str:
 @click.option("--per-group", type=click.IntRange(min=1), default=3, show_default=True, help="Best matching slices shown per case (--group-by).")
 @click.option("--query-series", multiple=True, help="A whole series as one query: a SeriesInstanceUID in the index or a folder (repeatable; needs --group-by).")
 @click.option("--prior", is_flag=True, help="The query patient's other studies, newest first, each with the slice nearest in anatomy.")
-@click.option("--encoder", default=None, help="Encoder checkpoint/ONNX (default: the one the index records).")
+@click.option("--encoder", default=None, help="Encoder checkpoint/ONNX or encoder spec (default: the one the index records).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
 @click.option("--redact", is_flag=True, help="Show no file paths (they may name patients): neighbours without source, query files by SOP UID.")

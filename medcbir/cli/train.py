@@ -71,8 +71,11 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--device", "device_name", default=None, type=click.Choice(["cpu", "cuda"]), help="Force a device [default: auto].")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Training precision (bf16 autocast also on CPU; fp16 needs CUDA).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(archive, method, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
-    """Train a self-supervised encoder on ARCHIVE (a DICOM folder)."""
+@click.option("--init", "init", default=None, metavar="ENCODER",
+              help="Start from this encoder's weights and train all of them (an encoder spec .json, hf:DIR, a checkpoint); "
+              "its preprocessing replaces --size/--windows/--crop/--fov-mm, and --backbone/--pooling are unused.")
+def train(archive, method, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet, init):
+    """Train a self-supervised encoder on ARCHIVE (a DICOM folder), from random weights or from --init."""
     from medcbir.device import Device
     from medcbir.train.trainer import TrainConfig
     from medcbir.train.trainer import train as run
@@ -107,11 +110,12 @@ def train(archive, method, augment, neighbour_mm, neighbour_p, position_delta, p
         cache=cache,
         device=Device.auto(prefer=device_name, precision=precision),
         progress=not quiet,
+        init=init,
     )
     summary = run(config)
     last = summary.history[-1] if summary.history else {}
     start = summary.history[0] if summary.history and summary.history[0]["epoch"] == 0 else None
-    click.echo(f"trained {summary.method} ({backbone}) for {summary.epochs_run} epoch(s) of {summary.epochs}: {summary.images} images in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s)")
+    click.echo(f"trained {summary.method} ({'from ' + init if init else backbone}) for {summary.epochs_run} epoch(s) of {summary.epochs}: {summary.images} images in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s)")
     monitor = ""
     if "map_at_k" in last:
         monitor = f"; held-out MAP@{last['k']} {last['map_at_k']:.3f}, kNN accuracy {last['knn_accuracy']:.3f}"

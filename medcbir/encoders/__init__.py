@@ -26,5 +26,11 @@ One module per job (this package imports none of them, so the torch-free ones st
 - :mod:`~medcbir.encoders.onnx_format`: ONNX graphs and their medcbir metadata.
 - :mod:`~medcbir.encoders.runtime`: ``open_encoder`` → the runtime ``Encoder`` (numpy in and out;
   torch or ONNX Runtime), ``load_encoder_module`` → the torch module, ``open_for_index``.
-- :mod:`~medcbir.encoders.embedding`: ``embed_archive``, an archive's embeddings with their keys.
+- :mod:`~medcbir.encoders.embedding`: ``embed_archive``, an archive's embeddings with their keys;
+  ``save_embeddings`` (``.npz`` / ``.parquet``).
+- Users' own models: :mod:`~medcbir.encoders.spec` (encoder specs, ``hf:DIR``, sidecars; no
+  torch), :mod:`~medcbir.encoders.external_models` (loading each kind from local files),
+  :mod:`~medcbir.encoders.external` (``ExternalEncoderModule``: input adapter, model, one vector),
+  :mod:`~medcbir.encoders.token_grid` (the feature layer, a ViT's tokens as a grid),
+  :mod:`~medcbir.encoders.external_onnx` (an ONNX model behind the same adapter).
 """

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from medcbir.encoders.architecture import STEM, WEIGHTLESS_BACKBONES
+from medcbir.encoders.external import EXTERNAL, external_from_record
 from medcbir.encoders.heads import attach_recorded_heads, head_records
 from medcbir.encoders.module import EncoderModule, build_network
 from medcbir.errors import ConfigError
@@ -94,8 +95,25 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def module_from_record(record: dict, source: str = "") -> EncoderModule:
-    """Rebuild the :class:`EncoderModule` of a checkpoint dict (with its heads) and check its fingerprint."""
+    """Rebuild the :class:`EncoderModule` of a checkpoint dict (with its heads) and check its fingerprint.
+
+    A user encoder trained or fine-tuned by medcbir (architecture ``external``) is rebuilt from
+    its recorded spec (:func:`~medcbir.encoders.external.external_from_record`).
+    """
     arch = dict(record["arch"])
+    if arch.get("backbone") == EXTERNAL:
+        module = external_from_record(record, source)
+    else:
+        module = _network_from_record(record, arch, source)
+    if module.fingerprint != record["fingerprint"]:
+        raise ConfigError(
+            f"{source or 'checkpoint'} is corrupt: its weights hash to {module.fingerprint[:12]}, "
+            f"not the recorded {str(record['fingerprint'])[:12]}"
+        )
+    return attach_recorded_heads(module, record, source)
+
+
+def _network_from_record(record: dict, arch: dict, source: str) -> EncoderModule:
     if arch.get("backbone") not in WEIGHTLESS_BACKBONES and arch.get("stem", STEM) != STEM:
         raise ConfigError(f"{source or 'checkpoint'} uses stem {arch.get('stem')!r}; this medcbir builds {STEM!r}")
     try:
@@ -106,10 +124,4 @@ def module_from_record(record: dict, source: str = "") -> EncoderModule:
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ConfigError(f"{source or 'checkpoint'} weights do not fit {arch.get('backbone')}: {first}") from None
-    module = EncoderModule(net, arch, record["preprocessing"]).eval()
-    if module.fingerprint != record["fingerprint"]:
-        raise ConfigError(
-            f"{source or 'checkpoint'} is corrupt: its weights hash to {module.fingerprint[:12]}, "
-            f"not the recorded {str(record['fingerprint'])[:12]}"
-        )
-    return attach_recorded_heads(module, record, source)
+    return EncoderModule(net, arch, record["preprocessing"]).eval()

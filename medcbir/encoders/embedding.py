@@ -1,9 +1,15 @@
 """An archive's embeddings with their keys: the embedding step of indexing, without an index.
 
+:func:`save_embeddings` writes them for the user's own analysis (``medcbir embed``): ``.npz``
+with the arrays ``sop_instance_uid``, ``frame``, ``vectors`` (N×D) and ``fingerprint``, or
+``.parquet`` (through pyarrow) with one row per item, the columns ``sop_instance_uid``,
+``frame`` and ``vector``, and the encoder's fingerprint in the file's metadata.
+
 Example:
     >>> found = embed_archive("archive/", "default")              # doctest: +SKIP
     >>> found.vectors.shape, found.keys[0]                         # doctest: +SKIP
     ((80, 2020), ('1.2.826.0.1.3680043.8.498.1', 0))
+    >>> save_embeddings(found, "embeddings.npz")                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,8 +22,13 @@ from typing import Any
 import numpy as np
 
 from medcbir.encoders.runtime import open_encoder
+from medcbir.errors import ConfigError
+from medcbir.fsutil import atomic_path
 from medcbir.imaging.items import ItemMeta
 from medcbir.imaging.walk import walk
+
+#: What :func:`save_embeddings` writes, by file suffix.
+FORMATS = (".npz", ".parquet")
 
 
 @dataclass
@@ -90,3 +101,42 @@ def embed_archive(
         fingerprint=enc.fingerprint,
         skipped=dict(items.report.skipped),
     )
+
+
+def check_output(path: str | Path) -> Path:
+    """Refuse an output :func:`save_embeddings` cannot write, before any embedding is computed.
+
+    Raises:
+        ConfigError: a suffix other than ``.npz`` / ``.parquet``, or ``.parquet`` without pyarrow.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"--out {path}: write .npz or .parquet, not {suffix or 'a file without a suffix'}")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ConfigError("writing .parquet needs pyarrow, which is not installed here; write .npz instead") from None
+    return path
+
+
+def save_embeddings(found: Embeddings, path: str | Path) -> Path:
+    """Write embeddings with their keys atomically, as ``.npz`` or ``.parquet`` (see the module docstring)."""
+    path = check_output(path)
+    uids = np.asarray([uid for uid, _ in found.keys], dtype=str)
+    frames = np.asarray([frame for _, frame in found.keys], dtype=np.int64)
+    vectors = np.ascontiguousarray(found.vectors, dtype=np.float32)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".npz":
+            with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to the temporary name
+                np.savez(f, sop_instance_uid=uids, frame=frames, vectors=vectors, fingerprint=np.asarray(found.fingerprint))
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1] if vectors.ndim == 2 else 0)
+            table = pa.table({"sop_instance_uid": pa.array(uids.tolist(), pa.string()), "frame": pa.array(frames), "vector": column})
+            pq.write_table(table.replace_schema_metadata({"medcbir.fingerprint": found.fingerprint}), tmp)
+    return path

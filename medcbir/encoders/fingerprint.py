@@ -3,13 +3,15 @@
 sha256 over the canonical JSON of the architecture record and the preprocessing record, then
 every tensor of the network's state dict in sorted key order (key, dtype, shape, bytes). The
 exact byte stream is a compatibility contract: every index ever built records a fingerprint
-computed this way.
+computed this way. A user's ONNX model has no state dict: :func:`file_fingerprint` hashes the
+bytes of its files instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,4 +40,27 @@ def compute_fingerprint(arch: dict, preprocessing: dict, state_dict: dict[str, t
         h.update(str(tensor.dtype).encode())
         h.update(_canonical(list(tensor.shape)))
         h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def file_fingerprint(arch: dict, preprocessing: dict, files: list) -> str:
+    """sha256 hex of canonical JSON (arch, preprocessing) + each file's name and bytes, in order.
+
+    For models that are files and not a state dict (a user's ONNX graph and its external data):
+    their bytes are the weights' content.
+
+    Args:
+        arch: architecture record (without paths).
+        preprocessing: ``Preprocessing.to_dict()``.
+        files: paths of the files that define the model, in a fixed order.
+    """
+    h = hashlib.sha256()
+    h.update(_canonical({"arch": arch, "preprocessing": preprocessing}))
+    for path in files:
+        path = Path(path)
+        h.update(path.name.encode())
+        h.update(_canonical(path.stat().st_size))
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()

@@ -97,7 +97,8 @@ def read_metadata(session, path: Path) -> dict:
     """
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("medcbir.format") != FORMAT or "medcbir.fingerprint" not in meta:
-        raise ConfigError(f"{path} is an ONNX model without medcbir metadata (export it with `medcbir export-onnx`)")
+        raise ConfigError(f"{path} is an ONNX model without medcbir metadata: describe it in {path.name}.json beside it "
+                          "(`medcbir encoder-spec --kind onnx`), or export it with `medcbir export-onnx`")
     try:
         return {
             "fingerprint": meta["medcbir.fingerprint"],

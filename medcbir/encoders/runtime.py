@@ -10,6 +10,12 @@ Two faces, named after what they return:
 - :func:`load_encoder_module` returns the :class:`~medcbir.encoders.module.EncoderModule`
   (a ``torch.nn.Module``) for training, explanations and anything that needs gradients.
 
+Both take the user's own models too: an encoder spec (:mod:`medcbir.encoders.spec`: a ``.json``
+file, ``hf:DIR``, a model file with a ``FILE.json`` sidecar) opens as
+:class:`~medcbir.encoders.external.ExternalEncoderModule` (Hugging Face, torch, TorchScript, timm)
+or, for ONNX, as an ONNX Runtime encoder with the spec's input adapter
+(:mod:`medcbir.encoders.external_onnx`).
+
 Example:
     >>> import numpy as np
     >>> enc = open_encoder("default")
@@ -34,6 +40,7 @@ from medcbir.encoders.compat import describe
 from medcbir.encoders.module import EncoderModule
 from medcbir.encoders.names import DEFAULT_ENCODER, LEGACY_DEFAULT, PREVIOUS_DEFAULT, is_builtin
 from medcbir.encoders.onnx_format import is_onnx, onnx_session, read_metadata
+from medcbir.encoders.spec import EncoderSpec, spec_argument
 from medcbir.errors import ConfigError, EncoderMismatch
 
 
@@ -44,7 +51,9 @@ def load_encoder_module(path: Any = DEFAULT_ENCODER) -> EncoderModule:
         path: a built-in name (:mod:`medcbir.encoders.names`: ``"default"`` = the ``classic``
             descriptor with the default preprocessing; ``"random:SEED"``; ``"thumbnail:N"``), a
             checkpoint written by :func:`~medcbir.encoders.checkpoint.save_checkpoint` or by the
-            trainer (its training state is ignored here), or a module (returned as it is).
+            trainer (its training state is ignored here), a user encoder (an encoder spec file,
+            ``hf:DIR``, a model file with a ``FILE.json`` sidecar, an
+            :class:`~medcbir.encoders.spec.EncoderSpec` or its dict), or a module (returned as it is).
 
     Returns:
         An :class:`EncoderModule` with ``.preprocessing``, ``.fingerprint``, ``.dim``,
@@ -55,15 +64,28 @@ def load_encoder_module(path: Any = DEFAULT_ENCODER) -> EncoderModule:
     builtin = builtin_encoder_module(path) if is_builtin(path) else None
     if builtin is not None:
         return builtin
+    spec = spec_argument(path)
+    if spec is not None:
+        return _external_module(spec)
     if is_onnx(path):
         raise ConfigError(f"{path} is an ONNX export; use open_encoder() for inference (no torch module to return)")
     return module_from_record(read_checkpoint(path), str(path))
 
 
+def _external_module(spec: EncoderSpec) -> EncoderModule:
+    if spec.kind == "onnx":
+        raise ConfigError(f"{spec.model} is an ONNX model: it runs for indexing, search and RELAX, but has no torch "
+                          "module for training or gradients (describe the model's torch, Hugging Face or TorchScript form instead)")
+    from medcbir.encoders.external import external_module
+
+    return external_module(spec)
+
+
 class Encoder:
     """Batched inference: numpy B×C×S×S float32 in [0,1] → L2-normalised B×D float32.
 
-    Built by :func:`open_encoder`; ``kind`` is ``"torch"`` or ``"onnx"``.
+    Built by :func:`open_encoder`; ``kind`` is ``"torch"`` or ``"onnx"``; ``spec`` is the encoder
+    spec of a user encoder (:meth:`~medcbir.encoders.spec.EncoderSpec.to_dict`), else None.
     """
 
     def __init__(
@@ -79,6 +101,7 @@ class Encoder:
         module: EncoderModule | None = None,
         session: Any = None,
         batch_size: int = 32,
+        spec: dict | None = None,
     ) -> None:
         self.kind = kind
         self.source = source
@@ -90,6 +113,7 @@ class Encoder:
         self.module = module
         self.session = session
         self.batch_size = int(batch_size)
+        self.spec = dict(spec) if spec else None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -154,24 +178,36 @@ def open_encoder(path: Any = DEFAULT_ENCODER, device: Any = None, batch_size: in
 
     Args:
         path: a built-in name (``"default"``, ...), a checkpoint (``.pt``), an ONNX export
-            (``.onnx``), as ``str`` or ``Path``; an :class:`EncoderModule` (or any torch module
-            with the same attributes) in memory; or an encoder object already open (anything with
-            ``embed``, e.g. an :class:`Encoder`), returned as it is.
+            (``.onnx``), a user encoder (a spec ``.json``, ``hf:DIR``, a model file with a
+            ``FILE.json`` sidecar, an :class:`~medcbir.encoders.spec.EncoderSpec` or its dict), as
+            ``str`` or ``Path``; an :class:`EncoderModule` (or any torch module with the same
+            attributes) in memory; or an encoder object already open (anything with ``embed``,
+            e.g. an :class:`Encoder`), returned as it is.
         device: a :class:`~medcbir.device.Device`; None = ``Device.auto()``.
         batch_size: default forward batch size of :meth:`Encoder.embed`.
 
     Raises:
-        ConfigError: missing, unreadable or foreign file.
+        ConfigError: missing, unreadable or foreign file; a user model whose output is not one
+            vector per image.
     """
     if hasattr(path, "embed"):
         return path
     device = device or Device.auto()
     if isinstance(path, Path):
         path = str(path)
-    if is_onnx(path):
+    spec = spec_argument(path)
+    if spec is not None and spec.kind == "onnx":
+        from medcbir.encoders.external_onnx import open_onnx_spec
+
+        return Encoder(kind="onnx", source=spec.source, device=device, batch_size=batch_size, spec=spec.to_dict(),
+                       **open_onnx_spec(spec, device.ort_providers))
+    if spec is None and is_onnx(path):
         return _open_onnx(Path(path), device)
-    module = load_encoder_module(path)
-    source = path if is_builtin(path) else ("<module>" if isinstance(path, nn.Module) else str(Path(path).resolve()))
+    module = _external_module(spec) if spec is not None else load_encoder_module(path)
+    if spec is not None:
+        source = spec.source
+    else:
+        source = path if is_builtin(path) else ("<module>" if isinstance(path, nn.Module) else str(Path(path).resolve()))
     module = module.eval().to(device.torch).to(memory_format=torch.channels_last)
     return Encoder(
         kind="torch",
@@ -183,6 +219,7 @@ def open_encoder(path: Any = DEFAULT_ENCODER, device: Any = None, batch_size: in
         device=device,
         module=module,
         batch_size=batch_size,
+        spec=module.arch.get("spec"),
     )
 
 

@@ -123,10 +123,10 @@ class Engine:
             source = info.get("source")
             if not source or source == "<module>":
                 raise ConfigError("the index does not record where its encoder is; pass encoder=... (--encoder)")
-            from medcbir.encoders.names import is_builtin
             from medcbir.encoders.runtime import open_for_index
+            from medcbir.encoders.spec import source_available
 
-            if not is_builtin(source) and not Path(source).exists():
+            if not source_available(source):
                 raise ConfigError(f"the index's encoder {source} no longer exists; pass encoder=... (--encoder)")
             encoder = open_for_index(source, info.get("fingerprint", ""), self.device)
             _check_encoder(encoder, info)

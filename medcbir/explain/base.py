@@ -134,7 +134,8 @@ def feature_layer(encoder: nn.Module) -> nn.Module:
     """The encoder's last conv block (``encoder.feature_layer``), for CAM-style methods."""
     layer = getattr(encoder, "feature_layer", None)
     if not isinstance(layer, nn.Module):
-        raise ConfigError("this method needs an encoder with a .feature_layer (its last conv block)")
+        # a user's model says why it has none, and which methods run without one
+        raise ConfigError(getattr(encoder, "feature_layer_problem", "") or "this method needs an encoder with a .feature_layer (its last conv block)")
     return layer
 
 

@@ -64,8 +64,8 @@ def method_function(method: str):
 def check_method_runs_on(method: str, module: nn.Module) -> None:
     if isinstance(module, OnnxModule) and method not in FORWARD_ONLY_METHODS:
         raise ConfigError(
-            f"{method} needs gradients or feature maps, but the index's encoder is ONNX; "
-            "pass the torch checkpoint with the same fingerprint (--encoder)"
+            f"{method} needs gradients or feature maps, but the index's encoder is ONNX (relax and occlusion run on it); "
+            "pass the torch checkpoint or encoder spec with the same fingerprint (--encoder)"
         )
 
 

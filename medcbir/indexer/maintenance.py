@@ -91,6 +91,8 @@ class VerifyReport:
     recall_at_10: float | None = None
     target_recall: float | None = None
     search_params: dict = field(default_factory=dict)
+    #: the manifest's encoder record (fingerprint, preprocessing, dim, source; a user encoder's spec)
+    encoder: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +126,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
     report.recall_at_10 = measured.get("recall_at_10")
     report.target_recall = measured.get("target", manifest.get("target_recall"))
     report.search_params = dict(manifest.get("search_params") or {})
+    report.encoder = dict(manifest.get("encoder") or {})
     problems = report.problems
     entries = committed_entries(manifest)
     present = [(n, s, h) for n, s, h in entries if (index_dir / n).is_file()]

@@ -389,14 +389,16 @@ def index_archive_ray(
 
 
 def _encoder_arg(writer, encoder):
-    """What the actors open: a path or built-in name when there is one, else the Encoder pickled."""
+    """What the actors open: a path, ``hf:DIR`` or built-in name when there is one (absolute: a
+    worker's folder is not the driver's), else the Encoder pickled."""
     from medcbir.encoders.names import is_builtin
+    from medcbir.encoders.spec import source_available
 
     source = str(getattr(writer.encoder, "source", "") or "")
+    if source and source_available(source):
+        return source
     if isinstance(encoder, (str, Path)):
         return str(encoder) if is_builtin(str(encoder)) or not Path(encoder).exists() else str(Path(encoder).absolute())
-    if source and source != "<module>" and (is_builtin(source) or Path(source).exists()):
-        return source
     return writer.encoder
 
 

@@ -44,6 +44,7 @@ def encoder_record(encoder: Any) -> dict:
         "preprocessing": prep.to_dict() if hasattr(prep, "to_dict") else dict(prep),
         "dim": int(encoder.dim),
         "source": str(getattr(encoder, "source", "") or ""),
+        **({"spec": encoder.spec} if getattr(encoder, "spec", None) else {}),  # a user encoder's spec
     }
 
 

@@ -270,13 +270,9 @@ def build_config(
     gdcm = plugin_dir / "libOrthancGdcm.so"
     if gdcm.exists():
         plugins.append(str(gdcm))
-    from medcbir.encoders.names import is_builtin
+    from medcbir.encoders.spec import canonical_source
 
-    if not is_builtin(encoder):
-        encoder_path = Path(encoder).resolve()
-        if not encoder_path.exists():
-            raise ConfigError(f"encoder {encoder} not found")
-        encoder = str(encoder_path)
+    encoder = canonical_source(encoder)  # absolute: the worker runs in Orthanc's folder
     env = current_environment()
     storage = Path(storage).resolve() if storage else index.parent / "orthanc-storage"
     settings = PluginSettings(

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -54,6 +55,7 @@ WEIGHT_DECAY = 1e-4
 RESUME_KEYS = (
     "method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "crop_scale",
     "labels_holdout", "crop", "fov_mm", "pooling", "augment", "neighbour_mm", "neighbour_p", "position_delta", "position_p",
+    "init",
 )
 
 
@@ -101,6 +103,11 @@ class TrainConfig:
         device: a :class:`~medcbir.device.Device`; None = ``Device.auto()``.
         progress: show a progress bar.
         monitor_k: K of the monitor's MAP@K.
+        init: an encoder to start from (anything :func:`~medcbir.encoders.runtime.load_encoder_module`
+            takes: an encoder spec, ``hf:DIR``, a checkpoint, or a module in memory, which is
+            copied, never trained in place): the method trains its module, all
+            its weights (full fine-tuning), and its preprocessing replaces ``size``,
+            ``windows``, ``crop`` and ``fov_mm``; ``backbone`` and ``pooling`` are unused.
     """
 
     archive: str | Path
@@ -133,6 +140,7 @@ class TrainConfig:
     device: object = None
     progress: bool = True
     monitor_k: int = 5
+    init: object = None
 
     def base_lr(self) -> float:
         return float(self.lr) if self.lr is not None else 0.05 * self.batch_size / 256
@@ -161,6 +169,7 @@ class TrainConfig:
             "neighbour_p": float(self.neighbour_p),
             "position_delta": float(self.position_delta),
             "position_p": float(self.position_p),
+            **({"init": _init_name(self.init)} if self.init is not None else {}),
         }
 
 
@@ -233,8 +242,41 @@ def seed_everything(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- the run
-def _preprocessing(config: TrainConfig):
+def _preprocessing(config: TrainConfig, init: EncoderModule | None = None):
+    if init is not None:
+        return init.preprocessing
     return default_preprocessing(int(config.size), tuple(config.windows), crop=config.crop, fov_mm=config.fov_mm)
+
+
+def _init_name(init) -> str:
+    """How a run records its starting encoder: the path or name given, or a module's fingerprint."""
+    return str(init) if isinstance(init, (str, Path)) else str(getattr(init, "fingerprint", type(init).__name__))
+
+
+def _init_module(config: TrainConfig) -> EncoderModule | None:
+    """The encoder module the run starts from (``config.init``), or None for a random backbone.
+
+    A module given in memory is copied: the run trains its own copy, never the caller's.
+    """
+    if config.init is None:
+        return None
+    if isinstance(config.init, torch.nn.Module):
+        module = copy.deepcopy(config.init).cpu()
+    else:
+        from medcbir.encoders.runtime import load_encoder_module
+
+        module = load_encoder_module(config.init)
+    if not any(p.requires_grad for p in module.backbone.parameters()):
+        raise ConfigError(f"--init {config.init} has no weights to train")
+    return module
+
+
+def _network(config: TrainConfig, preprocessing, init: EncoderModule | None) -> tuple[dict, torch.nn.Module]:
+    """(architecture record, backbone) the method trains: the init module's, or a new random one."""
+    if init is not None:
+        return dict(init.arch), init.backbone
+    arch = make_arch(config.backbone, preprocessing.channels, config.pooling)
+    return arch, build_network(arch)
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -346,11 +388,13 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     device = config.device or Device.auto()
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    preprocessing = _preprocessing(config)
+    init = _init_module(config)
+    preprocessing = _preprocessing(config, init)
+    size = preprocessing.size
     views = parse_views(config.views, preprocessing.windows)
     method_cls = METHODS[config.method]
 
-    cache = Path(config.cache) if config.cache else default_cache_path(out, config.size)
+    cache = Path(config.cache) if config.cache else default_cache_path(out, size)
     data = load_hu_dataset(config.archive, preprocessing, cache, workers=config.workers, progress=config.progress)
     # Per item and channel, the (lo, hi) of each view and of the test-time input: each item's
     # own window, exactly as Preprocessing.apply computes it (never a statistic of the batch).
@@ -393,14 +437,13 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
             positional = None
 
     seed_everything(config.seed)
-    arch = make_arch(config.backbone, preprocessing.channels, config.pooling)
-    backbone = build_network(arch)
+    arch, backbone = _network(config, preprocessing, init)
     method = build_method(config.method, backbone, int(arch["dim"]), **config.method_options)
     method.to(device.torch).train()
     if config.augment == "archive":
-        augment = ArchiveAugment(config.size).to(device.torch)
+        augment = ArchiveAugment(size).to(device.torch)
     else:
-        augment = BatchAugment(config.size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
+        augment = BatchAugment(size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
     optimizer, scheduler, scaler = make_optimizer(method, config, total_steps, device)
 
     history: list[dict] = []
@@ -418,7 +461,7 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
         start_epoch = int(record["epoch"])
         history = list(record.get("history", []))
 
-    encoder = EncoderModule(method.backbone, arch, preprocessing)
+    encoder = init if init is not None else EncoderModule(method.backbone, arch, preprocessing)
     if monitor is not None and start_epoch == 0:
         # Epoch 0: the randomly initialised encoder, the baseline the training must beat.
         history.append({"epoch": 0, **{k: v for k, v in monitor(method.backbone, device).items() if k in MONITOR_KEYS}})

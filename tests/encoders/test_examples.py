@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["architecture", "names", "preprocessing", "compat", "builtin", "module", "runtime", "wildcat", "classic", "backbones", "embedding"]
+MODULES = ["architecture", "names", "preprocessing", "compat", "builtin", "module", "runtime", "wildcat", "classic", "backbones", "embedding", "spec"]
 
 
 @pytest.mark.parametrize("name", MODULES)

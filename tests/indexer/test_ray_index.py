@@ -103,6 +103,28 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
     assert bad.exit_code != 0 and "need --ray" in str(bad.exception) and not (tmp_path / "x").exists()
 
 
+def test_ray_actors_rebuild_a_user_encoder_from_its_spec(ray_runtime, byo_models, phantom_archive, tmp_path, monkeypatch):
+    """``--encoder hf:DIR`` relative to the driver's folder: the actors (started elsewhere) open it
+    by the absolute source the index records, and embed what the single process embeds."""
+    from click.testing import CliRunner
+
+    from medcbir.cli.main import cli
+    from medcbir.indexer import index_archive
+
+    folder = Path(byo_models["hf-resnet"]["folder"])
+    monkeypatch.chdir(folder.parent)
+    out = tmp_path / "ray-hf"
+    result = CliRunner().invoke(cli, ["index", str(phantom_archive), "--out", str(out), "--encoder", f"hf:{folder.name}",
+                                      "--ray", ray_runtime, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["encoder"]["source"] == f"hf:{folder.resolve()}"
+    single = tmp_path / "single-hf"
+    index_archive(phantom_archive, single, f"hf:{folder.name}", progress=False, workers=1)
+    ka, kb = index_keys(single), index_keys(out)
+    assert ka.keys() == kb.keys() and len(ka) == 80
+    assert max(float(np.abs(ka[k] - kb[k]).max()) for k in ka) <= 1e-5
+
+
 @pytest.mark.slow
 def test_killed_worker_mid_run_still_indexes_every_item_once(ray_runtime, phantom_archive, encoder_path, tmp_path):
     from medcbir.indexer import index_archive, verify
