@@ -251,18 +251,19 @@ def patient_folds(patient: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return np.array([part[p] for p in np.asarray(patient, dtype=object).astype(str)], dtype=np.int64)
 
 
-def candidates(stages, dim_in: int) -> list[tuple[str, str, int, Callable[[ArchiveFeatures, np.ndarray], LinearMap]]]:
-    """(name, kind, dim, fit) of every candidate of the stages; ``fit(features, rows)`` → LinearMap."""
+def candidates(stages, dim_in: int, max_dim: int) -> list[tuple[str, str, int, Callable[[ArchiveFeatures, np.ndarray], LinearMap]]]:
+    """(name, kind, dim, fit) of every candidate of the stages; ``fit(features, rows)`` → LinearMap.
+
+    Dimensions are capped by ``max_dim`` (what the smallest fit sample spans), each tried once.
+    """
     out = []
     if "whiten" in stages:
         out.append(("centre", "centre", dim_in, lambda f, rows: fit_centring(f.vectors[rows])))
-        for d in WHITEN_DIMS:
-            if d < dim_in:
-                out.append((f"whiten-{d}", "whiten", d, lambda f, rows, d=d: fit_pca_whitening(f.vectors[rows], d, SHRINKAGE, f.components(rows))))
+        for d in sorted({min(d, max_dim) for d in WHITEN_DIMS if d < dim_in}):
+            out.append((f"whiten-{d}", "whiten", d, lambda f, rows, d=d: fit_pca_whitening(f.vectors[rows], d, SHRINKAGE, f.components(rows))))
     if "head" in stages:
-        for d in HEAD_DIMS:
-            if d < dim_in:
-                out.append((f"head-{d}", "head", d, lambda f, rows, d=d: fit_head(f, rows, d)))
+        for d in sorted({min(d, max_dim) for d in HEAD_DIMS if d < dim_in}):
+            out.append((f"head-{d}", "head", d, lambda f, rows, d=d: fit_head(f, rows, d)))
     return out
 
 
@@ -316,7 +317,8 @@ def adapt(config: AdaptConfig) -> AdaptSummary:
     base = _score(features, lambda rows: None, folds, labels, config.k)
     start_row = StageResult(START, START, start.dim, base["agreement"], labelled_map=base["map"], seconds=base["seconds"])
     stages.append(start_row)
-    for name, kind, dim, fit in candidates(config.stages, start.dim):
+    max_dim = max(1, min(len(rows) for rows, _ in folds) - 1)
+    for name, kind, dim, fit in candidates(config.stages, start.dim, max_dim):
         try:
             scored = _score(features, lambda rows, fit=fit: fit(features, rows), folds, labels, config.k)
         except ConfigError as exc:
@@ -331,7 +333,7 @@ def adapt(config: AdaptConfig) -> AdaptSummary:
     kept, reason = _decide(stages, config.confidence, config.k)
     chosen = None
     if kept != START:
-        fit = next(f for n, _, _, f in candidates(config.stages, start.dim) if n == kept)
+        fit = next(f for n, _, _, f in candidates(config.stages, start.dim, max_dim) if n == kept)
         chosen = fit(features, np.arange(len(features)))
     return _finish(config, start, chosen, kept, reason, stages, features, n_patients, base["coverage"], t_start)
 
