@@ -17,8 +17,10 @@ every candidate is fitted on the *other* parts and scored on this part's slices 
 neighbours searched among all slices of other patients, as in the index). Each slice of the archive
 is thus scored once, by a fit that never saw its patient. A candidate is kept only if its per-query
 gain over the start has a one-sided lower confidence bound above zero (bootstrap over series,
-:func:`~medcbir.encoders.agreement.compare`); among those, the best score wins; otherwise the start
-is kept. The kept stage is then refitted on the whole archive (the statistics the index will hold)
+:func:`~medcbir.encoders.agreement.compare`), at a level shared among the candidates (Bonferroni:
+with ``confidence`` 0.95 and seven candidates, each is tested at 99.3 %), so that the chance of
+keeping any stage that does not help stays at most 5 %; among those shown better, the largest
+gain wins; otherwise the start is kept. The kept stage is then refitted on the whole archive (the statistics the index will hold)
 and saved as an encoder checkpoint: a :class:`~medcbir.encoders.projection.ProjectedBackbone` over
 the frozen start, fingerprinted like any encoder (or the start itself when it is kept).
 
@@ -318,7 +320,11 @@ def adapt(config: AdaptConfig) -> AdaptSummary:
     start_row = StageResult(START, START, start.dim, base["agreement"], labelled_map=base["map"], seconds=base["seconds"])
     stages.append(start_row)
     max_dim = max(1, min(len(rows) for rows, _ in folds) - 1)
-    for name, kind, dim, fit in candidates(config.stages, start.dim, max_dim):
+    tried = candidates(config.stages, start.dim, max_dim)
+    # Each candidate is one more chance to keep a stage by luck: the level is shared among them
+    # (Bonferroni), so the chance of keeping any stage that does not help stays 1 − confidence.
+    each = 1.0 - (1.0 - config.confidence) / max(1, len(tried))
+    for name, kind, dim, fit in tried:
         try:
             scored = _score(features, lambda rows, fit=fit: fit(features, rows), folds, labels, config.k)
         except ConfigError as exc:
@@ -326,14 +332,14 @@ def adapt(config: AdaptConfig) -> AdaptSummary:
             continue
         both = np.isfinite(scored["per_query"])  # paired: the queries the candidate could be scored on
         verdict = compare(scored["per_query"][both], base["per_query"][both], features.series[queries][both].astype(str),
-                          confidence=config.confidence, seed=config.seed)
+                          confidence=each, seed=config.seed)
         stages.append(StageResult(name, kind, scored["dim"], scored["agreement"], verdict.gain, verdict.lower, verdict.better,
                                   scored["map"], note=scored["note"], seconds=scored["seconds"]))
 
     kept, reason = _decide(stages, config.confidence, config.k)
     chosen = None
     if kept != START:
-        fit = next(f for n, _, _, f in candidates(config.stages, start.dim, max_dim) if n == kept)
+        fit = next(f for n, _, _, f in tried if n == kept)
         chosen = fit(features, np.arange(len(features)))
     return _finish(config, start, chosen, kept, reason, stages, features, n_patients, base["coverage"], t_start)
 
@@ -401,20 +407,21 @@ def _score(features: ArchiveFeatures, fit: Callable, folds, labels, k: int) -> d
 
 def _decide(stages: list[StageResult], confidence: float, k: int) -> tuple[str, str]:
     start = stages[0]
+    level = f"lower bound at {confidence:.0%} over {len(stages) - 1} candidates"
     shown = [s for s in stages[1:] if s.better]
     tried = [s for s in stages[1:] if s.agreement is not None]
     if shown:
         best = max(shown, key=lambda s: s.gain)  # paired gains: fair also for a stage scored on part of the queries
         return best.name, (
             f"agreement@{k} {start.agreement + best.gain:.3f} vs {start.agreement:.3f} for the start on held-out patients "
-            f"(gain {best.gain:+.3f}, {confidence:.0%} lower bound {best.lower_bound:+.3f})"
+            f"(gain {best.gain:+.3f}, {level} {best.lower_bound:+.3f})"
         )
     if not tried:
         return START, "no stage could be fitted (" + "; ".join(f"{s.name}: {s.note}" for s in stages[1:]) + ")" if stages[1:] else "no stage to try"
     best = max(tried, key=lambda s: s.gain)
     return START, (
         f"no stage beat it beyond chance on held-out patients (best {best.name}: gain {best.gain:+.3f} in agreement@{k} "
-        f"over the start's {start.agreement:.3f}, {confidence:.0%} lower bound {best.lower_bound:+.3f})"
+        f"over the start's {start.agreement:.3f}, {level} {best.lower_bound:+.3f})"
     )
 
 
