@@ -43,7 +43,8 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.argument("archive", type=click.Path(path_type=str))
 @click.option("--method", default=None, type=click.Choice(["simsiam", "simclr", "moco", "rotation", "seqsort"]), help=f"Train a network from scratch with this self-supervised method (the recipe: {RECIPE['method']}; seqsort: order k consecutive slices, --method-option length=3). Without it: adapt --init to the archive.")
 @click.option("--init", "init", default="default", show_default=True, help="Adaptation: the starting encoder (a built-in name or a checkpoint); it stays frozen, and is kept when no stage beats it.")
-@click.option("--stages", default="whiten,head", show_default=True, help="Adaptation: the stages to try, cheapest first (whiten: centring + PCA-whitening with shrinkage; head: a linear head learned from label-free positives).")
+@click.option("--stages", default="whiten,head", show_default=True, help="Adaptation: the stages to try, cheapest first (whiten: centring + PCA-whitening with shrinkage; head: a linear head learned from label-free positives; finetune: the recipe from the start's weights, network starts only, slow).")
+@click.option("--finetune-epochs", default=3, show_default=True, type=int, help="Adaptation: epochs of the finetune stage (per fold, then once on the whole archive).")
 @click.option("--folds", default=2, show_default=True, type=int, help="Adaptation: patient-disjoint parts; each is held out once to judge the stages.")
 @click.option("--json", "as_json", is_flag=True, help="Adaptation: print the summary as JSON.")
 @click.option("--augment", default=RECIPE["augment"], show_default=True, type=click.Choice(["standard", "archive"]), help="standard: crop/flip/jitter/blur; archive: FOV, positioning, window jitter, gamma, noise, blur/sharpen, erasing.")
@@ -80,12 +81,12 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--device", "device_name", default=None, type=click.Choice(["cpu", "cuda"]), help="Force a device [default: auto].")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Training precision (bf16 autocast also on CPU; fp16 needs CUDA).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(archive, method, init, stages, folds, as_json, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
+def train(archive, method, init, stages, finetune_epochs, folds, as_json, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
     """Adapt an encoder to ARCHIVE (a DICOM folder), or train one from scratch with --method."""
     from medcbir.device import Device
 
     if method is None:
-        _adapt(archive, out, init, stages, folds, labels, seed, workers, Device.auto(prefer=device_name, precision=precision), not quiet, as_json)
+        _adapt(archive, out, init, stages, finetune_epochs, folds, labels, seed, workers, Device.auto(prefer=device_name, precision=precision), not quiet, as_json)
         return
     from medcbir.train.trainer import TrainConfig
     from medcbir.train.trainer import train as run
@@ -136,12 +137,12 @@ def train(archive, method, init, stages, folds, as_json, augment, neighbour_mm, 
     click.echo(f"log {summary.log}" + (f"; plot {summary.plot}" if summary.plot else ""))
 
 
-def _adapt(archive, out, init, stages, folds, labels, seed, workers, device, progress, as_json) -> None:
+def _adapt(archive, out, init, stages, finetune_epochs, folds, labels, seed, workers, device, progress, as_json) -> None:
     from medcbir.train.adapt import AdaptConfig, adapt
 
     names = tuple(s.strip() for s in stages.split(",") if s.strip())
     summary = adapt(AdaptConfig(archive=archive, out=out, init=init, stages=names, folds=folds, labels=labels, seed=seed,
-                                workers=workers, device=device, progress=progress and not as_json))
+                                workers=workers, device=device, progress=progress and not as_json, finetune_epochs=finetune_epochs))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
         return

@@ -10,7 +10,9 @@ it was not fitted on:
    dimensions (:mod:`medcbir.train.whitening`) — the dimension is chosen by the score;
 3. **head**: a linear head learned from positives found without labels (augmented views and
    series-verified cross-patient pairs, :mod:`medcbir.train.positives`), fitted in closed form
-   (learned whitening).
+   (learned whitening);
+4. **finetune** (on request, network starts only): the self-supervised recipe
+   (:mod:`medcbir.train.trainer`) started from the start's weights, a few epochs.
 
 Protocol. The archive's patients are split into ``folds`` patient-disjoint parts; for each part,
 every candidate is fitted on the *other* parts and scored on this part's slices as queries (their
@@ -54,8 +56,10 @@ from medcbir.imaging.labels import read_labels
 from medcbir.train.positives import series_verified_pairs
 from medcbir.train.whitening import LinearMap, fit_centring, fit_learned_whitening, fit_pca_whitening, principal
 
-#: the stages, cheapest first (``start`` is always a candidate)
-STAGES = ("whiten", "head")
+#: the stages, cheapest first (``start`` is always a candidate); ``finetune`` only on request
+STAGES = ("whiten", "head", "finetune")
+DEFAULT_STAGES = ("whiten", "head")
+FINETUNE_EPOCHS = 3
 WHITEN_DIMS = (32, 64, 128, 256)
 HEAD_DIMS = (64, 128)
 SHRINKAGE = 1.0
@@ -84,12 +88,13 @@ class AdaptConfig:
         batch_size: images per forward.
         device: a :class:`~medcbir.device.Device` (None = automatic).
         progress: progress bar while embedding.
+        finetune_epochs: epochs of the ``finetune`` stage (per fold, and once more on the whole archive).
     """
 
     archive: str | Path
     out: str | Path
     init: object = "default"
-    stages: tuple = STAGES
+    stages: tuple = DEFAULT_STAGES
     folds: int = 2
     seed: int = 0
     labels: str | Path | None = None
@@ -100,6 +105,7 @@ class AdaptConfig:
     batch_size: int = 64
     device: object = None
     progress: bool = False
+    finetune_epochs: int = FINETUNE_EPOCHS
 
 
 @dataclass
@@ -112,6 +118,7 @@ class ArchiveFeatures:
     series: np.ndarray
     position: np.ndarray
     keys: list
+    sources: list
     augmented_rows: np.ndarray
     augmented: np.ndarray
     skipped: dict = field(default_factory=dict)
@@ -229,6 +236,7 @@ def embed_archive_features(module: EncoderModule, config: AdaptConfig, device) -
         series=np.array([m.series_instance_uid for m in metas], dtype=object),
         position=np.array([m.slice_position for m in metas], dtype=np.float64),
         keys=[(m.sop_instance_uid, int(m.frame)) for m in metas],
+        sources=[m.source for m in metas],
         augmented_rows=np.asarray(aug_rows, dtype=np.int64),
         augmented=np.concatenate(aug_chunks) if aug_chunks else np.zeros((0, dim), np.float32),
         skipped=dict(items.report.skipped),
@@ -253,12 +261,15 @@ def patient_folds(patient: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return np.array([part[p] for p in np.asarray(patient, dtype=object).astype(str)], dtype=np.int64)
 
 
-def candidates(stages, dim_in: int, max_dim: int) -> list[tuple[str, str, int, Callable[[ArchiveFeatures, np.ndarray], LinearMap]]]:
-    """(name, kind, dim, fit) of every candidate of the stages; ``fit(features, rows)`` → LinearMap.
+def candidates(stages, dim_in: int, max_dim: int, finetune: Callable | None = None) -> list[tuple[str, str, int, Callable]]:
+    """(name, kind, dim, fit) of every candidate of the stages; ``fit(features, rows)`` → a LinearMap
+    (or a :class:`FineTuned` encoder, for ``finetune``, the fit passed in).
 
     Dimensions are capped by ``max_dim`` (what the smallest fit sample spans), each tried once.
     """
     out = []
+    if "finetune" in stages and finetune is not None:
+        out.append(("finetune", "finetune", dim_in, finetune))
     if "whiten" in stages:
         out.append(("centre", "centre", dim_in, lambda f, rows: fit_centring(f.vectors[rows])))
         for d in sorted({min(d, max_dim) for d in WHITEN_DIMS if d < dim_in}):
@@ -280,6 +291,78 @@ def fit_head(features: ArchiveFeatures, rows: np.ndarray, dim: int) -> LinearMap
         raise ConfigError(f"{len(pairs)} series-verified pairs (needs {MIN_PAIRS}: at least two exams with positioned series)")
     fitted = fit_learned_whitening(features.vectors[rows], diffs, dim, SHRINKAGE, components=features.components(rows))
     return LinearMap(fitted.weight, fitted.bias, fitted.kind, {**fitted.params, "series_pairs": int(len(pairs)), "augmented_pairs": int(inside.sum())})
+
+
+class FineTuned:
+    """A network fine-tuned on some patients, with its embeddings of every row of the archive."""
+
+    def __init__(self, module: EncoderModule, vectors: np.ndarray) -> None:
+        self.module, self.vectors = module, vectors
+
+    @property
+    def dim(self) -> int:
+        return self.module.dim
+
+    def apply(self, _start_vectors: np.ndarray) -> np.ndarray:
+        return self.vectors
+
+
+def is_network(module: EncoderModule) -> bool:
+    """A start whose weights the trainer can fine-tune (a plain ResNet, not a descriptor or an adapted encoder)."""
+    from medcbir.encoders.architecture import BACKBONES
+
+    return module.arch.get("backbone") in BACKBONES
+
+
+def fine_tuner(start: EncoderModule, config: AdaptConfig, device) -> Callable[[ArchiveFeatures, np.ndarray], FineTuned]:
+    """``fit(features, rows)``: the recipe trained from the start's weights on the rows' patients' files."""
+    import tempfile
+
+    from medcbir.train.recipe import RECIPE
+    from medcbir.train.trainer import TrainConfig, train
+
+    prep = start.preprocessing
+
+    def fit(features: ArchiveFeatures, rows: np.ndarray) -> FineTuned:
+        files = sorted({str(features.sources[r]) for r in rows.tolist()})
+        with tempfile.TemporaryDirectory(prefix="medcbir-finetune-") as tmp:
+            part = Path(tmp) / "archive"
+            part.mkdir()
+            for i, path in enumerate(files):  # the fitting patients' files only: held-out patients stay unseen
+                (part / f"{i:07d}.dcm").symlink_to(Path(path).resolve())
+            out = Path(tmp) / "finetuned.pt"
+            train(TrainConfig(
+                archive=part, out=out, **RECIPE, epochs=int(config.finetune_epochs), batch_size=int(min(64, max(2, len(rows) // 2))),
+                size=prep.size, windows=tuple(prep.windows), crop=prep.crop, fov_mm=prep.spacing * prep.size if prep.spacing else None,
+                pooling=start.arch.get("pooling", "avg"), backbone=start.arch["backbone"], init=start, seed=config.seed,
+                device=device, progress=False, workers=config.workers,
+            ))
+            module = load_encoder_module(out).eval()
+        return FineTuned(module, embed_rows(module, config, device, features.keys))
+
+    return fit
+
+
+def embed_rows(module: EncoderModule, config: AdaptConfig, device, keys: list) -> np.ndarray:
+    """The archive embedded by ``module``, row for row with ``keys``."""
+    from medcbir.imaging.walk import walk
+
+    row_of = {key: i for i, key in enumerate(keys)}
+    out = np.zeros((len(keys), module.dim), dtype=np.float32)
+    batch, rows = [], []
+    module = module.to(device.torch)
+    for meta, image in walk(Path(config.archive), preprocessing=module.preprocessing, workers=config.workers):
+        row = row_of.get((meta.sop_instance_uid, int(meta.frame)))
+        if row is None:
+            continue
+        batch.append(image)
+        rows.append(row)
+        if len(batch) == config.batch_size:
+            out[rows] = _embed(module, torch.from_numpy(np.stack(batch)), device)
+            batch, rows = [], []
+    if batch:
+        out[rows] = _embed(module, torch.from_numpy(np.stack(batch)), device)
+    return out
 
 
 def labelled_map(vectors: np.ndarray, patient: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -320,7 +403,10 @@ def adapt(config: AdaptConfig) -> AdaptSummary:
     start_row = StageResult(START, START, start.dim, base["agreement"], labelled_map=base["map"], seconds=base["seconds"])
     stages.append(start_row)
     max_dim = max(1, min(len(rows) for rows, _ in folds) - 1)
-    tried = candidates(config.stages, start.dim, max_dim)
+    tune = fine_tuner(start, config, device) if "finetune" in config.stages and is_network(start) else None
+    tried = candidates(config.stages, start.dim, max_dim, tune)
+    if "finetune" in config.stages and not is_network(start):
+        stages.append(StageResult("finetune", "finetune", start.dim, None, note=f"{start.arch.get('backbone')} is not a network the trainer can fine-tune"))
     # Each candidate is one more chance to keep a stage by luck: the level is shared among them
     # (Bonferroni), so the chance of keeping any stage that does not help stays 1 − confidence.
     each = 1.0 - (1.0 - config.confidence) / max(1, len(tried))
@@ -435,7 +521,12 @@ def projected_module(start: EncoderModule, mapping: LinearMap) -> EncoderModule:
 
 
 def _finish(config, start, chosen, kept, reason, stages, features, n_patients, coverage, t_start) -> AdaptSummary:
-    module = start.cpu() if chosen is None else projected_module(start.cpu(), chosen)
+    if chosen is None:
+        module = start.cpu()
+    elif isinstance(chosen, FineTuned):
+        module = chosen.module.cpu()
+    else:
+        module = projected_module(start.cpu(), chosen)
     summary = AdaptSummary(
         out=str(config.out),
         init=str(config.init) if not isinstance(config.init, torch.nn.Module) else "<module>",

@@ -101,6 +101,8 @@ class TrainConfig:
         device: a :class:`~medcbir.device.Device`; None = ``Device.auto()``.
         progress: show a progress bar.
         monitor_k: K of the monitor's MAP@K.
+        init: start from this encoder's weights instead of a random initialisation (a built-in
+            name, a checkpoint or a module; its architecture and preprocessing must be this run's).
     """
 
     archive: str | Path
@@ -133,6 +135,7 @@ class TrainConfig:
     device: object = None
     progress: bool = True
     monitor_k: int = 5
+    init: object = None
 
     def base_lr(self) -> float:
         return float(self.lr) if self.lr is not None else 0.05 * self.batch_size / 256
@@ -283,6 +286,19 @@ def _split(data: HUDataset, config: TrainConfig, test_ranges: torch.Tensor):
     return train_idx, monitor
 
 
+def _start_from(backbone, arch: dict, preprocessing, init) -> None:
+    """Load the weights of the encoder ``init`` into ``backbone`` (same architecture and preprocessing)."""
+    from medcbir.encoders.runtime import load_encoder_module
+
+    start = load_encoder_module(init)
+    if dict(start.arch) != dict(arch) or start.preprocessing != preprocessing:
+        raise ConfigError(
+            f"the starting encoder ({start.arch.get('backbone')}, {start.preprocessing.describe()}) is not this run's "
+            f"network ({arch.get('backbone')}, {preprocessing.describe()}): pass the same backbone, pooling, size and windows"
+        )
+    backbone.load_state_dict(start.backbone.state_dict())
+
+
 def _load_resume(out: Path, config: TrainConfig) -> dict | None:
     if not (config.resume and out.is_file()):
         return None
@@ -395,6 +411,8 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     seed_everything(config.seed)
     arch = make_arch(config.backbone, preprocessing.channels, config.pooling)
     backbone = build_network(arch)
+    if config.init is not None:
+        _start_from(backbone, arch, preprocessing, config.init)
     method = build_method(config.method, backbone, int(arch["dim"]), **config.method_options)
     method.to(device.torch).train()
     if config.augment == "archive":

@@ -104,3 +104,25 @@ def test_train_init_gives_an_encoder_that_indexes_searches_explains_and_exports(
     assert "parity: max |Δ| torch vs onnxruntime" in capsys.readouterr().out
     onnx = open_encoder(tmp_path / "adapted.onnx")
     assert onnx.fingerprint == module.fingerprint  # an index built with either opens with both
+
+
+def test_finetune_starts_the_recipe_from_the_network_and_is_judged_like_any_stage(phantom_archive, trained, tmp_path):
+    summary = adapt(AdaptConfig(archive=phantom_archive, out=tmp_path / "ft.pt", init=trained["checkpoint"], stages=("finetune",),
+                                finetune_epochs=1, workers=1, device=Device.cpu()))
+    [row] = [s for s in summary.stages if s.name == "finetune"]
+    assert row.agreement is not None and row.gain is not None and row.better is not None  # fitted per fold, then judged
+    kept = load_encoder_module(tmp_path / "ft.pt")
+    start = load_encoder_module(trained["checkpoint"])
+    assert (kept.fingerprint == start.fingerprint) == (summary.kept == "start")
+    # a descriptor has no weights to fine-tune: said, not attempted
+    summary = adapt(AdaptConfig(archive=phantom_archive, out=tmp_path / "d.pt", stages=("finetune",), workers=1, device=Device.cpu()))
+    assert summary.kept == "start" and "not a network the trainer can fine-tune" in summary.stages[1].note
+
+
+def test_the_trainer_refuses_a_start_of_another_architecture(phantom_archive, trained, tmp_path):
+    from medcbir.errors import ConfigError
+    from medcbir.train.trainer import TrainConfig, train
+
+    with pytest.raises(ConfigError, match="is not this run's network"):
+        train(TrainConfig(archive=phantom_archive, out=tmp_path / "x.pt", epochs=1, size=96, init=trained["checkpoint"],
+                          device=Device.cpu(), progress=False, workers=1))
