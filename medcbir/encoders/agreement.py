@@ -97,9 +97,15 @@ def neighbours_other_patients(vectors: np.ndarray, patient: np.ndarray, k: int =
         rows = queries[start : start + chunk]
         sims = vectors[rows] @ vectors.T
         sims[patient[rows][:, None] == patient[None, :]] = -np.inf
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        valid = np.isfinite(np.take_along_axis(sims, order, 1))
-        out[start : start + len(rows)] = np.where(valid, order, -1)
+        if k < sims.shape[1]:  # the K best of each row, then ordered (ties: the lower row first)
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        else:
+            part = np.tile(np.arange(sims.shape[1]), (len(rows), 1))
+        best = np.take_along_axis(sims, part, 1)
+        order = np.lexsort((part, -best), axis=1)
+        top = np.take_along_axis(part, order, 1)
+        valid = np.isfinite(np.take_along_axis(sims, top, 1))
+        out[start : start + len(rows)] = np.where(valid, top, -1)
     return out
 
 
@@ -119,13 +125,39 @@ def series_spacing(series: np.ndarray, position: np.ndarray) -> np.ndarray:
     return out
 
 
-def _loo_medians(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Per element, the median of ``d`` over the elements of the *other* owners."""
-    out = np.empty(len(d))
-    for code in np.unique(owner):
-        mine = owner == code
-        out[mine] = np.median(d[~mine])
-    return out
+def _owners(owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per element its owner's code, owners × most-links matrix of each owner's elements, -1 padded)."""
+    _, inverse, counts = np.unique(owner, return_inverse=True, return_counts=True)
+    grouped = np.argsort(inverse, kind="stable")
+    column = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    members = np.full((len(counts), int(counts.max())), -1, dtype=np.int64)
+    members[inverse[grouped], column] = grouped
+    return inverse, members
+
+
+def _loo_medians(d: np.ndarray, inverse: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Per element of each row of ``d`` (S×L), the median of the row over the *other* owners' elements.
+
+    One sort per row for all owners (:func:`_owners`): the t-th remaining value is found by stepping
+    over the owner's own (sorted) positions, so an owner costs its few links, not another pass.
+    """
+    n_rows, n_all = d.shape
+    order = np.argsort(d, axis=1, kind="stable")
+    rank = np.empty((n_rows, n_all + 1), dtype=np.int64)
+    np.put_along_axis(rank, order, np.arange(n_all)[None, :].repeat(n_rows, 0), axis=1)
+    rank[:, n_all] = n_all  # the padding (-1) sorts last
+    own = np.sort(rank[:, np.where(members >= 0, members, n_all)], axis=2)  # S × owners × most links
+    remaining = n_all - (members >= 0).sum(axis=1)
+    ranked = np.take_along_axis(d, order, axis=1)
+
+    def kth(t: np.ndarray) -> np.ndarray:
+        idx = np.broadcast_to(t, own.shape[:2]).copy()
+        for j in range(own.shape[2]):
+            idx += own[:, :, j] <= idx
+        return np.take_along_axis(ranked, np.minimum(idx, n_all - 1), axis=1)
+
+    medians = 0.5 * (kth((remaining - 1) // 2) + kth(remaining // 2))
+    return medians[:, inverse]
 
 
 def agreeing_links(query_pos, neighbour_pos, query_series, neighbour_series, neighbour_spacing, query_id, *,
@@ -146,19 +178,15 @@ def agreeing_links(query_pos, neighbour_pos, query_series, neighbour_series, nei
     query_id = np.asarray(query_id)
     ok = np.isfinite(zq) & np.isfinite(zn)
     agree = np.zeros(len(zq), dtype=bool)
-    pair = np.char.add(np.char.add(np.asarray(query_series, dtype=str), "\x00"), np.asarray(neighbour_series, dtype=str))
-    for name in np.unique(pair[ok]):
-        links = np.flatnonzero((pair == name) & ok)
-        owners = query_id[links]
-        if len(np.unique(owners)) < min_queries:
+    for links in _series_pairs(query_series, neighbour_series, ok):
+        inverse, members = _owners(query_id[links])
+        if len(members) < min_queries:
             continue
         tol = max(tol_mm, TOL_SPACINGS * float(np.nanmax(np.asarray(neighbour_spacing)[links], initial=0.0)))
-        best, best_n = None, -1
-        for a in slopes:
-            d = zn[links] - a * zq[links]
-            inside = np.abs(d - _loo_medians(d, owners)) <= tol
-            if int(inside.sum()) > best_n:
-                best, best_n = inside, int(inside.sum())
+        # every slope at once (rows); the slope under which most links agree wins (the first on a tie)
+        d = zn[links][None, :] - np.asarray(slopes, np.float64)[:, None] * zq[links][None, :]
+        inside = np.abs(d - _loo_medians(d, inverse, members)) <= tol
+        best = inside[int(np.argmax(inside.sum(axis=1)))]
         agree[links] = best
     return agree
 
@@ -213,12 +241,20 @@ def agreement(vectors, patient, series, position, *, k: int = K, queries=None, n
 def _judged(q, n, present, series, position, min_queries) -> np.ndarray:
     """Per link: it sits in a series pair with enough positioned links to fit a map."""
     ok = present & np.isfinite(position[q]) & np.isfinite(position[n])
-    pair = np.char.add(np.char.add(series[q], "\x00"), series[n])
     out = np.zeros(len(q), dtype=bool)
-    for name in np.unique(pair[ok]):
-        links = np.flatnonzero((pair == name) & ok)
+    for links in _series_pairs(series[q], series[n], ok):
         out[links] = len(np.unique(q[links])) >= min_queries
     return out
+
+
+def _series_pairs(query_series, neighbour_series, ok) -> list[np.ndarray]:
+    """The indices of the ``ok`` links, grouped by (query series, neighbour series)."""
+    _, codes = np.unique(np.concatenate([np.asarray(query_series, dtype=str), np.asarray(neighbour_series, dtype=str)]), return_inverse=True)
+    half = len(codes) // 2
+    key = codes[:half].astype(np.int64) * (int(codes.max()) + 1) + codes[half:]
+    links = np.flatnonzero(ok)
+    links = links[np.argsort(key[links], kind="stable")]
+    return np.split(links, np.flatnonzero(np.diff(key[links])) + 1) if len(links) else []
 
 
 @dataclass
