@@ -268,8 +268,6 @@ def candidates(stages, dim_in: int, max_dim: int, finetune: Callable | None = No
     Dimensions are capped by ``max_dim`` (what the smallest fit sample spans), each tried once.
     """
     out = []
-    if "finetune" in stages and finetune is not None:
-        out.append(("finetune", "finetune", dim_in, finetune))
     if "whiten" in stages:
         out.append(("centre", "centre", dim_in, lambda f, rows: fit_centring(f.vectors[rows])))
         for d in sorted({min(d, max_dim) for d in WHITEN_DIMS if d < dim_in}):
@@ -277,6 +275,8 @@ def candidates(stages, dim_in: int, max_dim: int, finetune: Callable | None = No
     if "head" in stages:
         for d in sorted({min(d, max_dim) for d in HEAD_DIMS if d < dim_in}):
             out.append((f"head-{d}", "head", d, lambda f, rows, d=d: fit_head(f, rows, d)))
+    if "finetune" in stages and finetune is not None:  # the dearest last
+        out.append(("finetune", "finetune", dim_in, finetune))
     return out
 
 
