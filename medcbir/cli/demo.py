@@ -68,7 +68,8 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     for row in result.stages:
         if row.agreement is not None:
             gain = "" if row.gain is None else f", gain {row.gain:+.3f} (lower bound {row.lower_bound:+.3f})"
-            click.echo(f"   {row.name:11s} agreement@5 {row.agreement:.3f}{gain}; MAP@5 on held-out patients {row.labelled_map:.3f} (labels: shown, not used)")
+            shown = "" if row.labelled_map is None else f"; MAP@5 on held-out patients {row.labelled_map:.3f} (labels: shown, not used)"
+            click.echo(f"   {row.name:11s} agreement@5 {row.agreement:.3f}{gain}{shown}")
     _done(t0, f"{result.images} images, {result.folds} patient-disjoint folds -> {checkpoint} ({result.dim}-d)")
 
     t0 = _stage("4/8 export-onnx (with a torch vs ONNX Runtime parity check)")
