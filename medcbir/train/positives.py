@@ -13,8 +13,8 @@ Two kinds, both images of the same anatomy:
   encoder's own neighbours, kept only where the archive's geometry vouches for them (as Radenović
   et al. kept only the image pairs a 3D reconstruction verified).
 
-Neighbouring slices of one series are *not* used: on the phantom a whitening learned from them
-removed what tells levels apart along the series (benchmarks/RESULTS.md, ``adaptation``).
+Neighbouring slices of one series are *not* used: they teach the map to ignore what tells levels
+apart along a series (docs/adaptation.md, "The stages").
 """
 
 from __future__ import annotations
