@@ -51,6 +51,23 @@ def _byo_encoder(r: dict) -> Line:
                 f"plain torch loop: {peer} images/s", verdict(worst["ratio"] >= r["goal_ratio"], f"{worst['model']}: {short_of(worst['ratio'], r['goal_ratio'])}"))
 
 
+@summary("adaptation")
+def _adaptation(r: dict) -> Line:
+    per: dict = {}
+    for row in r["results"]:
+        per.setdefault(row["archive"], []).append(row["rows"]["kept"]["map_at_k"] - row["rows"]["start (default)"]["map_at_k"])
+    worst = min(min(g) for g in per.values())
+    mean = sum(sum(g) / len(g) for g in per.values()) / len(per)
+    rho = min(row["spearman"] for row in r["results"])
+    ok = worst >= -0.005 and mean >= 0.03 and rho >= 0.8
+    missed = "; ".join(m for m in (
+        f"worst {worst:+.3f} < −0.005" if worst < -0.005 else "",
+        f"mean gain {0.03 - mean:.3f} short" if mean < 0.03 else "",
+        f"min ρ {0.8 - rho:.3f} short" if rho < 0.8 else "") if m)
+    return Line("`medcbir train` (adaptation from default): kept ≥ start − 0.005 MAP@5 always, ≥ +0.03 on average; label-free score ρ ≥ 0.8",
+                f"mean gain {mean:+.3f}, worst {worst:+.3f}; min Spearman ρ {rho:.2f}", "start: default (classic)", verdict(ok, missed))
+
+
 @summary("decode")
 def _decode(r: dict) -> Line:
     two, one = r["modes"]["raw"]["2"], r["modes"]["raw"]["1"]

@@ -162,14 +162,14 @@ def main() -> None:
         print(f"archive: {n} slices in {archive}", flush=True)
     rows = {"default": evaluate(archive, "default", work, "default")}
     print("default", round(rows["default"]["map_at_k"], 3), {k: round(v["map_at_k"], 3) for k, v in rows["default"]["baselines"].items()}, flush=True)
-    runs = [(f"recipe (seed {s})", ["--seed", s]) for s in args.seeds.split(",")]
+    runs = [(f"recipe (seed {s})", ["--seed", s]) for s in args.seeds.split(",")]  # --method simclr: the recipe from scratch
     if args.paper:
         runs.append(("paper: SimSiam, one window (seed 0)", ["--method", "simsiam", "--augment", "standard", "--position-delta", "0"]))
     trained = []
     for label, extra in runs:
         out = work / f"enc-{len(trained)}.pt"
         t0 = time.time()
-        medcbir("train", str(archive), "--out", str(out), "--epochs", str(args.epochs), "--size", str(args.size), "--batch-size", str(args.batch_size),
+        medcbir("train", str(archive), "--method", "simclr", "--out", str(out), "--epochs", str(args.epochs), "--size", str(args.size), "--batch-size", str(args.batch_size),
                 "--precision", args.precision, "--quiet", *extra)
         seconds = time.time() - t0
         result = evaluate(archive, str(out), work, f"trained-{len(trained)}")

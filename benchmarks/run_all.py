@@ -55,6 +55,8 @@ BENCHMARKS = [  # short ones first; "takes" is the recorded wall time where a re
     Bench("robustness", "robustness", "--patients 8 --slices 24 --size 128 --train-epochs 30 --train-patients 8", False, "135 s"),
     Bench("train_quality", "train_quality", "--epochs 20 --size 64 --batch 32 --lr 0.2 --crop-scale 0.2 --threads 1", False,
           "training 221 s"),
+    Bench("adaptation", "adaptation", "--seeds 0,1,2 --trained-epochs 3 --timing-images 5000", True, "not recorded",
+          "apt-get install mricron-data; PyPI for the nilearn wheel"),
     Bench("seeds", "seeds", "--patients 6 --slices 16 --minutes 2 --epochs 4 --explain-n 4 --relax-masks 200", True, "308 s"),
     Bench("soak", "soak", "", True, "325 s"),
     Bench("real_mr_defaults", "real_mr", "--epochs 30 --size 128 --batch-size 64 --precision fp32 --seeds 0 --record-as real_mr_defaults",

@@ -1,4 +1,9 @@
-"""``medcbir train`` and ``medcbir export-onnx``: parse, call :mod:`medcbir.train`, print."""
+"""``medcbir train`` and ``medcbir export-onnx``: parse, call :mod:`medcbir.train`, print.
+
+``medcbir train ARCHIVE --out M`` adapts a starting encoder (``--init``, default ``default``) to the
+archive and keeps only what the label-free score shows is better (:mod:`medcbir.train.adapt`);
+``--method`` trains a network from scratch with a self-supervised recipe (:mod:`medcbir.train.trainer`).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,15 @@ def _method_options(values: tuple[str, ...]) -> dict:
 
 @click.command("train")
 @click.argument("archive", type=click.Path(path_type=str))
-@click.option("--method", default=RECIPE["method"], show_default=True, type=click.Choice(["simsiam", "simclr", "moco", "rotation", "seqsort"]), help="Self-supervised method (seqsort: order k consecutive slices; --method-option length=3).")
+@click.option("--method", default=None, type=click.Choice(["simsiam", "simclr", "moco", "rotation", "seqsort"]), help=f"Train a network from scratch with this self-supervised method (the recipe: {RECIPE['method']}; seqsort: order k consecutive slices, --method-option length=3). Without it: adapt --init to the archive.")
+@click.option("--init", "init", default=None, metavar="ENCODER",
+              help="The starting encoder (a built-in name, a checkpoint, an encoder spec .json, hf:DIR). Without --method: adapted, frozen, "
+                   "and kept when no stage beats it [default: default]. With --method: its weights are the start and all are trained; "
+                   "its preprocessing replaces --size/--windows/--crop/--fov-mm, and --backbone/--pooling are unused [default: random weights].")
+@click.option("--stages", default="whiten,head", show_default=True, help="Adaptation: the stages to try, cheapest first (whiten: centring + PCA-whitening with shrinkage; head: a linear head learned from label-free positives; finetune: the recipe from the start's weights, network starts only, slow).")
+@click.option("--finetune-epochs", default=3, show_default=True, type=int, help="Adaptation: epochs of the finetune stage (per fold, then once on the whole archive).")
+@click.option("--folds", default=2, show_default=True, type=int, help="Adaptation: patient-disjoint parts; each is held out once to judge the stages.")
+@click.option("--json", "as_json", is_flag=True, help="Adaptation: print the summary as JSON.")
 @click.option("--augment", default=RECIPE["augment"], show_default=True, type=click.Choice(["standard", "archive"]), help="standard: crop/flip/jitter/blur; archive: FOV, positioning, window jitter, gamma, noise, blur/sharpen, erasing.")
 @click.option("--neighbour-mm", default=0.0, show_default=True, type=float, help="> 0: positives are also other slices of the series within this many mm.")
 @click.option("--neighbour-p", default=0.5, show_default=True, type=float, help="Probability of a neighbour-slice positive (with --neighbour-mm).")
@@ -58,7 +71,7 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--fov-mm", default=224.0, show_default=True, type=float, help="With --crop body: the body region spans this many mm (0 = fit the box).")
 @click.option("--pooling", default="gem", show_default=True, type=click.Choice(["avg", "gem", "multi"]), help="Embedding pooling (multi = last two stages).")
 @click.option("--backbone", default="resnet18", show_default=True, type=click.Choice(["resnet18", "resnet34", "resnet50"]))
-@click.option("--labels", default=None, type=click.Path(path_type=str), help="labels.csv: kNN/MAP@5 on held-out patients after each epoch.")
+@click.option("--labels", default=None, type=click.Path(path_type=str), help="labels.csv: MAP@5 on held-out patients beside the label-free score (after each epoch with --method); never used to decide.")
 @click.option("--holdout", default=0.25, show_default=True, type=float, help="Fraction of patients held out for the monitor.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (same options).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -71,12 +84,13 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--device", "device_name", default=None, type=click.Choice(["cpu", "cuda"]), help="Force a device [default: auto].")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16", "fp16"]), help="Training precision (bf16 autocast also on CPU; fp16 needs CUDA).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--init", "init", default=None, metavar="ENCODER",
-              help="Start from this encoder's weights and train all of them (an encoder spec .json, hf:DIR, a checkpoint); "
-              "its preprocessing replaces --size/--windows/--crop/--fov-mm, and --backbone/--pooling are unused.")
-def train(archive, method, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet, init):
-    """Train a self-supervised encoder on ARCHIVE (a DICOM folder), from random weights or from --init."""
+def train(archive, method, init, stages, finetune_epochs, folds, as_json, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
+    """Adapt an encoder to ARCHIVE (a DICOM folder), or train one from scratch with --method."""
     from medcbir.device import Device
+
+    if method is None:
+        _adapt(archive, out, init or "default", stages, finetune_epochs, folds, labels, seed, workers, Device.auto(prefer=device_name, precision=precision), not quiet, as_json)
+        return
     from medcbir.train.trainer import TrainConfig
     from medcbir.train.trainer import train as run
 
@@ -125,6 +139,33 @@ def train(archive, method, augment, neighbour_mm, neighbour_p, position_delta, p
     prep = summary.preprocessing
     click.echo(f"encoder {summary.fingerprint[:12]} ({describe_prep(prep)}) → {summary.out}")
     click.echo(f"log {summary.log}" + (f"; plot {summary.plot}" if summary.plot else ""))
+
+
+def _adapt(archive, out, init, stages, finetune_epochs, folds, labels, seed, workers, device, progress, as_json) -> None:
+    from medcbir.train.adapt import AdaptConfig, adapt
+
+    names = tuple(s.strip() for s in stages.split(",") if s.strip())
+    summary = adapt(AdaptConfig(archive=archive, out=out, init=init, stages=names, folds=folds, labels=labels, seed=seed,
+                                workers=workers, device=device, progress=progress and not as_json, finetune_epochs=finetune_epochs))
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
+        return
+    click.echo(summary.summary_line())
+    monitor = any(s.labelled_map is not None for s in summary.stages)
+    click.echo(f"{'stage':12s} {'dim':>5s} agreement@{summary.k}  gain    lower" + (f"   MAP@{summary.k} (labels)" if monitor else ""))
+    for stage in summary.stages:
+        if stage.agreement is None:
+            click.echo(f"{stage.name:12s} {stage.dim:5d} not fitted: {stage.note}")
+            continue
+        gain = f"{stage.gain:+.3f}  {stage.lower_bound:+.3f}" if stage.gain is not None else "     -       -"
+        line = f"{stage.name:12s} {stage.dim:5d} {stage.agreement:12.3f}  {gain}"
+        if monitor:
+            line += f"   {stage.labelled_map:.3f}" if stage.labelled_map is not None else "   -"
+        click.echo(line + (f"  ({stage.note})" if stage.note else ""))
+    click.echo(
+        f"{summary.images} images of {summary.patients} patients, {summary.folds} patient-disjoint folds, {summary.seconds:.1f} s; "
+        f"encoder {summary.fingerprint[:12]} ({describe_prep(summary.preprocessing)}, {summary.dim}-d) → {summary.out}"
+    )
 
 
 @click.command("export-onnx")

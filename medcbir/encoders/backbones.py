@@ -22,6 +22,7 @@ from torch import nn
 
 from medcbir.encoders.architecture import backbone_dim
 from medcbir.encoders.classic import ClassicDescriptor, GradientHistogram
+from medcbir.encoders.projection import ProjectedBackbone
 from medcbir.errors import ConfigError
 
 GEM_P = 3.0
@@ -110,6 +111,8 @@ def feature_layer(backbone: nn.Module) -> nn.Module:
     """The last convolutional block of a backbone (the layer Grad-CAM and Clustered-CAM hook)."""
     if isinstance(backbone, (Thumbnail, ClassicDescriptor, GradientHistogram)):
         return backbone.features
+    if isinstance(backbone, ProjectedBackbone):
+        return feature_layer(backbone.base)
     if isinstance(backbone, PooledResNet):
         return backbone.net.layer4
     return backbone.layer4

@@ -22,6 +22,7 @@ from medcbir.encoders.architecture import STEM, WEIGHTLESS_BACKBONES
 from medcbir.encoders.external import EXTERNAL, external_from_record
 from medcbir.encoders.heads import attach_recorded_heads, head_records
 from medcbir.encoders.module import EncoderModule, build_network
+from medcbir.encoders.projection import innermost_arch
 from medcbir.errors import ConfigError
 from medcbir.fsutil import atomic_path
 
@@ -114,8 +115,9 @@ def module_from_record(record: dict, source: str = "") -> EncoderModule:
 
 
 def _network_from_record(record: dict, arch: dict, source: str) -> EncoderModule:
-    if arch.get("backbone") not in WEIGHTLESS_BACKBONES and arch.get("stem", STEM) != STEM:
-        raise ConfigError(f"{source or 'checkpoint'} uses stem {arch.get('stem')!r}; this medcbir builds {STEM!r}")
+    inner = innermost_arch(arch)  # an adapted encoder's stem is its base network's
+    if inner.get("backbone") not in WEIGHTLESS_BACKBONES and inner.get("stem", STEM) != STEM:
+        raise ConfigError(f"{source or 'checkpoint'} uses stem {inner.get('stem')!r}; this medcbir builds {STEM!r}")
     try:
         net = build_network(arch)
         net.load_state_dict(record["state_dict"], strict=True)

@@ -33,6 +33,7 @@ from medcbir.encoders.backbones import PooledResNet, Thumbnail, build_backbone, 
 from medcbir.encoders.classic import ClassicDescriptor, GradientHistogram
 from medcbir.encoders.fingerprint import compute_fingerprint
 from medcbir.encoders.preprocessing import as_preprocessing
+from medcbir.encoders.projection import PROJECTED, ProjectedBackbone
 from medcbir.errors import ConfigError
 
 DEFAULT_SEED = 0
@@ -42,6 +43,8 @@ def build_network(arch: dict) -> nn.Module:
     """A network for an architecture record (random weights from the caller's torch RNG)."""
     if arch["backbone"] == "thumbnail":
         return Thumbnail(int(arch["grid"]))
+    if arch["backbone"] == PROJECTED:  # an adapted encoder: its base, then a linear map
+        return ProjectedBackbone(build_network(arch["base"]), int(arch["base"]["dim"]), int(arch["dim"]))
     if arch["backbone"] in CLASSIC_BACKBONES:
         hog = (int(arch["hog_size"]), int(arch["hog_cell"]), int(arch["hog_bins"]))
         return ClassicDescriptor(int(arch["grid"]), *hog) if arch["backbone"] == "classic" else GradientHistogram(*hog)

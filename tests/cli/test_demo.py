@@ -1,4 +1,4 @@
-"""The demo is the whole flow: phantom → scan → train → ONNX → index → search → evaluate → explain → report."""
+"""The demo is the whole flow: phantom → scan → train (adaptation) → ONNX → index → search → evaluate → explain → report."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     # a relative OUT, run from another folder: exactly how `make demo` calls it
     proc = subprocess.run(
         [sys.executable, "-m", "medcbir", "demo", "demo", "--patients", "3", "--slices", "10",
-         "--size", "32", "--epochs", "1", "--batch-size", "16", "--masks", "100", "-k", "3"],
+         "--size", "32", "--masks", "100", "-k", "3"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -34,7 +34,9 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     assert len(scores) == 3 and all(-1.0 <= s <= 1.0001 for s in scores)
     assert scores == sorted(scores, reverse=True)
     assert re.search(r"MAP@3=0\.\d{3}", text) or "MAP@3=1.000" in text
-    # the trained encoder's figure stands beside the baselines, same items and protocol
+    # the kept stage and why, its scores beside the start's, and its figure beside the start and the baselines
+    assert re.search(r"\n   kept \S+: ", text) and "agreement@5" in text
+    assert re.search(r"kept: \S+ +MAP@3=[01]\.\d{3}", text) and re.search(r"default \(start\) +MAP@3=[01]\.\d{3}", text)
     assert re.search(r"thumbnail:16 +MAP@3=[01]\.\d{3}", text) and re.search(r"random +MAP@3=[01]\.\d{3}", text)
     html = (out / "report.html").read_text()
     assert html.count("<img") >= 8  # 4 images + 4 heatmaps (+ colour bar)
