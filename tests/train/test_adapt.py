@@ -119,10 +119,16 @@ def test_finetune_starts_the_recipe_from_the_network_and_is_judged_like_any_stag
     assert summary.kept == "start" and "not a network the trainer can fine-tune" in summary.stages[1].note
 
 
-def test_the_trainer_refuses_a_start_of_another_architecture(phantom_archive, trained, tmp_path):
-    from medcbir.errors import ConfigError
+def test_the_trainer_trains_the_starting_network_not_the_configured_one(phantom_archive, trained, tmp_path):
+    """With ``init`` the run trains the starting encoder's own network and preprocessing; --backbone/--size
+    describe a new random network and do not apply (the run records which encoder it started from)."""
     from medcbir.train.trainer import TrainConfig, train
 
-    with pytest.raises(ConfigError, match="is not this run's network"):
-        train(TrainConfig(archive=phantom_archive, out=tmp_path / "x.pt", epochs=1, size=96, init=trained["checkpoint"],
-                          device=Device.cpu(), progress=False, workers=1))
+    start = load_encoder_module(trained["checkpoint"])
+    out = tmp_path / "x.pt"
+    train(TrainConfig(archive=phantom_archive, out=out, epochs=1, size=160, batch_size=8, init=trained["checkpoint"],
+                      device=Device.cpu(), progress=False, workers=1))
+    result = load_encoder_module(out)
+    assert result.arch == start.arch
+    assert result.preprocessing == start.preprocessing and start.preprocessing.size != 160
+    assert result.fingerprint != start.fingerprint  # trained: the weights moved
