@@ -62,8 +62,13 @@ def _source(archive: str, workers: int):
 @click.option("--gpus-per-worker", default=None, type=click.FloatRange(min=0), help="GPUs per actor (default: 1 if the cluster has GPUs, else 0).")
 @click.option("--no-maintenance", "maintain", is_flag=True, flag_value=False, default=True,
               help="Do not compact or retrain afterwards even when due.")
+@click.option("--no-regions", "regions", flag_value=False, default=None,
+              help="Do not store regions (a new index; region search with --roi then needs another index).")
+@click.option("--regions-per-image", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Regions stored per image of a new index (default 64).")
 def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
-          delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain) -> None:
+          delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain, regions,
+          regions_per_image) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
     from medcbir.device import Device
     from medcbir.indexer import delete, index_archive
@@ -77,7 +82,7 @@ def index(archive, encoder, out, shard_size, index_spec, target_recall, workers,
         _source(archive, workers), out, encoder, shard_size=shard_size, index_spec=index_spec, workers=workers,
         device=dev, progress=not no_progress and not as_json, batch_size=batch_size, key_file=key_file,
         target_recall=target_recall,
-        ray=ray_address, ray_workers=ray_workers, gpus_per_worker=gpus_per_worker,
+        ray=ray_address, ray_workers=ray_workers, gpus_per_worker=gpus_per_worker, regions=regions, regions_per_image=regions_per_image,
     )
     deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
     from medcbir.indexer.background import run_due
@@ -141,6 +146,39 @@ def retrain(index_dir, sample, seed) -> None:
                f"generation {result['generation']}")
 
 
+def _region_latency(index_dir) -> dict:
+    """p50/p95 ms of region queries (stored regions as queries) beside slice queries, on this machine."""
+    import time
+
+    import numpy as np
+
+    from medcbir.engine import Engine
+    from medcbir.engine.region_search import RegionIndex
+
+    with Engine.open(index_dir, verify="none") as engine:
+        if not len(engine.ids):
+            return {}
+        start = time.perf_counter()
+        regions = RegionIndex.of(engine)
+        load_s = time.perf_counter() - start
+        if not len(regions):
+            return {"load_s": round(load_s, 3)}
+        rng = np.random.default_rng(0)
+        picks = rng.choice(len(regions), size=min(50, len(regions)), replace=False)
+        region_ms, slice_ms = [], []
+        live = engine.live.copy()
+        for row in picks:
+            t = time.perf_counter()
+            regions.search(regions.vectors[row], 10, live)
+            region_ms.append(1000 * (time.perf_counter() - t))
+            t = time.perf_counter()
+            engine.search(engine.embeddings(np.array([int(regions.item_ids[row])])), 10)
+            slice_ms.append(1000 * (time.perf_counter() - t))
+    return {"load_s": round(load_s, 3), "query_ms_p50": round(float(np.percentile(region_ms, 50)), 3),
+            "query_ms_p95": round(float(np.percentile(region_ms, 95)), 3),
+            "slice_query_ms_p50": round(float(np.percentile(slice_ms, 50)), 3)}
+
+
 @click.command("verify")
 @click.argument("index_dir", metavar="INDEX")
 @click.option("--json", "as_json", is_flag=True, help='Print {"ok", "items", "shards", "deleted", "problems", "encoder", ...}.')
@@ -170,7 +208,9 @@ def verify(ctx, index_dir, as_json, repair, sources) -> None:
     if as_json:
         data = report.to_dict()
         out = {k: data[k] for k in ("ok", "items", "shards", "deleted", "problems", "generation", "index_spec",
-                                    "recall_at_10", "target_recall", "search_params", "dropped", "encoder")}
+                                    "recall_at_10", "target_recall", "search_params", "dropped", "encoder", "regions")}
+        if report.ok and report.regions:
+            out["regions"] = {**report.regions, **_region_latency(index_dir)}
         if repaired is not None:
             out["repair"] = repaired.to_dict()
         if found is not None:

@@ -22,6 +22,8 @@ def neighbour_json(n, redact: bool = False) -> dict:
     """The ``--json`` record of one neighbour (``redact``: without its file path)."""
     out = {"rank": n.rank, "score": round(n.score, 6)}
     out.update({key: n.meta.get(key) for key in NEIGHBOUR_FIELDS if not (redact and key == "source")})
+    if getattr(n, "region", None) is not None:
+        out["region"] = [int(v) for v in n.region]
     return out
 
 
@@ -124,8 +126,14 @@ def _fmt_z(value) -> str:
               help="Also write each query's result as a DICOM Key Object Selection document into this folder.")
 @click.option("--kos-other-patients/--kos-same-patient", default=True, show_default=True,
               help="--dicom-out: reference neighbours of other patients in the document (filed under the query's patient), or only the query patient's.")
+@click.option("--roi", default=None, metavar="X,Y,W,H",
+              help="Region query: the box in the query image's stored pixel grid (X = column, Y = row of its top-left corner, W/H in pixels); neighbours are ranked by their best-matching region.")
+@click.option("--roi-mask", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Region query by a mask (PNG or .npy on the query image's grid); its bounding box is the region.")
+@click.option("--snap", is_flag=True, help="With --roi: describe the structure the box was drawn around (the best-overlapping region proposal) instead of the box as drawn.")
 def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series,
-           prior, encoder, device, verify, redact=False, ray_address=None, shards=None, dicom_out=None, kos_other_patients=True):
+           prior, encoder, device, verify, redact=False, ray_address=None, shards=None, dicom_out=None, kos_other_patients=True, roi=None,
+           roi_mask=None, snap=False):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch. A QUERY that is a folder is one series
@@ -150,10 +158,21 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
         raise ConfigError("--shards needs --ray")
     if dicom_out is not None and (prior or group_by):
         raise ConfigError("--dicom-out writes image neighbours: it does not combine with --prior or --group-by")
+    region = None
+    if roi is not None or roi_mask is not None:
+        from medcbir.encoders.regions import parse_box
+
+        if roi is not None and roi_mask is not None:
+            raise ConfigError("give one of --roi and --roi-mask")
+        if prior or series_specs or ray_address is not None:
+            raise ConfigError("a region query (--roi/--roi-mask) takes image queries in this process: not --prior, series queries or --ray")
+        region = {"roi": parse_box(roi) if roi is not None else None, "roi_mask": roi_mask, "snap": snap}
+    elif snap:
+        raise ConfigError("--snap applies to a region query: add --roi X,Y,W,H")
     engine = open_engine(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
     try:
         _answer(engine, images, series_specs, k, exclude, filters_of(modality, body_part, series, study), per_series, include_self,
-                group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients)
+                group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients, region)
     finally:
         if ray_address is not None:
             engine.close()  # the Ray actors (and a local runtime this command started)
@@ -164,7 +183,7 @@ def filters_of(modality, body_part, series, study) -> dict:
 
 
 def _answer(engine, images, series_specs, k, exclude, filters, per_series, include_self, group_by, per_group, prior, redact, as_json,
-            dicom_out=None, kos_other_patients=True) -> None:
+            dicom_out=None, kos_other_patients=True, region=None) -> None:
     """Run the kind of search asked for and print it."""
     modality = filters["modality"]
     if prior:
@@ -179,6 +198,9 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
         else:
             for r, q in zip(results, images):
                 _print_prior(r, query_name(q, redact), redact)
+        return
+    if group_by and region:
+        _answer_region_cases(engine, images, k, exclude, filters, group_by, per_group, include_self, region, redact, as_json)
         return
     if group_by:
         labels = images + series_specs
@@ -195,7 +217,7 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
             for q, hits in zip(labels, results):
                 _print_cases(query_name(q, redact), hits, group_by)
         return
-    results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters)
+    results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters, **(region or {}))
     if dicom_out is not None:
         from medcbir.engine.dicom_kos import write_search_kos
 
@@ -203,16 +225,51 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
         click.echo(f"wrote {len(written)} Key Object Selection document(s) to {dicom_out}", err=True)
     if as_json:
         payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(images, results)]
+        if region:
+            for entry, hits in zip(payload, results):
+                entry["query_region"] = list(hits[0].query_region) if hits else None
         click.echo(json.dumps(payload, indent=2))
         return
     for q, hits in zip(images, results):
         limit = f", at most {per_series} per series" if per_series else ""
-        click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude}{limit})")
+        box = f", region {','.join(map(str, hits[0].query_region))}" if region and hits else ""
+        click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude}{limit}{box})")
         rows = [
-            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
+            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), *([",".join(map(str, n.region))] if region else []),
+             n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
             for n in hits
         ]
-        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", "series", "modality", *([] if redact else ["source"])]))
+        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", *(["region x,y,w,h"] if region else []), "series", "modality",
+                                 *([] if redact else ["source"])]))
+        click.echo("")
+
+
+def _answer_region_cases(engine, images, k, exclude, filters, group_by, per_group, include_self, region, redact, as_json) -> None:
+    """--group-by with a region query: the series or studies of the best-matching regions, each
+    ranked by its best region (region hits pooled per query, then grouped)."""
+    from medcbir.engine.grouping import GROUP_COLUMNS
+
+    column = GROUP_COLUMNS[group_by]
+    pool = max(100, 20 * int(k))
+    results = engine.search(images, k=pool, exclude=exclude, per_series=0, include_self=include_self, **filters, **region)
+    payload = []
+    for q, hits in zip(images, results):
+        cases: dict = {}
+        for n in hits:
+            cases.setdefault(n.meta.get(column), []).append(n)
+        ranked = sorted(cases.items(), key=lambda kv: -kv[1][0].score)[:k]
+        entry = {"query": query_name(q, redact), "group_by": group_by, "query_region": list(hits[0].query_region) if hits else None,
+                 "cases": [{"rank": r, "uid": uid, "score": round(members[0].score, 6), "hits": len(members),
+                            "slices": [neighbour_json(n, redact) for n in members[:per_group]]} for r, (uid, members) in enumerate(ranked, 1)]}
+        payload.append(entry)
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+        return
+    for entry in payload:
+        click.echo(f"query: {entry['query']}  ({len(entry['cases'])} {group_by}{'s' if len(entry['cases']) != 1 else ''}, region {entry['query_region']})")
+        rows = [[c["rank"], f"{c['score']:.4f}", c["hits"], c["uid"], c["slices"][0]["sop_instance_uid"], ",".join(map(str, c["slices"][0]["region"]))]
+                for c in entry["cases"]]
+        click.echo(_table(rows, ["rank", "score", "hits", f"{group_by}_instance_uid", "best slice", "region x,y,w,h"]))
         click.echo("")
 
 

@@ -266,8 +266,11 @@ class Engine:
         study=None,
         per_series: int = 0,
         include_self: bool = False,
+        roi=None,
+        roi_mask=None,
+        snap: bool = False,
     ) -> list[list[Neighbour]]:
-        """The K nearest items of each query.
+        """The K nearest items of each query (or, with ``roi``, the K items with the nearest regions).
 
         Args:
             queries: DICOM paths, SOP UIDs in the index (``"UID"`` or ``"UID:frame"``),
@@ -283,6 +286,14 @@ class Engine:
                 then the best hits under that cap (``medcbir.engine.grouping``).
             include_self: also return a query's own item when the query is an item of the
                 index (a UID, an indexed file or ``Item``); by default it is left out.
+            roi: a region query: the box ``(x, y, w, h)`` in the query frame's stored pixel grid
+                (x = column of its top-left corner); a list of boxes, one per query, for several.
+                Each neighbour then carries its best-matching region (``Neighbour.region``, in its
+                own pixel grid). Needs an index with regions (:mod:`medcbir.engine.region_search`)
+                and queries whose image is at hand (a DICOM path, an indexed UID whose file is
+                readable, an ``Item`` or an H×W array in modality units).
+            roi_mask: instead of ``roi``, a mask (array, PNG or .npy path) on the query frame's grid.
+            snap: replace each box by the structure it was drawn around, when one overlaps it.
 
         Returns:
             One list of :class:`Neighbour` per query, best first (fewer than K when fewer
@@ -298,6 +309,9 @@ class Engine:
         # More neighbours than live items cannot be returned: k beyond them would only allocate
         # B×k answer slots (a huge -k costs memory and time, never answers).
         k = min(int(k), self.require_items())
+        if roi is not None or roi_mask is not None:
+            return self._search_regions(queries, k, roi, roi_mask, snap=snap, exclude=exclude, per_series=check_per_series(per_series),
+                                        include_self=include_self, base=self.filter_mask(Filters.of(modality, body_part, series, study)))
         self._warn_low_recall()
         resolved = QueryResolver(self).resolve(queries)
         if not resolved:
@@ -308,6 +322,39 @@ class Engine:
         own = [own_ids(q, include_self) for q in resolved]
         scores, ids = shaped_hits(self, vectors, int(k), base, groups, own=own, per_series=check_per_series(per_series))
         return self.neighbours(scores, ids)
+
+    def _search_regions(self, queries, k, roi, roi_mask, *, snap, exclude, per_series, include_self, base) -> list[list[Neighbour]]:
+        from medcbir.engine.region_search import RegionIndex, resolve_region_query
+
+        regions = RegionIndex.of(self)
+        if isinstance(queries, (str, Path, np.ndarray)) or not isinstance(queries, (list, tuple)):
+            queries = [queries]
+        queries = list(queries)
+        boxes = _per_query(roi, len(queries), "roi") if roi is not None else [None] * len(queries)
+        masks = _per_query(roi_mask, len(queries), "roi_mask") if roi_mask is not None else [None] * len(queries)
+        codes = None
+        if per_series > 0:
+            _, row_codes = self._codes_of("series_instance_uid")
+            codes = np.full(self.id_range, -1, dtype=np.int64)
+            codes[self.ids] = row_codes
+        column = {"same-patient": ("patient_pseudonym", "patient"), "same-study": ("study_instance_uid", "study")}.get(exclude)
+        out = []
+        for query, box, mask in zip(queries, boxes, masks):
+            rq = resolve_region_query(self, query, box, mask, snap=snap)
+            admissible = (self.live if base is None else base & self.live).copy()
+            if column is not None and getattr(rq, column[1]):
+                admissible &= ~self.exclusion_mask(column[0], getattr(rq, column[1]))
+            if rq.item_id >= 0 and not include_self:
+                admissible[rq.item_id] = False
+            hits = regions.search(regions.whitening(rq.descriptor)[0], k, admissible, codes, per_series)
+            neighbours = []
+            for rank, (item, score, row) in enumerate(hits, 1):
+                nb = Neighbour(item, score, rank, None, self.table, int(self.rows_of(np.array([item]))[0]))
+                nb.region = tuple(int(v) for v in regions.boxes[row])
+                nb.query_region = rq.box
+                neighbours.append(nb)
+            out.append(neighbours)
+        return out
 
     def _warn_low_recall(self) -> None:
         """Warn once per engine when the index's measured recall@10 is below its target."""
@@ -509,6 +556,18 @@ class Engine:
     def __repr__(self) -> str:
         info = self.store.encoder_info
         return f"Engine({len(self)} live items, dim={self.dim}, spec={json.dumps(getattr(self.store, 'index_spec', '?'))}, encoder={str(info.get('fingerprint', ''))[:12]})"
+
+
+def _per_query(value, n: int, name: str) -> list:
+    """One box (or mask) for every query, or a list of one per query."""
+    if name == "roi" and len(value) and not isinstance(value[0], (list, tuple, np.ndarray)):
+        return [value] * n
+    if name == "roi_mask" and (isinstance(value, (str, Path)) or (isinstance(value, np.ndarray) and value.ndim == 2)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ConfigError(f"{n} queries but {len(value)} regions ({name}): give one region, or one per query")
+    return value
 
 
 def _as_case_list(queries) -> list:

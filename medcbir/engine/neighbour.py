@@ -62,9 +62,11 @@ class Neighbour:
         score: similarity (inner product of L2-normalised embeddings = cosine; higher is closer).
         rank: 1-based rank within its query's result list.
         meta: the item's metadata (``ItemMeta`` columns) as plain Python values.
+        region: for a region query, the matched region ``(x, y, w, h)`` in the item's stored
+            pixel grid (None otherwise); ``query_region``: the query's box it matched.
     """
 
-    __slots__ = ("id", "score", "rank", "_meta", "_table", "_row")
+    __slots__ = ("id", "score", "rank", "_meta", "_table", "_row", "region", "query_region")
 
     def __init__(self, id: int, score: float, rank: int, meta: dict | None = None, table: MetaTable | None = None, row: int = -1) -> None:
         # Plain Python numbers expected (the engine passes ``tolist()`` values): no conversion
@@ -75,6 +77,8 @@ class Neighbour:
         self._meta = meta
         self._table = table
         self._row = row
+        self.region = None
+        self.query_region = None
 
     @property
     def meta(self) -> dict:
@@ -85,6 +89,9 @@ class Neighbour:
     def to_dict(self) -> dict:
         """``{"id", "score", "rank", **meta}``; NaN floats become None (valid JSON)."""
         out = {"id": self.id, "score": self.score, "rank": self.rank}
+        if self.region is not None:
+            out["region"] = [int(v) for v in self.region]
+            out["query_region"] = [int(v) for v in self.query_region] if self.query_region is not None else None
         for key, value in self.meta.items():
             if isinstance(value, float) and math.isnan(value):
                 value = None

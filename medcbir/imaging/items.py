@@ -118,13 +118,27 @@ class Item:
 
 @dataclass
 class Decoded:
-    """What a walk yields: an item's metadata and its image (preprocessed or modality units)."""
+    """What a walk yields: an item's metadata and its image (preprocessed or modality units).
+
+    ``extras`` holds what the preprocessing computed beside the image from the frame in modality
+    units (``{"regions": RegionSet}`` for an index with regions), empty otherwise.
+    """
 
     meta: ItemMeta
     image: np.ndarray
+    extras: dict = field(default_factory=dict)
 
     def __iter__(self):  # allows ``meta, image = decoded``
         return iter((self.meta, self.image))
+
+
+def decoded_item(item: Item, preprocessing) -> Decoded:
+    """``item`` as a walk yields it: preprocessed when ``preprocessing`` is given, with the
+    preprocessing's ``extras(item)`` when it has that method."""
+    if preprocessing is None:
+        return Decoded(item.meta, item.pixels)
+    extras = preprocessing.extras(item) if hasattr(preprocessing, "extras") else {}
+    return Decoded(item.meta, preprocessing.apply(item), extras)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from medcbir.errors import ArchiveNotFound
 from medcbir.imaging.dicom import MAX_DECODE_BYTES, MAX_PIXELS, read_dicom
-from medcbir.imaging.items import Decoded, WalkReport
+from medcbir.imaging.items import Decoded, WalkReport, decoded_item
 from medcbir.imaging.preprocess import Preprocessing
 from medcbir.imaging.walk import walk
 
@@ -113,4 +113,4 @@ def decode_bytes(data: bytes, uri: str, key: bytes | None, preprocessing: Prepro
         SkipFile: the data must be skipped (a ``DecodeError`` with ``reason`` and ``detail``).
     """
     items = read_dicom(io.BytesIO(data), key=key, uri=uri, max_pixels=max_pixels, max_bytes=max_bytes)
-    return [Decoded(item.meta, preprocessing.apply(item) if preprocessing else item.pixels) for item in items]
+    return [decoded_item(item, preprocessing) for item in items]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.imaging.dicom import MAX_PIXELS, read_dicom
-from medcbir.imaging.items import Decoded, SkipFile, WalkReport
+from medcbir.imaging.items import Decoded, SkipFile, WalkReport, decoded_item
 from medcbir.imaging.preprocess import Preprocessing
 
 #: Files handed to one worker before its earlier ones come back (keeps each worker busy while
@@ -107,7 +107,7 @@ def decode_file(path: str, preprocessing: Preprocessing | None, key: bytes | Non
     """Decode one file into :class:`Decoded` items; never raises for a bad file."""
     try:
         items = read_dicom(path, key=key, uri=uri or path, max_pixels=max_pixels)
-        out = [Decoded(item.meta, preprocessing.apply(item) if preprocessing else item.pixels) for item in items]
+        out = [decoded_item(item, preprocessing) for item in items]
         return _Result(path, out)
     except SkipFile as exc:
         return _Result(path, reason=exc.reason, detail=exc.detail)

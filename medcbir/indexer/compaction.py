@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medcbir.errors import IndexCorrupt
+
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
-from medcbir.indexer.shard import concat_columns, read_columns, read_embeddings, read_source_stats, write_shard
+from medcbir.indexer.shard import (ShardRegions, concat_columns, read_columns, read_embeddings, read_regions, read_source_stats,
+                                   write_shard)
 from medcbir.indexer.staging import Overtaken, new_staging, publish, same_prefix
 
 # A shard below this fraction of the shard size counts as small.
@@ -67,6 +70,7 @@ class TailRewriter:
         self._cols: list[dict] = []
         self._emb: list[np.ndarray] = []
         self._stats: dict[bytes, tuple[int, int]] = {}
+        self._regions: list[ShardRegions] = []  # rows = position among the pending items
         self._pending = 0
         self._base = None
         if manifest.get("trained"):
@@ -85,6 +89,15 @@ class TailRewriter:
         self._emb.append(read_embeddings(path)[keep])
         kept_sources = set(cols["source"].tolist()) if "source" in cols else set()
         self._stats.update({n: st for n, st in read_source_stats(path).items() if n in kept_sources})
+        if manifest_regions := self.manifest.get("regions"):
+            regions = read_regions(path)
+            if regions is None:
+                raise IndexCorrupt(f"{entry['file']}: the index stores regions but this shard has none")
+            # Regions of kept items follow them, renumbered to their row among the pending items.
+            new_row = np.full(len(ids), -1, dtype=np.int64)
+            new_row[keep] = self._pending + np.arange(len(keep))
+            regions = regions.take(new_row[regions.rows] >= 0)
+            self._regions.append(ShardRegions(new_row[regions.rows], regions.boxes, regions.descriptors.reshape(-1, int(manifest_regions["dim"]))))
         self.kept_old_ids.append(ids[keep])
         self._pending += len(keep)
         # Flushing only between old shards keeps each source's frames in one shard.
@@ -97,14 +110,19 @@ class TailRewriter:
         cols, emb = concat_columns(self._cols), np.concatenate(self._emb)
         ids = np.arange(self.next_id, self.next_id + len(emb), dtype=np.int64)
         name = f"staged-{len(self.entries):06d}"
-        nbytes, digest = write_shard(self.staging / f"{name}.h5", ids, emb, cols, self.manifest["encoder"], self._stats)
+        regions, version = None, ""
+        if self.manifest.get("regions"):
+            regions = ShardRegions(*(np.concatenate(c) for c in zip(*self._regions))) if self._regions \
+                else ShardRegions.empty(int(self.manifest["regions"]["dim"]))
+            version = self.manifest["regions"]["version"]
+        nbytes, digest = write_shard(self.staging / f"{name}.h5", ids, emb, cols, self.manifest["encoder"], self._stats, regions, version)
         entry = {"file": f"{name}.h5", "items": len(emb), "bytes": nbytes, "sha256": digest,
                  "first_id": int(ids[0]), "last_id": int(ids[-1]), "faiss": None}
         if self._base is not None:
             entry["faiss"] = stamp(faiss_index.write_shard_part(self._base, ids, emb, self.staging / name), self.staging)
         self.entries.append(stamp(entry, self.staging))
         self.next_id += len(emb)
-        self._cols, self._emb, self._stats, self._pending = [], [], {}, 0
+        self._cols, self._emb, self._stats, self._regions, self._pending = [], [], {}, [], 0
 
 
 def compact(index_dir: str | Path, shard_size: int | None = None, force: bool = True) -> dict:

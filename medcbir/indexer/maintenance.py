@@ -93,6 +93,9 @@ class VerifyReport:
     search_params: dict = field(default_factory=dict)
     #: the manifest's encoder record (fingerprint, preprocessing, dim, source; a user encoder's spec)
     encoder: dict = field(default_factory=dict)
+    #: the region index (None: the index stores no regions): recipe, regions, per image, and bytes
+    #: per image of the regions beside those of the slice embeddings and metadata
+    regions: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,6 +155,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
     dim = int(manifest["encoder"]["dim"])
     expected_first = 0
     keys: set = set()
+    sizes = {"regions": 0, "region_bytes": 0, "slice_bytes": 0}
     for entry in manifest["shards"]:
         name = entry["file"]
         if entry["first_id"] != expected_first:
@@ -160,7 +164,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
         if name in broken:
             continue
         try:
-            problems.extend(_check_shard(index_dir / name, entry, fingerprint, dim, keys, deleted))
+            problems.extend(_check_shard(index_dir / name, entry, fingerprint, dim, keys, deleted, manifest.get("regions"), sizes))
         except (OSError, KeyError) as exc:
             problems.append(f"{name}: unreadable shard ({exc})")
         if entry.get("faiss") and entry["faiss"]["file"] not in broken:
@@ -184,11 +188,51 @@ def verify(index_dir: str | Path) -> VerifyReport:
             problems.append("manifest.json: a tombstoned id is outside the index")
     except MedcbirError as exc:
         problems.append(str(exc))
+    if manifest.get("regions"):
+        items = max(1, int(manifest["next_id"]))
+        record = manifest["regions"]
+        report.regions = {"version": record.get("version"), "dim": int(record["dim"]), "regions": sizes["regions"],
+                          "per_image": round(sizes["regions"] / items, 2), "bytes": sizes["region_bytes"],
+                          "bytes_per_image": round(sizes["region_bytes"] / items, 1),
+                          "slice_bytes_per_image": round(sizes["slice_bytes"] / items, 1)}
     report.ok = not problems
     return report
 
 
-def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set, deleted: np.ndarray) -> list[str]:
+def _dataset_bytes(node) -> int:
+    """Bytes an HDF5 group (or dataset) holds on disk."""
+    if isinstance(node, h5py.Dataset):
+        return int(node.id.get_storage_size())
+    return sum(_dataset_bytes(child) for child in node.values())
+
+
+def _check_regions(f, name: str, items: int, record: dict | None, sizes: dict) -> list[str]:
+    """The ``regions/`` group of a shard against the manifest's regions record (and its sizes counted)."""
+    sizes["slice_bytes"] += _dataset_bytes(f["embeddings"]) + _dataset_bytes(f["ids"]) + _dataset_bytes(f["meta"])
+    if not record:
+        return [f"{name}: holds regions the manifest does not record"] if "regions" in f else []
+    if "regions" not in f:
+        return [f"{name}: the index stores regions but this shard has none"]
+    group = f["regions"]
+    out = []
+    version = group.attrs.get("version")
+    version = version.decode() if isinstance(version, bytes) else version
+    if version != record.get("version"):
+        out.append(f"{name}: regions of recipe {version!r}, the manifest's are {record.get('version')!r}")
+    rows, boxes, descriptors = group["row"][...], group["boxes"], group["descriptors"]
+    if boxes.shape != (len(rows), 4) or descriptors.shape != (len(rows), int(record["dim"])):
+        out.append(f"{name}: regions {boxes.shape} boxes / {descriptors.shape} descriptors for {len(rows)} rows ({record['dim']}-d)")
+    if len(rows) and (rows.min() < 0 or rows.max() >= items):
+        out.append(f"{name}: a region belongs to row {int(rows.max())}, the shard has {items} items")
+    if len(rows) and not np.isfinite(descriptors[...]).all():
+        out.append(f"{name}: a region descriptor is not finite")
+    sizes["regions"] += len(rows)
+    sizes["region_bytes"] += _dataset_bytes(group)
+    return out
+
+
+def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set, deleted: np.ndarray, regions: dict | None = None,
+                 sizes: dict | None = None) -> list[str]:
     from medcbir.indexer.writer import key_hash
 
     name = path.name
@@ -211,6 +255,7 @@ def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set,
             if f["meta"][column].shape[0] != len(ids):
                 out.append(f"{name}: column {column} has {f['meta'][column].shape[0]} rows for {len(ids)} ids")
         # A tombstoned item's key may come back (its file replaced): only live keys are unique.
+        out.extend(_check_regions(f, name, len(ids), regions, sizes if sizes is not None else {"regions": 0, "region_bytes": 0, "slice_bytes": 0}))
         live = ~np.isin(ids, deleted)
         sops = f["meta"]["sop_instance_uid"][...][live]
         frames = f["meta"]["frame"][...][live]

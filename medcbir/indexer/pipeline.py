@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medcbir.indexer import follow, quarantine
+from medcbir.indexer.manifest import history, manifest_path
 from medcbir.indexer.summary import IndexSummary
 from medcbir.indexer.writer import IndexWriter
 
@@ -113,6 +114,8 @@ def index_archive(
     ray: Any = None,
     ray_workers: int = 1,
     gpus_per_worker: float | None = None,
+    regions: bool | None = None,
+    regions_per_image: int | None = None,
 ) -> IndexSummary:
     """Embed every item of an archive into an index; resumable and idempotent.
 
@@ -132,21 +135,28 @@ def index_archive(
             address = :func:`medcbir.indexer.ray_index.index_archive_ray` (same index).
         ray_workers: embedding actors (with ``ray``).
         gpus_per_worker: GPUs per actor (with ``ray``; None = 1 if the cluster has GPUs).
+        regions: store each item's regions for region search (None: on for a new index, the
+            index's own choice otherwise; False = ``--no-regions``).
+        regions_per_image: regions kept per item of a new index.
 
     Returns:
         the job's :class:`IndexSummary`.
     """
+    if regions is None and not (manifest_path(Path(index_dir)).is_file() or (Path(index_dir).is_dir() and history(Path(index_dir)))):
+        regions = True  # regions are on by default for a new index built from images
     if ray is not None and ray is not False:
         from medcbir.indexer.ray_index import index_archive_ray
 
         return index_archive_ray(source, index_dir, encoder, ray=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
                                  shard_size=shard_size, index_spec=index_spec, device=device, progress=progress,
-                                 batch_size=batch_size, key_file=key_file, target_recall=target_recall)
+                                 batch_size=batch_size, key_file=key_file, target_recall=target_recall, regions=regions,
+                                 regions_per_image=regions_per_image)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     src = as_source(source, workers=workers, quarantine=index_dir / quarantine.LOG)
     summary = IndexSummary()
-    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device, target_recall=target_recall)
+    writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
+                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image)
     writer.batch_size = batch_size
     log_start = quarantine.mark(index_dir)
     listing, complete, bar = None, False, None
@@ -190,7 +200,7 @@ def _recorded(src: Any, writer, current: dict) -> Iterator:
     """
     from medcbir.imaging.sources import FolderSource
 
-    preprocessing, key = writer.encoder.preprocessing, writer.key
+    preprocessing, key = writer.decode_preprocessing, writer.key
     if not isinstance(src, FolderSource) or key is None:
         return src.decoded(preprocessing, key, writer.has_source)
     from dataclasses import replace

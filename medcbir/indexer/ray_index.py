@@ -229,19 +229,26 @@ def _ledger_class():
 
 
 # ---------------------------------------------------------------------------- Ray Data stages
-def decode_job(batch: dict, units_of, preprocessing: dict, key: bytes | None) -> dict:
-    """Decode task: one job row → its preprocessed images and metadata (pickled, one block)."""
+def decode_job(batch: dict, units_of, preprocessing: dict, key: bytes | None, regions_per_image: int | None = None) -> dict:
+    """Decode task: one job row → its preprocessed images, metadata and (for an index with
+    regions, ``regions_per_image`` set) each item's regions (pickled, one block)."""
     from medcbir.imaging import Preprocessing
 
     prep = Preprocessing.from_dict(preprocessing)
+    decode_prep = prep
+    if regions_per_image:
+        from medcbir.encoders.regions import WithRegions
+
+        decode_prep = WithRegions(prep, int(regions_per_image))
     out_jobs, out_payload = [], []
     for job, units in zip(batch["job"], batch["units"]):
         units = [str(u) for u in units]
-        decoded, skips, states = units_of.decode(units, prep, key)
+        decoded, skips, states = units_of.decode(units, decode_prep, key)
         images = np.stack([np.asarray(d.image, dtype=np.float32) for d in decoded]) if decoded else np.zeros((0, *prep_shape(prep)), np.float32)
         metas = [d.meta for d in decoded]
+        regions = [d.extras.get("regions") for d in decoded] if regions_per_image else None
         out_jobs.append(int(job))
-        out_payload.append(pickle.dumps((images, metas, skips, len(units), states), protocol=5))
+        out_payload.append(pickle.dumps((images, metas, skips, len(units), states, regions), protocol=5))
     return {"job": np.asarray(out_jobs, dtype=np.int64), "payload": np.asarray(out_payload, dtype=object)}
 
 
@@ -262,9 +269,11 @@ class EmbedWriter:
         ledger: the :class:`ShardLedger` actor handle.
         batch_size: images per forward.
         threads: torch threads (CPU embedding).
+        regions: the manifest's regions record (None: the index stores no regions).
     """
 
-    def __init__(self, encoder, fingerprint: str, encoder_info: dict, index_dir: str, ledger, batch_size: int, threads: int) -> None:
+    def __init__(self, encoder, fingerprint: str, encoder_info: dict, index_dir: str, ledger, batch_size: int, threads: int,
+                 regions: dict | None = None) -> None:
         import torch
 
         from medcbir.device import Device
@@ -275,6 +284,7 @@ class EmbedWriter:
         if self.encoder.fingerprint != fingerprint:
             raise ConfigError(f"the encoder on this worker is {self.encoder.fingerprint[:12]}, the index's is {fingerprint[:12]}")
         self.info, self.index_dir, self.ledger, self.batch_size = encoder_info, Path(index_dir), ledger, int(batch_size)
+        self.regions = regions
 
     def __call__(self, batch: dict) -> dict:
         records = [self._job(int(job), pickle.loads(payload)) for job, payload in zip(batch["job"], batch["payload"])]
@@ -284,9 +294,9 @@ class EmbedWriter:
         import ray
 
         from medcbir.indexer.shard import meta_columns, shard_name, write_shard
-        from medcbir.indexer.writer import key_hash
+        from medcbir.indexer.writer import key_hash, shard_regions
 
-        images, metas, skips, n_units, states = payload
+        images, metas, skips, n_units, states, regions = payload
         keys = np.asarray([key_hash(m.sop_instance_uid, m.frame) for m in metas], dtype=np.uint64)
         _, source_codes = np.unique(np.asarray([str(m.source) for m in metas], dtype=object).astype(str), return_inverse=True) if metas else (None, np.zeros(0, np.int64))
         keep, plan = ray.get(self.ledger.reserve.remote(job, keys, source_codes))
@@ -295,12 +305,15 @@ class EmbedWriter:
         if len(kept):
             embeddings = self.encoder.embed(np.ascontiguousarray(images[kept]), batch_size=self.batch_size)
             kept_metas = [metas[i] for i in kept]
+            kept_regions = [regions[i] for i in kept] if regions is not None else None
             for number, first, count in plan:
                 ids = np.arange(first, first + count, dtype=np.int64)
                 path = self.index_dir / shard_name(number)
                 part = kept_metas[start:start + count]
                 stats = {str(m.source).encode("utf-8"): states[str(m.source)] for m in part if str(m.source) in states}
-                size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(part), self.info, stats)
+                block = shard_regions(kept_regions[start:start + count], int(self.regions["dim"])) if self.regions else None
+                size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(part), self.info, stats, block,
+                                           self.regions["version"] if self.regions else "")
                 entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
                                 "first_id": int(first), "last_id": int(first + count - 1), "faiss": None})
                 start += count
@@ -329,6 +342,8 @@ def index_archive_ray(
     batch_size: int = 64,
     key_file: str | Path | None = None,
     target_recall: float | None = None,
+    regions: bool | None = None,
+    regions_per_image: int | None = None,
 ):
     """:func:`medcbir.indexer.index_archive` with decoding and embedding spread over Ray.
 
@@ -341,7 +356,7 @@ def index_archive_ray(
         workers: embedding actors.
         gpus_per_worker: GPUs per actor (None: 1 when the cluster has GPUs, else 0).
         shard_size: items per shard at most (also capped by :data:`JOB_BYTES` of images).
-        index_spec, device, progress, batch_size, key_file, target_recall: as for ``index_archive``.
+        index_spec, device, progress, batch_size, key_file, target_recall, regions, regions_per_image: as for ``index_archive``.
 
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
@@ -356,7 +371,7 @@ def index_archive_ray(
     index_dir = Path(index_dir).absolute()
     units_of = as_units(source)
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
-                              target_recall=target_recall)
+                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image)
     if isinstance(units_of, FolderUnits):
         seal = writer.archive_seal(units_of.root)
         units_of.seal_with(writer.key, seal.root)
@@ -427,7 +442,8 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
         warnings.simplefilter("ignore", DeprecationWarning)  # max_retries as a keyword (still supported in 2.60)
         ds = ds.map_batches(
             decode_job, batch_size=1, batch_format="numpy", num_cpus=1, max_retries=DECODE_RETRIES,
-            fn_kwargs={"units_of": units_of, "preprocessing": prep.to_dict(), "key": writer.key},
+            fn_kwargs={"units_of": units_of, "preprocessing": prep.to_dict(), "key": writer.key,
+                       "regions_per_image": int(writer.regions["per_image"]) if writer.regions else None},
         )
     ds = ds.map_batches(
         EmbedWriter, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
@@ -435,7 +451,7 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
         fn_constructor_kwargs={
             "encoder": _encoder_arg(writer, encoder), "fingerprint": writer.encoder.fingerprint,
             "encoder_info": dict(writer.manifest["encoder"]), "index_dir": str(writer.index_dir),
-            "ledger": ledger, "batch_size": batch_size, "threads": threads,
+            "ledger": ledger, "batch_size": batch_size, "threads": threads, "regions": writer.regions,
         },
     )
     for row in ds.iter_rows():

@@ -10,6 +10,10 @@ Layout of ``shard-NNNNNN.h5``::
                         before it was decoded: name (the recorded ``meta/source``, UTF-8
                         bytes), size (bytes), mtime_ns; what ``index`` compares to notice a
                         file changed since (:mod:`medcbir.indexer.follow`)
+    regions/            optional (an index with regions): one row per region of the shard's
+                        items: row (int32, the item's row in this shard), boxes (int32 ×4: x, y,
+                        w, h in the item's stored pixel grid), descriptors (float16 ×D); attrs
+                        version (the region recipe) and dim
     attrs               format, version, encoder_fingerprint, preprocessing (JSON), dim,
                         metric ("ip"), embeddings_sha256, items, first_id, last_id
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -32,6 +36,21 @@ from medcbir.indexer.fsutil import commit_file, crash_point, tmp_name
 FORMAT = "medcbir-shard"
 VERSION = 1
 METRIC = "ip"
+
+
+class ShardRegions(NamedTuple):
+    """The ``regions/`` group of a shard (or of several, concatenated with ``rows`` made global)."""
+
+    rows: np.ndarray  # int64 (R,) the item's row (in the shard; or its id, once made global)
+    boxes: np.ndarray  # int32 (R, 4) x, y, w, h in the item's stored pixel grid
+    descriptors: np.ndarray  # float32 (R, D)
+
+    @classmethod
+    def empty(cls, dim: int) -> "ShardRegions":
+        return cls(np.zeros(0, np.int64), np.zeros((0, 4), np.int32), np.zeros((0, dim), np.float32))
+
+    def take(self, keep: np.ndarray) -> "ShardRegions":
+        return ShardRegions(self.rows[keep], self.boxes[keep], self.descriptors[keep])
 
 
 def shard_name(number: int) -> str:
@@ -100,6 +119,8 @@ def write_shard(
     columns: dict[str, np.ndarray],
     encoder_info: dict,
     sources: dict[bytes, tuple[int, int]] | None = None,
+    regions: ShardRegions | None = None,
+    regions_version: str = "",
 ) -> tuple[int, str]:
     """Write and commit one shard.
 
@@ -110,6 +131,8 @@ def write_shard(
         columns: metadata columns aligned with ``ids`` (:func:`meta_columns`).
         encoder_info: the manifest's encoder record (fingerprint, preprocessing, dim).
         sources: recorded source → (size, mtime_ns) of its file, for the ``sources/`` group.
+        regions: the ``regions/`` group (``rows`` = row in this shard), None for an index without
+            regions; ``regions_version`` names the recipe that made them.
 
     Returns:
         (size in bytes, whole-file sha256) of the committed file.
@@ -133,6 +156,16 @@ def write_shard(
             group.create_dataset("name", data=np.array(names, dtype=f"S{max(1, max(len(n) for n in names))}"))
             group.create_dataset("size", data=np.array([sources[n][0] for n in names], dtype=np.int64))
             group.create_dataset("mtime_ns", data=np.array([sources[n][1] for n in names], dtype=np.int64))
+        if regions is not None:
+            rows = np.asarray(regions.rows, dtype=np.int64)
+            if len(rows) and (rows.min() < 0 or rows.max() >= ids.shape[0]):
+                raise ValueError(f"region rows outside the shard's {ids.shape[0]} items")
+            group = f.create_group("regions")
+            group.create_dataset("row", data=rows.astype(np.int32))
+            group.create_dataset("boxes", data=np.asarray(regions.boxes, dtype=np.int32).reshape(-1, 4))
+            group.create_dataset("descriptors", data=np.asarray(regions.descriptors, dtype=np.float16))
+            group.attrs["version"] = regions_version
+            group.attrs["dim"] = int(np.shape(regions.descriptors)[1])
         f.attrs["columns"] = json.dumps(list(columns))  # ItemMeta.COLUMNS order
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
@@ -175,6 +208,16 @@ def read_columns(path: Path, names: list[str] | None = None) -> dict[str, np.nda
     with h5py.File(path, "r") as f:
         group = f["meta"]
         return {name: group[name][...] for name in (names or list(group.keys()))}
+
+
+def read_regions(path: Path) -> ShardRegions | None:
+    """The ``regions/`` group of a shard (descriptors as float32), None when it has none."""
+    with h5py.File(path, "r") as f:
+        if "regions" not in f:
+            return None
+        group = f["regions"]
+        return ShardRegions(group["row"][...].astype(np.int64), group["boxes"][...].astype(np.int32),
+                            group["descriptors"][...].astype(np.float32))
 
 
 def read_source_stats(path: Path) -> dict[bytes, tuple[int, int]]:

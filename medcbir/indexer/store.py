@@ -25,7 +25,7 @@ from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.manifest import deleted_ids, read_manifest
-from medcbir.indexer.shard import decode_strings, row_meta
+from medcbir.indexer.shard import ShardRegions, decode_strings, row_meta
 
 def read_key(index_dir: Path, manifest: dict) -> bytes | None:
     """The archive's pseudonym key (``INDEX/pseudonym.key`` or the manifest's ``key_file``), or None."""
@@ -202,6 +202,33 @@ class IndexStore:
         self._dense = bool(len(self.ids) == 0 or (self.ids[0] == 0 and self.ids[-1] == len(self.ids) - 1))
         # An index of an empty archive has no shard to name its columns: the item fields.
         self.columns = LazyColumns(self._files, names or list(ItemMeta.COLUMNS))
+
+    @property
+    def has_regions(self) -> bool:
+        """True when the index stores regions (``medcbir index`` without ``--no-regions``)."""
+        return bool(self.manifest.get("regions"))
+
+    def regions(self):
+        """Every region of the index as one :class:`~medcbir.indexer.shard.ShardRegions` whose
+        ``rows`` are item ids (tombstoned items included); None for an index without regions.
+
+        Raises:
+            IndexCorrupt: a shard of a region index has no ``regions/`` group.
+        """
+        record = self.manifest.get("regions")
+        if not record:
+            return None
+        dim = int(record["dim"])
+        parts = []
+        for f, entry, lo in zip(self._files, self.manifest["shards"], self._offsets[:-1]):
+            if "regions" not in f:
+                raise IndexCorrupt(f"{entry['file']}: the index stores regions but this shard has none")
+            group = f["regions"]
+            parts.append(ShardRegions(group["row"][...].astype(np.int64) + int(lo), group["boxes"][...].astype(np.int32),
+                                      group["descriptors"][...].astype(np.float32).reshape(-1, dim)))
+        if not parts:
+            return ShardRegions.empty(dim)
+        return ShardRegions(*(np.concatenate(column) for column in zip(*parts)))
 
     def _fill(self, out: np.ndarray) -> None:
         for f, lo, hi in zip(self._files, self._offsets[:-1], self._offsets[1:]):

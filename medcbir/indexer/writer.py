@@ -29,7 +29,7 @@ from medcbir.indexer.keys import key_hash, source_hash  # noqa: F401 - part of t
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
                                       retained_files)
-from medcbir.indexer.shard import meta_columns, shard_name, write_shard
+from medcbir.indexer.shard import ShardRegions, meta_columns, shard_name, write_shard
 from medcbir.indexer.integrity import check_files
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,17 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
     return removed
 
 
+def shard_regions(region_sets: list, dim: int) -> ShardRegions:
+    """One RegionSet per item (None: no regions) → a shard's ``regions/`` block, rows = item rows."""
+    sets = [(row, r) for row, r in enumerate(region_sets) if r is not None and len(r)]
+    if not sets:
+        return ShardRegions.empty(dim)
+    rows = np.concatenate([np.full(len(r), row, dtype=np.int64) for row, r in sets])
+    boxes = np.concatenate([np.asarray(r.boxes, dtype=np.int32).reshape(-1, 4) for _, r in sets])
+    descriptors = np.concatenate([np.asarray(r.descriptors, dtype=np.float32).reshape(-1, dim) for _, r in sets])
+    return ShardRegions(rows, boxes, descriptors)
+
+
 class IndexWriter:
     """Creates or resumes an index and commits embedded items to it, shard by shard.
 
@@ -93,6 +104,8 @@ class IndexWriter:
         device=None,
         lock_timeout: float = 600.0,
         target_recall: float | None = None,
+        regions: bool | None = None,
+        regions_per_image: int | None = None,
     ) -> "IndexWriter":
         """Create ``index_dir`` or resume it.
 
@@ -106,10 +119,16 @@ class IndexWriter:
             lock_timeout: seconds to queue for the writer lock (at open and at each commit).
             target_recall: recall@10 the index must reach on its own embeddings (default
                 0.95; ``auto`` picks the cheapest spec reaching it; kept in the manifest).
+            regions: store each item's regions for region search (:mod:`medcbir.encoders.regions`);
+                None = the index's own choice (off for a new index: items added as bare embeddings
+                have no image to find regions in; :func:`~medcbir.indexer.pipeline.index_archive`
+                turns them on for a new index). Fixed when the index is created.
+            regions_per_image: regions kept per item (a new index; default
+                :data:`medcbir.encoders.regions.PER_IMAGE`).
 
         Raises:
             EncoderMismatch: the index was built with another encoder.
-            ConfigError: bad spec or shard size, or a spec different from the index's.
+            ConfigError: bad spec or shard size, or a spec (or a region choice) different from the index's.
             IndexBusy: another process held the writer lock for longer than ``lock_timeout``.
         """
         if int(shard_size) < 1:
@@ -124,6 +143,7 @@ class IndexWriter:
         # several writers (the Orthanc plugin, CLI runs) add to one index, queuing for commits.
         with WriterLock(self.index_dir, wait=True, timeout=lock_timeout):
             self._setup(encoder, index_spec, int(shard_size), key_file, device)
+            self._setup_regions(regions, regions_per_image)
             if target_recall is not None:
                 if not 0.0 < float(target_recall) <= 1.0:
                     raise ConfigError(f"--target-recall must be in (0, 1], not {target_recall}")
@@ -181,12 +201,44 @@ class IndexWriter:
         self.reembedded = 0  # committed items that a repair had dropped (their keys)
         self._buffer_metas: list = []
         self._buffer_embeddings: list[np.ndarray] = []
+        self._buffer_regions: list = []  # one RegionSet (or None) per buffered item
         self._buffer_keys: set[int] = set()
         self._buffer_sources: set[int] = set()
         self.shards_written = 0
         self.items_committed = 0
         self.deleted_sources = 0  # sources tombstoned by the last delete_sources
         self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
+
+    def _setup_regions(self, wanted: bool | None, per_image: int | None) -> None:
+        from medcbir.encoders.regions import DIM, PER_IMAGE, REGIONS_VERSION
+
+        record = self.manifest.get("regions")
+        created = not self.manifest["shards"] and not manifest_path(self.index_dir).is_file()
+        if created and wanted:
+            per_image = int(per_image if per_image is not None else PER_IMAGE)
+            if per_image < 1:
+                raise ConfigError(f"--regions-per-image must be ≥ 1, not {per_image}")
+            record = {"version": REGIONS_VERSION, "dim": DIM, "per_image": per_image}
+            self.manifest = dict(self.manifest, regions=record)
+        elif wanted and not record:
+            raise ConfigError(f"index {self.index_dir} was built without regions; region search needs a new index "
+                              f"(`medcbir index ARCHIVE NEW_INDEX` stores regions by default)")
+        elif wanted is False and record:
+            raise ConfigError(f"index {self.index_dir} stores regions for every item; --no-regions applies to a new index only")
+        if record and record.get("version") != REGIONS_VERSION:
+            raise ConfigError(f"index {self.index_dir} holds regions of recipe {record.get('version')!r}; this medcbir makes "
+                              f"{REGIONS_VERSION!r}: build a new index to add to it")
+        self.regions = record or None
+
+    @property
+    def decode_preprocessing(self):
+        """What decoding for this writer applies: the encoder's preprocessing, wrapped to extract
+        each item's regions too when the index stores regions (:class:`~medcbir.encoders.regions.WithRegions`)."""
+        if not self.regions:
+            return self.encoder.preprocessing
+        from medcbir.encoders.regions import WithRegions
+
+        return WithRegions(self.encoder.preprocessing, int(self.regions["per_image"]))
 
     def _refuse_damaged(self, manifest: dict) -> None:
         """Refuse to add to an index a committed file of which is damaged: items committed on
@@ -315,16 +367,30 @@ class IndexWriter:
             fresh.append(d)
         if not fresh:
             return 0
+        regions = None
+        if self.regions:
+            regions = [d.extras.get("regions") for d in fresh]
+            if any(r is None for r in regions):
+                raise ConfigError("this index stores regions: decode with IndexWriter.decode_preprocessing "
+                                  "so each item carries its regions")
         images = np.stack([np.asarray(d.image, dtype=np.float32) for d in fresh])
         embeddings = self.encoder.embed(images, batch_size=self.batch_size) if self.batch_size else self.encoder.embed(images)
-        return self.add_embeddings([d.meta for d in fresh], embeddings)
+        return self.add_embeddings([d.meta for d in fresh], embeddings, regions)
 
-    def add_embeddings(self, metas: list, embeddings: np.ndarray) -> int:
+    def add_embeddings(self, metas: list, embeddings: np.ndarray, regions: list | None = None) -> int:
         """Buffer already-computed embeddings (L2-normalised, this encoder's) with their metadata.
+
+        Args:
+            regions: one :class:`~medcbir.encoders.regions.RegionSet` per item, for an index that
+                stores regions (an item without regions: an empty set).
 
         Returns:
             how many items were new.
         """
+        if self.regions and regions is None:
+            raise ConfigError("this index stores regions: pass each item's RegionSet (regions=)")
+        if regions is not None and len(regions) != len(metas):
+            raise ConfigError(f"{len(metas)} items but {len(regions)} region sets")
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(metas):
             raise ConfigError(f"{len(metas)} items but embeddings of shape {embeddings.shape}")
@@ -341,6 +407,7 @@ class IndexWriter:
         if not keep:
             return 0
         self._buffer_metas.extend(metas[i] for i in keep)
+        self._buffer_regions.extend((regions[i] if regions is not None and self.regions else None) for i in keep)
         self._buffer_embeddings.append(embeddings[keep] if len(keep) < len(metas) else embeddings)
         self._commit_full_shards()
         return len(keep)
@@ -358,17 +425,19 @@ class IndexWriter:
                 return
             self._commit_prefix(cut)
 
-    def _take_buffer(self, n: int) -> tuple[list, np.ndarray]:
+    def _take_buffer(self, n: int) -> tuple[list, np.ndarray, list]:
         embeddings = np.concatenate(self._buffer_embeddings) if len(self._buffer_embeddings) > 1 else self._buffer_embeddings[0]
         metas = self._buffer_metas[:n]
+        regions = self._buffer_regions[:n]
         self._buffer_metas = self._buffer_metas[n:]
+        self._buffer_regions = self._buffer_regions[n:]
         rest = embeddings[n:]
         self._buffer_embeddings = [rest] if len(rest) else []
-        return metas, embeddings[:n]
+        return metas, embeddings[:n], regions
 
     def _commit_prefix(self, n: int) -> None:
-        metas, embeddings = self._take_buffer(n)
-        self._write_shards(metas, embeddings)
+        metas, embeddings, regions = self._take_buffer(n)
+        self._write_shards(metas, embeddings, regions)
         keys = {key_hash(m.sop_instance_uid, m.frame) for m in metas}
         sources = {source_hash(str(m.source)) for m in metas}
         self._count_reembedded(keys)
@@ -470,6 +539,7 @@ class IndexWriter:
         if len(keep) < len(self._buffer_metas) and self._buffer_metas:
             embeddings = np.concatenate(self._buffer_embeddings)
             self._buffer_metas = [self._buffer_metas[i] for i in keep]
+            self._buffer_regions = [self._buffer_regions[i] for i in keep]
             self._buffer_embeddings = [embeddings[keep]] if keep else []
             self._buffer_keys = {key_hash(m.sop_instance_uid, m.frame) for m in self._buffer_metas}
             self._buffer_sources = {source_hash(str(m.source)) for m in self._buffer_metas}
@@ -584,7 +654,7 @@ class IndexWriter:
         self.manifest = current
         self._load_committed_keys()
 
-    def _write_shards(self, metas: list, embeddings: np.ndarray) -> None:
+    def _write_shards(self, metas: list, embeddings: np.ndarray, regions: list) -> None:
         with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
             self._refresh()
             # Items another writer committed since they were buffered here are dropped.
@@ -592,10 +662,11 @@ class IndexWriter:
             if len(fresh) < len(metas):
                 metas = [metas[i] for i in fresh]
                 embeddings = embeddings[fresh]
+                regions = [regions[i] for i in fresh]
             if metas:
-                self._write_shards_locked(metas, embeddings)
+                self._write_shards_locked(metas, embeddings, regions)
 
-    def _write_shards_locked(self, metas: list, embeddings: np.ndarray) -> None:
+    def _write_shards_locked(self, metas: list, embeddings: np.ndarray, regions: list) -> None:
         manifest = dict(self.manifest)
         manifest["shard_size"] = self.shard_size  # compaction fills shards to it
         manifest["shards"] = list(manifest["shards"])
@@ -605,17 +676,19 @@ class IndexWriter:
             stop = min(start + self.shard_size, len(metas))
             while stop < len(metas) and metas[stop].source == metas[stop - 1].source:
                 stop += 1
-            self._write_one_shard(manifest, metas[start:stop], embeddings[start:stop])
+            self._write_one_shard(manifest, metas[start:stop], embeddings[start:stop], regions[start:stop])
             start = stop
         self._commit_manifest(manifest, train=self._needs_training(final=False, manifest=manifest))
 
-    def _write_one_shard(self, manifest: dict, metas: list, embeddings: np.ndarray) -> None:
+    def _write_one_shard(self, manifest: dict, metas: list, embeddings: np.ndarray, regions: list) -> None:
         number = int(manifest["next_shard"])
         first = int(manifest["next_id"])
         ids = np.arange(first, first + len(metas), dtype=np.int64)
         path = self.index_dir / shard_name(number)
         stats = {src.encode("utf-8"): self._source_stats.pop(src) for src in {str(m.source) for m in metas} if src in self._source_stats}
-        size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"], stats)
+        block = shard_regions(regions, int(self.regions["dim"])) if self.regions else None
+        size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"], stats, block,
+                                   self.regions["version"] if self.regions else "")
         entry = {"file": path.name, "items": len(metas), "bytes": size, "sha256": digest,
                  "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
         if self._trained is not None:

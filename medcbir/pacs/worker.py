@@ -167,7 +167,10 @@ class Worker:
         deadline = time.monotonic() + 60.0
         while True:
             try:
-                self.writer = IndexWriter.open(self.index, self.settings.encoder, shard_size=self.settings.shard_size, device=device)
+                # A new index stores regions (region search); an existing one keeps its own choice.
+                new = not (Path(self.index) / "manifest.json").is_file()
+                self.writer = IndexWriter.open(self.index, self.settings.encoder, shard_size=self.settings.shard_size, device=device,
+                                               regions=True if new else None)
                 break
             except IndexBusy:
                 # A previous worker (an Orthanc restart) may still be finishing its last commit.
@@ -222,7 +225,7 @@ class Worker:
         if data is None:
             return instance, None, "gone", "Orthanc no longer has this instance"
         try:
-            decoded = decode_bytes(data, uri, self.writer.key, self.writer.encoder.preprocessing,
+            decoded = decode_bytes(data, uri, self.writer.key, self.writer.decode_preprocessing,
                                    max_bytes=self.settings.max_decode_bytes)
         except SkipFile as exc:
             return instance, None, exc.reason, exc.detail

@@ -74,6 +74,9 @@ def test_ray_index_equals_single_process(ray_runtime, built_index, phantom_archi
     ka, kb = index_keys(single), index_keys(out)
     assert ka.keys() == kb.keys()
     assert max(float(np.abs(ka[k] - kb[k]).max()) for k in ka) <= 1e-5
+    from tests.region_checks import assert_same_regions, region_data
+
+    assert_same_regions(region_data(single), region_data(out))  # the same region index
     assert_clean_folder(out)
     # The same files recorded sealed (each index under its own key), each with the size and
     # mtime the next run compares.

@@ -1,0 +1,131 @@
+"""Region proposals: boxes around every structure that stands out from its surroundings.
+
+On the region grid (:mod:`medcbir.encoders.region_image`, 1 mm pixels, Hounsfield or
+pseudo-units) a structure is *brighter* or *darker* than what surrounds it: a hypervascular
+lesion or a calcification against liver, a cyst or a hypodense metastasis against it. Grey-level
+morphology finds both at once and at every scale:
+
+1. Outside the body is set to the body's median, so the air never makes the skin "stand out".
+2. For each footprint in :data:`SCALES_MM`, the white top-hat (image − opening) keeps what is
+   brighter than its surroundings and smaller than the footprint; the black top-hat (closing −
+   image) what is darker.
+3. Connected pixels of the residue above :data:`CONTRAST` units form a structure. Each gives its
+   bounding box and, when it differs, the box of its *core* (residue ≥ :data:`CORE` × its peak):
+   a ring-enhancing lesion's whole extent and its centre are both candidates.
+4. Boxes whose longer side is outside :data:`MIN_MM`–:data:`MAX_MM` are dropped; the rest are
+   ranked by integrated contrast (sum of residue), near-duplicates removed (IoU >
+   :data:`NMS_IOU`) and at most :data:`LIMIT` kept.
+
+Everything is in mm and units, so a lesion gives the same proposals at any field of view, and
+no position or orientation is preferred.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from medcbir.encoders.region_image import RegionImage
+
+#: Footprints (mm) of the top-hats: a structure shows at the first one larger than it.
+SCALES_MM: tuple[int, ...] = (15, 41, 131)
+#: Pixels a top-hat footprint spans on the grid it runs on.
+FOOTPRINT_PX = 15
+#: Minimum residue (units) for a pixel to belong to a structure.
+CONTRAST = 20.0
+#: A structure's core: residue at least this fraction of its peak.
+CORE = 0.5
+#: Kept structures: longer side in this range (mm).
+MIN_MM, MAX_MM = 4.0, 130.0
+#: Two boxes overlapping more than this are one (the higher scored is kept).
+NMS_IOU = 0.7
+#: At most this many boxes per image.
+LIMIT = 64
+#: Smoothing (mm) before the top-hats: pixel noise alone should not make structures.
+SMOOTH_MM = 1.2
+
+
+def propose(image: RegionImage, limit: int = LIMIT) -> np.ndarray:
+    """Boxes of ``image``'s structures on its grid, best first.
+
+    Returns:
+        float32 (N, 5): ``x, y, w, h`` on the region grid and the structure's score.
+    """
+    if not image.body.any():
+        return np.zeros((0, 5), dtype=np.float32)
+    units = ndimage.gaussian_filter(image.units, SMOOTH_MM / image.mm)
+    level = float(np.median(units[image.body]))
+    units = np.where(image.body, units, level).astype(np.float32)
+    inside = ndimage.binary_erosion(image.body, iterations=max(1, round(2.0 / image.mm)))
+    candidates = []
+    for scale in SCALES_MM:
+        # Each scale on a grid where its footprint is about FOOTPRINT_PX wide: a 131 mm top-hat
+        # needs no 1 mm detail, and a coarse grid makes it cheap.
+        step = max(1, int(scale / image.mm) // FOOTPRINT_PX)
+        small = units if step == 1 else ndimage.zoom(units, 1.0 / step, order=1, grid_mode=True, mode="nearest")
+        inner = inside if step == 1 else ndimage.zoom(inside.astype(np.float32), 1.0 / step, order=0, grid_mode=True, mode="nearest") > 0.5
+        size = max(3, int(round(scale / (image.mm * step))) | 1)
+        opened = ndimage.grey_opening(small, size=(size, size))
+        closed = ndimage.grey_closing(small, size=(size, size))
+        zoom = (units.shape[0] / small.shape[0], units.shape[1] / small.shape[1])
+        for residue in (small - opened, closed - small):
+            found = _structures(np.where(inner, residue, 0.0), image.mm * step)
+            found[:, [0, 2]] *= zoom[1]
+            found[:, [1, 3]] *= zoom[0]
+            candidates.append(found)
+    boxes = np.concatenate(candidates) if candidates else np.zeros((0, 5), dtype=np.float32)
+    return _suppress(boxes, NMS_IOU, limit)
+
+
+def _structures(residue: np.ndarray, mm: float) -> np.ndarray:
+    labels, n = ndimage.label(residue > CONTRAST)
+    if n == 0:
+        return np.zeros((0, 5), dtype=np.float32)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    sums = np.bincount(labels.ravel(), weights=residue.ravel(), minlength=n + 1)[1:]
+    smallest = max(1.0, (MIN_MM / mm) ** 2 / 4)  # a structure whose box reaches MIN_MM has at least about this many pixels
+    out = []
+    for number, where in enumerate(ndimage.find_objects(labels)):
+        if where is None or counts[number] < smallest:
+            continue
+        ys, xs = where
+        whole = (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
+        if not MIN_MM <= max(whole[2], whole[3]) * mm <= MAX_MM:
+            continue
+        score = float(sums[number])
+        out.append((*whole, score))
+        part = residue[where] * (labels[where] == number + 1)
+        core = part >= CORE * float(part.max())
+        rows, cols = np.nonzero(core)
+        if rows.size:
+            box = (xs.start + cols.min(), ys.start + rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+            if box != whole and max(box[2], box[3]) * mm >= MIN_MM:
+                out.append((*box, float(part[core].sum())))
+    return np.asarray(out, dtype=np.float32).reshape(-1, 5)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, ≥4: x, y, w, h) with every box of ``b`` (M, ≥4): (N, M)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1] if np.ndim(a) > 1 else 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, b.shape[-1] if np.ndim(b) > 1 else 4)
+    ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
+    bx0, by0, bx1, by1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None)
+    ih = np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
+    inter = iw * ih
+    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _suppress(boxes: np.ndarray, threshold: float, limit: int) -> np.ndarray:
+    if not len(boxes):
+        return boxes
+    boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
+    keep: list[int] = []
+    for i in range(len(boxes)):
+        if keep and box_iou(boxes[i:i + 1], boxes[keep]).max() > threshold:
+            continue
+        keep.append(i)
+        if len(keep) == limit:
+            break
+    return boxes[keep]

@@ -1,0 +1,287 @@
+"""Region search: the regions of indexed images nearest to a region of a query image.
+
+An index with regions stores, for every item, the boxes of the structures that stand out in it
+and their descriptors (:mod:`medcbir.encoders.regions`). A region query describes the user's box
+the same way and ranks the index's *regions*; each item is answered once, with its best-matching
+region, and the usual filters (exclusion, modality/body part/series/study, per-series cap, the
+query's own item) apply to the items.
+
+Descriptors are compared after **whitening** with the index's own statistics: centred, rotated
+onto their principal axes and scaled to unit variance (:class:`Whitening`, a shrinkage estimate
+so a rare direction does not dominate), then by Euclidean distance. Whitening makes every
+measured property count by how much it varies across the archive instead of by its unit. The
+statistics are computed from the index's regions when they are first needed (a deterministic
+sample of at most :data:`WHITEN_SAMPLE`), so they follow the archive as it grows, and any two
+processes opening one generation get the same numbers.
+
+The score of a hit is ``1 / (1 + d² / D)`` (D = descriptor length): 1 for an identical region,
+about 1/3 for two regions drawn at random from the index (whitened, their expected d² is 2D).
+
+Up to :data:`FLAT_MAX` regions are searched exactly; a larger region index is searched with an
+inverted-file index (``IVF``, :func:`build_region_index`) whose probe count reaches
+:data:`TARGET_RECALL` on a sample of its own regions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from medcbir.encoders.regions import describe_query
+from medcbir.engine.selectors import Selection
+from medcbir.errors import ConfigError, DecodeError, IndexCorrupt
+
+#: At most this many regions whiten the rest.
+WHITEN_SAMPLE = 200_000
+#: Shrinkage of the covariance towards its diagonal (a few directions of near-zero variance
+#: otherwise turn noise into the largest coordinates).
+SHRINKAGE = 0.2
+#: Exact search up to this many regions; above, an IVF index.
+FLAT_MAX = 1 << 20
+#: recall@10 the IVF probe count must reach on a sample of the index's own regions.
+TARGET_RECALL = 0.95
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """``x → (x − mean) @ matrix``: PCA whitening with shrinkage."""
+
+    mean: np.ndarray
+    matrix: np.ndarray
+
+    @classmethod
+    def fit(cls, descriptors: np.ndarray) -> "Whitening":
+        x = np.asarray(descriptors, dtype=np.float64)
+        dim = x.shape[1]
+        if len(x) < 2:
+            return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
+        if len(x) > WHITEN_SAMPLE:
+            x = x[np.linspace(0, len(x) - 1, WHITEN_SAMPLE).astype(np.int64)]
+        mean = x.mean(axis=0)
+        cov = np.cov(x - mean, rowvar=False)
+        diag = np.diag(np.diag(cov))
+        cov = (1 - SHRINKAGE) * cov + SHRINKAGE * diag
+        values, vectors = np.linalg.eigh(cov)
+        floor = max(float(values.max()) * 1e-6, 1e-12)
+        matrix = vectors / np.sqrt(np.maximum(values, floor))[None, :]
+        return cls(mean.astype(np.float32), matrix.astype(np.float32))
+
+    def __call__(self, descriptors: np.ndarray) -> np.ndarray:
+        x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.mean.shape[0])
+        return np.ascontiguousarray((x - self.mean) @ self.matrix, dtype=np.float32)
+
+
+def build_region_index(vectors: np.ndarray, seed: int = 0):
+    """A FAISS index over whitened region vectors: exact up to :data:`FLAT_MAX`, else IVF."""
+    n, dim = vectors.shape
+    if n <= FLAT_MAX:
+        index = faiss.IndexFlatL2(dim)
+        index.add(vectors)
+        return index
+    nlist = int(min(65536, 4 * math.sqrt(n)))
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+    rng = np.random.default_rng(seed)
+    train = vectors[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+    index.train(train)
+    index.add(vectors)
+    index.nprobe = _probes(index, vectors, rng)
+    return index
+
+
+def _probes(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10) -> int:
+    """The smallest nprobe (powers of two) whose recall@10 on sampled regions reaches the target."""
+    sample = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
+    exact = faiss.IndexFlatL2(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(sample, k)
+    nprobe = 1
+    while nprobe < index.nlist:
+        index.nprobe = nprobe
+        _, found = index.search(sample, k)
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), truth.tolist())])
+        if recall >= TARGET_RECALL:
+            break
+        nprobe *= 2
+    return min(nprobe, index.nlist)
+
+
+class RegionIndex:
+    """The regions of one open engine, whitened and indexed (built on first region query).
+
+    Attributes:
+        item_ids: int64 (R,) the item each region belongs to.
+        boxes: int32 (R, 4) the regions' boxes in their items' stored pixel grids.
+        whitening: the :class:`Whitening` fitted on this index's regions.
+    """
+
+    def __init__(self, regions) -> None:
+        self.item_ids = np.asarray(regions.rows, dtype=np.int64)
+        self.boxes = np.asarray(regions.boxes, dtype=np.int32)
+        self.descriptors = np.asarray(regions.descriptors, dtype=np.float32)
+        self.whitening = Whitening.fit(self.descriptors)
+        self.vectors = self.whitening(self.descriptors)
+        self.index = build_region_index(self.vectors)
+
+    @classmethod
+    def of(cls, engine) -> "RegionIndex":
+        cached = getattr(engine, "_region_index", None)
+        if cached is not None:
+            return cached
+        store = engine.store
+        regions = store.regions() if getattr(store, "has_regions", False) else None
+        if regions is None:
+            raise ConfigError(f"index {getattr(store, 'index_dir', '')} has no regions, so it cannot answer a region query; "
+                              "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
+        engine._region_index = cls(regions)
+        return engine._region_index
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def score(self, distances: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.maximum(distances, 0.0) / self.vectors.shape[1])
+
+    def search(self, vector: np.ndarray, k: int, admissible: np.ndarray, per_series_codes: np.ndarray | None = None,
+               per_series: int = 0) -> list[tuple[int, float, int]]:
+        """The best region of each of the ``k`` nearest admissible items.
+
+        Args:
+            vector: the whitened query descriptor.
+            k: items wanted.
+            admissible: bool over item ids (live, filtered, not excluded, not the query's own).
+            per_series_codes: series code of each item id (with ``per_series``).
+            per_series: at most this many items of one series (0 = no limit).
+
+        Returns:
+            ``(item id, score, region row)``, best first.
+        """
+        if not len(self.item_ids):
+            return []
+        region_mask = admissible[self.item_ids]
+        total = int(np.count_nonzero(region_mask))
+        if total == 0:
+            return []
+        selection = Selection(region_mask)
+        keep: list = []
+        params = faiss.SearchParametersIVF(sel=selection.selector, nprobe=self.index.nprobe) \
+            if isinstance(self.index, faiss.IndexIVF) else faiss.SearchParameters(sel=selection.selector)
+        keep.append(selection)
+        fetch = min(total, max(4 * k, 64))
+        query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        while True:
+            d, rows = self.index.search(query, fetch, params=params)
+            hits = _best_per_item(d[0], rows[0], self.item_ids, k, per_series_codes, per_series)
+            if len(hits) >= k or fetch >= total or rows[0, -1] < 0:
+                break
+            fetch = min(total, fetch * 4)
+        del keep
+        return [(item, float(self.score(np.float32(dist))), row) for item, dist, row in hits]
+
+
+def _best_per_item(distances, rows, item_ids, k, codes, per_series) -> list[tuple[int, float, int]]:
+    out, seen, per = [], set(), {}
+    for dist, row in zip(distances.tolist(), rows.tolist()):
+        if row < 0:
+            break
+        item = int(item_ids[row])
+        if item in seen:
+            continue
+        if per_series > 0 and codes is not None:
+            code = int(codes[item])
+            if per.get(code, 0) >= per_series:
+                continue
+            per[code] = per.get(code, 0) + 1
+        seen.add(item)
+        out.append((item, dist, row))
+        if len(out) == k:
+            break
+    return out
+
+
+@dataclass
+class RegionQuery:
+    """A region query resolved: its frame, its box, its descriptor and who it belongs to."""
+
+    label: str
+    box: tuple[int, int, int, int]
+    descriptor: np.ndarray
+    item_id: int = -1
+    patient: str = ""
+    study: str = ""
+    series: str = ""
+
+
+def resolve_region_query(engine, query, roi=None, roi_mask=None, *, snap: bool = False) -> RegionQuery:
+    """Describe the region of a query (a DICOM path, an indexed UID, an ``Item``, or an H×W array).
+
+    Args:
+        roi: ``(x, y, w, h)`` in the query frame's stored pixel grid.
+        roi_mask: instead of ``roi``, a mask (array, PNG or .npy path) on that grid; its bounding box is the region.
+        snap: replace the box by the structure it was drawn around (see :func:`~medcbir.encoders.regions.describe_query`).
+    """
+    from medcbir.encoders.regions import mask_box
+
+    item, label = _query_item(engine, query)
+    if (roi is None) == (roi_mask is None):
+        raise ConfigError("a region query needs exactly one of a box (--roi X,Y,W,H) and a mask (--roi-mask FILE)")
+    box = roi if roi is not None else mask_box(roi_mask, item.pixels.shape)
+    descriptor, box = describe_query(item, box, snap=snap)
+    out = RegionQuery(label=label, box=box, descriptor=descriptor, patient=item.meta.patient_pseudonym,
+                      study=item.meta.study_instance_uid, series=item.meta.series_instance_uid)
+    uid = item.meta.sop_instance_uid
+    if uid:
+        own = int(engine.lookup.find([uid], [int(item.meta.frame)])[0])
+        if own >= 0 and bool(engine.live[own]):
+            out.item_id = own
+            row = engine.meta([own])[0]
+            out.patient = row.get("patient_pseudonym", "") or out.patient
+            out.study = row.get("study_instance_uid", "") or out.study
+    return out
+
+
+def _query_item(engine, query):
+    """(Item in modality units, label) of a region query."""
+    from pathlib import Path
+
+    from medcbir.engine.queries import UID_QUERY
+    from medcbir.imaging import read_dicom
+    from medcbir.imaging.items import Decoded, Item, ItemMeta
+
+    if isinstance(query, Item):
+        return query, query.meta.sop_instance_uid or "query"
+    if isinstance(query, Decoded):
+        image = np.asarray(query.image)
+        if image.ndim != 2:
+            raise ConfigError("a region query needs the frame in modality units (an H×W image), not a preprocessed one")
+        return Item(query.meta, image.astype(np.float32)), query.meta.sop_instance_uid or "query"
+    if isinstance(query, np.ndarray):
+        if query.ndim != 2:
+            raise ConfigError(f"a region query image must be H×W in modality units, not shape {query.shape}")
+        return Item(ItemMeta(sop_instance_uid=""), np.asarray(query, dtype=np.float32)), "array"
+    text = str(query)
+    match = UID_QUERY.match(text)
+    path = Path(text)
+    frame = 0
+    if match and not path.exists():
+        ids = engine.lookup.find([match["uid"]], [int(match["frame"] or 0)])
+        if ids[0] < 0:
+            raise ConfigError(f"query {text} is not a SOP Instance UID in the index (nor a file)")
+        meta = engine.meta(ids)[0]
+        path, frame = Path(str(meta.get("source", ""))), int(match["frame"] or 0)
+        if not path.is_file():
+            raise DecodeError(f"query {text}: its file {path} is not readable here; a region query needs the image itself")
+    elif not path.is_file():
+        raise DecodeError(f"query {path} is neither a readable file nor a SOP Instance UID")
+    try:
+        items = read_dicom(path, key=engine.pseudonym_key)
+    except DecodeError as exc:
+        raise DecodeError(f"cannot decode query {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a reader bug must still be one line
+        raise DecodeError(f"cannot decode query {path}: {exc.__class__.__name__}: {exc}") from None
+    if frame >= len(items):
+        raise IndexCorrupt(f"query {text}: its file has {len(items)} frames, not frame {frame}")
+    return items[frame], (text if match else str(path))

@@ -1,0 +1,148 @@
+"""Region proposals and descriptors on synthetic frames with known structures (real arrays, no mocks)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medcbir.encoders import region_descriptor
+from medcbir.encoders.region_image import region_image
+from medcbir.encoders.region_proposals import box_iou, propose
+from medcbir.encoders.regions import DIM, WithRegions, check_box, describe_query, extract_regions, mask_box, parse_box
+from medcbir.errors import ConfigError
+from medcbir.imaging import Preprocessing
+from medcbir.imaging.items import Item, ItemMeta
+
+
+def ellipse(shape, centre, radii, spacing):
+    """Mask of an ellipse given in mm (centre x, y and radii x, y) on a grid of ``spacing`` mm."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    x, y = (cols + 0.5) * spacing, (rows + 0.5) * spacing
+    return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 <= 1.0
+
+
+def abdomen(spacing: float, fov_mm: float = 360.0, seed: int = 0, lesions=("cyst", "hyper", "ring"), rotate: bool = False):
+    """A CT-like frame in HU: a body, a liver, and lesions of three looks at fixed places (in mm)."""
+    n = int(round(fov_mm / spacing))
+    image = np.full((n, n), -1000.0, np.float32)
+    image[ellipse((n, n), (180, 180), (150, 120), spacing)] = 40.0  # soft tissue
+    image[ellipse((n, n), (130, 170), (70, 60), spacing)] = 60.0  # liver
+    for kind in lesions:
+        if kind == "cyst":
+            image[ellipse((n, n), (110, 150), (12, 12), spacing)] = 5.0
+        elif kind == "hyper":
+            image[ellipse((n, n), (160, 190), (9, 9), spacing)] = 160.0
+        elif kind == "ring":
+            image[ellipse((n, n), (120, 200), (11, 11), spacing)] = 150.0
+            image[ellipse((n, n), (120, 200), (7, 7), spacing)] = 20.0
+    image = ndimage.gaussian_filter(image, 0.8 / spacing)
+    image += np.random.default_rng(seed).normal(0, 8, image.shape).astype(np.float32)
+    if rotate:
+        image = np.rot90(image).copy()
+    meta = ItemMeta(sop_instance_uid="1.2.3", modality="CT", pixel_spacing=(spacing, spacing), rows=n, cols=n)
+    return Item(meta=meta, pixels=image)
+
+
+def stored_box(centre_mm, radius_mm, spacing):
+    x0 = int(round((centre_mm[0] - radius_mm) / spacing))
+    y0 = int(round((centre_mm[1] - radius_mm) / spacing))
+    side = int(round(2 * radius_mm / spacing))
+    return (x0, y0, side, side)
+
+
+LESIONS = {"cyst": ((110, 150), 12), "hyper": ((160, 190), 9), "ring": ((120, 200), 11)}
+
+
+@pytest.mark.parametrize("spacing", [0.7, 1.0, 1.4])
+def test_every_lesion_is_proposed_at_any_field_of_view(spacing):
+    item = abdomen(spacing)
+    regions = extract_regions(item)
+    assert 0 < len(regions) <= 64 and regions.descriptors.shape == (len(regions), DIM)
+    assert np.isfinite(regions.descriptors).all()
+    for name, (centre, radius) in LESIONS.items():
+        truth = np.array([stored_box(centre, radius, spacing)])
+        assert box_iou(truth, regions.boxes).max() > 0.5, name
+
+
+def test_a_lesion_is_described_alike_at_another_field_of_view_and_rotated():
+    """The same lesion (box in mm) gives nearly the same descriptor at 0.7 and 1.4 mm per pixel and
+    rotated by 90°; another kind of lesion gives a clearly different one."""
+    def descriptor(spacing, name, rotate=False):
+        item = abdomen(spacing, rotate=rotate)
+        box = stored_box(*LESIONS[name], spacing)
+        if rotate:  # rot90 maps (x, y) → (y, n - x - w)
+            n = item.pixels.shape[0]
+            box = (box[1], n - box[0] - box[2], box[3], box[2])
+        return describe_query(item, box)[0]
+
+    base = {name: descriptor(1.0, name) for name in LESIONS}
+    # each property by how much it varies over every region proposed in a few frames
+    spread = np.concatenate([extract_regions(abdomen(s, seed=i)).descriptors for i, s in enumerate((0.8, 1.0, 1.2))]).std(axis=0) + 1e-2
+    for name in LESIONS:
+        other = min(np.linalg.norm((base[name] - base[o]) / spread) for o in LESIONS if o != name)
+        for variant in (descriptor(0.7, name), descriptor(1.4, name), descriptor(1.0, name, rotate=True)):
+            assert np.linalg.norm((variant - base[name]) / spread) < 0.5 * other, name
+
+
+def test_a_flat_frame_has_no_regions_and_mr_gets_pseudo_units():
+    flat = Item(ItemMeta(sop_instance_uid="1", modality="CT", pixel_spacing=(1.0, 1.0)), np.full((64, 64), 40.0, np.float32))
+    assert len(extract_regions(flat)) == 0
+    mr = abdomen(1.0)
+    mr = Item(ItemMeta(sop_instance_uid="1", modality="MR", pixel_spacing=(1.0, 1.0)), (mr.pixels + 1000.0) * 3.7)
+    image = region_image(mr)
+    assert not image.hounsfield and abs(float(np.median(image.units[image.body]))) < 50
+    regions = extract_regions(mr)
+    truth = np.array([stored_box(*LESIONS["cyst"], 1.0)])
+    assert box_iou(truth, regions.boxes).max() > 0.5  # an arbitrary intensity scale finds the same cyst
+
+
+def test_proposals_are_ranked_and_limited():
+    image = region_image(abdomen(1.0))
+    found = propose(image, limit=3)
+    assert len(found) <= 3 and np.all(np.diff(found[:, 4]) <= 0)
+
+
+def test_snap_replaces_a_loose_box_by_the_structure():
+    item = abdomen(1.0)
+    x, y, w, h = stored_box(*LESIONS["cyst"], 1.0)
+    loose = (x - 6, y - 4, w + 12, h + 10)
+    _, snapped = describe_query(item, loose, snap=True)
+    assert box_iou(np.array([snapped]), np.array([(x, y, w, h)]))[0, 0] > 0.6
+    _, kept = describe_query(item, loose)
+    assert kept == loose
+
+
+def test_boxes_and_masks_are_checked(tmp_path):
+    assert parse_box("10, 20,30,40") == (10, 20, 30, 40)
+    for bad in ("1,2,3", "a,b,c,d"):
+        with pytest.raises(ConfigError, match="X,Y,W,H"):
+            parse_box(bad)
+    with pytest.raises(ConfigError, match="empty"):
+        check_box((0, 0, 0, 5), (64, 64))
+    with pytest.raises(ConfigError, match="outside the query image"):
+        check_box((60, 0, 10, 5), (64, 64))
+    mask = np.zeros((64, 48), bool)
+    mask[10:20, 5:9] = True
+    np.save(tmp_path / "m.npy", mask)
+    from PIL import Image
+
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m.png")
+    assert mask_box(tmp_path / "m.npy", (64, 48)) == mask_box(tmp_path / "m.png", (64, 48)) == (5, 10, 4, 10)
+    with pytest.raises(ConfigError, match="query image is"):
+        mask_box(mask, (32, 32))
+    with pytest.raises(ConfigError, match="empty"):
+        mask_box(np.zeros((64, 48)), (64, 48))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match="cannot read"):
+        mask_box(tmp_path / "bad.png", (64, 48))
+
+
+def test_the_decode_wrapper_travels_to_workers_and_adds_regions():
+    wrapper = pickle.loads(pickle.dumps(WithRegions(Preprocessing(size=64), limit=8)))
+    item = abdomen(1.0)
+    assert wrapper.apply(item).shape == (1, 64, 64) and wrapper.size == 64
+    regions = wrapper.extras(item)["regions"]
+    assert 0 < len(regions) <= 8 and regions.descriptors.shape[1] == region_descriptor.DIM
