@@ -171,3 +171,16 @@ def test_the_public_api_explains_a_region_match(v3):
     assert isinstance(shown, RegionExplanation) and shown.neighbours[0].id == clear["hit"] and shown.neighbours[0].meta
     with pytest.raises(ConfigError, match="region match"):
         medcbir.explain(v3["index"], clear["query"], k=1, roi=clear["box"], pairwise=True)
+
+
+def test_a_box_holds_a_lesion_it_covers_or_lies_in_not_one_it_grazes(tmp_path):
+    ids = np.zeros((40, 40), np.uint8)
+    ids[10:20, 10:20] = 1  # a 10 × 10 lesion
+    ids[30:34, 30:34] = 2  # a 4 × 4 lesion
+    with h5py.File(tmp_path / "masks.h5", "w") as fh:
+        fh["a/lesion-id"] = ids
+    with h5py.File(tmp_path / "masks.h5", "r") as fh:
+        assert lesion_truth(fh, "a", (12, 12, 4, 4)).sum() == 100  # a box on the lesion's core
+        assert lesion_truth(fh, "a", (26, 26, 12, 12)).sum() == 16  # a box around a small lesion
+        assert lesion_truth(fh, "a", (19, 5, 10, 10)) is None  # one column of the lesion in a 10 × 10 box
+        assert lesion_truth(fh, "a", (0, 0, 5, 5)) is None and lesion_truth(fh, "b", (0, 0, 5, 5)) is None
