@@ -47,7 +47,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -405,8 +404,6 @@ def explain_region_match(engine, query, roi=None, k: int = 5, *, roi_mask=None, 
     check_region_method(method)
     t0 = time.perf_counter()
     item, label = _query_item(engine, query)
-    if isinstance(query, (str, Path)):
-        label = str(query)
     resolved = resolve_region_query(engine, item, roi, roi_mask, snap=snap)
     [neighbours] = engine.search([item], k=k, exclude=exclude, roi=roi, roi_mask=roi_mask, snap=snap)
     search_seconds = time.perf_counter() - t0
