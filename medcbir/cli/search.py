@@ -164,8 +164,8 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
 
         if roi is not None and roi_mask is not None:
             raise ConfigError("give one of --roi and --roi-mask")
-        if prior or series_specs or ray_address is not None:
-            raise ConfigError("a region query (--roi/--roi-mask) takes image queries in this process: not --prior, series queries or --ray")
+        if prior or series_specs:
+            raise ConfigError("a region query (--roi/--roi-mask) takes image queries: not --prior or series queries")
         region = {"roi": parse_box(roi) if roi is not None else None, "roi_mask": roi_mask, "snap": snap}
     elif snap:
         raise ConfigError("--snap applies to a region query: add --roi X,Y,W,H")

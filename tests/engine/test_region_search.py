@@ -18,20 +18,8 @@ from scipy import ndimage
 from medcbir.cli.main import main
 from medcbir.encoders.region_proposals import box_iou
 from medcbir.engine import Engine
-from medcbir.indexer import compact, delete, index_archive
+from medcbir.indexer import compact, delete
 from tests.region_checks import assert_same_regions, region_data
-
-
-@pytest.fixture(scope="module")
-def lesions(tmp_path_factory):
-    from medcbir.imaging.phantom import make_archive
-
-    root = tmp_path_factory.mktemp("roi")
-    make_archive(root / "archive", patients=8, slices=24, seed=5, version=3, workers=1)
-    index_archive(root / "archive", root / "index", "default", workers=1, progress=False, shard_size=40)
-    rows = list(csv.DictReader(open(root / "archive" / "lesion-boxes.csv")))
-    kinds = {r["sop_instance_uid"]: r["label"] for r in csv.DictReader(open(root / "archive" / "labels-lesion-kind.csv"))}
-    return {"root": root, "archive": root / "archive", "index": root / "index", "boxes": rows, "kinds": kinds}
 
 
 def _sources(engine):
