@@ -313,7 +313,7 @@ def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baseline
         source = engine.store.encoder_info.get("source") or "index encoder"
         table = [[f"{source} (this index)", result["n_queries"], *(_fmt(result[m]) for m in metrics)]]
         table += [[name, r["n_queries"], *(_fmt(r[m]) for m in metrics)] for name, r in result["baselines"].items()]
-        click.echo(f"beside the baselines (same items, same preprocessing, same protocol):")
+        click.echo("beside the baselines (same items, same preprocessing, same protocol):")
         click.echo(_table(table, ["encoder", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
     if "recall_vs_exact" in result:
         click.echo(f"recall@{k} of the approximate index vs exact search: {result['recall_vs_exact']:.4f}")

@@ -14,7 +14,6 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_in

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 from scipy import ndimage
 
 from medcbir.cli.main import main
