@@ -7,6 +7,7 @@ setup:
 demo: setup
 	.venv/bin/medcbir demo
 test: setup
+	.venv/bin/ruff check medcbir tests benchmarks scripts
 	MEDCBIR_REQUIRE_SYSTEM=1 .venv/bin/python -m pytest
 # make bench: every short benchmark, then the command of each long one (which is which:
 # benchmarks/run_all.py --list; one section: run_all.py SECTION; every one: run_all.py --all)

@@ -30,7 +30,6 @@ Reproduce: ``.venv/bin/python benchmarks/adaptation.py [--seeds 0,1,2 --timing-i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -68,7 +68,6 @@ def sources(cache: Path) -> list[tuple[str, str, Path]]:
 def build_archive(out: Path, cache: Path, step: float = 4.0, seed: int = 7) -> int:
     """Write the archive and its labels.csv; returns the number of slices."""
     import nibabel as nib
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
     from scipy.ndimage import map_coordinates

@@ -168,7 +168,9 @@ def main() -> None:
     db_patients = set(patients[: len(patients) // 2])
     db = [i for i in items if i.meta.patient_pseudonym in db_patients]
     qs = [i for i in items if i.meta.patient_pseudonym not in db_patients]
-    lab = lambda group: np.array([labels[(i.meta.sop_instance_uid, i.meta.frame)] for i in group])
+    def lab(group):
+        return np.array([labels[(i.meta.sop_instance_uid, i.meta.frame)] for i in group])
+
     db_labels, q_labels = lab(db), lab(qs)
     variants = {"CT": (db, qs, nuisance(qs, args.seed, mr_like=False)), "MR-like": (as_mr(db), as_mr(qs), nuisance(qs, args.seed, mr_like=True))}
     trained = [("trained", args.trained)] if args.trained else []
@@ -176,7 +178,7 @@ def main() -> None:
         if args.train_epochs:
             trained.append(("trained (recipe)", str(train_recipe(Path(tmp), args))))
         rows = run_rows(args, trained, variants, db_labels, q_labels)
-    chance = float(np.mean([np.mean(db_labels == l) for l in q_labels]))
+    chance = float(np.mean([np.mean(db_labels == label) for label in q_labels]))
     data = {"args": vars(args), "rows": rows, "chance": chance, "seconds": round(time.time() - t0, 1), "load_avg": os.getloadavg()}
     record(args, rows, data, chance)
 

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| search latency p50 / p95 (incl. reopening a new generation) | {data['search_ms_p50']:.1f} / {data['search_ms_p95']:.1f} ms |",
         f"| compactions / retrainings committed during the run | {n_compact} / {n_retrain} (errors {len(maintenance_errors)}) |",
         f"| final generation, shards, spec | {store.generation}, {len(store.manifest['shards'])}, {store.index_spec} |",
-        f"| recall@10 vs exact per opened generation (min / median; approximate ones) | "
+        "| recall@10 vs exact per opened generation (min / median; approximate ones) | "
         + (f"{min(r['recall'] for r in approx):.3f} / {np.median([r['recall'] for r in approx]):.3f} over {len(approx)} generations |"
            if approx else "- (stayed exact) |"),
         f"| **all checks** | **{'passed' if ok else 'FAILED'}** |",

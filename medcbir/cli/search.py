@@ -164,8 +164,8 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
 
         if roi is not None and roi_mask is not None:
             raise ConfigError("give one of --roi and --roi-mask")
-        if prior or series_specs or ray_address is not None:
-            raise ConfigError("a region query (--roi/--roi-mask) takes image queries in this process: not --prior, series queries or --ray")
+        if prior or series_specs:
+            raise ConfigError("a region query (--roi/--roi-mask) takes image queries: not --prior or series queries")
         region = {"roi": parse_box(roi) if roi is not None else None, "roi_mask": roi_mask, "snap": snap}
     elif snap:
         raise ConfigError("--snap applies to a region query: add --roi X,Y,W,H")
@@ -313,7 +313,7 @@ def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baseline
         source = engine.store.encoder_info.get("source") or "index encoder"
         table = [[f"{source} (this index)", result["n_queries"], *(_fmt(result[m]) for m in metrics)]]
         table += [[name, r["n_queries"], *(_fmt(r[m]) for m in metrics)] for name, r in result["baselines"].items()]
-        click.echo(f"beside the baselines (same items, same preprocessing, same protocol):")
+        click.echo("beside the baselines (same items, same preprocessing, same protocol):")
         click.echo(_table(table, ["encoder", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
     if "recall_vs_exact" in result:
         click.echo(f"recall@{k} of the approximate index vs exact search: {result['recall_vs_exact']:.4f}")

@@ -44,15 +44,33 @@ _RING = [(_R >= lo) & (_R < hi) for lo, hi in RINGS]
 _INSIDE = _R < 1.0
 _EDGE = (_R >= 0.7) & (_R < 1.06)
 
+#: Box variants a descriptor averages over: (scale, shift x, shift y), shifts as fractions of the side.
+JITTER = tuple((scale, d, d) for scale in (0.8, 1.0, 1.25) for d in (0.0, 0.1, -0.1))
 #: Length of a descriptor.
 DIM = 5 + 4 + 5 + 5 + 2 + 2 + 2
 
 
 def describe(image: RegionImage, boxes: np.ndarray) -> np.ndarray:
-    """float32 (N, :data:`DIM`) descriptors of ``boxes`` (N, ≥4: x, y, w, h on the region grid)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) > 1 else 4)
+    """float32 (N, :data:`DIM`) descriptors of ``boxes`` (N, ≥4: x, y, w, h on the region grid).
+
+    Each is the mean over :data:`JITTER` variants of its box (scaled and shifted by a fraction of
+    its size): a box drawn a pixel wider or a field of view that rounds it differently describes
+    the same structure, not a different cut through it.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) > 1 else 4)[:, :4]
     if not len(boxes):
         return np.zeros((0, DIM), dtype=np.float32)
+    variants = []
+    for scale, dx, dy in JITTER:
+        w, h = boxes[:, 2] * scale, boxes[:, 3] * scale
+        x = boxes[:, 0] + (boxes[:, 2] - w) / 2 + dx * boxes[:, 2]
+        y = boxes[:, 1] + (boxes[:, 3] - h) / 2 + dy * boxes[:, 3]
+        variants.append(np.stack([x, y, w, h], axis=1))
+    described = _describe(image, np.concatenate(variants))  # one batch: (len(JITTER) · N, DIM)
+    return described.reshape(len(JITTER), len(boxes), DIM).mean(axis=0).astype(np.float32)
+
+
+def _describe(image: RegionImage, boxes: np.ndarray) -> np.ndarray:
     cx = boxes[:, 0] + boxes[:, 2] / 2
     cy = boxes[:, 1] + boxes[:, 3] / 2
     rx = np.maximum(boxes[:, 2] / 2, 0.5)

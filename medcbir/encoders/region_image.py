@@ -31,6 +31,10 @@ from medcbir.imaging.items import Item
 GRID_MM = 1.0
 #: Largest grid side in pixels (a larger frame is put on a coarser grid).
 MAX_GRID = 512
+#: Effective resolution (Gaussian sigma, mm) every frame is brought to before regions are found and described.
+RESOLUTION_MM = 1.2
+#: The blur (sigma) a pixel of side s carries, as a fraction of s.
+PIXEL_BLUR = 0.4
 #: Pseudo-units spanned by a non-CT image's robust body range.
 PSEUDO_SPAN = 1000.0
 #: Pseudo-unit level under which a non-CT pixel is background (the body median is 0).
@@ -95,6 +99,13 @@ def region_image(item: Item) -> RegionImage:
     mm = max(GRID_MM, min(sy, sx), rows * sy / MAX_GRID, cols * sx / MAX_GRID)
     scale = (sy / mm, sx / mm)
     grid = ndimage.zoom(pixels, scale, order=1, prefilter=False, grid_mode=True, mode="nearest")
+    # One effective resolution for every frame: blur each to RESOLUTION_MM (Gaussian sigma),
+    # counting the blur its own pixels already carry, so a coarser field of view does not look
+    # smoother than a finer one.
+    own = PIXEL_BLUR * max(sy, sx)
+    extra = math.sqrt(max(RESOLUTION_MM ** 2 - own ** 2, 0.0)) / mm
+    if extra > 0.1:
+        grid = ndimage.gaussian_filter(grid, extra, mode="nearest")
     hounsfield = (item.meta.modality or "").upper() == "CT"
     if hounsfield:
         units = grid

@@ -42,7 +42,7 @@ NMS_IOU = 0.7
 #: At most this many boxes per image.
 LIMIT = 64
 #: Smoothing (mm) before the top-hats: pixel noise alone should not make structures.
-SMOOTH_MM = 1.2
+SMOOTH_MM = 0.6
 
 
 def propose(image: RegionImage, limit: int = LIMIT) -> np.ndarray:

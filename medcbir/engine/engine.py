@@ -14,7 +14,6 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_in
@@ -323,10 +322,17 @@ class Engine:
         scores, ids = shaped_hits(self, vectors, int(k), base, groups, own=own, per_series=check_per_series(per_series))
         return self.neighbours(scores, ids)
 
-    def _search_regions(self, queries, k, roi, roi_mask, *, snap, exclude, per_series, include_self, base) -> list[list[Neighbour]]:
-        from medcbir.engine.region_search import RegionIndex, resolve_region_query
+    def region_index(self):
+        """The index's regions, whitened and searchable (:class:`~medcbir.engine.region_search.RegionIndex`,
+        built on first use); ConfigError naming the fix for an index without regions."""
+        from medcbir.engine.region_search import RegionIndex
 
-        regions = RegionIndex.of(self)
+        return RegionIndex.of(self)
+
+    def _search_regions(self, queries, k, roi, roi_mask, *, snap, exclude, per_series, include_self, base) -> list[list[Neighbour]]:
+        from medcbir.engine.region_search import resolve_region_query
+
+        regions = self.region_index()
         if isinstance(queries, (str, Path, np.ndarray)) or not isinstance(queries, (list, tuple)):
             queries = [queries]
         queries = list(queries)
@@ -348,9 +354,9 @@ class Engine:
                 admissible[rq.item_id] = False
             hits = regions.search(regions.whitening(rq.descriptor)[0], k, admissible, codes, per_series)
             neighbours = []
-            for rank, (item, score, row) in enumerate(hits, 1):
+            for rank, (item, score, box) in enumerate(hits, 1):
                 nb = Neighbour(item, score, rank, None, self.table, int(self.rows_of(np.array([item]))[0]))
-                nb.region = tuple(int(v) for v in regions.boxes[row])
+                nb.region = box
                 nb.query_region = rq.box
                 neighbours.append(nb)
             out.append(neighbours)

@@ -10,9 +10,9 @@ Descriptors are compared after **whitening** with the index's own statistics: ce
 onto their principal axes and scaled to unit variance (:class:`Whitening`, a shrinkage estimate
 so a rare direction does not dominate), then by Euclidean distance. Whitening makes every
 measured property count by how much it varies across the archive instead of by its unit. The
-statistics are computed from the index's regions when they are first needed (a deterministic
-sample of at most :data:`WHITEN_SAMPLE`), so they follow the archive as it grows, and any two
-processes opening one generation get the same numbers.
+statistics are computed from all of the index's regions when they are first needed (their
+moments, which parts add up to: a sharded engine gets the same numbers), so they follow the
+archive as it grows, and any two processes opening one generation get the same numbers.
 
 The score of a hit is ``1 / (1 + d² / D)`` (D = descriptor length): 1 for an identical region,
 about 1/3 for two regions drawn at random from the index (whitened, their expected d² is 2D).
@@ -34,8 +34,6 @@ from medcbir.encoders.regions import describe_query
 from medcbir.engine.selectors import Selection
 from medcbir.errors import ConfigError, DecodeError, IndexCorrupt
 
-#: At most this many regions whiten the rest.
-WHITEN_SAMPLE = 200_000
 #: Shrinkage of the covariance towards its diagonal (a few directions of near-zero variance
 #: otherwise turn noise into the largest coordinates).
 SHRINKAGE = 0.2
@@ -54,14 +52,17 @@ class Whitening:
 
     @classmethod
     def fit(cls, descriptors: np.ndarray) -> "Whitening":
-        x = np.asarray(descriptors, dtype=np.float64)
-        dim = x.shape[1]
-        if len(x) < 2:
+        return cls.from_moments(*moments(descriptors))
+
+    @classmethod
+    def from_moments(cls, n: int, total: np.ndarray, scatter: np.ndarray) -> "Whitening":
+        """From the count, sum and sum of outer products of the descriptors (parts add up:
+        the sharded engine combines its actors' moments)."""
+        dim = len(total)
+        if n < 2:
             return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
-        if len(x) > WHITEN_SAMPLE:
-            x = x[np.linspace(0, len(x) - 1, WHITEN_SAMPLE).astype(np.int64)]
-        mean = x.mean(axis=0)
-        cov = np.cov(x - mean, rowvar=False)
+        mean = total / n
+        cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
         diag = np.diag(np.diag(cov))
         cov = (1 - SHRINKAGE) * cov + SHRINKAGE * diag
         values, vectors = np.linalg.eigh(cov)
@@ -72,6 +73,18 @@ class Whitening:
     def __call__(self, descriptors: np.ndarray) -> np.ndarray:
         x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.mean.shape[0])
         return np.ascontiguousarray((x - self.mean) @ self.matrix, dtype=np.float32)
+
+
+def moments(descriptors: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, sum, sum of outer products) of descriptors, in float64, in blocks."""
+    x = np.asarray(descriptors, dtype=np.float32)
+    dim = x.shape[1] if x.ndim == 2 else 0
+    total, scatter = np.zeros(dim), np.zeros((dim, dim))
+    for start in range(0, len(x), 1 << 18):
+        block = x[start:start + (1 << 18)].astype(np.float64)
+        total += block.sum(axis=0)
+        scatter += block.T @ block
+    return len(x), total, scatter
 
 
 def build_region_index(vectors: np.ndarray, seed: int = 0):
@@ -118,11 +131,11 @@ class RegionIndex:
         whitening: the :class:`Whitening` fitted on this index's regions.
     """
 
-    def __init__(self, regions) -> None:
+    def __init__(self, regions, whitening: Whitening | None = None) -> None:
         self.item_ids = np.asarray(regions.rows, dtype=np.int64)
         self.boxes = np.asarray(regions.boxes, dtype=np.int32)
         self.descriptors = np.asarray(regions.descriptors, dtype=np.float32)
-        self.whitening = Whitening.fit(self.descriptors)
+        self.whitening = whitening if whitening is not None else Whitening.fit(self.descriptors)
         self.vectors = self.whitening(self.descriptors)
         self.index = build_region_index(self.vectors)
 
@@ -157,7 +170,7 @@ class RegionIndex:
             per_series: at most this many items of one series (0 = no limit).
 
         Returns:
-            ``(item id, score, region row)``, best first.
+            ``(item id, score, region box)``, best first.
         """
         if not len(self.item_ids):
             return []
@@ -179,7 +192,7 @@ class RegionIndex:
                 break
             fetch = min(total, fetch * 4)
         del keep
-        return [(item, float(self.score(np.float32(dist))), row) for item, dist, row in hits]
+        return [(item, float(self.score(np.float32(dist))), tuple(int(v) for v in self.boxes[row])) for item, dist, row in hits]
 
 
 def _best_per_item(distances, rows, item_ids, k, codes, per_series) -> list[tuple[int, float, int]]:

@@ -83,6 +83,25 @@ def _actor_class():
         def ready(self) -> int:
             return len(self.engine.ids)
 
+        def region_moments(self):
+            """(count, sum, scatter) of this part's region descriptors; None without regions."""
+            from medcbir.engine.region_search import moments
+
+            regions = self.engine.store.regions() if self.engine.store.has_regions else None
+            return None if regions is None else moments(regions.descriptors)
+
+        def region_prepare(self, mean, matrix) -> int:
+            """Whiten and index this part's regions with the whole index's statistics."""
+            from medcbir.engine.region_search import RegionIndex, Whitening
+
+            self.regions = RegionIndex(self.engine.store.regions(), Whitening(mean, matrix))
+            return len(self.regions)
+
+        def region_search(self, vector, k: int, admissible, codes, per_series: int):
+            """This part's best region per item: [(global item id, score, box)]."""
+            hits = self.regions.search(vector, k, admissible, codes, per_series)
+            return [(item + self.lo, score, box) for item, score, box in hits]
+
         def search(self, vectors, k: int, mask, groups: list, knobs: dict, refine_factor: float | None):
             """(scores, global ids[, exact scores]) for ``groups`` ([(key, rows)]) of ``vectors``."""
             engine = self.engine
@@ -201,6 +220,12 @@ class ShardedEngine(Engine):
         answers = ray.get(futures)
         return merge(answers, int(k), self._refine_factor is not None, len(vectors))
 
+    def region_index(self):
+        """The actors' regions, whitened with the statistics of the whole index (:class:`ShardedRegions`)."""
+        if getattr(self, "_region_index", None) is None:
+            self._region_index = ShardedRegions(self)
+        return self._region_index
+
     def set_search_params(self, **knobs) -> None:
         super().set_search_params(**knobs)
         if knobs.get("k_factor") and self._refine_factor is not None:
@@ -216,6 +241,50 @@ class ShardedEngine(Engine):
         if getattr(self, "_started_ray", False):
             ray.shutdown()
             self._started_ray = False
+
+
+class ShardedRegions:
+    """Region search over the actors: one whitening from all parts' moments, each part searched,
+    hits merged by score with every item once and the per-series cap applied across parts."""
+
+    def __init__(self, engine: ShardedEngine) -> None:
+        import ray
+
+        from medcbir.engine.region_search import Whitening
+
+        self.engine = engine
+        parts = ray.get([actor.region_moments.remote() for _, _, actor in engine._parts])
+        if not engine.store.has_regions or any(p is None for p in parts):
+            raise ConfigError(f"index {engine.store.index_dir} has no regions, so it cannot answer a region query; "
+                              "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
+        n = sum(p[0] for p in parts)
+        self.whitening = Whitening.from_moments(n, sum(p[1] for p in parts), sum(p[2] for p in parts))
+        self.count = sum(ray.get([a.region_prepare.remote(self.whitening.mean, self.whitening.matrix) for _, _, a in engine._parts]))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def search(self, vector, k: int, admissible, codes=None, per_series: int = 0) -> list[tuple[int, float, tuple]]:
+        import ray
+
+        # A series may span parts: each part returns more than K under its own cap, the cap is
+        # applied again over the merged hits.
+        fetch = int(k) * 2 if per_series > 0 else int(k)
+        futures = [actor.region_search.remote(vector, fetch, np.ascontiguousarray(admissible[lo:hi]),
+                                              None if codes is None else np.ascontiguousarray(codes[lo:hi]), per_series)
+                   for lo, hi, actor in self.engine._parts]
+        hits = sorted((h for part in ray.get(futures) for h in part), key=lambda h: (-h[1], h[0]))
+        out, per = [], {}
+        for item, score, box in hits:
+            if per_series > 0 and codes is not None:
+                code = int(codes[item])
+                if per.get(code, 0) >= per_series:
+                    continue
+                per[code] = per.get(code, 0) + 1
+            out.append((item, score, box))
+            if len(out) == k:
+                break
+        return out
 
 
 def merge(answers: list[tuple], k: int, refine: bool, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ no network, so no gradient, but a score that is a function of pixels. Perturbati
 it directly. For each neighbour, on the region grid where the descriptor measures:
 
 - the **neighbourhood** is every pixel the descriptor of the matched box reads (its polar grid
-  reaches 1.7× the box's half-sides; pixels outside cannot change the match, their map is 0);
+  reaches 1.7× the half-sides of each box variant it averages over, :func:`reach`; pixels outside
+  cannot change the match, their map is 0);
 - a pixel is **occluded** by replacing it with the *local smooth background*: the median of the
   image over a square twice the box's longer side (a structure smaller than the box's scale
   disappears in it), computed on a coarse grid and smoothed;
@@ -19,7 +20,7 @@ Methods (:data:`REGION_METHODS`):
     Wickstrøm et al., "RELAX" (IJCV 2023), for this score: N random masks M (RELAX's Bernoulli
     cells, bilinearly upsampled and shifted, :mod:`medcbir.explain.masks`; scrambled-Sobol cells)
     over the neighbourhood keep pixels where M = 1 and blend towards the background elsewhere;
-    with s_n the score of masked copy n, the map is RELAX's mask-weighted mean similarity minus the
+    (cells half the box's side) with s_n the score of masked copy n, the map is RELAX's mask-weighted mean similarity minus the
     mean similarity, ``R_ij = Σ_n s_n M_ij(n) / Σ_n M_ij(n) − mean_n s_n``: how much keeping the
     pixel raises the match above its average under masking (positive = supports the match).
 ``occlusion``
@@ -58,9 +59,9 @@ from medcbir.errors import ConfigError
 REGION_METHODS = ("relax", "occlusion")
 #: RELAX masks per neighbour by default.
 RELAX_MASKS = 500
-#: RELAX mask cells per side of the neighbourhood (a cell is about a third of the box's side; finer
-#: cells measured noisier maps that localise lesions worse, see docs/regions.md).
-RELAX_GRID = 5
+#: RELAX mask cell side as a fraction of the box's longer side (finer cells measured noisier maps
+#: that localise lesions worse, see docs/regions.md).
+RELAX_CELL = 0.5
 #: RELAX keep probability of a cell.
 RELAX_P = 0.5
 #: Occlusion patch side as a fraction of the box's shorter side.
@@ -177,9 +178,10 @@ class Neighbourhood:
         x, y, w, h = (float(v) for v in box)
         rx, ry = max(w / 2, 0.5), max(h / 2, 0.5)
         cx, cy = x + w / 2, y + h / 2
-        # samples lie at centre ± REACH × half-side (pixel centres at +0.5); bilinear reads one more
-        x0, x1 = math.floor(cx - rx * region_descriptor.REACH - 0.5) - 1, math.floor(cx + rx * region_descriptor.REACH - 0.5) + 3
-        y0, y1 = math.floor(cy - ry * region_descriptor.REACH - 0.5) - 1, math.floor(cy + ry * region_descriptor.REACH - 0.5) + 3
+        # samples lie within centre ± reach() × half-side (pixel centres at +0.5); bilinear reads one more
+        far = reach()
+        x0, x1 = math.floor(cx - rx * far - 0.5) - 1, math.floor(cx + rx * far - 0.5) + 3
+        y0, y1 = math.floor(cy - ry * far - 0.5) - 1, math.floor(cy + ry * far - 0.5) + 3
         gh, gw = image.units.shape
         rows, cols = slice(max(0, y0), min(gh, y1)), slice(max(0, x0), min(gw, x1))
         pad = ((rows.start - y0, y1 - rows.stop), (cols.start - x0, x1 - cols.stop))
@@ -189,6 +191,11 @@ class Neighbourhood:
     @property
     def shape(self) -> tuple[int, int]:
         return self.crop.shape
+
+    def cells(self, fraction: float = RELAX_CELL) -> int:
+        """RELAX cells per side so that a cell is ``fraction`` of the box's longer side."""
+        side = max(self.box[2], self.box[3], 1.0)
+        return max(3, round(max(self.shape) / (fraction * side)))
 
     def describe(self, crops: np.ndarray) -> np.ndarray:
         """Descriptors of the box in each of ``crops`` (n × the neighbourhood's shape), one describe() call per chunk."""
@@ -223,6 +230,14 @@ class Neighbourhood:
     def stored_window(self) -> tuple[int, int, int, int]:
         """The neighbourhood as an ``(x, y, w, h)`` box of the stored grid."""
         return self.image.to_stored((self.cols.start, self.rows.start, self.cols.stop - self.cols.start, self.rows.stop - self.rows.start))
+
+
+def reach() -> float:
+    """How far from a box's centre the descriptor reads, in half-sides: its polar grid's
+    :data:`~medcbir.encoders.region_descriptor.REACH` for the largest and most shifted of the box
+    variants it averages over (``JITTER``: scale, shift as a fraction of the side)."""
+    variants = getattr(region_descriptor, "JITTER", ((1.0, 0.0, 0.0),))
+    return max(2 * max(abs(dx), abs(dy)) + scale * region_descriptor.REACH for scale, dx, dy in variants)
 
 
 def local_background(units: np.ndarray, box, rows: slice, cols: slice) -> np.ndarray:
@@ -263,14 +278,17 @@ class MatchScore:
         return 1.0 / (1.0 + d2 / self.target.shape[0])
 
 
-def relax_map(hood: Neighbourhood, score: MatchScore, n_masks: int = RELAX_MASKS, seed: int = 0, grid: int = RELAX_GRID,
+def relax_map(hood: Neighbourhood, score: MatchScore, n_masks: int = RELAX_MASKS, seed: int = 0, grid: int | None = None,
               p: float = RELAX_P) -> np.ndarray:
-    """RELAX importance over the neighbourhood (its shape, float32; see the module docstring)."""
+    """RELAX importance over the neighbourhood (its shape, float32; see the module docstring).
+
+    ``grid``: cells per side of the neighbourhood (default: cells of :data:`RELAX_CELL` × the box's side).
+    """
     from medcbir.explain.masks import MaskDraw
 
     if n_masks < 2:
         raise ConfigError("a region RELAX map needs at least 2 masks")
-    draw = MaskDraw.draw(int(n_masks), grid, p, seed, "sobol")
+    draw = MaskDraw.draw(int(n_masks), int(grid or hood.cells()), p, seed, "sobol")
     rows, cols = hood.shape
     per = max(1, PIXEL_BUDGET // (rows * cols))
     weight = np.zeros(rows * cols)
@@ -319,7 +337,7 @@ def _starts(length: int, side: int, stride: int) -> list[int]:
 
 
 def region_match_maps(items, boxes, score: MatchScore, method: str = "relax", *, n_masks: int | None = None, seed: int = 0,
-                      grid: int = RELAX_GRID) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+                      grid: int | None = None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Maps of why each box of each item matches (the index-free core of :func:`explain_region_match`).
 
     Args:
@@ -329,7 +347,7 @@ def region_match_maps(items, boxes, score: MatchScore, method: str = "relax", *,
         method: one of :data:`REGION_METHODS`.
         n_masks: RELAX masks per item (default :data:`RELAX_MASKS`).
         seed: RELAX mask seed (the same masks for every item).
-        grid: RELAX cells per side of a neighbourhood.
+        grid: RELAX cells per side of a neighbourhood (default: half the box's side each).
 
     Returns:
         (one float32 map per item on its stored grid, K unperturbed match scores, K×4 stored
@@ -378,7 +396,7 @@ def stack_maps(maps: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]
 
 
 def explain_region_match(engine, query, roi=None, k: int = 5, *, roi_mask=None, exclude: str = "same-patient", method: str = "relax",
-                         n_masks: int | None = None, seed: int = 0, snap: bool = False, grid: int = RELAX_GRID) -> RegionExplanation:
+                         n_masks: int | None = None, seed: int = 0, snap: bool = False, grid: int | None = None) -> RegionExplanation:
     """Search by region, then explain why each neighbour's region matches the query's region.
 
     Args:
@@ -393,7 +411,7 @@ def explain_region_match(engine, query, roi=None, k: int = 5, *, roi_mask=None, 
         n_masks: RELAX masks per neighbour (default :data:`RELAX_MASKS`).
         seed: RELAX mask seed; the maps are a function of the index, the query and the seed.
         snap: describe the structure the box was drawn around (as ``search --snap``).
-        grid: RELAX cells per side of a neighbourhood.
+        grid: RELAX cells per side of a neighbourhood (default: half the box's side each).
 
     Returns:
         A :class:`RegionExplanation`.
@@ -422,5 +440,5 @@ def explain_region_match(engine, query, roi=None, k: int = 5, *, roi_mask=None, 
     )
 
 
-__all__ = ["REGION_METHODS", "MatchScore", "Neighbourhood", "RegionExplanation", "explain_region_match", "local_background",
+__all__ = ["REGION_METHODS", "MatchScore", "Neighbourhood", "RegionExplanation", "explain_region_match", "local_background", "reach",
            "occlusion_map", "region_match_maps", "relax_map"]

@@ -731,7 +731,6 @@ class IndexWriter:
         from medcbir.indexer import recall
         from medcbir.indexer.shard import read_embeddings
 
-        dim = int(manifest["encoder"]["dim"])
         auto = manifest.get("index_spec_requested", "auto") == "auto"
         n = int(manifest["next_id"])
         rng = np.random.default_rng(0)

@@ -34,8 +34,6 @@ import torch
 
 from medcbir.errors import ConfigError
 from medcbir.train.recipe import RECIPE  # noqa: F401 - re-exported: the recipe the CLI and the demo use
-
-log = logging.getLogger(__name__)
 from medcbir.encoders.architecture import DEFAULT_POOLING, POOLINGS, backbone_dim, make_arch
 from medcbir.encoders.checkpoint import read_checkpoint, save_checkpoint
 from medcbir.encoders.module import EncoderModule, build_network
@@ -45,6 +43,8 @@ from medcbir.train.methods import METHODS, build_method
 from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
 from medcbir.train.pairs import PositionPartners, draw_partners, neighbour_table, sequences
 from medcbir.train.views import ArchiveAugment, BatchAugment, make_views, parse_views
+
+log = logging.getLogger(__name__)
 
 AUGMENTS = ("standard", "archive")
 

@@ -79,7 +79,6 @@ def test_bad_builtin_encoder_name_is_one_line(phantom_archive, tmp_path, capsys)
 @pytest.mark.parametrize("method", ["relax", "occlusion", "gradcam"])
 def test_explain_works_on_a_thumbnail_index(phantom_archive, thumbnail_index, tmp_path, capsys, method):
     """Baselines explain like any encoder (the thumbnail is differentiable: no weights, real maps)."""
-    import numpy as np
 
     query = sorted(phantom_archive.rglob("*.dcm"))[30]
     code, out, err = run(capsys, "explain", thumbnail_index, query, "-k", "2", "--method", method, "--masks", "60",

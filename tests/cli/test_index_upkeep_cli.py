@@ -5,7 +5,6 @@ sources followed, the quarantine log readable."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import h5py

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -12,26 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 from scipy import ndimage
 
 from medcbir.cli.main import main
 from medcbir.encoders.region_proposals import box_iou
 from medcbir.engine import Engine
-from medcbir.indexer import compact, delete, index_archive
+from medcbir.indexer import compact, delete
 from tests.region_checks import assert_same_regions, region_data
-
-
-@pytest.fixture(scope="module")
-def lesions(tmp_path_factory):
-    from medcbir.imaging.phantom import make_archive
-
-    root = tmp_path_factory.mktemp("roi")
-    make_archive(root / "archive", patients=6, slices=24, seed=5, version=3, workers=1)
-    index_archive(root / "archive", root / "index", "default", workers=1, progress=False, shard_size=40)
-    rows = list(csv.DictReader(open(root / "archive" / "lesion-boxes.csv")))
-    kinds = {r["sop_instance_uid"]: r["label"] for r in csv.DictReader(open(root / "archive" / "labels-lesion-kind.csv"))}
-    return {"root": root, "archive": root / "archive", "index": root / "index", "boxes": rows, "kinds": kinds}
 
 
 def _sources(engine):
@@ -52,29 +38,37 @@ def _ap(relevant, k=5):
 
 
 def test_a_lesion_box_finds_lesions_of_its_kind_in_other_patients(lesions):
-    """Top hits overlap lesions of the query's kind in other patients, and region search ranks
-    slices with that kind of lesion far above whole-slice search."""
+    """The top hits overlap lesions of the query's kind in other patients (IoU > 0.3) far more
+    often than regions drawn at random do, and region search ranks slices with that kind of
+    lesion far above whole-slice search."""
     boxes = lesions["boxes"]
     by_sop: dict = {}
     for r in boxes:
         by_sop.setdefault(r["sop_instance_uid"], []).append(r)
+
+    def on_lesion(sop, region, kind) -> bool:
+        same = [_box(o) for o in by_sop.get(sop, []) if o["label"] == kind]
+        return bool(same) and box_iou(np.array([region]), np.array(same)).max() > 0.3
+
     clear = [r for r in boxes if min(int(r["w"]), int(r["h"])) >= 8]
-    assert len(clear) >= 10
+    assert len(clear) >= 15
     with Engine.open(lesions["index"]) as engine:
         sources = _sources(engine)
-        overlaps, region_ap, slice_ap = [], [], []
+        from medcbir.engine.region_search import RegionIndex
+
+        regions = RegionIndex.of(engine)
+        sops = [m["sop_instance_uid"] for m in engine.meta(regions.item_ids)]
+        found, chance, region_ap, slice_ap = [], [], [], []
         for r in clear:
             hits = engine.search(sources[r["sop_instance_uid"]], 5, roi=_box(r), exclude="same-patient")[0]
             assert hits and all(n.region is not None and n.query_region == tuple(_box(r)) for n in hits)
-            top = hits[0]
-            same_kind = [_box(o) for o in by_sop.get(top.meta["sop_instance_uid"], []) if o["label"] == r["label"]]
-            overlaps.append(bool(same_kind) and box_iou(np.array([top.region]), np.array(same_kind)).max() > 0.3)
+            found.append(any(on_lesion(n.meta["sop_instance_uid"], n.region, r["label"]) for n in hits[:3]))
+            chance.append(np.mean([on_lesion(sop, box, r["label"]) for sop, box in zip(sops, regions.boxes)]))
             region_ap.append(_ap([lesions["kinds"].get(n.meta["sop_instance_uid"]) == r["label"] for n in hits]))
             whole = engine.search(sources[r["sop_instance_uid"]], 5, exclude="same-patient")[0]
             slice_ap.append(_ap([lesions["kinds"].get(n.meta["sop_instance_uid"]) == r["label"] for n in whole]))
-    # A region drawn at random from the index overlaps a lesion of the query's kind far less than
-    # once in fifty: a top hit that does so a fifth of the time or more is the lesion found.
-    assert np.mean(overlaps) >= 0.2, overlaps
+    at_random = 1 - (1 - np.mean(chance)) ** 3  # three regions drawn at random
+    assert np.mean(found) >= max(0.2, 4 * at_random), (np.mean(found), at_random)
     assert np.mean(region_ap) >= np.mean(slice_ap) + 0.1, (np.mean(region_ap), np.mean(slice_ap))
 
 
@@ -94,7 +88,7 @@ def _resampled(src: Path, dst: Path, zoom: float) -> None:
 
 def test_a_box_in_another_field_of_view_finds_the_same_neighbours(lesions, tmp_path):
     """The same lesion queried from a copy at another field of view (resampled, PixelSpacing
-    scaled, box scaled) shares neighbours with the original query, far above chance (5 of ~140
+    scaled, box scaled) shares neighbours with the original query, far above chance (5 of ~190
     items drawn at random share 0.04). Sharing most of them (the issue's aim) is not reached yet:
     resampling shifts the descriptors of small lesions by about a nearest-neighbour distance."""
     clear = sorted((r for r in lesions["boxes"] if min(int(r["w"]), int(r["h"])) >= 8), key=lambda r: r["sop_instance_uid"])[:8]
@@ -110,7 +104,7 @@ def test_a_box_in_another_field_of_view_finds_the_same_neighbours(lesions, tmp_p
             same = [n.id for n in engine.search(sources[r["sop_instance_uid"]], 5, roi=_box(r), exclude="same-patient")[0]]
             other = [n.id for n in engine.search(str(copy), 5, roi=scaled, exclude="same-patient")[0]]
             overlap.append(len(set(same) & set(other)) / 5)
-    assert np.mean(overlap) >= 0.15, overlap
+    assert np.mean(overlap) >= 0.2, overlap
 
 
 def test_regions_follow_delete_and_compact(lesions, tmp_path):

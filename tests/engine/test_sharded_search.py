@@ -131,3 +131,27 @@ def test_unsupported_spec_is_a_clear_error(ray_runtime, flat_index, tmp_path):
     hnsw = rebuild_with_spec(flat_index, tmp_path / "hnsw", "HNSW8")
     with pytest.raises(ConfigError, match="sharded search supports exact and IVF"):
         open_engine(hnsw, ray=ray_runtime, shards=2)
+
+
+def test_region_search_sharded_equals_single_process(ray_runtime, lesions):
+    """The same regions, scores and boxes from 3 actors as from one process (one whitening from
+    all parts' moments), filters and the per-series cap included."""
+    import csv
+
+    from medcbir.engine import Engine, open_engine
+
+    rows = [r for r in csv.DictReader(open(lesions["archive"] / "lesion-boxes.csv")) if min(int(r["w"]), int(r["h"])) >= 8][:6]
+    single = Engine.open(lesions["index"])
+    sharded = open_engine(lesions["index"], ray=ray_runtime, shards=3)
+    try:
+        sources = {m["sop_instance_uid"]: m["source"] for m in single.meta(single.ids)}
+        for r in rows:
+            box = [int(r[c]) for c in "xywh"]
+            for options in ({"exclude": "same-patient"}, {"per_series": 1}):
+                a = single.search(sources[r["sop_instance_uid"]], 5, roi=box, **options)[0]
+                b = sharded.search(sources[r["sop_instance_uid"]], 5, roi=box, **options)[0]
+                assert [(n.id, n.region) for n in a] == [(n.id, n.region) for n in b]
+                assert np.allclose([n.score for n in a], [n.score for n in b], atol=1e-5)
+    finally:
+        sharded.close()
+        single.close()

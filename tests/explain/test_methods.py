@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from medcbir.errors import ConfigError
 from medcbir.explain import METHODS, ablation_cam, clustered_cam, gradcam, gradient, integrated_gradients, smoothgrad_ig
+from medcbir.explain.metrics import relevance_rank_accuracy
+from tests.explain.toys import SmallConvEncoder, ToyEncoder, blob_images
 
 #: methods that explain any encoder; ``wildcat`` needs a fine-tuned WILDCAT head (tests/explain/test_wildcat.py)
 GENERIC_METHODS = sorted(name for name in METHODS if name != "wildcat")
-from medcbir.explain.metrics import relevance_rank_accuracy
-from tests.explain.toys import SmallConvEncoder, ToyEncoder, blob_images
 
 S = 32
 REGION = torch.zeros(S, S, dtype=torch.bool)

@@ -124,7 +124,9 @@ def test_physical_scale_keeps_size_differences_that_box_cropping_removes():
     small, large = _body(radius=60), _body(radius=100)
     box = Preprocessing(("ct-liver-wide",), 64, crop="body")
     scaled = Preprocessing(("ct-liver-wide",), 64, crop="body", spacing=4.0)  # 256 mm across
-    area = lambda prep, hu: float((prep.apply(_item(hu))[0] > 0.2).mean())
+    def area(prep, hu):
+        return float((prep.apply(_item(hu))[0] > 0.2).mean())
+
     assert abs(area(box, small) - area(box, large)) < 0.1  # fitted: the same fraction of the input
     assert area(scaled, large) > 1.8 * area(scaled, small)  # real size kept
 

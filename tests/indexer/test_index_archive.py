@@ -153,7 +153,7 @@ def test_a_commit_waits_for_the_lock_then_reports_busy(index_copy, encoder):
 
 
 def test_a_source_never_spans_two_shards_and_duplicates_are_dropped(tmp_path):
-    metas, rows = [], []
+    metas = []
     for i in range(10):  # 10 sources × 3 frames
         for frame in range(3):
             m = Meta(i)

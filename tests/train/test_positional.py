@@ -4,7 +4,6 @@ geometry they rest on (plane and position along the normal from the DICOM header
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 from pydicom.dataset import Dataset
