@@ -287,12 +287,19 @@ def _fmt(value) -> str:
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
 @click.option("--baselines", is_flag=True, help="Also evaluate thumbnail:8/16/32 and random on the same items (the index encoder's preprocessing) and print them beside it.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Decoding processes for --baselines (0 = auto).")
-def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers):
+@click.option("--roi-boxes", "roi_boxes", type=click.Path(dir_okay=False), default=None,
+              help="Region evaluation: a CSV sop_instance_uid,frame,x,y,w,h[,label]; every row is a region query, relevant = "
+                   "a neighbour whose label in --labels equals the row's label (else its item's). Also reports the same items "
+                   "searched by their whole slice; --baselines then means crop baselines (thumbnail:16, random, classic).")
+def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers, roi_boxes=None):
     """Leave-one-out MAP@K, AP@K, precision@K and kNN accuracy of INDEX against labels."""
     from medcbir.engine import Engine
     from medcbir.engine import evaluate as run_evaluation
 
     engine = Engine.open(index, verify=verify)
+    if roi_boxes is not None:
+        _evaluate_regions(engine, labels_csv, roi_boxes, k, exclude, n_queries, as_json, baselines)
+        return
     result = run_evaluation(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all")
     if baselines:
         from medcbir.engine.baselines import evaluate_baselines
@@ -317,3 +324,40 @@ def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baseline
         click.echo(_table(table, ["encoder", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
     if "recall_vs_exact" in result:
         click.echo(f"recall@{k} of the approximate index vs exact search: {result['recall_vs_exact']:.4f}")
+
+
+def _evaluate_regions(engine, labels_csv, boxes_csv, k, exclude, n_queries, as_json, baselines) -> None:
+    """``evaluate --roi-boxes``: region queries beside whole-slice queries (and crop baselines)."""
+    from medcbir.engine.region_evaluate import CROP_BASELINES, evaluate_regions
+
+    result = evaluate_regions(engine, labels_csv, boxes_csv, k=k, exclude=exclude, queries=n_queries or "all",
+                              baselines=CROP_BASELINES if baselines else ())
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    q = result["queries"]
+    skipped = ", ".join(f"{n} {reason}" for reason, n in q["skipped"].items())
+    click.echo(f"region queries: {q['count']} of {q['rows']} rows of {boxes_csv}"
+               f"{f' ({skipped} skipped)' if skipped else ''}; K={k}, exclude={exclude} (+ the query's own item); "
+               f"{result['searchable']} labelled items searched; relevant = an item labelled like "
+               f"{'the row' if result['relevance'] == 'row-label' else 'the query item'}")
+    metrics = ["map_at_k", "ap_at_k", "precision_at_k", "knn_accuracy"]
+    rows = [["region (this index)", result["n_queries"], *(_fmt(result[m]) for m in metrics)],
+            ["whole slice (same items)", result["whole_slice"]["n_queries"], *(_fmt(result["whole_slice"][m]) for m in metrics)]]
+    for name, r in result.get("baselines", {}).items():
+        if name != "crop":
+            rows.append([f"crop {name}", r["n_queries"], *(_fmt(r[m]) for m in metrics)])
+    header = ["search", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]
+    click.echo(_table(rows, header))
+    click.echo(f"gain of the region over the whole slice: MAP@{k} {result['gain_over_whole_slice']:+.4f}")
+    if "baselines" in result:
+        c = result["baselines"]["crop"]
+        click.echo(f"crops: each region and query box resampled to {c['size']} px, windows {', '.join(c['windows'])}; "
+                   f"{c['regions']} regions embedded")
+    click.echo("per class (region search):")
+    click.echo(_table([[name, c["n_queries"], *(_fmt(c[m]) for m in metrics)] for name, c in result["per_class"].items()],
+                      ["class", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
+    for s in q["skipped_rows"]:
+        click.echo(f"skipped line {s['line']}: {s['reason']}: {s['detail']}")
+    if len(q["skipped_rows"]) < sum(q["skipped"].values()):
+        click.echo(f"(and {sum(q['skipped'].values()) - len(q['skipped_rows'])} more skipped rows; --json lists the first ones)")
