@@ -187,6 +187,17 @@ def _roi(r: dict) -> Line:
                 ours, peer, verdict(not missed, "; ".join(missed)))
 
 
+@summary("roi_explain")
+def _roi_explain(r: dict) -> Line:
+    s = r["summary"]
+    relax, occlusion = s["by_method"]["relax"], s["by_method"]["occlusion"]
+    return Line("region-match explanation (explain --roi, RELAX) beats the best trivial map on lesion masks: RRA margin > 0 on every seed",
+                f"RRA relax {relax['rra']:.3f} (margin {s['rra_margin_mean']:+.3f}), occlusion {occlusion['rra']:.3f}; "
+                f"{s['end_to_end_seconds_per_neighbour']:.2f} s per explained neighbour",
+                f"best trivial map ({', '.join(s['best_trivial_names'])}) {s['best_trivial_rra']:.3f}",
+                verdict(s["met"], f"by {-s['rra_margin_worst']:.3f} RRA on the worst seed"))
+
+
 @summary("rest_fuzz")
 def _rest_fuzz(r: dict) -> Line:
     ok = r["orthanc_restarts"] == 0 and r["items_lost"] == 0 and r["bodies"] >= 20000

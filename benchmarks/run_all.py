@@ -40,6 +40,7 @@ class Bench:
 BENCHMARKS = [  # short ones first; "takes" is the recorded wall time where a recording has it
     Bench("phantom", "phantom", "", False, "not recorded"),
     Bench("lesion_kinds", "lesion_kinds", "", False, "not recorded"),
+    Bench("roi_explain", "roi_explain", "", False, "not recorded"),
     Bench("source_check", "source_check", "", False, "not recorded"),
     Bench("fuzz", "fuzz", "--files 10000 --workers 2 --timeout 10", False, "7 s"),
     Bench("decode", "decode", "--patients 8 --slices 64 --size 256 --workers 1,2", False, "not recorded"),

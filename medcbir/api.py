@@ -41,6 +41,8 @@ from typing import Any
 from medcbir.encoders.embedding import Embeddings, embed_archive
 from medcbir.engine import Engine, Neighbour, open_engine
 from medcbir.engine import evaluate as evaluate_engine
+from medcbir.errors import ConfigError
+from medcbir.explain.regions import RegionExplanation, explain_region_match
 from medcbir.explain.runner import Explanation, explain_search
 from medcbir.indexer import IndexSummary, index_archive
 
@@ -238,21 +240,27 @@ def evaluate(index: Any, labels: str | Path, k: int = 5, *, exclude: str = EXCLU
             engine.close()
 
 
-def explain(index: Any, query: Any, k: int = 5, *, method: str = "relax", exclude: str = EXCLUDE, pairwise: bool = False, **options: Any) -> Explanation:
+def explain(index: Any, query: Any, k: int = 5, *, method: str = "relax", exclude: str = EXCLUDE, pairwise: bool = False, roi: Any = None,
+            roi_mask: Any = None, snap: bool = False, **options: Any) -> Explanation | RegionExplanation:
     """Search, then explain why the query matched each of its top-K neighbours (one batched pass).
 
     Args:
         index: the index folder or an open :class:`~medcbir.engine.Engine`.
         query: a DICOM path, a SOP Instance UID in the index, or a C×S×S image.
         k: neighbours.
-        method: a name of :data:`medcbir.explain.METHODS` (``relax``, ``gradcam``, ...).
+        method: a name of :data:`medcbir.explain.METHODS` (``relax``, ``gradcam``, ...); with
+            ``roi``, ``relax`` or ``occlusion``.
         exclude: ``"same-patient"`` (default), ``"same-study"`` or ``"none"``.
         pairwise: also explain the query with respect to each neighbour.
+        roi: explain a region match instead: the query box ``(x, y, w, h)`` in the query frame's
+            stored pixel grid (or ``roi_mask``, a mask on it; ``snap`` as in :func:`search`);
+            see :func:`medcbir.explain.regions.explain_region_match`.
         **options: of the method (``n_masks``, ``seed``, ...) and ``include_self``.
 
     Returns:
         An :class:`~medcbir.explain.runner.Explanation`: the images (query first), one heatmap
-        per image, the neighbours.
+        per image, the neighbours; with ``roi`` a
+        :class:`~medcbir.explain.regions.RegionExplanation`: one map per neighbour over its frame.
 
     Example:
         >>> import medcbir
@@ -262,7 +270,12 @@ def explain(index: Any, query: Any, k: int = 5, *, method: str = "relax", exclud
     """
     engine, opened = _engine(index)
     try:
-        result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
+        if roi is not None or roi_mask is not None:
+            if pairwise:
+                raise ConfigError("pairwise explains the query w.r.t. neighbours' embeddings: it does not apply to a region match")
+            result = explain_region_match(engine, query, roi, k, roi_mask=roi_mask, exclude=exclude, method=method, snap=snap, **options)
+        else:
+            result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
         _filled(result.neighbours)
         return result
     finally:

@@ -31,7 +31,8 @@ def _clean(value):
 @click.argument("query")
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours to retrieve and explain.")
 @click.option("--method", type=click.Choice(_method_names()), default="relax", show_default=True)
-@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=None, help="RELAX masks (the maximum with --adaptive)  [default: the measured best, see README]")
+@click.option("--masks", "n_masks", type=click.IntRange(min=1), default=None,
+              help="RELAX masks (the maximum with --adaptive; per neighbour with --roi)  [default: the measured best, see README; 500 with --roi]")
 @click.option("--adaptive/--no-adaptive", default=None, help="RELAX: stop drawing masks once the map has converged  [default: the measured best]")
 @click.option("--target-r", type=click.FloatRange(0.5, 0.999), default=None,
               help="--adaptive: stop when the predicted correlation with the infinite-mask map reaches this  [default: the measured best]")
@@ -58,10 +59,32 @@ def _clean(value):
 @click.option("--wildcat-class", default=None, help="--method wildcat: map this class (name or index) [default: the class predicted for the query].")
 @click.option("--dicom-out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each explained image's heatmap as a DICOM Secondary Capture overlay and a Parametric Map into this folder.")
+@click.option("--roi", default=None, metavar="X,Y,W,H",
+              help="Explain a region match: the query box in the query image's stored pixel grid (as search --roi); each neighbour's map "
+                   "shows which of its pixels make its matched region match (--method relax or occlusion).")
+@click.option("--roi-mask", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Region query by a mask (PNG or .npy on the query image's grid) instead of --roi.")
+@click.option("--snap", is_flag=True, help="With --roi: describe the structure the box was drawn around (as search --snap).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --roi: write maps.npy, query.png, neighbour-<rank>.png (map and matched box) and explanation.json here.")
 def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, control_variates, backend, precision, batch_size, seed, pairwise, exclude,
-            encoder, report, as_json, redact, heatmap_scale, include_self, wildcat_class=None, dicom_out=None):
-    """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass."""
+            encoder, report, as_json, redact, heatmap_scale, include_self, wildcat_class=None, dicom_out=None, roi=None, roi_mask=None,
+            snap=False, out_dir=None):
+    """Search INDEX for QUERY (DICOM file or SOP UID) and explain it and its K neighbours in one pass.
+
+    With --roi (or --roi-mask), explain a region match instead: search by region and map, over each
+    neighbour, which pixels make its matched region match the query's region.
+    """
     from medcbir.engine import Engine
+    from medcbir.errors import ConfigError
+
+    if roi is not None or roi_mask is not None:
+        _check_region_options(method, roi, roi_mask)
+        engine = Engine.open(index, encoder=encoder)
+        _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_mask, snap, out_dir, as_json, redact)
+        return
+    if snap or out_dir is not None:
+        raise ConfigError(f"{'--snap' if snap else '--out'} applies to a region explanation: add --roi X,Y,W,H")
     from medcbir.explain.runner import explain_search
 
     engine = Engine.open(index, encoder=encoder)
@@ -104,11 +127,65 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
         click.echo(f"report: {payload['report']['html']}  (panel {payload['report']['png']})")
 
 
+# options of `explain` that mean nothing for a region match (the region descriptor is not a network)
+NOT_FOR_REGIONS = ("adaptive", "target_r", "sampling", "control_variates", "backend", "precision", "batch_size", "pairwise", "report",
+                   "heatmap_scale", "include_self", "wildcat_class", "dicom_out")
+
+
+def _check_region_options(method: str, roi, roi_mask) -> None:
+    from click.core import ParameterSource
+
+    from medcbir.errors import ConfigError
+    from medcbir.explain.regions import check_region_method
+
+    if roi is not None and roi_mask is not None:
+        raise ConfigError("give one of --roi and --roi-mask")
+    check_region_method(method)
+    ctx = click.get_current_context()
+    given = [name for name in NOT_FOR_REGIONS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ConfigError(f"{flag} does not apply to a region explanation (--roi): it takes -k, --method relax|occlusion, --masks, --seed, "
+                          "--exclude, --snap, --out, --json, --redact")
+
+
+def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_mask, snap, out_dir, as_json, redact) -> None:
+    """`explain --roi`: region search, a map per neighbour, one line per neighbour (and files with --out)."""
+    from medcbir.encoders.regions import parse_box
+    from medcbir.explain.regions import explain_region_match
+
+    box = parse_box(roi) if roi is not None else None
+    result = explain_region_match(engine, query, box, k, roi_mask=roi_mask, exclude=exclude, method=method, n_masks=n_masks, seed=seed,
+                                  snap=snap)
+    if redact:
+        from medcbir.cli.search import query_name
+
+        result.query_label = query_name(query, True)
+    payload = result.to_dict()
+    if out_dir is not None:
+        from medcbir.explain.region_files import write_region_explanation
+
+        written = write_region_explanation(result, out_dir)
+        payload["files"] = [str(p) for p in written]
+    if as_json:
+        click.echo(json.dumps(_clean(payload), indent=2))
+        return
+    masks = f", {result.n_masks} masks" if result.n_masks else ""
+    each = result.seconds / max(1, len(result.neighbours))
+    click.echo(f"query: {result.query_label}  region {','.join(map(str, result.query_box))}  method={method}{masks}  "
+               f"explained {len(result.neighbours)} region matches in {result.seconds:.2f} s ({each:.2f} s each)")
+    for i, nb in enumerate(result.neighbours):
+        click.echo(f"  #{nb.rank}  score={nb.score:.4f}  region={','.join(map(str, nb.region))}  map in region={result.share_in_region(i):.0%}  "
+                   f"sop={nb.meta.get('sop_instance_uid', '')}  frame={nb.meta.get('frame', 0)}")
+    if out_dir is not None:
+        click.echo(f"wrote {len(payload['files'])} files to {out_dir} (maps.npy, query.png, neighbour-<rank>.png, explanation.json)")
+
+
 @click.command("explain-eval")
 @click.argument("index", type=click.Path(file_okay=False))
 @click.option("--masks-file", required=True, type=click.Path(dir_okay=False), help="masks.h5 with /<sop_instance_uid>/<organ> datasets.")
 @click.option("--organ", default="liver", show_default=True, help="Organ mask to score against.")
-@click.option("--methods", default="relax,gradcam", show_default=True, help="Comma-separated method names.")
+@click.option("--methods", default=None, help="Comma-separated method names  [default: relax,gradcam; relax,occlusion with --roi-boxes]")
 @click.option("--labels", "labels", type=click.Path(dir_okay=False), default=None, help="labels.csv: spread the images over its labels.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=8, show_default=True, help="Images to score.")
 @click.option("--masks", "n_masks", type=click.IntRange(min=1), default=1000, show_default=True, help="RELAX masks.")
@@ -123,17 +200,26 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 @click.option("--sanity-steps", type=click.IntRange(min=0), default=30, show_default=True, help="--sanity: training steps of the noise-trained encoder (0 skips data randomisation).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
 @click.option("--wildcat-class", default=None, help="wildcat: map this class (name or index) [default: the class predicted for the target].")
+@click.option("--roi-boxes", type=click.Path(dir_okay=False), default=None,
+              help="Score region-match explanations instead: a CSV (sop_instance_uid,frame,x,y,w,h[,label], as phantom v3's lesion-boxes.csv) "
+                   "whose rows are region queries; maps are scored on the lesions (masks.h5 lesion-id) their neighbours' matched regions hold.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="--roi-boxes: neighbours explained per box query.")
 def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out,
-                 wildcat_class):
+                 wildcat_class, roi_boxes=None, k=5):
     """Score explanation METHODS on INDEX's images against their ORGAN masks, beside trivial maps (table + JSON).
 
     Each method is reported with its margin over the best trivial map (noise, centre, intensity,
     edges); metrics that cannot rank maps for the chosen targets are shown as n/a with the reason.
+    With --roi-boxes, region-match explanations (relax, occlusion) are scored on the lesions held by
+    each neighbour's matched region, beside trivial maps over the same neighbourhood.
     """
     from medcbir.errors import ConfigError
     from medcbir.explain.evaluation import evaluate_methods, format_table
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if roi_boxes is not None:
+        _explain_eval_regions(index, roi_boxes, masks_file, methods or "relax,occlusion", n, k, exclude, n_masks, seed, encoder, json_out)
+        return
+    names = [m.strip() for m in (methods or "relax,gradcam").split(",") if m.strip()]
     if not names:
         raise ConfigError("--methods is empty")
     try:
@@ -147,6 +233,38 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
         progress=lambda m: click.echo(f"scoring {m} ...", err=True),
     )
     click.echo(format_table(result))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")
+        click.echo(f"scores: {json_out}")
+
+
+# options of `explain-eval` that score the encoder's maps only
+NOT_FOR_REGION_EVAL = ("organ", "labels", "angles", "targets", "pairwise", "sanity", "sanity_steps", "wildcat_class")
+
+
+def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, n_masks, seed, encoder, json_out) -> None:
+    """`explain-eval --roi-boxes`: region-match maps scored on lesion masks beside trivial region maps."""
+    from click.core import ParameterSource
+
+    from medcbir.engine import Engine
+    from medcbir.errors import ConfigError
+    from medcbir.explain.region_evaluation import evaluate_region_explanations, format_region_table
+
+    ctx = click.get_current_context()
+    given = [name for name in NOT_FOR_REGION_EVAL if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} does not apply to --roi-boxes (region-match maps are scored on lesion masks)")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--methods is empty")
+    masks_given = ctx.get_parameter_source("n_masks") == ParameterSource.COMMANDLINE
+    with Engine.open(index, encoder=encoder) as engine:
+        result = evaluate_region_explanations(
+            engine, roi_boxes, masks_file, names, n=n, k=k, exclude=exclude, n_masks=n_masks if masks_given else None, seed=seed,
+            progress=lambda m: click.echo(m, err=True),
+        )
+    click.echo(format_region_table(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")

@@ -31,6 +31,10 @@ def __getattr__(name: str):
         from medcbir.explain import runner
 
         return getattr(runner, name)
+    if name in ("explain_region_match", "RegionExplanation"):
+        from medcbir.explain import regions
+
+        return getattr(regions, name)
     if name == "evaluate_methods":
         from medcbir.explain import evaluation
 
@@ -41,7 +45,9 @@ def __getattr__(name: str):
 __all__ = [
     "METHODS",
     "Explanation",
+    "RegionExplanation",
     "evaluate_methods",
+    "explain_region_match",
     "explain_search",
     "explain_to_report",
     "RelaxResult",

@@ -1,0 +1,99 @@
+"""Files of a region-match explanation: the maps (``maps.npy``), PNG overlays and a JSON summary.
+
+``write_region_explanation(result, out)`` writes into ``out``:
+
+- ``maps.npy``: the K×H×W float32 maps (neighbour i's map is ``maps[i, :rows_i, :cols_i]``);
+- ``query.png``: the query frame with the query box (yellow);
+- ``neighbour-<rank>.png``: each neighbour's frame with its map over it (positive part, the colour
+  map's opacity following the value) and the matched box (green);
+- ``explanation.json``: :meth:`RegionExplanation.to_dict` and each neighbour's frame shape.
+
+Frames are shown in their display window (CT: L40 W400) and enlarged (nearest neighbour) to at
+least :data:`MIN_SIDE` pixels so a small box stays visible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+#: PNGs are enlarged by a whole factor until their longer side is at least this.
+MIN_SIDE = 512
+QUERY_COLOUR = (255, 220, 0)
+MATCH_COLOUR = (0, 230, 0)
+MAX_OPACITY = 0.6
+
+
+def _grey(frame: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    lo, hi = window
+    scaled = np.clip((np.nan_to_num(np.asarray(frame, dtype=np.float64)) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    return np.repeat(scaled[..., None], 3, axis=2)
+
+
+def _enlarge(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    factor = max(1, math.ceil(MIN_SIDE / max(rgb.shape[:2])))
+    return rgb.repeat(factor, axis=0).repeat(factor, axis=1), factor
+
+
+def _draw_box(rgb: np.ndarray, box, factor: int, colour) -> None:
+    x, y, w, h = (int(v) * factor for v in box)
+    rows, cols = rgb.shape[:2]
+    x1, y1 = min(cols - 1, x + w - 1), min(rows - 1, y + h - 1)
+    thick = max(1, factor // 2)
+    value = np.asarray(colour, dtype=np.float64) / 255
+    rgb[y:y + thick, x:x1 + 1] = value
+    rgb[max(y, y1 - thick + 1):y1 + 1, x:x1 + 1] = value
+    rgb[y:y1 + 1, x:x + thick] = value
+    rgb[y:y1 + 1, max(x, x1 - thick + 1):x1 + 1] = value
+
+
+def overlay(frame: np.ndarray, window, heat: np.ndarray | None = None, box=None, colour=MATCH_COLOUR, cmap: str = "jet") -> np.ndarray:
+    """uint8 RGB: the frame in its window, the positive part of ``heat`` blended over it, ``box`` outlined."""
+    import matplotlib
+
+    rgb = _grey(frame, window)
+    if heat is not None:
+        positive = np.clip(np.asarray(heat, dtype=np.float64), 0.0, None)
+        top = float(positive.max())
+        if top > 0:
+            level = positive / top
+            colour_map = matplotlib.colormaps[cmap](level)[..., :3]
+            alpha = (MAX_OPACITY * level)[..., None]
+            rgb = (1 - alpha) * rgb + alpha * colour_map
+    rgb, factor = _enlarge(rgb)
+    if box is not None:
+        _draw_box(rgb, box, factor, colour)
+    return (255 * rgb).round().astype(np.uint8)
+
+
+def write_region_explanation(result, out) -> list[Path]:
+    """Write a :class:`~medcbir.explain.regions.RegionExplanation` into folder ``out``; returns the paths written."""
+    from PIL import Image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    np.save(out / "maps.npy", result.maps.astype(np.float32))
+    written.append(out / "maps.npy")
+    if result.query_image is not None:
+        Image.fromarray(overlay(result.query_image, result.query_display, None, result.query_box, QUERY_COLOUR)).save(out / "query.png")
+        written.append(out / "query.png")
+    for i, nb in enumerate(result.neighbours):
+        path = out / f"neighbour-{nb.rank}.png"
+        Image.fromarray(overlay(result.images[i], result.display[i], result.map_of(i), nb.region)).save(path)
+        written.append(path)
+    summary = {**result.to_dict(), "shapes": [list(s) for s in result.shapes]}
+    (out / "explanation.json").write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
+    written.append(out / "explanation.json")
+    return written
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
