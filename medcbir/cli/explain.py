@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
+EXCLUDE_CHOICES = ("none", "same-patient", "same-study", "same-series")
 
 
 def _method_names() -> list[str]:
@@ -121,14 +121,17 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 @click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="same-patient", show_default=True, help="--targets query: which neighbours may be paired with a query.")
 @click.option("--sanity", is_flag=True, help="Also run the randomisation sanity checks (Adebayo et al. 2018).")
 @click.option("--sanity-steps", type=click.IntRange(min=0), default=30, show_default=True, help="--sanity: training steps of the noise-trained encoder (0 skips data randomisation).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON (instead of the table).")
+@click.option("--json-out", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the scores as JSON to this file.")
 @click.option("--wildcat-class", default=None, help="wildcat: map this class (name or index) [default: the class predicted for the target].")
 def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out,
-                 wildcat_class):
+                 wildcat_class, as_json=False):
     """Score explanation METHODS on INDEX's images against their ORGAN masks, beside trivial maps (table + JSON).
 
     Each method is reported with its margin over the best trivial map (noise, centre, intensity,
     edges); metrics that cannot rank maps for the chosen targets are shown as n/a with the reason.
+    The result is also kept in INDEX (explain-eval.json): reports and the viewer state each
+    method's measured status from it.
     """
     from medcbir.errors import ConfigError
     from medcbir.explain.evaluation import evaluate_methods, format_table
@@ -146,8 +149,15 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
         options={"wildcat": {"classes": wildcat_class}} if wildcat_class is not None else None,
         progress=lambda m: click.echo(f"scoring {m} ...", err=True),
     )
-    click.echo(format_table(result))
+    from medcbir.explain.status import save_evaluation
+
+    save_evaluation(index, _clean(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(_clean(result), indent=2))
+        return
+    click.echo(format_table(result))
+    if json_out is not None:
         click.echo(f"scores: {json_out}")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
+EXCLUDE_CHOICES = ("none", "same-patient", "same-study", "same-series")
+PLURALS = {"study": "studies", "series": "series"}
 NEIGHBOUR_FIELDS = ("sop_instance_uid", "frame", "series_instance_uid", "study_instance_uid", "modality", "source")
 
 
@@ -64,7 +65,7 @@ def _series_query(engine, spec: str) -> list:
 
 
 def _print_cases(label: str, cases: list, group_by: str) -> None:
-    click.echo(f"query: {label}  ({len(cases)} {group_by}{'s' if len(cases) != 1 else ''})")
+    click.echo(f"query: {label}  ({len(cases)} {PLURALS[group_by] if len(cases) != 1 else group_by})")
     rows = []
     for c in cases:
         best = c.slices[0] if c.slices else None
@@ -124,8 +125,13 @@ def _fmt_z(value) -> str:
               help="Also write each query's result as a DICOM Key Object Selection document into this folder.")
 @click.option("--kos-other-patients/--kos-same-patient", default=True, show_default=True,
               help="--dicom-out: reference neighbours of other patients in the document (filed under the query's patient), or only the query patient's.")
+@click.option("--min-score", type=click.FloatRange(-1.0, 1.0), default=None,
+              help="Leave out hits below this cosine; none left: 'no sufficiently similar image'.")
+@click.option("--min-percentile", type=click.FloatRange(0.0, 100.0), default=None,
+              help="Leave out hits below this percentile of the archive's query-neighbour similarities (sampled at index time).")
 def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series,
-           prior, encoder, device, verify, redact=False, ray_address=None, shards=None, dicom_out=None, kos_other_patients=True):
+           prior, encoder, device, verify, redact=False, ray_address=None, shards=None, dicom_out=None, kos_other_patients=True,
+           min_score=None, min_percentile=None):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch. A QUERY that is a folder is one series
@@ -150,10 +156,12 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
         raise ConfigError("--shards needs --ray")
     if dicom_out is not None and (prior or group_by):
         raise ConfigError("--dicom-out writes image neighbours: it does not combine with --prior or --group-by")
+    if (min_score is not None or min_percentile is not None) and (prior or group_by):
+        raise ConfigError("--min-score and --min-percentile apply to image neighbours, not --prior or --group-by")
     engine = open_engine(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
     try:
         _answer(engine, images, series_specs, k, exclude, filters_of(modality, body_part, series, study), per_series, include_self,
-                group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients)
+                group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients, (min_score, min_percentile))
     finally:
         if ray_address is not None:
             engine.close()  # the Ray actors (and a local runtime this command started)
@@ -164,7 +172,7 @@ def filters_of(modality, body_part, series, study) -> dict:
 
 
 def _answer(engine, images, series_specs, k, exclude, filters, per_series, include_self, group_by, per_group, prior, redact, as_json,
-            dicom_out=None, kos_other_patients=True) -> None:
+            dicom_out=None, kos_other_patients=True, thresholds=(None, None)) -> None:
     """Run the kind of search asked for and print it."""
     modality = filters["modality"]
     if prior:
@@ -195,25 +203,38 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
             for q, hits in zip(labels, results):
                 _print_cases(query_name(q, redact), hits, group_by)
         return
+    from medcbir.engine.reading import NOTHING_SIMILAR, above_thresholds, percentile
+
     results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters)
+    if thresholds != (None, None):
+        results = [above_thresholds(engine, hits, *thresholds) for hits in results]
     if dicom_out is not None:
         from medcbir.engine.dicom_kos import write_search_kos
 
         written = write_search_kos(engine, images, results, dicom_out, other_patients=kos_other_patients)
         click.echo(f"wrote {len(written)} Key Object Selection document(s) to {dicom_out}", err=True)
     if as_json:
-        payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(images, results)]
+        payload = [{"query": query_name(q, redact),
+                    "neighbours": [{**neighbour_json(n, redact), "percentile": percentile(engine, n.score)} for n in hits],
+                    **({} if hits else {"message": NOTHING_SIMILAR})} for q, hits in zip(images, results)]
         click.echo(json.dumps(payload, indent=2))
         return
     for q, hits in zip(images, results):
         limit = f", at most {per_series} per series" if per_series else ""
         click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude}{limit})")
+        if not hits and thresholds != (None, None):
+            click.echo(f"{NOTHING_SIMILAR} (below --min-score/--min-percentile)\n")
+            continue
         rows = [
-            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
+            [n.rank, f"{n.score:.4f}", _pct(percentile(engine, n.score)), n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
             for n in hits
         ]
-        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", "series", "modality", *([] if redact else ["source"])]))
+        click.echo(_table(rows, ["rank", "score", "pct", "sop_instance_uid", "frame", "series", "modality", *([] if redact else ["source"])]))
         click.echo("")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _fmt(value) -> str:

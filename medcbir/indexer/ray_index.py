@@ -25,6 +25,7 @@ orphans and the re-run skips every committed source.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 import warnings
@@ -163,7 +164,14 @@ def connect(address: Any = None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    # Ray's own INFO lines and its workers' output only with --verbose (MEDCBIR_VERBOSE=1):
+    # every other command prints its result and nothing else.
+    verbose = os.environ.get("MEDCBIR_VERBOSE") == "1"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name in ("ray", "ray.data", "ray._private", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    kwargs = {"include_dashboard": False, "logging_level": logging.INFO if verbose else logging.ERROR,
+              "log_to_driver": verbose}
     if address in (None, True, "local", ""):
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     else:

@@ -540,8 +540,29 @@ class IndexWriter:
                     # An empty index is still an index; a root recorded plain gets sealed.
                     self._commit_manifest(dict(self.manifest), train=False)
                 self._remeasure_if_grown()
+                self.sample_similarity()
         finally:
             self._open = False
+
+    def sample_similarity(self, force: bool = False, lock: bool = False) -> bool:
+        """Draw the archive's query–neighbour similarity sample into the manifest when due
+        (:mod:`medcbir.indexer.similarity`); ``lock``: take the writer lock and adopt the newest
+        manifest first (else the caller holds the lock). True if it was drawn."""
+        from medcbir.indexer import similarity
+
+        if lock:
+            if not (force or similarity.due(self.manifest)):
+                return False
+            with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
+                self._refresh()
+                return self.sample_similarity(force=force)
+        if not (force or similarity.due(self.manifest)) or not self.manifest.get("shards"):
+            return False
+        record = similarity.sample_committed(self.index_dir, self.manifest)
+        if record is None:
+            return False
+        self.manifest = commit_manifest(self.index_dir, {**self.manifest, "similarity": record})
+        return True
 
     def _remeasure_if_grown(self) -> None:
         """Re-measure recall (and re-pick the trained spec's search parameters) on the whole
