@@ -82,6 +82,9 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 
         result.query_label = query_name(query, True)
     payload = result.to_dict()
+    from medcbir.explain.status import CAVEAT, method_status
+
+    payload.update(status=method_status(index, method), caveat=CAVEAT)
     if dicom_out is not None:
         from medcbir.explain.dicom_maps import write_explanation
 
@@ -91,7 +94,10 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
     if report is not None:
         from medcbir.engine.report import render_report
 
-        html_path, png_path = render_report(report, result.panel(), scale=heatmap_scale)
+        from medcbir.explain.native import native_panel
+
+        source = query if Path(str(query)).is_file() else None
+        html_path, png_path = render_report(report, native_panel(result, engine, query_source=source), scale=heatmap_scale)
         payload["report"] = {"html": str(html_path), "png": str(png_path)}
     if as_json:
         click.echo(json.dumps(_clean(payload), indent=2))
@@ -100,6 +106,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
     click.echo(f"query: {result.query_label}  method={method}{used}  explained {len(result.heatmaps) + (len(result.pairwise) if result.pairwise is not None else 0)} images in {result.seconds:.2f} s")
     for nb in result.neighbours:
         click.echo(f"  #{nb.rank}  score={nb.score:.4f}  sop={nb.meta.get('sop_instance_uid', '')}  frame={nb.meta.get('frame', 0)}")
+    click.echo(f"{payload['status']['text']}. {CAVEAT}")
     if report is not None:
         click.echo(f"report: {payload['report']['html']}  (panel {payload['report']['png']})")
 

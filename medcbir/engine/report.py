@@ -78,10 +78,13 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _overlay(image: np.ndarray, scaled: np.ndarray, cmap: str) -> np.ndarray:
-    """The image in gray with the already normalised heatmap (values in [0, 1]) blended over it."""
+    """The image in gray with the already normalised heatmap (values in [0, 1]) blended over it,
+    more opaque where the map is higher: the lowest values (and the parts of the frame the
+    encoder never saw) leave the image as it is, so no crop box shows."""
     colour = _cmap(cmap)(np.clip(scaled, 0, 1))[..., :3]
     base = _gray(image).astype(np.float64) / 255
-    return (255 * ((1 - OVERLAY_ALPHA) * base + OVERLAY_ALPHA * colour)).round().astype(np.uint8)
+    alpha = (OVERLAY_ALPHA * np.clip(scaled, 0, 1))[..., None]
+    return (255 * ((1 - alpha) * base + alpha * colour)).round().astype(np.uint8)
 
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
@@ -262,7 +265,7 @@ def render_png(path_png: str | Path, panel: dict, cmap: str = "jet", scale: str 
         ax.axis("off")
         ax = fig.add_subplot(grid[1, j])
         ax.imshow(it["image"], cmap="gray", vmin=0, vmax=1)
-        mappable = ax.imshow(scaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
+        mappable = ax.imshow(scaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA * np.clip(scaled[j], 0, 1))
         ax.set_title(f"raw {raw[j][0]:.5g}–{raw[j][1]:.5g}", fontsize=6)
         ax.axis("off")
     bar = fig.colorbar(mappable, cax=fig.add_subplot(grid[1, n]))
@@ -272,7 +275,7 @@ def render_png(path_png: str | Path, panel: dict, cmap: str = "jet", scale: str 
         for j, p in enumerate(pairwise):
             ax = fig.add_subplot(grid[2, j + 1])
             ax.imshow(p["image"], cmap="gray", vmin=0, vmax=1)
-            pm = ax.imshow(pscaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
+            pm = ax.imshow(pscaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA * np.clip(pscaled[j], 0, 1))
             ax.set_title(f"{p.get('label', '')}\nraw {praw[j][0]:.5g}–{praw[j][1]:.5g}", fontsize=6)
             ax.axis("off")
         fig.colorbar(pm, cax=fig.add_subplot(grid[2, n]))

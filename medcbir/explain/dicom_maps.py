@@ -31,7 +31,7 @@ import numpy as np
 from medcbir.errors import DecodeError
 from medcbir.imaging.derived import MANUFACTURER, MODEL_NAME, NOT_FOR_DIAGNOSIS, mark, read_header, software_version
 
-OVERLAY_ALPHA = 0.45
+OVERLAY_ALPHA = 0.6
 CMAP = "jet"
 SC_SERIES_NUMBER = 9902
 PM_SERIES_NUMBER = 9903
@@ -80,10 +80,11 @@ def whole_frame(heat: np.ndarray, seen: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay_rgb(item, heat: np.ndarray, caption: str = "") -> np.ndarray:
+def overlay_rgb(item, heat: np.ndarray, caption: str = "", short: str = "NOT FOR DIAGNOSIS") -> np.ndarray:
     """rows×cols×3 uint8: ``item`` at its stored resolution in its reading window with ``heat``'s
     colour map blended in over the whole frame (opacity growing with the importance, between
-    its 1st and 99th percentiles), and ``caption`` burned in at the bottom."""
+    its 1st and 99th percentiles), and ``caption`` burned in at the bottom (``short`` instead
+    when the image is too small for the caption in two lines)."""
     import matplotlib
 
     from medcbir.imaging.reading_window import windowed
@@ -92,26 +93,32 @@ def overlay_rgb(item, heat: np.ndarray, caption: str = "") -> np.ndarray:
     hlo, hhi = np.percentile(heat, [1, 99]) if heat.size else (0.0, 1.0)
     scaled = np.clip((heat - hlo) / max(float(hhi - hlo), 1e-12), 0, 1)
     colour = matplotlib.colormaps[CMAP](scaled)[..., :3]
-    alpha = (OVERLAY_ALPHA * (0.25 + 0.75 * scaled))[..., None]
+    alpha = (OVERLAY_ALPHA * scaled)[..., None]  # the lowest importance leaves the image as it is
     rgb = grey[..., None] * (1 - alpha) + colour * alpha
     out = (rgb * 255).round().astype(np.uint8)
-    return burn_caption(out, caption) if caption else out
+    return burn_caption(out, caption, short) if caption else out
 
 
-def burn_caption(rgb: np.ndarray, caption: str) -> np.ndarray:
-    """``caption`` written in white on a dark band at the bottom of ``rgb`` (wrapped to its width)."""
+def burn_caption(rgb: np.ndarray, caption: str, short: str = "NOT FOR DIAGNOSIS") -> np.ndarray:
+    """``caption`` written in white on a dark band at the bottom of ``rgb`` (wrapped to its width,
+    at most two lines; ``short`` when the caption needs more), so the band covers little of it."""
     import textwrap
 
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = rgb.shape[:2]
-    size = max(8, min(16, w // 40))
+    size = max(6, min(14, h // 24, w // 24))
     try:
         font = ImageFont.load_default(size=size)
     except TypeError:  # an old Pillow: the fixed bitmap font
         font = ImageFont.load_default()
-    per_line = max(8, int(w / (0.6 * size)))
-    lines = textwrap.wrap(caption, per_line)[:4]
+    per_line = max(8, int(w / (0.55 * size)))
+    most = 1 if h < 160 else 2
+    lines = textwrap.wrap(caption, per_line)
+    if len(lines) > most:
+        lines = textwrap.wrap(short, per_line)
+    if len(lines) > most:
+        lines = textwrap.wrap("NOT FOR DIAGNOSIS", per_line)[:most]
     band = (size + 2) * len(lines) + 4
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
@@ -236,7 +243,8 @@ def explanation_objects(explanation, query_source: Path, preprocessing, key: byt
         pm_series = series.setdefault((study, "PM"), hd.UID())
         shown = whole_frame(heat, seen_region(item, preprocessing))
         line = caption or f"{display_name(explanation.method)} heatmap. {CAVEAT}"
-        out.overlays.append(secondary_capture(header, frame, overlay_rgb(item, shown, line), explanation.method, sc_series, i + 1))
+        short = f"{display_name(explanation.method)} - NOT FOR DIAGNOSIS"
+        out.overlays.append(secondary_capture(header, frame, overlay_rgb(item, shown, line, short), explanation.method, sc_series, i + 1))
         out.maps.append(parametric_map(header, heat, explanation.method, pm_series, i + 1))
     return out
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from medcbir.engine import reading
 from medcbir.explain.dicom_maps import _frame_item, heatmap_on_source, seen_region, whole_frame
-from medcbir.explain.status import CAVEAT, method_status
+from medcbir.explain.status import CAVEAT, display_name, method_status
 from medcbir.imaging.reading_window import windowed
 
 
@@ -31,6 +31,8 @@ def native_panel(explanation, engine, query_source=None, title: str | None = Non
         title: the panel's title.
     """
     panel = explanation.panel(title)
+    if title is None:
+        panel["title"] = panel["title"].replace(explanation.method, display_name(explanation.method), 1)
     status = method_status(_index_dir(engine), explanation.method)
     panel["status"] = status
     panel["caveat"] = CAVEAT
@@ -38,8 +40,13 @@ def native_panel(explanation, engine, query_source=None, title: str | None = Non
     prep = engine.encoder.preprocessing
     key = engine.pseudonym_key
     query_meta = dict(explanation.query_meta or {})
-    if query_source is None and query_meta.get("source"):
-        query_source = query_meta["source"]
+    if query_source is None and query_meta.get("sop_instance_uid"):
+        try:
+            [own] = engine.lookup.find([query_meta["sop_instance_uid"]], [int(query_meta.get("frame", 0) or 0)])
+            if own >= 0:
+                query_source = engine.meta([int(own)])[0].get("source")
+        except Exception:  # noqa: BLE001 - the model input stays shown
+            query_source = None
     sources = [(query_source, 0, query_meta, None)] + [
         (nb.meta.get("source"), int(nb.meta.get("frame", 0) or 0), dict(nb.meta), nb.score) for nb in explanation.neighbours]
     query_native = None

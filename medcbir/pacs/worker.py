@@ -436,20 +436,12 @@ class Worker:
 
     def explain_methods(self) -> list[str]:
         """The methods explanations can run with: RELAX and occlusion always, the gradient methods
-        when the explanation encoder (``ExplainEncoder``, else ``Encoder``) is a torch module."""
+        when the explanation encoder (``ExplainEncoder``, else ``Encoder``) is a torch module
+        (judged from how it is named: no model is loaded for a status answer)."""
         from medcbir.explain.status import offered_methods
 
         if self._explain_kind is None:
-            source = self.settings.explain_encoder or self.settings.encoder
-            encoder = getattr(self.writer, "encoder", None) if not self.settings.explain_encoder else None
-            if encoder is None:
-                try:
-                    from medcbir.encoders.runtime import open_encoder
-
-                    encoder = open_encoder(source)
-                except Exception:  # noqa: BLE001 - the explanation process will say why
-                    return ["relax", "occlusion"]
-            self._explain_kind = str(getattr(encoder, "kind", "onnx"))
+            self._explain_kind = encoder_kind(self.settings.explain_encoder or self.settings.encoder)
         return offered_methods(self._explain_kind)
 
     def op_render(self, request: dict, deadline: Deadline | None = None) -> dict:
@@ -734,6 +726,20 @@ class Worker:
             pass
         finally:
             conn.close()
+
+
+def encoder_kind(source: str) -> str:
+    """``"onnx"`` for an ONNX model (a ``.onnx`` file, or a spec of kind onnx), else ``"torch"``
+    (checkpoints, built-in names, Hugging Face folders, torch and TorchScript specs)."""
+    text = str(source)
+    if text.lower().endswith(".onnx"):
+        return "onnx"
+    if text.lower().endswith(".json"):
+        try:
+            return "onnx" if json.loads(Path(text).read_text()).get("kind") == "onnx" else "torch"
+        except (OSError, ValueError, AttributeError):
+            return "torch"
+    return "torch"
 
 
 def _watch_parent(worker: Worker, parent: int) -> None:
