@@ -47,7 +47,7 @@ def _clean(value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="RELAX masked images per forward  [default: the measured best]")
 @click.option("--seed", default=0, show_default=True, help="RELAX / SmoothGrad seed.")
 @click.option("--pairwise", is_flag=True, help="Also explain the query w.r.t. each neighbour's embedding.")
-@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop neighbours of the query's patient or study.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop neighbours of the query's patient, study or series.")
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

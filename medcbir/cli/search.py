@@ -103,7 +103,7 @@ def _fmt_z(value) -> str:
 @click.argument("queries", nargs=-1)
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours (or cases) per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per query.")
-@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop items of the query's patient or study.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop items of the query's patient, study or series.")
 @click.option("--modality", multiple=True, help="Only items of this modality (repeatable).")
 @click.option("--body-part", multiple=True, help="Only items with this BodyPartExamined (repeatable).")
 @click.option("--series", multiple=True, help="Only items of this SeriesInstanceUID (repeatable).")

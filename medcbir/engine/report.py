@@ -50,6 +50,9 @@ SHOWN = (
     ("instance_number", "instance"),
 )
 OVERLAY_ALPHA = 0.5
+#: share of OVERLAY_ALPHA at the bottom of the colour map: low importance (and the parts of the
+#: frame the encoder never saw) stay readable, and the whole colour range still shows
+ALPHA_FLOOR = 0.2
 #: displayed width of each image in the HTML report, in CSS pixels (the image itself keeps its
 #: stored resolution: a click opens it full size)
 CELL = 256
@@ -83,8 +86,14 @@ def _overlay(image: np.ndarray, scaled: np.ndarray, cmap: str) -> np.ndarray:
     encoder never saw) leave the image as it is, so no crop box shows."""
     colour = _cmap(cmap)(np.clip(scaled, 0, 1))[..., :3]
     base = _gray(image).astype(np.float64) / 255
-    alpha = (OVERLAY_ALPHA * np.clip(scaled, 0, 1))[..., None]
+    alpha = overlay_alpha(scaled)[..., None]
     return (255 * ((1 - alpha) * base + alpha * colour)).round().astype(np.uint8)
+
+
+def overlay_alpha(scaled: np.ndarray) -> np.ndarray:
+    """Opacity of the colour map over the image for normalised heatmap values in [0, 1]: from
+    ``ALPHA_FLOOR`` × ``OVERLAY_ALPHA`` at the bottom of the colour map to ``OVERLAY_ALPHA`` at its top."""
+    return OVERLAY_ALPHA * (ALPHA_FLOOR + (1 - ALPHA_FLOOR) * np.clip(np.asarray(scaled, dtype=np.float64), 0, 1))
 
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
@@ -265,7 +274,7 @@ def render_png(path_png: str | Path, panel: dict, cmap: str = "jet", scale: str 
         ax.axis("off")
         ax = fig.add_subplot(grid[1, j])
         ax.imshow(it["image"], cmap="gray", vmin=0, vmax=1)
-        mappable = ax.imshow(scaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA * np.clip(scaled[j], 0, 1))
+        mappable = ax.imshow(scaled[j], cmap=cmap, vmin=0, vmax=1, alpha=overlay_alpha(scaled[j]))
         ax.set_title(f"raw {raw[j][0]:.5g}–{raw[j][1]:.5g}", fontsize=6)
         ax.axis("off")
     bar = fig.colorbar(mappable, cax=fig.add_subplot(grid[1, n]))
@@ -275,7 +284,7 @@ def render_png(path_png: str | Path, panel: dict, cmap: str = "jet", scale: str 
         for j, p in enumerate(pairwise):
             ax = fig.add_subplot(grid[2, j + 1])
             ax.imshow(p["image"], cmap="gray", vmin=0, vmax=1)
-            pm = ax.imshow(pscaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA * np.clip(pscaled[j], 0, 1))
+            pm = ax.imshow(pscaled[j], cmap=cmap, vmin=0, vmax=1, alpha=overlay_alpha(pscaled[j]))
             ax.set_title(f"{p.get('label', '')}\nraw {praw[j][0]:.5g}–{praw[j][1]:.5g}", fontsize=6)
             ax.axis("off")
         fig.colorbar(pm, cax=fig.add_subplot(grid[2, n]))

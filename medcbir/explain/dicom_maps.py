@@ -31,7 +31,7 @@ import numpy as np
 from medcbir.errors import DecodeError
 from medcbir.imaging.derived import MANUFACTURER, MODEL_NAME, NOT_FOR_DIAGNOSIS, mark, read_header, software_version
 
-OVERLAY_ALPHA = 0.6
+OVERLAY_ALPHA = 0.55
 CMAP = "jet"
 SC_SERIES_NUMBER = 9902
 PM_SERIES_NUMBER = 9903
@@ -93,7 +93,7 @@ def overlay_rgb(item, heat: np.ndarray, caption: str = "", short: str = "NOT FOR
     hlo, hhi = np.percentile(heat, [1, 99]) if heat.size else (0.0, 1.0)
     scaled = np.clip((heat - hlo) / max(float(hhi - hlo), 1e-12), 0, 1)
     colour = matplotlib.colormaps[CMAP](scaled)[..., :3]
-    alpha = (OVERLAY_ALPHA * scaled)[..., None]  # the lowest importance leaves the image as it is
+    alpha = (OVERLAY_ALPHA * (0.2 + 0.8 * scaled))[..., None]  # more opaque where the importance is higher
     rgb = grey[..., None] * (1 - alpha) + colour * alpha
     out = (rgb * 255).round().astype(np.uint8)
     return burn_caption(out, caption, short) if caption else out
