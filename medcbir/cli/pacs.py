@@ -68,9 +68,10 @@ def orthanc_config(out: Path, index: Path, encoder: str, http_port: int, dicom_p
     else:
         known = ", ".join(f"{m['AET']}@{m['Host']}" for m in config["DicomModalities"].values()) or "none yet (add --modality)"
         click.echo(f"C-STORE: accepted only from {known}, called AE title {config['DicomAet']}")
-    remote = "from any host (user and password required)" if config["RemoteAccessAllowed"] else "from loopback only (RemoteAccessAllowed false)"
+    remote = ("any host (user and password required)" if config["RemoteAccessAllowed"]
+              else "loopback clients only, others get 401 (RemoteAccessAllowed false)")
     click.echo(f"Orthanc binds 0.0.0.0 on HTTP port {config['HttpPort']} and DICOM port {config['DicomPort']}: "
-               f"HTTP answers {remote}; DICOM answers any host, C-STORE only the modalities above. "
+               f"HTTP serves {remote}; DICOM answers any host, C-STORE only from the modalities above. "
                "Firewall both ports (README, Security).")
     click.echo("start Orthanc with:")
     click.echo(f"  {binary} {path.resolve()}")
