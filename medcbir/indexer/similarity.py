@@ -67,24 +67,35 @@ def sample_distribution(embeddings: np.ndarray, series: np.ndarray, live: np.nda
             "candidates": int(len(candidates)), "pairs": int(pairs.size)}
 
 
-def sample_committed(index_dir: Path, manifest: dict) -> dict | None:
-    """:func:`sample_distribution` over the committed shards of ``manifest`` (tombstones left out)."""
+def sample_committed(index_dir: Path, manifest: dict, seed: int = 0) -> dict | None:
+    """:func:`sample_distribution` over the shards ``manifest`` lists (tombstones left out): the
+    candidates (all live items up to :data:`MAX_CANDIDATES`, else a uniform sample) are the only
+    embeddings read; queries are drawn among them."""
     from medcbir.indexer.manifest import deleted_ids
     from medcbir.indexer.shard import read_columns, read_embeddings, read_ids
 
-    parts, series, ids = [], [], []
-    for entry in manifest.get("shards", []):
-        path = Path(index_dir) / entry["file"]
-        parts.append(read_embeddings(path))
-        ids.append(read_ids(path))
-        series.append(np.asarray(read_columns(path, ["series_instance_uid"])["series_instance_uid"]))
-    if not parts:
+    shards = manifest.get("shards") or []
+    if not shards:
         return None
-    embeddings = np.concatenate(parts)
-    live = ~np.isin(np.concatenate(ids), deleted_ids(index_dir, manifest, verify=False))
-    record = sample_distribution(embeddings, np.concatenate(series), live)
+    paths = [Path(index_dir) / entry["file"] for entry in shards]
+    per_shard = [read_ids(path) for path in paths]
+    counts = [len(part) for part in per_shard]
+    ids = np.concatenate(per_shard)
+    live = np.flatnonzero(~np.isin(ids, deleted_ids(index_dir, manifest, verify=False)))
+    if len(live) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    rows = live if len(live) <= MAX_CANDIDATES else np.sort(rng.choice(live, MAX_CANDIDATES, replace=False))
+    vectors, series, offset = [], [], 0
+    for path, count in zip(paths, counts):
+        local = rows[(rows >= offset) & (rows < offset + count)] - offset
+        if len(local):
+            vectors.append(np.asarray(read_embeddings(path, local), dtype=np.float32))
+            series.append(np.asarray(read_columns(path, ["series_instance_uid"])["series_instance_uid"])[local])
+        offset += count
+    record = sample_distribution(np.concatenate(vectors), np.concatenate(series), seed=seed)
     if record is not None:
-        record["at_items"] = int(manifest.get("next_id", len(embeddings)))
+        record["at_items"] = int(manifest.get("next_id", len(ids)))
     return record
 
 

@@ -540,29 +540,26 @@ class IndexWriter:
                     # An empty index is still an index; a root recorded plain gets sealed.
                     self._commit_manifest(dict(self.manifest), train=False)
                 self._remeasure_if_grown()
-                self.sample_similarity()
+                if "similarity" not in self.manifest and self.manifest.get("shards"):
+                    # an index from before similarity samples: drawn once, in its own generation
+                    manifest = dict(self.manifest)
+                    if self._sample_similarity(manifest):
+                        self.manifest = commit_manifest(self.index_dir, manifest)
         finally:
             self._open = False
 
-    def sample_similarity(self, force: bool = False, lock: bool = False) -> bool:
-        """Draw the archive's query–neighbour similarity sample into the manifest when due
-        (:mod:`medcbir.indexer.similarity`); ``lock``: take the writer lock and adopt the newest
-        manifest first (else the caller holds the lock). True if it was drawn."""
+    def _sample_similarity(self, manifest: dict) -> bool:
+        """Put the archive's query–neighbour similarity sample (:mod:`medcbir.indexer.similarity`)
+        into ``manifest`` about to be committed, when the index grew enough since the last one;
+        True if it was drawn. Its shards are on disk already, so it goes into the same generation."""
         from medcbir.indexer import similarity
 
-        if lock:
-            if not (force or similarity.due(self.manifest)):
-                return False
-            with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
-                self._refresh()
-                return self.sample_similarity(force=force)
-        if not (force or similarity.due(self.manifest)) or not self.manifest.get("shards"):
+        if not similarity.due(manifest) or not manifest.get("shards"):
             return False
-        record = similarity.sample_committed(self.index_dir, self.manifest)
-        if record is None:
-            return False
-        self.manifest = commit_manifest(self.index_dir, {**self.manifest, "similarity": record})
-        return True
+        record = similarity.sample_committed(self.index_dir, manifest)
+        if record is not None:
+            manifest["similarity"] = record
+        return record is not None
 
     def _remeasure_if_grown(self) -> None:
         """Re-measure recall (and re-pick the trained spec's search parameters) on the whole
@@ -671,6 +668,7 @@ class IndexWriter:
         if train:
             self._train(manifest)
         self._seal_root(manifest)
+        self._sample_similarity(manifest)
         self.manifest = commit_manifest(self.index_dir, manifest)
 
     def _train(self, manifest: dict) -> None:

@@ -320,8 +320,6 @@ class Worker:
         self.queue.done(instances)
         self.indexed += len(instances)
         self.items += len(decoded)
-        with self._writer_lock:
-            self.writer.sample_similarity(lock=True)  # the percentiles' distribution, when the index grew
         self.maintenance.poke()  # compaction / retraining when due, on its own thread
 
     def wait_for_orthanc(self, timeout: float = 120.0) -> None:
