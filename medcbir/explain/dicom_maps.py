@@ -142,8 +142,10 @@ def _source_image_sequence(header, frame: int, purpose: str):
     return [ref]
 
 
-def secondary_capture(header, frame: int, rgb: np.ndarray, method: str, series_uid: str, instance_number: int):
-    """The overlay as a highdicom Secondary Capture in ``header``'s patient/study."""
+def secondary_capture(header, frame: int, rgb: np.ndarray, method: str, series_uid: str, instance_number: int,
+                      status: str = ""):
+    """The overlay as a highdicom Secondary Capture in ``header``'s patient/study (``status``: the
+    method's measured status, kept in its Image Comments)."""
     import highdicom as hd
 
     spacing = header.get("PixelSpacing")
@@ -159,7 +161,7 @@ def secondary_capture(header, frame: int, rgb: np.ndarray, method: str, series_u
     sc.RecognizableVisualFeatures = "YES"
     sc.SourceImageSequence = _source_image_sequence(header, frame, "source")
     sc.DerivationDescription = f"{method} explanation heatmap (medcbir) burned into the source image; {NOT_FOR_DIAGNOSIS}"
-    sc.ImageComments = f"{method} heatmap overlay, {NOT_FOR_DIAGNOSIS}"
+    sc.ImageComments = f"{method} heatmap overlay, {NOT_FOR_DIAGNOSIS}" + (f". {status}" if status else "")
     sc.ConversionType = "WSD"
     sc.Laterality = header.get("Laterality", "")  # type 2C in General Series: empty when unknown
     mark(sc, f"medcbir {method} overlay - NOT FOR DIAGNOSIS")
@@ -244,7 +246,8 @@ def explanation_objects(explanation, query_source: Path, preprocessing, key: byt
         shown = whole_frame(heat, seen_region(item, preprocessing))
         line = caption or f"{display_name(explanation.method)} heatmap. {CAVEAT}"
         short = f"{display_name(explanation.method)} - NOT FOR DIAGNOSIS"
-        out.overlays.append(secondary_capture(header, frame, overlay_rgb(item, shown, line, short), explanation.method, sc_series, i + 1))
+        out.overlays.append(secondary_capture(header, frame, overlay_rgb(item, shown, line, short), explanation.method, sc_series, i + 1,
+                                              status=caption))
         out.maps.append(parametric_map(header, heat, explanation.method, pm_series, i + 1))
     return out
 
