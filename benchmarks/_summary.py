@@ -163,6 +163,30 @@ def _lesion_kinds(r: dict) -> Line:
                 "ran")
 
 
+@summary("roi")
+def _roi(r: dict) -> Line:
+    g, runs = r["goals"], r["runs"]
+    region = sum(x["region"]["map_at_k"] for x in runs) / len(runs)
+    whole = {e: sum(x["whole_slice"][e]["map_at_k"] for x in runs) / len(runs) for e in ("default", "trained")}
+    crops = {n: sum(x["crop_baselines"][n]["map_at_k"] for x in runs) / len(runs) for n in runs[0]["crop_baselines"]}
+    ours = f"region MAP@5 {region:.3f} (gain {g['whole_default']['mean']:+.3f} / {g['whole_trained']['mean']:+.3f} over whole slice, " \
+           f"{g['best_crop']['mean']:+.3f} over the best crop)"
+    missed = [f"gain over whole slice short by {g['whole_default']['goal'] - min(g['whole_default']['per_seed'] + g['whole_trained']['per_seed']):.3f}"
+              ] if not (g["whole_default"]["met"] and g["whole_trained"]["met"]) else []
+    if not g["best_crop"]["met"]:
+        missed.append(f"over crops short by {g['best_crop']['goal'] - min(g['best_crop']['per_seed']):.3f}")
+    if "bytes" in g:
+        ours += f"; regions {g['bytes']['ratio']:.2f}× slice bytes, p50 {g['latency']['ratio']:.2f}× a slice query at {r['scale']['items']:,}"
+        if not g["bytes"]["met"]:
+            missed.append(f"bytes {g['bytes']['ratio']:.2f}× > {g['bytes']['goal']:g}×")
+        if not g["latency"]["met"]:
+            missed.append(f"p50 {g['latency']['ratio']:.2f}× > {g['latency']['goal']:g}×")
+    peer = f"whole slice {whole['default']:.3f} (default) / {whole['trained']:.3f} (trained); crops " + \
+           ", ".join(f"{n} {v:.3f}" for n, v in crops.items())
+    return Line("region MAP@5 ≥ whole slice + 0.25 and ≥ best crop + 0.10 (every seed); region bytes ≤ 4×, p50 ≤ 2× slice at 100k",
+                ours, peer, verdict(not missed, "; ".join(missed)))
+
+
 @summary("roi_explain")
 def _roi_explain(r: dict) -> Line:
     s = r["summary"]

@@ -49,10 +49,11 @@ def _kwargs(value: str | None) -> dict | None:
 @click.option("--prefix-tokens", type=int, default=None, help="prefix_tokens: " + FIELDS["prefix_tokens"])
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The spec file to write (JSON; paths in it relative to its folder). Sidecar: name it MODEL.onnx.json beside MODEL.onnx.")
+@click.option("--json", "as_json", is_flag=True, help="Print the spec written (and the checked encoder) as JSON.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Open the encoder once (one forward of a small batch) and print its dimension, fingerprint and feature layer.")
 def encoder_spec(kind, model, hf_class, kwargs, weights, size, channels, mean, std, windows, crop, fov_mm, output, feature_layer,
-                 prefix_tokens, out, check) -> None:
+                 prefix_tokens, out, check, as_json=False) -> None:
     """Write an encoder spec (--out) for your own model; then use it as --encoder everywhere.
 
     \b
@@ -94,17 +95,23 @@ def encoder_spec(kind, model, hf_class, kwargs, weights, size, channels, mean, s
     out = out.expanduser().absolute()
     spec = with_model_defaults(data, Path.cwd(), str(out))  # paths as given, relative to here
     record = spec_file_record(spec, out.parent)
+    checked = None
     if check:
         from medcbir.encoders.runtime import open_encoder
 
         encoder = open_encoder(spec)
         layer = getattr(getattr(encoder, "module", None), "backbone", None)
         layer_name = getattr(layer, "layer_name", None)
-        click.echo(f"encoder {encoder.fingerprint[:12]}: {spec.describe()}, {encoder.dim}-d, input {spec.preprocessing().describe()}"
-                   + (f", feature layer {layer_name}" if layer_name else ""))
+        checked = {"fingerprint": encoder.fingerprint, "dim": encoder.dim, "input": spec.preprocessing().describe(), "feature_layer": layer_name}
+        if not as_json:
+            click.echo(f"encoder {encoder.fingerprint[:12]}: {spec.describe()}, {encoder.dim}-d, input {spec.preprocessing().describe()}"
+                       + (f", feature layer {layer_name}" if layer_name else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     from medcbir.fsutil import atomic_path
 
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps({"spec": str(out), "record": record, "encoder": checked}, default=str))
+        return
     click.echo(f"wrote {out}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
+EXCLUDE_CHOICES = ("none", "same-patient", "same-study", "same-series")
 
 
 def _method_names() -> list[str]:
@@ -48,7 +48,7 @@ def _clean(value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="RELAX masked images per forward  [default: the measured best]")
 @click.option("--seed", default=0, show_default=True, help="RELAX / SmoothGrad seed.")
 @click.option("--pairwise", is_flag=True, help="Also explain the query w.r.t. each neighbour's embedding.")
-@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop neighbours of the query's patient or study.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop neighbours of the query's patient, study or series.")
 @click.option("--encoder", default=None, help="Encoder with the index's fingerprint (a checkpoint for gradient methods on an ONNX index).")
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the HTML report (and a PNG next to it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -105,6 +105,9 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 
         result.query_label = query_name(query, True)
     payload = result.to_dict()
+    from medcbir.explain.status import CAVEAT, method_status
+
+    payload.update(status=method_status(index, method), caveat=CAVEAT)
     if dicom_out is not None:
         from medcbir.explain.dicom_maps import write_explanation
 
@@ -114,7 +117,10 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
     if report is not None:
         from medcbir.engine.report import render_report
 
-        html_path, png_path = render_report(report, result.panel(), scale=heatmap_scale)
+        from medcbir.explain.native import native_panel
+
+        source = query if Path(str(query)).is_file() else None
+        html_path, png_path = render_report(report, native_panel(result, engine, query_source=source), scale=heatmap_scale)
         payload["report"] = {"html": str(html_path), "png": str(png_path)}
     if as_json:
         click.echo(json.dumps(_clean(payload), indent=2))
@@ -123,6 +129,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
     click.echo(f"query: {result.query_label}  method={method}{used}  explained {len(result.heatmaps) + (len(result.pairwise) if result.pairwise is not None else 0)} images in {result.seconds:.2f} s")
     for nb in result.neighbours:
         click.echo(f"  #{nb.rank}  score={nb.score:.4f}  sop={nb.meta.get('sop_instance_uid', '')}  frame={nb.meta.get('frame', 0)}")
+    click.echo(f"{payload['status']['text']}. {CAVEAT}")
     if report is not None:
         click.echo(f"report: {payload['report']['html']}  (panel {payload['report']['png']})")
 
@@ -198,26 +205,29 @@ def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_m
 @click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="same-patient", show_default=True, help="--targets query: which neighbours may be paired with a query.")
 @click.option("--sanity", is_flag=True, help="Also run the randomisation sanity checks (Adebayo et al. 2018).")
 @click.option("--sanity-steps", type=click.IntRange(min=0), default=30, show_default=True, help="--sanity: training steps of the noise-trained encoder (0 skips data randomisation).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the scores as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON (instead of the table).")
+@click.option("--json-out", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the scores as JSON to this file.")
 @click.option("--wildcat-class", default=None, help="wildcat: map this class (name or index) [default: the class predicted for the target].")
 @click.option("--roi-boxes", type=click.Path(dir_okay=False), default=None,
               help="Score region-match explanations instead: a CSV (sop_instance_uid,frame,x,y,w,h[,label], as phantom v3's lesion-boxes.csv) "
                    "whose rows are region queries; maps are scored on the lesions (masks.h5 lesion-id) their neighbours' matched regions hold.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="--roi-boxes: neighbours explained per box query.")
 def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, seed, encoder, targets, pairwise, exclude, sanity, sanity_steps, json_out,
-                 wildcat_class, roi_boxes=None, k=5):
+                 wildcat_class, as_json=False, roi_boxes=None, k=5):
     """Score explanation METHODS on INDEX's images against their ORGAN masks, beside trivial maps (table + JSON).
 
     Each method is reported with its margin over the best trivial map (noise, centre, intensity,
     edges); metrics that cannot rank maps for the chosen targets are shown as n/a with the reason.
-    With --roi-boxes, region-match explanations (relax, occlusion) are scored on the lesions held by
-    each neighbour's matched region, beside trivial maps over the same neighbourhood.
+    The result is also kept in INDEX (explain-eval.json): reports and the viewer state each
+    method's measured status from it. With --roi-boxes, region-match explanations (relax,
+    occlusion) are scored on the lesions held by each neighbour's matched region, beside trivial
+    maps over the same neighbourhood.
     """
     from medcbir.errors import ConfigError
     from medcbir.explain.evaluation import evaluate_methods, format_table
 
     if roi_boxes is not None:
-        _explain_eval_regions(index, roi_boxes, masks_file, methods or "relax,occlusion", n, k, exclude, n_masks, seed, encoder, json_out)
+        _explain_eval_regions(index, roi_boxes, masks_file, methods or "relax,occlusion", n, k, exclude, n_masks, seed, encoder, json_out, as_json)
         return
     names = [m.strip() for m in (methods or "relax,gradcam").split(",") if m.strip()]
     if not names:
@@ -232,10 +242,17 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
         options={"wildcat": {"classes": wildcat_class}} if wildcat_class is not None else None,
         progress=lambda m: click.echo(f"scoring {m} ...", err=True),
     )
-    click.echo(format_table(result))
+    from medcbir.explain.status import save_evaluation
+
+    save_evaluation(index, _clean(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(_clean(result), indent=2))
+        return
+    click.echo(format_table(result))
+    if json_out is not None:
         click.echo(f"scores: {json_out}")
 
 
@@ -243,7 +260,7 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
 NOT_FOR_REGION_EVAL = ("organ", "labels", "angles", "targets", "pairwise", "sanity", "sanity_steps", "wildcat_class")
 
 
-def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, n_masks, seed, encoder, json_out) -> None:
+def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, n_masks, seed, encoder, json_out, as_json=False) -> None:
     """`explain-eval --roi-boxes`: region-match maps scored on lesion masks beside trivial region maps."""
     from click.core import ParameterSource
 
@@ -264,8 +281,12 @@ def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, 
             engine, roi_boxes, masks_file, names, n=n, k=k, exclude=exclude, n_masks=n_masks if masks_given else None, seed=seed,
             progress=lambda m: click.echo(m, err=True),
         )
-    click.echo(format_region_table(result))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(_clean(result), indent=2))
+        return
+    click.echo(format_region_table(result))
+    if json_out is not None:
         click.echo(f"scores: {json_out}")

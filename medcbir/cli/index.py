@@ -104,7 +104,8 @@ def index(archive, encoder, out, shard_size, index_spec, target_recall, workers,
 @click.option("--series", multiple=True, metavar="UID", help="SeriesInstanceUID to tombstone (repeatable).")
 @click.option("--study", multiple=True, metavar="UID", help="StudyInstanceUID to tombstone (repeatable).")
 @click.option("--sop", multiple=True, metavar="UID", help="SOPInstanceUID to tombstone (repeatable).")
-def delete(index_dir, series, study, sop) -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"tombstoned": N}.')
+def delete(index_dir, series, study, sop, as_json=False) -> None:
     """Tombstone series, studies or instances in INDEX (search skips them; `compact` removes them)."""
     from medcbir.errors import ConfigError
     from medcbir.indexer import delete as delete_items
@@ -112,17 +113,21 @@ def delete(index_dir, series, study, sop) -> None:
     if not (series or study or sop):
         raise ConfigError("give at least one --series, --study or --sop")
     n = delete_items(index_dir, series=series, study=study, sop=sop)
-    click.echo(f"tombstoned {n} item(s)")
+    click.echo(json.dumps({"tombstoned": n}) if as_json else f"tombstoned {n} item(s)")
 
 
 @click.command("compact")
 @click.argument("index_dir", metavar="INDEX")
 @click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Items per full shard (default: the index's).")
-def compact(index_dir, shard_size) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def compact(index_dir, shard_size, as_json=False) -> None:
     """Merge INDEX's small shards and drop tombstoned items (online: writers and readers go on)."""
     from medcbir.indexer import compact as compact_index
 
     result = compact_index(index_dir, shard_size=shard_size)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+        return
     if result.get("skipped"):
         click.echo(f"skipped: {result['skipped']}; run it again")
         return
@@ -134,11 +139,25 @@ def compact(index_dir, shard_size) -> None:
 @click.argument("index_dir", metavar="INDEX")
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Training items (default 100,000).")
 @click.option("--seed", type=int, default=None, help="Sample seed (default: the generation).")
-def retrain(index_dir, sample, seed) -> None:
-    """Train INDEX's IVF/PQ again on a fresh uniform sample of all live items and swap it in."""
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def retrain(index_dir, sample, seed, as_json=False) -> None:
+    """Train INDEX's IVF/PQ again on a fresh uniform sample of all live items and swap it in.
+
+    An exact index (searched by brute force) has nothing to train: that is a no-op, exit 0, so
+    a cron job may run it on every index."""
+    from medcbir.indexer import faiss_index
+    from medcbir.indexer.manifest import read_manifest
     from medcbir.indexer.retrain import retrain as retrain_index
 
+    snapshot = read_manifest(index_dir)
+    if not snapshot.get("trained") or faiss_index.is_flat(snapshot["index_spec"]):
+        message = f"index {index_dir} is exact ({snapshot['index_spec']}): nothing to retrain"
+        click.echo(json.dumps({"retrained": False, "reason": message}) if as_json else message)
+        return
     result = retrain_index(index_dir, sample_size=sample, seed=seed)
+    if as_json:
+        click.echo(json.dumps({"retrained": not result.get("skipped"), **result}, default=str))
+        return
     if result.get("skipped"):
         click.echo(f"skipped: {result['skipped']}; run it again")
         return
@@ -190,7 +209,7 @@ def _region_latency(index_dir) -> dict:
                    "Exit 1 when some are missing or changed.")
 @click.pass_context
 def verify(ctx, index_dir, as_json, repair, sources) -> None:
-    """Recompute every checksum of INDEX and check its consistency; exit 2 if anything is wrong."""
+    """Recompute every checksum of INDEX and check its consistency; exit 1 if anything is wrong."""
     from medcbir.errors import IndexCorrupt
     from medcbir.indexer import verify as verify_index
 
@@ -229,7 +248,7 @@ def verify(ctx, index_dir, as_json, repair, sources) -> None:
         if not as_json:
             for problem in report.problems:
                 click.echo(f"  {problem}")
-        # main() prints it as the one `error: <file>: <problem>` line on stderr, exit 2.
+        # main() prints it as the one `error: <file>: <problem>` line on stderr, exit 1.
         raise IndexCorrupt(report.problems[0])
     if found is not None and not found.ok:
         ctx.exit(1)

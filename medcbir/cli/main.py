@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "explain": "medcbir.cli.explain:explain",
     "explain-eval": "medcbir.cli.explain:explain_eval",
     "orthanc-config": "medcbir.cli.pacs:orthanc_config",
+    "send": "medcbir.cli.send:send",
     "reproduce": "medcbir.cli.reproduce:reproduce",
 }
 
@@ -58,6 +59,7 @@ HELP = {
     "explain": "Search and explain the query and its neighbours; write an HTML report.",
     "explain-eval": "Score explanation methods against organ masks.",
     "orthanc-config": "Write an Orthanc configuration that runs the medcbir plugin.",
+    "send": "C-STORE an archive to a PACS over one association (every transfer syntax present).",
     "reproduce": "Run a seed paper's protocol (train, evaluate, explain) and write its table, figures and README.",
 }
 
@@ -84,11 +86,26 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medcbir")
 @click.option("--debug", is_flag=True, envvar="MEDCBIR_DEBUG", help="Show tracebacks for unexpected errors.")
+@click.option("--verbose", is_flag=True, help="Also show the logs of the libraries underneath (Ray's INFO lines and its workers' output).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """medcbir: content-based retrieval of medical images, with explanations."""
+def cli(ctx: click.Context, debug: bool, verbose: bool = False) -> None:
+    """medcbir: content-based retrieval of medical images, with explanations.
+
+    Exit status: 0 done; 1 the command failed at run time (one line "error: ..." on stderr: a
+    missing index, an undecodable file, a refused association, ...); 2 a usage error (an unknown
+    option, a missing argument, a value out of range); 130 interrupted.
+    """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if verbose:
+        os.environ["MEDCBIR_VERBOSE"] = "1"
+
+
+#: Exit codes: 0 done; 1 the command ran and failed (a missing index, an undecodable query, a
+#: peer that refused, any ``MedcbirError``, and internal errors); 2 the command line itself is
+#: wrong (click's usage errors: an unknown option, a missing argument, a bad value); 130 interrupted.
+RUNTIME_ERROR = 1
+USAGE_ERROR = 2
 
 
 def _one_line(exc: BaseException) -> str:
@@ -113,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
-        return exc.exit_code if exc.exit_code else 2
+        return exc.exit_code if exc.exit_code else USAGE_ERROR
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except MedcbirError as exc:
         if debug:
             raise
         click.echo(f"error: {_one_line(exc)}", err=True)
-        return 2
+        return RUNTIME_ERROR
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence

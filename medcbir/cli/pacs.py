@@ -26,10 +26,15 @@ import click
               help="A DICOM modality allowed to C-STORE into Orthanc (repeatable); no other host or AE title may.")
 @click.option("--allow-any-store", is_flag=True,
               help="Accept C-STORE from any host and AE title (Orthanc's default); every stored image gets indexed.")
+@click.option("--explain-encoder", default=None,
+              help="A torch checkpoint (or spec) with the encoder's fingerprint for the explanations: "
+                   "gradient methods (Grad-CAM, ...) then run when --encoder is its ONNX export. Without it, "
+                   "an ONNX encoder explains with RELAX and occlusion only.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written (path, ports, bindings, allowed modalities) as JSON.")
 @click.option("--plugin-dir", default="/usr/share/orthanc/plugins", show_default=True, help="Folder with libOrthancPython.so.")
 def orthanc_config(out: Path, index: Path, encoder: str, http_port: int, dicom_port: int, storage: Path | None,
                    aet: str, user: str | None, remote: bool, batch_size: int, flush_seconds: float, workers: int,
-                   modalities: tuple[str, ...], allow_any_store: bool, plugin_dir: str) -> None:
+                   modalities: tuple[str, ...], allow_any_store: bool, explain_encoder: str | None, plugin_dir: str, as_json: bool = False) -> None:
     """Write OUT (an Orthanc JSON configuration) that indexes every received image into INDEX.
 
     Start Orthanc with the printed command; then GET /medcbir/status, POST /medcbir/search.
@@ -41,17 +46,32 @@ def orthanc_config(out: Path, index: Path, encoder: str, http_port: int, dicom_p
     config = build_config(index, encoder, http_port=http_port, dicom_port=dicom_port, storage=storage, aet=aet,
                           user=user, remote=remote, plugin_dir=plugin_dir, batch_size=batch_size,
                           flush_seconds=flush_seconds, workers=workers,
-                          modalities=dict(parse_modality(m) for m in modalities), allow_any_store=allow_any_store)
+                          modalities=dict(parse_modality(m) for m in modalities), allow_any_store=allow_any_store,
+                          explain_encoder=explain_encoder)
     path = write_config(out, config)
+    try:
+        binary = orthanc_binary()
+    except Exception:  # noqa: BLE001 - the config is still useful on another host
+        binary = "Orthanc"
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"config": str(path.resolve()), "index": config["Medcbir"]["Index"], "storage": config["StorageDirectory"],
+                               "http_port": config["HttpPort"], "dicom_port": config["DicomPort"], "aet": config["DicomAet"],
+                               "binds": "0.0.0.0", "remote_access_allowed": config["RemoteAccessAllowed"],
+                               "authentication": config["AuthenticationEnabled"],
+                               "modalities": config["DicomModalities"], "command": [binary, str(path.resolve())]}))
+        return
     click.echo(f"wrote {path} (index {config['Medcbir']['Index']}, storage {config['StorageDirectory']})")
     if allow_any_store:
         click.echo("C-STORE: accepted from any host and AE title (--allow-any-store)")
     else:
         known = ", ".join(f"{m['AET']}@{m['Host']}" for m in config["DicomModalities"].values()) or "none yet (add --modality)"
         click.echo(f"C-STORE: accepted only from {known}, called AE title {config['DicomAet']}")
+    remote = ("any host (user and password required)" if config["RemoteAccessAllowed"]
+              else "loopback clients only, others get 401 (RemoteAccessAllowed false)")
+    click.echo(f"Orthanc binds 0.0.0.0 on HTTP port {config['HttpPort']} and DICOM port {config['DicomPort']}: "
+               f"HTTP serves {remote}; DICOM answers any host, C-STORE only from the modalities above. "
+               "Firewall both ports (README, Security).")
     click.echo("start Orthanc with:")
-    try:
-        binary = orthanc_binary()
-    except Exception:  # noqa: BLE001 - the config is still useful on another host
-        binary = "Orthanc"
     click.echo(f"  {binary} {path.resolve()}")

@@ -28,9 +28,11 @@ import click
 @click.option("--override", "overrides", multiple=True, metavar="NAME=JSON",
               help="Force one nuisance for every patient, e.g. --override pixel_spacing=0.9 "
                    "--override 'offset_mm=[20,-10]' --override noise=25 (names: docs/contracts.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--force", is_flag=True, help="Replace the phantom archive already in OUT (its files are removed first; other content is refused).")
 def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_compress: bool, workers: int,
-            studies_per_patient: int, simple: bool, v3: bool, modality: str, overrides: tuple[str, ...], force: bool = False) -> None:
+            studies_per_patient: int, simple: bool, v3: bool, modality: str, overrides: tuple[str, ...], force: bool = False,
+            as_json: bool = False) -> None:
     """Write a synthetic CT archive (real DICOM) with labels.csv, masks.h5 and phantom.json into OUT (new or empty)."""
     from medcbir.imaging.phantom import make_archive
 
@@ -39,6 +41,11 @@ def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_comp
     summary = make_archive(out, patients=patients, slices=slices, seed=seed, size=size, compress=not no_compress,
                            workers=workers, studies_per_patient=studies_per_patient, simple=simple,
                            overrides=_parse_overrides(overrides), modality=modality, version=3 if v3 else 2)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary.to_dict(), default=str))
+        return
     click.echo(f"phantom archive: {summary.out}")
     exams = f" × {summary.studies_per_patient} studies" if summary.studies_per_patient > 1 else ""
     click.echo(f"  {summary.files} slices ({summary.patients} patients{exams} × {summary.slices}, {summary.size} px) "

@@ -22,13 +22,19 @@ PAPER_NAMES = ("wickstrom", "zhang", "saranchuk", "aggarwal", "eskandari")
 @click.option("--slices", type=click.IntRange(min=10), default=None, help="Phantom slices per patient [default: 24].")
 @click.option("--explain-n", type=click.IntRange(min=1), default=None, help="Images / query–neighbour pairs the explanation metrics use [default: 8].")
 @click.option("--seed", type=int, default=None, help="Seed of the phantom, training and explanations [default: 0].")
-def reproduce(paper, archive, out, phantom, test_mode, minutes, epochs, size, patients, slices, explain_n, seed):
+@click.option("--json", "as_json", is_flag=True, help="Print the result (table, files, seconds) as JSON.")
+def reproduce(paper, archive, out, phantom, test_mode, minutes, epochs, size, patients, slices, explain_n, seed, as_json=False):
     """Run PAPER's protocol on ARCHIVE (phantom v2 by default) and write its table, figures and README into --out."""
     from medcbir.reproduce import DEFAULT, TEST, reproduce as run
 
     budget = (TEST if test_mode else DEFAULT).with_(minutes=minutes, epochs=epochs, size=size, patients=patients, slices=slices,
                                                      explain_n=explain_n, seed=seed)
     result = run(paper, archive, out, budget=budget, phantom=phantom, progress=lambda m: click.echo(m, err=True))
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result, default=str))
+        return
     click.echo(result["markdown"])
     click.echo(f"table: {result['table']} (+ {Path(result['table_json']).name}); figures: {', '.join(result['figures'])}")
     click.echo(f"README: {result['readme']}  ({result['seconds']:.0f} s)")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-EXCLUDE_CHOICES = ("none", "same-patient", "same-study")
+EXCLUDE_CHOICES = ("none", "same-patient", "same-study", "same-series")
+PLURALS = {"study": "studies", "series": "series"}
 NEIGHBOUR_FIELDS = ("sop_instance_uid", "frame", "series_instance_uid", "study_instance_uid", "modality", "source")
 
 
@@ -66,7 +67,7 @@ def _series_query(engine, spec: str) -> list:
 
 
 def _print_cases(label: str, cases: list, group_by: str) -> None:
-    click.echo(f"query: {label}  ({len(cases)} {group_by}{'s' if len(cases) != 1 else ''})")
+    click.echo(f"query: {label}  ({len(cases)} {PLURALS[group_by] if len(cases) != 1 else group_by})")
     rows = []
     for c in cases:
         best = c.slices[0] if c.slices else None
@@ -104,7 +105,7 @@ def _fmt_z(value) -> str:
 @click.argument("queries", nargs=-1)
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours (or cases) per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per query.")
-@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop items of the query's patient or study.")
+@click.option("--exclude", type=click.Choice(EXCLUDE_CHOICES), default="none", show_default=True, help="Drop items of the query's patient, study or series.")
 @click.option("--modality", multiple=True, help="Only items of this modality (repeatable).")
 @click.option("--body-part", multiple=True, help="Only items with this BodyPartExamined (repeatable).")
 @click.option("--series", multiple=True, help="Only items of this SeriesInstanceUID (repeatable).")
@@ -131,9 +132,13 @@ def _fmt_z(value) -> str:
 @click.option("--roi-mask", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Region query by a mask (PNG or .npy on the query image's grid); its bounding box is the region.")
 @click.option("--snap", is_flag=True, help="With --roi: describe the structure the box was drawn around (the best-overlapping region proposal) instead of the box as drawn.")
+@click.option("--min-score", type=click.FloatRange(-1.0, 1.0), default=None,
+              help="Leave out hits below this cosine; none left: 'no sufficiently similar image'.")
+@click.option("--min-percentile", type=click.FloatRange(0.0, 100.0), default=None,
+              help="Leave out hits below this percentile of the archive's query-neighbour similarities (sampled at index time).")
 def search(index, queries, k, as_json, exclude, modality, body_part, series, study, per_series, include_self, group_by, per_group, query_series,
            prior, encoder, device, verify, redact=False, ray_address=None, shards=None, dicom_out=None, kos_other_patients=True, roi=None,
-           roi_mask=None, snap=False):
+           roi_mask=None, snap=False, min_score=None, min_percentile=None):
     """Top-K similar images for each QUERY (DICOM file, SOP UID in the index as UID[:frame]).
 
     All queries are embedded and searched as one batch. A QUERY that is a folder is one series
@@ -169,10 +174,14 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
         region = {"roi": parse_box(roi) if roi is not None else None, "roi_mask": roi_mask, "snap": snap}
     elif snap:
         raise ConfigError("--snap applies to a region query: add --roi X,Y,W,H")
+    if (min_score is not None or min_percentile is not None) and (prior or group_by):
+        raise ConfigError("--min-score and --min-percentile apply to image neighbours, not --prior or --group-by")
+    if region and (min_score is not None or min_percentile is not None):
+        raise ConfigError("--min-score and --min-percentile apply to whole-image search: region scores are on another scale")
     engine = open_engine(index, encoder=encoder, device=_device(device), verify=verify, ray=ray_address, shards=shards)
     try:
         _answer(engine, images, series_specs, k, exclude, filters_of(modality, body_part, series, study), per_series, include_self,
-                group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients, region)
+                group_by, per_group, prior, redact, as_json, dicom_out, kos_other_patients, (min_score, min_percentile), region)
     finally:
         if ray_address is not None:
             engine.close()  # the Ray actors (and a local runtime this command started)
@@ -183,7 +192,7 @@ def filters_of(modality, body_part, series, study) -> dict:
 
 
 def _answer(engine, images, series_specs, k, exclude, filters, per_series, include_self, group_by, per_group, prior, redact, as_json,
-            dicom_out=None, kos_other_patients=True, region=None) -> None:
+            dicom_out=None, kos_other_patients=True, thresholds=(None, None), region=None) -> None:
     """Run the kind of search asked for and print it."""
     modality = filters["modality"]
     if prior:
@@ -217,14 +226,20 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
             for q, hits in zip(labels, results):
                 _print_cases(query_name(q, redact), hits, group_by)
         return
+    from medcbir.engine.reading import NOTHING_SIMILAR, above_thresholds, percentile
+
     results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters, **(region or {}))
+    if thresholds != (None, None):
+        results = [above_thresholds(engine, hits, *thresholds) for hits in results]
     if dicom_out is not None:
         from medcbir.engine.dicom_kos import write_search_kos
 
         written = write_search_kos(engine, images, results, dicom_out, other_patients=kos_other_patients)
         click.echo(f"wrote {len(written)} Key Object Selection document(s) to {dicom_out}", err=True)
     if as_json:
-        payload = [{"query": query_name(q, redact), "neighbours": [neighbour_json(n, redact) for n in hits]} for q, hits in zip(images, results)]
+        payload = [{"query": query_name(q, redact),
+                    "neighbours": [{**neighbour_json(n, redact), "percentile": None if region else percentile(engine, n.score)} for n in hits],
+                    **({} if hits else {"message": NOTHING_SIMILAR})} for q, hits in zip(images, results)]
         if region:
             for entry, hits in zip(payload, results):
                 entry["query_region"] = list(hits[0].query_region) if hits else None
@@ -234,13 +249,17 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
         limit = f", at most {per_series} per series" if per_series else ""
         box = f", region {','.join(map(str, hits[0].query_region))}" if region and hits else ""
         click.echo(f"query: {query_name(q, redact)}  ({len(hits)} neighbour{'s' if len(hits) != 1 else ''}, exclude={exclude}{limit}{box})")
+        if not hits and thresholds != (None, None):
+            click.echo(f"{NOTHING_SIMILAR} (below --min-score/--min-percentile)\n")
+            continue
         rows = [
-            [n.rank, f"{n.score:.4f}", n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0), *([",".join(map(str, n.region))] if region else []),
-             n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""), *([] if redact else [n.meta.get("source", "")])]
+            [n.rank, f"{n.score:.4f}", *([] if region else [_pct(percentile(engine, n.score))]), n.meta.get("sop_instance_uid", ""), n.meta.get("frame", 0),
+             *([",".join(map(str, n.region))] if region else []), n.meta.get("series_instance_uid", ""), n.meta.get("modality", ""),
+             *([] if redact else [n.meta.get("source", "")])]
             for n in hits
         ]
-        click.echo(_table(rows, ["rank", "score", "sop_instance_uid", "frame", *(["region x,y,w,h"] if region else []), "series", "modality",
-                                 *([] if redact else ["source"])]))
+        click.echo(_table(rows, ["rank", "score", *([] if region else ["pct"]), "sop_instance_uid", "frame", *(["region x,y,w,h"] if region else []),
+                                 "series", "modality", *([] if redact else ["source"])]))
         click.echo("")
 
 
@@ -273,6 +292,10 @@ def _answer_region_cases(engine, images, k, exclude, filters, group_by, per_grou
         click.echo("")
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _fmt(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -287,12 +310,19 @@ def _fmt(value) -> str:
 @click.option("--verify", type=click.Choice(["checksums", "sizes", "none"]), default="checksums", show_default=True, help="How much of the index to check at open (sizes: fast on huge indexes).")
 @click.option("--baselines", is_flag=True, help="Also evaluate thumbnail:8/16/32 and random on the same items (the index encoder's preprocessing) and print them beside it.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Decoding processes for --baselines (0 = auto).")
-def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers):
+@click.option("--roi-boxes", "roi_boxes", type=click.Path(dir_okay=False), default=None,
+              help="Region evaluation: a CSV sop_instance_uid,frame,x,y,w,h[,label]; every row is a region query, relevant = "
+                   "a neighbour whose label in --labels equals the row's label (else its item's). Also reports the same items "
+                   "searched by their whole slice; --baselines then means crop baselines (thumbnail:16, random, classic).")
+def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers, roi_boxes=None):
     """Leave-one-out MAP@K, AP@K, precision@K and kNN accuracy of INDEX against labels."""
     from medcbir.engine import Engine
     from medcbir.engine import evaluate as run_evaluation
 
     engine = Engine.open(index, verify=verify)
+    if roi_boxes is not None:
+        _evaluate_regions(engine, labels_csv, roi_boxes, k, exclude, n_queries, as_json, baselines)
+        return
     result = run_evaluation(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all")
     if baselines:
         from medcbir.engine.baselines import evaluate_baselines
@@ -317,3 +347,40 @@ def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baseline
         click.echo(_table(table, ["encoder", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
     if "recall_vs_exact" in result:
         click.echo(f"recall@{k} of the approximate index vs exact search: {result['recall_vs_exact']:.4f}")
+
+
+def _evaluate_regions(engine, labels_csv, boxes_csv, k, exclude, n_queries, as_json, baselines) -> None:
+    """``evaluate --roi-boxes``: region queries beside whole-slice queries (and crop baselines)."""
+    from medcbir.engine.region_evaluate import CROP_BASELINES, evaluate_regions
+
+    result = evaluate_regions(engine, labels_csv, boxes_csv, k=k, exclude=exclude, queries=n_queries or "all",
+                              baselines=CROP_BASELINES if baselines else ())
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    q = result["queries"]
+    skipped = ", ".join(f"{n} {reason}" for reason, n in q["skipped"].items())
+    click.echo(f"region queries: {q['count']} of {q['rows']} rows of {boxes_csv}"
+               f"{f' ({skipped} skipped)' if skipped else ''}; K={k}, exclude={exclude} (+ the query's own item); "
+               f"{result['searchable']} labelled items searched; relevant = an item labelled like "
+               f"{'the row' if result['relevance'] == 'row-label' else 'the query item'}")
+    metrics = ["map_at_k", "ap_at_k", "precision_at_k", "knn_accuracy"]
+    rows = [["region (this index)", result["n_queries"], *(_fmt(result[m]) for m in metrics)],
+            ["whole slice (same items)", result["whole_slice"]["n_queries"], *(_fmt(result["whole_slice"][m]) for m in metrics)]]
+    for name, r in result.get("baselines", {}).items():
+        if name != "crop":
+            rows.append([f"crop {name}", r["n_queries"], *(_fmt(r[m]) for m in metrics)])
+    header = ["search", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]
+    click.echo(_table(rows, header))
+    click.echo(f"gain of the region over the whole slice: MAP@{k} {result['gain_over_whole_slice']:+.4f}")
+    if "baselines" in result:
+        c = result["baselines"]["crop"]
+        click.echo(f"crops: each region and query box resampled to {c['size']} px, windows {', '.join(c['windows'])}; "
+                   f"{c['regions']} regions embedded")
+    click.echo("per class (region search):")
+    click.echo(_table([[name, c["n_queries"], *(_fmt(c[m]) for m in metrics)] for name, c in result["per_class"].items()],
+                      ["class", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]))
+    for s in q["skipped_rows"]:
+        click.echo(f"skipped line {s['line']}: {s['reason']}: {s['detail']}")
+    if len(q["skipped_rows"]) < sum(q["skipped"].values()):
+        click.echo(f"(and {sum(q['skipped'].values()) - len(q['skipped_rows'])} more skipped rows; --json lists the first ones)")

@@ -123,10 +123,13 @@ def train(archive, method, init, stages, finetune_epochs, folds, as_json, augmen
         method_options=_method_options(method_option),
         cache=cache,
         device=Device.auto(prefer=device_name, precision=precision),
-        progress=not quiet,
+        progress=not quiet and not as_json,
         init=init,
     )
     summary = run(config)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
+        return
     last = summary.history[-1] if summary.history else {}
     start = summary.history[0] if summary.history and summary.history[0]["epoch"] == 0 else None
     click.echo(f"trained {summary.method} ({'from ' + init if init else backbone}) for {summary.epochs_run} epoch(s) of {summary.epochs}: {summary.images} images in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s)")
@@ -174,11 +177,15 @@ def _adapt(archive, out, init, stages, finetune_epochs, folds, labels, seed, wor
 @click.option("--archive", default=None, type=click.Path(path_type=str), help="Real images for the parity check [default: random inputs].")
 @click.option("--parity-images", default=8, show_default=True, type=int)
 @click.option("--tolerance", default=1e-4, show_default=True, type=float, help="Max |Δ| torch vs ONNX Runtime.")
-def export_onnx(checkpoint, out, archive, parity_images, tolerance):
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export_onnx(checkpoint, out, archive, parity_images, tolerance, as_json=False):
     """Export CHECKPOINT (or "default") to OUT (.onnx) with a parity check."""
     from medcbir.train.onnx_export import export_onnx as run
 
     report = run(checkpoint, out, archive=archive, n_parity=parity_images, tolerance=tolerance)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), default=str))
+        return
     prep = report.preprocessing
     click.echo(f"exported encoder {report.fingerprint[:12]} ({describe_prep(prep)}, {report.dim}-d) → {report.out} ({report.size_bytes / 1e6:.1f} MB)")
     click.echo(f"parity: max |Δ| torch vs onnxruntime = {report.max_abs_diff:.2e} on {report.parity_images} {report.parity_source} images (tolerance {report.tolerance:.0e})")

@@ -469,7 +469,8 @@ class Engine:
 
     def _group(self, queries: list[Query], exclude: str) -> dict:
         """Queries sharing an exclusion → one FAISS search each: {(column, value) | None: [query idx]}."""
-        column = {"same-patient": ("patient_pseudonym", "patient"), "same-study": ("study_instance_uid", "study")}.get(exclude)
+        column = {"same-patient": ("patient_pseudonym", "patient"), "same-study": ("study_instance_uid", "study"),
+                  "same-series": ("series_instance_uid", "series")}.get(exclude)
         groups: dict = {}
         for i, q in enumerate(queries):
             key = None

@@ -35,7 +35,7 @@ from medcbir.engine.metrics import ap_at_k, knn_vote, map_at_k, precision_at_k
 from medcbir.errors import ConfigError
 from medcbir.imaging.labels import read_labels
 
-EXCLUDE_COLUMN = {"same-patient": "patient_pseudonym", "same-study": "study_instance_uid"}
+EXCLUDE_COLUMN = {"same-patient": "patient_pseudonym", "same-study": "study_instance_uid", "same-series": "series_instance_uid"}
 
 
 def _summary(relevant, n_relevant, predicted, truth) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 
 from medcbir.errors import ConfigError
 
-EXCLUDES = ("none", "same-patient", "same-study")
+EXCLUDES = ("none", "same-patient", "same-study", "same-series")
 
 
 def _as_tuple(value) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ A query is one of:
   pseudonym key, so "same patient" works) and preprocessed with the encoder's preprocessing;
   a multi-frame file is queried with its **frame 0** (one query = one result list); to query
   another frame, pass ``Item``/``Decoded`` objects from ``read_dicom`` instead;
+- a ``pydicom.Dataset`` (read with its pixel data, e.g. received over DICOM): as a file, frame 0;
 - a SOP Instance UID already in the index (``"1.2.3"`` for frame 0, ``"1.2.3:4"`` for frame 4):
   its stored embedding is used, no encoder needed;
 - an ``Item`` (modality units, preprocessed here) or a ``Decoded`` (its ``image`` is
@@ -40,6 +41,7 @@ class Query:
         item_id: the query's own id when it is an item of the index.
         patient: the query's patient pseudonym ("" = unknown), for ``same-patient``.
         study: the query's StudyInstanceUID ("" = unknown), for ``same-study``.
+        series: the query's SeriesInstanceUID ("" = unknown), for ``same-series``.
     """
 
     label: str
@@ -48,6 +50,7 @@ class Query:
     item_id: int = -1
     patient: str = ""
     study: str = ""
+    series: str = ""
 
 
 def own_ids(query: Query, include_self: bool = False) -> np.ndarray:
@@ -81,6 +84,7 @@ def _image_query(array: np.ndarray, label: str, preprocessing, meta=None) -> Que
         image=image,
         patient=getattr(meta, "patient_pseudonym", "") or "",
         study=getattr(meta, "study_instance_uid", "") or "",
+        series=getattr(meta, "series_instance_uid", "") or "",
     )
 
 
@@ -147,12 +151,18 @@ class QueryResolver:
         return Query(label=label, embedding=np.asarray(vector, dtype=np.float32))
 
     def _object(self, q, label: str) -> Query:
+        from pydicom.dataset import Dataset
+
         from medcbir.imaging.items import Decoded, Item
+
+        if isinstance(q, Dataset):
+            return self._dataset(q, str(q.get("SOPInstanceUID", "") or label))
 
         if isinstance(q, Item):
             label = q.meta.sop_instance_uid or label
             image = self.engine.encoder.preprocessing.apply(q)
-            query = Query(label=label, image=image, patient=q.meta.patient_pseudonym, study=q.meta.study_instance_uid)
+            query = Query(label=label, image=image, patient=q.meta.patient_pseudonym, study=q.meta.study_instance_uid,
+                          series=q.meta.series_instance_uid)
             return self._known(query, q.meta)
         if isinstance(q, Decoded):
             query = _image_query(np.asarray(q.image), q.meta.sop_instance_uid or label, self.engine.encoder.preprocessing, q.meta)
@@ -165,12 +175,17 @@ class QueryResolver:
         return _image_query(array, label, self.engine.encoder.preprocessing)
 
     def _path(self, path: Path) -> Query:
-        from medcbir.imaging import read_dicom
-
         if not path.is_file():
             raise DecodeError(f"query {path} is neither a readable file nor a SOP Instance UID")
+        return self._dataset(path, str(path))
+
+    def _dataset(self, source, label: str) -> Query:
+        """A query read from a file path or a ``pydicom.Dataset`` (frame 0)."""
+        from medcbir.imaging import read_dicom
+
+        path = label
         try:
-            items = read_dicom(path, key=self.engine.pseudonym_key)
+            items = read_dicom(source, key=self.engine.pseudonym_key)
         except DecodeError as exc:
             raise DecodeError(f"cannot decode query {path}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - a reader bug must still be one line
@@ -179,10 +194,11 @@ class QueryResolver:
             raise DecodeError(f"cannot decode query {path}: no image frames")
         item = items[0]
         query = Query(
-            label=str(path),
+            label=label,
             image=self.engine.encoder.preprocessing.apply(item),
             patient=item.meta.patient_pseudonym,
             study=item.meta.study_instance_uid,
+            series=item.meta.series_instance_uid,
         )
         return self._known(query, item.meta)
 
@@ -198,6 +214,7 @@ class QueryResolver:
             row = self.engine.meta([own])[0]
             query.patient = row.get("patient_pseudonym", "") or query.patient
             query.study = row.get("study_instance_uid", "") or query.study
+            query.series = row.get("series_instance_uid", "") or query.series
         return query
 
     def _uids(self, slots: list[tuple[int, str, int]], resolved: list) -> None:
@@ -217,10 +234,13 @@ class QueryResolver:
                 item_id=int(id_),
                 patient=meta.get("patient_pseudonym", "") or "",
                 study=meta.get("study_instance_uid", "") or "",
+                series=meta.get("series_instance_uid", "") or "",
             )
 
 
 def _is_single(q) -> bool:
+    from pydicom.dataset import Dataset
+
     from medcbir.imaging.items import Decoded, Item
 
-    return isinstance(q, (Item, Decoded))
+    return isinstance(q, (Item, Decoded, Dataset))

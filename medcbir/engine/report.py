@@ -35,6 +35,12 @@ from medcbir.errors import ConfigError
 
 # image identifiers only: anything else in a meta dict (e.g. patient_pseudonym) is not shown
 SHOWN = (
+    ("series_description", "series description"),
+    ("study_date", "study date"),
+    ("position", "position"),
+    ("label", "label"),
+    ("percentile", "percentile"),
+    ("window", "window"),
     ("sop_instance_uid", "SOP"),
     ("frame", "frame"),
     ("series_instance_uid", "series"),
@@ -42,9 +48,14 @@ SHOWN = (
     ("modality", "modality"),
     ("body_part", "body part"),
     ("instance_number", "instance"),
-    ("slice_position", "z"),
 )
 OVERLAY_ALPHA = 0.5
+#: share of OVERLAY_ALPHA at the bottom of the colour map: low importance (and the parts of the
+#: frame the encoder never saw) stay readable, and the whole colour range still shows
+ALPHA_FLOOR = 0.2
+#: displayed width of each image in the HTML report, in CSS pixels (the image itself keeps its
+#: stored resolution: a click opens it full size)
+CELL = 256
 #: Robust range of a heatmap: values below/above these percentiles saturate the colour map.
 PERCENTILES = (1.0, 99.0)
 SCALES = ("per-image", "shared")
@@ -70,10 +81,19 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _overlay(image: np.ndarray, scaled: np.ndarray, cmap: str) -> np.ndarray:
-    """The image in gray with the already normalised heatmap (values in [0, 1]) blended over it."""
+    """The image in gray with the already normalised heatmap (values in [0, 1]) blended over it,
+    more opaque where the map is higher: the lowest values (and the parts of the frame the
+    encoder never saw) leave the image as it is, so no crop box shows."""
     colour = _cmap(cmap)(np.clip(scaled, 0, 1))[..., :3]
     base = _gray(image).astype(np.float64) / 255
-    return (255 * ((1 - OVERLAY_ALPHA) * base + OVERLAY_ALPHA * colour)).round().astype(np.uint8)
+    alpha = overlay_alpha(scaled)[..., None]
+    return (255 * ((1 - alpha) * base + alpha * colour)).round().astype(np.uint8)
+
+
+def overlay_alpha(scaled: np.ndarray) -> np.ndarray:
+    """Opacity of the colour map over the image for normalised heatmap values in [0, 1]: from
+    ``ALPHA_FLOOR`` × ``OVERLAY_ALPHA`` at the bottom of the colour map to ``OVERLAY_ALPHA`` at its top."""
+    return OVERLAY_ALPHA * (ALPHA_FLOOR + (1 - ALPHA_FLOOR) * np.clip(np.asarray(scaled, dtype=np.float64), 0, 1))
 
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
@@ -131,8 +151,24 @@ def _check(panel: dict) -> list[dict]:
     return items
 
 
+def position_text(meta: dict) -> str:
+    """``-314.7 mm (slice 12 of 48)`` from ``position_mm``/``slice_position`` and the series index."""
+    value = meta.get("position_mm", meta.get("slice_position"))
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    text = f"{float(value):.1f} mm"
+    if meta.get("index_in_series") and meta.get("series_slices"):
+        text += f" (slice {meta['index_in_series']} of {meta['series_slices']})"
+    return text
+
+
 def _meta_rows(meta: dict) -> str:
     rows = []
+    meta = dict(meta or {})
+    if position_text(meta):
+        meta["position"] = position_text(meta)
+    if meta.get("percentile") is not None:
+        meta["percentile"] = f"{float(meta['percentile']):.1f}"
     for key, name in SHOWN:
         if key in (meta or {}):
             value = meta[key]
@@ -143,11 +179,13 @@ def _meta_rows(meta: dict) -> str:
 
 
 def _cell(label: str, score, meta: dict | None, uri: str, alt: str, raw: tuple[float, float] | None = None) -> str:
-    score_text = f'<div class="s">score {score:.4f}</div>' if score is not None else '<div class="s">&nbsp;</div>'
+    pct = (meta or {}).get("percentile")
+    pct_text = f" · percentile {float(pct):.1f}" if pct is not None else ""
+    score_text = f'<div class="s">score {score:.4f}{pct_text}</div>' if score is not None else '<div class="s">&nbsp;</div>'
     raw_text = f'<div class="r">raw {raw[0]:.6g} – {raw[1]:.6g}</div>' if raw is not None else ""
     return (
         f'<figure><div class="l">{html.escape(label)}</div>{score_text}'
-        f'<img src="{uri}" alt="{html.escape(alt)}" width="160" height="160">{raw_text}'
+        f'<a href="{uri}" target="_blank"><img src="{uri}" alt="{html.escape(alt)}" width="{CELL}"></a>{raw_text}'
         f"{_meta_rows(meta) if meta is not None else ''}</figure>"
     )
 
@@ -156,8 +194,9 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:16px;color:#222}
 h1{font-size:18px} p{font-size:13px;color:#555;max-width:72em}
 .row{display:flex;gap:10px;align-items:flex-start;margin:8px 0}
-figure{margin:0;width:170px;font-size:11px}
-figure img{image-rendering:pixelated;display:block;border:1px solid #ccc}
+figure{margin:0;width:266px;font-size:11px}
+figure img{display:block;border:1px solid #ccc;height:auto}
+.caveat{color:#a00;font-weight:600}
 .l{font-weight:600} .s{color:#444} .r{color:#444;font-family:monospace} .m span{color:#777} code{font-size:10px}
 .bar{display:flex;flex-direction:column;align-items:center;font-size:11px}
 .rowname{writing-mode:vertical-rl;transform:rotate(180deg);font-size:12px;color:#666}
@@ -202,6 +241,8 @@ def render_html(panel: dict, cmap: str = "jet", scale: str | None = None) -> str
     title = html.escape(panel.get("title", "medcbir explanation"))
     note = "each heatmap normalised on its own (1st–99th percentile)" if scale == "per-image" else "one colour scale per row (1st–99th percentile of the row)"
     caption = html.escape(f"{panel.get('caption', '')} Colours: {note}; raw range under each map.".strip())
+    if panel.get("caveat"):
+        caption += '</p><p class="caveat">' + html.escape(panel["caveat"])
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head>'
         f"<body><h1>{title}</h1><p>{caption}</p>{''.join(rows)}</body></html>\n"
@@ -233,7 +274,7 @@ def render_png(path_png: str | Path, panel: dict, cmap: str = "jet", scale: str 
         ax.axis("off")
         ax = fig.add_subplot(grid[1, j])
         ax.imshow(it["image"], cmap="gray", vmin=0, vmax=1)
-        mappable = ax.imshow(scaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
+        mappable = ax.imshow(scaled[j], cmap=cmap, vmin=0, vmax=1, alpha=overlay_alpha(scaled[j]))
         ax.set_title(f"raw {raw[j][0]:.5g}–{raw[j][1]:.5g}", fontsize=6)
         ax.axis("off")
     bar = fig.colorbar(mappable, cax=fig.add_subplot(grid[1, n]))
@@ -243,11 +284,11 @@ def render_png(path_png: str | Path, panel: dict, cmap: str = "jet", scale: str 
         for j, p in enumerate(pairwise):
             ax = fig.add_subplot(grid[2, j + 1])
             ax.imshow(p["image"], cmap="gray", vmin=0, vmax=1)
-            pm = ax.imshow(pscaled[j], cmap=cmap, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
+            pm = ax.imshow(pscaled[j], cmap=cmap, vmin=0, vmax=1, alpha=overlay_alpha(pscaled[j]))
             ax.set_title(f"{p.get('label', '')}\nraw {praw[j][0]:.5g}–{praw[j][1]:.5g}", fontsize=6)
             ax.axis("off")
         fig.colorbar(pm, cax=fig.add_subplot(grid[2, n]))
-    fig.suptitle(panel.get("title", ""), fontsize=9)
+    fig.suptitle(panel.get("title", "") + (f"\n{panel['caveat']}" if panel.get("caveat") else ""), fontsize=9)
     path_png = Path(path_png)
     tmp = path_png.with_name(path_png.name + ".tmp")
     fig.savefig(tmp, format="png")

@@ -5,9 +5,14 @@ For the query and each neighbour of an :class:`~medcbir.explain.runner.Explanati
 - the heatmap (model-input geometry, S×S) is put back on its source image's pixel grid: resized
   onto the region the preprocessing cut (the body crop, or the whole image with its aspect kept)
   and zero outside it, so both objects align pixel for pixel with the source;
-- a **Secondary Capture** (RGB) shows the source image (robust 1-99 % window) with the heatmap's
-  colour map burned in (``BurnedInAnnotation YES``, ``ImageType DERIVED\\SECONDARY``, "not for
-  diagnosis" in the series description, image comments and derivation description);
+- a **Secondary Capture** (RGB) shows the source image at its stored resolution in its reading
+  window (:mod:`medcbir.imaging.reading_window`: its VOI window, a CT body-part preset, else
+  1-99 %) with the heatmap's colour map burned in over the whole frame (outside the region the
+  encoder saw, the map's lowest value: no importance), blended in proportion to the importance so
+  that no crop rectangle shows, and a caption line burned in at the bottom (the method, its
+  measured status, "not for diagnosis"; ``BurnedInAnnotation YES``, ``ImageType
+  DERIVED\\SECONDARY``, "not for diagnosis" in the series description, image comments and
+  derivation description);
 - a **Parametric Map** carries the raw heatmap values as 32-bit floats with a real-world value
   mapping named after the method.
 
@@ -26,7 +31,7 @@ import numpy as np
 from medcbir.errors import DecodeError
 from medcbir.imaging.derived import MANUFACTURER, MODEL_NAME, NOT_FOR_DIAGNOSIS, mark, read_header, software_version
 
-OVERLAY_ALPHA = 0.45
+OVERLAY_ALPHA = 0.55
 CMAP = "jet"
 SC_SERIES_NUMBER = 9902
 PM_SERIES_NUMBER = 9903
@@ -60,22 +65,67 @@ def heatmap_on_source(heatmap: np.ndarray, item, preprocessing) -> np.ndarray:
     return out
 
 
-def overlay_rgb(pixels: np.ndarray, heat: np.ndarray, inverted: bool = False) -> np.ndarray:
-    """rows×cols×3 uint8: the image in grey (1-99 % window) with ``heat``'s colour map blended in."""
+def seen_region(item, preprocessing) -> np.ndarray:
+    """rows×cols bool: the pixels of ``item`` the encoder's input was cut from."""
+    h, w = np.asarray(item.pixels).shape
+    inside = heatmap_on_source(np.ones((8, 8), np.float32), item, preprocessing)
+    return inside.reshape(h, w) > 0
+
+
+def whole_frame(heat: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """``heat`` over the whole frame: outside ``seen`` the lowest value inside it (no importance)."""
+    out = np.asarray(heat, dtype=np.float32).copy()
+    if seen.any() and not seen.all():
+        out[~seen] = float(out[seen].min())
+    return out
+
+
+def overlay_rgb(item, heat: np.ndarray, caption: str = "", short: str = "NOT FOR DIAGNOSIS") -> np.ndarray:
+    """rows×cols×3 uint8: ``item`` at its stored resolution in its reading window with ``heat``'s
+    colour map blended in over the whole frame (opacity growing with the importance, between
+    its 1st and 99th percentiles), and ``caption`` burned in at the bottom (``short`` instead
+    when the image is too small for the caption in two lines)."""
     import matplotlib
 
-    arr = np.asarray(pixels, dtype=np.float32)
-    lo, hi = np.percentile(arr, [1, 99]) if arr.size else (0.0, 1.0)
-    grey = np.clip((arr - lo) / max(float(hi - lo), 1e-6), 0, 1)
-    if inverted:
-        grey = 1.0 - grey
-    nonzero = heat[heat != 0]
-    hlo, hhi = (np.percentile(nonzero, [1, 99]) if nonzero.size else (0.0, 1.0))
+    from medcbir.imaging.reading_window import windowed
+
+    grey, _ = windowed(item)
+    hlo, hhi = np.percentile(heat, [1, 99]) if heat.size else (0.0, 1.0)
     scaled = np.clip((heat - hlo) / max(float(hhi - hlo), 1e-12), 0, 1)
     colour = matplotlib.colormaps[CMAP](scaled)[..., :3]
-    alpha = OVERLAY_ALPHA * (heat != 0)[..., None]
+    alpha = (OVERLAY_ALPHA * (0.2 + 0.8 * scaled))[..., None]  # more opaque where the importance is higher
     rgb = grey[..., None] * (1 - alpha) + colour * alpha
-    return (rgb * 255).round().astype(np.uint8)
+    out = (rgb * 255).round().astype(np.uint8)
+    return burn_caption(out, caption, short) if caption else out
+
+
+def burn_caption(rgb: np.ndarray, caption: str, short: str = "NOT FOR DIAGNOSIS") -> np.ndarray:
+    """``caption`` written in white on a dark band at the bottom of ``rgb`` (wrapped to its width,
+    at most two lines; ``short`` when the caption needs more), so the band covers little of it."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = rgb.shape[:2]
+    size = max(6, min(14, h // 24, w // 24))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # an old Pillow: the fixed bitmap font
+        font = ImageFont.load_default()
+    per_line = max(8, int(w / (0.55 * size)))
+    most = 1 if h < 160 else 2
+    lines = textwrap.wrap(caption, per_line)
+    if len(lines) > most:
+        lines = textwrap.wrap(short, per_line)
+    if len(lines) > most:
+        lines = textwrap.wrap("NOT FOR DIAGNOSIS", per_line)[:most]
+    band = (size + 2) * len(lines) + 4
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, max(0, h - band), w, h], fill=(0, 0, 0))
+    for i, line in enumerate(lines):
+        draw.text((3, h - band + 2 + i * (size + 2)), line, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
 
 
 def _source_image_sequence(header, frame: int, purpose: str):
@@ -92,8 +142,10 @@ def _source_image_sequence(header, frame: int, purpose: str):
     return [ref]
 
 
-def secondary_capture(header, frame: int, rgb: np.ndarray, method: str, series_uid: str, instance_number: int):
-    """The overlay as a highdicom Secondary Capture in ``header``'s patient/study."""
+def secondary_capture(header, frame: int, rgb: np.ndarray, method: str, series_uid: str, instance_number: int,
+                      status: str = ""):
+    """The overlay as a highdicom Secondary Capture in ``header``'s patient/study (``status``: the
+    method's measured status, kept in its Image Comments)."""
     import highdicom as hd
 
     spacing = header.get("PixelSpacing")
@@ -109,7 +161,7 @@ def secondary_capture(header, frame: int, rgb: np.ndarray, method: str, series_u
     sc.RecognizableVisualFeatures = "YES"
     sc.SourceImageSequence = _source_image_sequence(header, frame, "source")
     sc.DerivationDescription = f"{method} explanation heatmap (medcbir) burned into the source image; {NOT_FOR_DIAGNOSIS}"
-    sc.ImageComments = f"{method} heatmap overlay, {NOT_FOR_DIAGNOSIS}"
+    sc.ImageComments = f"{method} heatmap overlay, {NOT_FOR_DIAGNOSIS}" + (f". {status}" if status else "")
     sc.ConversionType = "WSD"
     sc.Laterality = header.get("Laterality", "")  # type 2C in General Series: empty when unknown
     mark(sc, f"medcbir {method} overlay - NOT FOR DIAGNOSIS")
@@ -163,7 +215,7 @@ def _frame_item(source: Path, frame: int, key: bytes | None):
     return match[0]
 
 
-def explanation_objects(explanation, query_source: Path, preprocessing, key: bytes | None = None) -> ExplanationObjects:
+def explanation_objects(explanation, query_source: Path, preprocessing, key: bytes | None = None, caption: str = "") -> ExplanationObjects:
     """Overlays and maps for the query and every neighbour of ``explanation``.
 
     Args:
@@ -171,7 +223,11 @@ def explanation_objects(explanation, query_source: Path, preprocessing, key: byt
         query_source: the query's DICOM file.
         preprocessing: the encoder's preprocessing (to put heatmaps back on the source grid).
         key: the archive's pseudonym key (decoding only).
+        caption: the line burned into every overlay (the method's measured status and the
+            "not for diagnosis" caveat); default: the method and the caveat.
     """
+    from medcbir.explain.status import CAVEAT, display_name
+
     import highdicom as hd
 
     sources = [(Path(query_source), 0)] + [(Path(str(nb.meta.get("source", ""))), int(nb.meta.get("frame", 0) or 0))
@@ -187,7 +243,11 @@ def explanation_objects(explanation, query_source: Path, preprocessing, key: byt
         study = str(header.StudyInstanceUID)
         sc_series = series.setdefault((study, "SC"), hd.UID())
         pm_series = series.setdefault((study, "PM"), hd.UID())
-        out.overlays.append(secondary_capture(header, frame, overlay_rgb(item.pixels, heat, item.inverted), explanation.method, sc_series, i + 1))
+        shown = whole_frame(heat, seen_region(item, preprocessing))
+        line = caption or f"{display_name(explanation.method)} heatmap. {CAVEAT}"
+        short = f"{display_name(explanation.method)} - NOT FOR DIAGNOSIS"
+        out.overlays.append(secondary_capture(header, frame, overlay_rgb(item, shown, line, short), explanation.method, sc_series, i + 1,
+                                              status=caption))
         out.maps.append(parametric_map(header, heat, explanation.method, pm_series, i + 1))
     return out
 

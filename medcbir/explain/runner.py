@@ -325,4 +325,7 @@ def explain_to_report(
     elif method in ("smoothgrad", "smoothgrad_ig"):
         options = {"seed": seed, **options}
     explanation = explain_search(engine, query_path, k=k, method=method, pairwise=pairwise, exclude=exclude, **options)
-    return render_report(out_html, explanation.panel())
+    from medcbir.explain.native import native_panel
+
+    source = query_path if Path(str(query_path)).is_file() else None
+    return render_report(out_html, native_panel(explanation, engine, query_source=source))

@@ -62,7 +62,8 @@ def read_dicom(
     """Decode a DICOM file into one :class:`Item` per frame.
 
     Args:
-        source: a path or a binary file object positioned at the start of the file.
+        source: a path, a binary file object positioned at the start of the file, or a
+            ``pydicom.Dataset`` already read (with its pixel data).
         key: the archive's pseudonym key; without it ``patient_pseudonym`` is ``""``.
         uri: what to record as ``ItemMeta.source`` (default: the path, or the file's name).
         max_pixels: guard against absurd Rows × Columns × frames before anything is decoded.
@@ -75,12 +76,15 @@ def read_dicom(
     Raises:
         SkipFile: the file must be skipped; ``reason`` is one of ``SKIP_REASONS``.
     """
+    from pydicom.dataset import Dataset
+
     if uri is None:
-        uri = str(source) if isinstance(source, (str, Path)) else str(getattr(source, "name", ""))
+        uri = (str(source) if isinstance(source, (str, Path)) else str(getattr(source, "filename", "") or "")
+               if isinstance(source, Dataset) else str(getattr(source, "name", "")))
     with warnings.catch_warnings():
         # pydicom warns about every oddity of real-world files; reasons are reported instead.
         warnings.simplefilter("ignore")
-        ds = read_dataset(source)
+        ds = source if isinstance(source, Dataset) else read_dataset(source)
         try:
             return _items(ds, key=key, uri=uri, max_pixels=max_pixels, max_bytes=max_bytes)
         except SkipFile as exc:

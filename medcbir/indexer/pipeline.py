@@ -169,6 +169,11 @@ def index_archive(
             summary.already_present += len(batch) - added
             if bar is not None:
                 bar.update(len(batch))
+        if bar is not None:
+            # the total was a guess from the files listed (skipped files, non-image files and
+            # multi-frame files do not count one item each): the finished run is 100 %
+            bar.total = bar.n
+            bar.refresh()
         writer.close()
         summary.dropped_items, summary.reembedded, summary.dropped_unknown = writer.settle_dropped()
         complete = True

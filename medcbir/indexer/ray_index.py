@@ -25,9 +25,12 @@ orphans and the re-run skips every committed source.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +166,14 @@ def connect(address: Any = None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    # Ray's own INFO lines and its workers' output only with --verbose (MEDCBIR_VERBOSE=1):
+    # every other command prints its result and nothing else.
+    verbose = os.environ.get("MEDCBIR_VERBOSE") == "1"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name in ("ray", "ray.data", "ray._private", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    kwargs = {"include_dashboard": False, "logging_level": logging.INFO if verbose else logging.ERROR,
+              "log_to_driver": verbose}
     if address in (None, True, "local", ""):
         ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
     else:
@@ -379,28 +389,55 @@ def index_archive_ray(
     summary = IndexSummary()
     log_start = quarantine.mark(index_dir)
     listing, complete = None, False
-    try:
-        listing, _ = follow.follow_sources(units_of.source if isinstance(units_of, DicomwebUnits) else units_of, writer, summary)
-        units, passed = units_of.units(writer.has_source)
-        summary.files, summary.already_present = len(units) + passed, passed
-        started = connect(ray)
-        if units:
-            records = _run(units_of, units, writer, encoder, int(workers), gpus_per_worker, int(shard_size), int(batch_size), progress)
-            _commit_all(records, writer, summary, index_dir)
-        writer.close()
-        remove_orphans(index_dir, writer.manifest)  # temporary files of retried (killed) attempts
-        summary.dropped_items, summary.reembedded, summary.dropped_unknown = writer.settle_dropped()
-        complete = True
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        quarantine.settle(index_dir, log_start, listing.owns if complete and listing is not None else None)
-        if started:
-            import ray as ray_module
+    # Ray's C++ core and the processes it starts write to file descriptor 2: into INDEX/ray.log
+    # unless --verbose (or Ray Data's progress bars are wanted)
+    quiet = os.environ.get("MEDCBIR_VERBOSE") != "1" and not progress
+    with _stderr_to(index_dir / RAY_LOG if quiet else None):
+        try:
+            listing, _ = follow.follow_sources(units_of.source if isinstance(units_of, DicomwebUnits) else units_of, writer, summary)
+            units, passed = units_of.units(writer.has_source)
+            summary.files, summary.already_present = len(units) + passed, passed
+            started = connect(ray)
+            if units:
+                records = _run(units_of, units, writer, encoder, int(workers), gpus_per_worker, int(shard_size), int(batch_size), progress)
+                _commit_all(records, writer, summary, index_dir)
+            writer.close()
+            remove_orphans(index_dir, writer.manifest)  # temporary files of retried (killed) attempts
+            summary.dropped_items, summary.reembedded, summary.dropped_unknown = writer.settle_dropped()
+            complete = True
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            quarantine.settle(index_dir, log_start, listing.owns if complete and listing is not None else None)
+            if started:
+                import ray as ray_module
 
-            ray_module.shutdown()
+                ray_module.shutdown()
     return summary.finish(writer, start)
+
+
+#: where Ray's own output goes unless --verbose
+RAY_LOG = "ray.log"
+
+
+@contextmanager
+def _stderr_to(path: Path | None):
+    """File descriptor 2 redirected to ``path`` (appended) while the block runs; None: unchanged."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
 
 
 def _encoder_arg(writer, encoder):
@@ -425,7 +462,8 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(progress)
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
+    verbose = os.environ.get("MEDCBIR_VERBOSE") == "1"
+    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING if progress else logging.ERROR)
     prep = writer.encoder.preprocessing
     jobs = plan_jobs(units, writer.shard_size, 4 * int(np.prod(prep_shape(prep))))
     gpus = (1.0 if cluster_gpus() > 0 else 0.0) if gpus_per_worker is None else float(gpus_per_worker)

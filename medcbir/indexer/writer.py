@@ -610,8 +610,26 @@ class IndexWriter:
                     # An empty index is still an index; a root recorded plain gets sealed.
                     self._commit_manifest(dict(self.manifest), train=False)
                 self._remeasure_if_grown()
+                if "similarity" not in self.manifest and self.manifest.get("shards"):
+                    # an index from before similarity samples: drawn once, in its own generation
+                    manifest = dict(self.manifest)
+                    if self._sample_similarity(manifest):
+                        self.manifest = commit_manifest(self.index_dir, manifest)
         finally:
             self._open = False
+
+    def _sample_similarity(self, manifest: dict) -> bool:
+        """Put the archive's query–neighbour similarity sample (:mod:`medcbir.indexer.similarity`)
+        into ``manifest`` about to be committed, when the index grew enough since the last one;
+        True if it was drawn. Its shards are on disk already, so it goes into the same generation."""
+        from medcbir.indexer import similarity
+
+        if not similarity.due(manifest) or not manifest.get("shards"):
+            return False
+        record = similarity.sample_committed(self.index_dir, manifest)
+        if record is not None:
+            manifest["similarity"] = record
+        return record is not None
 
     def _remeasure_if_grown(self) -> None:
         """Re-measure recall (and re-pick the trained spec's search parameters) on the whole
@@ -723,6 +741,7 @@ class IndexWriter:
         if train:
             self._train(manifest)
         self._seal_root(manifest)
+        self._sample_similarity(manifest)
         self.manifest = commit_manifest(self.index_dir, manifest)
 
     def _train(self, manifest: dict) -> None:

@@ -120,23 +120,30 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
     with tempfile.TemporaryDirectory(prefix="medcbir-explain-") as folder:
         explanation = explain_search(
             OrthancFiles(engine, rest, Path(folder)), str(query_path), k=k, method=method,
-            pairwise=bool(request.get("pairwise", False)), exclude=request.get("exclude") or "none", **options)
+            pairwise=bool(request.get("pairwise", False)), exclude=request.get("exclude") or "same-series", **options)
         # The query was read from a temporary file: answer its label, not that path.
         explanation.query_label = label
+        from medcbir.explain.native import native_panel
+        from medcbir.explain.status import CAVEAT, display_name, method_status
+
+        status = method_status(getattr(engine.store, "index_dir", None), method)
         stored = None
         if request.get("store"):
             # the neighbours' files are still in ``folder`` here (OrthancFiles' local copies)
             from medcbir.explain.dicom_maps import explanation_objects
             from medcbir.pacs.dicom_store import store_all
 
-            objects = explanation_objects(explanation, Path(query_path), engine.encoder.preprocessing, engine.pseudonym_key)
+            objects = explanation_objects(explanation, Path(query_path), engine.encoder.preprocessing, engine.pseudonym_key,
+                                          caption=f"{status['text']}. {CAVEAT}")
             stored = {"overlays": store_all(rest, objects.overlays), "maps": store_all(rest, objects.maps)}
         if fmt == "json" or stored is not None:
             payload = explanation.to_dict()
+            payload.update(status=status, caveat=CAVEAT, method_name=display_name(method))
             if stored is not None:
                 payload["stored"] = stored
             return json.dumps(payload, indent=2, default=str).encode("utf-8"), "application/json"
-        panel = explanation.panel(title=f"{method} explanation of {label} and its top-{len(explanation.neighbours)}")
+        panel = native_panel(explanation, engine, query_source=Path(query_path),
+                             title=f"{display_name(method)} explanation of {label} and its top-{len(explanation.neighbours)}")
         if fmt == "html":
             return render_html(panel).encode("utf-8"), "text/html"
         png = render_png(Path(folder) / "panel.png", panel)

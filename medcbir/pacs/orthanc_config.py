@@ -94,6 +94,9 @@ class PluginSettings:
             answered 503 at once.
         allowed_origins: browser origins (``https://viewer.example:443``) allowed to call the
             routes besides Orthanc's own; any other ``Origin`` is refused (403).
+        explain_encoder: a torch checkpoint (or spec) with the index's fingerprint that the
+            explanations use, so gradient methods (Grad-CAM, ...) run when ``encoder`` is an
+            ONNX export; "" = explanations use ``encoder`` (RELAX and occlusion only on ONNX).
     """
 
     index: str
@@ -119,6 +122,7 @@ class PluginSettings:
     max_decode_mb: int = 1024
     explain_queue: int = 2
     allowed_origins: list[str] = field(default_factory=list)
+    explain_encoder: str = ""
     extra: dict = field(default_factory=dict)
 
     KEYS = {
@@ -129,6 +133,7 @@ class PluginSettings:
         "MaxMasks": "max_masks", "MaxQueries": "max_queries", "MaxBodyBytes": "max_body_bytes",
         "RequestSeconds": "request_seconds", "RequestMemoryMB": "request_memory_mb",
         "MaxDecodeMB": "max_decode_mb", "ExplainQueue": "explain_queue", "AllowedOrigins": "allowed_origins",
+        "ExplainEncoder": "explain_encoder",
     }
     LIMITS = ("MaxK", "MaxExplainK", "MaxMasks", "MaxQueries", "MaxBodyBytes", "RequestSeconds", "RequestMemoryMB")
 
@@ -222,6 +227,7 @@ def build_config(
     modalities: dict[str, tuple[str, str, int]] | None = None,
     allow_any_store: bool = False,
     plugin_settings: dict | None = None,
+    explain_encoder: str | None = None,
 ) -> dict:
     """A complete Orthanc configuration running the medcbir plugin.
 
@@ -249,6 +255,8 @@ def build_config(
         allow_any_store: accept C-STORE from any host and AE title (Orthanc's default; every
             stored image is indexed). Off by default.
         plugin_settings: more ``"Medcbir"`` keys (e.g. ``{"MaxK": 50}``), checked.
+        explain_encoder: a torch checkpoint with the index encoder's fingerprint for the
+            explanations (gradient methods on an ONNX index), or None.
     """
     index = Path(index).resolve()
     if remote and user is None:
@@ -277,7 +285,8 @@ def build_config(
     storage = Path(storage).resolve() if storage else index.parent / "orthanc-storage"
     settings = PluginSettings(
         index=str(index), encoder=encoder, window=window, batch_size=batch_size,
-        flush_seconds=flush_seconds, workers=workers, device=device, **env,
+        flush_seconds=flush_seconds, workers=workers, device=device,
+        explain_encoder=canonical_source(explain_encoder) if explain_encoder else "", **env,
     )
     if plugin_settings:
         settings = PluginSettings.from_section({**settings.to_section(), **plugin_settings})

@@ -15,7 +15,8 @@ and callbacks must return fast, so it does as little as possible:
   on Orthanc's HTTP threads (their stacks are small: a deeply nested body crashed Orthanc).
 
 Routes: ``GET /medcbir/status``, ``POST /medcbir/search``, ``POST /medcbir/explain``,
-``POST /medcbir/reindex``, and the viewer page ``GET /medcbir/ui/`` (``medcbir.pacs.viewer_page``).
+``POST /medcbir/reindex``, ``GET /medcbir/render/<instance>`` (the instance in its reading window,
+PNG), and the viewer page ``GET /medcbir/ui/`` (``medcbir.pacs.viewer_page``).
 A POST is ``Content-Type: application/json`` or ``application/dicom``. Orthanc does not pass
 query-string arguments of POST requests to plugins, so options of a raw-DICOM body travel in
 headers: ``X-Medcbir-K``, ``X-Medcbir-Exclude``, ``X-Medcbir-Modality``, ``X-Medcbir-Format``
@@ -152,6 +153,23 @@ class MedcbirPlugin:
         output.SendHttpStatus(status, body, len(body))
 
 
+def on_render(output, uri, **request) -> None:
+    """``GET /medcbir/render/<instance>``: the instance as PNG at its stored resolution in its
+    reading window (rendered by the worker)."""
+    if request["method"] != "GET":
+        return output.SendMethodNotAllowed("GET")
+    try:
+        _plugin.check_origin(request.get("headers") or {})
+        reply = _plugin.worker.call("render", _plugin.settings.search_timeout, {"instance": request["groups"][0]})
+    except WorkerUnavailable as exc:
+        return MedcbirPlugin._error(output, 503, str(exc))
+    except BadRequest as exc:
+        return MedcbirPlugin._error(output, exc.status, str(exc))
+    if not reply.get("ok"):
+        return MedcbirPlugin._error(output, int(reply.get("status", 500)), reply.get("error", "worker error"))
+    output.AnswerBuffer(reply["body"], reply.get("mime", "image/png"))
+
+
 def on_ui(output, uri, **request) -> None:
     """``GET /medcbir/ui/<file>``: the viewer page's files (a fixed list)."""
     if request["method"] != "GET":
@@ -172,6 +190,7 @@ _plugin = MedcbirPlugin()
 orthanc.RegisterOnChangeCallback(_plugin.on_change)
 orthanc.RegisterRestCallback("/medcbir/(status|search|explain|reindex)", _plugin.on_rest)
 orthanc.RegisterRestCallback("/medcbir/ui/(.*)", on_ui)
+orthanc.RegisterRestCallback("/medcbir/render/([^/]*)", on_render)
 # Orthanc drops a trailing slash: /medcbir/ui/ arrives here as /medcbir/ui, and the page itself
 # moves the browser to the slashed URL so that its relative links resolve under /medcbir/ui/.
 orthanc.RegisterRestCallback("/medcbir/ui", on_ui)

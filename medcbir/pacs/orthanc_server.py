@@ -70,7 +70,12 @@ class OrthancServer:
         raise MedcbirError(f"Orthanc did not start within {timeout:.0f} s; see {self.log_path}")
 
     def _plugin_up(self) -> bool:
-        resp = self.rest.session.get(self.url + "/medcbir/status", timeout=10)
+        import requests
+
+        try:
+            resp = self.rest.session.get(self.url + "/medcbir/status", timeout=10)
+        except requests.RequestException:  # the plugin still starting its worker (slow under load): ask again
+            return False
         return resp.ok and resp.json().get("worker") in ("running", "failed")
 
     def status(self) -> dict:

@@ -40,7 +40,8 @@ MEDIA_TYPES = ("application/json", "application/dicom")
 OPTION_HEADERS = {"x-medcbir-k": "k", "x-medcbir-exclude": "exclude", "x-medcbir-modality": "modality",
                   "x-medcbir-format": "format", "x-medcbir-method": "method",
                   "x-medcbir-per-series": "per_series", "x-medcbir-group-by": "group_by", "x-medcbir-prior": "prior",
-                  "x-medcbir-include-self": "include_self", "x-medcbir-store": "store"}
+                  "x-medcbir-include-self": "include_self", "x-medcbir-store": "store",
+                  "x-medcbir-min-percentile": "min_percentile"}
 #: The headers the plugin forwards to the worker with the body.
 FORWARDED_HEADERS = ("content-type", "accept", *OPTION_HEADERS)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
-EXCLUDE = ("none", "same-patient", "same-study")
+EXCLUDE = ("none", "same-patient", "same-study", "same-series")
 FORMATS = ("png", "html", "json")
 # every method of medcbir.explain.METHODS (tests/pacs keep the two equal); spelled out here so that
 # validating a request does not import torch
@@ -115,6 +115,21 @@ def _bool(name: str):
     return parse
 
 
+def _number(name: str, low: float, high: float):
+    """A parser of a finite number in ``[low, high]`` (a JSON number or its text in a header)."""
+    def parse(value, limits: dict) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise BadRequest(f"{name} must be a number, not {type(value).__name__}")
+        try:
+            number = float(value.strip()[:40] if isinstance(value, str) else value)
+        except ValueError:
+            raise BadRequest(f"{name} must be a number, not {shown(value, 40)}") from None
+        if not low <= number <= high:  # NaN fails this too
+            raise BadRequest(f"{name} must be between {low:g} and {high:g}, not {shown(value, 40)}")
+        return number
+    return parse
+
+
 def _modality(value, limits: dict) -> str | None:
     if value in (None, ""):
         return None
@@ -164,6 +179,9 @@ ROUTES: dict[str, dict] = {
         # the result as a DICOM Key Object Selection stored into Orthanc
         "store": _bool("store"),
         "kos_other_patients": _bool("kos_other_patients"),
+        # a hit below these is not shown; none left: "no sufficiently similar image"
+        "min_percentile": _number("min_percentile", 0.0, 100.0),
+        "min_score": _number("min_score", -1.0, 1.0),
     },
     "explain": {
         **COMMON,
@@ -177,6 +195,8 @@ ROUTES: dict[str, dict] = {
         "store": _bool("store"),
     },
     "reindex": {},
+    # the viewer's picture of an instance: its first frame in its reading window
+    "render": {"instance": _instance},
 }
 
 

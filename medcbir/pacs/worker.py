@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Listener
 from pathlib import Path
 
-from medcbir.errors import IndexCorrupt, IndexNotFound, MedcbirError
+from medcbir.errors import ConfigError, IndexCorrupt, IndexNotFound, MedcbirError
 from medcbir.indexer.manifest import committed_generation, read_manifest
 from medcbir.pacs.deadline import Deadline
 from medcbir.pacs.instance_queue import InstanceQueue
@@ -143,6 +143,7 @@ class Worker:
         self._writer_lock = threading.Lock()
         self._reindex = threading.Event()
         self._explainer = None  # ExplainWorker, started by main()
+        self._explain_kind: str | None = None
         from medcbir.indexer.background import BackgroundMaintenance
 
         self.maintenance = BackgroundMaintenance(self.index, on_done=lambda done: log(f"maintenance: {done}"))
@@ -363,7 +364,7 @@ class Worker:
 
         op = request.get("op", "")
         handler = {"status": self.op_status, "search": self.op_search, "explain": self.op_explain,
-                   "reindex": self.op_reindex}.get(op)
+                   "reindex": self.op_reindex, "render": self.op_render}.get(op)
         if handler is None:
             return {"ok": False, "status": 404, "error": f"unknown operation {str(op)[:40]!r}"}
         try:
@@ -431,7 +432,46 @@ class Worker:
             "batch_size": self.settings.batch_size, "recent_skips": self.queue.skipped(10), **counts,
             **manifest_recall(self.index),
             **({"explain": self._explainer.state()} if self._explainer is not None else {}),
+            "explain_methods": self.explain_methods(), "limits": self.settings.limits(),
         }}
+
+    def explain_methods(self) -> list[str]:
+        """The methods explanations can run with: RELAX and occlusion always, the gradient methods
+        when the explanation encoder (``ExplainEncoder``, else ``Encoder``) is a torch module
+        (judged from how it is named: no model is loaded for a status answer)."""
+        from medcbir.explain.status import offered_methods
+
+        if self._explain_kind is None:
+            self._explain_kind = encoder_kind(self.settings.explain_encoder or self.settings.encoder)
+        return offered_methods(self._explain_kind)
+
+    def op_render(self, request: dict, deadline: Deadline | None = None) -> dict:
+        """An instance's first frame as PNG at its stored resolution in its reading window."""
+        import io
+
+        from PIL import Image
+
+        from medcbir.imaging import read_dicom
+        from medcbir.imaging.items import SkipFile
+        from medcbir.imaging.reading_window import windowed
+        from medcbir.pacs.query_dicom import first_frame_query
+        from medcbir.pacs.request_rules import BadRequest
+
+        instance = request["instance"]
+        data = self.rest.instance_file(instance)
+        if data is None:
+            raise UnknownInstance(f"Orthanc has no instance {instance}")
+        try:
+            decoded = read_dicom(io.BytesIO(first_frame_query(data, self.settings.max_decode_bytes)), uri=instance_uri(instance),
+                                 max_bytes=self.settings.max_decode_bytes)
+        except SkipFile as exc:
+            raise BadRequest(f"instance {instance} cannot be shown ({exc.reason})") from None
+        if not decoded:
+            raise BadRequest(f"instance {instance} has no image")
+        grey, how = windowed(decoded[0])
+        buf = io.BytesIO()
+        Image.fromarray((grey * 255).round().astype("uint8")).save(buf, format="PNG")
+        return {"ok": True, "body": buf.getvalue(), "mime": "image/png"}
 
     def op_reindex(self, request: dict, deadline: Deadline | None = None) -> dict:
         # Skip decisions are forgotten, so the indexing loop retries those instances.
@@ -498,15 +538,56 @@ class Worker:
         series, study = parents if parents else (None, None)
         return {"instance": instance, "series": series, "study": study}
 
-    def _neighbour(self, n) -> dict:
-        """A neighbour as REST answers it: Orthanc ids and DICOM UIDs, never a file-system path."""
+    def _series_tags(self, series: str | None) -> dict:
+        """``{"series_description", "series_number"}`` of an Orthanc series (cached per series)."""
+        if not series:
+            return {"series_description": "", "series_number": ""}
+        cache = self.__dict__.setdefault("_series_cache", {})
+        if series not in cache:
+            try:
+                tags = (self.rest.get_json(f"/series/{series}") or {}).get("MainDicomTags", {})
+            except Exception:  # noqa: BLE001 - a series deleted meanwhile: no description
+                tags = {}
+            if len(cache) > 10000:
+                cache.clear()
+            cache[series] = {"series_description": tags.get("SeriesDescription", ""), "series_number": tags.get("SeriesNumber", "")}
+        return cache[series]
+
+    def _query_context(self, engine, path: Path, instance: str | None) -> dict:
+        """What a reader needs about the query: its place in its series (when indexed), series
+        description and study date (from its header)."""
+        from medcbir.engine.reading import context, header_context
+
+        out = {k: v for k, v in header_context(path).items() if v}
+        try:
+            import pydicom
+
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+            [own] = engine.lookup.find([uid], [0])
+            if own >= 0:
+                meta = engine.meta([int(own)])[0]
+                out.update({k: v for k, v in context(engine, meta).items() if v not in (None, "")})
+        except Exception:  # noqa: BLE001 - the query's context is a courtesy, never a failure
+            pass
+        return out
+
+    def _neighbour(self, n, engine=None) -> dict:
+        """A neighbour as REST answers it: Orthanc ids and DICOM UIDs, never a file-system path;
+        with ``engine``, what a reader needs too (:mod:`medcbir.engine.reading`)."""
         meta = dict(n.meta)
-        return {
-            "rank": int(n.rank), "score": float(n.score), "id": int(n.id), **self._orthanc_ids(meta),
+        ids = self._orthanc_ids(meta)
+        out = {
+            "rank": int(n.rank), "score": float(n.score), "id": int(n.id), **ids,
             "sop_instance_uid": meta.get("sop_instance_uid"), "frame": meta.get("frame"),
             "series_instance_uid": meta.get("series_instance_uid"),
             "study_instance_uid": meta.get("study_instance_uid"), "modality": meta.get("modality"),
         }
+        if engine is not None:
+            from medcbir.engine.reading import context
+
+            out.update(context(engine, meta, n.score))
+            out.update(self._series_tags(ids.get("series")))
+        return out
 
     def op_search(self, request: dict, deadline: Deadline | None = None) -> dict:
         deadline = deadline or Deadline(self.settings.search_timeout)
@@ -523,7 +604,9 @@ class Worker:
                 k_factor = int(engine.store.search_params.get("k_factor", 1) or 1)
                 self._check_memory("this search", len(queries) * (k * max(k_factor, 1) * 12 + len(engine.store) + 4 * 512 * 512))
                 search_started = time.perf_counter()
-                exclude, modality = request.get("exclude") or "none", request.get("modality") or None
+                # the query's own series is left out unless asked otherwise: its neighbouring slices
+                # are always the nearest, and say nothing about similar images
+                exclude, modality = request.get("exclude") or "same-series", request.get("modality") or None
                 paths = [str(path) for path, _ in queries]
                 if options["prior"]:
                     results = [engine.prior(path, modality=modality).to_dict() for path in paths]
@@ -533,14 +616,21 @@ class Worker:
                 else:
                     results = engine.search(paths, k=k, exclude=exclude, modality=modality,
                                             per_series=options["per_series"], include_self=options["include_self"])
+                    if request.get("min_percentile") is not None or request.get("min_score") is not None:
+                        from medcbir.engine.reading import above_thresholds
+
+                        results = [above_thresholds(engine, row, request.get("min_score"), request.get("min_percentile"))
+                                   for row in results]
                 search_seconds = time.perf_counter() - search_started
                 deadline.check("the search")  # nobody waits for it: store nothing
                 stored = self._store_kos(engine, request, options, queries, results)
+                contexts = [self._query_context(engine, path, instance) for path, instance in queries]
         finally:
             for path, _ in queries:
                 path.unlink(missing_ok=True)
-        answers = [{"query": instance, **self._answer_of(row, options, instance), **({"stored": [kos]} if kos else {})}
-                   for (_, instance), row, kos in zip(queries, results, stored)]
+        answers = [{"query": instance, **({"query_context": context} if context else {}),
+                    **self._answer_of(row, options, instance, engine), **({"stored": [kos]} if kos else {})}
+                   for (_, instance), row, kos, context in zip(queries, results, stored, contexts)]
         timing = {"engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}
         extra = {"group_by": options["group_by"]} if options["group_by"] else {}
         if request.get("instances"):
@@ -561,7 +651,7 @@ class Worker:
         other = True if other is None else _flag(other, "kos_other_patients")
         return [store_search_kos(self.rest, path, row, fingerprint, other_patients=other) for (path, _), row in zip(queries, results)]
 
-    def _answer_of(self, row, options: dict, instance: str | None = None) -> dict:
+    def _answer_of(self, row, options: dict, instance: str | None = None, engine=None) -> dict:
         """One query's answer: ``neighbours``, ``cases`` (group_by) or ``prior``; Orthanc ids, no paths."""
         if options["prior"]:
             for study in row["studies"]:
@@ -578,7 +668,14 @@ class Worker:
                     piece.pop("source", None)
                 cases.append(entry)
             return {"cases": cases}
-        return {"neighbours": [self._neighbour(n) for n in row]}
+        from medcbir.engine.reading import NOTHING_SIMILAR, similarity_record
+
+        answer = {"neighbours": [self._neighbour(n, engine) for n in row]}
+        if engine is not None:
+            answer["similarity_sampled"] = similarity_record(engine) is not None
+        if not row:
+            answer["message"] = NOTHING_SIMILAR
+        return answer
 
     def op_explain(self, request: dict, deadline: Deadline | None = None) -> dict:
         from medcbir.pacs.explain_route import explain_answer, explain_bytes
@@ -588,6 +685,14 @@ class Worker:
 
         deadline = deadline or Deadline(self.settings.search_timeout)
         request = {"k": min(5, self.settings.max_explain_k), "n_masks": min(FAST_DEFAULTS["n_masks"], self.settings.max_masks), **request}
+        method = str(request.get("method") or "relax")
+        offered = self.explain_methods()
+        if method not in offered:
+            from medcbir.explain.status import display_name
+
+            raise ConfigError(f"{display_name(method)} needs the gradients of a torch encoder, and this server explains with "
+                              f"an ONNX one: its administrator can name the torch checkpoint it was exported from as "
+                              f'"ExplainEncoder" (orthanc-config --explain-encoder). Available here: {", ".join(offered)}')
         [(path, instance)] = self._query_files(request, deadline)
         label = f"instance {instance}" if instance else "the posted DICOM"
         try:
@@ -622,6 +727,20 @@ class Worker:
             pass
         finally:
             conn.close()
+
+
+def encoder_kind(source: str) -> str:
+    """``"onnx"`` for an ONNX model (a ``.onnx`` file, or a spec of kind onnx), else ``"torch"``
+    (checkpoints, built-in names, Hugging Face folders, torch and TorchScript specs)."""
+    text = str(source)
+    if text.lower().endswith(".onnx"):
+        return "onnx"
+    if text.lower().endswith(".json"):
+        try:
+            return "onnx" if json.loads(Path(text).read_text()).get("kind") == "onnx" else "torch"
+        except (OSError, ValueError, AttributeError):
+            return "torch"
+    return "torch"
 
 
 def _watch_parent(worker: Worker, parent: int) -> None:
@@ -674,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     listener = Listener(str(worker.tmp / "link.sock"), family="AF_UNIX", authkey=authkey)
     from medcbir.pacs.explain_worker import ExplainWorker
 
-    worker._explainer = ExplainWorker(worker.index, settings.encoder, args.orthanc, os.environ.get(TOKEN_ENV) or None,
+    worker._explainer = ExplainWorker(worker.index, settings.explain_encoder or settings.encoder, args.orthanc, os.environ.get(TOKEN_ENV) or None,
                                       waiting=settings.explain_queue, scratch=worker.tmp / "explain")
     threading.Thread(target=worker.serve, args=(listener,), daemon=True).start()
     print(f"READY {listener.address}", flush=True)

@@ -32,6 +32,6 @@ def test_assess_scores_an_index_as_the_archive_scores(tmp_path, capsys):
 
 
 def test_assess_of_no_index_is_one_line(tmp_path, capsys):
-    assert main(["assess", str(tmp_path / "nowhere")]) == 2
+    assert main(["assess", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1

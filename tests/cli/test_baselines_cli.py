@@ -73,7 +73,7 @@ def test_evaluate_with_baselines_has_a_baselines_object(phantom_archive, thumbna
 
 def test_bad_builtin_encoder_name_is_one_line(phantom_archive, tmp_path, capsys):
     code, out, err = run(capsys, "index", phantom_archive, "--encoder", "thumbnail:x", "--out", tmp_path / "bad", "--workers", "1")
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("method", ["relax", "occlusion", "gradcam"])

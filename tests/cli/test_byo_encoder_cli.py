@@ -65,7 +65,7 @@ def test_index_search_explain_evaluate(byo_indexes, byo_models, phantom_archive,
         heat = json.loads(out)
         assert code == 0 and heat["method"] == "gradcam" and heat["heatmap_shape"] == [3, 64, 64], err
     else:
-        assert code == 2 and err.startswith("error: ") and GRADCAM[name] in err and len(err.strip().splitlines()) == 1, err
+        assert code == 1 and err.startswith("error: ") and GRADCAM[name] in err and len(err.strip().splitlines()) == 1, err
 
     code, out, err = run(capsys, "evaluate", index, "--labels", phantom_archive / "labels.csv", "--json")
     assert code == 0, err
@@ -86,9 +86,9 @@ def test_an_index_refuses_the_encoder_once_a_weight_changed(byo_indexes, byo_mod
     shutil.copytree(byo_indexes[name], index)
     changed = changed_copy(byo_models[name], name, tmp_path)
     code, out, err = run(capsys, "index", phantom_archive, "--encoder", changed, "--out", index, "--workers", "1", "--no-progress")
-    assert code == 2 and err.startswith("error: index built with encoder") and len(err.strip().splitlines()) == 1, err
+    assert code == 1 and err.startswith("error: index built with encoder") and len(err.strip().splitlines()) == 1, err
     code, out, err = run(capsys, "search", index, query_of(phantom_archive), "--encoder", changed)
-    assert code == 2 and "index built with encoder" in err
+    assert code == 1 and "index built with encoder" in err
     code, out, err = run(capsys, "verify", index, "--json")
     assert code == 0 and json.loads(out)["items"] == 80  # nothing indexed was lost
 
@@ -115,7 +115,7 @@ def test_embed_writes_npz_and_parquet_equal_to_the_index(byo_indexes, byo_models
     assert table.column_names == ["sop_instance_uid", "frame", "vector"] and table.num_rows == 3
     assert b"medcbir.fingerprint" in table.schema.metadata
     code, out, err = run(capsys, "embed", phantom_archive, "--out", tmp_path / "e.csv")
-    assert code == 2 and err.startswith("error: --out") and "write .npz or .parquet" in err
+    assert code == 1 and err.startswith("error: --out") and "write .npz or .parquet" in err
 
 
 def test_encoder_spec_writes_a_spec_that_opens(byo_models, tmp_path, capsys):
@@ -129,7 +129,7 @@ def test_encoder_spec_writes_a_spec_that_opens(byo_models, tmp_path, capsys):
     assert spec["kind"] == "huggingface" and spec["output"] == "mean-tokens" and spec["crop"] == "none"
     assert spec["input"]["size"] == 64 and spec["input"]["channels"] == 3
     code, text, err = run(capsys, "encoder-spec", "--kind", "huggingface", "--model", "org/model", "--out", tmp_path / "x.json")
-    assert code == 2 and "hub name" in err and not (tmp_path / "x.json").exists()
+    assert code == 1 and "hub name" in err and not (tmp_path / "x.json").exists()
     code, text, err = run(capsys, "encoder-spec", "--help")
     for field in ("--kind", "--model", "--class", "--kwargs", "--weights", "--size", "--channels", "--mean", "--std", "--windows",
                   "--crop", "--fov-mm", "--output", "--feature-layer", "--prefix-tokens"):
@@ -158,4 +158,4 @@ def test_orthanc_config_records_a_spec_and_hf_dir_absolutely(byo_models, tmp_pat
         assert code == 0, err
         assert json.loads(out.read_text())["Medcbir"]["Encoder"] == want
     code, text, err = run(capsys, "orthanc-config", tmp_path / "o.json", "--index", tmp_path / "index", "--encoder", "hf:absent")
-    assert code == 2 and "no local model folder" in err
+    assert code == 1 and "no local model folder" in err

@@ -36,7 +36,7 @@ def test_explain_prints_neighbours(explain_index, phantom_archive, capsys):
 def test_explain_eval_prints_table_and_writes_json(explain_index, phantom_archive, tmp_path, capsys):
     out_json = tmp_path / "scores.json"
     code = main(["explain-eval", str(explain_index), "--masks-file", str(phantom_archive / "masks.h5"), "--organ", "liver",
-                 "--methods", "relax,gradcam", "--n", "2", "--masks", "40", "--angles", "0,90", "--targets", "own", "--json", str(out_json)])
+                 "--methods", "relax,gradcam", "--n", "2", "--masks", "40", "--angles", "0,90", "--targets", "own", "--json-out", str(out_json)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.splitlines()
@@ -56,7 +56,7 @@ def test_explain_eval_prints_table_and_writes_json(explain_index, phantom_archiv
 def test_explain_eval_sanity_with_query_targets(explain_index, phantom_archive, tmp_path, capsys):
     out_json = tmp_path / "scores.json"
     code = main(["explain-eval", str(explain_index), "--masks-file", str(phantom_archive / "masks.h5"), "--methods", "gradcam",
-                 "--n", "2", "--angles", "", "--sanity", "--sanity-steps", "2", "--json", str(out_json)])
+                 "--n", "2", "--angles", "", "--sanity", "--sanity-steps", "2", "--json-out", str(out_json)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "targets: query" in captured.out.splitlines()[0]
@@ -67,6 +67,15 @@ def test_explain_eval_sanity_with_query_targets(explain_index, phantom_archive, 
     assert sanity["intensity"]["flagged"]  # a map that ignores the encoder cannot pass
     assert len(sanity["gradcam"]["parameter"]) == 4 and sanity["gradcam"]["data"]["steps"] == 2
     assert "sanity checks" in captured.out
+    # kept in the index: reports and the viewer state each method's measured status from it
+    from medcbir.explain.status import method_status
+
+    status = method_status(explain_index, "gradcam")
+    expected = "flagged" if sanity["gradcam"]["flagged"] else "passed"
+    assert status["evaluated"] and status["sanity"] == expected and f"sanity check {expected}" in status["text"]
+    margin = data["methods"]["gradcam"]["margin"]["rank_accuracy"]
+    assert status["margin"] == pytest.approx(margin) and f"{margin:+.3f}" in status["text"]
+    assert method_status(explain_index, "occlusion")["text"].endswith("not evaluated on this index (medcbir explain-eval measures it)")
 
 
 @pytest.mark.parametrize(
@@ -84,5 +93,5 @@ def test_bad_input_is_one_error_line(explain_index, phantom_archive, tmp_path, c
     values = {"index": explain_index, "query": query_file(phantom_archive), "missing": tmp_path / "nope", "masks": phantom_archive / "masks.h5"}
     code = main([a.format(**values) for a in argv])
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 1
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1

@@ -65,23 +65,23 @@ def test_verify_names_the_broken_shard_on_one_stderr_line(tmp_path, phantom_arch
     blob[1000] ^= 0xFF
     shard.write_bytes(bytes(blob))
     code, out, err = run(capsys, "verify", index_dir, "--json")
-    assert code == 2
+    assert code == 1
     assert json.loads(out)["ok"] is False
     assert err.count("\n") == 1 and err.startswith("error: shard-000002.h5: checksum mismatch")
     code, out, err = run(capsys, "verify", index_dir)
-    assert code == 2 and out.startswith("BROKEN") and "shard-000002.h5" in err
+    assert code == 1 and out.startswith("BROKEN") and "shard-000002.h5" in err
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, phantom_archive, enc, capsys):
     code, _, err = run(capsys, "verify", tmp_path / "nowhere")
-    assert code == 2 and err.startswith("error: index folder") and err.count("\n") == 1
+    assert code == 1 and err.startswith("error: index folder") and err.count("\n") == 1
     code, _, err = run(capsys, "index", phantom_archive, "--encoder", enc, "--out", tmp_path / "ix", "--index-spec", "IVF,what")
-    assert code == 2 and "not a FAISS factory string" in err
+    assert code == 1 and "not a FAISS factory string" in err
     code, _, err = run(capsys, "index", tmp_path / "no-archive", "--encoder", enc, "--out", tmp_path / "ix2")
-    assert code == 2 and err.startswith("error: archive not found")
+    assert code == 1 and err.startswith("error: archive not found")
     assert run(capsys, "index", phantom_archive, "--encoder", enc, "--out", tmp_path / "ix3", "--workers", "1", "--no-progress")[0] == 0
     other = make_encoder(tmp_path / "other.pt", size=64, seed=5)
     code, _, err = run(capsys, "index", phantom_archive, "--encoder", other, "--out", tmp_path / "ix3", "--workers", "1")
-    assert code == 2 and "index built with encoder" in err
+    assert code == 1 and "index built with encoder" in err
     code, _, err = run(capsys, "delete", tmp_path / "ix3")
-    assert code == 2 and "--series" in err
+    assert code == 1 and "--series" in err

@@ -118,10 +118,10 @@ def test_a_flipped_byte_costs_only_its_shard_until_the_next_index_run(tmp_path, 
     flip_embedding_byte(ix / "shard-000002.h5")
 
     code, _, err = run(capsys, "verify", ix)
-    assert code == 2 and err.startswith("error: shard-000002.h5: checksum mismatch")
+    assert code == 1 and err.startswith("error: shard-000002.h5: checksum mismatch")
     # Adding to a damaged index would claim items searches cannot reach: refused, one line.
     code, out, err = run(capsys, "index", archive, "--encoder", enc, "--out", ix, "--workers", 1, "--no-progress")
-    assert code == 2 and err.count("\n") == 1 and "shard-000002.h5" in err and "verify --repair" in err
+    assert code == 1 and err.count("\n") == 1 and "shard-000002.h5" in err and "verify --repair" in err
 
     code, out, err = run(capsys, "verify", ix, "--repair")
     assert code == 0, err
@@ -166,7 +166,7 @@ def test_a_damaged_faiss_file_is_rebuilt_without_losing_an_item(tmp_path, enc, c
     data = bytearray(part.read_bytes())
     data[len(data) // 2] ^= 0xFF
     part.write_bytes(bytes(data))
-    assert run(capsys, "verify", ix)[0] == 2
+    assert run(capsys, "verify", ix)[0] == 1
     code, out, err = run(capsys, "verify", ix, "--repair")
     assert code == 0 and "rebuilt shard-000002.faiss (no item lost)" in out and "ok: 12 item(s)" in out, out + err
     uid = next(iter(live_keys(ix)))[0]
@@ -191,7 +191,7 @@ def test_verify_sources_reports_and_index_follows(tmp_path, enc, capsys):
     assert code == 0 and "sources ok: 12 source(s) checked: 0 missing" in out
 
     code, _, err = run(capsys, "phantom", archive, "--patients", 3, "--slices", 4, "--size", 32, "--seed", 2)
-    assert code == 2 and err.count("\n") == 1 and "not empty" in err and "--force" in err
+    assert code == 1 and err.count("\n") == 1 and "not empty" in err and "--force" in err
     phantom(capsys, archive, "--seed", 2, "--force")  # another archive in its place
     committed = (ix / "manifest.json").read_bytes()
     code, out, _ = run(capsys, "verify", ix, "--sources")
@@ -229,6 +229,6 @@ def test_quarantine_lists_one_entry_per_file(tmp_path, enc, capsys):
 
     (ix / "pseudonym.key").rename(tmp_path / "key")  # the key kept elsewhere
     code, _, err = run(capsys, "quarantine", ix, "--reveal")
-    assert code == 2 and err.startswith("error: --reveal needs the archive key") and err.count("\n") == 1
+    assert code == 1 and err.startswith("error: --reveal needs the archive key") and err.count("\n") == 1
     code, out, _ = run(capsys, "quarantine", ix, "--reveal", "--key-file", tmp_path / "key")
     assert code == 0 and str(archive / "notes.txt") in out

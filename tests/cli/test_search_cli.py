@@ -13,7 +13,7 @@ import pytest
 from medcbir.cli.main import main
 from tests.engine.indexes import flat_index, make_encoder, small_encoder  # noqa: F401 - fixtures
 
-NEIGHBOUR_KEYS = {"rank", "score", "sop_instance_uid", "frame", "series_instance_uid", "study_instance_uid", "modality", "source"}
+NEIGHBOUR_KEYS = {"rank", "score", "percentile", "sop_instance_uid", "frame", "series_instance_uid", "study_instance_uid", "modality", "source"}
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,39 @@ def test_search_table_and_filters(flat_index, columns, capsys):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith(f"query: {uid}")
-    assert lines[1].split() == ["rank", "score", "sop_instance_uid", "frame", "series", "modality", "source"]
+    assert lines[1].split() == ["rank", "score", "pct", "sop_instance_uid", "frame", "series", "modality", "source"]
     assert len([line for line in lines[2:] if line.strip()]) == 3
     assert all(series in line for line in lines[2:5])
     code, out, _ = run(capsys, "search", flat_index, uid, "-k", "3", "--json", "--include-self")
     top = json.loads(out)[0]["neighbours"][0]
     assert top["sop_instance_uid"] == uid and top["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_percentiles_and_thresholds(flat_index, columns, capsys):
+    """Each hit's score placed in the archive's sampled distribution (stored in the manifest at
+    index time); --min-score / --min-percentile leave out weaker hits, none left is said so."""
+    from medcbir.indexer import IndexStore
+    from medcbir.indexer.similarity import percentile
+
+    record = IndexStore.open(flat_index).manifest["similarity"]
+    assert record["pairs"] > 0 and len(record["quantiles"]) == 201
+    assert record["quantiles"] == sorted(record["quantiles"])
+    uid = columns["sop_instance_uid"][7]
+    code, out, err = run(capsys, "search", flat_index, uid, "-k", "5", "--json", "--exclude", "same-series")
+    assert code == 0, err
+    hits = json.loads(out)[0]["neighbours"]
+    assert [h["percentile"] for h in hits] == [percentile(h["score"], record) for h in hits]
+    assert all(0 <= h["percentile"] <= 100 for h in hits)
+    assert [h["percentile"] for h in hits] == sorted((h["percentile"] for h in hits), reverse=True)
+    assert all(h["series_instance_uid"] != columns["series_instance_uid"][7] for h in hits)
+    cut = hits[2]["percentile"]
+    code, out, err = run(capsys, "search", flat_index, uid, "-k", "5", "--json", "--exclude", "same-series", "--min-percentile", cut)
+    kept = json.loads(out)[0]["neighbours"]
+    assert code == 0 and [h["sop_instance_uid"] for h in kept] == [h["sop_instance_uid"] for h in hits if h["percentile"] >= cut]
+    code, out, err = run(capsys, "search", flat_index, uid, "-k", "5", "--exclude", "same-series", "--min-score", "0.99999999")
+    assert code == 0 and "no sufficiently similar image" in out
+    code, out, err = run(capsys, "search", flat_index, uid, "--min-percentile", "101")
+    assert code == 2 and "--min-percentile" in err  # a usage error
 
 
 def test_evaluate_json_and_table(flat_index, capsys, phantom_archive):
@@ -85,19 +112,19 @@ def test_evaluate_json_and_table(flat_index, capsys, phantom_archive):
 
 def test_errors_are_one_line(flat_index, columns, capsys, tmp_path):
     code, out, err = run(capsys, "search", tmp_path / "missing", "1.2.3")
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "does not exist" in err
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"not dicom at all")
     code, out, err = run(capsys, "search", flat_index, bad)
-    assert code == 2 and err.startswith("error: cannot decode") and err.count("\n") == 1
+    assert code == 1 and err.startswith("error: cannot decode") and err.count("\n") == 1
     other = make_encoder(tmp_path / "other.pt", seed=3)
     code, out, err = run(capsys, "search", flat_index, columns["sop_instance_uid"][0], "--encoder", other)
-    assert code == 2 and "encoder" in err and err.count("\n") == 1
+    assert code == 1 and "encoder" in err and err.count("\n") == 1
 
 
 def test_real_entry_point_missing_index(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "medcbir", "evaluate", str(tmp_path / "nope"), "--labels", "x.csv"], capture_output=True, text=True)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -110,7 +137,7 @@ def test_corrupt_shard_is_named(flat_index, columns, capsys, tmp_path):
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     code, out, err = run(capsys, "search", index, columns["sop_instance_uid"][0], "-k", "2")
-    assert code == 2 and shard.name in err and err.count("\n") == 1
+    assert code == 1 and shard.name in err and err.count("\n") == 1
     # --verify sizes skips the checksums (fast open of huge indexes); the size still matches
     code, out, err = run(capsys, "search", index, columns["sop_instance_uid"][0], "-k", "2", "--verify", "sizes", "--json")
     assert code == 0 or shard.name in err
@@ -150,12 +177,12 @@ def test_an_index_of_an_empty_archive_gives_one_error_line(tmp_path, small_encod
                  ["evaluate", index, "--labels", phantom_archive / "labels.csv"],
                  ["explain", index, query, "-k", "2", "--masks", "10"]):
         code, out, err = run(capsys, *args)
-        assert code == 2 and err.count("\n") == 1 and "holds no live item" in err and "internal error" not in err, (args, err)
+        assert code == 1 and err.count("\n") == 1 and "holds no live item" in err and "internal error" not in err, (args, err)
 
 
 def test_labels_that_are_not_utf8_give_one_error_line(flat_index, capsys, tmp_path):
     labels = tmp_path / "labels-latin1.csv"
     labels.write_bytes("sop_instance_uid,frame,label\n1.2.3,0,hépatique\n".encode("latin-1"))
     code, out, err = run(capsys, "evaluate", flat_index, "--labels", labels)
-    assert code == 2 and err.count("\n") == 1
+    assert code == 1 and err.count("\n") == 1
     assert err.startswith(f"error: {labels} is not UTF-8 text (byte 0xe9 at offset")

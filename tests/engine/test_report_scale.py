@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medcbir.engine.report import OVERLAY_ALPHA, normalise_heatmaps, render_html, render_report
+from medcbir.engine.report import normalise_heatmaps, overlay_alpha, render_html, render_report
 from medcbir.errors import ConfigError
 
 
@@ -35,9 +35,10 @@ def _overlays(text: str) -> list[np.ndarray]:
 
 
 def _ends(cmap: str = "jet") -> tuple[np.ndarray, np.ndarray]:
-    """The overlay colour of the bottom and the top of the colour map over a black image."""
+    """The overlay colour of the bottom and the top of the colour map over a black image (each
+    blended at its own opacity: higher values are more opaque)."""
     c = matplotlib.colormaps[cmap]
-    return tuple(255 * OVERLAY_ALPHA * np.asarray(c(v)[:3]) for v in (0.0, 1.0))
+    return tuple(255 * float(overlay_alpha(np.array(v))) * np.asarray(c(v)[:3]) for v in (0.0, 1.0))
 
 
 def _reaches(overlay: np.ndarray, colour: np.ndarray) -> bool:

@@ -144,13 +144,13 @@ def test_cli_writes_maps_and_overlays(v3, tmp_path, capsys):
 def test_cli_errors_are_one_line(v3, capsys, argv, says):
     code = main(["explain", str(v3["index"]), v3["clear"]["query"], *argv])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and says in err[0], err
+    assert code == 1 and len(err) == 1 and says in err[0], err
 
 
 def test_explain_eval_scores_region_maps_beside_trivial_maps(v3, tmp_path, capsys):
     archive = v3["archive"]
     code = main(["explain-eval", str(v3["index"]), "--masks-file", str(archive / "masks.h5"), "--roi-boxes", str(archive / "lesion-boxes.csv"),
-                 "--n", "21", "-k", "1", "--masks", "40", "--json", str(tmp_path / "scores.json")])
+                 "--n", "21", "-k", "1", "--masks", "40", "--json-out", str(tmp_path / "scores.json")])
     out = capsys.readouterr().out
     assert code == 0, out
     result = json.loads((tmp_path / "scores.json").read_text())
@@ -164,7 +164,7 @@ def test_explain_eval_scores_region_maps_beside_trivial_maps(v3, tmp_path, capsy
     bad.write_text("sop_instance_uid,x,y\n1.2.3,1,2\n")
     code = main(["explain-eval", str(v3["index"]), "--masks-file", str(archive / "masks.h5"), "--roi-boxes", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "lacks column(s) w, h" in err[0], err
+    assert code == 1 and len(err) == 1 and "lacks column(s) w, h" in err[0], err
 
 
 def test_the_public_api_explains_a_region_match(v3):

@@ -83,7 +83,7 @@ def test_explain_and_explain_eval_run_with_wildcat(explain_index, phantom_archiv
 
     out_json = tmp_path / "scores.json"
     code = main(["explain-eval", str(explain_index), "--masks-file", str(phantom_archive / "masks.h5"), "--methods", "wildcat,gradcam",
-                 "--n", "2", "--angles", "0,90", "--encoder", str(head_checkpoint), "--json", str(out_json)])
+                 "--n", "2", "--angles", "0,90", "--encoder", str(head_checkpoint), "--json-out", str(out_json)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert [line.split()[0] for line in captured.out.splitlines()[2:4]] == ["wildcat", "gradcam"]
@@ -99,10 +99,10 @@ def test_explain_and_explain_eval_run_with_wildcat(explain_index, phantom_archiv
 
 
 def test_wildcat_without_a_head_is_one_line(explain_index, phantom_archive, head_checkpoint, capsys):
-    assert main(["explain", str(explain_index), str(query_file(phantom_archive)), "-k", "1", "--method", "wildcat"]) == 2
+    assert main(["explain", str(explain_index), str(query_file(phantom_archive)), "-k", "1", "--method", "wildcat"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: this encoder has no WILDCAT head") and err.count("\n") == 1
     code = main(["explain", str(explain_index), str(query_file(phantom_archive)), "-k", "1", "--method", "wildcat", "--encoder",
                  str(head_checkpoint), "--wildcat-class", "spleen"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: unknown WILDCAT class 'spleen'")
+    assert code == 1 and err.startswith("error: unknown WILDCAT class 'spleen'")

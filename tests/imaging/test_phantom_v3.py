@@ -278,7 +278,7 @@ def test_cli_v3_flag(capsys, tmp_path):
     assert json.loads((out / "phantom.json").read_text())["version"] == 3
     code = main(["phantom", str(tmp_path / "x"), "--v3", "--simple"])
     stdout, err = capsys.readouterr()
-    assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0
+    assert code == 1 and err.startswith("error: ") and err.strip().count("\n") == 0
 
 
 # Every file of this v2 archive, hashed on the commit before phantom v3 existed (47fd36a).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import threading
 
 import numpy as np
@@ -111,9 +113,14 @@ def test_retrain_cli(tmp_path, capsys):
     assert IndexStore.open(ix).manifest["trained"]["items"] == 500
     with IndexWriter.open(tmp_path / "flat", FakeEncoder(16), index_spec="Flat") as w:
         w.add_embeddings([Meta(0)], clustered(1, dim=16))
-    assert main(["retrain", str(tmp_path / "flat")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: index ") and err.strip().endswith("nothing to retrain") and err.count("\n") == 1
+    # an exact index: a no-op with a message and exit 0 (cron jobs run it on every index)
+    assert main(["retrain", str(tmp_path / "flat")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("index ") and captured.out.strip().endswith("nothing to retrain") and not captured.err
+    assert main(["retrain", str(tmp_path / "flat"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["retrained"] is False
+    assert main(["retrain", str(tmp_path / "nowhere")]) == 1  # a runtime error
+    assert main(["retrain", str(tmp_path / "flat"), "--sample", "0"]) == 2  # a usage error
 
 
 def test_recall_below_target_after_growth_retrains_with_a_finer_spec(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_orthanc_config_writes_a_complete_private_config(tmp_path):
 def test_orthanc_config_rejects_bad_options_in_one_line(tmp_path, capsys, args, message):
     code = main(["orthanc-config", str(tmp_path / "o.json"), "--index", str(tmp_path / "i"), "--encoder", "default", *args])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o.json").exists()
 
 

@@ -125,13 +125,19 @@ def test_search_options_group_by_prior_per_series_include_self(indexed_server, p
     engine = Engine.open(index, encoder=str(small_encoder))
 
     default = server.rest.post("/medcbir/search", json={"instance": instance, "k": 6}).json()["neighbours"]
-    assert len(default) == 6 and max(Counter(n["series_instance_uid"] for n in default).values()) <= 2  # per_series 2
-    assert uid not in [n["sop_instance_uid"] for n in default]  # not its own neighbour
-    assert [n["id"] for n in default] == [n.id for n in engine.search([str(query)], k=6, per_series=2)[0]]
-    mine = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "include_self": True, "per_series": 0}).json()["neighbours"]
+    # by default the query's own series is left out, and at most 2 hits per series: 2 other series × 2
+    own_series = str(pydicom.dcmread(query, stop_before_pixels=True).SeriesInstanceUID)
+    assert len(default) == 4 and max(Counter(n["series_instance_uid"] for n in default).values()) <= 2  # per_series 2
+    assert own_series not in [n["series_instance_uid"] for n in default]
+    assert [n["id"] for n in default] == [n.id for n in engine.search([str(query)], k=6, per_series=2, exclude="same-series")[0]]
+    kept = server.rest.post("/medcbir/search", json={"instance": instance, "k": 6, "exclude": "none"}).json()["neighbours"]
+    assert len(kept) == 6 and uid not in [n["sop_instance_uid"] for n in kept]  # not its own neighbour
+    assert [n["id"] for n in kept] == [n.id for n in engine.search([str(query)], k=6, per_series=2)[0]]
+    mine = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "include_self": True, "per_series": 0,
+                                                     "exclude": "none"}).json()["neighbours"]
     assert mine[0]["sop_instance_uid"] == uid and mine[0]["instance"] == instance
 
-    cases = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "group_by": "study"}).json()
+    cases = server.rest.post("/medcbir/search", json={"instance": instance, "k": 3, "group_by": "study", "exclude": "none"}).json()
     want = engine.search_cases([str(query)], k=3, group_by="study")[0]
     assert cases["group_by"] == "study" and [c["uid"] for c in cases["cases"]] == [c.uid for c in want]
     assert all(s["instance"] for c in cases["cases"] for s in c["slices"])  # Orthanc ids of the slices
@@ -245,7 +251,7 @@ def test_a_search_answers_while_an_explanation_runs(indexed_server, pacs_archive
 
     server, _, _ = indexed_server
     instance = server.rest.lookup_sop(pydicom.dcmread(pacs_archive[7], stop_before_pixels=True).SOPInstanceUID)
-    search = {"instance": instance, "k": 5}
+    search = {"instance": instance, "k": 5, "exclude": "none"}
     assert server.rest.post("/medcbir/search", json=search).status_code == 200  # engine warm
     answer = {}
 

@@ -36,7 +36,7 @@ def test_the_plugin_indexes_searches_and_explains_with_a_spec(orthanc_factory, b
 
     query = files[5]
     instance = server.rest.lookup_sop(pydicom.dcmread(query, stop_before_pixels=True).SOPInstanceUID)
-    resp = server.rest.post("/medcbir/search", json={"instance": instance, "k": 4, "per_series": 0})
+    resp = server.rest.post("/medcbir/search", json={"instance": instance, "k": 4, "per_series": 0, "exclude": "none"})
     assert resp.status_code == 200, resp.text
     expected = Engine.open(index, encoder=spec).search([str(query)], k=4, per_series=0)[0]
     assert [n["id"] for n in resp.json()["neighbours"]] == [n.id for n in expected]

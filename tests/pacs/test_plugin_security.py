@@ -55,7 +55,8 @@ def test_k_is_bounded_by_the_setting_and_by_the_index_size(server, pacs_archive)
     refused(server.rest.post("/medcbir/search", json={"instance": instance, "k": 10**6}), "k", "MaxK")
     assert time.monotonic() - started < 10  # refused up front, not after a huge search
     # k within MaxK but beyond the 30 items: every item, once, and the answer says k=30.
-    whole = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50, "per_series": 0, "include_self": True})
+    whole = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50, "per_series": 0, "include_self": True,
+                                                      "exclude": "none"})
     assert whole.status_code == 200, whole.text
     assert whole.json()["k"] == len(pacs_archive)
     assert len({n["id"] for n in whole.json()["neighbours"]}) == len(pacs_archive)
@@ -228,7 +229,7 @@ def test_deleted_instances_and_series_leave_the_index_and_explain_still_answers(
     assert server.rest.session.delete(server.url + f"/instances/{victim}").status_code == 200
 
     def gone():
-        hits = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50, "per_series": 0, "include_self": True}).json()["neighbours"]
+        hits = server.rest.post("/medcbir/search", json={"instance": instance, "k": 50, "per_series": 0, "include_self": True, "exclude": "none"}).json()["neighbours"]
         return hits if victim not in {n["instance"] for n in hits} else None
 
     hits = wait_for(gone, timeout=30, what="the deleted instance to leave the answers")

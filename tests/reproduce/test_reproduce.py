@@ -120,7 +120,7 @@ def test_an_archive_without_masks_is_one_error_line(tmp_path, capsys):
     from medcbir.cli.main import main
 
     (tmp_path / "plain").mkdir()
-    assert main(["reproduce", "wickstrom", str(tmp_path / "plain"), "--out", str(tmp_path / "out"), "--test-mode"]) == 2
+    assert main(["reproduce", "wickstrom", str(tmp_path / "plain"), "--out", str(tmp_path / "out"), "--test-mode"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if line.startswith("error:")]
     assert errors == [err[-1]] and "labels.csv" in errors[0] and "masks.h5" in errors[0], err

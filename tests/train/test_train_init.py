@@ -75,4 +75,4 @@ def test_train_init_through_the_cli(byo_models, phantom_archive, tmp_path, capsy
     assert open_encoder(out).spec["output"] == "cls"
     code = main(["train", str(phantom_archive), "--init", byo_models["onnx"]["encoder"], "--epochs", "1", "--out", str(tmp_path / "x.pt")])
     err = capsys.readouterr().err
-    assert code == 2 and "ONNX model" in err and "no torch module" in err
+    assert code == 1 and "ONNX model" in err and "no torch module" in err

@@ -194,6 +194,6 @@ def test_finetune_from_the_command_line_and_its_errors(base, phantom_archive, tu
         (["--k-plus", "1.5"], "error: --k-plus = 1.5: give a fraction"),
         (["--resume", "--alpha", "0.9"], "error: cannot resume"),
     ):
-        assert main(args + bad) == 2
+        assert main(args + bad) == 1
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1, err

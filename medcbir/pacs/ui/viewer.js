@@ -5,7 +5,11 @@
 
 const ORTHANC = "../../";
 const MEDCBIR = "../";
-const state = { instance: null, neighbours: [], studyDates: {} };
+const METHOD_NAMES = { relax: "RELAX", occlusion: "occlusion", gradcam: "Grad-CAM", smoothgrad: "SmoothGrad",
+  integrated_gradients: "integrated gradients", guided_gradcam: "guided Grad-CAM", gradient: "gradient",
+  guided_backprop: "guided backprop", smoothgrad_ig: "SmoothGrad-IG", clustered_cam: "Clustered-CAM",
+  ablation_cam: "Ablation-CAM", wildcat: "WILDCAT" };
+const state = { instance: null, neighbours: [], maxExplainK: 10 };
 
 function $(id) { return document.getElementById(id); }
 
@@ -43,7 +47,9 @@ function message(text, isError) {
 }
 
 function formatDate(value) {
-  return value && value.length >= 8 ? `${value.slice(0, 4)}-${value.slice(4, 6)}-${value.slice(6, 8)}` : "-";
+  if (!value) return "";
+  if (/^\d{4}-\d{2}-\d{2}/.test(value)) return value.slice(0, 10);
+  return value.length >= 8 ? `${value.slice(0, 4)}-${value.slice(4, 6)}-${value.slice(6, 8)}` : "";
 }
 
 function select(list, item) {
@@ -54,12 +60,21 @@ function select(list, item) {
 // Orthanc's own viewer for one instance (Orthanc Explorer, shipped with Orthanc).
 function viewerUrl(instance) { return `${ORTHANC}app/explorer.html#instance?uuid=${instance}`; }
 function previewUrl(instance) { return `${ORTHANC}instances/${instance}/preview`; }
+// medcbir's rendering: stored resolution, reading window (VOI, else CT body-part preset, else percentiles)
+function renderUrl(instance) { return `${MEDCBIR}render/${instance}`; }
 
 async function loadStatus() {
   try {
     const s = await getJson(MEDCBIR + "status");
     const fp = (s.encoder && s.encoder.fingerprint) ? String(s.encoder.fingerprint).slice(0, 12) : "?";
     $("status").textContent = `index: ${s.indexed ?? "?"} images, worker ${s.worker}, encoder ${fp}`;
+    const methods = s.explain_methods || ["relax"];
+    $("method").replaceChildren(...methods.map((m) => el("option", { value: m, text: METHOD_NAMES[m] || m })));
+    if (s.limits && s.limits.MaxExplainK) {
+      state.maxExplainK = Number(s.limits.MaxExplainK);
+      $("k").max = String(state.maxExplainK);  // K neighbours are shown and explained: one bound
+      if (Number($("k").value) > state.maxExplainK) $("k").value = String(state.maxExplainK);
+    }
   } catch (err) {
     $("status").textContent = `status unavailable (${err.message})`;
   }
@@ -73,13 +88,12 @@ async function loadStudies() {
   for (const study of studies) {
     const tags = study.MainDicomTags || {};
     const patient = study.PatientMainDicomTags || {};
-    state.studyDates[study.ID] = tags.StudyDate || "";
     const item = el("li", { "data-study": study.ID,
-      text: `${formatDate(tags.StudyDate)}  ${patient.PatientID || ""}  ${tags.StudyDescription || ""}`.trim() });
+      text: `${formatDate(tags.StudyDate) || "-"}  ${patient.PatientID || ""}  ${tags.StudyDescription || ""}`.trim() });
     item.addEventListener("click", () => { select(list, item); loadSeries(study.ID); });
     list.appendChild(item);
   }
-  message(`${studies.length} studies. Pick one.`);
+  message(`${studies.length} ${studies.length === 1 ? "study" : "studies"}. Pick one.`);
 }
 
 async function loadSeries(study) {
@@ -111,78 +125,97 @@ async function loadInstances(series) {
 
 function filters() {
   const modality = $("modality").value.trim().toUpperCase();
-  return { k: Number($("k").value) || 6, exclude: $("exclude").value, ...(modality ? { modality } : {}) };
+  const minPct = $("min-percentile").value.trim();
+  const k = Math.min(Number($("k").value) || 5, state.maxExplainK);
+  return { k, exclude: $("exclude").value, ...(modality ? { modality } : {}), ...(minPct ? { min_percentile: Number(minPct) } : {}) };
 }
 
-async function studyDate(study) {
-  if (!study) return "";
-  if (!(study in state.studyDates)) {
-    const info = await getJson(`${ORTHANC}studies/${study}`).catch(() => ({ MainDicomTags: {} }));
-    state.studyDates[study] = info.MainDicomTags.StudyDate || "";
-  }
-  return state.studyDates[study];
+// "-314.7 mm (slice 12 of 48)"
+function positionText(c) {
+  if (c.position_mm === null || c.position_mm === undefined) return "";
+  const where = c.index_in_series && c.series_slices ? ` (slice ${c.index_in_series} of ${c.series_slices})` : "";
+  return `position ${Number(c.position_mm).toFixed(1)} mm${where}`;
 }
 
-function card(kind, entry, lines) {
-  const link = el("a", { href: viewerUrl(entry.instance), target: "_blank", rel: "noopener", class: "open" },
-    [el("img", { src: previewUrl(entry.instance), alt: kind, class: "thumb" })]);
+function readingLines(c) {
+  const lines = [];
+  lines.push({ cls: "desc", text: c.series_description || "(no series description)" });
+  lines.push({ text: [formatDate(c.study_date), c.modality, c.body_part].filter(Boolean).join(" · ") });
+  const pos = positionText(c);
+  if (pos) lines.push({ cls: "position", text: pos });
+  if (c.label) lines.push({ cls: "label-value", text: `label: ${c.label}` });
+  return lines;
+}
+
+function card(kind, entry, head, lines) {
+  const img = el("img", { src: renderUrl(entry.instance), alt: kind, class: "thumb" });
+  const link = el("a", { href: viewerUrl(entry.instance), target: "_blank", rel: "noopener", class: "open" }, [img]);
   const node = el("div", { class: `card ${kind}`, "data-instance": entry.instance, "data-sop": entry.sop || "" },
-    [el("div", { class: "pics" }, [link]), ...lines.map((text, i) => el("div", { class: i ? "" : "label", text }))]);
+    [el("div", { class: "frame" }, [link]), el("div", { class: "label", text: head }),
+     ...lines.map((line) => el("div", { class: line.cls || "", text: line.text }))]);
   return node;
 }
 
 async function search(instance) {
   state.instance = instance;
   $("explain").disabled = true;
+  $("explain-status").hidden = true;
   $("neighbours").replaceChildren();
   message("searching...");
   try {
-    const answer = await postJson(MEDCBIR + "search", { instance, per_series: 0, ...filters() });
+    const f = filters();
+    // per_series 0: the neighbours shown are the ones an explanation explains, rank for rank
+    const answer = await postJson(MEDCBIR + "search", { instance, per_series: 0, ...f });
     const tags = await getJson(`${ORTHANC}instances/${instance}/simplified-tags`).catch(() => ({}));
-    $("query").replaceChildren(card("query", { instance, sop: tags.SOPInstanceUID },
-      ["query", `${tags.Modality || ""} ${formatDate(tags.StudyDate)}`]));
+    const qc = answer.query_context || {};
+    $("query").replaceChildren(card("query", { instance, sop: tags.SOPInstanceUID }, "query",
+      readingLines({ series_description: tags.SeriesDescription, study_date: tags.StudyDate, modality: tags.Modality,
+                     body_part: tags.BodyPartExamined, ...qc })));
     state.neighbours = answer.neighbours;
-    const cards = [];
-    for (const n of answer.neighbours) {
-      const date = await studyDate(n.study);
-      cards.push(card("neighbour", { instance: n.instance, sop: n.sop_instance_uid },
-        [`#${n.rank} score ${Number(n.score).toFixed(4)}`, `${n.modality || "?"} ${formatDate(date)}`]));
-    }
+    const cards = answer.neighbours.map((n) => card("neighbour", { instance: n.instance, sop: n.sop_instance_uid },
+      `#${n.rank} · score ${Number(n.score).toFixed(4)}` + (n.percentile !== null && n.percentile !== undefined ? ` · percentile ${Number(n.percentile).toFixed(1)}` : ""),
+      readingLines(n)));
     $("neighbours").replaceChildren(...cards);
-    message(`${answer.neighbours.length} neighbours (k=${answer.k}, exclude ${filters().exclude}).`);
+    if (!answer.neighbours.length) {
+      message(answer.message ? `${answer.message} (min. percentile ${f.min_percentile ?? "-"}).` : "no neighbours.");
+      return;
+    }
+    const excluded = { "same-series": "the query's series", "same-study": "the query's study", "same-patient": "the query's patient", none: "nothing" }[f.exclude];
+    message(`${answer.neighbours.length} neighbours (k=${answer.k}; left out: ${excluded}).`);
     $("explain").disabled = false;
   } catch (err) {
     message(`search failed: ${err.message}`, true);
   }
 }
 
-function addOverlay(cardNode, overlayInstance) {
-  const pics = cardNode.querySelector(".pics");
-  for (const old of pics.querySelectorAll(".overlay")) old.remove();
-  pics.appendChild(el("a", { href: viewerUrl(overlayInstance), target: "_blank", rel: "noopener", class: "overlay" },
-    [el("img", { src: previewUrl(overlayInstance), alt: "explanation overlay" })]));
+function addOverlay(cardNode, overlayInstance, method) {
+  const frame = cardNode.querySelector(".frame");
+  for (const old of frame.querySelectorAll(".overlay")) old.remove();
+  frame.appendChild(el("img", { src: previewUrl(overlayInstance), alt: `${method} heatmap`, class: "overlay",
+    "data-overlay": overlayInstance, title: `${method} heatmap (stored in the PACS; not for diagnosis)` }));
+  if (!cardNode.querySelector(".caveat")) cardNode.appendChild(el("div", { class: "caveat", text: `${method} heatmap: not for diagnosis` }));
 }
 
 async function explain() {
   if (!state.instance) return;
   const method = $("method").value;
+  const name = METHOD_NAMES[method] || method;
   $("explain").disabled = true;
-  message(`explaining with ${method}... (the overlays are stored in the PACS and appear here when ready)`);
+  message(`explaining with ${name}... (the overlays are stored in the PACS and appear here when ready)`);
   try {
     const { k, exclude } = filters();
-    const answer = await postJson(MEDCBIR + "explain", { instance: state.instance, k: Math.min(k, 5), exclude, method, store: true });
+    const answer = await postJson(MEDCBIR + "explain", { instance: state.instance, k, exclude, method, store: true });
     const overlays = answer.stored.overlays;
-    addOverlay($("query").querySelector(".card"), overlays[0].instance);
+    addOverlay($("query").querySelector(".card"), overlays[0].instance, name);
     answer.neighbours.forEach((n, i) => {
-      let target = document.querySelector(`#neighbours .card[data-sop="${n.sop_instance_uid}"]`);
-      if (!target) {  // explained but not shown (e.g. another K): add its card
-        target = card("neighbour", { instance: null, sop: n.sop_instance_uid }, [`#${n.rank} score ${Number(n.score).toFixed(4)}`, n.modality || ""]);
-        target.querySelector(".open").remove();
-        $("neighbours").appendChild(target);
-      }
-      addOverlay(target, overlays[i + 1].instance);
+      const target = document.querySelector(`#neighbours .card[data-sop="${n.sop_instance_uid}"]`);
+      if (target) addOverlay(target, overlays[i + 1].instance, name);
     });
-    message(`${method}: ${overlays.length} overlays stored in the PACS (${answer.explain_seconds} s).`);
+    const status = $("explain-status");
+    status.replaceChildren(el("div", { text: answer.status ? answer.status.text : `${name}: not evaluated` }),
+      el("div", { class: "caveat", text: answer.caveat || "not for diagnosis" }));
+    status.hidden = false;
+    message(`${name}: ${overlays.length} overlays stored in the PACS (${answer.explain_seconds} s).`);
   } catch (err) {
     message(`explanation failed: ${err.message}`, true);
   } finally {
@@ -191,5 +224,6 @@ async function explain() {
 }
 
 $("explain").addEventListener("click", explain);
+$("show-overlays").addEventListener("change", (e) => document.body.classList.toggle("no-overlays", !e.target.checked));
 loadStatus();
 loadStudies().catch((err) => message(`cannot list studies: ${err.message}`, true));
