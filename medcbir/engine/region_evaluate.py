@@ -185,12 +185,13 @@ def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "
     n_relevant = np.array([int(np.count_nonzero(admissible(i) & (label_of_id == c))) for i, c in zip(chosen.ids, chosen.codes)],
                           dtype=np.int64)
     found = np.full((len(chosen.ids), k), -1, dtype=np.int64)
-    found_rows = np.full((len(chosen.ids), k), -1, dtype=np.int64)
+    found_boxes = np.full((len(chosen.ids), k, 4), -1, dtype=np.int64)
     vectors = regions.whitening(chosen.descriptors)
     for q, item_id in enumerate(chosen.ids.tolist()):
         hits = regions.search(vectors[q], k, admissible(item_id))
         found[q, :len(hits)] = [h[0] for h in hits]
-        found_rows[q, :len(hits)] = [h[2] for h in hits]
+        if hits:
+            found_boxes[q, :len(hits)] = [h[2] for h in hits]
     result: dict = {
         "k": k,
         "exclude": exclude,
@@ -213,11 +214,11 @@ def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "
         result["baselines"] = _crop_baselines(engine, regions, searchable, chosen, admissible, list(baselines), int(crop_size), k,
                                               label_of_id, n_relevant, names, crop_found)
     if per_query:
-        result["per_query"] = _per_query(engine, regions, chosen, names, found, found_rows, whole, crop_found)
+        result["per_query"] = _per_query(engine, chosen, names, found, found_boxes, whole, crop_found)
     return result
 
 
-def _per_query(engine, regions: RegionIndex, chosen: _Queries, names: list[str], found, found_rows, whole, crop_found: dict) -> list[dict]:
+def _per_query(engine, chosen: _Queries, names: list[str], found, found_boxes, whole, crop_found: dict) -> list[dict]:
     """Each query's row and what each search found (items by SOP UID and frame; regions with their box)."""
     ids = np.unique(np.concatenate([found.ravel(), whole.ravel(), *[f.ravel() for f in crop_found.values()], [-1]]))
     ids = ids[ids >= 0]
@@ -231,8 +232,8 @@ def _per_query(engine, regions: RegionIndex, chosen: _Queries, names: list[str],
         out.append({
             "line": row.line, "sop_instance_uid": row.uid, "frame": row.frame, "box": list(chosen.boxes[q]),
             "label": names[int(chosen.codes[q])],
-            "region": [{"sop_instance_uid": keys[i][0], "frame": keys[i][1], "region": [int(v) for v in regions.boxes[r]]}
-                       for i, r in zip(found[q].tolist(), found_rows[q].tolist()) if i >= 0],
+            "region": [{"sop_instance_uid": keys[i][0], "frame": keys[i][1], "region": [int(v) for v in box]}
+                       for i, box in zip(found[q].tolist(), found_boxes[q].tolist()) if i >= 0],
             "whole_slice": items(whole[q]),
             "baselines": {name: items(f[q]) for name, f in crop_found.items()},
         })

@@ -151,6 +151,24 @@ def _instances(value, limits: dict) -> list[str]:
     return [orthanc_id(v, "instances[]") for v in value]
 
 
+#: The largest coordinate a region box may name (a frame is at most this many pixels a side).
+MAX_PIXEL = 1 << 16
+
+
+def _roi(value, limits: dict) -> tuple[int, int, int, int]:
+    """``[x, y, w, h]``: four whole numbers, w and h ≥ 1 (checked against the frame by the engine)."""
+    if not isinstance(value, list) or len(value) != 4:
+        raise BadRequest("roi must be [x, y, w, h]: four numbers in the query image's pixel grid")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not 0 <= v <= MAX_PIXEL:
+            raise BadRequest(f"roi must be [x, y, w, h] of whole numbers between 0 and {MAX_PIXEL}, not {shown(value, 60)}")
+        out.append(int(round(v)))
+    if out[2] < 1 or out[3] < 1:
+        raise BadRequest("roi width and height must be at least 1 pixel")
+    return tuple(out)
+
+
 def _dicom(value, limits: dict):
     # bytes: a raw DICOM body (the plugin); str: base64 in a JSON body.
     if not isinstance(value, (bytes, bytearray, str)) or not value:
@@ -182,6 +200,8 @@ ROUTES: dict[str, dict] = {
         # a hit below these is not shown; none left: "no sufficiently similar image"
         "min_percentile": _number("min_percentile", 0.0, 100.0),
         "min_score": _number("min_score", -1.0, 1.0),
+        # a region query: the box in the query image's pixel grid; neighbours by their best region
+        "roi": _roi,
     },
     "explain": {
         **COMMON,

@@ -587,6 +587,9 @@ class Worker:
 
             out.update(context(engine, meta, n.score))
             out.update(self._series_tags(ids.get("series")))
+        if getattr(n, "region", None) is not None:
+            out["region"] = [int(v) for v in n.region]  # the matched box in the neighbour's pixel grid
+            out["percentile"] = None  # percentiles are of whole-image similarities, not of region scores
         return out
 
     def op_search(self, request: dict, deadline: Deadline | None = None) -> dict:
@@ -608,7 +611,16 @@ class Worker:
                 # are always the nearest, and say nothing about similar images
                 exclude, modality = request.get("exclude") or "same-series", request.get("modality") or None
                 paths = [str(path) for path, _ in queries]
-                if options["prior"]:
+                roi = request.get("roi")
+                if roi is not None and (options["prior"] or options["group_by"] or request.get("min_percentile") is not None
+                                        or request.get("min_score") is not None):
+                    from medcbir.errors import ConfigError
+
+                    raise ConfigError("roi (a region query) does not combine with prior, group_by, min_percentile or min_score")
+                if roi is not None:
+                    results = engine.search(paths, k=k, exclude=exclude, modality=modality, per_series=options["per_series"],
+                                            include_self=options["include_self"], roi=tuple(roi))
+                elif options["prior"]:
                     results = [engine.prior(path, modality=modality).to_dict() for path in paths]
                 elif options["group_by"]:
                     results = engine.search_cases(paths, k=k, group_by=options["group_by"], exclude=exclude, modality=modality,
@@ -628,9 +640,12 @@ class Worker:
         finally:
             for path, _ in queries:
                 path.unlink(missing_ok=True)
+        regions = [list(row[0].query_region) if request.get("roi") is not None and row else None for row in results] \
+            if not (options["prior"] or options["group_by"]) else [None] * len(results)
         answers = [{"query": instance, **({"query_context": context} if context else {}),
+                    **({"query_region": region} if region is not None else {}),
                     **self._answer_of(row, options, instance, engine), **({"stored": [kos]} if kos else {})}
-                   for (_, instance), row, kos, context in zip(queries, results, stored, contexts)]
+                   for (_, instance), row, kos, context, region in zip(queries, results, stored, contexts, regions)]
         timing = {"engine_seconds": round(search_seconds, 6), "worker_seconds": round(time.perf_counter() - started, 6)}
         extra = {"group_by": options["group_by"]} if options["group_by"] else {}
         if request.get("instances"):

@@ -113,6 +113,28 @@ def test_search_through_orthanc_matches_engine(indexed_server, pacs_archive, sma
     assert server.rest.session.get(server.url + "/medcbir/search").status_code == 405
 
 
+def test_region_search_through_orthanc_matches_engine(indexed_server, pacs_archive, small_encoder):
+    """``"roi": [x, y, w, h]`` in /medcbir/search: the plugin's index stores regions (a new index
+    does), and the answer equals the engine's region search, each neighbour with its matched box."""
+    from medcbir.engine import Engine
+
+    server, index, _ = indexed_server
+    query = pacs_archive[13]
+    instance = server.rest.lookup_sop(pydicom.dcmread(query, stop_before_pixels=True).SOPInstanceUID)
+    box = [14, 18, 24, 20]
+    resp = server.rest.post("/medcbir/search", json={"instance": instance, "k": 4, "roi": box, "exclude": "same-patient", "per_series": 0})
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    expected = Engine.open(index, encoder=str(small_encoder)).search([str(query)], k=4, roi=box, exclude="same-patient")[0]
+    assert answer["query_region"] == box and len(answer["neighbours"]) == len(expected) > 0
+    assert [(n["id"], n["region"]) for n in answer["neighbours"]] == [(n.id, list(n.region)) for n in expected]
+    assert [n["score"] for n in answer["neighbours"]] == pytest.approx([n.score for n in expected], abs=1e-5)
+    for bad in ({"roi": [1, 2, 3]}, {"roi": [0, 0, 0, 5]}, {"roi": "1,2,3,4"}, {"roi": [60, 60, 20, 20]},
+                {"roi": box, "group_by": "study"}, {"roi": box, "min_percentile": 50}):
+        r = server.rest.post("/medcbir/search", json={"instance": instance, **bad})
+        assert r.status_code == 400, (bad, r.status_code, r.text)
+
+
 def test_search_options_group_by_prior_per_series_include_self(indexed_server, pacs_archive, small_encoder):
     from collections import Counter
 
