@@ -4,6 +4,9 @@
 ``point`` (medcbir/indexer/fsutil.py), i.e. a real ``kill -9`` at an exact moment; one more
 run is killed from outside at an arbitrary moment. After every kill the last committed
 generation must open and verify, and the final re-run must hold every slice exactly once.
+
+The commit protocol is the same with or without regions; these runs skip them (``--no-regions``)
+to stay quick, and ``tests/engine/test_region_search.py`` kills a run that stores regions.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def run_index(archive, index_dir, encoder, kill_at=None, extra=(), wait=True, sh
     if kill_at:
         env["MEDCBIR_TEST_KILL_AT"] = kill_at
     cmd = [sys.executable, "-m", "medcbir", "index", str(archive), "--encoder", str(encoder), "--out", str(index_dir),
-           "--shard-size", str(shard_size), "--workers", "1", "--batch-size", "64", "--no-progress", *extra]
+           "--shard-size", str(shard_size), "--workers", "1", "--batch-size", "64", "--no-progress", "--no-regions", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
         return proc
