@@ -245,13 +245,18 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
     from medcbir.explain.status import save_evaluation
 
     save_evaluation(index, _clean(result))
+    _print_scores(result, format_table, json_out, as_json)
+
+
+def _print_scores(result: dict, table, json_out, as_json: bool) -> None:
+    """explain-eval's output: the JSON file (--json-out), then the JSON (--json) or the table."""
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(_clean(result), indent=2))
         return
-    click.echo(format_table(result))
+    click.echo(table(result))
     if json_out is not None:
         click.echo(f"scores: {json_out}")
 
@@ -281,12 +286,4 @@ def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, 
             engine, roi_boxes, masks_file, names, n=n, k=k, exclude=exclude, n_masks=n_masks if masks_given else None, seed=seed,
             progress=lambda m: click.echo(m, err=True),
         )
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(_clean(result), indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(_clean(result), indent=2))
-        return
-    click.echo(format_region_table(result))
-    if json_out is not None:
-        click.echo(f"scores: {json_out}")
+    _print_scores(result, format_region_table, json_out, as_json)
