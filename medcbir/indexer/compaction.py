@@ -26,6 +26,7 @@ from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest
 from medcbir.indexer.shard import (ShardRegions, concat_columns, read_columns, read_embeddings, read_regions, read_source_stats,
                                    write_shard)
 from medcbir.indexer.staging import Overtaken, new_staging, publish, same_prefix
+from medcbir.indexer.writer import remove_orphans
 
 # A shard below this fraction of the shard size counts as small.
 MIN_FILL = 0.5
@@ -138,7 +139,6 @@ def compact(index_dir: str | Path, shard_size: int | None = None, force: bool = 
         (``rewritten`` = shards replaced; 0 when there was nothing to do), or with
         ``"skipped"`` when another maintenance job committed first.
     """
-    from medcbir.indexer.writer import remove_orphans
 
     index_dir = Path(index_dir)
     snapshot = read_manifest(index_dir)

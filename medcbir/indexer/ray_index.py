@@ -37,6 +37,22 @@ from typing import Any
 import numpy as np
 
 from medcbir.errors import ConfigError, IndexCorrupt
+from medcbir.imaging.source_seal import SourceSeal
+from medcbir.imaging import list_files
+from medcbir.imaging import walk
+from medcbir.indexer.follow import file_state
+from medcbir.errors import ArchiveNotFound
+from medcbir.imaging import Preprocessing
+from medcbir.encoders.regions import WithRegions
+from medcbir.device import Device
+from medcbir.indexer.shard import meta_columns, shard_name, write_shard
+from medcbir.indexer.writer import key_hash, shard_regions
+from medcbir.indexer import follow, quarantine
+from medcbir.indexer.summary import IndexSummary
+from medcbir.indexer.writer import IndexWriter, remove_orphans
+from medcbir.encoders.names import is_builtin
+from medcbir.encoders.spec import source_available
+from medcbir.indexer.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +88,11 @@ class FolderUnits:
         self._seal_args = (bytes(key), str(root))
 
     def _seal(self):
-        from medcbir.imaging.source_seal import SourceSeal
 
         return SourceSeal(*self._seal_args) if self._seal_args else None
 
     def units(self, skip_source) -> tuple[list[str], int]:
         """(sources to decode, number passed because already committed), in walk order."""
-        from medcbir.imaging import list_files
 
         seal = self._seal()
         todo, passed = [], 0
@@ -94,8 +108,6 @@ class FolderUnits:
         mtime_ns) seen before decoding) of some units, in order."""
         from dataclasses import replace
 
-        from medcbir.imaging import walk
-        from medcbir.indexer.follow import file_state
 
         seal = self._seal()
         record = seal.seal if seal is not None else str
@@ -140,7 +152,6 @@ class DicomwebUnits:
 def as_units(source: Any):
     """The unit lister/decoder of a path, a ``FolderSource`` or a DICOMweb source."""
     if isinstance(source, (str, Path)):
-        from medcbir.errors import ArchiveNotFound
 
         if not Path(source).exists():
             raise ArchiveNotFound(f"archive not found: {source}")
@@ -242,12 +253,10 @@ def _ledger_class():
 def decode_job(batch: dict, units_of, preprocessing: dict, key: bytes | None, regions_per_image: int | None = None) -> dict:
     """Decode task: one job row → its preprocessed images, metadata and (for an index with
     regions, ``regions_per_image`` set) each item's regions (pickled, one block)."""
-    from medcbir.imaging import Preprocessing
 
     prep = Preprocessing.from_dict(preprocessing)
     decode_prep = prep
     if regions_per_image:
-        from medcbir.encoders.regions import WithRegions
 
         decode_prep = WithRegions(prep, int(regions_per_image))
     out_jobs, out_payload = [], []
@@ -286,7 +295,6 @@ class EmbedWriter:
                  regions: dict | None = None) -> None:
         import torch
 
-        from medcbir.device import Device
         from medcbir.encoders.runtime import open_encoder, open_for_index
 
         torch.set_num_threads(max(1, int(threads)))
@@ -303,8 +311,6 @@ class EmbedWriter:
     def _job(self, job: int, payload: tuple) -> dict:
         import ray
 
-        from medcbir.indexer.shard import meta_columns, shard_name, write_shard
-        from medcbir.indexer.writer import key_hash, shard_regions
 
         images, metas, skips, n_units, states, regions = payload
         keys = np.asarray([key_hash(m.sop_instance_uid, m.frame) for m in metas], dtype=np.uint64)
@@ -371,9 +377,6 @@ def index_archive_ray(
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
     """
-    from medcbir.indexer import follow, quarantine
-    from medcbir.indexer.summary import IndexSummary
-    from medcbir.indexer.writer import IndexWriter, remove_orphans
 
     start = time.perf_counter()
     if int(workers) < 1:
@@ -443,8 +446,6 @@ def _stderr_to(path: Path | None):
 def _encoder_arg(writer, encoder):
     """What the actors open: a path, ``hf:DIR`` or built-in name when there is one (absolute: a
     worker's folder is not the driver's), else the Encoder pickled."""
-    from medcbir.encoders.names import is_builtin
-    from medcbir.encoders.spec import source_available
 
     source = str(getattr(writer.encoder, "source", "") or "")
     if source and source_available(source):
@@ -498,8 +499,6 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
 
 def _commit_all(records, writer, summary, index_dir: Path) -> None:
     """Commit finished shards in id order, in groups; account skips and duplicates."""
-    from medcbir.indexer import quarantine
-    from medcbir.indexer.fsutil import sha256_file
 
     ready: dict[int, dict] = {}
     last_commit = time.monotonic()

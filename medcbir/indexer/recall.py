@@ -49,6 +49,9 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from medcbir.indexer import faiss_index
+from medcbir.indexer.faiss_index import auto_nlist, auto_spec, is_flat, search_parameters, shared_ivf, split_refine
+
 log = logging.getLogger(__name__)
 
 #: recall@10 ``auto`` must reach on the index's own embeddings (``--target-recall``).
@@ -202,7 +205,6 @@ def measure(index: faiss.Index, queries: np.ndarray, self_ids: np.ndarray | None
     ``newest``: a mask of the queries that are the newest items; the lower bound is then the lower
     of the two groups' (the target must hold for new exams, not only on average over the archive,
     whose older items the quantiser fits better)."""
-    from medcbir.indexer.faiss_index import search_parameters
 
     k = exact.shape[1]
     wanted = k if self_ids is None else k + 1
@@ -222,7 +224,6 @@ def measure(index: faiss.Index, queries: np.ndarray, self_ids: np.ndarray | None
 
 
 def grid_for(spec: str) -> list[dict]:
-    from medcbir.indexer.faiss_index import is_flat, split_refine
 
     if is_flat(spec):
         return GRIDS["flat"]
@@ -243,7 +244,6 @@ def candidates(dim: int, n: int) -> list[str]:
     quantisation at all (a graph over the exact vectors) at ~2× the memory of the vectors;
     exact search always reaches recall 1.
     """
-    from medcbir.indexer.faiss_index import auto_nlist, auto_spec
 
     nlist = auto_nlist(n)
     return [auto_spec(dim, nlist), f"IVF{nlist},SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
@@ -285,29 +285,27 @@ class SharedTraining:
         self.coarse_seconds: dict[int, float] = {}
 
     def centroids(self, dim: int, nlist: int) -> np.ndarray:
-        from medcbir.indexer.faiss_index import train
 
         if nlist not in self._centroids:
             start = time.perf_counter()
-            coarse = train(f"IVF{nlist},Flat", dim, self.vectors)  # kept alive while its quantiser is read
+            coarse = faiss_index.train(f"IVF{nlist},Flat", dim, self.vectors)  # kept alive while its quantiser is read
             self._centroids[nlist] = faiss.downcast_index(faiss.extract_index_ivf(coarse).quantizer).reconstruct_n(0, nlist)
             self.coarse_seconds[nlist] = time.perf_counter() - start
         return self._centroids[nlist]
 
     def train(self, spec: str, dim: int) -> tuple[faiss.Index, float]:
         """(the trained empty index for ``spec``, seconds it would take to train it alone)."""
-        from medcbir.indexer.faiss_index import _no_polysemous, shared_ivf, split_refine, train
 
         probe = faiss.index_factory(int(dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
         ivf = shared_ivf(probe)
         if ivf is None:
             start = time.perf_counter()
-            return train(spec, dim, self.vectors), time.perf_counter() - start
+            return faiss_index.train(spec, dim, self.vectors), time.perf_counter() - start
         nlist = int(ivf.nlist)
         centroids = self.centroids(dim, nlist)
         start = time.perf_counter()
         index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
-        _no_polysemous(index)
+        faiss_index._no_polysemous(index)
         shared_ivf(index).quantizer.add(centroids)  # ntotal == nlist: IVF training keeps these
         index.train(self.code_sample)
         return index, time.perf_counter() - start + self.coarse_seconds[nlist]
@@ -328,7 +326,6 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         on at most :data:`CODE_TRAIN` of them; at most :data:`TUNE_ITEMS` of ``vectors`` are
         used to measure.
     """
-    from medcbir.indexer.faiss_index import is_flat
 
     start = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

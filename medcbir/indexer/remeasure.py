@@ -19,6 +19,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from medcbir.indexer.recall import QUERIES
+from medcbir.indexer import recall
+from medcbir.indexer.store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,6 @@ NEWEST_MIN = 10
 def newest_from(n: int) -> int | None:
     """First row of the newest items (:data:`NEWEST_SHARE` of ``n``, at least :data:`NEWEST_MIN` ×
     the queries), or None when that is the whole index."""
-    from medcbir.indexer.recall import QUERIES
 
     start = n - max(int(NEWEST_SHARE * n), NEWEST_MIN * QUERIES)
     return start if start > 0 else None
@@ -57,7 +59,6 @@ def measure_index(index, spec: str, vectors: np.ndarray, target: float, recent_f
     the order they were added): :data:`~.recall.QUERIES` items as queries, half of them among the
     rows from ``recent_from`` on when given (:func:`~.recall.query_rows`), exact top-10 by brute
     force over all of them."""
-    from medcbir.indexer import recall
 
     rows = recall.query_rows(len(vectors), recent_from=recent_from)
     exact = recall.exact_neighbours(vectors, rows)
@@ -70,8 +71,6 @@ def measure_committed(index_dir: Path, manifest: dict) -> dict:
     """Measure the committed index ``manifest`` describes on all its items; returns the updated
     manifest (``recall`` record, ``search_params``: the cheapest grid point reaching the target,
     else the best one), not committed."""
-    from medcbir.indexer import recall
-    from medcbir.indexer.store import IndexStore
 
     measured = manifest.get("recall") or {}
     target = float(measured.get("target") or manifest.get("target_recall") or recall.TARGET_RECALL)

@@ -35,6 +35,9 @@ from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest
 from medcbir.indexer.shard import read_embeddings
 from medcbir.indexer.staging import Overtaken, new_staging, same_prefix
+from medcbir.indexer.remeasure import measured_at
+from medcbir.indexer.remeasure import measure_index, newest_from
+from medcbir.indexer.writer import remove_orphans
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,6 @@ def list_imbalance(index_dir: Path, manifest: dict) -> float | None:
 
 def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR, imbalance_max: float = IMBALANCE_MAX) -> str | None:
     """Why the index should be retrained now (``"recall"`` / ``"growth"`` / ``"imbalance"``), or None."""
-    from medcbir.indexer.remeasure import measured_at
 
     trained = manifest.get("trained")
     if not trained or faiss_index.is_flat(manifest["index_spec"]) or not trained.get("items"):
@@ -179,7 +181,6 @@ def _encode(index_dir: Path, shards: list[dict], trained, staging: Path, vectors
 def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, target: float) -> dict:
     """Recall@10 of the staged index on all its items (:mod:`.remeasure`'s measurement): the
     ``recall`` record the commit writes, with the grid point chosen on all items."""
-    from medcbir.indexer.remeasure import measure_index, newest_from
 
     n, dim = vectors.shape
     index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], lambda out: out.__setitem__(slice(None), vectors), n, dim)
@@ -194,7 +195,6 @@ def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, t
 def _commit(index_dir: Path, snapshot: dict, choice, trained, staging: Path, parts: list, measured: dict | None, sample: int,
             reason: str) -> dict:
     """Commit the staged parts and the choice as a new generation (under the writer lock)."""
-    from medcbir.indexer.writer import remove_orphans
 
     staged_trained = staging / "trained.faiss"
     if trained is not None:

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from medcbir.indexer.fsutil import commit_file, crash_point, tmp_name
+from medcbir.indexer.fsutil import sha256_file
 
 FORMAT = "medcbir-shard"
 VERSION = 1
@@ -179,7 +180,6 @@ def write_shard(
         f.attrs["last_id"] = int(ids[-1]) if len(ids) else -1
         f.flush()
     crash_point("shard-write")
-    from medcbir.indexer.fsutil import sha256_file
 
     digest = sha256_file(tmp)
     size = tmp.stat().st_size

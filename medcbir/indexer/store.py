@@ -26,6 +26,7 @@ from medcbir.indexer import faiss_index
 from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.manifest import deleted_ids, read_manifest
 from medcbir.indexer.shard import ShardRegions, decode_strings, row_meta
+from medcbir.indexer.generations import fallback_manifest
 
 def read_key(index_dir: Path, manifest: dict) -> bytes | None:
     """The archive's pseudonym key (``INDEX/pseudonym.key`` or the manifest's ``key_file``), or None."""
@@ -133,7 +134,6 @@ class IndexStore:
                 self.manifest = read_manifest(self.index_dir)
             except IndexCorrupt as exc:
                 # A damaged manifest.json: the newest intact kept generation, with a warning.
-                from medcbir.indexer.generations import fallback_manifest
 
                 self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
                 self.manifest["generation"] = self.recovery.generation

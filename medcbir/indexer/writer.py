@@ -31,6 +31,16 @@ from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, ma
                                       retained_files)
 from medcbir.indexer.shard import ShardRegions, meta_columns, shard_name, write_shard
 from medcbir.indexer.integrity import check_files
+from medcbir.indexer.staging import remove_stale_staging
+from medcbir.encoders.compat import check_compatible
+from medcbir.imaging import load_or_create_key
+from medcbir.encoders.regions import DIM, PER_IMAGE, REGIONS_VERSION
+from medcbir.encoders.regions import WithRegions
+from medcbir.indexer.shard import read_embeddings
+from medcbir.indexer.manifest import deleted_ids, store_deleted
+from medcbir.indexer import similarity
+from medcbir.indexer import remeasure
+from medcbir.indexer import recall
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,6 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
     Call it holding the writer lock: every index file is written under that lock, so nothing
     here belongs to a live writer.
     """
-    from medcbir.indexer.staging import remove_stale_staging
 
     keep = retained_files(index_dir, manifest)
     removed = remove_stale_staging(index_dir)
@@ -166,7 +175,6 @@ class IndexWriter:
             except IndexCorrupt as exc:
 
                 manifest, self.recovery = fallback_manifest(self.index_dir, exc)
-            from medcbir.encoders.compat import check_compatible
 
             check_compatible(self.encoder, manifest["encoder"]["fingerprint"], manifest["encoder"]["preprocessing"])
             if int(manifest["encoder"]["dim"]) != info["dim"]:
@@ -181,7 +189,6 @@ class IndexWriter:
         self.manifest = manifest
         self._refuse_damaged(manifest)
         remove_orphans(self.index_dir, manifest if manifest.get("shards") or manifest_path(self.index_dir).is_file() else None)
-        from medcbir.imaging import load_or_create_key
 
         key_path = Path(key_file) if key_file else (Path(manifest["key_file"]) if manifest.get("key_file") else self.index_dir / "pseudonym.key")
         self.key: bytes = load_or_create_key(key_path)
@@ -210,7 +217,6 @@ class IndexWriter:
         self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
 
     def _setup_regions(self, wanted: bool | None, per_image: int | None) -> None:
-        from medcbir.encoders.regions import DIM, PER_IMAGE, REGIONS_VERSION
 
         record = self.manifest.get("regions")
         created = not self.manifest["shards"] and not manifest_path(self.index_dir).is_file()
@@ -236,7 +242,6 @@ class IndexWriter:
         each item's regions too when the index stores regions (:class:`~medcbir.encoders.regions.WithRegions`)."""
         if not self.regions:
             return self.encoder.preprocessing
-        from medcbir.encoders.regions import WithRegions
 
         return WithRegions(self.encoder.preprocessing, int(self.regions["per_image"]))
 
@@ -314,7 +319,6 @@ class IndexWriter:
                 raise ConfigError(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} do not continue the index at id {manifest['next_id']}")
             number = int(entry["file"].split("-")[1].split(".")[0])
             if self._trained is not None and not entry.get("faiss"):
-                from medcbir.indexer.shard import read_embeddings
 
                 ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
                 entry["faiss"] = self._write_shard_faiss(number, ids, read_embeddings(self.index_dir / entry["file"]))
@@ -550,7 +554,6 @@ class IndexWriter:
     def _delete_sources_locked(self, wanted: set[str]) -> int:
         import h5py
 
-        from medcbir.indexer.manifest import deleted_ids, store_deleted
 
         needles = np.array([s.encode("utf-8") for s in wanted])
         found, hit_sources = [], []
@@ -622,7 +625,6 @@ class IndexWriter:
         """Put the archive's query–neighbour similarity sample (:mod:`medcbir.indexer.similarity`)
         into ``manifest`` about to be committed, when the index grew enough since the last one;
         True if it was drawn. Its shards are on disk already, so it goes into the same generation."""
-        from medcbir.indexer import similarity
 
         if not similarity.due(manifest) or not manifest.get("shards"):
             return False
@@ -635,7 +637,6 @@ class IndexWriter:
         """Re-measure recall (and re-pick the trained spec's search parameters) on the whole
         committed index once it has grown enough since the last measurement
         (:mod:`medcbir.indexer.remeasure`); a result below the target makes retraining due."""
-        from medcbir.indexer import remeasure
 
         if remeasure.due(self.manifest):
             self.manifest = commit_manifest(self.index_dir, remeasure.measure_committed(self.index_dir, self.manifest))
@@ -747,8 +748,6 @@ class IndexWriter:
     def _train(self, manifest: dict) -> None:
         """Choose (``auto``) and train the spec on a sample of committed embeddings, measure its
         recall@10 on them (:mod:`medcbir.indexer.recall`), write FAISS files for every shard."""
-        from medcbir.indexer import recall
-        from medcbir.indexer.shard import read_embeddings
 
         auto = manifest.get("index_spec_requested", "auto") == "auto"
         n = int(manifest["next_id"])

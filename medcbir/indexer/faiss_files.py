@@ -1,0 +1,199 @@
+"""Storage of a trained FAISS index: per-shard parts (standalone codes or whole indexes), the
+zero-copy exact index, and combining every shard's part into the searchable index at open.
+
+See :mod:`medcbir.indexer.faiss_index` for the layout on disk and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from medcbir.indexer.faiss_spec import try_extract_ivf
+from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name
+
+
+def parts(trained: faiss.Index) -> tuple[faiss.Index, faiss.Index | None]:
+    """(base, refine) templates of a trained factory index, each an independent empty copy."""
+    index = faiss.downcast_index(trained)
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.clone_index(index.base_index), faiss.clone_index(index.refine_index)
+    return faiss.clone_index(index), None
+
+
+def mergeable(base: faiss.Index) -> bool:
+    """IVF bases merge with ``merge_from``; fast-scan IVF does not (heap corruption in 1.15)."""
+    base = faiss.downcast_index(base)
+    return isinstance(base, faiss.IndexIVF) and not isinstance(base, faiss.IndexIVFFastScan)
+
+
+def uses_codes(base: faiss.Index) -> bool:
+    """True when a shard's part of ``base`` is stored as FAISS standalone codes (``sa_encode``).
+
+    For IVF indexes (not fast-scan) each shard file is then an ``.npy`` of N × ``sa_code_size``
+    bytes (coarse list number + the list's code), and opening adds all shards' codes with a
+    single ``add_sa_codes`` call: much faster than ``merge_from`` of per-shard FAISS files
+    (profiled at 1M items, the ``merge_from`` calls were the largest part of opening).
+    """
+    return mergeable(base)
+
+
+def write_shard_part(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray, stem: Path) -> dict:
+    """Encode one shard for the trained base and commit its file next to the shard.
+
+    Args:
+        base_template: the trained, empty base index.
+        ids: the shard's int64 ids.
+        embeddings: its float32 vectors.
+        stem: ``INDEX/shard-NNNNNN`` (the suffix is chosen here).
+
+    Returns:
+        the manifest record ``{file, bytes, sha256, kind}``; ``kind`` is ``"sa_codes"``
+        (``.codes.npy``) or ``"faiss"`` (``.faiss``, a whole index holding the shard's vectors).
+    """
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if uses_codes(base_template):
+        path = stem.with_name(stem.name + ".codes.npy")
+        tmp = tmp_name(path)
+        with open(tmp, "wb") as fh:
+            np.save(fh, base_template.sa_encode(embeddings), allow_pickle=False)
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+        commit_file(tmp, path, hook="faiss-fsync")
+        return {"file": path.name, "bytes": size, "sha256": digest, "kind": "sa_codes"}
+    path = stem.with_name(stem.name + ".faiss")
+    size, digest = write_index(shard_index(base_template, ids, embeddings), path)
+    return {"file": path.name, "bytes": size, "sha256": digest, "kind": "faiss"}
+
+
+def read_codes(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def shard_index(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray) -> faiss.Index:
+    """A copy of the trained base holding one shard's vectors under their ids."""
+    base = faiss.clone_index(base_template)
+    if try_extract_ivf(base) is None:
+        base = faiss.IndexIDMap2(base)
+    base.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return base
+
+
+def write_index(index: faiss.Index, path: Path, hook: str | None = "faiss-fsync") -> tuple[int, str]:
+    """Write a FAISS index under a temporary name and commit it; returns (bytes, sha256)."""
+    tmp = tmp_name(path)
+    faiss.write_index(index, str(tmp))
+    digest = sha256_file(tmp)
+    size = tmp.stat().st_size
+    commit_file(tmp, path, hook=hook)
+    return size, digest
+
+
+def _flat_layout(dim: int) -> tuple[bytes, int]:
+    """(header, ntotal offset) of FAISS's serialised ``IndexFlatIP``, learnt from FAISS itself.
+
+    The serialisation is header + float count (int64) + the vectors; serialising 1 and 2
+    vectors shows which header bytes hold ``ntotal``.
+    """
+    blobs = []
+    for n in (1, 2):
+        flat = faiss.IndexFlatIP(int(dim))
+        flat.add(np.zeros((n, dim), dtype=np.float32))
+        blob = faiss.serialize_index(flat).tobytes()
+        blobs.append(blob[: len(blob) - n * dim * 4 - 8])
+    diff = [i for i, (a, b) in enumerate(zip(*blobs)) if a != b]
+    if len(blobs[0]) != len(blobs[1]) or not diff or blobs[0][diff[0] : diff[0] + 8] != (1).to_bytes(8, "little"):
+        raise RuntimeError("unexpected IndexFlatIP serialisation")
+    return blobs[0], diff[0]
+
+
+def flat_from(fill: Callable[[np.ndarray], None], n: int, dim: int) -> faiss.IndexFlatIP:
+    """An ``IndexFlatIP`` of ``n`` vectors that ``fill`` writes in place, without a copy.
+
+    The vectors live in a numpy buffer laid out as FAISS's own serialisation of the index and
+    opened zero-copy (``ZeroCopyIOReader`` + ``IO_FLAG_MMAP_IFC``): the data are written once,
+    instead of FAISS zero-filling its own buffer (``codes.resize``, seconds at 1M×512) and the
+    data being written over it. The returned index keeps the buffer alive
+    (``referenced_objects``).
+    """
+    header, at = _flat_layout(dim)
+    size = n * dim * 4
+    head = len(header) + 8
+    # np.zeros (calloc: fresh zero pages, no huge-page madvise) filled faster through HDF5 reads
+    # than np.empty at 1M×512 (benchmarks/RESULTS.md, "Development measurements").
+    raw = np.zeros(head + size + 64, dtype=np.uint8)
+    shift = (-(raw.ctypes.data + head)) % 64  # vectors 64-byte aligned for BLAS
+    blob = raw[shift : shift + head + size]
+    blob[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    blob[at : at + 8] = np.frombuffer(int(n).to_bytes(8, "little"), dtype=np.uint8)
+    blob[len(header) : head] = np.frombuffer(int(n * dim).to_bytes(8, "little"), dtype=np.uint8)
+    if n:
+        fill(blob[head:].view(np.float32).reshape(n, dim))
+    reader = faiss.ZeroCopyIOReader(faiss.swig_ptr(blob), blob.size)
+    flat = faiss.read_index(reader, faiss.IO_FLAG_MMAP_IFC)  # already downcast; keep this proxy (it owns)
+    if flat.ntotal != n or flat.d != dim or (n and flat.codes.is_owned):
+        raise RuntimeError("zero-copy IndexFlatIP did not map the buffer")
+    flat.referenced_objects = [raw, reader]
+    return flat
+
+
+def combine(
+    trained: faiss.Index | None,
+    shard_files: list[Path],
+    fill: Callable[[np.ndarray], None],
+    n: int,
+    dim: int,
+    faiss_gpu: bool = False,
+) -> tuple[faiss.Index, bool]:
+    """The searchable index of all committed items.
+
+    Args:
+        trained: the trained factory index (None for Flat or not yet trained: exact search).
+        shard_files: per-shard FAISS files in shard order (ignored for Flat).
+        fill: writes all N×D embeddings, in id order, into the array it is given.
+        n: number of committed items.
+        dim: embedding dimension.
+        faiss_gpu: ignored (kept for callers): the GPU copy is made by :func:`gpu_copy`.
+
+    Returns:
+        (index, exact): ``exact`` is True for brute-force search.
+    """
+    if trained is None:
+        return flat_from(fill, n, dim), True
+    base_template, refine_template = parts(trained)
+    keep: list = []
+    if shard_files and all(p.name.endswith(".codes.npy") for p in shard_files):
+        base = base_template
+        codes = np.concatenate([read_codes(p) for p in shard_files]) if len(shard_files) > 1 else np.asarray(read_codes(shard_files[0]))
+        if codes.shape != (n, base.sa_code_size()):
+            raise ValueError(f"shard codes hold {codes.shape}, expected ({n}, {base.sa_code_size()})")
+        base.add_sa_codes(codes, np.arange(n, dtype=np.int64))
+        del codes
+    elif mergeable(base_template):
+        base = base_template
+        for path in shard_files:
+            part = faiss.read_index(str(path))
+            base.merge_from(part, 0)
+    else:
+        base = faiss.IndexShards(int(dim), False, False)
+        for path in shard_files:
+            part = faiss.read_index(str(path))
+            keep.append(part)
+            base.add_shard(part)
+    if refine_template is None:
+        base.referenced_objects = keep
+        return base, False
+    if isinstance(faiss.downcast_index(refine_template), faiss.IndexFlat):
+        refine = flat_from(fill, n, dim)
+    else:
+        refine = refine_template
+        vectors = np.empty((n, dim), dtype=np.float32)
+        fill(vectors)
+        refine.add(vectors)
+        del vectors
+    index = faiss.IndexRefine(base, refine)
+    index.referenced_objects = [base, refine, *keep]
+    return index, False
