@@ -12,13 +12,19 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from medcbir.indexer.faiss_spec import try_extract_ivf
+from medcbir.indexer.faiss_spec import is_projected, try_extract_ivf
 from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name
 
 
 def parts(trained: faiss.Index) -> tuple[faiss.Index, faiss.Index | None]:
-    """(base, refine) templates of a trained factory index, each an independent empty copy."""
+    """(base, refine) templates of a trained factory index, each an independent empty copy.
+
+    A projected chain (``IndexPreTransform``) is not split: its whole copy is the base template
+    (its shard parts hold the codes of every level, :func:`write_shard_part`) and refine is None.
+    """
     index = faiss.downcast_index(trained)
+    if is_projected(index):
+        return faiss.clone_index(index), None
     if isinstance(index, faiss.IndexRefine):
         return faiss.clone_index(index.base_index), faiss.clone_index(index.refine_index)
     return faiss.clone_index(index), None
@@ -30,6 +36,24 @@ def mergeable(base: faiss.Index) -> bool:
     return isinstance(base, faiss.IndexIVF) and not isinstance(base, faiss.IndexIVFFastScan)
 
 
+def chain_levels(index: faiss.Index) -> tuple[faiss.VectorTransform, faiss.Index, faiss.Index | None]:
+    """(projection, base, refine or None) of a projected chain (the objects inside ``index``)."""
+    index = faiss.downcast_index(index)
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexRefine):
+        return index.chain.at(0), faiss.downcast_index(inner.base_index), faiss.downcast_index(inner.refine_index)
+    return index.chain.at(0), inner, None
+
+
+def chain_codes(index: faiss.Index, embeddings: np.ndarray) -> np.ndarray:
+    """One shard's row of codes for a projected chain: the base's standalone code (coarse list
+    number first) then the re-rank store's code of the projected vector."""
+    projection, base, refine = chain_levels(index)
+    x = projection.apply(np.ascontiguousarray(embeddings, dtype=np.float32))
+    codes = base.sa_encode(x)
+    return codes if refine is None else np.ascontiguousarray(np.hstack([codes, refine.sa_encode(x)]))
+
+
 def uses_codes(base: faiss.Index) -> bool:
     """True when a shard's part of ``base`` is stored as FAISS standalone codes (``sa_encode``).
 
@@ -37,7 +61,10 @@ def uses_codes(base: faiss.Index) -> bool:
     bytes (coarse list number + the list's code), and opening adds all shards' codes with a
     single ``add_sa_codes`` call: much faster than ``merge_from`` of per-shard FAISS files
     (profiled at 1M items, the ``merge_from`` calls were the largest part of opening).
+    A projected chain over an IVF base stores its codes too (:func:`chain_codes`).
     """
+    if is_projected(base):
+        return mergeable(chain_levels(base)[1])
     return mergeable(base)
 
 
@@ -58,8 +85,9 @@ def write_shard_part(base_template: faiss.Index, ids: np.ndarray, embeddings: np
     if uses_codes(base_template):
         path = stem.with_name(stem.name + ".codes.npy")
         tmp = tmp_name(path)
+        codes = chain_codes(base_template, embeddings) if is_projected(base_template) else base_template.sa_encode(embeddings)
         with open(tmp, "wb") as fh:
-            np.save(fh, base_template.sa_encode(embeddings), allow_pickle=False)
+            np.save(fh, codes, allow_pickle=False)
         digest = sha256_file(tmp)
         size = tmp.stat().st_size
         commit_file(tmp, path, hook="faiss-fsync")
@@ -163,6 +191,8 @@ def combine(
     """
     if trained is None:
         return flat_from(fill, n, dim), True
+    if is_projected(trained):
+        return combine_chain(trained, shard_files, n), False
     base_template, refine_template = parts(trained)
     keep: list = []
     if shard_files and all(p.name.endswith(".codes.npy") for p in shard_files):
@@ -197,3 +227,32 @@ def combine(
     index = faiss.IndexRefine(base, refine)
     index.referenced_objects = [base, refine, *keep]
     return index, False
+
+
+def combine_chain(trained: faiss.Index, shard_files: list[Path], n: int) -> faiss.Index:
+    """The searchable projected chain: a copy of ``trained`` whose base and re-rank store get
+    each shard's codes (``.codes.npy``: base code then store code per row) with ``add_sa_codes``,
+    shard by shard (no full-dimension vector is read: the shards' embeddings stay on disk)."""
+    index = faiss.clone_index(trained)
+    _, base, refine = chain_levels(index)
+    if not shard_files or not all(p.name.endswith(".codes.npy") for p in shard_files):
+        raise ValueError("a projected chain needs every shard's codes (.codes.npy)")
+    width = base.sa_code_size()
+    full = width + (refine.sa_code_size() if refine is not None else 0)
+    lo = 0
+    for path in shard_files:
+        codes = read_codes(path)
+        if codes.ndim != 2 or codes.shape[1] != full:
+            raise ValueError(f"{path.name}: codes of width {codes.shape[-1]}, expected {full}")
+        rows = len(codes)
+        if rows:
+            base.add_sa_codes(np.ascontiguousarray(codes[:, :width]), np.arange(lo, lo + rows, dtype=np.int64))
+            if refine is not None:
+                refine.add_sa_codes(np.ascontiguousarray(codes[:, width:]), np.arange(lo, lo + rows, dtype=np.int64))
+        lo += rows
+    if lo != n:
+        raise ValueError(f"shard codes hold {lo} rows, expected {n}")
+    inner = faiss.downcast_index(index.index)
+    inner.ntotal = n
+    index.ntotal = n
+    return index

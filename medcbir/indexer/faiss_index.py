@@ -53,12 +53,14 @@ import faiss
 import numpy as np
 
 from medcbir.errors import ConfigError
-from medcbir.indexer.faiss_files import (combine, flat_from, mergeable, parts, read_codes, shard_index,  # noqa: F401 - re-exported
+from medcbir.indexer.faiss_files import (chain_codes, chain_levels, combine, combine_chain, flat_from, mergeable, parts,  # noqa: F401 - re-exported
+                                         read_codes, shard_index,
                                          uses_codes, write_index, write_shard_part)
 from medcbir.indexer.faiss_gpu import GPU_PQ_CODE_SIZES, apply_gpu_params, gpu_copy, gpu_movable  # noqa: F401 - re-exported
 from medcbir.indexer.faiss_params import (AUTO_SEARCH_PARAMS, apply_search_params, default_search_params,  # noqa: F401 - re-exported
                                           search_parameters)
-from medcbir.indexer.faiss_spec import FLAT_SPECS, is_flat, split_refine, try_extract_ivf  # noqa: F401 - re-exported
+from medcbir.indexer.compression import fit_projection
+from medcbir.indexer.faiss_spec import FLAT_SPECS, is_flat, split_projection, split_refine, try_extract_ivf  # noqa: F401 - re-exported
 
 _try_extract_ivf = try_extract_ivf
 
@@ -94,8 +96,11 @@ def validate_spec(spec: str, dim: int) -> str:
     spec = spec.strip()
     if spec == "auto" or is_flat(spec):
         return spec
+    projected, rest = split_projection(spec)
+    if projected is not None and not 0 < projected < int(dim):
+        raise ConfigError(f"--index-spec {spec!r}: PCAU{projected} must project {dim}-d vectors to fewer dimensions")
     try:
-        faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
+        faiss.index_factory(int(projected or dim), rest, faiss.METRIC_INNER_PRODUCT)
     except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError with a C++ message
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--index-spec {spec!r} is not a FAISS factory string for {dim}-d vectors ({first})") from None
@@ -105,12 +110,15 @@ def validate_spec(spec: str, dim: int) -> str:
 def needs_training(spec: str, dim: int) -> bool:
     if is_flat(spec):
         return False
+    if split_projection(spec)[0] is not None:
+        return True  # the projection is learnt
     return not faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT).is_trained
 
 
 def min_train_items(spec: str, dim: int) -> int:
     """Fewest training points FAISS accepts for ``spec`` (centroids of IVF / 2^nbits of PQ)."""
-    index = faiss.index_factory(int(dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
+    projected, spec = split_projection(spec)
+    index = faiss.index_factory(int(projected or dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
     need = 1
     ivf = try_extract_ivf(index)
     if ivf is not None:
@@ -122,11 +130,26 @@ def min_train_items(spec: str, dim: int) -> int:
 
 
 def train(spec: str, dim: int, sample: np.ndarray) -> faiss.Index:
-    """The factory index for ``spec`` trained on ``sample`` (empty: no vectors added)."""
+    """The factory index for ``spec`` trained on ``sample`` (empty: no vectors added); a spec
+    behind a ``PCAU{d}`` projection is an ``IndexPreTransform`` of the projection learnt from
+    ``sample`` (:func:`~medcbir.indexer.compression.fit_projection`) and the rest trained on the
+    projected sample."""
+    projected, rest = split_projection(spec)
+    if projected is not None:
+        projection = fit_projection(sample, projected)
+        return chain(projection, train(rest, projected, projection.apply(np.ascontiguousarray(sample, dtype=np.float32))))
     index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
     _no_polysemous(index)
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
+
+
+def chain(projection: faiss.VectorTransform, inner: faiss.Index) -> faiss.IndexPreTransform:
+    """``inner`` (trained on projected vectors) behind ``projection``, one index searched with
+    full-dimension queries."""
+    out = faiss.IndexPreTransform(projection, inner)
+    out.referenced_objects = [projection, inner]
+    return out
 
 
 def _no_polysemous(index: faiss.Index) -> None:

@@ -123,7 +123,7 @@ def apply_search_params(index: faiss.Index, params: dict) -> None:
         for i in range(index.count()):
             apply_search_params(index.at(i), params)
         return
-    if isinstance(index, faiss.IndexIDMap2) or isinstance(index, faiss.IndexIDMap):
+    if isinstance(index, (faiss.IndexIDMap2, faiss.IndexIDMap, faiss.IndexPreTransform)):
         apply_search_params(index.index, params)
         return
     ivf = try_extract_ivf(index)

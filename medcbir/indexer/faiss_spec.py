@@ -27,3 +27,21 @@ def try_extract_ivf(index: faiss.Index):
         return faiss.extract_index_ivf(index)
     except Exception:  # noqa: BLE001 - not an IVF index
         return None
+
+
+_PROJECTION = re.compile(r"^PCAU(?P<dim>\d+)\s*,\s*(?P<rest>.+)$", re.I)
+
+
+def split_projection(spec: str) -> tuple[int | None, str]:
+    """``"PCAU256,IVF1024,SQ8,Refine(SQfp16)"`` → ``(256, "IVF1024,SQ8,Refine(SQfp16)")``; a spec
+    without the projection prefix → ``(None, spec)``. ``PCAU{d}`` is medcbir's own step (not a FAISS
+    factory token): the uncentred PCA to ``d`` dimensions (:mod:`medcbir.indexer.compression`)."""
+    match = _PROJECTION.match(spec.strip())
+    if match:
+        return int(match["dim"]), match["rest"].strip()
+    return None, spec.strip()
+
+
+def is_projected(index: faiss.Index) -> bool:
+    """True for a chain behind a learned projection (an ``IndexPreTransform``)."""
+    return isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)

@@ -289,10 +289,11 @@ class EmbedWriter:
         batch_size: images per forward.
         threads: torch threads (CPU embedding).
         regions: the manifest's regions record (None: the index stores no regions).
+        dtype: how shards store embeddings (the index's decided ``shard_dtype``; float32 while undecided).
     """
 
     def __init__(self, encoder, fingerprint: str, encoder_info: dict, index_dir: str, ledger, batch_size: int, threads: int,
-                 regions: dict | None = None) -> None:
+                 regions: dict | None = None, dtype: str = "float32") -> None:
         import torch
 
         from medcbir.encoders.runtime import open_encoder, open_for_index
@@ -303,6 +304,7 @@ class EmbedWriter:
             raise ConfigError(f"the encoder on this worker is {self.encoder.fingerprint[:12]}, the index's is {fingerprint[:12]}")
         self.info, self.index_dir, self.ledger, self.batch_size = encoder_info, Path(index_dir), ledger, int(batch_size)
         self.regions = regions
+        self.dtype = dtype
 
     def __call__(self, batch: dict) -> dict:
         records = [self._job(int(job), pickle.loads(payload)) for job, payload in zip(batch["job"], batch["payload"])]
@@ -329,7 +331,7 @@ class EmbedWriter:
                 stats = {str(m.source).encode("utf-8"): states[str(m.source)] for m in part if str(m.source) in states}
                 block = shard_regions(kept_regions[start:start + count], int(self.regions["dim"])) if self.regions else None
                 size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(part), self.info, stats, block,
-                                           self.regions["version"] if self.regions else "")
+                                           self.regions["version"] if self.regions else "", dtype=self.dtype)
                 entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
                                 "first_id": int(first), "last_id": int(first + count - 1), "faiss": None})
                 start += count
@@ -491,6 +493,7 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
             "encoder": _encoder_arg(writer, encoder), "fingerprint": writer.encoder.fingerprint,
             "encoder_info": dict(writer.manifest["encoder"]), "index_dir": str(writer.index_dir),
             "ledger": ledger, "batch_size": batch_size, "threads": threads, "regions": writer.regions,
+            "dtype": writer.shard_dtype,
         },
     )
     for row in ds.iter_rows():

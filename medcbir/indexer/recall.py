@@ -50,7 +50,8 @@ import faiss
 import numpy as np
 
 from medcbir.indexer import faiss_index
-from medcbir.indexer.faiss_index import auto_nlist, auto_spec, is_flat, search_parameters, shared_ivf, split_refine
+from medcbir.indexer.compression import bytes_per_item, compact_candidates, fit_projection, principal_axes
+from medcbir.indexer.faiss_index import auto_nlist, auto_spec, chain, is_flat, search_parameters, shared_ivf, split_projection, split_refine
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def grid_for(spec: str) -> list[dict]:
     return [{}]
 
 
-def candidates(dim: int, n: int) -> list[str]:
+def candidates(dim: int, n: int, budget: float | None = None) -> list[str]:
     """``auto``'s search order for ``n`` vectors of ``dim``: IVF-PQ, IVF-SQ8, HNSW, exact.
 
     Why this order: IVF-PQ stores 1/8 of the vectors' bytes per code and is the fastest when
@@ -243,10 +244,16 @@ def candidates(dim: int, n: int) -> list[str]:
     where PQ's 8-dimension sub-codebooks cannot resolve tiny distance gaps); HNSW needs no
     quantisation at all (a graph over the exact vectors) at ~2× the memory of the vectors;
     exact search always reaches recall 1.
-    """
 
+    With ``budget`` (bytes of RAM per item for search, ``--memory-budget``): the projected chains
+    of :func:`~medcbir.indexer.compression.compact_candidates` come first (cheapest search first), then
+    the ones above; only those whose :func:`~medcbir.indexer.compression.bytes_per_item` fits are kept.
+    """
     nlist = auto_nlist(n)
-    return [auto_spec(dim, nlist), f"IVF{nlist},SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
+    full = [auto_spec(dim, nlist), f"IVF{nlist},SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
+    if budget is None:
+        return full
+    return [spec for spec in compact_candidates(dim, nlist) + full if bytes_per_item(spec, dim) <= float(budget)]
 
 
 def tune_params(index: faiss.Index, spec: str, queries: np.ndarray, self_ids: np.ndarray, exact: np.ndarray, target: float,
@@ -283,6 +290,9 @@ class SharedTraining:
         self.code_sample = vectors if n <= limit else np.ascontiguousarray(vectors[np.sort(rng.choice(n, limit, replace=False))])
         self._centroids: dict[int, np.ndarray] = {}
         self.coarse_seconds: dict[int, float] = {}
+        self._seed, self._code_train = seed, code_train
+        self._projected: dict[int, tuple] = {}
+        self._axes: np.ndarray | None = None  # d → (projection, SharedTraining of the projected sample, seconds)
 
     def centroids(self, dim: int, nlist: int) -> np.ndarray:
 
@@ -294,7 +304,22 @@ class SharedTraining:
         return self._centroids[nlist]
 
     def train(self, spec: str, dim: int) -> tuple[faiss.Index, float]:
-        """(the trained empty index for ``spec``, seconds it would take to train it alone)."""
+        """(the trained empty index for ``spec``, seconds it would take to train it alone).
+
+        A ``PCAU{d}`` chain shares its projection (fitted once per ``d``) and, behind it, the
+        coarse centroids of the projected sample with every other chain of that ``d``."""
+        projected, rest = split_projection(spec)
+        if projected is not None:
+            if projected not in self._projected:
+                start = time.perf_counter()
+                if self._axes is None:
+                    self._axes = principal_axes(self.vectors)  # once for every projected dimension
+                projection = fit_projection(self.vectors, projected, self._axes)
+                inner = SharedTraining(projection.apply(self.vectors), seed=self._seed, code_train=self._code_train)
+                self._projected[projected] = (projection, inner, time.perf_counter() - start)
+            projection, inner, seconds = self._projected[projected]
+            index, inner_seconds = inner.train(rest, projected)
+            return chain(projection, index), seconds + inner_seconds
 
         probe = faiss.index_factory(int(dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
         ivf = shared_ivf(probe)
@@ -311,7 +336,8 @@ class SharedTraining:
         return index, time.perf_counter() - start + self.coarse_seconds[nlist]
 
 
-def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] | None = None, seed: int = 0) -> tuple[Choice, faiss.Index | None]:
+def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] | None = None, seed: int = 0,
+           budget: float | None = None) -> tuple[Choice, faiss.Index | None]:
     """Pick the cheapest spec and parameters reaching ``target`` recall@10 on ``vectors``.
 
     Args:
@@ -319,6 +345,9 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         target: recall@10 to reach.
         specs: specs to try in order (default :func:`candidates`).
         seed: query sampling seed.
+        budget: bytes of RAM per item for search (:func:`candidates`); when no spec reaches the
+            target, the one with the best measured recall is kept (with no budget, the last
+            tried: exact ``Flat``).
 
     Returns:
         (choice, trained): ``trained`` is the chosen spec's trained, empty factory index
@@ -346,7 +375,11 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     shared = SharedTraining(rest, seed=seed)
     tried: list[Measurement] = []
     best, trained, train_seconds = None, None, 0.0
-    for spec in specs or candidates(dim, n):
+    order = specs or candidates(dim, n, budget)
+    if not order:
+        raise RuntimeError(f"no index spec fits a memory budget of {budget:.0f} bytes per item for {dim}-d vectors")
+    best_seen, trained_best, seconds_best = None, None, 0.0
+    for spec in order:
         if is_flat(spec):
             flat = faiss.IndexFlatIP(dim)
             flat.add(tune)
@@ -365,10 +398,15 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         del probe
         if best.reaches(target):
             break
+        if best_seen is None or (best.low, best.recall_at_10) > (best_seen.low, best_seen.recall_at_10):
+            best_seen, trained_best, seconds_best = best, trained, train_seconds
         log.info("auto: %s reaches recall@10 %.3f (lower bound %.3f) < %.2f on this data; trying a finer index", spec,
                  best.recall_at_10, best.low, target)
     if best is None:
-        raise RuntimeError(f"none of {specs or candidates(dim, n)} can be trained on {n} items")
+        raise RuntimeError(f"none of {order} can be trained on {n} items")
+    if budget is not None and not best.reaches(target) and best_seen is not None and best_seen is not best \
+            and (best_seen.low, best_seen.recall_at_10) > (best.low, best.recall_at_10):
+        best, trained, train_seconds = best_seen, trained_best, seconds_best
     choice = Choice(best.spec, best.params, best.recall_at_10, best.qps, float(target), int(len(tune)), int(len(rows)),
                     time.perf_counter() - start, tried, train_seconds, best.low, self_ids is None)
     return choice, trained

@@ -230,6 +230,18 @@ class IndexStore:
             return ShardRegions.empty(dim)
         return ShardRegions(*(np.concatenate(column) for column in zip(*parts)))
 
+    def fill_rows(self, out: np.ndarray, lo: int, hi: int) -> None:
+        """Write the float32 embeddings of rows ``lo``..``hi`` (exclusive) into ``out`` (shape
+        ``(hi - lo, dim)``), read straight from the shards."""
+        first = int(np.searchsorted(self._offsets, lo, side="right") - 1)
+        for s in range(max(first, 0), len(self._files)):
+            a, b = int(self._offsets[s]), int(self._offsets[s + 1])
+            if a >= hi:
+                break
+            x, y = max(a, lo), min(b, hi)
+            if y > x:
+                self._files[s]["embeddings"].read_direct(out, source_sel=np.s_[x - a:y - a], dest_sel=np.s_[x - lo:y - lo])
+
     def _fill(self, out: np.ndarray) -> None:
         for f, lo, hi in zip(self._files, self._offsets[:-1], self._offsets[1:]):
             if hi > lo:
