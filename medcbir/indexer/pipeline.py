@@ -118,6 +118,8 @@ def index_archive(
     gpus_per_worker: float | None = None,
     regions: bool | None = None,
     regions_per_image: int | None = None,
+    memory_budget: float | str | None = None,
+    shard_dtype: str | None = None,
 ) -> IndexSummary:
     """Embed every item of an archive into an index; resumable and idempotent.
 
@@ -140,6 +142,9 @@ def index_archive(
         regions: store each item's regions for region search (None: on for a new index, the
             index's own choice otherwise; False = ``--no-regions``).
         regions_per_image: regions kept per item of a new index.
+        memory_budget: bytes of RAM per item for search (``--memory-budget``): ``auto`` then
+            chooses among the chains that fit (:mod:`medcbir.indexer.compression`).
+        shard_dtype: ``float32``, ``float16`` or ``auto`` (``--shard-dtype``; see ``IndexWriter.open``).
 
     Returns:
         the job's :class:`IndexSummary`.
@@ -151,13 +156,14 @@ def index_archive(
         return index_archive_ray(source, index_dir, encoder, ray=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
                                  shard_size=shard_size, index_spec=index_spec, device=device, progress=progress,
                                  batch_size=batch_size, key_file=key_file, target_recall=target_recall, regions=regions,
-                                 regions_per_image=regions_per_image)
+                                 regions_per_image=regions_per_image, memory_budget=memory_budget, shard_dtype=shard_dtype)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     src = as_source(source, workers=workers, quarantine=index_dir / quarantine.LOG)
     summary = IndexSummary()
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
-                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image)
+                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image,
+                              memory_budget=memory_budget, shard_dtype=shard_dtype)
     writer.batch_size = batch_size
     log_start = quarantine.mark(index_dir)
     listing, complete, bar = None, False, None

@@ -362,6 +362,8 @@ def index_archive_ray(
     target_recall: float | None = None,
     regions: bool | None = None,
     regions_per_image: int | None = None,
+    memory_budget: float | str | None = None,
+    shard_dtype: str | None = None,
 ):
     """:func:`medcbir.indexer.index_archive` with decoding and embedding spread over Ray.
 
@@ -374,7 +376,10 @@ def index_archive_ray(
         workers: embedding actors.
         gpus_per_worker: GPUs per actor (None: 1 when the cluster has GPUs, else 0).
         shard_size: items per shard at most (also capped by :data:`JOB_BYTES` of images).
-        index_spec, device, progress, batch_size, key_file, target_recall, regions, regions_per_image: as for ``index_archive``.
+        index_spec, device, progress, batch_size, key_file, target_recall, regions, regions_per_image, memory_budget:
+            as for ``index_archive``.
+        shard_dtype: ``float32`` or ``float16``; ``auto`` (measured on a first shard the
+            single-process writer writes) is not measured here: the shards stay float32.
 
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
@@ -386,7 +391,8 @@ def index_archive_ray(
     index_dir = Path(index_dir).absolute()
     units_of = as_units(source)
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
-                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image)
+                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image,
+                              memory_budget=memory_budget, shard_dtype=None if shard_dtype == "auto" else shard_dtype)
     if isinstance(units_of, FolderUnits):
         seal = writer.archive_seal(units_of.root)
         units_of.seal_with(writer.key, seal.root)

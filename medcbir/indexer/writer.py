@@ -248,7 +248,8 @@ class IndexWriter:
             if wanted not in ("auto", decided) and record.get("requested", decided) != wanted:
                 raise ConfigError(f"index {self.index_dir} stores {decided} embeddings, not {wanted} (fixed at its first shard)")
             return
-        self.manifest = dict(self.manifest, storage={"requested": wanted})
+        # an explicit dtype is decided now (Ray actors write shards with it); auto at the first shard
+        self.manifest = dict(self.manifest, storage={"requested": wanted, **({} if wanted == "auto" else {"dtype": wanted})})
 
     @property
     def shard_dtype(self) -> str:

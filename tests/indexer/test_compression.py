@@ -183,3 +183,19 @@ def test_an_index_written_before_compact_vectors_opens_and_searches(tmp_path):
     with h5py.File(ix / store.manifest["shards"][-1]["file"], "r") as f:
         assert f["embeddings"].dtype == np.float32
     store.close()
+
+
+def test_memory_budget_on_the_command_line(tmp_path, small_auto, capsys):
+    from medcbir.cli.main import main
+
+    x = clustered(2500, dim=64, seed=12)
+    _write(tmp_path / "ix", x[:2100])  # no budget: the full-dimension ladder
+    assert not json.loads((tmp_path / "ix" / "manifest.json").read_text())["index_spec"].startswith("PCAU")
+    assert main(["retrain", str(tmp_path / "ix"), "--memory-budget", "lots"]) == 2
+    assert "--memory-budget" in capsys.readouterr().err
+    assert main(["retrain", str(tmp_path / "ix"), "--memory-budget", "100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    m = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert out["retrained"] and out["spec"] == m["index_spec"] and m["index_spec"].startswith("PCAU")
+    assert m["memory_budget"] == 100 and m["recall"]["chain"]["bytes_per_item"] <= 100 and m["recall"]["memory_budget"] == 100
+    assert main(["index", str(tmp_path), "--out", str(tmp_path / "new"), "--memory-budget", "-3"]) == 2
