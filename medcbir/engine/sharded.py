@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import faiss
@@ -341,6 +342,9 @@ def _index_actor_class():
         def meta(self, ids) -> list[dict]:
             return self.engine.store.meta(np.asarray(ids, dtype=np.int64))
 
+        def pid(self) -> int:
+            return os.getpid()
+
     return IndexActor
 
 
@@ -431,6 +435,12 @@ class ShardedIndexes:
     def global_ids(self, parts: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """``(part, id)`` → ``offsets[part] + id`` (-1 stays -1)."""
         return np.where(ids >= 0, self.offsets[np.clip(parts, 0, None)] + ids, -1)
+
+    def pids(self) -> list[int]:
+        """Process ids of the actors, one per part (for measuring their memory)."""
+        import ray
+
+        return ray.get([a.pid.remote() for a in self._actors])
 
     def meta(self, part: int, ids) -> list[dict]:
         """Metadata of ``ids`` of one part (as ``IndexStore.meta``)."""

@@ -31,8 +31,9 @@ import numpy as np
 from medcbir.errors import ConfigError
 from medcbir.indexer.faiss_spec import is_flat, split_projection, split_refine
 
-#: projected dimensions ``auto`` tries (those below the embedding dimension), smallest first
-PROJECTION_DIMS = (64, 128, 256, 512)
+#: projected dimensions ``auto`` tries (those below the embedding dimension), smallest first; a
+#: dimension whose exact search already misses the target is skipped (``recall.choose``)
+PROJECTION_DIMS = (64, 128, 256, 384, 512)
 #: bytes of the id FAISS keeps per item in an inverted list
 IVF_ID_BYTES = 8
 #: float16 storage is kept when exact recall@10 on the rounded vectors reaches this

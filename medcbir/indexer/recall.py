@@ -303,6 +303,18 @@ class SharedTraining:
             self.coarse_seconds[nlist] = time.perf_counter() - start
         return self._centroids[nlist]
 
+    def projected(self, d: int) -> tuple[faiss.LinearTransform, "SharedTraining", float]:
+        """(the projection to ``d`` dimensions learnt from the sample, a SharedTraining of the
+        projected sample, seconds it took), made once per ``d``."""
+        if d not in self._projected:
+            start = time.perf_counter()
+            if self._axes is None:
+                self._axes = principal_axes(self.vectors)  # once for every projected dimension
+            projection = fit_projection(self.vectors, d, self._axes)
+            inner = SharedTraining(projection.apply(self.vectors), seed=self._seed, code_train=self._code_train)
+            self._projected[d] = (projection, inner, time.perf_counter() - start)
+        return self._projected[d]
+
     def train(self, spec: str, dim: int) -> tuple[faiss.Index, float]:
         """(the trained empty index for ``spec``, seconds it would take to train it alone).
 
@@ -310,14 +322,7 @@ class SharedTraining:
         coarse centroids of the projected sample with every other chain of that ``d``."""
         projected, rest = split_projection(spec)
         if projected is not None:
-            if projected not in self._projected:
-                start = time.perf_counter()
-                if self._axes is None:
-                    self._axes = principal_axes(self.vectors)  # once for every projected dimension
-                projection = fit_projection(self.vectors, projected, self._axes)
-                inner = SharedTraining(projection.apply(self.vectors), seed=self._seed, code_train=self._code_train)
-                self._projected[projected] = (projection, inner, time.perf_counter() - start)
-            projection, inner, seconds = self._projected[projected]
+            projection, inner, seconds = self.projected(projected)
             index, inner_seconds = inner.train(rest, projected)
             return chain(projection, index), seconds + inner_seconds
 
@@ -379,7 +384,22 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     if not order:
         raise RuntimeError(f"no index spec fits a memory budget of {budget:.0f} bytes per item for {dim}-d vectors")
     best_seen, trained_best, seconds_best = None, None, 0.0
+    ceilings: dict[int, Measurement] = {}
     for spec in order:
+        projected = split_projection(spec)[0]
+        if projected is not None and len(order) > 1:
+            # exact search in the projected space bounds what any chain behind this projection can
+            # reach: a projection whose bound is below the target is skipped untrained
+            if projected not in ceilings:
+                projection = shared.projected(projected)[0]
+                flat = faiss.IndexPreTransform(projection, faiss.IndexFlatIP(projected))
+                flat.add(tune)
+                ceilings[projected] = measure(flat, queries, self_ids, exact, {}, f"PCAU{projected},Flat")
+                tried.append(ceilings[projected])
+            if ceilings[projected].recall_at_10 < target and spec != order[-1]:
+                log.info("auto: %s skipped: exact search after its projection reaches recall@10 %.3f < %.2f", spec,
+                         ceilings[projected].recall_at_10, target)
+                continue
         if is_flat(spec):
             flat = faiss.IndexFlatIP(dim)
             flat.add(tune)
