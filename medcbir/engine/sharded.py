@@ -14,10 +14,15 @@ metadata) but no FAISS index, fans each query batch out and merges:
 - ``…,Refine(Flat)`` (the ``auto`` spec above 65,536 items): each part returns its top
   ``K × k_factor`` candidates by the approximate score *with* their exact scores; the driver
   keeps the global top ``K × k_factor`` by approximate score and ranks them by exact score,
-  which is what ``IndexRefine`` does on one index.
+  which is what ``IndexRefine`` does on one index;
+- a projected chain (``PCAU{d},…,Refine(SQ…)``): each part re-ranks its own top ``K × k_factor``
+  in its compact store (every part holds the same trained chain, so the scores compare) and the
+  driver merges the parts' top-K by those scores: the candidates re-ranked are a superset of
+  what one index re-ranks.
 
 Specs whose per-shard FAISS files carry their own ids (HNSW, fast-scan IVF, ``IndexShards``)
-are refused with a clear error.
+are refused with a clear error. :class:`ShardedIndexes` searches N *separate* indexes instead
+(one per machine's part of the archive), any spec, HNSW included.
 
 Example:
     >>> engine = open_engine("INDEX", ray="local", shards=2)   # doctest: +SKIP (medcbir.engine.opening)
@@ -148,7 +153,7 @@ class ShardedEngine(Engine):
         import ray as ray_module
 
         from medcbir.indexer import IndexStore
-        from medcbir.indexer.faiss_index import is_flat, split_refine
+        from medcbir.indexer.faiss_index import is_flat, split_projection, split_refine
         from medcbir.indexer.manifest import deleted_ids
         from medcbir.indexer.ray_index import connect
 
@@ -175,7 +180,7 @@ class ShardedEngine(Engine):
             engine._encoder = enc
         engine._started_ray = connect(ray)
         engine._refine_factor = None
-        if approximate and split_refine(store.index_spec)[1] is not None:
+        if approximate and split_refine(store.index_spec)[1] is not None and split_projection(store.index_spec)[0] is None:
             engine._refine_factor = float(store.search_params.get("k_factor") or 1.0)
         actor = _actor_class()
         inline = isinstance(manifest.get("deleted") or [], list)
