@@ -32,7 +32,7 @@ GRID_MM = 1.0
 #: Largest grid side in pixels (a larger frame is put on a coarser grid).
 MAX_GRID = 512
 #: Effective resolution (Gaussian sigma, mm) every frame is brought to before regions are found and described.
-RESOLUTION_MM = 1.2
+RESOLUTION_MM = 1.6
 #: The blur (sigma) a pixel of side s carries, as a fraction of s.
 PIXEL_BLUR = 0.4
 #: Pseudo-units spanned by a non-CT image's robust body range.

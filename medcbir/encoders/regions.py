@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.encoders import region_descriptor, region_proposals
-from medcbir.encoders.region_image import region_image
+from medcbir.encoders.region_image import RESOLUTION_MM, region_image
 from medcbir.errors import ConfigError
 from medcbir.imaging.items import Item
 
 #: The region recipe (proposals + descriptor); an index records it and refuses another.
-REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v1"
+REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v1/resolution-{RESOLUTION_MM:g}mm"
 #: Regions kept per image by default.
 PER_IMAGE = region_proposals.LIMIT
 DIM = region_descriptor.DIM
