@@ -197,11 +197,17 @@ def combine(
     keep: list = []
     if shard_files and all(p.name.endswith(".codes.npy") for p in shard_files):
         base = base_template
-        codes = np.concatenate([read_codes(p) for p in shard_files]) if len(shard_files) > 1 else np.asarray(read_codes(shard_files[0]))
-        if codes.shape != (n, base.sa_code_size()):
-            raise ValueError(f"shard codes hold {codes.shape}, expected ({n}, {base.sa_code_size()})")
-        base.add_sa_codes(codes, np.arange(n, dtype=np.int64))
-        del codes
+        runs, lo = [], 0
+        for path in shard_files:
+            codes = read_codes(path)
+            if codes.ndim != 2 or codes.shape[1] != base.sa_code_size():
+                raise ValueError(f"shard codes hold {codes.shape}, expected (…, {base.sa_code_size()})")
+            runs.append((codes, lo))
+            lo += len(codes)
+        if lo != n:
+            raise ValueError(f"shard codes hold ({lo}, {base.sa_code_size()}), expected ({n}, {base.sa_code_size()})")
+        fill_ivf(faiss.downcast_index(base), runs)  # lists sized once (see combine_chain)
+        del runs
     elif mergeable(base_template):
         base = base_template
         for path in shard_files:
@@ -231,28 +237,89 @@ def combine(
 
 def combine_chain(trained: faiss.Index, shard_files: list[Path], n: int) -> faiss.Index:
     """The searchable projected chain: a copy of ``trained`` whose base and re-rank store get
-    each shard's codes (``.codes.npy``: base code then store code per row) with ``add_sa_codes``,
-    shard by shard (no full-dimension vector is read: the shards' embeddings stay on disk)."""
+    each shard's codes (``.codes.npy``: base code then store code per row), no embedding read
+    (the shards' embeddings stay on disk). Both are sized once and filled in place
+    (:func:`fill_ivf`, :func:`fill_flat_codes`): adding millions of codes one entry at a time
+    grows FAISS's vectors by reallocation, and the freed buffers stay in the process (measured
+    ~0.3× the codes' bytes more RSS at 1M items)."""
     index = faiss.clone_index(trained)
     _, base, refine = chain_levels(index)
     if not shard_files or not all(p.name.endswith(".codes.npy") for p in shard_files):
         raise ValueError("a projected chain needs every shard's codes (.codes.npy)")
     width = base.sa_code_size()
     full = width + (refine.sa_code_size() if refine is not None else 0)
-    lo = 0
+    parts, lo = [], 0
     for path in shard_files:
         codes = read_codes(path)
         if codes.ndim != 2 or codes.shape[1] != full:
             raise ValueError(f"{path.name}: codes of width {codes.shape[-1]}, expected {full}")
-        rows = len(codes)
-        if rows:
-            base.add_sa_codes(np.ascontiguousarray(codes[:, :width]), np.arange(lo, lo + rows, dtype=np.int64))
-            if refine is not None:
-                refine.add_sa_codes(np.ascontiguousarray(codes[:, width:]), np.arange(lo, lo + rows, dtype=np.int64))
-        lo += rows
+        parts.append((codes, lo))
+        lo += len(codes)
     if lo != n:
         raise ValueError(f"shard codes hold {lo} rows, expected {n}")
+    if isinstance(base, faiss.IndexIVF) and isinstance(faiss.downcast_InvertedLists(base.invlists), faiss.ArrayInvertedLists):
+        fill_ivf(base, [(codes[:, :width], first) for codes, first in parts])
+    else:
+        for codes, first in parts:
+            base.add_sa_codes(np.ascontiguousarray(codes[:, :width]), np.arange(first, first + len(codes), dtype=np.int64))
+    if refine is not None:
+        fill_flat_codes(refine, [codes[:, width:] for codes, _ in parts], n)
     inner = faiss.downcast_index(index.index)
     inner.ntotal = n
     index.ntotal = n
     return index
+
+
+def list_numbers(codes: np.ndarray, width: int) -> np.ndarray:
+    """IVF list of each row of standalone codes (their first ``width`` bytes, little-endian)."""
+    lists = np.zeros(len(codes), dtype=np.int64)
+    for b in range(width):
+        lists |= codes[:, b].astype(np.int64) << (8 * b)
+    return lists
+
+
+def fill_ivf(ivf: faiss.IndexIVF, parts: list[tuple[np.ndarray, int]]) -> None:
+    """Add standalone codes (coarse list number, then the code) of runs of consecutive ids
+    (``(codes, first id)``) to an empty-listed IVF index: every list is sized once to its final
+    length, then written in place. Same lists, same order within each list, as ``add_sa_codes``."""
+    lists_of = faiss.downcast_InvertedLists(ivf.invlists)
+    coarse, size, nlist = int(ivf.coarse_code_size()), int(ivf.code_size), int(ivf.nlist)
+    numbers = [list_numbers(codes, coarse) for codes, _ in parts]
+    counts = np.zeros(nlist, dtype=np.int64)
+    for lists in numbers:
+        counts += np.bincount(lists, minlength=nlist)[:nlist]
+    filled = np.array([lists_of.list_size(int(lst)) for lst in range(nlist)], dtype=np.int64)
+    views = {}
+    for lst in np.nonzero(counts)[0]:
+        lists_of.resize(int(lst), int(filled[lst] + counts[lst]))
+        total = int(filled[lst] + counts[lst])
+        views[int(lst)] = (faiss.rev_swig_ptr(lists_of.get_codes(int(lst)), total * size), faiss.rev_swig_ptr(lists_of.get_ids(int(lst)), total))
+    for (codes, first), lists in zip(parts, numbers):
+        order = np.argsort(lists, kind="stable")
+        bounds = np.searchsorted(lists[order], np.arange(nlist + 1))
+        for lst in np.nonzero(np.diff(bounds))[0]:
+            rows = order[bounds[lst]:bounds[lst + 1]]
+            code_view, id_view = views[int(lst)]
+            at = int(filled[lst])
+            code_view[at * size:(at + len(rows)) * size] = np.ascontiguousarray(codes[rows, coarse:]).reshape(-1)
+            id_view[at:at + len(rows)] = first + rows
+            filled[lst] += len(rows)
+    ivf.ntotal = int(ivf.ntotal + counts.sum())
+
+
+def fill_flat_codes(index: faiss.Index, parts: list[np.ndarray], n: int) -> None:
+    """Put ``n`` rows of codes (in ``parts``, in order) into an empty flat-codes index (the SQ
+    re-rank store), its buffer sized once."""
+    index = faiss.downcast_index(index)
+    width = int(index.sa_code_size())
+    if not isinstance(index, faiss.IndexFlatCodes) or index.ntotal:
+        for codes in parts:
+            index.add_sa_codes(np.ascontiguousarray(codes), None)
+        return
+    index.codes.resize(n * width)
+    view = faiss.rev_swig_ptr(index.codes.data(), n * width)
+    at = 0
+    for codes in parts:
+        view[at * width:(at + len(codes)) * width] = np.ascontiguousarray(codes).reshape(-1)
+        at += len(codes)
+    index.ntotal = n

@@ -53,7 +53,8 @@ import faiss
 import numpy as np
 
 from medcbir.errors import ConfigError
-from medcbir.indexer.faiss_files import (chain_codes, chain_levels, combine, combine_chain, flat_from, mergeable, parts,  # noqa: F401 - re-exported
+from medcbir.indexer.faiss_files import (chain_codes, chain_levels, combine, combine_chain, fill_flat_codes, fill_ivf, flat_from,  # noqa: F401 - re-exported
+                                         mergeable, parts,
                                          read_codes, shard_index,
                                          uses_codes, write_index, write_shard_part)
 from medcbir.indexer.faiss_gpu import GPU_PQ_CODE_SIZES, apply_gpu_params, gpu_copy, gpu_movable  # noqa: F401 - re-exported

@@ -199,3 +199,22 @@ def test_memory_budget_on_the_command_line(tmp_path, small_auto, capsys):
     assert out["retrained"] and out["spec"] == m["index_spec"] and m["index_spec"].startswith("PCAU")
     assert m["memory_budget"] == 100 and m["recall"]["chain"]["bytes_per_item"] <= 100 and m["recall"]["memory_budget"] == 100
     assert main(["index", str(tmp_path), "--out", str(tmp_path / "new"), "--memory-budget", "-3"]) == 2
+
+
+def test_lists_sized_once_hold_what_add_sa_codes_adds():
+    x = clustered(3000, dim=32, seed=13)
+    for spec in ("IVF16,PQ8", "IVF16,SQ8"):
+        trained = faiss_index.train(spec, 32, x[:2000])
+        runs = [(trained.sa_encode(x[a:b]), a) for a, b in ((0, 700), (700, 1900), (1900, 3000))]
+        one, other = faiss.clone_index(trained), faiss.clone_index(trained)
+        for codes, first in runs:
+            one.add_sa_codes(codes, np.arange(first, first + len(codes), dtype=np.int64))
+        faiss_index.fill_ivf(faiss.downcast_index(other), runs)
+        assert one.ntotal == other.ntotal == 3000
+        a, b = faiss.extract_index_ivf(one).invlists, faiss.extract_index_ivf(other).invlists
+        for lst in range(16):
+            size = a.list_size(lst)
+            assert b.list_size(lst) == size
+            assert np.array_equal(faiss.rev_swig_ptr(a.get_ids(lst), size), faiss.rev_swig_ptr(b.get_ids(lst), size))
+            width = size * faiss.extract_index_ivf(one).code_size
+            assert np.array_equal(faiss.rev_swig_ptr(a.get_codes(lst), width), faiss.rev_swig_ptr(b.get_codes(lst), width))
