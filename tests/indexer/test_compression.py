@@ -76,6 +76,12 @@ def test_projection_codes_and_rerank_round_trip_under_a_memory_budget(tmp_path, 
     assert store.faiss_index.ntotal == 3000 and _recall(store, x, q) >= 0.9
     store.close()
     assert verify(ix).ok
+    # maintenance reads the chain's codes like any IVF index's
+    from medcbir.indexer.retrain import list_imbalance, retrain_due
+
+    manifest = json.loads((ix / "manifest.json").read_text())
+    assert list_imbalance(ix, manifest) >= 1.0
+    assert retrain_due(ix, manifest) in (None, "recall", "imbalance")
 
 
 def test_memory_budget_filters_the_ladder_and_bytes_match_faiss(monkeypatch):
