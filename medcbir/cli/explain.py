@@ -224,7 +224,8 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
     maps over the same neighbourhood.
     """
     from medcbir.errors import ConfigError
-    from medcbir.explain.evaluation import evaluate_methods, format_table
+    from medcbir.explain.evaluation.run import evaluate_methods
+    from medcbir.explain.evaluation.tables import format_table
 
     if roi_boxes is not None:
         _explain_eval_regions(index, roi_boxes, masks_file, methods or "relax,occlusion", n, k, exclude, n_masks, seed, encoder, json_out, as_json)

@@ -94,7 +94,8 @@ def has_wildcat() -> bool:
 
 
 def run(ctx, say):
-    from medcbir.explain.evaluation import evaluate_explanations, heatmaps_for
+    from medcbir.explain.evaluation.run import evaluate_explanations
+    from medcbir.explain.evaluation.scoring import heatmaps_for
     from medcbir.reproduce import Outcome
     from medcbir.reproduce.report import bar_chart, map_grid
     from medcbir.reproduce.steps import build_index, organ_items, train_row

@@ -62,7 +62,7 @@ def empty_table() -> Table:
 
 
 def run(ctx, say):
-    from medcbir.explain.evaluation import evaluate_explanations
+    from medcbir.explain.evaluation.run import evaluate_explanations
     from medcbir.reproduce import Outcome
     from medcbir.reproduce.report import bar_chart, map_grid
     from medcbir.reproduce.steps import build_index, organ_pairs, train_row
@@ -86,7 +86,7 @@ def run(ctx, say):
     speedup = rows[ABLATION]["seconds_per_image"] / max(rows[CLUSTERED]["seconds_per_image"], 1e-9)
     table.set(CLUSTERED, "speedup", speedup)
     table.set(ABLATION, "speedup", 1.0)
-    from medcbir.explain.evaluation import heatmaps_for
+    from medcbir.explain.evaluation.scoring import heatmaps_for
 
     module = pairs["module"].eval()
     import torch.nn.functional as F

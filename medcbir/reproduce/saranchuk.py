@@ -73,7 +73,7 @@ def empty_table(angles) -> Table:
 def run(ctx, say):
     import numpy as np
 
-    from medcbir.explain.evaluation import map_function
+    from medcbir.explain.evaluation.scoring import map_function
     from medcbir.explain.metrics import dice_rotation_sweep
     from medcbir.reproduce import Outcome
     from medcbir.reproduce.report import pyplot, save

@@ -125,7 +125,7 @@ def organ_pairs(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
         ``{"query_images", "query_masks", "images", "masks", "pairs": [[query uid, neighbour uid]], "module"}``.
     """
     from medcbir.engine import Engine
-    from medcbir.explain.evaluation import decode_with_masks, select_items, select_pairs
+    from medcbir.explain.evaluation.selection import decode_with_masks, select_items, select_pairs
     from medcbir.explain.runner import torch_encoder
 
     with Engine.open(index_dir) as engine:
@@ -163,7 +163,7 @@ def organ_items(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
         ``{"images", "masks", "uids", "module"}`` (images preprocessed, masks in their geometry).
     """
     from medcbir.engine import Engine
-    from medcbir.explain.evaluation import decode_with_masks, select_items
+    from medcbir.explain.evaluation.selection import decode_with_masks, select_items
     from medcbir.explain.runner import torch_encoder
 
     with Engine.open(index_dir) as engine:

@@ -68,7 +68,7 @@ def empty_table() -> Table:
 
 
 def run(ctx, say):
-    from medcbir.explain.evaluation import relevance_rank_and_margin
+    from medcbir.explain.evaluation.run import relevance_rank_and_margin
     from medcbir.explain.runner import explain_to_report
     from medcbir.reproduce import Outcome
     from medcbir.reproduce.report import bar_chart
