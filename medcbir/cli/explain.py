@@ -115,7 +115,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
         payload["dicom"] = [str(p) for p in written]
         click.echo(f"wrote {len(written)} DICOM object(s) (overlays and parametric maps) to {dicom_out}", err=True)
     if report is not None:
-        from medcbir.engine.report import render_report
+        from medcbir.explain.report import render_report
 
         from medcbir.explain.native import native_panel
 

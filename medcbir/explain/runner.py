@@ -132,7 +132,7 @@ class Explanation:
     options: dict = field(default_factory=dict)
 
     def panel(self, title: str | None = None) -> dict:
-        """The report panel (see ``medcbir.engine.report.render_report``)."""
+        """The report panel (see ``medcbir.explain.report.render_report``)."""
         items = [{"label": "query", "score": None, "meta": self.query_meta, "image": self.images[0, 0], "heatmap": self.heatmaps[0]}]
         for i, nb in enumerate(self.neighbours):
             items.append(
@@ -315,7 +315,7 @@ def explain_to_report(
         (html path, png path).
     """
     from medcbir.engine import Engine
-    from medcbir.engine.report import render_report
+    from medcbir.explain.report import render_report
 
     engine = Engine.open(index_dir, encoder=encoder)
     if method == "relax":
