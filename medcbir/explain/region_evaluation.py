@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medcbir.engine import Engine
+from medcbir.engine.region_search import RegionIndex, resolve_region_query
 from medcbir.errors import ConfigError, DecodeError
 from medcbir.explain import metrics as M
 from medcbir.explain.evaluation.scoring import HEADERS, margins
@@ -166,8 +168,6 @@ def evaluate_region_explanations(engine, boxes, masks_file, methods=REGION_METHO
     """
     import h5py
 
-    from medcbir.engine import Engine
-    from medcbir.engine.region_search import RegionIndex, resolve_region_query
     from medcbir.explain.runner import decode_item
 
     for name in methods:

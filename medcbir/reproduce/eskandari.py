@@ -10,6 +10,9 @@ targets): ADC/PIC perturb it with each map; seconds per image measured in the sa
 
 from __future__ import annotations
 
+from medcbir.reproduce import Outcome
+from medcbir.reproduce.report import bar_chart, map_grid
+from medcbir.reproduce.steps import build_index, organ_pairs, train_row
 from medcbir.reproduce.table import NOT_REPORTED, Claim, Column, Source, Table
 
 TITLE = "Eskandari et al. — Clustered-CAM vs Ablation-CAM: ADC, PIC and the speed ratio"
@@ -63,9 +66,6 @@ def empty_table() -> Table:
 
 def run(ctx, say):
     from medcbir.explain.evaluation.run import evaluate_explanations
-    from medcbir.reproduce import Outcome
-    from medcbir.reproduce.report import bar_chart, map_grid
-    from medcbir.reproduce.steps import build_index, organ_pairs, train_row
 
     b = ctx.budget
     table = empty_table()

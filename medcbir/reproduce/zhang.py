@@ -13,6 +13,9 @@ liver slices (own embeddings), scored by :func:`medcbir.explain.metrics.landmark
 
 from __future__ import annotations
 
+from medcbir.reproduce import Outcome
+from medcbir.reproduce.report import bar_chart, map_grid
+from medcbir.reproduce.steps import build_index, organ_items, retrieval, train_row
 from medcbir.reproduce.table import NOT_REPORTED, Claim, Column, Source, Table
 
 TITLE = "Zhang et al. — pretexts judged by landmark clustering quality (S, D_C, D_U)"
@@ -71,9 +74,6 @@ def empty_table() -> Table:
 
 def run(ctx, say):
     from medcbir.explain.evaluation.run import evaluate_explanations
-    from medcbir.reproduce import Outcome
-    from medcbir.reproduce.report import bar_chart, map_grid
-    from medcbir.reproduce.steps import build_index, organ_items, retrieval, train_row
 
     b = ctx.budget
     table = empty_table()
