@@ -32,7 +32,7 @@ GRID_MM = 1.0
 #: Largest grid side in pixels (a larger frame is put on a coarser grid).
 MAX_GRID = 512
 #: Effective resolution (Gaussian sigma, mm) every frame is brought to before regions are found and described.
-RESOLUTION_MM = 1.2
+RESOLUTION_MM = 1.6
 #: The blur (sigma) a pixel of side s carries, as a fraction of s.
 PIXEL_BLUR = 0.4
 #: Pseudo-units spanned by a non-CT image's robust body range.
@@ -77,6 +77,16 @@ class RegionImage:
         x1 = int(np.clip(math.ceil((x + w) / self.scale[1]), x0 + 1, cols))
         y1 = int(np.clip(math.ceil((y + h) / self.scale[0]), y0 + 1, rows))
         return x0, y0, x1 - x0, y1 - y0
+
+    def boxes_to_stored(self, boxes) -> np.ndarray:
+        """:meth:`to_stored` of every row of ``boxes`` (N, ≥4) at once: int32 (N, 4)."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) > 1 else 4)[:, :4]
+        rows, cols = self.shape
+        x0 = np.clip(np.floor(b[:, 0] / self.scale[1]), 0, cols - 1)
+        y0 = np.clip(np.floor(b[:, 1] / self.scale[0]), 0, rows - 1)
+        x1 = np.clip(np.ceil((b[:, 0] + b[:, 2]) / self.scale[1]), x0 + 1, cols)
+        y1 = np.clip(np.ceil((b[:, 1] + b[:, 3]) / self.scale[0]), y0 + 1, rows)
+        return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.int32)
 
 
 def _spacing(item: Item) -> tuple[float, float]:

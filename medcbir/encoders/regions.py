@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.encoders import region_descriptor, region_proposals
-from medcbir.encoders.region_image import region_image
+from medcbir.encoders.region_image import RESOLUTION_MM, region_image
 from medcbir.errors import ConfigError
 from medcbir.imaging.items import Item
 
 #: The region recipe (proposals + descriptor); an index records it and refuses another.
-REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v1"
+REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v1/resolution-{RESOLUTION_MM:g}mm"
 #: Regions kept per image by default.
 PER_IMAGE = region_proposals.LIMIT
 DIM = region_descriptor.DIM
@@ -60,7 +60,7 @@ def extract_regions(item: Item, limit: int = PER_IMAGE) -> RegionSet:
     if not len(found):
         return RegionSet.empty()
     descriptors = region_descriptor.describe(image, found[:, :4])
-    boxes = np.asarray([image.to_stored(b) for b in found[:, :4]], dtype=np.int32).reshape(-1, 4)
+    boxes = image.boxes_to_stored(found[:, :4])
     return RegionSet(boxes, descriptors)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from medcbir.encoders.regions import describe_query
+from medcbir.encoders.regions import REGIONS_VERSION, describe_query
 from medcbir.engine.selectors import Selection
 from medcbir.errors import ConfigError, DecodeError, IndexCorrupt
 
@@ -122,6 +122,18 @@ def _probes(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10) ->
     return min(nprobe, index.nlist)
 
 
+def check_regions(store) -> None:
+    """ConfigError naming the fix when ``store`` has no regions, or regions another region recipe made."""
+    where = getattr(store, "index_dir", "")
+    if not getattr(store, "has_regions", False):
+        raise ConfigError(f"index {where} has no regions, so it cannot answer a region query; "
+                          "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
+    made_by = (store.manifest.get("regions") or {}).get("version")
+    if made_by != REGIONS_VERSION:
+        raise ConfigError(f"index {where} stores regions made by {made_by!r}, and this medcbir describes regions as "
+                          f"{REGIONS_VERSION!r}: the two do not compare; build a new index (`medcbir index ARCHIVE NEW_INDEX`)")
+
+
 class RegionIndex:
     """The regions of one open engine, whitened and indexed (built on first region query).
 
@@ -144,12 +156,8 @@ class RegionIndex:
         cached = getattr(engine, "_region_index", None)
         if cached is not None:
             return cached
-        store = engine.store
-        regions = store.regions() if getattr(store, "has_regions", False) else None
-        if regions is None:
-            raise ConfigError(f"index {getattr(store, 'index_dir', '')} has no regions, so it cannot answer a region query; "
-                              "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
-        engine._region_index = cls(regions)
+        check_regions(engine.store)
+        engine._region_index = cls(engine.store.regions())
         return engine._region_index
 
     def __len__(self) -> int:

@@ -250,8 +250,9 @@ class ShardedRegions:
     def __init__(self, engine: ShardedEngine) -> None:
         import ray
 
-        from medcbir.engine.region_search import Whitening
+        from medcbir.engine.region_search import Whitening, check_regions
 
+        check_regions(engine.store)
         self.engine = engine
         parts = ray.get([actor.region_moments.remote() for _, _, actor in engine._parts])
         if not engine.store.has_regions or any(p is None for p in parts):

@@ -28,7 +28,7 @@ def build_index(archive: Path, out: Path, encoder: Path) -> Path:
     """Index ``archive`` exactly (Flat) in small shards, as ``medcbir index`` would."""
     from medcbir.indexer import index_archive
 
-    index_archive(archive, out, str(encoder), shard_size=32, workers=1, progress=False)
+    index_archive(archive, out, str(encoder), shard_size=32, workers=1, progress=False, regions=False)
     return out
 
 

@@ -87,24 +87,24 @@ def _resampled(src: Path, dst: Path, zoom: float) -> None:
 
 
 def test_a_box_in_another_field_of_view_finds_the_same_neighbours(lesions, tmp_path):
-    """The same lesion queried from a copy at another field of view (resampled, PixelSpacing
-    scaled, box scaled) shares neighbours with the original query, far above chance (5 of ~190
-    items drawn at random share 0.04). Sharing most of them (the issue's aim) is not reached yet:
-    resampling shifts the descriptors of small lesions by about a nearest-neighbour distance."""
+    """The same lesion queried from a copy at another field of view (resampled coarser and finer,
+    PixelSpacing scaled, box scaled) shares about half of its top 5 or more with the original query
+    (5 of ~190 items drawn at random would share 0.03 of them). The finer copy is an upsampled one:
+    its detail is coarser than its PixelSpacing says, which a real finer acquisition's is not."""
     clear = sorted((r for r in lesions["boxes"] if min(int(r["w"]), int(r["h"])) >= 8), key=lambda r: r["sop_instance_uid"])[:8]
-    overlap = []
+    overlap: dict[float, list[float]] = {0.75: [], 1.25: []}
     with Engine.open(lesions["index"]) as engine:
         sources = _sources(engine)
         for i, r in enumerate(clear):
-            zoom = 0.75
-            copy = tmp_path / f"q{i}.dcm"
-            _resampled(Path(sources[r["sop_instance_uid"]]), copy, zoom)
-            x, y, w, h = _box(r)
-            scaled = [int(round(x * zoom)), int(round(y * zoom)), max(1, int(round(w * zoom))), max(1, int(round(h * zoom)))]
             same = [n.id for n in engine.search(sources[r["sop_instance_uid"]], 5, roi=_box(r), exclude="same-patient")[0]]
-            other = [n.id for n in engine.search(str(copy), 5, roi=scaled, exclude="same-patient")[0]]
-            overlap.append(len(set(same) & set(other)) / 5)
-    assert np.mean(overlap) >= 0.2, overlap
+            for zoom in overlap:
+                copy = tmp_path / f"q{i}-{zoom}.dcm"
+                _resampled(Path(sources[r["sop_instance_uid"]]), copy, zoom)
+                x, y, w, h = _box(r)
+                scaled = [int(round(x * zoom)), int(round(y * zoom)), max(1, int(round(w * zoom))), max(1, int(round(h * zoom)))]
+                other = [n.id for n in engine.search(str(copy), 5, roi=scaled, exclude="same-patient")[0]]
+                overlap[zoom].append(len(set(same) & set(other)) / 5)
+    assert all(np.mean(v) >= 0.4 for v in overlap.values()), overlap
 
 
 def test_regions_follow_delete_and_compact(lesions, tmp_path):
@@ -132,15 +132,23 @@ def test_regions_follow_delete_and_compact(lesions, tmp_path):
 
 
 def test_regions_survive_kill_9_and_resume(lesions, tmp_path):
+    import shutil
+
+    archive = tmp_path / "archive"  # three of the patients: enough for a kill after two shards and a resume
+    for patient in sorted(p for p in lesions["archive"].iterdir() if p.is_dir())[:3]:
+        shutil.copytree(patient, archive / patient.name)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDCBIR_TEST_KILL_AT": "shard-fsync:2"}
-    cmd = [sys.executable, "-m", "medcbir", "index", str(lesions["archive"]), "--out", str(tmp_path / "index"), "--shard-size", "40",
+    cmd = [sys.executable, "-m", "medcbir", "index", str(archive), "--out", str(tmp_path / "index"), "--shard-size", "20",
            "--workers", "1", "--no-progress", "--no-maintenance"]
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     env.pop("MEDCBIR_TEST_KILL_AT")
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_regions(region_data(lesions["index"]), region_data(tmp_path / "index"))
+    after = region_data(tmp_path / "index")
+    assert len(after) == 3 * 24
+    whole = region_data(lesions["index"])
+    assert_same_regions({key: whole[key] for key in after}, after)
 
 
 def test_cli_region_search_verify_and_the_error_without_regions(lesions, tmp_path, capsys):
@@ -176,3 +184,25 @@ def test_cli_region_search_verify_and_the_error_without_regions(lesions, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no regions" in err[0] and "medcbir index" in err[0]
     assert main(["index", str(lesions["archive"]), "--out", str(plain), "--workers", "1", "--no-progress"]) == 0  # resumes, still without
+
+
+def test_regions_of_another_recipe_are_refused_with_the_fix(lesions, tmp_path, monkeypatch, capsys):
+    """Regions described by another recipe (another descriptor, proposals or resolution) do not
+    compare with a query described by this one: a region query says so instead of answering."""
+    import medcbir.encoders.regions as regions_module
+
+    archive = tmp_path / "archive"
+    patient = next(p for p in sorted(lesions["archive"].iterdir()) if p.is_dir())
+    import shutil
+
+    shutil.copytree(patient, archive / patient.name)
+    monkeypatch.setattr(regions_module, "REGIONS_VERSION", "radiomic-v0/proposals-v0")
+    old = tmp_path / "old"
+    assert main(["index", str(archive), "--out", str(old), "--workers", "1", "--no-progress", "--no-maintenance"]) == 0
+    monkeypatch.undo()
+    capsys.readouterr()
+    source = str(next(archive.rglob("*.dcm")))
+    assert main(["search", str(old), source, "--roi", "10,10,20,20"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "radiomic-v0/proposals-v0" in err[0] and regions_module.REGIONS_VERSION in err[0], err
+    assert main(["search", str(old), source, "-k", "2"]) == 0  # the slice index still answers

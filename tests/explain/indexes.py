@@ -22,7 +22,7 @@ def explain_index(phantom_archive, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("explain-index")
     encoder = save_checkpoint(root / "encoder.pt", new_encoder_module("resnet18", Preprocessing(("ct-liver-wide",), size=SIZE), seed=0))
-    index_archive(phantom_archive, root / "index", str(encoder), shard_size=32, workers=1, progress=False)
+    index_archive(phantom_archive, root / "index", str(encoder), shard_size=32, workers=1, progress=False, regions=False)
     return root / "index"
 
 

@@ -26,7 +26,7 @@ from medcbir.indexer.writer import key_hash
 
 from .conftest import make_encoder
 
-SLICES = 2000
+SLICES = 1000
 
 
 @pytest.fixture(scope="module")
