@@ -264,10 +264,6 @@ LAZY_PENDING_FILES = (
     "medcbir.engine.sharded",
     "medcbir.engine.region_search",
     "medcbir.engine.region_evaluate",
-    "medcbir.encoders.region_descriptor",
-    "medcbir.encoders.region_image",
-    "medcbir.encoders.region_proposals",
-    "medcbir.encoders.regions",
     "medcbir.cli.demo",
 )
 LAZY_PACKAGES = ("medcbir", *(f"medcbir.{name}" for names in LAYERS[1:] for name in names if name != "api"))
