@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from medcbir.pacs.orthanc_config import build_config, parse_modality, write_config
+from medcbir.pacs.orthanc_server import orthanc_binary
+
 
 @click.command("orthanc-config")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
@@ -40,9 +43,6 @@ def orthanc_config(out: Path, index: Path, encoder: str, http_port: int, dicom_p
     Start Orthanc with the printed command; then GET /medcbir/status, POST /medcbir/search.
     Only the --modality entries may C-STORE into Orthanc, unless --allow-any-store.
     """
-    from medcbir.pacs.orthanc_config import build_config, parse_modality, write_config
-    from medcbir.pacs.orthanc_server import orthanc_binary
-
     config = build_config(index, encoder, http_port=http_port, dicom_port=dicom_port, storage=storage, aet=aet,
                           user=user, remote=remote, plugin_dir=plugin_dir, batch_size=batch_size,
                           flush_seconds=flush_seconds, workers=workers,
