@@ -98,7 +98,7 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
             their Orthanc ids under ``stored``: ``overlays`` and ``maps``, query first).
         label: how the query is named in the answer (never a file-system path).
     """
-    from medcbir.engine.report import render_html, render_png
+    from medcbir.explain.report import render_html, render_png
     from medcbir.explain import METHODS, explain_search
 
     fmt = str(request.get("format") or "png").lower()
