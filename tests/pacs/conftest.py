@@ -73,6 +73,30 @@ def no_pixel_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def browser():
+    """Headless Chromium holding the test user's Orthanc credentials (an Authorization header on
+    every request it makes), as a logged-in user's browser does."""
+    import base64
+
+    chromium, chromedriver = require_binary("chromium"), require_binary("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    token = base64.b64encode(":".join(USER).encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 def storescu(port: int, files, aet: str = "MEDCBIR") -> None:
     """C-STORE files with dcmtk's storescu (each file in its own transfer syntax)."""
     require_binary("storescu")
@@ -102,9 +126,15 @@ def _factory(tmp: Path):
 
     def start(index: Path, encoder: Path, name: str = "orthanc", config_path: Path | None = None, start_timeout: float = 90,
               **settings):
-        """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker."""
+        """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker.
+
+        The plugin's new index stores no regions (``"Regions": false``: region extraction is most
+        of the indexing time) unless ``regions=True``; region search through Orthanc is tested on
+        servers that turn it on.
+        """
         if config_path is None:
             settings.setdefault("modalities", PYTEST_MODALITY)
+            settings.setdefault("regions", False)
             config = build_config(index, str(encoder), http_port=free_port(), dicom_port=free_port(),
                                   storage=tmp / f"{name}-storage", user=":".join(USER), **settings)
             config_path = write_config(tmp / f"{name}.json", config)
