@@ -78,6 +78,16 @@ class RegionImage:
         y1 = int(np.clip(math.ceil((y + h) / self.scale[0]), y0 + 1, rows))
         return x0, y0, x1 - x0, y1 - y0
 
+    def boxes_to_stored(self, boxes) -> np.ndarray:
+        """:meth:`to_stored` of every row of ``boxes`` (N, ≥4) at once: int32 (N, 4)."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) > 1 else 4)[:, :4]
+        rows, cols = self.shape
+        x0 = np.clip(np.floor(b[:, 0] / self.scale[1]), 0, cols - 1)
+        y0 = np.clip(np.floor(b[:, 1] / self.scale[0]), 0, rows - 1)
+        x1 = np.clip(np.ceil((b[:, 0] + b[:, 2]) / self.scale[1]), x0 + 1, cols)
+        y1 = np.clip(np.ceil((b[:, 1] + b[:, 3]) / self.scale[0]), y0 + 1, rows)
+        return np.stack([x0, y0, x1 - x0, y1 - y0], axis=1).astype(np.int32)
+
 
 def _spacing(item: Item) -> tuple[float, float]:
     sy, sx = (float(v) for v in item.meta.pixel_spacing)

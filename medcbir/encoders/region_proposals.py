@@ -121,11 +121,14 @@ def _suppress(boxes: np.ndarray, threshold: float, limit: int) -> np.ndarray:
     if not len(boxes):
         return boxes
     boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
+    overlaps = box_iou(boxes, boxes) > threshold  # one matrix: a few hundred candidates at most
+    dropped = np.zeros(len(boxes), dtype=bool)
     keep: list[int] = []
     for i in range(len(boxes)):
-        if keep and box_iou(boxes[i:i + 1], boxes[keep]).max() > threshold:
+        if dropped[i]:
             continue
         keep.append(i)
         if len(keep) == limit:
             break
+        dropped |= overlaps[i]
     return boxes[keep]

@@ -60,7 +60,7 @@ def extract_regions(item: Item, limit: int = PER_IMAGE) -> RegionSet:
     if not len(found):
         return RegionSet.empty()
     descriptors = region_descriptor.describe(image, found[:, :4])
-    boxes = np.asarray([image.to_stored(b) for b in found[:, :4]], dtype=np.int32).reshape(-1, 4)
+    boxes = image.boxes_to_stored(found[:, :4])
     return RegionSet(boxes, descriptors)
 
 
