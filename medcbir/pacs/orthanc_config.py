@@ -288,6 +288,8 @@ def build_config(
     gdcm = plugin_dir / "libOrthancGdcm.so"
     if gdcm.exists():
         plugins.append(str(gdcm))
+    # here, not at the top: Orthanc's embedded interpreter imports this module (standard library
+    # only), and the encoder spec module needs numpy
     from medcbir.encoders.spec import canonical_source
 
     encoder = canonical_source(encoder)  # absolute: the worker runs in Orthanc's folder

@@ -183,10 +183,29 @@ def _indexed_server(tmp_path_factory, name: str, archive, encoder, **settings):
 
 
 @pytest.fixture(scope="session")
-def results_server(tmp_path_factory, pacs_archive, small_encoder):
-    """A private Orthanc + plugin holding ``pacs_archive``, all indexed: the DICOM-results and
-    viewer tests store medcbir's objects into it (the other plugin tests keep their own)."""
-    yield from _indexed_server(tmp_path_factory, "results", pacs_archive, small_encoder, plugin_settings={"SearchTimeout": 600})
+def lesion_archive(tmp_path_factory) -> Path:
+    """Phantom v3 (lesions of four kinds, ``lesion-boxes.csv``), 3 patients × 8 slices at 128 px:
+    the archive folder."""
+    from medcbir.imaging.phantom import make_archive
+
+    out = tmp_path_factory.mktemp("lesion-phantom") / "archive"
+    make_archive(out, patients=3, slices=8, seed=31, size=128, version=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def results_archive(lesion_archive) -> list[Path]:
+    """The files of ``lesion_archive``, sorted (what ``results_server`` holds)."""
+    return sorted(lesion_archive.rglob("*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def results_server(tmp_path_factory, results_archive, small_encoder):
+    """A private Orthanc + plugin holding ``results_archive``, all indexed, with regions
+    (``"Regions": true``): the DICOM-results and viewer tests (whole-image and region search)
+    store medcbir's objects into it (the other plugin tests keep their own)."""
+    yield from _indexed_server(tmp_path_factory, "results", results_archive, small_encoder, regions=True,
+                               plugin_settings={"SearchTimeout": 600})
 
 
 #: The hostile server's plugin settings: explanations give up after SearchTimeout, and one may

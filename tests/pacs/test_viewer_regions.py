@@ -3,9 +3,10 @@
 The user drags a box around a lesion on the query image; the page runs the region search and
 draws each neighbour's matched region on its image, exactly where REST says it is; "Explain"
 maps why each region matched. A box outside the image is a readable message in the page and a
-400 from REST. The plugin's index stores regions (``"Regions": true``); the archive is phantom
-v3 (lesions of four kinds) at 128 px. With ``MEDCBIR_SCREENSHOT`` the page with the drawn box
-and the matched regions is copied there (docs/viewer.png).
+400 from REST, and so is a box on a server whose index has no regions. ``results_server`` stores
+regions (``"Regions": true``); its archive is phantom v3 (lesions of four kinds) at 128 px. With
+``MEDCBIR_SCREENSHOT`` the page with the drawn box and the matched regions is copied there
+(docs/viewer.png).
 """
 
 from __future__ import annotations
@@ -14,37 +15,22 @@ import csv
 import os
 import shutil
 
+import pydicom
 import pytest
 
 from tests.pacs.browser import Waiter, box_on_screen, drag_box, loaded_images, open_instance
-from tests.pacs.conftest import _indexed_server
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.chromium]
 
 K = 4
 
 
-@pytest.fixture(scope="module")
-def lesion_archive(tmp_path_factory):
-    """Phantom v3 (lesions), 3 patients × 8 slices at 128 px: the archive folder."""
-    from medcbir.imaging.phantom import make_archive
-
-    out = tmp_path_factory.mktemp("viewer-regions") / "archive"
-    make_archive(out, patients=3, slices=8, seed=31, size=128, version=3)
-    return out
-
-
-@pytest.fixture(scope="module")
-def region_server(tmp_path_factory, lesion_archive, small_encoder):
-    yield from _indexed_server(tmp_path_factory, "regions", sorted(lesion_archive.rglob("*.dcm")), small_encoder, regions=True,
-                               plugin_settings={"SearchTimeout": 600})
-
-
-def test_viewer_draws_a_box_and_shows_each_neighbours_matched_region(region_server, lesion_archive, browser, tmp_path):
+def test_viewer_draws_a_box_and_shows_each_neighbours_matched_region(results_server, lesion_archive, hostile_server, pacs_archive,
+                                                                    browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    server = region_server
+    server = results_server
     assert server.status()["generation"] >= 1
     # the query: the slice with the largest lesion; the box drawn around it with a margin
     lesion = max(csv.DictReader(open(lesion_archive / "lesion-boxes.csv")), key=lambda r: int(r["w"]) * int(r["h"]))
@@ -119,3 +105,18 @@ def test_viewer_draws_a_box_and_shows_each_neighbours_matched_region(region_serv
     field.clear()
     field.send_keys("12,12,zero\n")
     wait.until(lambda d: "four whole numbers" in d.find_element(By.ID, "message").text, "the box format message")
+
+    # an index without regions (the hostile server's plugin has "Regions": false): a box drawn on
+    # the query is the server's one line in the page, and a 400 from REST
+    plain = hostile_server
+    other = plain.rest.lookup_sop(str(pydicom.dcmread(pacs_archive[12], stop_before_pixels=True).SOPInstanceUID))
+    open_instance(browser, wait, plain, other)
+    browser.find_element(By.CSS_SELECTOR, f'#instances img[data-instance="{other}"]').click()
+    wait.until(lambda d: loaded_images(d, "#query .card img.thumb") == 1 and "neighbours" in d.find_element(By.ID, "message").text,
+               "the whole-image search on the server without regions")
+    drag_box(browser, browser.find_element(By.CSS_SELECTOR, "#query .card img.thumb"), [10, 12, 20, 16])
+    wait.until(lambda d: "region search failed" in d.find_element(By.ID, "message").text, "the no-regions message")
+    text = browser.find_element(By.ID, "message").text
+    resp = plain.rest.post("/medcbir/search", json={"instance": other, "roi": [10, 12, 20, 16]})
+    assert resp.status_code == 400 and "has no regions" in resp.json()["error"] and resp.json()["error"] in text, (resp.text, text)
+    assert plain.rest.post("/medcbir/explain", json={"instance": other, "roi": [10, 12, 20, 16]}).status_code == 400
