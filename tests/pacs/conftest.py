@@ -128,8 +128,8 @@ def _factory(tmp: Path):
               **settings):
         """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker.
 
-        The plugin's new index stores no regions (``"Regions": false``: region extraction is most
-        of the indexing time) unless ``regions=True``; region search through Orthanc is tested on
+        The plugin's new index stores no regions (``"Regions": false``: region extraction is a
+        large share of the indexing time) unless ``regions=True``; region search through Orthanc is tested on
         servers that turn it on.
         """
         if config_path is None:

@@ -9,7 +9,8 @@ const METHOD_NAMES = { relax: "RELAX", occlusion: "occlusion", gradcam: "Grad-CA
   integrated_gradients: "integrated gradients", guided_gradcam: "guided Grad-CAM", gradient: "gradient",
   guided_backprop: "guided backprop", smoothgrad_ig: "SmoothGrad-IG", clustered_cam: "Clustered-CAM",
   ablation_cam: "Ablation-CAM", wildcat: "WILDCAT" };
-const state = { instance: null, neighbours: [], maxExplainK: 10, roi: null };
+// seq: the number of the latest search; an answer to an earlier one arrives late and is dropped
+const state = { instance: null, neighbours: [], maxExplainK: 10, roi: null, seq: 0 };
 
 function $(id) { return document.getElementById(id); }
 
@@ -234,13 +235,17 @@ function regionSearch(box) {
 }
 
 async function runSearch(instance) {
+  const seq = ++state.seq;
+  const roi = state.roi;
+  const current = () => seq === state.seq;
   state.instance = instance;
   $("explain").disabled = true;
   $("explain-status").hidden = true;
   $("neighbours").replaceChildren();
-  $("clear-roi").disabled = !state.roi;
-  message(state.roi ? `searching regions like ${state.roi.join(",")}...` : "searching...");
+  $("clear-roi").disabled = !roi;
+  message(roi ? `searching regions like ${roi.join(",")}...` : "searching...");
   const tags = await getJson(`${ORTHANC}instances/${instance}/simplified-tags`).catch(() => ({}));
+  if (!current()) return;
   const queryCard = (context) => {
     const node = card("query", { instance, sop: tags.SOPInstanceUID }, "query (drag on the image to search by a region)",
       readingLines({ series_description: tags.SeriesDescription, study_date: tags.StudyDate, modality: tags.Modality,
@@ -252,7 +257,8 @@ async function runSearch(instance) {
   try {
     const f = filters();
     // per_series 0: the neighbours shown are the ones an explanation explains, rank for rank
-    const answer = await postJson(MEDCBIR + "search", { instance, per_series: 0, ...f, ...(state.roi ? { roi: state.roi } : {}) });
+    const answer = await postJson(MEDCBIR + "search", { instance, per_series: 0, ...f, ...(roi ? { roi } : {}) });
+    if (!current()) return;
     const query = queryCard(answer.query_context || {});
     if (answer.query_region) drawBox(query.querySelector(".frame"), answer.query_region, "roi-box");
     state.neighbours = answer.neighbours;
@@ -270,13 +276,14 @@ async function runSearch(instance) {
       return;
     }
     const excluded = { "same-series": "the query's series", "same-study": "the query's study", "same-patient": "the query's patient", none: "nothing" }[f.exclude];
-    const what = state.roi ? `region matches of box ${state.roi.join(",")}, each with its matched region` : "neighbours";
+    const what = roi ? `region matches of box ${roi.join(",")}, each with its matched region` : "neighbours";
     message(`${answer.neighbours.length} ${what} (k=${answer.k}; left out: ${excluded}).`);
     $("explain").disabled = false;
   } catch (err) {
+    if (!current()) return;
     queryCard({});  // the query stays on screen (a box can be drawn again)
-    if (state.roi) drawBox($("query").querySelector(".frame"), state.roi, "roi-box");
-    message(`${state.roi ? "region search" : "search"} failed: ${err.message}`, true);
+    if (roi) drawBox($("query").querySelector(".frame"), roi, "roi-box");
+    message(`${roi ? "region search" : "search"} failed: ${err.message}`, true);
   }
 }
 
@@ -344,7 +351,13 @@ $("roi").addEventListener("change", () => {
   const text = $("roi").value.trim();
   if (!state.instance) { message("pick an instance first, then draw or type a box on it.", true); return; }
   if (!text) { state.roi = null; runSearch(state.instance); return; }
-  try { regionSearch(parseBox(text)); } catch (err) { message(err.message, true); }
+  let box;
+  try { box = parseBox(text); } catch (err) {
+    state.seq += 1;  // a search still under way must not overwrite this
+    message(err.message, true);
+    return;
+  }
+  regionSearch(box);
 });
 $("clear-roi").addEventListener("click", () => { $("roi").value = ""; state.roi = null; if (state.instance) runSearch(state.instance); });
 $("show-overlays").addEventListener("change", (e) => document.body.classList.toggle("no-overlays", !e.target.checked));
