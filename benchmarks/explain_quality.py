@@ -185,7 +185,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from medcbir.explain.evaluation import evaluate_methods, format_table
+    from medcbir.explain.evaluation.run import evaluate_methods
+    from medcbir.explain.evaluation.tables import format_table
 
     def run(index, masks_file, encoder=None) -> dict:
         common = dict(organ=args.organ, methods=METHODS, n=args.n, encoder=encoder, angles=(), n_masks=args.masks, seed=0,

@@ -104,7 +104,7 @@ class TestSet:
     def relevance(self, module, rows: list[int], n_masks: int, organ: str = "liver") -> dict | None:
         """RELAX rank accuracy on an organ's masks and its margin over the best trivial map."""
         try:
-            from medcbir.explain.evaluation import relevance_rank_and_margin
+            from medcbir.explain.evaluation.run import relevance_rank_and_margin
         except ImportError:
             return None
         if not rows:

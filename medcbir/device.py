@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from medcbir.errors import ConfigError
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -78,8 +80,6 @@ class Device:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            from medcbir.errors import ConfigError
-
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     @classmethod
@@ -87,8 +87,6 @@ class Device:
         """Pick CUDA when present (unless ``prefer="cpu"``), CPU otherwise."""
         use_cuda = prefer != "cpu" and _cuda_available()
         if prefer == "cuda" and not use_cuda:
-            from medcbir.errors import ConfigError
-
             raise ConfigError("--device cuda was asked for but no CUDA device is available")
         # ONNX Runtime's CUDA provider is whatever ONNX Runtime itself offers (onnxruntime-gpu),
         # independent of whether torch was built with CUDA.

@@ -5,6 +5,11 @@
 2. Only ``train/`` itself, ``cli/`` and ``reproduce/`` import ``medcbir.train``: every other stage
    reaches encoders through ``medcbir.encoders``.
 3. No import cycle between files (a package's ``__init__.py`` is a file like any other).
+4. An import of a medcbir module inside a function is there for a reason: the module imports a
+   heavy library (:data:`HEAVY`) at module level, itself or through the medcbir modules it
+   imports at module level (importing ``pkg.mod`` also runs ``pkg/__init__.py``). Every other
+   medcbir import sits at the top of the file. Checked per package; :data:`LAZY_ALLOWED` names the
+   one module excused, and why.
 
 Every import statement counts, at module level or inside a function; ``from pkg import name``
 counts as importing the submodule ``pkg.name`` when there is one, else ``pkg/__init__.py``.
@@ -170,6 +175,101 @@ def test_medcbir_keeps_its_layers_and_has_no_import_cycle():
     assert violations(PACKAGE) == []
 
 
+# --------------------------------------------------------------------------- in-function imports
+#: Libraries worth importing only where they are used: each costs seconds (or pulls a GPU runtime).
+HEAVY = ("torch", "ray", "kornia", "onnx", "onnxruntime", "transformers")
+
+
+def _imports_by_scope(tree: ast.AST) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """(imports run when the module is imported, imports inside a function); ``if TYPE_CHECKING:`` blocks never run."""
+    top: list[ast.stmt] = []
+    inner: list[ast.stmt] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                (inner if in_function else top).append(child)
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, False)
+    return top, inner
+
+
+def _libraries(node: ast.stmt) -> set[str]:
+    """The top-level names of what an import statement imports (``torch`` for ``import torch.nn``)."""
+    if isinstance(node, ast.Import):
+        return {alias.name.split(".")[0] for alias in node.names}
+    return {node.module.split(".")[0]} if node.module and not node.level else set()
+
+
+def _with_packages(module: str, files: dict[str, Path]) -> set[str]:
+    """``module`` and the packages whose ``__init__.py`` importing it runs."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & set(files)
+
+
+def heavy_modules(root: Path) -> set[str]:
+    """The modules of the package at ``root`` whose import imports a :data:`HEAVY` library."""
+    files = module_files(root)
+    direct: dict[str, set[str]] = {}
+    heavy = set()
+    for module, path in files.items():
+        top, _ = _imports_by_scope(ast.parse(path.read_text(encoding="utf-8")))
+        deps = _with_packages(module, files) - {module}
+        for node in top:
+            if _libraries(node) & set(HEAVY):
+                heavy.add(module)
+            for target, _ in imported_modules(ast.unparse(node), files, root.name):
+                deps |= _with_packages(target, files)
+        direct[module] = deps - {module}
+    changed = True
+    while changed:
+        changed = False
+        for module, deps in direct.items():
+            if module not in heavy and deps & heavy:
+                heavy.add(module)
+                changed = True
+    return heavy
+
+
+def lazy_import_violations(root: Path) -> dict[str, list[str]]:
+    """Per package (``medcbir.engine``; ``medcbir`` for the top-level modules), its in-function
+    imports of medcbir modules that import no heavy library, one line each."""
+    files = module_files(root)
+    heavy = heavy_modules(root)
+    out: dict[str, list[str]] = {}
+    for module, path in sorted(files.items()):
+        package = ".".join(module.split(".")[:2]) if module.count(".") >= 1 and files[module].parent != root else root.name
+        _, inner = _imports_by_scope(ast.parse(path.read_text(encoding="utf-8")))
+        for node in inner:
+            for target, _ in imported_modules(ast.unparse(node), files, root.name):
+                if target != module and not _with_packages(target, files) & heavy:
+                    out.setdefault(package, []).append(
+                        f"{module}:{node.lineno} imports {target} inside a function; it imports none of {', '.join(HEAVY)}: import it at the top"
+                    )
+    return {package: sorted(set(lines)) for package, lines in out.items()}
+
+
+@pytest.fixture(scope="module")
+def medcbir_lazy_imports() -> dict[str, list[str]]:
+    return lazy_import_violations(PACKAGE)
+
+
+#: Modules allowed to import a light medcbir module inside a function, and why (nothing else is).
+LAZY_ALLOWED = {
+    "medcbir.pacs.orthanc_config": "Orthanc's embedded interpreter imports it with the standard library only",
+}
+LAZY_PACKAGES = ("medcbir", *(f"medcbir.{name}" for names in LAYERS[1:] for name in names if name != "api"))
+
+
+@pytest.mark.parametrize("package", LAZY_PACKAGES)
+def test_in_function_imports_only_for_heavy_libraries(package, medcbir_lazy_imports):
+    found = medcbir_lazy_imports.get(package, [])
+    assert [line for line in found if line.split(":")[0] not in LAZY_ALLOWED] == []
+
+
 # --------------------------------------------------------------------------- the checker reports
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "medcbir"
@@ -231,6 +331,26 @@ def test_a_package_init_counts_as_a_file(tmp_path):
     root = _tree(tmp_path, {**GOOD, "engine/__init__.py": "from medcbir.engine.engine import Engine\n",
                             "engine/engine.py": "from medcbir.engine import Engine\n"})
     assert violations(root) == ["import cycle between medcbir.engine, medcbir.engine.engine"]
+
+
+def test_a_needless_in_function_import_is_reported(tmp_path):
+    # engine/engine.py imports imaging (light) and encoders/runtime (torch, through its module level) in functions
+    root = _tree(tmp_path, {**GOOD,
+                            "encoders/runtime.py": "import torch\nfrom medcbir.imaging import items\n",
+                            "engine/engine.py": "def f():\n    from medcbir.imaging.items import Item\n\n\ndef g():\n"
+                                                "    from medcbir.encoders.runtime import open_encoder\n"})
+    assert heavy_modules(root) == {"medcbir.encoders.runtime", "medcbir.train.trainer", "medcbir.cli.train"}
+    assert lazy_import_violations(root) == {
+        "medcbir.engine": ["medcbir.engine.engine:2 imports medcbir.imaging.items inside a function; it imports none of "
+                           f"{', '.join(HEAVY)}: import it at the top"],
+    }
+
+
+def test_a_package_init_that_imports_a_heavy_library_makes_its_modules_heavy(tmp_path):
+    root = _tree(tmp_path, {**GOOD, "encoders/__init__.py": "if True:\n    import onnxruntime\n",
+                            "indexer/writer.py": "def open():\n    from medcbir.encoders import runtime\n"})
+    assert {"medcbir.encoders", "medcbir.encoders.runtime"} <= heavy_modules(root)
+    assert lazy_import_violations(root) == {}
 
 
 @pytest.mark.parametrize("name", ["helpers.py", "api2.py"])

@@ -6,6 +6,9 @@ import json
 
 import click
 
+from medcbir.engine import Engine
+from medcbir.engine.assess import assess as run
+
 
 @click.command()
 @click.argument("index", type=click.Path(file_okay=False))
@@ -16,9 +19,6 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def assess(index, k, n_queries, seed, verify, as_json):
     """Label-free quality of INDEX: do its cross-patient neighbours agree with the series (agreement@K)?"""
-    from medcbir.engine import Engine
-    from medcbir.engine.assess import assess as run
-
     with Engine.open(index, verify=verify) as engine:
         result = run(engine, k=k, queries=n_queries, seed=seed)
     if as_json:

@@ -5,26 +5,42 @@ only where the label-free score shows it helps) → ONNX export → index (ONNX 
 evaluate beside the start and the baselines → RELAX explanation of the query and its neighbours →
 HTML report.
 Every stage is the same API the other commands call; the demo only chains them and prints a
-short summary per stage.
+short summary per stage (on stderr with ``--json``, whose stdout is one JSON summary of what the
+demo did: archive, index, query, neighbours, evaluation, explanation and report paths).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import click
 
+from medcbir.engine import Engine, evaluate
+from medcbir.engine.baselines import evaluate_baselines
+from medcbir.errors import ConfigError
+from medcbir.imaging import FolderSource
 from medcbir.imaging.labels import read_labels
+from medcbir.imaging.phantom import make_archive
+from medcbir.indexer import index_archive
 
 
-def _stage(title: str) -> float:
-    click.secho(f"\n== {title}", bold=True)
-    return time.perf_counter()
+class _Say:
+    """The demo's stage lines: stdout, or stderr when stdout carries the ``--json`` summary."""
 
+    def __init__(self, err: bool) -> None:
+        self.err = err
 
-def _done(t0: float, text: str) -> None:
-    click.echo(f"   {text}  ({time.perf_counter() - t0:.1f} s)")
+    def __call__(self, text: str, **style) -> None:
+        click.secho(text, err=self.err, **style)
+
+    def stage(self, title: str) -> float:
+        self(f"\n== {title}", bold=True)
+        return time.perf_counter()
+
+    def done(self, t0: float, text: str) -> None:
+        self(f"   {text}  ({time.perf_counter() - t0:.1f} s)")
 
 
 @click.command()
@@ -35,9 +51,13 @@ def _done(t0: float, text: str) -> None:
 @click.option("--masks", default=500, show_default=True, help="RELAX masks for the explanation.")
 @click.option("-k", default=5, show_default=True, help="Neighbours to retrieve and explain.")
 @click.option("--seed", default=0, show_default=True)
-def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, seed: int) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary of what the demo did on stdout (the stage lines go to stderr).")
+def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, seed: int, as_json: bool = False) -> None:
     """Run the whole flow on a synthetic CT archive and write an HTML report (default OUT: ./demo-out)."""
-    from medcbir.errors import ConfigError
+
+    say = _Say(err=as_json)
+    _stage, _done = say.stage, say.done
 
     if patients < 3:
         raise ConfigError("--patients must be at least 3 (training, index and query patients)")
@@ -46,13 +66,11 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     archive = out / "archive"
 
     t0 = _stage("1/8 phantom: synthetic CT archive (real DICOM)")
-    from medcbir.imaging.phantom import make_archive
 
     summary = make_archive(archive, patients=patients, slices=slices, seed=seed, size=2 * size)
     _done(t0, f"{summary.files} slices of {patients} patients in {archive}")
 
     t0 = _stage("2/8 scan")
-    from medcbir.imaging import FolderSource
 
     source = FolderSource(archive, quarantine=out / "scan-quarantine.log")
     n = sum(1 for _ in source.decoded(None, None))
@@ -64,12 +82,12 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
 
     checkpoint = out / "encoder.pt"
     result = adapt(AdaptConfig(archive=archive, out=checkpoint, seed=seed, labels=archive / "labels.csv", workers=1))
-    click.echo(f"   {result.summary_line()}")
+    say(f"   {result.summary_line()}")
     for row in result.stages:
         if row.agreement is not None:
             gain = "" if row.gain is None else f", gain {row.gain:+.3f} (lower bound {row.lower_bound:+.3f})"
             shown = "" if row.labelled_map is None else f"; MAP@5 on held-out patients {row.labelled_map:.3f} (labels: shown, not used)"
-            click.echo(f"   {row.name:11s} agreement@5 {row.agreement:.3f}{gain}{shown}")
+            say(f"   {row.name:11s} agreement@5 {row.agreement:.3f}{gain}{shown}")
     _done(t0, f"{result.images} images, {result.folds} patient-disjoint folds -> {checkpoint} ({result.dim}-d)")
 
     t0 = _stage("4/8 export-onnx (with a torch vs ONNX Runtime parity check)")
@@ -81,7 +99,6 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
 
     t0 = _stage("5/8 index (ONNX encoder, HDF5 shards + FAISS)")
     from medcbir.encoders.runtime import open_encoder
-    from medcbir.indexer import index_archive
 
     index_dir = out / "index"
     isum = index_archive(archive, index_dir, open_encoder(onnx_path), progress=False)
@@ -89,30 +106,27 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     _done(t0, f"{isum.indexed} items in {isum.shards} shard(s), {isum.index_spec}, {isum.items_per_s:.0f} items/s; skipped: {skipped} -> {index_dir}")
 
     t0 = _stage(f"6/8 search: top-{k} for one slice, other patients only")
-    from medcbir.engine import Engine
 
     engine = Engine.open(index_dir)
     labels = _labels(archive)
     query = _pick_query(archive, labels)
     [neighbours] = engine.search([str(query)], k=k, exclude="same-patient")
-    click.echo(f"   query {query.relative_to(out)}  label={labels.get((_sop_of(query), 0), '?')}")
+    say(f"   query {query.relative_to(out)}  label={labels.get((_sop_of(query), 0), '?')}")
     for nb in neighbours:
-        click.echo(
+        say(
             f"   #{nb.rank} score={nb.score:.3f} label={labels.get((nb.meta['sop_instance_uid'], int(nb.meta.get('frame', 0))), '?'):13s}"
             f" sop={nb.meta['sop_instance_uid'][-18:]}"
         )
     _done(t0, f"{len(neighbours)} neighbours")
 
     t0 = _stage(f"7/8 evaluate: leave-one-out MAP@{k}, excluding each query's own patient")
-    from medcbir.engine import evaluate
 
-    from medcbir.engine.baselines import evaluate_baselines
 
     metrics = evaluate(engine, archive / "labels.csv", k=k, exclude="same-patient")
     baselines = evaluate_baselines(engine, archive / "labels.csv", k=k, exclude="same-patient", names=("classic", "thumbnail:16", "random"))
     baselines = {("default (start)" if name == "classic" else name): row for name, row in baselines.items()}
     for name, row in [(f"kept: {result.kept}", metrics), *baselines.items()]:
-        click.echo(f"   {name:16s} MAP@{k}={row['map_at_k']:.3f} AP@{k}={row['ap_at_k']:.3f} kNN acc={row['knn_accuracy']:.3f}")
+        say(f"   {name:16s} MAP@{k}={row['map_at_k']:.3f} AP@{k}={row['ap_at_k']:.3f} kNN acc={row['knn_accuracy']:.3f}")
     _done(
         t0,
         f"MAP@{k}={metrics['map_at_k']:.3f} AP@{k}={metrics['ap_at_k']:.3f} "
@@ -127,7 +141,36 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     html, png = explain_to_report(index_dir, query, out / "report.html", k=k, method="relax", n_masks=masks, seed=seed)
     _done(t0, f"report {html} (panel {png})")
 
-    click.secho(f"\ndemo finished in {time.perf_counter() - t_all:.0f} s; open {Path(html).resolve()}", bold=True)
+    seconds = time.perf_counter() - t_all
+    say(f"\ndemo finished in {seconds:.0f} s; open {Path(html).resolve()}", bold=True)
+    if as_json:
+        query_sop = _sop_of(query)
+        click.echo(json.dumps({
+            "out": str(out.resolve()),
+            "archive": {"path": str(archive.resolve()), "files": int(summary.files), "patients": patients, "slices": slices,
+                        "size": 2 * size, "labels": str((archive / "labels.csv").resolve())},
+            "scan": {"items": n, "modalities": dict(report.by_modality), "skipped": dict(report.skipped)},
+            "encoder": {"kept": result.kept, "reason": result.reason, "checkpoint": str(checkpoint.resolve()),
+                        "onnx": str(onnx_path.resolve()), "fingerprint": result.fingerprint, "dim": result.dim,
+                        "onnx_max_abs_diff": float(parity.max_abs_diff)},
+            "index": {"path": str(index_dir.resolve()), "items": isum.indexed, "shards": isum.shards, "index_spec": isum.index_spec,
+                      "skipped": dict(isum.skipped)},
+            "query": {"file": str(query.resolve()), "sop_instance_uid": query_sop, "label": labels.get((query_sop, 0))},
+            "neighbours": [{"rank": nb.rank, "score": float(nb.score), "id": int(nb.id), "sop_instance_uid": nb.meta["sop_instance_uid"],
+                            "frame": int(nb.meta.get("frame", 0)),
+                            "label": labels.get((nb.meta["sop_instance_uid"], int(nb.meta.get("frame", 0))))} for nb in neighbours],
+            "evaluation": {"k": k, "exclude": "same-patient", "kept": _metrics(metrics),
+                           "baselines": {name: _metrics(row) for name, row in baselines.items()}},
+            "explanation": {"method": "relax", "n_masks": masks, "seed": seed, "neighbours": len(neighbours),
+                            "report": str(Path(html).resolve()), "panel": str(Path(png).resolve())},
+            "report": str(Path(html).resolve()),
+            "seconds": round(seconds, 1),
+        }, indent=2))
+
+
+def _metrics(row: dict) -> dict:
+    return {key: float(row[key]) for key in ("map_at_k", "ap_at_k", "precision_at_k", "knn_accuracy") if row.get(key) is not None} | (
+        {"n_queries": int(row["n_queries"])} if row.get("n_queries") is not None else {})
 
 
 def _labels(archive: Path) -> dict[tuple[str, int], str]:

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from medcbir.device import Device
+
 
 @click.command("embed")
 @click.argument("archive", nargs=-1, required=True)
@@ -22,7 +24,6 @@ def embed(archive, encoder, out, batch_size, workers, device, precision, as_json
     (sop_instance_uid, frame) keys to --out: the embedding step of `index`, without the index."""
     from pathlib import Path
 
-    from medcbir.device import Device
     from medcbir.encoders.embedding import check_output, embed_archive, save_embeddings
 
     check_output(out)  # a wrong suffix is refused before minutes of embedding

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from medcbir.encoders.spec import FIELDS, KINDS
+from medcbir.encoders.spec import FIELDS, KINDS, spec_file_record, with_model_defaults
+from medcbir.fsutil import atomic_path
 
 
 def _numbers(value: str | None, name: str):
@@ -74,8 +75,6 @@ def encoder_spec(kind, model, hf_class, kwargs, weights, size, channels, mean, s
     for huggingface, torch and timm; gradient methods (not Grad-CAM: no hookable layers) for
     torchscript. timm needs the timm package (and torchvision), absent from medcbir's setup.
     """
-    from medcbir.encoders.spec import spec_file_record, with_model_defaults
-
     data = {
         "kind": kind,
         "model": model,
@@ -107,7 +106,6 @@ def encoder_spec(kind, model, hf_class, kwargs, weights, size, channels, mean, s
             click.echo(f"encoder {encoder.fingerprint[:12]}: {spec.describe()}, {encoder.dim}-d, input {spec.preprocessing().describe()}"
                        + (f", feature layer {layer_name}" if layer_name else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
-    from medcbir.fsutil import atomic_path
 
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -8,6 +8,11 @@ from pathlib import Path
 
 import click
 
+from medcbir.cli.search import query_name
+from medcbir.encoders.regions import parse_box
+from medcbir.engine import Engine
+from medcbir.errors import ConfigError
+
 EXCLUDE_CHOICES = ("none", "same-patient", "same-study", "same-series")
 
 
@@ -75,9 +80,6 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
     With --roi (or --roi-mask), explain a region match instead: search by region and map, over each
     neighbour, which pixels make its matched region match the query's region.
     """
-    from medcbir.engine import Engine
-    from medcbir.errors import ConfigError
-
     if roi is not None or roi_mask is not None:
         _check_region_options(method, roi, roi_mask)
         engine = Engine.open(index, encoder=encoder)
@@ -101,8 +103,6 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
         options = {"classes": wildcat_class}
     result = explain_search(engine, query, k=k, method=method, pairwise=pairwise, exclude=exclude, include_self=include_self, **options)
     if redact:
-        from medcbir.cli.search import query_name
-
         result.query_label = query_name(query, True)
     payload = result.to_dict()
     from medcbir.explain.status import CAVEAT, method_status
@@ -115,7 +115,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
         payload["dicom"] = [str(p) for p in written]
         click.echo(f"wrote {len(written)} DICOM object(s) (overlays and parametric maps) to {dicom_out}", err=True)
     if report is not None:
-        from medcbir.engine.report import render_report
+        from medcbir.explain.report import render_report
 
         from medcbir.explain.native import native_panel
 
@@ -142,7 +142,6 @@ NOT_FOR_REGIONS = ("adaptive", "target_r", "sampling", "control_variates", "back
 def _check_region_options(method: str, roi, roi_mask) -> None:
     from click.core import ParameterSource
 
-    from medcbir.errors import ConfigError
     from medcbir.explain.regions import check_region_method
 
     if roi is not None and roi_mask is not None:
@@ -158,15 +157,12 @@ def _check_region_options(method: str, roi, roi_mask) -> None:
 
 def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_mask, snap, out_dir, as_json, redact) -> None:
     """`explain --roi`: region search, a map per neighbour, one line per neighbour (and files with --out)."""
-    from medcbir.encoders.regions import parse_box
     from medcbir.explain.regions import explain_region_match
 
     box = parse_box(roi) if roi is not None else None
     result = explain_region_match(engine, query, box, k, roi_mask=roi_mask, exclude=exclude, method=method, n_masks=n_masks, seed=seed,
                                   snap=snap)
     if redact:
-        from medcbir.cli.search import query_name
-
         result.query_label = query_name(query, True)
     payload = result.to_dict()
     if out_dir is not None:
@@ -223,8 +219,8 @@ def explain_eval(index, masks_file, organ, methods, labels, n, n_masks, angles, 
     occlusion) are scored on the lesions held by each neighbour's matched region, beside trivial
     maps over the same neighbourhood.
     """
-    from medcbir.errors import ConfigError
-    from medcbir.explain.evaluation import evaluate_methods, format_table
+    from medcbir.explain.evaluation.run import evaluate_methods
+    from medcbir.explain.evaluation.tables import format_table
 
     if roi_boxes is not None:
         _explain_eval_regions(index, roi_boxes, masks_file, methods or "relax,occlusion", n, k, exclude, n_masks, seed, encoder, json_out, as_json)
@@ -269,8 +265,6 @@ def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, 
     """`explain-eval --roi-boxes`: region-match maps scored on lesion masks beside trivial region maps."""
     from click.core import ParameterSource
 
-    from medcbir.engine import Engine
-    from medcbir.errors import ConfigError
     from medcbir.explain.region_evaluation import evaluate_region_explanations, format_region_table
 
     ctx = click.get_current_context()

@@ -6,11 +6,12 @@ import json
 
 import click
 
+from medcbir.device import Device
+from medcbir.errors import ConfigError
+
 
 def parse_k(value: str, name: str) -> float:
     """A k of WILDCAT: a whole count (``3``) or a fraction of the regions (``0.2``)."""
-    from medcbir.errors import ConfigError
-
     try:
         k = float(value)
     except ValueError:
@@ -44,7 +45,6 @@ def parse_k(value: str, name: str) -> float:
 def finetune(encoder, archive, labels, head, out, k_plus, k_minus, alpha, maps_per_class, epochs, lr, batch_size, seed, train_backbone,
              backbone_lr, holdout, resume, cache, workers, device_name, as_json, quiet):
     """Fine-tune a supervised head (WILDCAT) on ENCODER with ARCHIVE's labelled items; the result is still an encoder."""
-    from medcbir.device import Device
     from medcbir.train.finetune import FinetuneConfig
     from medcbir.train.finetune import finetune as run
 

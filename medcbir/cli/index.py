@@ -6,6 +6,21 @@ import json
 
 import click
 
+from medcbir.device import Device
+from medcbir.engine import Engine
+from medcbir.engine.region_search import RegionIndex
+from medcbir.errors import ConfigError, IndexCorrupt
+from medcbir.indexer import compact as compact_index, delete as delete_items, faiss_index, index_archive, verify as verify_index
+from medcbir.indexer.background import run_due
+from medcbir.indexer.compression import parse_budget
+from medcbir.indexer.follow import verify_sources
+from medcbir.indexer.manifest import read_manifest
+from medcbir.indexer.quarantine import read_log
+from medcbir.indexer.recovery import repair as repair_index
+from medcbir.indexer.retrain import retrain as retrain_index
+from medcbir.indexer.store import seal_of
+from medcbir.pacs.dicomweb import DicomwebSource
+
 
 def _summary_lines(summary) -> list[str]:
     skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items())) or "none"
@@ -34,17 +49,12 @@ def _summary_lines(summary) -> list[str]:
 
 def _source(archive: str, workers: int):
     if archive.startswith(("dicomweb+http://", "dicomweb+https://")):
-        from medcbir.pacs.dicomweb import DicomwebSource
-
         return DicomwebSource(archive, **({"workers": workers} if workers else {}))
     return archive
 
 
 def _budget(ctx, param, value):
     """``--memory-budget``: bytes per item, a bad size being a usage error (exit 2)."""
-    from medcbir.errors import ConfigError
-    from medcbir.indexer.compression import parse_budget
-
     try:
         return parse_budget(value)
     except ConfigError as exc:
@@ -86,12 +96,7 @@ def index(archive, encoder, out, shard_size, index_spec, target_recall, workers,
           delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain, regions,
           regions_per_image, memory_budget, shard_dtype) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
-    from medcbir.device import Device
-    from medcbir.indexer import delete, index_archive
-
     if ray_address is None and (ray_workers != 1 or gpus_per_worker is not None):
-        from medcbir.errors import ConfigError
-
         raise ConfigError("--ray-workers and --gpus-per-worker need --ray")
     budget = memory_budget  # bytes per item (parsed by the option)
     dev = Device.auto(prefer=None if device == "auto" else device, precision=precision)
@@ -102,8 +107,7 @@ def index(archive, encoder, out, shard_size, index_spec, target_recall, workers,
         ray=ray_address, ray_workers=ray_workers, gpus_per_worker=gpus_per_worker, regions=regions, regions_per_image=regions_per_image,
         memory_budget=budget, shard_dtype=shard_dtype,
     )
-    deleted = delete(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
-    from medcbir.indexer.background import run_due
+    deleted = delete_items(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
 
     maintenance = run_due(out) if maintain else {}  # compaction / retraining if the index grew enough
     if as_json:
@@ -125,9 +129,6 @@ def index(archive, encoder, out, shard_size, index_spec, target_recall, workers,
 @click.option("--json", "as_json", is_flag=True, help='Print {"tombstoned": N}.')
 def delete(index_dir, series, study, sop, as_json=False) -> None:
     """Tombstone series, studies or instances in INDEX (search skips them; `compact` removes them)."""
-    from medcbir.errors import ConfigError
-    from medcbir.indexer import delete as delete_items
-
     if not (series or study or sop):
         raise ConfigError("give at least one --series, --study or --sop")
     n = delete_items(index_dir, series=series, study=study, sop=sop)
@@ -140,8 +141,6 @@ def delete(index_dir, series, study, sop, as_json=False) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compact(index_dir, shard_size, as_json=False) -> None:
     """Merge INDEX's small shards and drop tombstoned items (online: writers and readers go on)."""
-    from medcbir.indexer import compact as compact_index
-
     result = compact_index(index_dir, shard_size=shard_size)
     if as_json:
         click.echo(json.dumps(result, default=str))
@@ -165,10 +164,6 @@ def retrain(index_dir, sample, seed, memory_budget=None, as_json=False) -> None:
 
     An exact index (searched by brute force) has nothing to train: that is a no-op, exit 0, so
     a cron job may run it on every index."""
-    from medcbir.indexer import faiss_index
-    from medcbir.indexer.manifest import read_manifest
-    from medcbir.indexer.retrain import retrain as retrain_index
-
     budget = memory_budget
     snapshot = read_manifest(index_dir)
     if not snapshot.get("trained") or faiss_index.is_flat(snapshot["index_spec"]):
@@ -191,9 +186,6 @@ def _region_latency(index_dir) -> dict:
     import time
 
     import numpy as np
-
-    from medcbir.engine import Engine
-    from medcbir.engine.region_search import RegionIndex
 
     with Engine.open(index_dir, verify="none") as engine:
         if not len(engine.ids):
@@ -231,13 +223,8 @@ def _region_latency(index_dir) -> dict:
 @click.pass_context
 def verify(ctx, index_dir, as_json, repair, sources) -> None:
     """Recompute every checksum of INDEX and check its consistency; exit 1 if anything is wrong."""
-    from medcbir.errors import IndexCorrupt
-    from medcbir.indexer import verify as verify_index
-
     repaired = None
     if repair:
-        from medcbir.indexer.recovery import repair as repair_index
-
         repaired = repair_index(index_dir)
         if not as_json:
             click.echo(("repaired: " if repaired.changed else "") + repaired.summary())
@@ -277,11 +264,7 @@ def verify(ctx, index_dir, as_json, repair, sources) -> None:
 
 def _check_sources(index_dir):
     """``verify --sources``: the index's files looked at where they were, DICOMweb servers listed."""
-    from medcbir.indexer.follow import verify_sources
-
     def instances(base: str):
-        from medcbir.pacs.dicomweb import DicomwebSource
-
         server = DicomwebSource(base)
         return (server.uri(*k) for k in server.instances())
 
@@ -301,16 +284,10 @@ def quarantine(index_dir, as_json, reveal, key_file) -> None:
     """
     from pathlib import Path
 
-    from medcbir.errors import ConfigError
-    from medcbir.indexer.manifest import read_manifest
-    from medcbir.indexer.quarantine import read_log
-
     manifest = read_manifest(index_dir)
     entries = read_log(index_dir)
     opened = None
     if reveal:
-        from medcbir.indexer.store import seal_of
-
         seal = seal_of(Path(index_dir), manifest, Path(key_file).read_bytes() if key_file else None)
         if seal is None:
             raise ConfigError("--reveal needs the archive key that sealed the paths (INDEX/pseudonym.key or --key-file) "

@@ -12,6 +12,8 @@ import sys
 
 import click
 
+from medcbir.errors import MedcbirError
+
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
     "demo": "medcbir.cli.demo:demo",
@@ -115,8 +117,6 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the group, turn every failure into one readable line and an exit code."""
-    from medcbir.errors import MedcbirError
-
     debug = os.environ.get("MEDCBIR_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         # A command that exits with ctx.exit(code) (e.g. `verify --sources` finding changes)

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from medcbir.pacs.orthanc_config import build_config, parse_modality, write_config
+from medcbir.pacs.orthanc_server import orthanc_binary
+
 
 @click.command("orthanc-config")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
@@ -30,24 +33,24 @@ import click
               help="A torch checkpoint (or spec) with the encoder's fingerprint for the explanations: "
                    "gradient methods (Grad-CAM, ...) then run when --encoder is its ONNX export. Without it, "
                    "an ONNX encoder explains with RELAX and occlusion only.")
+@click.option("--no-regions", "regions", is_flag=True, flag_value=False, default=True,
+              help='A new index stores no region descriptors ("Regions": false): faster indexing, no region search (roi).')
 @click.option("--json", "as_json", is_flag=True, help="Print what was written (path, ports, bindings, allowed modalities) as JSON.")
 @click.option("--plugin-dir", default="/usr/share/orthanc/plugins", show_default=True, help="Folder with libOrthancPython.so.")
 def orthanc_config(out: Path, index: Path, encoder: str, http_port: int, dicom_port: int, storage: Path | None,
                    aet: str, user: str | None, remote: bool, batch_size: int, flush_seconds: float, workers: int,
-                   modalities: tuple[str, ...], allow_any_store: bool, explain_encoder: str | None, plugin_dir: str, as_json: bool = False) -> None:
+                   modalities: tuple[str, ...], allow_any_store: bool, explain_encoder: str | None, plugin_dir: str, as_json: bool = False,
+                   regions: bool = True) -> None:
     """Write OUT (an Orthanc JSON configuration) that indexes every received image into INDEX.
 
     Start Orthanc with the printed command; then GET /medcbir/status, POST /medcbir/search.
     Only the --modality entries may C-STORE into Orthanc, unless --allow-any-store.
     """
-    from medcbir.pacs.orthanc_config import build_config, parse_modality, write_config
-    from medcbir.pacs.orthanc_server import orthanc_binary
-
     config = build_config(index, encoder, http_port=http_port, dicom_port=dicom_port, storage=storage, aet=aet,
                           user=user, remote=remote, plugin_dir=plugin_dir, batch_size=batch_size,
                           flush_seconds=flush_seconds, workers=workers,
                           modalities=dict(parse_modality(m) for m in modalities), allow_any_store=allow_any_store,
-                          explain_encoder=explain_encoder)
+                          explain_encoder=explain_encoder, regions=regions)
     path = write_config(out, config)
     try:
         binary = orthanc_binary()

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from medcbir.errors import ConfigError
+from medcbir.imaging.phantom import make_archive
+
 
 @click.command("phantom")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -34,8 +37,6 @@ def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_comp
             studies_per_patient: int, simple: bool, v3: bool, modality: str, overrides: tuple[str, ...], force: bool = False,
             as_json: bool = False) -> None:
     """Write a synthetic CT archive (real DICOM) with labels.csv, masks.h5 and phantom.json into OUT (new or empty)."""
-    from medcbir.imaging.phantom import make_archive
-
     _clear(out, force)
 
     summary = make_archive(out, patients=patients, slices=slices, seed=seed, size=size, compress=not no_compress,
@@ -62,8 +63,6 @@ def phantom(out: Path, patients: int, slices: int, seed: int, size: int, no_comp
 def _clear(out: Path, force: bool) -> None:
     """Refuse a non-empty OUT without ``force``: re-running into an indexed archive replaces its
     files (``make_archive`` then replaces only a previous phantom archive, refusing other content)."""
-    from medcbir.errors import ConfigError
-
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"{out} is not empty: choose an empty folder, or add --force to replace the phantom archive in it")
 
@@ -72,8 +71,6 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict:
     """``NAME=VALUE`` pairs, the value read as JSON when it parses (numbers, lists, true/false),
     else as a string (``phase=arterial``)."""
     import json
-
-    from medcbir.errors import ConfigError
 
     out = {}
     for pair in pairs:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from medcbir.reproduce import DEFAULT, TEST, reproduce as run
+
 PAPER_NAMES = ("wickstrom", "zhang", "saranchuk", "aggarwal", "eskandari")
 
 
@@ -25,8 +27,6 @@ PAPER_NAMES = ("wickstrom", "zhang", "saranchuk", "aggarwal", "eskandari")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (table, files, seconds) as JSON.")
 def reproduce(paper, archive, out, phantom, test_mode, minutes, epochs, size, patients, slices, explain_n, seed, as_json=False):
     """Run PAPER's protocol on ARCHIVE (phantom v2 by default) and write its table, figures and README into --out."""
-    from medcbir.reproduce import DEFAULT, TEST, reproduce as run
-
     budget = (TEST if test_mode else DEFAULT).with_(minutes=minutes, epochs=epochs, size=size, patients=patients, slices=slices,
                                                      explain_n=explain_n, seed=seed)
     result = run(paper, archive, out, budget=budget, phantom=phantom, progress=lambda m: click.echo(m, err=True))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from medcbir.imaging import walk
+
 
 def transfer_syntax_name(uid: str) -> str:
     from pydicom.uid import UID
@@ -37,8 +39,6 @@ def scan_summary(
         encoder: also apply this encoder's preprocessing, so what it would skip (e.g.
             ``modality-mismatch``: a modality its window policy does not cover) is counted.
     """
-    from medcbir.imaging import walk
-
     preprocessing = None
     if encoder:
         from medcbir.encoders.runtime import open_encoder

@@ -8,14 +8,23 @@ from pathlib import Path
 
 import click
 
+from medcbir.device import Device
+from medcbir.encoders.regions import parse_box
+from medcbir.engine import Engine, evaluate as run_evaluation, open_engine
+from medcbir.engine.baselines import evaluate_baselines
+from medcbir.engine.dicom_kos import write_search_kos
+from medcbir.engine.grouping import GROUP_COLUMNS
+from medcbir.engine.reading import NOTHING_SIMILAR, above_thresholds, percentile
+from medcbir.engine.region_evaluate import CROP_BASELINES, evaluate_regions
+from medcbir.errors import ConfigError
+from medcbir.imaging import walk
+
 EXCLUDE_CHOICES = ("none", "same-patient", "same-study", "same-series")
 PLURALS = {"study": "studies", "series": "series"}
 NEIGHBOUR_FIELDS = ("sop_instance_uid", "frame", "series_instance_uid", "study_instance_uid", "modality", "source")
 
 
 def _device(name: str):
-    from medcbir.device import Device
-
     return Device.auto(prefer=None if name == "auto" else name)
 
 
@@ -54,11 +63,7 @@ def _series_query(engine, spec: str) -> list:
     """A series as one case query: a SeriesInstanceUID in the index, or a folder of its files."""
     from pathlib import Path
 
-    from medcbir.errors import ConfigError
-
     if Path(spec).is_dir():
-        from medcbir.imaging import walk
-
         decoded = list(walk(Path(spec), preprocessing=engine.encoder.preprocessing, key=engine.pseudonym_key, workers=1))
         if not decoded:
             raise ConfigError(f"folder {spec} holds no decodable image")
@@ -147,9 +152,6 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
     """
     from pathlib import Path
 
-    from medcbir.engine import open_engine
-    from medcbir.errors import ConfigError
-
     folders = [q for q in queries if Path(q).is_dir()]
     images = [q for q in queries if not Path(q).is_dir()]
     series_specs = list(query_series) + folders
@@ -165,8 +167,6 @@ def search(index, queries, k, as_json, exclude, modality, body_part, series, stu
         raise ConfigError("--dicom-out writes image neighbours: it does not combine with --prior or --group-by")
     region = None
     if roi is not None or roi_mask is not None:
-        from medcbir.encoders.regions import parse_box
-
         if roi is not None and roi_mask is not None:
             raise ConfigError("give one of --roi and --roi-mask")
         if prior or series_specs:
@@ -226,14 +226,11 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
             for q, hits in zip(labels, results):
                 _print_cases(query_name(q, redact), hits, group_by)
         return
-    from medcbir.engine.reading import NOTHING_SIMILAR, above_thresholds, percentile
 
     results = engine.search(images, k=k, exclude=exclude, per_series=per_series, include_self=include_self, **filters, **(region or {}))
     if thresholds != (None, None):
         results = [above_thresholds(engine, hits, *thresholds) for hits in results]
     if dicom_out is not None:
-        from medcbir.engine.dicom_kos import write_search_kos
-
         written = write_search_kos(engine, images, results, dicom_out, other_patients=kos_other_patients)
         click.echo(f"wrote {len(written)} Key Object Selection document(s) to {dicom_out}", err=True)
     if as_json:
@@ -266,8 +263,6 @@ def _answer(engine, images, series_specs, k, exclude, filters, per_series, inclu
 def _answer_region_cases(engine, images, k, exclude, filters, group_by, per_group, include_self, region, redact, as_json) -> None:
     """--group-by with a region query: the series or studies of the best-matching regions, each
     ranked by its best region (region hits pooled per query, then grouped)."""
-    from medcbir.engine.grouping import GROUP_COLUMNS
-
     column = GROUP_COLUMNS[group_by]
     pool = max(100, 20 * int(k))
     results = engine.search(images, k=pool, exclude=exclude, per_series=0, include_self=include_self, **filters, **region)
@@ -316,17 +311,12 @@ def _fmt(value) -> str:
                    "searched by their whole slice; --baselines then means crop baselines (thumbnail:16, random, classic).")
 def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers, roi_boxes=None):
     """Leave-one-out MAP@K, AP@K, precision@K and kNN accuracy of INDEX against labels."""
-    from medcbir.engine import Engine
-    from medcbir.engine import evaluate as run_evaluation
-
     engine = Engine.open(index, verify=verify)
     if roi_boxes is not None:
         _evaluate_regions(engine, labels_csv, roi_boxes, k, exclude, n_queries, as_json, baselines)
         return
     result = run_evaluation(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all")
     if baselines:
-        from medcbir.engine.baselines import evaluate_baselines
-
         result["baselines"] = evaluate_baselines(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all", workers=workers)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -351,8 +341,6 @@ def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baseline
 
 def _evaluate_regions(engine, labels_csv, boxes_csv, k, exclude, n_queries, as_json, baselines) -> None:
     """``evaluate --roi-boxes``: region queries beside whole-slice queries (and crop baselines)."""
-    from medcbir.engine.region_evaluate import CROP_BASELINES, evaluate_regions
-
     result = evaluate_regions(engine, labels_csv, boxes_csv, k=k, exclude=exclude, queries=n_queries or "all",
                               baselines=CROP_BASELINES if baselines else ())
     if as_json:

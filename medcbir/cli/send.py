@@ -7,6 +7,9 @@ import sys
 
 import click
 
+from medcbir.errors import ConfigError
+from medcbir.pacs.send import Destination, read_outgoing, send_archive
+
 #: failed files named one per line while sending (the summary counts them all)
 MAX_SHOWN = 10
 
@@ -26,10 +29,6 @@ def send(archive, to, calling_aet, timeout, as_json, no_progress) -> None:
     is lossless, and reported as failed otherwise. Non-DICOM files are counted and left out.
     Exits 1 when any file could not be stored.
     """
-    from medcbir.pacs.send import Destination, read_outgoing, send_archive
-
-    from medcbir.errors import ConfigError
-
     try:
         destination = Destination.parse(to)
     except ConfigError as exc:

@@ -11,12 +11,12 @@ import json
 
 import click
 
+from medcbir.device import Device
+from medcbir.imaging import Preprocessing
 from medcbir.train.recipe import RECIPE
 
 
 def describe_prep(record: dict) -> str:
-    from medcbir.imaging import Preprocessing
-
     return Preprocessing.from_dict(record).describe()
 
 
@@ -86,8 +86,6 @@ def _method_options(values: tuple[str, ...]) -> dict:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(archive, method, init, stages, finetune_epochs, folds, as_json, augment, neighbour_mm, neighbour_p, position_delta, position_p, epochs, batch_size, size, out, views, windows, crop, fov_mm, pooling, backbone, labels, holdout, resume, seed, workers, lr, rotation, crop_scale, method_option, cache, device_name, precision, quiet):
     """Adapt an encoder to ARCHIVE (a DICOM folder), or train one from scratch with --method."""
-    from medcbir.device import Device
-
     if method is None:
         _adapt(archive, out, init or "default", stages, finetune_epochs, folds, labels, seed, workers, Device.auto(prefer=device_name, precision=precision), not quiet, as_json)
         return

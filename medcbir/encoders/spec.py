@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medcbir.encoders.names import is_builtin
 from medcbir.encoders.preprocessing import DEFAULT_CROP, DEFAULT_FOV_MM, DEFAULT_SIZE, DEFAULT_WINDOWS, default_preprocessing
 from medcbir.errors import ConfigError
 from medcbir.imaging.preprocess import CROPS
@@ -416,8 +417,6 @@ def spec_argument(arg: Any) -> EncoderSpec | None:
 
 def source_available(source: str) -> bool:
     """True when an encoder source an index records can be opened again here (a file, or ``hf:DIR``)."""
-    from medcbir.encoders.names import is_builtin
-
     if is_builtin(source):
         return True
     if str(source).startswith(HF_PREFIX):
@@ -432,8 +431,6 @@ def canonical_source(arg: str) -> str:
     Raises:
         ConfigError: the file or folder does not exist.
     """
-    from medcbir.encoders.names import is_builtin
-
     if is_builtin(arg):
         return arg
     if str(arg).startswith(HF_PREFIX):

@@ -25,8 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medcbir.device import Device
+from medcbir.encoders.architecture import CLASSIC_BACKBONES, DEFAULT_BACKBONE, DEFAULT_POOLING, DEFAULT_THUMBNAIL
+from medcbir.engine.engine import Engine
 from medcbir.engine.evaluate import evaluate, read_labels
 from medcbir.errors import ConfigError
+from medcbir.imaging import ItemMeta, Preprocessing, walk
+from medcbir.indexer import IndexWriter
 
 BASELINES: tuple[str, ...] = ("thumbnail:8", "thumbnail:16", "thumbnail:32", "random", "classic")
 
@@ -38,7 +43,6 @@ def baseline_module(name: str, preprocessing):
         name: ``thumbnail:N``, ``thumbnail``, ``random``, ``random:SEED``, ``classic`` or ``hog``.
         preprocessing: the ``Preprocessing`` to use (the evaluated index's).
     """
-    from medcbir.encoders.architecture import CLASSIC_BACKBONES, DEFAULT_BACKBONE, DEFAULT_POOLING, DEFAULT_THUMBNAIL
     from medcbir.encoders.module import classic_encoder_module, new_encoder_module, thumbnail_encoder_module
 
     if name in CLASSIC_BACKBONES:
@@ -79,8 +83,6 @@ def _source_paths(engine, sources: list[str]) -> list[Path]:
 def _embed_items(engine, ids: np.ndarray, preprocessing, modules: dict, workers: int, batch: int = 128) -> tuple[list, dict]:
     """(metas, {name: N×D}) of the items ``ids``, decoded from their files in one walk."""
     import torch
-
-    from medcbir.imaging import ItemMeta, walk
 
     metas = [ItemMeta.from_dict(m) for m in engine.meta(ids)]
     wanted = {(m.sop_instance_uid, int(m.frame)): i for i, m in enumerate(metas)}
@@ -142,12 +144,7 @@ def evaluate_baselines(
     Raises:
         ConfigError: the index's sources are not readable files, or nothing is labelled.
     """
-    from medcbir.device import Device
-    from medcbir.engine.engine import Engine
-    from medcbir.indexer import IndexWriter
     from medcbir.encoders.runtime import open_encoder
-
-    from medcbir.imaging import Preprocessing
 
     # The index records its encoder's preprocessing: no need to load the encoder for it.
     preprocessing = Preprocessing.from_dict(engine.store.encoder_info["preprocessing"])

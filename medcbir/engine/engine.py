@@ -16,21 +16,24 @@ from pathlib import Path
 
 import numpy as np
 
+from medcbir.encoders.compat import check_compatible
+from medcbir.encoders.spec import source_available
 from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_in
 from medcbir.engine.grouping import CASE_FIELDS, GROUP_COLUMNS, CaseHit, check_group_by, check_per_series, rank_groups, shaped_hits
-from medcbir.engine.neighbour import MetaTable, Neighbour
+from medcbir.engine.neighbour import MetaTable, Neighbour, plain
+from medcbir.engine.prior import prior_exams
 from medcbir.engine.queries import Query, QueryResolver, own_ids
+from medcbir.engine.region_search import RegionIndex, resolve_region_query
 from medcbir.engine.selectors import Route, Selection, is_exact, keep_admissible, route
 from medcbir.errors import ConfigError, EncoderMismatch, IndexNotFound
-from medcbir.indexer.faiss_index import search_parameters
+from medcbir.indexer import IndexStore
+from medcbir.indexer.faiss_index import apply_gpu_params, search_parameters
 
 log = logging.getLogger(__name__)
 
 
 def _check_encoder(encoder, info: dict) -> None:
     """Refuse an encoder whose fingerprint differs from the one the index records."""
-    from medcbir.encoders.compat import check_compatible
-
     check_compatible(encoder, info.get("fingerprint", ""), info.get("preprocessing"))
 
 
@@ -100,8 +103,6 @@ class Engine:
             IndexCorrupt: a shard or the manifest is damaged (the file is named).
             EncoderMismatch: ``encoder`` is not the index's encoder.
         """
-        from medcbir.indexer import IndexStore
-
         if not Path(index_dir).is_dir():
             raise IndexNotFound(f"index folder {index_dir} does not exist")
         store = IndexStore.open(index_dir, verify=verify, device=device)
@@ -123,7 +124,6 @@ class Engine:
             if not source or source == "<module>":
                 raise ConfigError("the index does not record where its encoder is; pass encoder=... (--encoder)")
             from medcbir.encoders.runtime import open_for_index
-            from medcbir.encoders.spec import source_available
 
             if not source_available(source):
                 raise ConfigError(f"the index's encoder {source} no longer exists; pass encoder=... (--encoder)")
@@ -156,8 +156,6 @@ class Engine:
         """Default FAISS knobs for every search (``nprobe``, ``efSearch``, ``k_factor``)."""
         self.knobs.update({k: v for k, v in knobs.items() if v is not None})
         if self.gpu_index is not None:
-            from medcbir.indexer.faiss_index import apply_gpu_params
-
             apply_gpu_params(self.gpu_index, {**getattr(self.store, "search_params", {}), **self.knobs})
 
     # ------------------------------------------------------------------------ ids ↔ rows
@@ -185,8 +183,6 @@ class Engine:
 
     def meta_column(self, column: str, ids) -> list:
         """One metadata column of items by id, as plain Python values."""
-        from medcbir.engine.neighbour import plain
-
         return [plain(v) for v in np.asarray(self.columns[column])[self.rows_of(ids)].tolist()]
 
     def embeddings(self, ids) -> np.ndarray:
@@ -325,13 +321,9 @@ class Engine:
     def region_index(self):
         """The index's regions, whitened and searchable (:class:`~medcbir.engine.region_search.RegionIndex`,
         built on first use); ConfigError naming the fix for an index without regions."""
-        from medcbir.engine.region_search import RegionIndex
-
         return RegionIndex.of(self)
 
     def _search_regions(self, queries, k, roi, roi_mask, *, snap, exclude, per_series, include_self, base) -> list[list[Neighbour]]:
-        from medcbir.engine.region_search import resolve_region_query
-
         regions = self.region_index()
         if isinstance(queries, (str, Path, np.ndarray)) or not isinstance(queries, (list, tuple)):
             queries = [queries]
@@ -463,8 +455,6 @@ class Engine:
 
         See :func:`medcbir.engine.prior.prior_exams` (this is a shortcut for it).
         """
-        from medcbir.engine.prior import prior_exams
-
         return prior_exams(self, query, modality=modality, context=context)
 
     def _group(self, queries: list[Query], exclude: str) -> dict:

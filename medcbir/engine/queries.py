@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.errors import ConfigError, DecodeError
+from medcbir.imaging import read_dicom
+from medcbir.imaging.items import Decoded, Item, ItemMeta
 
 UID_QUERY = re.compile(r"^(?P<uid>[0-9]+(\.[0-9]+)+)(:(?P<frame>[0-9]+))?$")
 
@@ -62,8 +64,6 @@ def own_ids(query: Query, include_self: bool = False) -> np.ndarray:
 
 def _preprocess_raw(pixels: np.ndarray, preprocessing) -> np.ndarray:
     """A bare H×W array in modality units: the modality the encoder's first window rule names."""
-    from medcbir.imaging.items import Item, ItemMeta
-
     named = [m for m in preprocessing.policies[0].modalities if m != "*"]
     meta = ItemMeta(sop_instance_uid="", modality=named[0] if named else "")
     return preprocessing.apply(Item(meta=meta, pixels=np.asarray(pixels, dtype=np.float32)))
@@ -153,8 +153,6 @@ class QueryResolver:
     def _object(self, q, label: str) -> Query:
         from pydicom.dataset import Dataset
 
-        from medcbir.imaging.items import Decoded, Item
-
         if isinstance(q, Dataset):
             return self._dataset(q, str(q.get("SOPInstanceUID", "") or label))
 
@@ -181,8 +179,6 @@ class QueryResolver:
 
     def _dataset(self, source, label: str) -> Query:
         """A query read from a file path or a ``pydicom.Dataset`` (frame 0)."""
-        from medcbir.imaging import read_dicom
-
         path = label
         try:
             items = read_dicom(source, key=self.engine.pseudonym_key)
@@ -240,7 +236,5 @@ class QueryResolver:
 
 def _is_single(q) -> bool:
     from pydicom.dataset import Dataset
-
-    from medcbir.imaging.items import Decoded, Item
 
     return isinstance(q, (Item, Decoded, Dataset))

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.errors import ConfigError
+from medcbir.imaging.labels import read_labels
+from medcbir.indexer.similarity import percentile as placed
 
 NOTHING_SIMILAR = "no sufficiently similar image"
 LABELS_FILE = "labels.csv"
@@ -35,8 +37,6 @@ def similarity_record(engine) -> dict | None:
 
 
 def percentile(engine, score: float) -> float | None:
-    from medcbir.indexer.similarity import percentile as placed
-
     return placed(float(score), similarity_record(engine))
 
 
@@ -49,8 +49,6 @@ def index_labels(engine) -> dict:
     folder = getattr(engine.store, "index_dir", None)
     path = Path(folder) / LABELS_FILE if folder is not None else None
     if path is not None and path.is_file():
-        from medcbir.imaging.labels import read_labels
-
         labels = read_labels(path).by_item()
     try:
         engine._reading_labels = labels

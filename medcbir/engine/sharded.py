@@ -37,8 +37,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from medcbir.engine.engine import Engine
-from medcbir.errors import ConfigError
+from medcbir.engine.engine import Engine, _check_encoder
+from medcbir.engine.region_search import RegionIndex, Whitening, check_regions, moments
+from medcbir.errors import ConfigError, IndexCorrupt, IndexNotFound
+from medcbir.indexer import IndexStore
+from medcbir.indexer.faiss_index import is_flat, split_projection, split_refine
+from medcbir.indexer.manifest import deleted_ids
+from medcbir.indexer.ray_index import connect
 
 
 def split_shards(shards: list[dict], parts: int) -> list[list[dict]]:
@@ -75,8 +80,6 @@ def _actor_class():
         """Holds a run of an index's shards and searches them (ids returned globally)."""
 
         def __init__(self, index_dir: str, manifest: dict, lo: int, verify: str, deleted: np.ndarray | None) -> None:
-            from medcbir.indexer import IndexStore
-
             store = IndexStore.open(index_dir, verify=verify, manifest=manifest)
             if deleted is not None and len(deleted):
                 # A large tombstone list lives in its own file: the driver passes this part's slice.
@@ -91,15 +94,11 @@ def _actor_class():
 
         def region_moments(self):
             """(count, sum, scatter) of this part's region descriptors; None without regions."""
-            from medcbir.engine.region_search import moments
-
             regions = self.engine.store.regions() if self.engine.store.has_regions else None
             return None if regions is None else moments(regions.descriptors)
 
         def region_prepare(self, mean, matrix) -> int:
             """Whiten and index this part's regions with the whole index's statistics."""
-            from medcbir.engine.region_search import RegionIndex, Whitening
-
             self.regions = RegionIndex(self.engine.store.regions(), Whitening(mean, matrix))
             return len(self.regions)
 
@@ -152,15 +151,10 @@ class ShardedEngine(Engine):
         """
         import ray as ray_module
 
-        from medcbir.indexer import IndexStore
-        from medcbir.indexer.faiss_index import is_flat, split_projection, split_refine
-        from medcbir.indexer.manifest import deleted_ids
-        from medcbir.indexer.ray_index import connect
 
         if int(shards) < 1:
             raise ConfigError(f"--shards must be at least 1, not {shards}")
         if not Path(index_dir).is_dir():
-            from medcbir.errors import IndexNotFound
 
             raise IndexNotFound(f"index folder {index_dir} does not exist")
         store = IndexStore.open(index_dir, verify="sizes" if verify != "none" else "none", device=device, build_index=False)
@@ -173,7 +167,6 @@ class ShardedEngine(Engine):
         engine = cls(store, None, device)
         if encoder is not None:
             from medcbir.encoders.runtime import open_encoder
-            from medcbir.engine.engine import _check_encoder
 
             enc = open_encoder(encoder, device=device)
             _check_encoder(enc, store.encoder_info)
@@ -197,7 +190,6 @@ class ShardedEngine(Engine):
             ray_module.get([a.ready.remote() for _, _, a in engine._parts])
         except Exception as exc:  # noqa: BLE001 - an actor failed to open its part (e.g. a corrupt shard)
             engine.close()
-            from medcbir.errors import IndexCorrupt
 
             cause = getattr(exc, "cause", None) or exc
             if isinstance(cause, Exception) and hasattr(cause, "args") and cause.args:
@@ -256,7 +248,6 @@ class ShardedRegions:
     def __init__(self, engine: ShardedEngine) -> None:
         import ray
 
-        from medcbir.engine.region_search import Whitening, check_regions
 
         check_regions(engine.store)
         self.engine = engine
@@ -326,8 +317,6 @@ def _index_actor_class():
         """Holds one whole index (any spec, HNSW and projected chains included) and searches it."""
 
         def __init__(self, index_dir: str, verify: str, threads: int) -> None:
-            from medcbir.indexer import IndexStore
-
             if threads:
                 faiss.omp_set_num_threads(int(threads))
             self.engine = Engine(IndexStore.open(index_dir, verify=verify))
@@ -385,8 +374,6 @@ class ShardedIndexes:
         """
         import ray as ray_module
 
-        from medcbir.errors import IndexCorrupt, IndexNotFound
-        from medcbir.indexer.ray_index import connect
 
         dirs = [Path(d) for d in index_dirs]
         if not dirs:

@@ -36,9 +36,9 @@ def __getattr__(name: str):
 
         return getattr(regions, name)
     if name == "evaluate_methods":
-        from medcbir.explain import evaluation
+        from medcbir.explain.evaluation import run
 
-        return evaluation.evaluate_methods
+        return run.evaluate_methods
     raise AttributeError(f"module 'medcbir.explain' has no attribute {name!r}")
 
 

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcbir.cache import cache_dir
 from medcbir.errors import ConfigError
 from medcbir.explain.base import autocast
+from medcbir.fsutil import atomic_path
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 #: what a face may ask for: a backend, or ``"auto"`` (:func:`resolve_backend`)
@@ -188,8 +190,6 @@ class OnnxForward:
 
 
 def _cache_folder() -> Path:
-    from medcbir.cache import cache_dir
-
     folder = cache_dir() / "explain-onnx"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -197,7 +197,6 @@ def _cache_folder() -> Path:
 
 def export_for_forwards(module: nn.Module, shape: tuple[int, int, int], path: Path) -> Path:
     """Export ``module`` (on the CPU, fp32) to ONNX with a dynamic batch; returns ``path``."""
-    from medcbir.fsutil import atomic_path
     from medcbir.encoders.onnx_format import OPSET, write_onnx
 
     was_training = module.training
@@ -215,8 +214,6 @@ def export_for_forwards(module: nn.Module, shape: tuple[int, int, int], path: Pa
 def quantize_int8(src: Path, dst: Path) -> Path:
     """ONNX Runtime dynamic int8 quantisation of ``src`` (weights uint8, activations at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from medcbir.fsutil import atomic_path
 
     with atomic_path(dst) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -18,7 +18,7 @@ beside **trivial region maps** that ignore the query and the descriptor, on the 
     noise      uniform random values (seeded): chance.
 
 Each method's margin over the best trivial map per metric comes from
-:func:`medcbir.explain.evaluation.margins` (positive = better than every trivial map).
+:func:`medcbir.explain.evaluation.scoring.margins` (positive = better than every trivial map).
 Perturbation metrics (deletion/insertion, ADC/PIC) are the encoder's in ``explain-eval``; they
 are not computed here.
 """
@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medcbir.engine import Engine
+from medcbir.engine.region_search import RegionIndex, resolve_region_query
 from medcbir.errors import ConfigError, DecodeError
 from medcbir.explain import metrics as M
-from medcbir.explain.evaluation import HEADERS, margins
+from medcbir.explain.evaluation.scoring import HEADERS, margins
 from medcbir.explain.regions import REGION_METHODS, MatchScore, check_region_method, region_match_maps
 
 #: Localisation metrics scored on region maps: (key, function).
@@ -166,8 +168,6 @@ def evaluate_region_explanations(engine, boxes, masks_file, methods=REGION_METHO
     """
     import h5py
 
-    from medcbir.engine import Engine
-    from medcbir.engine.region_search import RegionIndex, resolve_region_query
     from medcbir.explain.runner import decode_item
 
     for name in methods:

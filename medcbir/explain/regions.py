@@ -54,7 +54,9 @@ from scipy import ndimage
 
 from medcbir.encoders import region_descriptor
 from medcbir.encoders.region_image import RegionImage, region_image
+from medcbir.engine.region_search import RegionIndex, _query_item, resolve_region_query
 from medcbir.errors import ConfigError
+from medcbir.imaging.windows import window_range
 
 REGION_METHODS = ("relax", "occlusion")
 #: RELAX masks per neighbour by default.
@@ -376,8 +378,6 @@ def check_region_method(method: str) -> None:
 
 def display_window(item) -> tuple[float, float]:
     """(lo, hi) to show a frame: the abdominal window for CT, the foreground's robust range otherwise."""
-    from medcbir.imaging.windows import window_range
-
     if (item.meta.modality or "").upper() == "CT":
         return CT_DISPLAY
     return window_range("robust", item=item)
@@ -416,7 +416,6 @@ def explain_region_match(engine, query, roi=None, k: int = 5, *, roi_mask=None, 
     Returns:
         A :class:`RegionExplanation`.
     """
-    from medcbir.engine.region_search import RegionIndex, _query_item, resolve_region_query
     from medcbir.explain.runner import decode_item
 
     check_region_method(method)

@@ -18,8 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcbir.engine import Engine
+from medcbir.engine.queries import QueryResolver
 from medcbir.errors import ConfigError, DecodeError
 from medcbir.explain.forward import module_device
+from medcbir.imaging import read_dicom
 
 # methods whose score has zero gradient at the image's own embedding: own targets go as None
 GRADIENT_METHODS = frozenset({"gradcam", "guided_gradcam", "smoothgrad", "gradient", "guided_backprop"})
@@ -76,8 +79,6 @@ def decode_item_image(meta: dict, preprocessing, key: bytes | None = None) -> np
 
 def decode_item(meta: dict, key: bytes | None = None):
     """The decoded :class:`~medcbir.imaging.Item` of an indexed item (its ``source`` path and ``frame``)."""
-    from medcbir.imaging import read_dicom
-
     source = str(meta.get("source", ""))
     frame = int(meta.get("frame", 0) or 0)
     if not source or not Path(source).is_file():
@@ -132,7 +133,7 @@ class Explanation:
     options: dict = field(default_factory=dict)
 
     def panel(self, title: str | None = None) -> dict:
-        """The report panel (see ``medcbir.engine.report.render_report``)."""
+        """The report panel (see ``medcbir.explain.report.render_report``)."""
         items = [{"label": "query", "score": None, "meta": self.query_meta, "image": self.images[0, 0], "heatmap": self.heatmaps[0]}]
         for i, nb in enumerate(self.neighbours):
             items.append(
@@ -169,8 +170,6 @@ class Explanation:
 
 def _query_image(engine, query) -> tuple[np.ndarray, str, dict, int]:
     """(C×S×S image, label, displayable meta, item id or -1) of a query."""
-    from medcbir.engine.queries import QueryResolver
-
     [resolved] = QueryResolver(engine).resolve([query])
     meta: dict = {}
     if resolved.item_id >= 0:
@@ -181,8 +180,6 @@ def _query_image(engine, query) -> tuple[np.ndarray, str, dict, int]:
             raise ConfigError("an embedding query has no image to explain; query with a file, a UID or an image")
         image = decode_item_image(meta, engine.encoder.preprocessing, engine.pseudonym_key)
     elif not meta and isinstance(query, (str, Path)) and Path(str(query)).is_file():
-        from medcbir.imaging import read_dicom
-
         item = read_dicom(str(query))[0]
         meta = item.meta.to_dict()
     return np.asarray(image, dtype=np.float32), resolved.label, display_meta(meta), resolved.item_id
@@ -314,8 +311,7 @@ def explain_to_report(
     Returns:
         (html path, png path).
     """
-    from medcbir.engine import Engine
-    from medcbir.engine.report import render_report
+    from medcbir.explain.report import render_report
 
     engine = Engine.open(index_dir, encoder=encoder)
     if method == "relax":

@@ -9,7 +9,7 @@ one of them explains nothing the image or the frame did not already show:
     edges      the Sobel gradient magnitude of the image: "contours matter".
 
 They share the methods' signature, ``fn(encoder, images B×C×H×W, targets=None, **options) ->
-B×H×W float32``, so :mod:`medcbir.explain.evaluation` scores them with exactly the same code.
+B×H×W float32``, so :mod:`medcbir.explain.evaluation.scoring` scores them with exactly the same code.
 
 Example:
     >>> import torch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from medcbir.imaging.dicom import MAX_PIXELS, read_dicom
 from medcbir.imaging.items import SKIP_REASONS, Decoded, Item, ItemMeta, SkipFile, WalkReport
+from medcbir.imaging.phantom import PhantomSummary, make_archive
 from medcbir.imaging.preprocess import Preprocessing, resize_keep_aspect
 from medcbir.imaging.pseudonym import load_or_create_key, pseudonym
 from medcbir.imaging.sources import FolderSource, Source, decode_bytes
@@ -23,6 +24,7 @@ __all__ = [
     "FolderSource",
     "Item",
     "ItemMeta",
+    "PhantomSummary",
     "Preprocessing",
     "SkipFile",
     "Source",
@@ -41,12 +43,3 @@ __all__ = [
     "walk",
     "window_range",
 ]
-
-
-def __getattr__(name: str):
-    # The phantom generator is another module (and heavier); import it only when asked.
-    if name in ("make_archive", "PhantomSummary"):
-        from medcbir.imaging import phantom
-
-        return getattr(phantom, name)
-    raise AttributeError(f"module 'medcbir.imaging' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """``"store": true``: a search's KOS and an explanation's overlays and maps, stored into Orthanc.
 
-The objects are medcbir's DICOM results (``medcbir.engine.dicom_kos``,
+The objects are medcbir's DICOM results (``medcbir.imaging.dicom_out``: a search's KOS,
 ``medcbir.explain.dicom_maps``) uploaded with ``POST /instances`` by the worker (over the same
 loopback REST link and token it fetches with), so they appear under their source's study in any
 viewer connected to Orthanc. Orthanc then announces them as new instances; the indexer skips
@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medcbir.errors import DecodeError
-from medcbir.imaging.derived import Reference, read_header, to_bytes
+from medcbir.imaging.dicom_out.common import Reference, read_header, to_bytes
+from medcbir.imaging.dicom_out.kos import similar_images_kos
 from medcbir.pacs.orthanc_config import instance_of
 
 REFERENCE_TAGS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
@@ -45,8 +46,6 @@ def store_all(rest, datasets) -> list[dict]:
 
 def store_search_kos(rest, query_path: Path, neighbours, fingerprint: str, *, other_patients: bool = True) -> dict:
     """Build the KOS of one query (its file) and its engine neighbours and store it; what Orthanc answered."""
-    from medcbir.engine.dicom_kos import similar_images_kos
-
     refs = [(reference_of(rest, dict(n.meta)), int(n.rank), float(n.score)) for n in neighbours]
     kos = similar_images_kos(read_header(query_path), refs, fingerprint, other_patients=other_patients)
     return store_all(rest, [kos])[0]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from medcbir.errors import ArchiveNotFound, ConfigError
+from medcbir.imaging import decode_bytes
 from medcbir.imaging.items import Decoded, SkipFile, WalkReport
 
 SCHEME = "dicomweb+"
@@ -131,8 +132,6 @@ class DicomwebSource:
     def _retrieve(self, key: tuple[str, str, str], preprocessing, pseudonym_key: bytes | None):
         """(uri, decoded items | None, skip reason, detail) for one instance."""
         import pydicom
-
-        from medcbir.imaging import decode_bytes
 
         study, series, sop = key
         uri = self.uri(study, series, sop)

@@ -24,8 +24,12 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from medcbir.engine import Engine
 from medcbir.errors import MedcbirError
+from medcbir.indexer.manifest import committed_generation
 from medcbir.pacs.deadline import Deadline, DeadlinePassed
+from medcbir.pacs.explain_route import explain_answer
+from medcbir.pacs.orthanc_rest import OrthancRest
 
 # CPU priority of the explanation process relative to the plugin worker.
 NICE = 10
@@ -77,9 +81,6 @@ def _watch_parent(parent: int) -> None:
 
 
 def _engine():
-    from medcbir.engine import Engine
-    from medcbir.indexer.manifest import committed_generation
-
     generation = committed_generation(_state["index"])
     if _state["engine"] is None or generation != _state["generation"]:
         _state["engine"] = Engine.open(_state["index"], encoder=_state["encoder"])
@@ -96,9 +97,6 @@ def _warm() -> int:
 
 
 def _explain(query_path: str, request: dict, label: str | None) -> tuple[bytes, str]:
-    from medcbir.pacs.explain_route import explain_answer
-    from medcbir.pacs.orthanc_rest import OrthancRest
-
     rest = OrthancRest(_state["url"], token=_state["token"])
     return explain_answer(_engine(), rest, Path(query_path), request, label=label)
 

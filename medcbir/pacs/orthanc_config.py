@@ -26,7 +26,8 @@ The section, with its defaults::
       "RequestMemoryMB": 1024,         # a request estimated to need more memory: 400
       "MaxDecodeMB": 1024,             # a DICOM whose decoding would cost more is refused/skipped
       "ExplainQueue": 2,               # explanations waiting behind the running one (more: 503)
-      "AllowedOrigins": []             # browser origins besides Orthanc's own allowed to call
+      "AllowedOrigins": [],            # browser origins besides Orthanc's own allowed to call
+      "Regions": true                  # a new index stores region descriptors (region search)
     }
 
 A request over a bound is refused with HTTP 400 and a one-line reason (see
@@ -97,6 +98,9 @@ class PluginSettings:
         explain_encoder: a torch checkpoint (or spec) with the index's fingerprint that the
             explanations use, so gradient methods (Grad-CAM, ...) run when ``encoder`` is an
             ONNX export; "" = explanations use ``encoder`` (RELAX and occlusion only on ONNX).
+        regions: a new index stores each image's region descriptors, so ``"roi"`` queries work
+            (``false``: no region extraction, faster indexing, no region search); an existing
+            index keeps what it was built with.
     """
 
     index: str
@@ -123,6 +127,7 @@ class PluginSettings:
     explain_queue: int = 2
     allowed_origins: list[str] = field(default_factory=list)
     explain_encoder: str = ""
+    regions: bool = True
     extra: dict = field(default_factory=dict)
 
     KEYS = {
@@ -133,7 +138,7 @@ class PluginSettings:
         "MaxMasks": "max_masks", "MaxQueries": "max_queries", "MaxBodyBytes": "max_body_bytes",
         "RequestSeconds": "request_seconds", "RequestMemoryMB": "request_memory_mb",
         "MaxDecodeMB": "max_decode_mb", "ExplainQueue": "explain_queue", "AllowedOrigins": "allowed_origins",
-        "ExplainEncoder": "explain_encoder",
+        "ExplainEncoder": "explain_encoder", "Regions": "regions",
     }
     LIMITS = ("MaxK", "MaxExplainK", "MaxMasks", "MaxQueries", "MaxBodyBytes", "RequestSeconds", "RequestMemoryMB")
 
@@ -157,6 +162,8 @@ class PluginSettings:
             if int(getattr(settings, name)) < 1:
                 raise ConfigError(f'"Medcbir" setting {name} must be >= 1')
             setattr(settings, name, int(getattr(settings, name)))
+        if not isinstance(settings.regions, bool):
+            raise ConfigError('"Medcbir" setting Regions must be true or false')
         settings.explain_queue = int(settings.explain_queue)
         if settings.explain_queue < 0:
             raise ConfigError('"Medcbir" setting ExplainQueue must be >= 0')
@@ -228,6 +235,7 @@ def build_config(
     allow_any_store: bool = False,
     plugin_settings: dict | None = None,
     explain_encoder: str | None = None,
+    regions: bool = True,
 ) -> dict:
     """A complete Orthanc configuration running the medcbir plugin.
 
@@ -257,6 +265,8 @@ def build_config(
         plugin_settings: more ``"Medcbir"`` keys (e.g. ``{"MaxK": 50}``), checked.
         explain_encoder: a torch checkpoint with the index encoder's fingerprint for the
             explanations (gradient methods on an ONNX index), or None.
+        regions: a new index stores region descriptors (``"Regions"``; False skips region
+            extraction: faster indexing, no region search).
     """
     index = Path(index).resolve()
     if remote and user is None:
@@ -278,6 +288,8 @@ def build_config(
     gdcm = plugin_dir / "libOrthancGdcm.so"
     if gdcm.exists():
         plugins.append(str(gdcm))
+    # here, not at the top: Orthanc's embedded interpreter imports this module (standard library
+    # only), and the encoder spec module needs numpy
     from medcbir.encoders.spec import canonical_source
 
     encoder = canonical_source(encoder)  # absolute: the worker runs in Orthanc's folder
@@ -286,7 +298,7 @@ def build_config(
     settings = PluginSettings(
         index=str(index), encoder=encoder, window=window, batch_size=batch_size,
         flush_seconds=flush_seconds, workers=workers, device=device,
-        explain_encoder=canonical_source(explain_encoder) if explain_encoder else "", **env,
+        explain_encoder=canonical_source(explain_encoder) if explain_encoder else "", regions=bool(regions), **env,
     )
     if plugin_settings:
         settings = PluginSettings.from_section({**settings.to_section(), **plugin_settings})

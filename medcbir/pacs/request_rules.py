@@ -213,6 +213,8 @@ ROUTES: dict[str, dict] = {
         "pairwise": _bool("pairwise"),
         # overlays and parametric maps stored into Orthanc (the answer is then JSON)
         "store": _bool("store"),
+        # a region-match explanation: the query box; each neighbour's map over its matched box
+        "roi": _roi,
     },
     "reindex": {},
     # the viewer's picture of an instance: its first frame in its reading window

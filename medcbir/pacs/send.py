@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from medcbir.errors import ConfigError, MedcbirError
+from medcbir.errors import ArchiveNotFound, ConfigError, MedcbirError
 
 #: Transfer syntaxes whose pixel data decode to exactly the stored values.
 LOSSLESS = frozenset({
@@ -124,8 +124,6 @@ def _candidates(paths: Iterable[str | Path]) -> list[Path]:
         elif path.is_file():
             out.append(path)
         else:
-            from medcbir.errors import ArchiveNotFound
-
             raise ArchiveNotFound(f"archive not found: {path}")
     return out
 

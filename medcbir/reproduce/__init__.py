@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medcbir.errors import ConfigError
 from medcbir.reproduce.budget import DEFAULT, TEST, Budget
+from medcbir.reproduce.report import write_readme
 from medcbir.reproduce.steps import prepare_archive
 
 PAPERS: dict[str, str] = {
@@ -106,7 +107,6 @@ def reproduce(paper: str, archive, out, budget: Budget = DEFAULT, phantom: bool 
     outcome: Outcome = module.run(ctx, say)
     md, js = outcome.table.write(out)
     seconds = time.perf_counter() - t0
-    from medcbir.reproduce.report import write_readme
 
     trained = [t.to_dict() for t in outcome.trained]
     readme = write_readme(out, title=module.TITLE, citation=module.CITATION, protocol=outcome.protocol, differences=outcome.differences,

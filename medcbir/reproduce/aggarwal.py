@@ -12,6 +12,10 @@ frozen backbone); every map of the positive slices scored against the liver mask
 
 from __future__ import annotations
 
+from medcbir.errors import ConfigError
+from medcbir.reproduce import Outcome
+from medcbir.reproduce.report import bar_chart, map_grid
+from medcbir.reproduce.steps import build_index, organ_items, train_row
 from medcbir.reproduce.table import NOT_REPORTED, Claim, Column, Source, Table
 
 TITLE = "Aggarwal et al. — trainable saliency (WILDCAT) vs post-hoc saliency: pointwise localisation and AUPRC"
@@ -94,17 +98,13 @@ def has_wildcat() -> bool:
 
 
 def run(ctx, say):
-    from medcbir.explain.evaluation import evaluate_explanations, heatmaps_for
-    from medcbir.reproduce import Outcome
-    from medcbir.reproduce.report import bar_chart, map_grid
-    from medcbir.reproduce.steps import build_index, organ_items, train_row
+    from medcbir.explain.evaluation.run import evaluate_explanations
+    from medcbir.explain.evaluation.scoring import heatmaps_for
 
     b = ctx.budget
     table = empty_table()
     liver_labels = ctx.archive / "labels-liver.csv"
     if not liver_labels.is_file():
-        from medcbir.errors import ConfigError
-
         raise ConfigError(f"aggarwal fine-tunes on {liver_labels} (liver / no-liver per slice), which the archive lacks")
     say("aggarwal: train SimSiam + HU views")
     t = train_row("SimSiam + HU views (backbone)", ctx.archive, ctx.work / "simsiam-hu.pt", b, "simsiam", views="hu-narrow,hu-wide")

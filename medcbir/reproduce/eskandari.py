@@ -10,6 +10,9 @@ targets): ADC/PIC perturb it with each map; seconds per image measured in the sa
 
 from __future__ import annotations
 
+from medcbir.reproduce import Outcome
+from medcbir.reproduce.report import bar_chart, map_grid
+from medcbir.reproduce.steps import build_index, organ_pairs, train_row
 from medcbir.reproduce.table import NOT_REPORTED, Claim, Column, Source, Table
 
 TITLE = "Eskandari et al. — Clustered-CAM vs Ablation-CAM: ADC, PIC and the speed ratio"
@@ -62,10 +65,7 @@ def empty_table() -> Table:
 
 
 def run(ctx, say):
-    from medcbir.explain.evaluation import evaluate_explanations
-    from medcbir.reproduce import Outcome
-    from medcbir.reproduce.report import bar_chart, map_grid
-    from medcbir.reproduce.steps import build_index, organ_pairs, train_row
+    from medcbir.explain.evaluation.run import evaluate_explanations
 
     b = ctx.budget
     table = empty_table()
@@ -86,7 +86,7 @@ def run(ctx, say):
     speedup = rows[ABLATION]["seconds_per_image"] / max(rows[CLUSTERED]["seconds_per_image"], 1e-9)
     table.set(CLUSTERED, "speedup", speedup)
     table.set(ABLATION, "speedup", 1.0)
-    from medcbir.explain.evaluation import heatmaps_for
+    from medcbir.explain.evaluation.scoring import heatmaps_for
 
     module = pairs["module"].eval()
     import torch.nn.functional as F

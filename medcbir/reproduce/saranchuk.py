@@ -11,6 +11,9 @@ the floor.
 
 from __future__ import annotations
 
+from medcbir.reproduce import Outcome
+from medcbir.reproduce.report import pyplot, save
+from medcbir.reproduce.steps import build_index, organ_items, retrieval, train_row
 from medcbir.reproduce.table import NOT_REPORTED, Claim, Column, Source, Table
 
 TITLE = "Saranchuk — MoCo + SmoothGrad, Dice of thresholded maps vs input rotation (0–360°)"
@@ -73,11 +76,8 @@ def empty_table(angles) -> Table:
 def run(ctx, say):
     import numpy as np
 
-    from medcbir.explain.evaluation import map_function
+    from medcbir.explain.evaluation.scoring import map_function
     from medcbir.explain.metrics import dice_rotation_sweep
-    from medcbir.reproduce import Outcome
-    from medcbir.reproduce.report import pyplot, save
-    from medcbir.reproduce.steps import build_index, organ_items, retrieval, train_row
 
     b = ctx.budget
     table = empty_table(b.angles)

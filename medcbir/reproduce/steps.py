@@ -10,8 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medcbir.engine import Engine, evaluate
+from medcbir.engine.baselines import evaluate_baselines
 from medcbir.errors import ConfigError
 from medcbir.imaging.labels import read_labels
+from medcbir.imaging.phantom import make_archive
+from medcbir.indexer import index_archive
 from medcbir.reproduce.budget import Budget
 
 K = 5
@@ -26,8 +30,6 @@ def prepare_archive(archive: Path, budget: Budget, phantom: bool, needs=("labels
     archive = Path(archive)
     generated = False
     if phantom or not archive.exists():
-        from medcbir.imaging.phantom import make_archive
-
         make_archive(archive, patients=budget.patients, slices=budget.slices, seed=budget.seed, size=budget.phantom_size, workers=1)
         generated = True
     if not archive.is_dir():
@@ -97,17 +99,12 @@ def train_row(name: str, archive: Path, out: Path, budget: Budget, method: str, 
 
 def build_index(archive: Path, encoder, index_dir: Path) -> Path:
     """Index ``archive`` with ``encoder`` (a checkpoint path or a built-in name) into ``index_dir``."""
-    from medcbir.indexer import index_archive
-
     index_archive(archive, index_dir, str(encoder), workers=1, progress=False, key_file=index_dir.parent / f"{index_dir.name}.key")
     return index_dir
 
 
 def retrieval(index_dir: Path, labels: Path, baselines=()) -> dict:
     """``medcbir evaluate``: leave-one-out MAP@5 / 5-NN accuracy, other patients only, plus baselines."""
-    from medcbir.engine import Engine, evaluate
-    from medcbir.engine.baselines import evaluate_baselines
-
     with Engine.open(index_dir) as engine:
         result = {"encoder": evaluate(engine, labels, k=K, exclude="same-patient")}
         if baselines:
@@ -124,8 +121,7 @@ def organ_pairs(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
     Returns:
         ``{"query_images", "query_masks", "images", "masks", "pairs": [[query uid, neighbour uid]], "module"}``.
     """
-    from medcbir.engine import Engine
-    from medcbir.explain.evaluation import decode_with_masks, select_items, select_pairs
+    from medcbir.explain.evaluation.selection import decode_with_masks, select_items, select_pairs
     from medcbir.explain.runner import torch_encoder
 
     with Engine.open(index_dir) as engine:
@@ -140,8 +136,6 @@ def organ_pairs(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
 
 def liver_query(archive: Path, index_dir: Path) -> str:
     """A liver-level slice of the archive's last patient (the seed paper's use case), as SOP UID."""
-    from medcbir.engine import Engine
-
     labels = read_labels(archive / "labels.csv").by_item()
     with Engine.open(index_dir) as engine:
         uids = [str(u) for u in engine.columns["sop_instance_uid"]]
@@ -162,8 +156,7 @@ def organ_items(index_dir: Path, masks_file: Path, organ: str, n: int, labels: P
     Returns:
         ``{"images", "masks", "uids", "module"}`` (images preprocessed, masks in their geometry).
     """
-    from medcbir.engine import Engine
-    from medcbir.explain.evaluation import decode_with_masks, select_items
+    from medcbir.explain.evaluation.selection import decode_with_masks, select_items
     from medcbir.explain.runner import torch_encoder
 
     with Engine.open(index_dir) as engine:

@@ -11,6 +11,10 @@ one query + top-5 RELAX panel.
 
 from __future__ import annotations
 
+from medcbir.encoders.architecture import DEFAULT_POOLING
+from medcbir.reproduce import Outcome
+from medcbir.reproduce.report import bar_chart
+from medcbir.reproduce.steps import build_index, liver_query, organ_pairs, retrieval, train_row
 from medcbir.reproduce.table import NOT_REPORTED, Claim, Column, Source, Table
 
 TITLE = "Wickstrøm et al. — SimSiam with Hounsfield-unit views, RELAX on query + top-5"
@@ -68,12 +72,8 @@ def empty_table() -> Table:
 
 
 def run(ctx, say):
-    from medcbir.explain.evaluation import relevance_rank_and_margin
+    from medcbir.explain.evaluation.run import relevance_rank_and_margin
     from medcbir.explain.runner import explain_to_report
-    from medcbir.reproduce import Outcome
-    from medcbir.reproduce.report import bar_chart
-    from medcbir.reproduce.steps import build_index, organ_pairs, retrieval, train_row
-    from medcbir.encoders.architecture import DEFAULT_POOLING
     from medcbir.encoders.module import new_encoder_module
     from medcbir.encoders.runtime import load_encoder_module
 
@@ -147,6 +147,4 @@ def run(ctx, say):
 
 
 def _query(ctx, index):
-    from medcbir.reproduce.steps import liver_query
-
     return liver_query(ctx.archive, index)

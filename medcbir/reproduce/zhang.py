@@ -13,6 +13,9 @@ liver slices (own embeddings), scored by :func:`medcbir.explain.metrics.landmark
 
 from __future__ import annotations
 
+from medcbir.reproduce import Outcome
+from medcbir.reproduce.report import bar_chart, map_grid
+from medcbir.reproduce.steps import build_index, organ_items, retrieval, train_row
 from medcbir.reproduce.table import NOT_REPORTED, Claim, Column, Source, Table
 
 TITLE = "Zhang et al. — pretexts judged by landmark clustering quality (S, D_C, D_U)"
@@ -70,10 +73,7 @@ def empty_table() -> Table:
 
 
 def run(ctx, say):
-    from medcbir.explain.evaluation import evaluate_explanations
-    from medcbir.reproduce import Outcome
-    from medcbir.reproduce.report import bar_chart, map_grid
-    from medcbir.reproduce.steps import build_index, organ_items, retrieval, train_row
+    from medcbir.explain.evaluation.run import evaluate_explanations
 
     b = ctx.budget
     table = empty_table()
@@ -97,7 +97,7 @@ def run(ctx, say):
                     table.set(f"trivial: {trivial} (on the seqsort encoder)", key, result["trivial"][trivial].get(key))
         first = first or items
         details[row] = {k: relax.get(k) for k in ("silhouette", "compactness", "uniqueness", "rank_accuracy")}
-        from medcbir.explain.evaluation import heatmaps_for
+        from medcbir.explain.evaluation.scoring import heatmaps_for
 
         grid[row] = heatmaps_for("relax", items["module"], items["images"][:4], None, {"n_masks": b.relax_masks, "seed": b.seed}).numpy()
     ours = table.ours

@@ -5,7 +5,11 @@ One module per job; this package imports none of them, so :mod:`medcbir.train.re
 default recipe the CLI shows) loads without torch. What an encoder is, how it is saved and how it
 runs is :mod:`medcbir.encoders`.
 
-- :mod:`~medcbir.train.trainer`: ``TrainConfig``, ``train`` (the training loop);
+- :mod:`~medcbir.train.loop`: the epoch loop every run shares (seeded batch order, checkpoint,
+  log, bit-for-bit resume, the SGD + cosine recipe);
+- :mod:`~medcbir.train.trainer`: ``TrainConfig``, ``train`` (self-supervised runs);
+- :mod:`~medcbir.train.batches`: what a method trains on (single images with optional partners,
+  runs of slices), chosen by the method's ``batches``;
 - :mod:`~medcbir.train.methods`: ``METHODS``, ``build_method`` (SimCLR, MoCo, SimSiam,
   rotation, sequence sorting: one module each);
 - :mod:`~medcbir.train.views`: augmentations (``VIEWS``, ``make_views``, the archive augment);

@@ -46,14 +46,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcbir.device import Device
 from medcbir.encoders.agreement import K, agreement, compare, neighbours_other_patients
+from medcbir.encoders.architecture import BACKBONES
 from medcbir.encoders.checkpoint import save_checkpoint
 from medcbir.encoders.module import EncoderModule
 from medcbir.encoders.projection import ProjectedBackbone, projected_arch
 from medcbir.encoders.runtime import load_encoder_module
 from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.imaging.labels import read_labels
+from medcbir.imaging.walk import list_files, walk
 from medcbir.train.positives import series_verified_pairs
+from medcbir.train.recipe import RECIPE
 from medcbir.train.whitening import LinearMap, fit_centring, fit_learned_whitening, fit_pca_whitening, principal
 
 #: the stages, cheapest first (``start`` is always a candidate); ``finetune`` only on request
@@ -186,7 +190,6 @@ def _embed(module: EncoderModule, images: torch.Tensor, device) -> np.ndarray:
 
 def embed_archive_features(module: EncoderModule, config: AdaptConfig, device) -> ArchiveFeatures:
     """Decode the archive with the encoder's preprocessing; embed each image (and a sample of augmented views)."""
-    from medcbir.imaging.walk import list_files, walk
     from medcbir.train.views import ArchiveAugment
 
     archive = Path(config.archive)
@@ -309,8 +312,6 @@ class FineTuned:
 
 def is_network(module: EncoderModule) -> bool:
     """A start whose weights the trainer can fine-tune (a plain ResNet, not a descriptor or an adapted encoder)."""
-    from medcbir.encoders.architecture import BACKBONES
-
     return module.arch.get("backbone") in BACKBONES
 
 
@@ -318,7 +319,6 @@ def fine_tuner(start: EncoderModule, config: AdaptConfig, device) -> Callable[[A
     """``fit(features, rows)``: the recipe trained from the start's weights on the rows' patients' files."""
     import tempfile
 
-    from medcbir.train.recipe import RECIPE
     from medcbir.train.trainer import TrainConfig, train
 
     prep = start.preprocessing
@@ -345,8 +345,6 @@ def fine_tuner(start: EncoderModule, config: AdaptConfig, device) -> Callable[[A
 
 def embed_rows(module: EncoderModule, config: AdaptConfig, device, keys: list) -> np.ndarray:
     """The archive embedded by ``module``, row for row with ``keys``."""
-    from medcbir.imaging.walk import walk
-
     row_of = {key: i for i, key in enumerate(keys)}
     out = np.zeros((len(keys), module.dim), dtype=np.float32)
     batch, rows = [], []
@@ -382,8 +380,6 @@ def labelled_map(vectors: np.ndarray, patient: np.ndarray, labels: np.ndarray, q
 # --------------------------------------------------------------------------- the run
 def adapt(config: AdaptConfig) -> AdaptSummary:
     """Adapt the starting encoder to the archive; keep the best stage the label-free score vouches for."""
-    from medcbir.device import Device
-
     t_start = time.perf_counter()
     _check(config)
     device = config.device or Device.auto()

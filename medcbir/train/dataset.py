@@ -52,7 +52,11 @@ import torch
 
 from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.fsutil import atomic_path
+from medcbir.imaging import Preprocessing, list_files, read_dicom
+from medcbir.imaging.items import SkipFile
 from medcbir.imaging.labels import read_labels
+from medcbir.imaging.policy import WindowPolicy
+from medcbir.imaging.preprocess import WindowContext
 
 CACHE_FORMAT = "medcbir-hu-cache"
 CACHE_VERSION = 3
@@ -108,8 +112,6 @@ class HUDataset:
         Raises:
             ConfigError: a policy does not cover an item's modality.
         """
-        from medcbir.imaging.policy import WindowPolicy
-
         policies = [WindowPolicy.parse(p) for p in policies]
         rows = range(len(self)) if index is None else np.asarray(index).tolist()
         out = np.empty((len(rows), len(policies), 2), dtype=np.float64)
@@ -135,8 +137,6 @@ class HUDataset:
 
 def archive_signature(archive: str | Path) -> str:
     """sha256 of the archive's file list (relative path, size, mtime): changes when files do."""
-    from medcbir.imaging import list_files
-
     root = Path(archive).resolve()  # list_files yields absolute paths
     h = hashlib.sha256()
     base = root if root.is_dir() else root.parent
@@ -153,8 +153,6 @@ def _geometry_record(preprocessing) -> str:
 
 
 def _as_geometry(size_or_preprocessing):
-    from medcbir.imaging import Preprocessing
-
     if isinstance(size_or_preprocessing, Preprocessing):
         return size_or_preprocessing
     return Preprocessing(windows=("ct-liver-wide",), size=int(size_or_preprocessing))
@@ -162,10 +160,6 @@ def _as_geometry(size_or_preprocessing):
 
 def _decode_items(archive: Path, preprocessing, key: bytes, workers: int, progress: bool):
     """(item, context) for each frame of the archive, per-item geometry; skipped files counted."""
-    from medcbir.imaging.items import SkipFile
-    from medcbir.imaging.preprocess import WindowContext
-    from medcbir.imaging.walk import list_files, read_dicom
-
     skipped: dict[str, int] = {}
     paths = list(list_files(archive))
     if progress:
@@ -286,8 +280,6 @@ def load_hu_dataset(
         progress: progress bar for a (re)build.
     """
     import h5py
-
-    from medcbir.imaging.preprocess import WindowContext
 
     preprocessing = _as_geometry(size)
     archive = Path(archive)

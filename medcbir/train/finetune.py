@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -45,8 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcbir.device import Device
 from medcbir.errors import ConfigError
-from medcbir.encoders.checkpoint import module_from_record, read_checkpoint, save_checkpoint
+from medcbir.encoders.checkpoint import module_from_record, save_checkpoint
 from medcbir.encoders.heads import attach_head
 from medcbir.encoders.module import features_and_embeddings
 from medcbir.encoders.runtime import load_encoder_module
@@ -59,8 +61,8 @@ from medcbir.encoders.wildcat import (
     check_options,
 )
 from medcbir.train.dataset import default_cache_path, load_hu_dataset, patient_split
-from medcbir.train.monitor import write_jsonl
-from medcbir.train.trainer import MOMENTUM, WEIGHT_DECAY, rng_state, seed_everything, set_rng_state
+from medcbir.train.loop import Plan, restore, resume_record, run_epochs, seed_everything, sgd_cosine
+from medcbir.train.views import window_batch
 
 HEADS = ("wildcat",)
 METHOD = "wildcat-finetune"
@@ -166,8 +168,6 @@ class FinetuneSummary:
 
 # --------------------------------------------------------------------------- data
 def _file_sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -186,8 +186,6 @@ class LabelledSet:
 
     def images(self, index) -> torch.Tensor:
         """B×C×S×S in [0, 1]: the items' search-time inputs."""
-        from medcbir.train.views import window_batch
-
         return window_batch(self.pixels[index], self.ranges[index], self.inverted[index])
 
 
@@ -273,17 +271,73 @@ def _accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def _load_resume(out: Path, config: FinetuneConfig, identity: dict) -> dict | None:
-    if not (config.resume and out.is_file()):
-        return None
-    record = read_checkpoint(out)
-    if record.get("method") != METHOD or "optimizer" not in record or "wildcat" not in record:
-        raise ConfigError(f"{out} is not a fine-tuning checkpoint to resume (use another --out)")
-    saved = record.get("config", {})
-    different = [k for k in RESUME_KEYS if saved.get(k) != identity.get(k)]
-    if different:
-        what = ", ".join(f"{k} {saved.get(k)!r} → {identity.get(k)!r}" for k in different)
-        raise ConfigError(f"cannot resume {out}: the run changed ({what}); use another --out or the same options")
-    return record
+    def refusal(record: dict) -> str | None:
+        usable = record.get("method") == METHOD and "optimizer" in record and "wildcat" in record
+        return None if usable else "is not a fine-tuning checkpoint to resume (use another --out)"
+
+    return resume_record(out, config.resume, identity, RESUME_KEYS, refusal)
+
+
+class _HeadRun:
+    """One fine-tuning run as the epoch loop sees it: cross-entropy steps, accuracy rows, checkpoints."""
+
+    def __init__(self, config: FinetuneConfig, encoder, items: LabelledSet, classes: list, train_idx, held_idx, frozen, batch: int,
+                 optimizer, scheduler, where, out: Path, base_fingerprint: str) -> None:
+        self.config, self.encoder, self.head, self.items, self.classes = config, encoder, encoder.wildcat, items, classes
+        self.train_idx, self.held_idx, self.frozen, self.batch = train_idx, held_idx, frozen, batch
+        self.optimizer, self.scheduler, self.where, self.out = optimizer, scheduler, where, out
+        self.base_fingerprint = base_fingerprint
+        self.targets = items.targets.to(where)
+        self._train = torch.from_numpy(train_idx)
+        self.correct, self.seconds = 0, 0.0
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.encoder.train(self.config.train_backbone)
+        self.head.train()
+        self.correct = 0
+
+    def step(self, picked: torch.Tensor, epoch: int, step: int) -> float:
+        idx = self._train[picked]
+        if self.frozen is not None:
+            features = self.frozen[0][idx].to(self.where)
+        else:
+            features, _ = features_and_embeddings(self.encoder, self.items.images(idx).to(self.where))
+        scores, _ = self.head(features)
+        loss = F.cross_entropy(scores, self.targets[idx.to(self.where)])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.correct += int((scores.detach().argmax(dim=1) == self.targets[idx.to(self.where)]).sum())
+        return float(loss.detach())
+
+    def end_epoch(self, epoch: int, losses: list[float], seconds: float) -> dict:
+        started = time.perf_counter()
+        encoder, head, items, train_idx = self.encoder, self.head, self.items, self.train_idx
+        encoder.eval()
+        head.eval()
+        if self.frozen is None:
+            feats, embs = _forward_all(encoder, items, np.arange(len(items)), self.where, max(self.batch, 32))
+            head.prototypes.copy_(_prototypes(embs[train_idx], items.targets[train_idx], len(self.classes)).to(self.where))
+        else:
+            feats = self.frozen[0]
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "train_accuracy": self.correct / (len(losses) * self.batch),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+        }
+        if len(self.held_idx):
+            with torch.no_grad():
+                held_scores, _ = head(feats[torch.from_numpy(self.held_idx)].to(self.where))
+            row["heldout_accuracy"] = _accuracy(held_scores, items.targets[self.held_idx])
+        epoch_seconds = seconds + time.perf_counter() - started
+        row["seconds"] = round(epoch_seconds, 3)
+        self.seconds += epoch_seconds
+        return row
+
+    def save(self, state: dict) -> None:
+        save_checkpoint(self.out, self.encoder, method=METHOD, extra={**state, "base_fingerprint": self.base_fingerprint})
 
 
 def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> FinetuneSummary:
@@ -298,8 +352,6 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
     Returns:
         A :class:`FinetuneSummary`.
     """
-    from medcbir.device import Device
-
     _check(config)
     device = config.device or Device.auto()
     where = torch.device(device.torch)
@@ -316,8 +368,7 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
     batch = min(config.batch_size, len(train_idx))
     if config.train_backbone and batch < 2:
         raise ConfigError(f"only {len(train_idx)} labelled training image(s); training the backbone needs at least 2")
-    steps_per_epoch = max(1, len(train_idx) // batch)
-    total_steps = steps_per_epoch * config.epochs
+    plan = Plan(units=len(train_idx), per_step=batch, epochs=config.epochs, seed=config.seed, progress=config.progress)
 
     record = _load_resume(out, config, identity)
     if record is not None:
@@ -341,19 +392,14 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
         groups.append({"params": list(encoder.backbone.parameters()), "lr": config.lr * config.backbone_lr})
     else:
         encoder.backbone.requires_grad_(False)
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    optimizer, scheduler = sgd_cosine(groups, config.lr, plan.total_steps)
 
     history: list[dict] = []
     start_epoch = 0
+    cuda = where.type == "cuda"
     if record is not None:
-        optimizer.load_state_dict(record["optimizer"])
-        scheduler.load_state_dict(record["scheduler"])
-        set_rng_state(record["rng"], cuda=where.type == "cuda")
-        start_epoch = int(record["epoch"])
-        history = list(record.get("history", []))
+        start_epoch, history = restore(record, optimizer, scheduler, cuda=cuda)
 
-    targets = items.targets.to(where)
     frozen = None
     if not config.train_backbone:
         # The backbone does not move: its features (and embeddings) are computed once.
@@ -361,70 +407,9 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
         head.prototypes.copy_(_prototypes(frozen[1][train_idx], items.targets[train_idx], len(classes)).to(where))
 
     log_path = out.with_name(out.stem + ".log.jsonl")
-    seconds = 0.0
-    for epoch in range(start_epoch, config.epochs):
-        encoder.train(config.train_backbone)
-        head.train()
-        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        losses, correct = [], 0
-        bar = _progress(config.progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
-        t0 = time.perf_counter()
-        for step in range(steps_per_epoch):
-            idx = torch.from_numpy(train_idx)[order[step * batch : (step + 1) * batch]]
-            if frozen is not None:
-                features = frozen[0][idx].to(where)
-            else:
-                features, _ = features_and_embeddings(encoder, items.images(idx).to(where))
-            scores, _ = head(features)
-            loss = F.cross_entropy(scores, targets[idx.to(where)])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"loss became {value} at epoch {epoch + 1} step {step + 1}; lower --lr")
-            losses.append(value)
-            correct += int((scores.detach().argmax(dim=1) == targets[idx.to(where)]).sum())
-            if bar is not None:
-                bar.set_postfix(loss=f"{value:.4f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        encoder.eval()
-        head.eval()
-        if frozen is None:
-            feats, embs = _forward_all(encoder, items, np.arange(len(items)), where, max(batch, 32))
-            head.prototypes.copy_(_prototypes(embs[train_idx], items.targets[train_idx], len(classes)).to(where))
-        else:
-            feats = frozen[0]
-        row = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "train_accuracy": correct / (steps_per_epoch * batch),
-            "lr": float(scheduler.get_last_lr()[0]),
-        }
-        if len(held_idx):
-            with torch.no_grad():
-                held_scores, _ = head(feats[torch.from_numpy(held_idx)].to(where))
-            row["heldout_accuracy"] = _accuracy(held_scores, items.targets[held_idx])
-        epoch_seconds = time.perf_counter() - t0
-        row["seconds"] = round(epoch_seconds, 3)
-        seconds += epoch_seconds
-        history.append(row)
-        extra = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1,
-            "rng": rng_state(cuda=where.type == "cuda"),
-            "config": identity,
-            "history": history,
-            "base_fingerprint": base_fingerprint,
-        }
-        save_checkpoint(out, encoder, method=METHOD, extra=extra)
-        write_jsonl(history, log_path)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
+    run = _HeadRun(config, encoder, items, classes, train_idx, held_idx, frozen, batch, optimizer, scheduler, where, out, base_fingerprint)
+    run_epochs(run, plan, start_epoch=start_epoch, history=history, identity=identity, log_path=log_path, cuda=cuda, on_epoch_end=on_epoch_end)
+    seconds = run.seconds
 
     encoder.backbone.requires_grad_(True)
     last = history[-1] if history else {}
@@ -445,14 +430,6 @@ def finetune(config: FinetuneConfig, on_epoch_end: Callable[[int, dict], None] |
         history=history,
         log=str(log_path),
     )
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
 __all__ = ["FinetuneConfig", "FinetuneSummary", "HEADS", "finetune"]

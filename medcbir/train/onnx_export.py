@@ -25,6 +25,7 @@ from medcbir.encoders.onnx_format import OPSET, export_graph, onnx_metadata, wri
 from medcbir.encoders.runtime import load_encoder_module
 from medcbir.errors import ConfigError, MedcbirError
 from medcbir.fsutil import atomic_path
+from medcbir.imaging import walk
 
 TOLERANCE = 1e-4
 
@@ -58,8 +59,6 @@ def parity_images(preprocessing, archive: str | Path | None = None, n: int = 8, 
         ``(images, source)`` with ``source`` ``"archive"`` or ``"random"``.
     """
     if archive is not None:
-        from medcbir.imaging import walk
-
         images = []
         for decoded in walk(archive, preprocessing=preprocessing, workers=1):
             images.append(decoded.image)

@@ -30,6 +30,7 @@ from torch import nn
 
 from medcbir.errors import ConfigError
 from medcbir.train.base import SSLMethod, mlp
+from medcbir.train.batches import Batches, run_batches
 
 
 def permutation_classes(length: int) -> torch.Tensor:
@@ -53,8 +54,14 @@ class SequenceSorting(SSLMethod):
 
     name = "seqsort"
     n_views = 1
-    #: the trainer feeds runs of this many consecutive slices (B·k images, run-major)
+    #: runs of this many consecutive slices (B·k images, run-major), unless the ``length`` option says otherwise
     sequence_length = 3
+
+    @classmethod
+    def batches(cls, data, train_idx, view_ranges: list[torch.Tensor], config) -> Batches:
+        """Runs of ``length`` consecutive slices of one training series; neighbour and positional partners do not apply."""
+        length = int(config.method_options.get("length", cls.sequence_length))
+        return run_batches(data, train_idx, view_ranges, config.batch_size, length)
 
     def __init__(self, backbone: nn.Module, dim: int, length: int = 3, hidden: int = 512) -> None:
         super().__init__(backbone, dim)

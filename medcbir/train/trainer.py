@@ -21,10 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
-import logging
 import math
-import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,25 +29,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcbir.device import Device
 from medcbir.errors import ConfigError
 from medcbir.train.recipe import RECIPE  # noqa: F401 - re-exported: the recipe the CLI and the demo use
 from medcbir.encoders.architecture import DEFAULT_POOLING, POOLINGS, backbone_dim, make_arch
-from medcbir.encoders.checkpoint import read_checkpoint, save_checkpoint
+from medcbir.encoders.checkpoint import save_checkpoint
 from medcbir.encoders.module import EncoderModule, build_network
 from medcbir.encoders.preprocessing import DEFAULT_CROP, DEFAULT_FOV_MM, DEFAULT_WINDOWS, default_preprocessing
 from medcbir.train.dataset import HUDataset, default_cache_path, load_hu_dataset, patient_split
+from medcbir.train.batches import Batches
+from medcbir.train.loop import Plan, restore, resume_record, run_epochs, seed_everything, sgd_cosine
 from medcbir.train.methods import METHODS, build_method
-from medcbir.train.monitor import RetrievalMonitor, plot_history, write_jsonl
-from medcbir.train.pairs import PositionPartners, draw_partners, neighbour_table, sequences
-from medcbir.train.views import ArchiveAugment, BatchAugment, make_views, parse_views
-
-log = logging.getLogger(__name__)
+from medcbir.train.monitor import RetrievalMonitor, plot_history
+from medcbir.train.views import ArchiveAugment, BatchAugment, parse_views
 
 AUGMENTS = ("standard", "archive")
 
 MONITOR_KEYS = ("map_at_k", "knn_accuracy", "n_queries", "k")
-MOMENTUM = 0.9
-WEIGHT_DECAY = 1e-4
 # Fields that must match for --resume to continue the same run.
 RESUME_KEYS = (
     "method", "backbone", "size", "batch_size", "epochs", "views", "seed", "lr", "windows", "rotation", "crop_scale",
@@ -210,37 +205,6 @@ class TrainSummary:
         return line
 
 
-# --------------------------------------------------------------------------- RNG state
-def rng_state(cuda: bool = False) -> dict:
-    """torch / numpy / python RNG states, in types that load with ``weights_only=True``."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": [int(version), list(py_state), py_gauss],
-    }
-    if cuda:
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, cuda: bool = False) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, py_state, py_gauss = state["python"]
-    random.setstate((version, tuple(py_state), py_gauss))
-    if cuda and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 # --------------------------------------------------------------------------- the run
 def _preprocessing(config: TrainConfig, init: EncoderModule | None = None):
     if init is not None:
@@ -326,17 +290,10 @@ def _split(data: HUDataset, config: TrainConfig, test_ranges: torch.Tensor):
 
 
 def _load_resume(out: Path, config: TrainConfig) -> dict | None:
-    if not (config.resume and out.is_file()):
-        return None
-    record = read_checkpoint(out)
-    if "optimizer" not in record:
-        raise ConfigError(f"{out} has no training state to resume (it is an exported encoder)")
-    saved = record.get("config", {})
-    different = [k for k in RESUME_KEYS if saved.get(k) != config.record().get(k)]
-    if different:
-        what = ", ".join(f"{k} {saved.get(k)!r} → {config.record().get(k)!r}" for k in different)
-        raise ConfigError(f"cannot resume {out}: the run changed ({what}); use another --out or the same options")
-    return record
+    def refusal(record: dict) -> str | None:
+        return None if "optimizer" in record else "has no training state to resume (it is an exported encoder)"
+
+    return resume_record(out, config.resume, config.record(), RESUME_KEYS, refusal)
 
 
 def train_step(method, views: list[torch.Tensor], optimizer, scheduler, scaler, device) -> float:
@@ -359,8 +316,7 @@ def train_step(method, views: list[torch.Tensor], optimizer, scheduler, scaler, 
 
 def make_optimizer(method, config: "TrainConfig", total_steps: int, device):
     """SGD (momentum 0.9, wd 1e-4, lr 0.05·batch/256), per-step cosine schedule, grad scaler."""
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=config.base_lr(), momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    optimizer, scheduler = sgd_cosine(method.trainable_parameters(), config.base_lr(), total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device))
     return optimizer, scheduler, scaler
 
@@ -368,6 +324,48 @@ def make_optimizer(method, config: "TrainConfig", total_steps: int, device):
 def needs_grad_scaler(device) -> bool:
     """Gradient scaling only for fp16 on CUDA (fp16 gradients underflow); never for fp32 or bf16."""
     return device.torch == "cuda" and device.precision == "fp16"
+
+
+class _SelfSupervised:
+    """One self-supervised run as the epoch loop sees it: steps of views, rows, checkpoints."""
+
+    def __init__(self, config: TrainConfig, method, batches: Batches, augment, optimizer, scheduler, scaler, device, encoder, monitor, out: Path) -> None:
+        self.config, self.method, self.batches, self.augment = config, method, batches, augment
+        self.optimizer, self.scheduler, self.scaler, self.device = optimizer, scheduler, scaler, device
+        self.encoder, self.monitor, self.out = encoder, monitor, out
+        self.images_seen, self.seconds, self.steps_run = 0, 0.0, 0
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.method.train()
+
+    def step(self, picked: torch.Tensor, epoch: int, step: int) -> float:
+        views, positives = self.batches.views(picked, epoch, step, self.augment, self.device.torch)
+        self.method.batch_positives = positives
+        return train_step(self.method, views, self.optimizer, self.scheduler, self.scaler, self.device)
+
+    def end_epoch(self, epoch: int, losses: list[float], seconds: float) -> dict:
+        images = len(losses) * self.batches.per_step
+        self.images_seen += images
+        self.seconds += seconds
+        self.steps_run += len(losses)
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(images / max(seconds, 1e-9), 2),
+        }
+        if self.monitor is not None:
+            row.update({k: v for k, v in self.monitor(self.method.backbone, self.device).items() if k in MONITOR_KEYS})
+        return row
+
+    def save(self, state: dict) -> None:
+        extra = {
+            "heads": {k: v for k, v in self.method.state_dict().items() if not k.startswith("backbone.")},
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            **state,
+        }
+        save_checkpoint(self.out, self.encoder, method=self.config.method, extra=extra)
 
 
 def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainSummary:
@@ -382,8 +380,6 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     Returns:
         A :class:`TrainSummary`.
     """
-    from medcbir.device import Device
-
     _check_config(config)
     device = config.device or Device.auto()
     out = Path(config.out)
@@ -399,42 +395,9 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
     # Per item and channel, the (lo, hi) of each view and of the test-time input: each item's
     # own window, exactly as Preprocessing.apply computes it (never a statistic of the batch).
     view_ranges = [data.ranges(v) for v in views[: method_cls.n_views]]
-    inverted = data.inverted
     train_idx, monitor = _split(data, config, data.ranges(preprocessing.windows))
-    run_length = int(config.method_options.get("length", getattr(method_cls, "sequence_length", 0))) if hasattr(method_cls, "sequence_length") else 0
-    if run_length:
-        # Sequence sorting: a batch is B/k runs of k consecutive slices of one (training) series.
-        in_train = np.zeros(len(data), dtype=bool)
-        in_train[train_idx] = True
-        runs = sequences(data.series, data.position, run_length)
-        runs = runs[in_train[runs].all(axis=1)] if len(runs) else runs
-        units = runs
-        batch = max(1, config.batch_size // run_length)
-        if len(units) < 1 or len(units) * run_length < 2:
-            raise ConfigError(f"seqsort needs series with ≥ {run_length} slices that have positions; found {len(units)} run(s)")
-        batch = min(batch, len(units))
-    else:
-        units = train_idx
-        batch = min(config.batch_size, len(train_idx))
-        if batch < 2:
-            raise ConfigError(f"only {len(train_idx)} training image(s); need at least 2")
-    steps_per_epoch = max(1, len(units) // batch)  # drop the last partial batch: BN and contrastive losses want full ones
-    total_steps = steps_per_epoch * config.epochs
-    neighbours = neighbour_table(data.series, data.position, config.neighbour_mm) if config.neighbour_mm > 0 and not run_length else None
-    positional = None
-    if config.position_delta > 0 and not run_length:
-        in_train = np.zeros(len(data), dtype=bool)
-        in_train[train_idx] = True
-        plane = data.plane if data.plane is not None else np.full(len(data), "", dtype=object)
-        positional = PositionPartners(data.series, data.position, plane, config.position_delta, allowed=in_train)
-        if positional.coverage() == 0:
-            # An archive of single images (radiographs, key images) has no series to match across:
-            # train on the augmented views alone rather than refuse.
-            log.warning(
-                "positional positives are off: no training slice has a partner (they need at least two series "
-                "in one plane with ImageOrientationPatient and three or more positioned slices each)"
-            )
-            positional = None
+    batches = method_cls.batches(data, train_idx, view_ranges, config)
+    plan = Plan(units=len(batches), per_step=batches.per_step, epochs=config.epochs, seed=config.seed, progress=config.progress)
 
     seed_everything(config.seed)
     arch, backbone = _network(config, preprocessing, init)
@@ -444,89 +407,27 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
         augment = ArchiveAugment(size).to(device.torch)
     else:
         augment = BatchAugment(size, scale=(config.crop_scale, 1.0), rotation=config.rotation).to(device.torch)
-    optimizer, scheduler, scaler = make_optimizer(method, config, total_steps, device)
+    optimizer, scheduler, scaler = make_optimizer(method, config, plan.total_steps, device)
 
     history: list[dict] = []
     start_epoch = 0
+    cuda = device.torch == "cuda"
     record = _load_resume(out, config)
     if record is not None:
         # The backbone is stored once, as the encoder's state_dict; "heads" holds the rest.
         backbone_state = {f"backbone.{k}": v for k, v in record["state_dict"].items()}
         method.load_state_dict({**record["heads"], **backbone_state})
-        optimizer.load_state_dict(record["optimizer"])
-        scheduler.load_state_dict(record["scheduler"])
         if record.get("scaler"):
             scaler.load_state_dict(record["scaler"])
-        set_rng_state(record["rng"], cuda=device.torch == "cuda")
-        start_epoch = int(record["epoch"])
-        history = list(record.get("history", []))
+        start_epoch, history = restore(record, optimizer, scheduler, cuda=cuda)
 
     encoder = init if init is not None else EncoderModule(method.backbone, arch, preprocessing)
     if monitor is not None and start_epoch == 0:
         # Epoch 0: the randomly initialised encoder, the baseline the training must beat.
         history.append({"epoch": 0, **{k: v for k, v in monitor(method.backbone, device).items() if k in MONITOR_KEYS}})
     log_path = out.with_name(out.stem + ".log.jsonl")
-    images_seen, seconds, steps_run = 0, 0.0, 0
-    for epoch in range(start_epoch, config.epochs):
-        method.train()
-        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        losses = []
-        bar = _progress(config.progress, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}")
-        t0 = time.perf_counter()
-        for step in range(steps_per_epoch):
-            picked = torch.from_numpy(np.asarray(units))[order[step * batch : (step + 1) * batch]]
-            idx = picked.reshape(-1)  # runs flatten run-major for seqsort
-            hu = data.pixels(idx).to(device.torch, non_blocking=True)
-            if neighbours is not None or positional is not None:
-                rng = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch) * 100_019 + step)
-                partner = draw_partners(idx, neighbours, config.neighbour_p, rng) if neighbours is not None else idx
-                if positional is not None:
-                    partner = positional.draw(idx, config.position_p, rng, current=partner)
-                    # Every pair of views at the same anatomy in the batch is a positive
-                    # (for the losses that take several positives per anchor).
-                    method.batch_positives = positional.positive_mask(torch.cat([idx, partner]))
-                images = [hu, data.pixels(partner).to(device.torch, non_blocking=True)]
-                batch_views = make_views(images, [view_ranges[0][idx], view_ranges[-1][partner]], augment, [inverted[idx], inverted[partner]])
-            else:
-                batch_views = make_views(hu, [r[idx] for r in view_ranges], augment, inverted[idx])
-            loss = train_step(method, batch_views, optimizer, scheduler, scaler, device)
-            if not math.isfinite(loss):
-                raise ConfigError(f"loss became {loss} at epoch {epoch + 1} step {step + 1}; lower --lr")
-            losses.append(loss)
-            if bar is not None:
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{(step + 1) * batch / max(elapsed, 1e-9):.1f}")
-                bar.update(1)
-        epoch_seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        images_seen += steps_per_epoch * batch
-        seconds += epoch_seconds
-        steps_run += steps_per_epoch
-        row = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "lr": float(scheduler.get_last_lr()[0]),
-            "seconds": round(epoch_seconds, 3),
-            "images_per_s": round(steps_per_epoch * batch / max(epoch_seconds, 1e-9), 2),
-        }
-        if monitor is not None:
-            row.update({k: v for k, v in monitor(method.backbone, device).items() if k in MONITOR_KEYS})
-        history.append(row)
-        extra = {
-            "heads": {k: v for k, v in method.state_dict().items() if not k.startswith("backbone.")},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "epoch": epoch + 1,
-            "rng": rng_state(cuda=device.torch == "cuda"),
-            "config": config.record(),
-            "history": history,
-        }
-        save_checkpoint(out, encoder, method=config.method, extra=extra)
-        write_jsonl(history, log_path)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row)
+    run = _SelfSupervised(config, method, batches, augment, optimizer, scheduler, scaler, device, encoder, monitor, out)
+    run_epochs(run, plan, start_epoch=start_epoch, history=history, identity=config.record(), log_path=log_path, cuda=cuda, on_epoch_end=on_epoch_end)
 
     plot = plot_history(history, out.with_name(out.stem + ".png"), config.monitor_k) if history else None
     return TrainSummary(
@@ -534,10 +435,10 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
         method=config.method,
         epochs=config.epochs,
         epochs_run=config.epochs - start_epoch,
-        images=images_seen,
-        steps=steps_run,
-        seconds=round(seconds, 3),
-        images_per_s=round(images_seen / seconds, 2) if seconds else 0.0,
+        images=run.images_seen,
+        steps=run.steps_run,
+        seconds=round(run.seconds, 3),
+        images_per_s=round(run.images_seen / run.seconds, 2) if run.seconds else 0.0,
         final_loss=history[-1].get("loss", math.nan) if history else math.nan,
         fingerprint=encoder.refresh_fingerprint(),
         preprocessing=preprocessing.to_dict(),
@@ -545,11 +446,3 @@ def train(config: TrainConfig, on_epoch_end: Callable[[int, dict], None] | None 
         log=str(log_path),
         plot=str(plot) if plot else None,
     )
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

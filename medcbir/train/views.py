@@ -29,31 +29,15 @@ import torch
 from torch import nn
 
 from medcbir.errors import ConfigError
+from medcbir.imaging.policy import WindowPolicy
+from medcbir.imaging.windows import WINDOWS, apply_window
 
 # view name -> window name (medcbir.imaging.WINDOWS); any window name is accepted as a view too.
 VIEWS: dict[str, str] = {"hu-narrow": "ct-liver-narrow", "hu-wide": "ct-liver-wide"}
 
 
-def _apply_window():
-    try:
-        from medcbir.imaging import apply_window
-    except ImportError:
-        from medcbir.imaging.windows import apply_window
-    return apply_window
-
-
-def _known_windows() -> dict:
-    try:
-        from medcbir.imaging import WINDOWS
-    except ImportError:
-        from medcbir.imaging.windows import WINDOWS
-    return WINDOWS
-
-
 def view_policy(window: str, encoder_policy) -> str:
     """The policy of a Hounsfield-window view: ``window`` for CT, the encoder's rule otherwise."""
-    from medcbir.imaging.policy import WindowPolicy
-
     base = WindowPolicy.parse(encoder_policy)
     rules = [f"CT={window}"] + [f"{m}={w if isinstance(w, str) else f'{w[0]:g}:{w[1]:g}'}" for m, w in base.rules if m != "CT"]
     return ",".join(rules)
@@ -94,7 +78,7 @@ def parse_views(spec: str | Sequence[str] | None, default_windows: Sequence = ("
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     if len(names) != 2:
         raise ConfigError(f"--views needs exactly two views (e.g. hu-narrow,hu-wide), got {len(names)}")
-    known = _known_windows()
+    known = WINDOWS
     windows = []
     if len(default_windows) != 1:
         raise ConfigError("Hounsfield-window views need a one-window (one-channel) encoder")
@@ -119,9 +103,6 @@ def window_views(hu: torch.Tensor, views: Sequence[Sequence]) -> list[torch.Tens
     Returns:
         One B×C×S×S float32 tensor in [0, 1] per view.
     """
-    from medcbir.imaging.policy import WindowPolicy
-
-    apply_window = _apply_window()
     hu = hu.float()
 
     def ct(window):

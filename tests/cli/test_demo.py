@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import h5py
 import pydicom
+import pytest
 
 
 def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
@@ -16,11 +18,13 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     # a relative OUT, run from another folder: exactly how `make demo` calls it
     proc = subprocess.run(
         [sys.executable, "-m", "medcbir", "demo", "demo", "--patients", "3", "--slices", "10",
-         "--size", "32", "--masks", "100", "-k", "3"],
+         "--size", "32", "--masks", "100", "-k", "3", "--json"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    text = proc.stdout
+    # with --json the stage lines go to stderr and stdout is one JSON summary
+    text = proc.stderr
+    summary = json.loads(proc.stdout)
     for stage in range(1, 9):
         assert f"== {stage}/8" in text
     # the archive, the encoder in both forms, the index and the report all exist for real
@@ -52,3 +56,17 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
         assert not [who for who in identities if who.encode() in raw], path
     query_sops = re.findall(r"1\.2\.826\.0\.1\.3680043\.8\.498\.\d+", html)
     assert len(set(query_sops) & {str(ds.SOPInstanceUID) for ds in headers}) >= 4  # query + 3 neighbours, by UID
+    # the JSON summary says what the demo did, and agrees with the files and the printed lines
+    assert summary["archive"]["files"] == 30 and Path(summary["archive"]["path"]) == (out / "archive").resolve()
+    assert summary["index"]["items"] == 30 and (Path(summary["index"]["path"]) / "manifest.json").exists()
+    assert Path(summary["encoder"]["onnx"]).stat().st_size > 0 and summary["encoder"]["kept"] in text
+    query_ds = pydicom.dcmread(summary["query"]["file"], stop_before_pixels=True)
+    assert summary["query"]["sop_instance_uid"] == str(query_ds.SOPInstanceUID)
+    assert [n["score"] for n in summary["neighbours"]] == pytest.approx(scores, abs=5.1e-4)  # printed with 3 decimals
+    assert [n["rank"] for n in summary["neighbours"]] == [1, 2, 3]
+    patient = {str(ds.SOPInstanceUID): str(ds.PatientID) for ds in headers}
+    assert all(patient[n["sop_instance_uid"]] != str(query_ds.PatientID) for n in summary["neighbours"])
+    assert f"MAP@3={summary['evaluation']['kept']['map_at_k']:.3f}" in text
+    assert set(summary["evaluation"]["baselines"]) == {"default (start)", "thumbnail:16", "random"}
+    assert summary["explanation"]["method"] == "relax" and summary["explanation"]["n_masks"] == 100
+    assert Path(summary["report"]) == (out / "report.html").resolve() and Path(summary["explanation"]["panel"]).exists()

@@ -72,7 +72,8 @@ def test_series_place_and_dataset_queries(flat_index, phantom_archive):
 
 
 def test_overlay_covers_the_whole_frame_and_says_not_for_diagnosis():
-    from medcbir.explain.dicom_maps import overlay_rgb, seen_region, whole_frame
+    from medcbir.explain.dicom_maps import seen_region, whole_frame
+    from medcbir.imaging.dicom_out.secondary_capture import overlay_rgb
     from medcbir.imaging import Preprocessing
 
     pixels = np.full((96, 128), -1000, np.float32)

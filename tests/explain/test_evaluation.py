@@ -13,7 +13,9 @@ from torch import nn
 
 from medcbir.errors import ConfigError
 from medcbir.explain import occlusion, relax
-from medcbir.explain.evaluation import evaluate_explanations, format_table, not_applicable, relevance_rank_and_margin
+from medcbir.explain.evaluation.run import evaluate_explanations, relevance_rank_and_margin
+from medcbir.explain.evaluation.tables import format_table
+from medcbir.explain.evaluation.scoring import not_applicable
 from medcbir.explain.metrics import average_drop_increase, deletion_auc, insertion_auc, relevance_rank_accuracy
 from medcbir.explain.trivial_maps import TRIVIAL_MAPS
 from tests.explain.toys import PatchEncoder, blob_images, matched_pairs
@@ -143,7 +145,7 @@ def test_masks_follow_the_body_crop_of_their_images(phantom_archive):
     preprocessed image is the body mask of the original slice passed through ``mask_like``."""
     import h5py
 
-    from medcbir.explain.evaluation import mask_like
+    from medcbir.explain.evaluation.selection import mask_like
     from medcbir.imaging import Preprocessing, read_dicom, resize_keep_aspect
 
     path = sorted(phantom_archive.rglob("*.dcm"))[10]

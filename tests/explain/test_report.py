@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medcbir.engine.report import render_html, render_report
+from medcbir.explain.report import render_html, render_report
 from medcbir.errors import ConfigError
 from tests.conftest import require_binary
 

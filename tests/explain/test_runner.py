@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from medcbir.engine import Engine
 from medcbir.explain import explain_search, explain_to_report, gradcam, relax
-from medcbir.explain.evaluation import evaluate_methods, format_table
+from medcbir.explain.evaluation.run import evaluate_methods
+from medcbir.explain.evaluation.tables import format_table
 from tests.explain.indexes import query_file
 from tests.explain.test_report import chromium_counts
 

@@ -48,7 +48,7 @@ def test_a_missing_file_is_named(tmp_path):
 
 def test_evaluation_training_and_explanations_use_this_reader():
     from medcbir.engine.evaluate import read_labels as engine_reader
-    from medcbir.explain.evaluation import read_labels as explain_reader
+    from medcbir.explain.evaluation.run import read_labels as explain_reader
     from medcbir.train.dataset import read_labels as train_reader
 
     assert explain_reader is train_reader is engine_reader is read_labels

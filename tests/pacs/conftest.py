@@ -73,6 +73,30 @@ def no_pixel_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def browser():
+    """Headless Chromium holding the test user's Orthanc credentials (an Authorization header on
+    every request it makes), as a logged-in user's browser does."""
+    import base64
+
+    chromium, chromedriver = require_binary("chromium"), require_binary("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    token = base64.b64encode(":".join(USER).encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 def storescu(port: int, files, aet: str = "MEDCBIR") -> None:
     """C-STORE files with dcmtk's storescu (each file in its own transfer syntax)."""
     require_binary("storescu")
@@ -102,9 +126,15 @@ def _factory(tmp: Path):
 
     def start(index: Path, encoder: Path, name: str = "orthanc", config_path: Path | None = None, start_timeout: float = 90,
               **settings):
-        """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker."""
+        """Start Orthanc + plugin (auth enabled with a test user) and wait for the worker.
+
+        The plugin's new index stores no regions (``"Regions": false``: region extraction is a
+        large share of the indexing time) unless ``regions=True``; region search through Orthanc is tested on
+        servers that turn it on.
+        """
         if config_path is None:
             settings.setdefault("modalities", PYTEST_MODALITY)
+            settings.setdefault("regions", False)
             config = build_config(index, str(encoder), http_port=free_port(), dicom_port=free_port(),
                                   storage=tmp / f"{name}-storage", user=":".join(USER), **settings)
             config_path = write_config(tmp / f"{name}.json", config)
@@ -153,10 +183,29 @@ def _indexed_server(tmp_path_factory, name: str, archive, encoder, **settings):
 
 
 @pytest.fixture(scope="session")
-def results_server(tmp_path_factory, pacs_archive, small_encoder):
-    """A private Orthanc + plugin holding ``pacs_archive``, all indexed: the DICOM-results and
-    viewer tests store medcbir's objects into it (the other plugin tests keep their own)."""
-    yield from _indexed_server(tmp_path_factory, "results", pacs_archive, small_encoder, plugin_settings={"SearchTimeout": 600})
+def lesion_archive(tmp_path_factory) -> Path:
+    """Phantom v3 (lesions of four kinds, ``lesion-boxes.csv``), 3 patients × 8 slices at 128 px:
+    the archive folder."""
+    from medcbir.imaging.phantom import make_archive
+
+    out = tmp_path_factory.mktemp("lesion-phantom") / "archive"
+    make_archive(out, patients=3, slices=8, seed=31, size=128, version=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def results_archive(lesion_archive) -> list[Path]:
+    """The files of ``lesion_archive``, sorted (what ``results_server`` holds)."""
+    return sorted(lesion_archive.rglob("*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def results_server(tmp_path_factory, results_archive, small_encoder):
+    """A private Orthanc + plugin holding ``results_archive``, all indexed, with regions
+    (``"Regions": true``): the DICOM-results and viewer tests (whole-image and region search)
+    store medcbir's objects into it (the other plugin tests keep their own)."""
+    yield from _indexed_server(tmp_path_factory, "results", results_archive, small_encoder, regions=True,
+                               plugin_settings={"SearchTimeout": 600})
 
 
 #: The hostile server's plugin settings: explanations give up after SearchTimeout, and one may

@@ -100,6 +100,40 @@ def test_queue_is_safe_between_processes(tmp_path):
     assert sorted(claimed) == sorted({f"id-{i}" for i in range(0, 400)})
 
 
+def test_regions_setting_decides_whether_a_new_index_stores_regions(tmp_path, small_encoder):
+    """``"Regions"`` (default true; ``orthanc-config --no-regions`` writes false) is what the worker
+    opens a *new* index with; an existing index keeps what it was built with."""
+    from medcbir.pacs.worker import Worker
+
+    out = tmp_path / "o.json"
+    for flags, wanted in (([], True), (["--no-regions"], False)):
+        result = CliRunner().invoke(cli, ["orthanc-config", str(out), "--index", str(tmp_path / "idx"), "--encoder", "default", *flags])
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["Medcbir"]["Regions"] is wanted
+    assert PluginSettings.from_section({"Index": "/x"}).regions is True
+    with pytest.raises(ConfigError, match="Regions must be true or false"):
+        PluginSettings.from_section({"Index": "/x", "Regions": "no"})
+
+    for regions in (True, False):
+        section = {"Index": str(tmp_path / f"new-{regions}"), "Encoder": str(small_encoder), "Regions": regions}
+        worker = Worker(PluginSettings.from_section(section), rest=None)
+        worker.open_writer()
+        assert bool(worker.writer.regions) is regions
+        worker.writer.close()
+    # an index built with regions keeps them whatever the setting says (and one built without stays without)
+    for built, setting in ((True, False), (False, True)):
+        from medcbir.indexer import IndexWriter
+
+        folder = tmp_path / f"built-{built}"
+        writer = IndexWriter.open(folder, str(small_encoder), regions=built)
+        writer.commit()
+        writer.close()
+        worker = Worker(PluginSettings.from_section({"Index": str(folder), "Encoder": str(small_encoder), "Regions": setting}), rest=None)
+        worker.open_writer()
+        assert bool(worker.writer.regions) is built
+        worker.writer.close()
+
+
 def test_worker_refuses_a_window_the_encoder_was_not_trained_with(tmp_path, small_encoder):
     from medcbir.errors import MedcbirError
     from medcbir.pacs.worker import Worker

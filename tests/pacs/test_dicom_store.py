@@ -22,10 +22,10 @@ def _settled(server):
     return s if s["queued"] == 0 and s["in_flight"] == 0 else None
 
 
-def test_search_and_explain_store_their_objects_and_reindexing_skips_them(results_server, pacs_archive):
+def test_search_and_explain_store_their_objects_and_reindexing_skips_them(results_server, results_archive):
     server = results_server
     indexed = server.status()["indexed"]
-    query_ds = pydicom.dcmread(pacs_archive[5], stop_before_pixels=True)
+    query_ds = pydicom.dcmread(results_archive[5], stop_before_pixels=True)
     instance = server.rest.lookup_sop(query_ds.SOPInstanceUID)
     _, query_study = server.rest.parents(instance)
 
@@ -66,9 +66,9 @@ def test_search_and_explain_store_their_objects_and_reindexing_skips_them(result
     assert status["indexed"] == indexed
 
 
-def test_store_is_refused_with_a_case_search(results_server, pacs_archive):
+def test_store_is_refused_with_a_case_search(results_server, results_archive):
     server = results_server
-    instance = server.rest.lookup_sop(pydicom.dcmread(pacs_archive[2], stop_before_pixels=True).SOPInstanceUID)
+    instance = server.rest.lookup_sop(pydicom.dcmread(results_archive[2], stop_before_pixels=True).SOPInstanceUID)
     resp = server.rest.post("/medcbir/search", json={"instance": instance, "group_by": "study", "store": True})
     assert resp.status_code == 400 and "group_by" in resp.json()["error"]
     assert server.rest.post("/medcbir/search", json={"instance": instance, "store": "maybe"}).status_code == 400

@@ -135,6 +135,55 @@ def test_region_search_through_orthanc_matches_engine(indexed_server, pacs_archi
         assert r.status_code == 400, (bad, r.status_code, r.text)
 
 
+def test_region_explanation_through_orthanc_matches_the_engines(indexed_server, pacs_archive, small_encoder, tmp_path):
+    """``"roi"`` in /medcbir/explain explains the region matches (as ``medcbir explain --roi``): the
+    same neighbours, matched boxes and maps as :func:`explain_region_match` on the same index (its
+    neighbours' files fetched from Orthanc), each neighbour named by its Orthanc ids with a picture
+    of its map and matched box; PNG and HTML panels; refused combinations are 400s."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from medcbir.engine import Engine
+    from medcbir.explain import explain_region_match
+    from medcbir.pacs.explain_route import OrthancFiles
+
+    server, index, _ = indexed_server
+    query = pacs_archive[13]
+    instance = server.rest.lookup_sop(pydicom.dcmread(query, stop_before_pixels=True).SOPInstanceUID)
+    box = [14, 18, 24, 20]
+    request = {"instance": instance, "roi": box, "k": 3, "method": "occlusion", "exclude": "same-patient", "format": "json"}
+    resp = server.rest.post("/medcbir/explain", json=request, timeout=600)
+    assert resp.status_code == 200, resp.text[:500]
+    body = resp.json()
+    engine = OrthancFiles(Engine.open(index, encoder=str(small_encoder)), server.rest, tmp_path)
+    expected = explain_region_match(engine, str(query), tuple(box), k=3, exclude="same-patient", method="occlusion")
+    assert body["query"]["region"] == box and len(body["neighbours"]) == len(expected.neighbours) == 3
+    assert [(n["id"], n["region"]) for n in body["neighbours"]] == [(nb.id, list(nb.region)) for nb in expected.neighbours]
+    assert [n["match_score"] for n in body["neighbours"]] == pytest.approx(expected.match_scores.tolist(), abs=1e-5)
+    assert [n["share_in_region"] for n in body["neighbours"]] == pytest.approx(
+        [round(expected.share_in_region(i), 4) for i in range(3)], abs=1e-4)
+    for n, nb in zip(body["neighbours"], expected.neighbours):
+        assert server.rest.get_json(f"/instances/{n['instance']}")["MainDicomTags"]["SOPInstanceUID"] == nb.meta["sop_instance_uid"]
+        assert server.rest.parents(n["instance"]) == (n["series"], n["study"])
+        picture = Image.open(io.BytesIO(base64.b64decode(n["overlay_png"])))
+        assert picture.width % 64 == 0 and picture.width == picture.height  # the 64 px frame, enlarged whole
+    assert "region-match occlusion: not evaluated" in body["status"]["text"] and "not for diagnosis" in body["caveat"]
+    # no file of the worker is named: no source, no temporary folder
+    assert all("source" not in n for n in body["neighbours"]) and "medcbir-explain-" not in resp.text
+
+    panel = server.rest.post("/medcbir/explain", json={**request, "format": "png", "method": "relax", "n_masks": 40}, timeout=600)
+    assert panel.status_code == 200 and panel.headers["Content-Type"].startswith("image/png"), panel.text[:300]
+    assert Image.open(io.BytesIO(panel.content)).width >= 4 * 256
+    page = server.rest.post("/medcbir/explain", json={**request, "format": "html"}, timeout=600)
+    assert page.status_code == 200 and "region-match occlusion" in page.text and page.text.count("<img") == 4
+    for bad, why in (({"method": "gradcam"}, "perturbation"), ({"store": True}, "does not combine"), ({"pairwise": True}, "does not combine"),
+                     ({"roi": [50, 50, 30, 30]}, ""), ({"roi": [1, 2, 3]}, "roi")):
+        r = server.rest.post("/medcbir/explain", json={**request, **bad}, timeout=600)
+        assert r.status_code == 400 and why in r.json()["error"], (bad, r.status_code, r.text)
+
+
 def test_search_options_group_by_prior_per_series_include_self(indexed_server, pacs_archive, small_encoder):
     from collections import Counter
 

@@ -105,3 +105,24 @@ def test_errors_name_no_path():
     assert without_paths("cannot decode query /tmp/medcbir-worker-x/tmp1.dcm: corrupt") == "cannot decode query <path>: corrupt"
     assert without_paths("source file:///data/a.dcm gone; '/data/index/shard-1.h5'") == "source <path> gone; '<path>'"
     assert without_paths("Orthanc at http://127.0.0.1:8042/instances/x, 1/2 done") == "Orthanc at http://127.0.0.1:8042/instances/x, 1/2 done"
+
+
+def test_failures_map_to_http_statuses_by_exception_type():
+    """The worker answers each failure with the status of its type (subclasses included), never
+    by the class's name: a subclass of a 503 error is a 503, a same-named foreign class is not."""
+    from medcbir.errors import ConfigError, IndexNotFound, MedcbirError
+    from medcbir.pacs.deadline import DeadlinePassed
+    from medcbir.pacs.explain_worker import ExplainProcessLost, ExplainQueueFull
+    from medcbir.pacs.handlers import EngineBusy, UnknownInstance, http_status
+
+    assert http_status(UnknownInstance("x")) == 404 and http_status(IndexNotFound("x")) == 409
+    for busy in (EngineBusy, DeadlinePassed, ExplainQueueFull, ExplainProcessLost):
+        assert http_status(busy("x")) == 503
+    assert http_status(ConfigError("x")) == 400 and http_status(MedcbirError("x")) == 400
+    assert http_status(BadRequest("x")) == 400 and http_status(Forbidden("x")) == 403 and http_status(UnsupportedMediaType("x")) == 415
+
+    class SlowerQueue(ExplainQueueFull):
+        pass
+
+    EngineBusyByName = type("EngineBusy", (MedcbirError,), {})  # same name, not the type
+    assert http_status(SlowerQueue("x")) == 503 and http_status(EngineBusyByName("x")) == 400

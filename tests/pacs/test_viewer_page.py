@@ -2,74 +2,24 @@
 
 The browser holds Orthanc credentials the way a logged-in user's does (an Authorization header
 on every request it makes), and the page uses only relative same-origin URLs. The DOM is checked
-at each step and a screenshot is saved (its path is printed; ``MEDCBIR_SCREENSHOT`` copies it).
+at each step and a screenshot is saved (its path is printed; docs/viewer.png comes from
+``test_viewer_regions.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import os
-import shutil
-from pathlib import Path
-
 import pydicom
 import pytest
 
-from tests.conftest import require_binary
-from tests.pacs.conftest import USER
+from tests.pacs.browser import Waiter
+from tests.pacs.browser import loaded_images as _loaded_images
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk, pytest.mark.chromium]
 
 K = 4
 
 
-@pytest.fixture
-def browser():
-    chromium, chromedriver = require_binary("chromium"), require_binary("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-    token = base64.b64encode(":".join(USER).encode()).decode()
-    driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _loaded_images(driver, css: str) -> int:
-    """How many images matching ``css`` have loaded real pixels."""
-    return driver.execute_script(
-        "return [...document.querySelectorAll(arguments[0])].filter(i => i.complete && i.naturalWidth > 0).length;", css)
-
-
-class Waiter:
-    """``until(condition)`` with the page's own message and a screenshot when it times out."""
-
-    def __init__(self, driver, folder: Path, timeout: float = 120.0) -> None:
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        self.driver, self.folder, self.wait = driver, folder, WebDriverWait(driver, timeout, poll_frequency=0.2)
-
-    def until(self, condition, what: str = "the page"):
-        from selenium.common.exceptions import TimeoutException
-
-        try:
-            return self.wait.until(condition)
-        except TimeoutException:
-            shot = self.folder / "timeout.png"
-            self.driver.save_screenshot(str(shot))
-            text = self.driver.execute_script("const m = document.getElementById('message'); return m ? m.textContent : document.title;")
-            raise AssertionError(f"timed out waiting for {what}; page says {text!r}; screenshot {shot}") from None
-
-
-def test_viewer_lists_studies_searches_and_shows_overlays(results_server, pacs_archive, browser, tmp_path):
+def test_viewer_lists_studies_searches_and_shows_overlays(results_server, results_archive, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -89,7 +39,7 @@ def test_viewer_lists_studies_searches_and_shows_overlays(results_server, pacs_a
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#studies li")) == n_studies)
     wait.until(lambda d: "images" in d.find_element(By.ID, "status").text)
 
-    query_ds = pydicom.dcmread(pacs_archive[12], stop_before_pixels=True)
+    query_ds = pydicom.dcmread(results_archive[12], stop_before_pixels=True)
     instance = server.rest.lookup_sop(query_ds.SOPInstanceUID)
     series, study = server.rest.parents(instance)
     browser.find_element(By.CSS_SELECTOR, f'#studies li[data-study="{study}"]').click()
@@ -152,5 +102,3 @@ def test_viewer_lists_studies_searches_and_shows_overlays(results_server, pacs_a
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
     print(f"viewer screenshot: {shot}")
-    if os.environ.get("MEDCBIR_SCREENSHOT"):
-        shutil.copyfile(shot, os.environ["MEDCBIR_SCREENSHOT"])

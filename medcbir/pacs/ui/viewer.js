@@ -9,7 +9,8 @@ const METHOD_NAMES = { relax: "RELAX", occlusion: "occlusion", gradcam: "Grad-CA
   integrated_gradients: "integrated gradients", guided_gradcam: "guided Grad-CAM", gradient: "gradient",
   guided_backprop: "guided backprop", smoothgrad_ig: "SmoothGrad-IG", clustered_cam: "Clustered-CAM",
   ablation_cam: "Ablation-CAM", wildcat: "WILDCAT" };
-const state = { instance: null, neighbours: [], maxExplainK: 10 };
+// seq: the number of the latest search; an answer to an earlier one arrives late and is dropped
+const state = { instance: null, neighbours: [], maxExplainK: 10, roi: null, seq: 0 };
 
 function $(id) { return document.getElementById(id); }
 
@@ -125,9 +126,72 @@ async function loadInstances(series) {
 
 function filters() {
   const modality = $("modality").value.trim().toUpperCase();
-  const minPct = $("min-percentile").value.trim();
+  // a region search ranks regions: the percentiles of whole-image scores do not apply to it
+  const minPct = state.roi ? "" : $("min-percentile").value.trim();
   const k = Math.min(Number($("k").value) || 5, state.maxExplainK);
   return { k, exclude: $("exclude").value, ...(modality ? { modality } : {}), ...(minPct ? { min_percentile: Number(minPct) } : {}) };
+}
+
+// The region box [x, y, w, h] in the image's stored pixel grid, typed as "x,y,w,h" (null: none).
+function parseBox(text) {
+  const parts = text.split(",").map((p) => p.trim());
+  if (parts.length !== 4 || !parts.every((p) => /^\d+$/.test(p))) {
+    throw new Error(`a box is "x,y,w,h": four whole numbers in the image's pixels, not "${text}"`);
+  }
+  return parts.map(Number);
+}
+
+// A box drawn over an image: its position in percent of the image's stored size, so it stays
+// on the same pixels at any displayed size.
+function drawBox(frame, box, cls) {
+  const img = frame.querySelector("img.thumb");
+  const place = () => {
+    const w = img.naturalWidth, h = img.naturalHeight;
+    if (!w || !h) return;
+    let node = frame.querySelector(`.${cls}`);
+    if (!node) { node = el("div", { class: cls }); frame.appendChild(node); }
+    node.dataset.box = box.join(",");
+    Object.assign(node.style, { left: `${100 * box[0] / w}%`, top: `${100 * box[1] / h}%`,
+      width: `${100 * box[2] / w}%`, height: `${100 * box[3] / h}%` });
+  };
+  if (img.complete && img.naturalWidth) place(); else img.addEventListener("load", place, { once: true });
+}
+
+// Drag on the query image to draw a box; releasing the mouse runs the region search.
+function enableDrawing(frame) {
+  const img = frame.querySelector("img.thumb");
+  let start = null;
+  const toPixels = (event) => {
+    const r = img.getBoundingClientRect();
+    const sx = img.naturalWidth / r.width, sy = img.naturalHeight / r.height;
+    return [Math.min(Math.max((event.clientX - r.left) * sx, 0), img.naturalWidth),
+            Math.min(Math.max((event.clientY - r.top) * sy, 0), img.naturalHeight)];
+  };
+  const boxOf = (a, b) => {
+    const x = Math.floor(Math.min(a[0], b[0])), y = Math.floor(Math.min(a[1], b[1]));
+    return [x, y, Math.max(1, Math.ceil(Math.max(a[0], b[0])) - x), Math.max(1, Math.ceil(Math.max(a[1], b[1])) - y)];
+  };
+  frame.addEventListener("mousedown", (event) => {
+    if (!img.naturalWidth || event.button !== 0) return;
+    event.preventDefault();
+    start = toPixels(event);
+  });
+  frame.addEventListener("mousemove", (event) => {
+    if (start) drawBox(frame, boxOf(start, toPixels(event)), "roi-box");
+  });
+  const finish = (event) => {
+    if (!start) return;
+    const box = boxOf(start, toPixels(event));
+    start = null;
+    if (box[2] < 2 || box[3] < 2) return;  // a click, not a box: the link opens as before
+    frame.dataset.dragged = "1";  // the click that follows this mouseup must not open the link
+    setTimeout(() => { delete frame.dataset.dragged; }, 0);
+    $("roi").value = box.join(",");
+    regionSearch(box);
+  };
+  frame.addEventListener("mouseup", finish);
+  // a drag must not follow the image's link
+  frame.querySelector("a.open").addEventListener("click", (event) => { if (frame.dataset.dragged) event.preventDefault(); });
 }
 
 // "-314.7 mm (slice 12 of 48)"
@@ -144,6 +208,7 @@ function readingLines(c) {
   const pos = positionText(c);
   if (pos) lines.push({ cls: "position", text: pos });
   if (c.label) lines.push({ cls: "label-value", text: `label: ${c.label}` });
+  if (c.region) lines.push({ cls: "region", text: `matched region x ${c.region[0]}, y ${c.region[1]}, ${c.region[2]}×${c.region[3]} px` });
   return lines;
 }
 
@@ -157,43 +222,96 @@ function card(kind, entry, head, lines) {
 }
 
 async function search(instance) {
+  // a new query image: a box drawn on the previous one does not apply
+  state.roi = null;
+  $("roi").value = "";
+  await runSearch(instance);
+}
+
+function regionSearch(box) {
+  if (!state.instance) return;
+  state.roi = box;
+  runSearch(state.instance);
+}
+
+async function runSearch(instance) {
+  const seq = ++state.seq;
+  const roi = state.roi;
+  const current = () => seq === state.seq;
   state.instance = instance;
   $("explain").disabled = true;
   $("explain-status").hidden = true;
   $("neighbours").replaceChildren();
-  message("searching...");
+  $("clear-roi").disabled = !roi;
+  message(roi ? `searching regions like ${roi.join(",")}...` : "searching...");
+  const tags = await getJson(`${ORTHANC}instances/${instance}/simplified-tags`).catch(() => ({}));
+  if (!current()) return;
+  const queryCard = (context) => {
+    const node = card("query", { instance, sop: tags.SOPInstanceUID }, "query (drag on the image to search by a region)",
+      readingLines({ series_description: tags.SeriesDescription, study_date: tags.StudyDate, modality: tags.Modality,
+                     body_part: tags.BodyPartExamined, ...context }));
+    $("query").replaceChildren(node);
+    enableDrawing(node.querySelector(".frame"));
+    return node;
+  };
   try {
     const f = filters();
     // per_series 0: the neighbours shown are the ones an explanation explains, rank for rank
-    const answer = await postJson(MEDCBIR + "search", { instance, per_series: 0, ...f });
-    const tags = await getJson(`${ORTHANC}instances/${instance}/simplified-tags`).catch(() => ({}));
-    const qc = answer.query_context || {};
-    $("query").replaceChildren(card("query", { instance, sop: tags.SOPInstanceUID }, "query",
-      readingLines({ series_description: tags.SeriesDescription, study_date: tags.StudyDate, modality: tags.Modality,
-                     body_part: tags.BodyPartExamined, ...qc })));
+    const answer = await postJson(MEDCBIR + "search", { instance, per_series: 0, ...f, ...(roi ? { roi } : {}) });
+    if (!current()) return;
+    const query = queryCard(answer.query_context || {});
+    if (answer.query_region) drawBox(query.querySelector(".frame"), answer.query_region, "roi-box");
     state.neighbours = answer.neighbours;
-    const cards = answer.neighbours.map((n) => card("neighbour", { instance: n.instance, sop: n.sop_instance_uid },
-      `#${n.rank} · score ${Number(n.score).toFixed(4)}` + (n.percentile !== null && n.percentile !== undefined ? ` · percentile ${Number(n.percentile).toFixed(1)}` : ""),
-      readingLines(n)));
+    const cards = answer.neighbours.map((n) => {
+      const node = card("neighbour", { instance: n.instance, sop: n.sop_instance_uid },
+        `#${n.rank} · score ${Number(n.score).toFixed(4)}` + (n.percentile !== null && n.percentile !== undefined ? ` · percentile ${Number(n.percentile).toFixed(1)}` : ""),
+        readingLines(n));
+      // the region of this neighbour that matched the query's box
+      if (n.region) drawBox(node.querySelector(".frame"), n.region, "region-box");
+      return node;
+    });
     $("neighbours").replaceChildren(...cards);
     if (!answer.neighbours.length) {
       message(answer.message ? `${answer.message} (min. percentile ${f.min_percentile ?? "-"}).` : "no neighbours.");
       return;
     }
     const excluded = { "same-series": "the query's series", "same-study": "the query's study", "same-patient": "the query's patient", none: "nothing" }[f.exclude];
-    message(`${answer.neighbours.length} neighbours (k=${answer.k}; left out: ${excluded}).`);
+    const what = roi ? `region matches of box ${roi.join(",")}, each with its matched region` : "neighbours";
+    message(`${answer.neighbours.length} ${what} (k=${answer.k}; left out: ${excluded}).`);
     $("explain").disabled = false;
   } catch (err) {
-    message(`search failed: ${err.message}`, true);
+    if (!current()) return;
+    queryCard({});  // the query stays on screen (a box can be drawn again)
+    if (roi) drawBox($("query").querySelector(".frame"), roi, "roi-box");
+    message(`${roi ? "region search" : "search"} failed: ${err.message}`, true);
   }
 }
 
-function addOverlay(cardNode, overlayInstance, method) {
+function addOverlay(cardNode, overlayInstance, method, src) {
   const frame = cardNode.querySelector(".frame");
   for (const old of frame.querySelectorAll(".overlay")) old.remove();
-  frame.appendChild(el("img", { src: previewUrl(overlayInstance), alt: `${method} heatmap`, class: "overlay",
-    "data-overlay": overlayInstance, title: `${method} heatmap (stored in the PACS; not for diagnosis)` }));
+  const title = src ? `${method} map of the matched region (not for diagnosis)` : `${method} heatmap (stored in the PACS; not for diagnosis)`;
+  const img = el("img", { src: src || previewUrl(overlayInstance), alt: `${method} heatmap`, class: "overlay", title });
+  if (overlayInstance) img.setAttribute("data-overlay", overlayInstance);
+  const box = frame.querySelector(".region-box");
+  frame.insertBefore(img, box);  // the matched box stays on top
   if (!cardNode.querySelector(".caveat")) cardNode.appendChild(el("div", { class: "caveat", text: `${method} heatmap: not for diagnosis` }));
+}
+
+// With a box: why each neighbour's region matched (maps computed over the neighbour, sent back
+// as pictures of the neighbour with its map and matched box; nothing is stored in the PACS).
+async function explainRegions(method, name) {
+  const { k, exclude } = filters();
+  message(`explaining the region matches with ${name}...`);
+  const answer = await postJson(MEDCBIR + "explain", { instance: state.instance, k, exclude, method, roi: state.roi, format: "json" });
+  answer.neighbours.forEach((n) => {
+    const target = document.querySelector(`#neighbours .card[data-sop="${n.sop_instance_uid}"]`);
+    if (target) addOverlay(target, null, `region-match ${name}`, `data:image/png;base64,${n.overlay_png}`);
+  });
+  const status = $("explain-status");
+  status.replaceChildren(el("div", { text: answer.status.text }), el("div", { class: "caveat", text: answer.caveat || "not for diagnosis" }));
+  status.hidden = false;
+  message(`region-match ${name}: ${answer.neighbours.length} maps (${answer.explain_seconds} s).`);
 }
 
 async function explain() {
@@ -201,6 +319,11 @@ async function explain() {
   const method = $("method").value;
   const name = METHOD_NAMES[method] || method;
   $("explain").disabled = true;
+  if (state.roi) {
+    try { await explainRegions(method, name); } catch (err) { message(`explanation failed: ${err.message}`, true); }
+    $("explain").disabled = false;
+    return;
+  }
   message(`explaining with ${name}... (the overlays are stored in the PACS and appear here when ready)`);
   try {
     const { k, exclude } = filters();
@@ -224,6 +347,19 @@ async function explain() {
 }
 
 $("explain").addEventListener("click", explain);
+$("roi").addEventListener("change", () => {
+  const text = $("roi").value.trim();
+  if (!state.instance) { message("pick an instance first, then draw or type a box on it.", true); return; }
+  if (!text) { state.roi = null; runSearch(state.instance); return; }
+  let box;
+  try { box = parseBox(text); } catch (err) {
+    state.seq += 1;  // a search still under way must not overwrite this
+    message(err.message, true);
+    return;
+  }
+  regionSearch(box);
+});
+$("clear-roi").addEventListener("click", () => { $("roi").value = ""; state.roi = null; if (state.instance) runSearch(state.instance); });
 $("show-overlays").addEventListener("change", (e) => document.body.classList.toggle("no-overlays", !e.target.checked));
 loadStatus();
 loadStudies().catch((err) => message(`cannot list studies: ${err.message}`, true));

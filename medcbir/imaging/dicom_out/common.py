@@ -1,8 +1,6 @@
 """What every DICOM object medcbir writes shares: its mark, its source's header, its file.
 
-medcbir writes search results as Key Object Selection documents (``medcbir.engine.dicom_kos``)
-and explanations as Secondary Capture overlays and Parametric Maps
-(``medcbir.explain.dicom_maps``), all with highdicom. Each carries Manufacturer ``medcbir`` and
+Each object (:mod:`medcbir.imaging.dicom_out`) carries Manufacturer ``medcbir`` and
 a file-meta ImplementationVersionName starting ``MEDCBIR`` (:mod:`medcbir.imaging.sop_classes`),
 so the indexer skips them as ``derived-by-medcbir`` and a heatmap never comes back as a
 neighbour.
@@ -13,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from medcbir import __version__
 from medcbir.errors import DecodeError
 from medcbir.imaging.sop_classes import DERIVED_IMPLEMENTATION_PREFIX, DERIVED_MANUFACTURER
 
@@ -23,8 +22,6 @@ NOT_FOR_DIAGNOSIS = "derived by medcbir - not for diagnosis"
 
 
 def software_version() -> str:
-    from medcbir import __version__
-
     return str(__version__)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medcbir.engine.report import normalise_heatmaps, overlay_alpha, render_html, render_report
+from medcbir.explain.report import normalise_heatmaps, overlay_alpha, render_html, render_report
 from medcbir.errors import ConfigError
 
 
