@@ -37,9 +37,9 @@ PROJECTION_DIMS = (64, 128, 256, 384, 512)
 #: bytes of the id FAISS keeps per item in an inverted list
 IVF_ID_BYTES = 8
 #: float16 storage is kept when exact recall@10 on the rounded vectors reaches this: what rounding
-#: changes is then the order of neighbours whose scores differ by less than float16 resolves
-#: (~1e-4), a loss ten times below the standard error of the 200-query measurements that hold an
-#: index to its recall target (±0.01)
+#: changes is then the order of neighbours whose scores differ by less than float16 resolves, a
+#: loss well below the standard error of the 200-query measurements that hold an index to its
+#: recall target
 FLOAT16_RECALL = 0.995
 #: queries of that measurement (items of the first shard written)
 FLOAT16_QUERIES = 200

@@ -240,8 +240,8 @@ def combine_chain(trained: faiss.Index, shard_files: list[Path], n: int) -> fais
     each shard's codes (``.codes.npy``: base code then store code per row), no embedding read
     (the shards' embeddings stay on disk). Both are sized once and filled in place
     (:func:`fill_ivf`, :func:`fill_flat_codes`): adding millions of codes one entry at a time
-    grows FAISS's vectors by reallocation, and the freed buffers stay in the process (measured
-    ~0.3× the codes' bytes more RSS at 1M items)."""
+    grows FAISS's vectors by reallocation, and the freed buffers stay in the process (RSS per
+    image: benchmarks/RESULTS.md, ``scale_10m``)."""
     index = faiss.clone_index(trained)
     _, base, refine = chain_levels(index)
     if not shard_files or not all(p.name.endswith(".codes.npy") for p in shard_files):
