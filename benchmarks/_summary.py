@@ -300,6 +300,31 @@ def _search_shapes(r: dict) -> Line:
                 verdict(ok, f"by {worst['target'] - worst['recall_at_10_held_out']:.3f}"))
 
 
+@summary("scale_10m")
+def _scale_10m(r: dict) -> Line:
+    missed = [m for m in (
+        f"RAM {r['ram_bytes_per_image']:.0f} B > 1000" if r["ram_bytes_per_image"] > 1000 else "",
+        f"disk {r['disk_bytes_per_image']:.0f} B > 2500" if r["disk_bytes_per_image"] > 2500 else "",
+        f"recall {r['recall_at_10']:.3f} < 0.95" if r["recall_at_10"] < 0.95 else "",
+        f"p50 {r['p50_ms']:.1f} ms > 20" if r["p50_ms"] > 20 else "",
+        f"open {r['open_s']:.1f} s > 2" if r["open_s"] > 2 else "",
+        f"batch {r['batch_speedup']:.1f}× < 3" if r["batch_speedup"] < 3 else "",
+        f"measured at {r['items']:,} items, not 10M" if r["items"] < 10_000_000 else "") if m]
+    return Line("10M images (default encoder's shape): ≤ 1 KB RAM and ≤ 2.5 KB disk per image, held-out recall@10 ≥ 0.95, "
+                "p50 ≤ 20 ms, open ≤ 2 s; ≥ 3× BLAS brute force for 1,000-query batches",
+                f"{r['items']:,} items: {r['ram_bytes_per_image']:.0f} B RAM, {r['disk_bytes_per_image']:.0f} B disk, recall {r['recall_at_10']:.3f}, "
+                f"p50 {r['p50_ms']:.1f} ms, open {r['open_s']:.2f} s, batch {r['batch_speedup']:.1f}×",
+                f"BLAS brute force {r['brute_qps']:,.0f} queries/s", verdict(not missed, "; ".join(missed)))
+
+
+@summary("sharded_50m")
+def _sharded_50m(r: dict) -> Line:
+    ok = r["identical_top10"] >= 0.99
+    return Line("4 separate indexes on Ray: the same top-10 as one index in ≥ 99 % of queries when exact",
+                f"{100 * r['identical_top10']:.1f} % identical ({r['exact_items']:,} vectors); compact parts recall {r['recall_at_10']:.3f}, "
+                f"p50 {r['p50_ms']:.1f} ms", "one exact index over the same vectors", verdict(ok, f"{100 * (0.99 - r['identical_top10']):.1f} points short"))
+
+
 @summary("search_tuning")
 def _search_tuning(r: dict) -> Line:
     rows = [x for x in r["rows"] if x["items"] >= 1_000_000]

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import click
 
+from medcbir.engine import Engine, evaluate
+from medcbir.engine.baselines import evaluate_baselines
+from medcbir.errors import ConfigError
+from medcbir.imaging import FolderSource
 from medcbir.imaging.labels import read_labels
+from medcbir.imaging.phantom import make_archive
+from medcbir.indexer import index_archive
 
 
 class _Say:
@@ -49,7 +55,6 @@ class _Say:
               help="Print a JSON summary of what the demo did on stdout (the stage lines go to stderr).")
 def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, seed: int, as_json: bool = False) -> None:
     """Run the whole flow on a synthetic CT archive and write an HTML report (default OUT: ./demo-out)."""
-    from medcbir.errors import ConfigError
 
     say = _Say(err=as_json)
     _stage, _done = say.stage, say.done
@@ -61,13 +66,11 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     archive = out / "archive"
 
     t0 = _stage("1/8 phantom: synthetic CT archive (real DICOM)")
-    from medcbir.imaging.phantom import make_archive
 
     summary = make_archive(archive, patients=patients, slices=slices, seed=seed, size=2 * size)
     _done(t0, f"{summary.files} slices of {patients} patients in {archive}")
 
     t0 = _stage("2/8 scan")
-    from medcbir.imaging import FolderSource
 
     source = FolderSource(archive, quarantine=out / "scan-quarantine.log")
     n = sum(1 for _ in source.decoded(None, None))
@@ -96,7 +99,6 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
 
     t0 = _stage("5/8 index (ONNX encoder, HDF5 shards + FAISS)")
     from medcbir.encoders.runtime import open_encoder
-    from medcbir.indexer import index_archive
 
     index_dir = out / "index"
     isum = index_archive(archive, index_dir, open_encoder(onnx_path), progress=False)
@@ -104,7 +106,6 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     _done(t0, f"{isum.indexed} items in {isum.shards} shard(s), {isum.index_spec}, {isum.items_per_s:.0f} items/s; skipped: {skipped} -> {index_dir}")
 
     t0 = _stage(f"6/8 search: top-{k} for one slice, other patients only")
-    from medcbir.engine import Engine
 
     engine = Engine.open(index_dir)
     labels = _labels(archive)
@@ -119,9 +120,7 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     _done(t0, f"{len(neighbours)} neighbours")
 
     t0 = _stage(f"7/8 evaluate: leave-one-out MAP@{k}, excluding each query's own patient")
-    from medcbir.engine import evaluate
 
-    from medcbir.engine.baselines import evaluate_baselines
 
     metrics = evaluate(engine, archive / "labels.csv", k=k, exclude="same-patient")
     baselines = evaluate_baselines(engine, archive / "labels.csv", k=k, exclude="same-patient", names=("classic", "thumbnail:16", "random"))

@@ -12,6 +12,7 @@ from medcbir.engine.region_search import RegionIndex
 from medcbir.errors import ConfigError, IndexCorrupt
 from medcbir.indexer import compact as compact_index, delete as delete_items, faiss_index, index_archive, verify as verify_index
 from medcbir.indexer.background import run_due
+from medcbir.indexer.compression import parse_budget
 from medcbir.indexer.follow import verify_sources
 from medcbir.indexer.manifest import read_manifest
 from medcbir.indexer.quarantine import read_log
@@ -52,6 +53,14 @@ def _source(archive: str, workers: int):
     return archive
 
 
+def _budget(ctx, param, value):
+    """``--memory-budget``: bytes per item, a bad size being a usage error (exit 2)."""
+    try:
+        return parse_budget(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
 @click.command("index")
 @click.argument("archive")
 @click.option("--encoder", "encoder", default="default", show_default=True, help="Encoder checkpoint, ONNX file, 'default', or your own model: an encoder spec (.json), hf:DIR, or model.onnx with model.onnx.json beside it.")
@@ -78,18 +87,25 @@ def _source(archive: str, workers: int):
               help="Do not store regions (a new index; region search with --roi then needs another index).")
 @click.option("--regions-per-image", default=None, type=click.IntRange(min=1), metavar="N",
               help="Regions stored per image of a new index (default 64).")
+@click.option("--memory-budget", default=None, metavar="BYTES", callback=_budget,
+              help="RAM per indexed image for search (e.g. 1KB): auto then chooses among the chains that fit "
+                   "(learned projection, codes, 8-bit/float16 re-rank store) by measured recall.")
+@click.option("--shard-dtype", type=click.Choice(["float32", "float16", "auto"]), default=None,
+              help="How a new index's shards store embeddings (default float32; auto: float16 when measured to cost no recall).")
 def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
           delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain, regions,
-          regions_per_image) -> None:
+          regions_per_image, memory_budget, shard_dtype) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
     if ray_address is None and (ray_workers != 1 or gpus_per_worker is not None):
         raise ConfigError("--ray-workers and --gpus-per-worker need --ray")
+    budget = memory_budget  # bytes per item (parsed by the option)
     dev = Device.auto(prefer=None if device == "auto" else device, precision=precision)
     summary = index_archive(
         _source(archive, workers), out, encoder, shard_size=shard_size, index_spec=index_spec, workers=workers,
         device=dev, progress=not no_progress and not as_json, batch_size=batch_size, key_file=key_file,
         target_recall=target_recall,
         ray=ray_address, ray_workers=ray_workers, gpus_per_worker=gpus_per_worker, regions=regions, regions_per_image=regions_per_image,
+        memory_budget=budget, shard_dtype=shard_dtype,
     )
     deleted = delete_items(out, series=delete_series, study=delete_study) if (delete_series or delete_study) else 0
 
@@ -140,18 +156,21 @@ def compact(index_dir, shard_size, as_json=False) -> None:
 @click.argument("index_dir", metavar="INDEX")
 @click.option("--sample", type=click.IntRange(min=1), default=None, help="Training items (default 100,000).")
 @click.option("--seed", type=int, default=None, help="Sample seed (default: the generation).")
+@click.option("--memory-budget", default=None, metavar="BYTES", callback=_budget,
+              help="RAM per indexed image for search (e.g. 1KB; default: the index's recorded budget, if any).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def retrain(index_dir, sample, seed, as_json=False) -> None:
+def retrain(index_dir, sample, seed, memory_budget=None, as_json=False) -> None:
     """Train INDEX's IVF/PQ again on a fresh uniform sample of all live items and swap it in.
 
     An exact index (searched by brute force) has nothing to train: that is a no-op, exit 0, so
     a cron job may run it on every index."""
+    budget = memory_budget
     snapshot = read_manifest(index_dir)
     if not snapshot.get("trained") or faiss_index.is_flat(snapshot["index_spec"]):
         message = f"index {index_dir} is exact ({snapshot['index_spec']}): nothing to retrain"
         click.echo(json.dumps({"retrained": False, "reason": message}) if as_json else message)
         return
-    result = retrain_index(index_dir, sample_size=sample, seed=seed)
+    result = retrain_index(index_dir, sample_size=sample, seed=seed, memory_budget=budget)
     if as_json:
         click.echo(json.dumps({"retrained": not result.get("skipped"), **result}, default=str))
         return

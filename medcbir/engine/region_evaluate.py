@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.encoders.regions import DIM, check_box, describe_query
+from medcbir.engine.baselines import baseline_module
 from medcbir.engine.evaluate import EXCLUDE_COLUMN, _groups, _leave_one_out, _summary
 from medcbir.engine.filters import check_exclude
 from medcbir.engine.metrics import knn_vote
@@ -388,8 +389,6 @@ class _CropEmbedder:
     """Crops in, one embedding per baseline out, in batches."""
 
     def __init__(self, names: list[str], preprocessing: Preprocessing) -> None:
-        from medcbir.engine.baselines import baseline_module
-
         self.modules = {name: baseline_module(name, preprocessing).eval() for name in names}
         self.dims = {name: int(m.arch["dim"]) for name, m in self.modules.items()}
 

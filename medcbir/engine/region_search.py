@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from medcbir.encoders.regions import REGIONS_VERSION, describe_query
+from medcbir.encoders.regions import REGIONS_VERSION, describe_query, mask_box
+from medcbir.engine.queries import UID_QUERY
 from medcbir.engine.selectors import Selection
 from medcbir.errors import ConfigError, DecodeError, IndexCorrupt
+from medcbir.imaging import read_dicom
+from medcbir.imaging.items import Decoded, Item, ItemMeta
 
 #: Shrinkage of the covariance towards its diagonal (a few directions of near-zero variance
 #: otherwise turn noise into the largest coordinates).
@@ -244,8 +248,6 @@ def resolve_region_query(engine, query, roi=None, roi_mask=None, *, snap: bool =
         roi_mask: instead of ``roi``, a mask (array, PNG or .npy path) on that grid; its bounding box is the region.
         snap: replace the box by the structure it was drawn around (see :func:`~medcbir.encoders.regions.describe_query`).
     """
-    from medcbir.encoders.regions import mask_box
-
     item, label = _query_item(engine, query)
     if (roi is None) == (roi_mask is None):
         raise ConfigError("a region query needs exactly one of a box (--roi X,Y,W,H) and a mask (--roi-mask FILE)")
@@ -266,12 +268,6 @@ def resolve_region_query(engine, query, roi=None, roi_mask=None, *, snap: bool =
 
 def _query_item(engine, query):
     """(Item in modality units, label) of a region query."""
-    from pathlib import Path
-
-    from medcbir.engine.queries import UID_QUERY
-    from medcbir.imaging import read_dicom
-    from medcbir.imaging.items import Decoded, Item, ItemMeta
-
     if isinstance(query, Item):
         return query, query.meta.sop_instance_uid or "query"
     if isinstance(query, Decoded):

@@ -14,10 +14,15 @@ metadata) but no FAISS index, fans each query batch out and merges:
 - ``…,Refine(Flat)`` (the ``auto`` spec above 65,536 items): each part returns its top
   ``K × k_factor`` candidates by the approximate score *with* their exact scores; the driver
   keeps the global top ``K × k_factor`` by approximate score and ranks them by exact score,
-  which is what ``IndexRefine`` does on one index.
+  which is what ``IndexRefine`` does on one index;
+- a projected chain (``PCAU{d},…,Refine(SQ…)``): each part re-ranks its own top ``K × k_factor``
+  in its compact store (every part holds the same trained chain, so the scores compare) and the
+  driver merges the parts' top-K by those scores: the candidates re-ranked are a superset of
+  what one index re-ranks.
 
 Specs whose per-shard FAISS files carry their own ids (HNSW, fast-scan IVF, ``IndexShards``)
-are refused with a clear error.
+are refused with a clear error. :class:`ShardedIndexes` searches N *separate* indexes instead
+(one per machine's part of the archive), any spec, HNSW included.
 
 Example:
     >>> engine = open_engine("INDEX", ray="local", shards=2)   # doctest: +SKIP (medcbir.engine.opening)
@@ -26,13 +31,19 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from medcbir.engine.engine import Engine
-from medcbir.errors import ConfigError
+from medcbir.engine.engine import Engine, _check_encoder
+from medcbir.engine.region_search import RegionIndex, Whitening, check_regions, moments
+from medcbir.errors import ConfigError, IndexCorrupt, IndexNotFound
+from medcbir.indexer import IndexStore
+from medcbir.indexer.faiss_index import is_flat, split_projection, split_refine
+from medcbir.indexer.manifest import deleted_ids
+from medcbir.indexer.ray_index import connect
 
 
 def split_shards(shards: list[dict], parts: int) -> list[list[dict]]:
@@ -69,8 +80,6 @@ def _actor_class():
         """Holds a run of an index's shards and searches them (ids returned globally)."""
 
         def __init__(self, index_dir: str, manifest: dict, lo: int, verify: str, deleted: np.ndarray | None) -> None:
-            from medcbir.indexer import IndexStore
-
             store = IndexStore.open(index_dir, verify=verify, manifest=manifest)
             if deleted is not None and len(deleted):
                 # A large tombstone list lives in its own file: the driver passes this part's slice.
@@ -85,15 +94,11 @@ def _actor_class():
 
         def region_moments(self):
             """(count, sum, scatter) of this part's region descriptors; None without regions."""
-            from medcbir.engine.region_search import moments
-
             regions = self.engine.store.regions() if self.engine.store.has_regions else None
             return None if regions is None else moments(regions.descriptors)
 
         def region_prepare(self, mean, matrix) -> int:
             """Whiten and index this part's regions with the whole index's statistics."""
-            from medcbir.engine.region_search import RegionIndex, Whitening
-
             self.regions = RegionIndex(self.engine.store.regions(), Whitening(mean, matrix))
             return len(self.regions)
 
@@ -146,15 +151,10 @@ class ShardedEngine(Engine):
         """
         import ray as ray_module
 
-        from medcbir.indexer import IndexStore
-        from medcbir.indexer.faiss_index import is_flat, split_refine
-        from medcbir.indexer.manifest import deleted_ids
-        from medcbir.indexer.ray_index import connect
 
         if int(shards) < 1:
             raise ConfigError(f"--shards must be at least 1, not {shards}")
         if not Path(index_dir).is_dir():
-            from medcbir.errors import IndexNotFound
 
             raise IndexNotFound(f"index folder {index_dir} does not exist")
         store = IndexStore.open(index_dir, verify="sizes" if verify != "none" else "none", device=device, build_index=False)
@@ -167,14 +167,13 @@ class ShardedEngine(Engine):
         engine = cls(store, None, device)
         if encoder is not None:
             from medcbir.encoders.runtime import open_encoder
-            from medcbir.engine.engine import _check_encoder
 
             enc = open_encoder(encoder, device=device)
             _check_encoder(enc, store.encoder_info)
             engine._encoder = enc
         engine._started_ray = connect(ray)
         engine._refine_factor = None
-        if approximate and split_refine(store.index_spec)[1] is not None:
+        if approximate and split_refine(store.index_spec)[1] is not None and split_projection(store.index_spec)[0] is None:
             engine._refine_factor = float(store.search_params.get("k_factor") or 1.0)
         actor = _actor_class()
         inline = isinstance(manifest.get("deleted") or [], list)
@@ -191,7 +190,6 @@ class ShardedEngine(Engine):
             ray_module.get([a.ready.remote() for _, _, a in engine._parts])
         except Exception as exc:  # noqa: BLE001 - an actor failed to open its part (e.g. a corrupt shard)
             engine.close()
-            from medcbir.errors import IndexCorrupt
 
             cause = getattr(exc, "cause", None) or exc
             if isinstance(cause, Exception) and hasattr(cause, "args") and cause.args:
@@ -250,7 +248,6 @@ class ShardedRegions:
     def __init__(self, engine: ShardedEngine) -> None:
         import ray
 
-        from medcbir.engine.region_search import Whitening, check_regions
 
         check_regions(engine.store)
         self.engine = engine
@@ -312,4 +309,153 @@ def merge(answers: list[tuple], k: int, refine: bool, n: int) -> tuple[np.ndarra
     return scores_out, ids_out
 
 
-__all__ = ["ShardedEngine", "merge", "part_manifest", "split_shards"]
+def _index_actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class IndexActor:
+        """Holds one whole index (any spec, HNSW and projected chains included) and searches it."""
+
+        def __init__(self, index_dir: str, verify: str, threads: int) -> None:
+            if threads:
+                faiss.omp_set_num_threads(int(threads))
+            self.engine = Engine(IndexStore.open(index_dir, verify=verify))
+
+        def ready(self) -> dict:
+            store = self.engine.store
+            return {"items": len(store.ids), "dim": store.dim, "spec": store.index_spec, "exact": bool(store.exact),
+                    "open_seconds": store.open_seconds, "fingerprint": store.encoder_info["fingerprint"]}
+
+        def search(self, vectors, k: int, knobs: dict):
+            """(scores, local ids) of this index's live items, best first."""
+            engine = self.engine
+            engine.knobs = dict(knobs)
+            live = engine.store.live_mask
+            base = None if live.all() else live
+            return engine.search_groups(vectors, int(k), base, {None: list(range(len(vectors)))})
+
+        def meta(self, ids) -> list[dict]:
+            return self.engine.store.meta(np.asarray(ids, dtype=np.int64))
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return IndexActor
+
+
+class ShardedIndexes:
+    """Search over N separate indexes, one Ray actor each: how an archive too large for one
+    machine is served (each machine builds and holds the index of its part of the archive).
+
+    Each actor opens its index as it is (any spec: exact, IVF, projected chains, HNSW — the
+    parts share nothing, so each may have its own trained quantiser) and answers with its own
+    top-K; the driver merges by score. Items are named ``(part, id)``; :attr:`offsets` turn them
+    into one numbering (``offsets[part] + id``), the ids one index over the parts' vectors
+    concatenated in order would give. When every part is exact the merged top-K equals that one
+    index's (the parts' top-K hold every item of the global top-K); approximate parts return
+    each their own approximation, whose recall is each part's measured recall.
+
+    All parts must hold embeddings of one encoder (same fingerprint and dimension).
+    """
+
+    @classmethod
+    def open(cls, index_dirs, *, ray="local", verify: str = "checksums", threads: int = 0) -> "ShardedIndexes":
+        """Start one actor per index folder and open them in parallel.
+
+        Args:
+            index_dirs: the indexes' folders (on a cluster, each where its actor's node sees it).
+            ray: ``"local"``/True (start a local runtime) or a cluster address.
+            verify: how each actor checks its index's files (``IndexStore.open``).
+            threads: FAISS threads per actor (0: FAISS's default).
+
+        Raises:
+            ConfigError: no index, indexes of different encoders, or an unreachable cluster.
+            IndexNotFound, IndexCorrupt: a part cannot be opened (named).
+        """
+        import ray as ray_module
+
+
+        dirs = [Path(d) for d in index_dirs]
+        if not dirs:
+            raise ConfigError("sharded search needs at least one index")
+        for d in dirs:
+            if not (d / "manifest.json").is_file():
+                raise IndexNotFound(f"index folder {d} holds no index")
+        self = cls()
+        self._started_ray = connect(ray)
+        actor = _index_actor_class()
+        self._actors = [actor.remote(str(d.absolute()), verify, int(threads)) for d in dirs]
+        try:
+            self.parts = ray_module.get([a.ready.remote() for a in self._actors])
+        except Exception as exc:  # noqa: BLE001 - an actor failed to open its index
+            self.close()
+            cause = getattr(exc, "cause", None) or exc
+            raise IndexCorrupt(str(getattr(cause, "args", [cause])[0]).splitlines()[0]) from None
+        if len({(p["fingerprint"], p["dim"]) for p in self.parts}) > 1:
+            self.close()
+            raise ConfigError("sharded search over indexes of different encoders: " + ", ".join(
+                f"{d} ({p['fingerprint'][:12]}, {p['dim']}-d)" for d, p in zip(dirs, self.parts)))
+        self.index_dirs = dirs
+        self.offsets = np.cumsum([0] + [p["items"] for p in self.parts])[:-1].astype(np.int64)
+        self.knobs: dict = {}
+        return self
+
+    def __len__(self) -> int:
+        return int(sum(p["items"] for p in getattr(self, "parts", [])))
+
+    @property
+    def exact(self) -> bool:
+        """True when every part searches exactly (then answers equal one exact index's)."""
+        return all(p["exact"] for p in self.parts)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` over all parts: (scores, parts, ids) each B×k, best first (padding: -inf, -1, -1)."""
+        import ray
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ref = ray.put(vectors)
+        answers = ray.get([a.search.remote(ref, int(k), dict(self.knobs)) for a in self._actors])
+        scores = np.concatenate([a[0] for a in answers], axis=1)
+        local = np.concatenate([a[1] for a in answers], axis=1)
+        part = np.concatenate([np.full(a[1].shape, p, dtype=np.int64) for p, a in enumerate(answers)], axis=1)
+        scores = np.where(local >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, : int(k)]
+        top = np.take_along_axis(scores, order, axis=1)
+        found = np.isfinite(top)
+        return (top, np.where(found, np.take_along_axis(part, order, axis=1), -1),
+                np.where(found, np.take_along_axis(local, order, axis=1), -1))
+
+    def global_ids(self, parts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``(part, id)`` → ``offsets[part] + id`` (-1 stays -1)."""
+        return np.where(ids >= 0, self.offsets[np.clip(parts, 0, None)] + ids, -1)
+
+    def pids(self) -> list[int]:
+        """Process ids of the actors, one per part (for measuring their memory)."""
+        import ray
+
+        return ray.get([a.pid.remote() for a in self._actors])
+
+    def meta(self, part: int, ids) -> list[dict]:
+        """Metadata of ``ids`` of one part (as ``IndexStore.meta``)."""
+        import ray
+
+        return ray.get(self._actors[int(part)].meta.remote(list(map(int, ids))))
+
+    def close(self) -> None:
+        import ray
+
+        for actor in getattr(self, "_actors", []):
+            ray.kill(actor)
+        self._actors = []
+        if getattr(self, "_started_ray", False):
+            ray.shutdown()
+            self._started_ray = False
+
+    def __enter__(self) -> "ShardedIndexes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["ShardedEngine", "ShardedIndexes", "merge", "part_manifest", "split_shards"]

@@ -23,9 +23,10 @@ from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
-from medcbir.indexer.shard import (ShardRegions, concat_columns, read_columns, read_embeddings, read_regions, read_source_stats,
+from medcbir.indexer.shard import (ShardRegions, shard_dtype, concat_columns, read_columns, read_embeddings, read_regions, read_source_stats,
                                    write_shard)
 from medcbir.indexer.staging import Overtaken, new_staging, publish, same_prefix
+from medcbir.indexer.writer import remove_orphans
 
 # A shard below this fraction of the shard size counts as small.
 MIN_FILL = 0.5
@@ -115,7 +116,8 @@ class TailRewriter:
             regions = ShardRegions(*(np.concatenate(c) for c in zip(*self._regions))) if self._regions \
                 else ShardRegions.empty(int(self.manifest["regions"]["dim"]))
             version = self.manifest["regions"]["version"]
-        nbytes, digest = write_shard(self.staging / f"{name}.h5", ids, emb, cols, self.manifest["encoder"], self._stats, regions, version)
+        nbytes, digest = write_shard(self.staging / f"{name}.h5", ids, emb, cols, self.manifest["encoder"], self._stats, regions, version,
+                                     dtype=shard_dtype(self.manifest))
         entry = {"file": f"{name}.h5", "items": len(emb), "bytes": nbytes, "sha256": digest,
                  "first_id": int(ids[0]), "last_id": int(ids[-1]), "faiss": None}
         if self._base is not None:
@@ -138,7 +140,6 @@ def compact(index_dir: str | Path, shard_size: int | None = None, force: bool = 
         (``rewritten`` = shards replaced; 0 when there was nothing to do), or with
         ``"skipped"`` when another maintenance job committed first.
     """
-    from medcbir.indexer.writer import remove_orphans
 
     index_dir = Path(index_dir)
     snapshot = read_manifest(index_dir)

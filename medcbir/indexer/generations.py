@@ -20,6 +20,7 @@ from pathlib import Path
 
 from medcbir.errors import IndexCorrupt, MedcbirError
 from medcbir.indexer.manifest import MANIFEST, history, manifest_path, parse_manifest, referenced_files
+from medcbir.indexer.integrity import check_files
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,6 @@ def newest_intact(index_dir: str | Path, check: str = "checksums") -> Recovery:
     Raises:
         IndexCorrupt: no intact generation is left.
     """
-    from medcbir.indexer.integrity import check_files
 
     index_dir = Path(index_dir)
     candidates = [(None, manifest_path(index_dir))] + history(index_dir)

@@ -19,6 +19,7 @@ from medcbir.indexer.shard import embeddings_sha256
 from medcbir.indexer.integrity import committed_entries, committed_records
 from medcbir.indexer.fsutil import sha256_many
 from medcbir.indexer.writer import remove_orphans
+from medcbir.indexer.writer import key_hash
 
 
 def _matching_ids(index_dir: Path, manifest: dict, wanted: dict[str, set[str]]) -> np.ndarray:
@@ -233,7 +234,6 @@ def _check_regions(f, name: str, items: int, record: dict | None, sizes: dict) -
 
 def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set, deleted: np.ndarray, regions: dict | None = None,
                  sizes: dict | None = None) -> list[str]:
-    from medcbir.indexer.writer import key_hash
 
     name = path.name
     out = []

@@ -19,6 +19,9 @@ from medcbir.indexer import follow, quarantine
 from medcbir.indexer.manifest import history, manifest_path
 from medcbir.indexer.summary import IndexSummary
 from medcbir.indexer.writer import IndexWriter
+from medcbir.imaging import FolderSource
+from medcbir.indexer.ray_index import index_archive_ray
+from medcbir.imaging import list_files
 
 _DONE = object()
 
@@ -26,7 +29,6 @@ _DONE = object()
 def as_source(archive: Any, workers: int = 0, quarantine: Path | None = None):
     """A path → :class:`medcbir.imaging.FolderSource`; a Source object is returned as is."""
     if isinstance(archive, (str, Path)):
-        from medcbir.imaging import FolderSource
 
         return FolderSource(archive, workers=workers, quarantine=quarantine)
     return archive
@@ -116,6 +118,8 @@ def index_archive(
     gpus_per_worker: float | None = None,
     regions: bool | None = None,
     regions_per_image: int | None = None,
+    memory_budget: float | str | None = None,
+    shard_dtype: str | None = None,
 ) -> IndexSummary:
     """Embed every item of an archive into an index; resumable and idempotent.
 
@@ -138,6 +142,9 @@ def index_archive(
         regions: store each item's regions for region search (None: on for a new index, the
             index's own choice otherwise; False = ``--no-regions``).
         regions_per_image: regions kept per item of a new index.
+        memory_budget: bytes of RAM per item for search (``--memory-budget``): ``auto`` then
+            chooses among the chains that fit (:mod:`medcbir.indexer.compression`).
+        shard_dtype: ``float32``, ``float16`` or ``auto`` (``--shard-dtype``; see ``IndexWriter.open``).
 
     Returns:
         the job's :class:`IndexSummary`.
@@ -145,18 +152,18 @@ def index_archive(
     if regions is None and not (manifest_path(Path(index_dir)).is_file() or (Path(index_dir).is_dir() and history(Path(index_dir)))):
         regions = True  # regions are on by default for a new index built from images
     if ray is not None and ray is not False:
-        from medcbir.indexer.ray_index import index_archive_ray
 
         return index_archive_ray(source, index_dir, encoder, ray=ray, workers=ray_workers, gpus_per_worker=gpus_per_worker,
                                  shard_size=shard_size, index_spec=index_spec, device=device, progress=progress,
                                  batch_size=batch_size, key_file=key_file, target_recall=target_recall, regions=regions,
-                                 regions_per_image=regions_per_image)
+                                 regions_per_image=regions_per_image, memory_budget=memory_budget, shard_dtype=shard_dtype)
     start = time.perf_counter()
     index_dir = Path(index_dir)
     src = as_source(source, workers=workers, quarantine=index_dir / quarantine.LOG)
     summary = IndexSummary()
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
-                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image)
+                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image,
+                              memory_budget=memory_budget, shard_dtype=shard_dtype)
     writer.batch_size = batch_size
     log_start = quarantine.mark(index_dir)
     listing, complete, bar = None, False, None
@@ -203,7 +210,6 @@ def _recorded(src: Any, writer, current: dict) -> Iterator:
     The size and mtime of each file to decode (``current``, listed before decoding) go into
     its shard, so the next run notices a change.
     """
-    from medcbir.imaging.sources import FolderSource
 
     preprocessing, key = writer.decode_preprocessing, writer.key
     if not isinstance(src, FolderSource) or key is None:
@@ -236,7 +242,6 @@ def _count_hint(src: Any) -> int | None:
     if path is None:
         return None
     try:
-        from medcbir.imaging import list_files
 
         return sum(1 for _ in list_files(path))
     except Exception:  # noqa: BLE001 - the hint is optional

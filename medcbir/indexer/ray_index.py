@@ -37,6 +37,22 @@ from typing import Any
 import numpy as np
 
 from medcbir.errors import ConfigError, IndexCorrupt
+from medcbir.imaging.source_seal import SourceSeal
+from medcbir.imaging import list_files
+from medcbir.imaging import walk
+from medcbir.indexer.follow import file_state
+from medcbir.errors import ArchiveNotFound
+from medcbir.imaging import Preprocessing
+from medcbir.encoders.regions import WithRegions
+from medcbir.device import Device
+from medcbir.indexer.shard import meta_columns, shard_name, write_shard
+from medcbir.indexer.writer import key_hash, shard_regions
+from medcbir.indexer import follow, quarantine
+from medcbir.indexer.summary import IndexSummary
+from medcbir.indexer.writer import IndexWriter, remove_orphans
+from medcbir.encoders.names import is_builtin
+from medcbir.encoders.spec import source_available
+from medcbir.indexer.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +88,11 @@ class FolderUnits:
         self._seal_args = (bytes(key), str(root))
 
     def _seal(self):
-        from medcbir.imaging.source_seal import SourceSeal
 
         return SourceSeal(*self._seal_args) if self._seal_args else None
 
     def units(self, skip_source) -> tuple[list[str], int]:
         """(sources to decode, number passed because already committed), in walk order."""
-        from medcbir.imaging import list_files
 
         seal = self._seal()
         todo, passed = [], 0
@@ -94,8 +108,6 @@ class FolderUnits:
         mtime_ns) seen before decoding) of some units, in order."""
         from dataclasses import replace
 
-        from medcbir.imaging import walk
-        from medcbir.indexer.follow import file_state
 
         seal = self._seal()
         record = seal.seal if seal is not None else str
@@ -140,7 +152,6 @@ class DicomwebUnits:
 def as_units(source: Any):
     """The unit lister/decoder of a path, a ``FolderSource`` or a DICOMweb source."""
     if isinstance(source, (str, Path)):
-        from medcbir.errors import ArchiveNotFound
 
         if not Path(source).exists():
             raise ArchiveNotFound(f"archive not found: {source}")
@@ -242,12 +253,10 @@ def _ledger_class():
 def decode_job(batch: dict, units_of, preprocessing: dict, key: bytes | None, regions_per_image: int | None = None) -> dict:
     """Decode task: one job row → its preprocessed images, metadata and (for an index with
     regions, ``regions_per_image`` set) each item's regions (pickled, one block)."""
-    from medcbir.imaging import Preprocessing
 
     prep = Preprocessing.from_dict(preprocessing)
     decode_prep = prep
     if regions_per_image:
-        from medcbir.encoders.regions import WithRegions
 
         decode_prep = WithRegions(prep, int(regions_per_image))
     out_jobs, out_payload = [], []
@@ -280,13 +289,13 @@ class EmbedWriter:
         batch_size: images per forward.
         threads: torch threads (CPU embedding).
         regions: the manifest's regions record (None: the index stores no regions).
+        dtype: how shards store embeddings (the index's decided ``shard_dtype``; float32 while undecided).
     """
 
     def __init__(self, encoder, fingerprint: str, encoder_info: dict, index_dir: str, ledger, batch_size: int, threads: int,
-                 regions: dict | None = None) -> None:
+                 regions: dict | None = None, dtype: str = "float32") -> None:
         import torch
 
-        from medcbir.device import Device
         from medcbir.encoders.runtime import open_encoder, open_for_index
 
         torch.set_num_threads(max(1, int(threads)))
@@ -295,6 +304,7 @@ class EmbedWriter:
             raise ConfigError(f"the encoder on this worker is {self.encoder.fingerprint[:12]}, the index's is {fingerprint[:12]}")
         self.info, self.index_dir, self.ledger, self.batch_size = encoder_info, Path(index_dir), ledger, int(batch_size)
         self.regions = regions
+        self.dtype = dtype
 
     def __call__(self, batch: dict) -> dict:
         records = [self._job(int(job), pickle.loads(payload)) for job, payload in zip(batch["job"], batch["payload"])]
@@ -303,8 +313,6 @@ class EmbedWriter:
     def _job(self, job: int, payload: tuple) -> dict:
         import ray
 
-        from medcbir.indexer.shard import meta_columns, shard_name, write_shard
-        from medcbir.indexer.writer import key_hash, shard_regions
 
         images, metas, skips, n_units, states, regions = payload
         keys = np.asarray([key_hash(m.sop_instance_uid, m.frame) for m in metas], dtype=np.uint64)
@@ -323,7 +331,7 @@ class EmbedWriter:
                 stats = {str(m.source).encode("utf-8"): states[str(m.source)] for m in part if str(m.source) in states}
                 block = shard_regions(kept_regions[start:start + count], int(self.regions["dim"])) if self.regions else None
                 size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(part), self.info, stats, block,
-                                           self.regions["version"] if self.regions else "")
+                                           self.regions["version"] if self.regions else "", dtype=self.dtype)
                 entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
                                 "first_id": int(first), "last_id": int(first + count - 1), "faiss": None})
                 start += count
@@ -354,6 +362,8 @@ def index_archive_ray(
     target_recall: float | None = None,
     regions: bool | None = None,
     regions_per_image: int | None = None,
+    memory_budget: float | str | None = None,
+    shard_dtype: str | None = None,
 ):
     """:func:`medcbir.indexer.index_archive` with decoding and embedding spread over Ray.
 
@@ -366,14 +376,14 @@ def index_archive_ray(
         workers: embedding actors.
         gpus_per_worker: GPUs per actor (None: 1 when the cluster has GPUs, else 0).
         shard_size: items per shard at most (also capped by :data:`JOB_BYTES` of images).
-        index_spec, device, progress, batch_size, key_file, target_recall, regions, regions_per_image: as for ``index_archive``.
+        index_spec, device, progress, batch_size, key_file, target_recall, regions, regions_per_image, memory_budget:
+            as for ``index_archive``.
+        shard_dtype: ``float32`` or ``float16``; ``auto`` (measured on a first shard the
+            single-process writer writes) is not measured here: the shards stay float32.
 
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
     """
-    from medcbir.indexer import follow, quarantine
-    from medcbir.indexer.summary import IndexSummary
-    from medcbir.indexer.writer import IndexWriter, remove_orphans
 
     start = time.perf_counter()
     if int(workers) < 1:
@@ -381,7 +391,8 @@ def index_archive_ray(
     index_dir = Path(index_dir).absolute()
     units_of = as_units(source)
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
-                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image)
+                              target_recall=target_recall, regions=regions, regions_per_image=regions_per_image,
+                              memory_budget=memory_budget, shard_dtype=None if shard_dtype == "auto" else shard_dtype)
     if isinstance(units_of, FolderUnits):
         seal = writer.archive_seal(units_of.root)
         units_of.seal_with(writer.key, seal.root)
@@ -443,8 +454,6 @@ def _stderr_to(path: Path | None):
 def _encoder_arg(writer, encoder):
     """What the actors open: a path, ``hf:DIR`` or built-in name when there is one (absolute: a
     worker's folder is not the driver's), else the Encoder pickled."""
-    from medcbir.encoders.names import is_builtin
-    from medcbir.encoders.spec import source_available
 
     source = str(getattr(writer.encoder, "source", "") or "")
     if source and source_available(source):
@@ -490,6 +499,7 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
             "encoder": _encoder_arg(writer, encoder), "fingerprint": writer.encoder.fingerprint,
             "encoder_info": dict(writer.manifest["encoder"]), "index_dir": str(writer.index_dir),
             "ledger": ledger, "batch_size": batch_size, "threads": threads, "regions": writer.regions,
+            "dtype": writer.shard_dtype,
         },
     )
     for row in ds.iter_rows():
@@ -498,8 +508,6 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
 
 def _commit_all(records, writer, summary, index_dir: Path) -> None:
     """Commit finished shards in id order, in groups; account skips and duplicates."""
-    from medcbir.indexer import quarantine
-    from medcbir.indexer.fsutil import sha256_file
 
     ready: dict[int, dict] = {}
     last_commit = time.monotonic()

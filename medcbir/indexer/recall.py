@@ -49,6 +49,10 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from medcbir.indexer import faiss_index
+from medcbir.indexer.compression import bytes_per_item, compact_candidates, fit_projection, principal_axes
+from medcbir.indexer.faiss_index import auto_nlist, auto_spec, chain, is_flat, search_parameters, shared_ivf, split_projection, split_refine
+
 log = logging.getLogger(__name__)
 
 #: recall@10 ``auto`` must reach on the index's own embeddings (``--target-recall``).
@@ -202,7 +206,6 @@ def measure(index: faiss.Index, queries: np.ndarray, self_ids: np.ndarray | None
     ``newest``: a mask of the queries that are the newest items; the lower bound is then the lower
     of the two groups' (the target must hold for new exams, not only on average over the archive,
     whose older items the quantiser fits better)."""
-    from medcbir.indexer.faiss_index import search_parameters
 
     k = exact.shape[1]
     wanted = k if self_ids is None else k + 1
@@ -222,7 +225,6 @@ def measure(index: faiss.Index, queries: np.ndarray, self_ids: np.ndarray | None
 
 
 def grid_for(spec: str) -> list[dict]:
-    from medcbir.indexer.faiss_index import is_flat, split_refine
 
     if is_flat(spec):
         return GRIDS["flat"]
@@ -234,7 +236,7 @@ def grid_for(spec: str) -> list[dict]:
     return [{}]
 
 
-def candidates(dim: int, n: int) -> list[str]:
+def candidates(dim: int, n: int, budget: float | None = None) -> list[str]:
     """``auto``'s search order for ``n`` vectors of ``dim``: IVF-PQ, IVF-SQ8, HNSW, exact.
 
     Why this order: IVF-PQ stores 1/8 of the vectors' bytes per code and is the fastest when
@@ -242,11 +244,16 @@ def candidates(dim: int, n: int) -> list[str]:
     where PQ's 8-dimension sub-codebooks cannot resolve tiny distance gaps); HNSW needs no
     quantisation at all (a graph over the exact vectors) at ~2× the memory of the vectors;
     exact search always reaches recall 1.
-    """
-    from medcbir.indexer.faiss_index import auto_nlist, auto_spec
 
+    With ``budget`` (bytes of RAM per item for search, ``--memory-budget``): the projected chains
+    of :func:`~medcbir.indexer.compression.compact_candidates` come first (cheapest search first), then
+    the ones above; only those whose :func:`~medcbir.indexer.compression.bytes_per_item` fits are kept.
+    """
     nlist = auto_nlist(n)
-    return [auto_spec(dim, nlist), f"IVF{nlist},SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
+    full = [auto_spec(dim, nlist), f"IVF{nlist},SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
+    if budget is None:
+        return full
+    return [spec for spec in compact_candidates(dim, nlist) + full if bytes_per_item(spec, dim) <= float(budget)]
 
 
 def tune_params(index: faiss.Index, spec: str, queries: np.ndarray, self_ids: np.ndarray, exact: np.ndarray, target: float,
@@ -283,37 +290,59 @@ class SharedTraining:
         self.code_sample = vectors if n <= limit else np.ascontiguousarray(vectors[np.sort(rng.choice(n, limit, replace=False))])
         self._centroids: dict[int, np.ndarray] = {}
         self.coarse_seconds: dict[int, float] = {}
+        self._seed, self._code_train = seed, code_train
+        self._projected: dict[int, tuple] = {}
+        self._axes: np.ndarray | None = None  # d → (projection, SharedTraining of the projected sample, seconds)
 
     def centroids(self, dim: int, nlist: int) -> np.ndarray:
-        from medcbir.indexer.faiss_index import train
 
         if nlist not in self._centroids:
             start = time.perf_counter()
-            coarse = train(f"IVF{nlist},Flat", dim, self.vectors)  # kept alive while its quantiser is read
+            coarse = faiss_index.train(f"IVF{nlist},Flat", dim, self.vectors)  # kept alive while its quantiser is read
             self._centroids[nlist] = faiss.downcast_index(faiss.extract_index_ivf(coarse).quantizer).reconstruct_n(0, nlist)
             self.coarse_seconds[nlist] = time.perf_counter() - start
         return self._centroids[nlist]
 
+    def projected(self, d: int) -> tuple[faiss.LinearTransform, "SharedTraining", float]:
+        """(the projection to ``d`` dimensions learnt from the sample, a SharedTraining of the
+        projected sample, seconds it took), made once per ``d``."""
+        if d not in self._projected:
+            start = time.perf_counter()
+            if self._axes is None:
+                self._axes = principal_axes(self.vectors)  # once for every projected dimension
+            projection = fit_projection(self.vectors, d, self._axes)
+            inner = SharedTraining(projection.apply(self.vectors), seed=self._seed, code_train=self._code_train)
+            self._projected[d] = (projection, inner, time.perf_counter() - start)
+        return self._projected[d]
+
     def train(self, spec: str, dim: int) -> tuple[faiss.Index, float]:
-        """(the trained empty index for ``spec``, seconds it would take to train it alone)."""
-        from medcbir.indexer.faiss_index import _no_polysemous, shared_ivf, split_refine, train
+        """(the trained empty index for ``spec``, seconds it would take to train it alone).
+
+        A ``PCAU{d}`` chain shares its projection (fitted once per ``d``) and, behind it, the
+        coarse centroids of the projected sample with every other chain of that ``d``."""
+        projected, rest = split_projection(spec)
+        if projected is not None:
+            projection, inner, seconds = self.projected(projected)
+            index, inner_seconds = inner.train(rest, projected)
+            return chain(projection, index), seconds + inner_seconds
 
         probe = faiss.index_factory(int(dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
         ivf = shared_ivf(probe)
         if ivf is None:
             start = time.perf_counter()
-            return train(spec, dim, self.vectors), time.perf_counter() - start
+            return faiss_index.train(spec, dim, self.vectors), time.perf_counter() - start
         nlist = int(ivf.nlist)
         centroids = self.centroids(dim, nlist)
         start = time.perf_counter()
         index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
-        _no_polysemous(index)
+        faiss_index._no_polysemous(index)
         shared_ivf(index).quantizer.add(centroids)  # ntotal == nlist: IVF training keeps these
         index.train(self.code_sample)
         return index, time.perf_counter() - start + self.coarse_seconds[nlist]
 
 
-def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] | None = None, seed: int = 0) -> tuple[Choice, faiss.Index | None]:
+def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] | None = None, seed: int = 0,
+           budget: float | None = None) -> tuple[Choice, faiss.Index | None]:
     """Pick the cheapest spec and parameters reaching ``target`` recall@10 on ``vectors``.
 
     Args:
@@ -321,6 +350,9 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         target: recall@10 to reach.
         specs: specs to try in order (default :func:`candidates`).
         seed: query sampling seed.
+        budget: bytes of RAM per item for search (:func:`candidates`); when no spec reaches the
+            target, the one with the best measured recall is kept (with no budget, the last
+            tried: exact ``Flat``).
 
     Returns:
         (choice, trained): ``trained`` is the chosen spec's trained, empty factory index
@@ -328,7 +360,6 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         on at most :data:`CODE_TRAIN` of them; at most :data:`TUNE_ITEMS` of ``vectors`` are
         used to measure.
     """
-    from medcbir.indexer.faiss_index import is_flat
 
     start = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -349,7 +380,26 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     shared = SharedTraining(rest, seed=seed)
     tried: list[Measurement] = []
     best, trained, train_seconds = None, None, 0.0
-    for spec in specs or candidates(dim, n):
+    order = specs or candidates(dim, n, budget)
+    if not order:
+        raise RuntimeError(f"no index spec fits a memory budget of {budget:.0f} bytes per item for {dim}-d vectors")
+    best_seen, trained_best, seconds_best = None, None, 0.0
+    ceilings: dict[int, Measurement] = {}
+    for spec in order:
+        projected = split_projection(spec)[0]
+        if projected is not None and len(order) > 1:
+            # exact search in the projected space bounds what any chain behind this projection can
+            # reach: a projection whose bound is below the target is skipped untrained
+            if projected not in ceilings:
+                projection = shared.projected(projected)[0]
+                flat = faiss.IndexPreTransform(projection, faiss.IndexFlatIP(projected))
+                flat.add(tune)
+                ceilings[projected] = measure(flat, queries, self_ids, exact, {}, f"PCAU{projected},Flat")
+                tried.append(ceilings[projected])
+            if ceilings[projected].recall_at_10 < target and spec != order[-1]:
+                log.info("auto: %s skipped: exact search after its projection reaches recall@10 %.3f < %.2f", spec,
+                         ceilings[projected].recall_at_10, target)
+                continue
         if is_flat(spec):
             flat = faiss.IndexFlatIP(dim)
             flat.add(tune)
@@ -368,10 +418,15 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         del probe
         if best.reaches(target):
             break
+        if best_seen is None or (best.low, best.recall_at_10) > (best_seen.low, best_seen.recall_at_10):
+            best_seen, trained_best, seconds_best = best, trained, train_seconds
         log.info("auto: %s reaches recall@10 %.3f (lower bound %.3f) < %.2f on this data; trying a finer index", spec,
                  best.recall_at_10, best.low, target)
     if best is None:
-        raise RuntimeError(f"none of {specs or candidates(dim, n)} can be trained on {n} items")
+        raise RuntimeError(f"none of {order} can be trained on {n} items")
+    if budget is not None and not best.reaches(target) and best_seen is not None and best_seen is not best \
+            and (best_seen.low, best_seen.recall_at_10) > (best.low, best.recall_at_10):
+        best, trained, train_seconds = best_seen, trained_best, seconds_best
     choice = Choice(best.spec, best.params, best.recall_at_10, best.qps, float(target), int(len(tune)), int(len(rows)),
                     time.perf_counter() - start, tried, train_seconds, best.low, self_ids is None)
     return choice, trained

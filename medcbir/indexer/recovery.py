@@ -27,6 +27,7 @@ from medcbir.indexer.manifest import (MANIFEST, commit_manifest, deleted_ids, re
                                       store_deleted, store_dropped)
 from medcbir.indexer.staging import new_staging, publish
 from medcbir.indexer.integrity import committed_records
+from medcbir.indexer.lock import WriterLock
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ def repair(index_dir: str | Path) -> Recovery:
         IndexCorrupt: no manifest generation parses, or the tombstone file is damaged (which
             items were deleted is then unknown).
     """
-    from medcbir.indexer.lock import WriterLock
 
     index_dir = Path(index_dir)
     with WriterLock(index_dir, wait=True):

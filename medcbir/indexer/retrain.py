@@ -30,11 +30,15 @@ import numpy as np
 from medcbir.errors import ConfigError
 from medcbir.fsutil import fsync_dir
 from medcbir.indexer import faiss_index, recall
+from medcbir.indexer.compression import describe, parse_budget
 from medcbir.indexer.checksum import fast_checksum, stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest
 from medcbir.indexer.shard import read_embeddings
 from medcbir.indexer.staging import Overtaken, new_staging, same_prefix
+from medcbir.indexer.remeasure import measured_at
+from medcbir.indexer.remeasure import measure_index, newest_from
+from medcbir.indexer.writer import remove_orphans
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,6 @@ def list_imbalance(index_dir: Path, manifest: dict) -> float | None:
 
 def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR, imbalance_max: float = IMBALANCE_MAX) -> str | None:
     """Why the index should be retrained now (``"recall"`` / ``"growth"`` / ``"imbalance"``), or None."""
-    from medcbir.indexer.remeasure import measured_at
 
     trained = manifest.get("trained")
     if not trained or faiss_index.is_flat(manifest["index_spec"]) or not trained.get("items"):
@@ -104,7 +107,7 @@ def _sample(index_dir: Path, manifest: dict, size: int, seed: int) -> np.ndarray
 
 
 def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | None = None, reason: str = "on demand",
-            specs: list[str] | None = None) -> dict:
+            specs: list[str] | None = None, memory_budget: float | str | None = None) -> dict:
     """Choose and train the index's spec again on a fresh uniform sample, measure it on all the
     items, and swap it in by one manifest commit (a new generation).
 
@@ -115,6 +118,8 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
         reason: recorded in the manifest's ``trained`` entry.
         specs: candidate specs in order (default: ``auto``'s candidates for an ``auto`` index,
             else the index's own spec).
+        memory_budget: bytes of RAM per item for search (``--memory-budget``; default the
+            index's recorded one): ``auto`` tries only the chains that fit; recorded.
 
     Returns:
         ``{"generation", "items", "sample", "seconds", "reason", "spec", "recall_at_10",
@@ -136,11 +141,12 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
     target = float((snapshot.get("recall") or {}).get("target") or snapshot.get("target_recall") or recall.TARGET_RECALL)
     sample = _sample(index_dir, snapshot, int(sample_size or faiss_index.TRAIN_SAMPLE),
                      int(snapshot["generation"]) if seed is None else int(seed))
-    order = list(specs or (recall.candidates(dim, len(sample)) if auto else [snapshot["index_spec"]]))
+    budget = snapshot.get("memory_budget") if memory_budget is None else parse_budget(memory_budget)
+    order = list(specs or (recall.candidates(dim, len(sample), budget) if auto else [snapshot["index_spec"]]))
     vectors = np.concatenate([read_embeddings(index_dir / e["file"]) for e in snapshot["shards"]])
     tried: list[dict] = []
     while True:
-        choice, trained = recall.choose(sample, target, specs=order)
+        choice, trained = recall.choose(sample, target, specs=order, budget=budget)
         staging = new_staging(index_dir)
         try:
             parts = _encode(index_dir, snapshot["shards"], trained, staging, vectors)
@@ -153,7 +159,7 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
                          measured["recall_at_10"], target, len(vectors), rest[0])
                 order = rest
                 continue
-            out = _commit(index_dir, snapshot, choice, trained, staging, parts, measured, len(sample), reason)
+            out = _commit(index_dir, snapshot, choice, trained, staging, parts, measured, len(sample), reason, budget)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         out.update(seconds=time.perf_counter() - start, tried=tried,
@@ -179,7 +185,6 @@ def _encode(index_dir: Path, shards: list[dict], trained, staging: Path, vectors
 def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, target: float) -> dict:
     """Recall@10 of the staged index on all its items (:mod:`.remeasure`'s measurement): the
     ``recall`` record the commit writes, with the grid point chosen on all items."""
-    from medcbir.indexer.remeasure import measure_index, newest_from
 
     n, dim = vectors.shape
     index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], lambda out: out.__setitem__(slice(None), vectors), n, dim)
@@ -192,9 +197,8 @@ def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, t
 
 
 def _commit(index_dir: Path, snapshot: dict, choice, trained, staging: Path, parts: list, measured: dict | None, sample: int,
-            reason: str) -> dict:
+            reason: str, budget: float | None = None) -> dict:
     """Commit the staged parts and the choice as a new generation (under the writer lock)."""
-    from medcbir.indexer.writer import remove_orphans
 
     staged_trained = staging / "trained.faiss"
     if trained is not None:
@@ -227,6 +231,10 @@ def _commit(index_dir: Path, snapshot: dict, choice, trained, staging: Path, par
                 src.replace(dst)
             fsync_dir(index_dir)
             record = measured or {**choice.record(), "at_items": int(current["next_id"])}
+            record = {**record, "chain": describe(choice.spec, int(current["encoder"]["dim"])),
+                      **({"memory_budget": budget} if budget is not None else {})}
+            if budget is not None:
+                new["memory_budget"] = budget
             new["trained"], new["shards"] = trained_entry, shards
             new["index_spec"], new["search_params"], new["recall"] = choice.spec, dict(record["params"]), record
             new = commit_manifest(index_dir, new)

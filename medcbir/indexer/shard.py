@@ -2,7 +2,8 @@
 
 Layout of ``shard-NNNNNN.h5``::
 
-    embeddings          N×D float32, contiguous (no chunking, no compression: can be mmapped)
+    embeddings          N×D float32 (or float16: the index's ``shard_dtype``), contiguous (no
+                        chunking, no compression: can be mmapped); read back as float32
     ids                 N int64 (dense, increasing: first_id .. last_id)
     meta/<column>       one dataset per ItemMeta column: strings as fixed-width UTF-8 bytes,
                         ints int64, floats float64, pairs (pixel_spacing) N×2 float64
@@ -32,6 +33,7 @@ import h5py
 import numpy as np
 
 from medcbir.indexer.fsutil import commit_file, crash_point, tmp_name
+from medcbir.indexer.fsutil import sha256_file
 
 FORMAT = "medcbir-shard"
 VERSION = 1
@@ -55,6 +57,17 @@ class ShardRegions(NamedTuple):
 
 def shard_name(number: int) -> str:
     return f"shard-{number:06d}.h5"
+
+
+#: how a shard may store its embeddings
+SHARD_DTYPES = ("float32", "float16")
+
+
+def shard_dtype(manifest: dict) -> str:
+    """How the index ``manifest`` describes stores embeddings in new shards: its decided
+    ``storage`` record's dtype, float32 for indexes from before float16 storage or still undecided."""
+    record = manifest.get("storage") or {}
+    return record.get("dtype") if record.get("dtype") in SHARD_DTYPES else "float32"
 
 
 def embeddings_sha256(embeddings: np.ndarray) -> str:
@@ -121,6 +134,7 @@ def write_shard(
     sources: dict[bytes, tuple[int, int]] | None = None,
     regions: ShardRegions | None = None,
     regions_version: str = "",
+    dtype: str = "float32",
 ) -> tuple[int, str]:
     """Write and commit one shard.
 
@@ -133,17 +147,22 @@ def write_shard(
         sources: recorded source → (size, mtime_ns) of its file, for the ``sources/`` group.
         regions: the ``regions/`` group (``rows`` = row in this shard), None for an index without
             regions; ``regions_version`` names the recipe that made them.
+        dtype: ``"float32"`` or ``"float16"``, how the embeddings are stored (the attribute
+            ``embeddings_sha256`` is of the stored values, read back as float32).
 
     Returns:
         (size in bytes, whole-file sha256) of the committed file.
     """
     ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if dtype not in SHARD_DTYPES:
+        raise ValueError(f"shard dtype {dtype!r} is not one of {', '.join(SHARD_DTYPES)}")
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != ids.shape[0]:
         raise ValueError(f"embeddings {embeddings.shape} do not match {ids.shape[0]} ids")
+    stored = embeddings if dtype == "float32" else np.ascontiguousarray(embeddings, dtype=np.float16)
     tmp = tmp_name(path)
     with h5py.File(tmp, "w", libver="latest") as f:
-        f.create_dataset("embeddings", data=embeddings)
+        f.create_dataset("embeddings", data=stored)
         f.create_dataset("ids", data=ids)
         meta = f.create_group("meta")
         for name, col in columns.items():
@@ -173,13 +192,12 @@ def write_shard(
         f.attrs["preprocessing"] = json.dumps(encoder_info.get("preprocessing") or {}, sort_keys=True)
         f.attrs["dim"] = int(embeddings.shape[1])
         f.attrs["metric"] = METRIC
-        f.attrs["embeddings_sha256"] = embeddings_sha256(embeddings)
+        f.attrs["embeddings_sha256"] = embeddings_sha256(stored)
         f.attrs["items"] = int(ids.shape[0])
         f.attrs["first_id"] = int(ids[0]) if len(ids) else -1
         f.attrs["last_id"] = int(ids[-1]) if len(ids) else -1
         f.flush()
     crash_point("shard-write")
-    from medcbir.indexer.fsutil import sha256_file
 
     digest = sha256_file(tmp)
     size = tmp.stat().st_size
@@ -201,7 +219,7 @@ def read_embeddings(path: Path, rows: np.ndarray | slice | None = None) -> np.nd
             if ds.shape[0]:
                 ds.read_direct(out)
             return out
-        return ds[rows]
+        return ds[rows].astype(np.float32, copy=False)
 
 
 def read_columns(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from medcbir.indexer.manifest import deleted_ids
+from medcbir.indexer.shard import read_columns, read_embeddings, read_ids
 
 #: queries drawn from the index
 QUERIES = 400
@@ -71,8 +73,6 @@ def sample_committed(index_dir: Path, manifest: dict, seed: int = 0) -> dict | N
     """:func:`sample_distribution` over the shards ``manifest`` lists (tombstones left out): the
     candidates (all live items up to :data:`MAX_CANDIDATES`, else a uniform sample) are the only
     embeddings read; queries are drawn among them."""
-    from medcbir.indexer.manifest import deleted_ids
-    from medcbir.indexer.shard import read_columns, read_embeddings, read_ids
 
     shards = manifest.get("shards") or []
     if not shards:

@@ -26,6 +26,7 @@ from medcbir.indexer import faiss_index
 from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.manifest import deleted_ids, read_manifest
 from medcbir.indexer.shard import ShardRegions, decode_strings, row_meta
+from medcbir.indexer.generations import fallback_manifest
 
 def read_key(index_dir: Path, manifest: dict) -> bytes | None:
     """The archive's pseudonym key (``INDEX/pseudonym.key`` or the manifest's ``key_file``), or None."""
@@ -133,7 +134,6 @@ class IndexStore:
                 self.manifest = read_manifest(self.index_dir)
             except IndexCorrupt as exc:
                 # A damaged manifest.json: the newest intact kept generation, with a warning.
-                from medcbir.indexer.generations import fallback_manifest
 
                 self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
                 self.manifest["generation"] = self.recovery.generation
@@ -229,6 +229,18 @@ class IndexStore:
         if not parts:
             return ShardRegions.empty(dim)
         return ShardRegions(*(np.concatenate(column) for column in zip(*parts)))
+
+    def fill_rows(self, out: np.ndarray, lo: int, hi: int) -> None:
+        """Write the float32 embeddings of rows ``lo``..``hi`` (exclusive) into ``out`` (shape
+        ``(hi - lo, dim)``), read straight from the shards."""
+        first = int(np.searchsorted(self._offsets, lo, side="right") - 1)
+        for s in range(max(first, 0), len(self._files)):
+            a, b = int(self._offsets[s]), int(self._offsets[s + 1])
+            if a >= hi:
+                break
+            x, y = max(a, lo), min(b, hi)
+            if y > x:
+                self._files[s]["embeddings"].read_direct(out, source_sel=np.s_[x - a:y - a], dest_sel=np.s_[x - lo:y - lo])
 
     def _fill(self, out: np.ndarray) -> None:
         for f, lo, hi in zip(self._files, self._offsets[:-1], self._offsets[1:]):

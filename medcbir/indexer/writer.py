@@ -29,8 +29,19 @@ from medcbir.indexer.keys import key_hash, source_hash  # noqa: F401 - part of t
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
                                       retained_files)
-from medcbir.indexer.shard import ShardRegions, meta_columns, shard_name, write_shard
+from medcbir.indexer.compression import describe, float16_costs_nothing, parse_budget
+from medcbir.indexer.shard import SHARD_DTYPES, ShardRegions, meta_columns, shard_dtype, shard_name, write_shard
 from medcbir.indexer.integrity import check_files
+from medcbir.indexer.staging import remove_stale_staging
+from medcbir.encoders.compat import check_compatible
+from medcbir.imaging import load_or_create_key
+from medcbir.encoders.regions import DIM, PER_IMAGE, REGIONS_VERSION
+from medcbir.encoders.regions import WithRegions
+from medcbir.indexer.shard import read_embeddings
+from medcbir.indexer.manifest import deleted_ids, store_deleted
+from medcbir.indexer import similarity
+from medcbir.indexer import remeasure
+from medcbir.indexer import recall
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +65,6 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
     Call it holding the writer lock: every index file is written under that lock, so nothing
     here belongs to a live writer.
     """
-    from medcbir.indexer.staging import remove_stale_staging
 
     keep = retained_files(index_dir, manifest)
     removed = remove_stale_staging(index_dir)
@@ -106,6 +116,8 @@ class IndexWriter:
         target_recall: float | None = None,
         regions: bool | None = None,
         regions_per_image: int | None = None,
+        memory_budget: float | str | None = None,
+        shard_dtype: str | None = None,
     ) -> "IndexWriter":
         """Create ``index_dir`` or resume it.
 
@@ -125,6 +137,13 @@ class IndexWriter:
                 turns them on for a new index). Fixed when the index is created.
             regions_per_image: regions kept per item (a new index; default
                 :data:`medcbir.encoders.regions.PER_IMAGE`).
+            memory_budget: bytes of RAM per item for search (``--memory-budget``; e.g. ``"1KB"``):
+                ``auto`` then tries only the chains that fit, projected ones first
+                (:mod:`medcbir.indexer.compression`); kept in the manifest for retraining.
+            shard_dtype: how shards store embeddings: ``"float32"`` (default), ``"float16"``, or
+                ``"auto"`` (float16 when exact recall@10 on the first shard's rounded vectors
+                shows it costs nothing, :func:`~medcbir.indexer.compression.float16_costs_nothing`).
+                Fixed when the index's first shard is written.
 
         Raises:
             EncoderMismatch: the index was built with another encoder.
@@ -148,6 +167,9 @@ class IndexWriter:
                 if not 0.0 < float(target_recall) <= 1.0:
                     raise ConfigError(f"--target-recall must be in (0, 1], not {target_recall}")
                 self.manifest = dict(self.manifest, target_recall=float(target_recall))
+            self._budget = parse_budget(memory_budget)
+            self._dtype_request = shard_dtype
+            self._apply_requests()
         self._lock_timeout = lock_timeout
         return self
 
@@ -166,7 +188,6 @@ class IndexWriter:
             except IndexCorrupt as exc:
 
                 manifest, self.recovery = fallback_manifest(self.index_dir, exc)
-            from medcbir.encoders.compat import check_compatible
 
             check_compatible(self.encoder, manifest["encoder"]["fingerprint"], manifest["encoder"]["preprocessing"])
             if int(manifest["encoder"]["dim"]) != info["dim"]:
@@ -181,7 +202,6 @@ class IndexWriter:
         self.manifest = manifest
         self._refuse_damaged(manifest)
         remove_orphans(self.index_dir, manifest if manifest.get("shards") or manifest_path(self.index_dir).is_file() else None)
-        from medcbir.imaging import load_or_create_key
 
         key_path = Path(key_file) if key_file else (Path(manifest["key_file"]) if manifest.get("key_file") else self.index_dir / "pseudonym.key")
         self.key: bytes = load_or_create_key(key_path)
@@ -209,8 +229,45 @@ class IndexWriter:
         self.deleted_sources = 0  # sources tombstoned by the last delete_sources
         self.batch_size: int | None = None  # encoder forward batch (None: the encoder's default)
 
+    def _apply_requests(self) -> None:
+        """Put this writer's ``memory_budget`` and ``shard_dtype`` into its (next) manifest; again
+        after adopting a newer committed one."""
+        if getattr(self, "_budget", None) is not None and self.manifest.get("memory_budget") != self._budget:
+            self.manifest = dict(self.manifest, memory_budget=self._budget)
+        if getattr(self, "_dtype_request", None) is not None:
+            self._request_shard_dtype(self._dtype_request)
+
+    def _request_shard_dtype(self, wanted: str) -> None:
+        if wanted not in (*SHARD_DTYPES, "auto"):
+            raise ConfigError(f"--shard-dtype must be float32, float16 or auto, not {wanted!r}")
+        record = self.manifest.get("storage") or {}
+        decided = record.get("dtype") if self.manifest.get("shards") or record.get("dtype") else None
+        if decided is None and self.manifest.get("shards"):
+            decided = "float32"  # an index from before float16 storage
+        if decided is not None:
+            if wanted not in ("auto", decided) and record.get("requested", decided) != wanted:
+                raise ConfigError(f"index {self.index_dir} stores {decided} embeddings, not {wanted} (fixed at its first shard)")
+            return
+        # an explicit dtype is decided now (Ray actors write shards with it); auto at the first shard
+        self.manifest = dict(self.manifest, storage={"requested": wanted, **({} if wanted == "auto" else {"dtype": wanted})})
+
+    @property
+    def shard_dtype(self) -> str:
+        """How the next shard stores its embeddings (float32 while an ``auto`` choice is undecided)."""
+        return shard_dtype(self.manifest)
+
+    def _decide_shard_dtype(self, manifest: dict, embeddings: np.ndarray) -> None:
+        """Settle ``storage`` at the first shard: a requested dtype as it is, ``auto`` measured."""
+        record = manifest.get("storage") or {}
+        if record.get("dtype") or not record.get("requested"):
+            return
+        if record["requested"] == "auto":
+            measured = float16_costs_nothing(embeddings)
+            manifest["storage"] = {"requested": "auto", "dtype": "float16" if measured.pop("float16") else "float32", **measured}
+        else:
+            manifest["storage"] = {"requested": record["requested"], "dtype": record["requested"]}
+
     def _setup_regions(self, wanted: bool | None, per_image: int | None) -> None:
-        from medcbir.encoders.regions import DIM, PER_IMAGE, REGIONS_VERSION
 
         record = self.manifest.get("regions")
         created = not self.manifest["shards"] and not manifest_path(self.index_dir).is_file()
@@ -236,7 +293,6 @@ class IndexWriter:
         each item's regions too when the index stores regions (:class:`~medcbir.encoders.regions.WithRegions`)."""
         if not self.regions:
             return self.encoder.preprocessing
-        from medcbir.encoders.regions import WithRegions
 
         return WithRegions(self.encoder.preprocessing, int(self.regions["per_image"]))
 
@@ -314,7 +370,6 @@ class IndexWriter:
                 raise ConfigError(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} do not continue the index at id {manifest['next_id']}")
             number = int(entry["file"].split("-")[1].split(".")[0])
             if self._trained is not None and not entry.get("faiss"):
-                from medcbir.indexer.shard import read_embeddings
 
                 ids = np.arange(entry["first_id"], entry["last_id"] + 1, dtype=np.int64)
                 entry["faiss"] = self._write_shard_faiss(number, ids, read_embeddings(self.index_dir / entry["file"]))
@@ -550,7 +605,6 @@ class IndexWriter:
     def _delete_sources_locked(self, wanted: set[str]) -> int:
         import h5py
 
-        from medcbir.indexer.manifest import deleted_ids, store_deleted
 
         needles = np.array([s.encode("utf-8") for s in wanted])
         found, hit_sources = [], []
@@ -622,7 +676,6 @@ class IndexWriter:
         """Put the archive's query–neighbour similarity sample (:mod:`medcbir.indexer.similarity`)
         into ``manifest`` about to be committed, when the index grew enough since the last one;
         True if it was drawn. Its shards are on disk already, so it goes into the same generation."""
-        from medcbir.indexer import similarity
 
         if not similarity.due(manifest) or not manifest.get("shards"):
             return False
@@ -635,7 +688,6 @@ class IndexWriter:
         """Re-measure recall (and re-pick the trained spec's search parameters) on the whole
         committed index once it has grown enough since the last measurement
         (:mod:`medcbir.indexer.remeasure`); a result below the target makes retraining due."""
-        from medcbir.indexer import remeasure
 
         if remeasure.due(self.manifest):
             self.manifest = commit_manifest(self.index_dir, remeasure.measure_committed(self.index_dir, self.manifest))
@@ -670,6 +722,7 @@ class IndexWriter:
 
             self._trained = faiss.read_index(str(self.index_dir / current["trained"]["file"])) if current.get("trained") else None
         self.manifest = current
+        self._apply_requests()
         self._load_committed_keys()
 
     def _write_shards(self, metas: list, embeddings: np.ndarray, regions: list) -> None:
@@ -705,8 +758,9 @@ class IndexWriter:
         path = self.index_dir / shard_name(number)
         stats = {src.encode("utf-8"): self._source_stats.pop(src) for src in {str(m.source) for m in metas} if src in self._source_stats}
         block = shard_regions(regions, int(self.regions["dim"])) if self.regions else None
+        self._decide_shard_dtype(manifest, embeddings)
         size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"], stats, block,
-                                   self.regions["version"] if self.regions else "")
+                                   self.regions["version"] if self.regions else "", dtype=shard_dtype(manifest))
         entry = {"file": path.name, "items": len(metas), "bytes": size, "sha256": digest,
                  "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
         if self._trained is not None:
@@ -747,8 +801,6 @@ class IndexWriter:
     def _train(self, manifest: dict) -> None:
         """Choose (``auto``) and train the spec on a sample of committed embeddings, measure its
         recall@10 on them (:mod:`medcbir.indexer.recall`), write FAISS files for every shard."""
-        from medcbir.indexer import recall
-        from medcbir.indexer.shard import read_embeddings
 
         auto = manifest.get("index_spec_requested", "auto") == "auto"
         n = int(manifest["next_id"])
@@ -763,12 +815,14 @@ class IndexWriter:
         sample = np.concatenate(parts)
         target = float(manifest.get("target_recall") or recall.TARGET_RECALL)
         specs = None if auto else [manifest["index_spec"]]
+        budget = manifest.get("memory_budget")
         try:
-            choice, trained = recall.choose(sample, target, specs=specs)
+            choice, trained = recall.choose(sample, target, specs=specs, budget=budget)
         except RuntimeError as exc:
             log.warning("could not train %s on %d items (%s); the index stays exact", specs or "auto", len(sample), exc)
             return
-        manifest["recall"] = {**choice.record(), "at_items": n}
+        manifest["recall"] = {**choice.record(), "at_items": n, "chain": describe(choice.spec, int(manifest["encoder"]["dim"])),
+                              **({"memory_budget": budget} if budget is not None else {})}
         if choice.recall_at_10 < target:
             log.warning("index %s: recall@10 %.3f of %s is below the target %.2f", self.index_dir, choice.recall_at_10, choice.spec, target)
         if trained is None:  # auto chose exact search: nothing to train, nothing per shard

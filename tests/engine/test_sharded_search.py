@@ -155,3 +155,34 @@ def test_region_search_sharded_equals_single_process(ray_runtime, lesions):
     finally:
         sharded.close()
         single.close()
+
+
+def test_one_index_with_a_projected_chain_sharded(ray_runtime, tmp_path):
+    """A PCAU chain spread over actors: each part re-ranks its own candidates in its compact
+    store, the driver merges by those scores — at least one index's recall."""
+    import faiss
+
+    from medcbir.engine import Engine, open_engine
+    from medcbir.indexer import IndexWriter
+    from tests.indexer.conftest import FakeEncoder, Meta, clustered
+
+    x = clustered(900, dim=32, seed=31)
+    with IndexWriter.open(tmp_path / "pcau", FakeEncoder(32), index_spec="PCAU12,IVF4,SQ8,Refine(SQfp16)", shard_size=150) as w:
+        w.add_embeddings([Meta(i) for i in range(900)], x)
+    q = np.ascontiguousarray(x[::9])
+    _, exact = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    single = Engine.open(tmp_path / "pcau")
+    sharded = open_engine(tmp_path / "pcau", ray=ray_runtime, shards=3)
+    try:
+        assert sharded.shards == 3
+        groups = {None: list(range(len(q)))}
+        _, one = single.search_groups(q, 10, None, groups)
+        _, many = sharded.search_groups(q, 10, None, groups)
+    finally:
+        sharded.close()
+        single.close()
+
+    def recall(found):
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+
+    assert recall(many) >= recall(one) - 0.01 and recall(many) >= 0.8

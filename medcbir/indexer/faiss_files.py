@@ -1,0 +1,325 @@
+"""Storage of a trained FAISS index: per-shard parts (standalone codes or whole indexes), the
+zero-copy exact index, and combining every shard's part into the searchable index at open.
+
+See :mod:`medcbir.indexer.faiss_index` for the layout on disk and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from medcbir.indexer.faiss_spec import is_projected, try_extract_ivf
+from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name
+
+
+def parts(trained: faiss.Index) -> tuple[faiss.Index, faiss.Index | None]:
+    """(base, refine) templates of a trained factory index, each an independent empty copy.
+
+    A projected chain (``IndexPreTransform``) is not split: its whole copy is the base template
+    (its shard parts hold the codes of every level, :func:`write_shard_part`) and refine is None.
+    """
+    index = faiss.downcast_index(trained)
+    if is_projected(index):
+        return faiss.clone_index(index), None
+    if isinstance(index, faiss.IndexRefine):
+        return faiss.clone_index(index.base_index), faiss.clone_index(index.refine_index)
+    return faiss.clone_index(index), None
+
+
+def mergeable(base: faiss.Index) -> bool:
+    """IVF bases merge with ``merge_from``; fast-scan IVF does not (heap corruption in 1.15)."""
+    base = faiss.downcast_index(base)
+    return isinstance(base, faiss.IndexIVF) and not isinstance(base, faiss.IndexIVFFastScan)
+
+
+def chain_levels(index: faiss.Index) -> tuple[faiss.VectorTransform, faiss.Index, faiss.Index | None]:
+    """(projection, base, refine or None) of a projected chain (the objects inside ``index``)."""
+    index = faiss.downcast_index(index)
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexRefine):
+        return index.chain.at(0), faiss.downcast_index(inner.base_index), faiss.downcast_index(inner.refine_index)
+    return index.chain.at(0), inner, None
+
+
+def chain_codes(index: faiss.Index, embeddings: np.ndarray) -> np.ndarray:
+    """One shard's row of codes for a projected chain: the base's standalone code (coarse list
+    number first) then the re-rank store's code of the projected vector."""
+    projection, base, refine = chain_levels(index)
+    x = projection.apply(np.ascontiguousarray(embeddings, dtype=np.float32))
+    codes = base.sa_encode(x)
+    return codes if refine is None else np.ascontiguousarray(np.hstack([codes, refine.sa_encode(x)]))
+
+
+def uses_codes(base: faiss.Index) -> bool:
+    """True when a shard's part of ``base`` is stored as FAISS standalone codes (``sa_encode``).
+
+    For IVF indexes (not fast-scan) each shard file is then an ``.npy`` of N × ``sa_code_size``
+    bytes (coarse list number + the list's code), and opening adds all shards' codes with a
+    single ``add_sa_codes`` call: much faster than ``merge_from`` of per-shard FAISS files
+    (profiled at 1M items, the ``merge_from`` calls were the largest part of opening).
+    A projected chain over an IVF base stores its codes too (:func:`chain_codes`).
+    """
+    if is_projected(base):
+        return mergeable(chain_levels(base)[1])
+    return mergeable(base)
+
+
+def write_shard_part(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray, stem: Path) -> dict:
+    """Encode one shard for the trained base and commit its file next to the shard.
+
+    Args:
+        base_template: the trained, empty base index.
+        ids: the shard's int64 ids.
+        embeddings: its float32 vectors.
+        stem: ``INDEX/shard-NNNNNN`` (the suffix is chosen here).
+
+    Returns:
+        the manifest record ``{file, bytes, sha256, kind}``; ``kind`` is ``"sa_codes"``
+        (``.codes.npy``) or ``"faiss"`` (``.faiss``, a whole index holding the shard's vectors).
+    """
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if uses_codes(base_template):
+        path = stem.with_name(stem.name + ".codes.npy")
+        tmp = tmp_name(path)
+        codes = chain_codes(base_template, embeddings) if is_projected(base_template) else base_template.sa_encode(embeddings)
+        with open(tmp, "wb") as fh:
+            np.save(fh, codes, allow_pickle=False)
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+        commit_file(tmp, path, hook="faiss-fsync")
+        return {"file": path.name, "bytes": size, "sha256": digest, "kind": "sa_codes"}
+    path = stem.with_name(stem.name + ".faiss")
+    size, digest = write_index(shard_index(base_template, ids, embeddings), path)
+    return {"file": path.name, "bytes": size, "sha256": digest, "kind": "faiss"}
+
+
+def read_codes(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def shard_index(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray) -> faiss.Index:
+    """A copy of the trained base holding one shard's vectors under their ids."""
+    base = faiss.clone_index(base_template)
+    if try_extract_ivf(base) is None:
+        base = faiss.IndexIDMap2(base)
+    base.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return base
+
+
+def write_index(index: faiss.Index, path: Path, hook: str | None = "faiss-fsync") -> tuple[int, str]:
+    """Write a FAISS index under a temporary name and commit it; returns (bytes, sha256)."""
+    tmp = tmp_name(path)
+    faiss.write_index(index, str(tmp))
+    digest = sha256_file(tmp)
+    size = tmp.stat().st_size
+    commit_file(tmp, path, hook=hook)
+    return size, digest
+
+
+def _flat_layout(dim: int) -> tuple[bytes, int]:
+    """(header, ntotal offset) of FAISS's serialised ``IndexFlatIP``, learnt from FAISS itself.
+
+    The serialisation is header + float count (int64) + the vectors; serialising 1 and 2
+    vectors shows which header bytes hold ``ntotal``.
+    """
+    blobs = []
+    for n in (1, 2):
+        flat = faiss.IndexFlatIP(int(dim))
+        flat.add(np.zeros((n, dim), dtype=np.float32))
+        blob = faiss.serialize_index(flat).tobytes()
+        blobs.append(blob[: len(blob) - n * dim * 4 - 8])
+    diff = [i for i, (a, b) in enumerate(zip(*blobs)) if a != b]
+    if len(blobs[0]) != len(blobs[1]) or not diff or blobs[0][diff[0] : diff[0] + 8] != (1).to_bytes(8, "little"):
+        raise RuntimeError("unexpected IndexFlatIP serialisation")
+    return blobs[0], diff[0]
+
+
+def flat_from(fill: Callable[[np.ndarray], None], n: int, dim: int) -> faiss.IndexFlatIP:
+    """An ``IndexFlatIP`` of ``n`` vectors that ``fill`` writes in place, without a copy.
+
+    The vectors live in a numpy buffer laid out as FAISS's own serialisation of the index and
+    opened zero-copy (``ZeroCopyIOReader`` + ``IO_FLAG_MMAP_IFC``): the data are written once,
+    instead of FAISS zero-filling its own buffer (``codes.resize``, seconds at 1M×512) and the
+    data being written over it. The returned index keeps the buffer alive
+    (``referenced_objects``).
+    """
+    header, at = _flat_layout(dim)
+    size = n * dim * 4
+    head = len(header) + 8
+    # np.zeros (calloc: fresh zero pages, no huge-page madvise) filled faster through HDF5 reads
+    # than np.empty at 1M×512 (benchmarks/RESULTS.md, "Development measurements").
+    raw = np.zeros(head + size + 64, dtype=np.uint8)
+    shift = (-(raw.ctypes.data + head)) % 64  # vectors 64-byte aligned for BLAS
+    blob = raw[shift : shift + head + size]
+    blob[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    blob[at : at + 8] = np.frombuffer(int(n).to_bytes(8, "little"), dtype=np.uint8)
+    blob[len(header) : head] = np.frombuffer(int(n * dim).to_bytes(8, "little"), dtype=np.uint8)
+    if n:
+        fill(blob[head:].view(np.float32).reshape(n, dim))
+    reader = faiss.ZeroCopyIOReader(faiss.swig_ptr(blob), blob.size)
+    flat = faiss.read_index(reader, faiss.IO_FLAG_MMAP_IFC)  # already downcast; keep this proxy (it owns)
+    if flat.ntotal != n or flat.d != dim or (n and flat.codes.is_owned):
+        raise RuntimeError("zero-copy IndexFlatIP did not map the buffer")
+    flat.referenced_objects = [raw, reader]
+    return flat
+
+
+def combine(
+    trained: faiss.Index | None,
+    shard_files: list[Path],
+    fill: Callable[[np.ndarray], None],
+    n: int,
+    dim: int,
+    faiss_gpu: bool = False,
+) -> tuple[faiss.Index, bool]:
+    """The searchable index of all committed items.
+
+    Args:
+        trained: the trained factory index (None for Flat or not yet trained: exact search).
+        shard_files: per-shard FAISS files in shard order (ignored for Flat).
+        fill: writes all N×D embeddings, in id order, into the array it is given.
+        n: number of committed items.
+        dim: embedding dimension.
+        faiss_gpu: ignored (kept for callers): the GPU copy is made by :func:`gpu_copy`.
+
+    Returns:
+        (index, exact): ``exact`` is True for brute-force search.
+    """
+    if trained is None:
+        return flat_from(fill, n, dim), True
+    if is_projected(trained):
+        return combine_chain(trained, shard_files, n), False
+    base_template, refine_template = parts(trained)
+    keep: list = []
+    if shard_files and all(p.name.endswith(".codes.npy") for p in shard_files):
+        base = base_template
+        runs, lo = [], 0
+        for path in shard_files:
+            codes = read_codes(path)
+            if codes.ndim != 2 or codes.shape[1] != base.sa_code_size():
+                raise ValueError(f"shard codes hold {codes.shape}, expected (…, {base.sa_code_size()})")
+            runs.append((codes, lo))
+            lo += len(codes)
+        if lo != n:
+            raise ValueError(f"shard codes hold ({lo}, {base.sa_code_size()}), expected ({n}, {base.sa_code_size()})")
+        fill_ivf(faiss.downcast_index(base), runs)  # lists sized once (see combine_chain)
+        del runs
+    elif mergeable(base_template):
+        base = base_template
+        for path in shard_files:
+            part = faiss.read_index(str(path))
+            base.merge_from(part, 0)
+    else:
+        base = faiss.IndexShards(int(dim), False, False)
+        for path in shard_files:
+            part = faiss.read_index(str(path))
+            keep.append(part)
+            base.add_shard(part)
+    if refine_template is None:
+        base.referenced_objects = keep
+        return base, False
+    if isinstance(faiss.downcast_index(refine_template), faiss.IndexFlat):
+        refine = flat_from(fill, n, dim)
+    else:
+        refine = refine_template
+        vectors = np.empty((n, dim), dtype=np.float32)
+        fill(vectors)
+        refine.add(vectors)
+        del vectors
+    index = faiss.IndexRefine(base, refine)
+    index.referenced_objects = [base, refine, *keep]
+    return index, False
+
+
+def combine_chain(trained: faiss.Index, shard_files: list[Path], n: int) -> faiss.Index:
+    """The searchable projected chain: a copy of ``trained`` whose base and re-rank store get
+    each shard's codes (``.codes.npy``: base code then store code per row), no embedding read
+    (the shards' embeddings stay on disk). Both are sized once and filled in place
+    (:func:`fill_ivf`, :func:`fill_flat_codes`): adding millions of codes one entry at a time
+    grows FAISS's vectors by reallocation, and the freed buffers stay in the process (measured
+    ~0.3× the codes' bytes more RSS at 1M items)."""
+    index = faiss.clone_index(trained)
+    _, base, refine = chain_levels(index)
+    if not shard_files or not all(p.name.endswith(".codes.npy") for p in shard_files):
+        raise ValueError("a projected chain needs every shard's codes (.codes.npy)")
+    width = base.sa_code_size()
+    full = width + (refine.sa_code_size() if refine is not None else 0)
+    parts, lo = [], 0
+    for path in shard_files:
+        codes = read_codes(path)
+        if codes.ndim != 2 or codes.shape[1] != full:
+            raise ValueError(f"{path.name}: codes of width {codes.shape[-1]}, expected {full}")
+        parts.append((codes, lo))
+        lo += len(codes)
+    if lo != n:
+        raise ValueError(f"shard codes hold {lo} rows, expected {n}")
+    if isinstance(base, faiss.IndexIVF) and isinstance(faiss.downcast_InvertedLists(base.invlists), faiss.ArrayInvertedLists):
+        fill_ivf(base, [(codes[:, :width], first) for codes, first in parts])
+    else:
+        for codes, first in parts:
+            base.add_sa_codes(np.ascontiguousarray(codes[:, :width]), np.arange(first, first + len(codes), dtype=np.int64))
+    if refine is not None:
+        fill_flat_codes(refine, [codes[:, width:] for codes, _ in parts], n)
+    inner = faiss.downcast_index(index.index)
+    inner.ntotal = n
+    index.ntotal = n
+    return index
+
+
+def list_numbers(codes: np.ndarray, width: int) -> np.ndarray:
+    """IVF list of each row of standalone codes (their first ``width`` bytes, little-endian)."""
+    lists = np.zeros(len(codes), dtype=np.int64)
+    for b in range(width):
+        lists |= codes[:, b].astype(np.int64) << (8 * b)
+    return lists
+
+
+def fill_ivf(ivf: faiss.IndexIVF, parts: list[tuple[np.ndarray, int]]) -> None:
+    """Add standalone codes (coarse list number, then the code) of runs of consecutive ids
+    (``(codes, first id)``) to an empty-listed IVF index: every list is sized once to its final
+    length, then written in place. Same lists, same order within each list, as ``add_sa_codes``."""
+    lists_of = faiss.downcast_InvertedLists(ivf.invlists)
+    coarse, size, nlist = int(ivf.coarse_code_size()), int(ivf.code_size), int(ivf.nlist)
+    numbers = [list_numbers(codes, coarse) for codes, _ in parts]
+    counts = np.zeros(nlist, dtype=np.int64)
+    for lists in numbers:
+        counts += np.bincount(lists, minlength=nlist)[:nlist]
+    filled = np.array([lists_of.list_size(int(lst)) for lst in range(nlist)], dtype=np.int64)
+    views = {}
+    for lst in np.nonzero(counts)[0]:
+        lists_of.resize(int(lst), int(filled[lst] + counts[lst]))
+        total = int(filled[lst] + counts[lst])
+        views[int(lst)] = (faiss.rev_swig_ptr(lists_of.get_codes(int(lst)), total * size), faiss.rev_swig_ptr(lists_of.get_ids(int(lst)), total))
+    for (codes, first), lists in zip(parts, numbers):
+        order = np.argsort(lists, kind="stable")
+        bounds = np.searchsorted(lists[order], np.arange(nlist + 1))
+        for lst in np.nonzero(np.diff(bounds))[0]:
+            rows = order[bounds[lst]:bounds[lst + 1]]
+            code_view, id_view = views[int(lst)]
+            at = int(filled[lst])
+            code_view[at * size:(at + len(rows)) * size] = np.ascontiguousarray(codes[rows, coarse:]).reshape(-1)
+            id_view[at:at + len(rows)] = first + rows
+            filled[lst] += len(rows)
+    ivf.ntotal = int(ivf.ntotal + counts.sum())
+
+
+def fill_flat_codes(index: faiss.Index, parts: list[np.ndarray], n: int) -> None:
+    """Put ``n`` rows of codes (in ``parts``, in order) into an empty flat-codes index (the SQ
+    re-rank store), its buffer sized once."""
+    index = faiss.downcast_index(index)
+    width = int(index.sa_code_size())
+    if not isinstance(index, faiss.IndexFlatCodes) or index.ntotal:
+        for codes in parts:
+            index.add_sa_codes(np.ascontiguousarray(codes), None)
+        return
+    index.codes.resize(n * width)
+    view = faiss.rev_swig_ptr(index.codes.data(), n * width)
+    at = 0
+    for codes in parts:
+        view[at * width:(at + len(codes)) * width] = np.ascontiguousarray(codes).reshape(-1)
+        at += len(codes)
+    index.ntotal = n
