@@ -92,9 +92,7 @@ def build_backbone(name: str = "resnet18", in_channels: int = 1) -> nn.Module:
     backbone_dim(name)  # validates the name
     if in_channels < 1:
         raise ConfigError(f"in_channels must be >= 1, not {in_channels}")
-    from monai.networks.nets import resnet
-
-    factory = getattr(resnet, name)
+    factory = getattr(_monai_resnet(), name)
     return factory(
         spatial_dims=2,
         n_input_channels=in_channels,
@@ -105,6 +103,28 @@ def build_backbone(name: str = "resnet18", in_channels: int = 1) -> nn.Module:
         # Not in-place: attribution methods (captum, Grad-CAM hooks) need the activations intact.
         act=("relu", {"inplace": False}),
     )
+
+
+def _monai_resnet():
+    """MONAI's ResNet module, imported without transformers.
+
+    MONAI's package init imports every one of its modules; one (TransChex) imports transformers
+    when it is installed, which costs more than torch itself, in every process that builds a
+    backbone. An entry of None in ``sys.modules`` makes that import fail, so MONAI keeps its
+    placeholder instead; the entry is removed afterwards, so a Hugging Face encoder still imports
+    transformers as usual.
+    """
+    import sys
+
+    block = "transformers" not in sys.modules
+    if block:
+        sys.modules["transformers"] = None
+    try:
+        from monai.networks.nets import resnet
+    finally:
+        if block and sys.modules.get("transformers", 0) is None:
+            del sys.modules["transformers"]
+    return resnet
 
 
 def feature_layer(backbone: nn.Module) -> nn.Module:

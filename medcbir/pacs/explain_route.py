@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.engine.neighbour import Neighbour
-from medcbir.explain.report import render_html, render_png
 from medcbir.errors import ConfigError
 from medcbir.pacs.dicom_store import store_all
 from medcbir.pacs.orthanc_config import instance_of
@@ -124,6 +123,7 @@ def explain_answer(engine, rest, query_path: Path, request: dict, label: str | N
     if request.get("roi") is not None:
         return region_explain_answer(engine, rest, query_path, request, label=label)
     from medcbir.explain import METHODS, explain_search
+    from medcbir.explain.report import render_html, render_png
 
     fmt = str(request.get("format") or "png").lower()
     method = str(request.get("method") or "relax")

@@ -189,14 +189,15 @@ def test_cli_region_search_verify_and_the_error_without_regions(lesions, tmp_pat
 def test_regions_of_another_recipe_are_refused_with_the_fix(lesions, tmp_path, monkeypatch, capsys):
     """Regions described by another recipe (another descriptor, proposals or resolution) do not
     compare with a query described by this one: a region query says so instead of answering."""
-    import medcbir.encoders.regions as regions_module
+    import medcbir.indexer.writer as writer_module
+    from medcbir.encoders.regions import REGIONS_VERSION
 
     archive = tmp_path / "archive"
     patient = next(p for p in sorted(lesions["archive"].iterdir()) if p.is_dir())
     import shutil
 
     shutil.copytree(patient, archive / patient.name)
-    monkeypatch.setattr(regions_module, "REGIONS_VERSION", "radiomic-v0/proposals-v0")
+    monkeypatch.setattr(writer_module, "REGIONS_VERSION", "radiomic-v0/proposals-v0")  # what the writer records
     old = tmp_path / "old"
     assert main(["index", str(archive), "--out", str(old), "--workers", "1", "--no-progress", "--no-maintenance"]) == 0
     monkeypatch.undo()
@@ -204,5 +205,5 @@ def test_regions_of_another_recipe_are_refused_with_the_fix(lesions, tmp_path, m
     source = str(next(archive.rglob("*.dcm")))
     assert main(["search", str(old), source, "--roi", "10,10,20,20"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "radiomic-v0/proposals-v0" in err[0] and regions_module.REGIONS_VERSION in err[0], err
+    assert len(err) == 1 and "radiomic-v0/proposals-v0" in err[0] and REGIONS_VERSION in err[0], err
     assert main(["search", str(old), source, "-k", "2"]) == 0  # the slice index still answers
