@@ -137,6 +137,14 @@ class ExplainWorker:
         running = 1 if self.pending else 0
         return {"running": running, "waiting": self.pending - running, "queue": self.waiting, "stopped": self.stopped}
 
+    def check_room(self) -> None:
+        """ExplainQueueFull when an explanation arriving now would be refused: checked before the
+        query is fetched from Orthanc, so a full queue costs no Orthanc request."""
+        with self._count:
+            if self.pending > self.waiting:
+                raise ExplainQueueFull(f"{self.waiting} explanation(s) wait already behind the running one "
+                                       "(the server's ExplainQueue); try again later")
+
     def explain(self, query_path: Path, request: dict, label: str | None = None, deadline: Deadline | None = None) -> tuple[bytes, str]:
         """The explanation's (body, MIME type), after the explanations queued before it.
 

@@ -484,6 +484,8 @@ class RequestHandlers:
             raise ConfigError(f"{display_name(method)} needs the gradients of a torch encoder, and this server explains with "
                               f"an ONNX one: its administrator can name the torch checkpoint it was exported from as "
                               f'"ExplainEncoder" (orthanc-config --explain-encoder). Available here: {", ".join(offered)}')
+        if self._explainer is not None:
+            self._explainer.check_room()  # a full queue answers at once, before any Orthanc request
         [(path, instance)] = self._query_files(request, deadline)
         label = f"instance {instance}" if instance else "the posted DICOM"
         try:
