@@ -70,16 +70,10 @@ class RegionImage:
 
     def to_stored(self, box) -> tuple[int, int, int, int]:
         """A region-grid box ``(x, y, w, h)`` → integer stored-grid box, clipped to the frame."""
-        x, y, w, h = (float(v) for v in box)
-        rows, cols = self.shape
-        x0 = int(np.clip(math.floor(x / self.scale[1]), 0, cols - 1))
-        y0 = int(np.clip(math.floor(y / self.scale[0]), 0, rows - 1))
-        x1 = int(np.clip(math.ceil((x + w) / self.scale[1]), x0 + 1, cols))
-        y1 = int(np.clip(math.ceil((y + h) / self.scale[0]), y0 + 1, rows))
-        return x0, y0, x1 - x0, y1 - y0
+        return tuple(int(v) for v in self.boxes_to_stored(np.asarray([box], dtype=np.float64))[0])
 
     def boxes_to_stored(self, boxes) -> np.ndarray:
-        """:meth:`to_stored` of every row of ``boxes`` (N, ≥4) at once: int32 (N, 4)."""
+        """Region-grid boxes (N, ≥4) → integer stored-grid boxes, clipped to the frame: int32 (N, 4)."""
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) > 1 else 4)[:, :4]
         rows, cols = self.shape
         x0 = np.clip(np.floor(b[:, 0] / self.scale[1]), 0, cols - 1)

@@ -86,12 +86,13 @@ def write_region_explanation(result, out) -> list[Path]:
         Image.fromarray(overlay(result.images[i], result.display[i], result.map_of(i), nb.region)).save(path)
         written.append(path)
     summary = {**result.to_dict(), "shapes": [list(s) for s in result.shapes]}
-    (out / "explanation.json").write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
+    (out / "explanation.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     written.append(out / "explanation.json")
     return written
 
 
-def _plain(value):
+def json_default(value):
+    """``json.dumps(default=...)`` for numpy scalars and arrays (anything else as its text)."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -21,8 +21,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from medcbir.engine.neighbour import Neighbour
 from medcbir.errors import ConfigError
 from medcbir.pacs.dicom_store import store_all
@@ -183,7 +181,7 @@ def region_explain_answer(engine, rest, query_path: Path, request: dict, label: 
     ``caveat``; png: the query and the neighbours side by side; html: the same as a page.
     ``pairwise`` and ``store`` do not apply (the maps are not the whole-image explanation's).
     """
-    from medcbir.explain.region_files import QUERY_COLOUR, overlay
+    from medcbir.explain.region_files import QUERY_COLOUR, json_default, overlay
     from medcbir.explain.regions import check_region_method, explain_region_match
     from medcbir.explain.status import CAVEAT, display_name
 
@@ -216,7 +214,7 @@ def region_explain_answer(engine, rest, query_path: Path, request: dict, label: 
             series, study = parents if parents else (None, None)
             entry.update(instance=instance, series=series, study=study, overlay_png=base64.b64encode(png).decode("ascii"))
         payload.update(status=status, caveat=CAVEAT, method_name=name, roi=list(roi))
-        return json.dumps(payload, indent=2, default=_plain).encode("utf-8"), "application/json"
+        return json.dumps(payload, indent=2, default=json_default).encode("utf-8"), "application/json"
     captions = [f"{label}: region {','.join(map(str, result.query_box))}"] + [
         f"#{nb.rank} score {nb.score:.3f}, region {','.join(map(str, nb.region))}" for nb in result.neighbours]
     title = f"{name} explanation of {label} and its top-{len(result.neighbours)} region matches"
@@ -262,10 +260,3 @@ def _panel(pngs: list[bytes], captions: list[str], lines: list[str], side: int =
     panel.save(buf, format="PNG")
     return buf.getvalue()
 
-
-def _plain(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -141,9 +141,12 @@ class ExplainWorker:
         """ExplainQueueFull when an explanation arriving now would be refused: checked before the
         query is fetched from Orthanc, so a full queue costs no Orthanc request."""
         with self._count:
-            if self.pending > self.waiting:
-                raise ExplainQueueFull(f"{self.waiting} explanation(s) wait already behind the running one "
-                                       "(the server's ExplainQueue); try again later")
+            self._refuse_when_full()
+
+    def _refuse_when_full(self) -> None:  # with self._count held
+        if self.pending > self.waiting:
+            raise ExplainQueueFull(f"{self.waiting} explanation(s) wait already behind the running one "
+                                   "(the server's ExplainQueue); try again later")
 
     def explain(self, query_path: Path, request: dict, label: str | None = None, deadline: Deadline | None = None) -> tuple[bytes, str]:
         """The explanation's (body, MIME type), after the explanations queued before it.
@@ -155,9 +158,7 @@ class ExplainWorker:
         """
         deadline = deadline or Deadline(float("inf"))
         with self._count:
-            if self.pending > self.waiting:
-                raise ExplainQueueFull(f"{self.waiting} explanation(s) wait already behind the running one "
-                                       "(the server's ExplainQueue); try again later")
+            self._refuse_when_full()
             self.pending += 1
         try:
             while not self._turn.acquire(timeout=POLL_SECONDS):
