@@ -90,8 +90,9 @@ def _budget(ctx, param, value):
 @click.option("--memory-budget", default=None, metavar="BYTES", callback=_budget,
               help="RAM per indexed image for search (e.g. 1KB): auto then chooses among the chains that fit "
                    "(learned projection, codes, 8-bit/float16 re-rank store) by measured recall.")
-@click.option("--shard-dtype", type=click.Choice(["float32", "float16", "auto"]), default=None,
-              help="How a new index's shards store embeddings (default float32; auto: float16 when measured to cost no recall).")
+@click.option("--shard-dtype", type=click.Choice(["float32", "float16", "sq8", "sq6", "auto"]), default=None,
+              help="How a new index's shards store embeddings (default float32; sq8/sq6: 8/6-bit codes per dimension; "
+                   "auto: the smallest of sq8, float16 measured to cost no recall).")
 def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
           delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain, regions,
           regions_per_image, memory_budget, shard_dtype) -> None:

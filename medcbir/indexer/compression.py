@@ -12,8 +12,10 @@ An archive of tens of millions of images cannot keep its embeddings in RAM at fu
   quantiser, codes, re-rank store) lives in the projected space;
 - **a compact re-rank store**: ``Refine(SQfp16)`` (2 bytes per projected dimension) or
   ``Refine(SQ8)`` (1 byte) instead of ``Refine(Flat)``'s float32 copy of every embedding;
-- **float16 shards** (:func:`float16_costs_nothing`): the HDF5 shards store embeddings in float16
-  when exact search over the rounded vectors returns the same top-10 as over the float32 ones.
+- **compact shards** (:func:`choose_storage`): the HDF5 shards store embeddings as 8-bit
+  per-dimension scalar-quantised codes (``sq8``, each shard's own range) or in float16, the
+  smallest of them whose exact search over the stored-and-decoded vectors returns the same
+  top-10 as over the float32 ones (:data:`FLOAT16_RECALL`); float32 otherwise.
 
 ``auto`` measures: with a memory budget (bytes of RAM per item for search, ``--memory-budget``)
 it tries only the chains whose :func:`bytes_per_item` fits (:func:`compact_candidates`), in
@@ -30,6 +32,7 @@ import numpy as np
 
 from medcbir.errors import ConfigError
 from medcbir.indexer.faiss_spec import is_flat, split_projection, split_refine
+from medcbir.indexer.shard import Decoder, sq_encode
 
 #: projected dimensions ``auto`` tries (those below the embedding dimension), smallest first; a
 #: dimension whose exact search already misses the target is skipped (``recall.choose``)
@@ -155,22 +158,63 @@ def float16_costs_nothing(embeddings: np.ndarray, queries: int = FLOAT16_QUERIES
     "items", "float16": bool}``; ``float16`` is True when the recall reaches
     :data:`FLOAT16_RECALL` and the rounding moves no component by more than 1e-3."""
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    out = _exact_recall(x, x.astype(np.float16).astype(np.float32), queries, seed)
+    out["float16"] = bool(out["recall_at_10"] >= FLOAT16_RECALL and out["max_abs_error"] <= 1e-3)
+    return out
+
+
+def storage_costs_nothing(embeddings: np.ndarray, dtype: str, queries: int = FLOAT16_QUERIES, seed: int = 0) -> dict:
+    """:func:`float16_costs_nothing` for any shard storage: exact recall@10 over ``embeddings``
+    stored as ``dtype`` and decoded (``sq8``/``sq6``: each shard's per-dimension range, as
+    :func:`medcbir.indexer.shard.write_shard` stores them) against float32, on up to ``queries``
+    of them: ``{"recall_at_10", "max_abs_error", "queries", "items", "free": bool}``; ``free``
+    when the recall reaches :data:`FLOAT16_RECALL` (and float16 moves no component by more
+    than 1e-3)."""
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if dtype == "float16":
+        out = float16_costs_nothing(x, queries, seed)
+        out["free"] = out.pop("float16")
+        return out
+    codes, value_range = sq_encode(x, dtype)
+    decoded = Decoder(dtype, x.shape[1], value_range).decode(codes)
+    out = _exact_recall(x, decoded, queries, seed)
+    out["free"] = bool(out["recall_at_10"] >= FLOAT16_RECALL)
+    return out
+
+
+#: shard storages ``--shard-dtype auto`` measures, fewest bytes first
+AUTO_STORAGES = ("sq8", "float16")
+
+
+def choose_storage(embeddings: np.ndarray, queries: int = FLOAT16_QUERIES) -> dict:
+    """The smallest shard storage of :data:`AUTO_STORAGES` that costs no measured recall on
+    ``embeddings`` (the first shard's), float32 when none: the manifest's ``storage`` record
+    ``{"dtype", "recall_at_10", "max_abs_error", "queries", "items", "tried"}`` (``tried``: each
+    measured storage's recall@10)."""
+    tried = {}
+    for dtype in AUTO_STORAGES:
+        measured = storage_costs_nothing(embeddings, dtype, queries)
+        tried[dtype] = measured["recall_at_10"]
+        if measured.pop("free"):
+            return {"dtype": dtype, **measured, "tried": tried}
+    return {"dtype": "float32", **{k: v for k, v in measured.items() if k != "free"}, "tried": tried}
+
+
+def _exact_recall(x: np.ndarray, stored: np.ndarray, queries: int, seed: int) -> dict:
     n = len(x)
-    half = x.astype(np.float16).astype(np.float32)
-    error = float(np.abs(half - x).max()) if n else 0.0
+    error = float(np.abs(stored - x).max()) if n else 0.0
     if n < 2:
-        return {"recall_at_10": 1.0, "max_abs_error": error, "queries": 0, "items": n, "float16": error <= 1e-3}
+        return {"recall_at_10": 1.0, "max_abs_error": error, "queries": 0, "items": n}
     k = min(10, n - 1)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, queries), replace=False))
     _, exact = faiss.knn(x[rows], x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    _, found = faiss.knn(half[rows], half, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    _, found = faiss.knn(np.ascontiguousarray(stored[rows]), stored, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+
     def top(row, own):
         return set([i for i in row.tolist() if i != own][:k])
 
     hits = [len(top(a, r) & top(b, r)) / k for a, b, r in zip(exact, found, rows)]
-    recall = float(np.mean(hits))
-    return {"recall_at_10": round(recall, 4), "max_abs_error": error, "queries": int(len(rows)), "items": int(n),
-            "float16": bool(recall >= FLOAT16_RECALL and error <= 1e-3)}
+    return {"recall_at_10": round(float(np.mean(hits)), 4), "max_abs_error": error, "queries": int(len(rows)), "items": int(n)}
 
 
 def describe(spec: str, dim: int) -> dict:

@@ -15,7 +15,7 @@ from medcbir.indexer.checksum import FIELD, fast_checksum
 from medcbir.indexer.compaction import compact  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
-from medcbir.indexer.shard import embeddings_sha256
+from medcbir.indexer.shard import Decoder, embeddings_sha256
 from medcbir.indexer.integrity import committed_entries, committed_records
 from medcbir.indexer.fsutil import sha256_many
 from medcbir.indexer.writer import remove_orphans
@@ -243,10 +243,14 @@ def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set,
             out.append(f"{name}: encoder fingerprint {str(attrs.get('encoder_fingerprint'))[:12]} differs from the manifest's {fingerprint[:12]}")
         if int(attrs.get("dim", -1)) != dim or attrs.get("metric") != "ip":
             out.append(f"{name}: dim/metric {attrs.get('dim')}/{attrs.get('metric')} differ from the manifest's {dim}/ip")
-        emb = f["embeddings"][...]
-        if emb.shape != (entry["items"], dim):
-            out.append(f"{name}: embeddings {emb.shape} but the manifest says {entry['items']}×{dim}")
-        if embeddings_sha256(emb) != attrs.get("embeddings_sha256"):
+        try:
+            decoder = Decoder.of(f, dim)
+        except (KeyError, ValueError) as exc:
+            return [*out, f"{name}: embeddings stored {f.attrs.get('embeddings_codec')!r} cannot be decoded ({exc})"]
+        stored = f["embeddings"]
+        if stored.shape != decoder.stored_shape(entry["items"]):
+            out.append(f"{name}: embeddings {stored.shape} but the manifest says {entry['items']}×{dim}")
+        elif embeddings_sha256(decoder.read(stored)) != attrs.get("embeddings_sha256"):
             out.append(f"{name}: embeddings do not match their recorded sha256")
         ids = f["ids"][...]
         if not np.array_equal(ids, np.arange(entry["first_id"], entry["last_id"] + 1)):

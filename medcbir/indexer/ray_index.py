@@ -45,6 +45,7 @@ from medcbir.errors import ArchiveNotFound
 from medcbir.imaging import Preprocessing
 from medcbir.encoders.regions import WithRegions
 from medcbir.device import Device
+from medcbir.indexer.compression import choose_storage
 from medcbir.indexer.shard import meta_columns, shard_name, write_shard
 from medcbir.indexer.writer import key_hash, shard_regions
 from medcbir.indexer import follow, quarantine
@@ -219,6 +220,16 @@ def _ledger_class():
             self.next_id, self.next_shard, self.shard_size = int(next_id), int(next_shard), int(shard_size)
             self.keys = set(np.asarray(committed, dtype=np.uint64).tolist())
             self.jobs: dict[int, tuple] = {}
+            self.storage: dict | None = None
+
+        def settle_storage(self, proposal: dict) -> dict:
+            """The index's shard storage for an ``auto`` request: the first actor's measurement
+            (:func:`~medcbir.indexer.compression.choose_storage` on its first embeddings) wins,
+            every actor then writes that dtype (as the single-process writer decides at its
+            first shard)."""
+            if self.storage is None:
+                self.storage = dict(proposal)
+            return self.storage
 
         def reserve(self, job: int, keys: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, list]:
             """(keep mask, [(shard number, first id, items)]) for a job's items, in order.
@@ -289,7 +300,9 @@ class EmbedWriter:
         batch_size: images per forward.
         threads: torch threads (CPU embedding).
         regions: the manifest's regions record (None: the index stores no regions).
-        dtype: how shards store embeddings (the index's decided ``shard_dtype``; float32 while undecided).
+        dtype: how shards store embeddings: the index's decided ``shard_dtype``, or ``"auto"``
+            while an ``auto`` request is undecided (measured on the first embeddings an actor
+            makes, settled once by the ledger, reported back with the entries).
     """
 
     def __init__(self, encoder, fingerprint: str, encoder_info: dict, index_dir: str, ledger, batch_size: int, threads: int,
@@ -324,6 +337,10 @@ class EmbedWriter:
             embeddings = self.encoder.embed(np.ascontiguousarray(images[kept]), batch_size=self.batch_size)
             kept_metas = [metas[i] for i in kept]
             kept_regions = [regions[i] for i in kept] if regions is not None else None
+            storage = None
+            if self.dtype == "auto":
+                storage = ray.get(self.ledger.settle_storage.remote({"requested": "auto", **choose_storage(embeddings)}))
+            dtype = storage["dtype"] if storage else self.dtype
             for number, first, count in plan:
                 ids = np.arange(first, first + count, dtype=np.int64)
                 path = self.index_dir / shard_name(number)
@@ -331,9 +348,10 @@ class EmbedWriter:
                 stats = {str(m.source).encode("utf-8"): states[str(m.source)] for m in part if str(m.source) in states}
                 block = shard_regions(kept_regions[start:start + count], int(self.regions["dim"])) if self.regions else None
                 size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(part), self.info, stats, block,
-                                           self.regions["version"] if self.regions else "", dtype=self.dtype)
+                                           self.regions["version"] if self.regions else "", dtype=dtype)
                 entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
-                                "first_id": int(first), "last_id": int(first + count - 1), "faiss": None})
+                                "first_id": int(first), "last_id": int(first + count - 1), "faiss": None,
+                                **({"storage": storage} if storage else {})})
                 start += count
         return {"job": job, "entries": entries, "units": n_units, "items": len(metas), "duplicates": int(len(metas) - len(kept)), "skips": skips}
 
@@ -378,8 +396,9 @@ def index_archive_ray(
         shard_size: items per shard at most (also capped by :data:`JOB_BYTES` of images).
         index_spec, device, progress, batch_size, key_file, target_recall, regions, regions_per_image, memory_budget:
             as for ``index_archive``.
-        shard_dtype: ``float32`` or ``float16``; ``auto`` (measured on a first shard the
-            single-process writer writes) is not measured here: the shards stay float32.
+        shard_dtype: ``float32``, ``float16``, ``sq8``, ``sq6`` or ``auto`` (measured by the
+            first actor on its first embeddings, settled once by the ledger: the same choice as
+            the single-process writer's, :func:`~medcbir.indexer.compression.choose_storage`).
 
     Returns:
         the job's :class:`~medcbir.indexer.IndexSummary`.
@@ -392,7 +411,7 @@ def index_archive_ray(
     units_of = as_units(source)
     writer = IndexWriter.open(index_dir, encoder, index_spec=index_spec, shard_size=shard_size, key_file=key_file, device=device,
                               target_recall=target_recall, regions=regions, regions_per_image=regions_per_image,
-                              memory_budget=memory_budget, shard_dtype=None if shard_dtype == "auto" else shard_dtype)
+                              memory_budget=memory_budget, shard_dtype=shard_dtype)
     if isinstance(units_of, FolderUnits):
         seal = writer.archive_seal(units_of.root)
         units_of.seal_with(writer.key, seal.root)
@@ -499,11 +518,20 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
             "encoder": _encoder_arg(writer, encoder), "fingerprint": writer.encoder.fingerprint,
             "encoder_info": dict(writer.manifest["encoder"]), "index_dir": str(writer.index_dir),
             "ledger": ledger, "batch_size": batch_size, "threads": threads, "regions": writer.regions,
-            "dtype": writer.shard_dtype,
+            "dtype": _actor_dtype(writer.manifest, writer.shard_dtype),
         },
     )
     for row in ds.iter_rows():
         yield pickle.loads(row["record"])
+
+
+def _actor_dtype(manifest: dict, decided: str) -> str:
+    """What the actors write: the index's decided storage, ``"auto"`` while an ``auto`` request
+    is undecided (the actors measure it, the ledger settles it)."""
+    record = manifest.get("storage") or {}
+    if not record.get("dtype") and record.get("requested") == "auto" and not manifest.get("shards"):
+        return "auto"
+    return decided
 
 
 def _commit_all(records, writer, summary, index_dir: Path) -> None:

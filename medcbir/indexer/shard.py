@@ -3,7 +3,12 @@
 Layout of ``shard-NNNNNN.h5``::
 
     embeddings          N×D float32 (or float16: the index's ``shard_dtype``), contiguous (no
-                        chunking, no compression: can be mmapped); read back as float32
+                        chunking, no compression: can be mmapped); read back as float32. With
+                        ``shard_dtype`` ``sq8``/``sq6``: N×C uint8, each row FAISS's scalar-quantised
+                        code of the embedding (8 or 6 bits per dimension, C = ⌈6D/8⌉ for 6 bits)
+    embeddings_range    (sq8/sq6 only) 2×D float32: per-dimension minimum and range of this
+                        shard's embeddings (FAISS's ``ScalarQuantizer.trained``), which decode the
+                        codes back to float32 on read
     ids                 N int64 (dense, increasing: first_id .. last_id)
     meta/<column>       one dataset per ItemMeta column: strings as fixed-width UTF-8 bytes,
                         ints int64, floats float64, pairs (pixel_spacing) N×2 float64
@@ -16,7 +21,8 @@ Layout of ``shard-NNNNNN.h5``::
                         w, h in the item's stored pixel grid), descriptors (float16 ×D); attrs
                         version (the region recipe) and dim
     attrs               format, version, encoder_fingerprint, preprocessing (JSON), dim,
-                        metric ("ip"), embeddings_sha256, items, first_id, last_id
+                        metric ("ip"), embeddings_sha256 (of the float32 values read back),
+                        items, first_id, last_id; ``embeddings_codec`` (sq8/sq6 only)
 
 A shard is written to a temporary name, closed, fsynced and renamed (``fsutil.commit_file``);
 once its name is in a committed manifest it is never modified again.
@@ -29,6 +35,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import faiss
 import h5py
 import numpy as np
 
@@ -60,7 +67,83 @@ def shard_name(number: int) -> str:
 
 
 #: how a shard may store its embeddings
-SHARD_DTYPES = ("float32", "float16")
+SHARD_DTYPES = ("float32", "float16", "sq8", "sq6")
+#: the scalar-quantised storages: FAISS quantiser type of each
+SQ_CODECS = {"sq8": faiss.ScalarQuantizer.QT_8bit, "sq6": faiss.ScalarQuantizer.QT_6bit}
+
+
+def sq_quantizer(codec: str, dim: int, value_range: np.ndarray | None = None) -> faiss.ScalarQuantizer:
+    """FAISS's scalar quantiser of ``codec`` for ``dim``-d vectors, with ``value_range`` (2×dim:
+    per-dimension minimum, then range) as its trained parameters when given."""
+    if codec not in SQ_CODECS:
+        raise ValueError(f"not a scalar-quantised shard storage: {codec!r}")
+    sq = faiss.ScalarQuantizer(int(dim), SQ_CODECS[codec])
+    if value_range is not None:
+        faiss.copy_array_to_vector(np.ascontiguousarray(value_range, dtype=np.float32).ravel(), sq.trained)
+    return sq
+
+
+def sq_encode(embeddings: np.ndarray, codec: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes uint8 N×C, range 2×D float32) of ``embeddings`` quantised per dimension over their
+    own minimum..maximum (a constant dimension gets a tiny range: decoded to its value)."""
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    dim = x.shape[1]
+    if len(x):
+        lo, hi = x.min(0), x.max(0)
+    else:
+        lo, hi = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    value_range = np.stack([lo, np.maximum(hi - lo, np.float32(1e-12))]).astype(np.float32)
+    sq = sq_quantizer(codec, dim, value_range)
+    codes = sq.compute_codes(x) if len(x) else np.zeros((0, int(sq.code_size)), np.uint8)
+    return np.ascontiguousarray(codes, dtype=np.uint8), value_range
+
+
+class Decoder:
+    """Turns a shard's stored ``embeddings`` rows into float32: identity for float32/float16,
+    FAISS's scalar-quantiser decode for ``sq8``/``sq6`` (one per open shard)."""
+
+    def __init__(self, codec: str | None, dim: int, value_range: np.ndarray | None = None) -> None:
+        self.codec, self.dim = codec, int(dim)
+        self.sq = sq_quantizer(codec, dim, value_range) if codec else None
+        self.width = int(self.sq.code_size) if self.sq is not None else self.dim
+
+    @classmethod
+    def of(cls, f: h5py.File, dim: int | None = None) -> "Decoder":
+        codec = f.attrs.get("embeddings_codec")
+        codec = codec.decode() if isinstance(codec, bytes) else codec
+        dim = int(f.attrs["dim"]) if dim is None else int(dim)
+        if not codec:
+            return cls(None, dim)
+        return cls(str(codec), dim, f["embeddings_range"][...])
+
+    def stored_shape(self, items: int) -> tuple[int, int]:
+        return (int(items), self.width)
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        if self.sq is None:
+            return np.asarray(stored).astype(np.float32, copy=False)
+        stored = np.ascontiguousarray(stored, dtype=np.uint8)
+        if not len(stored):
+            return np.zeros((0, self.dim), np.float32)
+        return self.sq.decode(stored)
+
+    def read(self, ds: h5py.Dataset, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """float32 rows of the dataset (all, a slice, or sorted positions)."""
+        if self.sq is None:
+            if rows is None:
+                out = np.empty(ds.shape, dtype=np.float32)
+                if ds.shape[0]:
+                    ds.read_direct(out)
+                return out
+            return ds[rows].astype(np.float32, copy=False)
+        return self.decode(ds[...] if rows is None else ds[rows])
+
+    def read_into(self, ds: h5py.Dataset, out: np.ndarray, lo: int, hi: int) -> None:
+        """Rows ``lo``..``hi`` of the dataset decoded into ``out`` (``hi - lo`` rows)."""
+        if self.sq is None:
+            ds.read_direct(out, source_sel=np.s_[lo:hi], dest_sel=np.s_[0:hi - lo])
+        elif hi > lo:
+            out[: hi - lo] = self.decode(ds[lo:hi])
 
 
 def shard_dtype(manifest: dict) -> str:
@@ -71,6 +154,7 @@ def shard_dtype(manifest: dict) -> str:
 
 
 def embeddings_sha256(embeddings: np.ndarray) -> str:
+    """sha256 of embeddings as float32 (for a scalar-quantised shard: its decoded values)."""
     return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()
 
 
@@ -147,8 +231,8 @@ def write_shard(
         sources: recorded source → (size, mtime_ns) of its file, for the ``sources/`` group.
         regions: the ``regions/`` group (``rows`` = row in this shard), None for an index without
             regions; ``regions_version`` names the recipe that made them.
-        dtype: ``"float32"`` or ``"float16"``, how the embeddings are stored (the attribute
-            ``embeddings_sha256`` is of the stored values, read back as float32).
+        dtype: ``"float32"``, ``"float16"``, ``"sq8"`` or ``"sq6"``, how the embeddings are stored
+            (the attribute ``embeddings_sha256`` is of the stored values, read back as float32).
 
     Returns:
         (size in bytes, whole-file sha256) of the committed file.
@@ -159,10 +243,19 @@ def write_shard(
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != ids.shape[0]:
         raise ValueError(f"embeddings {embeddings.shape} do not match {ids.shape[0]} ids")
-    stored = embeddings if dtype == "float32" else np.ascontiguousarray(embeddings, dtype=np.float16)
+    value_range = None
+    if dtype in SQ_CODECS:
+        stored, value_range = sq_encode(embeddings, dtype)
+        readback = Decoder(dtype, embeddings.shape[1], value_range).decode(stored)
+    else:
+        stored = embeddings if dtype == "float32" else np.ascontiguousarray(embeddings, dtype=np.float16)
+        readback = stored
     tmp = tmp_name(path)
     with h5py.File(tmp, "w", libver="latest") as f:
         f.create_dataset("embeddings", data=stored)
+        if value_range is not None:
+            f.create_dataset("embeddings_range", data=value_range)
+            f.attrs["embeddings_codec"] = dtype
         f.create_dataset("ids", data=ids)
         meta = f.create_group("meta")
         for name, col in columns.items():
@@ -192,7 +285,7 @@ def write_shard(
         f.attrs["preprocessing"] = json.dumps(encoder_info.get("preprocessing") or {}, sort_keys=True)
         f.attrs["dim"] = int(embeddings.shape[1])
         f.attrs["metric"] = METRIC
-        f.attrs["embeddings_sha256"] = embeddings_sha256(stored)
+        f.attrs["embeddings_sha256"] = embeddings_sha256(readback)
         f.attrs["items"] = int(ids.shape[0])
         f.attrs["first_id"] = int(ids[0]) if len(ids) else -1
         f.attrs["last_id"] = int(ids[-1]) if len(ids) else -1
@@ -211,15 +304,10 @@ def read_ids(path: Path) -> np.ndarray:
 
 
 def read_embeddings(path: Path, rows: np.ndarray | slice | None = None) -> np.ndarray:
-    """float32 embeddings of a shard (all, a slice, or sorted row positions)."""
+    """float32 embeddings of a shard (all, a slice, or sorted row positions), decoded when the
+    shard stores them scalar-quantised."""
     with h5py.File(path, "r") as f:
-        ds = f["embeddings"]
-        if rows is None:
-            out = np.empty(ds.shape, dtype=np.float32)
-            if ds.shape[0]:
-                ds.read_direct(out)
-            return out
-        return ds[rows].astype(np.float32, copy=False)
+        return Decoder.of(f).read(f["embeddings"], rows)
 
 
 def read_columns(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -250,7 +338,7 @@ def read_source_stats(path: Path) -> dict[bytes, tuple[int, int]]:
 def read_attrs(path: Path) -> dict:
     with h5py.File(path, "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        attrs["_shape"] = tuple(f["embeddings"].shape)
+        attrs["_shape"] = (int(f["embeddings"].shape[0]), int(f.attrs["dim"])) if "embeddings_codec" in f.attrs else tuple(f["embeddings"].shape)
         attrs["_ids_shape"] = tuple(f["ids"].shape)
         attrs["_columns"] = {k: f["meta"][k].shape[0] for k in f["meta"].keys()}
     return attrs

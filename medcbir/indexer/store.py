@@ -25,7 +25,7 @@ from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.manifest import deleted_ids, read_manifest
-from medcbir.indexer.shard import ShardRegions, decode_strings, row_meta
+from medcbir.indexer.shard import Decoder, ShardRegions, decode_strings, row_meta
 from medcbir.indexer.generations import fallback_manifest
 
 def read_key(index_dir: Path, manifest: dict) -> bytes | None:
@@ -101,6 +101,7 @@ class IndexStore:
 
     def __init__(self) -> None:  # use IndexStore.open
         self._files: list[h5py.File] = []
+        self._decoders: list[Decoder] = []
 
     @classmethod
     def open(cls, index_dir: str | Path, *, verify: str = "checksums", device=None, manifest: dict | None = None,
@@ -182,15 +183,17 @@ class IndexStore:
             try:
                 ids_shape = f["ids"].shape
                 shape = f["embeddings"].shape
+                decoder = Decoder.of(f, self.dim)
                 shard_fp = f.attrs["encoder_fingerprint"]
                 order = f.attrs.get("columns")
                 shard_names = json.loads(order) if order is not None else sorted(f["meta"].keys())
-            except KeyError as exc:
+            except (KeyError, ValueError) as exc:
                 raise IndexCorrupt(f"{entry['file']}: missing dataset or attribute ({exc})") from None
             shard_fp = shard_fp.decode() if isinstance(shard_fp, bytes) else str(shard_fp)
             if shard_fp != fingerprint:
                 raise IndexCorrupt(f"{entry['file']}: encoder fingerprint {shard_fp[:12]} differs from the manifest's {fingerprint[:12]}")
-            if shape != (entry["items"], self.dim) or ids_shape != (entry["items"],):
+            self._decoders.append(decoder)
+            if shape != decoder.stored_shape(entry["items"]) or ids_shape != (entry["items"],):
                 raise IndexCorrupt(f"{entry['file']}: holds {shape} embeddings, manifest says {entry['items']}×{self.dim}")
             if entry["first_id"] != offsets[-1] or entry["last_id"] != offsets[-1] + entry["items"] - 1:
                 raise IndexCorrupt(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} are not dense after id {offsets[-1] - 1}")
@@ -240,12 +243,12 @@ class IndexStore:
                 break
             x, y = max(a, lo), min(b, hi)
             if y > x:
-                self._files[s]["embeddings"].read_direct(out, source_sel=np.s_[x - a:y - a], dest_sel=np.s_[x - lo:y - lo])
+                self._decoders[s].read_into(self._files[s]["embeddings"], out[x - lo:y - lo], x - a, y - a)
 
     def _fill(self, out: np.ndarray) -> None:
-        for f, lo, hi in zip(self._files, self._offsets[:-1], self._offsets[1:]):
+        for f, decoder, lo, hi in zip(self._files, self._decoders, self._offsets[:-1], self._offsets[1:]):
             if hi > lo:
-                f["embeddings"].read_direct(out, dest_sel=np.s_[lo:hi])
+                decoder.read_into(f["embeddings"], out[lo:hi], 0, int(hi - lo))
 
     def _build_faiss(self, device) -> None:
         m = self.manifest
@@ -311,7 +314,7 @@ class IndexStore:
             local = rows[where] - self._offsets[s]
             order = np.argsort(local, kind="stable")
             uniq, inverse = np.unique(local[order], return_inverse=True)
-            block = self._files[s]["embeddings"][uniq]  # h5py wants increasing indices
+            block = self._decoders[s].read(self._files[s]["embeddings"], uniq)  # h5py wants increasing indices
             out[where[order]] = block[inverse]
         return out
 
@@ -364,6 +367,7 @@ class IndexStore:
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
         self._files = []
+        self._decoders = []
 
     def __enter__(self) -> "IndexStore":
         return self

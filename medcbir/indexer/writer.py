@@ -29,7 +29,7 @@ from medcbir.indexer.keys import key_hash, source_hash  # noqa: F401 - part of t
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
                                       retained_files)
-from medcbir.indexer.compression import describe, float16_costs_nothing, parse_budget
+from medcbir.indexer.compression import choose_storage, describe, parse_budget
 from medcbir.indexer.shard import SHARD_DTYPES, ShardRegions, meta_columns, shard_dtype, shard_name, write_shard
 from medcbir.indexer.integrity import check_files
 from medcbir.indexer.staging import remove_stale_staging
@@ -140,9 +140,11 @@ class IndexWriter:
             memory_budget: bytes of RAM per item for search (``--memory-budget``; e.g. ``"1KB"``):
                 ``auto`` then tries only the chains that fit, projected ones first
                 (:mod:`medcbir.indexer.compression`); kept in the manifest for retraining.
-            shard_dtype: how shards store embeddings: ``"float32"`` (default), ``"float16"``, or
-                ``"auto"`` (float16 when exact recall@10 on the first shard's rounded vectors
-                shows it costs nothing, :func:`~medcbir.indexer.compression.float16_costs_nothing`).
+            shard_dtype: how shards store embeddings: ``"float32"`` (default), ``"float16"``,
+                ``"sq8"``/``"sq6"`` (8/6-bit per-dimension codes, decoded on read), or ``"auto"``
+                (the smallest of sq8, float16 whose exact recall@10 on the first shard's stored
+                and decoded vectors shows it costs nothing,
+                :func:`~medcbir.indexer.compression.choose_storage`; else float32).
                 Fixed when the index's first shard is written.
 
         Raises:
@@ -239,7 +241,7 @@ class IndexWriter:
 
     def _request_shard_dtype(self, wanted: str) -> None:
         if wanted not in (*SHARD_DTYPES, "auto"):
-            raise ConfigError(f"--shard-dtype must be float32, float16 or auto, not {wanted!r}")
+            raise ConfigError(f"--shard-dtype must be {', '.join(SHARD_DTYPES)} or auto, not {wanted!r}")
         record = self.manifest.get("storage") or {}
         decided = record.get("dtype") if self.manifest.get("shards") or record.get("dtype") else None
         if decided is None and self.manifest.get("shards"):
@@ -262,8 +264,7 @@ class IndexWriter:
         if record.get("dtype") or not record.get("requested"):
             return
         if record["requested"] == "auto":
-            measured = float16_costs_nothing(embeddings)
-            manifest["storage"] = {"requested": "auto", "dtype": "float16" if measured.pop("float16") else "float32", **measured}
+            manifest["storage"] = {"requested": "auto", **choose_storage(embeddings)}
         else:
             manifest["storage"] = {"requested": record["requested"], "dtype": record["requested"]}
 
@@ -366,6 +367,10 @@ class IndexWriter:
         manifest["shards"] = list(manifest["shards"])
         for entry in entries:
             entry = dict(entry)
+            storage = entry.pop("storage", None)
+            record = manifest.get("storage") or {}
+            if storage and not record.get("dtype") and record.get("requested") == "auto":
+                manifest["storage"] = dict(storage)  # an actor measured the auto choice (the Ray indexer)
             if int(entry["first_id"]) != int(manifest["next_id"]) or int(entry["last_id"]) - int(entry["first_id"]) + 1 != int(entry["items"]):
                 raise ConfigError(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} do not continue the index at id {manifest['next_id']}")
             number = int(entry["file"].split("-")[1].split(".")[0])

@@ -224,3 +224,79 @@ def test_lists_sized_once_hold_what_add_sa_codes_adds():
             assert np.array_equal(faiss.rev_swig_ptr(a.get_ids(lst), size), faiss.rev_swig_ptr(b.get_ids(lst), size))
             width = size * faiss.extract_index_ivf(one).code_size
             assert np.array_equal(faiss.rev_swig_ptr(a.get_codes(lst), width), faiss.rev_swig_ptr(b.get_codes(lst), width))
+
+
+@pytest.mark.parametrize("dtype, bits", [("sq8", 8), ("sq6", 6)])
+def test_scalar_quantised_shards_decode_on_read_for_every_reader(tmp_path, small_auto, dtype, bits):
+    from medcbir.indexer import compact
+    from medcbir.indexer.retrain import retrain
+    from medcbir.indexer.shard import read_embeddings
+
+    x = clustered(2600, dim=32, seed=12)
+    ix = tmp_path / dtype
+    _write(ix, x, shard_dtype=dtype)
+    m = json.loads((ix / "manifest.json").read_text())
+    assert m["storage"] == {"requested": dtype, "dtype": dtype} and m["trained"]
+    first = ix / m["shards"][0]["file"]
+    with h5py.File(first, "r") as f:
+        # bytes on disk: the codes (D × bits / 8 per row), not float32
+        assert f["embeddings"].dtype == np.uint8 and f["embeddings"].shape == (500, 32 * bits // 8)
+        assert f["embeddings"].id.get_storage_size() == 500 * 32 * bits // 8
+        lo, span = f["embeddings_range"][...]
+    assert np.allclose(lo, x[:500].min(0)) and np.allclose(lo + span, x[:500].max(0), atol=1e-6)
+    step = span / (2 ** bits - 1)
+    decoded = read_embeddings(first)
+    assert decoded.dtype == np.float32 and (np.abs(decoded - x[:500]) <= step / 2 + 1e-6).all()
+    store = IndexStore.open(ix)
+    got = store.embeddings(np.arange(2600))
+    assert np.array_equal(got[:500], decoded)
+    out = np.empty((700, 32), np.float32)
+    store.fill_rows(out, 400, 1100)  # across a shard boundary
+    assert np.array_equal(out, got[400:1100])
+    assert _recall(store, got, got[:50]) >= 0.9
+    store.close()
+    assert verify(ix).ok
+    # a flipped code is caught by verify (the recorded sha256 is of the decoded values)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(ix, damaged)
+    with h5py.File(damaged / m["shards"][1]["file"], "r+") as f:
+        f["embeddings"][3, 0] = (int(f["embeddings"][3, 0]) + 1) % 256
+    from medcbir.indexer.checksum import fast_checksum
+    from medcbir.indexer.fsutil import sha256_file
+
+    mm = json.loads((damaged / "manifest.json").read_text())  # the file's own checksums re-recorded:
+    mm["shards"][1].update(sha256=sha256_file(damaged / mm["shards"][1]["file"]), xxh3=fast_checksum(damaged / mm["shards"][1]["file"]))
+    (damaged / "manifest.json").write_text(json.dumps(mm))  # only the embeddings' sha256 can tell
+    report = verify(damaged)
+    assert not report.ok and any("embeddings do not match" in p for p in report.problems), report.problems
+    # retraining and compaction read the decoded vectors and keep the storage
+    assert retrain(ix)["generation"] > m["generation"]
+    with IndexWriter.open(ix, FakeEncoder(32)) as w:
+        w.delete_sources([f"/synthetic/{i}.dcm" for i in range(0, 400)])
+    compact(ix)
+    m2 = json.loads((ix / "manifest.json").read_text())
+    with h5py.File(ix / m2["shards"][0]["file"], "r") as f:
+        assert f.attrs["embeddings_codec"] == dtype
+    store = IndexStore.open(ix)
+    assert len(store) == 2200 and np.abs(store.embeddings(np.arange(2200)) - got[400:]).max() <= 2 * step.max()
+    store.close()
+    assert verify(ix).ok
+
+
+def test_auto_storage_picks_sq8_only_when_it_costs_no_recall(tmp_path):
+    # clusters of 11 well apart: each item's exact top-10 is its cluster, 8-bit codes keep it
+    rng = np.random.default_rng(13)
+    x = np.repeat(rng.standard_normal((80, 32)), 11, axis=0)[:800] + 0.05 * rng.standard_normal((800, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    chosen = compression.choose_storage(x[:500])
+    assert chosen["tried"]["sq8"] >= compression.FLOAT16_RECALL and chosen["dtype"] == "sq8"
+    _write(tmp_path / "auto", x, shard_dtype="auto")
+    storage = json.loads((tmp_path / "auto" / "manifest.json").read_text())["storage"]
+    assert storage["dtype"] == "sq8" and storage["requested"] == "auto" and storage["items"] == 500
+    # near-duplicates 8 bits cannot tell apart but float16 can: auto falls back to float16
+    rng = np.random.default_rng(1)
+    base = clustered(50, dim=32, seed=14)
+    dup = np.repeat(base, 10, axis=0) + 3e-3 * rng.standard_normal((500, 32)).astype(np.float32)
+    dup /= np.linalg.norm(dup, axis=1, keepdims=True)
+    chosen = compression.choose_storage(dup)
+    assert chosen["tried"]["sq8"] < compression.FLOAT16_RECALL and chosen["dtype"] == "float16", chosen
