@@ -67,17 +67,40 @@ _try_extract_ivf = try_extract_ivf
 
 #: ``auto`` uses exact search below this many items (see the module docstring for why).
 AUTO_FLAT_MAX = 65_536
-#: Trained parameters are fitted on at most this many committed embeddings.
+#: Trained parameters are fitted on at least this many committed embeddings (all of them when
+#: fewer), more when the coarse quantiser needs them (:func:`train_sample`).
 TRAIN_SAMPLE = 100_000
+#: Inverted lists of ``auto``'s IVF specs up to :data:`AUTO_NLIST` ² / 16 items (1,024 lists up
+#: to 65,536 items); beyond, the lists grow with the archive (:func:`auto_nlist`).
 AUTO_NLIST = 1024
+#: Most inverted lists ``auto`` trains: k-means over ``nlist`` centroids and 39 points each costs
+#: ∝ nlist², the bound on training time (and RAM: 39 × nlist training vectors).
+AUTO_NLIST_MAX = 8192
+#: FAISS's minimum of training points per centroid.
+POINTS_PER_LIST = 39
 
 
-def auto_nlist(n: int | None = None) -> int:
-    """Inverted lists of ``auto``'s IVF specs: :data:`AUTO_NLIST`, fewer when ``n`` items
-    cannot give each centroid FAISS's minimum of 39 training points."""
+def auto_nlist(n: int | None = None, sample: int | None = None) -> int:
+    """Inverted lists of ``auto``'s IVF specs for an index of ``n`` items: :data:`AUTO_NLIST` at
+    :data:`AUTO_FLAT_MAX` items (where ``auto`` leaves exact search), growing with √n beyond (the
+    power of two nearest ``AUTO_NLIST`` · √(n / AUTO_FLAT_MAX): 4·√n with the defaults, FAISS's
+    rule of thumb is 4–16·√n), at most :data:`AUTO_NLIST_MAX`; fewer when ``n`` (or a training
+    ``sample`` of that many) cannot give each centroid :data:`POINTS_PER_LIST` points. Growing
+    with √n keeps the items one probed list holds ∝ √n instead of ∝ n."""
     if n is None:
         return AUTO_NLIST
-    return max(1, min(AUTO_NLIST, int(n) // 39))
+    n = int(n)
+    steps = round(0.5 * np.log2(n / AUTO_FLAT_MAX)) if n > AUTO_FLAT_MAX else 0
+    nlist = min(max(AUTO_NLIST, AUTO_NLIST_MAX), AUTO_NLIST * 2 ** max(0, int(steps)))
+    return max(1, min(nlist, n // POINTS_PER_LIST, int(sample if sample is not None else n) // POINTS_PER_LIST))
+
+
+def train_sample(n: int) -> int:
+    """Training vectors for an index of ``n`` items: :data:`TRAIN_SAMPLE`, or
+    :data:`POINTS_PER_LIST` per list of :func:`auto_nlist` when that is more (bounded: at most
+    ``POINTS_PER_LIST`` × :data:`AUTO_NLIST_MAX`); never more than ``n``."""
+    lists = auto_nlist(n, sample=n)
+    return int(min(int(n), max(TRAIN_SAMPLE, POINTS_PER_LIST * lists)))
 
 
 def auto_spec(dim: int, nlist: int | None = None) -> str:
@@ -141,8 +164,22 @@ def train(spec: str, dim: int, sample: np.ndarray) -> faiss.Index:
         return chain(projection, train(rest, projected, projection.apply(np.ascontiguousarray(sample, dtype=np.float32))))
     index = faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
     _no_polysemous(index)
+    _bounded_kmeans(index)
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
+
+
+#: k-means iterations of a coarse quantiser above :data:`AUTO_NLIST` lists (FAISS's default, 25,
+#: below): the training time of grown lists stays bounded
+GROWN_NITER = 10
+
+
+def _bounded_kmeans(index: faiss.Index) -> None:
+    """Fewer k-means iterations (:data:`GROWN_NITER`) for a coarse quantiser of more than
+    :data:`AUTO_NLIST` lists: its cost is ∝ nlist × sample × iterations."""
+    ivf = try_extract_ivf(index)
+    if ivf is not None and int(ivf.nlist) > AUTO_NLIST:
+        ivf.cp.niter = min(int(ivf.cp.niter), GROWN_NITER)
 
 
 def chain(projection: faiss.VectorTransform, inner: faiss.Index) -> faiss.IndexPreTransform:

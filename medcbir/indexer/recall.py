@@ -236,7 +236,7 @@ def grid_for(spec: str) -> list[dict]:
     return [{}]
 
 
-def candidates(dim: int, n: int, budget: float | None = None) -> list[str]:
+def candidates(dim: int, n: int, budget: float | None = None, items: int | None = None) -> list[str]:
     """``auto``'s search order for ``n`` vectors of ``dim``: IVF-PQ, IVF-SQ8, HNSW, exact.
 
     Why this order: IVF-PQ stores 1/8 of the vectors' bytes per code and is the fastest when
@@ -245,11 +245,14 @@ def candidates(dim: int, n: int, budget: float | None = None) -> list[str]:
     quantisation at all (a graph over the exact vectors) at ~2× the memory of the vectors;
     exact search always reaches recall 1.
 
+    ``n``: training vectors; ``items``: the index's items (default ``n``), which set the number
+    of inverted lists (:func:`~medcbir.indexer.faiss_index.auto_nlist`).
+
     With ``budget`` (bytes of RAM per item for search, ``--memory-budget``): the projected chains
     of :func:`~medcbir.indexer.compression.compact_candidates` come first (cheapest search first), then
     the ones above; only those whose :func:`~medcbir.indexer.compression.bytes_per_item` fits are kept.
     """
-    nlist = auto_nlist(n)
+    nlist = auto_nlist(items if items is not None else n, sample=n)
     full = [auto_spec(dim, nlist), f"IVF{nlist},SQ8,Refine(Flat)", "HNSW32,Flat", "Flat"]
     if budget is None:
         return full
@@ -342,7 +345,7 @@ class SharedTraining:
 
 
 def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] | None = None, seed: int = 0,
-           budget: float | None = None) -> tuple[Choice, faiss.Index | None]:
+           budget: float | None = None, items: int | None = None) -> tuple[Choice, faiss.Index | None]:
     """Pick the cheapest spec and parameters reaching ``target`` recall@10 on ``vectors``.
 
     Args:
@@ -353,6 +356,8 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
         budget: bytes of RAM per item for search (:func:`candidates`); when no spec reaches the
             target, the one with the best measured recall is kept (with no budget, the last
             tried: exact ``Flat``).
+        items: the index's items (default ``len(vectors)``): how many inverted lists
+            :func:`candidates` gives the IVF specs.
 
     Returns:
         (choice, trained): ``trained`` is the chosen spec's trained, empty factory index
@@ -380,7 +385,7 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     shared = SharedTraining(rest, seed=seed)
     tried: list[Measurement] = []
     best, trained, train_seconds = None, None, 0.0
-    order = specs or candidates(dim, n, budget)
+    order = specs or candidates(dim, n, budget, items=items)
     if not order:
         raise RuntimeError(f"no index spec fits a memory budget of {budget:.0f} bytes per item for {dim}-d vectors")
     best_seen, trained_best, seconds_best = None, None, 0.0

@@ -22,6 +22,7 @@ in a further generation.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -72,15 +73,20 @@ def list_imbalance(index_dir: Path, manifest: dict) -> float | None:
 
 
 def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR, imbalance_max: float = IMBALANCE_MAX) -> str | None:
-    """Why the index should be retrained now (``"recall"`` / ``"growth"`` / ``"imbalance"``), or None."""
+    """Why the index should be retrained now (``"recall"`` / ``"growth"`` / ``"lists"`` /
+    ``"imbalance"``), or None; ``"lists"``: an ``auto`` index grew to twice the inverted lists it
+    was trained with (:func:`~medcbir.indexer.faiss_index.auto_nlist`)."""
 
     trained = manifest.get("trained")
     if not trained or faiss_index.is_flat(manifest["index_spec"]) or not trained.get("items"):
         return None
-    deleted = manifest.get("deleted") or []
-    live = int(manifest["next_id"]) - (deleted["count"] if isinstance(deleted, dict) else len(deleted))
+    live = _live(manifest)
     if live >= factor * int(trained["items"]):
         return "growth"
+    lists = _ivf_lists(manifest["index_spec"])
+    if (manifest.get("index_spec_requested", "auto") == "auto" and lists
+            and faiss_index.auto_nlist(live, faiss_index.train_sample(live)) >= 2 * lists):
+        return "lists"  # auto's inverted lists grow with the archive (faiss_index.auto_nlist)
     measured = manifest.get("recall") or {}
     reached = recall.reached(measured)
     if (reached is not None and measured.get("target") is not None
@@ -91,6 +97,17 @@ def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR,
     if imbalance is not None and imbalance > imbalance_max:
         return "imbalance"
     return None
+
+
+def _live(manifest: dict) -> int:
+    deleted = manifest.get("deleted") or []
+    return int(manifest["next_id"]) - (deleted["count"] if isinstance(deleted, dict) else len(deleted))
+
+
+def _ivf_lists(spec: str) -> int | None:
+    """Inverted lists named by a factory string (``…IVF4096,…``), None without an IVF level."""
+    match = re.search(r"(?:^|,)\s*IVF(\d+)", spec)
+    return int(match[1]) if match else None
 
 
 def _sample(index_dir: Path, manifest: dict, size: int, seed: int) -> np.ndarray:
@@ -113,7 +130,8 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
 
     Args:
         index_dir: the index folder.
-        sample_size: training items (default :data:`~medcbir.indexer.faiss_index.TRAIN_SAMPLE`).
+        sample_size: training items (default :func:`~medcbir.indexer.faiss_index.train_sample` of
+            the live items).
         seed: sample seed (default: the generation, so each retraining draws a new sample).
         reason: recorded in the manifest's ``trained`` entry.
         specs: candidate specs in order (default: ``auto``'s candidates for an ``auto`` index,
@@ -139,10 +157,11 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
     dim = int(snapshot["encoder"]["dim"])
     auto = snapshot.get("index_spec_requested", "auto") == "auto"
     target = float((snapshot.get("recall") or {}).get("target") or snapshot.get("target_recall") or recall.TARGET_RECALL)
-    sample = _sample(index_dir, snapshot, int(sample_size or faiss_index.TRAIN_SAMPLE),
+    live = _live(snapshot)
+    sample = _sample(index_dir, snapshot, int(sample_size or faiss_index.train_sample(live)),
                      int(snapshot["generation"]) if seed is None else int(seed))
     budget = snapshot.get("memory_budget") if memory_budget is None else parse_budget(memory_budget)
-    order = list(specs or (recall.candidates(dim, len(sample), budget) if auto else [snapshot["index_spec"]]))
+    order = list(specs or (recall.candidates(dim, len(sample), budget, items=live) if auto else [snapshot["index_spec"]]))
     vectors = np.concatenate([read_embeddings(index_dir / e["file"]) for e in snapshot["shards"]])
     tried: list[dict] = []
     while True:

@@ -810,7 +810,7 @@ class IndexWriter:
         auto = manifest.get("index_spec_requested", "auto") == "auto"
         n = int(manifest["next_id"])
         rng = np.random.default_rng(0)
-        sample_ids = np.sort(rng.choice(n, size=min(n, faiss_index.TRAIN_SAMPLE), replace=False))
+        sample_ids = np.sort(rng.choice(n, size=faiss_index.train_sample(n), replace=False))
         parts = []
         for entry in manifest["shards"]:
             lo, hi = entry["first_id"], entry["last_id"] + 1
@@ -822,7 +822,7 @@ class IndexWriter:
         specs = None if auto else [manifest["index_spec"]]
         budget = manifest.get("memory_budget")
         try:
-            choice, trained = recall.choose(sample, target, specs=specs, budget=budget)
+            choice, trained = recall.choose(sample, target, specs=specs, budget=budget, items=n)
         except RuntimeError as exc:
             log.warning("could not train %s on %d items (%s); the index stays exact", specs or "auto", len(sample), exc)
             return

@@ -224,3 +224,29 @@ def test_ray_index_from_dicomweb_equals_single_process(ray_runtime, dicomweb_ser
     # incremental: nothing new is downloaded or indexed
     again = index_archive(DicomwebSource(url, workers=1), tmp_path / "ray", str(encoder_path), shard_size=4, progress=False, ray=True)
     assert again.indexed == 0 and again.already_present == len(files) and again.total_items == len(files)
+
+
+def test_ray_index_with_shard_dtype_auto_follows_the_writers_choice(ray_runtime, phantom_archive, encoder_path, tmp_path):
+    from medcbir.indexer import IndexStore, index_archive, verify
+    from medcbir.indexer.ray_index import index_archive_ray
+
+    out = tmp_path / "ray-auto"
+    index_archive_ray(phantom_archive, out, str(encoder_path), ray=ray_runtime, workers=1, shard_size=16, regions=False,
+                      progress=False, shard_dtype="auto")
+    manifest = json.loads((out / "manifest.json").read_text())
+    storage = manifest["storage"]
+    assert storage["requested"] == "auto" and "sq8" in storage["tried"]  # measured, smallest first
+    # the dtype the writer's own measurement chooses on these embeddings (float32 was the bug)
+    single = tmp_path / "single-auto"
+    index_archive(phantom_archive, single, str(encoder_path), shard_size=16, regions=False, progress=False, workers=1,
+                  shard_dtype="auto")
+    expected = json.loads((single / "manifest.json").read_text())["storage"]["dtype"]
+    assert expected != "float32" and storage["dtype"] == expected
+    for entry in manifest["shards"]:
+        with h5py.File(out / entry["file"], "r") as f:
+            stored = f["embeddings"].dtype
+            codec = f.attrs.get("embeddings_codec")
+        assert (codec == expected and stored == np.uint8) if expected.startswith("sq") else stored == np.dtype(expected)
+    assert verify(out).ok
+    with IndexStore.open(out) as store:
+        assert len(store) == sum(e["items"] for e in manifest["shards"]) and store.faiss_index.ntotal == len(store)

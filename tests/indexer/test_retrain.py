@@ -168,3 +168,38 @@ def test_recall_below_target_after_growth_retrains_with_a_finer_spec(tmp_path, m
     got = np.mean([len(set(a[a != p][:10]) & set(t[t != p][:10])) / 10 for a, t, p in zip(ids, truth, probe)])
     assert got >= 0.93
     assert verify(ix).ok
+
+
+def test_auto_lists_grow_with_the_archive_and_retrain_when_due(tmp_path, monkeypatch):
+    from medcbir.indexer import faiss_index, recall
+    from medcbir.indexer.background import run_due
+
+    # the defaults: 1,024 lists where auto leaves exact search, ~4·√n beyond, bounded
+    assert [faiss_index.auto_nlist(n) for n in (65_536, 262_144, 1_000_000, 10_000_000, 10**9)] == [1024, 2048, 4096, 8192, 8192]
+    assert faiss_index.train_sample(1_000_000) == 39 * 4096 and faiss_index.train_sample(10**9) == 39 * faiss_index.AUTO_NLIST_MAX
+    assert faiss_index.train_sample(50_000) == 50_000 and faiss_index.auto_nlist(10_000) == 10_000 // 39
+    assert recall.candidates(64, 160_000, items=1_000_000)[0].startswith("IVF4096,")
+
+    monkeypatch.setattr(faiss_index, "AUTO_FLAT_MAX", 1000)
+    monkeypatch.setattr(faiss_index, "AUTO_NLIST", 8)
+    monkeypatch.setattr(faiss_index, "TRAIN_SAMPLE", 1500)
+    ix = tmp_path / "ix"
+
+    def add(lo, x):
+        with IndexWriter.open(ix, FakeEncoder(32), shard_size=1000, target_recall=0.9) as w:
+            w.add_embeddings([Meta(i) for i in range(lo, lo + len(x))], x)
+
+    x = clustered(5200, dim=32, seed=21)
+    add(0, x[:1200])  # trained at 1,200 items: 8 lists
+    m = IndexStore.open(ix).manifest
+    assert m["index_spec"].startswith("IVF8,") and retrain_due(ix, m) is None
+    add(1200, x[1200:4200])  # 4,200 items: 4.2x where auto left exact search -> 16 lists, twice those trained
+    m = IndexStore.open(ix).manifest
+    assert m["index_spec"].startswith("IVF8,") and retrain_due(ix, m) == "lists"
+    done = run_due(ix)
+    assert done["retrain"]["reason"] == "lists"
+    with IndexStore.open(ix) as store:
+        assert store.index_spec.startswith("IVF16,") and store.manifest["trained"]["reason"] == "lists"
+        assert store.manifest["recall"]["items"] == 4200 and store.manifest["recall"]["recall_at_10"] >= 0.9
+        assert retrain_due(ix, store.manifest) is None
+    assert verify(ix).ok
