@@ -88,13 +88,17 @@ CHUNK = 50_000
 
 
 def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float, seed0: int = 0, spec: str = "auto",
-          dtype: str = "auto", shard_size: int = 16_384) -> dict:
+          dtype: str = "auto", shard_size: int = 16_384, maintain: bool = False) -> dict:
     """Write items [0, n) (draw seed = seed0 + chunk number) through IndexWriter, one writer session
-    per growth step ending at each of ``steps``; returns timings (resumes a partial build)."""
+    per growth step ending at each of ``steps``; returns timings (resumes a partial build).
+    ``maintain``: after each step, the maintenance that is due (``medcbir index --maintain``:
+    compaction, retraining — e.g. when ``auto``'s inverted lists should have grown), timed apart."""
     from medcbir.indexer import IndexWriter
+    from medcbir.indexer.background import run_due
 
     encoder = _results.synthetic_encoder(gen.dim)
     gen_s = write_s = 0.0
+    maint_s_total = [0.0]
     rows = []
     done = 0
     if (index_dir / "manifest.json").is_file():
@@ -114,13 +118,23 @@ def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float,
         elapsed = time.perf_counter() - start
         gen_s += generated
         write_s += elapsed - generated
+        ran, maintain_s = {}, 0.0
+        if maintain:
+            t = time.perf_counter()
+            ran = run_due(index_dir)
+            maintain_s = time.perf_counter() - t
+            maint_s_total[0] += maintain_s
         m = json.loads((index_dir / "manifest.json").read_text())
         rows.append({"items": stop, "write_s": round(elapsed - generated, 1), "spec": m["index_spec"],
-                     "recall_at_10": (m.get("recall") or {}).get("recall_at_10"), "params": m.get("search_params")})
+                     "recall_at_10": (m.get("recall") or {}).get("recall_at_10"), "params": m.get("search_params"),
+                     "maintenance": {k: {x: v.get(x) for x in ("reason", "spec", "sample", "recall_at_10", "seconds") if x in v}
+                                     for k, v in ran.items() if isinstance(v, dict)},
+                     "maintenance_s": round(maintain_s, 1)})
         print(f"  {index_dir.name}: {stop:,} items, write {elapsed - generated:.0f} s (+ {generated:.0f} s drawing), "
-              f"spec {m['index_spec']}, recall {(m.get('recall') or {}).get('recall_at_10')}", file=sys.stderr, flush=True)
+              f"maintenance {maintain_s:.0f} s {list(ran)}, spec {m['index_spec']}, recall {(m.get('recall') or {}).get('recall_at_10')}",
+              file=sys.stderr, flush=True)
         done = stop
-    return {"generate_s": round(gen_s, 1), "write_s": round(write_s, 1), "steps": rows}
+    return {"generate_s": round(gen_s, 1), "write_s": round(write_s, 1), "maintenance_s": round(maint_s_total[0], 1), "steps": rows}
 
 
 def disk_bytes(index_dir: Path) -> dict:
@@ -185,7 +199,7 @@ store = IndexStore.open(index_dir, verify=verify)
 open_s = time.perf_counter() - start
 after = rss()
 out = {"open_s": open_s, "rss_before": before, "rss_after": after, "items": len(store.ids), "spec": store.index_spec,
-       "params": store.search_params}
+       "params": store.search_params, "stages": {k: round(v, 3) for k, v in store.open_stages.items()}}
 if len(sys.argv) > 4:
     faiss.omp_set_num_threads(1)
     params = store.search_parameters()
@@ -230,7 +244,7 @@ def run_scale(args) -> int:
     load_start = load()
     gen = generator(args.work)
     index_dir = work / f"fitted-{args.items}"
-    timings = build(index_dir, args.items, gen, steps_to(args.items), args.memory_budget)
+    timings = build(index_dir, args.items, gen, steps_to(args.items), args.memory_budget, dtype=args.shard_dtype, maintain=True)
     manifest = json.loads((index_dir / "manifest.json").read_text())
     queries = gen.draw(args.queries, seed=10_000_019)  # fresh draws: held out of the index
     qfile, ids_file = work / "queries.npy", work / "ids.npy"
@@ -245,14 +259,17 @@ def run_scale(args) -> int:
     chain = (manifest.get("recall") or {}).get("chain") or {}
     ram = min(o["rss_after"] - o["rss_before"] for o in opens_none)
     result = {
-        "items": n, "dim": gen.dim, "memory_budget": args.memory_budget, "spec": manifest["index_spec"], "params": manifest.get("search_params"),
-        "chain": chain, "storage": manifest.get("storage"), "manifest_recall": manifest.get("recall"),
+        "items": n, "dim": gen.dim, "memory_budget": args.memory_budget, "shard_dtype": args.shard_dtype, "spec": manifest["index_spec"], "params": manifest.get("search_params"),
+        "chain": chain, "storage": manifest.get("storage"), "manifest_recall": manifest.get("recall"), "trained": manifest.get("trained"),
         "disk": disk, "disk_bytes_per_image": disk["total"] / n, "ram_bytes_per_image": ram / n,
         "faiss_bytes_per_image": chain.get("bytes_per_item"),
         "recall_at_10": recall_of(found, truth), "queries": len(queries),
         "p50_ms": search["p50_ms"], "p95_ms": search["p95_ms"], "batch_qps": len(queries) / search["batch_s"],
         "brute_qps": len(queries) / brute_s, "batch_speedup": brute_s / search["batch_s"],
         "open_s": min(o["open_s"] for o in opens), "open_none_s": min(o["open_s"] for o in opens_none),
+        "open_stages": min(opens, key=lambda o: o["open_s"]).get("stages"),
+        "open_none_stages": min(opens_none, key=lambda o: o["open_s"]).get("stages"),
+        "shards": len(manifest["shards"]),
         "max_rss": max(o["max_rss"] for o in opens), "ingest_items_per_s": n / timings["write_s"] if timings["write_s"] else None,
         "timings": timings, "load_average": [load_start, load()],
     }
@@ -263,6 +280,12 @@ def run_scale(args) -> int:
     if not args.keep:
         shutil.rmtree(index_dir, ignore_errors=True)
     return 0
+
+
+def storage_gate() -> float:
+    from medcbir.indexer.compression import FLOAT16_RECALL
+
+    return FLOAT16_RECALL
 
 
 def verdict(ok: bool, text: str) -> str:
@@ -283,34 +306,47 @@ def scale_markdown(r: dict, args) -> str:
         ("open (`verify=checksums`; `none`)", f"{r['open_s']:.2f} s; {r['open_none_s']:.2f} s", f"≤ {g['open_s']:.0f} s", r["open_s"] <= g["open_s"]),
         (f"{r['queries']}-query batch vs BLAS brute force", f"{r['batch_qps']:,.0f} vs {r['brute_qps']:,.0f} queries/s: {r['batch_speedup']:.1f}×",
          f"≥ {g['batch_speedup']:.0f}× (at 1M)", r["batch_speedup"] >= g["batch_speedup"]),
-        ("ingest through `IndexWriter`", f"{r['ingest_items_per_s']:,.0f} items/s (vectors given; drawing them excluded)", "–", None),
+        ("ingest through `IndexWriter`", f"{r['ingest_items_per_s']:,.0f} items/s (vectors given; drawing them excluded)"
+         + (f"; maintenance (retraining when due) {r['timings']['maintenance_s']:.0f} s more in all" if r["timings"].get("maintenance_s") else ""),
+         "–", None),
     ]
+    stages = r.get("open_stages") or {}
+    storage = r["storage"] or {}
     steps = ", ".join(f"{s['items']:,}" for s in r["timings"]["steps"])
     lines = [
         f"{n:,} vectors of the `default` encoder's shape (2020-d Gaussian fitted to its embeddings of a 1,024-slice phantom), "
         f"written through `IndexWriter` in growth steps ({steps}) with "
-        f"`--memory-budget {args.memory_budget:.0f}` (bytes per image) and `--shard-dtype auto`. "
+        f"`--memory-budget {args.memory_budget:.0f}` (bytes per image) and `--shard-dtype {r.get('shard_dtype', 'auto')}`"
+        + (", the maintenance that is due run after each step (as `medcbir index --maintain` does). " if r["timings"].get("steps", [{}])[0].get("maintenance") is not None else ". ") +
         f"Load average {r['load_average'][0]} at start, {r['load_average'][1]} at end (2 cores shared with other agents; run under `nice -n 19`).",
         "",
         f"`auto` chose `{r['spec']}` with {r['params']} (chain: projection {chain.get('projection')}, codes {chain.get('codes')}, "
         f"re-rank {chain.get('rerank')}, {chain.get('bytes_per_item')} B/image); shard storage "
-        f"{(r['storage'] or {}).get('dtype')} (exact recall@10 on float16-rounded vectors {(r['storage'] or {}).get('recall_at_10')}).",
+        f"{storage.get('dtype')} (exact recall@10 over the stored-and-decoded vectors of the first shard: "
+        + (", ".join(f"{k} {v}" for k, v in storage["tried"].items()) if storage.get("tried") else f"{storage.get('recall_at_10')}")
+        + (f"; needed ≥ {storage_gate()})." if storage.get("requested") == "auto" else ")."),
         "",
         "| figure | measured | goal (10M) | at this size |",
         "|---|---|---|---|",
     ]
     for name, value, goal, ok in rows:
         lines.append(f"| {name} | {value} | {goal} | {'–' if ok is None else ('**met**' if ok else '**missed**')} |")
-    lines += ["", "Growth steps (each a writer session; recall as the manifest records it after the step):", "",
-              "| items | write s | spec | recall@10 (manifest) | params |", "|---|---|---|---|---|"]
+    if stages:
+        lines += ["", f"Open with checksums, by stage ({r.get('shards', '?')} shards; `IndexStore.open_stages`, the fastest of 2 opens): "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+                  + "; without checksums: " + ", ".join(f"{k} {v:.2f} s" for k, v in (r.get("open_none_stages") or {}).items()) + "."]
+    lines += ["", "Growth steps (each a writer session, then the maintenance due; recall as the manifest records it after the step):", "",
+              "| items | write s | maintenance | spec | recall@10 (manifest) | params |", "|---|---|---|---|---|---|"]
     for s in r["timings"]["steps"]:
-        lines.append(f"| {s['items']:,} | {s['write_s']} | `{s['spec']}` | {s['recall_at_10']} | {s['params']} |")
+        ran = "; ".join(f"{k}: {v.get('reason', '')} {v.get('seconds', 0):.0f} s".strip() for k, v in (s.get("maintenance") or {}).items()) or "–"
+        lines.append(f"| {s['items']:,} | {s['write_s']} | {ran} | `{s['spec']}` | {s['recall_at_10']} | {s['params']} |")
     best: dict[str, dict] = {}
     for t in (r.get("manifest_recall") or {}).get("tried") or []:
         if t.get("recall_at_10") is not None and t["recall_at_10"] >= best.get(t["spec"], {}).get("recall_at_10", -1):
             best[t["spec"]] = t
     if best:
-        lines += ["", "What `auto` measured when it chose, at 65,536 items (held-out recall@10, best grid point of each spec; "
+        at = (r.get("trained") or {}).get("at_items") or 65_536
+        lines += ["", f"What `auto` measured when it last chose, at {at:,} items (held-out recall@10 on its training sample, best grid point of each spec; "
                   "`PCAU{d},Flat` = exact search after the projection, the bound that skips a projection): " + "; ".join(
                       f"`{spec}` {t['recall_at_10']:.3f} ({t.get('params') or 'exact'})" for spec, t in best.items()) + "."]
     return "\n".join(lines)
@@ -448,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", type=int, default=4, help="separate indexes (sharded)")
     ap.add_argument("--exact-items", type=int, default=200_000, help="vectors in all exact parts (sharded)")
     ap.add_argument("--keep", action="store_true", help="keep the indexes (else deleted at the end)")
+    ap.add_argument("--shard-dtype", default="auto", help="shard storage of the scale_10m index (default auto)")
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--render", action="store_true", help="rebuild the section text from its JSON; measure nothing")
     args = ap.parse_args(argv)

@@ -30,7 +30,8 @@ def check_files(index_dir: Path, manifest: dict, mode: str = "checksums") -> Non
 
 
 def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
-    """Size checks now, small files hashed now, shards hashed in background threads.
+    """Size checks now, FAISS and tombstone files hashed now, shards and their codes hashed in
+    background threads.
 
     ``checksums`` checks each file's fast checksum (XXH3-64, :mod:`~medcbir.indexer.checksum`)
     where the manifest records one and its sha256 otherwise (entries of older indexes);
@@ -53,13 +54,19 @@ def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
     if mode == "sizes":
         return []
     fast = mode == "checksums"
-    # FAISS/tombstone files are parsed by C++ readers: check them before anything reads them.
-    small = [r for r in records if not r["file"].endswith(".h5")]
-    for rec in small:
+    # FAISS files are parsed by FAISS's C++ readers and tombstones decide what search returns:
+    # check them before anything reads them. Shards (HDF5) and standalone codes (``.codes.npy``:
+    # numpy reads them, a damaged code can only misplace an item, and the load that reads them
+    # is checked against the manifest) are hashed in background threads while the index loads;
+    # a mismatch fails the open all the same (finish_checks), naming the file.
+    background = [r for r in records if r["file"].endswith((".h5", ".codes.npy"))]
+    for rec in records:
+        if rec["file"].endswith((".h5", ".codes.npy")):
+            continue
         expected, digest = _expected(rec, fast), _hasher(rec, fast)(index_dir / rec["file"])
         if digest != expected:
             raise IndexCorrupt(_mismatch(rec["file"], digest, expected, _kind(rec, fast)))
-    shards = [r for r in records if r["file"].endswith(".h5")]
+    shards = sorted(background, key=lambda r: not r["file"].endswith(".codes.npy"))  # codes first: the load reads them first
     if not shards:
         return []
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 2)))

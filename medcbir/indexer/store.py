@@ -95,6 +95,10 @@ class IndexStore:
         gpu_path: which path searches run on and why (e.g. ``"cpu: IndexHNSWFlat cannot run on a GPU"``).
         search_params: current defaults (``nprobe``, ``k_factor``, ...).
         open_seconds: wall time of :meth:`open`.
+        open_stages: its parts in seconds: ``manifest``, ``checks_first`` (sizes, and the
+            checksums of FAISS and tombstone files), ``shards`` (opening the HDF5 shards),
+            ``faiss`` (the rest of loading: building the FAISS index), ``checks_wait`` (waiting
+            for the shards' and codes' checksums hashed in the background meanwhile).
         recovery: a :class:`~medcbir.indexer.recovery.Recovery` when ``manifest.json`` was
             damaged and an older kept generation was opened instead (a warning is logged), else None.
     """
@@ -102,6 +106,7 @@ class IndexStore:
     def __init__(self) -> None:  # use IndexStore.open
         self._files: list[h5py.File] = []
         self._decoders: list[Decoder] = []
+        self.open_stages: dict[str, float] = {}
 
     @classmethod
     def open(cls, index_dir: str | Path, *, verify: str = "checksums", device=None, manifest: dict | None = None,
@@ -138,14 +143,18 @@ class IndexStore:
 
                 self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
                 self.manifest["generation"] = self.recovery.generation
+        self.open_stages = {"manifest": time.perf_counter() - start}
         pending = start_checks(self.index_dir, self.manifest, verify)
+        self.open_stages["checks_first"] = time.perf_counter() - start - sum(self.open_stages.values())
         try:
             self._load(device)
         except BaseException:
             self.close()
             finish_checks(pending)  # a corrupt shard is named as such, not as a load error
             raise
+        self.open_stages["faiss"] = time.perf_counter() - start - sum(self.open_stages.values())
         finish_checks(pending)
+        self.open_stages["checks_wait"] = time.perf_counter() - start - sum(self.open_stages.values())
         self.open_seconds = time.perf_counter() - start
         return self
 
@@ -161,7 +170,9 @@ class IndexStore:
             # Indexes from before recall was measured follow the current defaults of the auto spec.
             self.search_params = faiss_index.default_search_params(self.index_spec, auto=True)
         self.deleted = deleted_ids(self.index_dir, m, verify=False)  # checked above
+        started = time.perf_counter()
         self._open_shards()
+        self.open_stages["shards"] = time.perf_counter() - started
         self.live_mask = np.ones(len(self.ids), dtype=bool)
         if self.deleted.size:
             self.live_mask[self.rows(self.deleted, strict=False)] = False
