@@ -280,31 +280,57 @@ def list_numbers(codes: np.ndarray, width: int) -> np.ndarray:
 
 def fill_ivf(ivf: faiss.IndexIVF, parts: list[tuple[np.ndarray, int]]) -> None:
     """Add standalone codes (coarse list number, then the code) of runs of consecutive ids
-    (``(codes, first id)``) to an empty-listed IVF index: every list is sized once to its final
-    length, then written in place. Same lists, same order within each list, as ``add_sa_codes``."""
+    (``(codes, first id)``) to an IVF index: every list is sized once to its final length and
+    written in place. Same lists, same order within each list, as ``add_sa_codes``.
+
+    The codes are first gathered list by list into one arena (per part: a stable sort by list
+    and one scatter), then each list gets its run with one copy: the Python work is one step per
+    part and one per list, not one per (part, list) pair — which grew as shards × lists."""
     lists_of = faiss.downcast_InvertedLists(ivf.invlists)
     coarse, size, nlist = int(ivf.coarse_code_size()), int(ivf.code_size), int(ivf.nlist)
     numbers = [list_numbers(codes, coarse) for codes, _ in parts]
     counts = np.zeros(nlist, dtype=np.int64)
     for lists in numbers:
         counts += np.bincount(lists, minlength=nlist)[:nlist]
-    filled = np.array([lists_of.list_size(int(lst)) for lst in range(nlist)], dtype=np.int64)
-    views = {}
-    for lst in np.nonzero(counts)[0]:
-        lists_of.resize(int(lst), int(filled[lst] + counts[lst]))
-        total = int(filled[lst] + counts[lst])
-        views[int(lst)] = (faiss.rev_swig_ptr(lists_of.get_codes(int(lst)), total * size), faiss.rev_swig_ptr(lists_of.get_ids(int(lst)), total))
+    total = int(counts.sum())
+    starts = np.zeros(nlist + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    width = coarse + size
+    # whole rows as one opaque element each: numpy then moves a row with one copy, not byte by byte
+    arena_rows = np.empty(total, dtype=f"V{width}")
+    arena_ids = np.empty(total, dtype=np.int64)
+    cursor = starts[:-1].copy()
+    key = np.uint16 if nlist <= 1 << 16 else np.int64  # a radix sort for 16-bit list numbers
     for (codes, first), lists in zip(parts, numbers):
-        order = np.argsort(lists, kind="stable")
-        bounds = np.searchsorted(lists[order], np.arange(nlist + 1))
-        for lst in np.nonzero(np.diff(bounds))[0]:
-            rows = order[bounds[lst]:bounds[lst + 1]]
-            code_view, id_view = views[int(lst)]
-            at = int(filled[lst])
-            code_view[at * size:(at + len(rows)) * size] = np.ascontiguousarray(codes[rows, coarse:]).reshape(-1)
-            id_view[at:at + len(rows)] = first + rows
-            filled[lst] += len(rows)
-    ivf.ntotal = int(ivf.ntotal + counts.sum())
+        keep = lists < nlist  # a damaged list number is dropped (the item count then fails the open)
+        order = np.argsort(lists.astype(key, copy=False) if keep.all() else np.where(keep, lists, nlist).astype(np.int64), kind="stable")
+        order = order[: int(keep.sum())]
+        ordered = lists[order]
+        part_counts = np.bincount(ordered, minlength=nlist)[:nlist]
+        part_starts = np.zeros(nlist, dtype=np.int64)
+        np.cumsum(part_counts[:-1], out=part_starts[1:])
+        dest = cursor[ordered] + (np.arange(len(order), dtype=np.int64) - part_starts[ordered])
+        rows = np.ascontiguousarray(codes).view(f"V{width}").reshape(-1)
+        if len(order) == len(rows):  # each row scattered to its place: one pass over the codes
+            where = np.empty(len(rows), dtype=np.int64)
+            where[order] = dest
+            arena_rows[where] = rows
+        else:
+            arena_rows[dest] = rows[order]
+        arena_ids[dest] = first + order
+        cursor += part_counts
+    arena_codes = arena_rows.view(np.uint8).reshape(total, width)[:, coarse:]
+    for lst in np.nonzero(counts)[0]:
+        lst = int(lst)
+        had = int(lists_of.list_size(lst))
+        n = int(counts[lst])
+        lists_of.resize(lst, had + n)
+        code_view = faiss.rev_swig_ptr(lists_of.get_codes(lst), (had + n) * size)
+        id_view = faiss.rev_swig_ptr(lists_of.get_ids(lst), had + n)
+        lo, hi = int(starts[lst]), int(starts[lst + 1])
+        code_view.reshape(had + n, size)[had:] = arena_codes[lo:hi]
+        id_view[had:] = arena_ids[lo:hi]
+    ivf.ntotal = int(ivf.ntotal + total)
 
 
 def fill_flat_codes(index: faiss.Index, parts: list[np.ndarray], n: int) -> None:
@@ -317,9 +343,9 @@ def fill_flat_codes(index: faiss.Index, parts: list[np.ndarray], n: int) -> None
             index.add_sa_codes(np.ascontiguousarray(codes), None)
         return
     index.codes.resize(n * width)
-    view = faiss.rev_swig_ptr(index.codes.data(), n * width)
+    view = faiss.rev_swig_ptr(index.codes.data(), n * width).reshape(n, width)
     at = 0
     for codes in parts:
-        view[at * width:(at + len(codes)) * width] = np.ascontiguousarray(codes).reshape(-1)
+        view[at:at + len(codes)] = codes  # one copy, straight from the (strided) codes
         at += len(codes)
     index.ntotal = n

@@ -212,18 +212,21 @@ def test_lists_sized_once_hold_what_add_sa_codes_adds():
     for spec in ("IVF16,PQ8", "IVF16,SQ8"):
         trained = faiss_index.train(spec, 32, x[:2000])
         runs = [(trained.sa_encode(x[a:b]), a) for a, b in ((0, 700), (700, 1900), (1900, 3000))]
-        one, other = faiss.clone_index(trained), faiss.clone_index(trained)
+        one, other, twice = faiss.clone_index(trained), faiss.clone_index(trained), faiss.clone_index(trained)
         for codes, first in runs:
             one.add_sa_codes(codes, np.arange(first, first + len(codes), dtype=np.int64))
         faiss_index.fill_ivf(faiss.downcast_index(other), runs)
-        assert one.ntotal == other.ntotal == 3000
-        a, b = faiss.extract_index_ivf(one).invlists, faiss.extract_index_ivf(other).invlists
-        for lst in range(16):
-            size = a.list_size(lst)
-            assert b.list_size(lst) == size
-            assert np.array_equal(faiss.rev_swig_ptr(a.get_ids(lst), size), faiss.rev_swig_ptr(b.get_ids(lst), size))
-            width = size * faiss.extract_index_ivf(one).code_size
-            assert np.array_equal(faiss.rev_swig_ptr(a.get_codes(lst), width), faiss.rev_swig_ptr(b.get_codes(lst), width))
+        faiss_index.fill_ivf(faiss.downcast_index(twice), runs[:1])  # lists already holding entries grow
+        faiss_index.fill_ivf(faiss.downcast_index(twice), runs[1:])
+        assert one.ntotal == other.ntotal == twice.ntotal == 3000
+        a = faiss.extract_index_ivf(one).invlists
+        for b in (faiss.extract_index_ivf(other).invlists, faiss.extract_index_ivf(twice).invlists):
+            for lst in range(16):
+                size = a.list_size(lst)
+                assert b.list_size(lst) == size
+                assert np.array_equal(faiss.rev_swig_ptr(a.get_ids(lst), size), faiss.rev_swig_ptr(b.get_ids(lst), size))
+                width = size * faiss.extract_index_ivf(one).code_size
+                assert np.array_equal(faiss.rev_swig_ptr(a.get_codes(lst), width), faiss.rev_swig_ptr(b.get_codes(lst), width))
 
 
 @pytest.mark.parametrize("dtype, bits", [("sq8", 8), ("sq6", 6)])
