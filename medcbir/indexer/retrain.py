@@ -38,11 +38,15 @@ from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest
 from medcbir.indexer.shard import read_embeddings
 from medcbir.indexer.staging import Overtaken, new_staging, same_prefix
 from medcbir.indexer.remeasure import measured_at
-from medcbir.indexer.remeasure import measure_index, newest_from
+from medcbir.indexer.remeasure import measure_index, newest_from, streamed_exact
+from medcbir.indexer.store import IndexStore
 from medcbir.indexer.writer import remove_orphans
 
 log = logging.getLogger(__name__)
 
+#: Retraining reads every vector into RAM at once up to this many bytes of float32, shard by
+#: shard above (encoding and the measurement's exact neighbours streamed).
+IN_RAM_BYTES = 1 << 30
 # Retrain when the live items reach this multiple of the training sample.
 RETRAIN_FACTOR = 8
 # ... or when the inverted lists' imbalance factor (FAISS's: 1.0 = perfectly even) passes this.
@@ -162,28 +166,36 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
                      int(snapshot["generation"]) if seed is None else int(seed))
     budget = snapshot.get("memory_budget") if memory_budget is None else parse_budget(memory_budget)
     order = list(specs or (recall.candidates(dim, len(sample), budget, items=live) if auto else [snapshot["index_spec"]]))
-    vectors = np.concatenate([read_embeddings(index_dir / e["file"]) for e in snapshot["shards"]])
-    tried: list[dict] = []
-    while True:
-        choice, trained = recall.choose(sample, target, specs=order, budget=budget)
-        staging = new_staging(index_dir)
-        try:
-            parts = _encode(index_dir, snapshot["shards"], trained, staging, vectors)
-            measured = _measure(trained, staging, parts, vectors, choice, target) if trained is not None else None
-            if measured is not None:
-                tried.append({"spec": choice.spec, "recall_at_10": round(measured["recall_at_10"], 4)})
-            rest = order[order.index(choice.spec) + 1:] if choice.spec in order else []
-            if auto and measured is not None and recall.reached(measured) < target and rest:
-                log.info("retrain %s: %s reaches recall@10 %.3f < %.2f on all %d items; trying %s", index_dir, choice.spec,
-                         measured["recall_at_10"], target, len(vectors), rest[0])
-                order = rest
-                continue
-            out = _commit(index_dir, snapshot, choice, trained, staging, parts, measured, len(sample), reason, budget)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        out.update(seconds=time.perf_counter() - start, tried=tried,
-                   recall_at_10=None if measured is None else measured["recall_at_10"])
-        return out
+    n_items, in_ram = int(snapshot["next_id"]), int(snapshot["next_id"]) * dim * 4 <= IN_RAM_BYTES
+    # small indexes: every vector read once; large ones: read shard by shard (encoding, and the
+    # exact neighbours of the measurement block by block) so that RAM does not grow with the index
+    vectors = np.concatenate([read_embeddings(index_dir / e["file"]) for e in snapshot["shards"]]) if in_ram else None
+    reader = None if in_ram else IndexStore.open(index_dir, verify="none", manifest=snapshot, build_index=False)
+    try:
+        tried: list[dict] = []
+        while True:
+            choice, trained = recall.choose(sample, target, specs=order, budget=budget)
+            staging = new_staging(index_dir)
+            try:
+                parts = _encode(index_dir, snapshot["shards"], trained, staging, vectors)
+                measured = _measure(trained, staging, parts, vectors, choice, target, reader) if trained is not None else None
+                if measured is not None:
+                    tried.append({"spec": choice.spec, "recall_at_10": round(measured["recall_at_10"], 4)})
+                rest = order[order.index(choice.spec) + 1:] if choice.spec in order else []
+                if auto and measured is not None and recall.reached(measured) < target and rest:
+                    log.info("retrain %s: %s reaches recall@10 %.3f < %.2f on all %d items; trying %s", index_dir, choice.spec,
+                             measured["recall_at_10"], target, n_items, rest[0])
+                    order = rest
+                    continue
+                out = _commit(index_dir, snapshot, choice, trained, staging, parts, measured, len(sample), reason, budget)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            out.update(seconds=time.perf_counter() - start, tried=tried,
+                       recall_at_10=None if measured is None else measured["recall_at_10"])
+            return out
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 def _encode(index_dir: Path, shards: list[dict], trained, staging: Path, vectors: np.ndarray | None = None) -> list:
@@ -201,13 +213,23 @@ def _encode(index_dir: Path, shards: list[dict], trained, staging: Path, vectors
     return out
 
 
-def _measure(trained, staging: Path, parts: list, vectors: np.ndarray, choice, target: float) -> dict:
+def _measure(trained, staging: Path, parts: list, vectors: np.ndarray | None, choice, target: float, reader: IndexStore | None = None) -> dict:
     """Recall@10 of the staged index on all its items (:mod:`.remeasure`'s measurement): the
-    ``recall`` record the commit writes, with the grid point chosen on all items."""
+    ``recall`` record the commit writes, with the grid point chosen on all items. Without
+    ``vectors``, ``reader`` (the snapshot's store, no FAISS index) streams them."""
 
-    n, dim = vectors.shape
-    index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], lambda out: out.__setitem__(slice(None), vectors), n, dim)
-    best, tried, queries = measure_index(index, choice.spec, vectors, target, recent_from=newest_from(n))
+    if vectors is not None:
+        n, dim = vectors.shape
+        fill = lambda out: out.__setitem__(slice(None), vectors)  # noqa: E731 - one-line fill
+    else:
+        n, dim = len(reader.ids), reader.dim
+        fill = reader._fill
+    index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], fill, n, dim)
+    if vectors is not None:
+        best, tried, queries = measure_index(index, choice.spec, vectors, target, recent_from=newest_from(n))
+    else:
+        best, tried, queries = measure_index(index, choice.spec, None, target, recent_from=newest_from(n), n=n,
+                                             exact_of=lambda rows: streamed_exact(reader, rows))
     del index
     chosen = choice.record()
     return {**chosen, "recall_at_10": round(best.recall_at_10, 4), "recall_at_10_low": round(best.low, 4), "held_out": False,

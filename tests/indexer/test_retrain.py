@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import threading
@@ -183,6 +184,9 @@ def test_auto_lists_grow_with_the_archive_and_retrain_when_due(tmp_path, monkeyp
     monkeypatch.setattr(faiss_index, "AUTO_FLAT_MAX", 1000)
     monkeypatch.setattr(faiss_index, "AUTO_NLIST", 8)
     monkeypatch.setattr(faiss_index, "TRAIN_SAMPLE", 1500)
+    retrain_module = importlib.import_module("medcbir.indexer.retrain")  # the package re-exports the function
+
+    monkeypatch.setattr(retrain_module, "IN_RAM_BYTES", 0)  # the streamed path: shard by shard, exact neighbours by blocks
     ix = tmp_path / "ix"
 
     def add(lo, x):
