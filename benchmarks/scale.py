@@ -88,11 +88,12 @@ CHUNK = 50_000
 
 
 def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float, seed0: int = 0, spec: str = "auto",
-          dtype: str = "auto", shard_size: int = 16_384, maintain: bool = False) -> dict:
+          dtype: str = "auto", shard_size: int = 16_384, maintain: str = "") -> dict:
     """Write items [0, n) (draw seed = seed0 + chunk number) through IndexWriter, one writer session
     per growth step ending at each of ``steps``; returns timings (resumes a partial build).
-    ``maintain``: after each step, the maintenance that is due (``medcbir index --maintain``:
-    compaction, retraining — e.g. when ``auto``'s inverted lists should have grown), timed apart."""
+    ``maintain``: ``"each"`` (after each step) or ``"last"`` (after the last one) the maintenance
+    that is due (``medcbir index --maintain``: compaction, retraining — e.g. when ``auto``'s
+    inverted lists should have grown), timed apart."""
     from medcbir.indexer import IndexWriter
     from medcbir.indexer.background import run_due
 
@@ -119,7 +120,7 @@ def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float,
         gen_s += generated
         write_s += elapsed - generated
         ran, maintain_s = {}, 0.0
-        if maintain:
+        if maintain == "each" or (maintain == "last" and stop == steps[-1]):
             t = time.perf_counter()
             ran = run_due(index_dir)
             maintain_s = time.perf_counter() - t
@@ -244,7 +245,7 @@ def run_scale(args) -> int:
     load_start = load()
     gen = generator(args.work)
     index_dir = work / f"fitted-{args.items}"
-    timings = build(index_dir, args.items, gen, steps_to(args.items), args.memory_budget, dtype=args.shard_dtype, maintain=True)
+    timings = build(index_dir, args.items, gen, steps_to(args.items), args.memory_budget, dtype=args.shard_dtype, maintain=args.maintain)
     manifest = json.loads((index_dir / "manifest.json").read_text())
     queries = gen.draw(args.queries, seed=10_000_019)  # fresh draws: held out of the index
     qfile, ids_file = work / "queries.npy", work / "ids.npy"
@@ -259,7 +260,7 @@ def run_scale(args) -> int:
     chain = (manifest.get("recall") or {}).get("chain") or {}
     ram = min(o["rss_after"] - o["rss_before"] for o in opens_none)
     result = {
-        "items": n, "dim": gen.dim, "memory_budget": args.memory_budget, "shard_dtype": args.shard_dtype, "spec": manifest["index_spec"], "params": manifest.get("search_params"),
+        "items": n, "dim": gen.dim, "memory_budget": args.memory_budget, "shard_dtype": args.shard_dtype, "maintain": args.maintain, "spec": manifest["index_spec"], "params": manifest.get("search_params"),
         "chain": chain, "storage": manifest.get("storage"), "manifest_recall": manifest.get("recall"), "trained": manifest.get("trained"),
         "disk": disk, "disk_bytes_per_image": disk["total"] / n, "ram_bytes_per_image": ram / n,
         "faiss_bytes_per_image": chain.get("bytes_per_item"),
@@ -317,7 +318,8 @@ def scale_markdown(r: dict, args) -> str:
         f"{n:,} vectors of the `default` encoder's shape (2020-d Gaussian fitted to its embeddings of a 1,024-slice phantom), "
         f"written through `IndexWriter` in growth steps ({steps}) with "
         f"`--memory-budget {args.memory_budget:.0f}` (bytes per image) and `--shard-dtype {r.get('shard_dtype', 'auto')}`"
-        + (", the maintenance that is due run after each step (as `medcbir index --maintain` does). " if r["timings"].get("steps", [{}])[0].get("maintenance") is not None else ". ") +
+        + ({"each": ", the maintenance that is due run after each step (as `medcbir index --maintain` does). ",
+            "last": ", the maintenance that is due run after the last step (`medcbir index --maintain` on the last run). "}.get(r.get("maintain") or "", ". ")) +
         f"Load average {r['load_average'][0]} at start, {r['load_average'][1]} at end (2 cores shared with other agents; run under `nice -n 19`).",
         "",
         f"`auto` chose `{r['spec']}` with {r['params']} (chain: projection {chain.get('projection')}, codes {chain.get('codes')}, "
@@ -485,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact-items", type=int, default=200_000, help="vectors in all exact parts (sharded)")
     ap.add_argument("--keep", action="store_true", help="keep the indexes (else deleted at the end)")
     ap.add_argument("--shard-dtype", default="auto", help="shard storage of the scale_10m index (default auto)")
+    ap.add_argument("--maintain", choices=["each", "last", ""], default="last",
+                    help="run the maintenance due after each growth step, after the last one (default), or never")
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--render", action="store_true", help="rebuild the section text from its JSON; measure nothing")
     args = ap.parse_args(argv)
