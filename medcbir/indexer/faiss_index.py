@@ -78,6 +78,9 @@ AUTO_NLIST = 1024
 AUTO_NLIST_MAX = 8192
 #: FAISS's minimum of training points per centroid.
 POINTS_PER_LIST = 39
+#: sample items ``auto`` holds out as queries when it chooses (``recall.QUERIES``), on top of
+#: the training points
+HELD_OUT = 200
 
 
 def auto_nlist(n: int | None = None, sample: int | None = None) -> int:
@@ -97,10 +100,10 @@ def auto_nlist(n: int | None = None, sample: int | None = None) -> int:
 
 def train_sample(n: int) -> int:
     """Training vectors for an index of ``n`` items: :data:`TRAIN_SAMPLE`, or
-    :data:`POINTS_PER_LIST` per list of :func:`auto_nlist` when that is more (bounded: at most
-    ``POINTS_PER_LIST`` × :data:`AUTO_NLIST_MAX`); never more than ``n``."""
+    :data:`POINTS_PER_LIST` per list of :func:`auto_nlist` (plus the :data:`HELD_OUT` queries)
+    when that is more (bounded by :data:`AUTO_NLIST_MAX` lists); never more than ``n``."""
     lists = auto_nlist(n, sample=n)
-    return int(min(int(n), max(TRAIN_SAMPLE, POINTS_PER_LIST * lists)))
+    return int(min(int(n), max(TRAIN_SAMPLE, POINTS_PER_LIST * lists + HELD_OUT)))
 
 
 def auto_spec(dim: int, nlist: int | None = None) -> str:

@@ -177,9 +177,9 @@ def test_auto_lists_grow_with_the_archive_and_retrain_when_due(tmp_path, monkeyp
 
     # the defaults: 1,024 lists where auto leaves exact search, ~4·√n beyond, bounded
     assert [faiss_index.auto_nlist(n) for n in (65_536, 262_144, 1_000_000, 10_000_000, 10**9)] == [1024, 2048, 4096, 8192, 8192]
-    assert faiss_index.train_sample(1_000_000) == 39 * 4096 and faiss_index.train_sample(10**9) == 39 * faiss_index.AUTO_NLIST_MAX
+    assert faiss_index.train_sample(1_000_000) == 39 * 4096 + 200 and faiss_index.train_sample(10**9) == 39 * faiss_index.AUTO_NLIST_MAX + 200
     assert faiss_index.train_sample(50_000) == 50_000 and faiss_index.auto_nlist(10_000) == 10_000 // 39
-    assert recall.candidates(64, 160_000, items=1_000_000)[0].startswith("IVF4096,")
+    assert recall.candidates(64, 160_000, items=1_000_000)[0].startswith("IVF4096,") and faiss_index.HELD_OUT == recall.QUERIES
 
     monkeypatch.setattr(faiss_index, "AUTO_FLAT_MAX", 1000)
     monkeypatch.setattr(faiss_index, "AUTO_NLIST", 8)
