@@ -102,8 +102,24 @@ def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float,
     maint_s_total = [0.0]
     rows = []
     done = 0
+    saved = index_dir.with_name(index_dir.name + ".steps.json")  # the steps of an earlier, stopped run
     if (index_dir / "manifest.json").is_file():
         done = int(json.loads((index_dir / "manifest.json").read_text())["next_id"])
+        if saved.is_file():
+            rows = json.loads(saved.read_text())
+            write_s = sum(r["write_s"] or 0.0 for r in rows)
+    if done >= steps[-1] and maintain == "last" and (not rows or not rows[-1].get("maintenance")):
+        t = time.perf_counter()
+        ran = run_due(index_dir)
+        maint_s_total[0] += time.perf_counter() - t
+        m = json.loads((index_dir / "manifest.json").read_text())
+        if not rows or rows[-1]["items"] != done:
+            rows.append({"items": done, "write_s": None, "spec": None, "recall_at_10": None, "params": None})
+        rows[-1].update(spec=m["index_spec"], recall_at_10=(m.get("recall") or {}).get("recall_at_10"), params=m.get("search_params"),
+                        maintenance={k: {x: v.get(x) for x in ("reason", "spec", "sample", "recall_at_10", "seconds") if x in v}
+                                     for k, v in ran.items() if isinstance(v, dict)},
+                        maintenance_s=round(maint_s_total[0], 1), resumed=True)
+        saved.write_text(json.dumps(rows))
     for stop in [s for s in steps if s > done] or []:
         start = time.perf_counter()
         generated = 0.0
@@ -131,6 +147,7 @@ def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float,
                      "maintenance": {k: {x: v.get(x) for x in ("reason", "spec", "sample", "recall_at_10", "seconds") if x in v}
                                      for k, v in ran.items() if isinstance(v, dict)},
                      "maintenance_s": round(maintain_s, 1)})
+        saved.write_text(json.dumps(rows))
         print(f"  {index_dir.name}: {stop:,} items, write {elapsed - generated:.0f} s (+ {generated:.0f} s drawing), "
               f"maintenance {maintain_s:.0f} s {list(ran)}, spec {m['index_spec']}, recall {(m.get('recall') or {}).get('recall_at_10')}",
               file=sys.stderr, flush=True)
@@ -226,6 +243,17 @@ def probe(index_dir: Path, queries_file: Path, verify: str, ids_file: Path | Non
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def ingest_rate(steps: list[dict]) -> float | None:
+    """Items per second through IndexWriter over the steps whose write time was measured."""
+    items, seconds, lo = 0, 0.0, 0
+    for row in steps:
+        if row.get("write_s"):
+            items += row["items"] - lo
+            seconds += row["write_s"]
+        lo = row["items"]
+    return items / seconds if seconds else None
+
+
 def load() -> list[float]:
     return [round(x, 1) for x in os.getloadavg()]
 
@@ -271,7 +299,7 @@ def run_scale(args) -> int:
         "open_stages": min(opens, key=lambda o: o["open_s"]).get("stages"),
         "open_none_stages": min(opens_none, key=lambda o: o["open_s"]).get("stages"),
         "shards": len(manifest["shards"]),
-        "max_rss": max(o["max_rss"] for o in opens), "ingest_items_per_s": n / timings["write_s"] if timings["write_s"] else None,
+        "max_rss": max(o["max_rss"] for o in opens), "ingest_items_per_s": ingest_rate(timings["steps"]),
         "timings": timings, "load_average": [load_start, load()],
     }
     md = scale_markdown(result, args)
@@ -341,7 +369,8 @@ def scale_markdown(r: dict, args) -> str:
               "| items | write s | maintenance | spec | recall@10 (manifest) | params |", "|---|---|---|---|---|---|"]
     for s in r["timings"]["steps"]:
         ran = "; ".join(f"{k}: {v.get('reason', '')} {v.get('seconds', 0):.0f} s".strip() for k, v in (s.get("maintenance") or {}).items()) or "–"
-        lines.append(f"| {s['items']:,} | {s['write_s']} | {ran} | `{s['spec']}` | {s['recall_at_10']} | {s['params']} |")
+        write = s["write_s"] if s.get("write_s") is not None else "– (written by an earlier run that was stopped during its maintenance; this run resumed)"
+        lines.append(f"| {s['items']:,} | {write} | {ran} | `{s['spec']}` | {s['recall_at_10']} | {s['params'] if s['params'] is not None else '–'} |")
     best: dict[str, dict] = {}
     for t in (r.get("manifest_recall") or {}).get("tried") or []:
         if t.get("recall_at_10") is not None and t["recall_at_10"] >= best.get(t["spec"], {}).get("recall_at_10", -1):

@@ -43,6 +43,7 @@ spends) apart from ``tuning_seconds`` (everything else ``choose`` did).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -232,7 +233,19 @@ def grid_for(spec: str) -> list[dict]:
     if "HNSW" in base.upper():
         return GRIDS["hnsw"]
     if "IVF" in base.upper():
-        return GRIDS["ivf_refine"] if refine else GRIDS["ivf"]
+        grid = GRIDS["ivf_refine"] if refine else GRIDS["ivf"]
+        match = re.search(r"IVF(\d+)", base.upper())
+        top = max(p["nprobe"] for p in grid)
+        if match and int(match[1]) // 8 > top:
+            # more lists than the grid was made for (auto's lists grow with the archive): probe up
+            # to the same 1/8 of them, doubling, so the target stays reachable
+            factors = sorted({p.get("k_factor") for p in grid if "k_factor" in p})
+            extra, p = [], top * 2
+            while p <= int(match[1]) // 8:
+                extra += [{"nprobe": p, "k_factor": f} for f in factors] if factors else [{"nprobe": p}]
+                p *= 2
+            grid = grid + extra
+        return grid
     return [{}]
 
 

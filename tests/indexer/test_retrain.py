@@ -181,6 +181,10 @@ def test_auto_lists_grow_with_the_archive_and_retrain_when_due(tmp_path, monkeyp
     assert faiss_index.train_sample(50_000) == 50_000 and faiss_index.auto_nlist(10_000) == 10_000 // 39
     assert recall.candidates(64, 160_000, items=1_000_000)[0].startswith("IVF4096,") and faiss_index.HELD_OUT == recall.QUERIES
 
+    # the search grid probes up to 1/8 of the lists, however many there are
+    assert max(p["nprobe"] for p in recall.grid_for("PCAU256,IVF4096,SQ8,Refine(SQfp16)")) == 512
+    assert max(p["nprobe"] for p in recall.grid_for("IVF1024,PQ64,Refine(Flat)")) == 128
+
     monkeypatch.setattr(faiss_index, "AUTO_FLAT_MAX", 1000)
     monkeypatch.setattr(faiss_index, "AUTO_NLIST", 8)
     monkeypatch.setattr(faiss_index, "TRAIN_SAMPLE", 1500)
