@@ -171,31 +171,58 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
     # exact neighbours of the measurement block by block) so that RAM does not grow with the index
     vectors = np.concatenate([read_embeddings(index_dir / e["file"]) for e in snapshot["shards"]]) if in_ram else None
     reader = None if in_ram else IndexStore.open(index_dir, verify="none", manifest=snapshot, build_index=False)
+    tried: list[dict] = []
+    best = None  # the best candidate measured below the target: (its staging, choice, trained, parts, measured)
     try:
-        tried: list[dict] = []
         while True:
             choice, trained = recall.choose(sample, target, specs=order, budget=budget)
-            staging = new_staging(index_dir)
+            this = new_staging(index_dir)
             try:
-                parts = _encode(index_dir, snapshot["shards"], trained, staging, vectors)
-                measured = _measure(trained, staging, parts, vectors, choice, target, reader) if trained is not None else None
+                parts = _encode(index_dir, snapshot["shards"], trained, this, vectors)
+                measured = _measure(trained, this, parts, vectors, choice, target, reader) if trained is not None else None
                 if measured is not None:
                     tried.append({"spec": choice.spec, "recall_at_10": round(measured["recall_at_10"], 4)})
                 rest = order[order.index(choice.spec) + 1:] if choice.spec in order else []
-                if auto and measured is not None and recall.reached(measured) < target and rest:
-                    log.info("retrain %s: %s reaches recall@10 %.3f < %.2f on all %d items; trying %s", index_dir, choice.spec,
-                             measured["recall_at_10"], target, n_items, rest[0])
-                    order = rest
-                    continue
-                out = _commit(index_dir, snapshot, choice, trained, staging, parts, measured, len(sample), reason, budget)
+                if not (auto and measured is not None and recall.reached(measured) < target):
+                    out = _commit(index_dir, snapshot, choice, trained, this, parts, measured, len(sample), reason, budget)
+                else:
+                    if best is None or _better(measured, best[4]):
+                        if best is not None:
+                            shutil.rmtree(best[0], ignore_errors=True)
+                        best = (this, choice, trained, parts, measured)
+                    if rest:
+                        log.info("retrain %s: %s reaches recall@10 %.3f < %.2f on all %d items; trying %s", index_dir, choice.spec,
+                                 measured["recall_at_10"], target, n_items, rest[0])
+                        order = rest
+                        continue
+                    # no candidate reached the target: the best of them, and only if it measures
+                    # better than the index it would replace
+                    staged, choice, trained, parts, measured = best
+                    current = snapshot.get("recall") or {}
+                    if recall.reached(current) is not None and current.get("spec") == snapshot["index_spec"] and not _better(measured, current):
+                        log.warning("retrain %s: no candidate reaches recall@10 %.2f on all %d items and none measures better "
+                                    "than the current %s (%.3f): kept", index_dir, target, n_items, snapshot["index_spec"],
+                                    float(current.get("recall_at_10") or 0.0))
+                        return {"generation": int(snapshot["generation"]), "items": n_items, "sample": len(sample), "reason": reason,
+                                "spec": snapshot["index_spec"], "skipped": "no candidate measured better than the current index",
+                                "seconds": time.perf_counter() - start, "tried": tried, "recall_at_10": current.get("recall_at_10")}
+                    out = _commit(index_dir, snapshot, choice, trained, staged, parts, measured, len(sample), reason, budget)
             finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                if best is None or best[0] != this:
+                    shutil.rmtree(this, ignore_errors=True)
             out.update(seconds=time.perf_counter() - start, tried=tried,
                        recall_at_10=None if measured is None else measured["recall_at_10"])
             return out
     finally:
+        if best is not None:
+            shutil.rmtree(best[0], ignore_errors=True)
         if reader is not None:
             reader.close()
+
+
+def _better(a: dict, b: dict) -> bool:
+    """True when recall record ``a`` measured better than ``b`` (lower bound, then mean)."""
+    return (recall.reached(a) or 0.0, float(a.get("recall_at_10") or 0.0)) > (recall.reached(b) or 0.0, float(b.get("recall_at_10") or 0.0))
 
 
 def _encode(index_dir: Path, shards: list[dict], trained, staging: Path, vectors: np.ndarray | None = None) -> list:

@@ -153,6 +153,15 @@ def test_recall_below_target_after_growth_retrains_with_a_finer_spec(tmp_path, m
     assert measured["at_items"] == 4000 and measured["recall_at_10"] < 0.95 and grown.index_spec == m["index_spec"]
     assert retrain_due(ix, grown.manifest) == "recall"  # not growth: 4000 < 8 x 2500
 
+    # candidates that all miss the target and all measure worse than the index they would replace:
+    # the index is kept (a retraining once committed the last candidate tried, however bad)
+    coarse = retrain(ix, specs=["IVF16,PQ1", "IVF16,PQ2"], reason="recall")
+    assert coarse["skipped"] and coarse["tried"] and {t["spec"] for t in coarse["tried"]} <= {"IVF16,PQ1", "IVF16,PQ2"}
+    assert all(t["recall_at_10"] < measured["recall_at_10"] for t in coarse["tried"])
+    kept = IndexStore.open(ix)
+    assert kept.generation == grown.generation and kept.index_spec == grown.index_spec
+    assert not list(ix.glob(".staging-*"))
+
     result = retrain(ix, reason="recall")
     new = IndexStore.open(ix)
     assert result["generation"] == new.generation == grown.generation + 1  # one commit
