@@ -365,7 +365,8 @@ def scale_markdown(r: dict, args) -> str:
         lines += ["", f"Open with checksums, by stage ({r.get('shards', '?')} shards; `IndexStore.open_stages`, the fastest of 2 opens): "
                   + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
                   + "; without checksums: " + ", ".join(f"{k} {v:.2f} s" for k, v in (r.get("open_none_stages") or {}).items()) + "."]
-    lines += ["", "Growth steps (each a writer session, then the maintenance due; recall as the manifest records it after the step):", "",
+    after = {"each": ", then the maintenance due", "last": "; the maintenance due after the last"}.get(r.get("maintain") or "", "")
+    lines += ["", f"Growth steps (each a writer session{after}; recall as the manifest records it after the step):", "",
               "| items | write s | maintenance | spec | recall@10 (manifest) | params |", "|---|---|---|---|---|---|"]
     for s in r["timings"]["steps"]:
         ran = "; ".join(f"{k}: {v.get('reason', '')} {v.get('seconds', 0):.0f} s".strip() for k, v in (s.get("maintenance") or {}).items()) or "–"
