@@ -181,8 +181,18 @@ def retrain(index_dir, sample, seed, memory_budget=None, as_json=False) -> None:
                f"generation {result['generation']}")
 
 
+def _structure(regions) -> dict:
+    """How the region search structure was had at open (``load_s``): ``stored`` (read from the
+    index's files) or ``computed`` (an index that does not store it yet: its next commit does), and
+    the search index (``Flat``, or ``IVF`` with its lists and probes)."""
+    index = regions.index
+    kind = {"index": "IVF", "nlist": int(index.nlist), "nprobe": int(index.nprobe)} if hasattr(index, "nlist") else {"index": "Flat"}
+    return {"structure": "stored" if regions.stored else "computed", **kind}
+
+
 def _region_latency(index_dir) -> dict:
-    """p50/p95 ms of region queries (stored regions as queries) beside slice queries, on this machine."""
+    """p50/p95 ms of region queries (stored regions as queries) beside slice queries, on this
+    machine, and how long the region search structure took to open (``load_s``)."""
     import time
 
     import numpy as np
@@ -194,7 +204,7 @@ def _region_latency(index_dir) -> dict:
         regions = RegionIndex.of(engine)
         load_s = time.perf_counter() - start
         if not len(regions):
-            return {"load_s": round(load_s, 3)}
+            return {"load_s": round(load_s, 3), **_structure(regions)}
         rng = np.random.default_rng(0)
         picks = rng.choice(len(regions), size=min(50, len(regions)), replace=False)
         region_ms, slice_ms = [], []
@@ -206,7 +216,8 @@ def _region_latency(index_dir) -> dict:
             t = time.perf_counter()
             engine.search(engine.embeddings(np.array([int(regions.item_ids[row])])), 10)
             slice_ms.append(1000 * (time.perf_counter() - t))
-    return {"load_s": round(load_s, 3), "query_ms_p50": round(float(np.percentile(region_ms, 50)), 3),
+    return {"load_s": round(load_s, 3), **_structure(regions),
+            "query_ms_p50": round(float(np.percentile(region_ms, 50)), 3),
             "query_ms_p95": round(float(np.percentile(region_ms, 95)), 3),
             "slice_query_ms_p50": round(float(np.percentile(slice_ms, 50)), 3)}
 

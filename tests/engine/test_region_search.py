@@ -176,6 +176,7 @@ def test_cli_region_search_verify_and_the_error_without_regions(lesions, tmp_pat
     assert main(["verify", str(lesions["index"]), "--json"]) == 0
     regions = json.loads(capsys.readouterr().out)["regions"]
     assert regions["regions"] > 0 and 0 < regions["bytes_per_image"] and regions["query_ms_p50"] > 0
+    assert regions["structure"] == "stored" and regions["index"] == "Flat"  # kept by the index, not computed at open
     # an index without regions: one line naming the fix
     plain = tmp_path / "plain"
     assert main(["index", str(lesions["archive"]), "--out", str(plain), "--no-regions", "--workers", "1", "--no-progress"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -138,6 +139,37 @@ def test_cli_writes_maps_and_overlays(v3, tmp_path, capsys):
     rgb = np.asarray(Image.open(tmp_path / "out" / "neighbour-1.png"))
     x, y, w, h = summary["neighbours"][0]["region"]
     assert tuple(rgb[2 * y, 2 * x + w]) == (0, 230, 0)
+
+
+def test_cli_writes_region_maps_as_dicom(v3, tmp_path, capsys):
+    """`explain --roi --dicom-out`: per neighbour, its map as a Parametric Map (the values of maps.npy)
+    and an overlay Secondary Capture with the matched box, both in the neighbour's study, valid DICOM."""
+    import pydicom
+
+    from tests.dicom_validate import dciodvfy_errors
+
+    clear = v3["clear"]
+    code = main(["explain", str(v3["index"]), clear["query"], "--roi", ",".join(map(str, clear["box"])), "-k", "2", "--masks", "40",
+                 "--exclude", "same-patient", "--out", str(tmp_path / "out"), "--dicom-out", str(tmp_path / "dicom"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    payload = json.loads(captured.out)
+    assert len(payload["dicom"]) == 4 and "wrote 4 DICOM object(s)" in captured.err
+    maps = np.load(tmp_path / "out" / "maps.npy")
+    objects = {}
+    for path in payload["dicom"]:
+        assert dciodvfy_errors(Path(path)) == [], path
+        ds = pydicom.dcmread(path)
+        objects.setdefault(ds.SOPClassUID, []).append(ds)
+    pms = sorted(objects["1.2.840.10008.5.1.4.1.1.30"], key=lambda d: int(d.InstanceNumber))
+    scs = sorted(objects["1.2.840.10008.5.1.4.1.1.7"], key=lambda d: int(d.InstanceNumber))
+    assert len(pms) == len(scs) == 2
+    for i, (pm, sc, nb) in enumerate(zip(pms, scs, payload["neighbours"])):
+        np.testing.assert_allclose(pm.pixel_array.astype(np.float32), maps[i], rtol=1e-6, atol=1e-7)
+        refs = {r.ReferencedSOPInstanceUID for r in sc.SourceImageSequence}
+        assert refs == {nb["sop_instance_uid"]} and sc.BurnedInAnnotation == "YES"
+        x, y, w, h = nb["region"]
+        assert tuple(sc.pixel_array[y, x]) == (0, 255, 0) and tuple(sc.pixel_array[y + h - 1, x + w - 1]) == (0, 255, 0)
 
 
 @pytest.mark.parametrize("argv, says", [
