@@ -53,8 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
+import h5py
 import numpy as np
 
+from medcbir.errors import IndexCorrupt
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name
 from medcbir.indexer.shard import read_regions
@@ -328,8 +330,6 @@ def _maintain(index_dir: Path, manifest: dict) -> dict:
 
 
 def _region_count(path: Path) -> int:
-    import h5py
-
     with h5py.File(path, "r") as f:
         return int(f["regions"]["row"].shape[0]) if "regions" in f else 0
 
@@ -430,8 +430,6 @@ def load(store, with_ivf: bool = True) -> Structure:
             continue
         stored = False
         if "regions" not in f:
-            from medcbir.errors import IndexCorrupt
-
             raise IndexCorrupt(f"{entry['file']}: the index stores regions but this shard has none")
         parts.append(moments(f["regions"]["descriptors"][...].astype(np.float32).reshape(-1, dim)))
         COUNTERS["moments"] += 1
