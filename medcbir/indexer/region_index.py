@@ -457,3 +457,34 @@ def drop_damaged(manifest: dict, damaged: dict, rebuilt: list[str]) -> dict:
     out["shards"] = [{k: v for k, v in s.items() if not (k == "region_part" and v["file"] in damaged)} for s in manifest["shards"]]
     rebuilt.extend(hit)
     return out
+
+
+def check(index_dir: str | Path, manifest: dict, skip: set[str] = frozenset()) -> list[str]:
+    """``verify``'s findings about the stored structure: each shard's part holds as many regions
+    as the shard, finite moments, and (with an IVF) a valid list for each of its regions; files in
+    ``skip`` (already reported broken) are not read."""
+    record = current(manifest)
+    if record is None:
+        return []
+    index_dir = Path(index_dir)
+    dim = int(manifest["regions"]["dim"])
+    ivf = record.get("ivf")
+    out: list[str] = []
+    for entry in manifest["shards"]:
+        part = entry.get("region_part")
+        if not part or part["file"] in skip or entry["file"] in skip:
+            continue
+        try:
+            (count, total, scatter), lists = read_part(index_dir, part, dim)
+            shard_count = _region_count(index_dir / entry["file"])
+        except (OSError, KeyError, ValueError) as exc:
+            out.append(f"{part['file']}: unreadable region part ({exc})")
+            continue
+        if count != shard_count or count != int(part.get("count", -1)):
+            out.append(f"{part['file']}: moments of {count} regions, the shard holds {shard_count}")
+        if not (np.isfinite(total).all() and np.isfinite(scatter).all()):
+            out.append(f"{part['file']}: moments are not finite")
+        if ivf and part.get("ivf") == ivf["file"]:
+            if lists is None or len(lists) != count or (count and (lists.min() < 0 or lists.max() >= int(ivf["nlist"]))):
+                out.append(f"{part['file']}: region lists do not match the shard's {count} regions and {ivf['nlist']} lists")
+    return out

@@ -218,3 +218,27 @@ def test_kill_9_while_the_structure_is_written_leaves_a_usable_index(tmp_path):
     write(fresh, 0, 120, step=120)
     assert_same(answers(index)[0], answers(fresh)[0])
     shutil.rmtree(fresh)
+
+
+def test_verify_finds_a_region_part_that_does_not_match_its_shard(tmp_path):
+    from medcbir.indexer.checksum import fast_checksum
+    from medcbir.indexer.fsutil import sha256_file
+
+    index = tmp_path / "index"
+    write(index, 0, 20, step=20)
+    write(index, 20, 60, step=40)
+    assert verify(index).ok
+    path = index / "manifest.json"
+    manifest = json.loads(path.read_text())
+    first, second = manifest["shards"][0]["region_part"], manifest["shards"][1]["region_part"]
+    # the second shard's moments under the first shard's name (its checksums recorded: only the content is wrong)
+    with open(index / first["file"], "wb") as fh:
+        fh.write((index / second["file"]).read_bytes())
+    first.update(bytes=(index / first["file"]).stat().st_size, sha256=sha256_file(index / first["file"]),
+                 xxh3=fast_checksum(index / first["file"]))
+    manifest["shards"][0]["region_part"] = first
+    path.write_text(json.dumps(manifest))
+    with IndexStore.open(index):
+        pass
+    report = verify(index)
+    assert not report.ok and any(first["file"] in p and "moments" in p for p in report.problems), report.problems
