@@ -152,6 +152,7 @@ def run(args) -> dict:
     del regions
     log(f"computed at open: {out['computed_open']['open_s']} s")
     spent.clear()
+    region_index.COUNTERS.update(moments=0, trained=0)
     t = time.perf_counter()
     with IndexWriter.open(index_dir, encoder, regions=True) as writer:
         writer.add_embeddings(*batch(args.items, args.items + 10, args.regions, mixing, rng))
@@ -185,7 +186,7 @@ def markdown(r: dict) -> str:
         f"{c['recall_at_10']} | all |",
         "",
         f"A {sc['items']}-item commit afterwards: {sc['wall_s']} s in all, {sc['region_s']} s of it on the region structure "
-        f"({sc['trained']} training).",
+        f"({sc['trained']} IVF training{'' if sc['trained'] == 1 else 's'}).",
         "",
         f"Goal: opening the stored structure ≥ {GOAL:g}× faster than computing it: {r['ratio']}× "
         f"({'**met**' if r['met'] else '**missed**'}). Load average {r['load_average'][0]:.1f} at start, "
