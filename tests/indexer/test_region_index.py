@@ -22,7 +22,7 @@ from medcbir.encoders.regions import DIM, RegionSet
 from medcbir.engine.region_search import RegionIndex
 from medcbir.errors import IndexCorrupt
 from medcbir.imaging import ItemMeta
-from medcbir.indexer import IndexStore, IndexWriter, compact, delete, region_index, repair, verify
+from medcbir.indexer import IndexStore, IndexWriter, compact, delete, region_index, repair, retrain, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 PER = 16  # regions per item
@@ -44,9 +44,9 @@ def items(lo: int, hi: int):
     return metas, np.stack(vectors), regions
 
 
-def write(index: Path, lo: int, hi: int, step: int, shard_size: int = 64) -> None:
+def write(index: Path, lo: int, hi: int, step: int, shard_size: int = 64, spec: str = "auto") -> None:
     """Add items lo..hi-1 in commits of ``step`` items (the plugin's incremental indexing)."""
-    with IndexWriter.open(index, "thumbnail:16", regions=True, shard_size=shard_size) as writer:
+    with IndexWriter.open(index, "thumbnail:16", regions=True, shard_size=shard_size, index_spec=spec) as writer:
         for start in range(lo, hi, step):
             writer.add_embeddings(*items(start, min(start + step, hi)))
             writer.commit()
@@ -242,3 +242,19 @@ def test_verify_finds_a_region_part_that_does_not_match_its_shard(tmp_path):
         pass
     report = verify(index)
     assert not report.ok and any(first["file"] in p and "moments" in p for p in report.problems), report.problems
+
+
+def test_retraining_the_slice_index_keeps_the_region_structure(tmp_path):
+    index = tmp_path / "index"
+    write(index, 0, 120, step=60, spec="IVF4,Flat")
+    before, stored = answers(index)
+    parts = [s["region_part"]["file"] for s in json.loads((index / "manifest.json").read_text())["shards"]]
+    assert stored
+    region_index.COUNTERS.update(moments=0, trained=0)
+    result = retrain(index, seed=1)
+    assert "skipped" not in result
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert [s["region_part"]["file"] for s in manifest["shards"]] == parts and region_index.COUNTERS["moments"] == 0
+    after, stored = answers(index)
+    assert stored and verify(index).ok
+    assert_same(after, before)
