@@ -302,27 +302,19 @@ def _maintain(index_dir: Path, manifest: dict) -> dict:
     if record is None:
         for s in shards:
             s.pop("region_part", None)
-    parts: list[Moments | None] = []
-    for s in shards:
-        part = s.get("region_part")
-        parts.append((int(part["count"]), None, None) if part else None)
-    total = sum(p[0] for p in parts if p is not None)
-    missing = [i for i, p in enumerate(parts) if p is None]
-    # counts of the shards still without a part (their regions/ group's length, no descriptor read)
-    counts = {i: _region_count(index_dir / shards[i]["file"]) for i in missing}
-    total += sum(counts.values())
-    retrain = total > FLAT_MAX and (ivf_record is None or total > GROWTH * int(ivf_record["at_regions"])
-                                    or total * GROWTH < int(ivf_record["at_regions"]))
+    # regions per shard: recorded in its part, else the length of its regions/ group (no descriptor read)
+    total = sum(int(s["region_part"]["count"]) if s.get("region_part") else _region_count(index_dir / s["file"]) for s in shards)
     if total <= FLAT_MAX:
         ivf_record = None
-    if retrain:
-        ivf_record = _train(index_dir, shards, dim, generation, total)
-    else:
-        stored = read_ivf(index_dir, ivf_record) if ivf_record else None
-        for i, s in enumerate(shards):
-            part = s.get("region_part")
-            if part is None or (stored is not None and part.get("ivf") != ivf_record["file"]):
-                s["region_part"] = _write_part(index_dir, s, dim, generation, stored, ivf_record)
+    elif ivf_record is None or total > GROWTH * int(ivf_record["at_regions"]) or total * GROWTH < int(ivf_record["at_regions"]):
+        ivf_record = _train(index_dir, shards, dim, generation, total)  # every shard gets a new part
+    stored = None
+    for s in shards:
+        part = s.get("region_part")
+        if part is None or (ivf_record is not None and part.get("ivf") != ivf_record["file"]):
+            if ivf_record is not None and stored is None:
+                stored = read_ivf(index_dir, ivf_record)
+            s["region_part"] = _write_part(index_dir, s, dim, generation, stored, ivf_record)
     out = dict(manifest)
     out["shards"] = shards
     out["region_search"] = {"format": FORMAT, "version": regions.get("version"), "dim": dim, "regions": int(total), "ivf": ivf_record}
