@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medcbir.encoders import region_descriptor
+from medcbir.encoders import region_descriptor, region_proposals
 from medcbir.encoders.region_image import region_image
 from medcbir.encoders.region_proposals import box_iou, propose
 from medcbir.encoders.regions import DIM, WithRegions, check_box, describe_query, extract_regions, mask_box, parse_box
@@ -173,3 +173,23 @@ def test_weighted_percentiles_follow_the_weights():
     heavy_top = region_descriptor._weighted_percentiles(values, np.array([0.05, 0.05, 0.1, 0.8]), (0.1, 0.5))
     assert 2.5 < heavy_top[0, 1] <= 3.0  # most of the mass sits on 3: the median lies near it
     assert heavy_top[0, 0] < heavy_top[0, 1]
+
+
+def test_an_item_whose_regions_fail_is_still_indexed_and_says_why(monkeypatch, caplog):
+    """A degenerate frame quietly has no regions; a failure inside region extraction (forced here by
+    making the proposal step raise, as a defect on some unforeseen image would) leaves the item
+    without regions and logs one warning naming it, instead of failing its file or staying silent."""
+    wrapper = WithRegions(Preprocessing(size=64), limit=8)
+    thin = Item(meta=ItemMeta(sop_instance_uid="1.2.9", modality="CT", pixel_spacing=(1.0, 1.0), rows=1, cols=64),
+                pixels=np.zeros((1, 64), np.float32))
+    with caplog.at_level("WARNING", logger="medcbir.encoders.regions"):
+        assert len(wrapper.extras(thin)["regions"]) == 0
+        assert not caplog.records
+
+        def broken(*args, **kwargs):
+            raise ValueError("cannot propose on this frame")
+
+        monkeypatch.setattr(region_proposals, "propose", broken)
+        item = abdomen(1.0)
+        assert len(wrapper.extras(item)["regions"]) == 0
+    assert len(caplog.records) == 1 and "1.2.3" in caplog.text and "cannot propose" in caplog.text
