@@ -167,6 +167,9 @@ def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_m
     if redact:
         result.query_label = query_name(query, True)
     payload = result.to_dict()
+    from medcbir.explain.status import CAVEAT, region_method_status
+
+    payload.update(status=region_method_status(engine.store.index_dir, method), caveat=CAVEAT)
     if out_dir is not None:
         from medcbir.explain.region_files import write_region_explanation
 
@@ -187,6 +190,7 @@ def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_m
     for i, nb in enumerate(result.neighbours):
         click.echo(f"  #{nb.rank}  score={nb.score:.4f}  region={','.join(map(str, nb.region))}  map in region={result.share_in_region(i):.0%}  "
                    f"sop={nb.meta.get('sop_instance_uid', '')}  frame={nb.meta.get('frame', 0)}")
+    click.echo(f"{payload['status']['text']}. {CAVEAT}")
     if out_dir is not None:
         click.echo(f"wrote {len(payload['files'])} files to {out_dir} (maps.npy, query.png, neighbour-<rank>.png, explanation.json)")
 
@@ -287,4 +291,7 @@ def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, 
             engine, roi_boxes, masks_file, names, n=n, k=k, exclude=exclude, n_masks=n_masks if masks_given else None, seed=seed,
             progress=lambda m: click.echo(m, err=True),
         )
+    from medcbir.explain.status import save_evaluation
+
+    save_evaluation(index, _clean(result), regions=True)
     _print_scores(result, format_region_table, json_out, as_json)

@@ -18,6 +18,7 @@ from medcbir.engine import Engine
 from medcbir.explain import metrics as M
 from medcbir.explain.region_evaluation import lesion_truth, read_boxes, trivial_region_map
 from medcbir.explain.regions import Neighbourhood, explain_region_match, local_background
+from medcbir.explain.status import method_status, region_method_status
 from medcbir.imaging.items import Item, ItemMeta
 
 
@@ -198,6 +199,16 @@ def test_explain_eval_scores_region_maps_beside_trivial_maps(v3, tmp_path, capsy
         best = max(result["trivial"][t]["rank_accuracy"] for t in result["trivial"])
         assert row["margin"]["rank_accuracy"] == pytest.approx(row["rank_accuracy"] - best)
     assert "margin over the best trivial map" in out
+    # the index keeps the evaluation, and a region explanation on it quotes it (not the whole-image one)
+    relax = result["methods"]["relax"]
+    status = region_method_status(v3["index"], "relax")
+    assert status["evaluated"] and status["margin"] == pytest.approx(relax["margin"]["rank_accuracy"])
+    assert method_status(v3["index"], "relax")["evaluated"] is False
+    clear = v3["clear"]
+    code = main(["explain", str(v3["index"]), clear["query"], "--roi", ",".join(map(str, clear["box"])), "-k", "1", "--masks", "20"])
+    out = capsys.readouterr().out
+    assert code == 0 and "region-match RELAX: explain-eval --roi-boxes" in out and f"margin {relax['margin']['rank_accuracy']:+.3f}" in out, out
+    assert "not for diagnosis" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("sop_instance_uid,x,y\n1.2.3,1,2\n")
     code = main(["explain-eval", str(v3["index"]), "--masks-file", str(archive / "masks.h5"), "--roi-boxes", str(bad)])
