@@ -178,7 +178,7 @@ def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_m
     if dicom_out is not None:
         from medcbir.explain.dicom_maps import write_region_explanation_dicom
 
-        payload["dicom"] = [str(p) for p in write_region_explanation_dicom(engine, result, dicom_out)]
+        payload["dicom"] = [str(p) for p in write_region_explanation_dicom(engine, result, dicom_out, payload["status"]["text"])]
         click.echo(f"wrote {len(payload['dicom'])} DICOM object(s) (overlays and parametric maps) to {dicom_out}", err=True)
     if as_json:
         click.echo(json.dumps(_clean(payload), indent=2))

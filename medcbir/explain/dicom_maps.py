@@ -154,11 +154,13 @@ def _draw_box(rgb: np.ndarray, box, colour=(0, 255, 0)) -> np.ndarray:
     return out
 
 
-def region_explanation_objects(explanation, key: bytes | None = None) -> ExplanationObjects:
+def region_explanation_objects(explanation, key: bytes | None = None, status: str = "") -> ExplanationObjects:
     """Overlays and maps of a region-match explanation (:class:`~medcbir.explain.regions.RegionExplanation`):
     for each neighbour, its map (already on the neighbour's stored pixel grid) as a Parametric Map,
     and a Secondary Capture of the frame with the map blended in and the matched box outlined in
-    green. The query has no map (a region match is explained over the neighbour), so no object."""
+    green. The query has no map (a region match is explained over the neighbour), so no object.
+    ``status``: the method's measured status on the index, burned into the caption and kept in
+    the overlays' Image Comments (as for slice explanations)."""
     import highdicom as hd
 
     series: dict[tuple[str, str], str] = {}
@@ -175,15 +177,15 @@ def region_explanation_objects(explanation, key: bytes | None = None) -> Explana
         study = str(header.StudyInstanceUID)
         sc_series = series.setdefault((study, "SC"), hd.UID())
         pm_series = series.setdefault((study, "PM"), hd.UID())
-        line = f"Region match ({display_name(explanation.method)}), matched box in green. {CAVEAT}"
+        line = f"Region match ({display_name(explanation.method)}), matched box in green. {status + '. ' if status else ''}{CAVEAT}"
         short = f"{display_name(explanation.method)} - NOT FOR DIAGNOSIS"
         rgb = _draw_box(overlay_rgb(item, heat), nb.region)
-        out.overlays.append(secondary_capture(header, frame, burn_caption(rgb, line, short), method, sc_series, i + 1))
+        out.overlays.append(secondary_capture(header, frame, burn_caption(rgb, line, short), method, sc_series, i + 1, status=status))
         out.maps.append(parametric_map(header, heat, method, pm_series, i + 1))
     return out
 
 
-def write_region_explanation_dicom(engine, explanation, folder) -> list[Path]:
+def write_region_explanation_dicom(engine, explanation, folder, status: str = "") -> list[Path]:
     """Save the overlays and maps of a region-match explanation in ``folder``; their paths."""
-    objects = region_explanation_objects(explanation, engine.pseudonym_key)
+    objects = region_explanation_objects(explanation, engine.pseudonym_key, status)
     return [save(ds, folder) for ds in objects.all()]

@@ -169,6 +169,7 @@ def test_cli_writes_region_maps_as_dicom(v3, tmp_path, capsys):
         np.testing.assert_allclose(pm.pixel_array.astype(np.float32), maps[i], rtol=1e-6, atol=1e-7)
         refs = {r.ReferencedSOPInstanceUID for r in sc.SourceImageSequence}
         assert refs == {nb["sop_instance_uid"]} and sc.BurnedInAnnotation == "YES"
+        assert payload["status"]["text"] in str(sc.ImageComments)
         x, y, w, h = nb["region"]
         assert tuple(sc.pixel_array[y, x]) == (0, 255, 0) and tuple(sc.pixel_array[y + h - 1, x + w - 1]) == (0, 255, 0)
 
