@@ -30,7 +30,7 @@ from medcbir.imaging.items import Item
 log = logging.getLogger(__name__)
 
 #: The region recipe (proposals + descriptor); an index records it and refuses another.
-REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v1/resolution-{RESOLUTION_MM:g}mm"
+REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v2/resolution-{RESOLUTION_MM:g}mm"
 #: Regions kept per image by default.
 PER_IMAGE = region_proposals.LIMIT
 DIM = region_descriptor.DIM

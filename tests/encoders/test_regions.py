@@ -60,7 +60,7 @@ LESIONS = {"cyst": ((110, 150), 12), "hyper": ((160, 190), 9), "ring": ((120, 20
 def test_every_lesion_is_proposed_at_any_field_of_view(spacing):
     item = abdomen(spacing)
     regions = extract_regions(item)
-    assert 0 < len(regions) <= 64 and regions.descriptors.shape == (len(regions), DIM)
+    assert 0 < len(regions) <= 64 + region_proposals.ORGAN_LIMIT and regions.descriptors.shape == (len(regions), DIM)
     assert np.isfinite(regions.descriptors).all()
     for name, (centre, radius) in LESIONS.items():
         truth = np.array([stored_box(centre, radius, spacing)])
@@ -100,9 +100,24 @@ def test_a_flat_frame_has_no_regions_and_mr_gets_pseudo_units():
 
 
 def test_proposals_are_ranked_and_limited():
+    """Structures best first and at most ``limit``; organ zones after them, largest first, on top of the limit."""
     image = region_image(abdomen(1.0))
     found = propose(image, limit=3)
-    assert len(found) <= 3 and np.all(np.diff(found[:, 4]) <= 0)
+    organ_sized = np.maximum(found[:, 2], found[:, 3]) * image.mm >= region_proposals.ORGAN_MM[0]
+    structures, organs = found[:3], found[3:]
+    assert len(structures) == 3 and np.all(np.diff(structures[:, 4]) <= 0)
+    assert 1 <= len(organs) <= region_proposals.ORGAN_LIMIT and organ_sized[3:].all() and np.all(np.diff(organs[:, 4]) <= 0)
+
+
+@pytest.mark.parametrize("spacing", [0.7, 1.0, 1.4])
+def test_a_whole_organ_is_proposed_at_any_field_of_view(spacing):
+    """A 180 mm liver (larger than the largest top-hat, and holding vessels and lesions) is one
+    region, whatever the pixel size: a whole-organ box has an organ-sized region to match."""
+    item = abdomen(spacing, lesions=("cyst", "hyper"))
+    image = region_image(item)
+    liver = np.array([[130 - 70, 170 - 60, 140, 120]]) / image.mm  # the liver's box in mm, on the grid
+    found = propose(image)
+    assert box_iou(liver, found).max() > 0.8
 
 
 def test_snap_replaces_a_loose_box_by_the_structure():
@@ -145,7 +160,7 @@ def test_the_decode_wrapper_travels_to_workers_and_adds_regions():
     item = abdomen(1.0)
     assert wrapper.apply(item).shape == (1, 64, 64) and wrapper.size == 64
     regions = wrapper.extras(item)["regions"]
-    assert 0 < len(regions) <= 8 and regions.descriptors.shape[1] == region_descriptor.DIM
+    assert 0 < len(regions) <= 8 + region_proposals.ORGAN_LIMIT and regions.descriptors.shape[1] == region_descriptor.DIM
 
 
 def test_every_part_of_a_structure_counts_by_its_area():
