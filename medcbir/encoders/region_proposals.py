@@ -194,8 +194,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _suppress(boxes: np.ndarray, threshold: float, limit: int) -> np.ndarray:
-    if not len(boxes):
-        return boxes
+    if not len(boxes) or limit < 1:
+        return boxes[:0]
     boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
     overlaps = box_iou(boxes, boxes) > threshold  # one matrix: a few hundred candidates at most
     dropped = np.zeros(len(boxes), dtype=bool)
