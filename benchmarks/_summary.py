@@ -187,6 +187,15 @@ def _roi(r: dict) -> Line:
                 ours, peer, verdict(not missed, "; ".join(missed)))
 
 
+@summary("roi_open")
+def _roi_open(r: dict) -> Line:
+    stored, computed = r["stored_second_open"], r["computed_open"]
+    return Line(f"the stored region search structure opens ≥ 10× faster than computing it at the first region query "
+                f"({stored['regions']:,} regions)",
+                f"open {stored['open_s']} s (recomputed: {stored['recomputed']['moments']} moments, {stored['recomputed']['trained']} trainings)",
+                f"computed at open {computed['open_s']} s", verdict(r["met"], f"{r['ratio']}×"))
+
+
 @summary("roi_explain")
 def _roi_explain(r: dict) -> Line:
     s = r["summary"]

@@ -6,7 +6,8 @@ first call does):
 - ``index(index, archive, encoder="default")`` → ``IndexSummary``: embed an archive into an index;
 - ``open_index(index, encoder=None)`` → ``Engine``: open an index for many calls;
 - ``search(index, queries, k=10, exclude="same-patient")`` → a list of ``Neighbour`` per query;
-- ``evaluate(index, labels, k=5, exclude="same-patient")`` → ``Evaluation``;
+- ``evaluate(index, labels, k=5, exclude="same-patient")`` → ``Evaluation``; with
+  ``roi_boxes=BOXES_CSV`` (region queries) → ``RegionEvaluation``;
 - ``explain(index, query, k=5, method="relax", exclude="same-patient")`` → ``Explanation``;
 - ``embed(archive, encoder="default")`` → ``Embeddings``: keys and vectors, without an index.
 
@@ -17,14 +18,14 @@ order they may import each other (docs/design.md): ``imaging`` → ``encoders`` 
 Example:
     >>> import medcbir
     >>> sorted(medcbir.__all__)
-    ['ClassScores', 'EXCLUDE', 'Evaluation', 'embed', 'evaluate', 'explain', 'index', 'open_index', 'search']
+    ['ClassScores', 'EXCLUDE', 'Evaluation', 'RegionEvaluation', 'embed', 'evaluate', 'explain', 'index', 'open_index', 'search']
     >>> medcbir.EXCLUDE
     'same-patient'
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["EXCLUDE", "ClassScores", "Evaluation", "embed", "evaluate", "explain", "index", "open_index", "search"]
+__all__ = ["EXCLUDE", "ClassScores", "Evaluation", "RegionEvaluation", "embed", "evaluate", "explain", "index", "open_index", "search"]
 
 
 def __getattr__(name: str):

@@ -41,6 +41,7 @@ from typing import Any
 from medcbir.encoders.embedding import Embeddings, embed_archive
 from medcbir.engine import Engine, Neighbour, open_engine
 from medcbir.engine import evaluate as evaluate_engine
+from medcbir.engine.region_evaluate import CROP_BASELINES, evaluate_regions
 from medcbir.errors import ConfigError
 from medcbir.explain.regions import RegionExplanation, explain_region_match
 from medcbir.explain.runner import Explanation, explain_search
@@ -101,6 +102,67 @@ class Evaluation:
         per_class = {name: ClassScores(**{f.name: row[f.name] for f in fields(ClassScores)}) for name, row in record["per_class"].items()}
         values = {f.name: record.get(f.name) for f in fields(cls) if f.name != "per_class"}
         return cls(per_class=per_class, **values)
+
+
+@dataclass(frozen=True)
+class RegionEvaluation:
+    """Region-query retrieval scores of an index against labels (:func:`evaluate` with ``roi_boxes``).
+
+    Every usable row of the boxes file is one region query; its neighbours are the regions of
+    other labelled items, each item once with its best region (``medcbir evaluate --roi-boxes``).
+
+    Attributes:
+        k, exclude: as in :class:`Evaluation`.
+        relevance: ``"row-label"`` (the rows carry labels) or ``"item-label"`` (the query item's).
+        rows: rows in the boxes file; n_queries: those that became queries.
+        skipped: rows that could not be queries, counted by reason (``unknown-item``, ...).
+        searchable: labelled live items (the candidates).
+        n_labels_unknown, n_labels_deleted: as in :class:`Evaluation`.
+        snap: whether each box was replaced by the structure it was drawn around.
+        map_at_k, ap_at_k, precision_at_k, knn_accuracy: over all region queries.
+        n_queries_without_relevant: queries with no item of their label left to find.
+        per_class: label → its :class:`ClassScores` (region search).
+        whole_slice: the same queries searched by their whole slice's stored embedding.
+        gain_over_whole_slice: ``map_at_k − whole_slice.map_at_k``.
+        baselines: crop baseline name → its :class:`ClassScores` (empty unless asked for).
+    """
+
+    k: int
+    exclude: str
+    relevance: str
+    rows: int
+    n_queries: int
+    skipped: dict[str, int]
+    searchable: int
+    n_labels_unknown: int
+    n_labels_deleted: int
+    snap: bool
+    map_at_k: float
+    ap_at_k: float
+    precision_at_k: float
+    knn_accuracy: float
+    n_queries_without_relevant: int
+    per_class: dict[str, ClassScores]
+    whole_slice: ClassScores
+    gain_over_whole_slice: float
+    baselines: dict[str, ClassScores]
+
+    @classmethod
+    def from_record(cls, record: dict) -> "RegionEvaluation":
+        """From the record :func:`medcbir.engine.region_evaluate.evaluate_regions` returns (what
+        ``medcbir evaluate --roi-boxes --json`` prints)."""
+
+        def scores(row: dict) -> ClassScores:
+            return ClassScores(**{f.name: row[f.name] for f in fields(ClassScores)})
+
+        return cls(k=record["k"], exclude=record["exclude"], relevance=record["relevance"], rows=record["queries"]["rows"],
+                   n_queries=record["n_queries"], skipped=dict(record["queries"]["skipped"]), searchable=record["searchable"],
+                   n_labels_unknown=record["n_labels_unknown"], n_labels_deleted=record["n_labels_deleted"], snap=bool(record.get("snap")),
+                   map_at_k=record["map_at_k"], ap_at_k=record["ap_at_k"], precision_at_k=record["precision_at_k"],
+                   knn_accuracy=record["knn_accuracy"], n_queries_without_relevant=record["n_queries_without_relevant"],
+                   per_class={name: scores(row) for name, row in record["per_class"].items()},
+                   whole_slice=scores(record["whole_slice"]), gain_over_whole_slice=record["gain_over_whole_slice"],
+                   baselines={name: scores(row) for name, row in record.get("baselines", {}).items() if name != "crop"})
 
 
 def _engine(index: Any) -> tuple[Engine, bool]:
@@ -209,8 +271,16 @@ def search(index: Any, queries: Any, k: int = 10, *, exclude: str = EXCLUDE, **o
             engine.close()
 
 
-def evaluate(index: Any, labels: str | Path, k: int = 5, *, exclude: str = EXCLUDE, queries: int | str = "all", seed: int = 0) -> Evaluation:
+def evaluate(index: Any, labels: str | Path, k: int = 5, *, exclude: str = EXCLUDE, queries: int | str = "all", seed: int = 0,
+             roi_boxes: str | Path | None = None, snap: bool = False, baselines: bool | Iterable[str] = False,
+             progress: bool = False) -> Evaluation | RegionEvaluation:
     """Leave-one-out retrieval quality: each labelled item queries the others.
+
+    With ``roi_boxes`` it is region retrieval quality instead (``medcbir evaluate --roi-boxes``):
+    every row of that CSV (``sop_instance_uid,frame,x,y,w,h[,label]``, e.g. phantom v3's
+    ``lesion-boxes.csv``) is a region query, and a neighbour is relevant when its item's label in
+    ``labels`` equals the row's ``label`` (or, without one, the query item's label). The index must
+    store regions; the query images are read from the files the index recorded.
 
     Args:
         index: the index folder or an open :class:`~medcbir.engine.Engine`.
@@ -220,9 +290,22 @@ def evaluate(index: Any, labels: str | Path, k: int = 5, *, exclude: str = EXCLU
             always left out.
         queries: ``"all"`` labelled items, or a number for a seeded random sample of them.
         seed: the sample's seed.
+        roi_boxes: the boxes CSV of a region evaluation (None: slice evaluation).
+        snap: with ``roi_boxes``, describe the structure each box was drawn around instead of the
+            box as drawn (as ``search(..., snap=True)``).
+        baselines: with ``roi_boxes``, also answer the same rows by crop embeddings: ``True`` for
+            ``thumbnail:16``, ``random`` and ``classic``, or an iterable of those names. They read
+            and embed every region of every candidate item (minutes on a few hundred slices).
+        progress: with ``baselines``, a progress bar on stderr while the crops are embedded.
 
     Returns:
-        An :class:`Evaluation` (MAP@K, AP@K, precision@K, kNN accuracy, per label).
+        An :class:`Evaluation` (MAP@K, AP@K, precision@K, kNN accuracy, per label); with
+        ``roi_boxes`` a :class:`RegionEvaluation` (the same scores for the region queries, the
+        same rows searched by their whole slice, and the crop baselines).
+
+    Raises:
+        ConfigError: ``snap``, ``baselines`` or ``progress`` without ``roi_boxes``; the index stores
+            no regions; a file is missing or malformed; no row of ``roi_boxes`` can be a query.
 
     Example:
         >>> import medcbir
@@ -232,8 +315,14 @@ def evaluate(index: Any, labels: str | Path, k: int = 5, *, exclude: str = EXCLU
         >>> sorted(result.per_class)
         ['kidney', 'liver-dome', 'liver-kidney', 'pelvis', 'thorax']
     """
+    if roi_boxes is None and (snap or baselines or progress):
+        raise ConfigError("snap, baselines and progress apply to a region evaluation (roi_boxes=...)")
+    names = tuple(CROP_BASELINES if baselines is True else (baselines or ()))
     engine, opened = _engine(index)
     try:
+        if roi_boxes is not None:
+            return RegionEvaluation.from_record(evaluate_regions(engine, labels, roi_boxes, k=k, exclude=exclude, queries=queries, seed=seed,
+                                                                 baselines=names, snap=snap, progress=progress))
         return Evaluation.from_record(evaluate_engine(engine, labels, k=k, exclude=exclude, queries=queries, seed=seed))
     finally:
         if opened:

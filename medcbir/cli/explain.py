@@ -63,7 +63,8 @@ def _clean(value):
 @click.option("--include-self", is_flag=True, help="Keep the query among its neighbours when it is itself in the index.")
 @click.option("--wildcat-class", default=None, help="--method wildcat: map this class (name or index) [default: the class predicted for the query].")
 @click.option("--dicom-out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write each explained image's heatmap as a DICOM Secondary Capture overlay and a Parametric Map into this folder.")
+              help="Also write each explained image's heatmap as a DICOM Secondary Capture overlay and a Parametric Map into this folder "
+                   "(with --roi: each neighbour's region-match map, its matched box outlined in green).")
 @click.option("--roi", default=None, metavar="X,Y,W,H",
               help="Explain a region match: the query box in the query image's stored pixel grid (as search --roi); each neighbour's map "
                    "shows which of its pixels make its matched region match (--method relax or occlusion).")
@@ -83,7 +84,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
     if roi is not None or roi_mask is not None:
         _check_region_options(method, roi, roi_mask)
         engine = Engine.open(index, encoder=encoder)
-        _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_mask, snap, out_dir, as_json, redact)
+        _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_mask, snap, out_dir, as_json, redact, dicom_out)
         return
     if snap or out_dir is not None:
         raise ConfigError(f"{'--snap' if snap else '--out'} applies to a region explanation: add --roi X,Y,W,H")
@@ -136,7 +137,7 @@ def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, cont
 
 # options of `explain` that mean nothing for a region match (the region descriptor is not a network)
 NOT_FOR_REGIONS = ("adaptive", "target_r", "sampling", "control_variates", "backend", "precision", "batch_size", "pairwise", "report",
-                   "heatmap_scale", "include_self", "wildcat_class", "dicom_out")
+                   "heatmap_scale", "include_self", "wildcat_class")
 
 
 def _check_region_options(method: str, roi, roi_mask) -> None:
@@ -152,11 +153,12 @@ def _check_region_options(method: str, roi, roi_mask) -> None:
     if given:
         flag = "--" + given[0].replace("_", "-")
         raise ConfigError(f"{flag} does not apply to a region explanation (--roi): it takes -k, --method relax|occlusion, --masks, --seed, "
-                          "--exclude, --snap, --out, --json, --redact")
+                          "--exclude, --snap, --out, --dicom-out, --json, --redact")
 
 
-def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_mask, snap, out_dir, as_json, redact) -> None:
-    """`explain --roi`: region search, a map per neighbour, one line per neighbour (and files with --out)."""
+def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_mask, snap, out_dir, as_json, redact, dicom_out=None) -> None:
+    """`explain --roi`: region search, a map per neighbour, one line per neighbour (and files with
+    --out; with --dicom-out each neighbour's map as a Parametric Map and an overlay Secondary Capture)."""
     from medcbir.explain.regions import explain_region_match
 
     box = parse_box(roi) if roi is not None else None
@@ -165,11 +167,19 @@ def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_m
     if redact:
         result.query_label = query_name(query, True)
     payload = result.to_dict()
+    from medcbir.explain.status import CAVEAT, region_method_status
+
+    payload.update(status=region_method_status(engine.store.index_dir, method), caveat=CAVEAT)
     if out_dir is not None:
         from medcbir.explain.region_files import write_region_explanation
 
         written = write_region_explanation(result, out_dir)
         payload["files"] = [str(p) for p in written]
+    if dicom_out is not None:
+        from medcbir.explain.dicom_maps import write_region_explanation_dicom
+
+        payload["dicom"] = [str(p) for p in write_region_explanation_dicom(engine, result, dicom_out, payload["status"]["text"])]
+        click.echo(f"wrote {len(payload['dicom'])} DICOM object(s) (overlays and parametric maps) to {dicom_out}", err=True)
     if as_json:
         click.echo(json.dumps(_clean(payload), indent=2))
         return
@@ -180,6 +190,7 @@ def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_m
     for i, nb in enumerate(result.neighbours):
         click.echo(f"  #{nb.rank}  score={nb.score:.4f}  region={','.join(map(str, nb.region))}  map in region={result.share_in_region(i):.0%}  "
                    f"sop={nb.meta.get('sop_instance_uid', '')}  frame={nb.meta.get('frame', 0)}")
+    click.echo(f"{payload['status']['text']}. {CAVEAT}")
     if out_dir is not None:
         click.echo(f"wrote {len(payload['files'])} files to {out_dir} (maps.npy, query.png, neighbour-<rank>.png, explanation.json)")
 
@@ -280,4 +291,7 @@ def _explain_eval_regions(index, roi_boxes, masks_file, methods, n, k, exclude, 
             engine, roi_boxes, masks_file, names, n=n, k=k, exclude=exclude, n_masks=n_masks if masks_given else None, seed=seed,
             progress=lambda m: click.echo(m, err=True),
         )
+    from medcbir.explain.status import save_evaluation
+
+    save_evaluation(index, _clean(result), regions=True)
     _print_scores(result, format_region_table, json_out, as_json)

@@ -309,11 +309,15 @@ def _fmt(value) -> str:
               help="Region evaluation: a CSV sop_instance_uid,frame,x,y,w,h[,label]; every row is a region query, relevant = "
                    "a neighbour whose label in --labels equals the row's label (else its item's). Also reports the same items "
                    "searched by their whole slice; --baselines then means crop baselines (thumbnail:16, random, classic).")
-def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers, roi_boxes=None):
+@click.option("--snap", is_flag=True, help="With --roi-boxes: describe the structure each box was drawn around (the best-overlapping "
+                                            "region proposal), as `search --snap` does, instead of the box as drawn.")
+def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baselines, workers, roi_boxes=None, snap=False):
     """Leave-one-out MAP@K, AP@K, precision@K and kNN accuracy of INDEX against labels."""
+    if snap and roi_boxes is None:
+        raise click.UsageError("--snap applies to region evaluation only (with --roi-boxes)")
     engine = Engine.open(index, verify=verify)
     if roi_boxes is not None:
-        _evaluate_regions(engine, labels_csv, roi_boxes, k, exclude, n_queries, as_json, baselines)
+        _evaluate_regions(engine, labels_csv, roi_boxes, k, exclude, n_queries, as_json, baselines, snap)
         return
     result = run_evaluation(engine, labels_csv, k=k, exclude=exclude, queries=n_queries or "all")
     if baselines:
@@ -339,10 +343,11 @@ def evaluate(index, labels_csv, k, exclude, n_queries, as_json, verify, baseline
         click.echo(f"recall@{k} of the approximate index vs exact search: {result['recall_vs_exact']:.4f}")
 
 
-def _evaluate_regions(engine, labels_csv, boxes_csv, k, exclude, n_queries, as_json, baselines) -> None:
-    """``evaluate --roi-boxes``: region queries beside whole-slice queries (and crop baselines)."""
+def _evaluate_regions(engine, labels_csv, boxes_csv, k, exclude, n_queries, as_json, baselines, snap=False) -> None:
+    """``evaluate --roi-boxes``: region queries beside whole-slice queries (and crop baselines; a
+    progress bar on stderr while they embed, none with --json)."""
     result = evaluate_regions(engine, labels_csv, boxes_csv, k=k, exclude=exclude, queries=n_queries or "all",
-                              baselines=CROP_BASELINES if baselines else ())
+                              baselines=CROP_BASELINES if baselines else (), snap=snap, progress=not as_json)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -360,7 +365,8 @@ def _evaluate_regions(engine, labels_csv, boxes_csv, k, exclude, n_queries, as_j
             rows.append([f"crop {name}", r["n_queries"], *(_fmt(r[m]) for m in metrics)])
     header = ["search", "queries", f"MAP@{k}", f"AP@{k}", f"P@{k}", "kNN acc"]
     click.echo(_table(rows, header))
-    click.echo(f"gain of the region over the whole slice: MAP@{k} {result['gain_over_whole_slice']:+.4f}")
+    click.echo(f"gain of the region over the whole slice: MAP@{k} {result['gain_over_whole_slice']:+.4f}"
+               f"{' (boxes snapped to the structure each was drawn around)' if result.get('snap') else ''}")
     if "baselines" in result:
         c = result["baselines"]["crop"]
         click.echo(f"crops: each region and query box resampled to {c['size']} px, windows {', '.join(c['windows'])}; "

@@ -1,10 +1,12 @@
-"""The region descriptor: what a structure looks like, as a short vector (``radiomic-v1``).
+"""The region descriptor: what a structure looks like, as a short vector (``radiomic-v2``).
 
 A box on the region grid (:mod:`medcbir.encoders.region_image`) is described by sampling the
 image on a polar grid fitted to the box: :data:`RADII` radii from the centre out to
 :data:`REACH` times the box's half-sides (so the structure *and* its surroundings) and
 :data:`ANGLES` angles, bilinear. Everything is measured on those samples, so a 6 mm metastasis
-and a 60 mm one give vectors on the same footing, and a rotated lesion the same vector:
+and a 60 mm one give vectors on the same footing, and a rotated lesion the same vector. Each
+sample counts by the area it stands for (its radius), so every part of the structure weighs
+by its area, not by how close it lies to the box's centre:
 
 - **Rings** (normalised radius 0–0.35 core, 0.35–0.7 middle, 0.7–1.0 edge, 1.0–1.35 near,
   1.35–1.7 far): the mean of each ring (absolute level: fluid, soft tissue, enhancement,
@@ -30,7 +32,7 @@ from scipy import ndimage
 
 from medcbir.encoders.region_image import RegionImage
 
-NAME = "radiomic-v1"
+NAME = "radiomic-v2"
 RADII = 12
 ANGLES = 24
 REACH = 1.7
@@ -43,6 +45,10 @@ _T = np.arange(ANGLES) * (2 * np.pi / ANGLES)
 _RING = [(_R >= lo) & (_R < hi) for lo, hi in RINGS]
 _INSIDE = _R < 1.0
 _EDGE = (_R >= 0.7) & (_R < 1.06)
+#: Each sample stands for the area around it: on a polar grid that area grows with the radius, so
+#: every statistic weights a sample by its radius (the polar Jacobian). Without it, pixels near the
+#: centre are read by many samples and those near the rim by few.
+_W = _R / _R.mean()
 
 #: Box variants a descriptor averages over: (scale, shift x, shift y), shifts as fractions of the side.
 JITTER = tuple((scale, d, d) for scale in (0.8, 1.0, 1.25) for d in (0.0, 0.1, -0.1))
@@ -81,15 +87,23 @@ def _describe(image: RegionImage, boxes: np.ndarray) -> np.ndarray:
     samples = ndimage.map_coordinates(image.units, [ys.ravel(), xs.ravel()], order=1, mode="nearest").reshape(xs.shape)
     samples = samples / UNIT
     noise = image.noise / UNIT
-    far = samples[:, _RING[-1]].mean(axis=(1, 2))
-    means = np.stack([samples[:, ring].mean(axis=(1, 2)) for ring in _RING], axis=1)
+    w = np.repeat(_W, ANGLES)  # per sample, radius-major like samples.reshape(N, -1)
+    flat = samples.reshape(len(boxes), -1)
+    rings = [np.repeat(ring, ANGLES) for ring in _RING]
+    ring_w = [w[ring] / w[ring].sum() for ring in rings]  # weights of the ring's samples, summing to 1
+    means = np.stack([flat[:, ring] @ rw for ring, rw in zip(rings, ring_w)], axis=1)
+    far = means[:, -1]
     contrast = means[:, :4] - far[:, None]
-    spread = np.stack([np.sqrt(np.maximum(samples[:, ring].var(axis=(1, 2)) - noise ** 2, 0.0)) for ring in _RING], axis=1)
-    inside = samples[:, _INSIDE].reshape(len(boxes), -1) - far[:, None]
+    spread = np.stack([np.sqrt(np.maximum((flat[:, ring] - m[:, None]) ** 2 @ rw - noise ** 2, 0.0))
+                       for ring, rw, m in zip(rings, ring_w, means.T)], axis=1)
+    inside_mask = np.repeat(_INSIDE, ANGLES)
+    inside = flat[:, inside_mask] - far[:, None]
+    inside_w = w[inside_mask] / w[inside_mask].sum()
     edges = np.asarray(BANDS) / UNIT
-    bands = np.stack([((inside >= lo) & (inside < hi)).mean(axis=1) for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
-    extremes = np.percentile(inside, [10.0, 90.0], axis=1).T
-    rim = samples[:, _EDGE].mean(axis=1)  # (N, ANGLES): the edge ring's angular profile
+    bands = np.stack([((inside >= lo) & (inside < hi)) @ inside_w for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+    extremes = _weighted_percentiles(inside, inside_w, (0.1, 0.9))
+    edge_w = _W[_EDGE] / _W[_EDGE].sum()
+    rim = np.einsum("nra,r->na", samples[:, _EDGE], edge_w)  # (N, ANGLES): the edge ring's angular profile
     spectrum = np.abs(np.fft.rfft(rim - rim.mean(axis=1, keepdims=True), axis=1)) / ANGLES
     rim_spread = rim.std(axis=1) + noise + 1e-6
     harmonics = spectrum[:, 1:3] / rim_spread[:, None]
@@ -97,3 +111,18 @@ def _describe(image: RegionImage, boxes: np.ndarray) -> np.ndarray:
     shape = np.stack([np.log(np.maximum(half_mm, 0.25)), np.log(np.maximum(rx, ry) / np.minimum(rx, ry))], axis=1)
     out = np.concatenate([means, contrast, spread, bands, extremes, harmonics, shape], axis=1)
     return out.astype(np.float32)
+
+
+def _weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs) -> np.ndarray:
+    """(N, len(qs)) weighted quantiles of each row of ``values`` (N, M); ``weights`` (M,) sum to 1."""
+    order = np.argsort(values, axis=1)
+    ranked = np.take_along_axis(values, order, axis=1)
+    cumulative = np.cumsum(weights[order], axis=1) - weights[order] / 2  # mid-point of each sample's mass
+    out = np.empty((len(values), len(qs)), dtype=np.float64)
+    for j, q in enumerate(qs):
+        idx = np.clip((cumulative < q).sum(axis=1), 1, values.shape[1] - 1)
+        lo, hi = np.take_along_axis(cumulative, idx[:, None] - 1, 1)[:, 0], np.take_along_axis(cumulative, idx[:, None], 1)[:, 0]
+        vlo, vhi = np.take_along_axis(ranked, idx[:, None] - 1, 1)[:, 0], np.take_along_axis(ranked, idx[:, None], 1)[:, 0]
+        t = np.clip((q - lo) / np.maximum(hi - lo, 1e-12), 0.0, 1.0)
+        out[:, j] = vlo + t * (vhi - vlo)
+    return out

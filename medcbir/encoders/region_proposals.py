@@ -15,6 +15,12 @@ morphology finds both at once and at every scale:
 4. Boxes whose longer side is outside :data:`MIN_MM`–:data:`MAX_MM` are dropped; the rest are
    ranked by integrated contrast (sum of residue), near-duplicates removed (IoU >
    :data:`NMS_IOU`) and at most :data:`LIMIT` kept.
+5. **Organs** are neither brighter nor darker than everything around them (a liver touches fat,
+   muscle, kidney, lung), and most are larger than the largest footprint, so the top-hats miss
+   them. They come from zones of like tissue instead (:func:`_organs`): up to
+   :data:`ORGAN_LIMIT` zones per image whose longer side is :data:`ORGAN_MM` mm, largest first,
+   after the structures and beyond their limit (a whole-organ query needs an organ-sized region
+   to match, and a lesion query should not lose one of its structures for it).
 
 Everything is in mm and units, so a lesion gives the same proposals at any field of view, and
 no position or orientation is preferred.
@@ -43,13 +49,29 @@ NMS_IOU = 0.7
 LIMIT = 64
 #: Smoothing (mm) before the top-hats: pixel noise alone should not make structures.
 SMOOTH_MM = 0.6
+#: Organs: zones of like tissue (smoothed :data:`ORGAN_SMOOTH_MM`, on a :data:`ORGAN_GRID_MM` grid,
+#: bounded by edges steeper than :data:`ORGAN_EDGE` units per mm (or :data:`ORGAN_NOISE` × the median slope), cut apart where narrower than
+#: :data:`ORGAN_NECK_MM`), longer side in :data:`ORGAN_MM` (mm); at most :data:`ORGAN_LIMIT` per
+#: image, the largest first, after the structures.
+ORGAN_SMOOTH_MM = 2.0
+ORGAN_GRID_MM = 3.0
+ORGAN_EDGE = 1.5
+#: ... or this many times the image's median slope in the body, if steeper (noisy images).
+ORGAN_NOISE = 3.0
+#: Width (units) of the levels of like value that also make organ zones.
+ORGAN_LEVEL = 40.0
+ORGAN_NECK_MM = 3.0
+ORGAN_MM = (100.0, 400.0)
+ORGAN_LIMIT = 8
 
 
 def propose(image: RegionImage, limit: int = LIMIT) -> np.ndarray:
-    """Boxes of ``image``'s structures on its grid, best first.
+    """Boxes of ``image``'s structures on its grid, best first (at most ``limit``), then its organ
+    zones, largest first (at most :data:`ORGAN_LIMIT`).
 
     Returns:
-        float32 (N, 5): ``x, y, w, h`` on the region grid and the structure's score.
+        float32 (N, 5): ``x, y, w, h`` on the region grid and the score (a structure's integrated
+        contrast, an organ zone's area in mm²).
     """
     if not image.body.any():
         return np.zeros((0, 5), dtype=np.float32)
@@ -74,7 +96,61 @@ def propose(image: RegionImage, limit: int = LIMIT) -> np.ndarray:
             found[:, [1, 3]] *= zoom[0]
             candidates.append(found)
     boxes = np.concatenate(candidates) if candidates else np.zeros((0, 5), dtype=np.float32)
-    return _suppress(boxes, NMS_IOU, limit)
+    structures = _suppress(boxes, NMS_IOU, limit)
+    organs = _suppress(_organs(image), NMS_IOU, ORGAN_LIMIT)
+    if len(organs) and len(structures):
+        organs = organs[~(box_iou(organs, structures) > NMS_IOU).any(axis=1)]  # already there as a structure
+    return np.concatenate([structures, organs])
+
+
+def _organs(image: RegionImage) -> np.ndarray:
+    """Boxes of zones of like tissue at organ scale (an organ is neither brighter nor darker than
+    everything around it, so the top-hats miss it): on the image smoothed by
+    :data:`ORGAN_SMOOTH_MM` and sampled every :data:`ORGAN_GRID_MM`, the pixels where it changes by
+    less than :data:`ORGAN_EDGE` units per mm, cut apart where they touch through a neck narrower
+    than :data:`ORGAN_NECK_MM`; each zone with its holes (vessels, lesions) filled. Edges, not
+    levels, separate the zones, so two tissues a few tens of units apart are two zones whatever
+    their absolute values. Score: the zone's filled area in mm²."""
+    step = max(1, int(round(ORGAN_GRID_MM / image.mm)))
+    units = ndimage.gaussian_filter(image.units, ORGAN_SMOOTH_MM / image.mm)[::step, ::step]
+    body = ndimage.binary_erosion(image.body[::step, ::step])
+    mm = image.mm * step
+    gy, gx = np.gradient(units, mm)
+    slope = np.hypot(gx, gy)
+    # Noise steepens a flat image too: an edge must stand above the image's typical slope.
+    edge = max(ORGAN_EDGE, ORGAN_NOISE * float(np.median(slope[body]))) if body.any() else ORGAN_EDGE
+    flat = (slope < edge) & body
+    neck = max(1, int(round(ORGAN_NECK_MM / mm / 2)))
+    lo_px, hi_px = ORGAN_MM[0] / mm, ORGAN_MM[1] / mm
+    zones = [flat]
+    # Tissues whose boundary is too gentle for the edges: levels of like value, twice (offset by
+    # half a level, so a tissue near one level's boundary is whole in the other).
+    smallest = (lo_px / 2) ** 2
+    for offset in (0.0, ORGAN_LEVEL / 2):
+        levels = np.floor((units + offset) / ORGAN_LEVEL).astype(np.int64)
+        values, counts = np.unique(levels[body], return_counts=True)
+        zones += [(levels == level) & body for level in values[counts >= smallest]]
+    out = []
+    for zone in zones:
+        out += _zones(ndimage.binary_opening(zone, iterations=neck), step, mm, lo_px, hi_px)
+    return np.asarray(out, dtype=np.float32).reshape(-1, 5)
+
+
+def _zones(zone: np.ndarray, step: int, mm: float, lo_px: float, hi_px: float) -> list[tuple]:
+    labels, _ = ndimage.label(zone)
+    out = []
+    for number, where in enumerate(ndimage.find_objects(labels)):
+        if where is None:
+            continue
+        ys, xs = where
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        if not lo_px <= max(w, h) <= hi_px or min(w, h) < lo_px / 2:
+            continue
+        area = float(np.count_nonzero(ndimage.binary_fill_holes(labels[where] == number + 1)))
+        if area < 0.25 * w * h:
+            continue  # a thin shell or a scatter, not an organ
+        out.append((xs.start * step, ys.start * step, w * step, h * step, area * mm * mm))
+    return out
 
 
 def _structures(residue: np.ndarray, mm: float) -> np.ndarray:
@@ -118,8 +194,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _suppress(boxes: np.ndarray, threshold: float, limit: int) -> np.ndarray:
-    if not len(boxes):
-        return boxes
+    if not len(boxes) or limit < 1:
+        return boxes[:0]
     boxes = boxes[np.argsort(-boxes[:, 4], kind="stable")]
     overlaps = box_iou(boxes, boxes) > threshold  # one matrix: a few hundred candidates at most
     dropped = np.zeros(len(boxes), dtype=bool)

@@ -16,6 +16,7 @@ in modality units already is.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from medcbir.encoders.region_image import RESOLUTION_MM, region_image
 from medcbir.errors import ConfigError
 from medcbir.imaging.items import Item
 
+log = logging.getLogger(__name__)
+
 #: The region recipe (proposals + descriptor); an index records it and refuses another.
-REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v1/resolution-{RESOLUTION_MM:g}mm"
+REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v2/resolution-{RESOLUTION_MM:g}mm"
 #: Regions kept per image by default.
 PER_IMAGE = region_proposals.LIMIT
 DIM = region_descriptor.DIM
@@ -164,10 +167,15 @@ class WithRegions:
         return self.preprocessing.apply(item)
 
     def extras(self, item: Item) -> dict:
+        pixels = np.shape(item.pixels)
+        if len(pixels) != 2 or min(pixels) < 2:
+            return {"regions": RegionSet.empty()}  # a degenerate frame has no structure to search by
         try:
             regions = extract_regions(item, self.limit)
-        except (ValueError, FloatingPointError):
-            regions = RegionSet.empty()  # a degenerate frame has no structure to search by
+        except (ValueError, FloatingPointError, ArithmeticError) as exc:
+            # The item is still indexed (its embedding does not depend on this); say why it has no regions.
+            log.warning("no regions for %s frame %s: %s", item.meta.sop_instance_uid, item.meta.frame, exc)
+            regions = RegionSet.empty()
         return {"regions": regions}
 
     def __getattr__(self, name):  # channels, size, ...: the wrapped preprocessing's

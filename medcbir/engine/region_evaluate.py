@@ -133,7 +133,8 @@ class _Queries:
 
 
 def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "same-patient", *, baselines=(),
-                     crop_size: int = CROP_SIZE, queries="all", seed: int = 0, per_query: bool = False) -> dict:
+                     crop_size: int = CROP_SIZE, queries="all", seed: int = 0, per_query: bool = False, snap: bool = False,
+                     progress=False) -> dict:
     """Region-query MAP@K, AP@K, precision@K and kNN accuracy of every box of ``boxes_csv``, beside
     the same items searched by their whole slice (and crop baselines); see the module docstring.
 
@@ -149,6 +150,11 @@ def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "
         queries: ``"all"`` rows, or an int n for a seeded random sample of n rows.
         seed: the sample's seed.
         per_query: also return ``per_query``: each query's row and the items each search found.
+        snap: replace each row's box by the structure it was drawn around, as ``search --snap``
+            does (:func:`~medcbir.encoders.regions.describe_query`); the crop baselines then crop
+            the snapped box too.
+        progress: while the crop baselines embed the candidates' regions, ``True`` shows a progress
+            bar on stderr; a callable is called with (items done, items in all) instead.
 
     Returns:
         ``{"k", "exclude", "relevance", "queries": {"rows", "count", "skipped", "skipped_rows"},
@@ -174,7 +180,7 @@ def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "
         pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=int(queries), replace=False))
         rows = [rows[i] for i in pick]
     own_label = bool(rows) and any(r.label for r in rows)
-    chosen = _resolve(engine, rows, names, label_of_id, skipped)
+    chosen = _resolve(engine, rows, names, label_of_id, skipped, snap=snap)
     counts = Counter(s["reason"] for s in skipped)
     summary = {"rows": n_rows, "count": len(chosen.rows), "skipped": {r: counts[r] for r in SKIP_REASONS if counts[r]},
                "skipped_rows": sorted(skipped, key=lambda s: s["line"])[:SKIPPED_LISTED]}
@@ -203,6 +209,7 @@ def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "
         "n_labels_unknown": n_unknown,
         "n_labels_deleted": n_deleted,
         "regions": {"indexed": len(regions), "version": (getattr(engine.store, "manifest", {}).get("regions") or {}).get("version")},
+        "snap": bool(snap),
     }
     result.update(_scores(found, chosen.codes, label_of_id, n_relevant, names))
 
@@ -212,8 +219,13 @@ def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "
     result["gain_over_whole_slice"] = result["map_at_k"] - result["whole_slice"]["map_at_k"]
     crop_found: dict = {}
     if baselines:
-        result["baselines"] = _crop_baselines(engine, regions, searchable, chosen, admissible, list(baselines), int(crop_size), k,
-                                              label_of_id, n_relevant, names, crop_found)
+        report = _progress_callback(progress)
+        try:
+            result["baselines"] = _crop_baselines(engine, regions, searchable, chosen, admissible, list(baselines), int(crop_size), k,
+                                                  label_of_id, n_relevant, names, crop_found, report)
+        finally:
+            if report is not None and hasattr(report, "close"):
+                report.close()
     if per_query:
         result["per_query"] = _per_query(engine, chosen, names, found, found_boxes, whole, crop_found)
     return result
@@ -258,7 +270,36 @@ def _labels(engine, labels_csv) -> tuple[list[str], np.ndarray, np.ndarray, int,
     return names, label_of_id, searchable, int(np.count_nonzero(found < 0)), int(np.count_nonzero(labelled & ~engine.live))
 
 
-def _resolve(engine, rows: list[BoxRow], names: list[str], label_of_id: np.ndarray, skipped: list[dict]) -> _Queries:
+def _progress_callback(progress):
+    """None, the callable given, or (``True``) a progress bar on stderr called with (done, total)."""
+    if not progress:
+        return None
+    if callable(progress):
+        return progress
+    return _Bar()
+
+
+class _Bar:
+    """A tqdm bar on stderr for the crop baselines, fed (items done, items in all)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            import sys
+
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="crop baselines", unit="item", file=sys.stderr, leave=False, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _resolve(engine, rows: list[BoxRow], names: list[str], label_of_id: np.ndarray, skipped: list[dict], snap: bool = False) -> _Queries:
     """The rows that can be queries (read, boxed and described); the others appended to ``skipped``."""
     found = engine.lookup.find([r.uid for r in rows], [r.frame for r in rows]) if rows else np.zeros(0, np.int64)
     items = _read_items(engine, sorted({int(i) for i in found.tolist() if i >= 0 and engine.live[i]}))
@@ -286,7 +327,7 @@ def _resolve(engine, rows: list[BoxRow], names: list[str], label_of_id: np.ndarr
             continue
         try:
             box = check_box(row.box, item.pixels.shape)
-            descriptor, box = describe_query(item, box)
+            descriptor, box = describe_query(item, box, snap=snap)
         except ConfigError as exc:
             skip(row, "outside-image", str(exc))
             continue
@@ -401,7 +442,7 @@ class _CropEmbedder:
 
 
 def _crop_baselines(engine, regions: RegionIndex, searchable, chosen: _Queries, admissible: _Admissible, names: list[str],
-                    size: int, k: int, label_of_id, n_relevant, label_names, found_out: dict) -> dict:
+                    size: int, k: int, label_of_id, n_relevant, label_names, found_out: dict, progress=None) -> dict:
     """The rows answered by crop baselines: best region per candidate item by cosine of crop embeddings
     (the neighbour ids of each baseline are put in ``found_out``)."""
     unknown = [n for n in names if n not in CROP_BASELINES and not n.startswith(("thumbnail:", "random"))]
@@ -448,6 +489,8 @@ def _crop_baselines(engine, regions: RegionIndex, searchable, chosen: _Queries, 
                 if len(batch) >= CROP_BATCH:
                     flush()
         log.info("crop baselines: %d of %d items embedded", min(start + 64, len(group_ids)), len(group_ids))
+        if progress is not None:
+            progress(min(start + 64, len(group_ids)), len(group_ids))
     flush()
 
     query_crops, usable = [], []

@@ -10,21 +10,22 @@ Descriptors are compared after **whitening** with the index's own statistics: ce
 onto their principal axes and scaled to unit variance (:class:`Whitening`, a shrinkage estimate
 so a rare direction does not dominate), then by Euclidean distance. Whitening makes every
 measured property count by how much it varies across the archive instead of by its unit. The
-statistics are computed from all of the index's regions when they are first needed (their
-moments, which parts add up to: a sharded engine gets the same numbers), so they follow the
-archive as it grows, and any two processes opening one generation get the same numbers.
+statistics come from the moments of all of the index's regions, stored per shard when shards are
+committed (:mod:`medcbir.indexer.region_index`; parts add up: a sharded engine gets the same
+numbers), so they follow the archive as it grows, and any two processes opening one generation
+get the same numbers.
 
 The score of a hit is ``1 / (1 + d² / D)`` (D = descriptor length): 1 for an identical region,
 about 1/3 for two regions drawn at random from the index (whitened, their expected d² is 2D).
 
 Up to :data:`FLAT_MAX` regions are searched exactly; a larger region index is searched with an
-inverted-file index (``IVF``, :func:`build_region_index`) whose probe count reaches
-:data:`TARGET_RECALL` on a sample of its own regions.
+inverted-file index (``IVF``) whose probe count reaches :data:`TARGET_RECALL` on a sample of its
+own regions, trained and stored when shards are committed (an index written before that trains it
+at its first region query, :func:`build_region_index`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,93 +38,9 @@ from medcbir.engine.selectors import Selection
 from medcbir.errors import ConfigError, DecodeError, IndexCorrupt
 from medcbir.imaging import read_dicom
 from medcbir.imaging.items import Decoded, Item, ItemMeta
-
-#: Shrinkage of the covariance towards its diagonal (a few directions of near-zero variance
-#: otherwise turn noise into the largest coordinates).
-SHRINKAGE = 0.2
-#: Exact search up to this many regions; above, an IVF index.
-FLAT_MAX = 1 << 20
-#: recall@10 the IVF probe count must reach on a sample of the index's own regions.
-TARGET_RECALL = 0.95
-
-
-@dataclass(frozen=True)
-class Whitening:
-    """``x → (x − mean) @ matrix``: PCA whitening with shrinkage."""
-
-    mean: np.ndarray
-    matrix: np.ndarray
-
-    @classmethod
-    def fit(cls, descriptors: np.ndarray) -> "Whitening":
-        return cls.from_moments(*moments(descriptors))
-
-    @classmethod
-    def from_moments(cls, n: int, total: np.ndarray, scatter: np.ndarray) -> "Whitening":
-        """From the count, sum and sum of outer products of the descriptors (parts add up:
-        the sharded engine combines its actors' moments)."""
-        dim = len(total)
-        if n < 2:
-            return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
-        mean = total / n
-        cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
-        diag = np.diag(np.diag(cov))
-        cov = (1 - SHRINKAGE) * cov + SHRINKAGE * diag
-        values, vectors = np.linalg.eigh(cov)
-        floor = max(float(values.max()) * 1e-6, 1e-12)
-        matrix = vectors / np.sqrt(np.maximum(values, floor))[None, :]
-        return cls(mean.astype(np.float32), matrix.astype(np.float32))
-
-    def __call__(self, descriptors: np.ndarray) -> np.ndarray:
-        x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.mean.shape[0])
-        return np.ascontiguousarray((x - self.mean) @ self.matrix, dtype=np.float32)
-
-
-def moments(descriptors: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count, sum, sum of outer products) of descriptors, in float64, in blocks."""
-    x = np.asarray(descriptors, dtype=np.float32)
-    dim = x.shape[1] if x.ndim == 2 else 0
-    total, scatter = np.zeros(dim), np.zeros((dim, dim))
-    for start in range(0, len(x), 1 << 18):
-        block = x[start:start + (1 << 18)].astype(np.float64)
-        total += block.sum(axis=0)
-        scatter += block.T @ block
-    return len(x), total, scatter
-
-
-def build_region_index(vectors: np.ndarray, seed: int = 0):
-    """A FAISS index over whitened region vectors: exact up to :data:`FLAT_MAX`, else IVF."""
-    n, dim = vectors.shape
-    if n <= FLAT_MAX:
-        index = faiss.IndexFlatL2(dim)
-        index.add(vectors)
-        return index
-    nlist = int(min(65536, 4 * math.sqrt(n)))
-    quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
-    rng = np.random.default_rng(seed)
-    train = vectors[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
-    index.train(train)
-    index.add(vectors)
-    index.nprobe = _probes(index, vectors, rng)
-    return index
-
-
-def _probes(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10) -> int:
-    """The smallest nprobe (powers of two) whose recall@10 on sampled regions reaches the target."""
-    sample = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
-    exact = faiss.IndexFlatL2(vectors.shape[1])
-    exact.add(vectors)
-    _, truth = exact.search(sample, k)
-    nprobe = 1
-    while nprobe < index.nlist:
-        index.nprobe = nprobe
-        _, found = index.search(sample, k)
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), truth.tolist())])
-        if recall >= TARGET_RECALL:
-            break
-        nprobe *= 2
-    return min(nprobe, index.nlist)
+from medcbir.indexer import region_index
+from medcbir.indexer.region_index import (FLAT_MAX, SHRINKAGE, TARGET_RECALL, StoredIVF, Whitening,  # noqa: F401 - part of this module's API
+                                          build_region_index, moments)
 
 
 def check_regions(store) -> None:
@@ -139,29 +56,43 @@ def check_regions(store) -> None:
 
 
 class RegionIndex:
-    """The regions of one open engine, whitened and indexed (built on first region query).
+    """The regions of one open engine, whitened and indexed (opened on first region query).
 
     Attributes:
         item_ids: int64 (R,) the item each region belongs to.
         boxes: int32 (R, 4) the regions' boxes in their items' stored pixel grids.
-        whitening: the :class:`Whitening` fitted on this index's regions.
+        whitening: the :class:`Whitening` of this index's regions.
+        stored: True when the whitening and the search index came from the index's stored
+            region structure (:mod:`medcbir.indexer.region_index`), nothing computed at open.
     """
 
-    def __init__(self, regions, whitening: Whitening | None = None) -> None:
+    def __init__(self, regions, whitening: Whitening | None = None, ivf: StoredIVF | None = None, stored: bool = False) -> None:
         self.item_ids = np.asarray(regions.rows, dtype=np.int64)
         self.boxes = np.asarray(regions.boxes, dtype=np.int32)
         self.descriptors = np.asarray(regions.descriptors, dtype=np.float32)
         self.whitening = whitening if whitening is not None else Whitening.fit(self.descriptors)
         self.vectors = self.whitening(self.descriptors)
-        self.index = build_region_index(self.vectors)
+        self.coarse = None  # (A, b): the query carried into a stored IVF's own whitening
+        if ivf is not None and ivf.lists is not None and len(ivf.lists) == len(self.item_ids):
+            self.index = ivf.index(self.vectors)
+            self.coarse = ivf.coarse_map(self.whitening)
+        else:
+            self.index = build_region_index(self.vectors)
+        self.stored = bool(stored and (ivf is not None or not isinstance(self.index, faiss.IndexIVF)))
+
+    @classmethod
+    def open(cls, store) -> "RegionIndex":
+        """The regions of an opened :class:`~medcbir.indexer.IndexStore`, with its stored structure."""
+        check_regions(store)
+        structure = region_index.load(store)
+        return cls(store.regions(), structure.whitening(), structure.ivf, structure.stored)
 
     @classmethod
     def of(cls, engine) -> "RegionIndex":
         cached = getattr(engine, "_region_index", None)
         if cached is not None:
             return cached
-        check_regions(engine.store)
-        engine._region_index = cls(engine.store.regions())
+        engine._region_index = cls.open(engine.store)
         return engine._region_index
 
     def __len__(self) -> int:
@@ -197,8 +128,17 @@ class RegionIndex:
         keep.append(selection)
         fetch = min(total, max(4 * k, 64))
         query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        coarse = None
+        if self.coarse is not None:  # a stored IVF: lists chosen in its own whitening
+            _, coarse = self.index.quantizer.search(query @ self.coarse[0] + self.coarse[1], int(self.index.nprobe))
         while True:
-            d, rows = self.index.search(query, fetch, params=params)
+            if coarse is None:
+                d, rows = self.index.search(query, fetch, params=params)
+            else:
+                d, rows = np.empty((1, fetch), np.float32), np.empty((1, fetch), np.int64)
+                self.index.search_preassigned_c(1, faiss.swig_ptr(query), fetch, faiss.swig_ptr(coarse),
+                                                faiss.swig_ptr(np.zeros(coarse.shape, np.float32)), faiss.swig_ptr(d),
+                                                faiss.swig_ptr(rows), False, params)
             hits = _best_per_item(d[0], rows[0], self.item_ids, k, per_series_codes, per_series)
             if len(hits) >= k or fetch >= total or rows[0, -1] < 0:
                 break

@@ -38,12 +38,13 @@ import faiss
 import numpy as np
 
 from medcbir.engine.engine import Engine, _check_encoder
-from medcbir.engine.region_search import RegionIndex, Whitening, check_regions, moments
+from medcbir.engine.region_search import RegionIndex, Whitening, check_regions
 from medcbir.errors import ConfigError, IndexCorrupt, IndexNotFound
 from medcbir.indexer import IndexStore
 from medcbir.indexer.faiss_index import is_flat, split_projection, split_refine
 from medcbir.indexer.manifest import deleted_ids
 from medcbir.indexer.ray_index import connect
+from medcbir.indexer import region_index
 
 
 def split_shards(shards: list[dict], parts: int) -> list[list[dict]]:
@@ -93,13 +94,18 @@ def _actor_class():
             return len(self.engine.ids)
 
         def region_moments(self):
-            """(count, sum, scatter) of this part's region descriptors; None without regions."""
-            regions = self.engine.store.regions() if self.engine.store.has_regions else None
-            return None if regions is None else moments(regions.descriptors)
+            """Per shard of this part, (count, sum, scatter) of its region descriptors (stored, or
+            computed for an index without a stored region structure); None without regions."""
+            if not self.engine.store.has_regions:
+                return None
+            self.structure = region_index.load(self.engine.store)
+            return self.structure.parts
 
         def region_prepare(self, mean, matrix) -> int:
-            """Whiten and index this part's regions with the whole index's statistics."""
-            self.regions = RegionIndex(self.engine.store.regions(), Whitening(mean, matrix))
+            """Whiten and index this part's regions with the whole index's statistics (its stored
+            IVF lists when the index has them)."""
+            structure = self.structure
+            self.regions = RegionIndex(self.engine.store.regions(), Whitening(mean, matrix), structure.ivf, structure.stored)
             return len(self.regions)
 
         def region_search(self, vector, k: int, admissible, codes, per_series: int):
@@ -255,8 +261,9 @@ class ShardedRegions:
         if not engine.store.has_regions or any(p is None for p in parts):
             raise ConfigError(f"index {engine.store.index_dir} has no regions, so it cannot answer a region query; "
                               "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
-        n = sum(p[0] for p in parts)
-        self.whitening = Whitening.from_moments(n, sum(p[1] for p in parts), sum(p[2] for p in parts))
+        # every shard's moments added in shard order, as one process adds them
+        dim = int(engine.store.manifest["regions"]["dim"])
+        self.whitening = Whitening.from_moments(*region_index.sum_moments([m for part in parts for m in part], dim))
         self.count = sum(ray.get([a.region_prepare.remote(self.whitening.mean, self.whitening.matrix) for _, _, a in engine._parts]))
 
     def __len__(self) -> int:

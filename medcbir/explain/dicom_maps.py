@@ -34,7 +34,7 @@ from medcbir.explain.status import CAVEAT, display_name
 from medcbir.imaging import read_dicom
 from medcbir.imaging.dicom_out.common import read_header, save
 from medcbir.imaging.dicom_out.parametric_map import parametric_map
-from medcbir.imaging.dicom_out.secondary_capture import overlay_rgb, secondary_capture
+from medcbir.imaging.dicom_out.secondary_capture import burn_caption, overlay_rgb, secondary_capture
 from medcbir.imaging.foreground import Region
 
 
@@ -136,4 +136,56 @@ def explanation_objects(explanation, query_source: Path, preprocessing, key: byt
 def write_explanation(engine, query, explanation, folder) -> list[Path]:
     """Save the overlays and maps of ``explanation`` (of ``query``) in ``folder``; their paths."""
     objects = explanation_objects(explanation, Path(query_source(engine, query)), engine.encoder.preprocessing, engine.pseudonym_key)
+    return [save(ds, folder) for ds in objects.all()]
+
+
+def _draw_box(rgb: np.ndarray, box, colour=(0, 255, 0)) -> np.ndarray:
+    """``rgb`` with the outline of ``box`` ``(x, y, w, h)`` drawn one pixel wide."""
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    x, y, bw, bh = (int(v) for v in box)
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(w - 1, x + bw - 1), min(h - 1, y + bh - 1)
+    if x1 < x0 or y1 < y0:
+        return out
+    out[y0, x0:x1 + 1] = colour
+    out[y1, x0:x1 + 1] = colour
+    out[y0:y1 + 1, x0] = colour
+    out[y0:y1 + 1, x1] = colour
+    return out
+
+
+def region_explanation_objects(explanation, key: bytes | None = None, status: str = "") -> ExplanationObjects:
+    """Overlays and maps of a region-match explanation (:class:`~medcbir.explain.regions.RegionExplanation`):
+    for each neighbour, its map (already on the neighbour's stored pixel grid) as a Parametric Map,
+    and a Secondary Capture of the frame with the map blended in and the matched box outlined in
+    green. The query has no map (a region match is explained over the neighbour), so no object.
+    ``status``: the method's measured status on the index, burned into the caption and kept in
+    the overlays' Image Comments (as for slice explanations)."""
+    import highdicom as hd
+
+    series: dict[tuple[str, str], str] = {}
+    out = ExplanationObjects()
+    method = f"region-{explanation.method}"
+    for i, nb in enumerate(explanation.neighbours):
+        source, frame = Path(str(nb.meta.get("source", ""))), int(nb.meta.get("frame", 0) or 0)
+        if not source.is_file():
+            raise DecodeError(f"cannot write explanation objects: source {source} is not a local file")
+        header = read_header(source)
+        item = _frame_item(source, frame, key)
+        rows, cols = explanation.shapes[i]
+        heat = np.ascontiguousarray(explanation.maps[i][:rows, :cols], dtype=np.float32)
+        study = str(header.StudyInstanceUID)
+        sc_series = series.setdefault((study, "SC"), hd.UID())
+        pm_series = series.setdefault((study, "PM"), hd.UID())
+        line = f"Region match ({display_name(explanation.method)}), matched box in green. {status + '. ' if status else ''}{CAVEAT}"
+        short = f"{display_name(explanation.method)} - NOT FOR DIAGNOSIS"
+        rgb = _draw_box(overlay_rgb(item, heat), nb.region)
+        out.overlays.append(secondary_capture(header, frame, burn_caption(rgb, line, short), method, sc_series, i + 1, status=status))
+        out.maps.append(parametric_map(header, heat, method, pm_series, i + 1))
+    return out
+
+
+def write_region_explanation_dicom(engine, explanation, folder, status: str = "") -> list[Path]:
+    """Save the overlays and maps of a region-match explanation in ``folder``; their paths."""
+    objects = region_explanation_objects(explanation, engine.pseudonym_key, status)
     return [save(ds, folder) for ds in objects.all()]

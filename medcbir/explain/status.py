@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 EVAL_FILE = "explain-eval.json"
+REGION_EVAL_FILE = "explain-eval-regions.json"
 CAVEAT = "Explanation heatmap: research use, not for diagnosis."
 FORWARD_METHODS = ("relax", "occlusion")
 GRADIENT_METHODS = ("gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "clustered_cam", "ablation_cam",
@@ -41,11 +42,12 @@ def offered_methods(encoder_kind: str, has_head: bool = False) -> list[str]:
     return methods
 
 
-def save_evaluation(index_dir: str | Path, result: dict) -> Path:
-    """Keep ``result`` (``evaluate_methods``' answer) as the index's last explain-eval."""
+def save_evaluation(index_dir: str | Path, result: dict, *, regions: bool = False) -> Path:
+    """Keep ``result`` (``evaluate_methods``' answer, or with ``regions`` ``evaluate_region_explanations``')
+    as the index's last explain-eval of that kind."""
     import datetime
 
-    path = Path(index_dir) / EVAL_FILE
+    path = Path(index_dir) / (REGION_EVAL_FILE if regions else EVAL_FILE)
     record = {"evaluated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **result}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, default=_plain) + "\n")
@@ -60,10 +62,10 @@ def _plain(value):
         return str(value)
 
 
-def last_evaluation(index_dir: str | Path | None) -> dict | None:
+def last_evaluation(index_dir: str | Path | None, *, regions: bool = False) -> dict | None:
     if index_dir is None:
         return None
-    path = Path(index_dir) / EVAL_FILE
+    path = Path(index_dir) / (REGION_EVAL_FILE if regions else EVAL_FILE)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -93,3 +95,24 @@ def method_status(index_dir: str | Path | None, method: str) -> dict:
         " (maps barely change when the encoder is randomised)" if verdict == "flagged" else ""))
     return {"method": method, "evaluated": True, "margin": margin, "metric": metric, "best_trivial": best,
             "sanity": verdict, "text": "; ".join(parts)}
+
+
+def region_method_status(index_dir: str | Path | None, method: str) -> dict:
+    """``{"method", "evaluated", "region", "margin", "metric", "best_trivial", "text"}`` of a region-match
+    method on the index, from its last ``explain-eval --roi-boxes``."""
+    name = f"region-match {display_name(method)}"
+    record = last_evaluation(index_dir, regions=True)
+    row = ((record or {}).get("methods") or {}).get(method)
+    if not row:
+        return {"method": method, "evaluated": False, "region": True, "margin": None, "metric": None, "best_trivial": None,
+                "text": f"{name}: not evaluated on this index (medcbir explain-eval --roi-boxes scores region-match maps on lesion masks)"}
+    margins = {k: v for k, v in (row.get("margin") or {}).items() if v is not None}
+    metric = PREFERRED_METRIC if PREFERRED_METRIC in margins else next(iter(margins), None)
+    margin = margins.get(metric) if metric else None
+    best = (row.get("best_trivial") or {}).get(metric) if metric else None
+    text = (f"{name}: explain-eval --roi-boxes {record.get('evaluated_at', '')} ({record.get('scored', '?')} matched lesions of "
+            f"{record.get('queries', '?')} box queries)")
+    if margin is not None:
+        word = "better" if margin > 0 else "no better"
+        text += f"; {word} than the best trivial map ({best}): margin {margin:+.3f} in {metric.replace('_', ' ')}"
+    return {"method": method, "evaluated": True, "region": True, "margin": margin, "metric": metric, "best_trivial": best, "text": text}

@@ -15,6 +15,7 @@ from pathlib import Path
 from medcbir.errors import ConfigError, IndexCorrupt
 from medcbir.indexer.checksum import FIELD, fast_checksum
 from medcbir.indexer.fsutil import sha256_file
+from medcbir.indexer.region_index import records as region_records
 
 VERIFY_MODES = ("checksums", "sha256", "sizes", "none")
 
@@ -112,6 +113,7 @@ def committed_records(manifest: dict) -> list[dict]:
     for extra in (manifest.get("trained"), manifest.get("deleted"), manifest.get("dropped")):
         if isinstance(extra, dict) and extra.get("file"):
             out.append(extra)
+    out.extend(region_records(manifest))
     return out
 
 

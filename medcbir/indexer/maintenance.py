@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from medcbir.errors import IndexCorrupt, MedcbirError
-from medcbir.indexer import faiss_index
+from medcbir.indexer import faiss_index, region_index
 from medcbir.indexer.checksum import FIELD, fast_checksum
 from medcbir.indexer.compaction import compact  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
@@ -113,7 +113,8 @@ def verify(index_dir: str | Path) -> VerifyReport:
     recorded sha256 and shape; its ids are exactly ``first_id..last_id`` and every column
     has one row per id; ids are dense across shards and end at ``next_id``; no item key
     ``(sop_instance_uid, frame)`` appears twice among live items; FAISS files hold each shard's vectors;
-    tombstones are valid ids.
+    tombstones are valid ids; the stored region search structure matches the shards' regions
+    (:func:`medcbir.indexer.region_index.check`).
 
     Raises:
         IndexNotFound: no index there (every other finding goes into ``problems``).
@@ -189,6 +190,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
             problems.append("manifest.json: a tombstoned id is outside the index")
     except MedcbirError as exc:
         problems.append(str(exc))
+    problems.extend(region_index.check(index_dir, manifest, skip=broken))
     if manifest.get("regions"):
         items = max(1, int(manifest["next_id"]))
         record = manifest["regions"]

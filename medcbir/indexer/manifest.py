@@ -32,6 +32,10 @@ Fields::
     key_file                pseudonym key file when not INDEX/pseudonym.key (else null)
     archive_root            the folder file sources are recorded relative to, sealed with the
                             archive key (older indexes: the plain absolute path)
+    region_search           an index with regions: {format, version, dim, regions, ivf} of its stored
+                            region search structure (region_index.py); ivf = {file, bytes, sha256,
+                            xxh3, nlist, nprobe, at_regions} or null; each shard entry then has
+                            region_part = {file, bytes, sha256, xxh3, count, ivf}
     dropped                 optional {file, bytes, sha256, xxh3, items, keys}: items a repair
                             dropped with their damaged shard, and a .npy of their key hashes
                             (``keys`` of them could be read); the next indexing run re-embeds
@@ -53,6 +57,7 @@ import numpy as np
 from medcbir.errors import IndexCorrupt, IndexNotFound
 from medcbir.indexer.checksum import fast_checksum
 from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name, write_json_atomic
+from medcbir.indexer import region_index
 
 FORMAT = "medcbir-index"
 VERSION = 1
@@ -155,11 +160,14 @@ def parse_manifest(path: Path) -> dict:
 def commit_manifest(index_dir: Path, manifest: dict) -> dict:
     """Bump the generation and atomically replace ``manifest.json``; returns the new manifest.
 
+    An index with regions gets its region search structure brought up to date first
+    (:func:`medcbir.indexer.region_index.maintain`: files of the generation being committed).
+
     The generation being replaced is kept as ``manifest-GGGGGG.json`` first (a crash between
     the two steps leaves a history entry equal to the current manifest: harmless).
     """
     index_dir = Path(index_dir)
-    manifest = dict(manifest)
+    manifest = region_index.maintain(index_dir, dict(manifest))  # an index with regions: their search structure
     manifest["generation"] = int(manifest.get("generation", 0)) + 1
     manifest["updated"] = now()
     _keep_current(index_dir)
@@ -267,4 +275,5 @@ def referenced_files(manifest: dict) -> set[str]:
     for extra in ("deleted", "dropped"):
         if isinstance(manifest.get(extra), dict) and manifest[extra].get("file"):
             names.add(manifest[extra]["file"])
+    names.update(r["file"] for r in region_index.records(manifest))
     return names

@@ -28,6 +28,7 @@ from medcbir.indexer.manifest import (MANIFEST, commit_manifest, deleted_ids, re
 from medcbir.indexer.staging import new_staging, publish
 from medcbir.indexer.integrity import committed_records
 from medcbir.indexer.lock import WriterLock
+from medcbir.indexer import region_index
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def drop_damaged(index_dir: Path, manifest: dict, rec: Recovery) -> dict:
         manifest.update(trained=None, index_spec="Flat" if requested == "auto" else requested, search_params={}, recall=None)
         manifest["shards"] = [{**s, "faiss": None} for s in manifest["shards"]]
         rec.rebuilt.append(trained["file"])
+    manifest = region_index.drop_damaged(manifest, damaged, rec.rebuilt)  # stored again at the commit
     shards = manifest["shards"]
     first = next((i for i, s in enumerate(shards) if s["file"] in damaged or (s.get("faiss") or {}).get("file") in damaged), None)
     if first is None:

@@ -45,7 +45,7 @@ from medcbir.indexer import recall
 
 log = logging.getLogger(__name__)
 
-_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy)|trained-\d+\.faiss|(tombstones|dropped)-\d+\.npy|\..*\.tmp-\d+)$")
+_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy|regions-\d+\.npz)|trained-\d+\.faiss|region-ivf-\d+\.npz|(tombstones|dropped)-\d+\.npy|\..*\.tmp-\d+)$")
 
 
 def encoder_record(encoder: Any) -> dict:

@@ -183,7 +183,7 @@ def region_explain_answer(engine, rest, query_path: Path, request: dict, label: 
     """
     from medcbir.explain.region_files import QUERY_COLOUR, json_default, overlay
     from medcbir.explain.regions import check_region_method, explain_region_match
-    from medcbir.explain.status import CAVEAT, display_name
+    from medcbir.explain.status import CAVEAT, display_name, region_method_status
 
     fmt = str(request.get("format") or "png").lower()
     method = str(request.get("method") or "relax")
@@ -202,8 +202,7 @@ def region_explain_answer(engine, rest, query_path: Path, request: dict, label: 
         instances = [files.instances.get(str(nb.meta.get("source", ""))) for nb in result.neighbours]
     result.query_label = label
     name = f"region-match {display_name(method)}"
-    status = {"method": method, "evaluated": False, "region": True,
-              "text": f"{name}: not evaluated on this index (medcbir explain-eval --roi-boxes scores region-match maps on lesion masks)"}
+    status = region_method_status(getattr(engine.store, "index_dir", None), method)
     query_png = _png(overlay(result.query_image, result.query_display, None, result.query_box, QUERY_COLOUR))
     shown = [_png(overlay(result.images[i], result.display[i], result.map_of(i), nb.region)) for i, nb in enumerate(result.neighbours)]
     if fmt == "json":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medcbir.encoders import region_descriptor
+from medcbir.encoders import region_descriptor, region_proposals
 from medcbir.encoders.region_image import region_image
 from medcbir.encoders.region_proposals import box_iou, propose
 from medcbir.encoders.regions import DIM, WithRegions, check_box, describe_query, extract_regions, mask_box, parse_box
@@ -60,7 +60,7 @@ LESIONS = {"cyst": ((110, 150), 12), "hyper": ((160, 190), 9), "ring": ((120, 20
 def test_every_lesion_is_proposed_at_any_field_of_view(spacing):
     item = abdomen(spacing)
     regions = extract_regions(item)
-    assert 0 < len(regions) <= 64 and regions.descriptors.shape == (len(regions), DIM)
+    assert 0 < len(regions) <= 64 + region_proposals.ORGAN_LIMIT and regions.descriptors.shape == (len(regions), DIM)
     assert np.isfinite(regions.descriptors).all()
     for name, (centre, radius) in LESIONS.items():
         truth = np.array([stored_box(centre, radius, spacing)])
@@ -100,9 +100,24 @@ def test_a_flat_frame_has_no_regions_and_mr_gets_pseudo_units():
 
 
 def test_proposals_are_ranked_and_limited():
+    """Structures best first and at most ``limit``; organ zones after them, largest first, on top of the limit."""
     image = region_image(abdomen(1.0))
     found = propose(image, limit=3)
-    assert len(found) <= 3 and np.all(np.diff(found[:, 4]) <= 0)
+    organ_sized = np.maximum(found[:, 2], found[:, 3]) * image.mm >= region_proposals.ORGAN_MM[0]
+    structures, organs = found[:3], found[3:]
+    assert len(structures) == 3 and np.all(np.diff(structures[:, 4]) <= 0)
+    assert 1 <= len(organs) <= region_proposals.ORGAN_LIMIT and organ_sized[3:].all() and np.all(np.diff(organs[:, 4]) <= 0)
+
+
+@pytest.mark.parametrize("spacing", [0.7, 1.0, 1.4])
+def test_a_whole_organ_is_proposed_at_any_field_of_view(spacing):
+    """A 180 mm liver (larger than the largest top-hat, and holding vessels and lesions) is one
+    region, whatever the pixel size: a whole-organ box has an organ-sized region to match."""
+    item = abdomen(spacing, lesions=("cyst", "hyper"))
+    image = region_image(item)
+    liver = np.array([[130 - 70, 170 - 60, 140, 120]]) / image.mm  # the liver's box in mm, on the grid
+    found = propose(image)
+    assert box_iou(liver, found).max() > 0.8
 
 
 def test_snap_replaces_a_loose_box_by_the_structure():
@@ -145,4 +160,51 @@ def test_the_decode_wrapper_travels_to_workers_and_adds_regions():
     item = abdomen(1.0)
     assert wrapper.apply(item).shape == (1, 64, 64) and wrapper.size == 64
     regions = wrapper.extras(item)["regions"]
-    assert 0 < len(regions) <= 8 and regions.descriptors.shape[1] == region_descriptor.DIM
+    assert 0 < len(regions) <= 8 + region_proposals.ORGAN_LIMIT and regions.descriptors.shape[1] == region_descriptor.DIM
+
+
+def test_every_part_of_a_structure_counts_by_its_area():
+    """A disc whose outer half-radius is bright: the descriptor's inside band fractions are the
+    bright part's *area* share (three quarters of the disc), not its share of the radius (a half),
+    which an unweighted polar grid would give."""
+    spacing, n = 1.0, 200
+    image = np.full((n, n), 40.0, np.float32)
+    image[ellipse((n, n), (100, 100), (90, 90), spacing)] = 60.0  # an organ around the structure
+    image[ellipse((n, n), (100, 100), (20, 20), spacing)] = 260.0  # the structure's outer half: +200
+    image[ellipse((n, n), (100, 100), (10, 10), spacing)] = 60.0  # its inner half: as the organ
+    meta = ItemMeta(sop_instance_uid="1.2.3", modality="CT", pixel_spacing=(spacing, spacing), rows=n, cols=n)
+    image_grid = region_image(Item(meta=meta, pixels=image))
+    box = np.array([[80.0, 80.0, 40.0, 40.0]]) * image_grid.scale[1]
+    d = region_descriptor._describe(image_grid, box)[0]
+    bands = d[14:19]  # fractions of the inside < -100, -100..-30, -30..30, 30..100, > 100 units from the far ring
+    assert bands[4] == pytest.approx(0.75, abs=0.08)
+    assert bands[2] == pytest.approx(0.25, abs=0.08)
+
+
+def test_weighted_percentiles_follow_the_weights():
+    values = np.array([[0.0, 1.0, 2.0, 3.0]])
+    even = region_descriptor._weighted_percentiles(values, np.full(4, 0.25), (0.5,))
+    assert even[0, 0] == pytest.approx(np.percentile(values, 50), abs=0.51)
+    heavy_top = region_descriptor._weighted_percentiles(values, np.array([0.05, 0.05, 0.1, 0.8]), (0.1, 0.5))
+    assert 2.5 < heavy_top[0, 1] <= 3.0  # most of the mass sits on 3: the median lies near it
+    assert heavy_top[0, 0] < heavy_top[0, 1]
+
+
+def test_an_item_whose_regions_fail_is_still_indexed_and_says_why(monkeypatch, caplog):
+    """A degenerate frame quietly has no regions; a failure inside region extraction (forced here by
+    making the proposal step raise, as a defect on some unforeseen image would) leaves the item
+    without regions and logs one warning naming it, instead of failing its file or staying silent."""
+    wrapper = WithRegions(Preprocessing(size=64), limit=8)
+    thin = Item(meta=ItemMeta(sop_instance_uid="1.2.9", modality="CT", pixel_spacing=(1.0, 1.0), rows=1, cols=64),
+                pixels=np.zeros((1, 64), np.float32))
+    with caplog.at_level("WARNING", logger="medcbir.encoders.regions"):
+        assert len(wrapper.extras(thin)["regions"]) == 0
+        assert not caplog.records
+
+        def broken(*args, **kwargs):
+            raise ValueError("cannot propose on this frame")
+
+        monkeypatch.setattr(region_proposals, "propose", broken)
+        item = abdomen(1.0)
+        assert len(wrapper.extras(item)["regions"]) == 0
+    assert len(caplog.records) == 1 and "1.2.3" in caplog.text and "cannot propose" in caplog.text

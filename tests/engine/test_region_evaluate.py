@@ -118,7 +118,9 @@ def test_relevance_by_the_rows_label_or_by_the_labels_file(small, tmp_path):
 def test_crop_baselines_and_whole_slice_beside_region_search(small, capsys):
     assert main(["evaluate", str(small["index"]), "--labels", str(small["labels"]), "--roi-boxes", str(small["boxes"]), "-k", "5",
                  "--baselines", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "crop baselines" not in captured.err  # no progress display in --json mode
+    result = json.loads(captured.out)
     baselines = result["baselines"]
     assert set(baselines) == {"thumbnail:16", "random", "classic", "crop"}
     with Engine.open(small["index"]) as engine:
@@ -220,3 +222,57 @@ def test_bad_rows_are_skipped_with_a_reason_and_counted(small, tmp_path, capsys)
     assert main(["evaluate", str(small["index"]), "--labels", str(small["labels"]), "--roi-boxes", str(_write(tmp_path / "none.csv", bad[:4]))]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "can be a region query" in err[0] and "unknown-item" in err[0]
+
+
+def test_the_public_api_evaluates_regions(small):
+    """``medcbir.evaluate(index, labels, roi_boxes=...)``: the CLI's figures as a dataclass."""
+    import medcbir
+    from medcbir.errors import ConfigError
+
+    with Engine.open(small["index"]) as engine:
+        record = evaluate_regions(engine, small["labels"], small["boxes"], k=5)
+    result = medcbir.evaluate(small["index"], small["labels"], k=5, roi_boxes=small["boxes"])
+    assert isinstance(result, medcbir.RegionEvaluation) and not result.snap
+    assert (result.n_queries, result.rows, result.skipped, result.relevance) == (len(small["rows"]), len(small["rows"]), {}, "row-label")
+    assert result.map_at_k == record["map_at_k"] and result.ap_at_k == record["ap_at_k"]
+    assert result.whole_slice.map_at_k == record["whole_slice"]["map_at_k"] and result.baselines == {}
+    assert result.gain_over_whole_slice == pytest.approx(result.map_at_k - result.whole_slice.map_at_k)
+    assert set(result.per_class) == {r["label"] for r in small["rows"]}
+    with_crops = medcbir.evaluate(small["index"], small["labels"], k=5, roi_boxes=small["boxes"], baselines=["thumbnail:16"])
+    assert set(with_crops.baselines) == {"thumbnail:16"} and with_crops.baselines["thumbnail:16"].n_queries == result.n_queries
+    with pytest.raises(ConfigError, match="roi_boxes"):
+        medcbir.evaluate(small["index"], small["labels"], snap=True)
+
+
+def test_snapped_boxes_are_the_ones_search_snap_uses(small, capsys):
+    from medcbir.encoders.regions import describe_query
+
+    assert main(["evaluate", str(small["index"]), "--labels", str(small["labels"]), "--roi-boxes", str(small["boxes"]), "-k", "5",
+                 "--snap", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["snap"] is True
+    with Engine.open(small["index"]) as engine:
+        snapped = evaluate_regions(engine, small["labels"], small["boxes"], k=5, snap=True, per_query=True)
+        sources = {m["sop_instance_uid"]: m["source"] for m in engine.meta(engine.ids)}
+        moved = 0
+        for r, q in zip(small["rows"], snapped["per_query"]):
+            item = read_dicom(sources[r["sop_instance_uid"]])[int(r["frame"])]
+            drawn = tuple(int(r[c]) for c in "xywh")
+            assert tuple(q["box"]) == tuple(describe_query(item, drawn, snap=True)[1])
+            moved += tuple(q["box"]) != drawn
+            hits = engine.search(sources[r["sop_instance_uid"]], 5, roi=list(drawn), snap=True, exclude="same-patient")[0]
+            assert [h["sop_instance_uid"] for h in q["region"]] == [n.meta["sop_instance_uid"] for n in hits]
+    assert moved > 0 and cli["map_at_k"] == snapped["map_at_k"]
+    assert main(["evaluate", str(small["index"]), "--labels", str(small["labels"]), "--snap"]) == 2
+    assert "--roi-boxes" in capsys.readouterr().err
+
+
+def test_a_progress_display_while_the_crop_baselines_embed(small, capsys):
+    calls = []
+    with Engine.open(small["index"]) as engine:
+        evaluate_regions(engine, small["labels"], small["boxes"], k=5, baselines=("thumbnail:16",), progress=lambda *a: calls.append(a))
+        items = len(np.unique(engine.store.regions().rows))
+    assert calls and calls[-1] == (items, items) and all(a <= b for a, b in calls)
+    assert main(["evaluate", str(small["index"]), "--labels", str(small["labels"]), "--roi-boxes", str(small["boxes"]), "--baselines"]) == 0
+    captured = capsys.readouterr()
+    assert "crop baselines" in captured.err and "region (this index)" in captured.out

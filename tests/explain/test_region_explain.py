@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,6 +18,7 @@ from medcbir.engine import Engine
 from medcbir.explain import metrics as M
 from medcbir.explain.region_evaluation import lesion_truth, read_boxes, trivial_region_map
 from medcbir.explain.regions import Neighbourhood, explain_region_match, local_background
+from medcbir.explain.status import method_status, region_method_status
 from medcbir.imaging.items import Item, ItemMeta
 
 
@@ -140,6 +142,38 @@ def test_cli_writes_maps_and_overlays(v3, tmp_path, capsys):
     assert tuple(rgb[2 * y, 2 * x + w]) == (0, 230, 0)
 
 
+def test_cli_writes_region_maps_as_dicom(v3, tmp_path, capsys):
+    """`explain --roi --dicom-out`: per neighbour, its map as a Parametric Map (the values of maps.npy)
+    and an overlay Secondary Capture with the matched box, both in the neighbour's study, valid DICOM."""
+    import pydicom
+
+    from tests.dicom_validate import dciodvfy_errors
+
+    clear = v3["clear"]
+    code = main(["explain", str(v3["index"]), clear["query"], "--roi", ",".join(map(str, clear["box"])), "-k", "2", "--masks", "40",
+                 "--exclude", "same-patient", "--out", str(tmp_path / "out"), "--dicom-out", str(tmp_path / "dicom"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    payload = json.loads(captured.out)
+    assert len(payload["dicom"]) == 4 and "wrote 4 DICOM object(s)" in captured.err
+    maps = np.load(tmp_path / "out" / "maps.npy")
+    objects = {}
+    for path in payload["dicom"]:
+        assert dciodvfy_errors(Path(path)) == [], path
+        ds = pydicom.dcmread(path)
+        objects.setdefault(ds.SOPClassUID, []).append(ds)
+    pms = sorted(objects["1.2.840.10008.5.1.4.1.1.30"], key=lambda d: int(d.InstanceNumber))
+    scs = sorted(objects["1.2.840.10008.5.1.4.1.1.7"], key=lambda d: int(d.InstanceNumber))
+    assert len(pms) == len(scs) == 2
+    for i, (pm, sc, nb) in enumerate(zip(pms, scs, payload["neighbours"])):
+        np.testing.assert_allclose(pm.pixel_array.astype(np.float32), maps[i], rtol=1e-6, atol=1e-7)
+        refs = {r.ReferencedSOPInstanceUID for r in sc.SourceImageSequence}
+        assert refs == {nb["sop_instance_uid"]} and sc.BurnedInAnnotation == "YES"
+        assert payload["status"]["text"] in str(sc.ImageComments)
+        x, y, w, h = nb["region"]
+        assert tuple(sc.pixel_array[y, x]) == (0, 255, 0) and tuple(sc.pixel_array[y + h - 1, x + w - 1]) == (0, 255, 0)
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--roi", "1,2,3"], "--roi takes X,Y,W,H"),
     (["--roi", "250,250,20,20"], "outside the query image"),
@@ -166,6 +200,16 @@ def test_explain_eval_scores_region_maps_beside_trivial_maps(v3, tmp_path, capsy
         best = max(result["trivial"][t]["rank_accuracy"] for t in result["trivial"])
         assert row["margin"]["rank_accuracy"] == pytest.approx(row["rank_accuracy"] - best)
     assert "margin over the best trivial map" in out
+    # the index keeps the evaluation, and a region explanation on it quotes it (not the whole-image one)
+    relax = result["methods"]["relax"]
+    status = region_method_status(v3["index"], "relax")
+    assert status["evaluated"] and status["margin"] == pytest.approx(relax["margin"]["rank_accuracy"])
+    assert method_status(v3["index"], "relax")["evaluated"] is False
+    clear = v3["clear"]
+    code = main(["explain", str(v3["index"]), clear["query"], "--roi", ",".join(map(str, clear["box"])), "-k", "1", "--masks", "20"])
+    out = capsys.readouterr().out
+    assert code == 0 and "region-match RELAX: explain-eval --roi-boxes" in out and f"margin {relax['margin']['rank_accuracy']:+.3f}" in out, out
+    assert "not for diagnosis" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("sop_instance_uid,x,y\n1.2.3,1,2\n")
     code = main(["explain-eval", str(v3["index"]), "--masks-file", str(archive / "masks.h5"), "--roi-boxes", str(bad)])

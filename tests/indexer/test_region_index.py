@@ -1,0 +1,260 @@
+"""The stored region search structure (medcbir/indexer/region_index.py): computed when shards are
+committed, reused by every open, grown commit by commit, kept right through delete, compaction,
+repair and kill -9, and computed at open for an index that does not store it.
+
+Real HDF5 shards, manifests and FAISS; synthetic region descriptors (what is under test is where
+the whitening and the IVF come from, not how a region is described)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medcbir.encoders.regions import DIM, RegionSet
+from medcbir.engine.region_search import RegionIndex
+from medcbir.errors import IndexCorrupt
+from medcbir.imaging import ItemMeta
+from medcbir.indexer import IndexStore, IndexWriter, compact, delete, region_index, repair, retrain, verify
+
+ROOT = Path(__file__).resolve().parents[2]
+PER = 16  # regions per item
+
+
+def items(lo: int, hi: int):
+    """Items lo..hi-1, each the same whatever batch it comes in (seeded by its number)."""
+    metas, vectors, regions = [], [], []
+    for i in range(lo, hi):
+        rng = np.random.default_rng(1000 + i)
+        metas.append(ItemMeta(sop_instance_uid=f"2.25.{i + 1}", frame=0, series_instance_uid=f"2.25.9{i // 10}",
+                              study_instance_uid=f"2.25.8{i // 10}", modality="CT", patient_pseudonym=f"{i // 10:032x}",
+                              source=f"synthetic/{i}.dcm"))
+        v = rng.standard_normal(256).astype(np.float32)
+        vectors.append(v / np.linalg.norm(v))
+        scale = np.linspace(1.0, 6.0, DIM) * (1.0 + (i % 3))
+        regions.append(RegionSet(rng.integers(0, 60, (PER, 4)).astype(np.int32),
+                                 (rng.standard_normal((PER, DIM)) * scale + i % 5).astype(np.float32)))
+    return metas, np.stack(vectors), regions
+
+
+def write(index: Path, lo: int, hi: int, step: int, shard_size: int = 64, spec: str = "auto") -> None:
+    """Add items lo..hi-1 in commits of ``step`` items (the plugin's incremental indexing)."""
+    with IndexWriter.open(index, "thumbnail:16", regions=True, shard_size=shard_size, index_spec=spec) as writer:
+        for start in range(lo, hi, step):
+            writer.add_embeddings(*items(start, min(start + step, hi)))
+            writer.commit()
+
+
+def answers(index: Path, queries=(0, 7, 40, 111, 250), k: int = 8):
+    """(item ids, scores, boxes) of region queries by stored descriptors (uids, for comparing indexes)."""
+    with IndexStore.open(index) as store:
+        regions = RegionIndex.open(store)
+        uids = np.asarray(store.columns["sop_instance_uid"]).astype(str)
+        live = store.live_mask.copy()
+        out = []
+        for q in queries:
+            if q >= len(regions):
+                continue
+            hits = regions.search(regions.vectors[q], k, live)
+            out.append(([uids[i] for i, _, _ in hits], np.array([s for _, s, _ in hits]), [b for _, _, b in hits]))
+        return out, regions.stored
+
+
+def assert_same(a, b):
+    assert len(a) == len(b) > 0
+    for (ids_a, s_a, box_a), (ids_b, s_b, box_b) in zip(a, b):
+        assert ids_a == ids_b and box_a == box_b
+        np.testing.assert_allclose(s_a, s_b, rtol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def fresh_counters():
+    region_index.COUNTERS.update(moments=0, trained=0)
+
+
+def test_a_second_open_recomputes_nothing_and_growth_equals_a_fresh_build(tmp_path):
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    write(grown, 0, 300, step=7)  # 43 commits of 7 items, as the plugin adds them
+    write(fresh, 0, 300, step=300)
+    manifest = json.loads((grown / "manifest.json").read_text())
+    assert manifest["region_search"]["regions"] == 300 * PER and manifest["region_search"]["ivf"] is None
+    assert all(s["region_part"]["count"] > 0 for s in manifest["shards"])
+    region_index.COUNTERS.update(moments=0, trained=0)
+    a, stored = answers(grown)
+    assert stored and region_index.COUNTERS == {"moments": 0, "trained": 0}
+    b, _ = answers(fresh)
+    assert_same(a, b)
+    # and the same as whitening all the regions at once, the way it was done at the first query
+    with IndexStore.open(fresh) as store:
+        once = RegionIndex(store.regions())
+        uids = np.asarray(store.columns["sop_instance_uid"]).astype(str)
+        hits = once.search(once.vectors[40], 8, store.live_mask.copy())
+    assert [uids[i] for i, _, _ in hits] == a[2][0]
+    np.testing.assert_allclose([s for _, s, _ in hits], a[2][1], rtol=1e-5)
+    assert verify(grown).ok
+
+
+def test_the_ivf_is_trained_on_growth_only_and_new_regions_join_its_lists(tmp_path, monkeypatch):
+    monkeypatch.setattr(region_index, "FLAT_MAX", 1500)
+    index = tmp_path / "index"
+    write(index, 0, 100, step=100)  # 1,024 then 1,600 regions: an IVF, trained once
+    assert region_index.COUNTERS["trained"] == 1
+    write(index, 100, 180, step=4)  # 20 small commits up to 2,880 regions (< 2 × 1,600): none trains
+    assert region_index.COUNTERS["trained"] == 1
+    manifest = json.loads((index / "manifest.json").read_text())
+    ivf = manifest["region_search"]["ivf"]
+    assert ivf["at_regions"] == 1600 and all(s["region_part"]["ivf"] == ivf["file"] for s in manifest["shards"])
+    write(index, 180, 220, step=20)  # 3,520 regions > 2 × 1,600: trained again, once
+    assert region_index.COUNTERS["trained"] == 2
+    region_index.COUNTERS.update(moments=0, trained=0)
+    with IndexStore.open(index) as store:
+        regions = RegionIndex.open(store)
+        assert regions.stored and type(regions.index).__name__ == "IndexIVFFlat"
+        assert region_index.COUNTERS == {"moments": 0, "trained": 0}
+        live = store.live_mask.copy()
+        # every region finds its own item first (the probe count was calibrated for recall)
+        for row in (3, 1700, 3400):
+            assert regions.search(regions.vectors[row], 1, live)[0][0] == int(regions.item_ids[row])
+    # new regions after the last training: their item is found through the stored lists
+    write(index, 220, 230, step=5)
+    with IndexStore.open(index) as store:
+        regions = RegionIndex.open(store)
+        row = int(np.flatnonzero(regions.item_ids == 225)[0])
+        assert regions.stored and regions.search(regions.vectors[row], 1, store.live_mask.copy())[0][0] == 225
+
+
+def test_an_index_without_the_stored_structure_answers_and_gets_it_at_its_next_commit(tmp_path):
+    index = tmp_path / "index"
+    write(index, 0, 200, step=50)
+    before, _ = answers(index)
+    # an index written before the structure was stored: no region_search, no region parts
+    path = index / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("region_search")
+    manifest["shards"] = [{k: v for k, v in s.items() if k != "region_part"} for s in manifest["shards"]]
+    path.write_text(json.dumps(manifest))
+    region_index.COUNTERS.update(moments=0, trained=0)
+    old, stored = answers(index)
+    assert not stored and region_index.COUNTERS["moments"] == len(manifest["shards"])
+    assert_same(old, before)
+    write(index, 200, 201, step=1)  # the next commit stores it
+    region_index.COUNTERS.update(moments=0, trained=0)
+    after, stored = answers(index)
+    assert stored and region_index.COUNTERS["moments"] == 0
+    assert verify(index).ok
+
+
+def test_a_structure_of_another_region_recipe_is_not_used_and_is_replaced(tmp_path):
+    index = tmp_path / "index"
+    write(index, 0, 120, step=60)
+    path = index / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["region_search"]["version"] = "radiomic-v0/proposals-v0"
+    path.write_text(json.dumps(manifest))
+    _, stored = answers(index)
+    assert not stored
+    write(index, 120, 121, step=1)
+    manifest = json.loads(path.read_text())
+    assert manifest["region_search"]["version"] == manifest["regions"]["version"]
+    assert answers(index)[1]
+
+
+def test_delete_compact_and_repair_keep_the_structure_right(tmp_path):
+    index, fresh = tmp_path / "index", tmp_path / "fresh"
+    write(index, 0, 200, step=25, shard_size=25)
+    removed = delete(index, series=["2.25.93", "2.25.911"])
+    assert removed == 20
+    _, stored = answers(index)
+    assert stored  # tombstones do not change the stored moments (the regions stay until compaction)
+    compact(index, shard_size=64)
+    assert verify(index).ok
+    region_index.COUNTERS.update(moments=0, trained=0)
+    after, stored = answers(index)
+    assert stored and region_index.COUNTERS["moments"] == 0
+    # the same regions as an index of the live items only
+    with IndexWriter.open(fresh, "thumbnail:16", regions=True, shard_size=64) as writer:
+        keep = [i for i in range(200) if i // 10 not in (3, 11)]
+        metas, vectors, regions = items(0, 200)
+        writer.add_embeddings([metas[i] for i in keep], vectors[keep], [regions[i] for i in keep])
+    assert_same(after, answers(fresh, queries=(0, 7, 40, 111, 250))[0])
+    # a damaged region part: named at open, rebuilt by repair without losing an item
+    part = json.loads((index / "manifest.json").read_text())["shards"][0]["region_part"]["file"]
+    data = bytearray((index / part).read_bytes())
+    data[-30] ^= 0xFF
+    (index / part).write_bytes(bytes(data))
+    with pytest.raises(IndexCorrupt, match=part):
+        IndexStore.open(index)
+    rec = repair(index)
+    assert part in rec.rebuilt and not rec.dropped_shards
+    region_index.COUNTERS.update(moments=0, trained=0)
+    repaired, stored = answers(index)
+    assert stored and region_index.COUNTERS["moments"] == 0
+    assert_same(repaired, after)
+
+
+def test_kill_9_while_the_structure_is_written_leaves_a_usable_index(tmp_path):
+    index = tmp_path / "index"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; "
+              f"from tests.indexer.test_region_index import write; write(Path({str(index)!r}), 0, 120, step=30)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDCBIR_TEST_KILL_AT": "region-fsync:3"}
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with IndexStore.open(index) as store:
+        assert len(store.ids) == 60  # two commits landed, the third died writing its region part
+    assert verify(index).ok
+    assert answers(index)[1]
+    env.pop("MEDCBIR_TEST_KILL_AT")
+    resumed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not any(".tmp-" in p.name for p in index.iterdir())
+    fresh = tmp_path / "fresh"
+    write(fresh, 0, 120, step=120)
+    assert_same(answers(index)[0], answers(fresh)[0])
+    shutil.rmtree(fresh)
+
+
+def test_verify_finds_a_region_part_that_does_not_match_its_shard(tmp_path):
+    from medcbir.indexer.checksum import fast_checksum
+    from medcbir.indexer.fsutil import sha256_file
+
+    index = tmp_path / "index"
+    write(index, 0, 20, step=20)
+    write(index, 20, 60, step=40)
+    assert verify(index).ok
+    path = index / "manifest.json"
+    manifest = json.loads(path.read_text())
+    first, second = manifest["shards"][0]["region_part"], manifest["shards"][1]["region_part"]
+    # the second shard's moments under the first shard's name (its checksums recorded: only the content is wrong)
+    with open(index / first["file"], "wb") as fh:
+        fh.write((index / second["file"]).read_bytes())
+    first.update(bytes=(index / first["file"]).stat().st_size, sha256=sha256_file(index / first["file"]),
+                 xxh3=fast_checksum(index / first["file"]))
+    manifest["shards"][0]["region_part"] = first
+    path.write_text(json.dumps(manifest))
+    with IndexStore.open(index):
+        pass
+    report = verify(index)
+    assert not report.ok and any(first["file"] in p and "moments" in p for p in report.problems), report.problems
+
+
+def test_retraining_the_slice_index_keeps_the_region_structure(tmp_path):
+    index = tmp_path / "index"
+    write(index, 0, 120, step=60, spec="IVF4,Flat")
+    before, stored = answers(index)
+    parts = [s["region_part"]["file"] for s in json.loads((index / "manifest.json").read_text())["shards"]]
+    assert stored
+    region_index.COUNTERS.update(moments=0, trained=0)
+    result = retrain(index, seed=1)
+    assert "skipped" not in result
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert [s["region_part"]["file"] for s in manifest["shards"]] == parts and region_index.COUNTERS["moments"] == 0
+    after, stored = answers(index)
+    assert stored and verify(index).ok
+    assert_same(after, before)
