@@ -517,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact-items", type=int, default=200_000, help="vectors in all exact parts (sharded)")
     ap.add_argument("--keep", action="store_true", help="keep the indexes (else deleted at the end)")
     ap.add_argument("--shard-dtype", default="auto", help="shard storage of the scale_10m index (default auto)")
-    ap.add_argument("--maintain", choices=["each", "last", ""], default="last",
-                    help="run the maintenance due after each growth step, after the last one (default), or never")
+    ap.add_argument("--maintain", choices=["each", "last", ""], default="",
+                    help="run the maintenance due (retraining...) after each growth step, after the last one, or never (default)")
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("--render", action="store_true", help="rebuild the section text from its JSON; measure nothing")
     args = ap.parse_args(argv)
