@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 #: Retraining reads every vector into RAM at once up to this many bytes of float32, shard by
 #: shard above (encoding and the measurement's exact neighbours streamed).
 IN_RAM_BYTES = 1 << 30
+#: After a retraining kept the index (nothing measured better), the next waits for this much growth.
+KEPT_GROWTH = 2.0
 # Retrain when the live items reach this multiple of the training sample.
 RETRAIN_FACTOR = 8
 # ... or when the inverted lists' imbalance factor (FAISS's: 1.0 = perfectly even) passes this.
@@ -85,6 +87,9 @@ def retrain_due(index_dir: Path, manifest: dict, factor: float = RETRAIN_FACTOR,
     if not trained or faiss_index.is_flat(manifest["index_spec"]) or not trained.get("items"):
         return None
     live = _live(manifest)
+    kept = int(trained.get("kept_at") or 0)
+    if kept and live < KEPT_GROWTH * kept:
+        return None  # a retraining at `kept` items found nothing better than this index: wait for growth
     if live >= factor * int(trained["items"]):
         return "growth"
     lists = _ivf_lists(manifest["index_spec"])
@@ -203,6 +208,7 @@ def retrain(index_dir: str | Path, sample_size: int | None = None, seed: int | N
                         log.warning("retrain %s: no candidate reaches recall@10 %.2f on all %d items and none measures better "
                                     "than the current %s (%.3f): kept", index_dir, target, n_items, snapshot["index_spec"],
                                     float(current.get("recall_at_10") or 0.0))
+                        _record_kept(index_dir, n_items)
                         return {"generation": int(snapshot["generation"]), "items": n_items, "sample": len(sample), "reason": reason,
                                 "spec": snapshot["index_spec"], "skipped": "no candidate measured better than the current index",
                                 "seconds": time.perf_counter() - start, "tried": tried, "recall_at_10": current.get("recall_at_10")}
@@ -262,6 +268,16 @@ def _measure(trained, staging: Path, parts: list, vectors: np.ndarray | None, ch
     return {**chosen, "recall_at_10": round(best.recall_at_10, 4), "recall_at_10_low": round(best.low, 4), "held_out": False,
             "qps": round(best.qps, 1), "params": dict(best.params),
             "items": int(n), "at_items": int(n), "queries": queries, "tried": chosen["tried"] + [t.to_dict() for t in tried]}
+
+
+def _record_kept(index_dir: Path, items: int) -> None:
+    """Note in the manifest that a retraining at ``items`` live items found nothing better, so
+    :func:`retrain_due` waits for the archive to double before trying again (a maintenance loop
+    would otherwise retrain, keep the index and retrain again on every check)."""
+    with WriterLock(index_dir, wait=True):
+        current = read_manifest(index_dir)
+        if current.get("trained"):
+            commit_manifest(index_dir, {**current, "trained": {**current["trained"], "kept_at": int(items)}})
 
 
 def _commit(index_dir: Path, snapshot: dict, choice, trained, staging: Path, parts: list, measured: dict | None, sample: int,

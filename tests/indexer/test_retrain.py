@@ -159,12 +159,16 @@ def test_recall_below_target_after_growth_retrains_with_a_finer_spec(tmp_path, m
     assert coarse["skipped"] and coarse["tried"] and {t["spec"] for t in coarse["tried"]} <= {"IVF16,PQ1", "IVF16,PQ2"}
     assert all(t["recall_at_10"] < measured["recall_at_10"] for t in coarse["tried"])
     kept = IndexStore.open(ix)
-    assert kept.generation == grown.generation and kept.index_spec == grown.index_spec
+    assert kept.index_spec == grown.index_spec and kept.manifest["shards"] == grown.manifest["shards"]
     assert not list(ix.glob(".staging-*"))
+    # the attempt is recorded, so maintenance does not retrain again and again until the archive doubles
+    assert kept.generation == grown.generation + 1 and kept.manifest["trained"]["kept_at"] == 4000
+    assert retrain_due(ix, kept.manifest) is None
+    assert retrain_due(ix, {**kept.manifest, "next_id": 8000}) is not None  # twice the items: due again
 
     result = retrain(ix, reason="recall")
     new = IndexStore.open(ix)
-    assert result["generation"] == new.generation == grown.generation + 1  # one commit
+    assert result["generation"] == new.generation == kept.generation + 1  # one commit
     assert ",PQ" not in new.index_spec and new.index_spec == result["spec"] == new.manifest["recall"]["spec"]
     # measured on all 4000 items, before the commit, and held
     assert new.manifest["recall"]["items"] == 4000 and new.manifest["recall"]["recall_at_10"] >= 0.95
