@@ -81,16 +81,12 @@ def method_status(index_dir: str | Path | None, method: str) -> dict:
     if not row:
         return {"method": method, "evaluated": False, "margin": None, "metric": None, "best_trivial": None, "sanity": None,
                 "text": f"{name}: not evaluated on this index (medcbir explain-eval measures it)"}
-    margins = {k: v for k, v in (row.get("margin") or {}).items() if v is not None}
-    metric = PREFERRED_METRIC if PREFERRED_METRIC in margins else next(iter(margins), None)
-    margin = margins.get(metric) if metric else None
-    best = (row.get("best_trivial") or {}).get(metric) if metric else None
+    metric, margin, best = _headline(row)
     sanity = ((record.get("sanity") or {}).get(method)) if record else None
     verdict = None if sanity is None else ("flagged" if sanity.get("flagged") else "passed")
     parts = [f"{name}: explain-eval {record.get('evaluated_at', '')} ({record.get('organ', 'mask')}, {record.get('n', '?')} images)"]
     if margin is not None:
-        word = "better" if margin > 0 else "no better"
-        parts.append(f"{word} than the best trivial map ({best}): margin {margin:+.3f} in {metric.replace('_', ' ')}")
+        parts.append(_comparison(metric, margin, best))
     parts.append("sanity check " + (verdict or "not run") + (
         " (maps barely change when the encoder is randomised)" if verdict == "flagged" else ""))
     return {"method": method, "evaluated": True, "margin": margin, "metric": metric, "best_trivial": best,
@@ -106,13 +102,23 @@ def region_method_status(index_dir: str | Path | None, method: str) -> dict:
     if not row:
         return {"method": method, "evaluated": False, "region": True, "margin": None, "metric": None, "best_trivial": None,
                 "text": f"{name}: not evaluated on this index (medcbir explain-eval --roi-boxes scores region-match maps on lesion masks)"}
+    metric, margin, best = _headline(row)
+    text = (f"{name}: explain-eval --roi-boxes {record.get('evaluated_at', '')} ({record.get('scored', '?')} matched lesions of "
+            f"{record.get('queries', '?')} box queries)")
+    if margin is not None:
+        text += "; " + _comparison(metric, margin, best)
+    return {"method": method, "evaluated": True, "region": True, "margin": margin, "metric": metric, "best_trivial": best, "text": text}
+
+
+def _headline(row: dict) -> tuple[str | None, float | None, str | None]:
+    """The metric a status line quotes for an evaluated method, its margin and the best trivial map."""
     margins = {k: v for k, v in (row.get("margin") or {}).items() if v is not None}
     metric = PREFERRED_METRIC if PREFERRED_METRIC in margins else next(iter(margins), None)
     margin = margins.get(metric) if metric else None
     best = (row.get("best_trivial") or {}).get(metric) if metric else None
-    text = (f"{name}: explain-eval --roi-boxes {record.get('evaluated_at', '')} ({record.get('scored', '?')} matched lesions of "
-            f"{record.get('queries', '?')} box queries)")
-    if margin is not None:
-        word = "better" if margin > 0 else "no better"
-        text += f"; {word} than the best trivial map ({best}): margin {margin:+.3f} in {metric.replace('_', ' ')}"
-    return {"method": method, "evaluated": True, "region": True, "margin": margin, "metric": metric, "best_trivial": best, "text": text}
+    return metric, margin, best
+
+
+def _comparison(metric: str, margin: float, best) -> str:
+    word = "better" if margin > 0 else "no better"
+    return f"{word} than the best trivial map ({best}): margin {margin:+.3f} in {metric.replace('_', ' ')}"
