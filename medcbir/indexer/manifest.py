@@ -191,6 +191,10 @@ def _keep_current(index_dir: Path) -> None:
 
         shutil.copyfile(current, tmp)
     os.replace(tmp, kept)
+    # A crash after this step and before the new manifest's rename leaves `kept` a hard link of the
+    # current manifest; keeping the same generation again links `tmp` to that very file, and a
+    # rename between two links of one file does nothing (POSIX): the temporary name would stay.
+    tmp.unlink(missing_ok=True)
 
 
 def _prune_history(index_dir: Path, generation: int) -> None:

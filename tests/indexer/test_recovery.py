@@ -10,7 +10,7 @@ import pytest
 
 from medcbir.errors import IndexCorrupt
 from medcbir.indexer import IndexStore, IndexWriter, verify
-from medcbir.indexer.manifest import KEEP_GENERATIONS, history
+from medcbir.indexer.manifest import KEEP_GENERATIONS, _keep_current, commit_manifest, history, read_manifest
 from medcbir.indexer.recovery import newest_intact, repair
 
 from .conftest import FakeEncoder, Meta, clustered
@@ -101,3 +101,17 @@ def test_no_intact_generation_left(tmp_path):
     (tmp_path / "ix" / "manifest.json").write_text("[]")
     with pytest.raises(IndexCorrupt, match="no intact manifest generation"):
         IndexStore.open(tmp_path / "ix")
+
+
+def test_a_commit_after_a_crash_before_the_manifest_rename_leaves_no_temporary_file(tmp_path):
+    """A crash after the current manifest was kept as history and before the new one's rename leaves
+    ``manifest-G.json`` a hard link of ``manifest.json``; the resumed commit keeps generation G again.
+    A rename between two links of one file does nothing, so the temporary link stayed behind (found by
+    the kill -9 protocol in test_crash when its kill landed in that window)."""
+    ix = tmp_path / "ix"
+    with IndexWriter.open(ix, FakeEncoder(16), shard_size=50) as w:
+        w.add_embeddings([Meta(i) for i in range(50)], clustered(50, dim=16, seed=1))
+    _keep_current(ix)  # the crashed commit got this far
+    commit_manifest(ix, read_manifest(ix))  # the resumed commit
+    assert not [p.name for p in ix.iterdir() if ".tmp-" in p.name]
+    assert verify(ix).ok
