@@ -41,6 +41,10 @@ PSEUDO_SPAN = 1000.0
 PSEUDO_BODY = -0.4 * PSEUDO_SPAN
 
 
+class DegenerateFrame(ValueError):
+    """A frame with no second dimension to look for structures in (one row or column, or not 2-D)."""
+
+
 @dataclass(frozen=True)
 class RegionImage:
     """A frame on the region grid.
@@ -94,7 +98,7 @@ def region_image(item: Item) -> RegionImage:
     """Put ``item`` (modality units) on the region grid (see the module docstring)."""
     pixels = np.asarray(item.pixels, dtype=np.float32)
     if pixels.ndim != 2 or min(pixels.shape) < 2:
-        raise ValueError(f"a region image needs a 2-D frame, not shape {pixels.shape}")
+        raise DegenerateFrame(f"a region image needs a 2-D frame, not shape {pixels.shape}")
     pixels = np.nan_to_num(pixels, nan=float(np.nanmin(pixels)) if np.isfinite(pixels).any() else 0.0)
     rows, cols = pixels.shape
     sy, sx = _spacing(item)

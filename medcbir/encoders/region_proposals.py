@@ -49,10 +49,8 @@ NMS_IOU = 0.7
 LIMIT = 64
 #: Smoothing (mm) before the top-hats: pixel noise alone should not make structures.
 SMOOTH_MM = 0.6
-#: Organs: zones of like tissue (smoothed :data:`ORGAN_SMOOTH_MM`, on a :data:`ORGAN_GRID_MM` grid,
-#: bounded by edges steeper than :data:`ORGAN_EDGE` units per mm (or :data:`ORGAN_NOISE` × the median slope), cut apart where narrower than
-#: :data:`ORGAN_NECK_MM`), longer side in :data:`ORGAN_MM` (mm); at most :data:`ORGAN_LIMIT` per
-#: image, the largest first, after the structures.
+#: Organs (:func:`_organs`): smoothing (mm), grid (mm), edge slope (units per mm), neck (mm),
+#: longer side (mm) and at most this many per image, the largest first, after the structures.
 ORGAN_SMOOTH_MM = 2.0
 ORGAN_GRID_MM = 3.0
 ORGAN_EDGE = 1.5
@@ -107,10 +105,11 @@ def _organs(image: RegionImage) -> np.ndarray:
     """Boxes of zones of like tissue at organ scale (an organ is neither brighter nor darker than
     everything around it, so the top-hats miss it): on the image smoothed by
     :data:`ORGAN_SMOOTH_MM` and sampled every :data:`ORGAN_GRID_MM`, the pixels where it changes by
-    less than :data:`ORGAN_EDGE` units per mm, cut apart where they touch through a neck narrower
-    than :data:`ORGAN_NECK_MM`; each zone with its holes (vessels, lesions) filled. Edges, not
-    levels, separate the zones, so two tissues a few tens of units apart are two zones whatever
-    their absolute values. Score: the zone's filled area in mm²."""
+    less than :data:`ORGAN_EDGE` units per mm (two tissues a few tens of units apart are two zones
+    whatever their values), and the levels of like value :data:`ORGAN_LEVEL` units wide (tissues
+    whose boundary is too gentle for an edge); each cut apart where it narrows below
+    :data:`ORGAN_NECK_MM`, with its holes (vessels, lesions) filled. Score: the zone's filled area
+    in mm²."""
     step = max(1, int(round(ORGAN_GRID_MM / image.mm)))
     units = ndimage.gaussian_filter(image.units, ORGAN_SMOOTH_MM / image.mm)[::step, ::step]
     body = ndimage.binary_erosion(image.body[::step, ::step])

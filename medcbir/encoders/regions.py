@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.encoders import region_descriptor, region_proposals
-from medcbir.encoders.region_image import RESOLUTION_MM, region_image
+from medcbir.encoders.region_image import RESOLUTION_MM, DegenerateFrame, region_image
 from medcbir.errors import ConfigError
 from medcbir.imaging.items import Item
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: The region recipe (proposals + descriptor); an index records it and refuses another.
 REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v2/resolution-{RESOLUTION_MM:g}mm"
-#: Regions kept per image by default.
+#: Structures kept per image by default (organ zones come on top: region_proposals.ORGAN_LIMIT).
 PER_IMAGE = region_proposals.LIMIT
 DIM = region_descriptor.DIM
 
@@ -167,11 +167,10 @@ class WithRegions:
         return self.preprocessing.apply(item)
 
     def extras(self, item: Item) -> dict:
-        pixels = np.shape(item.pixels)
-        if len(pixels) != 2 or min(pixels) < 2:
-            return {"regions": RegionSet.empty()}  # a degenerate frame has no structure to search by
         try:
             regions = extract_regions(item, self.limit)
+        except DegenerateFrame:
+            regions = RegionSet.empty()  # no structure to search by
         except (ValueError, FloatingPointError, ArithmeticError) as exc:
             # The item is still indexed (its embedding does not depend on this); say why it has no regions.
             log.warning("no regions for %s frame %s: %s", item.meta.sop_instance_uid, item.meta.frame, exc)
