@@ -203,9 +203,9 @@ def recall_of(found: np.ndarray, exact: np.ndarray) -> float:
 PROBE = r"""
 import json, resource, sys, time
 import numpy as np
-def rss():
+def rss(field='VmRSS:'):
     for line in open('/proc/self/status'):
-        if line.startswith('VmRSS:'):
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
 import faiss
 from medcbir.indexer import IndexStore
@@ -216,6 +216,7 @@ start = time.perf_counter()
 store = IndexStore.open(index_dir, verify=verify)
 open_s = time.perf_counter() - start
 after = rss()
+anon_open = rss('RssAnon:')
 out = {"open_s": open_s, "rss_before": before, "rss_after": after, "items": len(store.ids), "spec": store.index_spec,
        "params": store.search_params, "stages": {k: round(v, 3) for k, v in store.open_stages.items()}}
 if len(sys.argv) > 4:
@@ -230,7 +231,8 @@ if len(sys.argv) > 4:
     faiss.omp_set_num_threads(2)
     t = time.perf_counter()
     _, ids = index.search(queries, 10, params=params)
-    out.update(batch_s=time.perf_counter() - t, p50_ms=1000 * float(np.percentile(lat, 50)), p95_ms=1000 * float(np.percentile(lat, 95)))
+    out.update(batch_s=time.perf_counter() - t, p50_ms=1000 * float(np.percentile(lat, 50)), p95_ms=1000 * float(np.percentile(lat, 95)),
+               rss_anon_after_search=rss('RssAnon:'), rss_file_after_search=rss('RssFile:'), rss_anon_after_open=anon_open)
     np.save(sys.argv[4], ids)
 out["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(out))
@@ -300,6 +302,7 @@ def run_scale(args) -> int:
         "open_none_stages": min(opens_none, key=lambda o: o["open_s"]).get("stages"),
         "shards": len(manifest["shards"]),
         "max_rss": max(o["max_rss"] for o in opens), "ingest_items_per_s": ingest_rate(timings["steps"]),
+        "rss_after_search": {k: search.get(k) for k in ("rss_anon_after_open", "rss_anon_after_search", "rss_file_after_search")},
         "timings": timings, "load_average": [load_start, load()],
     }
     md = scale_markdown(result, args)
@@ -315,6 +318,16 @@ def storage_gate() -> float:
     from medcbir.indexer.compression import FLOAT16_RECALL
 
     return FLOAT16_RECALL
+
+
+def chain_storage_text(chain: dict | None) -> str:
+    """The chain rule's measurement (``storage.chain``), as a sentence continuation."""
+    if not chain:
+        return ""
+    tried = ", ".join(f"{k} {v}" for k, v in (chain.get("tried") or {}).items())
+    return (f"; once trained, the chain's held-out recall@10 over {chain.get('from')} shards {chain.get('reference')} "
+            f"against {tried} ({chain.get('queries')} queries on the {chain.get('items'):,}-item training sample, tolerance "
+            f"{chain.get('tolerance')}): {'shards written from then on are ' + chain['dtype'] if chain.get('dtype') else 'kept ' + str(chain.get('from'))}")
 
 
 def verdict(ok: bool, text: str) -> str:
@@ -341,6 +354,11 @@ def scale_markdown(r: dict, args) -> str:
     ]
     stages = r.get("open_stages") or {}
     storage = r["storage"] or {}
+    mem = r.get("rss_after_search") or {}
+    if mem.get("rss_anon_after_search"):
+        rows.insert(1, ("… after the timed searches", f"anonymous {mem['rss_anon_after_search'] / n:.0f} B, file-backed "
+                        f"{mem['rss_file_after_search'] / n:.0f} B per image (the re-rank's pages of the mapped shards: page cache, "
+                        "shared, reclaimable)", "–", None))
     steps = ", ".join(f"{s['items']:,}" for s in r["timings"]["steps"])
     lines = [
         f"{n:,} vectors of the `default` encoder's shape (2020-d Gaussian fitted to its embeddings of a 1,024-slice phantom), "
@@ -354,7 +372,8 @@ def scale_markdown(r: dict, args) -> str:
         f"re-rank {chain.get('rerank')}, {chain.get('bytes_per_item')} B/image); shard storage "
         f"{storage.get('dtype')} (exact recall@10 over the stored-and-decoded vectors of the first shard: "
         + (", ".join(f"{k} {v}" for k, v in storage["tried"].items()) if storage.get("tried") else f"{storage.get('recall_at_10')}")
-        + (f"; needed ≥ {storage_gate()})." if storage.get("requested") == "auto" else ")."),
+        + (f"; needed ≥ {storage_gate()})" if storage.get("requested") == "auto" else ")")
+        + chain_storage_text(storage.get("chain")) + ".",
         "",
         "| figure | measured | goal (10M) | at this size |",
         "|---|---|---|---|",

@@ -367,8 +367,11 @@ PHANTOM_INDEX = "recall-phantom-index-default"
 
 
 def phantom_embeddings(work: Path, encoder: str | Path = "default", name: str = PHANTOM_INDEX) -> np.ndarray:
-    """Embeddings of a 1,024-slice phantom index built with ``encoder`` (built once under ``name``)."""
-    import h5py
+    """Embeddings of a 1,024-slice phantom index built with ``encoder`` (built once under ``name``),
+    read from its committed shards in id order and decoded whatever they store (float16, sq8...)."""
+    import json
+
+    from medcbir.indexer.shard import read_embeddings
 
     index = work / name
     if not (index / "manifest.json").is_file():
@@ -377,8 +380,8 @@ def phantom_embeddings(work: Path, encoder: str | Path = "default", name: str = 
         from medcbir.indexer import index_archive
 
         index_archive(archive, index, str(encoder), device=Device.cpu(), progress=False, workers=1)
-    files = sorted(index.glob("shard-*.h5"))
-    return np.concatenate([h5py.File(f, "r")["embeddings"][...] for f in files]).astype(np.float64)
+    shards = json.loads((index / "manifest.json").read_text())["shards"]
+    return np.concatenate([read_embeddings(index / entry["file"]) for entry in shards]).astype(np.float64)
 
 
 def trained_encoder(work: Path, path: str | None = None, epochs: int = 2) -> Path:

@@ -46,6 +46,8 @@ class Selection:
 
 def is_exact(index: faiss.Index) -> bool:
     """Whether ``index`` returns exact neighbours (a flat index, possibly wrapped in an id map)."""
+    if not isinstance(index, faiss.Index):
+        return False  # medcbir's re-rank from the shards over an approximate base
     index = faiss.downcast_index(index)
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         return is_exact(index.index)

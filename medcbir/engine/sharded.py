@@ -41,7 +41,7 @@ from medcbir.engine.engine import Engine, _check_encoder
 from medcbir.engine.region_search import RegionIndex, Whitening, check_regions
 from medcbir.errors import ConfigError, IndexCorrupt, IndexNotFound
 from medcbir.indexer import IndexStore
-from medcbir.indexer.faiss_index import is_flat, split_projection, split_refine
+from medcbir.indexer.faiss_index import is_flat, reranks_from_shards, split_projection, split_refine
 from medcbir.indexer.manifest import deleted_ids
 from medcbir.indexer.ray_index import connect
 from medcbir.indexer import region_index
@@ -179,7 +179,10 @@ class ShardedEngine(Engine):
             engine._encoder = enc
         engine._started_ray = connect(ray)
         engine._refine_factor = None
-        if approximate and split_refine(store.index_spec)[1] is not None and split_projection(store.index_spec)[0] is None:
+        # a projected chain, or a re-rank from the shards, is re-ranked in each part (exact scores over
+        # its own shards for the latter) and merged by those scores
+        if approximate and split_refine(store.index_spec)[1] is not None and split_projection(store.index_spec)[0] is None \
+                and not reranks_from_shards(store.index_spec):
             engine._refine_factor = float(store.search_params.get("k_factor") or 1.0)
         actor = _actor_class()
         inline = isinstance(manifest.get("deleted") or [], list)

@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from medcbir.errors import ConfigError
-from medcbir.indexer.faiss_spec import is_flat, split_projection, split_refine
+from medcbir.indexer.faiss_spec import SHARDS_RERANK, is_flat, reranks_from_shards, split_projection, split_refine
 from medcbir.indexer.shard import Decoder, sq_encode
 
 #: projected dimensions ``auto`` tries (those below the embedding dimension), smallest first; a
@@ -130,16 +130,27 @@ def bytes_per_item(spec: str, dim: int) -> float:
         total = _code_bytes(base.split(",", 1)[1] if "," in base else "Flat", d) + 2 * m * 4 * 1.05
     else:
         total = _code_bytes(base, d) + (IVF_ID_BYTES if "IVF" in upper else 0)
-    if refine is not None:
+    if refine is not None and not reranks_from_shards(spec):  # a re-rank from the shards holds nothing in RAM
         total += _code_bytes(refine, d)
     return float(total)
 
 
+#: projected dimensions of the chains that re-rank from the shards (``…,SQ8,Refine(Shards)``),
+#: tried first under a memory budget
+SHARD_RERANK_DIMS = (128, 256)
+
+
 def compact_candidates(dim: int, nlist: int) -> list[str]:
-    """Projected chains ``auto`` may try under a memory budget, cheapest search first: for each
-    projected dimension below ``dim``, IVF-PQ then IVF-SQ8 codes, re-ranked from an 8-bit
-    then a float16 store of the projected vectors."""
-    out = []
+    """Projected chains ``auto`` may try under a memory budget.
+
+    First the chains that re-rank from the shards (:data:`SHARD_RERANK_DIMS`, smallest first):
+    IVF-SQ8 codes of the projection in RAM, each query's candidates re-scored with their
+    full-dimension embeddings read from the memory-mapped shards — the least RAM (code + id) and
+    the least disk (no re-rank store next to the shards) of all chains, and no ceiling from the
+    projection (the re-rank is in the full dimension). Then, cheapest search first, for each
+    projected dimension below ``dim``: IVF-PQ then IVF-SQ8 codes, re-ranked from an 8-bit then a
+    float16 store of the projected vectors in RAM."""
+    out = [f"PCAU{d},IVF{nlist},SQ8,Refine({SHARDS_RERANK})" for d in SHARD_RERANK_DIMS if d < dim]
     for d in PROJECTION_DIMS:
         if d >= dim:
             break
@@ -220,11 +231,13 @@ def _exact_recall(x: np.ndarray, stored: np.ndarray, queries: int, seed: int) ->
 def describe(spec: str, dim: int) -> dict:
     """The chain of ``spec`` as the manifest records it: ``{"projection", "index", "codes",
     "rerank", "bytes_per_item"}`` (``projection`` None without one, ``rerank`` None without a
-    re-rank step)."""
+    re-rank step, ``"shards"`` for a re-rank from the shards' embeddings)."""
     projected, rest = split_projection(spec)
     base, refine = split_refine(rest)
     parts = base.split(",")
     coarse = parts[0] if parts and parts[0].upper().startswith(("IVF", "HNSW")) else None
     codes = ",".join(parts[1:]) if coarse else base
+    if reranks_from_shards(spec):
+        refine = "shards"  # the full-dimension embeddings of the HDF5 shards, memory-mapped
     return {"projection": f"PCAU{projected}" if projected else None, "index": coarse or base, "codes": codes or None,
             "rerank": refine, "dims": int(projected or dim), "bytes_per_item": round(bytes_per_item(spec, dim), 1)}

@@ -175,6 +175,7 @@ def combine(
     n: int,
     dim: int,
     faiss_gpu: bool = False,
+    lists: tuple[Path, int] | None = None,
 ) -> tuple[faiss.Index, bool]:
     """The searchable index of all committed items.
 
@@ -185,12 +186,22 @@ def combine(
         n: number of committed items.
         dim: embedding dimension.
         faiss_gpu: ignored (kept for callers): the GPU copy is made by :func:`gpu_copy`.
+        lists: ``(file, shards it covers)``: the persisted inverted lists of the first shards
+            (:func:`filled_base`, written by the writer), memory-mapped instead of filled from
+            those shards' codes; the later shards' codes are filled and stacked after them.
 
     Returns:
         (index, exact): ``exact`` is True for brute-force search.
     """
     if trained is None:
         return flat_from(fill, n, dim), True
+    if lists is not None and persistable(trained):
+        base = mapped_base(trained, lists[0], shard_files[lists[1]:])
+        if base.ntotal != n:
+            raise ValueError(f"persisted lists and shard codes hold {base.ntotal} rows, expected {n}")
+        if is_projected(trained):
+            return base, False
+        return _with_refine(base, parts(trained)[1], fill, n, dim, []), False
     if is_projected(trained):
         return combine_chain(trained, shard_files, n), False
     base_template, refine_template = parts(trained)
@@ -219,9 +230,15 @@ def combine(
             part = faiss.read_index(str(path))
             keep.append(part)
             base.add_shard(part)
+    return _with_refine(base, refine_template, fill, n, dim, keep), False
+
+
+def _with_refine(base: faiss.Index, refine_template: faiss.Index | None, fill: Callable[[np.ndarray], None], n: int, dim: int,
+                 keep: list) -> faiss.Index:
+    """``base`` under its refine step (filled from the shards' embeddings), or alone."""
     if refine_template is None:
-        base.referenced_objects = keep
-        return base, False
+        base.referenced_objects = [*keep, *(getattr(base, "referenced_objects", None) or [])]
+        return base
     if isinstance(faiss.downcast_index(refine_template), faiss.IndexFlat):
         refine = flat_from(fill, n, dim)
     else:
@@ -232,7 +249,87 @@ def combine(
         del vectors
     index = faiss.IndexRefine(base, refine)
     index.referenced_objects = [base, refine, *keep]
-    return index, False
+    return index
+
+
+def persistable(trained: faiss.Index) -> bool:
+    """True when the searchable part of ``trained`` that the shards' codes fill is inverted lists
+    alone (:func:`filled_base`): an IVF base (its refine step, if any, is filled from the
+    embeddings), or a projected chain over one without an in-RAM re-rank store."""
+    index = faiss.downcast_index(trained)
+    if is_projected(index):
+        _, base, refine = chain_levels(index)
+        return refine is None and mergeable(base)
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.base_index)
+    return mergeable(index)
+
+
+def filled_base(trained: faiss.Index, shard_files: list[Path], first: int = 0) -> faiss.Index:
+    """What :func:`persistable` ``trained`` searches through its lists — the whole projected chain,
+    or the IVF base — filled with the codes of ``shard_files`` (ids from ``first`` on)."""
+    if is_projected(trained):
+        index = faiss.clone_index(trained)
+        _, base, _ = chain_levels(index)
+    else:
+        index = parts(trained)[0]  # the owning copy: returned, so that the lists stay alive
+        base = faiss.downcast_index(index)
+    width = int(base.sa_code_size())
+    runs, lo = [], int(first)
+    for path in shard_files:
+        codes = read_codes(path)
+        if codes.ndim != 2 or codes.shape[1] != width:
+            raise ValueError(f"{path.name}: codes of width {codes.shape[-1]}, expected {width}")
+        runs.append((codes, lo))
+        lo += len(codes)
+    fill_ivf(base, runs)
+    if is_projected(trained):
+        faiss.downcast_index(index.index).ntotal = base.ntotal
+    index.ntotal = base.ntotal
+    return index
+
+
+def mapped_base(trained: faiss.Index, path: Path, tail_files: list[Path]) -> faiss.Index:
+    """The persisted :func:`filled_base` in ``path``, its inverted lists memory-mapped
+    (``IO_FLAG_MMAP_IFC``: FAISS reads the small parts and points each list's codes and ids into
+    the mapped file, so opening does not grow with the items); with ``tail_files`` (the shards
+    committed after it was written) their codes fill a second copy of the base, and both are
+    searched as one (``IndexShards``: the same coarse quantiser, so the same lists probed, and
+    each item's own id; answers merged by score)."""
+    mapped = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    if not tail_files:
+        return mapped
+    tail = filled_base(trained, tail_files, int(mapped.ntotal))
+    both = faiss.IndexShards(int(mapped.d), False, False)  # not threaded; the ids are the items' own
+    both.metric_type = mapped.metric_type
+    both.add_shard(mapped)
+    both.add_shard(tail)
+    both.referenced_objects = [mapped, tail]
+    return both
+
+
+def covered_lists(manifest: dict) -> dict | None:
+    """The manifest's ``lists`` record when it still describes the index: written with its
+    trained file, over shards whose codes are the committed ones (a compaction or retraining since
+    changes them: the record is then ignored, and the codes are filled as without it)."""
+    record = manifest.get("lists")
+    trained = manifest.get("trained") or {}
+    if not record or record.get("trained") != trained.get("file"):
+        return None
+    shards = manifest.get("shards") or []
+    count = int(record.get("shards", -1))
+    if not 0 < count <= len(shards) or any(not s.get("faiss") for s in shards[:count]):
+        return None
+    if sum(int(s["items"]) for s in shards[:count]) != int(record.get("items", -1)) or codes_digest(shards[:count]) != record.get("codes"):
+        return None
+    return record
+
+
+def codes_digest(shards: list[dict]) -> str:
+    """sha256 over the committed codes files of ``shards`` (their recorded sha256s, in order)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(s["faiss"]["sha256"] for s in shards).encode()).hexdigest()
 
 
 def combine_chain(trained: faiss.Index, shard_files: list[Path], n: int) -> faiss.Index:

@@ -53,15 +53,17 @@ import faiss
 import numpy as np
 
 from medcbir.errors import ConfigError
-from medcbir.indexer.faiss_files import (chain_codes, chain_levels, combine, combine_chain, fill_flat_codes, fill_ivf, flat_from,  # noqa: F401 - re-exported
-                                         mergeable, parts,
+from medcbir.indexer.faiss_files import (chain_codes, chain_levels, codes_digest, combine, combine_chain,  # noqa: F401 - re-exported
+                                         covered_lists, fill_flat_codes, fill_ivf, filled_base, flat_from, mapped_base,
+                                         mergeable, parts, persistable,
                                          read_codes, shard_index,
                                          uses_codes, write_index, write_shard_part)
 from medcbir.indexer.faiss_gpu import GPU_PQ_CODE_SIZES, apply_gpu_params, gpu_copy, gpu_movable  # noqa: F401 - re-exported
 from medcbir.indexer.faiss_params import (AUTO_SEARCH_PARAMS, apply_search_params, default_search_params,  # noqa: F401 - re-exported
                                           search_parameters)
 from medcbir.indexer.compression import fit_projection
-from medcbir.indexer.faiss_spec import FLAT_SPECS, is_flat, split_projection, split_refine, try_extract_ivf  # noqa: F401 - re-exported
+from medcbir.indexer.faiss_spec import (FLAT_SPECS, SHARDS_RERANK, faiss_part, is_flat, reranks_from_shards,  # noqa: F401 - re-exported
+                                        split_projection, split_refine, try_extract_ivf)
 
 _try_extract_ivf = try_extract_ivf
 
@@ -123,9 +125,11 @@ def validate_spec(spec: str, dim: int) -> str:
     spec = spec.strip()
     if spec == "auto" or is_flat(spec):
         return spec
-    projected, rest = split_projection(spec)
+    projected, rest = split_projection(faiss_part(spec))
     if projected is not None and not 0 < projected < int(dim):
         raise ConfigError(f"--index-spec {spec!r}: PCAU{projected} must project {dim}-d vectors to fewer dimensions")
+    if reranks_from_shards(spec) and is_flat(rest):
+        raise ConfigError(f"--index-spec {spec!r}: re-ranking an exact index from the shards re-scores nothing; use Flat")
     try:
         faiss.index_factory(int(projected or dim), rest, faiss.METRIC_INNER_PRODUCT)
     except Exception as exc:  # noqa: BLE001 - FAISS raises RuntimeError with a C++ message
@@ -135,6 +139,7 @@ def validate_spec(spec: str, dim: int) -> str:
 
 
 def needs_training(spec: str, dim: int) -> bool:
+    spec = faiss_part(spec)
     if is_flat(spec):
         return False
     if split_projection(spec)[0] is not None:
@@ -144,7 +149,7 @@ def needs_training(spec: str, dim: int) -> bool:
 
 def min_train_items(spec: str, dim: int) -> int:
     """Fewest training points FAISS accepts for ``spec`` (centroids of IVF / 2^nbits of PQ)."""
-    projected, spec = split_projection(spec)
+    projected, spec = split_projection(faiss_part(spec))
     index = faiss.index_factory(int(projected or dim), split_refine(spec)[0], faiss.METRIC_INNER_PRODUCT)
     need = 1
     ivf = try_extract_ivf(index)
@@ -160,8 +165,9 @@ def train(spec: str, dim: int, sample: np.ndarray) -> faiss.Index:
     """The factory index for ``spec`` trained on ``sample`` (empty: no vectors added); a spec
     behind a ``PCAU{d}`` projection is an ``IndexPreTransform`` of the projection learnt from
     ``sample`` (:func:`~medcbir.indexer.compression.fit_projection`) and the rest trained on the
-    projected sample."""
-    projected, rest = split_projection(spec)
+    projected sample. A ``Refine(Shards)`` step is not FAISS's: the base alone is trained (the
+    re-rank reads the shards, :mod:`medcbir.indexer.rerank`)."""
+    projected, rest = split_projection(faiss_part(spec))
     if projected is not None:
         projection = fit_projection(sample, projected)
         return chain(projection, train(rest, projected, projection.apply(np.ascontiguousarray(sample, dtype=np.float32))))

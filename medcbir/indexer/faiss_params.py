@@ -6,6 +6,7 @@ from __future__ import annotations
 import faiss
 
 from medcbir.indexer.faiss_spec import is_flat, split_refine, try_extract_ivf
+from medcbir.indexer.rerank import RerankFromRows
 
 #: Search defaults of the auto spec. On clustered, low-intrinsic-dimension embeddings at 1M×512
 #: (benchmarks/RESULTS.md "search") recall@10 depends on the re-rank depth, not on nprobe ≥ 4;
@@ -41,7 +42,8 @@ def search_parameters(index: faiss.Index, params: dict | None = None, sel: faiss
 
     - ``IndexIDMap``/``IndexIDMap2``: FAISS translates the selector to the sub-index's sequential
       ids itself, except under a refine step, where it is translated here (``IDSelectorTranslated``);
-    - ``IndexRefine``: ``IndexRefineSearchParameters`` (``k_factor``), the selector going to
+    - ``IndexRefine`` (and :class:`~medcbir.indexer.rerank.RerankFromRows`, the re-rank from the
+      shards): ``IndexRefineSearchParameters`` (``k_factor``), the selector going to
       ``base_index_params`` (the refine step only re-scores candidates the base already filtered);
     - ``IndexIVF*``: ``SearchParametersIVF`` (also carrying ``nprobe``);
     - ``IndexHNSW*``: ``SearchParametersHNSW`` (also carrying ``efSearch``);
@@ -64,6 +66,15 @@ def search_parameters(index: faiss.Index, params: dict | None = None, sel: faiss
 
 
 def _params(index: faiss.Index, knobs: dict, sel, keep: list):
+    if isinstance(index, RerankFromRows):
+        # medcbir's re-rank from the shards: refine parameters as for IndexRefine
+        out = faiss.IndexRefineSearchParameters()
+        out.k_factor = float(knobs.get("k_factor") or index.k_factor)
+        base = _params(index.base_index, knobs, sel, keep)
+        if base is not None:
+            keep.append(base)
+            out.base_index_params = base
+        return out
     index = faiss.downcast_index(index)
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         inner_index = faiss.downcast_index(index.index)
@@ -113,8 +124,9 @@ def _plain(sel: faiss.IDSelector | None) -> faiss.SearchParameters | None:
 
 def apply_search_params(index: faiss.Index, params: dict) -> None:
     """Set defaults (nprobe, k_factor, efSearch) on the index object itself."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexRefine):
+    if not isinstance(index, RerankFromRows):
+        index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexRefine, RerankFromRows)):
         if "k_factor" in params:
             index.k_factor = float(params["k_factor"])
         apply_search_params(index.base_index, params)

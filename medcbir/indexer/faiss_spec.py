@@ -45,3 +45,20 @@ def split_projection(spec: str) -> tuple[int | None, str]:
 def is_projected(index: faiss.Index) -> bool:
     """True for a chain behind a learned projection (an ``IndexPreTransform``)."""
     return isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
+
+
+#: the re-rank step of a chain that re-scores its candidates with the embeddings stored in the
+#: HDF5 shards (memory-mapped) instead of an in-RAM store: ``…,Refine(Shards)``
+SHARDS_RERANK = "Shards"
+
+
+def reranks_from_shards(spec: str) -> bool:
+    """True for a spec whose re-rank step reads the shards (``…,Refine(Shards)``)."""
+    refine = split_refine(spec)[1]
+    return refine is not None and refine.replace(" ", "").lower() == SHARDS_RERANK.lower()
+
+
+def faiss_part(spec: str) -> str:
+    """What FAISS builds and trains of ``spec``: the spec without a ``Refine(Shards)`` step (the
+    re-rank from the shards is medcbir's, :mod:`medcbir.indexer.rerank`)."""
+    return split_refine(spec)[0] if reranks_from_shards(spec) else spec.strip()

@@ -69,7 +69,7 @@ def crash_point(point: str) -> None:
     The process kills itself at the n-th time (default 1st) it reaches ``point``: a real
     ``kill -9`` at a precise moment of the commit protocol: ``shard-write`` (shard written,
     not fsynced), ``shard-fsync`` (fsynced, not renamed), ``faiss-fsync`` (a FAISS/codes file
-    fsynced, not renamed), ``region-fsync`` (a region search structure file fsynced, not
+    fsynced, not renamed), ``lists-fsync`` (persisted inverted lists fsynced, not renamed), ``region-fsync`` (a region search structure file fsynced, not
     renamed: :mod:`~medcbir.indexer.region_index`), ``manifest-rename`` (new manifest fsynced,
     not renamed). Unset in normal runs.
     """

@@ -110,7 +110,7 @@ def committed_records(manifest: dict) -> list[dict]:
         out.append(shard)
         if shard.get("faiss"):
             out.append(shard["faiss"])
-    for extra in (manifest.get("trained"), manifest.get("deleted"), manifest.get("dropped")):
+    for extra in (manifest.get("trained"), manifest.get("deleted"), manifest.get("dropped"), manifest.get("lists")):
         if isinstance(extra, dict) and extra.get("file"):
             out.append(extra)
     out.extend(region_records(manifest))

@@ -276,7 +276,7 @@ def referenced_files(manifest: dict) -> set[str]:
             names.add(shard["faiss"]["file"])
     if manifest.get("trained"):
         names.add(manifest["trained"]["file"])
-    for extra in ("deleted", "dropped"):
+    for extra in ("deleted", "dropped", "lists"):
         if isinstance(manifest.get(extra), dict) and manifest[extra].get("file"):
             names.add(manifest[extra]["file"])
     names.update(r["file"] for r in region_index.records(manifest))

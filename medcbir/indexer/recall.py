@@ -52,7 +52,9 @@ import numpy as np
 
 from medcbir.indexer import faiss_index
 from medcbir.indexer.compression import bytes_per_item, compact_candidates, fit_projection, principal_axes
-from medcbir.indexer.faiss_index import auto_nlist, auto_spec, chain, is_flat, search_parameters, shared_ivf, split_projection, split_refine
+from medcbir.indexer.faiss_index import (auto_nlist, auto_spec, chain, faiss_part, is_flat, reranks_from_shards, search_parameters, shared_ivf,
+                                         split_projection, split_refine)
+from medcbir.indexer.rerank import from_array
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +337,9 @@ class SharedTraining:
         """(the trained empty index for ``spec``, seconds it would take to train it alone).
 
         A ``PCAU{d}`` chain shares its projection (fitted once per ``d``) and, behind it, the
-        coarse centroids of the projected sample with every other chain of that ``d``."""
+        coarse centroids of the projected sample with every other chain of that ``d``. A
+        ``Refine(Shards)`` chain trains its base (what FAISS holds)."""
+        spec = faiss_part(spec)
         projected, rest = split_projection(spec)
         if projected is not None:
             projection, inner, seconds = self.projected(projected)
@@ -405,7 +409,7 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     ceilings: dict[int, Measurement] = {}
     for spec in order:
         projected = split_projection(spec)[0]
-        if projected is not None and len(order) > 1:
+        if projected is not None and len(order) > 1 and not reranks_from_shards(spec):
             # exact search in the projected space bounds what any chain behind this projection can
             # reach: a projection whose bound is below the target is skipped untrained
             if projected not in ceilings:
@@ -431,6 +435,8 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
             continue
         probe = faiss.clone_index(trained)
         probe.add(tune)
+        if reranks_from_shards(spec):  # re-ranked from the stored vectors, as the shards will be
+            probe = from_array(probe, tune)
         best, points = tune_params(probe, spec, queries, self_ids, exact, target)
         tried.extend(points)
         del probe
@@ -448,3 +454,74 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     choice = Choice(best.spec, best.params, best.recall_at_10, best.qps, float(target), int(len(tune)), int(len(rows)),
                     time.perf_counter() - start, tried, train_seconds, best.low, self_ids is None)
     return choice, trained
+
+
+#: shard storages the chain rule (:func:`choose_chain_storage`) tries, fewest bytes first
+CHAIN_STORAGES = ("sq6", "sq8")
+#: how much held-out recall@10 a compact shard storage may cost the chosen chain, against the
+#: same chain over the shards as they are stored now
+STORAGE_TOLERANCE = 0.005
+#: held-out queries of that measurement (more than :data:`QUERIES`: a difference of a few
+#: thousandths is measured)
+STORAGE_QUERIES = 1000
+
+
+def chain_recall_on(truth: np.ndarray, stored: np.ndarray, spec: str, params: dict, seed: int = 0,
+                    queries: int = STORAGE_QUERIES) -> Measurement:
+    """Held-out recall@10 of ``spec`` searched with ``params`` when the index stores ``stored``
+    (the decoded shard vectors, row for row ``truth``): the chain trained on and filled with the
+    stored vectors (a ``Refine(Shards)`` chain re-ranking from them), queried with ``truth``'s
+    held-out rows (new images come from the encoder, unrounded), the exact top-10 by brute force
+    over ``truth``."""
+    truth = np.ascontiguousarray(truth, dtype=np.float32)
+    stored = np.ascontiguousarray(stored, dtype=np.float32)
+    n, dim = truth.shape
+    rows = query_rows(n, min(queries, n // 4), seed=seed)
+    q = np.ascontiguousarray(truth[rows])
+    keep = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+    rng = np.random.default_rng(seed)
+    tune = keep if len(keep) <= TUNE_ITEMS else np.sort(rng.choice(keep, TUNE_ITEMS, replace=False))
+    _, exact = faiss.knn(q, np.ascontiguousarray(truth[tune]), K, metric=faiss.METRIC_INNER_PRODUCT)
+    trained, _ = SharedTraining(np.ascontiguousarray(stored[keep]), seed=seed).train(spec, dim)
+    probe = faiss.clone_index(trained)
+    vectors = np.ascontiguousarray(stored[tune])
+    probe.add(vectors)
+    if reranks_from_shards(spec):
+        probe = from_array(probe, vectors)
+    return measure(probe, q, None, exact, params, spec)
+
+
+def choose_chain_storage(sample: np.ndarray, spec: str, params: dict, shard_size: int, seed: int = 0,
+                         tolerance: float = STORAGE_TOLERANCE, storages: tuple = CHAIN_STORAGES) -> dict:
+    """The shard storage an approximate index's chain can afford: the fewest bytes of
+    ``storages`` (default :data:`CHAIN_STORAGES`) whose held-out recall@10 of the whole chain (:func:`chain_recall_on`:
+    trained on, filled with and re-ranking from the decoded stored vectors, ground truth from
+    ``sample``) is at most ``tolerance`` below the same chain's over ``sample`` as it is stored now;
+    ``None`` when none is. ``sample``'s rows are scalar-quantised in blocks of ``shard_size`` (each
+    shard's own per-dimension range, as :func:`~medcbir.indexer.shard.write_shard` stores them).
+
+    Returns:
+        ``{"dtype", "reference", "tried", "tolerance", "queries", "items", "spec", "params",
+        "seconds"}``: ``reference`` the recall@10 over the vectors as stored, ``tried`` each
+        storage's.
+    """
+    from medcbir.indexer.shard import Decoder, sq_encode
+
+    start = time.perf_counter()
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    reference = chain_recall_on(sample, sample, spec, params, seed)
+    tried, chosen = {}, None
+    for dtype in storages:
+        decoded = np.empty_like(sample)
+        for lo in range(0, len(sample), max(1, int(shard_size))):
+            hi = min(len(sample), lo + max(1, int(shard_size)))
+            codes, value_range = sq_encode(sample[lo:hi], dtype)
+            decoded[lo:hi] = Decoder(dtype, sample.shape[1], value_range).decode(codes)
+        measured = chain_recall_on(sample, decoded, spec, params, seed)
+        tried[dtype] = round(measured.recall_at_10, 4)
+        if measured.recall_at_10 >= reference.recall_at_10 - tolerance:
+            chosen = dtype
+            break
+    return {"dtype": chosen, "reference": round(reference.recall_at_10, 4), "tried": tried, "tolerance": tolerance,
+            "queries": int(min(STORAGE_QUERIES, len(sample) // 4)), "items": int(len(sample)), "spec": spec,
+            "params": dict(params), "seconds": round(time.perf_counter() - start, 2)}

@@ -30,7 +30,7 @@ import numpy as np
 
 from medcbir.errors import ConfigError
 from medcbir.fsutil import fsync_dir
-from medcbir.indexer import faiss_index, recall
+from medcbir.indexer import faiss_index, recall, rerank
 from medcbir.indexer.compression import describe, parse_budget
 from medcbir.indexer.checksum import fast_checksum, stamp
 from medcbir.indexer.lock import WriterLock
@@ -258,6 +258,8 @@ def _measure(trained, staging: Path, parts: list, vectors: np.ndarray | None, ch
         n, dim = len(reader.ids), reader.dim
         fill = reader._fill
     index, _ = faiss_index.combine(trained, [staging / p["file"] for p in parts], fill, n, dim)
+    if faiss_index.reranks_from_shards(choice.spec):  # the re-rank reads the (unchanged) shards
+        index = rerank.from_array(index, vectors) if vectors is not None else rerank.RerankFromRows(index, reader.stored_rows)
     if vectors is not None:
         best, tried, queries = measure_index(index, choice.spec, vectors, target, recent_from=newest_from(n))
     else:
@@ -320,6 +322,7 @@ def _commit(index_dir: Path, snapshot: dict, choice, trained, staging: Path, par
             if budget is not None:
                 new["memory_budget"] = budget
             new["trained"], new["shards"] = trained_entry, shards
+            new.pop("lists", None)  # persisted lists of the codes just replaced
             new["index_spec"], new["search_params"], new["recall"] = choice.spec, dict(record["params"]), record
             new = commit_manifest(index_dir, new)
             remove_orphans(index_dir, new)

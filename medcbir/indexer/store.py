@@ -25,6 +25,7 @@ from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.manifest import deleted_ids, read_manifest
+from medcbir.indexer.rerank import RerankFromRows
 from medcbir.indexer.shard import Decoder, ShardRegions, decode_strings, row_meta
 from medcbir.indexer.generations import fallback_manifest
 
@@ -106,6 +107,7 @@ class IndexStore:
     def __init__(self) -> None:  # use IndexStore.open
         self._files: list[h5py.File] = []
         self._decoders: list[Decoder] = []
+        self._maps: list | None = None  # each shard's embeddings memory-mapped (on first re-rank)
         self.open_stages: dict[str, float] = {}
 
     @classmethod
@@ -275,14 +277,22 @@ class IndexStore:
                     raise IndexCorrupt(f"{entry['file']}: no FAISS file committed for spec {self.index_spec}")
                 shard_files.append(self.index_dir / entry["faiss"]["file"])
         faiss_gpu = bool(getattr(device, "faiss_gpu", False))
-        self.faiss_index, self.exact = faiss_index.combine(trained, shard_files, self._fill, len(self.ids), self.dim, faiss_gpu)
+        record = faiss_index.covered_lists(m) if trained is not None else None
+        lists = (self.index_dir / record["file"], int(record["shards"])) if record else None
+        self.lists_used = record is not None  # inverted lists mapped from the persisted file
+        self.faiss_index, self.exact = faiss_index.combine(trained, shard_files, self._fill, len(self.ids), self.dim, faiss_gpu, lists)
+        if trained is not None and faiss_index.reranks_from_shards(self.index_spec):
+            # the base's candidates re-ranked with the shards' own embeddings, memory-mapped
+            self.faiss_index = RerankFromRows(self.faiss_index, self.stored_rows, float(self.search_params.get("k_factor") or 1.0))
         if self.faiss_index.ntotal != len(self.ids):
             raise IndexCorrupt(f"FAISS files hold {self.faiss_index.ntotal} vectors for {len(self.ids)} committed items")
         if not self.exact:
             faiss_index.apply_search_params(self.faiss_index, self.search_params)
         # The CPU index stays; a GPU copy (when FAISS can move this type) serves what it can.
         self.gpu_index, self.gpu_path = None, "cpu: no GPU"
-        if faiss_gpu:  # pragma: no cover - no GPU on the test machines (scripts/gpu_check.py)
+        if isinstance(self.faiss_index, RerankFromRows):
+            self.gpu_path = "cpu: the re-rank reads the shards"
+        elif faiss_gpu:  # pragma: no cover - no GPU on the test machines (scripts/gpu_check.py)
             self.gpu_index, self.gpu_path = faiss_index.gpu_copy(self.faiss_index)
             if self.gpu_index is not None:
                 faiss_index.apply_gpu_params(self.gpu_index, self.search_params)
@@ -327,6 +337,41 @@ class IndexStore:
             uniq, inverse = np.unique(local[order], return_inverse=True)
             block = self._decoders[s].read(self._files[s]["embeddings"], uniq)  # h5py wants increasing indices
             out[where[order]] = block[inverse]
+        return out
+
+    def _mapped(self) -> list:
+        """Each shard's stored ``embeddings`` as a read-only numpy memory map of the file (the
+        dataset is contiguous: no chunks, no filter), or its h5py dataset where HDF5 gives no
+        offset (an empty shard)."""
+        if self._maps is None:
+            maps = []
+            for f in self._files:
+                ds = f["embeddings"]
+                offset = ds.id.get_offset() if ds.shape[0] else None
+                if offset is None or ds.chunks is not None or ds.compression is not None:
+                    maps.append(ds)
+                else:
+                    maps.append(np.memmap(f.filename, dtype=ds.dtype, mode="r", offset=int(offset), shape=ds.shape))
+            self._maps = maps
+        return self._maps
+
+    def stored_rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (n, D) stored embeddings of sorted unique ``rows``, gathered from the memory-mapped
+        shards and decoded (float16, or each shard's scalar quantiser): what the re-rank from the
+        shards reads for each query's candidates."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        if not len(rows):
+            return out
+        maps = self._mapped()
+        shard = np.searchsorted(self._offsets, rows, side="right") - 1
+        cuts = np.flatnonzero(np.diff(shard)) + 1
+        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])):
+            s = int(shard[lo])
+            local = rows[lo:hi] - self._offsets[s]
+            source = maps[s]
+            block = source[local] if isinstance(source, np.ndarray) else source[np.sort(local)]
+            out[lo:hi] = self._decoders[s].decode(block)
         return out
 
     def meta(self, ids: np.ndarray) -> list[dict]:
@@ -379,6 +424,7 @@ class IndexStore:
                 pass
         self._files = []
         self._decoders = []
+        self._maps = None
 
     def __enter__(self) -> "IndexStore":
         return self

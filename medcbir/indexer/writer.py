@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from medcbir.errors import ConfigError, EncoderMismatch, IndexCorrupt, IndexNotFound
@@ -45,7 +46,15 @@ from medcbir.indexer import recall
 
 log = logging.getLogger(__name__)
 
-_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy|regions-\d+\.npz)|trained-\d+\.faiss|region-ivf-\d+\.npz|(tombstones|dropped)-\d+\.npy|\..*\.tmp-\d+)$")
+_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy|regions-\d+\.npz)|(trained|lists)-\d+\.faiss|region-ivf-\d+\.npz|(tombstones|dropped)-\d+\.npy|\..*\.tmp-\d+)$")
+
+
+#: committed items not in the persisted inverted lists from which the writer's close writes them
+#: again (:meth:`IndexWriter._persist_lists`): opening fills at most about this many items' codes
+LISTS_TAIL = 65_536
+
+#: shard storages, fewest bytes first
+STORAGE_ORDER = ("sq6", "sq8", "float16", "float32")
 
 
 def encoder_record(encoder: Any) -> dict:
@@ -267,6 +276,26 @@ class IndexWriter:
             manifest["storage"] = {"requested": "auto", **choose_storage(embeddings)}
         else:
             manifest["storage"] = {"requested": record["requested"], "dtype": record["requested"]}
+
+    def _storage_for_chain(self, manifest: dict, sample: np.ndarray, choice) -> None:
+        """Once ``auto`` storage has an approximate chain to search with, store new shards in the
+        fewest bytes that cost the *chain's* held-out recall@10 at most
+        :data:`~medcbir.indexer.recall.STORAGE_TOLERANCE` (:func:`~medcbir.indexer.recall.choose_chain_storage`),
+        not exact search's: the chain's own approximation already bounds what it finds. Recorded
+        in ``storage.chain``; shards already written keep their storage (each shard says how it
+        stores its embeddings), compaction rewrites them in the new one."""
+        record = manifest.get("storage") or {}
+        current = record.get("dtype")
+        if record.get("requested") != "auto" or current not in STORAGE_ORDER:
+            return
+        smaller = [d for d in recall.CHAIN_STORAGES if STORAGE_ORDER.index(d) < STORAGE_ORDER.index(current)]
+        if not smaller:
+            return
+        measured = recall.choose_chain_storage(sample, choice.spec, choice.params, int(manifest.get("shard_size") or self.shard_size),
+                                               storages=tuple(smaller))
+        log.info("index %s: chain %s over %s shards %.4f; %s", self.index_dir, choice.spec, current, measured["reference"],
+                 ", ".join(f"{d} {r:.4f}" for d, r in measured["tried"].items()))
+        manifest["storage"] = {**record, "dtype": measured["dtype"] or current, "chain": {**measured, "from": current}}
 
     def _setup_regions(self, wanted: bool | None, per_image: int | None) -> None:
 
@@ -669,6 +698,7 @@ class IndexWriter:
                     # An empty index is still an index; a root recorded plain gets sealed.
                     self._commit_manifest(dict(self.manifest), train=False)
                 self._remeasure_if_grown()
+                self._persist_lists()
                 if "similarity" not in self.manifest and self.manifest.get("shards"):
                     # an index from before similarity samples: drawn once, in its own generation
                     manifest = dict(self.manifest)
@@ -696,6 +726,35 @@ class IndexWriter:
 
         if remeasure.due(self.manifest):
             self.manifest = commit_manifest(self.index_dir, remeasure.measure_committed(self.index_dir, self.manifest))
+
+    def _persist_lists(self) -> None:
+        """Write the filled inverted lists of the trained index (:func:`~medcbir.indexer.faiss_files.filled_base`)
+        to ``lists-G.faiss`` and commit them in a new generation, when at least :data:`LISTS_TAIL`
+        committed items are not in the current ones: opening then maps them
+        (:func:`~medcbir.indexer.faiss_files.mapped_base`) and fills only the later shards' codes,
+        so that it does not grow with the archive. Written at the writer's close, not at every
+        commit (the file holds every item's code: rewriting it per shard would cost as much as
+        the open it saves); a crash before the manifest commit leaves an orphan that the next
+        writer removes."""
+        m = self.manifest
+        if not m.get("trained") or faiss_index.is_flat(m["index_spec"]) or not m.get("shards"):
+            return
+        record = faiss_index.covered_lists(m)
+        if int(m["next_id"]) - (int(record["items"]) if record else 0) < LISTS_TAIL:
+            return
+        trained = self._trained if self._trained is not None else faiss.read_index(str(self.index_dir / m["trained"]["file"]))
+        if not faiss_index.persistable(trained) or any(not s.get("faiss") or not s["faiss"]["file"].endswith(".codes.npy") for s in m["shards"]):
+            return
+        index = faiss_index.filled_base(trained, [self.index_dir / s["faiss"]["file"] for s in m["shards"]])
+        path = self.index_dir / f"lists-{int(m['generation']) + 1:06d}.faiss"
+        size, digest = faiss_index.write_index(index, path, hook="lists-fsync")
+        del index
+        manifest = dict(m)
+        manifest["lists"] = stamp({"file": path.name, "bytes": size, "sha256": digest, "items": int(m["next_id"]),
+                                   "shards": len(m["shards"]), "trained": m["trained"]["file"],
+                                   "codes": faiss_index.codes_digest(m["shards"])}, self.index_dir)
+        self.manifest = commit_manifest(self.index_dir, manifest)
+        remove_orphans(self.index_dir, self.manifest)
 
     def abort(self) -> None:
         """Close without committing the buffer (after an error mid-source)."""
@@ -843,6 +902,7 @@ class IndexWriter:
                                     self.index_dir)
         manifest["index_spec"] = spec
         manifest["search_params"] = dict(choice.params)
+        self._storage_for_chain(manifest, sample, choice)
         manifest["shards"] = [dict(s) for s in manifest["shards"]]
         for entry in manifest["shards"]:
             number = int(entry["file"].split("-")[1].split(".")[0])
