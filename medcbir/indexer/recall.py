@@ -55,6 +55,7 @@ from medcbir.indexer.compression import bytes_per_item, compact_candidates, fit_
 from medcbir.indexer.faiss_index import (auto_nlist, auto_spec, chain, faiss_part, is_flat, reranks_from_shards, search_parameters, shared_ivf,
                                          split_projection, split_refine)
 from medcbir.indexer.rerank import from_array
+from medcbir.indexer.shard import Decoder, sq_encode
 
 log = logging.getLogger(__name__)
 
@@ -505,8 +506,6 @@ def choose_chain_storage(sample: np.ndarray, spec: str, params: dict, shard_size
         "seconds"}``: ``reference`` the recall@10 over the vectors as stored, ``tried`` each
         storage's.
     """
-    from medcbir.indexer.shard import Decoder, sq_encode
-
     start = time.perf_counter()
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     reference = chain_recall_on(sample, sample, spec, params, seed)

@@ -10,6 +10,7 @@ shards' embeddings or merged from per-shard FAISS files.
 from __future__ import annotations
 
 import json
+import mmap
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -351,7 +352,12 @@ class IndexStore:
                 if offset is None or ds.chunks is not None or ds.compression is not None:
                     maps.append(ds)
                 else:
-                    maps.append(np.memmap(f.filename, dtype=ds.dtype, mode="r", offset=int(offset), shape=ds.shape))
+                    mapped = np.memmap(f.filename, dtype=ds.dtype, mode="r", offset=int(offset), shape=ds.shape)
+                    # the re-rank reads scattered rows: no read-ahead around each (it would fill the
+                    # page cache with neighbouring rows no query asked for)
+                    if hasattr(mapped, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
+                        mapped._mmap.madvise(mmap.MADV_RANDOM)
+                    maps.append(mapped)
             self._maps = maps
         return self._maps
 
