@@ -56,11 +56,13 @@ def portable(command: str) -> str:
 
     The project's interpreter (``.venv/bin/python``, what ``make setup`` builds) instead of
     whichever ``python`` ran it, no Markdown quotes, and no ``--work`` folder of the machine it ran
-    on (every benchmark's ``--work`` has a default: a fresh folder).
+    on (every benchmark's ``--work`` has a default: a fresh folder), nor ``--keep`` (keeping that
+    folder's indexes afterwards changes nothing measured).
     """
     cmd = command.strip().strip("`").strip()
     cmd = re.sub(r"^(?:\S*/)?python3?(?=\s)", ".venv/bin/python", cmd)
     cmd = re.sub(r"\s--work(?:=|\s+)/\S+", "", cmd)
+    cmd = re.sub(r"\s--keep(?=\s|$)", "", cmd)
     return cmd
 
 

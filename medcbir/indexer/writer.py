@@ -257,7 +257,7 @@ class IndexWriter:
             decided = "float32"  # an index from before float16 storage
         if decided is not None:
             if wanted not in ("auto", decided) and record.get("requested", decided) != wanted:
-                raise ConfigError(f"index {self.index_dir} stores {decided} embeddings, not {wanted} (fixed at its first shard)")
+                raise ConfigError(f"index {self.index_dir} stores {decided} embeddings, not {wanted} (fixed at its first shard, or by `--shard-dtype auto` once trained)")
             return
         # an explicit dtype is decided now (Ray actors write shards with it); auto at the first shard
         self.manifest = dict(self.manifest, storage={"requested": wanted, **({} if wanted == "auto" else {"dtype": wanted})})
