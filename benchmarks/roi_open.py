@@ -98,6 +98,8 @@ def recall(regions, store, rows: np.ndarray, k: int = 10) -> float:
     """recall@10 of the region index against exact search of the float32 whitened descriptors."""
     import faiss
 
+    from medcbir.indexer import region_index as ri
+
     vectors = regions.whitening(store.regions().descriptors)
     exact = faiss.IndexFlatL2(vectors.shape[1])
     exact.add(vectors)
@@ -108,7 +110,9 @@ def recall(regions, store, rows: np.ndarray, k: int = 10) -> float:
     for q, t in zip(queries, truth):
         coarse = None
         if regions.coarse is not None:
-            _, coarse = regions.index.quantizer.search(q[None] @ regions.coarse[0] + regions.coarse[1], int(regions.index.nprobe))
+            _, coarse = regions.index.quantizer.search(ri.padded(q[None] @ regions.coarse[0] + regions.coarse[1], regions.index.d),
+                                                       int(regions.index.nprobe))
+        q = ri.padded(q[None], regions.index.d)[0]
         if coarse is None:
             _, found = regions.index.search(q[None], k)
         else:
