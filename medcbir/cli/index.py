@@ -154,7 +154,7 @@ def _refresh_regions(archive, out, *, workers, key_file, regions_per_image, prog
         return
     was = f"was {summary.previous}" if summary.previous else "the index had none"
     click.echo(f"regions          {summary.version} ({was})")
-    click.echo(f"shards           {summary.refreshed} re-described, {summary.resumed} done by an earlier run, of {summary.shards}")
+    click.echo(f"shards           {summary.refreshed} rewritten with new regions, {summary.resumed} done by an earlier run, of {summary.shards}")
     click.echo(f"items            {summary.items} described ({summary.regions} regions), {summary.tombstoned} tombstoned (no regions)")
     skipped = sum(summary.skipped.values())
     detail = ", ".join(f"{reason} {n} ({len(summary.sources.get(reason, []))} source(s))" for reason, n in sorted(summary.skipped.items()))
