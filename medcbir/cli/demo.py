@@ -13,16 +13,21 @@ demo did: archive, index, query, neighbours, evaluation, region match, explanati
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
 
 import click
+import numpy as np
 
+from medcbir.encoders.regions import extract_regions
 from medcbir.engine import Engine, evaluate
 from medcbir.engine.baselines import evaluate_baselines
 from medcbir.errors import ConfigError
-from medcbir.imaging import FolderSource
+from medcbir.explain.region_files import region_section_html
+from medcbir.explain.status import CAVEAT, region_method_status
+from medcbir.imaging import FolderSource, read_dicom
 from medcbir.imaging.labels import read_labels
 from medcbir.imaging.phantom import make_archive
 from medcbir.indexer import index_archive
@@ -138,9 +143,7 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     )
 
     t0 = _stage(f"8/9 region: a box on a structure of the query slice, its top-{k} regions in other patients, and why each matched")
-    from medcbir.explain.region_files import region_section_html
     from medcbir.explain.regions import explain_region_match
-    from medcbir.explain.status import CAVEAT, region_method_status
 
     box, chosen = _pick_region(archive, query)
     region = explain_region_match(engine, str(query), box, k, exclude="same-patient", method="relax", n_masks=masks, seed=seed)
@@ -213,13 +216,6 @@ def _pick_region(archive: Path, query: Path) -> tuple[tuple[int, int, int, int],
     lesion of the slice when the archive lists lesion boxes (phantom v3's ``lesion-boxes.csv``),
     else the slice's most prominent proposed region (the first one :func:`extract_regions` ranks,
     among those at least :data:`MIN_BOX` pixels on their shorter side, so the box shows)."""
-    import csv
-
-    import numpy as np
-
-    from medcbir.encoders.regions import extract_regions
-    from medcbir.imaging import read_dicom
-
     sop = _sop_of(query)
     table = archive / "lesion-boxes.csv"
     if table.is_file():

@@ -17,6 +17,7 @@ from medcbir.indexer.follow import verify_sources
 from medcbir.indexer.manifest import read_manifest
 from medcbir.indexer.quarantine import read_log
 from medcbir.indexer.recovery import repair as repair_index
+from medcbir.indexer.region_refresh import refresh_regions
 from medcbir.indexer.retrain import retrain as retrain_index
 from medcbir.indexer.store import seal_of
 from medcbir.pacs.dicomweb import DicomwebSource
@@ -137,17 +138,13 @@ def index(archive, encoder, out, shard_size, index_spec, target_recall, workers,
 
 def _refresh_regions(archive, out, *, workers, key_file, regions_per_image, progress, as_json, refused) -> None:
     """``index ARCHIVE --out INDEX --refresh-regions``: :func:`medcbir.indexer.region_refresh.refresh_regions`."""
-    from pathlib import Path
-
-    from medcbir.indexer.region_refresh import refresh_regions
-
     given = [name for name, on in refused.items() if on]
     if given:
         raise ConfigError(f"--refresh-regions re-describes the regions of an existing index; {', '.join(given)} "
                           "do(es) not apply to it")
     read_manifest(out)  # an index that is not there: the usual one-line error
     source = _source(archive, workers)
-    summary = refresh_regions(out, source if not isinstance(source, str) else Path(source), workers=workers,
+    summary = refresh_regions(out, source, workers=workers,
                               key_file=key_file, regions_per_image=regions_per_image, progress=progress)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))

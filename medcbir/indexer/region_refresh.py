@@ -53,7 +53,7 @@ import h5py
 import numpy as np
 
 from medcbir.encoders.regions import DIM, PER_IMAGE, REGIONS_VERSION, RegionsOnly
-from medcbir.errors import ConfigError
+from medcbir.errors import ArchiveNotFound, ConfigError
 from medcbir.imaging.source_seal import SourceSeal
 from medcbir.imaging.walk import walk
 from medcbir.indexer.checksum import FIELD, stamp
@@ -268,8 +268,6 @@ class _Run:
         if folder is not None:
             folder = Path(os.path.abspath(folder))
             if not folder.exists():
-                from medcbir.errors import ArchiveNotFound
-
                 raise ArchiveNotFound(f"archive not found: {folder}")
             if seal is not None and not seal.contains(folder) and self.key is not None:
                 seal = _moved(self.key, folder)  # the archive moved: its files, under their recorded names
