@@ -159,3 +159,37 @@ def test_refresh_refuses_options_that_do_not_apply(small, tmp_path, capsys):
     assert main(["index", str(small["archive"]), "--out", str(small["fresh"]), "--refresh-regions", "--no-regions"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--no-regions" in err[0]
+
+
+def test_a_moved_archive_and_a_compaction_meanwhile(small, tmp_path, monkeypatch):
+    """The archive moved since it was indexed: the folder given stands for its root. A compaction
+    replacing shards while the refresh describes them: those shards are done again in the next pass."""
+    from medcbir.indexer import compact, delete, index_archive
+    from medcbir.indexer import region_refresh
+
+    old_place, new_place = tmp_path / "old" / "archive", tmp_path / "new" / "archive"
+    shutil.copytree(small["archive"], old_place)
+    plain = tmp_path / "plain"
+    index_archive(old_place, plain, "thumbnail:8", workers=1, progress=False, shard_size=6, regions=False)
+    shutil.move(str(old_place), str(new_place))
+    with IndexStore.open(plain) as store:
+        victim = str(store.columns["sop_instance_uid"][8])  # in the second shard
+    real = region_refresh._commit_shard
+    calls = []
+
+    def compacting_first(index_dir, entry, block, target):
+        if not calls:  # the first shard is about to be committed: a delete and a compaction commit first
+            delete(index_dir, sop=[victim])
+            compact(index_dir)
+        calls.append(entry["file"])
+        return real(index_dir, entry, block, target)
+
+    monkeypatch.setattr(region_refresh, "_commit_shard", compacting_first)
+    summary = refresh_regions(plain, new_place, workers=1)
+    assert summary.complete and not summary.skipped, summary
+    assert len(calls) > summary.shards  # the replaced shards were described again
+    manifest = read_manifest(plain)
+    assert manifest["regions"]["version"] == REGIONS_VERSION and verify(plain).ok, verify(plain).problems
+    fresh, got = region_data(small["fresh"]), region_data(plain)
+    assert len(got) == 23 and victim not in {sop for sop, _ in got}
+    assert_same_regions({k: v for k, v in fresh.items() if k in got}, got)
