@@ -175,7 +175,7 @@ def refresh_regions(index_dir: str | Path, source: Any = None, *, workers: int =
             pending = [e for e in manifest["shards"] if e.get("regions_version") != REGIONS_VERSION]
             if not pending:
                 break
-            jobs = _jobs(index_dir, manifest, pending, summary)
+            jobs = _jobs(index_dir, manifest, pending)
             if bar is not None:
                 bar.total = (bar.total or 0) + sum(len(rows) for job in jobs for rows in job.by_source.values())
                 bar.refresh()
@@ -216,7 +216,7 @@ def _bar(enabled: bool):
     return tqdm(total=0, unit="item", file=sys.stderr, dynamic_ncols=True, desc="regions", smoothing=0.1)
 
 
-def _jobs(index_dir: Path, manifest: dict, pending: list[dict], summary: RefreshSummary) -> list[_Job]:
+def _jobs(index_dir: Path, manifest: dict, pending: list[dict]) -> list[_Job]:
     deleted = deleted_ids(index_dir, manifest, verify=False)
     jobs = []
     for entry in pending:
@@ -229,9 +229,7 @@ def _jobs(index_dir: Path, manifest: dict, pending: list[dict], summary: Refresh
         by_source: dict[str, dict[tuple[str, int], int]] = {}
         for row in np.flatnonzero(live):
             by_source.setdefault(sources[row].decode("utf-8"), {})[(sops[row].decode("utf-8"), int(frames[row]))] = int(row)
-        job = _Job(entry, len(ids), by_source, set(by_source), tombstoned=int((~live).sum()))
-        summary.tombstoned += job.tombstoned
-        jobs.append(job)
+        jobs.append(_Job(entry, len(ids), by_source, set(by_source), tombstoned=int((~live).sum())))
     return jobs
 
 
@@ -371,6 +369,7 @@ class _Run:
             self.summary.refreshed += 1
             self.summary.items += len(job.found)
             self.summary.regions += len(block.rows)
+            self.summary.tombstoned += job.tombstoned
 
 
 def _skipped_sources(source: Any) -> list[tuple[str, str]]:

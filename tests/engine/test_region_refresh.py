@@ -188,6 +188,7 @@ def test_a_moved_archive_and_a_compaction_meanwhile(small, tmp_path, monkeypatch
     summary = refresh_regions(plain, new_place, workers=1)
     assert summary.complete and not summary.skipped, summary
     assert len(calls) > summary.shards  # the replaced shards were described again
+    assert summary.items == 23 and summary.tombstoned == 0  # compaction dropped the tombstoned item
     manifest = read_manifest(plain)
     assert manifest["regions"]["version"] == REGIONS_VERSION and verify(plain).ok, verify(plain).problems
     fresh, got = region_data(small["fresh"]), region_data(plain)
