@@ -62,12 +62,46 @@ def batch(lo: int, hi: int, per: int, mixing: np.ndarray, rng):
     return metas, vectors, [RegionSet(boxes[i], descriptors[i]) for i in range(hi - lo)]
 
 
-def recall(regions, rows: np.ndarray, k: int = 10) -> float:
+def rss() -> int:
+    """Resident bytes of this process (after a garbage collection)."""
+    import gc
+
+    gc.collect()
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def previous_layout(store, regions) -> tuple[int, int]:
+    """(RSS growth, bytes held) of the in-memory layout region search used before its codes were
+    compacted, rebuilt here as the peer: float32 descriptors and whitened vectors kept, an
+    ``IndexIVFFlat`` (float32 vectors) filled from the same stored lists, int64 item ids, int32 boxes."""
     import faiss
 
-    exact = faiss.IndexFlatL2(regions.vectors.shape[1])
-    exact.add(regions.vectors)
-    queries = regions.vectors[rows]
+    from medcbir.indexer import region_index as ri
+
+    before = rss()
+    parts = store.regions()
+    held = {"ids": parts.rows.astype(np.int64), "boxes": parts.boxes.astype(np.int32), "descriptors": parts.descriptors}
+    held["vectors"] = regions.whitening(held["descriptors"])
+    structure = ri.load(store)
+    quantizer = faiss.IndexFlatL2(held["vectors"].shape[1])
+    quantizer.add(np.ascontiguousarray(structure.ivf.centroids, dtype=np.float32))
+    flat = faiss.IndexIVFFlat(quantizer, quantizer.d, quantizer.ntotal, faiss.METRIC_L2)
+    ri.fill(flat, held["vectors"], structure.ivf.lists)
+    del parts, structure
+    grown = rss() - before
+    total = sum(a.nbytes for a in held.values()) + flat.ntotal * (flat.code_size + 8) + quantizer.ntotal * quantizer.d * 4
+    del held, flat, quantizer
+    return grown, int(total)
+
+
+def recall(regions, store, rows: np.ndarray, k: int = 10) -> float:
+    """recall@10 of the region index against exact search of the float32 whitened descriptors."""
+    import faiss
+
+    vectors = regions.whitening(store.regions().descriptors)
+    exact = faiss.IndexFlatL2(vectors.shape[1])
+    exact.add(vectors)
+    queries = vectors[rows]
     _, truth = exact.search(queries, k)
     live = np.ones(int(regions.item_ids.max()) + 1, dtype=bool)
     got = []
@@ -122,17 +156,25 @@ def run(args, items: int) -> dict:
     def open_stored() -> dict:
         region_index.COUNTERS.update(moments=0, trained=0)
         with IndexStore.open(index_dir, verify="sizes") as store:
+            before = rss()
             t = time.perf_counter()
             regions = RegionIndex.open(store)
             opened = time.perf_counter() - t
+            grown = rss() - before
             live = store.live_mask.copy()
             t = time.perf_counter()
-            regions.search(regions.vectors[123], 10, live)
+            regions.search(regions.vectors_of([123])[0], 10, live)
             first = time.perf_counter() - t
             row = {"open_s": round(opened, 2), "first_query_ms": round(1000 * first, 2), "regions": len(regions),
                    "stored": regions.stored, "recomputed": dict(region_index.COUNTERS), "index": type(regions.index).__name__,
                    "nlist": int(getattr(regions.index, "nlist", 0)), "nprobe": int(getattr(regions.index, "nprobe", 0))}
-            row["recall_at_10"] = recall(regions, np.random.default_rng(1).choice(len(regions), 200, replace=False))
+            row["held_bytes_per_region"] = round(regions.memory_bytes() / max(1, len(regions)), 1)
+            row["rss_bytes_per_region"] = round(grown / max(1, len(regions)), 1)
+            if regions.coarse is not None and "previous_layout" not in out:
+                peer_rss, peer_held = previous_layout(store, regions)
+                out["previous_layout"] = {"held_bytes_per_region": round(peer_held / len(regions), 1),
+                                          "rss_bytes_per_region": round(peer_rss / len(regions), 1)}
+            row["recall_at_10"] = recall(regions, store, np.random.default_rng(1).choice(len(regions), 200, replace=False))
         return row
 
     out["stored_first_open"] = open_stored()
@@ -144,11 +186,11 @@ def run(args, items: int) -> dict:
         regions = RegionIndex(store.regions())  # the previous behaviour: everything computed at open
         opened = time.perf_counter() - t
         t = time.perf_counter()
-        regions.search(regions.vectors[123], 10, store.live_mask.copy())
+        regions.search(regions.vectors_of([123])[0], 10, store.live_mask.copy())
         first = time.perf_counter() - t
         out["computed_open"] = {"open_s": round(opened, 2), "first_query_ms": round(1000 * first, 2), "index": type(regions.index).__name__,
                                 "nlist": int(getattr(regions.index, "nlist", 0)), "nprobe": int(getattr(regions.index, "nprobe", 0)),
-                                "recall_at_10": recall(regions, np.random.default_rng(1).choice(len(regions), 200, replace=False))}
+                                "recall_at_10": recall(regions, store, np.random.default_rng(1).choice(len(regions), 200, replace=False))}
     del regions
     log(f"computed at open: {out['computed_open']['open_s']} s")
     spent.clear()
@@ -191,6 +233,13 @@ def _markdown(r: dict) -> str:
         f"| computed at open (before) | {c['open_s']} | {c['first_query_ms']} | {c['index']} nlist {c['nlist']} nprobe {c['nprobe']} | "
         f"{c['recall_at_10']} | all |",
         "",
+        *([f"Memory held for region search (stored, second open; RSS growth of the open, and the bytes of the arrays and FAISS "
+           f"lists it keeps): {s2['rss_bytes_per_region']} B per region by RSS, {s2['held_bytes_per_region']} B held "
+           f"({r['regions_per_image'] * s2['held_bytes_per_region']:,.0f} B per image), against the previous layout rebuilt here as "
+           f"the peer (float32 descriptors and whitened vectors kept, `IndexIVFFlat`, int64 ids, int32 boxes): "
+           f"{r['previous_layout']['rss_bytes_per_region']} B by RSS, {r['previous_layout']['held_bytes_per_region']} B held "
+           f"({r['previous_layout']['held_bytes_per_region'] / max(s2['held_bytes_per_region'], 1e-9):.1f}× ours).", ""]
+          if "previous_layout" in r and "rss_bytes_per_region" in s2 else []),
         f"A {sc['items']}-item commit afterwards: {sc['wall_s']} s in all, {sc['region_s']} s of it on the region structure "
         f"({sc['trained']} IVF training{'' if sc['trained'] == 1 else 's'}).",
         "",

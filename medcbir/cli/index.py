@@ -228,11 +228,16 @@ def retrain(index_dir, sample, seed, memory_budget=None, as_json=False) -> None:
 
 def _structure(regions) -> dict:
     """How the region search structure was had at open (``load_s``): ``stored`` (read from the
-    index's files) or ``computed`` (an index that does not store it yet: its next commit does), and
-    the search index (``Flat``, or ``IVF`` with its lists and probes)."""
+    index's files) or ``computed`` (an index that does not store it yet: its next commit does),
+    the search index (``Flat``, or ``IVF`` with its lists and probes), and the bytes it holds in
+    memory (``ram_bytes``, and per indexed image)."""
+    import numpy as np
+
     index = regions.index
     kind = {"index": "IVF", "nlist": int(index.nlist), "nprobe": int(index.nprobe)} if hasattr(index, "nlist") else {"index": "Flat"}
-    return {"structure": "stored" if regions.stored else "computed", **kind}
+    items = len(np.unique(regions.item_ids)) if len(regions) else 0
+    return {"structure": "stored" if regions.stored else "computed", **kind,
+            "ram_bytes": regions.memory_bytes(), "ram_bytes_per_image": round(regions.memory_bytes() / max(1, items), 1)}
 
 
 def _region_latency(index_dir) -> dict:
@@ -256,7 +261,7 @@ def _region_latency(index_dir) -> dict:
         live = engine.live.copy()
         for row in picks:
             t = time.perf_counter()
-            regions.search(regions.vectors[row], 10, live)
+            regions.search(regions.vectors_of([row])[0], 10, live)
             region_ms.append(1000 * (time.perf_counter() - t))
             t = time.perf_counter()
             engine.search(engine.embeddings(np.array([int(regions.item_ids[row])])), 10)

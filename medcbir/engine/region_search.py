@@ -60,34 +60,84 @@ def check_regions(store) -> None:
 class RegionIndex:
     """The regions of one open engine, whitened and indexed (opened on first region query).
 
+    Opening reads the shards' regions one shard at a time and keeps only what search needs: each
+    region's item id and box, and the FAISS index of its whitened vector (float32 when searched
+    exactly, 8-bit codes in an IVF above :data:`FLAT_MAX` regions); descriptors are not kept.
+
     Attributes:
-        item_ids: int64 (R,) the item each region belongs to.
-        boxes: int32 (R, 4) the regions' boxes in their items' stored pixel grids.
+        item_ids: int32 (R,) the item each region belongs to (int64 beyond 2^31 items).
+        boxes: int16 (R, 4) the regions' boxes in their items' stored pixel grids (int32 when a
+            coordinate does not fit).
         whitening: the :class:`Whitening` of this index's regions.
+        dim: the descriptor length.
         stored: True when the whitening and the search index came from the index's stored
             region structure (:mod:`medcbir.indexer.region_index`), nothing computed at open.
     """
 
     def __init__(self, regions, whitening: Whitening | None = None, ivf: StoredIVF | None = None, stored: bool = False) -> None:
-        self.item_ids = np.asarray(regions.rows, dtype=np.int64)
-        self.boxes = np.asarray(regions.boxes, dtype=np.int32)
-        self.descriptors = np.asarray(regions.descriptors, dtype=np.float32)
-        self.whitening = whitening if whitening is not None else Whitening.fit(self.descriptors)
-        self.vectors = self.whitening(self.descriptors)
+        descriptors = np.asarray(regions.descriptors, dtype=np.float32)
+        whitening = whitening if whitening is not None else Whitening.fit(descriptors)
+        self._build(lambda: iter([regions]), len(regions.rows), descriptors.shape[1] if descriptors.ndim == 2 else len(whitening.mean),
+                    whitening, ivf, stored)
+
+    def _build(self, parts, total: int, dim: int, whitening: Whitening, ivf: StoredIVF | None, stored: bool) -> None:
+        """Index ``total`` regions read from ``parts()`` (an iterable of :class:`ShardRegions` with
+        global rows, called once or twice), whitened by ``whitening``."""
+        self.whitening = whitening
+        self.dim = int(dim)
         self.coarse = None  # (A, b): the query carried into a stored IVF's own whitening
-        if ivf is not None and ivf.lists is not None and len(ivf.lists) == len(self.item_ids):
-            self.index = ivf.index(self.vectors)
-            self.coarse = ivf.coarse_map(self.whitening)
-        else:
-            self.index = build_region_index(self.vectors)
-        self.stored = bool(stored and (ivf is not None or not isinstance(self.index, faiss.IndexIVF)))
+        self._direct = False
+        ids, boxes = [], []
+        use_stored = ivf is not None and ivf.lists is not None and len(ivf.lists) == total
+        if use_stored:
+            lo, hi = np.full(self.dim, np.inf, np.float32), np.full(self.dim, -np.inf, np.float32)
+            for part in parts():  # first pass: the whitened vectors' ranges for the 8-bit codes
+                if len(part.rows):
+                    v = whitening(part.descriptors)
+                    lo, hi = np.minimum(lo, v.min(axis=0)), np.maximum(hi, v.max(axis=0))
+            if not np.isfinite(lo).all():
+                lo, hi = np.zeros(self.dim, np.float32), np.ones(self.dim, np.float32)
+            self.index = ivf.empty_index(lo, hi)
+            self.coarse = ivf.coarse_map(whitening)
+            at = 0
+            for part in parts():
+                n = len(part.rows)
+                region_index.fill_at(self.index, whitening(part.descriptors), at, ivf.lists[at:at + n])
+                ids.append(part.rows)
+                boxes.append(part.boxes)
+                at += n
+        elif total <= FLAT_MAX:
+            self.index = faiss.IndexFlatL2(self.dim)
+            for part in parts():
+                if len(part.rows):
+                    self.index.add(whitening(part.descriptors))
+                ids.append(part.rows)
+                boxes.append(part.boxes)
+        else:  # an IVF to train now (an index written before the structure was stored): every vector at once
+            vectors = []
+            for part in parts():
+                vectors.append(whitening(part.descriptors))
+                ids.append(part.rows)
+                boxes.append(part.boxes)
+            self.index = build_region_index(np.concatenate(vectors))
+            del vectors
+        self.item_ids = _compact(np.concatenate(ids) if ids else np.zeros(0, np.int64), (np.int32, np.int64))
+        self.boxes = _compact(np.concatenate(boxes).reshape(-1, 4) if boxes else np.zeros((0, 4), np.int32), (np.int16, np.int32))
+        self.stored = bool(stored and (use_stored or not isinstance(self.index, faiss.IndexIVF)))
 
     @classmethod
     def open(cls, store) -> "RegionIndex":
         """The regions of an opened :class:`~medcbir.indexer.IndexStore`, with its stored structure."""
         check_regions(store)
         structure = region_index.load(store)
-        return cls(store.regions(), structure.whitening(), structure.ivf, structure.stored)
+        return cls.from_store(store, structure.whitening(), structure.ivf, structure.stored)
+
+    @classmethod
+    def from_store(cls, store, whitening: Whitening, ivf: StoredIVF | None = None, stored: bool = False) -> "RegionIndex":
+        """The regions of ``store`` read shard by shard, whitened by ``whitening``."""
+        self = cls.__new__(cls)
+        self._build(store.region_parts, store.region_count(), int(store.manifest["regions"]["dim"]), whitening, ivf, stored)
+        return self
 
     @classmethod
     def of(cls, engine) -> "RegionIndex":
@@ -97,11 +147,31 @@ class RegionIndex:
         engine._region_index = cls.open(engine.store)
         return engine._region_index
 
+    def vectors_of(self, rows) -> np.ndarray:
+        """float32 (n, dim): the whitened vectors of regions ``rows`` as the index holds them (an
+        IVF's are decoded from their 8-bit codes; the first call there maps ids to lists)."""
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        if isinstance(self.index, faiss.IndexIVF):
+            if not self._direct:
+                self.index.make_direct_map()
+                self._direct = True
+            return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)
+        return self.index.reconstruct_batch(rows) if len(rows) else np.zeros((0, self.dim), np.float32)
+
+    def memory_bytes(self) -> int:
+        """Bytes this structure holds for search: item ids, boxes and the FAISS index's vectors or codes, ids and centroids."""
+        n = len(self.item_ids)
+        if isinstance(self.index, faiss.IndexIVF):
+            held = n * (int(self.index.code_size) + 8) + int(self.index.nlist) * self.dim * 4
+        else:
+            held = n * self.dim * 4
+        return int(self.item_ids.nbytes + self.boxes.nbytes + held)
+
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def score(self, distances: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.maximum(distances, 0.0) / self.vectors.shape[1])
+        return 1.0 / (1.0 + np.maximum(distances, 0.0) / self.dim)
 
     def search(self, vector: np.ndarray, k: int, admissible: np.ndarray, per_series_codes: np.ndarray | None = None,
                per_series: int = 0) -> list[tuple[int, float, int]]:
@@ -147,6 +217,15 @@ class RegionIndex:
             fetch = min(total, fetch * 4)
         del keep
         return [(item, float(self.score(np.float32(dist))), tuple(int(v) for v in self.boxes[row])) for item, dist, row in hits]
+
+
+def _compact(values: np.ndarray, types) -> np.ndarray:
+    """``values`` in the first integer type of ``types`` that holds them all."""
+    for kind in types:
+        info = np.iinfo(kind)
+        if not len(values) or (int(values.min()) >= info.min and int(values.max()) <= info.max):
+            return np.ascontiguousarray(values, dtype=kind)
+    return np.ascontiguousarray(values)
 
 
 def _best_per_item(distances, rows, item_ids, k, codes, per_series) -> list[tuple[int, float, int]]:

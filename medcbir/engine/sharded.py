@@ -105,7 +105,7 @@ def _actor_class():
             """Whiten and index this part's regions with the whole index's statistics (its stored
             IVF lists when the index has them)."""
             structure = self.structure
-            self.regions = RegionIndex(self.engine.store.regions(), Whitening(mean, matrix), structure.ivf, structure.stored)
+            self.regions = RegionIndex.from_store(self.engine.store, Whitening(mean, matrix), structure.ivf, structure.stored)
             return len(self.regions)
 
         def region_search(self, vector, k: int, admissible, codes, per_series: int):

@@ -21,7 +21,10 @@ check it like any committed file):
   the lists belong to (``ivf``).
 - above :data:`FLAT_MAX` regions, ``region-ivf-G.npz`` (manifest: ``region_search.ivf``): the
   trained coarse quantiser (centroids), the whitening it was trained in and the probe count that
-  reached :data:`TARGET_RECALL` on a sample of the index's own regions.
+  reached :data:`TARGET_RECALL` on a sample of the index's own regions. The lists hold each region
+  as 8-bit codes of its whitened vector over the exact range of every coordinate (one byte per
+  coordinate; the ranges are those of the vectors opened, so they follow the whitening), not as
+  float32: a region costs its codes, its id and its box in memory.
 
 Lifecycle (:func:`maintain`, run by :func:`medcbir.indexer.manifest.commit_manifest` for every
 commit of an index with regions: indexing, the plugin's incremental commits, Ray indexing,
@@ -141,17 +144,37 @@ def nlist_for(n: int) -> int:
     return int(max(1, min(65536, 4 * math.sqrt(n))))
 
 
-def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFFlat, np.ndarray]:
-    """An IVF index over whitened region vectors, trained on a sample of them and filled; returns
-    it and each vector's list (int64). Its ``nprobe`` reaches :data:`TARGET_RECALL`."""
+def ivf_codes(quantizer: faiss.Index, dim: int, nlist: int) -> faiss.IndexIVFScalarQuantizer:
+    """An empty IVF over ``quantizer`` whose lists hold 8-bit scalar-quantised vectors (one byte
+    per coordinate, not residuals): the ranges come from :func:`set_ranges`."""
+    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2, False)
+    index.referenced_objects = [quantizer]
+    return index
+
+
+def set_ranges(index: faiss.IndexIVFScalarQuantizer, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Quantise each coordinate over ``[lo, hi]`` (the exact minimum and maximum of the vectors
+    the index will hold, so none is clipped) and mark the index trained."""
+    lo = np.asarray(lo, dtype=np.float32)
+    span = np.maximum(np.asarray(hi, dtype=np.float32) - lo, 1e-6)
+    faiss.copy_array_to_vector(np.concatenate([lo, span]).astype(np.float32), index.sq.trained)
+    index.is_trained = True
+
+
+def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFScalarQuantizer, np.ndarray]:
+    """An IVF index over whitened region vectors (coarse quantiser trained on a sample of them,
+    8-bit codes over their exact ranges) filled with them; returns it and each vector's list
+    (int64). Its ``nprobe`` reaches :data:`TARGET_RECALL` against exact search of the vectors."""
     n, dim = vectors.shape
     nlist = nlist_for(n)
     quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
     rng = np.random.default_rng(seed)
     train = vectors[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
-    index.train(train)
-    _, lists = index.quantizer.search(vectors, 1)
+    coarse = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)  # trains the quantiser as FAISS's IVF does
+    coarse.train(np.ascontiguousarray(train, dtype=np.float32))
+    index = ivf_codes(quantizer, dim, nlist)
+    set_ranges(index, vectors.min(axis=0), vectors.max(axis=0))
+    _, lists = quantizer.search(vectors, 1)
     lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
     fill(index, vectors, lists)
     index.nprobe = probes(index, vectors, rng)
@@ -163,6 +186,15 @@ def fill(index: faiss.IndexIVF, vectors: np.ndarray, lists: np.ndarray) -> None:
     """Add ``vectors`` (ids 0..n-1) to the lists given, without assigning them again."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.arange(len(vectors), dtype=np.int64)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    if len(vectors):
+        index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+
+
+def fill_at(index: faiss.IndexIVF, vectors: np.ndarray, first: int, lists: np.ndarray) -> None:
+    """Add ``vectors`` with ids ``first``.. to the lists given (:func:`fill` for one part of many)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.arange(first, first + len(vectors), dtype=np.int64)
     lists = np.ascontiguousarray(lists, dtype=np.int64)
     if len(vectors):
         index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
@@ -207,14 +239,25 @@ class StoredIVF:
     nprobe: int
     lists: np.ndarray | None = None  # int64 (R,) in the store's region order
 
-    def index(self, vectors: np.ndarray) -> faiss.IndexIVFFlat:
+    def empty_index(self, lo: np.ndarray, hi: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
+        """The searchable IVF with no vectors yet, for vectors whose coordinates lie in ``[lo, hi]``
+        (:func:`ivf_codes`): add them with :func:`fill` and their stored lists."""
         dim = self.centroids.shape[1]
         quantizer = faiss.IndexFlatL2(dim)
         quantizer.add(np.ascontiguousarray(self.centroids, dtype=np.float32))
-        index = faiss.IndexIVFFlat(quantizer, dim, len(self.centroids), faiss.METRIC_L2)
-        fill(index, vectors, self.lists)
+        index = ivf_codes(quantizer, dim, len(self.centroids))
+        set_ranges(index, lo, hi)
         index.nprobe = int(min(self.nprobe, len(self.centroids)))
-        index.referenced_objects = [quantizer]
+        return index
+
+    def index(self, vectors: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
+        """The searchable IVF holding ``vectors`` (whitened in the current whitening) in their stored lists."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        dim = self.centroids.shape[1]
+        lo = vectors.min(axis=0) if len(vectors) else np.zeros(dim, np.float32)
+        hi = vectors.max(axis=0) if len(vectors) else np.ones(dim, np.float32)
+        index = self.empty_index(lo, hi)
+        fill(index, vectors, self.lists)
         return index
 
     def coarse_map(self, current: Whitening) -> tuple[np.ndarray, np.ndarray]:

@@ -232,17 +232,29 @@ class IndexStore:
         record = self.manifest.get("regions")
         if not record:
             return None
-        dim = int(record["dim"])
-        parts = []
+        parts = list(self.region_parts())
+        if not parts:
+            return ShardRegions.empty(int(record["dim"]))
+        return ShardRegions(*(np.concatenate(column) for column in zip(*parts)))
+
+    def region_parts(self):
+        """Each shard's regions in shard order (:class:`~medcbir.indexer.shard.ShardRegions` with
+        item ids as ``rows``): what :meth:`regions` concatenates, one shard in memory at a time.
+
+        Raises:
+            IndexCorrupt: a shard of a region index has no ``regions/`` group.
+        """
+        dim = int(self.manifest["regions"]["dim"])
         for f, entry, lo in zip(self._files, self.manifest["shards"], self._offsets[:-1]):
             if "regions" not in f:
                 raise IndexCorrupt(f"{entry['file']}: the index stores regions but this shard has none")
             group = f["regions"]
-            parts.append(ShardRegions(group["row"][...].astype(np.int64) + int(lo), group["boxes"][...].astype(np.int32),
-                                      group["descriptors"][...].astype(np.float32).reshape(-1, dim)))
-        if not parts:
-            return ShardRegions.empty(dim)
-        return ShardRegions(*(np.concatenate(column) for column in zip(*parts)))
+            yield ShardRegions(group["row"][...].astype(np.int64) + int(lo), group["boxes"][...].astype(np.int32),
+                               group["descriptors"][...].astype(np.float32).reshape(-1, dim))
+
+    def region_count(self) -> int:
+        """Regions in all shards (tombstoned items' included)."""
+        return int(sum(f["regions"]["row"].shape[0] for f in self._files if "regions" in f))
 
     def fill_rows(self, out: np.ndarray, lo: int, hi: int) -> None:
         """Write the float32 embeddings of rows ``lo``..``hi`` (exclusive) into ``out`` (shape

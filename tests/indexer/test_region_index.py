@@ -62,7 +62,7 @@ def answers(index: Path, queries=(0, 7, 40, 111, 250), k: int = 8):
         for q in queries:
             if q >= len(regions):
                 continue
-            hits = regions.search(regions.vectors[q], k, live)
+            hits = regions.search(regions.vectors_of([q])[0], k, live)
             out.append(([uids[i] for i, _, _ in hits], np.array([s for _, s, _ in hits]), [b for _, _, b in hits]))
         return out, regions.stored
 
@@ -95,7 +95,7 @@ def test_a_second_open_recomputes_nothing_and_growth_equals_a_fresh_build(tmp_pa
     with IndexStore.open(fresh) as store:
         once = RegionIndex(store.regions())
         uids = np.asarray(store.columns["sop_instance_uid"]).astype(str)
-        hits = once.search(once.vectors[40], 8, store.live_mask.copy())
+        hits = once.search(once.vectors_of([40])[0], 8, store.live_mask.copy())
     assert [uids[i] for i, _, _ in hits] == a[2][0]
     np.testing.assert_allclose([s for _, s, _ in hits], a[2][1], rtol=1e-5)
     assert verify(grown).ok
@@ -116,18 +116,52 @@ def test_the_ivf_is_trained_on_growth_only_and_new_regions_join_its_lists(tmp_pa
     region_index.COUNTERS.update(moments=0, trained=0)
     with IndexStore.open(index) as store:
         regions = RegionIndex.open(store)
-        assert regions.stored and type(regions.index).__name__ == "IndexIVFFlat"
+        assert regions.stored and type(regions.index).__name__ == "IndexIVFScalarQuantizer"
         assert region_index.COUNTERS == {"moments": 0, "trained": 0}
         live = store.live_mask.copy()
         # every region finds its own item first (the probe count was calibrated for recall)
         for row in (3, 1700, 3400):
-            assert regions.search(regions.vectors[row], 1, live)[0][0] == int(regions.item_ids[row])
+            assert regions.search(regions.vectors_of([row])[0], 1, live)[0][0] == int(regions.item_ids[row])
     # new regions after the last training: their item is found through the stored lists
     write(index, 220, 230, step=5)
     with IndexStore.open(index) as store:
         regions = RegionIndex.open(store)
         row = int(np.flatnonzero(regions.item_ids == 225)[0])
-        assert regions.stored and regions.search(regions.vectors[row], 1, store.live_mask.copy())[0][0] == 225
+        assert regions.stored and regions.search(regions.vectors_of([row])[0], 1, store.live_mask.copy())[0][0] == 225
+
+
+def test_an_ivf_region_index_holds_codes_ids_and_boxes_only_and_keeps_its_recall(tmp_path, monkeypatch):
+    """Above FLAT_MAX the regions are held as one byte per coordinate (8-bit codes over the exact
+    range of each whitened coordinate), a FAISS id, an int32 item id and int16 boxes: what search
+    needs, without the descriptors or float32 copies; its top-10 still agrees with exact search
+    of the float32 whitened descriptors."""
+    import faiss
+
+    monkeypatch.setattr(region_index, "FLAT_MAX", 1500)
+    index = tmp_path / "index"
+    write(index, 0, 200, step=100)  # 3,200 regions
+    with IndexStore.open(index) as store:
+        regions = RegionIndex.open(store)
+        n = len(regions)
+        assert isinstance(regions.index, faiss.IndexIVFScalarQuantizer) and regions.index.code_size == DIM
+        assert regions.item_ids.dtype == np.int32 and regions.boxes.dtype == np.int16
+        centroids = regions.index.nlist * DIM * 4
+        assert regions.memory_bytes() == n * (DIM + 8 + 4 + 8) + centroids
+        assert not hasattr(regions, "descriptors") and not hasattr(regions, "vectors")
+        exact = regions.whitening(store.regions().descriptors)
+        flat = faiss.IndexFlatL2(DIM)
+        flat.add(exact)
+        rows = np.random.default_rng(0).choice(n, 100, replace=False)
+        _, truth = flat.search(exact[rows], 10)
+        live = store.live_mask.copy()
+        # the codes are close to the float vectors (one step of each coordinate's range at most)
+        step = (exact.max(axis=0) - exact.min(axis=0)) / 255
+        assert np.all(np.abs(regions.vectors_of(rows) - exact[rows]) <= step + 1e-5)
+        # per item answers: every exact top-10 region's item against the IVF's items
+        found = [{i for i, _, _ in regions.search(exact[r], 10, live)} for r in rows]
+        wanted = [list(dict.fromkeys(int(regions.item_ids[t]) for t in row))[:10] for row in truth]
+        recall = np.mean([len(set(w) & f) / len(w) for w, f in zip(wanted, found)])
+        assert recall >= 0.9
 
 
 def test_an_index_without_the_stored_structure_answers_and_gets_it_at_its_next_commit(tmp_path):
