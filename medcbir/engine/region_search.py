@@ -48,11 +48,13 @@ def check_regions(store) -> None:
     where = getattr(store, "index_dir", "")
     if not getattr(store, "has_regions", False):
         raise ConfigError(f"index {where} has no regions, so it cannot answer a region query; "
-                          "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
+                          f"add them in place (`medcbir index ARCHIVE --out {where} --refresh-regions`) or build a new index "
+                          "(`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
     made_by = (store.manifest.get("regions") or {}).get("version")
     if made_by != REGIONS_VERSION:
         raise ConfigError(f"index {where} stores regions made by {made_by!r}, and this medcbir describes regions as "
-                          f"{REGIONS_VERSION!r}: the two do not compare; build a new index (`medcbir index ARCHIVE NEW_INDEX`)")
+                          f"{REGIONS_VERSION!r}: the two do not compare; re-describe them in place "
+                          f"(`medcbir index ARCHIVE --out {where} --refresh-regions`, the slices are not embedded again)")
 
 
 class RegionIndex:
