@@ -62,7 +62,7 @@ class RegionIndex:
 
     Opening reads the shards' regions one shard at a time and keeps only what search needs: each
     region's item id and box, and the FAISS index of its whitened vector (float32 when searched
-    exactly, 8-bit codes in an IVF above :data:`FLAT_MAX` regions); descriptors are not kept.
+    exactly, float16 in an IVF above :data:`FLAT_MAX` regions); descriptors are not kept.
 
     Attributes:
         item_ids: int32 (R,) the item each region belongs to (int64 beyond 2^31 items).
