@@ -196,6 +196,18 @@ def _roi_open(r: dict) -> Line:
                 f"computed at open {computed['open_s']} s", verdict(r["met"], f"{r['ratio']}×"))
 
 
+@summary("roi_index")
+def _roi_index(r: dict) -> Line:
+    big = max(r["sizes"], key=lambda s: s["size"])
+    ms = big["stages"]["ms_per_slice"]
+    return Line(f"what regions cost at indexing ({big['size']} px; no goal), and refreshing them in place vs re-indexing",
+                f"{big['index']['regions']['items_per_s']} items/s with regions ({big['index_ratio']}× the peer; extraction "
+                f"{ms['total']} ms/slice: image {ms['image']}, proposals {ms['proposals']}, organs {ms['organs']}, "
+                f"descriptors {ms['descriptors']}); refresh {big['refresh']['items_per_s']} items/s",
+                f"--no-regions {big['index']['no_regions']['items_per_s']} items/s; re-index with regions "
+                f"{big['index']['regions']['items_per_s']} items/s (refresh {big['refresh_ratio']}×)", "ran")
+
+
 @summary("roi_explain")
 def _roi_explain(r: dict) -> Line:
     s = r["summary"]

@@ -70,8 +70,8 @@ def rss() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def previous_layout(store, regions) -> tuple[int, int]:
-    """(RSS growth, bytes held) of the in-memory layout region search used before its codes were
+def previous_layout(store, regions, queries: np.ndarray, live: np.ndarray) -> tuple[int, int, list[float]]:
+    """(RSS growth, bytes held, ms per region query) of the in-memory layout region search used before its codes were
     compacted, rebuilt here as the peer: float32 descriptors and whitened vectors kept, an
     ``IndexIVFFlat`` (float32 vectors) filled from the same stored lists, int64 item ids, int32 boxes."""
     import faiss
@@ -87,16 +87,40 @@ def previous_layout(store, regions) -> tuple[int, int]:
     quantizer.add(np.ascontiguousarray(structure.ivf.centroids, dtype=np.float32))
     flat = faiss.IndexIVFFlat(quantizer, quantizer.d, quantizer.ntotal, faiss.METRIC_L2)
     ri.fill(flat, held["vectors"], structure.ivf.lists)
+    flat.nprobe = regions.index.nprobe
     del parts, structure
     grown = rss() - before
     total = sum(a.nbytes for a in held.values()) + flat.ntotal * (flat.code_size + 8) + quantizer.ntotal * quantizer.d * 4
+    ours = regions.index
+    regions.index = flat  # the same search code, lists, probes and queries over the float32 lists
+    try:
+        ms = query_ms(regions, queries, live)
+    finally:
+        regions.index = ours
     del held, flat, quantizer
-    return grown, int(total)
+    return grown, int(total), ms
+
+
+def query_ms(regions, queries: np.ndarray, live: np.ndarray) -> list[float]:
+    """ms of ``RegionIndex.search`` (top 10 items) for each query vector, after one untimed query."""
+    regions.search(queries[0], 10, live)
+    out = []
+    for q in queries:
+        t = time.perf_counter()
+        regions.search(q, 10, live)
+        out.append(1000 * (time.perf_counter() - t))
+    return out
+
+
+def percentiles(ms: list[float]) -> dict:
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
 
 
 def recall(regions, store, rows: np.ndarray, k: int = 10) -> float:
     """recall@10 of the region index against exact search of the float32 whitened descriptors."""
     import faiss
+
+    from medcbir.indexer import region_index as ri
 
     vectors = regions.whitening(store.regions().descriptors)
     exact = faiss.IndexFlatL2(vectors.shape[1])
@@ -108,7 +132,9 @@ def recall(regions, store, rows: np.ndarray, k: int = 10) -> float:
     for q, t in zip(queries, truth):
         coarse = None
         if regions.coarse is not None:
-            _, coarse = regions.index.quantizer.search(q[None] @ regions.coarse[0] + regions.coarse[1], int(regions.index.nprobe))
+            _, coarse = regions.index.quantizer.search(ri.padded(q[None] @ regions.coarse[0] + regions.coarse[1], regions.index.d),
+                                                       int(regions.index.nprobe))
+        q = ri.padded(q[None], regions.index.d)[0]
         if coarse is None:
             _, found = regions.index.search(q[None], k)
         else:
@@ -162,18 +188,26 @@ def run(args, items: int) -> dict:
             opened = time.perf_counter() - t
             grown = rss() - before
             live = store.live_mask.copy()
+            exact = regions.whitening(store.regions().descriptors)
+            sample = np.random.default_rng(2).choice(len(regions), 200, replace=False)
             t = time.perf_counter()
-            regions.search(regions.vectors_of([123])[0], 10, live)
+            regions.search(exact[123], 10, live)
             first = time.perf_counter() - t
+            del exact
             row = {"open_s": round(opened, 2), "first_query_ms": round(1000 * first, 2), "regions": len(regions),
                    "stored": regions.stored, "recomputed": dict(region_index.COUNTERS), "index": type(regions.index).__name__,
                    "nlist": int(getattr(regions.index, "nlist", 0)), "nprobe": int(getattr(regions.index, "nprobe", 0))}
             row["held_bytes_per_region"] = round(regions.memory_bytes() / max(1, len(regions)), 1)
             row["rss_bytes_per_region"] = round(grown / max(1, len(regions)), 1)
-            if regions.coarse is not None and "previous_layout" not in out:
-                peer_rss, peer_held = previous_layout(store, regions)
-                out["previous_layout"] = {"held_bytes_per_region": round(peer_held / len(regions), 1),
-                                          "rss_bytes_per_region": round(peer_rss / len(regions), 1)}
+            if "previous_layout" in out:  # the second open: query latency, then the peer layout's
+                queries = regions.whitening(store.regions().descriptors[sample])
+                row.update(percentiles(query_ms(regions, queries, live)))
+                if regions.coarse is not None:
+                    peer_rss, peer_held, peer_ms = previous_layout(store, regions, queries, live)
+                    out["previous_layout"] = {"held_bytes_per_region": round(peer_held / len(regions), 1),
+                                              "rss_bytes_per_region": round(peer_rss / len(regions), 1), **percentiles(peer_ms)}
+            else:
+                out["previous_layout"] = {}
             row["recall_at_10"] = recall(regions, store, np.random.default_rng(1).choice(len(regions), 200, replace=False))
         return row
 
@@ -185,8 +219,9 @@ def run(args, items: int) -> dict:
         t = time.perf_counter()
         regions = RegionIndex(store.regions())  # the previous behaviour: everything computed at open
         opened = time.perf_counter() - t
+        query = regions.whitening(store.regions().descriptors[123])[0]
         t = time.perf_counter()
-        regions.search(regions.vectors_of([123])[0], 10, store.live_mask.copy())
+        regions.search(query, 10, store.live_mask.copy())
         first = time.perf_counter() - t
         out["computed_open"] = {"open_s": round(opened, 2), "first_query_ms": round(1000 * first, 2), "index": type(regions.index).__name__,
                                 "nlist": int(getattr(regions.index, "nlist", 0)), "nprobe": int(getattr(regions.index, "nprobe", 0)),
@@ -238,8 +273,11 @@ def _markdown(r: dict) -> str:
            f"({r['regions_per_image'] * s2['held_bytes_per_region']:,.0f} B per image), against the previous layout rebuilt here as "
            f"the peer (float32 descriptors and whitened vectors kept, `IndexIVFFlat`, int64 ids, int32 boxes): "
            f"{r['previous_layout']['rss_bytes_per_region']} B by RSS, {r['previous_layout']['held_bytes_per_region']} B held "
-           f"({r['previous_layout']['held_bytes_per_region'] / max(s2['held_bytes_per_region'], 1e-9):.1f}× ours).", ""]
-          if "previous_layout" in r and "rss_bytes_per_region" in s2 else []),
+           f"({r['previous_layout']['held_bytes_per_region'] / max(s2['held_bytes_per_region'], 1e-9):.1f}× ours). "
+           f"Region queries (`RegionIndex.search`, top 10 items, 200 stored regions as queries, the same lists and probes): "
+           f"p50 {s2['p50_ms']} ms, p95 {s2['p95_ms']} ms (ours) against p50 {r['previous_layout']['p50_ms']} ms, "
+           f"p95 {r['previous_layout']['p95_ms']} ms (the peer's float32 lists).", ""]
+          if r.get("previous_layout") and "p50_ms" in s2 else []),
         f"A {sc['items']}-item commit afterwards: {sc['wall_s']} s in all, {sc['region_s']} s of it on the region structure "
         f"({sc['trained']} IVF training{'' if sc['trained'] == 1 else 's'}).",
         "",

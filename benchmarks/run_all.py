@@ -42,6 +42,7 @@ BENCHMARKS = [  # short ones first; "takes" is the recorded wall time where a re
     Bench("lesion_kinds", "lesion_kinds", "", False, "not recorded"),
     Bench("roi_explain", "roi_explain", "", False, "not recorded"),
     Bench("source_check", "source_check", "", False, "not recorded"),
+    Bench("roi_index", "roi_index", "--patients 4 --slices 16 --sizes 256,512 --workers 1", False, "not recorded"),
     Bench("fuzz", "fuzz", "--files 10000 --workers 2 --timeout 10", False, "7 s"),
     Bench("decode", "decode", "--patients 8 --slices 64 --size 256 --workers 1,2", False, "not recorded"),
     Bench("train", "train", "--size 64 --batch 32 --threads 1", False, "not recorded"),

@@ -9,7 +9,9 @@ first call does):
 - ``evaluate(index, labels, k=5, exclude="same-patient")`` → ``Evaluation``; with
   ``roi_boxes=BOXES_CSV`` (region queries) → ``RegionEvaluation``;
 - ``explain(index, query, k=5, method="relax", exclude="same-patient")`` → ``Explanation``;
-- ``embed(archive, encoder="default")`` → ``Embeddings``: keys and vectors, without an index.
+- ``embed(archive, encoder="default")`` → ``Embeddings``: keys and vectors, without an index;
+- ``refresh_regions(index, archive=None)`` → ``RefreshSummary``: re-describe an index's regions
+  in place (a new region recipe, or an index built without regions).
 
 ``index`` is an index folder or an open ``Engine``; every result is a dataclass. The stages, in the
 order they may import each other (docs/design.md): ``imaging`` → ``encoders`` → ``train`` |
@@ -18,14 +20,14 @@ order they may import each other (docs/design.md): ``imaging`` → ``encoders`` 
 Example:
     >>> import medcbir
     >>> sorted(medcbir.__all__)
-    ['ClassScores', 'EXCLUDE', 'Evaluation', 'RegionEvaluation', 'embed', 'evaluate', 'explain', 'index', 'open_index', 'search']
+    ['ClassScores', 'EXCLUDE', 'Evaluation', 'RegionEvaluation', 'embed', 'evaluate', 'explain', 'index', 'open_index', 'refresh_regions', 'search']
     >>> medcbir.EXCLUDE
     'same-patient'
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["EXCLUDE", "ClassScores", "Evaluation", "RegionEvaluation", "embed", "evaluate", "explain", "index", "open_index", "search"]
+__all__ = ["EXCLUDE", "ClassScores", "Evaluation", "RegionEvaluation", "embed", "evaluate", "explain", "index", "open_index", "refresh_regions", "search"]
 
 
 def __getattr__(name: str):

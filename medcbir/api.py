@@ -46,6 +46,8 @@ from medcbir.errors import ConfigError
 from medcbir.explain.regions import RegionExplanation, explain_region_match
 from medcbir.explain.runner import Explanation, explain_search
 from medcbir.indexer import IndexSummary, index_archive
+from medcbir.indexer.region_refresh import RefreshSummary
+from medcbir.indexer.region_refresh import refresh_regions as refresh_index_regions
 
 #: What :func:`search`, :func:`evaluate` and :func:`explain` leave out unless told otherwise.
 EXCLUDE = "same-patient"
@@ -208,6 +210,36 @@ def index(index: str | Path, archive: Any, encoder: Any = "default", *, progress
         0
     """
     return index_archive(archive, index, encoder, progress=progress, **options)
+
+
+def refresh_regions(index: str | Path, archive: Any = None, *, progress: bool = False, **options: Any) -> RefreshSummary:
+    """Re-describe an index's regions in place by this medcbir's region recipe, from the items'
+    files, or add regions to an index built with ``regions=False``: the slice embeddings and
+    the FAISS index are not touched, and the slices are not embedded again. Resumable shard by
+    shard (``medcbir index ARCHIVE --out INDEX --refresh-regions``).
+
+    Args:
+        index: the index folder.
+        archive: None (the files the index recorded), the archive folder (it limits the files to
+            that folder, or stands for the archive root when the archive moved), or a network
+            :class:`medcbir.imaging.Source` (DICOMweb) the index was built from.
+        progress: show a progress bar on stderr.
+        **options: of :func:`medcbir.indexer.region_refresh.refresh_regions` (``workers``,
+            ``key_file``, ``regions_per_image``).
+
+    Returns:
+        What it did: shards re-described, items, regions, and the items left without regions by
+        reason with their sources (a file gone, changed, unreadable).
+
+    Example:
+        >>> import medcbir
+        >>> medcbir.index(tmp / "plain", archive, "thumbnail:8", regions=False).indexed
+        24
+        >>> done = medcbir.refresh_regions(tmp / "plain", archive)
+        >>> done.complete, done.previous, done.items, done.skipped
+        (True, None, 24, {})
+    """
+    return refresh_index_regions(index, archive, progress=progress, **options)
 
 
 def open_index(index: Any, encoder: Any = None, *, device: Any = None, verify: str = "checksums", ray: Any = None, shards: int | None = None) -> Engine:
@@ -398,4 +430,4 @@ def embed(archive: str | Path | Iterable[Path], encoder: Any = "default", **opti
     return embed_archive(archive, encoder, **options)
 
 
-__all__ = ["EXCLUDE", "ClassScores", "Evaluation", "embed", "evaluate", "explain", "index", "open_index", "search"]
+__all__ = ["EXCLUDE", "ClassScores", "Evaluation", "embed", "evaluate", "explain", "index", "open_index", "refresh_regions", "search"]

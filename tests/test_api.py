@@ -13,7 +13,7 @@ import pytest
 
 import medcbir
 
-API = ("index", "open_index", "search", "evaluate", "explain", "embed")
+API = ("index", "open_index", "search", "evaluate", "explain", "embed", "refresh_regions")
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,33 @@
 """``medcbir demo``: the whole flow on a synthetic CT archive, on CPU, in a few minutes.
 
 phantom archive → scan → ``medcbir train`` (adaptation of the default encoder to the archive, kept
-only where the label-free score shows it helps) → ONNX export → index (ONNX encoder) → one query →
-evaluate beside the start and the baselines → RELAX explanation of the query and its neighbours →
-HTML report.
+only where the label-free score shows it helps) → ONNX export → index (ONNX encoder, with regions)
+→ one query → evaluate beside the start and the baselines → a region query (a box on a structure of
+the query slice: its lesion when the archive has ``lesion-boxes.csv``, else its most prominent
+proposed region) with each neighbour's matched box and region-match RELAX map → RELAX explanation of
+the query and its neighbours → HTML report holding both.
 Every stage is the same API the other commands call; the demo only chains them and prints a
 short summary per stage (on stderr with ``--json``, whose stdout is one JSON summary of what the
-demo did: archive, index, query, neighbours, evaluation, explanation and report paths).
+demo did: archive, index, query, neighbours, evaluation, region match, explanation and report paths).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
 
 import click
+import numpy as np
 
+from medcbir.encoders.regions import extract_regions
 from medcbir.engine import Engine, evaluate
 from medcbir.engine.baselines import evaluate_baselines
 from medcbir.errors import ConfigError
-from medcbir.imaging import FolderSource
+from medcbir.explain.region_files import region_section_html
+from medcbir.explain.status import CAVEAT, region_method_status
+from medcbir.imaging import FolderSource, read_dicom
 from medcbir.imaging.labels import read_labels
 from medcbir.imaging.phantom import make_archive
 from medcbir.indexer import index_archive
@@ -65,19 +72,19 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "archive"
 
-    t0 = _stage("1/8 phantom: synthetic CT archive (real DICOM)")
+    t0 = _stage("1/9 phantom: synthetic CT archive (real DICOM)")
 
     summary = make_archive(archive, patients=patients, slices=slices, seed=seed, size=2 * size)
     _done(t0, f"{summary.files} slices of {patients} patients in {archive}")
 
-    t0 = _stage("2/8 scan")
+    t0 = _stage("2/9 scan")
 
     source = FolderSource(archive, quarantine=out / "scan-quarantine.log")
     n = sum(1 for _ in source.decoded(None, None))
     report = source.report
     _done(t0, f"{n} items; modalities {dict(report.by_modality)}; skipped {dict(report.skipped) or 'none'}")
 
-    t0 = _stage("3/8 train: adapt the default encoder to the archive; keep a stage only if the label-free score shows it helps")
+    t0 = _stage("3/9 train: adapt the default encoder to the archive; keep a stage only if the label-free score shows it helps")
     from medcbir.train.adapt import AdaptConfig, adapt
 
     checkpoint = out / "encoder.pt"
@@ -90,14 +97,14 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
             say(f"   {row.name:11s} agreement@5 {row.agreement:.3f}{gain}{shown}")
     _done(t0, f"{result.images} images, {result.folds} patient-disjoint folds -> {checkpoint} ({result.dim}-d)")
 
-    t0 = _stage("4/8 export-onnx (with a torch vs ONNX Runtime parity check)")
+    t0 = _stage("4/9 export-onnx (with a torch vs ONNX Runtime parity check)")
     from medcbir.train.onnx_export import export_onnx
 
     onnx_path = out / "encoder.onnx"
     parity = export_onnx(checkpoint, onnx_path, archive=archive)
     _done(t0, f"{onnx_path}, max |embedding difference| = {parity.max_abs_diff:.2e}")
 
-    t0 = _stage("5/8 index (ONNX encoder, HDF5 shards + FAISS)")
+    t0 = _stage("5/9 index (ONNX encoder, HDF5 shards + FAISS)")
     from medcbir.encoders.runtime import open_encoder
 
     index_dir = out / "index"
@@ -105,7 +112,7 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
     skipped = ", ".join(f"{n} {r}" for r, n in isum.skipped.items()) or "none"
     _done(t0, f"{isum.indexed} items in {isum.shards} shard(s), {isum.index_spec}, {isum.items_per_s:.0f} items/s; skipped: {skipped} -> {index_dir}")
 
-    t0 = _stage(f"6/8 search: top-{k} for one slice, other patients only")
+    t0 = _stage(f"6/9 search: top-{k} for one slice, other patients only")
 
     engine = Engine.open(index_dir)
     labels = _labels(archive)
@@ -119,7 +126,7 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
         )
     _done(t0, f"{len(neighbours)} neighbours")
 
-    t0 = _stage(f"7/8 evaluate: leave-one-out MAP@{k}, excluding each query's own patient")
+    t0 = _stage(f"7/9 evaluate: leave-one-out MAP@{k}, excluding each query's own patient")
 
 
     metrics = evaluate(engine, archive / "labels.csv", k=k, exclude="same-patient")
@@ -135,11 +142,26 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
         f"random {baselines['random']['map_at_k']:.3f}, same items and protocol)",
     )
 
-    t0 = _stage(f"8/8 explain: RELAX ({masks} masks) for the query and its {k} neighbours, one batched pass")
+    t0 = _stage(f"8/9 region: a box on a structure of the query slice, its top-{k} regions in other patients, and why each matched")
+    from medcbir.explain.regions import explain_region_match
+
+    box, chosen = _pick_region(archive, query)
+    region = explain_region_match(engine, str(query), box, k, exclude="same-patient", method="relax", n_masks=masks, seed=seed)
+    region_status = region_method_status(index_dir, "relax")["text"]
+    say(f"   query box {','.join(map(str, region.query_box))} ({chosen})")
+    for i, nb in enumerate(region.neighbours):
+        say(f"   #{nb.rank} region score={nb.score:.3f} matched={','.join(str(int(v)) for v in nb.region):15s}"
+            f" map in region={region.share_in_region(i):.0%} sop={nb.meta['sop_instance_uid'][-18:]}")
+    say(f"   {region_status}. {CAVEAT}")
+    _done(t0, f"{len(region.neighbours)} region matches explained (RELAX, {masks} masks each)")
+
+    t0 = _stage(f"9/9 explain: RELAX ({masks} masks) for the query and its {k} neighbours, one batched pass; the report")
     from medcbir.explain import explain_to_report
 
-    html, png = explain_to_report(index_dir, query, out / "report.html", k=k, method="relax", n_masks=masks, seed=seed)
-    _done(t0, f"report {html} (panel {png})")
+    section = region_section_html(region, region_status, CAVEAT, title=f"Region query: {chosen}, and why each region matched")
+    html, png = explain_to_report(index_dir, query, out / "report.html", k=k, method="relax", n_masks=masks, seed=seed,
+                                  sections=[section])
+    _done(t0, f"report {html} (panel {png}; with the region match)")
 
     seconds = time.perf_counter() - t_all
     say(f"\ndemo finished in {seconds:.0f} s; open {Path(html).resolve()}", bold=True)
@@ -161,6 +183,12 @@ def demo(out: Path, patients: int, slices: int, size: int, masks: int, k: int, s
                             "label": labels.get((nb.meta["sop_instance_uid"], int(nb.meta.get("frame", 0))))} for nb in neighbours],
             "evaluation": {"k": k, "exclude": "same-patient", "kept": _metrics(metrics),
                            "baselines": {name: _metrics(row) for name, row in baselines.items()}},
+            "region": {"box": list(region.query_box), "chosen": chosen, "method": "relax", "n_masks": masks,
+                       "status": region_status,
+                       "neighbours": [{"rank": nb.rank, "score": float(nb.score), "sop_instance_uid": nb.meta["sop_instance_uid"],
+                                       "frame": int(nb.meta.get("frame", 0)), "region": [int(v) for v in nb.region],
+                                       "share_in_region": round(region.share_in_region(i), 4)}
+                                      for i, nb in enumerate(region.neighbours)]},
             "explanation": {"method": "relax", "n_masks": masks, "seed": seed, "neighbours": len(neighbours),
                             "report": str(Path(html).resolve()), "panel": str(Path(png).resolve())},
             "report": str(Path(html).resolve()),
@@ -181,6 +209,31 @@ def _sop_of(path: Path) -> str:
     import pydicom
 
     return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+
+
+def _pick_region(archive: Path, query: Path) -> tuple[tuple[int, int, int, int], str]:
+    """A box on a structure of the query slice, chosen from the data, and what it is: the largest
+    lesion of the slice when the archive lists lesion boxes (phantom v3's ``lesion-boxes.csv``),
+    else the slice's most prominent proposed region (the first one :func:`extract_regions` ranks,
+    among those at least :data:`MIN_BOX` pixels on their shorter side, so the box shows)."""
+    sop = _sop_of(query)
+    table = archive / "lesion-boxes.csv"
+    if table.is_file():
+        with open(table, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["sop_instance_uid"] == sop and int(r.get("frame") or 0) == 0]
+        if rows:
+            r = max(rows, key=lambda r: int(r["w"]) * int(r["h"]))
+            return (int(r["x"]), int(r["y"]), int(r["w"]), int(r["h"])), f"the slice's lesion ({r.get('label') or 'lesion'})"
+    found = extract_regions(read_dicom(query)[0])
+    if not len(found):
+        raise ConfigError(f"the query slice {query.name} has no structure to box (no region proposal)")
+    sides = np.minimum(found.boxes[:, 2], found.boxes[:, 3])
+    pick = int(np.flatnonzero(sides >= MIN_BOX)[0]) if (sides >= MIN_BOX).any() else 0
+    return tuple(int(v) for v in found.boxes[pick]), f"the slice's most prominent proposed region (rank {pick + 1} of {len(found)})"
+
+
+#: the demo's region query boxes a structure at least this many pixels on its shorter side
+MIN_BOX = 6
 
 
 def _pick_query(archive: Path, labels: dict[tuple[str, int], str]) -> Path:

@@ -72,7 +72,7 @@ def _clean(value):
               help="Region query by a mask (PNG or .npy on the query image's grid) instead of --roi.")
 @click.option("--snap", is_flag=True, help="With --roi: describe the structure the box was drawn around (as search --snap).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="With --roi: write maps.npy, query.png, neighbour-<rank>.png (map and matched box) and explanation.json here.")
+              help="With --roi: write maps.npy, query.png, neighbour-<rank>.png (map and matched box), explanation.json and report.html (one page of them, with the status line) here.")
 def explain(index, query, k, method, n_masks, adaptive, target_r, sampling, control_variates, backend, precision, batch_size, seed, pairwise, exclude,
             encoder, report, as_json, redact, heatmap_scale, include_self, wildcat_class=None, dicom_out=None, roi=None, roi_mask=None,
             snap=False, out_dir=None):
@@ -173,7 +173,7 @@ def _explain_region(engine, query, k, method, n_masks, seed, exclude, roi, roi_m
     if out_dir is not None:
         from medcbir.explain.region_files import write_region_explanation
 
-        written = write_region_explanation(result, out_dir)
+        written = write_region_explanation(result, out_dir, payload["status"]["text"], CAVEAT)
         payload["files"] = [str(p) for p in written]
     if dicom_out is not None:
         from medcbir.explain.dicom_maps import write_region_explanation_dicom

@@ -17,6 +17,7 @@ from medcbir.indexer.follow import verify_sources
 from medcbir.indexer.manifest import read_manifest
 from medcbir.indexer.quarantine import read_log
 from medcbir.indexer.recovery import repair as repair_index
+from medcbir.indexer.region_refresh import refresh_regions
 from medcbir.indexer.retrain import retrain as retrain_index
 from medcbir.indexer.store import seal_of
 from medcbir.pacs.dicomweb import DicomwebSource
@@ -90,13 +91,26 @@ def _budget(ctx, param, value):
 @click.option("--memory-budget", default=None, metavar="BYTES", callback=_budget,
               help="RAM per indexed image for search (e.g. 1KB): auto then chooses among the chains that fit "
                    "(learned projection, codes, 8-bit/float16 re-rank store) by measured recall.")
+@click.option("--refresh-regions", "refresh", is_flag=True,
+              help="Re-describe the regions of the existing index --out from ARCHIVE's files by this medcbir's region "
+                   "recipe (or add regions to an index built with --no-regions), in place: the slices are not embedded "
+                   "again; resumable, shard by shard.")
 @click.option("--shard-dtype", type=click.Choice(["float32", "float16", "sq8", "sq6", "auto"]), default=None,
               help="How a new index's shards store embeddings (default float32; sq8/sq6: 8/6-bit codes per dimension; "
                    "auto: the smallest of sq8, float16 measured to cost no recall).")
 def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
           delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain, regions,
-          regions_per_image, memory_budget, shard_dtype) -> None:
+          regions_per_image, memory_budget, shard_dtype, refresh=False) -> None:
     """Embed ARCHIVE (a folder, or dicomweb+http://HOST/dicom-web) into the index --out; resumable."""
+    if refresh:
+        _refresh_regions(archive, out, workers=workers, key_file=key_file, regions_per_image=regions_per_image,
+                         progress=not no_progress and not as_json, as_json=as_json,
+                         refused={"--no-regions": regions is False, "--ray": ray_address is not None,
+                                  "--delete-series/--delete-study": bool(delete_series or delete_study),
+                                  "--memory-budget": memory_budget is not None, "--shard-dtype": shard_dtype is not None,
+                                  "--encoder": encoder != "default", "--index-spec": index_spec != "auto",
+                                  "--target-recall": target_recall is not None})
+        return
     if ray_address is None and (ray_workers != 1 or gpus_per_worker is not None):
         raise ConfigError("--ray-workers and --gpus-per-worker need --ray")
     budget = memory_budget  # bytes per item (parsed by the option)
@@ -120,6 +134,36 @@ def index(archive, encoder, out, shard_size, index_spec, target_recall, workers,
         click.echo(f"tombstoned       {deleted}")
     for job, result in maintenance.items():
         click.echo(f"{job:<17}{json.dumps(result, default=str)}")
+
+
+def _refresh_regions(archive, out, *, workers, key_file, regions_per_image, progress, as_json, refused) -> None:
+    """``index ARCHIVE --out INDEX --refresh-regions``: :func:`medcbir.indexer.region_refresh.refresh_regions`."""
+    given = [name for name, on in refused.items() if on]
+    if given:
+        raise ConfigError(f"--refresh-regions re-describes the regions of an existing index; {', '.join(given)} "
+                          "do(es) not apply to it")
+    read_manifest(out)  # an index that is not there: the usual one-line error
+    source = _source(archive, workers)
+    summary = refresh_regions(out, source, workers=workers,
+                              key_file=key_file, regions_per_image=regions_per_image, progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+        return
+    was = f"was {summary.previous}" if summary.previous else "the index had none"
+    click.echo(f"regions          {summary.version} ({was})")
+    click.echo(f"shards           {summary.refreshed} rewritten with new regions, {summary.resumed} done by an earlier run, of {summary.shards}")
+    click.echo(f"items            {summary.items} described ({summary.regions} regions), {summary.tombstoned} tombstoned (no regions)")
+    skipped = sum(summary.skipped.values())
+    detail = ", ".join(f"{reason} {n} ({len(summary.sources.get(reason, []))} source(s))" for reason, n in sorted(summary.skipped.items()))
+    click.echo(f"skipped          {skipped} item(s) without regions" + (f": {detail}" if detail else ""))
+    for reason, names in sorted(summary.sources.items()):
+        for name in names[:20]:
+            click.echo(f"  {reason:<10} {name}")
+        if len(names) > 20:
+            click.echo(f"  {reason:<10} ... and {len(names) - 20} more (--json lists them all)")
+    click.echo(f"elapsed          {summary.elapsed:.1f} s  ({summary.items_per_s:.1f} items/s)")
+    if not summary.complete:
+        click.echo("not complete: shards were replaced meanwhile (compaction); run it again to finish")
 
 
 @click.command("delete")

@@ -181,3 +181,15 @@ class WithRegions:
         if name == "preprocessing":
             raise AttributeError(name)
         return getattr(self.preprocessing, name)
+
+
+class RegionsOnly(WithRegions):
+    """Decoding that only finds each item's regions (re-describing the regions of an existing
+    index: :mod:`medcbir.indexer.region_refresh`). The slice encoder's input is not needed, so
+    ``apply`` gives an empty array and no image crosses from the decode workers."""
+
+    def __init__(self, limit: int = PER_IMAGE) -> None:
+        super().__init__(None, limit)
+
+    def apply(self, item: Item) -> np.ndarray:
+        return np.zeros(0, dtype=np.float32)

@@ -48,11 +48,13 @@ def check_regions(store) -> None:
     where = getattr(store, "index_dir", "")
     if not getattr(store, "has_regions", False):
         raise ConfigError(f"index {where} has no regions, so it cannot answer a region query; "
-                          "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
+                          f"add them in place (`medcbir index ARCHIVE --out {where} --refresh-regions`) or build a new index "
+                          "(`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
     made_by = (store.manifest.get("regions") or {}).get("version")
     if made_by != REGIONS_VERSION:
         raise ConfigError(f"index {where} stores regions made by {made_by!r}, and this medcbir describes regions as "
-                          f"{REGIONS_VERSION!r}: the two do not compare; build a new index (`medcbir index ARCHIVE NEW_INDEX`)")
+                          f"{REGIONS_VERSION!r}: the two do not compare; re-describe them in place "
+                          f"(`medcbir index ARCHIVE --out {where} --refresh-regions`, the slices are not embedded again)")
 
 
 class RegionIndex:
@@ -60,7 +62,7 @@ class RegionIndex:
 
     Opening reads the shards' regions one shard at a time and keeps only what search needs: each
     region's item id and box, and the FAISS index of its whitened vector (float32 when searched
-    exactly, 8-bit codes in an IVF above :data:`FLAT_MAX` regions); descriptors are not kept.
+    exactly, float16 in an IVF above :data:`FLAT_MAX` regions); descriptors are not kept.
 
     Attributes:
         item_ids: int32 (R,) the item each region belongs to (int64 beyond 2^31 items).
@@ -80,7 +82,7 @@ class RegionIndex:
 
     def _build(self, parts, total: int, dim: int, whitening: Whitening, ivf: StoredIVF | None, stored: bool) -> None:
         """Index ``total`` regions read from ``parts()`` (an iterable of :class:`ShardRegions` with
-        global rows, called once or twice), whitened by ``whitening``."""
+        global rows), whitened by ``whitening``."""
         self.whitening = whitening
         self.dim = int(dim)
         self.coarse = None  # (A, b): the query carried into a stored IVF's own whitening
@@ -88,14 +90,7 @@ class RegionIndex:
         ids, boxes = [], []
         use_stored = ivf is not None and ivf.lists is not None and len(ivf.lists) == total
         if use_stored:
-            lo, hi = np.full(self.dim, np.inf, np.float32), np.full(self.dim, -np.inf, np.float32)
-            for part in parts():  # first pass: the whitened vectors' ranges for the 8-bit codes
-                if len(part.rows):
-                    v = whitening(part.descriptors)
-                    lo, hi = np.minimum(lo, v.min(axis=0)), np.maximum(hi, v.max(axis=0))
-            if not np.isfinite(lo).all():
-                lo, hi = np.zeros(self.dim, np.float32), np.ones(self.dim, np.float32)
-            self.index = ivf.empty_index(lo, hi)
+            self.index = ivf.empty_index()
             self.coarse = ivf.coarse_map(whitening)
             at = 0
             for part in parts():
@@ -147,20 +142,20 @@ class RegionIndex:
 
     def vectors_of(self, rows) -> np.ndarray:
         """float32 (n, dim): the whitened vectors of regions ``rows`` as the index holds them (an
-        IVF's are decoded from their 8-bit codes; the first call there maps ids to lists)."""
+        IVF's decoded from float16; the first call there maps ids to lists)."""
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         if isinstance(self.index, faiss.IndexIVF):
             if not self._direct:
                 self.index.make_direct_map()
                 self._direct = True
-            return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)
+            return np.stack([self.index.reconstruct(int(r))[:self.dim] for r in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)
         return self.index.reconstruct_batch(rows) if len(rows) else np.zeros((0, self.dim), np.float32)
 
     def memory_bytes(self) -> int:
         """Bytes this structure holds for search: item ids, boxes and the FAISS index's vectors or codes, ids and centroids."""
         n = len(self.item_ids)
         if isinstance(self.index, faiss.IndexIVF):
-            held = n * (int(self.index.code_size) + 8) + int(self.index.nlist) * self.dim * 4
+            held = n * (int(self.index.code_size) + 8) + int(self.index.nlist) * int(self.index.d) * 4
         else:
             held = n * self.dim * 4
         return int(self.item_ids.nbytes + self.boxes.nbytes + held)
@@ -200,7 +195,9 @@ class RegionIndex:
         query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         coarse = None
         if self.coarse is not None:  # a stored IVF: lists chosen in its own whitening
-            _, coarse = self.index.quantizer.search(query @ self.coarse[0] + self.coarse[1], int(self.index.nprobe))
+            _, coarse = self.index.quantizer.search(region_index.padded(query @ self.coarse[0] + self.coarse[1], self.index.d),
+                                                    int(self.index.nprobe))
+        query = region_index.padded(query, self.index.d)
         while True:
             if coarse is None:
                 d, rows = self.index.search(query, fetch, params=params)

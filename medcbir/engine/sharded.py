@@ -263,7 +263,8 @@ class ShardedRegions:
         parts = ray.get([actor.region_moments.remote() for _, _, actor in engine._parts])
         if not engine.store.has_regions or any(p is None for p in parts):
             raise ConfigError(f"index {engine.store.index_dir} has no regions, so it cannot answer a region query; "
-                              "build a new index with regions (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
+                              f"add them in place (`medcbir index ARCHIVE --out {engine.store.index_dir} --refresh-regions`) or build "
+                              "a new index (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
         # every shard's moments added in shard order, as one process adds them
         dim = int(engine.store.manifest["regions"]["dim"])
         self.whitening = Whitening.from_moments(*region_index.sum_moments([m for part in parts for m in part], dim))

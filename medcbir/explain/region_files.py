@@ -6,7 +6,12 @@
 - ``query.png``: the query frame with the query box (yellow);
 - ``neighbour-<rank>.png``: each neighbour's frame with its map over it (positive part, the colour
   map's opacity following the value) and the matched box (green);
-- ``explanation.json``: :meth:`RegionExplanation.to_dict` and each neighbour's frame shape.
+- ``explanation.json``: :meth:`RegionExplanation.to_dict` and each neighbour's frame shape;
+- ``report.html``: one self-contained page (images inlined) of the above, with the method's
+  measured status line and the caveat (:func:`region_page_html`).
+
+:func:`region_section_html` is the same content as a section of another page (``medcbir demo``
+adds it to its report, below the whole-image explanation).
 
 Frames are shown in their display window (CT: L40 W400) and enlarged (nearest neighbour) to at
 least :data:`MIN_SIDE` pixels so a small box stays visible.
@@ -14,11 +19,17 @@ least :data:`MIN_SIDE` pixels so a small box stays visible.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from medcbir.explain.report import CSS, _meta_rows
+from medcbir.explain.status import display_name
 
 #: PNGs are enlarged by a whole factor until their longer side is at least this.
 MIN_SIDE = 512
@@ -69,8 +80,63 @@ def overlay(frame: np.ndarray, window, heat: np.ndarray | None = None, box=None,
     return (255 * rgb).round().astype(np.uint8)
 
 
-def write_region_explanation(result, out) -> list[Path]:
-    """Write a :class:`~medcbir.explain.regions.RegionExplanation` into folder ``out``; returns the paths written."""
+def _png_uri(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def region_section_html(result, status: str | None = None, caveat: str | None = None, title: str | None = None) -> str:
+    """A ``<section class="region-match">`` of a page: the query with its box (yellow), then each
+    neighbour with its region-match map and matched box (green), its rank, score, matched region
+    and the share of its map's positive mass inside that box; ``status`` (the method's measured
+    status line, :func:`medcbir.explain.status.region_method_status`) and ``caveat`` under the title."""
+    from medcbir.explain.runner import display_meta  # torch: loaded with the explanation already
+
+    def figure(label: str, lines: list[str], uri: str, alt: str, meta: dict | None, kind: str) -> str:
+        text = "".join(f'<div class="s">{html.escape(line)}</div>' for line in lines)
+        return (f'<figure class="{kind}"><div class="l">{html.escape(label)}</div>{text}'
+                f'<a href="{uri}" target="_blank"><img src="{uri}" alt="{html.escape(alt)}" width="256"></a>'
+                f"{_meta_rows(meta) if meta else ''}</figure>")
+
+    cells = []
+    box = ",".join(map(str, result.query_box))
+    if result.query_image is not None:
+        uri = _png_uri(overlay(result.query_image, result.query_display, None, result.query_box, QUERY_COLOUR))
+        cells.append(figure("query region", [f"box {box} (x, y, w, h)"], uri, "query image with the query box", None, "query"))
+    for i, nb in enumerate(result.neighbours):
+        region = ",".join(str(int(v)) for v in nb.region)
+        uri = _png_uri(overlay(result.images[i], result.display[i], result.map_of(i), nb.region))
+        lines = [f"score {float(nb.score):.4f}", f"matched region {region}", f"map in region {result.share_in_region(i):.0%}"]
+        cells.append(figure(f"#{nb.rank}", lines, uri, f"neighbour {nb.rank}: region-match map and matched box",
+                            display_meta(nb.meta), "neighbour"))
+    heading = title or f"Why each region matched: region-match {display_name(result.method)}"
+    masks = f", {result.n_masks} masks" if result.n_masks else ""
+    note = (f"Query box {box} in the query's pixels (yellow). Each neighbour's map shows which of its pixels make its matched "
+            f"region (green) match the query's region ({display_name(result.method)}{masks}, seed {result.seed}); "
+            "maps are 0 outside the pixels the region descriptor reads.")
+    paragraphs = [f"<p>{html.escape(note)}</p>"]
+    if status:
+        paragraphs.append(f'<p class="status">{html.escape(status)}</p>')
+    if caveat:
+        paragraphs.append(f'<p class="caveat">{html.escape(caveat)}</p>')
+    return (f'<section class="region-match" id="region-match"><h2>{html.escape(heading)}</h2>{"".join(paragraphs)}'
+            f'<div class="row">{"".join(cells)}</div></section>')
+
+
+def region_page_html(result, status: str | None = None, caveat: str | None = None) -> str:
+    """A whole HTML page (images inlined) of a region-match explanation: :func:`region_section_html`."""
+    title = f"medcbir region-match explanation: {result.query_label}"
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"{region_section_html(result, status, caveat)}</body></html>\n")
+
+
+def write_region_explanation(result, out, status: str | None = None, caveat: str | None = None) -> list[Path]:
+    """Write a :class:`~medcbir.explain.regions.RegionExplanation` into folder ``out``; returns the
+    paths written (``status``, ``caveat``: the lines ``report.html`` shows under its title)."""
     from PIL import Image
 
     out = Path(out)
@@ -88,6 +154,8 @@ def write_region_explanation(result, out) -> list[Path]:
     summary = {**result.to_dict(), "shapes": [list(s) for s in result.shapes]}
     (out / "explanation.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     written.append(out / "explanation.json")
+    (out / "report.html").write_text(region_page_html(result, status, caveat), encoding="utf-8")
+    written.append(out / "report.html")
     return written
 
 

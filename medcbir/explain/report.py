@@ -200,6 +200,7 @@ figure img{display:block;border:1px solid #ccc;height:auto}
 .l{font-weight:600} .s{color:#444} .r{color:#444;font-family:monospace} .m span{color:#777} code{font-size:10px}
 .bar{display:flex;flex-direction:column;align-items:center;font-size:11px}
 .rowname{writing-mode:vertical-rl;transform:rotate(180deg);font-size:12px;color:#666}
+h2{font-size:16px;margin-top:24px} .status{color:#333;font-style:italic}
 """
 
 
@@ -243,9 +244,10 @@ def render_html(panel: dict, cmap: str = "jet", scale: str | None = None) -> str
     caption = html.escape(f"{panel.get('caption', '')} Colours: {note}; raw range under each map.".strip())
     if panel.get("caveat"):
         caption += '</p><p class="caveat">' + html.escape(panel["caveat"])
+    sections = "".join(panel.get("sections") or [])  # more of the page, rendered by their owners (a region match)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head>'
-        f"<body><h1>{title}</h1><p>{caption}</p>{''.join(rows)}</body></html>\n"
+        f"<body><h1>{title}</h1><p>{caption}</p>{''.join(rows)}{sections}</body></html>\n"
     )
 
 
@@ -303,7 +305,8 @@ def render_report(path_html: str | Path, panel: dict, cmap: str = "jet", scale: 
         path_html: the HTML file to write (its folder is created).
         panel: ``{"title", "method", "caption", "items": [{"label", "score", "meta", "image"
             (H×W in [0,1]), "heatmap" (H×W)}], "pairwise": [{"label", "image", "heatmap"}]}``;
-            the first item is the query.
+            the first item is the query; ``"sections"``: HTML sections appended to the page
+            (e.g. :func:`medcbir.explain.region_files.region_section_html`).
         cmap: matplotlib colour map of the heatmaps (``"jet"``, ``"inferno"``...).
         scale: ``"per-image"`` (default) or ``"shared"`` (see the module docstring); None =
             the panel's ``"scale"`` key, else per-image.

@@ -290,6 +290,7 @@ def explain_to_report(
     exclude: str = "same-patient",
     encoder=None,
     pairwise: bool = False,
+    sections: list[str] | None = None,
     **options,
 ) -> tuple[Path, Path]:
     """Open an index, explain a query and its top-K, and write the HTML + PNG report.
@@ -307,6 +308,7 @@ def explain_to_report(
         encoder: an encoder with the index's fingerprint (a checkpoint for gradient methods
             when the index records an ONNX one); None = the index's.
         pairwise: add a row explaining the query w.r.t. each neighbour.
+        sections: HTML sections appended to the report page (``medcbir demo``'s region match).
 
     Returns:
         (html path, png path).
@@ -324,4 +326,7 @@ def explain_to_report(
     from medcbir.explain.native import native_panel
 
     source = query_path if Path(str(query_path)).is_file() else None
-    return render_report(out_html, native_panel(explanation, engine, query_source=source))
+    panel = native_panel(explanation, engine, query_source=source)
+    if sections:
+        panel["sections"] = list(sections)
+    return render_report(out_html, panel)

@@ -166,7 +166,7 @@ def verify(index_dir: str | Path) -> VerifyReport:
         if name in broken:
             continue
         try:
-            problems.extend(_check_shard(index_dir / name, entry, fingerprint, dim, keys, deleted, manifest.get("regions"), sizes))
+            problems.extend(_check_shard(index_dir / name, entry, fingerprint, dim, keys, deleted, _regions_of(manifest, entry), sizes))
         except (OSError, KeyError) as exc:
             problems.append(f"{name}: unreadable shard ({exc})")
         if entry.get("faiss") and entry["faiss"]["file"] not in broken:
@@ -200,6 +200,15 @@ def verify(index_dir: str | Path) -> VerifyReport:
                           "slice_bytes_per_image": round(sizes["slice_bytes"] / items, 1)}
     report.ok = not problems
     return report
+
+
+def _regions_of(manifest: dict, entry: dict) -> dict | None:
+    """The regions record a shard's ``regions/`` group must match: the manifest's, or, for a shard
+    a region refresh under way has done (:mod:`~medcbir.indexer.region_refresh`), the refresh's."""
+    refresh = manifest.get("regions_refresh")
+    if refresh and entry.get("regions_version") == refresh.get("version"):
+        return refresh
+    return manifest.get("regions")
 
 
 def _dataset_bytes(node) -> int:

@@ -36,6 +36,9 @@ Fields::
                             region search structure (region_index.py); ivf = {file, bytes, sha256,
                             xxh3, nlist, nprobe, at_regions} or null; each shard entry then has
                             region_part = {file, bytes, sha256, xxh3, count, ivf}
+    regions_refresh         while a region refresh is under way (region_refresh.py): the
+                            {version, dim, per_image} it writes; the shard entries it has done
+                            say regions_version (their file is then shard-N.rG.h5)
     dropped                 optional {file, bytes, sha256, xxh3, items, keys}: items a repair
                             dropped with their damaged shard, and a .npy of their key hashes
                             (``keys`` of them could be read); the next indexing run re-embeds

@@ -21,10 +21,9 @@ check it like any committed file):
   the lists belong to (``ivf``).
 - above :data:`FLAT_MAX` regions, ``region-ivf-G.npz`` (manifest: ``region_search.ivf``): the
   trained coarse quantiser (centroids), the whitening it was trained in and the probe count that
-  reached :data:`TARGET_RECALL` on a sample of the index's own regions. The lists hold each region
-  as 8-bit codes of its whitened vector over the exact range of every coordinate (one byte per
-  coordinate; the ranges are those of the vectors opened, so they follow the whitening), not as
-  float32: a region costs its codes, its id and its box in memory.
+  reached :data:`TARGET_RECALL` on a sample of the index's own regions. In memory the lists hold
+  each region's whitened vector in float16, zero-padded to a multiple of :data:`PAD` coordinates
+  (:func:`ivf_codes`): a region costs those codes, a FAISS id, its item id and its box.
 
 Lifecycle (:func:`maintain`, run by :func:`medcbir.indexer.manifest.commit_manifest` for every
 commit of an index with regions: indexing, the plugin's incremental commits, Ray indexing,
@@ -144,27 +143,35 @@ def nlist_for(n: int) -> int:
     return int(max(1, min(65536, 4 * math.sqrt(n))))
 
 
-def ivf_codes(quantizer: faiss.Index, dim: int, nlist: int) -> faiss.IndexIVFScalarQuantizer:
-    """An empty IVF over ``quantizer`` whose lists hold 8-bit scalar-quantised vectors (one byte
-    per coordinate, not residuals): the ranges come from :func:`set_ranges`."""
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2, False)
+#: The IVF's vectors are zero-padded to a multiple of this many coordinates (FAISS's SIMD distance
+#: kernels for scalar-quantised codes need it; without it they run scalar code, several times slower).
+PAD = 8
+
+
+def padded(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """float32 ``vectors`` with zero columns up to ``dim`` (distances unchanged)."""
+    x = np.asarray(vectors, dtype=np.float32)
+    x = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, -1)
+    return np.ascontiguousarray(x if x.shape[1] == dim else np.pad(x, ((0, 0), (0, dim - x.shape[1]))), dtype=np.float32)
+
+
+def ivf_codes(centroids: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
+    """An empty IVF with these coarse centroids whose lists hold each vector in float16 (not
+    residuals), zero-padded to a multiple of :data:`PAD` coordinates: half the bytes of float32
+    and the same ranking within float16's precision. Vectors and queries go in through :func:`padded`."""
+    dim = int(math.ceil(centroids.shape[1] / PAD) * PAD)
+    quantizer = faiss.IndexFlatL2(dim)
+    quantizer.add(padded(centroids, dim))
+    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, len(centroids), faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2, False)
+    index.is_trained = True
     index.referenced_objects = [quantizer]
     return index
 
 
-def set_ranges(index: faiss.IndexIVFScalarQuantizer, lo: np.ndarray, hi: np.ndarray) -> None:
-    """Quantise each coordinate over ``[lo, hi]`` (the exact minimum and maximum of the vectors
-    the index will hold, so none is clipped) and mark the index trained."""
-    lo = np.asarray(lo, dtype=np.float32)
-    span = np.maximum(np.asarray(hi, dtype=np.float32) - lo, 1e-6)
-    faiss.copy_array_to_vector(np.concatenate([lo, span]).astype(np.float32), index.sq.trained)
-    index.is_trained = True
-
-
 def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFScalarQuantizer, np.ndarray]:
-    """An IVF index over whitened region vectors (coarse quantiser trained on a sample of them,
-    8-bit codes over their exact ranges) filled with them; returns it and each vector's list
-    (int64). Its ``nprobe`` reaches :data:`TARGET_RECALL` against exact search of the vectors."""
+    """An IVF index over whitened region vectors (:func:`ivf_codes`; coarse quantiser trained on a
+    sample of them) filled with them; returns it and each vector's list (int64). Its ``nprobe``
+    reaches :data:`TARGET_RECALL` against exact search of the vectors."""
     n, dim = vectors.shape
     nlist = nlist_for(n)
     quantizer = faiss.IndexFlatL2(dim)
@@ -172,10 +179,9 @@ def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFScalarQ
     train = vectors[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
     coarse = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)  # trains the quantiser as FAISS's IVF does
     coarse.train(np.ascontiguousarray(train, dtype=np.float32))
-    index = ivf_codes(quantizer, dim, nlist)
-    set_ranges(index, vectors.min(axis=0), vectors.max(axis=0))
     _, lists = quantizer.search(vectors, 1)
     lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
+    index = ivf_codes(quantizer.reconstruct_n(0, nlist))
     fill(index, vectors, lists)
     index.nprobe = probes(index, vectors, rng)
     COUNTERS["trained"] += 1
@@ -184,7 +190,7 @@ def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFScalarQ
 
 def fill(index: faiss.IndexIVF, vectors: np.ndarray, lists: np.ndarray) -> None:
     """Add ``vectors`` (ids 0..n-1) to the lists given, without assigning them again."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = padded(vectors, index.d)
     ids = np.arange(len(vectors), dtype=np.int64)
     lists = np.ascontiguousarray(lists, dtype=np.int64)
     if len(vectors):
@@ -193,7 +199,7 @@ def fill(index: faiss.IndexIVF, vectors: np.ndarray, lists: np.ndarray) -> None:
 
 def fill_at(index: faiss.IndexIVF, vectors: np.ndarray, first: int, lists: np.ndarray) -> None:
     """Add ``vectors`` with ids ``first``.. to the lists given (:func:`fill` for one part of many)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = padded(vectors, index.d)
     ids = np.arange(first, first + len(vectors), dtype=np.int64)
     lists = np.ascontiguousarray(lists, dtype=np.int64)
     if len(vectors):
@@ -217,9 +223,10 @@ def probes(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10) -> 
     exact.add(vectors)
     _, truth = exact.search(sample, k)
     nprobe = 1
+    queries = padded(sample, index.d)
     while nprobe < index.nlist:
         index.nprobe = nprobe
-        _, found = index.search(sample, k)
+        _, found = index.search(queries, k)
         recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), truth.tolist())])
         if recall >= TARGET_RECALL:
             break
@@ -239,24 +246,15 @@ class StoredIVF:
     nprobe: int
     lists: np.ndarray | None = None  # int64 (R,) in the store's region order
 
-    def empty_index(self, lo: np.ndarray, hi: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
-        """The searchable IVF with no vectors yet, for vectors whose coordinates lie in ``[lo, hi]``
-        (:func:`ivf_codes`): add them with :func:`fill` and their stored lists."""
-        dim = self.centroids.shape[1]
-        quantizer = faiss.IndexFlatL2(dim)
-        quantizer.add(np.ascontiguousarray(self.centroids, dtype=np.float32))
-        index = ivf_codes(quantizer, dim, len(self.centroids))
-        set_ranges(index, lo, hi)
+    def empty_index(self) -> faiss.IndexIVFScalarQuantizer:
+        """The searchable IVF (:func:`ivf_codes`) with no vectors yet: add them with :func:`fill` and their stored lists."""
+        index = ivf_codes(self.centroids)
         index.nprobe = int(min(self.nprobe, len(self.centroids)))
         return index
 
     def index(self, vectors: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
         """The searchable IVF holding ``vectors`` (whitened in the current whitening) in their stored lists."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        dim = self.centroids.shape[1]
-        lo = vectors.min(axis=0) if len(vectors) else np.zeros(dim, np.float32)
-        hi = vectors.max(axis=0) if len(vectors) else np.ones(dim, np.float32)
-        index = self.empty_index(lo, hi)
+        index = self.empty_index()
         fill(index, vectors, self.lists)
         return index
 
@@ -410,7 +408,7 @@ def _train(index_dir: Path, shards: list[dict], dim: int, generation: int, total
     whitening = Whitening.from_moments(*sum_moments(per_shard, dim))
     vectors = whitening(np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32))
     index, lists = train_ivf(vectors)
-    centroids, nprobe = index.quantizer.reconstruct_n(0, index.nlist), int(index.nprobe)
+    centroids, nprobe = index.quantizer.reconstruct_n(0, index.nlist)[:, :dim], int(index.nprobe)
     del index, vectors
     path = index_dir / f"region-ivf-{generation:06d}.npz"
     ivf_record = _write_npz(path, mean=whitening.mean, matrix=whitening.matrix, centroids=centroids, nprobe=np.int64(nprobe))

@@ -269,15 +269,7 @@ def write_shard(
             group.create_dataset("size", data=np.array([sources[n][0] for n in names], dtype=np.int64))
             group.create_dataset("mtime_ns", data=np.array([sources[n][1] for n in names], dtype=np.int64))
         if regions is not None:
-            rows = np.asarray(regions.rows, dtype=np.int64)
-            if len(rows) and (rows.min() < 0 or rows.max() >= ids.shape[0]):
-                raise ValueError(f"region rows outside the shard's {ids.shape[0]} items")
-            group = f.create_group("regions")
-            group.create_dataset("row", data=rows.astype(np.int32))
-            group.create_dataset("boxes", data=np.asarray(regions.boxes, dtype=np.int32).reshape(-1, 4))
-            group.create_dataset("descriptors", data=np.asarray(regions.descriptors, dtype=np.float16))
-            group.attrs["version"] = regions_version
-            group.attrs["dim"] = int(np.shape(regions.descriptors)[1])
+            _write_regions(f, regions, regions_version, int(ids.shape[0]))
         f.attrs["columns"] = json.dumps(list(columns))  # ItemMeta.COLUMNS order
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
@@ -292,6 +284,45 @@ def write_shard(
         f.flush()
     crash_point("shard-write")
 
+    digest = sha256_file(tmp)
+    size = tmp.stat().st_size
+    commit_file(tmp, path, hook="shard-fsync")
+    return size, digest
+
+
+def _write_regions(f: h5py.File, regions: ShardRegions, version: str, items: int) -> None:
+    """The ``regions/`` group of a shard being written (``regions.rows`` = rows in the shard)."""
+    rows = np.asarray(regions.rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= items):
+        raise ValueError(f"region rows outside the shard's {items} items")
+    group = f.create_group("regions")
+    group.create_dataset("row", data=rows.astype(np.int32))
+    group.create_dataset("boxes", data=np.asarray(regions.boxes, dtype=np.int32).reshape(-1, 4))
+    group.create_dataset("descriptors", data=np.asarray(regions.descriptors, dtype=np.float16))
+    group.attrs["version"] = version
+    group.attrs["dim"] = int(np.shape(regions.descriptors)[1])
+
+
+def rewrite_regions(source: Path, path: Path, regions: ShardRegions, regions_version: str) -> tuple[int, str]:
+    """Write and commit ``path``: a copy of the committed shard ``source`` whose ``regions/``
+    group is replaced by ``regions`` (or added, for a shard without one). Everything else (the
+    embeddings, ids, metadata, ``sources/``, attributes) is copied as stored, byte for byte:
+    HDF5 copies datasets with their layout, so the embeddings stay contiguous and their recorded
+    sha256 holds.
+
+    Returns:
+        (size in bytes, whole-file sha256) of the committed file.
+    """
+    tmp = tmp_name(path)
+    with h5py.File(source, "r") as src, h5py.File(tmp, "w", libver="latest") as f:
+        for name in src:
+            if name != "regions":
+                src.copy(src[name], f, name=name)
+        _write_regions(f, regions, regions_version, int(src["ids"].shape[0]))
+        for key, value in src.attrs.items():
+            f.attrs[key] = value
+        f.flush()
+    crash_point("shard-write")
     digest = sha256_file(tmp)
     size = tmp.stat().st_size
     commit_file(tmp, path, hook="shard-fsync")

@@ -308,13 +308,17 @@ class IndexWriter:
             record = {"version": REGIONS_VERSION, "dim": DIM, "per_image": per_image}
             self.manifest = dict(self.manifest, regions=record)
         elif wanted and not record:
-            raise ConfigError(f"index {self.index_dir} was built without regions; region search needs a new index "
-                              f"(`medcbir index ARCHIVE NEW_INDEX` stores regions by default)")
+            raise ConfigError(f"index {self.index_dir} was built without regions; `medcbir index ARCHIVE --out {self.index_dir} "
+                              "--refresh-regions` adds them in place (the slices are not embedded again)")
         elif wanted is False and record:
             raise ConfigError(f"index {self.index_dir} stores regions for every item; --no-regions applies to a new index only")
         if record and record.get("version") != REGIONS_VERSION:
             raise ConfigError(f"index {self.index_dir} holds regions of recipe {record.get('version')!r}; this medcbir makes "
-                              f"{REGIONS_VERSION!r}: build a new index to add to it")
+                              f"{REGIONS_VERSION!r}: `medcbir index ARCHIVE --out {self.index_dir} --refresh-regions` re-describes "
+                              "them in place, then items can be added")
+        if self.manifest.get("regions_refresh"):
+            raise ConfigError(f"index {self.index_dir}: a region refresh is under way; finish it (`medcbir index ARCHIVE "
+                              f"--out {self.index_dir} --refresh-regions`) before adding items")
         self.regions = record or None
 
     @property
@@ -781,6 +785,10 @@ class IndexWriter:
             current, self.recovery = fallback_manifest(self.index_dir, exc)
         if current["encoder"]["fingerprint"] != self.manifest["encoder"]["fingerprint"]:
             raise EncoderMismatch(f"index {self.index_dir} was created meanwhile with encoder {current['encoder']['fingerprint'][:12]}")
+        if (current.get("regions") or {}).get("version") != (self.regions or {}).get("version") or current.get("regions_refresh"):
+            # a region refresh committed meanwhile: this writer's items lack regions of the index's recipe
+            raise ConfigError(f"index {self.index_dir}: its regions are being re-described (`--refresh-regions`); "
+                              "add the items after it ends")
         if current.get("trained") != self.manifest.get("trained"):
             import faiss
 

@@ -1,4 +1,4 @@
-"""The demo is the whole flow: phantom → scan → train (adaptation) → ONNX → index → search → evaluate → explain → report."""
+"""The demo is the whole flow: phantom → scan → train (adaptation) → ONNX → index → search → evaluate → region match → explain → report."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import h5py
 import pydicom
 import pytest
+
+from tests.region_html import region_section
 
 
 def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
@@ -25,8 +27,8 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     # with --json the stage lines go to stderr and stdout is one JSON summary
     text = proc.stderr
     summary = json.loads(proc.stdout)
-    for stage in range(1, 9):
-        assert f"== {stage}/8" in text
+    for stage in range(1, 10):
+        assert f"== {stage}/9" in text
     # the archive, the encoder in both forms, the index and the report all exist for real
     assert len(list((out / "archive").rglob("*.dcm"))) == 30
     assert (out / "encoder.pt").stat().st_size > 0 and (out / "encoder.onnx").stat().st_size > 0
@@ -70,3 +72,22 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     assert set(summary["evaluation"]["baselines"]) == {"default (start)", "thumbnail:16", "random"}
     assert summary["explanation"]["method"] == "relax" and summary["explanation"]["n_masks"] == 100
     assert Path(summary["report"]) == (out / "report.html").resolve() and Path(summary["explanation"]["panel"]).exists()
+    # the region query: a box on a structure of the query slice (no lesion list in this archive: a proposed region),
+    # its neighbours from other patients, each with its matched box, printed and in the report
+    region = summary["region"]
+    assert "proposed region" in region["chosen"] and len(region["box"]) == 4 and region["box"][2] > 0 and region["box"][3] > 0
+    assert [n["rank"] for n in region["neighbours"]] == [1, 2, 3]
+    assert all(patient[n["sop_instance_uid"]] != str(query_ds.PatientID) for n in region["neighbours"])
+    printed = re.findall(r"#(\d) region score=([0-9.]+) matched=(\d+),(\d+),(\d+),(\d+)", text)
+    assert [(int(r), [int(v) for v in box]) for r, _, *box in printed] == [(n["rank"], n["region"]) for n in region["neighbours"]]
+    assert "region-match RELAX: not evaluated on this index" in text and region["status"] in text
+    section = region_section(html)
+    assert section.sections == 1 and "why each region matched" in section.heading
+    assert section.paragraphs["status"] == [region["status"]] and section.paragraphs["caveat"]
+    query_fig, *neighbour_figs = section.figures
+    assert query_fig["class"] == "query" and f"box {','.join(map(str, region['box']))} (x, y, w, h)" in query_fig["lines"]
+    assert len(neighbour_figs) == 3 and all(f["class"] == "neighbour" for f in neighbour_figs)
+    for fig, n in zip(neighbour_figs, region["neighbours"]):
+        assert fig["lines"][0] == f"#{n['rank']}" and f"matched region {','.join(map(str, n['region']))}" in fig["lines"]
+        assert fig["images"] and fig["images"][0].startswith("data:image/png;base64,")
+        assert any(n["sop_instance_uid"][-27:] in line for line in fig["lines"])  # named by its UID
