@@ -101,6 +101,19 @@ def read_codes(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+def _code_runs(shard_files, width: int, first: int = 0) -> tuple[list[tuple[np.ndarray, int]], int]:
+    """Each shard's codes file read with the id of its first row (``first`` on), checked to be
+    ``width`` bytes wide; and the id after the last row."""
+    runs, lo = [], int(first)
+    for path in shard_files:
+        codes = read_codes(path)
+        if codes.ndim != 2 or codes.shape[1] != width:
+            raise ValueError(f"{path.name}: codes of width {codes.shape[-1]}, expected {width}")
+        runs.append((codes, lo))
+        lo += len(codes)
+    return runs, lo
+
+
 def shard_index(base_template: faiss.Index, ids: np.ndarray, embeddings: np.ndarray) -> faiss.Index:
     """A copy of the trained base holding one shard's vectors under their ids."""
     base = faiss.clone_index(base_template)
@@ -274,14 +287,7 @@ def filled_base(trained: faiss.Index, shard_files: list[Path], first: int = 0) -
     else:
         index = parts(trained)[0]  # the owning copy: returned, so that the lists stay alive
         base = faiss.downcast_index(index)
-    width = int(base.sa_code_size())
-    runs, lo = [], int(first)
-    for path in shard_files:
-        codes = read_codes(path)
-        if codes.ndim != 2 or codes.shape[1] != width:
-            raise ValueError(f"{path.name}: codes of width {codes.shape[-1]}, expected {width}")
-        runs.append((codes, lo))
-        lo += len(codes)
+    runs, _ = _code_runs(shard_files, int(base.sa_code_size()), int(first))
     fill_ivf(base, runs)
     if is_projected(trained):
         faiss.downcast_index(index.index).ntotal = base.ntotal
@@ -345,13 +351,7 @@ def combine_chain(trained: faiss.Index, shard_files: list[Path], n: int) -> fais
         raise ValueError("a projected chain needs every shard's codes (.codes.npy)")
     width = base.sa_code_size()
     full = width + (refine.sa_code_size() if refine is not None else 0)
-    parts, lo = [], 0
-    for path in shard_files:
-        codes = read_codes(path)
-        if codes.ndim != 2 or codes.shape[1] != full:
-            raise ValueError(f"{path.name}: codes of width {codes.shape[-1]}, expected {full}")
-        parts.append((codes, lo))
-        lo += len(codes)
+    parts, lo = _code_runs(shard_files, full)
     if lo != n:
         raise ValueError(f"shard codes hold {lo} rows, expected {n}")
     if isinstance(base, faiss.IndexIVF) and isinstance(faiss.downcast_InvertedLists(base.invlists), faiss.ArrayInvertedLists):

@@ -65,16 +65,21 @@ def search_parameters(index: faiss.Index, params: dict | None = None, sel: faiss
     return out
 
 
+def _refine_params(index, knobs: dict, sel, keep: list) -> faiss.IndexRefineSearchParameters:
+    """Parameters of a refine step (FAISS's ``IndexRefine`` or medcbir's re-rank from the shards):
+    its ``k_factor``, and its base index's parameters (selector, probes) inside."""
+    out = faiss.IndexRefineSearchParameters()
+    out.k_factor = float(knobs.get("k_factor") or index.k_factor)
+    base = _params(index.base_index, knobs, sel, keep)
+    if base is not None:
+        keep.append(base)
+        out.base_index_params = base
+    return out
+
+
 def _params(index: faiss.Index, knobs: dict, sel, keep: list):
     if isinstance(index, RerankFromRows):
-        # medcbir's re-rank from the shards: refine parameters as for IndexRefine
-        out = faiss.IndexRefineSearchParameters()
-        out.k_factor = float(knobs.get("k_factor") or index.k_factor)
-        base = _params(index.base_index, knobs, sel, keep)
-        if base is not None:
-            keep.append(base)
-            out.base_index_params = base
-        return out
+        return _refine_params(index, knobs, sel, keep)
     index = faiss.downcast_index(index)
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         inner_index = faiss.downcast_index(index.index)
@@ -91,13 +96,7 @@ def _params(index: faiss.Index, knobs: dict, sel, keep: list):
             return _plain(sel)
         return _params(index.at(0), knobs, sel, keep)
     if isinstance(index, faiss.IndexRefine):
-        out = faiss.IndexRefineSearchParameters()
-        out.k_factor = float(knobs.get("k_factor") or index.k_factor)
-        base = _params(index.base_index, knobs, sel, keep)
-        if base is not None:
-            keep.append(base)
-            out.base_index_params = base
-        return out
+        return _refine_params(index, knobs, sel, keep)
     if isinstance(index, faiss.IndexPreTransform):
         # IndexPreTransform hands parameters that are not its own straight to its sub-index.
         return _params(index.index, knobs, sel, keep)
