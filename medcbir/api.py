@@ -63,6 +63,11 @@ class ClassScores:
     precision_at_k: float
     knn_accuracy: float
 
+    @classmethod
+    def from_row(cls, row: dict) -> "ClassScores":
+        """From one row of an evaluation record (its per-label, whole-slice or baseline scores)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -101,7 +106,7 @@ class Evaluation:
     @classmethod
     def from_record(cls, record: dict) -> "Evaluation":
         """From the record :func:`medcbir.engine.evaluate` returns (what ``medcbir evaluate --json`` prints)."""
-        per_class = {name: ClassScores(**{f.name: row[f.name] for f in fields(ClassScores)}) for name, row in record["per_class"].items()}
+        per_class = {name: ClassScores.from_row(row) for name, row in record["per_class"].items()}
         values = {f.name: record.get(f.name) for f in fields(cls) if f.name != "per_class"}
         return cls(per_class=per_class, **values)
 
@@ -153,10 +158,7 @@ class RegionEvaluation:
     def from_record(cls, record: dict) -> "RegionEvaluation":
         """From the record :func:`medcbir.engine.region_evaluate.evaluate_regions` returns (what
         ``medcbir evaluate --roi-boxes --json`` prints)."""
-
-        def scores(row: dict) -> ClassScores:
-            return ClassScores(**{f.name: row[f.name] for f in fields(ClassScores)})
-
+        scores = ClassScores.from_row
         return cls(k=record["k"], exclude=record["exclude"], relevance=record["relevance"], rows=record["queries"]["rows"],
                    n_queries=record["n_queries"], skipped=dict(record["queries"]["skipped"]), searchable=record["searchable"],
                    n_labels_unknown=record["n_labels_unknown"], n_labels_deleted=record["n_labels_deleted"], snap=bool(record.get("snap")),
