@@ -95,9 +95,10 @@ def _budget(ctx, param, value):
               help="Re-describe the regions of the existing index --out from ARCHIVE's files by this medcbir's region "
                    "recipe (or add regions to an index built with --no-regions), in place: the slices are not embedded "
                    "again; resumable, shard by shard.")
-@click.option("--shard-dtype", type=click.Choice(["float32", "float16", "sq8", "sq6", "auto"]), default=None,
+@click.option("--shard-dtype", type=click.Choice(["float32", "float16", "sq8", "sq6", "tc4", "tc6", "tc8", "auto"]), default=None,
               help="How a new index's shards store embeddings (default float32; sq8/sq6: 8/6-bit codes per dimension; "
-                   "auto: the smallest of sq8, float16 measured to cost no recall).")
+                   "tc4/tc6/tc8: transform codes, 4/6/8 bits per dimension on average under a codebook fitted on the "
+                   "index's first shard; auto: the smallest of tc4, tc6, tc8, sq8, float16 measured to cost no recall).")
 def index(archive, encoder, out, shard_size, index_spec, target_recall, workers, batch_size, key_file, device, precision,
           delete_series, delete_study, as_json, no_progress, ray_address, ray_workers, gpus_per_worker, maintain, regions,
           regions_per_image, memory_budget, shard_dtype, refresh=False) -> None:

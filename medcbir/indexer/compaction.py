@@ -23,8 +23,9 @@ from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
-from medcbir.indexer.shard import (ShardRegions, shard_dtype, concat_columns, read_columns, read_embeddings, read_regions, read_source_stats,
-                                   write_shard)
+from medcbir.indexer.shard import (ShardRegions, codebook_entry, concat_columns, index_codec, read_columns, read_embeddings, read_regions,
+                                   read_source_stats, read_coded, shard_dtype, write_shard)
+from medcbir.indexer.transform_codec import is_transform
 from medcbir.indexer.staging import Overtaken, new_staging, publish, same_prefix
 from medcbir.indexer.writer import remove_orphans
 
@@ -61,7 +62,11 @@ def compaction_due(manifest: dict, shard_size: int | None = None) -> bool:
 
 
 class TailRewriter:
-    """Writes live items of old shards into full new shards in a staging folder."""
+    """Writes live items of old shards into full new shards in a staging folder, in the index's
+    storage (a ``tc*`` storage whose codebook is lost to a repair writes float16). A new shard made
+    of one old shard coded with the index's codebook keeps its rows' codes and its range as they
+    are (tombstoned rows dropped); rows merged from several shards (each with its own range) are
+    decoded and coded again under the merged range."""
 
     def __init__(self, index_dir: Path, staging: Path, manifest: dict, first_id: int, size: int) -> None:
         self.index_dir, self.staging, self.manifest, self.size = index_dir, staging, manifest, size
@@ -73,6 +78,11 @@ class TailRewriter:
         self._stats: dict[bytes, tuple[int, int]] = {}
         self._regions: list[ShardRegions] = []  # rows = position among the pending items
         self._pending = 0
+        self._raw: list[tuple | None] = []  # each part's (row codes, range) when coded with the index's codebook
+        self.dtype = shard_dtype(manifest)
+        self.codec = index_codec(index_dir, manifest) if is_transform(self.dtype) else None
+        if is_transform(self.dtype) and self.codec is None:
+            self.dtype = "float16"
         self._base = None
         if manifest.get("trained"):
             import faiss
@@ -87,7 +97,14 @@ class TailRewriter:
             return
         cols = {k: v[keep] for k, v in read_columns(path).items()}
         self._cols.append(cols)
-        self._emb.append(read_embeddings(path)[keep])
+        coded = read_coded(path) if self.codec is not None else None
+        if coded is not None and coded[0] == self.codec.file:
+            _, stored, value_range = coded
+            self._raw.append((stored[keep], value_range))
+            self._emb.append(self.codec.decode(stored[keep], value_range))
+        else:
+            self._raw.append(None)
+            self._emb.append(read_embeddings(path)[keep])
         kept_sources = set(cols["source"].tolist()) if "source" in cols else set()
         self._stats.update({n: st for n, st in read_source_stats(path).items() if n in kept_sources})
         if manifest_regions := self.manifest.get("regions"):
@@ -116,15 +133,18 @@ class TailRewriter:
             regions = ShardRegions(*(np.concatenate(c) for c in zip(*self._regions))) if self._regions \
                 else ShardRegions.empty(int(self.manifest["regions"]["dim"]))
             version = self.manifest["regions"]["version"]
+        stored = self._raw[0] if len(self._raw) == 1 else None  # one coded shard's rows: as they are
         nbytes, digest = write_shard(self.staging / f"{name}.h5", ids, emb, cols, self.manifest["encoder"], self._stats, regions, version,
-                                     dtype=shard_dtype(self.manifest))
+                                     dtype=self.dtype, codec=self.codec, stored=stored)
         entry = {"file": f"{name}.h5", "items": len(emb), "bytes": nbytes, "sha256": digest,
                  "first_id": int(ids[0]), "last_id": int(ids[-1]), "faiss": None}
+        if self.codec is not None:
+            entry["codebook"] = codebook_entry(self.manifest["storage"]["codebook"])
         if self._base is not None:
             entry["faiss"] = stamp(faiss_index.write_shard_part(self._base, ids, emb, self.staging / name), self.staging)
         self.entries.append(stamp(entry, self.staging))
         self.next_id += len(emb)
-        self._cols, self._emb, self._stats, self._regions, self._pending = [], [], {}, [], 0
+        self._cols, self._emb, self._stats, self._regions, self._pending, self._raw = [], [], {}, [], 0, []
 
 
 def compact(index_dir: str | Path, shard_size: int | None = None, force: bool = True) -> dict:

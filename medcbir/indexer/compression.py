@@ -12,10 +12,12 @@ An archive of tens of millions of images cannot keep its embeddings in RAM at fu
   quantiser, codes, re-rank store) lives in the projected space;
 - **a compact re-rank store**: ``Refine(SQfp16)`` (2 bytes per projected dimension) or
   ``Refine(SQ8)`` (1 byte) instead of ``Refine(Flat)``'s float32 copy of every embedding;
-- **compact shards** (:func:`choose_storage`): the HDF5 shards store embeddings as 8-bit
-  per-dimension scalar-quantised codes (``sq8``, each shard's own range) or in float16, the
-  smallest of them whose exact search over the stored-and-decoded vectors returns the same
-  top-10 as over the float32 ones (:data:`FLOAT16_RECALL`); float32 otherwise.
+- **compact shards** (:func:`choose_storage`): the HDF5 shards store embeddings as transform
+  codes (``tc4``/``tc6``/``tc8``: 4/6/8 bits per dimension on average under a codebook fitted on
+  the index's own sample, :mod:`.transform_codec`), 8-bit per-dimension scalar-quantised codes
+  (``sq8``, each shard's own range) or in float16, the smallest of them whose exact search over
+  the stored-and-decoded vectors returns the same top-10 as over the float32 ones
+  (:data:`FLOAT16_RECALL`); float32 otherwise.
 
 ``auto`` measures: with a memory budget (bytes of RAM per item for search, ``--memory-budget``)
 it tries only the chains whose :func:`bytes_per_item` fits (:func:`compact_candidates`), in
@@ -30,9 +32,14 @@ import re
 import faiss
 import numpy as np
 
+from pathlib import Path
+
 from medcbir.errors import ConfigError
+from medcbir.indexer import transform_codec
+from medcbir.indexer.checksum import stamp
 from medcbir.indexer.faiss_spec import SHARDS_RERANK, is_flat, reranks_from_shards, split_projection, split_refine
 from medcbir.indexer.shard import Decoder, sq_encode
+from medcbir.indexer.transform_codec import CrossFit, TransformCodec, is_transform
 
 #: projected dimensions ``auto`` tries (those below the embedding dimension), smallest first; a
 #: dimension whose exact search already misses the target is skipped (``recall.choose``)
@@ -174,41 +181,63 @@ def float16_costs_nothing(embeddings: np.ndarray, queries: int = FLOAT16_QUERIES
     return out
 
 
-def storage_costs_nothing(embeddings: np.ndarray, dtype: str, queries: int = FLOAT16_QUERIES, seed: int = 0) -> dict:
+def storage_costs_nothing(embeddings: np.ndarray, dtype: str, queries: int = FLOAT16_QUERIES, seed: int = 0,
+                          cross: CrossFit | None = None) -> dict:
     """:func:`float16_costs_nothing` for any shard storage: exact recall@10 over ``embeddings``
     stored as ``dtype`` and decoded (``sq8``/``sq6``: each shard's per-dimension range, as
-    :func:`medcbir.indexer.shard.write_shard` stores them) against float32, on up to ``queries``
-    of them: ``{"recall_at_10", "max_abs_error", "queries", "items", "free": bool}``; ``free``
-    when the recall reaches :data:`FLOAT16_RECALL` (and float16 moves no component by more
-    than 1e-3)."""
+    :func:`medcbir.indexer.shard.write_shard` stores them; ``tc*``: each half of the rows coded by
+    a codebook fitted on the other half, :class:`~.transform_codec.CrossFit` — ``cross``, shared
+    by the bit budgets — what a codebook does to the rows of later shards) against float32, on up
+    to ``queries`` of them: ``{"recall_at_10", "max_abs_error", "queries", "items", "free": bool}``;
+    ``free`` when the recall reaches :data:`FLOAT16_RECALL` (and float16 moves no component by
+    more than 1e-3)."""
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if dtype == "float16":
         out = float16_costs_nothing(x, queries, seed)
         out["free"] = out.pop("float16")
         return out
-    codes, value_range = sq_encode(x, dtype)
-    decoded = Decoder(dtype, x.shape[1], value_range).decode(codes)
+    if is_transform(dtype):
+        decoded = (cross or CrossFit(x, seed)).decoded(dtype)
+    else:
+        codes, value_range = sq_encode(x, dtype)
+        decoded = Decoder(dtype, x.shape[1], value_range).decode(codes)
     out = _exact_recall(x, decoded, queries, seed)
     out["free"] = bool(out["recall_at_10"] >= FLOAT16_RECALL)
     return out
 
 
 #: shard storages ``--shard-dtype auto`` measures, fewest bytes first
-AUTO_STORAGES = ("sq8", "float16")
+AUTO_STORAGES = ("tc4", "tc6", "tc8", "sq8", "float16")
 
 
 def choose_storage(embeddings: np.ndarray, queries: int = FLOAT16_QUERIES) -> dict:
     """The smallest shard storage of :data:`AUTO_STORAGES` that costs no measured recall on
     ``embeddings`` (the first shard's), float32 when none: the manifest's ``storage`` record
     ``{"dtype", "recall_at_10", "max_abs_error", "queries", "items", "tried"}`` (``tried``: each
-    measured storage's recall@10)."""
-    tried = {}
+    measured storage's recall@10, or why it was not measured). The transform codes are measured
+    only when each half of ``embeddings`` can fit a codebook
+    (:func:`~.transform_codec.min_fit_items`); a ``tc*`` choice still needs its codebook fitted on
+    all of ``embeddings`` (:func:`fit_codebook`)."""
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    cross = CrossFit(x)
+    tried: dict = {}
+    measured: dict = {}
     for dtype in AUTO_STORAGES:
-        measured = storage_costs_nothing(embeddings, dtype, queries)
+        if is_transform(dtype) and not cross.fits():
+            tried[dtype] = f"not measured: {len(x)} items, a codebook needs {2 * transform_codec.min_fit_items(x.shape[1])}"
+            continue
+        measured = storage_costs_nothing(x, dtype, queries, cross=cross)
         tried[dtype] = measured["recall_at_10"]
         if measured.pop("free"):
             return {"dtype": dtype, **measured, "tried": tried}
     return {"dtype": "float32", **{k: v for k, v in measured.items() if k != "free"}, "tried": tried}
+
+
+def fit_codebook(index_dir: Path, dtype: str, sample: np.ndarray) -> tuple[TransformCodec, dict]:
+    """(the ``dtype`` codebook fitted on ``sample``, saved in ``index_dir``; its manifest record
+    ``{file, bytes, sha256, xxh3, dtype, bits, components, code_bytes, fit_items}``)."""
+    codec = transform_codec.fit(sample, dtype)
+    return codec, stamp(codec.save(index_dir), index_dir)
 
 
 def _exact_recall(x: np.ndarray, stored: np.ndarray, queries: int, seed: int) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 from medcbir.errors import ConfigError, IndexCorrupt
 from medcbir.indexer.checksum import FIELD, fast_checksum
 from medcbir.indexer.fsutil import sha256_file
+from medcbir.indexer.manifest import codebook_records
 from medcbir.indexer.region_index import records as region_records
 
 VERIFY_MODES = ("checksums", "sha256", "sizes", "none")
@@ -113,6 +114,7 @@ def committed_records(manifest: dict) -> list[dict]:
     for extra in (manifest.get("trained"), manifest.get("deleted"), manifest.get("dropped"), manifest.get("lists")):
         if isinstance(extra, dict) and extra.get("file"):
             out.append(extra)
+    out.extend(codebook_records(manifest))
     out.extend(region_records(manifest))
     return out
 

@@ -15,7 +15,7 @@ from medcbir.indexer.checksum import FIELD, fast_checksum
 from medcbir.indexer.compaction import compact  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import commit_manifest, deleted_ids, read_manifest, store_deleted
-from medcbir.indexer.shard import Decoder, embeddings_sha256
+from medcbir.indexer.shard import Decoder
 from medcbir.indexer.integrity import committed_entries, committed_records
 from medcbir.indexer.fsutil import sha256_many
 from medcbir.indexer.writer import remove_orphans
@@ -256,12 +256,17 @@ def _check_shard(path: Path, entry: dict, fingerprint: str, dim: int, keys: set,
             out.append(f"{name}: dim/metric {attrs.get('dim')}/{attrs.get('metric')} differ from the manifest's {dim}/ip")
         try:
             decoder = Decoder.of(f, dim)
+        except IndexCorrupt as exc:  # a transform-coded shard whose codebook is missing or another
+            return [*out, str(exc)]
         except (KeyError, ValueError) as exc:
             return [*out, f"{name}: embeddings stored {f.attrs.get('embeddings_codec')!r} cannot be decoded ({exc})"]
         stored = f["embeddings"]
+        book = (entry.get("codebook") or {}).get("file")
+        if book != (attrs.get("codebook") if decoder.transform is not None else None):
+            out.append(f"{name}: coded with codebook {attrs.get('codebook')}, the manifest says {book}")
         if stored.shape != decoder.stored_shape(entry["items"]):
             out.append(f"{name}: embeddings {stored.shape} but the manifest says {entry['items']}×{dim}")
-        elif embeddings_sha256(decoder.read(stored)) != attrs.get("embeddings_sha256"):
+        elif decoder.checksum(stored[...]) != attrs.get("embeddings_sha256"):
             out.append(f"{name}: embeddings do not match their recorded sha256")
         ids = f["ids"][...]
         if not np.array_equal(ids, np.arange(entry["first_id"], entry["last_id"] + 1)):

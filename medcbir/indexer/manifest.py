@@ -39,6 +39,11 @@ Fields::
     regions_refresh         while a region refresh is under way (region_refresh.py): the
                             {version, dim, per_image} it writes; the shard entries it has done
                             say regions_version (their file is then shard-N.rG.h5)
+    storage                 how shards store embeddings: {requested, dtype, ...what auto measured,
+                            chain: the chain rule's measurement, codebook: {file, bytes, sha256, xxh3,
+                            dtype, bits, components, code_bytes, fit_items} of the codebook new
+                            tc4/tc6/tc8 shards are coded with}; a shard entry coded with a codebook
+                            names it: codebook = {file, bytes, sha256, xxh3}
     dropped                 optional {file, bytes, sha256, xxh3, items, keys}: items a repair
                             dropped with their damaged shard, and a .npy of their key hashes
                             (``keys`` of them could be read); the next indexing run re-embeds
@@ -270,13 +275,25 @@ def store_dropped(index_dir: Path, manifest: dict, keys: np.ndarray, items: int)
                            "xxh3": fast_checksum(final), "items": int(earlier.get("items", 0)) + int(items), "keys": int(keys.size)}
 
 
+def codebook_records(manifest: dict) -> list[dict]:
+    """The record of every transform-coding codebook a manifest commits (the one new shards are
+    coded with, and each one a committed shard names), once each."""
+    out: dict[str, dict] = {}
+    current = (manifest.get("storage") or {}).get("codebook")
+    for rec in [current] + [s.get("codebook") for s in manifest.get("shards", [])]:
+        if isinstance(rec, dict) and rec.get("file") and rec["file"] not in out:
+            out[rec["file"]] = rec
+    return list(out.values())
+
+
 def referenced_files(manifest: dict) -> set[str]:
-    """Every file name a manifest commits (shards, their FAISS files, trained params, tombstones)."""
+    """Every file name a manifest commits (shards, their FAISS files, codebooks, trained params, tombstones)."""
     names = {MANIFEST}
     for shard in manifest.get("shards", []):
         names.add(shard["file"])
         if shard.get("faiss"):
             names.add(shard["faiss"]["file"])
+    names.update(r["file"] for r in codebook_records(manifest))
     if manifest.get("trained"):
         names.add(manifest["trained"]["file"])
     for extra in ("deleted", "dropped", "lists"):

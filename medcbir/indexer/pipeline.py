@@ -144,7 +144,8 @@ def index_archive(
         regions_per_image: regions kept per item of a new index.
         memory_budget: bytes of RAM per item for search (``--memory-budget``): ``auto`` then
             chooses among the chains that fit (:mod:`medcbir.indexer.compression`).
-        shard_dtype: ``float32``, ``float16``, ``sq8``, ``sq6`` or ``auto`` (``--shard-dtype``; see ``IndexWriter.open``).
+        shard_dtype: ``float32``, ``float16``, ``sq8``, ``sq6``, ``tc4``, ``tc6``, ``tc8`` or ``auto``
+            (``--shard-dtype``; see ``IndexWriter.open``).
 
     Returns:
         the job's :class:`IndexSummary`.

@@ -45,8 +45,10 @@ from medcbir.errors import ArchiveNotFound
 from medcbir.imaging import Preprocessing
 from medcbir.encoders.regions import WithRegions
 from medcbir.device import Device
-from medcbir.indexer.compression import choose_storage
-from medcbir.indexer.shard import meta_columns, shard_name, write_shard
+from medcbir.indexer.compression import choose_storage, fit_codebook
+from medcbir.indexer.shard import codebook_entry, meta_columns, shard_name, write_shard
+from medcbir.indexer import transform_codec
+from medcbir.indexer.transform_codec import is_transform, min_fit_items
 from medcbir.indexer.writer import key_hash, shard_regions
 from medcbir.indexer import follow, quarantine
 from medcbir.indexer.summary import IndexSummary
@@ -222,12 +224,13 @@ def _ledger_class():
             self.jobs: dict[int, tuple] = {}
             self.storage: dict | None = None
 
-        def settle_storage(self, proposal: dict) -> dict:
+        def settle_storage(self, proposal: dict | None) -> dict | None:
             """The index's shard storage for an ``auto`` request: the first actor's measurement
             (:func:`~medcbir.indexer.compression.choose_storage` on its first embeddings) wins,
             every actor then writes that dtype (as the single-process writer decides at its
-            first shard)."""
-            if self.storage is None:
+            first shard); so does the first codebook an actor fitted for a ``tc*`` storage (every
+            actor codes with it). ``None``: what is settled so far (None while nothing is)."""
+            if self.storage is None and proposal is not None:
                 self.storage = dict(proposal)
             return self.storage
 
@@ -303,10 +306,12 @@ class EmbedWriter:
         dtype: how shards store embeddings: the index's decided ``shard_dtype``, or ``"auto"``
             while an ``auto`` request is undecided (measured on the first embeddings an actor
             makes, settled once by the ledger, reported back with the entries).
+        codebook: the index's codebook record for a ``tc*`` dtype (None: none yet; the first
+            actor with enough embeddings fits one, the ledger settles it for every actor).
     """
 
     def __init__(self, encoder, fingerprint: str, encoder_info: dict, index_dir: str, ledger, batch_size: int, threads: int,
-                 regions: dict | None = None, dtype: str = "float32") -> None:
+                 regions: dict | None = None, dtype: str = "float32", codebook: dict | None = None) -> None:
         import torch
 
         from medcbir.encoders.runtime import open_encoder, open_for_index
@@ -318,6 +323,8 @@ class EmbedWriter:
         self.info, self.index_dir, self.ledger, self.batch_size = encoder_info, Path(index_dir), ledger, int(batch_size)
         self.regions = regions
         self.dtype = dtype
+        self.storage = {"dtype": dtype, "codebook": codebook} if dtype != "auto" and (codebook or not is_transform(dtype)) else None
+        self.from_ledger = False
 
     def __call__(self, batch: dict) -> dict:
         records = [self._job(int(job), pickle.loads(payload)) for job, payload in zip(batch["job"], batch["payload"])]
@@ -337,10 +344,14 @@ class EmbedWriter:
             embeddings = self.encoder.embed(np.ascontiguousarray(images[kept]), batch_size=self.batch_size)
             kept_metas = [metas[i] for i in kept]
             kept_regions = [regions[i] for i in kept] if regions is not None else None
-            storage = None
-            if self.dtype == "auto":
-                storage = ray.get(self.ledger.settle_storage.remote({"requested": "auto", **choose_storage(embeddings)}))
+            storage = self._settle(embeddings)
             dtype = storage["dtype"] if storage else self.dtype
+            codec = None
+            if is_transform(dtype):
+                book = storage["codebook"] if storage else None
+                codec = transform_codec.load(self.index_dir / book["file"], book["sha256"]) if book else None
+                dtype = dtype if codec is not None else "float16"  # too few embeddings to fit a codebook yet
+            report = storage if self.from_ledger else None  # the driver adopts what the ledger settled
             for number, first, count in plan:
                 ids = np.arange(first, first + count, dtype=np.int64)
                 path = self.index_dir / shard_name(number)
@@ -348,12 +359,35 @@ class EmbedWriter:
                 stats = {str(m.source).encode("utf-8"): states[str(m.source)] for m in part if str(m.source) in states}
                 block = shard_regions(kept_regions[start:start + count], int(self.regions["dim"])) if self.regions else None
                 size, digest = write_shard(path, ids, embeddings[start:start + count], meta_columns(part), self.info, stats, block,
-                                           self.regions["version"] if self.regions else "", dtype=dtype)
+                                           self.regions["version"] if self.regions else "", dtype=dtype, codec=codec)
                 entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
                                 "first_id": int(first), "last_id": int(first + count - 1), "faiss": None,
-                                **({"storage": storage} if storage else {})})
+                                **({"storage": report} if report else {}),
+                                **({"codebook": codebook_entry(storage["codebook"])} if codec is not None else {})})
                 start += count
         return {"job": job, "entries": entries, "units": n_units, "items": len(metas), "duplicates": int(len(metas) - len(kept)), "skips": skips}
+
+    def _settle(self, embeddings: np.ndarray) -> dict | None:
+        """The storage this actor writes: the index's decided one, or (an ``auto`` request
+        undecided, or a ``tc*`` storage without a codebook) what the ledger settled — this actor's
+        own proposal when it is the first (measured, or a codebook fitted on these embeddings)."""
+        import ray
+
+        if self.storage is not None:
+            return self.storage
+        settled = ray.get(self.ledger.settle_storage.remote(None))
+        if settled is None:
+            proposal = None
+            if self.dtype == "auto":
+                proposal = {"requested": "auto", **choose_storage(embeddings)}
+                if is_transform(proposal["dtype"]):
+                    proposal["codebook"] = fit_codebook(self.index_dir, proposal["dtype"], embeddings)[1]
+            elif len(embeddings) >= min_fit_items(embeddings.shape[1]):
+                proposal = {"requested": self.dtype, "dtype": self.dtype, "codebook": fit_codebook(self.index_dir, self.dtype, embeddings)[1]}
+            settled = ray.get(self.ledger.settle_storage.remote(proposal))
+        if settled is not None:
+            self.storage, self.from_ledger = settled, True
+        return settled
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -396,7 +430,7 @@ def index_archive_ray(
         shard_size: items per shard at most (also capped by :data:`JOB_BYTES` of images).
         index_spec, device, progress, batch_size, key_file, target_recall, regions, regions_per_image, memory_budget:
             as for ``index_archive``.
-        shard_dtype: ``float32``, ``float16``, ``sq8``, ``sq6`` or ``auto`` (measured by the
+        shard_dtype: ``float32``, ``float16``, ``sq8``, ``sq6``, ``tc4``, ``tc6``, ``tc8`` or ``auto`` (measured by the
             first actor on its first embeddings, settled once by the ledger: the same choice as
             the single-process writer's, :func:`~medcbir.indexer.compression.choose_storage`).
 
@@ -519,6 +553,7 @@ def _run(units_of, units, writer, encoder, workers, gpus_per_worker, shard_size,
             "encoder_info": dict(writer.manifest["encoder"]), "index_dir": str(writer.index_dir),
             "ledger": ledger, "batch_size": batch_size, "threads": threads, "regions": writer.regions,
             "dtype": _actor_dtype(writer.manifest, writer.shard_dtype),
+            "codebook": (writer.manifest.get("storage") or {}).get("codebook"),
         },
     )
     for row in ds.iter_rows():

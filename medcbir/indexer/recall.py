@@ -56,6 +56,7 @@ from medcbir.indexer.faiss_index import (auto_nlist, auto_spec, chain, faiss_par
                                          split_projection, split_refine)
 from medcbir.indexer.rerank import from_array
 from medcbir.indexer.shard import Decoder, sq_encode
+from medcbir.indexer.transform_codec import CrossFit, is_transform, min_fit_items
 
 log = logging.getLogger(__name__)
 
@@ -457,8 +458,9 @@ def choose(vectors: np.ndarray, target: float = TARGET_RECALL, specs: list[str] 
     return choice, trained
 
 
-#: shard storages the chain rule (:func:`choose_chain_storage`) tries, fewest bytes first
-CHAIN_STORAGES = ("sq6", "sq8")
+#: shard storages the chain rule (:func:`choose_chain_storage`) tries, fewest bytes first (a
+#: transform code before the scalar code of the same size)
+CHAIN_STORAGES = ("tc4", "tc6", "sq6", "tc8", "sq8")
 #: how much held-out recall@10 a compact shard storage may cost the chosen chain, against the
 #: same chain over the shards as they are stored now
 STORAGE_TOLERANCE = 0.005
@@ -499,23 +501,33 @@ def choose_chain_storage(sample: np.ndarray, spec: str, params: dict, shard_size
     trained on, filled with and re-ranking from the decoded stored vectors, ground truth from
     ``sample``) is at most ``tolerance`` below the same chain's over ``sample`` as it is stored now;
     ``None`` when none is. ``sample``'s rows are scalar-quantised in blocks of ``shard_size`` (each
-    shard's own per-dimension range, as :func:`~medcbir.indexer.shard.write_shard` stores them).
+    shard's own per-dimension range, as :func:`~medcbir.indexer.shard.write_shard` stores them);
+    for a transform code each half of the rows is coded by a codebook fitted on the other half
+    (:class:`~medcbir.indexer.transform_codec.CrossFit`: what the codebook, fitted on the sample,
+    does to the rows of later shards).
 
     Returns:
         ``{"dtype", "reference", "tried", "tolerance", "queries", "items", "spec", "params",
         "seconds"}``: ``reference`` the recall@10 over the vectors as stored, ``tried`` each
-        storage's.
+        storage's (or why it was not measured).
     """
     start = time.perf_counter()
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     reference = chain_recall_on(sample, sample, spec, params, seed)
     tried, chosen = {}, None
+    cross = CrossFit(sample, seed, block=shard_size) if any(is_transform(d) for d in storages) else None
     for dtype in storages:
-        decoded = np.empty_like(sample)
-        for lo in range(0, len(sample), max(1, int(shard_size))):
-            hi = min(len(sample), lo + max(1, int(shard_size)))
-            codes, value_range = sq_encode(sample[lo:hi], dtype)
-            decoded[lo:hi] = Decoder(dtype, sample.shape[1], value_range).decode(codes)
+        if is_transform(dtype):
+            if not cross.fits():
+                tried[dtype] = f"not measured: {len(sample)} items, a codebook needs {2 * min_fit_items(sample.shape[1])}"
+                continue
+            decoded = cross.decoded(dtype)
+        else:
+            decoded = np.empty_like(sample)
+            for lo in range(0, len(sample), max(1, int(shard_size))):
+                hi = min(len(sample), lo + max(1, int(shard_size)))
+                codes, value_range = sq_encode(sample[lo:hi], dtype)
+                decoded[lo:hi] = Decoder(dtype, sample.shape[1], value_range).decode(codes)
         measured = chain_recall_on(sample, decoded, spec, params, seed)
         tried[dtype] = round(measured.recall_at_10, 4)
         if measured.recall_at_10 >= reference.recall_at_10 - tolerance:

@@ -93,6 +93,10 @@ def drop_damaged(index_dir: Path, manifest: dict, rec: Recovery) -> dict:
     damaged = damaged_files(index_dir, manifest)
     if not damaged:
         return manifest
+    for entry in manifest["shards"]:  # a shard whose codebook is damaged cannot be decoded: as damaged
+        book = (entry.get("codebook") or {}).get("file")
+        if book in damaged and entry["file"] not in damaged:
+            damaged[entry["file"]] = f"its codebook {book}: {damaged[book]}"
     tombstones = manifest.get("deleted")
     if isinstance(tombstones, dict) and tombstones["file"] in damaged:
         raise IndexCorrupt(f"{tombstones['file']}: {damaged[tombstones['file']]}: which items were deleted is unknown; "
@@ -110,6 +114,11 @@ def drop_damaged(index_dir: Path, manifest: dict, rec: Recovery) -> dict:
         manifest.update(trained=None, index_spec="Flat" if requested == "auto" else requested, search_params={}, recall=None)
         manifest["shards"] = [{**s, "faiss": None} for s in manifest["shards"]]
         rec.rebuilt.append(trained["file"])
+    storage = manifest.get("storage") or {}
+    if (storage.get("codebook") or {}).get("file") in damaged:
+        # new shards need a codebook: the next writer fits one again (compaction writes float16 until then)
+        manifest["storage"] = {k: v for k, v in storage.items() if k != "codebook"}
+        rec.rebuilt.append(storage["codebook"]["file"])
     manifest = region_index.drop_damaged(manifest, damaged, rec.rebuilt)  # stored again at the commit
     shards = manifest["shards"]
     first = next((i for i, s in enumerate(shards) if s["file"] in damaged or (s.get("faiss") or {}).get("file") in damaged), None)

@@ -28,9 +28,14 @@ class RerankFromRows:
     candidates are re-ranked exactly with ``rows_of(ids)`` (float32 ``len(ids) × d``, rows in the
     order of the sorted unique ``ids`` given)."""
 
-    def __init__(self, base: faiss.Index, rows_of: Callable[[np.ndarray], np.ndarray], k_factor: float = 1.0) -> None:
+    def __init__(self, base: faiss.Index, rows_of: Callable[[np.ndarray], np.ndarray], k_factor: float = 1.0,
+                 scores_of: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
         self.base_index = base
         self.rows_of = rows_of
+        #: ``scores_of(queries, which, ids)``: the exact inner products of ``queries[which[i]]``
+        #: with the stored row of ``ids[i]``, when the rows can be scored without being decoded
+        #: (transform-coded shards score in their codebook's rotated space); else ``rows_of``
+        self.scores_of = scores_of
         self.k_factor = float(k_factor)
         self.d = int(base.d)
         self.metric_type = faiss.METRIC_INNER_PRODUCT
@@ -61,10 +66,13 @@ class RerankFromRows:
         found = cand >= 0
         exact = np.full(cand.shape, -np.inf, dtype=np.float32)
         if found.any():
-            unique, inverse = np.unique(cand[found], return_inverse=True)
-            stored = self.rows_of(unique)
             rows = np.nonzero(found)[0]
-            exact[found] = np.einsum("ij,ij->i", stored[inverse], q[rows], dtype=np.float32)
+            if self.scores_of is not None:
+                exact[found] = self.scores_of(q, rows, cand[found])
+            else:
+                unique, inverse = np.unique(cand[found], return_inverse=True)
+                stored = self.rows_of(unique)
+                exact[found] = np.einsum("ij,ij->i", stored[inverse], q[rows], dtype=np.float32)
         width = min(k, cand.shape[1])
         order = np.argsort(-exact, axis=1, kind="stable")[:, :width]
         top = np.take_along_axis(exact, order, axis=1)

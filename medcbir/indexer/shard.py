@@ -6,9 +6,13 @@ Layout of ``shard-NNNNNN.h5``::
                         chunking, no compression: can be mmapped); read back as float32. With
                         ``shard_dtype`` ``sq8``/``sq6``: N×C uint8, each row FAISS's scalar-quantised
                         code of the embedding (8 or 6 bits per dimension, C = ⌈6D/8⌉ for 6 bits)
-    embeddings_range    (sq8/sq6 only) 2×D float32: per-dimension minimum and range of this
+                        With ``tc4``/``tc6``/``tc8``: N×W uint8, each row the bit-packed transform
+                        code of the embedding under the index's codebook (:mod:`.transform_codec`:
+                        W = ⌈Σ widths / 8⌉, about 4/6/8 bits per dimension)
+    embeddings_range    (sq8/sq6) 2×D float32: per-dimension minimum and range of this
                         shard's embeddings (FAISS's ``ScalarQuantizer.trained``), which decode the
-                        codes back to float32 on read
+                        codes back to float32 on read; (tc4/tc6/tc8) 2×K float32: per axis of the
+                        codebook, the lowest level and the step of this shard's quantiser
     ids                 N int64 (dense, increasing: first_id .. last_id)
     meta/<column>       one dataset per ItemMeta column: strings as fixed-width UTF-8 bytes,
                         ints int64, floats float64, pairs (pixel_spacing) N×2 float64
@@ -21,8 +25,12 @@ Layout of ``shard-NNNNNN.h5``::
                         w, h in the item's stored pixel grid), descriptors (float16 ×D); attrs
                         version (the region recipe) and dim
     attrs               format, version, encoder_fingerprint, preprocessing (JSON), dim,
-                        metric ("ip"), embeddings_sha256 (of the float32 values read back),
-                        items, first_id, last_id; ``embeddings_codec`` (sq8/sq6 only)
+                        metric ("ip"), embeddings_sha256 (of the float32 values read back; of the
+                        stored row codes for tc4/tc6/tc8, whose float32 reconstruction is a matrix
+                        product whose last bits depend on the BLAS), items, first_id, last_id;
+                        ``embeddings_codec`` (sq8/sq6/tc4/tc6/tc8 only); ``codebook`` and
+                        ``codebook_sha256`` (tc4/tc6/tc8 only: the file name of the index's codebook
+                        in the shard's folder and the sha256 of its bytes)
 
 A shard is written to a temporary name, closed, fsynced and renamed (``fsutil.commit_file``);
 once its name is in a committed manifest it is never modified again.
@@ -39,8 +47,10 @@ import faiss
 import h5py
 import numpy as np
 
+from medcbir.indexer import transform_codec
 from medcbir.indexer.fsutil import commit_file, crash_point, tmp_name
 from medcbir.indexer.fsutil import sha256_file
+from medcbir.indexer.transform_codec import TransformCodec, is_transform
 
 FORMAT = "medcbir-shard"
 VERSION = 1
@@ -67,9 +77,13 @@ def shard_name(number: int) -> str:
 
 
 #: how a shard may store its embeddings
-SHARD_DTYPES = ("float32", "float16", "sq8", "sq6")
+SHARD_DTYPES = ("float32", "float16", "sq8", "sq6", "tc4", "tc6", "tc8")
 #: the scalar-quantised storages: FAISS quantiser type of each
 SQ_CODECS = {"sq8": faiss.ScalarQuantizer.QT_8bit, "sq6": faiss.ScalarQuantizer.QT_6bit}
+#: bytes per dimension of each storage (the transform codes' average; a codebook file per index on top)
+STORAGE_BYTES = {"tc4": 0.5, "tc6": 0.75, "sq6": 0.75, "tc8": 1.0, "sq8": 1.0, "float16": 2.0, "float32": 4.0}
+#: shard storages, fewest bytes first (a transform code before a scalar one of the same size)
+STORAGE_ORDER = tuple(STORAGE_BYTES)
 
 
 def sq_quantizer(codec: str, dim: int, value_range: np.ndarray | None = None) -> faiss.ScalarQuantizer:
@@ -100,26 +114,48 @@ def sq_encode(embeddings: np.ndarray, codec: str) -> tuple[np.ndarray, np.ndarra
 
 class Decoder:
     """Turns a shard's stored ``embeddings`` rows into float32: identity for float32/float16,
-    FAISS's scalar-quantiser decode for ``sq8``/``sq6`` (one per open shard)."""
+    FAISS's scalar-quantiser decode for ``sq8``/``sq6``, the index's codebook for ``tc4``/``tc6``/
+    ``tc8`` (one per open shard). Scores queries against stored rows too (:meth:`prepare`,
+    :meth:`scores`): a transform-coded row is scored in the codebook's rotated space, not decoded."""
 
-    def __init__(self, codec: str | None, dim: int, value_range: np.ndarray | None = None) -> None:
+    def __init__(self, codec: str | None, dim: int, value_range: np.ndarray | None = None,
+                 transform: TransformCodec | None = None) -> None:
         self.codec, self.dim = codec, int(dim)
-        self.sq = sq_quantizer(codec, dim, value_range) if codec else None
-        self.width = int(self.sq.code_size) if self.sq is not None else self.dim
+        self.sq = sq_quantizer(codec, dim, value_range) if codec in SQ_CODECS else None
+        self.transform = transform if is_transform(codec) else None
+        if is_transform(codec) and (transform is None or transform.dtype != codec or transform.dim != self.dim):
+            raise ValueError(f"a {codec} shard of {dim}-d embeddings needs its {codec} codebook of that dimension")
+        self.value_range = self.transform.check_range(value_range) if self.transform is not None else None
+        if codec and self.sq is None and self.transform is None:
+            raise ValueError(f"unknown embeddings codec {codec!r}")
+        self.width = (int(self.sq.code_size) if self.sq is not None else self.transform.code_bytes if self.transform is not None
+                      else self.dim)
 
     @classmethod
     def of(cls, f: h5py.File, dim: int | None = None) -> "Decoder":
-        codec = f.attrs.get("embeddings_codec")
-        codec = codec.decode() if isinstance(codec, bytes) else codec
+        """The decoder of an open shard. A transform-coded shard's codebook is loaded from the
+        shard's folder (from the index folder for a shard staged in ``INDEX/.staging-*``).
+
+        Raises:
+            IndexCorrupt: the shard's codebook is missing or is not the one it was coded with.
+            KeyError, ValueError: the shard's codec attributes are missing or unknown.
+        """
+        codec = _text(f.attrs.get("embeddings_codec"))
         dim = int(f.attrs["dim"]) if dim is None else int(dim)
         if not codec:
             return cls(None, dim)
+        if is_transform(codec):
+            path = codebook_path(Path(f.filename), _text(f.attrs["codebook"]))
+            book = transform_codec.load(path, _text(f.attrs["codebook_sha256"]), Path(f.filename).name)
+            return cls(codec, dim, f["embeddings_range"][...], transform=book)
         return cls(str(codec), dim, f["embeddings_range"][...])
 
     def stored_shape(self, items: int) -> tuple[int, int]:
         return (int(items), self.width)
 
     def decode(self, stored: np.ndarray) -> np.ndarray:
+        if self.transform is not None:
+            return self.transform.decode(stored, self.value_range)
         if self.sq is None:
             return np.asarray(stored).astype(np.float32, copy=False)
         stored = np.ascontiguousarray(stored, dtype=np.uint8)
@@ -127,9 +163,34 @@ class Decoder:
             return np.zeros((0, self.dim), np.float32)
         return self.sq.decode(stored)
 
+    def checksum(self, stored: np.ndarray) -> str:
+        """The shard's ``embeddings_sha256`` of its stored rows: of the decoded float32 values, or
+        of the row codes and the range themselves for a transform-coded shard."""
+        if self.transform is not None:
+            return codes_sha256(stored, self.value_range)
+        return embeddings_sha256(self.decode(stored))
+
+    @property
+    def space(self) -> str:
+        """What :meth:`prepare` depends on: decoders of one space share prepared queries."""
+        return f"codebook:{self.transform.sha256}" if self.transform is not None else "direct"
+
+    def prepare(self, queries: np.ndarray):
+        """The queries (float32 B×D) as :meth:`scores` takes them (rotated once for a codebook)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return self.transform.prepare(queries) if self.transform is not None else queries
+
+    def scores(self, stored: np.ndarray, prepared, which: np.ndarray) -> np.ndarray:
+        """float32 inner products of stored rows (N) with their queries (``which``: N indices into
+        the prepared queries): the scores an exact search over the decoded rows gives."""
+        which = np.asarray(which, dtype=np.int64)
+        if self.transform is not None:
+            return self.transform.scores(stored, self.value_range, prepared, which)
+        return np.einsum("ij,ij->i", self.decode(stored), prepared[which], dtype=np.float32)
+
     def read(self, ds: h5py.Dataset, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """float32 rows of the dataset (all, a slice, or sorted positions)."""
-        if self.sq is None:
+        if self.sq is None and self.transform is None:
             if rows is None:
                 out = np.empty(ds.shape, dtype=np.float32)
                 if ds.shape[0]:
@@ -140,10 +201,45 @@ class Decoder:
 
     def read_into(self, ds: h5py.Dataset, out: np.ndarray, lo: int, hi: int) -> None:
         """Rows ``lo``..``hi`` of the dataset decoded into ``out`` (``hi - lo`` rows)."""
-        if self.sq is None:
+        if self.sq is None and self.transform is None:
             ds.read_direct(out, source_sel=np.s_[lo:hi], dest_sel=np.s_[0:hi - lo])
-        elif hi > lo:
-            out[: hi - lo] = self.decode(ds[lo:hi])
+            return
+        block = transform_codec.BLOCK
+        for a in range(lo, hi, block):
+            b = min(hi, a + block)
+            out[a - lo: b - lo] = self.decode(ds[a:b])
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else (None if value is None else str(value))
+
+
+def codebook_path(shard: Path, name: str) -> Path:
+    """Where a shard's codebook ``name`` is: beside it, or in the index folder when the shard is
+    staged in ``INDEX/.staging-*`` (compaction, repair)."""
+    path = Path(shard).parent / name
+    if not path.exists() and Path(shard).parent.name.startswith(".staging-"):
+        return Path(shard).parent.parent / name
+    return path
+
+
+def index_codec(index_dir: Path, manifest: dict) -> TransformCodec | None:
+    """The codebook new shards of the index are coded with (its ``storage.codebook``), None when
+    its storage is not transform-coded or has no codebook yet.
+
+    Raises:
+        IndexCorrupt: the codebook file is missing or differs from the committed one.
+    """
+    record = manifest.get("storage") or {}
+    book = record.get("codebook")
+    if not is_transform(record.get("dtype")) or not book:
+        return None
+    return transform_codec.load(Path(index_dir) / book["file"], book["sha256"])
+
+
+def codebook_entry(record: dict) -> dict:
+    """The part of a codebook record a shard's manifest entry keeps (what checks it)."""
+    return {k: record[k] for k in ("file", "bytes", "sha256", "xxh3") if k in record}
 
 
 def shard_dtype(manifest: dict) -> str:
@@ -156,6 +252,14 @@ def shard_dtype(manifest: dict) -> str:
 def embeddings_sha256(embeddings: np.ndarray) -> str:
     """sha256 of embeddings as float32 (for a scalar-quantised shard: its decoded values)."""
     return hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()
+
+
+def codes_sha256(stored: np.ndarray, value_range: np.ndarray) -> str:
+    """sha256 of a transform-coded shard's row codes (uint8) followed by its range (float32): its
+    ``embeddings_sha256``."""
+    h = hashlib.sha256(np.ascontiguousarray(stored, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(value_range, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def meta_columns(metas: list[Any]) -> dict[str, np.ndarray]:
@@ -219,6 +323,8 @@ def write_shard(
     regions: ShardRegions | None = None,
     regions_version: str = "",
     dtype: str = "float32",
+    codec: TransformCodec | None = None,
+    stored: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[int, str]:
     """Write and commit one shard.
 
@@ -231,8 +337,13 @@ def write_shard(
         sources: recorded source → (size, mtime_ns) of its file, for the ``sources/`` group.
         regions: the ``regions/`` group (``rows`` = row in this shard), None for an index without
             regions; ``regions_version`` names the recipe that made them.
-        dtype: ``"float32"``, ``"float16"``, ``"sq8"`` or ``"sq6"``, how the embeddings are stored
-            (the attribute ``embeddings_sha256`` is of the stored values, read back as float32).
+        dtype: ``"float32"``, ``"float16"``, ``"sq8"``, ``"sq6"``, ``"tc4"``, ``"tc6"`` or ``"tc8"``, how
+            the embeddings are stored (the attribute ``embeddings_sha256`` is of the stored values,
+            read back as float32; of the row codes for ``tc*``).
+        codec: the index's codebook (saved: :meth:`~.transform_codec.TransformCodec.save`) for a
+            ``tc*`` dtype.
+        stored: (row codes, range) of the rows under ``codec`` already (a compaction copying a
+            coded shard's rows as they are): written as given, not coded again from ``embeddings``.
 
     Returns:
         (size in bytes, whole-file sha256) of the committed file.
@@ -244,18 +355,30 @@ def write_shard(
     if embeddings.ndim != 2 or embeddings.shape[0] != ids.shape[0]:
         raise ValueError(f"embeddings {embeddings.shape} do not match {ids.shape[0]} ids")
     value_range = None
-    if dtype in SQ_CODECS:
+    if is_transform(dtype):
+        if codec is None or codec.dtype != dtype or codec.dim != embeddings.shape[1] or not codec.file:
+            raise ValueError(f"a {dtype} shard needs the index's saved {dtype} codebook of {embeddings.shape[1]}-d embeddings")
+        stored, value_range = codec.encode(embeddings) if stored is None else stored
+        if stored.shape != (len(ids), codec.code_bytes):
+            raise ValueError(f"stored codes {stored.shape} do not match {len(ids)} rows of {codec.code_bytes} bytes")
+        value_range = codec.check_range(value_range)
+        checksum = codes_sha256(stored, value_range)
+    elif dtype in SQ_CODECS:
         stored, value_range = sq_encode(embeddings, dtype)
-        readback = Decoder(dtype, embeddings.shape[1], value_range).decode(stored)
+        checksum = embeddings_sha256(Decoder(dtype, embeddings.shape[1], value_range).decode(stored))
     else:
         stored = embeddings if dtype == "float32" else np.ascontiguousarray(embeddings, dtype=np.float16)
-        readback = stored
+        checksum = embeddings_sha256(stored)
     tmp = tmp_name(path)
     with h5py.File(tmp, "w", libver="latest") as f:
-        f.create_dataset("embeddings", data=stored)
+        f.create_dataset("embeddings", data=np.ascontiguousarray(stored))
         if value_range is not None:
             f.create_dataset("embeddings_range", data=value_range)
             f.attrs["embeddings_codec"] = dtype
+        if is_transform(dtype):
+            f.attrs["embeddings_codec"] = dtype
+            f.attrs["codebook"] = codec.file
+            f.attrs["codebook_sha256"] = codec.sha256
         f.create_dataset("ids", data=ids)
         meta = f.create_group("meta")
         for name, col in columns.items():
@@ -277,7 +400,7 @@ def write_shard(
         f.attrs["preprocessing"] = json.dumps(encoder_info.get("preprocessing") or {}, sort_keys=True)
         f.attrs["dim"] = int(embeddings.shape[1])
         f.attrs["metric"] = METRIC
-        f.attrs["embeddings_sha256"] = embeddings_sha256(readback)
+        f.attrs["embeddings_sha256"] = checksum
         f.attrs["items"] = int(ids.shape[0])
         f.attrs["first_id"] = int(ids[0]) if len(ids) else -1
         f.attrs["last_id"] = int(ids[-1]) if len(ids) else -1
@@ -339,6 +462,15 @@ def read_embeddings(path: Path, rows: np.ndarray | slice | None = None) -> np.nd
     shard stores them scalar-quantised."""
     with h5py.File(path, "r") as f:
         return Decoder.of(f).read(f["embeddings"], rows)
+
+
+def read_coded(path: Path) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(codebook file name, row codes, range) of a transform-coded shard as stored; None for
+    another storage."""
+    with h5py.File(path, "r") as f:
+        if not is_transform(_text(f.attrs.get("embeddings_codec"))):
+            return None
+        return _text(f.attrs["codebook"]), f["embeddings"][...], f["embeddings_range"][...]
 
 
 def read_columns(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:

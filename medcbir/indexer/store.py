@@ -296,7 +296,8 @@ class IndexStore:
         self.faiss_index, self.exact = faiss_index.combine(trained, shard_files, self._fill, len(self.ids), self.dim, faiss_gpu, lists)
         if trained is not None and faiss_index.reranks_from_shards(self.index_spec):
             # the base's candidates re-ranked with the shards' own embeddings, memory-mapped
-            self.faiss_index = RerankFromRows(self.faiss_index, self.stored_rows, float(self.search_params.get("k_factor") or 1.0))
+            self.faiss_index = RerankFromRows(self.faiss_index, self.stored_rows, float(self.search_params.get("k_factor") or 1.0),
+                                              scores_of=self.stored_scores)
         if self.faiss_index.ntotal != len(self.ids):
             raise IndexCorrupt(f"FAISS files hold {self.faiss_index.ntotal} vectors for {len(self.ids)} committed items")
         if not self.exact:
@@ -390,6 +391,33 @@ class IndexStore:
             source = maps[s]
             block = source[local] if isinstance(source, np.ndarray) else source[np.sort(local)]
             out[lo:hi] = self._decoders[s].decode(block)
+        return out
+
+    def stored_scores(self, queries: np.ndarray, which: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """float32 inner products of ``queries[which[i]]`` with the stored embedding of ``rows[i]``
+        (pairs, in any order), read from the memory-mapped shards: what the re-rank from the shards
+        ranks each query's candidates by. Each shard's :class:`~.shard.Decoder` scores its own rows
+        (a transform-coded row in its codebook's rotated space, each query rotated once per
+        codebook, not once per row)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        which = np.asarray(which, dtype=np.int64)
+        out = np.empty(len(rows), dtype=np.float32)
+        if not len(rows):
+            return out
+        maps = self._mapped()
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        shard = np.searchsorted(self._offsets, sorted_rows, side="right") - 1
+        cuts = np.flatnonzero(np.diff(shard)) + 1
+        prepared: dict[str, object] = {}
+        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])):
+            s = int(shard[lo])
+            decoder = self._decoders[s]
+            local, inverse = np.unique(sorted_rows[lo:hi] - self._offsets[s], return_inverse=True)
+            block = maps[s][local]  # a memory map or, for an unmappable shard, its h5py dataset (sorted rows)
+            if decoder.space not in prepared:
+                prepared[decoder.space] = decoder.prepare(queries)
+            out[order[lo:hi]] = decoder.scores(np.asarray(block)[inverse], prepared[decoder.space], which[order[lo:hi]])
         return out
 
     def meta(self, ids: np.ndarray) -> list[dict]:

@@ -30,8 +30,10 @@ from medcbir.indexer.keys import key_hash, source_hash  # noqa: F401 - part of t
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
                                       retained_files)
-from medcbir.indexer.compression import choose_storage, describe, parse_budget
-from medcbir.indexer.shard import SHARD_DTYPES, ShardRegions, meta_columns, shard_dtype, shard_name, write_shard
+from medcbir.indexer.compression import choose_storage, describe, fit_codebook, parse_budget
+from medcbir.indexer.shard import (SHARD_DTYPES, STORAGE_BYTES, STORAGE_ORDER, ShardRegions, codebook_entry, index_codec, meta_columns, shard_dtype,
+                                   shard_name, write_shard)
+from medcbir.indexer.transform_codec import is_transform, min_fit_items
 from medcbir.indexer.integrity import check_files
 from medcbir.indexer.staging import remove_stale_staging
 from medcbir.encoders.compat import check_compatible
@@ -46,16 +48,12 @@ from medcbir.indexer import recall
 
 log = logging.getLogger(__name__)
 
-_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy|regions-\d+\.npz)|(trained|lists)-\d+\.faiss|region-ivf-\d+\.npz|(tombstones|dropped)-\d+\.npy|\..*\.tmp-\d+)$")
+_ORPHAN = re.compile(r"^(shard-\d+(\.r\d+)?\.(h5|faiss|codes\.npy|regions-\d+\.npz)|(trained|lists)-\d+\.faiss|region-ivf-\d+\.npz|(tombstones|dropped)-\d+\.npy|codec-[0-9a-f]+\.npz|\..*\.tmp-\d+)$")
 
 
 #: committed items not in the persisted inverted lists from which the writer's close writes them
 #: again (:meth:`IndexWriter._persist_lists`): opening fills at most about this many items' codes
 LISTS_TAIL = 65_536
-
-#: shard storages, fewest bytes first
-STORAGE_ORDER = ("sq6", "sq8", "float16", "float32")
-
 
 def encoder_record(encoder: Any) -> dict:
     prep = encoder.preprocessing
@@ -150,10 +148,14 @@ class IndexWriter:
                 ``auto`` then tries only the chains that fit, projected ones first
                 (:mod:`medcbir.indexer.compression`); kept in the manifest for retraining.
             shard_dtype: how shards store embeddings: ``"float32"`` (default), ``"float16"``,
-                ``"sq8"``/``"sq6"`` (8/6-bit per-dimension codes, decoded on read), or ``"auto"``
-                (the smallest of sq8, float16 whose exact recall@10 on the first shard's stored
-                and decoded vectors shows it costs nothing,
-                :func:`~medcbir.indexer.compression.choose_storage`; else float32).
+                ``"sq8"``/``"sq6"`` (8/6-bit per-dimension codes, decoded on read), ``"tc4"``/
+                ``"tc6"``/``"tc8"`` (transform codes under a codebook fitted on the first shard
+                of at least :func:`~medcbir.indexer.transform_codec.min_fit_items` items; shards
+                written before one is fitted are float16), or ``"auto"`` (the smallest of tc4,
+                tc6, tc8, sq8, float16 whose exact recall@10 on the first shard's stored and
+                decoded vectors shows it costs nothing,
+                :func:`~medcbir.indexer.compression.choose_storage`; else float32; once an
+                approximate chain is trained, the chain rule may choose a smaller one).
                 Fixed when the index's first shard is written.
 
         Raises:
@@ -273,9 +275,28 @@ class IndexWriter:
         if record.get("dtype") or not record.get("requested"):
             return
         if record["requested"] == "auto":
-            manifest["storage"] = {"requested": "auto", **choose_storage(embeddings)}
+            chosen = {"requested": "auto", **choose_storage(embeddings)}
+            if is_transform(chosen["dtype"]):  # its codebook: fitted on all the rows it was measured on
+                chosen["codebook"] = fit_codebook(self.index_dir, chosen["dtype"], embeddings)[1]
+            manifest["storage"] = chosen
         else:
             manifest["storage"] = {"requested": record["requested"], "dtype": record["requested"]}
+
+    def _shard_codec(self, manifest: dict, embeddings: np.ndarray):
+        """The codebook a ``tc*`` shard is coded with: the index's, or, when it has none yet (an
+        explicit ``--shard-dtype tc*``, or its codebook lost to a repair), one fitted on this
+        shard's embeddings and recorded in ``manifest``; None when they are too few to fit one
+        (the shard is then stored in float16)."""
+        codec = index_codec(self.index_dir, manifest)
+        if codec is not None:
+            return codec
+        if len(embeddings) < min_fit_items(embeddings.shape[1]):
+            log.info("index %s: %d items are too few to fit a %s codebook (%d needed); this shard stores float16", self.index_dir,
+                     len(embeddings), shard_dtype(manifest), min_fit_items(embeddings.shape[1]))
+            return None
+        codec, book = fit_codebook(self.index_dir, shard_dtype(manifest), embeddings)
+        manifest["storage"] = {**(manifest.get("storage") or {}), "codebook": book}
+        return codec
 
     def _storage_for_chain(self, manifest: dict, sample: np.ndarray, choice) -> None:
         """Once ``auto`` storage has an approximate chain to search with, store new shards in the
@@ -288,14 +309,18 @@ class IndexWriter:
         current = record.get("dtype")
         if record.get("requested") != "auto" or current not in STORAGE_ORDER:
             return
-        smaller = [d for d in recall.CHAIN_STORAGES if STORAGE_ORDER.index(d) < STORAGE_ORDER.index(current)]
+        smaller = [d for d in recall.CHAIN_STORAGES if STORAGE_BYTES[d] < STORAGE_BYTES[current]]
         if not smaller:
             return
         measured = recall.choose_chain_storage(sample, choice.spec, choice.params, int(manifest.get("shard_size") or self.shard_size),
                                                storages=tuple(smaller))
         log.info("index %s: chain %s over %s shards %.4f; %s", self.index_dir, choice.spec, current, measured["reference"],
-                 ", ".join(f"{d} {r:.4f}" for d, r in measured["tried"].items()))
+                 ", ".join(f"{d} {r}" for d, r in measured["tried"].items()))
         manifest["storage"] = {**record, "dtype": measured["dtype"] or current, "chain": {**measured, "from": current}}
+        if is_transform(measured["dtype"]):  # its codebook, fitted on the training sample the chain was measured on
+            manifest["storage"]["codebook"] = fit_codebook(self.index_dir, measured["dtype"], sample)[1]
+        elif measured["dtype"]:
+            manifest["storage"].pop("codebook", None)
 
     def _setup_regions(self, wanted: bool | None, per_image: int | None) -> None:
 
@@ -402,8 +427,9 @@ class IndexWriter:
             entry = dict(entry)
             storage = entry.pop("storage", None)
             record = manifest.get("storage") or {}
-            if storage and not record.get("dtype") and record.get("requested") == "auto":
-                manifest["storage"] = dict(storage)  # an actor measured the auto choice (the Ray indexer)
+            if storage and ((not record.get("dtype") and record.get("requested") == "auto")
+                            or (is_transform(record.get("dtype")) and not record.get("codebook") and storage.get("codebook"))):
+                manifest["storage"] = dict(storage)  # an actor measured the auto choice or fitted the codebook (the Ray indexer)
             if int(entry["first_id"]) != int(manifest["next_id"]) or int(entry["last_id"]) - int(entry["first_id"]) + 1 != int(entry["items"]):
                 raise ConfigError(f"{entry['file']}: ids {entry['first_id']}..{entry['last_id']} do not continue the index at id {manifest['next_id']}")
             number = int(entry["file"].split("-")[1].split(".")[0])
@@ -831,10 +857,16 @@ class IndexWriter:
         stats = {src.encode("utf-8"): self._source_stats.pop(src) for src in {str(m.source) for m in metas} if src in self._source_stats}
         block = shard_regions(regions, int(self.regions["dim"])) if self.regions else None
         self._decide_shard_dtype(manifest, embeddings)
+        dtype, codec = shard_dtype(manifest), None
+        if is_transform(dtype):
+            codec = self._shard_codec(manifest, embeddings)
+            dtype = dtype if codec is not None else "float16"
         size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"], stats, block,
-                                   self.regions["version"] if self.regions else "", dtype=shard_dtype(manifest))
+                                   self.regions["version"] if self.regions else "", dtype=dtype, codec=codec)
         entry = {"file": path.name, "items": len(metas), "bytes": size, "sha256": digest,
                  "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
+        if codec is not None:
+            entry["codebook"] = codebook_entry(manifest["storage"]["codebook"])
         if self._trained is not None:
             entry["faiss"] = self._write_shard_faiss(number, ids, embeddings)
         stamp(entry, self.index_dir)

@@ -286,7 +286,9 @@ def test_scalar_quantised_shards_decode_on_read_for_every_reader(tmp_path, small
     assert verify(ix).ok
 
 
-def test_auto_storage_picks_sq8_only_when_it_costs_no_recall(tmp_path):
+def test_auto_storage_picks_sq8_only_when_it_costs_no_recall(tmp_path, monkeypatch):
+    # the scalar codes alone (the transform codes come first and are tested in test_transform_codec.py)
+    monkeypatch.setattr(compression, "AUTO_STORAGES", ("sq8", "float16"))
     # clusters of 11 well apart: each item's exact top-10 is its cluster, 8-bit codes keep it
     rng = np.random.default_rng(13)
     x = np.repeat(rng.standard_normal((80, 32)), 11, axis=0)[:800] + 0.05 * rng.standard_normal((800, 32))

@@ -160,14 +160,16 @@ def test_chain_storage_rule_accepts_what_costs_nothing_and_refuses_what_costs_re
     out = recall.choose_chain_storage(free, spec, params, shard_size=500, storages=("sq8",))
     assert out["dtype"] == "sq8" and out["tried"]["sq8"] >= out["reference"] - recall.STORAGE_TOLERANCE, out
     costly = clustered(2000, dim=64, seed=1)
-    out = recall.choose_chain_storage(costly, spec, params, shard_size=500)
+    out = recall.choose_chain_storage(costly, spec, params, shard_size=500, storages=("sq6", "sq8"))
     assert out["dtype"] is None and max(out["tried"].values()) < out["reference"] - recall.STORAGE_TOLERANCE, out
     assert set(out["tried"]) == {"sq6", "sq8"} and out["queries"] == 500 and out["items"] == 2000
 
 
 def test_auto_storage_turns_to_scalar_codes_when_the_chain_loses_nothing(tmp_path, small_auto, monkeypatch):
-    # the first-shard (exact) rule limited to float16, so that only the chain rule can choose 8 or 6 bits
+    # the first-shard (exact) rule limited to float16, so that only the chain rule can choose 8 or 6 bits;
+    # the scalar codes alone (the transform codes: test_transform_codec.py)
     monkeypatch.setattr(compression, "AUTO_STORAGES", ("float16",))
+    monkeypatch.setattr(recall, "CHAIN_STORAGES", ("sq6", "sq8"))
     x = _grid(3000, 32, seed=4)
     ix = tmp_path / "free"
     _write(ix, x, memory_budget="100", shard_dtype="auto")
