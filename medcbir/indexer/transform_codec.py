@@ -65,6 +65,10 @@ RANGE_ROWS = 4_096
 RANGE_QUANTILES = (0.0, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.25)
 #: rows coded or decoded per block (bounds the temporaries)
 BLOCK = 4_096
+#: a shard whose rows a codebook codes with more than this many times the relative squared error
+#: it had on its own sample (embeddings unlike those it was fitted on: an archive that drifted since)
+#: is stored in float16 instead (:meth:`TransformCodec.drifted`)
+DRIFT_RATIO = 4.0
 FORMAT = "medcbir-codebook"
 VERSION = 1
 PREFIX = "codec-"
@@ -178,7 +182,8 @@ class TransformCodec:
     range per axis, decodes them, and scores queries against codes in the rotated space (see the
     module docstring). A shard's range is ``2 × K`` float32: its ``lo`` row, then its ``step`` row."""
 
-    def __init__(self, dtype: str, mean: np.ndarray, rotation: np.ndarray, widths: np.ndarray, items: int = 0) -> None:
+    def __init__(self, dtype: str, mean: np.ndarray, rotation: np.ndarray, widths: np.ndarray, items: int = 0,
+                 error: float = 0.0) -> None:
         if dtype not in CODECS:
             raise ValueError(f"not a transform-coded storage: {dtype!r}")
         self.dtype = dtype
@@ -186,6 +191,8 @@ class TransformCodec:
         self.rotation = np.ascontiguousarray(rotation, dtype=np.float32).reshape(-1, len(self.mean))
         self.widths = np.ascontiguousarray(widths, dtype=np.uint8)
         self.items = int(items)
+        #: relative squared error (:meth:`encode_measured`) of the sample it was fitted on, coded as one shard
+        self.error = float(error)
         self.dim = int(len(self.mean))
         k = len(self.widths)
         if self.rotation.shape[0] != k or (k and (self.widths.min() < 1 or self.widths.max() > MAX_WIDTH)):
@@ -223,14 +230,31 @@ class TransformCodec:
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 row codes N × :attr:`code_bytes`, the rows' range 2 × K float32) of float32 rows
         (N × D) coded as one shard."""
+        return self.encode_measured(x)[:2]
+
+    def encode_measured(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """:meth:`encode` and the relative squared error of the decoded rows,
+        ``Σ ‖x − x̂‖² / Σ ‖x − μ‖²`` (the part outside the kept axes plus the quantisation of the
+        kept ones, taken in the rotated space: nothing decoded)."""
+        x = np.asarray(x, dtype=np.float32)
         z = self.coefficients(x)
         lo, step = fit_ranges(z, self.widths)
         out = np.zeros((len(z), self.code_bytes), dtype=np.uint8)
+        spread = kept = quantised = 0.0
         for a in range(0, len(z), BLOCK):
             b = min(len(z), a + BLOCK)
-            codes = np.clip(np.rint((z[a:b] - lo) / step), 0, self._levels).astype(np.uint32)
-            out[a:b] = self.pack(codes)
-        return out, np.stack([lo, step])
+            codes = np.clip(np.rint((z[a:b] - lo) / step), 0, self._levels)
+            out[a:b] = self.pack(codes.astype(np.uint32))
+            spread += float(((x[a:b] - self.mean) ** 2).sum(dtype=np.float64))
+            kept += float((z[a:b] ** 2).sum(dtype=np.float64))
+            quantised += float(((codes * step + lo - z[a:b]) ** 2).sum(dtype=np.float64))
+        error = (max(spread - kept, 0.0) + quantised) / spread if spread > 0 else 0.0
+        return out, np.stack([lo, step]), error
+
+    def drifted(self, error: float) -> bool:
+        """Whether rows coded with relative squared error ``error`` are unlike the sample this
+        codebook was fitted on (more than :data:`DRIFT_RATIO` times its error)."""
+        return bool(self.error > 0 and error > DRIFT_RATIO * self.error)
 
     def pack(self, codes: np.ndarray) -> np.ndarray:
         """uint32 codes (N × K) → uint8 rows (N × :attr:`code_bytes`), big-endian bit fields."""
@@ -283,7 +307,7 @@ class TransformCodec:
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         np.savez(buf, format=np.array(FORMAT), version=np.array(VERSION), dtype=np.array(self.dtype), mean=self.mean,
-                 rotation=self.rotation, widths=self.widths, items=np.array(self.items))
+                 rotation=self.rotation, widths=self.widths, items=np.array(self.items), error=np.array(self.error))
         return buf.getvalue()
 
     @classmethod
@@ -293,14 +317,14 @@ class TransformCodec:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 if str(z["format"]) != FORMAT or int(z["version"]) != VERSION:
                     raise ValueError(f"format {z['format']} version {z['version']}")
-                return cls(str(z["dtype"]), z["mean"], z["rotation"], z["widths"], int(z["items"]))
+                return cls(str(z["dtype"]), z["mean"], z["rotation"], z["widths"], int(z["items"]), float(z["error"]))
         except (OSError, ValueError, KeyError, EOFError) as exc:
             raise IndexCorrupt(f"{name}: not a readable medcbir codebook ({exc})") from None
 
     def record(self) -> dict:
         """What the manifest records of this codebook besides its file record."""
         return {"dtype": self.dtype, "bits": CODECS[self.dtype], "components": self.components, "code_bytes": self.code_bytes,
-                "fit_items": self.items}
+                "fit_items": self.items, "error": round(self.error, 6)}
 
     def save(self, index_dir: Path) -> dict:
         """Write (or find, same content) ``codec-<hash>.npz`` in ``index_dir``: temporary name,
@@ -333,8 +357,14 @@ def _runs(widths: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 def fit(sample: np.ndarray, dtype: str, seed: int = 0) -> TransformCodec:
     """The codebook of storage ``dtype`` fitted on ``sample`` (float32 rows; at most
-    :data:`FIT_ITEMS` of them used)."""
-    return Principal(sample, seed).codec(dtype)
+    :data:`FIT_ITEMS` of them used), with its relative squared error on them coded as one shard
+    (what :meth:`TransformCodec.drifted` compares a shard's with)."""
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    if len(x) > FIT_ITEMS:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), FIT_ITEMS, replace=False))]
+    codec = Principal(x, seed).codec(dtype)
+    codec.error = codec.encode_measured(x)[2]
+    return codec
 
 
 class CrossFit:

@@ -82,6 +82,20 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
     return removed
 
 
+def coded_rows(codec, embeddings: np.ndarray, shard: str):
+    """(row codes, range) of a shard's embeddings under the index's codebook, or None when the
+    codebook codes them with more than :data:`~medcbir.indexer.transform_codec.DRIFT_RATIO` times
+    the relative error it had on its own sample (embeddings unlike those it was fitted on): the
+    shard is then stored in float16, with a warning."""
+    stored, value_range, error = codec.encode_measured(embeddings)
+    if codec.drifted(error):
+        log.warning("%s: the %s codebook %s codes these embeddings with relative error %.4f, %.1f× its own %.4f: stored as float16 "
+                    "(the archive has drifted from the items the codebook was fitted on)", shard, codec.dtype, codec.file, error,
+                    error / codec.error, codec.error)
+        return None
+    return stored, value_range
+
+
 def shard_regions(region_sets: list, dim: int) -> ShardRegions:
     """One RegionSet per item (None: no regions) → a shard's ``regions/`` block, rows = item rows."""
     sets = [(row, r) for row, r in enumerate(region_sets) if r is not None and len(r)]
@@ -857,12 +871,14 @@ class IndexWriter:
         stats = {src.encode("utf-8"): self._source_stats.pop(src) for src in {str(m.source) for m in metas} if src in self._source_stats}
         block = shard_regions(regions, int(self.regions["dim"])) if self.regions else None
         self._decide_shard_dtype(manifest, embeddings)
-        dtype, codec = shard_dtype(manifest), None
+        dtype, codec, coded = shard_dtype(manifest), None, None
         if is_transform(dtype):
             codec = self._shard_codec(manifest, embeddings)
+            coded = coded_rows(codec, embeddings, path.name) if codec is not None else None
+            codec = codec if coded is not None else None
             dtype = dtype if codec is not None else "float16"
         size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"], stats, block,
-                                   self.regions["version"] if self.regions else "", dtype=dtype, codec=codec)
+                                   self.regions["version"] if self.regions else "", dtype=dtype, codec=codec, stored=coded)
         entry = {"file": path.name, "items": len(metas), "bytes": size, "sha256": digest,
                  "first_id": first, "last_id": first + len(metas) - 1, "faiss": None}
         if codec is not None:

@@ -250,3 +250,39 @@ def test_ray_index_with_shard_dtype_auto_follows_the_writers_choice(ray_runtime,
     assert verify(out).ok
     with IndexStore.open(out) as store:
         assert len(store) == sum(e["items"] for e in manifest["shards"]) and store.faiss_index.ntotal == len(store)
+
+
+def test_ray_actors_code_with_one_codebook(ray_runtime, phantom_archive, tmp_path):
+    """``--shard-dtype tc6`` on Ray: the first actor with enough embeddings fits the codebook, the
+    ledger settles it, every actor codes its shards with it; the driver commits it."""
+    from medcbir.indexer import IndexStore, index_archive, verify
+    from medcbir.indexer.ray_index import index_archive_ray
+
+    out = tmp_path / "ray-tc6"
+    # thumbnail:4 gives 16-d embeddings: 32 items fit a codebook; two 40-item jobs, one per actor, may
+    # each fit one: the ledger keeps the first
+    index_archive_ray(phantom_archive, out, "thumbnail:4", ray=ray_runtime, workers=2, shard_size=40, regions=False,
+                      progress=False, shard_dtype="tc6")
+    manifest = json.loads((out / "manifest.json").read_text())
+    storage = manifest["storage"]
+    book = storage["codebook"]
+    assert storage["requested"] == storage["dtype"] == "tc6" and book["file"].startswith("codec-") and book["fit_items"] == 40
+    coded = [e for e in manifest["shards"] if e.get("codebook")]
+    assert len(manifest["shards"]) == 2 and coded and {e["codebook"]["file"] for e in coded} == {book["file"]}
+    for entry in manifest["shards"]:
+        with h5py.File(out / entry["file"], "r") as f:
+            if entry.get("codebook"):
+                assert f.attrs["embeddings_codec"] == "tc6" and f.attrs["codebook"] == book["file"]
+            else:  # the other patients' slices, too unlike the two the codebook was fitted on: float16
+                assert f["embeddings"].dtype == np.float16 and "embeddings_codec" not in f.attrs
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("codec-")) == [book["file"]]  # actors' other fits: removed
+    assert verify(out).ok
+    single = tmp_path / "single"
+    index_archive(phantom_archive, single, "thumbnail:4", shard_size=40, regions=False, progress=False, workers=1)
+    with IndexStore.open(out) as store, IndexStore.open(single) as ref:
+        mine = dict(zip(store.columns["sop_instance_uid"].tolist(), store.embeddings(store.ids)))
+        theirs = dict(zip(ref.columns["sop_instance_uid"].tolist(), ref.embeddings(ref.ids)))
+        assert mine.keys() == theirs.keys()
+        # the float32 embeddings within what the codebook (fitted on one job: two of the four patients) codes them with
+        err = max(np.abs(mine[k] - theirs[k]).max() for k in mine)
+        assert err < 0.1, err

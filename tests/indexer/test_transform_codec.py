@@ -24,11 +24,11 @@ from medcbir.indexer.transform_codec import CODECS
 from .conftest import FakeEncoder, Meta
 
 
-def decaying(n: int, dim: int = 32, seed: int = 0, rate: float = 4.0) -> np.ndarray:
+def decaying(n: int, dim: int = 32, seed: int = 0, rate: float = 4.0, axes_seed: int = 99) -> np.ndarray:
     """Unit vectors with a decaying spectrum (variance e^(−2i/rate) along random orthogonal axes)
     around a shared direction: most of the variance in a few axes, as an encoder's embeddings."""
     rng = np.random.default_rng(seed)
-    axes = np.linalg.qr(np.random.default_rng(99).standard_normal((dim, dim)))[0]
+    axes = np.linalg.qr(np.random.default_rng(axes_seed).standard_normal((dim, dim)))[0]
     x = (rng.standard_normal((n, dim)) * np.exp(-np.arange(dim) / rate)) @ axes.T + 0.3 * axes[:, 0]
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -223,6 +223,28 @@ def test_a_damaged_or_missing_codebook_is_reported_refused_and_repaired(tmp_path
     assert m["storage"]["codebook"]["file"] == book and verify(missing).ok and len(IndexStore.open(missing, build_index=False)) == 1500
 
 
+def test_a_shard_unlike_the_codebooks_sample_is_stored_in_float16(tmp_path, caplog):
+    x = decaying(1500, 32, seed=10)
+    drifted = decaying(500, 32, seed=11, axes_seed=7)  # the same spectrum along other axes: another modality
+    ix = tmp_path / "ix"
+    _write(ix, x[:1000], shard_dtype="tc6")
+    codec = transform_codec.load(ix / _manifest(ix)["storage"]["codebook"]["file"])
+    assert 0 < codec.error < 0.01 and not codec.drifted(codec.encode_measured(x[1000:])[2])
+    assert codec.drifted(codec.encode_measured(drifted)[2])
+    with caplog.at_level("WARNING", logger="medcbir.indexer.writer"):
+        _write(ix, drifted, lo=1000)
+    _write(ix, x[1000:], lo=1500)
+    m = _manifest(ix)
+    assert [bool(s.get("codebook")) for s in m["shards"]] == [True, True, False, True]
+    assert "shard-000003.h5: the tc6 codebook" in caplog.text and "stored as float16" in caplog.text
+    with h5py.File(ix / m["shards"][2]["file"], "r") as f:
+        assert f["embeddings"].dtype == np.float16
+    store = IndexStore.open(ix)
+    assert np.abs(store.embeddings(np.arange(1000, 1500)) - drifted).max() < 1e-3
+    store.close()
+    assert verify(ix).ok
+
+
 KILLED = r"""
 import sys
 sys.path.insert(0, sys.argv[2])
@@ -371,3 +393,18 @@ def test_chain_rule_moves_to_a_new_codebook_and_the_old_one_goes_with_its_last_s
     assert (ix / first).exists()
     IndexWriter.open(ix, FakeEncoder(32)).close()  # the next writer removes what no kept generation names
     assert not (ix / first).exists() and (ix / storage["codebook"]["file"]).exists() and verify(ix).ok
+
+
+def test_shard_dtype_on_the_command_line(tmp_path, phantom_archive, capsys):
+    from medcbir.cli.main import main
+
+    out = tmp_path / "ix"
+    args = ["index", str(phantom_archive), "--out", str(out), "--encoder", "thumbnail:4", "--shard-size", "40", "--workers", "1",
+            "--no-regions", "--no-progress", "--no-maintenance", "--json"]
+    assert main([*args[:3], str(tmp_path / "bad"), *args[4:], "--shard-dtype", "tc5"]) == 2
+    assert "--shard-dtype" in capsys.readouterr().err
+    assert main([*args, "--shard-dtype", "tc6"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_items"] == 80
+    m = _manifest(out)
+    assert m["storage"]["dtype"] == "tc6" and m["storage"]["codebook"]["fit_items"] == 40 and m["shards"][0]["codebook"]
+    assert verify(out).ok
