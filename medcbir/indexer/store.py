@@ -396,9 +396,10 @@ class IndexStore:
     def stored_scores(self, queries: np.ndarray, which: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """float32 inner products of ``queries[which[i]]`` with the stored embedding of ``rows[i]``
         (pairs, in any order), read from the memory-mapped shards: what the re-rank from the shards
-        ranks each query's candidates by. Each shard's :class:`~.shard.Decoder` scores its own rows
-        (a transform-coded row in its codebook's rotated space, each query rotated once per
-        codebook, not once per row)."""
+        ranks each query's candidates by. Float and scalar-quantised rows are decoded by their
+        shard's :class:`~.shard.Decoder`; transform-coded rows are scored in their codebook's
+        rotated space, the queries rotated once per codebook and the rows of every shard coded
+        with it scored together (each with its shard's range)."""
         rows = np.asarray(rows, dtype=np.int64)
         which = np.asarray(which, dtype=np.int64)
         out = np.empty(len(rows), dtype=np.float32)
@@ -409,15 +410,32 @@ class IndexStore:
         sorted_rows = rows[order]
         shard = np.searchsorted(self._offsets, sorted_rows, side="right") - 1
         cuts = np.flatnonzero(np.diff(shard)) + 1
+        coded: dict[str, list] = {}  # codebook space → [(positions, row codes, decoder)]
         prepared: dict[str, object] = {}
         for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])):
             s = int(shard[lo])
-            decoder = self._decoders[s]
-            local, inverse = np.unique(sorted_rows[lo:hi] - self._offsets[s], return_inverse=True)
-            block = maps[s][local]  # a memory map or, for an unmappable shard, its h5py dataset (sorted rows)
+            decoder, source = self._decoders[s], maps[s]
+            local = sorted_rows[lo:hi] - self._offsets[s]
+            if isinstance(source, np.ndarray):
+                block = source[local]
+            else:  # an h5py dataset (a shard HDF5 gives no offset for) reads increasing positions
+                uniq, inverse = np.unique(local, return_inverse=True)
+                block = source[uniq][inverse]
+            positions = order[lo:hi]
+            if decoder.transform is not None:
+                coded.setdefault(decoder.space, []).append((positions, block, decoder))
+                continue
             if decoder.space not in prepared:
                 prepared[decoder.space] = decoder.prepare(queries)
-            out[order[lo:hi]] = decoder.scores(np.asarray(block)[inverse], prepared[decoder.space], which[order[lo:hi]])
+            out[positions] = decoder.scores(block, prepared[decoder.space], which[positions])
+        for parts in coded.values():
+            book = parts[0][2].transform
+            positions = np.concatenate([p for p, _, _ in parts])
+            counts = [len(p) for p, _, _ in parts]
+            lo_rows = np.repeat(np.stack([d.value_range[0] for _, _, d in parts]), counts, axis=0)
+            step_rows = np.repeat(np.stack([d.value_range[1] for _, _, d in parts]), counts, axis=0)
+            out[positions] = book.scores_rows(np.concatenate([b for _, b, _ in parts]), lo_rows, step_rows, book.prepare(queries),
+                                              which[positions])
         return out
 
     def meta(self, ids: np.ndarray) -> list[dict]:

@@ -19,8 +19,7 @@ chosen on the shard's coefficients as the quantile pair ``p``/``1 − p`` (``p``
 :data:`RANGE_QUANTILES`, ``p = 0`` the shard's own minimum and maximum) with the least squared
 error — as ``sq8`` takes each shard's own range. A codebook's ranges would be fitted on other rows:
 rows beyond them are clipped, and the rows clipped are the ones far out along an axis, the nearest
-neighbours of queries pointing that way (a range fitted on one half of a sample and applied to the
-other cost exact recall@10 0.98 → 0.96 at 8 bits on isotropic data, where per-shard ranges keep it).
+neighbours of queries pointing that way (docs/indexer.md, "Transform codes").
 
 A row is coded as ``code_i = clip(round((z_i − lo_i) / step_i), 0, 2^b_i − 1)``, the codes of all
 kept axes bit-packed big-endian one after the other into ``⌈Σ b_i / 8⌉`` bytes: a fixed width per
@@ -65,6 +64,8 @@ RANGE_ROWS = 4_096
 RANGE_QUANTILES = (0.0, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.25)
 #: rows coded or decoded per block (bounds the temporaries)
 BLOCK = 4_096
+#: queries rotated without BLAS (:meth:`TransformCodec.prepare`); more go through a matrix product
+FEW_QUERIES = 16
 #: a shard whose rows a codebook codes with more than this many times the relative squared error
 #: it had on its own sample (embeddings unlike those it was fitted on: an archive that drifted since)
 #: is stored in float16 instead (:meth:`TransformCodec.drifted`)
@@ -289,19 +290,30 @@ class TransformCodec:
     def prepare(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(q · μ: B, R q: B × K) float64 of float32 queries (B × D): what :meth:`scores` needs of
         them, for every shard coded with this codebook."""
-        q = np.asarray(queries, dtype=np.float32)
-        return q.astype(np.float64) @ self.mean.astype(np.float64), (q @ self.rotation.T).astype(np.float64)
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if len(q) <= FEW_QUERIES:
+            # numpy's own single-threaded loop: OpenBLAS splits a matrix-vector product over its
+            # threads, which next to FAISS's threads on a loaded machine costs several times more
+            rq = np.einsum("kd,bd->bk", self.rotation, q)
+        else:
+            rq = (self.rotation @ q.T).T
+        return q @ self.mean.astype(np.float64), rq.astype(np.float64)
 
     def scores(self, stored: np.ndarray, value_range: np.ndarray, prepared: tuple[np.ndarray, np.ndarray],
                which: np.ndarray) -> np.ndarray:
         """Inner products (float32) of a shard's row codes ``stored`` (N × W, its range
         ``value_range``) with the prepared queries ``which`` (N: each row's query), without
-        decoding the rows: ``q · μ + (R q) · lo + Σ_i ((R q)_i step_i) code_i``."""
+        decoding the rows: ``q · μ + (R q) · ẑ``, ``ẑ = lo + code · step``."""
         lo, step = self.check_range(value_range)
+        return self.scores_rows(stored, lo, step, prepared, which)
+
+    def scores_rows(self, stored: np.ndarray, lo: np.ndarray, step: np.ndarray, prepared: tuple[np.ndarray, np.ndarray],
+                    which: np.ndarray) -> np.ndarray:
+        """:meth:`scores` of rows from several shards at once: ``lo`` and ``step`` per row (N × K)
+        or shared (K)."""
         qmu, rq = prepared
-        rq = rq[which]
-        codes = self.unpack(stored).astype(np.float64)
-        return (qmu[which] + rq @ lo.astype(np.float64) + np.einsum("ij,ij->i", codes, rq * step)).astype(np.float32)
+        coefficients = self.unpack(stored).astype(np.float64) * step + lo
+        return (qmu[which] + np.einsum("ij,ij->i", coefficients, rq[which])).astype(np.float32)
 
     # ------------------------------------------------------------------ file
     def to_bytes(self) -> bytes:
@@ -324,7 +336,7 @@ class TransformCodec:
     def record(self) -> dict:
         """What the manifest records of this codebook besides its file record."""
         return {"dtype": self.dtype, "bits": CODECS[self.dtype], "components": self.components, "code_bytes": self.code_bytes,
-                "fit_items": self.items, "error": round(self.error, 6)}
+                "fit_items": self.items, "error": float(f"{self.error:.4g}")}
 
     def save(self, index_dir: Path) -> dict:
         """Write (or find, same content) ``codec-<hash>.npz`` in ``index_dir``: temporary name,
