@@ -431,11 +431,8 @@ class IndexStore:
         for parts in coded.values():
             book = parts[0][2].transform
             positions = np.concatenate([p for p, _, _ in parts])
-            counts = [len(p) for p, _, _ in parts]
-            lo_rows = np.repeat(np.stack([d.value_range[0] for _, _, d in parts]), counts, axis=0)
-            step_rows = np.repeat(np.stack([d.value_range[1] for _, _, d in parts]), counts, axis=0)
-            out[positions] = book.scores_rows(np.concatenate([b for _, b, _ in parts]), lo_rows, step_rows, book.prepare(queries),
-                                              which[positions])
+            out[positions] = book.scores_parts(np.concatenate([b for _, b, _ in parts]), [(len(p), d.value_range) for p, _, d in parts],
+                                               book.prepare(queries), which[positions])
         return out
 
     def meta(self, ids: np.ndarray) -> list[dict]:

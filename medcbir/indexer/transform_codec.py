@@ -262,9 +262,10 @@ class TransformCodec:
         n = len(codes)
         bits = np.zeros((n, self.code_bytes * 8), dtype=np.uint8)
         for start, stop, width, offset in self._groups:
-            shifts = np.arange(width - 1, -1, -1, dtype=np.uint32)
-            field = (codes[:, start:stop, None] >> shifts) & np.uint32(1)
-            bits[:, offset:offset + (stop - start) * width] = field.reshape(n, -1)
+            # each code's big-endian bytes as bits (8 or 16 of them), its low `width` bits kept
+            field = codes[:, start:stop].astype(np.uint8 if width <= 8 else ">u2")
+            spread = np.unpackbits(field.view(np.uint8).reshape(n, stop - start, -1), axis=2)
+            bits[:, offset:offset + (stop - start) * width] = spread[:, :, spread.shape[2] - width:].reshape(n, -1)
         return np.packbits(bits, axis=1)
 
     def unpack(self, stored: np.ndarray) -> np.ndarray:
@@ -288,8 +289,8 @@ class TransformCodec:
 
     # ------------------------------------------------------------------ scoring in the rotated space
     def prepare(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(q · μ: B, R q: B × K) float64 of float32 queries (B × D): what :meth:`scores` needs of
-        them, for every shard coded with this codebook."""
+        """(q · μ: B float64, R q: B × K float32) of float32 queries (B × D): what :meth:`scores`
+        needs of them, for every shard coded with this codebook."""
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if len(q) <= FEW_QUERIES:
             # numpy's own single-threaded loop: OpenBLAS splits a matrix-vector product over its
@@ -297,23 +298,29 @@ class TransformCodec:
             rq = np.einsum("kd,bd->bk", self.rotation, q)
         else:
             rq = (self.rotation @ q.T).T
-        return q @ self.mean.astype(np.float64), rq.astype(np.float64)
+        return q @ self.mean.astype(np.float64), np.ascontiguousarray(rq, dtype=np.float32)
 
     def scores(self, stored: np.ndarray, value_range: np.ndarray, prepared: tuple[np.ndarray, np.ndarray],
                which: np.ndarray) -> np.ndarray:
         """Inner products (float32) of a shard's row codes ``stored`` (N × W, its range
         ``value_range``) with the prepared queries ``which`` (N: each row's query), without
         decoding the rows: ``q · μ + (R q) · ẑ``, ``ẑ = lo + code · step``."""
-        lo, step = self.check_range(value_range)
-        return self.scores_rows(stored, lo, step, prepared, which)
+        return self.scores_parts(stored, [(len(stored), value_range)], prepared, which)
 
-    def scores_rows(self, stored: np.ndarray, lo: np.ndarray, step: np.ndarray, prepared: tuple[np.ndarray, np.ndarray],
-                    which: np.ndarray) -> np.ndarray:
-        """:meth:`scores` of rows from several shards at once: ``lo`` and ``step`` per row (N × K)
-        or shared (K)."""
+    def scores_parts(self, stored: np.ndarray, parts: list[tuple[int, np.ndarray]], prepared: tuple[np.ndarray, np.ndarray],
+                     which: np.ndarray) -> np.ndarray:
+        """:meth:`scores` of the rows of several shards at once: ``stored`` is their rows one shard
+        after the other, ``parts`` each shard's (rows, range)."""
         qmu, rq = prepared
-        coefficients = self.unpack(stored).astype(np.float64) * step + lo
-        return (qmu[which] + np.einsum("ij,ij->i", coefficients, rq[which])).astype(np.float32)
+        coefficients = self.unpack(stored).astype(np.float32)
+        start = 0
+        for count, value_range in parts:
+            lo, step = self.check_range(value_range)
+            block = coefficients[start:start + count]
+            block *= step
+            block += lo
+            start += count
+        return (qmu[which] + np.einsum("ij,ij->i", coefficients, rq[which], dtype=np.float64)).astype(np.float32)
 
     # ------------------------------------------------------------------ file
     def to_bytes(self) -> bytes:
