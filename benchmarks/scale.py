@@ -34,6 +34,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -78,17 +79,32 @@ def generator(work: Path) -> Fitted:
     return Fitted(phantom_embeddings(work))
 
 
-def metas(start: int, n: int):
+def metas(start: int, n: int, long_uids: bool = False):
+    """Synthetic metadata rows (``search.metas``); ``long_uids``: with UIDs and source paths of a
+    real archive's length (60-character SOP/series/study UIDs under a DICOM root, a 100-character
+    path), the same grouping (100 slices per series, 10 series per patient)."""
     from search import metas as synthetic
 
-    return synthetic(start, n)
+    rows = synthetic(start, n)
+    if not long_uids:
+        return rows
+    return [dataclasses.replace(row, sop_instance_uid=long_uid("1", i), series_instance_uid=long_uid("2", i // 100),
+                                study_instance_uid=long_uid("3", i // 1000),
+                                source=f"/archive/radiology/{i // 1000:08d}/{long_uid('3', i // 1000)}/{i // 100:08d}/{i:012d}.dcm")
+            for row, i in zip(rows, range(start, start + n))]
+
+
+def long_uid(kind: str, number: int) -> str:
+    """A 60-character UID under the DICOM root of the phantoms (kind 1 = SOP, 2 = series, 3 = study)."""
+    head = f"1.2.826.0.1.3680043.8.498.{kind}."
+    return head + "1" + str(number).rjust(59 - len(head), "0")  # no leading zero in a UID component
 
 
 CHUNK = 50_000
 
 
 def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float, seed0: int = 0, spec: str = "auto",
-          dtype: str = "auto", shard_size: int = 16_384, maintain: str = "") -> dict:
+          dtype: str = "auto", shard_size: int = 16_384, maintain: str = "", long_uids: bool = False) -> dict:
     """Write items [0, n) (draw seed = seed0 + chunk number) through IndexWriter, one writer session
     per growth step ending at each of ``steps``; returns timings (resumes a partial build).
     ``maintain``: ``"each"`` (after each step) or ``"last"`` (after the last one) the maintenance
@@ -129,7 +145,7 @@ def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float,
                 m = min(CHUNK, stop - lo)
                 t = time.perf_counter()
                 x = gen.draw(m, seed=seed0 + lo // CHUNK)
-                meta = metas(lo, m)
+                meta = metas(lo, m, long_uids)
                 generated += time.perf_counter() - t
                 writer.add_embeddings(meta, x)
         elapsed = time.perf_counter() - start
@@ -207,9 +223,29 @@ def rss(field='VmRSS:'):
     for line in open('/proc/self/status'):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
+index_dir, qfile, verify = sys.argv[1], sys.argv[2], sys.argv[3]
+if verify == "engine":  # the engine: Engine.open, then UID queries excluding the query's patient
+    from medcbir.engine import Engine
+    uids = sys.argv[4:6]
+    before = rss()
+    start = time.perf_counter()
+    engine = Engine.open(index_dir, verify="none")
+    out = {"open_s": time.perf_counter() - start, "rss_before": before, "rss_after_open": rss(), "items": len(engine.ids)}
+    for name, uid in zip(("first", "second"), uids):
+        start = time.perf_counter()
+        [hits] = engine.search([uid], k=10, exclude="same-patient")
+        metas = [h.to_dict() for h in hits]  # the results as a caller reads them
+        out[name + "_s"] = time.perf_counter() - start
+        out["rss_after_" + name] = rss()
+        own = engine.meta(engine.lookup.find([uid]))[0]
+        assert len(metas) == 10 and all(m["patient_pseudonym"] != own["patient_pseudonym"] for m in metas), metas
+    held = getattr(engine.columns, "held_bytes", None)
+    out["held_bytes"] = held() if held is not None else None
+    out["max_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+    sys.exit(0)
 import faiss
 from medcbir.indexer import IndexStore
-index_dir, qfile, verify = sys.argv[1], sys.argv[2], sys.argv[3]
 queries = np.load(qfile)
 before = rss()
 start = time.perf_counter()
@@ -239,8 +275,11 @@ print(json.dumps(out))
 """
 
 
-def probe(index_dir: Path, queries_file: Path, verify: str, ids_file: Path | None = None) -> dict:
-    argv = [sys.executable, "-c", PROBE, str(index_dir), str(queries_file), verify] + ([str(ids_file)] if ids_file else [])
+def probe(index_dir: Path, queries_file: Path, verify: str, ids_file: Path | None = None, uids: list[str] | None = None) -> dict:
+    """One fresh process measuring the store (``verify`` = how it opens; ``ids_file``: also the
+    timed FAISS searches, their ids saved there) or, with ``verify="engine"``, the engine's two
+    UID queries ``uids``."""
+    argv = [sys.executable, "-c", PROBE, str(index_dir), str(queries_file), verify] + ([str(ids_file)] if ids_file else []) + list(uids or [])
     out = subprocess.run(argv, capture_output=True, text=True, cwd=HERE.parent, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -274,8 +313,9 @@ def run_scale(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     load_start = load()
     gen = generator(args.work)
-    index_dir = work / f"fitted-{args.items}"
-    timings = build(index_dir, args.items, gen, steps_to(args.items), args.memory_budget, dtype=args.shard_dtype, maintain=args.maintain)
+    index_dir = work / (f"fitted-{args.items}" + ("-long-uids" if args.long_uids else ""))
+    timings = build(index_dir, args.items, gen, steps_to(args.items), args.memory_budget, dtype=args.shard_dtype, maintain=args.maintain,
+                    long_uids=args.long_uids)
     manifest = json.loads((index_dir / "manifest.json").read_text())
     queries = gen.draw(args.queries, seed=10_000_019)  # fresh draws: held out of the index
     qfile, ids_file = work / "queries.npy", work / "ids.npy"
@@ -284,6 +324,9 @@ def run_scale(args) -> int:
     opens = [probe(index_dir, qfile, "checksums") for _ in range(2)]
     opens_none = [probe(index_dir, qfile, "none") for _ in range(2)]
     search = probe(index_dir, qfile, "none", ids_file)
+    # the engine: a UID query excluding the query's patient, then another (different patient)
+    uids = [metas(i, 1, args.long_uids)[0].sop_instance_uid for i in (args.items // 2, args.items // 3)]
+    engine = probe(index_dir, qfile, "engine", uids=uids)
     found = np.load(ids_file)
     n = args.items
     disk = disk_bytes(index_dir)
@@ -303,6 +346,7 @@ def run_scale(args) -> int:
         "shards": len(manifest["shards"]), "lists": manifest.get("lists"),
         "max_rss": max(o["max_rss"] for o in opens), "ingest_items_per_s": ingest_rate(timings["steps"]),
         "rss_after_search": {k: search.get(k) for k in ("rss_anon_after_open", "rss_anon_after_search", "rss_file_after_search")},
+        "long_uids": bool(args.long_uids), "engine": engine,
         "timings": timings, "load_average": [load_start, load()],
     }
     md = scale_markdown(result, args)
@@ -362,6 +406,16 @@ def scale_markdown(r: dict, args) -> str:
         rows.insert(1, ("… after the timed searches", f"anonymous {mem['rss_anon_after_search'] / n:.0f} B, file-backed "
                         f"{mem['rss_file_after_search'] / n:.0f} B per image (pages of the mapped lists and shards: page cache, shared, "
                         "reclaimable; with the shards cached, the kernel maps the cached neighbours of each row read)", "–", None))
+    eng = r.get("engine")
+    if eng:
+        rows.insert(2 if mem.get("rss_anon_after_search") else 1, (
+            "engine: `Engine.open`, then a SOP UID query `k=10, exclude=\"same-patient\"` with its results' metadata",
+            f"first query {eng['first_s']:.2f} s, second (another patient) {eng['second_s'] * 1000:.1f} ms; RSS after them "
+            f"{(eng['rss_after_second'] - eng['rss_before']) / n:.0f} B per image, of which the queries added "
+            f"{(eng['rss_after_second'] - eng['rss_after_open']) / n:.0f} B"
+            + (f" (the metadata columns' codes hold {eng['held_bytes'] / n:.0f} B)" if eng.get("held_bytes") is not None else "")
+            + ("; 60-character UIDs, 114-character sources" if r.get("long_uids") else "; the short synthetic UIDs of `search.py`"),
+            f"≤ {g['ram_bytes']} B", (eng["rss_after_second"] - eng["rss_before"]) / n <= g["ram_bytes"]))
     steps = ", ".join(f"{s['items']:,}" for s in r["timings"]["steps"])
     lines = [
         f"{n:,} vectors of the `default` encoder's shape (2020-d Gaussian fitted to its embeddings of a 1,024-slice phantom), "
@@ -542,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maintain", choices=["each", "last", ""], default="",
                     help="run the maintenance due (retraining...) after each growth step, after the last one, or never (default)")
     ap.add_argument("--work", type=Path, default=HERE / "work")
+    ap.add_argument("--long-uids", action="store_true", help="60-character UIDs and long source paths (scale_10m; its own index)")
     ap.add_argument("--render", action="store_true", help="rebuild the section text from its JSON; measure nothing")
     args = ap.parse_args(argv)
     if args.render:
