@@ -231,7 +231,7 @@ class ShardColumns(Mapping):
         if parts[0].dtype.kind == "S":
             width = max(p.dtype.itemsize for p in parts)
             parts = [p.astype(f"S{width}") for p in parts]
-        return decode_strings(np.concatenate(parts))
+        return decode(np.concatenate(parts))
 
     def _check(self, name: str) -> None:
         if name not in self._names:
@@ -312,7 +312,7 @@ class ShardColumns(Mapping):
         values = self.take_stored(name, rows)
         if not self._files:
             return np.array([], dtype="U1")
-        return decode_strings(values)
+        return decode(values)
 
     def rows(self, rows) -> list[dict]:
         """The metadata of ``rows`` as ``{column: plain value}`` dicts (str, int, float, tuples
@@ -533,6 +533,13 @@ class ShardColumns(Mapping):
                 values = np.ascontiguousarray(values).view(f"V{values.dtype.itemsize * int(np.prod(values.shape[1:]))}").reshape(-1)
         uniq, inverse = np.unique(values, return_inverse=True)
         return inverse.reshape(-1).astype(np.int64), (decode_strings(uniq).tolist() if ordered else None)
+
+
+def decode(values: np.ndarray) -> np.ndarray:
+    """A fixed-width UTF-8 bytes array as numpy unicode as wide as the bytes (``S{w}`` → ``<U{w}``,
+    whatever rows it holds); other dtypes unchanged."""
+    out = decode_strings(values)
+    return out.astype(f"U{max(1, values.dtype.itemsize)}") if values.dtype.kind == "S" and out.dtype != f"<U{max(1, values.dtype.itemsize)}" else out
 
 
 def _pread(fd: int, size: int, offset: int) -> bytes:
