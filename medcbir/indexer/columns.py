@@ -266,14 +266,12 @@ class ShardColumns(Mapping):
         return self._raw[key]
 
     def _read(self, s: int, name: str, local: np.ndarray) -> np.ndarray:
-        """Stored values of sorted unique rows ``local`` of shard ``s``."""
-        ds = self._files[s]["meta"][name]
-        if not len(local):
-            return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+        """Stored values of sorted unique rows ``local`` (not empty) of shard ``s``."""
         lo, hi = int(local[0]), int(local[-1]) + 1
         dense = hi - lo <= _SPAN_READ * len(local) + 64
-        raw = self._raw_of(s, name)
+        raw = self._raw[(s, name)] if (s, name) in self._raw else self._raw_of(s, name)
         if raw is None:
+            ds = self._files[s]["meta"][name]
             return ds[lo:hi][local - lo] if dense else ds[local]  # h5py: increasing indices
         fd, offset, per_row, dtype, shape = raw
         if dense:  # one read of the span
@@ -282,34 +280,40 @@ class ShardColumns(Mapping):
         data = b"".join(_pread(fd, per_row, offset + r * per_row) for r in local.tolist())
         return np.frombuffer(data, dtype=dtype).reshape((len(local), *shape))
 
-    def take_stored(self, name: str, rows) -> np.ndarray:
-        """Values of ``rows`` (any order, repeats allowed) as stored: strings as bytes (``S`` of
-        the widest shard), numbers in their dtype. Read from the shards, grouped per shard."""
-        self._check(name)
+    def _plan(self, rows) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        """(inverse, [(shard, its sorted unique local rows)]) of ``rows``: how to read them."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if not self._files:
-            if len(rows):
-                raise IndexError(f"row {int(rows[0])} of an index without items")
-            return np.array([], dtype="S1")
         if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= self.n):
             raise IndexError(f"rows outside the index's {self.n} items")
         uniq, inverse = np.unique(rows, return_inverse=True)
         bounds = np.searchsorted(uniq, self._offsets)
+        reads = [(s, uniq[bounds[s]:bounds[s + 1]] - self._offsets[s]) for s in np.flatnonzero(np.diff(bounds)).tolist()]
+        return inverse.reshape(-1), reads
+
+    def take_stored(self, name: str, rows, plan=None) -> np.ndarray:
+        """Values of ``rows`` (any order, repeats allowed) as stored: strings as bytes (``S`` of
+        the widest shard), numbers in their dtype. Read from the shards, grouped per shard."""
+        self._check(name)
+        if not self._files:
+            if len(np.asarray(rows).reshape(-1)):
+                raise IndexError("rows of an index without items")
+            return np.array([], dtype="S1")
+        inverse, reads = plan if plan is not None else self._plan(rows)
         width = self._width(name)
         parts = []
-        for s in np.flatnonzero(np.diff(bounds)).tolist():
-            block = self._read(s, name, uniq[bounds[s]:bounds[s + 1]] - self._offsets[s])
-            parts.append(block.astype(f"S{width}") if width else block)
+        for s, local in reads:
+            block = self._read(s, name, local)
+            parts.append(block.astype(f"S{width}") if width and block.dtype.itemsize != width else block)
         if not parts:
             ds = self._files[0]["meta"][name]
             return np.empty((0, *ds.shape[1:]), dtype=f"S{width}" if width else ds.dtype)
         values = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return values[inverse.reshape(-1)]
+        return values[inverse]
 
-    def take(self, name: str, rows) -> np.ndarray:
+    def take(self, name: str, rows, plan=None) -> np.ndarray:
         """Values of ``rows`` with the whole column's dtype (strings as ``<U``): ``column(name)[rows]``
         without reading the column."""
-        values = self.take_stored(name, rows)
+        values = self.take_stored(name, rows, plan)
         if not self._files:
             return np.array([], dtype="U1")
         return decode(values)
@@ -321,8 +325,9 @@ class ShardColumns(Mapping):
         if not len(rows):
             return []
         values = []
+        plan = self._plan(rows) if self._files else None
         for name in self._names:
-            col = self.take(name, rows)
+            col = self.take(name, rows, plan)
             listed = col.tolist()
             values.append([tuple(v) for v in listed] if col.ndim > 1 else listed)
         return [dict(zip(self._names, row)) for row in zip(*values)] if values else [{} for _ in range(len(rows))]
