@@ -48,7 +48,6 @@ DICTIONARY = ("modality", "body_part", "transfer_syntax")
 
 _SEED = np.uint64(0x9E3779B97F4A7C15)
 _K1 = np.uint64(0x87C37B91114253D5)
-_K2 = np.uint64(0x4CF5AD432745937F)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
@@ -92,25 +91,30 @@ def hash_strings(values) -> np.ndarray:
 
 
 def _hash_block(values: np.ndarray) -> np.ndarray:
+    """Each value's 8-byte words (NUL-padded) mixed apart (word j times its own odd constant,
+    then MurmurHash3's finaliser) and summed, then finalised: a NUL word adds 0, so padding
+    never counts."""
     n, width = len(values), values.dtype.itemsize
-    h = np.full(n, _SEED, dtype=np.uint64)
+    h = np.zeros(n, dtype=np.uint64)
     if n == 0:
         return h
     words = -(-width // 8)
     raw = np.zeros((n, words * 8), dtype=np.uint8)
     raw[:, :width] = np.ascontiguousarray(values).view(np.uint8).reshape(n, width)
-    nonzero = raw != 0
-    length = np.where(nonzero.any(axis=1), raw.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0).astype(np.uint64)
-    used = (length + np.uint64(7)) // np.uint64(8)  # words of each value (the rest is NUL padding)
-    w = raw.view("<u8")
+    columns = np.ascontiguousarray(raw.view("<u8").T)  # words × n
+    tmp = np.empty(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(words):
-            live = used > np.uint64(j)
-            if not live.any():
-                break
-            mixed = _fmix(h ^ (w[:, j] * _K1))
-            h = np.where(live, mixed, h)
-        return _fmix(h ^ (length * _K2))
+            w = columns[j]
+            w *= _K1 + np.uint64(2 * j)
+            for m in (_M1, _M2, None):  # MurmurHash3's fmix64, in place
+                np.right_shift(w, _S33, out=tmp)
+                w ^= tmp
+                if m is not None:
+                    w *= m
+            h += w
+        h ^= _SEED
+        return _fmix(h)
 
 
 # ---------------------------------------------------------------------------------------- codes
