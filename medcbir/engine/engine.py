@@ -340,7 +340,7 @@ class Engine:
         codes = None
         if per_series > 0:
             codes = np.full(self.id_range, -1, dtype=np.int64)
-            codes[self.ids] = self.group_codes("series_instance_uid", self.ids)[0]
+            codes[self.ids] = self.columns.row_codes("series_instance_uid")
         column = {"same-patient": ("patient_pseudonym", "patient"), "same-study": ("study_instance_uid", "study")}.get(exclude)
         out = []
         for query, box, mask in zip(queries, boxes, masks):

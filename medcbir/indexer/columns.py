@@ -501,6 +501,16 @@ class ShardColumns(Mapping):
             start += len(rows)
         return out
 
+    def row_codes(self, name: str) -> np.ndarray:
+        """An int64 code for every row, equal exactly when the values are (the hashes themselves
+        when no hash is ambiguous: no sort); a new array, not held."""
+        codes = self.codes(name)
+        if codes.kind == "hash" and not len(codes.ambiguous):
+            return codes.hashes.view(np.int64).copy()
+        if codes.kind == "dictionary":
+            return codes.codes.astype(np.int64)
+        return self.groups(name, np.arange(self.n, dtype=np.int64))[0]
+
     def groups(self, name: str, rows, ordered: bool = False) -> tuple[np.ndarray, list | None]:
         """Group codes of ``rows``: equal codes exactly when the values are equal.
 

@@ -153,6 +153,8 @@ def test_masks_find_and_groups_equal_the_whole_columns(collided, truth, name, re
     assert uniques == [plain(v) for v in expected_uniques.tolist()]
     codes, _ = cols.groups(name, rows)
     assert (codes[:, None] == codes[None, :]).tolist() == (whole[rows][:, None] == whole[rows][None, :]).tolist()
+    every = cols.row_codes(name)
+    assert len(every) == N and (every[:, None] == every[None, :]).tolist() == (whole[:, None] == whole[None, :]).tolist()
 
 
 def test_uid_lookup_equals_the_whole_columns(collided, truth):
