@@ -130,3 +130,24 @@ def test_closing_stops_the_background_thread(ivf_index, defer_all):
     thread = store.checks._thread
     store.close()
     assert not thread.is_alive()
+
+
+def test_a_writer_on_a_large_index_commits_nothing_on_top_of_a_damaged_shard(ivf_index, defer_all):
+    index_dir, x = ivf_index
+    name = _shard_file(index_dir, 2)
+    _flip_embedding_byte(index_dir / name)
+    before = (index_dir / "manifest.json").read_text()
+    writer = IndexWriter.open(index_dir, FakeEncoder(16), index_spec="IVF8,SQ8,Refine(Shards)", shard_size=SHARD)
+    with pytest.raises(IndexCorrupt, match=rf"{name.replace('.', '[.]')}: checksum mismatch .*verify --repair"):
+        writer.add_embeddings([Meta(N + i) for i in range(SHARD)], x[:SHARD])  # the open returned: checks deferred
+        writer.close()
+    writer.abort()
+    assert (index_dir / "manifest.json").read_text() == before
+
+
+def test_a_writer_on_an_intact_large_index_commits_once_the_checks_matched(ivf_index, defer_all):
+    index_dir, x = ivf_index
+    with IndexWriter.open(index_dir, FakeEncoder(16), index_spec="IVF8,SQ8,Refine(Shards)", shard_size=SHARD) as writer:
+        writer.add_embeddings([Meta(N + i) for i in range(SHARD)], x[:SHARD])
+    with IndexStore.open(index_dir, verify="sha256") as store:
+        assert len(store.ids) == N + SHARD
