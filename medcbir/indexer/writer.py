@@ -26,7 +26,7 @@ from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.generations import fallback_manifest
-from medcbir.indexer.keys import key_hash, source_hash  # noqa: F401 - part of this module's API
+from medcbir.indexer.keys import HashSet, key_hash, source_hash  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
                                       retained_files)
@@ -223,8 +223,8 @@ class IndexWriter:
             self._trained = faiss.read_index(str(self.index_dir / manifest["trained"]["file"]))
         # Keys and sources of every committed item, tombstoned ones too (a deleted series is not
         # indexed again from its files), except sources released because their file changed.
-        self._keys: set[int] = set()
-        self._sources: set[int] = set()
+        self._keys = HashSet()
+        self._sources = HashSet()
         self._known_shards: set[str] = set()
         self._load_committed_keys()
         self._source_stats: dict[str, tuple[int, int]] = {}
@@ -374,11 +374,15 @@ class IndexWriter:
         return keys
 
     @staticmethod
-    def _shard_keys(path: Path, of_sources: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+    def _shard_keys(path: Path, of_sources: np.ndarray | None = None) -> tuple[np.ndarray | list[int], np.ndarray | list[int]]:
         """(key hashes, source hashes) of a shard's items (``of_sources``: of those items alone)."""
         import h5py
 
         with h5py.File(path, "r") as f:
+            stored = f.get("key_hashes")
+            if of_sources is None and stored is not None and "item" in stored and "source" in stored:
+                sources = np.unique(stored["source"][...])
+                return stored["item"][...], sources[sources != 0]
             meta = f["meta"]
             sops, frames = meta["sop_instance_uid"][...], meta["frame"][...]
             sources = meta["source"][...] if "source" in meta else np.zeros(len(sops), dtype="S1")
