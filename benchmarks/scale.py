@@ -259,6 +259,12 @@ after = rss()
 anon_open = rss('RssAnon:')
 out = {"open_s": open_s, "rss_before": before, "rss_after": after, "items": len(store.ids), "spec": store.index_spec,
        "params": store.search_params, "stages": {k: round(v, 3) for k, v in store.open_stages.items()}}
+checks = getattr(store, "checks", None)
+if checks is not None and len(sys.argv) <= 4:
+    # shard checksums deferred past the open (a large index): how long until every one matched
+    t = time.perf_counter()
+    checks.wait()
+    out.update(checks_deferred=checks.files, checks_all_s=open_s + time.perf_counter() - t)
 if len(sys.argv) > 4:
     faiss.omp_set_num_threads(1)
     params = store.search_parameters()
@@ -346,6 +352,8 @@ def run_scale(args) -> int:
         "brute_qps": len(queries) / brute_s, "batch_speedup": brute_s / search["batch_s"],
         "open_s": min(o["open_s"] for o in opens), "open_none_s": min(o["open_s"] for o in opens_none),
         "open_stages": min(opens, key=lambda o: o["open_s"]).get("stages"),
+        "checks_deferred": min(opens, key=lambda o: o["open_s"]).get("checks_deferred"),
+        "checks_all_s": min(opens, key=lambda o: o["open_s"]).get("checks_all_s"),
         "open_none_stages": min(opens_none, key=lambda o: o["open_s"]).get("stages"),
         "shards": len(manifest["shards"]), "lists": manifest.get("lists"),
         "max_rss": max(o["max_rss"] for o in opens), "ingest_items_per_s": ingest_rate(timings["steps"]),
@@ -396,7 +404,10 @@ def scale_markdown(r: dict, args) -> str:
          f"≤ {g['disk_bytes']} B", r["disk_bytes_per_image"] <= g["disk_bytes"]),
         ("held-out recall@10", f"{r['recall_at_10']:.3f} ({r['queries']} fresh queries vs brute force)", f"≥ {g['recall']}", r["recall_at_10"] >= g["recall"]),
         ("single-query p50 / p95", f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} ms (1 thread)", f"p50 ≤ {g['p50_ms']:.0f} ms", r["p50_ms"] <= g["p50_ms"]),
-        ("open (`verify=checksums`; `none`)", f"{r['open_s']:.2f} s; {r['open_none_s']:.2f} s", f"≤ {g['open_s']:.0f} s", r["open_s"] <= g["open_s"]),
+        ("open (`verify=checksums`; `none`)", f"{r['open_s']:.2f} s; {r['open_none_s']:.2f} s"
+         + (f" (the {r['checks_deferred']} shard files' checksums deferred past the open, each checked before an answer uses "
+            f"its shard: all matched {r['checks_all_s']:.1f} s after the open started)" if r.get("checks_deferred") else ""),
+         f"≤ {g['open_s']:.0f} s", r["open_s"] <= g["open_s"]),
         (f"{r['queries']}-query batch vs BLAS brute force", f"{r['batch_qps']:,.0f} vs {r['brute_qps']:,.0f} queries/s: {r['batch_speedup']:.1f}×",
          f"≥ {g['batch_speedup']:.0f}× (at 1M)", r["batch_speedup"] >= g["batch_speedup"]),
         ("ingest through `IndexWriter`", f"{r['ingest_items_per_s']:,.0f} items/s (vectors given; drawing them excluded)"

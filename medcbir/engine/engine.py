@@ -176,6 +176,7 @@ class Engine:
 
     def meta(self, ids) -> list[dict]:
         """Metadata of items by id (``ItemMeta`` columns as plain Python values)."""
+        self.ensure_checked(ids)
         return self.table.of_ids(ids)
 
     def source_path(self, recorded: str) -> str:
@@ -351,6 +352,7 @@ class Engine:
             if rq.item_id >= 0 and not include_self:
                 admissible[rq.item_id] = False
             hits = regions.search(regions.whitening(rq.descriptor)[0], k, admissible, codes, per_series)
+            self.ensure_checked([item for item, _, _ in hits])
             neighbours = []
             rows = self.rows_of(np.array([item for item, _, _ in hits], dtype=np.int64)).tolist()
             batch = self.table.batch(rows)
@@ -521,7 +523,15 @@ class Engine:
                 rows, q = rows[short], np.ascontiguousarray(q[short])
             d, i = self._search_cpu(index, q, k, mask)
             scores[rows], ids[rows] = d, i
+        self.ensure_checked(ids[ids >= 0])
         return scores, ids
+
+    def ensure_checked(self, ids) -> None:
+        """Hold an answer until the shards of ``ids`` have matched their checksums (at once
+        unless the open deferred them: :mod:`medcbir.indexer.deferred_checks`)."""
+        check = getattr(self.store, "ensure_checked", None)
+        if check is not None:
+            check(self.rows_of(np.asarray(ids, dtype=np.int64)))
 
     def _search_cpu(self, index, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """One FAISS search on the CPU index with the filters applied inside FAISS (a selector)."""

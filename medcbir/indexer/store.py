@@ -82,6 +82,7 @@ class IndexStore:
         self._files: list[h5py.File] = []
         self._decoders: list[Decoder] = []
         self._maps: list | None = None  # each shard's embeddings memory-mapped (on first re-rank)
+        self.checks = None  # DeferredChecks of a large index's shards, still hashing after open
         self.open_stages: dict[str, float] = {}
 
     @classmethod
@@ -94,6 +95,9 @@ class IndexStore:
             verify: ``"checksums"`` (the fast whole-file checksum of every committed file,
                 sha256 for entries that predate it), ``"sha256"`` (whole-file sha256 of every
                 file, hashed in parallel), ``"sizes"`` (existence and size only) or ``"none"``.
+                Above :data:`~medcbir.indexer.deferred_checks.DEFER_BYTES` of shard files the
+                shards' checksums finish after open (:attr:`checks`): :meth:`ensure_checked`
+                holds each answer until the shards it comes from have matched.
             device: a :class:`~medcbir.device.Device`; FAISS moves to GPU when ``faiss_gpu``.
             manifest: open this manifest instead of the committed one (the sharded engine opens
                 a part of an index: a contiguous run of its shards, ids shifted to start at 0).
@@ -120,7 +124,7 @@ class IndexStore:
                 self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
                 self.manifest["generation"] = self.recovery.generation
         self.open_stages = {"manifest": time.perf_counter() - start}
-        pending = start_checks(self.index_dir, self.manifest, verify)
+        pending, self.checks = start_checks(self.index_dir, self.manifest, verify, defer=True)
         self.open_stages["checks_first"] = time.perf_counter() - start - sum(self.open_stages.values())
         try:
             self._load(device)
@@ -314,6 +318,7 @@ class IndexStore:
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         """float32 (n, D) embeddings of ``ids``, read from the shards."""
         rows = self.rows(ids)
+        self.ensure_checked(rows)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         shard = np.searchsorted(self._offsets, rows, side="right") - 1
         for s in np.unique(shard):
@@ -365,9 +370,23 @@ class IndexStore:
             out[lo:hi] = self._decoders[s].decode(block)
         return out
 
+    def ensure_checked(self, rows) -> None:
+        """Return once the shards holding ``rows`` have matched their checksums (immediately
+        unless this open deferred them: :mod:`~medcbir.indexer.deferred_checks`).
+
+        Raises:
+            IndexCorrupt: one of the index's shard files is damaged (named).
+        """
+        if self.checks is None:
+            return
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        rows = rows[(rows >= 0) & (rows < len(self.ids))]
+        self.checks.ensure(np.unique(np.searchsorted(self._offsets, rows, side="right") - 1).tolist())
+
     def meta(self, ids: np.ndarray) -> list[dict]:
         """Metadata dicts (ItemMeta fields + ``id``) of a few ids (for results, not bulk work)."""
         rows = self.rows(ids)
+        self.ensure_checked(rows)
         out = [{"id": int(self.ids[r]), **meta} for r, meta in zip(rows.tolist(), self.columns.rows(rows))]
         for meta in out:
             if "source" in meta:
@@ -407,6 +426,8 @@ class IndexStore:
         return self._seal
 
     def close(self) -> None:
+        if self.checks is not None:
+            self.checks.close()
         for f in self._files:
             try:
                 f.close()
