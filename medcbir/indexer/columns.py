@@ -179,7 +179,7 @@ def _codes_mask(codes: np.ndarray, wanted) -> np.ndarray:
     if len(wanted) > 8:
         return np.isin(codes, wanted)
     out = np.zeros(len(codes), dtype=bool)
-    for code in wanted.tolist():
+    for code in wanted.astype(codes.dtype):  # numpy scalars of the codes' dtype: no float conversion
         out |= codes == code
     return out
 
