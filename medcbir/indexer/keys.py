@@ -30,17 +30,23 @@ def source_hashes(sources) -> np.ndarray:
 
 
 class HashSet:
-    """A set of 64-bit hashes held as a sorted uint64 array (8 bytes each) plus a small Python
-    set of recent changes, for the keys of every committed item of a large index (a Python set
-    of ten million ints takes over half a gigabyte)."""
+    """A set of 64-bit hashes held as a sorted uint64 array (8 bytes each) plus recent changes,
+    for the keys of every committed item of a large index (a Python set of ten million ints takes
+    over half a gigabyte). Arrays added in bulk are merged once, when the set is next read."""
 
-    #: recent additions folded into the array past this many
+    #: recent single additions merged into the array past this many
     FOLD = 65_536
 
     def __init__(self) -> None:
         self._base = np.zeros(0, dtype=np.uint64)
+        self._bulk: list[np.ndarray] = []  # arrays added, not merged yet
         self._added: set[int] = set()  # not in _base
         self._removed: set[int] = set()  # in _base
+
+    def _settle(self) -> None:
+        if self._bulk:
+            self._fold(np.concatenate(self._bulk))
+            self._bulk = []
 
     def _in_base(self, h: int) -> bool:
         base = self._base
@@ -50,24 +56,28 @@ class HashSet:
         return i < len(base) and int(base[i]) == h
 
     def __contains__(self, h) -> bool:
+        self._settle()
         h = int(h)
         if h in self._added:
             return True
         return h not in self._removed and self._in_base(h)
 
     def __len__(self) -> int:
+        self._settle()
         return len(self._base) - len(self._removed) + len(self._added)
 
     def __iter__(self):
+        self._settle()
         removed = self._removed
         yield from (int(h) for h in self._base if not removed or int(h) not in removed)
         yield from self._added
 
     def update(self, hashes) -> None:
-        """Add hashes (an iterable of ints or a uint64 array)."""
-        if isinstance(hashes, np.ndarray) and len(hashes) > 256:
-            self._fold(np.asarray(hashes, dtype=np.uint64))
+        """Add hashes (an iterable of ints, or a uint64 array: merged in bulk)."""
+        if isinstance(hashes, np.ndarray):
+            self._bulk.append(np.asarray(hashes, dtype=np.uint64).reshape(-1))
             return
+        self._settle()
         for h in hashes:
             h = int(h)
             if h in self._removed:
@@ -82,14 +92,20 @@ class HashSet:
         return self
 
     def _fold(self, more: np.ndarray) -> None:
-        added = np.fromiter(self._added, dtype=np.uint64, count=len(self._added))
+        """Merge the recent changes and ``more`` into the sorted array."""
         base = self._base
         if self._removed:
-            base = np.setdiff1d(base, np.fromiter(self._removed, dtype=np.uint64, count=len(self._removed)), assume_unique=True)
-        self._base = np.union1d(base, np.concatenate([added, more]))
+            gone = np.sort(np.fromiter(self._removed, dtype=np.uint64, count=len(self._removed)))
+            at = np.clip(np.searchsorted(gone, base), 0, len(gone) - 1)
+            base = base[gone[at] != base]
+        merged = np.sort(np.concatenate([base, np.fromiter(self._added, dtype=np.uint64, count=len(self._added)), more]))
+        if len(merged) > 1:
+            merged = merged[np.concatenate([[True], merged[1:] != merged[:-1]])]
+        self._base = merged
         self._added, self._removed = set(), set()
 
     def difference_update(self, hashes) -> None:
+        self._settle()
         for h in hashes:
             h = int(h)
             if h in self._added:

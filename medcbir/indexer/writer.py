@@ -26,7 +26,7 @@ from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.generations import fallback_manifest
-from medcbir.indexer.keys import HashSet, key_hash, source_hash  # noqa: F401 - part of this module's API
+from medcbir.indexer.keys import HashSet, key_hash, key_hashes, source_hash, source_hashes  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
                                       retained_files)
@@ -374,7 +374,7 @@ class IndexWriter:
         return keys
 
     @staticmethod
-    def _shard_keys(path: Path, of_sources: np.ndarray | None = None) -> tuple[np.ndarray | list[int], np.ndarray | list[int]]:
+    def _shard_keys(path: Path, of_sources: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(key hashes, source hashes) of a shard's items (``of_sources``: of those items alone)."""
         import h5py
 
@@ -389,8 +389,8 @@ class IndexWriter:
         if of_sources is not None:
             rows = np.isin(sources, of_sources)
             sops, frames, sources = sops[rows], frames[rows], sources[rows]
-        keys = [key_hash(sop.decode("utf-8"), int(frame)) for sop, frame in zip(sops, frames)]
-        return keys, [source_hash(src.decode("utf-8")) for src in np.unique(sources) if src]
+        unique_sources = np.unique(sources)
+        return key_hashes(sops, frames), source_hashes(unique_sources[unique_sources != b""])
 
     def key_hashes(self) -> np.ndarray:
         """uint64 :func:`key_hash` of every committed item (for a distributed de-duplicator)."""
