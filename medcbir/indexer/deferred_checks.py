@@ -64,7 +64,13 @@ class DeferredChecks:
         self._stop = threading.Event()
         self.failure: IndexCorrupt | None = None
         self._thread = threading.Thread(target=self._run, name="medcbir-shard-checks", daemon=True)
-        self._thread.start()
+
+    def start(self) -> "DeferredChecks":
+        """Start the background thread (the opener calls it once its own reads are done: the
+        thread's disk reads would slow them)."""
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
+        return self
 
     # ------------------------------------------------------------------ state
     @property
@@ -140,5 +146,5 @@ class DeferredChecks:
     def close(self) -> None:
         """Stop the background thread after the file it is hashing."""
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self._thread.ident is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()

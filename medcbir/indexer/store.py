@@ -133,6 +133,8 @@ class IndexStore:
             finish_checks(pending)  # a corrupt shard is named as such, not as a load error
             raise
         self.open_stages["faiss"] = time.perf_counter() - start - sum(self.open_stages.values())
+        if self.checks is not None:
+            self.checks.start()  # after the open's own reads, which it would slow
         finish_checks(pending)
         self.open_stages["checks_wait"] = time.perf_counter() - start - sum(self.open_stages.values())
         self.open_seconds = time.perf_counter() - start

@@ -338,6 +338,8 @@ class IndexWriter:
         try:
             pending, self._checks = start_checks(self.index_dir, manifest, "checksums", defer=True)
             finish_checks(pending)
+            if self._checks is not None:
+                self._checks.start()
         except IndexCorrupt as exc:
             raise self._damaged(exc) from None
 
