@@ -18,7 +18,7 @@ import numpy as np
 
 from medcbir.encoders.compat import check_compatible
 from medcbir.encoders.spec import source_available
-from medcbir.engine.filters import Filters, KeyLookup, check_exclude, column_is_in
+from medcbir.engine.filters import Filters, KeyLookup, check_exclude
 from medcbir.engine.grouping import CASE_FIELDS, GROUP_COLUMNS, CaseHit, check_group_by, check_per_series, rank_groups, shaped_hits
 from medcbir.engine.neighbour import MetaTable, Neighbour, plain
 from medcbir.engine.prior import prior_exams
@@ -30,6 +30,8 @@ from medcbir.indexer import IndexStore
 from medcbir.indexer.faiss_index import apply_gpu_params, search_parameters
 
 log = logging.getLogger(__name__)
+#: Neighbours whose metadata is read together (whole result lists), on the first access of one.
+NEIGHBOUR_BATCH = 1024
 
 
 def _check_encoder(encoder, info: dict) -> None:
@@ -40,10 +42,12 @@ def _check_encoder(encoder, info: dict) -> None:
 class Engine:
     """Top-K retrieval over one committed generation of an index.
 
-    Use :meth:`open`. Opening reads the manifest, the id and metadata column arrays and the
-    FAISS index (memory-mapped where FAISS can); it makes no Python object per item. The
-    encoder is loaded on first use (image/DICOM queries), so embedding and UID queries never
-    pay for torch start-up.
+    Use :meth:`open`. Opening reads the manifest, the ids and the FAISS index (memory-mapped
+    where FAISS can); it makes no Python object per item. The metadata stays in the shards:
+    results' rows are read from them, and the columns that filters, exclusions, grouping and
+    UID queries use are held as compact codes built on first use
+    (:class:`~medcbir.indexer.columns.ShardColumns`). The encoder is loaded on first use
+    (image/DICOM queries), so embedding and UID queries never pay for torch start-up.
 
     Args:
         store: an open ``medcbir.indexer.IndexStore``.
@@ -58,7 +62,7 @@ class Engine:
         self.index = store.faiss_index
         self.ids = np.asarray(store.ids, dtype=np.int64)
         self.dim = int(store.dim)
-        # A Mapping whose columns the store reads from the shards on first access.
+        # The metadata columns (ShardColumns): rows read from the shards, codes built on first use.
         self.columns = store.columns
         n = len(self.ids)
         # Ids are dense and in row order in every index the indexer writes; then id == row and
@@ -82,7 +86,6 @@ class Engine:
         self.recall: dict | None = manifest.get("recall") if not self.exact else None
         self._recall_warned = False
         self._masks: OrderedDict = OrderedDict()  # small LRU of filter masks
-        self._codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------------ opening
     @classmethod
@@ -173,6 +176,7 @@ class Engine:
 
     def meta(self, ids) -> list[dict]:
         """Metadata of items by id (``ItemMeta`` columns as plain Python values)."""
+        self.ensure_checked(ids)
         return self.table.of_ids(ids)
 
     def source_path(self, recorded: str) -> str:
@@ -182,8 +186,8 @@ class Engine:
         return resolve(recorded) if resolve is not None else recorded
 
     def meta_column(self, column: str, ids) -> list:
-        """One metadata column of items by id, as plain Python values."""
-        return [plain(v) for v in np.asarray(self.columns[column])[self.rows_of(ids)].tolist()]
+        """One metadata column of items by id, as plain Python values (read from the shards)."""
+        return [plain(v) for v in self.columns.take(column, self.rows_of(ids)).tolist()]
 
     def embeddings(self, ids) -> np.ndarray:
         """Stored embeddings of items by id (B×D float32)."""
@@ -194,11 +198,20 @@ class Engine:
         return ids[~self.live[ids]]
 
     # ------------------------------------------------------------------------ masks
-    def _codes_of(self, column: str) -> tuple[np.ndarray, np.ndarray]:
-        """(unique values, row codes) of a column, computed once on first use."""
-        if column not in self._codes:
-            self._codes[column] = np.unique(np.asarray(self.columns[column]), return_inverse=True)
-        return self._codes[column]
+    def group_codes(self, column: str, ids, ordered: bool = False) -> tuple[np.ndarray, list | None]:
+        """Group codes of items by id: equal codes exactly when their ``column`` values are equal
+        (-1 where an id is -1, FAISS's padding).
+
+        Returns:
+            (int64 codes shaped like ``ids``, and with ``ordered`` the value of each code: codes
+            then follow the values' sort order; else None).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        valid = ids >= 0
+        codes, values = self.columns.groups(column, self.rows_of(ids[valid]), ordered=ordered)
+        out = np.full(ids.shape, -1, dtype=np.int64)
+        out[valid] = codes
+        return out, values
 
     def filter_mask(self, filters: Filters) -> np.ndarray | None:
         """Id-range mask of live items passing ``filters``; None when every item passes."""
@@ -214,21 +227,16 @@ class Engine:
                 ("study_instance_uid", filters.study, False),
             ):
                 if values:
-                    rows &= column_is_in(self.columns[column], values, upper=upper)
+                    rows &= self.columns.isin(column, values, upper=upper)
             self._masks[key] = self.id_mask(rows) & self.live
             while len(self._masks) > 8:
                 self._masks.popitem(last=False)
         return self._masks[key]
 
     def exclusion_mask(self, column: str, value) -> np.ndarray:
-        """Id-range mask of the items whose ``column`` equals ``value`` (to exclude)."""
-        uniques, codes = self._codes_of(column)
-        col = np.asarray(self.columns[column])
-        probe = value.encode() if col.dtype.kind == "S" and isinstance(value, str) else value
-        pos = int(np.searchsorted(uniques, probe))
-        if pos >= len(uniques) or uniques[pos] != probe:
-            return np.zeros(self.id_range, dtype=bool)
-        return self.id_mask(codes == pos)
+        """Id-range mask of the items whose ``column`` equals ``value`` (to exclude): the rows the
+        column's hash codes propose, confirmed against the stored values."""
+        return self.id_mask(self.columns.equal(column, value))
 
     # ------------------------------------------------------------------------ search
     def embed(self, queries) -> np.ndarray:
@@ -332,9 +340,8 @@ class Engine:
         masks = _per_query(roi_mask, len(queries), "roi_mask") if roi_mask is not None else [None] * len(queries)
         codes = None
         if per_series > 0:
-            _, row_codes = self._codes_of("series_instance_uid")
             codes = np.full(self.id_range, -1, dtype=np.int64)
-            codes[self.ids] = row_codes
+            codes[self.ids] = self.columns.row_codes("series_instance_uid")
         column = {"same-patient": ("patient_pseudonym", "patient"), "same-study": ("study_instance_uid", "study")}.get(exclude)
         out = []
         for query, box, mask in zip(queries, boxes, masks):
@@ -345,9 +352,12 @@ class Engine:
             if rq.item_id >= 0 and not include_self:
                 admissible[rq.item_id] = False
             hits = regions.search(regions.whitening(rq.descriptor)[0], k, admissible, codes, per_series)
+            self.ensure_checked([item for item, _, _ in hits])
             neighbours = []
-            for rank, (item, score, box) in enumerate(hits, 1):
-                nb = Neighbour(item, score, rank, None, self.table, int(self.rows_of(np.array([item]))[0]))
+            rows = self.rows_of(np.array([item for item, _, _ in hits], dtype=np.int64)).tolist()
+            batch = self.table.batch(rows)
+            for rank, ((item, score, box), row) in enumerate(zip(hits, rows), 1):
+                nb = Neighbour(item, score, rank, None, batch, int(row))
                 nb.region = box
                 nb.query_region = rq.box
                 neighbours.append(nb)
@@ -414,9 +424,6 @@ class Engine:
         vectors = self._embed(resolved)
         base = self.filter_mask(Filters.of(modality, body_part, series, study))
         pool = min(int(hits) if hits else max(100, 20 * int(k)), n_live)
-        uniques, codes = self._codes_of(GROUP_COLUMNS[group_by])
-        group_of = np.full(self.id_range, -1, dtype=np.int64)
-        group_of[self.ids] = codes
         out, start = [], 0
         for case in cases:
             members = resolved[start : start + len(case)]
@@ -424,14 +431,18 @@ class Engine:
             start += len(case)
             own = np.unique(np.concatenate([own_ids(q, include_self) for q in members]))
             scores, ids = shaped_hits(self, vectors[rows], pool, base, self._group(members, exclude), own=[own] * len(members))
+            # group codes of the pooled hits, in the order of their UIDs (the rule's tie-break)
+            group_of, uids = self.group_codes(GROUP_COLUMNS[group_by], ids, ordered=True)
             ranked = rank_groups(scores, ids, group_of, int(k), int(per_group))
-            out.append([self._case_hit(group_by, str(uniques[code]), score, rank, n, slices) for rank, (code, score, n, slices) in enumerate(ranked, 1)])
+            out.append([self._case_hit(group_by, str(uids[code]), score, rank, n, slices) for rank, (code, score, n, slices) in enumerate(ranked, 1)])
         return out
 
     def _case_hit(self, group_by: str, uid: str, score: float, rank: int, n_hits: int, slices: list) -> CaseHit:
         ids = [i for i, _ in slices]
-        neighbours = [Neighbour(i, s, r, None, self.table, int(self.rows_of(np.array([i]))[0])) for r, (i, s) in enumerate(slices, 1)]
-        meta = self.meta(ids[:1])[0] if ids else {}
+        rows = self.rows_of(np.array(ids, dtype=np.int64)).tolist()
+        batch = self.table.batch(rows)
+        neighbours = [Neighbour(i, s, r, None, batch, int(row)) for r, ((i, s), row) in enumerate(zip(slices, rows), 1)]
+        meta = neighbours[0].meta if neighbours else {}
         return CaseHit(group_by, uid, score, rank, n_hits, neighbours, {c: meta.get(c) for c in CASE_FIELDS})
 
     def series_members(self, series_uid: str) -> list[str]:
@@ -440,14 +451,14 @@ class Engine:
         Ordered by slice position (descending z, then instance number): one case query for
         :meth:`search_cases`. Raises ``ConfigError`` for a series the index does not hold.
         """
-        rows = np.flatnonzero(column_is_in(self.columns["series_instance_uid"], (str(series_uid),)) & self.live[self.ids])
+        rows = np.flatnonzero(self.columns.equal("series_instance_uid", str(series_uid)) & self.live[self.ids])
         if not len(rows):
             raise ConfigError(f"series {series_uid} has no live item in the index")
-        z = np.asarray(self.columns["slice_position"], dtype=np.float64)[rows]
-        inst = np.asarray(self.columns["instance_number"], dtype=np.int64)[rows]
+        z = np.asarray(self.columns.take("slice_position", rows), dtype=np.float64)
+        inst = np.asarray(self.columns.take("instance_number", rows), dtype=np.int64)
         rows = rows[np.lexsort((inst, -np.nan_to_num(z, nan=-np.inf)))]
-        uids = np.asarray(self.columns["sop_instance_uid"])[rows]
-        frames = np.asarray(self.columns["frame"])[rows]
+        uids = self.columns.take("sop_instance_uid", rows)
+        frames = self.columns.take("frame", rows)
         return [f"{u}:{int(f)}" for u, f in zip(uids.tolist(), frames.tolist())]
 
     def prior(self, query, *, modality=None, context: str = "series"):
@@ -512,7 +523,15 @@ class Engine:
                 rows, q = rows[short], np.ascontiguousarray(q[short])
             d, i = self._search_cpu(index, q, k, mask)
             scores[rows], ids[rows] = d, i
+        self.ensure_checked(ids[ids >= 0])
         return scores, ids
+
+    def ensure_checked(self, ids) -> None:
+        """Hold an answer until the shards of ``ids`` have matched their checksums (at once
+        unless the open deferred them: :mod:`medcbir.indexer.deferred_checks`)."""
+        check = getattr(self.store, "ensure_checked", None)
+        if check is not None:
+            check(self.rows_of(np.asarray(ids, dtype=np.int64)))
 
     def _search_cpu(self, index, q: np.ndarray, k: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """One FAISS search on the CPU index with the filters applied inside FAISS (a selector)."""
@@ -531,8 +550,11 @@ class Engine:
         n, k = ids.shape
         flat_ids = ids.ravel().tolist()
         rows = flat_ids if self._dense else self.rows_of(np.where(ids >= 0, ids, 0)).ravel().tolist()
-        # One C-level map over all B×k results (no per-row Python loop building objects).
-        flat = list(map(Neighbour, flat_ids, scores.ravel().tolist(), itertools.cycle(range(1, k + 1)), itertools.repeat(None), itertools.repeat(self.table), rows))
+        # One C-level map over all B×k results (no per-row Python loop building objects); the
+        # metadata of a batch of result lists is read together when one of them is first asked.
+        per = max(1, NEIGHBOUR_BATCH // max(1, k)) * k
+        batches = itertools.chain.from_iterable(itertools.repeat(self.table.batch(rows[lo:lo + per]), min(per, n * k - lo)) for lo in range(0, n * k, per))
+        flat = list(map(Neighbour, flat_ids, scores.ravel().tolist(), itertools.cycle(range(1, k + 1)), itertools.repeat(None), batches, rows))
         out = [flat[i * k : (i + 1) * k] for i in range(n)]
         if k and n and bool((ids[:, -1] < 0).any()):  # FAISS pads with -1 when fewer than k are admissible
             out = [[nb for nb in hits if nb.id >= 0] if hits[-1].id < 0 else hits for hits in out]

@@ -76,45 +76,32 @@ def column_is_in(column: np.ndarray, values: tuple[str, ...], upper: bool = Fals
 class KeyLookup:
     """Find the ids of ``(sop_instance_uid, frame)`` keys without a per-item Python dict.
 
-    Built lazily (one argsort of the UID column) on the first lookup, so opening an index
-    does not pay for it.
+    The UID column's sorted hash index is built on the first lookup (so opening an index does
+    not pay for it); each key's candidate rows are confirmed against the stored UID and frame.
 
     Args:
-        columns: the index's column mapping (``sop_instance_uid`` and ``frame`` are read on
-            first lookup).
+        columns: the index's :class:`~medcbir.indexer.columns.ShardColumns`.
         ids: the id of each row.
     """
 
     def __init__(self, columns, ids: np.ndarray) -> None:
         self.columns, self.ids = columns, ids
-        self._order: np.ndarray | None = None
-        self._sorted: np.ndarray | None = None
-
-    def _build(self) -> None:
-        uids = np.asarray(self.columns["sop_instance_uid"])
-        if uids.dtype.kind == "O":
-            uids = uids.astype(str)
-        self._order = np.argsort(uids, kind="stable")
-        self._sorted = uids[self._order]
 
     def find(self, uids, frames=None) -> np.ndarray:
-        """ids of the given keys (``frames=None`` → frame 0); -1 where a key is not in the index."""
-        if self._order is None:
-            self._build()
-        uids = list(uids)
+        """ids of the given keys (``frames=None`` → frame 0); -1 where a key is not in the index.
+        A key stored twice (a replaced item not yet compacted away) gives its first row's id."""
+        uids = [str(u) for u in uids]
         frames = [0] * len(uids) if frames is None else [int(f) for f in frames]
-        if self._sorted.dtype.kind == "S":
-            keys = np.array([u.encode() for u in uids], dtype=self._sorted.dtype) if uids else np.array([], dtype=self._sorted.dtype)
-        else:
-            keys = np.array(uids, dtype=str)
-        lo = np.searchsorted(self._sorted, keys, side="left")
-        hi = np.searchsorted(self._sorted, keys, side="right")
-        frames_col = np.asarray(self.columns["frame"])
         out = np.full(len(uids), -1, dtype=np.int64)
-        for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
-            # a UID has one row per frame: a handful of candidates at most
-            for row in self._order[a:b]:
-                if int(frames_col[row]) == frames[i]:
+        if not uids:
+            return out
+        rows = self.columns.find("sop_instance_uid", uids)  # a UID has one row per frame: a handful
+        stored = self.columns.take("frame", np.concatenate(rows)).tolist() if any(len(r) for r in rows) else []
+        start = 0
+        for i, candidates in enumerate(rows):
+            for row, frame in zip(candidates.tolist(), stored[start:start + len(candidates)]):
+                if int(frame) == frames[i]:
                     out[i] = int(self.ids[row])
                     break
+            start += len(candidates)
         return out

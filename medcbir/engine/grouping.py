@@ -93,11 +93,6 @@ def shaped_hits(engine, vectors: np.ndarray, k: int, base, groups: dict, *, own:
     out_i = np.full((n, k), -1, dtype=np.int64)
     if n == 0:
         return out_s, out_i
-    codes = None
-    if per_series > 0:
-        _, row_codes = engine._codes_of("series_instance_uid")
-        codes = np.full(engine.id_range, -1, dtype=np.int64)
-        codes[engine.ids] = row_codes
     n_own = max((len(o) for o in own), default=0)
     fetch = k + n_own if per_series <= 0 else max(k * PER_SERIES_FETCH, k + n_own + 16)
     limit = max(1, int(engine.id_range))
@@ -107,9 +102,11 @@ def shaped_hits(engine, vectors: np.ndarray, k: int, base, groups: dict, *, own:
         sub_vectors = vectors if len(pending) == n else np.ascontiguousarray(vectors[pending])
         sub_groups = groups if len(pending) == n else _subgroups(groups, pending)
         scores, ids = engine.search_groups(sub_vectors, fetch, base, sub_groups)
+        # the series of every candidate of this round (exact: equal codes = the same series)
+        codes = engine.group_codes("series_instance_uid", ids)[0] if per_series > 0 else None
         again = []
         for j, row in enumerate(pending.tolist()):
-            row_codes = codes[np.maximum(ids[j], 0)] if codes is not None else None
+            row_codes = codes[j] if codes is not None else None
             keep = _keep_row(ids[j], own[row], row_codes, per_series, k)
             exhausted = fetch >= limit or ids[j, -1] < 0  # FAISS pads with -1: nothing more to find
             if len(keep) < k and not exhausted:
@@ -183,7 +180,8 @@ def rank_groups(scores: np.ndarray, ids: np.ndarray, group_of: np.ndarray, k: in
 
     Args:
         scores, ids: M×P pools (float, int64 with -1 padding).
-        group_of: group code of each id (an array indexed by id).
+        group_of: M×P group code of each hit (equal codes = the same group; codes in the order
+            of the groups' UIDs), as ``Engine.group_codes`` gives them.
         k: groups to return.
         per_group: slices per group.
 
@@ -198,7 +196,7 @@ def rank_groups(scores: np.ndarray, ids: np.ndarray, group_of: np.ndarray, k: in
     flat_ids = ids[valid]
     flat_scores = scores[valid].astype(np.float64)
     flat_query = np.repeat(np.arange(m), valid.sum(axis=1))
-    flat_group = group_of[flat_ids]
+    flat_group = np.asarray(group_of)[valid]
     groups, inverse = np.unique(flat_group, return_inverse=True)
     best = np.tile(floors[:, None], (1, len(groups)))  # M×G, the floor where a pool lacks the group
     seen = np.zeros((m, len(groups)), dtype=bool)

@@ -1,7 +1,9 @@
 """Search results: a neighbour (id, score, rank) and its item's metadata as plain Python values.
 
-The metadata dict of a neighbour is built on first access from the index's column arrays, so a
-batch search returns quickly even with thousands of neighbours nobody looks at the metadata of.
+The metadata of a neighbour is read from the index's shards on first access, for all the
+neighbours of its batch at once (:class:`RowBatch`), so a batch search returns quickly even with
+thousands of neighbours nobody looks at the metadata of, and reading the metadata of a result
+list costs one grouped read per shard rather than one per row.
 """
 
 from __future__ import annotations
@@ -25,33 +27,72 @@ def plain(value):
 
 
 class MetaTable:
-    """Row access to metadata columns (numpy arrays aligned with the index's rows).
+    """Row access to the metadata of an index's rows.
 
     Args:
-        columns: column name → numpy array (first axis = rows).
+        columns: the index's :class:`~medcbir.indexer.columns.ShardColumns` (rows read from the
+            shards), or a mapping of column name → numpy array (first axis = rows).
         row_of_id: callable mapping an int64 id array to row indices.
         source_path: maps a recorded ``source`` to the file's path (sealed records are opened
             with the archive key: ``IndexStore.source_path``), or None to show records as stored.
     """
 
-    def __init__(self, columns: dict[str, np.ndarray], row_of_id, source_path=None) -> None:
+    def __init__(self, columns, row_of_id, source_path=None) -> None:
         self.columns = columns
         self.row_of_id = row_of_id
         self.source_path = source_path
 
     def row(self, row: int) -> dict:
         """The metadata of one row as ``{column: plain value}``."""
-        out = {name: plain(col[row]) for name, col in self.columns.items()}
-        if self.source_path is not None and "source" in out:
-            out["source"] = self.source_path(out["source"])
-        return out
+        return self.rows(np.array([row], dtype=np.int64))[0]
 
     def rows(self, rows: np.ndarray) -> list[dict]:
-        """Metadata of many rows."""
-        return [self.row(int(r)) for r in np.asarray(rows, dtype=np.int64)]
+        """Metadata of many rows (read together: one grouped read per shard and column)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        read = getattr(self.columns, "rows", None)
+        if read is not None:
+            out = read(rows)
+        else:
+            out = [{name: plain(col[r]) for name, col in self.columns.items()} for r in rows.tolist()]
+        if self.source_path is not None:
+            for meta in out:
+                if "source" in meta:
+                    meta["source"] = self.source_path(meta["source"])
+        return out
 
     def of_ids(self, ids) -> list[dict]:
         return self.rows(self.row_of_id(np.asarray(ids, dtype=np.int64)))
+
+    def batch(self, rows) -> "RowBatch":
+        """A :class:`RowBatch` of ``rows`` (read on the first access of any of them)."""
+        return RowBatch(self, rows)
+
+
+class RowBatch:
+    """The rows of a batch of neighbours: the first neighbour whose metadata is asked reads
+    every row of the batch at once; each neighbour then gets its own dict.
+
+    Args:
+        table: the :class:`MetaTable`.
+        rows: the rows of the batch (repeats and -1 padding allowed).
+    """
+
+    __slots__ = ("table", "_rows", "_metas")
+
+    def __init__(self, table: MetaTable, rows) -> None:
+        self.table = table
+        self._rows = rows
+        self._metas: dict[int, dict] | None = None
+
+    def row(self, row: int) -> dict:
+        if self._metas is None or row not in self._metas:
+            rows = np.unique(np.asarray(self._rows, dtype=np.int64))
+            rows = rows[rows >= 0]
+            if row not in set(rows.tolist()):
+                rows = np.array([row], dtype=np.int64)
+            metas = dict(zip(rows.tolist(), self.table.rows(rows)))
+            self._metas = metas if self._metas is None else {**self._metas, **metas}
+        return dict(self._metas[row])
 
 
 class Neighbour:
@@ -68,7 +109,8 @@ class Neighbour:
 
     __slots__ = ("id", "score", "rank", "_meta", "_table", "_row", "region", "query_region")
 
-    def __init__(self, id: int, score: float, rank: int, meta: dict | None = None, table: MetaTable | None = None, row: int = -1) -> None:
+    def __init__(self, id: int, score: float, rank: int, meta: dict | None = None, table: MetaTable | RowBatch | None = None,
+                 row: int = -1) -> None:
         # Plain Python numbers expected (the engine passes ``tolist()`` values): no conversion
         # here keeps building thousands of neighbours per batch cheap.
         self.id = id

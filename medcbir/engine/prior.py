@@ -100,11 +100,11 @@ def _study_datetimes(engine, ids: np.ndarray, studies: np.ndarray) -> dict[str, 
     """Study UID → study date-time, from the index column or (older indexes) the files' headers."""
     out: dict[str, str] = {}
     if "study_datetime" in engine.columns:
-        col = np.asarray(engine.columns["study_datetime"])[engine.rows_of(ids)]
+        col = engine.columns.take("study_datetime", engine.rows_of(ids))
         for uid, value in zip(studies.tolist(), col.tolist()):
             out.setdefault(uid, str(value or ""))
         return out
-    sources = np.asarray(engine.columns["source"])[engine.rows_of(ids)]
+    sources = engine.columns.take("source", engine.rows_of(ids))
     for uid, source in zip(studies.tolist(), sources.tolist()):
         if uid not in out:
             out[uid] = _header_datetime(engine.source_path(str(source)))
@@ -129,8 +129,8 @@ def _header_datetime(source: str) -> str:
 def _anatomical_order(engine, ids: np.ndarray) -> np.ndarray:
     """``ids`` ordered head to feet (descending z, then instance number)."""
     rows = engine.rows_of(ids)
-    z = np.asarray(engine.columns["slice_position"], dtype=np.float64)[rows]
-    inst = np.asarray(engine.columns["instance_number"], dtype=np.int64)[rows]
+    z = np.asarray(engine.columns.take("slice_position", rows), dtype=np.float64)
+    inst = np.asarray(engine.columns.take("instance_number", rows), dtype=np.int64)
     return ids[np.lexsort((inst, -np.nan_to_num(z, nan=-np.inf)))]
 
 
@@ -157,9 +157,9 @@ def prior_exams(engine, query, *, modality=None, context: str = "series") -> Pri
     vector = engine._embed([q])[0]
     patient_ids = np.flatnonzero(engine.exclusion_mask("patient_pseudonym", q.patient) & engine.live)
     rows = engine.rows_of(patient_ids)
-    series_col = np.asarray(engine.columns["series_instance_uid"])[rows]
-    study_col = np.asarray(engine.columns["study_instance_uid"])[rows]
-    modality_col = np.asarray(engine.columns["modality"])[rows]
+    series_col = engine.columns.take("series_instance_uid", rows)
+    study_col = engine.columns.take("study_instance_uid", rows)
+    modality_col = engine.columns.take("modality", rows)
     own_meta = engine.meta([q.item_id])[0] if q.item_id >= 0 else {}
     wanted = modality or own_meta.get("modality") or None
 
@@ -168,7 +168,7 @@ def prior_exams(engine, query, *, modality=None, context: str = "series") -> Pri
         own_series = _anatomical_order(engine, patient_ids[series_col == own_meta["series_instance_uid"]])
         context_vectors = engine.embeddings(own_series)
         query_index = int(np.flatnonzero(own_series == q.item_id)[0])
-        context_z = np.asarray(engine.columns["slice_position"], dtype=np.float64)[engine.rows_of(own_series)]
+        context_z = np.asarray(engine.columns.take("slice_position", engine.rows_of(own_series)), dtype=np.float64)
     else:
         context_vectors, query_index, context_z = vector[None, :], 0, np.array([np.nan])
     context_vectors = context_vectors / np.maximum(np.linalg.norm(context_vectors, axis=1, keepdims=True), 1e-12)
@@ -187,7 +187,7 @@ def prior_exams(engine, query, *, modality=None, context: str = "series") -> Pri
         for series in sorted(set(series_col[others & (study_col == study)].tolist())):
             ids = _anatomical_order(engine, patient_ids[others & (series_col == series)])
             vectors = engine.embeddings(ids)
-            z = np.asarray(engine.columns["slice_position"], dtype=np.float64)[engine.rows_of(ids)]
+            z = np.asarray(engine.columns.take("slice_position", engine.rows_of(ids)), dtype=np.float64)
             alignment = align_series(context_vectors @ vectors.T, context_z, z, query_index)
             if best is None or alignment.score > best[0].score:
                 best = (alignment, series, ids, vectors)

@@ -111,6 +111,7 @@ def _actor_class():
         def region_search(self, vector, k: int, admissible, codes, per_series: int):
             """This part's best region per item: [(global item id, score, box)]."""
             hits = self.regions.search(vector, k, admissible, codes, per_series)
+            self.engine.ensure_checked([item for item, _, _ in hits])
             return [(item + self.lo, score, box) for item, score, box in hits]
 
         def search(self, vectors, k: int, mask, groups: list, knobs: dict, refine_factor: float | None):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medcbir.errors import ConfigError, IndexCorrupt
 from medcbir.indexer.checksum import FIELD, fast_checksum
+from medcbir.indexer.deferred_checks import DEFER_BYTES, DeferredChecks
 from medcbir.indexer.fsutil import sha256_file
 from medcbir.indexer.manifest import codebook_records
 from medcbir.indexer.region_index import records as region_records
@@ -27,11 +28,11 @@ def check_files(index_dir: Path, manifest: dict, mode: str = "checksums") -> Non
     Raises:
         IndexCorrupt: naming the first broken file.
     """
-    pending = start_checks(index_dir, manifest, mode)
+    pending, _ = start_checks(index_dir, manifest, mode)
     finish_checks(pending)
 
 
-def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
+def start_checks(index_dir: Path, manifest: dict, mode: str, *, defer: bool = False) -> tuple[list, DeferredChecks | None]:
     """Size checks now, FAISS and tombstone files hashed now, shards and their codes hashed in
     background threads.
 
@@ -40,12 +41,16 @@ def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
     ``sha256`` checks every sha256 (what ``verify`` does, plus consistency checks).
 
     Returns the pending (name, expected, future) of the shards, for :func:`finish_checks`;
-    hashing overlaps with loading the index (both hashes release the GIL).
+    hashing overlaps with loading the index (both hashes release the GIL). With ``defer`` and
+    more than :data:`~medcbir.indexer.deferred_checks.DEFER_BYTES` of shard files, nothing is
+    pending: the shards' files are checked by the returned
+    :class:`~medcbir.indexer.deferred_checks.DeferredChecks` (in the background, and before an
+    answer uses a shard); otherwise that second value is None.
     """
     if mode not in VERIFY_MODES:
         raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {mode!r}")
     if mode == "none":
-        return []
+        return [], None
     records = committed_records(manifest)
     for rec in records:
         path = index_dir / rec["file"]
@@ -54,7 +59,7 @@ def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
         if path.stat().st_size != int(rec["bytes"]):
             raise IndexCorrupt(f"{rec['file']}: size {path.stat().st_size} differs from the committed {rec['bytes']} bytes")
     if mode == "sizes":
-        return []
+        return [], None
     fast = mode == "checksums"
     # FAISS files are parsed by FAISS's C++ readers and tombstones decide what search returns:
     # check them before anything reads them. Shards (HDF5) and standalone codes (``.codes.npy``:
@@ -68,14 +73,34 @@ def start_checks(index_dir: Path, manifest: dict, mode: str) -> list:
         expected, digest = _expected(rec, fast), _hasher(rec, fast)(index_dir / rec["file"])
         if digest != expected:
             raise IndexCorrupt(_mismatch(rec["file"], digest, expected, _kind(rec, fast)))
+    deferred = None
+    number = _shard_numbers(manifest)
+    later = [r for r in background if r["file"] in number]
+    if defer and sum(int(r["bytes"]) for r in later) > DEFER_BYTES:
+        files = sorted(((number[r["file"]], r["file"], _expected(r, fast), _kind(r, fast), _hasher(r, fast)) for r in later),
+                       key=lambda f: (f[0], not f[1].endswith(".codes.npy")))
+        deferred = DeferredChecks(index_dir, files, _mismatch)
+        background = [r for r in background if r["file"] not in number]
     shards = sorted(background, key=lambda r: not r["file"].endswith(".codes.npy"))  # codes first: the load reads them first
     if not shards:
-        return []
+        return [], deferred
     pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 2)))
     pending = [(rec["file"], _expected(rec, fast), _kind(rec, fast), pool.submit(_hasher(rec, fast), index_dir / rec["file"]))
                for rec in shards]
     pool.shutdown(wait=False)
-    return pending
+    return pending, deferred
+
+
+def _shard_numbers(manifest: dict) -> dict[str, int]:
+    """Each shard file's (and its FAISS code file's and region part's) position in the manifest's
+    shard list."""
+    out = {}
+    for i, shard in enumerate(manifest.get("shards", [])):
+        out[shard["file"]] = i
+        for part in ("faiss", "region_part"):
+            if isinstance(shard.get(part), dict) and shard[part].get("file"):
+                out[shard[part]["file"]] = i
+    return out
 
 
 def _kind(rec: dict, fast: bool) -> str:

@@ -48,6 +48,7 @@ import h5py
 import numpy as np
 
 from medcbir.indexer import transform_codec
+from medcbir.indexer.keys import key_hashes, source_hashes
 from medcbir.indexer.fsutil import commit_file, crash_point, tmp_name
 from medcbir.indexer.fsutil import sha256_file
 from medcbir.indexer.transform_codec import TransformCodec, is_transform
@@ -385,6 +386,12 @@ def write_shard(
             if col.shape[0] != ids.shape[0]:
                 raise ValueError(f"column {name} has {col.shape[0]} rows for {ids.shape[0]} ids")
             meta.create_dataset(name, data=col)
+        if "sop_instance_uid" in columns and "frame" in columns:
+            # the writer's de-duplication keys, read back at open instead of hashed again
+            hashed = f.create_group("key_hashes")
+            hashed.create_dataset("item", data=key_hashes(columns["sop_instance_uid"], columns["frame"]))
+            if "source" in columns:
+                hashed.create_dataset("source", data=source_hashes(columns["source"]))
         if sources:
             group = f.create_group("sources")
             names = sorted(sources)

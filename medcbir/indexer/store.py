@@ -2,18 +2,16 @@
 
 Opening reads the manifest once and works on that generation only: later commits by a
 writer (new shards, tombstones, compaction) are not seen until the index is opened again.
-Nothing per item becomes a Python object: ids and metadata columns are numpy arrays read
-from the shards (columns lazily, on first use), and the FAISS index is filled from the
-shards' embeddings or merged from per-shard FAISS files.
+Nothing per item becomes a Python object: ids are a numpy array, the metadata columns stay in
+the shards (:mod:`medcbir.indexer.columns` reads rows and holds compact codes for search), and
+the FAISS index is filled from the shards' embeddings or merged from per-shard FAISS files.
 """
 
 from __future__ import annotations
 
 import json
 import mmap
-import threading
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import faiss
@@ -27,7 +25,8 @@ from medcbir.indexer import faiss_index
 from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.manifest import deleted_ids, read_manifest
 from medcbir.indexer.rerank import RerankFromRows
-from medcbir.indexer.shard import Decoder, ShardRegions, decode_strings, row_meta
+from medcbir.indexer.columns import ShardColumns
+from medcbir.indexer.shard import Decoder, ShardRegions
 from medcbir.indexer.generations import fallback_manifest
 
 def read_key(index_dir: Path, manifest: dict) -> bytes | None:
@@ -50,34 +49,6 @@ def seal_of(index_dir: Path, manifest: dict, key: bytes | None = None):
         return None
 
 
-class LazyColumns(Mapping):
-    """Metadata columns read from the shards on first access (strings decoded to ``<U``)."""
-
-    def __init__(self, files: list[h5py.File], names: list[str]) -> None:
-        self._files = files
-        self._names = list(names)
-        self._cache: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._names:
-            raise KeyError(name)
-        with self._lock:
-            if name not in self._cache:
-                parts = [f["meta"][name][...] for f in self._files]
-                if parts and parts[0].dtype.kind == "S":
-                    width = max(p.dtype.itemsize for p in parts)
-                    parts = [p.astype(f"S{width}") for p in parts]
-                self._cache[name] = decode_strings(np.concatenate(parts)) if parts else np.array([], dtype="U1")
-            return self._cache[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
 class IndexStore:
     """A committed index generation, opened for reading.
 
@@ -87,7 +58,9 @@ class IndexStore:
         dim, metric, index_spec: from the manifest (``index_spec`` is the spec in use).
         encoder_info: ``{"fingerprint", "preprocessing", "dim", "source"}``.
         ids: int64 (N,) all committed items in shard order (dense: ``ids[i] == i``).
-        columns: ItemMeta column name → numpy array aligned with ``ids`` (strings as ``<U``).
+        columns: the metadata columns (:class:`~medcbir.indexer.columns.ShardColumns`): rows read
+            from the shards, compact codes for filters and groups built on first use; as a
+            mapping, ``columns[name]`` reads a whole column (strings as ``<U``) and keeps nothing.
         deleted: sorted int64 tombstoned ids.
         live_mask: bool (N,), False for tombstoned items.
         faiss_index: all committed items searched under their int64 ids (tombstoned ones
@@ -109,6 +82,7 @@ class IndexStore:
         self._files: list[h5py.File] = []
         self._decoders: list[Decoder] = []
         self._maps: list | None = None  # each shard's embeddings memory-mapped (on first re-rank)
+        self.checks = None  # DeferredChecks of a large index's shards, still hashing after open
         self.open_stages: dict[str, float] = {}
 
     @classmethod
@@ -121,6 +95,9 @@ class IndexStore:
             verify: ``"checksums"`` (the fast whole-file checksum of every committed file,
                 sha256 for entries that predate it), ``"sha256"`` (whole-file sha256 of every
                 file, hashed in parallel), ``"sizes"`` (existence and size only) or ``"none"``.
+                Above :data:`~medcbir.indexer.deferred_checks.DEFER_BYTES` of shard files the
+                shards' checksums finish after open (:attr:`checks`): :meth:`ensure_checked`
+                holds each answer until the shards it comes from have matched.
             device: a :class:`~medcbir.device.Device`; FAISS moves to GPU when ``faiss_gpu``.
             manifest: open this manifest instead of the committed one (the sharded engine opens
                 a part of an index: a contiguous run of its shards, ids shifted to start at 0).
@@ -147,7 +124,7 @@ class IndexStore:
                 self.manifest, self.recovery = fallback_manifest(self.index_dir, exc)
                 self.manifest["generation"] = self.recovery.generation
         self.open_stages = {"manifest": time.perf_counter() - start}
-        pending = start_checks(self.index_dir, self.manifest, verify)
+        pending, self.checks = start_checks(self.index_dir, self.manifest, verify, defer=True)
         self.open_stages["checks_first"] = time.perf_counter() - start - sum(self.open_stages.values())
         try:
             self._load(device)
@@ -156,6 +133,8 @@ class IndexStore:
             finish_checks(pending)  # a corrupt shard is named as such, not as a load error
             raise
         self.open_stages["faiss"] = time.perf_counter() - start - sum(self.open_stages.values())
+        if self.checks is not None:
+            self.checks.start()  # after the open's own reads, which it would slow
         finish_checks(pending)
         self.open_stages["checks_wait"] = time.perf_counter() - start - sum(self.open_stages.values())
         self.open_seconds = time.perf_counter() - start
@@ -218,7 +197,7 @@ class IndexStore:
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._dense = bool(len(self.ids) == 0 or (self.ids[0] == 0 and self.ids[-1] == len(self.ids) - 1))
         # An index of an empty archive has no shard to name its columns: the item fields.
-        self.columns = LazyColumns(self._files, names or list(ItemMeta.COLUMNS))
+        self.columns = ShardColumns(self._files, self._offsets, names or list(ItemMeta.COLUMNS))
 
     @property
     def has_regions(self) -> bool:
@@ -342,6 +321,7 @@ class IndexStore:
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         """float32 (n, D) embeddings of ``ids``, read from the shards."""
         rows = self.rows(ids)
+        self.ensure_checked(rows)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         shard = np.searchsorted(self._offsets, rows, side="right") - 1
         for s in np.unique(shard):
@@ -435,11 +415,24 @@ class IndexStore:
                                                book.prepare(queries), which[positions])
         return out
 
+    def ensure_checked(self, rows) -> None:
+        """Return once the shards holding ``rows`` have matched their checksums (immediately
+        unless this open deferred them: :mod:`~medcbir.indexer.deferred_checks`).
+
+        Raises:
+            IndexCorrupt: one of the index's shard files is damaged (named).
+        """
+        if self.checks is None:
+            return
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        rows = rows[(rows >= 0) & (rows < len(self.ids))]
+        self.checks.ensure(np.unique(np.searchsorted(self._offsets, rows, side="right") - 1).tolist())
+
     def meta(self, ids: np.ndarray) -> list[dict]:
         """Metadata dicts (ItemMeta fields + ``id``) of a few ids (for results, not bulk work)."""
         rows = self.rows(ids)
-        cols = {name: self.columns[name] for name in self.columns}
-        out = [{"id": int(self.ids[r]), **row_meta(cols, int(r))} for r in rows]
+        self.ensure_checked(rows)
+        out = [{"id": int(self.ids[r]), **meta} for r, meta in zip(rows.tolist(), self.columns.rows(rows))]
         for meta in out:
             if "source" in meta:
                 meta["source"] = self.source_path(str(meta["source"]))
@@ -478,6 +471,8 @@ class IndexStore:
         return self._seal
 
     def close(self) -> None:
+        if self.checks is not None:
+            self.checks.close()
         for f in self._files:
             try:
                 f.close()

@@ -26,7 +26,7 @@ from medcbir.imaging.source_seal import SourceSeal, is_sealed
 from medcbir.indexer import faiss_index
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.generations import fallback_manifest
-from medcbir.indexer.keys import key_hash, source_hash  # noqa: F401 - part of this module's API
+from medcbir.indexer.keys import HashSet, key_hash, key_hashes, source_hash, source_hashes  # noqa: F401 - part of this module's API
 from medcbir.indexer.lock import WriterLock
 from medcbir.indexer.manifest import (commit_manifest, dropped_keys, history, manifest_path, new_manifest, read_manifest,
                                       retained_files)
@@ -34,7 +34,7 @@ from medcbir.indexer.compression import choose_storage, describe, fit_codebook, 
 from medcbir.indexer.shard import (SHARD_DTYPES, STORAGE_BYTES, STORAGE_ORDER, ShardRegions, codebook_entry, index_codec, meta_columns, shard_dtype,
                                    shard_name, write_shard)
 from medcbir.indexer.transform_codec import is_transform, min_fit_items
-from medcbir.indexer.integrity import check_files
+from medcbir.indexer.integrity import finish_checks, start_checks
 from medcbir.indexer.staging import remove_stale_staging
 from medcbir.encoders.compat import check_compatible
 from medcbir.imaging import load_or_create_key
@@ -239,8 +239,8 @@ class IndexWriter:
             self._trained = faiss.read_index(str(self.index_dir / manifest["trained"]["file"]))
         # Keys and sources of every committed item, tombstoned ones too (a deleted series is not
         # indexed again from its files), except sources released because their file changed.
-        self._keys: set[int] = set()
-        self._sources: set[int] = set()
+        self._keys = HashSet()
+        self._sources = HashSet()
         self._known_shards: set[str] = set()
         self._load_committed_keys()
         self._source_stats: dict[str, tuple[int, int]] = {}
@@ -372,11 +372,34 @@ class IndexWriter:
     def _refuse_damaged(self, manifest: dict) -> None:
         """Refuse to add to an index a committed file of which is damaged: items committed on
         top of it would be counted while searches fail (the repair drops the damaged shard)."""
+        # On a large index the shards' checksums go on in the background while the writer
+        # embeds (deferred_checks); :meth:`_require_intact` waits for them before the first commit.
         try:
-            check_files(self.index_dir, manifest, "checksums")
+            pending, self._checks = start_checks(self.index_dir, manifest, "checksums", defer=True)
+            finish_checks(pending)
+            if self._checks is not None:
+                self._checks.start()
         except IndexCorrupt as exc:
-            raise IndexCorrupt(f"{exc}; `medcbir verify --repair {self.index_dir}` drops the damaged shard's items "
-                               "and the next `medcbir index` run embeds them again") from None
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: IndexCorrupt) -> IndexCorrupt:
+        return IndexCorrupt(f"{exc}; `medcbir verify --repair {self.index_dir}` drops the damaged shard's items "
+                            "and the next `medcbir index` run embeds them again")
+
+    def _require_intact(self) -> None:
+        """Wait for the committed shards' checksums deferred at open (a large index), once.
+
+        Raises:
+            IndexCorrupt: a committed file is damaged (nothing is committed on top of it).
+        """
+        checks, self._checks = getattr(self, "_checks", None), None
+        if checks is None:
+            return
+        try:
+            checks.wait()
+        except IndexCorrupt as exc:
+            self._checks = checks  # every later commit refuses too
+            raise self._damaged(exc) from None
 
     def _load_committed_keys(self) -> None:
         for entry in self.manifest["shards"]:
@@ -392,19 +415,23 @@ class IndexWriter:
         return keys
 
     @staticmethod
-    def _shard_keys(path: Path, of_sources: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+    def _shard_keys(path: Path, of_sources: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(key hashes, source hashes) of a shard's items (``of_sources``: of those items alone)."""
         import h5py
 
         with h5py.File(path, "r") as f:
+            stored = f.get("key_hashes")
+            if of_sources is None and stored is not None and "item" in stored and "source" in stored:
+                sources = np.unique(stored["source"][...])
+                return stored["item"][...], sources[sources != 0]
             meta = f["meta"]
             sops, frames = meta["sop_instance_uid"][...], meta["frame"][...]
             sources = meta["source"][...] if "source" in meta else np.zeros(len(sops), dtype="S1")
         if of_sources is not None:
             rows = np.isin(sources, of_sources)
             sops, frames, sources = sops[rows], frames[rows], sources[rows]
-        keys = [key_hash(sop.decode("utf-8"), int(frame)) for sop, frame in zip(sops, frames)]
-        return keys, [source_hash(src.decode("utf-8")) for src in np.unique(sources) if src]
+        unique_sources = np.unique(sources)
+        return key_hashes(sops, frames), source_hashes(unique_sources[unique_sources != b""])
 
     def key_hashes(self) -> np.ndarray:
         """uint64 :func:`key_hash` of every committed item (for a distributed de-duplicator)."""
@@ -733,6 +760,7 @@ class IndexWriter:
         if not self._open:
             return
         try:
+            self._require_intact()
             self.commit()
             with WriterLock(self.index_dir, wait=True, timeout=self._lock_timeout):
                 self._refresh()
@@ -750,6 +778,12 @@ class IndexWriter:
                         self.manifest = commit_manifest(self.index_dir, manifest)
         finally:
             self._open = False
+            self._stop_checks()
+
+    def _stop_checks(self) -> None:
+        checks = getattr(self, "_checks", None)
+        if checks is not None:
+            checks.close()
 
     def _sample_similarity(self, manifest: dict) -> bool:
         """Put the archive's query–neighbour similarity sample (:mod:`medcbir.indexer.similarity`)
@@ -803,6 +837,7 @@ class IndexWriter:
     def abort(self) -> None:
         """Close without committing the buffer (after an error mid-source)."""
         self._open = False
+        self._stop_checks()
 
     def __enter__(self) -> "IndexWriter":
         return self
@@ -912,6 +947,7 @@ class IndexWriter:
         return n >= faiss_index.TRAIN_SAMPLE or (final and n >= faiss_index.min_train_items(spec, dim))
 
     def _commit_manifest(self, manifest: dict, train: bool) -> None:
+        self._require_intact()
         if train:
             self._train(manifest)
         self._seal_root(manifest)
