@@ -188,10 +188,12 @@ def test_one_index_with_a_projected_chain_sharded(ray_runtime, tmp_path):
     assert recall(many) >= recall(one) - 0.01 and recall(many) >= 0.8
 
 
-def test_one_index_reranked_from_its_shards_sharded(ray_runtime, tmp_path):
+@pytest.mark.parametrize("dtype", ["float16", "tc6"])
+def test_one_index_reranked_from_its_shards_sharded(ray_runtime, tmp_path, dtype):
     """A ``Refine(Shards)`` chain spread over actors: each part re-ranks its own candidates with
-    the embeddings of its own shards (exact scores), the driver merges by them — each query's
-    scores at least one index's, rank by rank, and tombstones never returned."""
+    the embeddings of its own shards (exact scores; transform-coded shards scored through the
+    index's codebook, which each actor loads), the driver merges by them — each query's scores at
+    least one index's, rank by rank, and tombstones never returned."""
     import faiss
 
     from medcbir.engine import Engine, open_engine
@@ -200,7 +202,7 @@ def test_one_index_reranked_from_its_shards_sharded(ray_runtime, tmp_path):
 
     x = clustered(900, dim=32, seed=32)
     ix = tmp_path / "shards-rerank"
-    with IndexWriter.open(ix, FakeEncoder(32), index_spec="PCAU12,IVF4,SQ8,Refine(Shards)", shard_size=150, shard_dtype="float16") as w:
+    with IndexWriter.open(ix, FakeEncoder(32), index_spec="PCAU12,IVF4,SQ8,Refine(Shards)", shard_size=150, shard_dtype=dtype) as w:
         w.add_embeddings([Meta(i) for i in range(900)], x)
     with IndexWriter.open(ix, FakeEncoder(32)) as w:
         w.delete_sources([f"/synthetic/{i}.dcm" for i in range(0, 900, 5)])

@@ -145,7 +145,8 @@ def test_float16_shards_hold_embeddings_within_1e3_and_verify(tmp_path):
         IndexWriter.open(ix, FakeEncoder(32), shard_dtype="float32")
 
 
-def test_float16_auto_is_measured_and_recorded(tmp_path):
+def test_float16_auto_is_measured_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(compression, "AUTO_STORAGES", ("float16",))  # float16 or float32 (the codes: their own tests)
     x = clustered(800, dim=32, seed=6)
     _write(tmp_path / "auto", x, shard_dtype="auto")
     storage = json.loads((tmp_path / "auto" / "manifest.json").read_text())["storage"]

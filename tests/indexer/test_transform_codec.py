@@ -408,3 +408,19 @@ def test_shard_dtype_on_the_command_line(tmp_path, phantom_archive, capsys):
     m = _manifest(out)
     assert m["storage"]["dtype"] == "tc6" and m["storage"]["codebook"]["fit_items"] == 40 and m["shards"][0]["codebook"]
     assert verify(out).ok
+
+
+def test_region_rewrite_keeps_a_coded_shards_codes(tmp_path):
+    from medcbir.indexer.shard import ShardRegions, rewrite_regions
+
+    x = decaying(600, 32, seed=12)
+    ix = tmp_path / "ix"
+    _write(ix, x, shard_size=600, chunk=600, shard_dtype="tc4")
+    source = ix / "shard-000001.h5"
+    regions = ShardRegions(np.array([0, 5]), np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int32), np.ones((2, 8), np.float32))
+    rewrite_regions(source, ix / "shard-000001.r000009.h5", regions, "test")
+    with h5py.File(source, "r") as a, h5py.File(ix / "shard-000001.r000009.h5", "r") as b:
+        assert np.array_equal(a["embeddings"][...], b["embeddings"][...]) and np.array_equal(a["embeddings_range"][...], b["embeddings_range"][...])
+        kept = ("embeddings_codec", "codebook", "codebook_sha256", "embeddings_sha256")
+        assert {k: a.attrs[k] for k in kept} == {k: b.attrs[k] for k in kept}
+    assert np.array_equal(read_embeddings(ix / "shard-000001.r000009.h5"), read_embeddings(source))
