@@ -172,11 +172,12 @@ def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float,
 
 
 def disk_bytes(index_dir: Path) -> dict:
-    out = {"shards": 0, "faiss": 0, "other": 0}
+    out = {"shards": 0, "faiss": 0, "codebook": 0, "other": 0}
     for p in index_dir.iterdir():
         if not p.is_file():
             continue
-        kind = "shards" if p.name.endswith(".h5") else "faiss" if p.name.endswith((".faiss", ".npy")) else "other"
+        kind = ("shards" if p.name.endswith(".h5") else "faiss" if p.name.endswith((".faiss", ".npy"))
+                else "codebook" if p.name.startswith("codec-") else "other")
         out[kind] += p.stat().st_size
     out["total"] = sum(out.values())
     return out
@@ -417,7 +418,8 @@ def scale_markdown(r: dict, args) -> str:
                                               if r.get("lists") else "") + ")", f"≤ {g['ram_bytes']} B",
          max(r["ram_bytes_per_image"], (r["ram_bytes_per_image"] + r["faiss_bytes_per_image"]) if r.get("lists") else 0) <= g["ram_bytes"]),
         ("disk per image (shards + FAISS files)", f"{r['disk_bytes_per_image']:.0f} B (shards {r['disk']['shards'] / n:.0f}, FAISS {r['disk']['faiss'] / n:.0f}"
-         + (f", of which persisted lists {r['lists']['bytes'] / n:.0f}" if r.get("lists") else "") + ")",
+         + (f", of which persisted lists {r['lists']['bytes'] / n:.0f}" if r.get("lists") else "")
+         + (f", the transform codes' codebook {r['disk']['codebook'] / n:.0f}" if r["disk"].get("codebook") else "") + ")",
          f"≤ {g['disk_bytes']} B", r["disk_bytes_per_image"] <= g["disk_bytes"]),
         ("held-out recall@10", f"{r['recall_at_10']:.3f} ({r['queries']} fresh queries vs brute force)", f"≥ {g['recall']}", r["recall_at_10"] >= g["recall"]),
         ("single-query p50 / p95", f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} ms (1 thread)", f"p50 ≤ {g['p50_ms']:.0f} ms", r["p50_ms"] <= g["p50_ms"]),
