@@ -357,6 +357,16 @@ def test_refine_from_coded_shards_equals_exact_search_over_the_decoded_vectors(t
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact_ids)]) >= 0.9
     store.close()
     assert verify(ix).ok
+    # retraining reads the decoded vectors; the coded shards stay as they are
+    from medcbir.indexer.retrain import retrain
+
+    shards = [s["sha256"] for s in _manifest(ix)["shards"]]
+    assert retrain(ix)["generation"] > 0 and [s["sha256"] for s in _manifest(ix)["shards"]] == shards
+    store = IndexStore.open(ix)
+    _, got = store.faiss_index.search(q, 10, params=store.search_parameters())
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact_ids)]) >= 0.9
+    store.close()
+    assert verify(ix).ok
 
 
 def test_chain_rule_moves_to_a_new_codebook_and_the_old_one_goes_with_its_last_shard(tmp_path, monkeypatch):
