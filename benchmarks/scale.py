@@ -64,7 +64,7 @@ class Fitted:
         self.factor = np.ascontiguousarray((v[:, keep] * np.sqrt(w[keep])).T.astype(np.float32))  # r × D
         self.dim = real.shape[1]
 
-    def draw(self, n: int, seed: int) -> np.ndarray:
+    def draw(self, n: int, seed) -> np.ndarray:
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((n, self.factor.shape[0]), dtype=np.float32) @ self.factor
         x += self.mean
@@ -105,7 +105,7 @@ CHUNK = 50_000
 
 def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float, seed0: int = 0, spec: str = "auto",
           dtype: str = "auto", shard_size: int = 16_384, maintain: str = "", long_uids: bool = False) -> dict:
-    """Write items [0, n) (draw seed = seed0 + chunk number) through IndexWriter, one writer session
+    """Write items [0, n) (draw seed = (seed0, first row of the chunk)) through IndexWriter, one writer session
     per growth step ending at each of ``steps``; returns timings (resumes a partial build).
     ``maintain``: ``"each"`` (after each step) or ``"last"`` (after the last one) the maintenance
     that is due (``medcbir index --maintain``: compaction, retraining — e.g. when ``auto``'s
@@ -144,7 +144,7 @@ def build(index_dir: Path, n: int, gen: Fitted, steps: list[int], budget: float,
             for lo in range(done, stop, CHUNK):
                 m = min(CHUNK, stop - lo)
                 t = time.perf_counter()
-                x = gen.draw(m, seed=seed0 + lo // CHUNK)
+                x = gen.draw(m, seed=(seed0, lo))  # by first row: a step starting mid-chunk draws new rows
                 meta = metas(lo, m, long_uids)
                 generated += time.perf_counter() - t
                 writer.add_embeddings(meta, x)
