@@ -12,8 +12,7 @@ hashing the shards in order, and the store keeps the promise per answer instead 
 
 - :meth:`DeferredChecks.ensure` is called with the shards an answer comes from (the engine calls
   it with the rows of its hits before it returns them). A shard not hashed yet is hashed there
-  and then, in the caller's thread (a few tens of milliseconds for a 16,384-item shard in the
-  page cache); one being hashed is waited for. No hit, score or metadata row of a shard whose
+  and then, in the caller's thread; one being hashed is waited for. No hit, score or metadata row of a shard whose
   checksum has not matched reaches a caller.
 - A mismatch, found by a query or by the background thread, fails that call and every later
   one with :class:`~medcbir.errors.IndexCorrupt` naming the file: the index is damaged, and

@@ -92,14 +92,12 @@ def start_checks(index_dir: Path, manifest: dict, mode: str, *, defer: bool = Fa
 
 
 def _shard_numbers(manifest: dict) -> dict[str, int]:
-    """Each shard file's (and its FAISS code file's and region part's) position in the manifest's
-    shard list."""
+    """Each shard file's (and its FAISS code file's) position in the manifest's shard list."""
     out = {}
     for i, shard in enumerate(manifest.get("shards", [])):
         out[shard["file"]] = i
-        for part in ("faiss", "region_part"):
-            if isinstance(shard.get(part), dict) and shard[part].get("file"):
-                out[shard[part]["file"]] = i
+        if shard.get("faiss"):
+            out[shard["faiss"]["file"]] = i
     return out
 
 

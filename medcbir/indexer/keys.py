@@ -31,8 +31,8 @@ def source_hashes(sources) -> np.ndarray:
 
 class HashSet:
     """A set of 64-bit hashes held as a sorted uint64 array (8 bytes each) plus recent changes,
-    for the keys of every committed item of a large index (a Python set of ten million ints takes
-    over half a gigabyte). Arrays added in bulk are merged once, when the set is next read."""
+    for the keys of every committed item of a large index (a Python set spends tens of bytes on
+    each int). Arrays added in bulk are merged once, when the set is next read."""
 
     #: recent single additions merged into the array past this many
     FOLD = 65_536
@@ -71,6 +71,12 @@ class HashSet:
         removed = self._removed
         yield from (int(h) for h in self._base if not removed or int(h) not in removed)
         yield from self._added
+
+    def to_array(self) -> np.ndarray:
+        """Every hash of the set as a sorted uint64 array (no per-element Python loop)."""
+        self._fold(np.concatenate([*self._bulk, np.zeros(0, dtype=np.uint64)]))
+        self._bulk = []
+        return self._base.copy()
 
     def update(self, hashes) -> None:
         """Add hashes (an iterable of ints, or a uint64 array: merged in bulk)."""

@@ -435,7 +435,7 @@ class IndexWriter:
 
     def key_hashes(self) -> np.ndarray:
         """uint64 :func:`key_hash` of every committed item (for a distributed de-duplicator)."""
-        return np.fromiter(self._keys, dtype=np.uint64, count=len(self._keys))
+        return self._keys.to_array()
 
     def commit_shards(self, entries: list[dict]) -> int:
         """Commit shards that other processes wrote (the Ray indexer's actors), in one generation.

@@ -38,6 +38,7 @@ def test_hash_set_behaves_as_a_python_set_through_folds(monkeypatch):
         probe = universe[rng.integers(0, len(universe), 50)]
         assert [int(h) in ours for h in probe] == [int(h) in model for h in probe]
     assert sorted(ours) == sorted(model)
+    assert ours.to_array().tolist() == sorted(model)
 
 
 def test_vectorised_hashes_equal_the_per_key_hashes():
