@@ -84,12 +84,19 @@ def streamed_exact(store: IndexStore, rows: np.ndarray, k: int = recall.K, block
     best_d = np.full((len(rows), k + 1), -np.inf, dtype=np.float32)
     best_i = np.full((len(rows), k + 1), -1, dtype=np.int64)
     n = len(store.ids)
-    buffer = np.empty((min(block, max(n, 1)), store.dim), dtype=np.float32)
+    # transform-coded shards of one codebook: searched in its rotated space (K coefficients per row,
+    # nothing decoded; each query's scores shifted by its own q · μ, which leaves its ranking as is)
+    book = store.codebook()
+    searched, width = (book.prepare(queries)[1], book.components) if book is not None else (queries, store.dim)
+    buffer = np.empty((min(block, max(n, 1)), width), dtype=np.float32)
     for lo in range(0, n, block):
         hi = min(n, lo + block)
         part = buffer[: hi - lo]
-        store.fill_rows(part, lo, hi)
-        d, i = faiss.knn(queries, part, min(k + 1, hi - lo), metric=faiss.METRIC_INNER_PRODUCT)
+        if book is not None:
+            store.fill_coefficients(part, lo, hi)
+        else:
+            store.fill_rows(part, lo, hi)
+        d, i = faiss.knn(searched, part, min(k + 1, hi - lo), metric=faiss.METRIC_INNER_PRODUCT)
         d = np.concatenate([best_d, d], axis=1)
         i = np.concatenate([best_i, i + lo], axis=1)
         order = np.argsort(-d, axis=1, kind="stable")[:, : k + 1]

@@ -211,6 +211,18 @@ class Decoder:
             out[a - lo: b - lo] = self.decode(ds[a:b])
 
 
+    def read_coefficients_into(self, ds: h5py.Dataset, out: np.ndarray, lo: int, hi: int) -> None:
+        """Rows ``lo``..``hi`` of a transform-coded dataset as their codebook's coefficients
+        (``hi - lo`` × K float32, :meth:`~.transform_codec.TransformCodec.coefficients_of`) into
+        ``out``: what exact inner products need of them, without the decoding matrix product."""
+        if self.transform is None:
+            raise ValueError("coefficients of a shard that is not transform-coded")
+        block = transform_codec.BLOCK
+        for a in range(lo, hi, block):
+            b = min(hi, a + block)
+            self.transform.coefficients_of(ds[a:b], self.value_range, out=out[a - lo: b - lo])
+
+
 def _text(value) -> str | None:
     return value.decode() if isinstance(value, bytes) else (None if value is None else str(value))
 

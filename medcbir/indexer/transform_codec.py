@@ -64,6 +64,8 @@ RANGE_ROWS = 4_096
 RANGE_QUANTILES = (0.0, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.25)
 #: rows coded or decoded per block (bounds the temporaries)
 BLOCK = 4_096
+#: rows unpacked at a time (what keeps a block's gathers in the CPU cache)
+UNPACK_ROWS = 256
 #: queries rotated without BLAS (:meth:`TransformCodec.prepare`); more go through a matrix product
 FEW_QUERIES = 16
 #: a shard whose rows a codebook codes with more than this many times the relative squared error
@@ -269,21 +271,49 @@ class TransformCodec:
         return np.packbits(bits, axis=1)
 
     def unpack(self, stored: np.ndarray) -> np.ndarray:
-        """uint8 rows → uint32 codes (N × K): each field read from the three bytes it may span."""
+        """uint8 rows → uint32 codes (N × K): each field read from the three bytes it may span, a
+        few rows at a time (:data:`UNPACK_ROWS`: the gathers stay in the CPU cache, ~5× faster than
+        one pass over thousands of rows)."""
         stored = np.asarray(stored, dtype=np.uint8).reshape(-1, self.code_bytes)
-        padded = np.zeros((len(stored), self.code_bytes + 2), dtype=np.uint32)
-        padded[:, : self.code_bytes] = stored
-        word = (padded[:, self._byte] << 16) | (padded[:, self._byte + 1] << 8) | padded[:, self._byte + 2]
-        return (word >> self._shift) & self._mask
+        n = len(stored)
+        out = np.empty((n, self.components), dtype=np.uint32)
+        padded = np.zeros((min(n, UNPACK_ROWS), self.code_bytes + 2), dtype=np.uint8)
+        for a in range(0, n, UNPACK_ROWS):
+            b = min(n, a + UNPACK_ROWS)
+            rows = padded[: b - a]
+            rows[:, : self.code_bytes] = stored[a:b]
+            word = out[a:b]
+            np.copyto(word, rows[:, self._byte])
+            word <<= 8
+            word |= rows[:, self._byte + 1]
+            word <<= 8
+            word |= rows[:, self._byte + 2]
+            word >>= self._shift
+            word &= self._mask
+        return out
+
+    def coefficients_of(self, stored: np.ndarray, value_range: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 coefficients ``ẑ = lo + code · step`` (N × K) of a shard's uint8 row codes and
+        its range, into ``out`` when given: the rows in the rotated space, not decoded."""
+        lo, step = self.check_range(value_range)
+        stored = np.asarray(stored, dtype=np.uint8).reshape(-1, self.code_bytes)
+        if out is None:
+            out = np.empty((len(stored), self.components), dtype=np.float32)
+        for a in range(0, len(stored), UNPACK_ROWS):
+            b = min(len(stored), a + UNPACK_ROWS)
+            block = out[a:b]
+            np.copyto(block, self.unpack(stored[a:b]), casting="unsafe")
+            block *= step
+            block += lo
+        return out
 
     def decode(self, stored: np.ndarray, value_range: np.ndarray) -> np.ndarray:
         """float32 rows (N × D) of a shard's uint8 row codes and its range: ``μ + Rᵀ ẑ``."""
-        lo, step = self.check_range(value_range)
         stored = np.asarray(stored, dtype=np.uint8).reshape(-1, self.code_bytes)
         out = np.empty((len(stored), self.dim), dtype=np.float32)
         for a in range(0, len(stored), BLOCK):
             b = min(len(stored), a + BLOCK)
-            np.matmul(self.unpack(stored[a:b]).astype(np.float32) * step + lo, self.rotation, out=out[a:b])
+            np.matmul(self.coefficients_of(stored[a:b], value_range), self.rotation, out=out[a:b])
             out[a:b] += self.mean
         return out
 
@@ -312,15 +342,20 @@ class TransformCodec:
         """:meth:`scores` of the rows of several shards at once: ``stored`` is their rows one shard
         after the other, ``parts`` each shard's (rows, range)."""
         qmu, rq = prepared
-        coefficients = self.unpack(stored).astype(np.float32)
+        stored = np.asarray(stored, dtype=np.uint8).reshape(-1, self.code_bytes)
+        which = np.asarray(which, dtype=np.int64)
+        out = np.empty(len(stored), dtype=np.float64)
+        buffer = np.empty((min(len(stored), UNPACK_ROWS), self.components), dtype=np.float32)
         start = 0
         for count, value_range in parts:
-            lo, step = self.check_range(value_range)
-            block = coefficients[start:start + count]
-            block *= step
-            block += lo
+            for a in range(start, start + count, UNPACK_ROWS):
+                b = min(start + count, a + UNPACK_ROWS)
+                block = self.coefficients_of(stored[a:b], value_range, out=buffer[: b - a])
+                out[a:b] = np.einsum("ij,ij->i", block, rq[which[a:b]], dtype=np.float64)
             start += count
-        return (qmu[which] + np.einsum("ij,ij->i", coefficients, rq[which], dtype=np.float64)).astype(np.float32)
+        if start != len(stored):
+            raise ValueError(f"parts of {start} rows for {len(stored)} stored rows")
+        return (qmu[which] + out).astype(np.float32)
 
     # ------------------------------------------------------------------ file
     def to_bytes(self) -> bytes:

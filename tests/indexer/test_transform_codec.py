@@ -434,3 +434,45 @@ def test_region_rewrite_keeps_a_coded_shards_codes(tmp_path):
         kept = ("embeddings_codec", "codebook", "codebook_sha256", "embeddings_sha256")
         assert {k: a.attrs[k] for k in kept} == {k: b.attrs[k] for k in kept}
     assert np.array_equal(read_embeddings(ix / "shard-000001.r000009.h5"), read_embeddings(source))
+
+
+def test_streamed_exact_searches_coded_shards_in_the_rotated_space_with_the_decoded_ranking(tmp_path, monkeypatch):
+    from medcbir.indexer import remeasure
+
+    x = decaying(1600, 32, seed=12)
+    ix = tmp_path / "tc8"
+    with IndexWriter.open(ix, FakeEncoder(32), shard_size=400, shard_dtype="tc8") as w:
+        w.add_embeddings([Meta(i) for i in range(1600)], x)
+    store = IndexStore.open(ix)
+    book = store.codebook()
+    assert book is not None and book.dtype == "tc8"
+    decoded = store.embeddings(store.ids)
+    rows = recall.query_rows(1600, 40)
+    # the rotated path reads coefficients, never decoded rows
+    monkeypatch.setattr(IndexStore, "fill_rows", lambda *a, **k: pytest.fail("decoded rows read"))
+    queries, exact = remeasure.streamed_exact(store, rows, block=300)  # blocks across shard boundaries
+    store.close()
+    assert np.array_equal(queries, decoded[rows])
+    want = recall.exact_neighbours(decoded, rows)
+    # the same neighbours as brute force over the decoded rows (float rounding may swap exact ties)
+    assert np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact, want)]) > 0.995
+
+
+def test_an_index_of_float16_and_coded_shards_has_no_single_codebook(tmp_path):
+    from medcbir.indexer import remeasure
+
+    x = decaying(1300, 32, seed=4)
+    ix = tmp_path / "mixed"
+    with IndexWriter.open(ix, FakeEncoder(32), shard_size=500, shard_dtype="tc6") as w:
+        w.add_embeddings([Meta(i) for i in range(40)], x[:40])  # too few to fit a codebook: float16
+        w.commit()
+        w.add_embeddings([Meta(i) for i in range(40, 1300)], x[40:])
+    store = IndexStore.open(ix)
+    assert store.codebook() is None
+    with pytest.raises(ValueError, match="one codebook"):
+        store.fill_coefficients(np.empty((10, 32), np.float32), 0, 10)
+    decoded = store.embeddings(store.ids)
+    rows = recall.query_rows(1300, 30)
+    _, exact = remeasure.streamed_exact(store, rows, block=256)
+    store.close()
+    assert np.array_equal(exact, recall.exact_neighbours(decoded, rows))
