@@ -60,8 +60,11 @@ def check_exclude(exclude: str) -> str:
 
 
 def column_is_in(column: np.ndarray, values: tuple[str, ...], upper: bool = False) -> np.ndarray:
-    """Row mask: ``column[row]`` is one of ``values`` (string columns of any numpy flavour)."""
+    """Row mask: ``column[row]`` is one of ``values`` (string columns of any numpy flavour);
+    ``upper``: compared without regard to case (both sides upper-cased)."""
     col = np.asarray(column)
+    if upper:
+        values = tuple(str(v).upper() for v in values)
     if col.dtype.kind == "S":
         wanted = np.array([v.encode() for v in values])
     else:

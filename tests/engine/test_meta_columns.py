@@ -238,3 +238,15 @@ def test_after_a_search_no_whole_string_column_is_held(index, truth):
     engine.search([str(truth["sop_instance_uid"][5])], k=5, modality="CT", body_part="abdomen", per_series=1, exclude="same-study")
     assert engine.columns.held_bytes() <= (8 + 8 + 12 + 1 + 1 + 8) * N + 1000  # dictionary codes keep their (small) vocabulary
     engine.close()
+
+
+def test_prior_matches_the_modality_without_regard_to_case(index, truth):
+    from medcbir.engine.filters import column_is_in
+
+    assert column_is_in(np.array(["CT", "ct", "MR"]), ("ct",), upper=True).tolist() == [True, True, False]
+    assert column_is_in(np.array([b"CT", b"ct", b"MR"]), ("Ct",), upper=True).tolist() == [True, True, False]
+    # item 25 is in series 2 (modality "ct") of patient 0's second study; the first study's series 0 is "CT"
+    assert truth["modality"][25] == "ct" and truth["modality"][5] == "CT"
+    with Engine.open(index) as engine:
+        prior = engine.prior(str(truth["sop_instance_uid"][25])).to_dict()
+    assert [s["study_instance_uid"] for s in prior["studies"]] == [str(truth["study_instance_uid"][5])]
