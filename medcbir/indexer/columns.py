@@ -14,7 +14,7 @@ holds none of them:
     string column not named below) as a 64-bit hash per row (:func:`hash_strings`: the
     fixed-width bytes hashed 8 at a time, vectorised), with the hashes shared by different
     values (*ambiguous*) found exactly while building;
-  - the SOP Instance UID as a sorted hash index (hash, row): a UID's rows without a scan;
+  - the SOP Instance UID as one sorted array of keys (hash prefix, row): a UID's rows without a scan;
   - low-cardinality strings (modality, body part, transfer syntax) as dictionary codes
     (uint8/16/32) over their sorted vocabulary;
   - numbers as the column itself (its stored dtype).
@@ -133,17 +133,45 @@ class HashCodes:
 
 
 class HashIndex:
-    """The rows sorted by the hash of their value: ``hashes`` (sorted) and ``order`` (rows)."""
+    """Every row as one sorted uint64 key: the high bits of its value's hash, then the row in the
+    low ``row_bits`` bits. One sort of plain integers (no argsort, no separate row array: 8 bytes
+    a row); a value's rows are the keys between its hash prefix with the row bits all 0 and all 1
+    (a hash prefix shared by other values only proposes rows, confirmed against the stored ones)."""
 
     kind = "index"
 
-    def __init__(self, hashes: np.ndarray, order: np.ndarray) -> None:
-        self.hashes = hashes
-        self.order = order
+    def __init__(self, keys: np.ndarray, row_bits: int) -> None:
+        self.keys = keys
+        self.row_bits = int(row_bits)
+
+    @staticmethod
+    def bits_for(n: int) -> int:
+        return max(1, int(n - 1).bit_length()) if n > 1 else 1
+
+    @classmethod
+    def of(cls, hashes: np.ndarray) -> "HashIndex":
+        """The index of ``hashes`` (uint64, one per row; consumed: sorted in place as keys)."""
+        bits = cls.bits_for(len(hashes))
+        keys = hashes
+        keys >>= np.uint64(bits)
+        keys <<= np.uint64(bits)
+        keys |= np.arange(len(hashes), dtype=np.uint64)
+        keys.sort()
+        return cls(keys, bits)
+
+    def candidates(self, hashes: np.ndarray) -> list[np.ndarray]:
+        """For each hash, the rows (int64, ascending) whose value's hash shares its prefix."""
+        bits = np.uint64(self.row_bits)
+        low = (np.asarray(hashes, dtype=np.uint64) >> bits) << bits
+        high = low | np.uint64((1 << self.row_bits) - 1)
+        lo = np.searchsorted(self.keys, low, side="left")
+        hi = np.searchsorted(self.keys, high, side="right")
+        mask = np.uint64((1 << self.row_bits) - 1)
+        return [(self.keys[a:b] & mask).astype(np.int64) for a, b in zip(lo.tolist(), hi.tolist())]
 
     @property
     def nbytes(self) -> int:
-        return int(self.hashes.nbytes + self.order.nbytes)
+        return int(self.keys.nbytes)
 
 
 class DictionaryCodes:
@@ -408,10 +436,7 @@ class ShardColumns(Mapping):
         hashes = np.empty(self.n, dtype=np.uint64)
         for lo, part in self._parts(name):
             hashes[lo:lo + len(part)] = hash_strings(part)
-        order = np.argsort(hashes, kind="stable")
-        sorted_hashes = hashes[order]
-        del hashes
-        return HashIndex(sorted_hashes, order.astype(np.uint32) if self.n < 2**32 else order)
+        return HashIndex.of(hashes)
 
     def _build_dictionary(self, name: str) -> DictionaryCodes:
         local = []
@@ -490,10 +515,7 @@ class ShardColumns(Mapping):
         if codes.kind != "index":
             return [np.flatnonzero(self.isin(name, [v])) for v in values]
         wanted = as_bytes([_text(v) for v in values])
-        hashes = hash_strings(wanted)
-        lo = np.searchsorted(codes.hashes, hashes, side="left")
-        hi = np.searchsorted(codes.hashes, hashes, side="right")
-        candidates = [np.sort(codes.order[a:b].astype(np.int64)) for a, b in zip(lo.tolist(), hi.tolist())]
+        candidates = codes.candidates(hash_strings(wanted))
         stored = self.take_stored(name, np.concatenate(candidates))
         out, start = [], 0
         for value, rows in zip(wanted.tolist(), candidates):
