@@ -327,6 +327,8 @@ def _scale_10m(r: dict) -> Line:
         f"RAM {r['ram_bytes_per_image']:.0f} B > 1000" if r["ram_bytes_per_image"] + (r["faiss_bytes_per_image"] if r.get("lists") else 0) > 1000 else "",
         f"disk {r['disk_bytes_per_image']:.0f} B > 2500" if r["disk_bytes_per_image"] > 2500 else "",
         f"recall {r['recall_at_10']:.3f} < 0.95" if r["recall_at_10"] < 0.95 else "",
+        f"recall vs the vectors as drawn {r['recall_at_10_original']:.3f} < 0.95"
+        if r.get("recall_at_10_original") is not None and r["recall_at_10_original"] < 0.95 else "",
         f"p50 {r['p50_ms']:.1f} ms > 20" if r["p50_ms"] > 20 else "",
         f"open {r['open_s']:.1f} s > 2" if r["open_s"] > 2 else "",
         f"batch {r['batch_speedup']:.1f}× < 3" if r["batch_speedup"] < 3 else "",
@@ -335,7 +337,9 @@ def _scale_10m(r: dict) -> Line:
                 "p50 ≤ 20 ms, open ≤ 2 s; ≥ 3× BLAS brute force for 1,000-query batches",
                 f"{r['items']:,} items: {r['ram_bytes_per_image']:.0f} B RAM"
                 + (f" (+ {r['faiss_bytes_per_image']:.0f} B of mapped lists)" if r.get("lists") else "")
-                + f", {r['disk_bytes_per_image']:.0f} B disk, recall {r['recall_at_10']:.3f}, "
+                + f", {r['disk_bytes_per_image']:.0f} B disk ({(r.get('storage') or {}).get('dtype')} shards), recall {r['recall_at_10']:.3f}"
+                + (f" ({r['recall_at_10_original']:.3f} vs the vectors before storage)" if r.get("recall_at_10_original") is not None else "")
+                + ", "
                 f"p50 {r['p50_ms']:.1f} ms, open {r['open_s']:.2f} s, batch {r['batch_speedup']:.1f}×",
                 f"BLAS brute force {r['brute_qps']:,.0f} queries/s", verdict(not missed, "; ".join(missed)))
 

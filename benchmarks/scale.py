@@ -450,7 +450,7 @@ def run_scale(args) -> int:
         "shards": len(manifest["shards"]), "lists": manifest.get("lists"),
         "max_rss": max(o["max_rss"] for o in opens), "ingest_items_per_s": ingest_rate(timings["steps"]),
         "rss_after_search": {k: search.get(k) for k in ("rss_anon_after_open", "rss_anon_after_search", "rss_file_after_search")},
-        "long_uids": bool(args.long_uids), "engine": engine,
+        "long_uids": bool(args.long_uids), "engine": engine, "nice": os.nice(0),
         "timings": timings, "load_average": [load_start, load()],
     }
     md = scale_markdown(result, args)
@@ -476,6 +476,13 @@ def chain_storage_text(chain: dict | None) -> str:
     return (f"; once trained, the chain's held-out recall@10 over {chain.get('from')} shards {chain.get('reference')} "
             f"against {tried} ({chain.get('queries')} queries on the {chain.get('items'):,}-item training sample, tolerance "
             f"{chain.get('tolerance')}): {'shards written from then on are ' + chain['dtype'] if chain.get('dtype') else 'kept ' + str(chain.get('from'))}")
+
+
+def niceness(r: dict) -> str:
+    """How the run shared the machine: the niceness it recorded (runs before it was recorded were
+    started under ``nice -n 19``)."""
+    nice = r.get("nice", 19)
+    return "2 cores shared with other agents; " + (f"run under `nice -n {nice}`" if nice else "run at niceness 0")
 
 
 def verdict(ok: bool, text: str) -> str:
@@ -536,7 +543,7 @@ def scale_markdown(r: dict, args) -> str:
         f"`--memory-budget {args.memory_budget:.0f}` (bytes per image) and `--shard-dtype {r.get('shard_dtype', 'auto')}`"
         + ({"each": ", the maintenance that is due run after each step (as `medcbir index --maintain` does). ",
             "last": ", the maintenance that is due run after the last step (`medcbir index --maintain` on the last run). "}.get(r.get("maintain") or "", ". ")) +
-        f"Load average {r['load_average'][0]} at start, {r['load_average'][1]} at end (2 cores shared with other agents; run under `nice -n 19`).",
+        f"Load average {r['load_average'][0]} at start, {r['load_average'][1]} at end ({niceness(r)}).",
         "",
         f"`auto` chose `{r['spec']}` with {r['params']} (chain: projection {chain.get('projection')}, codes {chain.get('codes')}, "
         f"re-rank {chain.get('rerank')}, {chain.get('bytes_per_item')} B/image); shard storage "
@@ -652,7 +659,7 @@ def run_sharded(args) -> int:
         "parts": parts, "exact_items": args.exact_items, "identical_top10": identical, "same_set_top10": same_set, "queries": len(queries),
         "items": args.items, "memory_budget": args.memory_budget, "per_part": per_part,
         "recall_at_10": recall_of(found, truth), "p50_ms": 1000 * float(np.percentile(lat, 50)), "p95_ms": 1000 * float(np.percentile(lat, 95)),
-        "batch_qps": len(queries) / batch_s, "brute_qps": len(queries) / brute_s, "load_average": [load_start, load()],
+        "batch_qps": len(queries) / batch_s, "brute_qps": len(queries) / brute_s, "load_average": [load_start, load()], "nice": os.nice(0),
     }
     md = sharded_markdown(result)
     _results.record("sharded_50m", result, md, " ".join(["python", "benchmarks/scale.py", *sys.argv[1:]]))
@@ -675,7 +682,7 @@ def sharded_markdown(r: dict) -> str:
     ok = r["identical_top10"] >= GOALS["sharded_identical"]
     lines = [
         f"{r['parts']} separate indexes on a local Ray runtime, one actor each (`ShardedIndexes`), vectors of the `default` encoder's "
-        f"shape (2020-d fitted Gaussian). Load average {r['load_average'][0]} at start, {r['load_average'][1]} at end (2 cores shared; `nice -n 19`).",
+        f"shape (2020-d fitted Gaussian). Load average {r['load_average'][0]} at start, {r['load_average'][1]} at end ({niceness(r)}).",
         "",
         f"**Exact parts vs one exact index** over the same {r['exact_items']:,} vectors (`Flat`, {r['queries']} fresh queries): identical "
         f"top-10 (same ids, same order) in {100 * r['identical_top10']:.1f} % of queries, same set in {100 * r['same_set_top10']:.1f} % — goal ≥ 99 %: "
