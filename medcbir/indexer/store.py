@@ -238,9 +238,9 @@ class IndexStore:
         """Regions in all shards (tombstoned items' included)."""
         return int(sum(f["regions"]["row"].shape[0] for f in self._files if "regions" in f))
 
-    def fill_rows(self, out: np.ndarray, lo: int, hi: int) -> None:
-        """Write the float32 embeddings of rows ``lo``..``hi`` (exclusive) into ``out`` (shape
-        ``(hi - lo, dim)``), read straight from the shards."""
+    def _spans(self, lo: int, hi: int):
+        """(shard, first local row, end local row, first output row) of each shard's part of rows
+        ``lo``..``hi`` (exclusive)."""
         first = int(np.searchsorted(self._offsets, lo, side="right") - 1)
         for s in range(max(first, 0), len(self._files)):
             a, b = int(self._offsets[s]), int(self._offsets[s + 1])
@@ -248,7 +248,13 @@ class IndexStore:
                 break
             x, y = max(a, lo), min(b, hi)
             if y > x:
-                self._decoders[s].read_into(self._files[s]["embeddings"], out[x - lo:y - lo], x - a, y - a)
+                yield s, x - a, y - a, x - lo
+
+    def fill_rows(self, out: np.ndarray, lo: int, hi: int) -> None:
+        """Write the float32 embeddings of rows ``lo``..``hi`` (exclusive) into ``out`` (shape
+        ``(hi - lo, dim)``), read straight from the shards."""
+        for s, a, b, at in self._spans(lo, hi):
+            self._decoders[s].read_into(self._files[s]["embeddings"], out[at:at + b - a], a, b)
 
     def codebook(self):
         """The one :class:`~.transform_codec.TransformCodec` every shard is coded with, None when
@@ -265,14 +271,8 @@ class IndexStore:
         them ranks the rows as one over the decoded rows does, at a fraction of the cost."""
         if self.codebook() is None:
             raise ValueError("the index's shards are not all coded with one codebook")
-        first = int(np.searchsorted(self._offsets, lo, side="right") - 1)
-        for s in range(max(first, 0), len(self._files)):
-            a, b = int(self._offsets[s]), int(self._offsets[s + 1])
-            if a >= hi:
-                break
-            x, y = max(a, lo), min(b, hi)
-            if y > x:
-                self._decoders[s].read_coefficients_into(self._files[s]["embeddings"], out[x - lo:y - lo], x - a, y - a)
+        for s, a, b, at in self._spans(lo, hi):
+            self._decoders[s].read_coefficients_into(self._files[s]["embeddings"], out[at:at + b - a], a, b)
 
     def _fill(self, out: np.ndarray) -> None:
         for f, decoder, lo, hi in zip(self._files, self._decoders, self._offsets[:-1], self._offsets[1:]):
