@@ -210,7 +210,6 @@ class Decoder:
             b = min(hi, a + block)
             out[a - lo: b - lo] = self.decode(ds[a:b])
 
-
     def read_coefficients_into(self, ds: h5py.Dataset, out: np.ndarray, lo: int, hi: int) -> None:
         """Rows ``lo``..``hi`` of a transform-coded dataset as their codebook's coefficients
         (``hi - lo`` × K float32, :meth:`~.transform_codec.TransformCodec.coefficients_of`) into

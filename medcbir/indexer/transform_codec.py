@@ -272,7 +272,7 @@ class TransformCodec:
 
     def unpack(self, stored: np.ndarray) -> np.ndarray:
         """uint8 rows → uint32 codes (N × K): each field read from the three bytes it may span, a
-        few rows at a time (:data:`UNPACK_ROWS`: the gathers stay in the CPU cache, ~5× faster than
+        few rows at a time (:data:`UNPACK_ROWS`: the gathers stay in the CPU cache, ~4× faster than
         one pass over thousands of rows)."""
         stored = np.asarray(stored, dtype=np.uint8).reshape(-1, self.code_bytes)
         n = len(stored)
