@@ -6,8 +6,7 @@ setup:
 	bash scripts/setup.sh
 demo: setup
 	.venv/bin/medcbir demo
-# the suite in two pytest-xdist workers, whole files to a worker (module fixtures built once):
-# 10 min against 14 min serially on the 2-core CI machine
+# the suite in two pytest-xdist workers, whole files to a worker (module fixtures built once)
 test: setup
 	.venv/bin/ruff check medcbir tests benchmarks scripts
 	MEDCBIR_REQUIRE_SYSTEM=1 .venv/bin/python -m pytest -n 2 --dist loadfile

@@ -187,7 +187,7 @@ def record_session(index_dir: Path, start: int, stop: int) -> None:
 
 
 def drawn_chunks(index_dir: Path, n: int, steps: list[int]):
-    """(first row, rows, draw seed's row) of every chunk the build drew, in row order, for rows
+    """(first row, rows) of every chunk the build drew (its draw seed ``(seed0, first row)``), in row order, for rows
     0..``n``: from the sessions the build recorded, else (an index built before they were) from
     the growth steps of an uninterrupted build."""
     path = _sessions_file(index_dir)
@@ -201,7 +201,7 @@ def drawn_chunks(index_dir: Path, n: int, steps: list[int]):
         for lo in range(start, stop, CHUNK):
             if lo >= end:
                 break
-            yield lo, min(CHUNK, stop - lo, end - lo), lo
+            yield lo, min(CHUNK, stop - lo, end - lo)
 
 
 def original_truth(index_dir: Path, gen: Fitted, n: int, steps: list[int], queries: np.ndarray, seed0: int = 0,
@@ -209,32 +209,25 @@ def original_truth(index_dir: Path, gen: Fitted, n: int, steps: list[int], queri
     """Exact top-``k`` ids over the vectors as drawn (before the shards stored them: for lossy
     shard storage, the recall a user sees against the embeddings themselves), drawn again chunk
     by chunk as the build drew them; cached beside a kept index."""
-    import hashlib
+    return kept_beside(index_dir, ".truth-original.npz", f"{n}:{_digest(queries)}",
+                       lambda: {"truth": _original_truth(index_dir, gen, n, steps, queries, seed0, k)})["truth"]
 
+
+def _original_truth(index_dir: Path, gen: Fitted, n: int, steps: list[int], queries: np.ndarray, seed0: int, k: int) -> np.ndarray:
     import faiss
 
-    stamp = f"{n}:{hashlib.sha256(queries.tobytes()).hexdigest()[:16]}"
-    path = index_dir.with_name(index_dir.name + ".truth-original.npz")
-    if path.is_file():
-        saved = np.load(path)
-        if str(saved["stamp"]) == stamp:
-            return saved["truth"]
     best_d = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
     covered = 0
-    for lo, m, seed_row in drawn_chunks(index_dir, n, steps):
+    for lo, m in drawn_chunks(index_dir, n, steps):
         if lo != covered:
             raise RuntimeError(f"the recorded draws skip rows {covered}..{lo}")
-        x = gen.draw(m, seed=(seed0, seed_row))
+        x = gen.draw(m, seed=(seed0, lo))
         d, i = faiss.knn(queries, x, min(k, m), metric=faiss.METRIC_INNER_PRODUCT)
-        d = np.concatenate([best_d, d], 1)
-        i = np.concatenate([best_i, i + lo], 1)
-        order = np.argsort(-d, axis=1, kind="stable")[:, :k]
-        best_d, best_i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+        best_d, best_i = merge_top(best_d, best_i, d, i + lo)
         covered = lo + m
     if covered != n:
         raise RuntimeError(f"the recorded draws cover {covered:,} of {n:,} rows")
-    np.savez(path, truth=best_i, stamp=stamp)
     return best_i
 
 
@@ -271,10 +264,7 @@ def exact_truth(index_dirs: list[Path], queries: np.ndarray, k: int = 10, block:
             t = time.perf_counter()
             d, i = faiss.knn(queries, part, min(k, hi - lo), metric=faiss.METRIC_INNER_PRODUCT)
             seconds += time.perf_counter() - t
-            d = np.concatenate([best_d, d], 1)
-            i = np.concatenate([best_i, i + lo + offset], 1)
-            order = np.argsort(-d, axis=1, kind="stable")[:, :k]
-            best_d, best_i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+            best_d, best_i = merge_top(best_d, best_i, d, i + lo + offset)
         offset += n
         store.close()
     return best_i, seconds
@@ -284,17 +274,39 @@ def cached_truth(index_dir: Path, queries: np.ndarray, manifest: dict) -> tuple[
     """:func:`exact_truth`, kept beside a kept index (``--keep``) and reused while the index's
     generation and the queries are the same: re-measuring a 10M index then skips its brute force
     (the stored time is that run's)."""
+    def compute() -> dict:
+        truth, brute_s = exact_truth([index_dir], queries)
+        return {"truth": truth, "brute_s": brute_s}
+
+    saved = kept_beside(index_dir, ".truth.npz", f"{manifest['generation']}:{manifest['next_id']}:{_digest(queries)}", compute)
+    return saved["truth"], float(saved["brute_s"])
+
+
+def _digest(queries: np.ndarray) -> str:
     import hashlib
 
-    stamp = f"{manifest['generation']}:{manifest['next_id']}:{hashlib.sha256(queries.tobytes()).hexdigest()[:16]}"
-    path = index_dir.with_name(index_dir.name + ".truth.npz")
+    return hashlib.sha256(queries.tobytes()).hexdigest()[:16]
+
+
+def kept_beside(index_dir: Path, suffix: str, stamp: str, compute) -> dict:
+    """The arrays ``compute()`` returns, saved beside the index as ``<index><suffix>`` and read back
+    while their ``stamp`` (what they depend on) is the same."""
+    path = index_dir.with_name(index_dir.name + suffix)
     if path.is_file():
-        saved = np.load(path)
-        if str(saved["stamp"]) == stamp:
-            return saved["truth"], float(saved["brute_s"])
-    truth, brute_s = exact_truth([index_dir], queries)
-    np.savez(path, truth=truth, brute_s=brute_s, stamp=stamp)
-    return truth, brute_s
+        with np.load(path) as saved:
+            if str(saved["stamp"]) == stamp:
+                return {key: saved[key] for key in saved.files if key != "stamp"}
+    out = compute()
+    np.savez(path, stamp=stamp, **out)
+    return out
+
+
+def merge_top(best_d: np.ndarray, best_i: np.ndarray, d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The running top-k (scores, ids; k = ``best_d``'s width) with a block's ``d``, ``i`` merged in."""
+    d = np.concatenate([best_d, d], 1)
+    i = np.concatenate([best_i, i], 1)
+    order = np.argsort(-d, axis=1, kind="stable")[:, :best_d.shape[1]]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
 
 
 def recall_of(found: np.ndarray, exact: np.ndarray) -> float:

@@ -28,11 +28,10 @@ order of search cost, and keeps the first one reaching the recall target on held
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import faiss
 import numpy as np
-
-from pathlib import Path
 
 from medcbir.errors import ConfigError
 from medcbir.indexer import transform_codec
@@ -224,7 +223,7 @@ def choose_storage(embeddings: np.ndarray, queries: int = FLOAT16_QUERIES) -> di
     measured: dict = {}
     for dtype in AUTO_STORAGES:
         if is_transform(dtype) and not cross.fits():
-            tried[dtype] = f"not measured: {len(x)} items, a codebook needs {2 * transform_codec.min_fit_items(x.shape[1])}"
+            tried[dtype] = cross.not_measured()
             continue
         measured = storage_costs_nothing(x, dtype, queries, cross=cross)
         tried[dtype] = measured["recall_at_10"]

@@ -145,5 +145,5 @@ class DeferredChecks:
     def close(self) -> None:
         """Stop the background thread after the file it is hashing."""
         self._stop.set()
-        if self._thread.ident is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():  # never started: not alive
             self._thread.join()

@@ -49,7 +49,7 @@ from medcbir.indexer.compression import choose_storage, fit_codebook
 from medcbir.indexer.shard import codebook_entry, meta_columns, shard_name, write_shard
 from medcbir.indexer import transform_codec
 from medcbir.indexer.transform_codec import is_transform, min_fit_items
-from medcbir.indexer.writer import coded_rows, key_hash, shard_regions
+from medcbir.indexer.writer import coded_storage, key_hash, shard_regions
 from medcbir.indexer import follow, quarantine
 from medcbir.indexer.summary import IndexSummary
 from medcbir.indexer.writer import IndexWriter, remove_orphans
@@ -348,9 +348,8 @@ class EmbedWriter:
             dtype = storage["dtype"] if storage else self.dtype
             codec = None
             if is_transform(dtype):
-                book = storage["codebook"] if storage else None
+                book = storage["codebook"] if storage else None  # none: too few embeddings to fit one yet (float16)
                 codec = transform_codec.load(self.index_dir / book["file"], book["sha256"]) if book else None
-                dtype = dtype if codec is not None else "float16"  # too few embeddings to fit a codebook yet
             report = storage if self.from_ledger else None  # the driver adopts what the ledger settled
             for number, first, count in plan:
                 ids = np.arange(first, first + count, dtype=np.int64)
@@ -359,14 +358,13 @@ class EmbedWriter:
                 stats = {str(m.source).encode("utf-8"): states[str(m.source)] for m in part if str(m.source) in states}
                 block = shard_regions(kept_regions[start:start + count], int(self.regions["dim"])) if self.regions else None
                 rows = embeddings[start:start + count]
-                coded = coded_rows(codec, rows, path.name) if codec is not None else None
+                written, used, coded = coded_storage(dtype, codec, rows, path.name)
                 size, digest = write_shard(path, ids, rows, meta_columns(part), self.info, stats, block,
-                                           self.regions["version"] if self.regions else "", dtype=dtype if coded is not None or codec is None
-                                           else "float16", codec=codec if coded is not None else None, stored=coded)
+                                           self.regions["version"] if self.regions else "", dtype=written, codec=used, stored=coded)
                 entries.append({"file": path.name, "items": int(count), "bytes": size, "sha256": digest,
                                 "first_id": int(first), "last_id": int(first + count - 1), "faiss": None,
                                 **({"storage": report} if report else {}),
-                                **({"codebook": codebook_entry(storage["codebook"])} if coded is not None else {})})
+                                **({"codebook": codebook_entry(storage["codebook"])} if used is not None else {})})
                 start += count
         return {"job": job, "entries": entries, "units": n_units, "items": len(metas), "duplicates": int(len(metas) - len(kept)), "skips": skips}
 

@@ -56,7 +56,7 @@ from medcbir.indexer.faiss_index import (auto_nlist, auto_spec, chain, faiss_par
                                          split_projection, split_refine)
 from medcbir.indexer.rerank import from_array
 from medcbir.indexer.shard import Decoder, sq_encode
-from medcbir.indexer.transform_codec import CrossFit, is_transform, min_fit_items
+from medcbir.indexer.transform_codec import CrossFit, is_transform
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ def choose_chain_storage(sample: np.ndarray, spec: str, params: dict, shard_size
     for dtype in storages:
         if is_transform(dtype):
             if not cross.fits():
-                tried[dtype] = f"not measured: {len(sample)} items, a codebook needs {2 * min_fit_items(sample.shape[1])}"
+                tried[dtype] = cross.not_measured()
                 continue
             decoded = cross.decoded(dtype)
         else:

@@ -378,6 +378,23 @@ class IndexStore:
             self._maps = maps
         return self._maps
 
+    def _stored_blocks(self, sorted_rows: np.ndarray):
+        """(first position, end position, shard, its stored rows) for each shard's run of the
+        ascending ``sorted_rows``, gathered from the memory-mapped shards (as stored: not decoded)."""
+        maps = self._mapped()
+        shard = np.searchsorted(self._offsets, sorted_rows, side="right") - 1
+        cuts = np.flatnonzero(np.diff(shard)) + 1
+        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(sorted_rows)]])):
+            s = int(shard[lo])
+            local = sorted_rows[lo:hi] - self._offsets[s]
+            source = maps[s]
+            if isinstance(source, np.ndarray):
+                block = source[local]
+            else:  # an h5py dataset (a shard HDF5 gives no offset for) reads increasing positions
+                uniq, inverse = np.unique(local, return_inverse=True)
+                block = source[uniq][inverse]
+            yield int(lo), int(hi), s, block
+
     def stored_rows(self, rows: np.ndarray) -> np.ndarray:
         """float32 (n, D) stored embeddings of sorted unique ``rows``, gathered from the memory-mapped
         shards and decoded (float16, or each shard's scalar quantiser): what the re-rank from the
@@ -386,14 +403,7 @@ class IndexStore:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         if not len(rows):
             return out
-        maps = self._mapped()
-        shard = np.searchsorted(self._offsets, rows, side="right") - 1
-        cuts = np.flatnonzero(np.diff(shard)) + 1
-        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])):
-            s = int(shard[lo])
-            local = rows[lo:hi] - self._offsets[s]
-            source = maps[s]
-            block = source[local] if isinstance(source, np.ndarray) else source[np.sort(local)]
+        for lo, hi, s, block in self._stored_blocks(rows):
             out[lo:hi] = self._decoders[s].decode(block)
         return out
 
@@ -409,22 +419,11 @@ class IndexStore:
         out = np.empty(len(rows), dtype=np.float32)
         if not len(rows):
             return out
-        maps = self._mapped()
         order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        shard = np.searchsorted(self._offsets, sorted_rows, side="right") - 1
-        cuts = np.flatnonzero(np.diff(shard)) + 1
         coded: dict[str, list] = {}  # codebook space → [(positions, row codes, decoder)]
         prepared: dict[str, object] = {}
-        for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])):
-            s = int(shard[lo])
-            decoder, source = self._decoders[s], maps[s]
-            local = sorted_rows[lo:hi] - self._offsets[s]
-            if isinstance(source, np.ndarray):
-                block = source[local]
-            else:  # an h5py dataset (a shard HDF5 gives no offset for) reads increasing positions
-                uniq, inverse = np.unique(local, return_inverse=True)
-                block = source[uniq][inverse]
+        for lo, hi, s, block in self._stored_blocks(rows[order]):
+            decoder = self._decoders[s]
             positions = order[lo:hi]
             if decoder.transform is not None:
                 coded.setdefault(decoder.space, []).append((positions, block, decoder))

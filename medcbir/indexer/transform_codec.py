@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from medcbir.errors import IndexCorrupt
-from medcbir.indexer.fsutil import commit_file, tmp_name
+from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name
 
 #: the transform-coded shard storages and their average bits per dimension
 CODECS = {"tc4": 4, "tc6": 6, "tc8": 8}
@@ -272,8 +272,7 @@ class TransformCodec:
 
     def unpack(self, stored: np.ndarray) -> np.ndarray:
         """uint8 rows → uint32 codes (N × K): each field read from the three bytes it may span, a
-        few rows at a time (:data:`UNPACK_ROWS`: the gathers stay in the CPU cache, ~4× faster than
-        one pass over thousands of rows)."""
+        few rows at a time (:data:`UNPACK_ROWS`: the gathers stay in the CPU cache)."""
         stored = np.asarray(stored, dtype=np.uint8).reshape(-1, self.code_bytes)
         n = len(stored)
         out = np.empty((n, self.components), dtype=np.uint32)
@@ -386,7 +385,7 @@ class TransformCodec:
         data = self.to_bytes()
         digest = hashlib.sha256(data).hexdigest()
         final = Path(index_dir) / f"{PREFIX}{digest[:16]}.npz"
-        if not (final.is_file() and final.stat().st_size == len(data) and hashlib.sha256(final.read_bytes()).hexdigest() == digest):
+        if not (final.is_file() and final.stat().st_size == len(data) and sha256_file(final) == digest):
             tmp = tmp_name(final)
             with open(tmp, "wb") as fh:
                 fh.write(data)
@@ -438,6 +437,12 @@ class CrossFit:
     def fits(self) -> bool:
         """Whether each fold has enough rows for a codebook (:func:`min_fit_items`)."""
         return min(len(f) for f in self.folds) >= min_fit_items(self.x.shape[1])
+
+    def not_measured(self) -> str | None:
+        """Why a transform code cannot be measured on this sample (None when it can)."""
+        if self.fits():
+            return None
+        return f"not measured: {len(self.x)} items, a codebook needs {2 * min_fit_items(self.x.shape[1])}"
 
     def decoded(self, dtype: str) -> np.ndarray:
         """float32 rows of the sample, each coded and decoded by the codebook of the other fold."""

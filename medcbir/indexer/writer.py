@@ -82,18 +82,23 @@ def remove_orphans(index_dir: Path, manifest: dict | None) -> list[str]:
     return removed
 
 
-def coded_rows(codec, embeddings: np.ndarray, shard: str):
-    """(row codes, range) of a shard's embeddings under the index's codebook, or None when the
-    codebook codes them with more than :data:`~medcbir.indexer.transform_codec.DRIFT_RATIO` times
-    the relative error it had on its own sample (embeddings unlike those it was fitted on): the
-    shard is then stored in float16, with a warning."""
+def coded_storage(dtype: str, codec, embeddings: np.ndarray, shard: str) -> tuple[str, Any, tuple | None]:
+    """(storage, codebook, (row codes, range)) a shard's embeddings are written with: as asked
+    for a storage that is not transform-coded; for a ``tc*`` one, coded under the index's
+    codebook — or float16 (no codebook, no codes) when there is no codebook yet, or when it codes
+    them with more than :data:`~medcbir.indexer.transform_codec.DRIFT_RATIO` times the relative
+    error it had on its own sample (embeddings unlike those it was fitted on; with a warning)."""
+    if not is_transform(dtype):
+        return dtype, None, None
+    if codec is None:
+        return "float16", None, None
     stored, value_range, error = codec.encode_measured(embeddings)
     if codec.drifted(error):
         log.warning("%s: the %s codebook %s codes these embeddings with relative error %.4f, %.1f× its own %.4f: stored as float16 "
                     "(the archive has drifted from the items the codebook was fitted on)", shard, codec.dtype, codec.file, error,
                     error / codec.error, codec.error)
-        return None
-    return stored, value_range
+        return "float16", None, None
+    return dtype, codec, (stored, value_range)
 
 
 def shard_regions(region_sets: list, dim: int) -> ShardRegions:
@@ -906,12 +911,9 @@ class IndexWriter:
         stats = {src.encode("utf-8"): self._source_stats.pop(src) for src in {str(m.source) for m in metas} if src in self._source_stats}
         block = shard_regions(regions, int(self.regions["dim"])) if self.regions else None
         self._decide_shard_dtype(manifest, embeddings)
-        dtype, codec, coded = shard_dtype(manifest), None, None
-        if is_transform(dtype):
-            codec = self._shard_codec(manifest, embeddings)
-            coded = coded_rows(codec, embeddings, path.name) if codec is not None else None
-            codec = codec if coded is not None else None
-            dtype = dtype if codec is not None else "float16"
+        dtype = shard_dtype(manifest)
+        dtype, codec, coded = coded_storage(dtype, self._shard_codec(manifest, embeddings) if is_transform(dtype) else None, embeddings,
+                                            path.name)
         size, digest = write_shard(path, ids, embeddings, meta_columns(metas), manifest["encoder"], stats, block,
                                    self.regions["version"] if self.regions else "", dtype=dtype, codec=codec, stored=coded)
         entry = {"file": path.name, "items": len(metas), "bytes": size, "sha256": digest,
