@@ -25,7 +25,7 @@ dimension; unit Gaussian vectors), 72 regions per image (both default caps: 64 s
 slices reach, and 8 organ zones, more than they have), each descriptor a real phantom descriptor (seed 0's default index) plus Gaussian noise of a
 quarter of each coordinate's spread, boxes drawn from the real ones. Reported: bytes per image of
 the regions and of the slice index (``verify``'s count: what the shards hold for each), the region
-index's open time at the first region query (whitening + IVF, :class:`~medcbir.engine.region_search.RegionIndex`;
+index's open time at the first region query (metric + IVF, :class:`~medcbir.engine.region_search.RegionIndex`;
 stored with the index when its shards are committed, :mod:`medcbir.indexer.region_index`),
 and p50/p95 latency of ``Engine.search`` for a slice query (an indexed UID: its stored embedding)
 and for a region query (a real phantom slice with a lesion box, carrying an indexed item's UID so
@@ -260,7 +260,7 @@ def scale(work: Path, fitted_from: Path, archive: Path, args) -> dict:
             descriptor, _ = describe_query(query, box)
             describe_ms.append(1000 * (time.perf_counter() - t))
             admissible = engine.live & ~engine.exclusion_mask("patient_pseudonym", meta["patient_pseudonym"])
-            vector = regions.whitening(descriptor)[0]
+            vector = regions.metric(descriptor)[0]
             t = time.perf_counter()
             regions.search(vector, LATENCY_K, admissible)
             search_ms.append(1000 * (time.perf_counter() - t))

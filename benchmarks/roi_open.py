@@ -3,7 +3,7 @@ computing it when the first region query arrives (what medcbir did before it was
 
 For each size in ``--items``, an index of that many slices with ``--regions`` regions each is written with medcbir's own
 ``IndexWriter`` (synthetic 512-d slice embeddings; synthetic 25-d region descriptors, Gaussian
-with a fixed random covariance and per-patient offsets: what is measured is where the whitening and
+with a fixed random covariance and per-patient offsets: what is measured is where the metric and
 the IVF come from, not how regions are described). Its commits store the region search structure
 (:mod:`medcbir.indexer.region_index`: per-shard moments, and above 2^20 regions the IVF and each
 region's list); the time those commits spent on it is reported. Then, in this process:
@@ -11,9 +11,9 @@ region's list); the time those commits spent on it is reported. Then, in this pr
 - **stored** (ours): ``RegionIndex.open`` of the index, twice (the second open is what every later
   process pays), and the first region query after it; the counters of moments computed from
   descriptors and of IVF trainings must stay at 0;
-- **computed** (the peer: the previous behaviour): ``RegionIndex(store.regions())``, whitening fitted
+- **computed** (the peer: the previous behaviour): ``RegionIndex(store.regions())``, metric fitted
   on all descriptors and the IVF trained at open, and the first region query after it;
-- recall@10 of both IVFs against exact search of the same whitened regions (200 stored regions as
+- recall@10 of both IVFs against exact search of the same scaled regions (200 stored regions as
   queries), and the region maintenance a 10-item commit costs after that (no retraining).
 
 Goal: opening the stored structure ≥ 10× faster than computing it.
@@ -72,7 +72,7 @@ def rss() -> int:
 
 def previous_layout(store, regions, queries: np.ndarray, live: np.ndarray) -> tuple[int, int, list[float]]:
     """(RSS growth, bytes held, ms per region query) of the in-memory layout region search used before its codes were
-    compacted, rebuilt here as the peer: float32 descriptors and whitened vectors kept, an
+    compacted, rebuilt here as the peer: float32 descriptors and scaled vectors kept, an
     ``IndexIVFFlat`` (float32 vectors) filled from the same stored lists, int64 item ids, int32 boxes."""
     import faiss
 
@@ -81,7 +81,7 @@ def previous_layout(store, regions, queries: np.ndarray, live: np.ndarray) -> tu
     before = rss()
     parts = store.regions()
     held = {"ids": parts.rows.astype(np.int64), "boxes": parts.boxes.astype(np.int32), "descriptors": parts.descriptors}
-    held["vectors"] = regions.whitening(held["descriptors"])
+    held["vectors"] = regions.metric(held["descriptors"])
     structure = ri.load(store)
     quantizer = faiss.IndexFlatL2(held["vectors"].shape[1])
     quantizer.add(np.ascontiguousarray(structure.ivf.centroids, dtype=np.float32))
@@ -117,7 +117,7 @@ def percentiles(ms: list[float]) -> dict:
 
 
 def recall(regions, vectors: np.ndarray, rows: np.ndarray, k: int = 10) -> float:
-    """recall@10 of the region index against exact search of the float32 whitened descriptors."""
+    """recall@10 of the region index against exact search of the float32 scaled descriptors."""
     import faiss
 
     from medcbir.indexer import region_index as ri
@@ -187,7 +187,7 @@ def run(args, items: int) -> dict:
             opened = time.perf_counter() - t
             grown = rss() - before
             live = store.live_mask.copy()
-            exact = regions.whitening(store.regions().descriptors)
+            exact = regions.metric(store.regions().descriptors)
             sample = np.random.default_rng(2).choice(len(regions), 200, replace=False)
             t = time.perf_counter()
             regions.search(exact[123], 10, live)
@@ -217,7 +217,7 @@ def run(args, items: int) -> dict:
         t = time.perf_counter()
         regions = RegionIndex(store.regions())  # the previous behaviour: everything computed at open
         opened = time.perf_counter() - t
-        exact = regions.whitening(store.regions().descriptors)
+        exact = regions.metric(store.regions().descriptors)
         query = exact[123]
         t = time.perf_counter()
         regions.search(query, 10, store.live_mask.copy())
@@ -270,7 +270,7 @@ def _markdown(r: dict) -> str:
         *([f"Memory held for region search (stored, second open; RSS growth of the open, and the bytes of the arrays and FAISS "
            f"lists it keeps): {s2['rss_bytes_per_region']} B per region by RSS, {s2['held_bytes_per_region']} B held "
            f"({r['regions_per_image'] * s2['held_bytes_per_region']:,.0f} B per image), against the previous layout rebuilt here as "
-           f"the peer (float32 descriptors and whitened vectors kept, `IndexIVFFlat`, int64 ids, int32 boxes): "
+           f"the peer (float32 descriptors and scaled vectors kept, `IndexIVFFlat`, int64 ids, int32 boxes): "
            f"{r['previous_layout']['rss_bytes_per_region']} B by RSS, {r['previous_layout']['held_bytes_per_region']} B held "
            f"({r['previous_layout']['held_bytes_per_region'] / max(s2['held_bytes_per_region'], 1e-9):.1f}× ours). "
            f"Region queries (`RegionIndex.search`, top 10 items, 200 stored regions as queries, the same lists and probes): "

@@ -327,7 +327,7 @@ class Engine:
         return self.neighbours(scores, ids)
 
     def region_index(self):
-        """The index's regions, whitened and searchable (:class:`~medcbir.engine.region_search.RegionIndex`,
+        """The index's regions, scaled and searchable (:class:`~medcbir.engine.region_search.RegionIndex`,
         built on first use); ConfigError naming the fix for an index without regions."""
         return RegionIndex.of(self)
 
@@ -351,7 +351,7 @@ class Engine:
                 admissible &= ~self.exclusion_mask(column[0], getattr(rq, column[1]))
             if rq.item_id >= 0 and not include_self:
                 admissible[rq.item_id] = False
-            hits = regions.search(regions.whitening(rq.descriptor)[0], k, admissible, codes, per_series)
+            hits = regions.search(regions.metric(rq.descriptor)[0], k, admissible, codes, per_series)
             self.ensure_checked([item for item, _, _ in hits])
             neighbours = []
             rows = self.rows_of(np.array([item for item, _, _ in hits], dtype=np.int64)).tolist()

@@ -193,7 +193,7 @@ def evaluate_regions(engine, labels_csv, boxes_csv, k: int = 5, exclude: str = "
                           dtype=np.int64)
     found = np.full((len(chosen.ids), k), -1, dtype=np.int64)
     found_boxes = np.full((len(chosen.ids), k, 4), -1, dtype=np.int64)
-    vectors = regions.whitening(chosen.descriptors)
+    vectors = regions.metric(chosen.descriptors)
     for q, item_id in enumerate(chosen.ids.tolist()):
         hits = regions.search(vectors[q], k, admissible(item_id))
         found[q, :len(hits)] = [h[0] for h in hits]

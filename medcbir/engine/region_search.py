@@ -6,17 +6,19 @@ the same way and ranks the index's *regions*; each item is answered once, with i
 region, and the usual filters (exclusion, modality/body part/series/study, per-series cap, the
 query's own item) apply to the items.
 
-Descriptors are compared after **whitening** with the index's own statistics: centred, rotated
-onto their principal axes and scaled to unit variance (:class:`Whitening`, a shrinkage estimate
-so a rare direction does not dominate), then by Euclidean distance. Whitening makes every
-measured property count by how much it varies across the archive instead of by its unit. The
+Descriptors are compared by Euclidean distance in their own units (tens of Hounsfield units,
+fractions, log-mm), centred and divided by one number, the root of the regions' mean variance
+(:class:`RegionMetric`): every measured property counts by its physical size, and scores mean the
+same in every archive. (Until ``scaled-v1`` the descriptors were whitened: then the directions the
+archive barely varies in, such as the sum of the rim harmonics, counted most, and a lesion seen at
+another field of view moved further than the distance to its neighbours.) The
 statistics come from the moments of all of the index's regions, stored per shard when shards are
 committed (:mod:`medcbir.indexer.region_index`; parts add up: a sharded engine gets the same
 numbers), so they follow the archive as it grows, and any two processes opening one generation
 get the same numbers.
 
 The score of a hit is ``1 / (1 + d² / D)`` (D = descriptor length): 1 for an identical region,
-about 1/3 for two regions drawn at random from the index (whitened, their expected d² is 2D).
+about 1/3 for two regions drawn at random from the index (scaled, their expected d² is 2D).
 
 Up to :data:`FLAT_MAX` regions are searched exactly; a larger region index is searched with an
 inverted-file index (``IVF``) whose probe count reaches :data:`TARGET_RECALL` on a sample of its
@@ -39,7 +41,7 @@ from medcbir.errors import ConfigError, DecodeError, IndexCorrupt
 from medcbir.imaging import read_dicom
 from medcbir.imaging.items import Decoded, Item, ItemMeta
 from medcbir.indexer import region_index
-from medcbir.indexer.region_index import (FLAT_MAX, SHRINKAGE, TARGET_RECALL, StoredIVF, Whitening,  # noqa: F401 - part of this module's API
+from medcbir.indexer.region_index import (FLAT_MAX, METRIC, TARGET_RECALL, RegionMetric, StoredIVF,  # noqa: F401 - part of this module's API
                                           build_region_index, moments)
 
 
@@ -58,44 +60,44 @@ def check_regions(store) -> None:
 
 
 class RegionIndex:
-    """The regions of one open engine, whitened and indexed (opened on first region query).
+    """The regions of one open engine, scaled and indexed (opened on first region query).
 
     Opening reads the shards' regions one shard at a time and keeps only what search needs: each
-    region's item id and box, and the FAISS index of its whitened vector (float32 when searched
+    region's item id and box, and the FAISS index of its scaled vector (float32 when searched
     exactly, float16 in an IVF above :data:`FLAT_MAX` regions); descriptors are not kept.
 
     Attributes:
         item_ids: int32 (R,) the item each region belongs to (int64 beyond 2^31 items).
         boxes: int16 (R, 4) the regions' boxes in their items' stored pixel grids (int32 when a
             coordinate does not fit).
-        whitening: the :class:`Whitening` of this index's regions.
+        metric: the :class:`RegionMetric` of this index's regions.
         dim: the descriptor length.
-        stored: True when the whitening and the search index came from the index's stored
+        stored: True when the metric and the search index came from the index's stored
             region structure (:mod:`medcbir.indexer.region_index`), nothing computed at open.
     """
 
-    def __init__(self, regions, whitening: Whitening | None = None, ivf: StoredIVF | None = None, stored: bool = False) -> None:
+    def __init__(self, regions, metric: RegionMetric | None = None, ivf: StoredIVF | None = None, stored: bool = False) -> None:
         descriptors = np.asarray(regions.descriptors, dtype=np.float32)
-        whitening = whitening if whitening is not None else Whitening.fit(descriptors)
-        self._build(lambda: iter([regions]), len(regions.rows), descriptors.shape[1] if descriptors.ndim == 2 else len(whitening.mean),
-                    whitening, ivf, stored)
+        metric = metric if metric is not None else RegionMetric.fit(descriptors)
+        self._build(lambda: iter([regions]), len(regions.rows), descriptors.shape[1] if descriptors.ndim == 2 else len(metric.mean),
+                    metric, ivf, stored)
 
-    def _build(self, parts, total: int, dim: int, whitening: Whitening, ivf: StoredIVF | None, stored: bool) -> None:
+    def _build(self, parts, total: int, dim: int, metric: RegionMetric, ivf: StoredIVF | None, stored: bool) -> None:
         """Index ``total`` regions read from ``parts()`` (an iterable of :class:`ShardRegions` with
-        global rows), whitened by ``whitening``."""
-        self.whitening = whitening
+        global rows), scaled by ``metric``."""
+        self.metric = metric
         self.dim = int(dim)
-        self.coarse = None  # (A, b): the query carried into a stored IVF's own whitening
+        self.coarse = None  # (A, b): the query carried into a stored IVF's own metric
         self._direct = False
         ids, boxes = [], []
         use_stored = ivf is not None and ivf.lists is not None and len(ivf.lists) == total
         if use_stored:
             self.index = ivf.empty_index()
-            self.coarse = ivf.coarse_map(whitening)
+            self.coarse = ivf.coarse_map(metric)
             at = 0
             for part in parts():
                 n = len(part.rows)
-                region_index.fill_at(self.index, whitening(part.descriptors), at, ivf.lists[at:at + n])
+                region_index.fill_at(self.index, metric(part.descriptors), at, ivf.lists[at:at + n])
                 ids.append(part.rows)
                 boxes.append(part.boxes)
                 at += n
@@ -103,13 +105,13 @@ class RegionIndex:
             self.index = faiss.IndexFlatL2(self.dim)
             for part in parts():
                 if len(part.rows):
-                    self.index.add(whitening(part.descriptors))
+                    self.index.add(metric(part.descriptors))
                 ids.append(part.rows)
                 boxes.append(part.boxes)
         else:  # an IVF to train now (an index written before the structure was stored): every vector at once
             vectors = []
             for part in parts():
-                vectors.append(whitening(part.descriptors))
+                vectors.append(metric(part.descriptors))
                 ids.append(part.rows)
                 boxes.append(part.boxes)
             self.index = build_region_index(np.concatenate(vectors))
@@ -123,13 +125,13 @@ class RegionIndex:
         """The regions of an opened :class:`~medcbir.indexer.IndexStore`, with its stored structure."""
         check_regions(store)
         structure = region_index.load(store)
-        return cls.from_store(store, structure.whitening(), structure.ivf, structure.stored)
+        return cls.from_store(store, structure.metric(), structure.ivf, structure.stored)
 
     @classmethod
-    def from_store(cls, store, whitening: Whitening, ivf: StoredIVF | None = None, stored: bool = False) -> "RegionIndex":
-        """The regions of ``store`` read shard by shard, whitened by ``whitening``."""
+    def from_store(cls, store, metric: RegionMetric, ivf: StoredIVF | None = None, stored: bool = False) -> "RegionIndex":
+        """The regions of ``store`` read shard by shard, scaled by ``metric``."""
         self = cls.__new__(cls)
-        self._build(store.region_parts, store.region_count(), int(store.manifest["regions"]["dim"]), whitening, ivf, stored)
+        self._build(store.region_parts, store.region_count(), int(store.manifest["regions"]["dim"]), metric, ivf, stored)
         return self
 
     @classmethod
@@ -141,7 +143,7 @@ class RegionIndex:
         return engine._region_index
 
     def vectors_of(self, rows) -> np.ndarray:
-        """float32 (n, dim): the whitened vectors of regions ``rows`` as the index holds them (an
+        """float32 (n, dim): the scaled vectors of regions ``rows`` as the index holds them (an
         IVF's decoded from float16; the first call there maps ids to lists)."""
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         if isinstance(self.index, faiss.IndexIVF):
@@ -171,7 +173,7 @@ class RegionIndex:
         """The best region of each of the ``k`` nearest admissible items.
 
         Args:
-            vector: the whitened query descriptor.
+            vector: the scaled query descriptor.
             k: items wanted.
             admissible: bool over item ids (live, filtered, not excluded, not the query's own).
             per_series_codes: series code of each item id (with ``per_series``).
@@ -194,7 +196,7 @@ class RegionIndex:
         fetch = min(total, max(4 * k, 64))
         query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         coarse = None
-        if self.coarse is not None:  # a stored IVF: lists chosen in its own whitening
+        if self.coarse is not None:  # a stored IVF: lists chosen in its own metric
             _, coarse = self.index.quantizer.search(region_index.padded(query @ self.coarse[0] + self.coarse[1], self.index.d),
                                                     int(self.index.nprobe))
         query = region_index.padded(query, self.index.d)

@@ -38,7 +38,7 @@ import faiss
 import numpy as np
 
 from medcbir.engine.engine import Engine, _check_encoder
-from medcbir.engine.region_search import RegionIndex, Whitening, check_regions
+from medcbir.engine.region_search import RegionIndex, RegionMetric, check_regions
 from medcbir.errors import ConfigError, IndexCorrupt, IndexNotFound
 from medcbir.indexer import IndexStore
 from medcbir.indexer.faiss_index import is_flat, reranks_from_shards, split_projection, split_refine
@@ -102,10 +102,10 @@ def _actor_class():
             return self.structure.parts
 
         def region_prepare(self, mean, matrix) -> int:
-            """Whiten and index this part's regions with the whole index's statistics (its stored
+            """Scale and index this part's regions with the whole index's statistics (its stored
             IVF lists when the index has them)."""
             structure = self.structure
-            self.regions = RegionIndex.from_store(self.engine.store, Whitening(mean, matrix), structure.ivf, structure.stored)
+            self.regions = RegionIndex.from_store(self.engine.store, RegionMetric(mean, matrix), structure.ivf, structure.stored)
             return len(self.regions)
 
         def region_search(self, vector, k: int, admissible, codes, per_series: int):
@@ -229,7 +229,7 @@ class ShardedEngine(Engine):
         return merge(answers, int(k), self._refine_factor is not None, len(vectors))
 
     def region_index(self):
-        """The actors' regions, whitened with the statistics of the whole index (:class:`ShardedRegions`)."""
+        """The actors' regions, scaled with the statistics of the whole index (:class:`ShardedRegions`)."""
         if getattr(self, "_region_index", None) is None:
             self._region_index = ShardedRegions(self)
         return self._region_index
@@ -252,7 +252,7 @@ class ShardedEngine(Engine):
 
 
 class ShardedRegions:
-    """Region search over the actors: one whitening from all parts' moments, each part searched,
+    """Region search over the actors: one metric from all parts' moments, each part searched,
     hits merged by score with every item once and the per-series cap applied across parts."""
 
     def __init__(self, engine: ShardedEngine) -> None:
@@ -268,8 +268,8 @@ class ShardedRegions:
                               "a new index (`medcbir index ARCHIVE NEW_INDEX`: regions are on by default)")
         # every shard's moments added in shard order, as one process adds them
         dim = int(engine.store.manifest["regions"]["dim"])
-        self.whitening = Whitening.from_moments(*region_index.sum_moments([m for part in parts for m in part], dim))
-        self.count = sum(ray.get([a.region_prepare.remote(self.whitening.mean, self.whitening.matrix) for _, _, a in engine._parts]))
+        self.metric = RegionMetric.from_moments(*region_index.sum_moments([m for part in parts for m in part], dim))
+        self.count = sum(ray.get([a.region_prepare.remote(self.metric.mean, self.metric.matrix) for _, _, a in engine._parts]))
 
     def __len__(self) -> int:
         return self.count

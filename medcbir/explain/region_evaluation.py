@@ -217,7 +217,7 @@ def evaluate_region_explanations(engine, boxes, masks_file, methods=REGION_METHO
                 items = [decode_item(neighbours[i].meta, engine.pseudonym_key) for i in keep]
                 decode_seconds += time.perf_counter() - t0
                 boxes_kept = [neighbours[i].region for i in keep]
-                score = MatchScore(regions.whitening, regions.whitening(resolved.descriptor)[0])
+                score = MatchScore(regions.metric, regions.metric(resolved.descriptor)[0])
                 windows = None
                 for name in methods:
                     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Explaining a region match: which pixels of a neighbour make its region match the query's region.
 
 A region query (:mod:`medcbir.engine.region_search`) ranks the regions of indexed images by the
-whitened Euclidean distance between *measured* descriptors (:mod:`medcbir.encoders.region_descriptor`):
+scaled Euclidean distance between *measured* descriptors (:mod:`medcbir.encoders.region_descriptor`):
 no network, so no gradient, but a score that is a function of pixels. Perturbation methods explain
 it directly. For each neighbour, on the region grid where the descriptor measures:
 
@@ -12,7 +12,7 @@ it directly. For each neighbour, on the region grid where the descriptor measure
   image over a square twice the box's longer side (a structure smaller than the box's scale
   disappears in it), computed on a coarse grid and smoothed;
 - the perturbed neighbourhood is **re-described with the same box** and re-scored against the
-  query's whitened descriptor, ``s = 1 / (1 + d² / D)`` as the search scores it.
+  query's scaled descriptor, ``s = 1 / (1 + d² / D)`` as the search scores it.
 
 Methods (:data:`REGION_METHODS`):
 
@@ -269,14 +269,14 @@ def local_background(units: np.ndarray, box, rows: slice, cols: slice) -> np.nda
 
 
 class MatchScore:
-    """``descriptors → 1 / (1 + d² / D)`` against one whitened query descriptor, as region search scores."""
+    """``descriptors → 1 / (1 + d² / D)`` against one scaled query descriptor, as region search scores."""
 
-    def __init__(self, whitening, target: np.ndarray) -> None:
-        self.whitening = whitening
+    def __init__(self, metric, target: np.ndarray) -> None:
+        self.metric = metric
         self.target = np.asarray(target, dtype=np.float32).reshape(-1)
 
     def __call__(self, descriptors: np.ndarray) -> np.ndarray:
-        d2 = ((self.whitening(descriptors).astype(np.float64) - self.target) ** 2).sum(axis=1)
+        d2 = ((self.metric(descriptors).astype(np.float64) - self.target) ** 2).sum(axis=1)
         return 1.0 / (1.0 + d2 / self.target.shape[0])
 
 
@@ -425,7 +425,7 @@ def explain_region_match(engine, query, roi=None, k: int = 5, *, roi_mask=None, 
     [neighbours] = engine.search([item], k=k, exclude=exclude, roi=roi, roi_mask=roi_mask, snap=snap)
     search_seconds = time.perf_counter() - t0
     regions = RegionIndex.of(engine)
-    score = MatchScore(regions.whitening, regions.whitening(resolved.descriptor)[0])
+    score = MatchScore(regions.metric, regions.metric(resolved.descriptor)[0])
     t0 = time.perf_counter()
     items = [decode_item(nb.meta, engine.pseudonym_key) for nb in neighbours]
     maps, scores, windows = region_match_maps(items, [nb.region for nb in neighbours], score, method, n_masks=n_masks, seed=seed, grid=grid)

@@ -1,7 +1,7 @@
 """The region search structure of an index, kept with its generations like the slice index.
 
-Region search (:mod:`medcbir.engine.region_search`) compares region descriptors after
-**whitening** with statistics of all the index's regions, and searches more than
+Region search (:mod:`medcbir.engine.region_search`) compares region descriptors in a **metric**
+taken from statistics of all the index's regions (:class:`RegionMetric`), and searches more than
 :data:`FLAT_MAX` regions with an inverted-file index (IVF). Both are derived from the shards'
 ``regions/`` groups; this module computes them once, when shards are committed, and stores them
 beside the shards, so opening an index reuses them instead of recomputing them at the first
@@ -13,16 +13,16 @@ check it like any committed file):
 
 - per shard, ``shard-N.regions-G.npz`` (manifest: the shard entry's ``region_part``): the
   **moments** of the shard's region descriptors (count, sum, sum of outer products, float64).
-  Moments add up: the whitening of any set of shards (the whole index, or the sharded engine's
+  Moments add up: the metric of any set of shards (the whole index, or the sharded engine's
   parts together) comes from their sum, taken in shard order, so every process opening one
   generation gets the same numbers, and an index grown commit by commit the same numbers as one
   built at once. Tombstoned items' regions count until compaction removes them. With an IVF the
   part also holds the **list** of each of the shard's regions (``lists``) and names the IVF file
   the lists belong to (``ivf``).
 - above :data:`FLAT_MAX` regions, ``region-ivf-G.npz`` (manifest: ``region_search.ivf``): the
-  trained coarse quantiser (centroids), the whitening it was trained in and the probe count that
+  trained coarse quantiser (centroids), the metric it was trained in and the probe count that
   reached :data:`TARGET_RECALL` on a sample of the index's own regions. In memory the lists hold
-  each region's whitened vector in float16, zero-padded to a multiple of :data:`PAD` coordinates
+  each region's scaled vector in float16, zero-padded to a multiple of :data:`PAD` coordinates
   (:func:`ivf_codes`): a region costs those codes, a FAISS id, its item id and its box.
 
 Lifecycle (:func:`maintain`, run by :func:`medcbir.indexer.manifest.commit_manifest` for every
@@ -32,13 +32,14 @@ lists when an IVF exists: a few items added cost a few assignments, not a rebuil
 trained when the regions first exceed :data:`FLAT_MAX` and trained again only when their count
 has grown (or shrunk) by :data:`GROWTH` since, as the slice index is retrained on growth; below
 :data:`FLAT_MAX` search is exact and no IVF is kept. An IVF keeps its coarse lists when the
-whitening moves with new regions: queries are assigned to lists in the whitening the IVF was
+metric moves with new regions: queries are assigned to lists in the metric the IVF was
 trained in and compared in the current one (:class:`StoredIVF`), so distances and scores are
-always those of the current whitening. Everything is derived data: a failure while maintaining
+always those of the current metric. Everything is derived data: a failure while maintaining
 it is logged and the commit goes ahead without it (opening then computes what is missing).
 
-``region_search.version`` records the region recipe the structure was made for; a structure of
-another recipe than the manifest's ``regions.version`` is not used (computed again at open, and
+``region_search.version`` records the region recipe the structure was made for and
+``region_search.metric`` the distance (:data:`METRIC`); a structure of another recipe than the
+manifest's ``regions.version``, or of another metric, is not used (computed again at open, and
 replaced at the next commit). An index written before this module (no ``region_search``) answers
 region queries the old way — moments and, above :data:`FLAT_MAX`, the IVF computed at the first
 region query — until its next commit stores them.
@@ -67,9 +68,9 @@ log = logging.getLogger(__name__)
 
 #: Layout of the stored structure (``region_search.format``).
 FORMAT = 1
-#: Shrinkage of the covariance towards its diagonal (a few directions of near-zero variance
-#: otherwise turn noise into the largest coordinates).
-SHRINKAGE = 0.2
+#: The distance regions are compared by (``region_search.metric``; a structure made for another is
+#: not used): Euclidean in the descriptor's own units, scaled by one number (:class:`RegionMetric`).
+METRIC = "scaled-v1"
 #: Exact search up to this many regions; above, an IVF index.
 FLAT_MAX = 1 << 20
 #: recall@10 the IVF probe count must reach on a sample of the index's own regions.
@@ -82,33 +83,41 @@ COUNTERS = {"moments": 0, "trained": 0}
 Moments = tuple[int, np.ndarray, np.ndarray]
 
 
-# ---------------------------------------------------------------------------------------- whitening
+# ---------------------------------------------------------------------------------------- metric
 @dataclass(frozen=True)
-class Whitening:
-    """``x → (x − mean) @ matrix``: PCA whitening with shrinkage."""
+class RegionMetric:
+    """``x → (x − mean) @ matrix``: what region descriptors are compared in (Euclidean distance).
+
+    From the moments (:meth:`from_moments`): centred, and every coordinate divided by one number,
+    the root of the regions' mean variance, so two regions drawn at random are ``2 · dim`` apart
+    in squared distance whatever the archive. The descriptor's coordinates are in physical units
+    (tens of Hounsfield units, fractions of the structure, log-mm), which makes them commensurate
+    as they are. Whitening them (the metric before ``scaled-v1``: PCA with shrinkage) divided each
+    principal direction by its spread, so the directions the archive barely varies in counted most:
+    the sum of the two rim harmonics had 1/7000 of the largest direction's variance and, after
+    whitening, more than half of the distance between a lesion and the same lesion at another
+    field of view. Measured on phantom v3 (``docs/regions.md``): lesion-kind MAP@5 rose and a
+    lesion queried at another field of view kept most of its top 5.
+    """
 
     mean: np.ndarray
     matrix: np.ndarray
 
     @classmethod
-    def fit(cls, descriptors: np.ndarray) -> "Whitening":
+    def fit(cls, descriptors: np.ndarray) -> "RegionMetric":
         return cls.from_moments(*moments(descriptors))
 
     @classmethod
-    def from_moments(cls, n: int, total: np.ndarray, scatter: np.ndarray) -> "Whitening":
+    def from_moments(cls, n: int, total: np.ndarray, scatter: np.ndarray) -> "RegionMetric":
         """From the count, sum and sum of outer products of the descriptors (parts add up:
         :func:`sum_moments`)."""
         dim = len(total)
         if n < 2:
             return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
         mean = total / n
-        cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
-        diag = np.diag(np.diag(cov))
-        cov = (1 - SHRINKAGE) * cov + SHRINKAGE * diag
-        values, vectors = np.linalg.eigh(cov)
-        floor = max(float(values.max()) * 1e-6, 1e-12)
-        matrix = vectors / np.sqrt(np.maximum(values, floor))[None, :]
-        return cls(mean.astype(np.float32), matrix.astype(np.float32))
+        variance = float(np.trace(scatter - n * np.outer(mean, mean))) / ((n - 1) * dim)
+        scale = 1.0 / math.sqrt(variance) if variance > 1e-12 else 1.0
+        return cls(mean.astype(np.float32), (np.eye(dim) * scale).astype(np.float32))
 
     def __call__(self, descriptors: np.ndarray) -> np.ndarray:
         x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.mean.shape[0])
@@ -169,7 +178,7 @@ def ivf_codes(centroids: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
 
 
 def train_ivf(vectors: np.ndarray, seed: int = 0) -> tuple[faiss.IndexIVFScalarQuantizer, np.ndarray]:
-    """An IVF index over whitened region vectors (:func:`ivf_codes`; coarse quantiser trained on a
+    """An IVF index over scaled region vectors (:func:`ivf_codes`; coarse quantiser trained on a
     sample of them) filled with them; returns it and each vector's list (int64). Its ``nprobe``
     reaches :data:`TARGET_RECALL` against exact search of the vectors."""
     n, dim = vectors.shape
@@ -207,7 +216,7 @@ def fill_at(index: faiss.IndexIVF, vectors: np.ndarray, first: int, lists: np.nd
 
 
 def build_region_index(vectors: np.ndarray, seed: int = 0):
-    """A FAISS index over whitened region vectors: exact up to :data:`FLAT_MAX`, else IVF."""
+    """A FAISS index over scaled region vectors: exact up to :data:`FLAT_MAX`, else IVF."""
     n, dim = vectors.shape
     if n <= FLAT_MAX:
         index = faiss.IndexFlatL2(dim)
@@ -236,12 +245,12 @@ def probes(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10) -> 
 
 @dataclass
 class StoredIVF:
-    """A stored IVF: coarse centroids in the whitening ``trained_in``, and every region's list.
+    """A stored IVF: coarse centroids in the metric ``trained_in``, and every region's list.
 
-    :meth:`index` builds the searchable index over vectors whitened in the *current* whitening;
-    :meth:`assign` gives a query's lists (the query whitened as the centroids were)."""
+    :meth:`index` builds the searchable index over vectors scaled in the *current* metric;
+    :meth:`assign` gives a query's lists (the query scaled as the centroids were)."""
 
-    trained_in: Whitening
+    trained_in: RegionMetric
     centroids: np.ndarray
     nprobe: int
     lists: np.ndarray | None = None  # int64 (R,) in the store's region order
@@ -253,14 +262,14 @@ class StoredIVF:
         return index
 
     def index(self, vectors: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
-        """The searchable IVF holding ``vectors`` (whitened in the current whitening) in their stored lists."""
+        """The searchable IVF holding ``vectors`` (scaled in the current metric) in their stored lists."""
         index = self.empty_index()
         fill(index, vectors, self.lists)
         return index
 
-    def coarse_map(self, current: Whitening) -> tuple[np.ndarray, np.ndarray]:
-        """(A, b) with ``trained_in(x) = current(x) @ A + b``: a query whitened now, carried into
-        the centroids' whitening."""
+    def coarse_map(self, current: RegionMetric) -> tuple[np.ndarray, np.ndarray]:
+        """(A, b) with ``trained_in(x) = current(x) @ A + b``: a query scaled now, carried into
+        the centroids' metric."""
         inverse = np.linalg.pinv(current.matrix.astype(np.float64))
         a = inverse @ self.trained_in.matrix.astype(np.float64)
         b = (current.mean.astype(np.float64) - self.trained_in.mean.astype(np.float64)) @ self.trained_in.matrix.astype(np.float64)
@@ -291,7 +300,7 @@ def read_part(index_dir: Path, record: dict, dim: int) -> tuple[Moments, np.ndar
 
 def read_ivf(index_dir: Path, record: dict) -> StoredIVF:
     data = _read_npz(Path(index_dir) / record["file"])
-    return StoredIVF(Whitening(data["mean"].astype(np.float32), data["matrix"].astype(np.float32)),
+    return StoredIVF(RegionMetric(data["mean"].astype(np.float32), data["matrix"].astype(np.float32)),
                      data["centroids"].astype(np.float32), int(data["nprobe"]))
 
 
@@ -313,7 +322,7 @@ def current(manifest: dict) -> dict | None:
     regions = manifest.get("regions") or {}
     record = manifest.get("region_search") or {}
     if not regions or record.get("format") != FORMAT or record.get("version") != regions.get("version") \
-            or int(record.get("dim", -1)) != int(regions.get("dim", -2)):
+            or record.get("metric") != METRIC or int(record.get("dim", -1)) != int(regions.get("dim", -2)):
         return None
     return record
 
@@ -358,7 +367,7 @@ def _maintain(index_dir: Path, manifest: dict) -> dict:
             s["region_part"] = _write_part(index_dir, s, dim, generation, stored, ivf_record)
     out = dict(manifest)
     out["shards"] = shards
-    out["region_search"] = {"format": FORMAT, "version": regions.get("version"), "dim": dim, "regions": int(total), "ivf": ivf_record}
+    out["region_search"] = {"format": FORMAT, "version": regions.get("version"), "metric": METRIC, "dim": dim, "regions": int(total), "ivf": ivf_record}
     return out
 
 
@@ -400,18 +409,18 @@ def faiss_search(centroids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray
 
 
 def _train(index_dir: Path, shards: list[dict], dim: int, generation: int, total: int) -> dict:
-    """Train the IVF on every region of ``shards`` (whitened with their moments), write it and a
+    """Train the IVF on every region of ``shards`` (scaled with their moments), write it and a
     part with lists for every shard (updating ``shards`` in place); returns the IVF record."""
     blocks = [_descriptors(index_dir, s, dim) for s in shards]
     per_shard = [moments(b) for b in blocks]
     COUNTERS["moments"] += len(blocks)
-    whitening = Whitening.from_moments(*sum_moments(per_shard, dim))
-    vectors = whitening(np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32))
+    metric = RegionMetric.from_moments(*sum_moments(per_shard, dim))
+    vectors = metric(np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32))
     index, lists = train_ivf(vectors)
     centroids, nprobe = index.quantizer.reconstruct_n(0, index.nlist)[:, :dim], int(index.nprobe)
     del index, vectors
     path = index_dir / f"region-ivf-{generation:06d}.npz"
-    ivf_record = _write_npz(path, mean=whitening.mean, matrix=whitening.matrix, centroids=centroids, nprobe=np.int64(nprobe))
+    ivf_record = _write_npz(path, mean=metric.mean, matrix=metric.matrix, centroids=centroids, nprobe=np.int64(nprobe))
     ivf_record.update(nlist=int(len(centroids)), nprobe=nprobe, at_regions=int(total))
     ivf_record = stamp(ivf_record, index_dir)
     lo = 0
@@ -440,8 +449,8 @@ class Structure:
     def moments(self) -> Moments:
         return sum_moments(self.parts, self.dim)
 
-    def whitening(self) -> Whitening:
-        return Whitening.from_moments(*self.moments())
+    def metric(self) -> RegionMetric:
+        return RegionMetric.from_moments(*self.moments())
 
 
 def load(store, with_ivf: bool = True) -> Structure:

@@ -111,8 +111,10 @@ def test_a_whole_organ_box_finds_that_organ_in_other_patients(lesions):
 
 def test_a_box_in_another_field_of_view_finds_the_same_neighbours(lesions, tmp_path):
     """The same lesion queried from a copy at another field of view (resampled coarser and finer,
-    PixelSpacing scaled, box scaled) shares about half of its top 5 or more with the original query
-    (5 of ~190 items drawn at random would share 0.03 of them). The finer copy is an upsampled one:
+    PixelSpacing scaled, box scaled) shares most of its top 5 with the original query: 0.825 and
+    0.90 of them (5 of ~190 items drawn at random would share 0.03). With the whitened metric before
+    ``scaled-v1`` it was 0.525 at both: a lesion at another field of view moved furthest in the
+    directions the archive barely varies in, which whitening weighted most. The finer copy is an upsampled one:
     its detail is coarser than its PixelSpacing says, which a real finer acquisition's is not."""
     clear = sorted((r for r in lesions["boxes"] if min(int(r["w"]), int(r["h"])) >= 8), key=lambda r: r["sop_instance_uid"])[:8]
     overlap: dict[float, list[float]] = {0.75: [], 1.25: []}
@@ -127,7 +129,7 @@ def test_a_box_in_another_field_of_view_finds_the_same_neighbours(lesions, tmp_p
                 scaled = [int(round(x * zoom)), int(round(y * zoom)), max(1, int(round(w * zoom))), max(1, int(round(h * zoom)))]
                 other = [n.id for n in engine.search(str(copy), 5, roi=scaled, exclude="same-patient")[0]]
                 overlap[zoom].append(len(set(same) & set(other)) / 5)
-    assert all(np.mean(v) >= 0.4 for v in overlap.values()), overlap
+    assert all(np.mean(v) >= 0.7 for v in overlap.values()), overlap
 
 
 def test_regions_follow_delete_and_compact(lesions, tmp_path):

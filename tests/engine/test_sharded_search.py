@@ -134,7 +134,7 @@ def test_unsupported_spec_is_a_clear_error(ray_runtime, flat_index, tmp_path):
 
 
 def test_region_search_sharded_equals_single_process(ray_runtime, lesions):
-    """The same regions, scores and boxes from 3 actors as from one process (one whitening from
+    """The same regions, scores and boxes from 3 actors as from one process (one metric from
     all parts' moments), filters and the per-series cap included."""
     import csv
 

@@ -3,7 +3,7 @@ committed, reused by every open, grown commit by commit, kept right through dele
 repair and kill -9, and computed at open for an index that does not store it.
 
 Real HDF5 shards, manifests and FAISS; synthetic region descriptors (what is under test is where
-the whitening and the IVF come from, not how a region is described)."""
+the metric and the IVF come from, not how a region is described)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_a_second_open_recomputes_nothing_and_growth_equals_a_fresh_build(tmp_pa
     assert stored and region_index.COUNTERS == {"moments": 0, "trained": 0}
     b, _ = answers(fresh)
     assert_same(a, b)
-    # and the same as whitening all the regions at once, the way it was done at the first query
+    # and the same as metric all the regions at once, the way it was done at the first query
     with IndexStore.open(fresh) as store:
         once = RegionIndex(store.regions())
         uids = np.asarray(store.columns["sop_instance_uid"]).astype(str)
@@ -131,10 +131,10 @@ def test_the_ivf_is_trained_on_growth_only_and_new_regions_join_its_lists(tmp_pa
 
 
 def test_an_ivf_region_index_holds_codes_ids_and_boxes_only_and_keeps_its_recall(tmp_path, monkeypatch):
-    """Above FLAT_MAX the regions are held as float16 whitened vectors (zero-padded to a multiple
+    """Above FLAT_MAX the regions are held as float16 scaled vectors (zero-padded to a multiple
     of PAD coordinates), a FAISS id, an int32 item id and int16 boxes: what search needs, without
     the descriptors or float32 copies; its top-10 agrees with exact search of the float32
-    whitened descriptors as the float32 IVF's did."""
+    scaled descriptors as the float32 IVF's did."""
     import faiss
 
     monkeypatch.setattr(region_index, "FLAT_MAX", 1500)
@@ -148,7 +148,7 @@ def test_an_ivf_region_index_holds_codes_ids_and_boxes_only_and_keeps_its_recall
         assert regions.item_ids.dtype == np.int32 and regions.boxes.dtype == np.int16
         assert regions.memory_bytes() == n * (2 * padded + 8 + 4 + 8) + regions.index.nlist * padded * 4
         assert not hasattr(regions, "descriptors") and not hasattr(regions, "vectors")
-        exact = regions.whitening(store.regions().descriptors)
+        exact = regions.metric(store.regions().descriptors)
         rows = np.random.default_rng(0).choice(n, 100, replace=False)
         np.testing.assert_allclose(regions.vectors_of(rows), exact[rows], rtol=2e-3, atol=2e-3)  # float16
         # the same items as a float32 IVF over the same lists, probing the same lists
@@ -207,6 +207,44 @@ def test_a_structure_of_another_region_recipe_is_not_used_and_is_replaced(tmp_pa
     manifest = json.loads(path.read_text())
     assert manifest["region_search"]["version"] == manifest["regions"]["version"]
     assert answers(index)[1]
+
+
+def test_a_structure_of_another_metric_is_not_used_and_is_replaced(tmp_path):
+    """An index whose stored structure was made for the whitened metric (before ``scaled-v1``, no
+    ``metric`` in its record) computes the current one at open and stores it at its next commit."""
+    index = tmp_path / "index"
+    write(index, 0, 120, step=60)
+    path = index / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["region_search"]["metric"] == region_index.METRIC
+    del manifest["region_search"]["metric"]
+    path.write_text(json.dumps(manifest))
+    _, stored = answers(index)
+    assert not stored
+    write(index, 120, 121, step=1)
+    assert json.loads(path.read_text())["region_search"]["metric"] == region_index.METRIC
+    assert answers(index)[1]
+
+
+def test_the_metric_is_the_descriptors_own_units_scaled_by_one_number():
+    """Every coordinate is divided by the same number (no coordinate counts more because the
+    archive barely varies in it), chosen so that two regions drawn at random are 2·D apart in
+    squared distance; moments of parts give the metric of the whole."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4000, DIM)) * np.linspace(0.01, 5.0, DIM) + 3.0
+    metric = region_index.RegionMetric.fit(x)
+    np.testing.assert_allclose(metric.matrix, np.eye(DIM) * metric.matrix[0, 0], rtol=1e-6)
+    a, b = metric(x[:2000]), metric(x[2000:])
+    assert abs(((a - b) ** 2).sum(axis=1).mean() / (2 * DIM) - 1.0) < 0.05
+    parts = region_index.sum_moments([region_index.moments(x[:1500]), region_index.moments(x[1500:])], DIM)
+    whole = region_index.RegionMetric.from_moments(*parts)
+    np.testing.assert_allclose(whole.matrix, metric.matrix, rtol=1e-5)
+    np.testing.assert_allclose(whole.mean, metric.mean, rtol=1e-5)
+    # the nearest neighbour in this metric is the Euclidean one in the descriptors' units
+    q = x[:50] + rng.standard_normal((50, DIM)) * 0.1
+    raw = ((q[:, None] - x[None]) ** 2).sum(-1).argmin(1)
+    scaled = ((metric(q)[:, None] - metric(x)[None]) ** 2).sum(-1).argmin(1)
+    assert (raw == scaled).all()
 
 
 def test_delete_compact_and_repair_keep_the_structure_right(tmp_path):
