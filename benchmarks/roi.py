@@ -16,6 +16,10 @@ other, on the same rows and candidates:
 - crop baselines ``thumbnail:16``, ``random``, ``classic``: every indexed region and the query box cut
   out, resampled to 64 px in the index encoder's window, embedded, best region per item.
 
+**Field of view.** Every box with a shorter side of at least ``FOV_MIN_SIDE`` px is queried again from its
+frame resampled by each of ``FOV_ZOOMS`` (linear, PixelSpacing scaled, the box scaled and rounded): the
+share of the original query's top 5 found, and how often the top 1 is the same.
+
 Region descriptors do not depend on the slice encoder, so region search gives one figure per seed
 (checked equal on both indexes); the crop baselines depend only on the window, which both encoders share.
 
@@ -63,6 +67,9 @@ GOAL_CROP = 0.10
 GOAL_BYTES = 4.0
 GOAL_LATENCY = 2.0
 K = 5
+#: Field of view: resampling factors, and the boxes queried (shorter side at least this many pixels).
+FOV_ZOOMS = (0.75, 1.25)
+FOV_MIN_SIDE = 8
 LATENCY_K = 10
 
 
@@ -136,6 +143,9 @@ def quality_seed(seed: int, work: Path, recipe: Path, args) -> dict:
     out["crop_baselines"] = {n: metrics(default["baselines"][n]) for n in CROP_BASELINES}
     out["crop"] = default["baselines"]["crop"]
     out["n_queries_without_relevant"] = default["n_queries_without_relevant"]
+    with Engine.open(work / f"index-{seed}-default") as engine:
+        out["field_of_view"] = field_of_view(engine, boxes)
+    log(f"seed {seed} field of view: {out['field_of_view']}")
     best = max(CROP_BASELINES, key=lambda n: out["crop_baselines"][n]["map_at_k"])
     out["best_crop_baseline"] = best
     region = out["region"]["map_at_k"]
@@ -143,6 +153,50 @@ def quality_seed(seed: int, work: Path, recipe: Path, args) -> dict:
                    "over_whole_trained": round(region - out["whole_slice"]["trained"]["map_at_k"], 4),
                    "over_best_crop": round(region - out["crop_baselines"][best]["map_at_k"], 4)}
     return out
+
+
+def resampled(item, zoom: float):
+    """The same frame at another field of view: pixels resampled by ``zoom`` (linear), PixelSpacing scaled."""
+    from scipy import ndimage
+
+    from medcbir.imaging.items import Item
+
+    pixels = np.asarray(item.pixels, dtype=np.float32)
+    out = np.round(ndimage.zoom(pixels, zoom, order=1))
+    spacing = tuple(float(v) * pixels.shape[0] / out.shape[0] for v in item.meta.pixel_spacing)
+    return Item(dataclasses.replace(item.meta, pixel_spacing=spacing), out.astype(np.float32))
+
+
+def field_of_view(engine, boxes_csv: Path) -> dict:
+    """Each lesion box with a shorter side of at least FOV_MIN_SIDE px, queried from its frame resampled by
+    each of FOV_ZOOMS (box scaled and rounded): the share of the original query's top 5 it finds, and how
+    often its top 1 is the original's."""
+    import csv
+
+    from medcbir.engine.region_search import _query_item
+
+    meta = engine.meta(engine.ids)
+    sources = {m["sop_instance_uid"]: m["source"] for m in meta}
+    patient = {m["sop_instance_uid"]: m["patient_pseudonym"] for m in meta}
+    per_patient: dict = {}
+    for m in meta:
+        per_patient[m["patient_pseudonym"]] = per_patient.get(m["patient_pseudonym"], 0) + 1
+    rows = [r for r in csv.DictReader(open(boxes_csv)) if min(int(r["w"]), int(r["h"])) >= FOV_MIN_SIDE and r["sop_instance_uid"] in sources]
+    shared: dict = {z: [] for z in FOV_ZOOMS}
+    top1: dict = {z: [] for z in FOV_ZOOMS}
+    for r in rows:
+        item, _ = _query_item(engine, sources[r["sop_instance_uid"]])
+        x, y, w, h = (int(r[c]) for c in "xywh")
+        same = [n.id for n in engine.search(item, K, roi=(x, y, w, h), exclude="same-patient")[0]]
+        for z in FOV_ZOOMS:
+            box = (round(x * z), round(y * z), max(1, round(w * z)), max(1, round(h * z)))
+            other = [n.id for n in engine.search(resampled(item, z), K, roi=box, exclude="same-patient")[0]]
+            shared[z].append(len(set(same) & set(other)) / K)
+            top1[z].append(bool(same and other and same[0] == other[0]))
+    candidates = [len(meta) - per_patient[patient[r["sop_instance_uid"]]] for r in rows]
+    return {"queries": len(rows), "min_side": FOV_MIN_SIDE, "chance": round(float(np.mean([K / c for c in candidates])), 4) if rows else None,
+            "top5_shared": {str(z): round(float(np.mean(v)), 4) for z, v in shared.items()},
+            "top1_same": {str(z): round(float(np.mean(v)), 4) for z, v in top1.items()}}
 
 
 # ---------------------------------------------------------------------------------------- scale
@@ -332,6 +386,15 @@ def markdown(data: dict) -> str:
                  f"{mean(lambda r: r['whole_slice']['trained']['map_at_k']):.3f} | "
                  + " | ".join(f"{mean(lambda r, n=n: r['crop_baselines'][n]['map_at_k']):.3f}" for n in ("thumbnail:16", "random", "classic"))
                  + " |")
+    zooms = list(runs[0]["field_of_view"]["top5_shared"])
+    lines += ["", f"Field of view: each box with a shorter side ≥ {runs[0]['field_of_view']['min_side']} px "
+              f"({', '.join(str(r['field_of_view']['queries']) for r in runs)} per seed) queried again from its frame resampled to "
+              + " and ".join(f"{float(z):g}×" for z in zooms) + " its matrix (linear, PixelSpacing scaled, box scaled): share of the "
+              "original query's top 5 found " + ", ".join(
+                  f"{float(z):g}× {mean(lambda r, z=z: r['field_of_view']['top5_shared'][z]):.3f} (seeds "
+                  + " / ".join(f"{r['field_of_view']['top5_shared'][z]:.3f}" for r in runs) + ")" for z in zooms)
+              + "; the same top 1 " + ", ".join(f"{float(z):g}× {mean(lambda r, z=z: r['field_of_view']['top1_same'][z]):.2f}" for z in zooms)
+              + f". (K items drawn at random from the other patients' slices would share {mean(lambda r: r['field_of_view']['chance']):.3f} of them.)"]
     classes = sorted(runs[0]["region"]["per_class_map"])
     lines += ["", "MAP@5 per lesion kind (mean of seeds): " + "; ".join(
         f"{c} region {mean(lambda r, c=c: r['region']['per_class_map'].get(c, 0.0)):.3f} / whole slice "
