@@ -6,12 +6,13 @@ the same way and ranks the index's *regions*; each item is answered once, with i
 region, and the usual filters (exclusion, modality/body part/series/study, per-series cap, the
 query's own item) apply to the items.
 
-Descriptors are compared by Euclidean distance in their own units (tens of Hounsfield units,
-fractions, log-mm), centred and divided by one number, the root of the regions' mean variance
-(:class:`RegionMetric`): every measured property counts by its physical size, and scores mean the
-same in every archive. (Until ``scaled-v1`` the descriptors were whitened: then the directions the
-archive barely varies in, such as the sum of the rim harmonics, counted most, and a lesion seen at
-another field of view moved further than the distance to its neighbours.) The
+Descriptors are compared by Euclidean distance after whitening with a floor
+(:class:`RegionMetric`): centred, rotated onto their principal axes, each axis divided by its
+spread, or by the mean spread of all axes when its own is smaller. Large differences of level
+(fat, soft tissue, bone) then do not swamp size, texture and shape, and directions the archive
+barely varies in, such as the sum of the rim harmonics, are not blown up into the largest
+coordinates, as plain whitening (the metric before ``floored-v1``) did: a lesion seen at another
+field of view then moved further than the distance to its neighbours. The
 statistics come from the moments of all of the index's regions, stored per shard when shards are
 committed (:mod:`medcbir.indexer.region_index`; parts add up: a sharded engine gets the same
 numbers), so they follow the archive as it grows, and any two processes opening one generation

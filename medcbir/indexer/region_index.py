@@ -69,8 +69,8 @@ log = logging.getLogger(__name__)
 #: Layout of the stored structure (``region_search.format``).
 FORMAT = 1
 #: The distance regions are compared by (``region_search.metric``; a structure made for another is
-#: not used): Euclidean in the descriptor's own units, scaled by one number (:class:`RegionMetric`).
-METRIC = "scaled-v1"
+#: not used): Euclidean after whitening with the spectrum floored at its mean (:class:`RegionMetric`).
+METRIC = "floored-v1"
 #: Exact search up to this many regions; above, an IVF index.
 FLAT_MAX = 1 << 20
 #: recall@10 the IVF probe count must reach on a sample of the index's own regions.
@@ -88,16 +88,19 @@ Moments = tuple[int, np.ndarray, np.ndarray]
 class RegionMetric:
     """``x → (x − mean) @ matrix``: what region descriptors are compared in (Euclidean distance).
 
-    From the moments (:meth:`from_moments`): centred, and every coordinate divided by one number,
-    the root of the regions' mean variance, so two regions drawn at random are ``2 · dim`` apart
-    in squared distance whatever the archive. The descriptor's coordinates are in physical units
-    (tens of Hounsfield units, fractions of the structure, log-mm), which makes them commensurate
-    as they are. Whitening them (the metric before ``scaled-v1``: PCA with shrinkage) divided each
-    principal direction by its spread, so the directions the archive barely varies in counted most:
-    the sum of the two rim harmonics had 1/7000 of the largest direction's variance and, after
-    whitening, more than half of the distance between a lesion and the same lesion at another
-    field of view. Measured on phantom v3 (``docs/regions.md``): lesion-kind MAP@5 rose and a
-    lesion queried at another field of view kept most of its top 5.
+    From the moments (:meth:`from_moments`): centred and rotated onto their principal axes; each
+    axis is divided by the root of its variance, or of the mean variance of all axes when its own
+    is smaller (the spectrum floored at its mean), then all by one number so that two regions drawn
+    at random are ``2 · dim`` apart in squared distance whatever the archive.
+
+    Directions of large variance (absolute levels from fat to bone) are evened out, as whitening
+    does, so they do not swamp size, texture and shape. Directions of small variance are not blown
+    up: plain whitening (the metric before ``floored-v1``, with 0.2 shrinkage) divided each by its
+    own spread, so the directions the archive barely varies in counted most; the sum of the two rim
+    harmonics had 1/7000 of the largest direction's variance and, whitened, more than half of the
+    distance between a lesion and the same lesion at another field of view. Measured on phantom v3
+    (``docs/regions.md``, "Search"): lesion-kind MAP@5 rose and a lesion queried at another field
+    of view kept most of its top 5, where whitening kept fewer than half.
     """
 
     mean: np.ndarray
@@ -115,9 +118,16 @@ class RegionMetric:
         if n < 2:
             return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
         mean = total / n
-        variance = float(np.trace(scatter - n * np.outer(mean, mean))) / ((n - 1) * dim)
-        scale = 1.0 / math.sqrt(variance) if variance > 1e-12 else 1.0
-        return cls(mean.astype(np.float32), (np.eye(dim) * scale).astype(np.float32))
+        cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
+        values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+        values = np.maximum(values, 0.0)
+        floor = float(values.mean())
+        if floor <= 1e-12:
+            return cls(mean.astype(np.float32), np.eye(dim, dtype=np.float32))
+        spread = np.maximum(values, floor)
+        # expected squared distance of two random regions: 2 Σ λ / max(λ, floor); scaled to 2·dim
+        scale = math.sqrt(dim / float((values / spread).sum()))
+        return cls(mean.astype(np.float32), (vectors / np.sqrt(spread)[None, :] * scale).astype(np.float32))
 
     def __call__(self, descriptors: np.ndarray) -> np.ndarray:
         x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.mean.shape[0])
