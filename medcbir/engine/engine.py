@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,6 +38,10 @@ NEIGHBOUR_BATCH = 1024
 def _check_encoder(encoder, info: dict) -> None:
     """Refuse an encoder whose fingerprint differs from the one the index records."""
     check_compatible(encoder, info.get("fingerprint", ""), info.get("preprocessing"))
+
+
+#: Columns :meth:`Engine.warm` builds: what a UID query with ``exclude=same-patient`` needs.
+WARM_COLUMNS = ("sop_instance_uid", "patient_pseudonym")
 
 
 class Engine:
@@ -559,6 +564,26 @@ class Engine:
         if k and n and bool((ids[:, -1] < 0).any()):  # FAISS pads with -1 when fewer than k are admissible
             out = [[nb for nb in hits if nb.id >= 0] if hits[-1].id < 0 else hits for hits in out]
         return out
+
+    def warm(self, columns=WARM_COLUMNS) -> threading.Thread:
+        """Build, in a background thread, the column codes the first queries would otherwise build:
+        the SOP Instance UID lookup (a UID query) and the patient hashes (``exclude=same-patient``).
+        At 10M items that is about 3 s a query would wait for; a long-lived server (the Orthanc
+        plugin) calls this right after opening. A query arriving meanwhile waits for the column it
+        needs (the codes are built under the columns' lock, once). Returns the (daemon) thread.
+        """
+        def build() -> None:
+            for name in columns:
+                try:
+                    if name in self.columns:
+                        self.columns.codes(name)
+                except Exception as exc:  # noqa: BLE001 - an optimisation: the query builds it, or reports the error
+                    log.debug("warming %s: %s: %s", name, exc.__class__.__name__, exc)
+                    return
+
+        thread = threading.Thread(target=build, name="medcbir-warm", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         """Release the shard files (the engine must not be searched afterwards)."""

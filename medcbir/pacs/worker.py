@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                       waiting=settings.explain_queue, scratch=worker.tmp / "explain")
     threading.Thread(target=worker.serve, args=(listener,), daemon=True).start()
     print(f"READY {listener.address}", flush=True)
+    threading.Thread(target=worker.preopen, name="preopen", daemon=True).start()
     _watch_parent(worker, args.parent)
 
     # torch/faiss threads: the worker shares the machine with Orthanc.
