@@ -11,6 +11,9 @@ On phantom v3 archives (``make_archive(..., version=3)``; lesions of four kinds,
   (RRA), relevance mass accuracy, pointing game and AUPRC, beside the trivial region maps (centre of
   the matched box, intensity, edges, noise; same neighbourhood), exactly as
   ``medcbir explain-eval INDEX --masks-file masks.h5 --roi-boxes lesion-boxes.csv`` does;
+- the same maps scored for faithfulness to the match score, with no mask (deletion ↓ and insertion ↑
+  areas: the map's top pixels take the local background, or are restored from it;
+  :mod:`medcbir.explain.region_faithfulness`), beside the trivial maps' on the same neighbours;
 - the goal: RRA of the region-match explanation (RELAX, what ``explain --roi`` runs) minus the best
   trivial map's > 0, on every seed; the per-neighbour paired difference with a bootstrap 95 % interval;
 - time per explained neighbour: the maps alone (the scoring loop), and end to end
@@ -79,8 +82,11 @@ def measure(seed: int, args, work: Path) -> dict:
     for name, row in result["methods"].items():
         best_name = row["best_trivial"]["rank_accuracy"]
         diff = np.asarray(row["per_neighbour"]["rank_accuracy"]) - np.asarray(result["trivial"][best_name]["per_neighbour"]["rank_accuracy"])
+        best_del = row["best_trivial"]["deletion_auc"]
+        del_diff = np.asarray(result["trivial"][best_del]["per_neighbour"]["deletion_auc"]) - np.asarray(row["per_neighbour"]["deletion_auc"])
         out["methods"][name] = {**{k: round(row[k], 4) for k in REGION_KEYS}, "margin": {k: round(v, 4) for k, v in row["margin"].items()},
                                 "best_trivial": row["best_trivial"], "rra_margin_interval": [round(v, 4) for v in paired_interval(diff, seed)],
+                                "deletion_margin_interval": [round(v, 4) for v in paired_interval(del_diff, seed)],
                                 "seconds_per_neighbour": round(row["seconds_per_neighbour"], 4)}
     for name, row in result["trivial"].items():
         out["trivial"][name] = {k: round(row[k], 4) for k in REGION_KEYS}
@@ -98,6 +104,10 @@ def summarise(runs: list[dict]) -> dict:
         "by_method": {m: {"rra": round(float(np.mean([r["methods"][m]["rank_accuracy"] for r in runs])), 4),
                           "rra_margin": round(float(np.mean([r["methods"][m]["margin"]["rank_accuracy"] for r in runs])), 4),
                           "rma_margin": round(float(np.mean([r["methods"][m]["margin"]["mass_accuracy"] for r in runs])), 4),
+                          "deletion_margin": round(float(np.mean([r["methods"][m]["margin"]["deletion_auc"] for r in runs])), 4),
+                          "insertion_margin": round(float(np.mean([r["methods"][m]["margin"]["insertion_auc"] for r in runs])), 4),
+                          "deletion_margin_worst": round(float(np.min([r["methods"][m]["margin"]["deletion_auc"] for r in runs])), 4),
+                          "insertion_margin_worst": round(float(np.min([r["methods"][m]["margin"]["insertion_auc"] for r in runs])), 4),
                           "seconds_per_neighbour": round(float(np.mean([r["methods"][m]["seconds_per_neighbour"] for r in runs])), 4)}
                       for m in METHODS},
         "best_trivial_names": sorted({r["methods"][GOAL_METHOD]["best_trivial"]["rank_accuracy"] for r in runs}),
@@ -107,8 +117,12 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+#: Faithfulness areas (printed with one more decimal: the maps of one neighbour differ by little).
+FAITHFUL = ("deletion_auc", "insertion_auc")
+
+
 def markdown(runs: list[dict], summary: dict, args) -> str:
-    heads = {"rank_accuracy": "RRA↑", "mass_accuracy": "RMA↑", "pointing_game": "PG↑", "auprc": "AUPRC↑"}
+    heads = {"rank_accuracy": "RRA↑", "mass_accuracy": "RMA↑", "pointing_game": "PG↑", "auprc": "AUPRC↑", "deletion_auc": "Del↓", "insertion_auc": "Ins↑"}
     lines = [
         f"Phantom v3 ({args.patients} patients × {args.slices} slices, {args.size} px; seeds {', '.join(str(r['seed']) for r in runs)}). "
         f"Per seed {args.queries} box queries from `lesion-boxes.csv` (shorter side ≥ {args.min_side} px, kinds in turn), top-{args.k} region "
@@ -116,16 +130,16 @@ def markdown(runs: list[dict], summary: dict, args) -> str:
         f"(RELAX {args.masks} masks, occlusion) and scored on that lesion's mask beside the trivial region maps (same neighbourhood).",
         "",
         "| seed | map | " + " | ".join(heads.values()) + " | RRA margin (95 % CI) | s / neighbour |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|" + "---|" * len(heads) + "---|---|",
     ]
     for r in runs:
         for name, row in r["methods"].items():
             lo, hi = row["rra_margin_interval"]
-            lines.append(f"| {r['seed']} | **{name}** | " + " | ".join(f"{row[k]:.3f}" for k in heads)
+            lines.append(f"| {r['seed']} | **{name}** | " + " | ".join(f"{row[k]:.{4 if k in FAITHFUL else 3}f}" for k in heads)
                          + f" | {row['margin']['rank_accuracy']:+.3f} ({lo:+.3f}…{hi:+.3f}) vs {row['best_trivial']['rank_accuracy']} | "
                            f"{row['seconds_per_neighbour']:.3f} |")
         for name, row in r["trivial"].items():
-            lines.append(f"| {r['seed']} | {name} | " + " | ".join(f"{row[k]:.3f}" for k in heads) + " | | |")
+            lines.append(f"| {r['seed']} | {name} | " + " | ".join(f"{row[k]:.{4 if k in FAITHFUL else 3}f}" for k in heads) + " | | |")
     s = summary
     verdict = "met" if s["met"] else f"missed by {-s['rra_margin_worst']:.3f} RRA on the worst seed (mean margin {s['rra_margin_mean']:+.3f})"
     lines += [
@@ -134,6 +148,13 @@ def markdown(runs: list[dict], summary: dict, args) -> str:
         f"Mean RRA: relax {s['by_method']['relax']['rra']:.3f}, occlusion {s['by_method']['occlusion']['rra']:.3f}, best trivial map "
         f"{s['best_trivial_rra']:.3f}. RMA margins: relax {s['by_method']['relax']['rma_margin']:+.3f}, occlusion "
         f"{s['by_method']['occlusion']['rma_margin']:+.3f}.",
+        "",
+        "Faithfulness to the match score (no mask; margins over the best trivial map, positive = better, mean of seeds / worst seed): "
+        + "; ".join(f"{m} deletion {s['by_method'][m]['deletion_margin']:+.4f} / {s['by_method'][m]['deletion_margin_worst']:+.4f}, insertion "
+                    f"{s['by_method'][m]['insertion_margin']:+.4f} / {s['by_method'][m]['insertion_margin_worst']:+.4f}" for m in METHODS)
+        + ". Deletion margin of relax per seed (paired 95 % interval): " + ", ".join(
+            f"{r['methods']['relax']['margin']['deletion_auc']:+.4f} ({r['methods']['relax']['deletion_margin_interval'][0]:+.4f}…"
+            f"{r['methods']['relax']['deletion_margin_interval'][1]:+.4f}) vs {r['methods']['relax']['best_trivial']['deletion_auc']}" for r in runs) + ".",
         "",
         f"Time per explained neighbour (2 shared cores): maps alone relax {s['by_method']['relax']['seconds_per_neighbour']:.3f} s, "
         f"occlusion {s['by_method']['occlusion']['seconds_per_neighbour']:.3f} s; end to end (`explain_region_match`, region search + "

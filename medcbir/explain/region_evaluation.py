@@ -17,10 +17,12 @@ beside **trivial region maps** that ignore the query and the descriptor, on the 
     edges      its Sobel gradient magnitude: "contours matter";
     noise      uniform random values (seeded): chance.
 
+The same maps are also scored for **faithfulness** to the match score, with no mask needed:
+deletion and insertion areas (:mod:`medcbir.explain.region_faithfulness`: the map's top pixels
+take the local background, or are restored from it, and the region is described and scored again).
+
 Each method's margin over the best trivial map per metric comes from
 :func:`medcbir.explain.evaluation.scoring.margins` (positive = better than every trivial map).
-Perturbation metrics (deletion/insertion, ADC/PIC) are the encoder's in ``explain-eval``; they
-are not computed here.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from medcbir.engine import Engine
 from medcbir.engine.region_search import RegionIndex, resolve_region_query
 from medcbir.errors import ConfigError, DecodeError
 from medcbir.explain import metrics as M
+from medcbir.explain import region_faithfulness
 from medcbir.explain.evaluation.scoring import HEADERS, margins
-from medcbir.explain.regions import REGION_METHODS, MatchScore, check_region_method, region_match_maps
+from medcbir.explain.regions import REGION_METHODS, MatchScore, Neighbourhood, check_region_method, region_match_maps
 
 #: Localisation metrics scored on region maps: (key, function).
 REGION_METRICS = (
@@ -46,7 +49,8 @@ REGION_METRICS = (
     ("pointing_game", M.pointing_game),
     ("auprc", M.localisation_auprc),
 )
-REGION_KEYS = tuple(key for key, _ in REGION_METRICS)
+#: Localisation keys, then the faithfulness keys (deletion ↓, insertion ↑).
+REGION_KEYS = tuple(key for key, _ in REGION_METRICS) + region_faithfulness.KEYS
 TRIVIAL_REGION_MAPS = ("centre", "intensity", "edges", "noise")
 BOX_COLUMNS = ("sop_instance_uid", "x", "y", "w", "h")
 #: A matched box holds a lesion when their overlap is at least this share of the smaller.
@@ -139,6 +143,14 @@ def score_map(heat: np.ndarray, truth: np.ndarray) -> dict:
     return {key: float(fn(heat, truth)) for key, fn in REGION_METRICS}
 
 
+def _score_into(scores: dict, heat: np.ndarray, truth: np.ndarray, hood, score) -> None:
+    """Append a map's localisation (on ``truth``) and faithfulness (on the match score) to ``scores``."""
+    for key, value in score_map(heat, truth).items():
+        scores[key].append(value)
+    for key, value in region_faithfulness.faithfulness(hood, score, region_faithfulness.to_neighbourhood(hood, heat)).items():
+        scores[key].append(value)
+
+
 def _mean(values) -> float | None:
     vals = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(vals)) if vals else None
@@ -168,6 +180,7 @@ def evaluate_region_explanations(engine, boxes, masks_file, methods=REGION_METHO
     """
     import h5py
 
+    from medcbir.encoders.region_image import region_image
     from medcbir.explain.runner import decode_item
 
     for name in methods:
@@ -218,20 +231,20 @@ def evaluate_region_explanations(engine, boxes, masks_file, methods=REGION_METHO
                 decode_seconds += time.perf_counter() - t0
                 boxes_kept = [neighbours[i].region for i in keep]
                 score = MatchScore(regions.metric, regions.metric(resolved.descriptor)[0])
+                hoods = [Neighbourhood.around(image, image.to_grid(box)) for image, box in
+                         ((region_image(item), box) for item, box in zip(items, boxes_kept))]
                 windows = None
                 for name in methods:
                     t0 = time.perf_counter()
                     maps, _, windows = region_match_maps(items, boxes_kept, score, name, n_masks=n_masks, seed=seed)
                     seconds[name] += time.perf_counter() - t0
-                    for heat, i in zip(maps, keep):
-                        for key, value in score_map(heat, truths[i]).items():
-                            per[name][key].append(value)
+                    for heat, i, hood in zip(maps, keep, hoods):
+                        _score_into(per[name], heat, truths[i], hood, score)
                 for j, (item, i) in enumerate(zip(items, keep)):
                     frame = np.asarray(item.pixels, dtype=np.float32)
                     for name in trivial:
                         heat = trivial_region_map(name, frame, neighbours[i].region, windows[j], seed=seed + scored + j)
-                        for key, value in score_map(heat, truths[i]).items():
-                            per[name][key].append(value)
+                        _score_into(per[name], heat, truths[i], hoods[j], score)
                 scored += len(keep)
     finally:
         if opened:

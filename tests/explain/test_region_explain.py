@@ -199,6 +199,10 @@ def test_explain_eval_scores_region_maps_beside_trivial_maps(v3, tmp_path, capsy
     for row in result["methods"].values():
         best = max(result["trivial"][t]["rank_accuracy"] for t in result["trivial"])
         assert row["margin"]["rank_accuracy"] == pytest.approx(row["rank_accuracy"] - best)
+        # faithfulness to the match score: deletion (lower is better) and insertion areas, beside the trivial maps'
+        lowest = min(result["trivial"][t]["deletion_auc"] for t in result["trivial"])
+        assert 0 < row["deletion_auc"] <= 1 and 0 < row["insertion_auc"] <= 1  # areas of the match score, in (0, 1]
+        assert row["margin"]["deletion_auc"] == pytest.approx(lowest - row["deletion_auc"])
     assert "margin over the best trivial map" in out
     # the index keeps the evaluation, and a region explanation on it quotes it (not the whole-image one)
     relax = result["methods"]["relax"]
@@ -215,6 +219,35 @@ def test_explain_eval_scores_region_maps_beside_trivial_maps(v3, tmp_path, capsy
     code = main(["explain-eval", str(v3["index"]), "--masks-file", str(archive / "masks.h5"), "--roi-boxes", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "lacks column(s) w, h" in err[0], err
+
+
+def test_deletion_and_insertion_score_a_map_against_the_match_score():
+    """The curves start and end where they must (the neighbourhood as it is, all background), a
+    map carried to the stored grid and back is the same map, and on a synthetic match the map that
+    ranks the structure first deletes the score faster, and restores it faster, than its reverse."""
+    from medcbir.explain import region_faithfulness as RF
+    from medcbir.explain.regions import MatchScore, relax_map
+    from medcbir.indexer.region_index import RegionMetric
+
+    rng = np.random.default_rng(1)
+    pixels = rng.normal(40, 5, (96, 96)).astype(np.float32)
+    pixels[40:52, 44:56] += 120  # a bright structure
+    image = region_image(Item(ItemMeta(sop_instance_uid="x", modality="CT", pixel_spacing=(1.4, 1.4)), pixels))
+    box = image.to_grid((44, 40, 12, 12))
+    hood = Neighbourhood.around(image, box)
+    others = rng.normal(0, 1, (400, region_descriptor.DIM)).astype(np.float32) + hood.describe(hood.crop[None])
+    metric = RegionMetric.fit(others)
+    score = MatchScore(metric, metric(hood.describe(hood.crop[None]))[0] + 0.3)
+    heat = relax_map(hood, score, n_masks=128)
+    deletion, insertion = RF.curves(hood, score, heat, steps=8)
+    full, empty = score(hood.describe(np.stack([hood.crop, hood.background])))
+    assert deletion[0] == pytest.approx(full) and deletion[-1] == pytest.approx(empty)
+    assert insertion[0] == pytest.approx(empty) and insertion[-1] == pytest.approx(full)
+    np.testing.assert_allclose(RF.to_neighbourhood(hood, hood.to_stored(heat))[2:-2, 2:-2], heat[2:-2, 2:-2], atol=0.05 * np.abs(heat).max())
+    good, bad = RF.faithfulness(hood, score, heat), RF.faithfulness(hood, score, -heat)
+    assert good["deletion_auc"] < bad["deletion_auc"] and good["insertion_auc"] > bad["insertion_auc"]
+    with pytest.raises(ValueError):
+        RF.curves(hood, score, heat[1:])
 
 
 def test_the_public_api_explains_a_region_match(v3):
