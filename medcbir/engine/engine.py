@@ -566,19 +566,23 @@ class Engine:
         return out
 
     def warm(self, columns=WARM_COLUMNS) -> threading.Thread:
-        """Build, in a background thread, the column codes the first queries would otherwise build:
-        the SOP Instance UID lookup (a UID query) and the patient hashes (``exclude=same-patient``).
-        At 10M items that is about 3 s a query would wait for; a long-lived server (the Orthanc
+        """Build, in a background thread, what the first queries would otherwise build: the SOP
+        Instance UID lookup (a UID query), the patient hashes (``exclude=same-patient``), the
+        shards' string widths (reading metadata rows) and the stored rows' memory maps (re-ranking).
+        At 10M items that is seconds a query would wait for; a long-lived server (the Orthanc
         plugin) calls this right after opening. A query arriving meanwhile waits for the column it
         needs (the codes are built under the columns' lock, once). Returns the (daemon) thread.
         """
+        steps = [(name, lambda name=name: self.columns.codes(name)) for name in columns if name in self.columns]
+        steps += [("string widths", getattr(self.columns, "prepare", None)), ("stored rows", getattr(self.store, "prepare_reads", None))]
+
         def build() -> None:
-            for name in columns:
+            for what, step in steps:
                 try:
-                    if name in self.columns:
-                        self.columns.codes(name)
+                    if step is not None:
+                        step()
                 except Exception as exc:  # noqa: BLE001 - an optimisation: the query builds it, or reports the error
-                    log.debug("warming %s: %s: %s", name, exc.__class__.__name__, exc)
+                    log.debug("warming %s: %s: %s", what, exc.__class__.__name__, exc)
                     return
 
         thread = threading.Thread(target=build, name="medcbir-warm", daemon=True)

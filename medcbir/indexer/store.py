@@ -357,6 +357,10 @@ class IndexStore:
             out[where[order]] = block[inverse]
         return out
 
+    def prepare_reads(self) -> None:
+        """Map every shard's stored embeddings now (the first re-rank of a query does otherwise)."""
+        self._mapped()
+
     def _mapped(self) -> list:
         """Each shard's stored ``embeddings`` as a read-only numpy memory map of the file (the
         dataset is contiguous: no chunks, no filter), or its h5py dataset where HDF5 gives no

@@ -253,14 +253,16 @@ def test_prior_matches_the_modality_without_regard_to_case(index, truth):
 
 
 def test_warming_builds_what_the_first_uid_query_needs_and_changes_no_answer(index, truth):
-    """``Engine.warm`` (the plugin calls it at start) builds the UID lookup and the patient hashes in
-    a thread: the first query then builds nothing, and answers as an engine that was not warmed."""
+    """``Engine.warm`` (the plugin calls it at start) builds the UID lookup, the patient hashes, the
+    shards' string widths and the stored rows' maps in a thread: the first query then builds
+    nothing, and answers as an engine that was not warmed."""
     query = [str(truth["sop_instance_uid"][100])]
     with Engine.open(index) as cold:
         expected = [(h.id, h.score) for h in cold.search(query, k=10, exclude="same-patient")[0]]
     with Engine.open(index) as engine:
         engine.warm().join(30)
         assert set(engine.columns.held()) == {"sop_instance_uid", "patient_pseudonym"}
+        assert set(engine.columns._widths) == set(engine.columns) and engine.store._maps is not None  # widths read, rows mapped
         built = dict(engine.columns._codes)
         assert [(h.id, h.score) for h in engine.search(query, k=10, exclude="same-patient")[0]] == expected
         assert all(engine.columns._codes[name] is codes for name, codes in built.items())  # nothing rebuilt
