@@ -45,6 +45,10 @@ from medcbir.indexer import region_index
 from medcbir.indexer.region_index import (FLAT_MAX, METRIC, TARGET_RECALL, RegionMetric, StoredIVF,  # noqa: F401 - part of this module's API
                                           build_region_index, moments)
 
+#: At least this share of the items admissible: a region query searches every region and drops the
+#: inadmissible hits; below it, a FAISS selector over the regions keeps them out of the search.
+POSTFILTER_SHARE = 0.5
+
 
 def check_regions(store) -> None:
     """ConfigError naming the fix when ``store`` has no regions, or regions another region recipe made."""
@@ -185,16 +189,24 @@ class RegionIndex:
         """
         if not len(self.item_ids):
             return []
-        region_mask = admissible[self.item_ids]
-        total = int(np.count_nonzero(region_mask))
-        if total == 0:
-            return []
-        selection = Selection(region_mask)
+        share = float(np.count_nonzero(admissible)) / max(1, len(admissible))
         keep: list = []
-        params = faiss.SearchParametersIVF(sel=selection.selector, nprobe=self.index.nprobe) \
-            if isinstance(self.index, faiss.IndexIVF) else faiss.SearchParameters(sel=selection.selector)
-        keep.append(selection)
-        fetch = min(total, max(4 * k, 64))
+        if share >= POSTFILTER_SHARE:
+            # Most items admissible (the usual case: only the query's patient or study left out):
+            # search every region and drop the inadmissible hits, instead of building a selector
+            # over every region for one query (a gather and a bitmap over millions of regions).
+            region_mask, total = None, len(self.item_ids)
+            params = faiss.SearchParametersIVF(nprobe=self.index.nprobe) if isinstance(self.index, faiss.IndexIVF) else None
+        else:
+            region_mask = admissible[self.item_ids]
+            total = int(np.count_nonzero(region_mask))
+            if total == 0:
+                return []
+            selection = Selection(region_mask)
+            keep.append(selection)
+            params = faiss.SearchParametersIVF(sel=selection.selector, nprobe=self.index.nprobe) \
+                if isinstance(self.index, faiss.IndexIVF) else faiss.SearchParameters(sel=selection.selector)
+        fetch = min(total, max(4 * k, 64) if region_mask is not None else int(max(4 * k, 64) / max(share, 1e-9)) + 1)
         query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         coarse = None
         if self.coarse is not None:  # a stored IVF: lists chosen in its own metric
@@ -209,7 +221,13 @@ class RegionIndex:
                 self.index.search_preassigned_c(1, faiss.swig_ptr(query), fetch, faiss.swig_ptr(coarse),
                                                 faiss.swig_ptr(np.zeros(coarse.shape, np.float32)), faiss.swig_ptr(d),
                                                 faiss.swig_ptr(rows), False, params)
-            hits = _best_per_item(d[0], rows[0], self.item_ids, k, per_series_codes, per_series)
+            found_d, found_rows = d[0], rows[0]
+            if region_mask is None:
+                valid = found_rows >= 0
+                ok = valid.copy()
+                ok[valid] = admissible[self.item_ids[found_rows[valid]]]
+                found_d, found_rows = found_d[ok], found_rows[ok]
+            hits = _best_per_item(found_d, found_rows, self.item_ids, k, per_series_codes, per_series)
             if len(hits) >= k or fetch >= total or rows[0, -1] < 0:
                 break
             fetch = min(total, fetch * 4)

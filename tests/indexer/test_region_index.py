@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -128,6 +129,37 @@ def test_the_ivf_is_trained_on_growth_only_and_new_regions_join_its_lists(tmp_pa
         regions = RegionIndex.open(store)
         row = int(np.flatnonzero(regions.item_ids == 225)[0])
         assert regions.stored and regions.search(regions.vectors_of([row])[0], 1, store.live_mask.copy())[0][0] == 225
+
+
+@pytest.mark.parametrize("flat_max", [1 << 20, 1500])
+def test_dropping_inadmissible_hits_answers_as_the_selector_does(tmp_path, monkeypatch, flat_max):
+    """With most items admissible a region query searches every region and drops the hits of
+    excluded items; with few, a selector keeps them out of the search. Both give the same answers,
+    exact and through a stored IVF, with per-series caps and exclusions of several sizes."""
+    import medcbir.engine.region_search as region_search
+
+    monkeypatch.setattr(region_index, "FLAT_MAX", flat_max)
+    index = tmp_path / "index"
+    write(index, 0, 220, step=55)
+    with IndexStore.open(index) as store:
+        regions = RegionIndex.open(store)
+        assert isinstance(regions.index, faiss.IndexIVF) == (flat_max < 1 << 20)
+        n = int(store.live_mask.shape[0])
+        codes = np.arange(n) // 10  # series of ten items
+        rng = np.random.default_rng(3)
+        cases = []
+        for share in (0.97, 0.6):
+            admissible = rng.random(n) < share
+            for row in (5, 900, 2500):
+                cases.append((regions.vectors_of([row])[0], admissible))
+        answers_by = {}
+        for path, threshold in (("postfilter", 0.0), ("selector", 1.01)):
+            monkeypatch.setattr(region_search, "POSTFILTER_SHARE", threshold)
+            answers_by[path] = [(regions.search(v, 12, adm), regions.search(v, 6, adm, codes, per_series=2)) for v, adm in cases]
+    assert answers_by["postfilter"] == answers_by["selector"]
+    for (plain, capped), (_, adm) in zip(answers_by["postfilter"], cases):
+        assert len(plain) == 12 and all(adm[item] for item, _, _ in plain)
+        assert np.bincount([codes[item] for item, _, _ in capped]).max() <= 2
 
 
 def test_an_ivf_region_index_holds_codes_ids_and_boxes_only_and_keeps_its_recall(tmp_path, monkeypatch):
