@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medcbir.encoders.region_image import region_image
 from medcbir.engine import Engine
 from medcbir.engine.region_search import RegionIndex, resolve_region_query
 from medcbir.errors import ConfigError, DecodeError
@@ -180,7 +181,6 @@ def evaluate_region_explanations(engine, boxes, masks_file, methods=REGION_METHO
     """
     import h5py
 
-    from medcbir.encoders.region_image import region_image
     from medcbir.explain.runner import decode_item
 
     for name in methods:
