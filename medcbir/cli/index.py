@@ -8,7 +8,7 @@ import click
 
 from medcbir.device import Device
 from medcbir.engine import Engine
-from medcbir.engine.region_search import RegionIndex
+from medcbir.engine.region_search import METRIC, RegionIndex
 from medcbir.errors import ConfigError, IndexCorrupt
 from medcbir.indexer import compact as compact_index, delete as delete_items, faiss_index, index_archive, verify as verify_index
 from medcbir.indexer.background import run_due
@@ -230,14 +230,14 @@ def retrain(index_dir, sample, seed, memory_budget=None, as_json=False) -> None:
 def _structure(regions) -> dict:
     """How the region search structure was had at open (``load_s``): ``stored`` (read from the
     index's files) or ``computed`` (an index that does not store it yet: its next commit does),
-    the search index (``Flat``, or ``IVF`` with its lists and probes), and the bytes it holds in
-    memory (``ram_bytes``, and per indexed image)."""
+    the distance regions are compared by (``metric``), the search index (``Flat``, or ``IVF`` with
+    its lists and probes), and the bytes it holds in memory (``ram_bytes``, and per indexed image)."""
     import numpy as np
 
     index = regions.index
     kind = {"index": "IVF", "nlist": int(index.nlist), "nprobe": int(index.nprobe)} if hasattr(index, "nlist") else {"index": "Flat"}
     items = len(np.unique(regions.item_ids)) if len(regions) else 0
-    return {"structure": "stored" if regions.stored else "computed", **kind,
+    return {"structure": "stored" if regions.stored else "computed", "metric": METRIC, **kind,
             "ram_bytes": regions.memory_bytes(), "ram_bytes_per_image": round(regions.memory_bytes() / max(1, items), 1)}
 
 
