@@ -173,7 +173,7 @@ def field_of_view(engine, boxes_csv: Path) -> dict:
     often its top 1 is the original's."""
     import csv
 
-    from medcbir.engine.region_search import _query_item
+    from medcbir.imaging import read_dicom
 
     meta = engine.meta(engine.ids)
     sources = {m["sop_instance_uid"]: m["source"] for m in meta}
@@ -185,7 +185,7 @@ def field_of_view(engine, boxes_csv: Path) -> dict:
     shared: dict = {z: [] for z in FOV_ZOOMS}
     top1: dict = {z: [] for z in FOV_ZOOMS}
     for r in rows:
-        item, _ = _query_item(engine, sources[r["sop_instance_uid"]])
+        item = read_dicom(sources[r["sop_instance_uid"]], key=engine.pseudonym_key)[int(r.get("frame") or 0)]
         x, y, w, h = (int(r[c]) for c in "xywh")
         same = [n.id for n in engine.search(item, K, roi=(x, y, w, h), exclude="same-patient")[0]]
         for z in FOV_ZOOMS:

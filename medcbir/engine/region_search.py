@@ -206,7 +206,8 @@ class RegionIndex:
             keep.append(selection)
             params = faiss.SearchParametersIVF(sel=selection.selector, nprobe=self.index.nprobe) \
                 if isinstance(self.index, faiss.IndexIVF) else faiss.SearchParameters(sel=selection.selector)
-        fetch = min(total, max(4 * k, 64) if region_mask is not None else int(max(4 * k, 64) / max(share, 1e-9)) + 1)
+        fetch = max(4 * k, 64)
+        fetch = min(total, fetch if region_mask is not None else int(fetch / share) + 1)  # dropped hits: fetch more
         query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         coarse = None
         if self.coarse is not None:  # a stored IVF: lists chosen in its own metric

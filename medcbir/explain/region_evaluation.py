@@ -34,14 +34,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medcbir.encoders.region_image import region_image
 from medcbir.engine import Engine
 from medcbir.engine.region_search import RegionIndex, resolve_region_query
 from medcbir.errors import ConfigError, DecodeError
 from medcbir.explain import metrics as M
 from medcbir.explain import region_faithfulness
 from medcbir.explain.evaluation.scoring import HEADERS, margins
-from medcbir.explain.regions import REGION_METHODS, MatchScore, Neighbourhood, check_region_method, region_match_maps
+from medcbir.explain.regions import REGION_METHODS, MatchScore, check_region_method, neighbourhoods, region_match_maps
 
 #: Localisation metrics scored on region maps: (key, function).
 REGION_METRICS = (
@@ -148,7 +147,7 @@ def _score_into(scores: dict, heat: np.ndarray, truth: np.ndarray, hood, score) 
     """Append a map's localisation (on ``truth``) and faithfulness (on the match score) to ``scores``."""
     for key, value in score_map(heat, truth).items():
         scores[key].append(value)
-    for key, value in region_faithfulness.faithfulness(hood, score, region_faithfulness.to_neighbourhood(hood, heat)).items():
+    for key, value in region_faithfulness.faithfulness(hood, score, hood.from_stored(heat)).items():
         scores[key].append(value)
 
 
@@ -231,12 +230,11 @@ def evaluate_region_explanations(engine, boxes, masks_file, methods=REGION_METHO
                 decode_seconds += time.perf_counter() - t0
                 boxes_kept = [neighbours[i].region for i in keep]
                 score = MatchScore(regions.metric, regions.metric(resolved.descriptor)[0])
-                hoods = [Neighbourhood.around(image, image.to_grid(box)) for image, box in
-                         ((region_image(item), box) for item, box in zip(items, boxes_kept))]
+                hoods = neighbourhoods(items, boxes_kept)  # once for every method and trivial map
                 windows = None
                 for name in methods:
                     t0 = time.perf_counter()
-                    maps, _, windows = region_match_maps(items, boxes_kept, score, name, n_masks=n_masks, seed=seed)
+                    maps, _, windows = region_match_maps(items, boxes_kept, score, name, n_masks=n_masks, seed=seed, hoods=hoods)
                     seconds[name] += time.perf_counter() - t0
                     for heat, i, hood in zip(maps, keep, hoods):
                         _score_into(per[name], heat, truths[i], hood, score)

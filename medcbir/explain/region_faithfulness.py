@@ -28,25 +28,12 @@ described in one batch.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-
 from medcbir.explain.metrics._common import descending_order
 
 #: Steps T of the deletion and insertion paths.
 STEPS = 16
 #: The keys these metrics add to a region explanation's scores (``medcbir.explain.evaluation.scoring``'s).
 KEYS = ("deletion_auc", "insertion_auc")
-
-
-def to_neighbourhood(hood, stored_map: np.ndarray) -> np.ndarray:
-    """A map over the neighbour's stored frame → float32 over the neighbourhood on the region grid
-    (linear; the inverse of :meth:`~medcbir.explain.regions.Neighbourhood.to_stored`)."""
-    stored_map = np.asarray(stored_map, dtype=np.float32)
-    sy, sx = hood.image.scale
-    yy = (np.arange(hood.rows.start, hood.rows.stop) + 0.5) / sy - 0.5
-    xx = (np.arange(hood.cols.start, hood.cols.stop) + 0.5) / sx - 0.5
-    grid = np.meshgrid(yy, xx, indexing="ij")
-    return ndimage.map_coordinates(stored_map, grid, order=1, mode="nearest").astype(np.float32)
 
 
 def curves(hood, score, heat: np.ndarray, steps: int = STEPS) -> tuple[np.ndarray, np.ndarray]:

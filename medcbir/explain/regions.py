@@ -229,6 +229,15 @@ class Neighbourhood:
         xx = (np.arange(cols) + 0.5) * sx - 0.5
         return ndimage.map_coordinates(full, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest").astype(np.float32)
 
+    def from_stored(self, stored_map: np.ndarray) -> np.ndarray:
+        """A map over the stored frame → float32 over the neighbourhood (its shape; linear): the
+        inverse of :meth:`to_stored`."""
+        sy, sx = self.image.scale
+        yy = (np.arange(self.rows.start, self.rows.stop) + 0.5) / sy - 0.5
+        xx = (np.arange(self.cols.start, self.cols.stop) + 0.5) / sx - 0.5
+        grid = np.meshgrid(yy, xx, indexing="ij")
+        return ndimage.map_coordinates(np.asarray(stored_map, dtype=np.float32), grid, order=1, mode="nearest").astype(np.float32)
+
     def stored_window(self) -> tuple[int, int, int, int]:
         """The neighbourhood as an ``(x, y, w, h)`` box of the stored grid."""
         return self.image.to_stored((self.cols.start, self.rows.start, self.cols.stop - self.cols.start, self.rows.stop - self.rows.start))
@@ -339,7 +348,7 @@ def _starts(length: int, side: int, stride: int) -> list[int]:
 
 
 def region_match_maps(items, boxes, score: MatchScore, method: str = "relax", *, n_masks: int | None = None, seed: int = 0,
-                      grid: int | None = None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+                      grid: int | None = None, hoods=None) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Maps of why each box of each item matches (the index-free core of :func:`explain_region_match`).
 
     Args:
@@ -350,6 +359,8 @@ def region_match_maps(items, boxes, score: MatchScore, method: str = "relax", *,
         n_masks: RELAX masks per item (default :data:`RELAX_MASKS`).
         seed: RELAX mask seed (the same masks for every item).
         grid: RELAX cells per side of a neighbourhood (default: half the box's side each).
+        hoods: the items' :class:`Neighbourhood` s around their boxes, when the caller has them
+            (:func:`neighbourhoods`; several methods on the same neighbours build them once).
 
     Returns:
         (one float32 map per item on its stored grid, K unperturbed match scores, K×4 stored
@@ -357,9 +368,7 @@ def region_match_maps(items, boxes, score: MatchScore, method: str = "relax", *,
     """
     check_region_method(method)
     maps, scores, windows = [], [], []
-    for item, box in zip(items, boxes):
-        image = region_image(item)
-        hood = Neighbourhood.around(image, image.to_grid(box))
+    for hood in (hoods if hoods is not None else neighbourhoods(items, boxes)):
         scores.append(float(score(hood.describe(hood.crop[None]))[0]))
         if method == "relax":
             grid_map = relax_map(hood, score, n_masks=int(n_masks or RELAX_MASKS), seed=seed, grid=grid)
@@ -368,6 +377,15 @@ def region_match_maps(items, boxes, score: MatchScore, method: str = "relax", *,
         maps.append(hood.to_stored(grid_map))
         windows.append(hood.stored_window())
     return maps, np.asarray(scores, dtype=np.float64), np.asarray(windows, dtype=np.int64).reshape(-1, 4)
+
+
+def neighbourhoods(items, boxes) -> list[Neighbourhood]:
+    """The :class:`Neighbourhood` of each item's box (``(x, y, w, h)`` in its stored pixel grid)."""
+    out = []
+    for item, box in zip(items, boxes):
+        image = region_image(item)
+        out.append(Neighbourhood.around(image, image.to_grid(box)))
+    return out
 
 
 def check_region_method(method: str) -> None:

@@ -271,7 +271,7 @@ class ShardColumns(Mapping):
 
     def prepare(self) -> None:
         """Read every shard's string widths now (the first :meth:`rows` of a query reads them from
-        each shard's header otherwise: about a second over 600 shards)."""
+        each shard's header otherwise, once per column for every shard)."""
         for name in self._names:
             self._width(name)
 

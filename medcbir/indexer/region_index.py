@@ -96,11 +96,9 @@ class RegionMetric:
     Directions of large variance (absolute levels from fat to bone) are evened out, as whitening
     does, so they do not swamp size, texture and shape. Directions of small variance are not blown
     up: plain whitening (the metric before ``floored-v1``, with 0.2 shrinkage) divided each by its
-    own spread, so the directions the archive barely varies in counted most; the sum of the two rim
-    harmonics had 1/7000 of the largest direction's variance and, whitened, more than half of the
-    distance between a lesion and the same lesion at another field of view. Measured on phantom v3
-    (``docs/regions.md``, "Search"): lesion-kind MAP@5 rose and a lesion queried at another field
-    of view kept most of its top 5, where whitening kept fewer than half.
+    own spread, so the directions the archive barely varies in (such as the sum of the two rim
+    harmonics, which moves with noise and resampling) counted most. Why, and what it changed:
+    ``docs/regions.md``, "Search".
     """
 
     mean: np.ndarray

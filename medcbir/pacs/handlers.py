@@ -155,7 +155,7 @@ class RequestHandlers:
     def preopen(self) -> None:
         """Open the engine on the committed index and build, in the background, the codes the first
         query needs (:meth:`medcbir.engine.Engine.warm`), so the first search after Orthanc starts
-        does not pay for them (about 3 s at 10M items). Nothing to do without a committed index;
+        does not pay for them (seconds on a large index). Nothing to do without a committed index;
         a failure here is left to the first request to report. Engines reopened on a new
         generation are not warmed (while indexing that would rebuild them every second)."""
         try:

@@ -243,7 +243,7 @@ def test_deletion_and_insertion_score_a_map_against_the_match_score():
     full, empty = score(hood.describe(np.stack([hood.crop, hood.background])))
     assert deletion[0] == pytest.approx(full) and deletion[-1] == pytest.approx(empty)
     assert insertion[0] == pytest.approx(empty) and insertion[-1] == pytest.approx(full)
-    np.testing.assert_allclose(RF.to_neighbourhood(hood, hood.to_stored(heat))[2:-2, 2:-2], heat[2:-2, 2:-2], atol=0.05 * np.abs(heat).max())
+    np.testing.assert_allclose(hood.from_stored(hood.to_stored(heat))[2:-2, 2:-2], heat[2:-2, 2:-2], atol=0.05 * np.abs(heat).max())
     good, bad = RF.faithfulness(hood, score, heat), RF.faithfulness(hood, score, -heat)
     assert good["deletion_auc"] < bad["deletion_auc"] and good["insertion_auc"] > bad["insertion_auc"]
     with pytest.raises(ValueError):
