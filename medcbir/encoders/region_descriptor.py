@@ -21,8 +21,9 @@ by its area, not by how close it lies to the box's centre:
   complete or broken, a structure that is one-sided), relative to the ring's spread.
 - **Size and shape**: log of the box's mean half-side in mm, log of its aspect ratio.
 
-Units are divided by 100 (tens of Hounsfield units). The vector is not normalised here: the
-index whitens descriptors with their own statistics (:mod:`medcbir.engine.region_search`).
+Units are divided by 100 (hundreds of Hounsfield units). The vector is not normalised here: region
+search compares descriptors with their intensity coordinates compressed (:func:`comparable`) and
+whitened with the index's own statistics (:class:`medcbir.indexer.region_index.RegionMetric`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,27 @@ _W = _R / _R.mean()
 JITTER = tuple((scale, d, d) for scale in (0.8, 1.0, 1.25) for d in (0.0, 0.1, -0.1))
 #: Length of a descriptor.
 DIM = 5 + 4 + 5 + 5 + 2 + 2 + 2
+#: The coordinates measured in intensity units (ring means, contrasts, spreads, inside extremes),
+#: in :func:`_describe`'s order; the others are fractions, ratios and logs.
+INTENSITY = np.r_[0:14, 19:21]
+#: Intensity differences below about this many units count as they are; larger ones count by their
+#: logarithm (:func:`comparable`). The size of the contrast bands' inner edge.
+KNEE = 30.0
+
+
+def comparable(descriptors: np.ndarray) -> np.ndarray:
+    """float32 copy of ``descriptors`` (N, :data:`DIM`) with the intensity coordinates compressed,
+    ``asinh(x / KNEE)``: linear within ±:data:`KNEE` units, logarithmic beyond.
+
+    What region search compares (:class:`medcbir.indexer.region_index.RegionMetric`). On the
+    linear scale a difference of 20 units between two soft-tissue structures (a lesion and a vessel
+    in the liver) is lost among the hundreds of units that separate fat, soft tissue, calcium and
+    air, which set the scale of those coordinates; compressed, 15 against 45 units counts like 150
+    against 450.
+    """
+    x = np.array(descriptors, dtype=np.float32, copy=True, ndmin=2)
+    x[:, INTENSITY] = np.arcsinh(x[:, INTENSITY] * (UNIT / KNEE))
+    return x
 
 
 def describe(image: RegionImage, boxes: np.ndarray) -> np.ndarray:

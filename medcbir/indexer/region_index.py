@@ -59,6 +59,7 @@ import faiss
 import h5py
 import numpy as np
 
+from medcbir.encoders.region_descriptor import comparable
 from medcbir.errors import IndexCorrupt
 from medcbir.indexer.checksum import stamp
 from medcbir.indexer.fsutil import commit_file, sha256_file, tmp_name
@@ -69,8 +70,9 @@ log = logging.getLogger(__name__)
 #: Layout of the stored structure (``region_search.format``).
 FORMAT = 1
 #: The distance regions are compared by (``region_search.metric``; a structure made for another is
-#: not used): Euclidean after whitening with the spectrum floored at its mean (:class:`RegionMetric`).
-METRIC = "floored-v1"
+#: not used): Euclidean between descriptors with their intensity coordinates compressed, whitened
+#: with the spectrum floored at its mean (:class:`RegionMetric`). ``floored-v1`` did not compress.
+METRIC = "floored-v2"
 #: Exact search up to this many regions; above, an IVF index.
 FLAT_MAX = 1 << 20
 #: recall@10 the IVF probe count must reach on a sample of the index's own regions.
@@ -86,9 +88,13 @@ Moments = tuple[int, np.ndarray, np.ndarray]
 # ---------------------------------------------------------------------------------------- metric
 @dataclass(frozen=True)
 class RegionMetric:
-    """``x → (x − mean) @ matrix``: what region descriptors are compared in (Euclidean distance).
+    """``x → (comparable(x) − mean) @ matrix``: what region descriptors are compared in (Euclidean
+    distance).
 
-    From the moments (:meth:`from_moments`): centred and rotated onto their principal axes; each
+    :func:`~medcbir.encoders.region_descriptor.comparable` first compresses the intensity
+    coordinates (linear within ±30 units, logarithmic beyond), so a difference of 20 units between
+    two soft-tissue structures is not lost among the hundreds that separate air, fat, soft tissue
+    and calcium. From the moments of those (:func:`moments`, :meth:`from_moments`): centred and rotated onto their principal axes; each
     axis is divided by the root of its variance, or of the mean variance of all axes when its own
     is smaller (the spectrum floored at its mean), then all by one number so that two regions drawn
     at random are ``2 · dim`` apart in squared distance whatever the archive.
@@ -128,17 +134,18 @@ class RegionMetric:
         return cls(mean.astype(np.float32), (vectors / np.sqrt(spread)[None, :] * scale).astype(np.float32))
 
     def __call__(self, descriptors: np.ndarray) -> np.ndarray:
-        x = np.asarray(descriptors, dtype=np.float32).reshape(-1, self.mean.shape[0])
+        x = comparable(np.asarray(descriptors, dtype=np.float32).reshape(-1, self.mean.shape[0]))
         return np.ascontiguousarray((x - self.mean) @ self.matrix, dtype=np.float32)
 
 
 def moments(descriptors: np.ndarray) -> Moments:
-    """(count, sum, sum of outer products) of descriptors, in float64, in blocks."""
+    """(count, sum, sum of outer products) of the descriptors as the metric reads them
+    (:func:`~medcbir.encoders.region_descriptor.comparable`), in float64, in blocks."""
     x = np.asarray(descriptors, dtype=np.float32)
     dim = x.shape[1] if x.ndim == 2 else 0
     total, scatter = np.zeros(dim), np.zeros((dim, dim))
     for start in range(0, len(x), 1 << 18):
-        block = x[start:start + (1 << 18)].astype(np.float64)
+        block = comparable(x[start:start + (1 << 18)]).astype(np.float64)
         total += block.sum(axis=0)
         scatter += block.T @ block
     return len(x), total, scatter

@@ -202,7 +202,7 @@ def test_cli_region_search_verify_and_the_error_without_regions(lesions, tmp_pat
     regions = json.loads(capsys.readouterr().out)["regions"]
     assert regions["regions"] > 0 and 0 < regions["bytes_per_image"] and regions["query_ms_p50"] > 0
     assert regions["structure"] == "stored" and regions["index"] == "Flat"  # kept by the index, not computed at open
-    assert regions["metric"] == "floored-v1"
+    assert regions["metric"] == "floored-v2"
     assert regions["ram_bytes"] == regions["regions"] * (DIM * 4 + 4 + 8)  # float32 vectors, int32 item ids, int16 boxes
     # an index without regions: one line naming the fix
     plain = tmp_path / "plain"

@@ -86,10 +86,11 @@ def test_maps_cover_each_neighbour_frame_and_are_deterministic(v3):
         outside = first.maps[i].copy()
         outside[y:y + h, x:x + w] = 0
         assert not outside.any() and first.maps[i, y:y + h, x:x + w].any()
-        # the box inside the neighbourhood; its re-described score is the search's
+        # the box inside the neighbourhood; its re-described score is the search's, within what
+        # the stored float16 descriptor rounds (the compared scale stretches it up to 3.3× near 0)
         rx, ry, rw, rh = nb.region
         assert x <= rx and y <= ry and rx + rw <= x + w and ry + rh <= y + h
-        assert abs(first.match_scores[i] - nb.score) < 1e-3
+        assert abs(first.match_scores[i] - nb.score) < 5e-3
     assert first.query_box == tuple(clear["box"])
 
 

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 import pytest
 
+from medcbir.encoders.region_descriptor import INTENSITY, KNEE, UNIT, comparable
 from medcbir.encoders.regions import DIM, RegionSet
 from medcbir.engine.region_search import RegionIndex
 from medcbir.errors import IndexCorrupt
@@ -259,16 +260,20 @@ def test_a_structure_of_another_metric_is_not_used_and_is_replaced(tmp_path):
 
 
 def test_the_metric_whitens_large_directions_and_does_not_blow_up_small_ones():
-    """Principal directions with more than the mean variance are evened out (as whitening does);
-    directions with less are scaled like a direction of mean variance, not blown up (whitening made
-    the least varying direction the largest); two regions drawn at random are 2·D apart in squared
-    distance; moments of parts give the metric of the whole."""
+    """On the compared scale (:func:`comparable`): principal directions with more than the mean
+    variance are evened out (as whitening does); directions with less are scaled like a direction
+    of mean variance, not blown up (whitening made the least varying direction the largest); two
+    regions drawn at random are 2·D apart in squared distance; moments of parts give the metric of
+    the whole."""
     rng = np.random.default_rng(0)
     spread = np.linspace(0.01, 5.0, DIM)
-    x = rng.standard_normal((6000, DIM)) * spread + 3.0  # axis-aligned: the principal axes are the coordinates
+    y = rng.standard_normal((6000, DIM)) * spread + 3.0  # axis-aligned: the principal axes are the coordinates
+    x = y.copy()  # descriptors whose compared form is y
+    x[:, INTENSITY] = np.sinh(y[:, INTENSITY]) * (KNEE / UNIT)
+    np.testing.assert_allclose(comparable(x), y, rtol=1e-4, atol=1e-4)
     metric = region_index.RegionMetric.fit(x)
-    gain = np.linalg.norm(metric.matrix, axis=1)  # how far a unit step along each coordinate moves the scaled vector
-    variance = x.var(axis=0)
+    gain = np.linalg.norm(metric.matrix, axis=1)  # how far a unit step along each compared coordinate moves the scaled vector
+    variance = y.var(axis=0)
     small, large = variance < variance.mean(), variance > 1.5 * variance.mean()
     assert small.sum() >= 3 and large.sum() >= 3
     np.testing.assert_allclose(gain[small], gain[small].mean(), rtol=0.05)  # all counted like a direction of mean variance
@@ -281,6 +286,22 @@ def test_the_metric_whitens_large_directions_and_does_not_blow_up_small_ones():
     parts = region_index.sum_moments([region_index.moments(x[:2500]), region_index.moments(x[2500:])], DIM)
     whole = region_index.RegionMetric.from_moments(*parts)
     np.testing.assert_allclose(whole(x[:10]), metric(x[:10]), rtol=1e-4, atol=1e-4)
+
+
+def test_intensity_differences_count_linearly_near_zero_and_by_their_logarithm_beyond():
+    """The compared scale: within ±KNEE units a difference counts as it is; beyond, by ratio, so
+    15 against 45 units (a subtle lesion against a vessel in the liver) counts about as much as 150
+    against 450 (calcium against bone), not a tenth of it; signs and the other coordinates kept."""
+    d = np.zeros((6, DIM), np.float32)
+    column = INTENSITY[5]  # a contrast to the far ring
+    d[:, column] = np.array([15, 45, 150, 450, -15, 3]) / UNIT
+    d[:, 14] = 0.25  # a band fraction: not an intensity
+    c = comparable(d)
+    assert abs(c[1, column] - c[0, column]) > 0.6 * abs(c[3, column] - c[2, column])
+    assert abs(d[1, column] - d[0, column]) < 0.2 * abs(d[3, column] - d[2, column])
+    assert c[4, column] == -c[0, column] and abs(c[5, column] - 3 / KNEE) < 1e-3
+    np.testing.assert_array_equal(c[:, 14], d[:, 14])
+    assert set(INTENSITY) == set(range(14)) | {19, 20}
 
 
 def test_delete_compact_and_repair_keep_the_structure_right(tmp_path):
