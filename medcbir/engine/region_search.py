@@ -6,9 +6,11 @@ the same way and ranks the index's *regions*; each item is answered once, with i
 region, and the usual filters (exclusion, modality/body part/series/study, per-series cap, the
 query's own item) apply to the items.
 
-Descriptors are compared by Euclidean distance after whitening with a floor
-(:class:`RegionMetric`): centred, rotated onto their principal axes, each axis divided by its
-spread, or by the mean spread of all axes when its own is smaller. Large differences of level
+Descriptors are compared by Euclidean distance with their intensity coordinates on a compressed
+scale (linear within ±30 units, logarithmic beyond, so tens of units between soft-tissue structures
+count beside the hundreds between tissues), after whitening with a floor (:class:`RegionMetric`):
+centred, rotated onto their principal axes, each axis divided by its spread, or by the mean spread
+of all axes when its own is smaller. Large differences of level
 (fat, soft tissue, bone) then do not swamp size, texture and shape, and directions the archive
 barely varies in, such as the sum of the rim harmonics, are not blown up into the largest
 coordinates, as plain whitening (the metric before ``floored-v1``) did: a lesion seen at another
