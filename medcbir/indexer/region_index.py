@@ -94,10 +94,11 @@ class RegionMetric:
     :func:`~medcbir.encoders.region_descriptor.comparable` first compresses the intensity
     coordinates (linear within ±30 units, logarithmic beyond), so a difference of 20 units between
     two soft-tissue structures is not lost among the hundreds that separate air, fat, soft tissue
-    and calcium. From the moments of those (:func:`moments`, :meth:`from_moments`): centred and rotated onto their principal axes; each
-    axis is divided by the root of its variance, or of the mean variance of all axes when its own
-    is smaller (the spectrum floored at its mean), then all by one number so that two regions drawn
-    at random are ``2 · dim`` apart in squared distance whatever the archive.
+    and calcium. Then, from the moments of those (:func:`moments`, :meth:`from_moments`): centred
+    and rotated onto their principal axes; each axis is divided by the root of its variance, or of
+    the mean variance of all axes when its own is smaller (the spectrum floored at its mean), then
+    all by one number so that two regions drawn at random are ``2 · dim`` apart in squared distance
+    whatever the archive.
 
     Directions of large variance (absolute levels from fat to bone) are evened out, as whitening
     does, so they do not swamp size, texture and shape. Directions of small variance are not blown
@@ -116,8 +117,8 @@ class RegionMetric:
 
     @classmethod
     def from_moments(cls, n: int, total: np.ndarray, scatter: np.ndarray) -> "RegionMetric":
-        """From the count, sum and sum of outer products of the descriptors (parts add up:
-        :func:`sum_moments`)."""
+        """From the count, sum and sum of outer products of the descriptors as compared (as
+        :func:`moments` gives them; parts add up: :func:`sum_moments`)."""
         dim = len(total)
         if n < 2:
             return cls(np.zeros(dim, np.float32), np.eye(dim, dtype=np.float32))
