@@ -25,8 +25,8 @@ Region descriptors do not depend on the slice encoder, so region search gives on
 
 **Scale.** A 100k-slice index written with medcbir's own ``IndexWriter`` (its shards, manifest and
 FAISS index, what ``medcbir index`` writes): synthetic 512-d slice embeddings (the trained recipe's
-dimension; unit Gaussian vectors), 72 regions per image (both default caps: 64 structures, which phantom
-slices reach, and 8 organ zones, more than they have), each descriptor a real phantom descriptor (seed 0's default index) plus Gaussian noise of a
+dimension; unit Gaussian vectors), 104 regions per image (every default cap: 64 structures, which phantom
+slices reach, 32 parts of split structures and 8 organ zones, more than they have), each descriptor a real phantom descriptor (seed 0's default index) plus Gaussian noise of a
 quarter of each coordinate's spread, boxes drawn from the real ones. Reported: bytes per image of
 the regions and of the slice index (``verify``'s count: what the shards hold for each), the region
 index's open time at the first region query (metric + IVF, :class:`~medcbir.engine.region_search.RegionIndex`;
@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _results  # noqa: E402
+from medcbir.encoders.region_proposals import most_regions  # noqa: E402
 
 GOAL_WHOLE = 0.25
 GOAL_CROP = 0.10
@@ -449,7 +450,7 @@ def main() -> None:
     ap.add_argument("--trained", default=None, help="use this checkpoint as the trained recipe instead of training one")
     ap.add_argument("--workers", type=int, default=2, help="decoding processes while indexing")
     ap.add_argument("--scale-items", type=int, default=100_000)
-    ap.add_argument("--scale-regions", type=int, default=72, help="regions per synthetic image (default: both caps, 64 + 8)")
+    ap.add_argument("--scale-regions", type=int, default=most_regions(), help="regions per synthetic image (default: every cap, 64 + 32 + 8)")
     ap.add_argument("--scale-queries", type=int, default=200)
     ap.add_argument("--no-scale", action="store_true", help="quality only")
     ap.add_argument("--work", default=None, help="working folder (default: a fresh temporary one)")

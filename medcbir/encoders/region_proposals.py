@@ -11,7 +11,14 @@ morphology finds both at once and at every scale:
    image) what is darker.
 3. Connected pixels of the residue above :data:`CONTRAST` units form a structure. Each gives its
    bounding box and, when it differs, the box of its *core* (residue ≥ :data:`CORE` × its peak):
-   a ring-enhancing lesion's whole extent and its centre are both candidates.
+   a ring-enhancing lesion's whole extent and its centre are both candidates. A structure larger
+   than :data:`MAX_MM` is split: its pixels are thresholded again at :data:`SPLIT` times the level,
+   and so on while some part is still too large (``proposals-v3``). Where tissue is cluttered (the
+   folds of a brain, vessels touching each other) the residue above 20 units joins many
+   structures into one network larger than any organ; without the split, a lesion 300 units
+   brighter than the brain around it was dropped with that network. The parts found by splitting
+   are ranked among themselves and kept up to :func:`split_limit` (half the structures' limit)
+   beyond the structures, so they never push out a structure found at :data:`CONTRAST`.
 4. Boxes whose longer side is outside :data:`MIN_MM`–:data:`MAX_MM` are dropped; the rest are
    ranked by integrated contrast (sum of residue), near-duplicates removed (IoU >
    :data:`NMS_IOU`) and at most :data:`LIMIT` kept.
@@ -39,6 +46,10 @@ SCALES_MM: tuple[int, ...] = (15, 41, 131)
 FOOTPRINT_PX = 15
 #: Minimum residue (units) for a pixel to belong to a structure.
 CONTRAST = 20.0
+#: A structure larger than :data:`MAX_MM` is looked into again at this many times its level.
+SPLIT = 2.0
+#: Boxes from split structures per image: at most this share of the structures' limit, beyond it.
+SPLIT_SHARE = 0.5
 #: A structure's core: residue at least this fraction of its peak.
 CORE = 0.5
 #: Kept structures: longer side in this range (mm).
@@ -63,9 +74,21 @@ ORGAN_MM = (100.0, 400.0)
 ORGAN_LIMIT = 8
 
 
+def split_limit(limit: int) -> int:
+    """Boxes from split structures an image keeps beyond ``limit`` structures (:data:`SPLIT_SHARE`)."""
+    return int(limit * SPLIT_SHARE)
+
+
+def most_regions(limit: int = LIMIT) -> int:
+    """The most regions :func:`propose` gives an image with ``limit``: structures, parts of split
+    structures and organ zones."""
+    return int(limit) + split_limit(limit) + ORGAN_LIMIT
+
+
 def propose(image: RegionImage, limit: int = LIMIT) -> np.ndarray:
-    """Boxes of ``image``'s structures on its grid, best first (at most ``limit``), then its organ
-    zones, largest first (at most :data:`ORGAN_LIMIT`).
+    """Boxes of ``image``'s structures on its grid, best first (at most ``limit``), then parts of
+    structures too large to be one (best first, at most :func:`split_limit`), then its organ zones,
+    largest first (at most :data:`ORGAN_LIMIT`).
 
     Returns:
         float32 (N, 5): ``x, y, w, h`` on the region grid and the score (a structure's integrated
@@ -93,8 +116,14 @@ def propose(image: RegionImage, limit: int = LIMIT) -> np.ndarray:
             found[:, [0, 2]] *= zoom[1]
             found[:, [1, 3]] *= zoom[0]
             candidates.append(found)
-    boxes = np.concatenate(candidates) if candidates else np.zeros((0, 5), dtype=np.float32)
-    structures = _suppress(boxes, NMS_IOU, limit)
+    boxes = np.concatenate(candidates) if candidates else np.zeros((0, 6), dtype=np.float32)
+    structures = _suppress(boxes[boxes[:, 5] == 0, :5], NMS_IOU, limit)
+    # Parts of structures too large to be one (split): their own quota, so they do not push out
+    # the structures found at CONTRAST, and none that is already one of those.
+    parts = _suppress(boxes[boxes[:, 5] > 0, :5], NMS_IOU, len(boxes))
+    if len(parts) and len(structures):
+        parts = parts[~(box_iou(parts, structures) > NMS_IOU).any(axis=1)]
+    structures = np.concatenate([structures, parts[:split_limit(limit)]])
     organs = _suppress(_organs(image), NMS_IOU, ORGAN_LIMIT)
     if len(organs) and len(structures):
         organs = organs[~(box_iou(organs, structures) > NMS_IOU).any(axis=1)]  # already there as a structure
@@ -153,30 +182,49 @@ def _zones(zone: np.ndarray, step: int, mm: float, lo_px: float, hi_px: float) -
 
 
 def _structures(residue: np.ndarray, mm: float) -> np.ndarray:
-    labels, n = ndimage.label(residue > CONTRAST)
-    if n == 0:
-        return np.zeros((0, 5), dtype=np.float32)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    sums = np.bincount(labels.ravel(), weights=residue.ravel(), minlength=n + 1)[1:]
+    """Boxes (and core boxes) of the connected parts of ``residue`` above :data:`CONTRAST`; a part
+    too large is split by thresholding its pixels again at :data:`SPLIT` times the level.
+
+    Returns:
+        float32 (N, 6): ``x, y, w, h``, the integrated residue, and how many splits found it (0:
+        a structure at :data:`CONTRAST`).
+    """
     smallest = max(1.0, (MIN_MM / mm) ** 2 / 4)  # a structure whose box reaches MIN_MM has at least about this many pixels
-    out = []
-    for number, where in enumerate(ndimage.find_objects(labels)):
-        if where is None or counts[number] < smallest:
-            continue
-        ys, xs = where
-        whole = (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
-        if not MIN_MM <= max(whole[2], whole[3]) * mm <= MAX_MM:
-            continue
-        score = float(sums[number])
-        out.append((*whole, score))
-        part = residue[where] * (labels[where] == number + 1)
-        core = part >= CORE * float(part.max())
-        rows, cols = np.nonzero(core)
-        if rows.size:
-            box = (xs.start + cols.min(), ys.start + rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
-            if box != whole and max(box[2], box[3]) * mm >= MIN_MM:
-                out.append((*box, float(part[core].sum())))
-    return np.asarray(out, dtype=np.float32).reshape(-1, 5)
+    peak = float(residue.max()) if residue.size else 0.0
+    out: list[tuple] = []
+    level, allowed, depth = CONTRAST, None, 0
+    while level < peak:
+        above = residue > level if allowed is None else (residue > level) & allowed
+        labels, n = ndimage.label(above)
+        if n == 0:
+            break
+        counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        sums = np.bincount(labels.ravel(), weights=residue.ravel(), minlength=n + 1)[1:]
+        too_large = []
+        for number, where in enumerate(ndimage.find_objects(labels)):
+            if where is None or counts[number] < smallest:
+                continue
+            ys, xs = where
+            whole = (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
+            if max(whole[2], whole[3]) * mm > MAX_MM:
+                too_large.append(number + 1)
+                continue
+            if max(whole[2], whole[3]) * mm < MIN_MM:
+                continue
+            out.append((*whole, float(sums[number]), depth))
+            part = residue[where] * (labels[where] == number + 1)
+            core = part >= CORE * float(part.max())
+            rows, cols = np.nonzero(core)
+            if rows.size:
+                box = (xs.start + cols.min(), ys.start + rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+                if box != whole and max(box[2], box[3]) * mm >= MIN_MM:
+                    out.append((*box, float(part[core].sum()), depth))
+        if not too_large:
+            break
+        allowed = np.isin(labels, too_large)
+        level *= SPLIT
+        depth += 1
+    return np.asarray(out, dtype=np.float32).reshape(-1, 6)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

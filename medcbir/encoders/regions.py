@@ -30,8 +30,9 @@ from medcbir.imaging.items import Item
 log = logging.getLogger(__name__)
 
 #: The region recipe (proposals + descriptor); an index records it and refuses another.
-REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v2/resolution-{RESOLUTION_MM:g}mm"
-#: Structures kept per image by default (organ zones come on top: region_proposals.ORGAN_LIMIT).
+REGIONS_VERSION = f"{region_descriptor.NAME}/proposals-v3/resolution-{RESOLUTION_MM:g}mm"
+#: Structures kept per image by default (parts of split structures and organ zones come on top:
+#: region_proposals.most_regions).
 PER_IMAGE = region_proposals.LIMIT
 DIM = region_descriptor.DIM
 

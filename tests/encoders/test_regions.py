@@ -60,7 +60,7 @@ LESIONS = {"cyst": ((110, 150), 12), "hyper": ((160, 190), 9), "ring": ((120, 20
 def test_every_lesion_is_proposed_at_any_field_of_view(spacing):
     item = abdomen(spacing)
     regions = extract_regions(item)
-    assert 0 < len(regions) <= 64 + region_proposals.ORGAN_LIMIT and regions.descriptors.shape == (len(regions), DIM)
+    assert 0 < len(regions) <= region_proposals.most_regions(64) and regions.descriptors.shape == (len(regions), DIM)
     assert np.isfinite(regions.descriptors).all()
     for name, (centre, radius) in LESIONS.items():
         truth = np.array([stored_box(centre, radius, spacing)])
@@ -100,13 +100,37 @@ def test_a_flat_frame_has_no_regions_and_mr_gets_pseudo_units():
 
 
 def test_proposals_are_ranked_and_limited():
-    """Structures best first and at most ``limit``; organ zones after them, largest first, on top of the limit."""
+    """Structures best first and at most ``limit``; then parts of split structures (at most
+    ``split_limit``); organ zones last, largest first, on top of both."""
     image = region_image(abdomen(1.0))
     found = propose(image, limit=3)
+    assert len(found) <= region_proposals.most_regions(3)
     organ_sized = np.maximum(found[:, 2], found[:, 3]) * image.mm >= region_proposals.ORGAN_MM[0]
-    structures, organs = found[:3], found[3:]
+    first_organ = int(np.argmax(organ_sized))
+    structures, organs = found[:3], found[first_organ:]
     assert len(structures) == 3 and np.all(np.diff(structures[:, 4]) <= 0)
-    assert 1 <= len(organs) <= region_proposals.ORGAN_LIMIT and organ_sized[3:].all() and np.all(np.diff(organs[:, 4]) <= 0)
+    assert first_organ - 3 <= region_proposals.split_limit(3)
+    assert 1 <= len(organs) <= region_proposals.ORGAN_LIMIT and organ_sized[first_organ:].all() and np.all(np.diff(organs[:, 4]) <= 0)
+
+
+def test_a_structure_joined_to_a_network_larger_than_any_organ_is_split_out(monkeypatch):
+    """A lattice of thin strands 40 units above the tissue (one structure above 20 units, larger
+    than MAX_MM, as the folds of a brain or touching vessels make) with a lesion 300 units above
+    it on one strand: thresholded again at higher levels, the lesion is a structure of its own,
+    found by a split. Without the split (``proposals-v2``) it went with the network."""
+    n = 300  # 1 mm pixels
+    rows, cols = np.mgrid[:n, :n]
+    residue = np.zeros((n, n), np.float32)
+    residue[((rows % 8 < 2) | (cols % 8 < 2)) & (np.hypot(rows - 150, cols - 150) < 110)] = 40.0
+    residue[np.hypot(rows - 150.5, cols - 150.5) < 7] = 300.0
+    truth = np.array([[144, 144, 13, 13]])
+    found = region_proposals._structures(residue, 1.0)
+    overlap = box_iou(truth, found[:, :4])[0]
+    assert overlap.max() > 0.7 and found[np.argmax(overlap), 5] > 0  # found by a split
+    assert not (np.maximum(found[:, 2], found[:, 3]) > region_proposals.MAX_MM).any()
+    monkeypatch.setattr(region_proposals, "SPLIT", 1e9)
+    unsplit = region_proposals._structures(residue, 1.0)
+    assert len(unsplit) == 0 or box_iou(truth, unsplit[:, :4]).max() < 0.3
 
 
 @pytest.mark.parametrize("spacing", [0.7, 1.0, 1.4])
@@ -160,7 +184,7 @@ def test_the_decode_wrapper_travels_to_workers_and_adds_regions():
     item = abdomen(1.0)
     assert wrapper.apply(item).shape == (1, 64, 64) and wrapper.size == 64
     regions = wrapper.extras(item)["regions"]
-    assert 0 < len(regions) <= 8 + region_proposals.ORGAN_LIMIT and regions.descriptors.shape[1] == region_descriptor.DIM
+    assert 0 < len(regions) <= region_proposals.most_regions(8) and regions.descriptors.shape[1] == region_descriptor.DIM
 
 
 def test_every_part_of_a_structure_counts_by_its_area():
