@@ -77,6 +77,7 @@ BENCHMARKS = [  # short ones first; "takes" is the recorded wall time where a re
     Bench("real_mr", "real_mr", "--epochs 30 --size 128 --seeds 0", True, "2445 s", "apt-get install mricron-data; PyPI for the nilearn wheel"),
     Bench("explain_quality", "explain_quality", "", True, "2454 s"),
     Bench("roi_open", "roi_open", "--items 20000,100000 --regions 64", True, "not recorded; builds 1.28M and 6.4M regions"),
+    Bench("roi_real_mr", "roi_real_mr", "--seeds 0,1,2", True, "not recorded", "apt-get install mricron-data; PyPI for the nilearn wheel"),
     Bench("roi", "roi", "--patients 12 --slices 24 --seeds 0,1,2 --train-epochs 3 --scale-items 100000", True, "1843 s"),
     Bench("quality", "quality", "--budget-min 2.5 --seeds 0,1,2 --rr-slices 12 --rr-masks 400", True, "4410 s"),
     Bench("explain", "explain", "--size 128", True, "not recorded; 3000-mask references + the relax-xai peer"),
