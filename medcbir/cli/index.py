@@ -87,7 +87,7 @@ def _budget(ctx, param, value):
 @click.option("--no-regions", "regions", flag_value=False, default=None,
               help="Do not store regions (a new index; region search with --roi then needs another index).")
 @click.option("--regions-per-image", default=None, type=click.IntRange(min=1), metavar="N",
-              help="Structures stored per image of a new index (default 64; up to 8 organ-sized zones come on top).")
+              help="Structures stored per image of a new index (default 64; up to half as many parts of structures too large to be one, and 8 organ-sized zones, come on top).")
 @click.option("--memory-budget", default=None, metavar="BYTES", callback=_budget,
               help="RAM per indexed image for search (e.g. 1KB): auto then chooses among the chains that fit "
                    "(learned projection, codes, 8-bit/float16 re-rank store) by measured recall.")
