@@ -70,8 +70,8 @@ def comparable(descriptors: np.ndarray) -> np.ndarray:
     What region search compares (:class:`medcbir.indexer.region_index.RegionMetric`). On the
     linear scale a difference of 20 units between two soft-tissue structures (a lesion and a vessel
     in the liver) is lost among the hundreds of units that separate fat, soft tissue, calcium and
-    air, which set the scale of those coordinates; compressed, 15 against 45 units counts like 150
-    against 450.
+    air, which set the scale of those coordinates; compressed, 15 against 45 units counts nearly as
+    much as 150 against 450.
     """
     x = np.array(descriptors, dtype=np.float32, copy=True, ndmin=2)
     x[:, INTENSITY] = np.arcsinh(x[:, INTENSITY] * (UNIT / KNEE))

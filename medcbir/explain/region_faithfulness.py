@@ -28,6 +28,7 @@ described in one batch.
 from __future__ import annotations
 
 import numpy as np
+
 from medcbir.explain.metrics._common import descending_order
 
 #: Steps T of the deletion and insertion paths.
